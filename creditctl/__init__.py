@@ -1,0 +1,1 @@
+"""creditctl: the one command-line tool of the credits engine."""

@@ -1,0 +1,1 @@
+"""Pure ledger domain: lots, charges, consumption policy, allocation, journal rules. No I/O."""

