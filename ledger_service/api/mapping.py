@@ -14,7 +14,7 @@ from ledger_service.domain.policy import Policy, SortKey
 from service_runtime.amounts import format_minor, parse_minor
 from service_runtime.rejections import invalid
 
-_ID = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
+_ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")
 MAX_TEXT = 500
 _MIN_TS, _MAX_TS = 0, 253402300799  # 1970 .. 9999
 
@@ -37,7 +37,7 @@ def ident(value: str, field: str, *, required: bool = True) -> str:
             raise invalid(field, "is required")
         return ""
     if not _ID.match(value):
-        raise invalid(field, "must be 1-128 characters of letters, digits and . _ : / @ -")
+        raise invalid(field, "must be 1-128 characters of letters, digits and . _ : / @ # -")
     return value
 
 

@@ -19,7 +19,7 @@ from ledger_service.storage import catalog, operations, reads, transfers
 from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome
 from service_runtime.amounts import format_minor, parse_decimal, parse_minor
 from service_runtime.grpc_server import current_caller
-from service_runtime.idempotency import check_key, request_hash, run_idempotent
+from service_runtime.idempotency import check_key, request_hash, run_idempotent, stored_response
 from service_runtime.rejections import Rejection, invalid, not_found
 from service_runtime.settings import Settings
 
@@ -83,6 +83,14 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         out = await run_idempotent(self.pool, current_caller().tenant_id, request.idempotency_key,  # type: ignore
                                    method, request, work, pack)
         return response_type.FromString(out) if isinstance(out, bytes) else out  # type: ignore[return-value]
+
+    async def _stored(self, tenant: str, key: str, method: str, digest: bytes) -> bytes | None:
+        """The stored response of a sweep that spans accounts (each account also has its own key)."""
+        async with self.pool.acquire() as conn:
+            return await stored_response(conn, tenant, key, method, digest)
+
+    async def _remember(self, tenant: str, key: str, method: str, digest: bytes, response: Message) -> None:
+        await self.pool.execute(_REMEMBER, tenant, key, method, digest, response.SerializeToString())
 
     def _now(self) -> datetime:
         return self.clock()
@@ -431,6 +439,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         m.not_beyond_skew(as_of, now, self.settings.clock_skew_s, "as_of")
         tenant = current_caller().tenant_id
         account = m.ident(request.account_id, "account_id", required=False)
+        method, digest = _method("ExpireLots"), request_hash(request)
+        stored = await self._stored(tenant, request.idempotency_key, method, digest)
+        if stored is not None:
+            return pb.ExpireLotsResponse.FromString(stored)
         accounts = [account] if account else [
             r["account_id"] for r in await self.pool.fetch(_DUE_ACCOUNTS, tenant, as_of)]
         out = pb.ExpireLotsResponse()
@@ -447,6 +459,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             elif outcome.replay is not None:
                 out.lots.extend(pb.ExpireLotsResponse.FromString(outcome.replay).lots)
         out.lots_expired = len(out.lots)
+        await self._remember(tenant, request.idempotency_key, method, digest, out)
         return out
 
     async def ReleaseExpiredHolds(self, request: pb.ReleaseExpiredHoldsRequest,
@@ -456,6 +469,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         as_of = m.opt_when(request, "as_of") or now
         m.not_beyond_skew(as_of, now, self.settings.clock_skew_s, "as_of")
         tenant = current_caller().tenant_id
+        method, digest = _method("ReleaseExpiredHolds"), request_hash(request)
+        stored = await self._stored(tenant, request.idempotency_key, method, digest)
+        if stored is not None:
+            return pb.ReleaseExpiredHoldsResponse.FromString(stored)
         out = pb.ReleaseExpiredHoldsResponse()
         rows = await self.pool.fetch(_TTL_HOLDS, tenant, as_of)
         by_account: dict[str, list[str]] = {}
@@ -471,6 +488,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 out.hold_keys.extend(pb.ReleaseExpiredHoldsResponse.FromString(outcome.replay).hold_keys)
             else:
                 out.hold_keys.extend(outcome.result)
+        await self._remember(tenant, request.idempotency_key, method, digest, out)
         return out
 
     async def ReverseReference(self, request: pb.ReverseReferenceRequest,
@@ -548,6 +566,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
 
+_REMEMBER = """
+INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING
+"""
 _DUE_ACCOUNTS = """
 SELECT DISTINCT b.account_id FROM lot_balances b JOIN lots l ON l.tenant_id = b.tenant_id AND l.lot_id = b.lot_id
 WHERE b.tenant_id = $1 AND b.available > 0 AND l.expires_at IS NOT NULL
