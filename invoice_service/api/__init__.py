@@ -1,0 +1,1 @@
+"""Invoice gRPC API: proto <-> domain mapping, permissions, and the thin servicer."""

@@ -1,0 +1,113 @@
+"""Domain values -> response messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from credits.invoice.v1 import invoice_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
+from invoice_service.domain.invoices import ChargeKind, InvoiceView
+from invoice_service.domain.money import decimal_text, to_text
+from invoice_service.domain.pricing import Price
+
+_KIND = {ChargeKind.USAGE: pb.USAGE, ChargeKind.ADD_ON: pb.ADD_ON, ChargeKind.FIXED_FEE: pb.FIXED_FEE,
+         ChargeKind.LICENSE: pb.LICENSE}
+
+
+def ts(value: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def customer(c: Customer) -> pb.Customer:
+    out = pb.Customer(customer_id=c.customer_id, name=c.name, ledger_account_id=c.ledger_account_id)
+    if c.created_at:
+        out.created_at.CopyFrom(ts(c.created_at))
+    return out
+
+
+def meter(m: Meter) -> pb.Meter:
+    out = pb.Meter(meter_code=m.meter_code, name=m.name, aggregation=pb.Aggregation.Value(m.aggregation.value),
+                   property=m.property, allow_negative=m.allow_negative)
+    if m.created_at:
+        out.created_at.CopyFrom(ts(m.created_at))
+    return out
+
+
+def _price(p: Price) -> pb.Price:
+    return pb.Price(
+        model=pb.PriceModel.Value(p.model.value), unit_amount=decimal_text(p.unit_amount),
+        flat_amount=decimal_text(p.flat_amount), package_size=decimal_text(p.package_size),
+        tiers=[pb.Tier(up_to="" if t.up_to is None else decimal_text(t.up_to),
+                       unit_amount=decimal_text(t.unit_amount), flat_amount=decimal_text(t.flat_amount))
+               for t in p.tiers])
+
+
+def plan(p: Plan) -> pb.Plan:
+    out = pb.Plan(plan_id=p.plan_id, name=p.name, currency=p.currency,
+                  interval=pb.BillingInterval.Value(p.interval))
+    for c in p.components:
+        amount = decimal_text(c.amount)
+        if c.kind is ChargeKind.USAGE:
+            assert c.price is not None
+            out.usage_charges.append(pb.UsageCharge(meter_code=c.code, price=_price(c.price)))
+        elif c.kind is ChargeKind.FIXED_FEE:
+            out.fixed_fees.append(pb.FixedFee(code=c.code, name=c.name, amount=amount))
+        elif c.kind is ChargeKind.ADD_ON:
+            out.add_ons.append(pb.AddOn(code=c.code, name=c.name, unit_amount=amount))
+        else:
+            out.licenses.append(pb.License(code=c.code, name=c.name, unit_amount=amount))
+    if p.created_at:
+        out.created_at.CopyFrom(ts(p.created_at))
+    return out
+
+
+def subscription(s: Subscription) -> pb.Subscription:
+    out = pb.Subscription(
+        subscription_id=s.subscription_id, customer_id=s.customer_id, plan_id=s.plan_id, anchor=ts(s.anchor),
+        add_ons=[pb.Quantity(code=k, quantity=v) for k, v in s.add_ons.items()],
+        licenses=[pb.Quantity(code=k, quantity=v) for k, v in s.licenses.items()])
+    if s.created_at:
+        out.created_at.CopyFrom(ts(s.created_at))
+    return out
+
+
+def charges(inv: InvoiceView) -> list[pb.Charge]:
+    return [pb.Charge(charge_id=p.charge_id, line_item_id=p.line_item_id, kind=_KIND[p.kind], name=p.name,
+                      quantity=decimal_text(p.quantity), amount=to_text(p.amount_minor, inv.scale),
+                      service_start=ts(p.service_start), service_end=ts(p.service_end))
+            for p in inv.charges]
+
+
+def invoice(inv: InvoiceView) -> pb.Invoice:
+    money = inv.scale
+    credits = inv.credits_by_line()
+    out = pb.Invoice(
+        invoice_id=inv.invoice_id, customer_id=inv.customer_id, ledger_account_id=inv.ledger_account_id,
+        subscription_id=inv.subscription_id, plan_id=inv.plan_id, currency=inv.currency,
+        status=pb.InvoiceStatus.Value(inv.status), number=inv.number, period_start=ts(inv.period_start),
+        period_end=ts(inv.period_end), subtotal=to_text(inv.subtotal_minor, money),
+        credits_applied=to_text(inv.credits_minor, money), amount_due=to_text(inv.amount_due_minor, money),
+        split_at=[ts(t) for t in inv.split_at], draft_digest=inv.draft_digest, prepare_key=inv.prepare_key,
+        created_at=ts(inv.created_at), computed_at=ts(inv.computed_at),
+        line_items=[
+            pb.LineItem(line_item_id=i.line_item_id, kind=_KIND[i.kind], code=i.code, description=i.description,
+                        quantity=decimal_text(i.quantity), unit_price=decimal_text(i.unit_price),
+                        amount=to_text(i.amount_minor, money), service_start=ts(i.service_start),
+                        service_end=ts(i.service_end),
+                        credits_applied=to_text(credits.get(i.line_item_id, 0), money),
+                        amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money))
+            for i in inv.line_items],
+        charges=charges(inv),
+        applications=[pb.CreditApplication(charge_id=a.charge_id, line_item_id=a.line_item_id, lot_id=a.lot_id,
+                                           lot_type=a.lot_type, amount=to_text(a.amount_minor, money))
+                      for a in inv.applications],
+    )
+    for name in ("prepared_at", "finalized_at", "void_prepared_at", "voided_at"):
+        value = getattr(inv, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(ts(value))
+    return out

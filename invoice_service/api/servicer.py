@@ -1,0 +1,230 @@
+"""InvoiceService servicer: unpack -> call one operation -> pack. No SQL, no status codes here."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from credits.invoice.v1 import invoice_pb2 as pb
+from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
+from google.protobuf.message import Message
+
+from invoice_service.api import pack, unpack
+from invoice_service.config import InvoiceConfig
+from invoice_service.domain import render
+from invoice_service.domain.identifiers import check_id, check_key, check_optional_id, check_text
+from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.idempotency import Guard, Replayed
+from invoice_service.storage.invoices import InvoiceOperations, ListFilter
+from invoice_service.storage.usage import UsageOperations
+from service_runtime.grpc_server import current_caller
+from service_runtime.rejections import invalid
+
+M = TypeVar("M", bound=Message)
+_Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
+
+
+def _tenant() -> str:
+    return current_caller().tenant_id
+
+
+def _guard(method: str, request: Any, encode: Callable[[Any], Message], *, key_required: bool = True) -> Guard:
+    key = check_key(request.idempotency_key, required=key_required)
+    return Guard(_tenant(), key, method, request.SerializeToString(deterministic=True), encode)
+
+
+async def _mutate(guard: Guard, response_type: type[M], run: Awaitable[Any]) -> M:
+    """Runs the operation; a replayed key answers with the stored first response."""
+    try:
+        await run
+    except Replayed as replay:
+        return response_type.FromString(replay.response)
+    result: M = guard.response
+    return result
+
+
+def _page_size(value: int) -> int:
+    if value < 0 or value > 1000:
+        raise invalid("page_size", "must be between 0 and 1000")
+    return value or 100
+
+
+class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
+    def __init__(self, catalog: CatalogOperations, usage: UsageOperations, invoices: InvoiceOperations,
+                 config: InvoiceConfig) -> None:
+        self._catalog = catalog
+        self._usage = usage
+        self._invoices = invoices
+        self._config = config
+
+    # ---- catalog ------------------------------------------------------------------------------
+
+    async def CreateCustomer(self, request: pb.CreateCustomerRequest, context: _Ctx) -> pb.Customer:
+        guard = _guard("CreateCustomer", request, pack.customer)
+        return await _mutate(guard, pb.Customer, self._catalog.create_customer(guard, unpack.customer(request)))
+
+    async def GetCustomer(self, request: pb.GetCustomerRequest, context: _Ctx) -> pb.Customer:
+        customer_id = check_id(request.customer_id, "customer_id")
+        return pack.customer(await self._catalog.get_customer(_tenant(), customer_id))
+
+    async def CreateMeter(self, request: pb.CreateMeterRequest, context: _Ctx) -> pb.Meter:
+        guard = _guard("CreateMeter", request, pack.meter)
+        return await _mutate(guard, pb.Meter, self._catalog.create_meter(guard, unpack.meter(request)))
+
+    async def GetMeter(self, request: pb.GetMeterRequest, context: _Ctx) -> pb.Meter:
+        meter_code = check_id(request.meter_code, "meter_code")
+        return pack.meter(await self._catalog.get_meter(_tenant(), meter_code))
+
+    async def CreatePlan(self, request: pb.CreatePlanRequest, context: _Ctx) -> pb.Plan:
+        guard = _guard("CreatePlan", request, pack.plan)
+        return await _mutate(guard, pb.Plan, self._catalog.create_plan(guard, unpack.plan(request)))
+
+    async def GetPlan(self, request: pb.GetPlanRequest, context: _Ctx) -> pb.Plan:
+        return pack.plan(await self._catalog.get_plan(_tenant(), check_id(request.plan_id, "plan_id")))
+
+    async def CreateSubscription(self, request: pb.CreateSubscriptionRequest, context: _Ctx) -> pb.Subscription:
+        guard = _guard("CreateSubscription", request, pack.subscription)
+        sub = unpack.subscription(request)
+        return await _mutate(guard, pb.Subscription, self._catalog.create_subscription(guard, sub))
+
+    async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: _Ctx) -> pb.Subscription:
+        subscription_id = check_id(request.subscription_id, "subscription_id")
+        return pack.subscription(await self._catalog.get_subscription(_tenant(), subscription_id))
+
+    async def ListDueSubscriptions(self, request: pb.ListDueSubscriptionsRequest,
+                                   context: _Ctx) -> pb.ListDueSubscriptionsResponse:
+        as_of = (unpack.timestamp(request.as_of, True, "as_of") if request.HasField("as_of")
+                 else datetime.now(UTC))
+        due = await self._catalog.list_due(_tenant(), as_of, self._config.usage_grace_s,
+                                           _page_size(request.page_size))
+        return pb.ListDueSubscriptionsResponse(periods=[
+            pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
+                         invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
+            for c, s, p, inv, status in due])
+
+    # ---- usage --------------------------------------------------------------------------------
+
+    async def IngestEvent(self, request: pb.IngestEventRequest, context: _Ctx) -> pb.IngestEventResponse:
+        event = unpack.events([request.event], self._config.clock_skew_s, field="event")[0]
+
+        def encode(accepted: list[bool]) -> pb.IngestEventResponse:
+            return pb.IngestEventResponse(result=pb.EventResult(
+                event_id=event.event_id, status=pb.ACCEPTED if accepted[0] else pb.DUPLICATE))
+
+        guard = _guard("IngestEvent", request, encode, key_required=False)
+        return await _mutate(guard, pb.IngestEventResponse, self._usage.ingest(guard, [event]))
+
+    async def IngestEvents(self, request: pb.IngestEventsRequest, context: _Ctx) -> pb.IngestEventsResponse:
+        events = unpack.events(request.events, self._config.clock_skew_s)
+
+        def encode(accepted: list[bool]) -> pb.IngestEventsResponse:
+            n = sum(accepted)
+            return pb.IngestEventsResponse(
+                results=[pb.EventResult(event_id=e.event_id, status=pb.ACCEPTED if ok else pb.DUPLICATE)
+                         for e, ok in zip(events, accepted, strict=True)],
+                accepted=n, duplicates=len(accepted) - n)
+
+        guard = _guard("IngestEvents", request, encode, key_required=False)
+        return await _mutate(guard, pb.IngestEventsResponse, self._usage.ingest(guard, events))
+
+    # ---- drafts -------------------------------------------------------------------------------
+
+    async def CreateDraft(self, request: pb.CreateDraftRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("CreateDraft", request, pack.invoice)
+        customer_id = check_id(request.customer_id, "customer_id")
+        start = unpack.timestamp(request.period_start, request.HasField("period_start"), "period_start")
+        return await _mutate(guard, pb.Invoice, self._invoices.create_draft(guard, customer_id, start))
+
+    async def SplitDraft(self, request: pb.SplitDraftRequest, context: _Ctx) -> pb.SplitDraftResponse:
+        invoice_id = check_id(request.invoice_id, "invoice_id")
+        instants = unpack.timestamps(request.split_at, "split_at")
+        view, digest = await self._invoices.split_draft(_tenant(), invoice_id, instants)
+        return pb.SplitDraftResponse(invoice=pack.invoice(view), charges=pack.charges(view), draft_digest=digest)
+
+    # ---- two-phase ----------------------------------------------------------------------------
+
+    async def PrepareFinalize(self, request: pb.PrepareFinalizeRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("PrepareFinalize", request, pack.invoice)
+        run = self._invoices.prepare_finalize(
+            guard, check_id(request.invoice_id, "invoice_id"), unpack.timestamps(request.split_at, "split_at"),
+            unpack.applications(request.applications), check_text(request.draft_digest, "draft_digest", 64))
+        return await _mutate(guard, pb.Invoice, run)
+
+    async def CommitFinalize(self, request: pb.CommitFinalizeRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("CommitFinalize", request, pack.invoice)
+        prepare_key = check_key(request.prepare_key, "prepare_key", required=False)
+        run = self._invoices.commit_finalize(guard, check_id(request.invoice_id, "invoice_id"), prepare_key)
+        return await _mutate(guard, pb.Invoice, run)
+
+    async def AbortFinalize(self, request: pb.AbortFinalizeRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("AbortFinalize", request, pack.invoice)
+        prepare_key = check_key(request.prepare_key, "prepare_key", required=False)
+        check_text(request.reason, "reason")
+        run = self._invoices.abort_finalize(guard, check_id(request.invoice_id, "invoice_id"), prepare_key)
+        return await _mutate(guard, pb.Invoice, run)
+
+    async def PrepareVoid(self, request: pb.PrepareVoidRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("PrepareVoid", request, pack.invoice)
+        run = self._invoices.prepare_void(guard, check_id(request.invoice_id, "invoice_id"),
+                                          check_text(request.reason, "reason"))
+        return await _mutate(guard, pb.Invoice, run)
+
+    async def CommitVoid(self, request: pb.CommitVoidRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("CommitVoid", request, pack.invoice)
+        run = self._invoices.commit_void(guard, check_id(request.invoice_id, "invoice_id"))
+        return await _mutate(guard, pb.Invoice, run)
+
+    async def AbortVoid(self, request: pb.AbortVoidRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("AbortVoid", request, pack.invoice)
+        run = self._invoices.abort_void(guard, check_id(request.invoice_id, "invoice_id"))
+        return await _mutate(guard, pb.Invoice, run)
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    async def GetInvoice(self, request: pb.GetInvoiceRequest, context: _Ctx) -> pb.Invoice:
+        return pack.invoice(await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id")))
+
+    async def ListInvoices(self, request: pb.ListInvoicesRequest, context: _Ctx) -> pb.ListInvoicesResponse:
+        limit = _page_size(request.page_size)
+        f = ListFilter(
+            customer_id=check_optional_id(request.customer_id, "customer_id"),
+            statuses=tuple(_status_name(s, i) for i, s in enumerate(request.statuses)),
+            prepared_before=(unpack.timestamp(request.prepared_before, True, "prepared_before")
+                             if request.HasField("prepared_before") else None),
+            period_start=(unpack.timestamp(request.period_start, True, "period_start")
+                          if request.HasField("period_start") else None),
+            after=_decode_token(request.page_token), limit=limit)
+        views = await self._invoices.list_invoices(_tenant(), f)
+        token = _encode_token(views[-1].created_at, views[-1].invoice_id) if len(views) == limit else ""
+        return pb.ListInvoicesResponse(invoices=[pack.invoice(v) for v in views], next_page_token=token)
+
+    async def RenderInvoice(self, request: pb.RenderInvoiceRequest, context: _Ctx) -> pb.RenderInvoiceResponse:
+        view = await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id"))
+        if request.format == pb.JSON:
+            return pb.RenderInvoiceResponse(content_type="application/json", content=render.to_json(view))
+        if request.format not in (pb.TEXT, pb.RENDER_FORMAT_UNSPECIFIED):
+            raise invalid("format", "must be TEXT or JSON")
+        return pb.RenderInvoiceResponse(content_type="text/plain", content=render.to_text_invoice(view))
+
+
+def _status_name(value: int, i: int) -> str:
+    if value == pb.INVOICE_STATUS_UNSPECIFIED or value not in pb.InvoiceStatus.values():
+        raise invalid(f"statuses[{i}]", "must be DRAFT, PREPARED, FINALIZED, VOID_PENDING or VOIDED")
+    return pb.InvoiceStatus.Name(value)
+
+
+def _encode_token(created_at: datetime, invoice_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{invoice_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        at, _, invoice_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), check_id(invoice_id, "page_token")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid("page_token", "is not a token this service issued") from exc

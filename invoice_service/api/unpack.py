@@ -1,0 +1,184 @@
+"""Requests -> validated domain values. Every rejection names the offending field."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from credits.invoice.v1 import invoice_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
+from invoice_service.domain.identifiers import ID_PATTERN, QUANTITY_PATTERN, check_id, check_text
+from invoice_service.domain.invoices import Aggregation, ChargeKind, Component
+from invoice_service.domain.money import currency_scale
+from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_price
+from invoice_service.storage.invoices import ApplicationIn
+from invoice_service.storage.usage import EventIn
+from service_runtime.amounts import parse_decimal
+from service_runtime.rejections import invalid
+
+MAX_BATCH = 10_000
+MAX_PROPERTIES = 32
+_INTERVALS = {pb.BILLING_INTERVAL_UNSPECIFIED: "MONTHLY", pb.MONTHLY: "MONTHLY", pb.QUARTERLY: "QUARTERLY",
+              pb.YEARLY: "YEARLY"}
+_LOT_TYPE_MAX = 32
+
+
+def timestamp(ts: Timestamp, present: bool, field: str) -> datetime:
+    if not present:
+        raise invalid(field, "is required")
+    if ts.seconds < 0 or ts.seconds > 253402300799:
+        raise invalid(field, "is out of range")
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def timestamps(values: Sequence[Timestamp], field: str) -> list[datetime]:
+    return [timestamp(t, True, f"{field}[{i}]") for i, t in enumerate(values)]
+
+
+def customer(req: pb.CreateCustomerRequest) -> Customer:
+    return Customer(check_id(req.customer_id, "customer_id"), check_text(req.name, "name"),
+                    check_id(req.ledger_account_id, "ledger_account_id"))
+
+
+def meter(req: pb.CreateMeterRequest) -> Meter:
+    code = check_id(req.meter_code, "meter_code")
+    if req.aggregation == pb.AGGREGATION_UNSPECIFIED:
+        raise invalid("aggregation", "is required (SUM, COUNT, MAX or UNIQUE_COUNT)")
+    aggregation = Aggregation(pb.Aggregation.Name(req.aggregation))
+    prop = req.property
+    if prop:
+        check_id(prop, "property")
+    if aggregation is Aggregation.UNIQUE_COUNT and not prop:
+        raise invalid("property", "a UNIQUE_COUNT meter counts distinct values of a property; name it")
+    if aggregation is Aggregation.COUNT and prop:
+        raise invalid("property", "a COUNT meter counts events and takes no property")
+    if req.allow_negative and aggregation is not Aggregation.SUM:
+        raise invalid("allow_negative", "only SUM meters may allow negative quantities")
+    return Meter(code, check_text(req.name, "name") or code, aggregation, prop, req.allow_negative)
+
+
+def plan(req: pb.CreatePlanRequest) -> Plan:
+    plan_id = check_id(req.plan_id, "plan_id")
+    currency_scale(req.currency, "currency")
+    components: list[Component] = []
+    seen: dict[str, str] = {}
+
+    def unique(code: str, field: str) -> str:
+        check_id(code, field)
+        if code in seen:
+            raise invalid(field, f"code {code!r} is used twice in the plan (also {seen[code]})")
+        seen[code] = field
+        return code
+
+    for i, u in enumerate(req.usage_charges):
+        field = f"usage_charges[{i}]"
+        code = unique(u.meter_code, f"{field}.meter_code")
+        components.append(Component(ChargeKind.USAGE, code, code, _price(u.price, u.HasField("price"),
+                                                                         f"{field}.price")))
+    groups = ((ChargeKind.FIXED_FEE, "fixed_fees", req.fixed_fees), (ChargeKind.ADD_ON, "add_ons", req.add_ons),
+              (ChargeKind.LICENSE, "licenses", req.licenses))
+    for kind, name, items in groups:
+        for i, item in enumerate(items):
+            field = f"{name}[{i}]"
+            code = unique(item.code, f"{field}.code")
+            amount_text = item.amount if isinstance(item, pb.FixedFee) else item.unit_amount
+            amount_field = "amount" if isinstance(item, pb.FixedFee) else "unit_amount"
+            if not amount_text.strip():
+                raise invalid(f"{field}.{amount_field}", "is required")
+            amount = parse_decimal(amount_text, f"{field}.{amount_field}")
+            components.append(Component(kind, code, check_text(item.name, f"{field}.name") or code, None, amount))
+    if not components:
+        raise invalid("usage_charges", "a plan needs at least one usage charge, fixed fee, add-on or license")
+    return Plan(plan_id, check_text(req.name, "name") or plan_id, req.currency, _INTERVALS[req.interval],
+                tuple(components))
+
+
+def _price(p: pb.Price, present: bool, field: str) -> Price:
+    if not present:
+        raise invalid(field, "is required")
+    model = None if p.model == pb.PRICE_MODEL_UNSPECIFIED else PriceModel(pb.PriceModel.Name(p.model))
+    tiers = [TierInput(t.up_to, t.unit_amount, t.flat_amount) for t in p.tiers]
+    return build_price(model, p.unit_amount, p.flat_amount, p.package_size, tiers, field)
+
+
+def subscription(req: pb.CreateSubscriptionRequest) -> Subscription:
+    def quantities(items: Sequence[pb.Quantity], field: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, q in enumerate(items):
+            code = check_id(q.code, f"{field}[{i}].code")
+            if q.quantity < 0 or q.quantity > 10_000_000:
+                raise invalid(f"{field}[{i}].quantity", "must be between 0 and 10,000,000")
+            if code in out:
+                raise invalid(f"{field}[{i}].code", f"{code!r} is listed twice")
+            out[code] = q.quantity
+        return out
+
+    return Subscription(check_id(req.subscription_id, "subscription_id"), check_id(req.customer_id, "customer_id"),
+                        check_id(req.plan_id, "plan_id"), timestamp(req.anchor, req.HasField("anchor"), "anchor"),
+                        quantities(req.add_ons, "add_ons"), quantities(req.licenses, "licenses"))
+
+
+def events(items: Sequence[pb.UsageEvent], clock_skew_s: int, field: str = "events") -> list[EventIn]:
+    """Syntax checks of a batch, in one pass: this is the ingest hot path."""
+    if not items:
+        raise invalid(field, "at least one event is required")
+    if len(items) > MAX_BATCH:
+        raise invalid(field, f"at most {MAX_BATCH} events per batch")
+    limit_us = time.time_ns() // 1000 + clock_skew_s * 1_000_000
+    ids = ID_PATTERN.fullmatch
+    qty_ok = QUANTITY_PATTERN.fullmatch
+    out: list[EventIn] = []
+    for i, e in enumerate(items):
+        event_id, customer_id, meter_code = e.event_id, e.customer_id, e.meter_code
+        if not ids(event_id):
+            check_id(event_id, f"{field}[{i}].event_id")
+        if not ids(customer_id):
+            check_id(customer_id, f"{field}[{i}].customer_id")
+        if not ids(meter_code):
+            check_id(meter_code, f"{field}[{i}].meter_code")
+        quantity = e.quantity or "1"
+        if not qty_ok(quantity):
+            raise invalid(f"{field}[{i}].quantity", f"must be a decimal with at most 9 places, got {quantity[:40]!r}")
+        if not e.HasField("timestamp"):
+            raise invalid(f"{field}[{i}].timestamp", "is required")
+        ts = e.timestamp
+        ts_us = ts.seconds * 1_000_000 + ts.nanos // 1000
+        if ts_us > limit_us:
+            raise invalid(f"{field}[{i}].timestamp", f"is more than {clock_skew_s}s in the future (clock skew bound)")
+        if ts.seconds < 0:
+            raise invalid(f"{field}[{i}].timestamp", "is out of range")
+        props: dict[str, str] = {}
+        props_json = None
+        if e.properties:
+            props = _properties(e.properties, f"{field}[{i}].properties")
+            props_json = json.dumps(props, separators=(",", ":"))
+        out.append(EventIn(event_id, customer_id, meter_code, ts_us, quantity, props, props_json))
+    return out
+
+
+def _properties(props: object, field: str) -> dict[str, str]:
+    d = dict(props)  # type: ignore[call-overload]
+    if len(d) > MAX_PROPERTIES:
+        raise invalid(field, f"at most {MAX_PROPERTIES} properties")
+    for k, v in d.items():
+        if not ID_PATTERN.fullmatch(k):
+            raise invalid(field, f"property name {k[:40]!r} must be 1-64 of letters, digits and . _ : -")
+        if len(v) > 200:
+            raise invalid(field, f"property {k!r} is longer than 200 characters")
+    return d
+
+
+def applications(items: Sequence[pb.CreditApplication]) -> list[ApplicationIn]:
+    out: list[ApplicationIn] = []
+    for i, a in enumerate(items):
+        if not a.charge_id or len(a.charge_id) > 100:
+            raise invalid(f"applications[{i}].charge_id", "is required (at most 100 characters)")
+        check_id(a.lot_id, f"applications[{i}].lot_id")
+        if not a.lot_type or len(a.lot_type) > _LOT_TYPE_MAX or not a.lot_type.replace("_", "").isalpha():
+            raise invalid(f"applications[{i}].lot_type", "must be a lot type name like PROMOTIONAL")
+        out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), a.amount))
+    return out

@@ -1,0 +1,86 @@
+"""Catalog records: customers, meters, plans (priced components) and subscriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from invoice_service.domain.invoices import Aggregation, ChargeKind, Component, PlanTerms
+from invoice_service.domain.money import currency_scale
+from invoice_service.domain.periods import INTERVAL_MONTHS, Period, period, period_containing
+from invoice_service.domain.pricing import Price
+
+
+@dataclass(frozen=True)
+class Customer:
+    customer_id: str
+    name: str
+    ledger_account_id: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Meter:
+    meter_code: str
+    name: str
+    aggregation: Aggregation
+    property: str = ""
+    allow_negative: bool = False
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan_id: str
+    name: str
+    currency: str
+    interval: str
+    components: tuple[Component, ...]
+    created_at: datetime | None = None
+
+    @property
+    def months(self) -> int:
+        return INTERVAL_MONTHS[self.interval]
+
+    @property
+    def terms(self) -> PlanTerms:
+        return PlanTerms(self.plan_id, self.currency, currency_scale(self.currency), self.components)
+
+    def components_json(self) -> list[dict[str, Any]]:
+        return [
+            {"kind": c.kind.value, "code": c.code, "name": c.name, "amount": str(c.amount),
+             "price": c.price.to_json() if c.price else None}
+            for c in self.components
+        ]
+
+    @staticmethod
+    def components_from_json(data: list[dict[str, Any]]) -> tuple[Component, ...]:
+        return tuple(
+            Component(ChargeKind(c["kind"]), c["code"], c["name"],
+                      Price.from_json(c["price"]) if c["price"] else None, Decimal(c["amount"]))
+            for c in data
+        )
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    anchor: datetime
+    add_ons: dict[str, int] = field(default_factory=dict)
+    licenses: dict[str, int] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+    @property
+    def quantities(self) -> dict[str, int]:
+        """Add-on units and license seats by code (codes are unique across a plan's components)."""
+        return {**self.add_ons, **self.licenses}
+
+    def period(self, months: int, index: int) -> Period:
+        return period(self.anchor, months, index)
+
+    def period_containing(self, months: int, instant: datetime) -> Period:
+        return period_containing(self.anchor, months, instant)

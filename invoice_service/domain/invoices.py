@@ -1,0 +1,204 @@
+"""Draft computation: plan + subscription + aggregated usage -> line items -> pieces (charges).
+
+Usage arrives already aggregated by Postgres, per meter and per piece of the period (the piece
+index is the number of split instants at or before the event; 0 when the draft is not split).
+Line items are priced on the whole period; pieces get the line amount apportioned exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from invoice_service.domain.money import round_to_minor
+from invoice_service.domain.pricing import Price, price_quantity
+from invoice_service.domain.splitting import apportion, duration_us, intervals
+
+_ZERO = Decimal(0)
+_QUANTITY_SCALE = 9  # event quantities keep at most 9 decimals, so weights scale to integers exactly
+
+
+class ChargeKind(enum.Enum):
+    USAGE = "USAGE"
+    ADD_ON = "ADD_ON"
+    FIXED_FEE = "FIXED_FEE"
+    LICENSE = "LICENSE"
+
+
+class Aggregation(enum.Enum):
+    SUM = "SUM"
+    COUNT = "COUNT"
+    MAX = "MAX"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One priced thing of a plan: a meter's usage charge, a fixed fee, an add-on or a license."""
+
+    kind: ChargeKind
+    code: str
+    name: str
+    price: Price | None = None      # USAGE
+    amount: Decimal = _ZERO         # FIXED_FEE per period; ADD_ON/LICENSE per unit per period
+
+
+@dataclass(frozen=True)
+class PlanTerms:
+    plan_id: str
+    currency: str
+    scale: int
+    components: tuple[Component, ...]
+
+
+@dataclass(frozen=True)
+class MeterUsage:
+    """A meter's period total and each piece's share of it (piece index -> quantity)."""
+
+    total: Decimal
+    pieces: Mapping[int, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LineItem:
+    line_item_id: str
+    kind: ChargeKind
+    code: str
+    description: str
+    quantity: Decimal
+    unit_price: Decimal
+    amount_minor: int
+    service_start: datetime
+    service_end: datetime
+
+
+@dataclass(frozen=True)
+class Piece:
+    charge_id: str
+    line_item_id: str
+    kind: ChargeKind
+    name: str
+    quantity: Decimal
+    amount_minor: int
+    service_start: datetime
+    service_end: datetime
+
+
+def line_item_id(position: int) -> str:
+    return f"L{position + 1:03d}"
+
+
+def compute_line_items(terms: PlanTerms, quantities: Mapping[str, int], usage: Mapping[str, MeterUsage],
+                       start: datetime, end: datetime) -> list[LineItem]:
+    """Line items in plan order. `quantities` are the subscription's add-on units and license seats;
+    add-ons and licenses absent from it are not billed. Each amount is rounded half-up once."""
+    items: list[LineItem] = []
+    for position, c in enumerate(terms.components):
+        if c.kind is ChargeKind.USAGE:
+            assert c.price is not None
+            qty = usage[c.code].total if c.code in usage else _ZERO
+            priced = price_quantity(c.price, qty)
+            exact, unit = priced.amount, priced.unit_price
+        elif c.kind is ChargeKind.FIXED_FEE:
+            qty, unit, exact = Decimal(1), c.amount, c.amount
+        else:
+            if c.code not in quantities:
+                continue
+            qty = Decimal(quantities[c.code])
+            unit, exact = c.amount, qty * c.amount
+        items.append(LineItem(line_item_id(position), c.kind, c.code, c.name, qty, unit,
+                              round_to_minor(exact, terms.scale), start, end))
+    return items
+
+
+def split_line_items(items: Sequence[LineItem], usage: Mapping[str, MeterUsage],
+                     instants: Sequence[datetime]) -> list[Piece]:
+    """Every line item cut at `instants` (normalized, inside the period). Usage is apportioned by
+    each piece's quantity, everything else pro rata by time; pieces with amount 0 are left out
+    (there is nothing to pay), their numbering stays stable."""
+    pieces: list[Piece] = []
+    for item in items:
+        spans = intervals(item.service_start, item.service_end, instants)
+        time_weights = [duration_us(s) for s in spans]
+        quantities = [item.quantity] * len(spans)
+        weights = time_weights
+        if item.kind is ChargeKind.USAGE:
+            by_piece = usage[item.code].pieces if item.code in usage else {}
+            quantities = [by_piece.get(n, _ZERO) for n in range(len(spans))]
+            usage_weights = [max(int(q.scaleb(_QUANTITY_SCALE)), 0) for q in quantities]
+            if sum(usage_weights) > 0:
+                weights = usage_weights
+        amounts = apportion(item.amount_minor, weights) if item.amount_minor else [0] * len(spans)
+        for n, (span, qty, amount) in enumerate(zip(spans, quantities, amounts, strict=True)):
+            if amount == 0:
+                continue
+            pieces.append(Piece(f"{item.line_item_id}#{n + 1}", item.line_item_id, item.kind, item.code,
+                                qty, amount, span[0], span[1]))
+    return pieces
+
+
+def digest(items: Sequence[LineItem], pieces: Sequence[Piece]) -> str:
+    """A fingerprint of what would be billed and reserved; changes when any amount or piece does."""
+    canon = {
+        "items": [[i.line_item_id, i.kind.value, i.code, str(i.quantity), i.amount_minor] for i in items],
+        "pieces": [[p.charge_id, p.kind.value, p.name, p.amount_minor, p.service_start.isoformat(),
+                    p.service_end.isoformat()] for p in pieces],
+    }
+    return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Application:
+    """Credit from one ledger lot applied to one charge (piece) of the invoice."""
+
+    charge_id: str
+    line_item_id: str
+    lot_id: str
+    lot_type: str
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    """An invoice as stored (or as a draft would be recomputed now), for reads and rendering."""
+
+    invoice_id: str
+    customer_id: str
+    ledger_account_id: str
+    subscription_id: str
+    plan_id: str
+    currency: str
+    scale: int
+    status: str
+    number: str
+    period_start: datetime
+    period_end: datetime
+    line_items: tuple[LineItem, ...]
+    charges: tuple[Piece, ...]
+    applications: tuple[Application, ...]
+    split_at: tuple[datetime, ...]
+    draft_digest: str
+    prepare_key: str
+    subtotal_minor: int
+    credits_minor: int
+    created_at: datetime
+    computed_at: datetime
+    prepared_at: datetime | None = None
+    finalized_at: datetime | None = None
+    void_prepared_at: datetime | None = None
+    voided_at: datetime | None = None
+
+    @property
+    def amount_due_minor(self) -> int:
+        return self.subtotal_minor - self.credits_minor
+
+    def credits_by_line(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.applications:
+            out[a.line_item_id] = out.get(a.line_item_id, 0) + a.amount_minor
+        return out

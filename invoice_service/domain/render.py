@@ -1,0 +1,77 @@
+"""An invoice for humans: plain text and JSON, with credits applied per line item."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from invoice_service.domain.invoices import InvoiceView
+from invoice_service.domain.money import decimal_text, to_text
+
+
+def _day(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if (t.hour, t.minute) != (0, 0) else t.strftime("%Y-%m-%d")
+
+
+def to_dict(inv: InvoiceView) -> dict[str, Any]:
+    credits = inv.credits_by_line()
+    money = lambda minor: to_text(minor, inv.scale)  # noqa: E731
+    return {
+        "invoice_id": inv.invoice_id,
+        "number": inv.number or None,
+        "status": inv.status,
+        "customer_id": inv.customer_id,
+        "currency": inv.currency,
+        "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+        "line_items": [
+            {
+                "line_item_id": i.line_item_id, "kind": i.kind.value, "code": i.code,
+                "description": i.description, "quantity": decimal_text(i.quantity),
+                "unit_price": decimal_text(i.unit_price), "amount": money(i.amount_minor),
+                "service_start": i.service_start.isoformat(), "service_end": i.service_end.isoformat(),
+                "credits": [
+                    {"lot_id": a.lot_id, "lot_type": a.lot_type, "charge_id": a.charge_id,
+                     "amount": money(a.amount_minor)}
+                    for a in inv.applications if a.line_item_id == i.line_item_id
+                ],
+                "credits_applied": money(credits.get(i.line_item_id, 0)),
+                "amount_due": money(i.amount_minor - credits.get(i.line_item_id, 0)),
+            }
+            for i in inv.line_items
+        ],
+        "subtotal": money(inv.subtotal_minor),
+        "credits_applied": money(inv.credits_minor),
+        "amount_due": money(inv.amount_due_minor),
+    }
+
+
+def to_json(inv: InvoiceView) -> str:
+    return json.dumps(to_dict(inv), indent=2)
+
+
+def to_text_invoice(inv: InvoiceView) -> str:
+    money = lambda minor: to_text(minor, inv.scale)  # noqa: E731
+    title = f"Invoice {inv.number}" if inv.number else f"Invoice {inv.invoice_id} ({inv.status})"
+    lines = [
+        title,
+        f"Customer: {inv.customer_id}    Status: {inv.status}    Currency: {inv.currency}",
+        f"Period:   {_day(inv.period_start)} to {_day(inv.period_end)}",
+        "",
+        f"{'Item':<34}{'Quantity':>14}{'Unit price':>14}{'Amount':>14}",
+        "-" * 76,
+    ]
+    for item in inv.line_items:
+        lines.append(f"{item.description[:33]:<34}{decimal_text(item.quantity):>14}"
+                     f"{decimal_text(item.unit_price):>14}{money(item.amount_minor):>14}")
+        for a in inv.applications:
+            if a.line_item_id == item.line_item_id:
+                label = f"  credit {a.lot_type.lower()} lot {a.lot_id}"
+                lines.append(f"{label[:62]:<62}{'-' + money(a.amount_minor):>14}")
+    lines += [
+        "-" * 76,
+        f"{'Subtotal':<62}{money(inv.subtotal_minor):>14}",
+        f"{'Credits applied':<62}{'-' + money(inv.credits_minor):>14}",
+        f"{'Amount due':<62}{money(inv.amount_due_minor):>14}",
+    ]
+    return "\n".join(lines) + "\n"

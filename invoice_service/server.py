@@ -1,0 +1,64 @@
+"""Invoice gRPC server: wires storage operations and the servicer into the shared bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import grpc
+from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
+
+from invoice_service.api.permissions import PERMISSIONS, SERVICE_NAME
+from invoice_service.api.servicer import InvoiceServicer
+from invoice_service.config import InvoiceConfig
+from invoice_service.storage import MIGRATIONS_DIR
+from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.invoices import InvoiceOperations
+from invoice_service.storage.usage import UsageOperations
+from service_runtime.api_keys import KeyResolver
+from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
+from service_runtime.grpc_server import create_server
+from service_runtime.postgres import create_pool, migrate
+from service_runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings: Settings | None = None, *,
+                                usage_grace_s: int | None = None) -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
+    """Starts the invoice service on `address` against the (migrated) database `dsn`.
+
+    Returns the server, its bound port and its pool; the caller stops the server and closes the pool.
+    """
+    settings = settings or Settings.from_env()
+    config = InvoiceConfig.from_settings(settings, usage_grace_s)
+    pool = await create_pool(dsn, max_size=settings.pool_max_size)
+    catalog = CatalogOperations(pool)
+    servicer = InvoiceServicer(catalog, UsageOperations(pool, catalog, config.usage_grace_s),
+                               InvoiceOperations(pool, catalog, config.clock_skew_s), config)
+    try:
+        server, port = await create_server([(pb_grpc.add_InvoiceServiceServicer_to_server, servicer, SERVICE_NAME)],
+                                           KeyResolver(pool), PERMISSIONS, address)
+    except BaseException:
+        await pool.close()
+        raise
+    return server, port, pool
+
+
+async def serve(settings: Settings) -> None:
+    """Migrates the invoice database, then serves on settings.invoice_addr until cancelled."""
+    dsn = resolve_databases(settings).invoice_dsn
+    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
+    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
+    log.info("invoice service listening on port %d", port)
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(grace=5)
+        await pool.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(serve(Settings.from_env()))

@@ -1,0 +1,126 @@
+"""SQL of the invoice verbs, as named constants."""
+
+INVOICE_COLUMNS = """
+invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency, period_start, period_end,
+status, number, subtotal_minor, credits_minor, split_at, draft_digest, prepare_key, created_at, computed_at,
+prepared_at, finalized_at, void_prepared_at, voided_at
+"""
+SELECT_INVOICE = f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
+SELECT_INVOICE_FOR_UPDATE = SELECT_INVOICE + " FOR UPDATE"
+SELECT_INVOICE_CUSTOMER = "SELECT customer_id FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
+LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE"
+
+SELECT_BILLING_CONTEXT = """
+SELECT c.customer_id, c.ledger_account_id, s.subscription_id, s.anchor, s.quantities, s.created_at AS sub_created,
+       p.plan_id, p.name AS plan_name, p.currency, p.billing_interval, p.terms, p.created_at AS plan_created
+FROM customers c
+LEFT JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
+WHERE c.tenant_id = $1 AND c.customer_id = $2
+"""
+INSERT_DRAFT = f"""
+INSERT INTO invoices (tenant_id, invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency,
+                      period_start, period_end, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'DRAFT')
+ON CONFLICT (tenant_id, customer_id, period_start) WHERE status <> 'VOIDED' DO NOTHING
+RETURNING {INVOICE_COLUMNS}
+"""
+SELECT_LIVE_INVOICE_FOR_UPDATE = f"""
+SELECT {INVOICE_COLUMNS} FROM invoices
+WHERE tenant_id = $1 AND customer_id = $2 AND period_start = $3 AND status <> 'VOIDED' FOR UPDATE
+"""
+
+# Usage per meter and per piece; the piece is the number of split instants at or before the event.
+AGGREGATE_USAGE = """
+SELECT meter_code, width_bucket(ts, $5::timestamptz[]) AS piece,
+       sum(quantity) AS total, count(*) AS events, max(quantity) AS peak
+FROM usage_events
+WHERE tenant_id = $1 AND customer_id = $2 AND ts >= $3 AND ts < $4 AND meter_code = ANY($6::text[])
+GROUP BY meter_code, piece
+"""
+# Distinct values per meter; each value counts in the piece where it was first seen, so the pieces
+# add up to the period's distinct count.
+AGGREGATE_UNIQUE = """
+SELECT meter_code, width_bucket(first_ts, $5::timestamptz[]) AS piece, count(*) AS total
+FROM (SELECT meter_code, unique_key, min(ts) AS first_ts FROM usage_events
+      WHERE tenant_id = $1 AND customer_id = $2 AND ts >= $3 AND ts < $4 AND meter_code = ANY($6::text[])
+        AND unique_key IS NOT NULL
+      GROUP BY meter_code, unique_key) AS firsts
+GROUP BY meter_code, piece
+"""
+
+SELECT_LINE_ITEMS = """
+SELECT line_item_id, kind, code, description, quantity, unit_price, amount_minor, service_start, service_end
+FROM invoice_line_items WHERE tenant_id = $1 AND invoice_id = $2 ORDER BY position
+"""
+SELECT_CHARGES = """
+SELECT charge_id, line_item_id, kind, name, quantity, amount_minor, service_start, service_end
+FROM invoice_charges WHERE tenant_id = $1 AND invoice_id = $2 ORDER BY line_item_id, service_start
+"""
+SELECT_APPLICATIONS = """
+SELECT a.charge_id, c.line_item_id, a.lot_id, a.lot_type, a.amount_minor
+FROM credit_applications a
+JOIN invoice_charges c ON c.tenant_id = a.tenant_id AND c.invoice_id = a.invoice_id AND c.charge_id = a.charge_id
+WHERE a.tenant_id = $1 AND a.invoice_id = $2 ORDER BY a.position
+"""
+DELETE_APPLICATIONS = "DELETE FROM credit_applications WHERE tenant_id = $1 AND invoice_id = $2"
+DELETE_CHARGES = "DELETE FROM invoice_charges WHERE tenant_id = $1 AND invoice_id = $2"
+DELETE_LINE_ITEMS = "DELETE FROM invoice_line_items WHERE tenant_id = $1 AND invoice_id = $2"
+INSERT_LINE_ITEM = """
+INSERT INTO invoice_line_items (tenant_id, invoice_id, line_item_id, position, kind, code, description, quantity,
+                                unit_price, amount_minor, service_start, service_end)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+"""
+INSERT_CHARGE = """
+INSERT INTO invoice_charges (tenant_id, invoice_id, charge_id, line_item_id, kind, name, quantity, amount_minor,
+                             service_start, service_end)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+INSERT_APPLICATION = """
+INSERT INTO credit_applications (tenant_id, invoice_id, position, charge_id, lot_id, lot_type, amount_minor)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+UPDATE_DRAFT_TOTALS = """
+UPDATE invoices SET subtotal_minor = $3, computed_at = now() WHERE tenant_id = $1 AND invoice_id = $2
+"""
+MARK_PREPARED = """
+UPDATE invoices SET status = 'PREPARED', subtotal_minor = $3, credits_minor = $4, split_at = $5,
+       draft_digest = $6, prepare_key = $7, prepared_at = now(), computed_at = now()
+WHERE tenant_id = $1 AND invoice_id = $2
+"""
+MARK_ABORTED = """
+UPDATE invoices SET status = 'DRAFT', credits_minor = 0, split_at = '{}', draft_digest = '', prepare_key = '',
+       prepared_at = NULL
+WHERE tenant_id = $1 AND invoice_id = $2
+"""
+NEXT_INVOICE_NUMBER = """
+INSERT INTO invoice_counters (tenant_id, last_number) VALUES ($1, 1)
+ON CONFLICT (tenant_id) DO UPDATE SET last_number = invoice_counters.last_number + 1
+RETURNING last_number
+"""
+MARK_FINALIZED = """
+UPDATE invoices SET status = 'FINALIZED', number = $3, finalized_at = now() WHERE tenant_id = $1 AND invoice_id = $2
+"""
+MARK_VOID_PENDING = """
+UPDATE invoices SET status = 'VOID_PENDING', void_prepared_at = now(), void_reason = $3
+WHERE tenant_id = $1 AND invoice_id = $2
+"""
+MARK_VOIDED = "UPDATE invoices SET status = 'VOIDED', voided_at = now() WHERE tenant_id = $1 AND invoice_id = $2"
+MARK_VOID_ABORTED = """
+UPDATE invoices SET status = 'FINALIZED', void_prepared_at = NULL, void_reason = ''
+WHERE tenant_id = $1 AND invoice_id = $2
+"""
+
+LIST_INVOICES = f"""
+SELECT {INVOICE_COLUMNS} FROM invoices
+WHERE tenant_id = $1
+  AND ($2 = '' OR customer_id = $2)
+  AND (cardinality($3::text[]) = 0 OR status = ANY($3::text[]))
+  AND ($4::timestamptz IS NULL OR (status = 'PREPARED' AND prepared_at < $4)
+       OR (status = 'VOID_PENDING' AND void_prepared_at < $4))
+  AND ($5::timestamptz IS NULL OR period_start = $5)
+  AND ($6::timestamptz IS NULL OR (created_at, invoice_id) > ($6, $7))
+ORDER BY created_at, invoice_id
+LIMIT $8
+"""

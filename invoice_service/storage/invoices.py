@@ -1,0 +1,335 @@
+"""Invoice verbs — CreateDraft, SplitDraft and the two-phase finalize/void — one transaction each.
+
+Lock order, everywhere: customer row, then invoice row. PrepareFinalize locks the customer FOR
+UPDATE, which waits for in-flight ingest batches (they hold FOR KEY SHARE) and blocks new ones, so
+the events it freezes are exactly the events it priced.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from invoice_service.domain import invoices as billing
+from invoice_service.domain.catalog import Plan, Subscription
+from invoice_service.domain.invoices import (
+    Aggregation,
+    Application,
+    ChargeKind,
+    InvoiceView,
+    LineItem,
+    MeterUsage,
+    Piece,
+)
+from invoice_service.domain.money import currency_scale
+from invoice_service.domain.periods import INTERVAL_MONTHS, period_starting_at
+from invoice_service.domain.splitting import normalize_instants
+from invoice_service.domain.states import Status, Verb, transition
+from invoice_service.storage import invoice_sql as sql
+from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.idempotency import Guard, burn_key
+from service_runtime.amounts import parse_minor
+from service_runtime.rejections import invalid, not_found, precondition
+
+_Apply = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
+_NoOp = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ApplicationIn:
+    """A credit application as the coordinator sends it (amount still a decimal string)."""
+
+    charge_id: str
+    lot_id: str
+    lot_type: str
+    amount: str
+
+
+@dataclass(frozen=True)
+class Computed:
+    items: list[LineItem]
+    pieces: list[Piece]
+    digest: str
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    customer_id: str = ""
+    statuses: tuple[str, ...] = ()
+    prepared_before: datetime | None = None
+    period_start: datetime | None = None
+    after: tuple[datetime, str] | None = None
+    limit: int = 100
+
+
+class InvoiceOperations:
+    def __init__(self, pool: asyncpg.Pool, catalog: CatalogOperations, clock_skew_s: int) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self._skew = timedelta(seconds=clock_skew_s)
+
+    # ---- drafts -------------------------------------------------------------------------------
+
+    async def create_draft(self, guard: Guard, customer_id: str, period_start: datetime) -> InvoiceView:
+        """Creates the customer's invoice for the period, or recomputes it while it is a DRAFT."""
+        tenant = guard.tenant_id
+        async with self._pool.acquire() as conn, conn.transaction():
+            await guard.claim(conn)
+            ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, customer_id)
+            if ctx is None:
+                raise not_found("customer_id", f"no customer {customer_id!r}")
+            if ctx["subscription_id"] is None:
+                raise precondition("customer_id", f"customer {customer_id!r} has no subscription")
+            months = INTERVAL_MONTHS[ctx["billing_interval"]]
+            p = period_starting_at(ctx["anchor"], months, period_start)
+            if p is None or p.index < 0:
+                raise invalid("period_start", f"{period_start.isoformat()} is not a billing period start of "
+                                              f"the subscription (anchor {ctx['anchor'].isoformat()})")
+            if p.start > datetime.now(UTC) + self._skew:
+                raise invalid("period_start", "the period has not started yet")
+            header = await conn.fetchrow(sql.INSERT_DRAFT, tenant, "inv_" + secrets.token_hex(8), customer_id,
+                                         ctx["subscription_id"], ctx["plan_id"], ctx["ledger_account_id"],
+                                         ctx["currency"], p.start, p.end)
+            if header is None:
+                header = await conn.fetchrow(sql.SELECT_LIVE_INVOICE_FOR_UPDATE, tenant, customer_id, p.start)
+            if header["status"] == Status.DRAFT.value:
+                computed = await self._compute(conn, tenant, header, [])
+                await self._replace_line_items(conn, tenant, header["invoice_id"], computed.items)
+                await conn.execute(sql.UPDATE_DRAFT_TOTALS, tenant, header["invoice_id"],
+                                   sum(i.amount_minor for i in computed.items))
+            view = await self._load(conn, tenant, header["invoice_id"])
+            await guard.record(conn, view)
+            return view
+
+    async def split_draft(self, tenant: str, invoice_id: str,
+                          instants: Sequence[datetime]) -> tuple[InvoiceView, str]:
+        """A DRAFT recomputed now and cut at `instants` (nothing saved); a frozen invoice as stored."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            header = await self._header(conn, tenant, invoice_id, lock=False)
+            if header["status"] != Status.DRAFT.value:
+                view = await self._load(conn, tenant, invoice_id)
+                return view, view.draft_digest
+            cut = normalize_instants(instants, header["period_start"], header["period_end"])
+            computed = await self._compute(conn, tenant, header, cut)
+            view = _view(header, computed.items, computed.pieces, (), tuple(cut), computed.digest)
+            return view, computed.digest
+
+    # ---- two-phase finalize ---------------------------------------------------------------------
+
+    async def prepare_finalize(self, guard: Guard, invoice_id: str, instants: Sequence[datetime],
+                               applications: Sequence[ApplicationIn], expected_digest: str) -> InvoiceView:
+        """DRAFT -> PREPARED: recompute, cut at the instants, freeze, record the ledger's applications."""
+        tenant = guard.tenant_id
+        async with self._pool.acquire() as conn, conn.transaction():
+            await guard.claim(conn)
+            header = await self._lock(conn, tenant, invoice_id)
+            transition(Verb.PREPARE_FINALIZE, Status(header["status"]))
+            cut = normalize_instants(instants, header["period_start"], header["period_end"])
+            computed = await self._compute(conn, tenant, header, cut)
+            if expected_digest and expected_digest != computed.digest:
+                raise precondition("draft_digest", "the draft changed since it was split (new usage?); "
+                                                   "split it again and reserve again")
+            apps = _check_applications(applications, computed.pieces, currency_scale(header["currency"]))
+            await conn.execute(sql.DELETE_CHARGES, tenant, invoice_id)
+            await self._replace_line_items(conn, tenant, invoice_id, computed.items)
+            await conn.executemany(sql.INSERT_CHARGE, [
+                (tenant, invoice_id, p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity,
+                 p.amount_minor, p.service_start, p.service_end) for p in computed.pieces])
+            await conn.executemany(sql.INSERT_APPLICATION, [
+                (tenant, invoice_id, n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor)
+                for n, a in enumerate(apps)])
+            await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
+                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key)
+            view = await self._load(conn, tenant, invoice_id)
+            await guard.record(conn, view)
+            return view
+
+    async def commit_finalize(self, guard: Guard, invoice_id: str, prepare_key: str) -> InvoiceView:
+        """PREPARED -> FINALIZED with the tenant's next gapless number; no-op if already finalized."""
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            number = await conn.fetchval(sql.NEXT_INVOICE_NUMBER, guard.tenant_id)
+            await conn.execute(sql.MARK_FINALIZED, guard.tenant_id, invoice_id, f"INV-{number:06d}")
+
+        return await self._step(guard, invoice_id, Verb.COMMIT_FINALIZE, apply, prepare_key)
+
+    async def abort_finalize(self, guard: Guard, invoice_id: str, prepare_key: str) -> InvoiceView:
+        """PREPARED -> DRAFT, credit applications and pieces dropped; no-op on a DRAFT (a null
+        compensation), which also burns `prepare_key` so a prepare arriving later is refused."""
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            await conn.execute(sql.DELETE_APPLICATIONS, guard.tenant_id, invoice_id)
+            await conn.execute(sql.DELETE_CHARGES, guard.tenant_id, invoice_id)
+            await conn.execute(sql.MARK_ABORTED, guard.tenant_id, invoice_id)
+
+        async def null_compensation(conn: asyncpg.Connection) -> None:
+            if prepare_key:
+                await burn_key(conn, guard.tenant_id, prepare_key, Verb.PREPARE_FINALIZE.value)
+
+        return await self._step(guard, invoice_id, Verb.ABORT_FINALIZE, apply, prepare_key, null_compensation)
+
+    # ---- two-phase void -------------------------------------------------------------------------
+
+    async def prepare_void(self, guard: Guard, invoice_id: str, reason: str) -> InvoiceView:
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            await conn.execute(sql.MARK_VOID_PENDING, guard.tenant_id, invoice_id, reason)
+
+        return await self._step(guard, invoice_id, Verb.PREPARE_VOID, apply)
+
+    async def commit_void(self, guard: Guard, invoice_id: str) -> InvoiceView:
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            await conn.execute(sql.MARK_VOIDED, guard.tenant_id, invoice_id)
+
+        return await self._step(guard, invoice_id, Verb.COMMIT_VOID, apply)
+
+    async def abort_void(self, guard: Guard, invoice_id: str) -> InvoiceView:
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            await conn.execute(sql.MARK_VOID_ABORTED, guard.tenant_id, invoice_id)
+
+        return await self._step(guard, invoice_id, Verb.ABORT_VOID, apply)
+
+    async def _step(self, guard: Guard, invoice_id: str, verb: Verb, apply: _Apply, prepare_key: str = "",
+                    on_noop: _NoOp | None = None) -> InvoiceView:
+        """One state transition in one transaction: lock, check the state machine, apply, answer."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await guard.claim(conn)
+            header = await self._lock(conn, guard.tenant_id, invoice_id)
+            status = Status(header["status"])
+            step = transition(verb, status)
+            if prepare_key and status is not Status.DRAFT and header["prepare_key"] != prepare_key:
+                raise precondition("prepare_key", f"the invoice was prepared by another key "
+                                                  f"({header['prepare_key']!r})")
+            if step.changes:
+                await apply(conn, header)
+            elif on_noop is not None:
+                await on_noop(conn)
+            view = await self._load(conn, guard.tenant_id, invoice_id)
+            await guard.record(conn, view)
+            return view
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    async def get(self, tenant: str, invoice_id: str) -> InvoiceView:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            return await self._load(conn, tenant, invoice_id)
+
+    async def list_invoices(self, tenant: str, f: ListFilter) -> list[InvoiceView]:
+        after_at, after_id = f.after if f.after else (None, "")
+        rows = await self._pool.fetch(sql.LIST_INVOICES, tenant, f.customer_id, list(f.statuses),
+                                      f.prepared_before, f.period_start, after_at, after_id, f.limit)
+        return [_view(r, (), (), (), tuple(r["split_at"]), r["draft_digest"]) for r in rows]
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    async def _header(self, conn: asyncpg.Connection, tenant: str, invoice_id: str, *,
+                      lock: bool) -> asyncpg.Record:
+        row = await conn.fetchrow(sql.SELECT_INVOICE_FOR_UPDATE if lock else sql.SELECT_INVOICE, tenant, invoice_id)
+        if row is None:
+            raise not_found("invoice_id", f"no invoice {invoice_id!r}")
+        return row
+
+    async def _lock(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> asyncpg.Record:
+        """Locks the invoice's customer, then the invoice (the one lock order of this service)."""
+        customer_id = await conn.fetchval(sql.SELECT_INVOICE_CUSTOMER, tenant, invoice_id)
+        if customer_id is None:
+            raise not_found("invoice_id", f"no invoice {invoice_id!r}")
+        await conn.execute(sql.LOCK_CUSTOMER, tenant, customer_id)
+        return await self._header(conn, tenant, invoice_id, lock=True)
+
+    async def _load(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> InvoiceView:
+        header = await self._header(conn, tenant, invoice_id, lock=False)
+        items = [LineItem(r["line_item_id"], ChargeKind(r["kind"]), r["code"], r["description"], r["quantity"],
+                          r["unit_price"], r["amount_minor"], r["service_start"], r["service_end"])
+                 for r in await conn.fetch(sql.SELECT_LINE_ITEMS, tenant, invoice_id)]
+        pieces = [Piece(r["charge_id"], r["line_item_id"], ChargeKind(r["kind"]), r["name"], r["quantity"],
+                        r["amount_minor"], r["service_start"], r["service_end"])
+                  for r in await conn.fetch(sql.SELECT_CHARGES, tenant, invoice_id)]
+        apps = [Application(r["charge_id"], r["line_item_id"], r["lot_id"], r["lot_type"], r["amount_minor"])
+                for r in await conn.fetch(sql.SELECT_APPLICATIONS, tenant, invoice_id)]
+        return _view(header, items, pieces, apps, tuple(header["split_at"]), header["draft_digest"])
+
+    async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
+                       instants: Sequence[datetime]) -> Computed:
+        """Prices the period from the events stored now (aggregated by Postgres) and cuts it."""
+        ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, header["customer_id"])
+        plan = Plan(ctx["plan_id"], ctx["plan_name"], ctx["currency"], ctx["billing_interval"],
+                    Plan.components_from_json(json.loads(ctx["terms"])))
+        q = json.loads(ctx["quantities"])
+        sub = Subscription(ctx["subscription_id"], header["customer_id"], plan.plan_id, ctx["anchor"],
+                           q["add_ons"], q["licenses"])
+        usage = await self._usage(conn, tenant, header, plan, list(instants))
+        start, end = header["period_start"], header["period_end"]
+        items = billing.compute_line_items(plan.terms, sub.quantities, usage, start, end)
+        pieces = billing.split_line_items(items, usage, instants)
+        return Computed(items, pieces, billing.digest(items, pieces))
+
+    async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, plan: Plan,
+                     instants: list[datetime]) -> dict[str, MeterUsage]:
+        codes = [c.code for c in plan.components if c.kind is ChargeKind.USAGE]
+        meters = await self._catalog.meters(conn, tenant, codes)
+        unique = [c for c in codes if meters[c].aggregation is Aggregation.UNIQUE_COUNT]
+        plain = [c for c in codes if c not in unique]
+        args = (tenant, header["customer_id"], header["period_start"], header["period_end"], instants)
+        pieces: dict[str, dict[int, Decimal]] = {c: {} for c in codes}
+        if plain:
+            for r in await conn.fetch(sql.AGGREGATE_USAGE, *args, plain):
+                agg = meters[r["meter_code"]].aggregation
+                value = {Aggregation.SUM: r["total"], Aggregation.COUNT: Decimal(r["events"]),
+                         Aggregation.MAX: r["peak"]}[agg]
+                pieces[r["meter_code"]][r["piece"]] = value
+        if unique:
+            for r in await conn.fetch(sql.AGGREGATE_UNIQUE, *args, unique):
+                pieces[r["meter_code"]][r["piece"]] = Decimal(r["total"])
+        usage: dict[str, MeterUsage] = {}
+        for code, by_piece in pieces.items():
+            if not by_piece:
+                continue
+            is_max = meters[code].aggregation is Aggregation.MAX
+            total = max(by_piece.values()) if is_max else sum(by_piece.values(), Decimal(0))
+            usage[code] = MeterUsage(total, by_piece)
+        return usage
+
+    async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
+                                  items: Sequence[LineItem]) -> None:
+        await conn.execute(sql.DELETE_LINE_ITEMS, tenant, invoice_id)
+        await conn.executemany(sql.INSERT_LINE_ITEM, [
+            (tenant, invoice_id, i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price,
+             i.amount_minor, i.service_start, i.service_end) for n, i in enumerate(items)])
+
+
+def _check_applications(applications: Sequence[ApplicationIn], pieces: Sequence[Piece],
+                        scale: int) -> list[Application]:
+    """Each application names a charge of this invoice; together they never exceed its amount."""
+    by_id = {p.charge_id: p for p in pieces}
+    left = {p.charge_id: p.amount_minor for p in pieces}
+    out: list[Application] = []
+    for i, a in enumerate(applications):
+        piece = by_id.get(a.charge_id)
+        if piece is None:
+            raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
+                                                           "(at these split instants)")
+        minor = parse_minor(a.amount, scale, f"applications[{i}].amount")
+        if minor > left[a.charge_id]:
+            raise invalid(f"applications[{i}].amount", f"credits applied to {a.charge_id} would exceed its "
+                                                       "amount")
+        left[a.charge_id] -= minor
+        out.append(Application(a.charge_id, piece.line_item_id, a.lot_id, a.lot_type, minor))
+    return out
+
+
+def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Piece],
+          apps: Sequence[Application], split_at: tuple[datetime, ...], digest: str) -> InvoiceView:
+    subtotal = sum(i.amount_minor for i in items) if items else header["subtotal_minor"]
+    credits = sum(a.amount_minor for a in apps) if apps else header["credits_minor"]
+    return InvoiceView(
+        header["invoice_id"], header["customer_id"], header["ledger_account_id"], header["subscription_id"],
+        header["plan_id"], header["currency"], currency_scale(header["currency"]), header["status"],
+        header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
+        tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
+        header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
+        header["voided_at"])
+

@@ -1,0 +1,181 @@
+"""Usage ingestion: one transaction per batch, one INSERT ... ON CONFLICT DO NOTHING for all events.
+
+Duplicates are detected by the primary key (tenant_id, event_id) inside the same statement that
+inserts, so concurrent duplicate deliveries are counted once. Events are sorted by id so two
+batches sharing ids lock them in the same order (no deadlock).
+
+Late events: an event counts toward its period while period_end + grace > now and the period's
+invoice is not frozen (PREPARED, FINALIZED, VOID_PENDING). Otherwise the whole batch is refused
+with FAILED_PRECONDITION naming events[i].timestamp; nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from invoice_service.domain.catalog import Meter
+from invoice_service.domain.identifiers import QUANTITY_PATTERN
+from invoice_service.domain.invoices import Aggregation
+from invoice_service.domain.periods import INTERVAL_MONTHS, period, period_containing
+from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.idempotency import Guard
+from service_runtime.rejections import invalid, not_found, precondition
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Customers are key-share locked: PrepareFinalize takes FOR UPDATE on the customer, so no batch can
+# add events to a period while it is being frozen.
+LOCK_CUSTOMERS = """
+SELECT c.customer_id, s.anchor, p.billing_interval FROM customers c
+LEFT JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
+WHERE c.tenant_id = $1 AND c.customer_id = ANY($2::text[])
+FOR KEY SHARE OF c
+"""
+SELECT_FROZEN_PERIODS = """
+SELECT customer_id, period_start, period_end, status FROM invoices
+WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING')
+  AND period_end > $3
+"""
+INSERT_EVENTS = """
+INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_code, ts, quantity, unique_key, properties)
+SELECT $1, e.id, e.customer, e.meter, '1970-01-01T00:00:00Z'::timestamptz + e.us * interval '1 microsecond',
+       e.qty::numeric, e.ukey, e.props::jsonb
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::text[])
+     AS e(id, customer, meter, us, qty, ukey, props)
+ON CONFLICT (tenant_id, event_id) DO NOTHING
+RETURNING event_id
+"""
+
+
+@dataclass(frozen=True)
+class EventIn:
+    """A syntactically valid event: ids checked, quantity a decimal string, time in microseconds."""
+
+    event_id: str
+    customer_id: str
+    meter_code: str
+    ts_us: int
+    quantity: str
+    properties: dict[str, str]
+    properties_json: str | None
+
+
+def _us(t: datetime) -> int:
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+class UsageOperations:
+    def __init__(self, pool: asyncpg.Pool, catalog: CatalogOperations, grace_s: int) -> None:
+        self._pool = pool
+        self._catalog = catalog
+        self._grace = timedelta(seconds=grace_s)
+
+    async def ingest(self, guard: Guard, events: Sequence[EventIn]) -> list[bool]:
+        """Stores new events; returns, in request order, True for accepted and False for duplicate."""
+        for attempt in range(3):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await guard.claim(conn)
+                    accepted = await self._ingest(conn, guard.tenant_id, events)
+                    await guard.record(conn, accepted)
+                    return accepted
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _ingest(self, conn: asyncpg.Connection, tenant_id: str, events: Sequence[EventIn]) -> list[bool]:
+        customers = list({e.customer_id for e in events})
+        meters = await self._catalog.meters(conn, tenant_id, list({e.meter_code for e in events}))
+        rows = await conn.fetch(LOCK_CUSTOMERS, tenant_id, customers)
+        open_since = self._open_since(rows)
+        frozen: dict[str, list[tuple[int, int, str]]] = {}
+        min_ts = _EPOCH + timedelta(microseconds=min(e.ts_us for e in events))
+        for r in await conn.fetch(SELECT_FROZEN_PERIODS, tenant_id, customers, min_ts):
+            frozen.setdefault(r["customer_id"], []).append((_us(r["period_start"]), _us(r["period_end"]),
+                                                            r["status"]))
+        unique_keys: list[str | None] = []
+        values: list[str] = []
+        for i, e in enumerate(events):
+            meter = meters.get(e.meter_code)
+            if meter is None:
+                raise not_found(f"events[{i}].meter_code", f"no meter {e.meter_code!r}")
+            since = open_since.get(e.customer_id)
+            if since is None:
+                raise not_found(f"events[{i}].customer_id", f"no customer {e.customer_id!r}")
+            if since < 0:
+                raise precondition(f"events[{i}].customer_id",
+                                   f"customer {e.customer_id!r} has no subscription to bill usage to")
+            values.append(_value(i, e, meter))
+            self._check_open(i, e, since, frozen.get(e.customer_id, ()))
+            unique_keys.append(_unique_key(i, e, meter))
+        order = sorted(range(len(events)), key=lambda i: events[i].event_id)
+        ev = [events[i] for i in order]
+        inserted = await conn.fetch(
+            INSERT_EVENTS, tenant_id, [e.event_id for e in ev], [e.customer_id for e in ev],
+            [e.meter_code for e in ev], [e.ts_us for e in ev], [values[i] for i in order],
+            [unique_keys[i] for i in order], [e.properties_json for e in ev])
+        fresh = {r["event_id"] for r in inserted}
+        accepted: list[bool] = []
+        for e in events:
+            accepted.append(e.event_id in fresh)
+            fresh.discard(e.event_id)  # a repeat inside the batch is a duplicate of the first
+        return accepted
+
+    def _open_since(self, rows: Sequence[asyncpg.Record]) -> dict[str, int]:
+        """Per customer, the earliest instant (µs) still accepting events; -1 without subscription."""
+        now = datetime.now(UTC)
+        out: dict[str, int] = {}
+        for r in rows:
+            anchor = r["anchor"]
+            if anchor is None:
+                out[r["customer_id"]] = -1
+                continue
+            months = INTERVAL_MONTHS[r["billing_interval"]]
+            p = period_containing(anchor, months, max(now, anchor))
+            while p.index > 0 and p.start + self._grace > now:
+                p = period(anchor, months, p.index - 1)
+            out[r["customer_id"]] = _us(p.start)
+        return out
+
+    def _check_open(self, i: int, e: EventIn, since: int, frozen: Sequence[tuple[int, int, str]]) -> None:
+        if e.ts_us < since:
+            when = (_EPOCH + timedelta(microseconds=since)).isoformat()
+            raise precondition(f"events[{i}].timestamp",
+                               f"its billing period is closed (late events are accepted until period end + "
+                               f"grace {self._grace.total_seconds():.0f}s; open since {when})")
+        for start, end, status in frozen:
+            if start <= e.ts_us < end:
+                raise precondition(f"events[{i}].timestamp",
+                                   f"falls in a period whose invoice is {status}; it can no longer change")
+
+
+def _value(i: int, e: EventIn, meter: Meter) -> str:
+    """The number the meter aggregates: the event quantity, or the numeric property it names."""
+    value, field = e.quantity, f"events[{i}].quantity"
+    if meter.property and meter.aggregation in (Aggregation.SUM, Aggregation.MAX):
+        value, field = e.properties.get(meter.property, ""), f"events[{i}].properties"
+        if not QUANTITY_PATTERN.fullmatch(value):
+            raise invalid(field, f"property {meter.property!r} must be a decimal with at most 9 places")
+    if value.startswith("-") and not meter.allow_negative:
+        raise invalid(field, f"meter {meter.meter_code!r} does not allow negative quantities")
+    return value
+
+
+def _unique_key(i: int, e: EventIn, meter: Meter) -> str | None:
+    if meter.aggregation is not Aggregation.UNIQUE_COUNT:
+        return None
+    value = e.properties.get(meter.property)
+    if not value:
+        raise invalid(f"events[{i}].properties",
+                      f"property {meter.property!r} is required by UNIQUE_COUNT meter {meter.meter_code!r}")
+    if len(value) > 200:
+        raise invalid(f"events[{i}].properties", f"property {meter.property!r} is longer than 200 characters")
+    return value

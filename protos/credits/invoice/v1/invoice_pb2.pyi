@@ -1,0 +1,669 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChargeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHARGE_KIND_UNSPECIFIED: _ClassVar[ChargeKind]
+    USAGE: _ClassVar[ChargeKind]
+    ADD_ON: _ClassVar[ChargeKind]
+    FIXED_FEE: _ClassVar[ChargeKind]
+    LICENSE: _ClassVar[ChargeKind]
+
+class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
+    SUM: _ClassVar[Aggregation]
+    COUNT: _ClassVar[Aggregation]
+    MAX: _ClassVar[Aggregation]
+    UNIQUE_COUNT: _ClassVar[Aggregation]
+
+class PriceModel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRICE_MODEL_UNSPECIFIED: _ClassVar[PriceModel]
+    FLAT: _ClassVar[PriceModel]
+    PER_UNIT: _ClassVar[PriceModel]
+    PACKAGE: _ClassVar[PriceModel]
+    GRADUATED: _ClassVar[PriceModel]
+    VOLUME: _ClassVar[PriceModel]
+
+class BillingInterval(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BILLING_INTERVAL_UNSPECIFIED: _ClassVar[BillingInterval]
+    MONTHLY: _ClassVar[BillingInterval]
+    QUARTERLY: _ClassVar[BillingInterval]
+    YEARLY: _ClassVar[BillingInterval]
+
+class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_STATUS_UNSPECIFIED: _ClassVar[InvoiceStatus]
+    DRAFT: _ClassVar[InvoiceStatus]
+    PREPARED: _ClassVar[InvoiceStatus]
+    FINALIZED: _ClassVar[InvoiceStatus]
+    VOID_PENDING: _ClassVar[InvoiceStatus]
+    VOIDED: _ClassVar[InvoiceStatus]
+
+class IngestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INGEST_STATUS_UNSPECIFIED: _ClassVar[IngestStatus]
+    ACCEPTED: _ClassVar[IngestStatus]
+    DUPLICATE: _ClassVar[IngestStatus]
+
+class RenderFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RENDER_FORMAT_UNSPECIFIED: _ClassVar[RenderFormat]
+    TEXT: _ClassVar[RenderFormat]
+    JSON: _ClassVar[RenderFormat]
+CHARGE_KIND_UNSPECIFIED: ChargeKind
+USAGE: ChargeKind
+ADD_ON: ChargeKind
+FIXED_FEE: ChargeKind
+LICENSE: ChargeKind
+AGGREGATION_UNSPECIFIED: Aggregation
+SUM: Aggregation
+COUNT: Aggregation
+MAX: Aggregation
+UNIQUE_COUNT: Aggregation
+PRICE_MODEL_UNSPECIFIED: PriceModel
+FLAT: PriceModel
+PER_UNIT: PriceModel
+PACKAGE: PriceModel
+GRADUATED: PriceModel
+VOLUME: PriceModel
+BILLING_INTERVAL_UNSPECIFIED: BillingInterval
+MONTHLY: BillingInterval
+QUARTERLY: BillingInterval
+YEARLY: BillingInterval
+INVOICE_STATUS_UNSPECIFIED: InvoiceStatus
+DRAFT: InvoiceStatus
+PREPARED: InvoiceStatus
+FINALIZED: InvoiceStatus
+VOID_PENDING: InvoiceStatus
+VOIDED: InvoiceStatus
+INGEST_STATUS_UNSPECIFIED: IngestStatus
+ACCEPTED: IngestStatus
+DUPLICATE: IngestStatus
+RENDER_FORMAT_UNSPECIFIED: RenderFormat
+TEXT: RenderFormat
+JSON: RenderFormat
+
+class Customer(_message.Message):
+    __slots__ = ("customer_id", "name", "ledger_account_id", "created_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    name: str
+    ledger_account_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., name: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCustomerRequest(_message.Message):
+    __slots__ = ("idempotency_key", "customer_id", "name", "ledger_account_id")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    customer_id: str
+    name: str
+    ledger_account_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., name: _Optional[str] = ..., ledger_account_id: _Optional[str] = ...) -> None: ...
+
+class GetCustomerRequest(_message.Message):
+    __slots__ = ("customer_id",)
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
+
+class Meter(_message.Message):
+    __slots__ = ("meter_code", "name", "aggregation", "property", "allow_negative", "created_at")
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    name: str
+    aggregation: Aggregation
+    property: str
+    allow_negative: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateMeterRequest(_message.Message):
+    __slots__ = ("idempotency_key", "meter_code", "name", "aggregation", "property", "allow_negative")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    meter_code: str
+    name: str
+    aggregation: Aggregation
+    property: str
+    allow_negative: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ...) -> None: ...
+
+class GetMeterRequest(_message.Message):
+    __slots__ = ("meter_code",)
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    def __init__(self, meter_code: _Optional[str] = ...) -> None: ...
+
+class Tier(_message.Message):
+    __slots__ = ("up_to", "unit_amount", "flat_amount")
+    UP_TO_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FLAT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    up_to: str
+    unit_amount: str
+    flat_amount: str
+    def __init__(self, up_to: _Optional[str] = ..., unit_amount: _Optional[str] = ..., flat_amount: _Optional[str] = ...) -> None: ...
+
+class Price(_message.Message):
+    __slots__ = ("model", "unit_amount", "flat_amount", "package_size", "tiers")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FLAT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    model: PriceModel
+    unit_amount: str
+    flat_amount: str
+    package_size: str
+    tiers: _containers.RepeatedCompositeFieldContainer[Tier]
+    def __init__(self, model: _Optional[_Union[PriceModel, str]] = ..., unit_amount: _Optional[str] = ..., flat_amount: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
+
+class UsageCharge(_message.Message):
+    __slots__ = ("meter_code", "price")
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    price: Price
+    def __init__(self, meter_code: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class FixedFee(_message.Message):
+    __slots__ = ("code", "name", "amount")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    name: str
+    amount: str
+    def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class AddOn(_message.Message):
+    __slots__ = ("code", "name", "unit_amount")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    name: str
+    unit_amount: str
+    def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., unit_amount: _Optional[str] = ...) -> None: ...
+
+class License(_message.Message):
+    __slots__ = ("code", "name", "unit_amount")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNIT_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    name: str
+    unit_amount: str
+    def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., unit_amount: _Optional[str] = ...) -> None: ...
+
+class Plan(_message.Message):
+    __slots__ = ("plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "created_at")
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_CHARGES_FIELD_NUMBER: _ClassVar[int]
+    FIXED_FEES_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    plan_id: str
+    name: str
+    currency: str
+    interval: BillingInterval
+    usage_charges: _containers.RepeatedCompositeFieldContainer[UsageCharge]
+    fixed_fees: _containers.RepeatedCompositeFieldContainer[FixedFee]
+    add_ons: _containers.RepeatedCompositeFieldContainer[AddOn]
+    licenses: _containers.RepeatedCompositeFieldContainer[License]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreatePlanRequest(_message.Message):
+    __slots__ = ("idempotency_key", "plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_CHARGES_FIELD_NUMBER: _ClassVar[int]
+    FIXED_FEES_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    plan_id: str
+    name: str
+    currency: str
+    interval: BillingInterval
+    usage_charges: _containers.RepeatedCompositeFieldContainer[UsageCharge]
+    fixed_fees: _containers.RepeatedCompositeFieldContainer[FixedFee]
+    add_ons: _containers.RepeatedCompositeFieldContainer[AddOn]
+    licenses: _containers.RepeatedCompositeFieldContainer[License]
+    def __init__(self, idempotency_key: _Optional[str] = ..., plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ...) -> None: ...
+
+class GetPlanRequest(_message.Message):
+    __slots__ = ("plan_id",)
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    plan_id: str
+    def __init__(self, plan_id: _Optional[str] = ...) -> None: ...
+
+class Quantity(_message.Message):
+    __slots__ = ("code", "quantity")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    quantity: int
+    def __init__(self, code: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+
+class Subscription(_message.Message):
+    __slots__ = ("subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "created_at")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    anchor: _timestamp_pb2.Timestamp
+    add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
+    licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateSubscriptionRequest(_message.Message):
+    __slots__ = ("idempotency_key", "subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    anchor: _timestamp_pb2.Timestamp
+    add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
+    licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
+    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ...) -> None: ...
+
+class GetSubscriptionRequest(_message.Message):
+    __slots__ = ("subscription_id",)
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    def __init__(self, subscription_id: _Optional[str] = ...) -> None: ...
+
+class ListDueSubscriptionsRequest(_message.Message):
+    __slots__ = ("as_of", "page_size")
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    as_of: _timestamp_pb2.Timestamp
+    page_size: int
+    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class DuePeriod(_message.Message):
+    __slots__ = ("customer_id", "subscription_id", "period_start", "period_end", "invoice_id", "status")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    subscription_id: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    invoice_id: str
+    status: InvoiceStatus
+    def __init__(self, customer_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invoice_id: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ...) -> None: ...
+
+class ListDueSubscriptionsResponse(_message.Message):
+    __slots__ = ("periods",)
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    periods: _containers.RepeatedCompositeFieldContainer[DuePeriod]
+    def __init__(self, periods: _Optional[_Iterable[_Union[DuePeriod, _Mapping]]] = ...) -> None: ...
+
+class UsageEvent(_message.Message):
+    __slots__ = ("event_id", "customer_id", "meter_code", "quantity", "properties", "timestamp")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    customer_id: str
+    meter_code: str
+    quantity: str
+    properties: _containers.ScalarMap[str, str]
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., meter_code: _Optional[str] = ..., quantity: _Optional[str] = ..., properties: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EventResult(_message.Message):
+    __slots__ = ("event_id", "status")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    status: IngestStatus
+    def __init__(self, event_id: _Optional[str] = ..., status: _Optional[_Union[IngestStatus, str]] = ...) -> None: ...
+
+class IngestEventRequest(_message.Message):
+    __slots__ = ("idempotency_key", "event")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    event: UsageEvent
+    def __init__(self, idempotency_key: _Optional[str] = ..., event: _Optional[_Union[UsageEvent, _Mapping]] = ...) -> None: ...
+
+class IngestEventResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: EventResult
+    def __init__(self, result: _Optional[_Union[EventResult, _Mapping]] = ...) -> None: ...
+
+class IngestEventsRequest(_message.Message):
+    __slots__ = ("idempotency_key", "events")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    events: _containers.RepeatedCompositeFieldContainer[UsageEvent]
+    def __init__(self, idempotency_key: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UsageEvent, _Mapping]]] = ...) -> None: ...
+
+class IngestEventsResponse(_message.Message):
+    __slots__ = ("results", "accepted", "duplicates")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EventResult]
+    accepted: int
+    duplicates: int
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class LineItem(_message.Message):
+    __slots__ = ("line_item_id", "kind", "code", "description", "quantity", "unit_price", "amount", "service_start", "service_end", "credits_applied", "amount_due")
+    LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_START_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_END_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
+    line_item_id: str
+    kind: ChargeKind
+    code: str
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str
+    service_start: _timestamp_pb2.Timestamp
+    service_end: _timestamp_pb2.Timestamp
+    credits_applied: str
+    amount_due: str
+    def __init__(self, line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., code: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ...) -> None: ...
+
+class Charge(_message.Message):
+    __slots__ = ("charge_id", "line_item_id", "kind", "name", "quantity", "amount", "service_start", "service_end")
+    CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_START_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_END_FIELD_NUMBER: _ClassVar[int]
+    charge_id: str
+    line_item_id: str
+    kind: ChargeKind
+    name: str
+    quantity: str
+    amount: str
+    service_start: _timestamp_pb2.Timestamp
+    service_end: _timestamp_pb2.Timestamp
+    def __init__(self, charge_id: _Optional[str] = ..., line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., name: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreditApplication(_message.Message):
+    __slots__ = ("charge_id", "lot_id", "lot_type", "amount", "line_item_id")
+    CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    charge_id: str
+    lot_id: str
+    lot_type: str
+    amount: str
+    line_item_id: str
+    def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ...) -> None: ...
+
+class Invoice(_message.Message):
+    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at")
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    LINE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CHARGES_FIELD_NUMBER: _ClassVar[int]
+    APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
+    SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_AT_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINALIZED_AT_FIELD_NUMBER: _ClassVar[int]
+    VOID_PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
+    VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    invoice_id: str
+    customer_id: str
+    ledger_account_id: str
+    subscription_id: str
+    plan_id: str
+    currency: str
+    status: InvoiceStatus
+    number: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    line_items: _containers.RepeatedCompositeFieldContainer[LineItem]
+    charges: _containers.RepeatedCompositeFieldContainer[Charge]
+    applications: _containers.RepeatedCompositeFieldContainer[CreditApplication]
+    subtotal: str
+    credits_applied: str
+    amount_due: str
+    split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    draft_digest: str
+    prepare_key: str
+    created_at: _timestamp_pb2.Timestamp
+    computed_at: _timestamp_pb2.Timestamp
+    prepared_at: _timestamp_pb2.Timestamp
+    finalized_at: _timestamp_pb2.Timestamp
+    void_prepared_at: _timestamp_pb2.Timestamp
+    voided_at: _timestamp_pb2.Timestamp
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateDraftRequest(_message.Message):
+    __slots__ = ("idempotency_key", "customer_id", "period_start")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    customer_id: str
+    period_start: _timestamp_pb2.Timestamp
+    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SplitDraftRequest(_message.Message):
+    __slots__ = ("invoice_id", "split_at")
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
+    invoice_id: str
+    split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    def __init__(self, invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
+
+class SplitDraftResponse(_message.Message):
+    __slots__ = ("invoice", "charges", "draft_digest")
+    INVOICE_FIELD_NUMBER: _ClassVar[int]
+    CHARGES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    invoice: Invoice
+    charges: _containers.RepeatedCompositeFieldContainer[Charge]
+    draft_digest: str
+    def __init__(self, invoice: _Optional[_Union[Invoice, _Mapping]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., draft_digest: _Optional[str] = ...) -> None: ...
+
+class PrepareFinalizeRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id", "split_at", "applications", "draft_digest")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
+    APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    applications: _containers.RepeatedCompositeFieldContainer[CreditApplication]
+    draft_digest: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., draft_digest: _Optional[str] = ...) -> None: ...
+
+class CommitFinalizeRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id", "prepare_key")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    prepare_key: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., prepare_key: _Optional[str] = ...) -> None: ...
+
+class AbortFinalizeRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id", "prepare_key", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    prepare_key: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., prepare_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PrepareVoidRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CommitVoidRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ...) -> None: ...
+
+class AbortVoidRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ...) -> None: ...
+
+class GetInvoiceRequest(_message.Message):
+    __slots__ = ("invoice_id",)
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    invoice_id: str
+    def __init__(self, invoice_id: _Optional[str] = ...) -> None: ...
+
+class ListInvoicesRequest(_message.Message):
+    __slots__ = ("customer_id", "statuses", "prepared_before", "period_start", "page_size", "page_token")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    statuses: _containers.RepeatedScalarFieldContainer[InvoiceStatus]
+    prepared_before: _timestamp_pb2.Timestamp
+    period_start: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, customer_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[InvoiceStatus, str]]] = ..., prepared_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListInvoicesResponse(_message.Message):
+    __slots__ = ("invoices", "next_page_token")
+    INVOICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    invoices: _containers.RepeatedCompositeFieldContainer[Invoice]
+    next_page_token: str
+    def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RenderInvoiceRequest(_message.Message):
+    __slots__ = ("invoice_id", "format")
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    invoice_id: str
+    format: RenderFormat
+    def __init__(self, invoice_id: _Optional[str] = ..., format: _Optional[_Union[RenderFormat, str]] = ...) -> None: ...
+
+class RenderInvoiceResponse(_message.Message):
+    __slots__ = ("content_type", "content")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    content: str
+    def __init__(self, content_type: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
