@@ -74,6 +74,38 @@ def _cmd_tenant_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def verify_ledger(settings: Settings, tenant_id: str | None) -> dict[str, dict[str, object]]:
+    """Replays the journal of each tenant (or one) and compares it with the balance projection."""
+    from ledger_service.storage.reads import verify_journal
+    from service_runtime.postgres import create_pool
+
+    dsn = resolve_databases(settings).ledger_dsn
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        tenants = [tenant_id] if tenant_id else [r["tenant_id"] for r in await pool.fetch(
+            "SELECT tenant_id FROM tenants ORDER BY tenant_id")]
+        out: dict[str, dict[str, object]] = {}
+        for t in tenants:
+            v = await verify_journal(pool, t)
+            out[t] = {"ok": not v.violations, "entries": v.entries, "lots": v.lots, "violations": v.violations}
+        return out
+    finally:
+        await pool.close()
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    report = asyncio.run(verify_ledger(Settings.from_env(), args.tenant))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for tenant, r in report.items():
+            status = "ok" if r["ok"] else "VIOLATIONS"
+            print(f"{tenant}: {status} ({r['entries']} entries, {r['lots']} lots)")
+            for v in r["violations"]:  # type: ignore[attr-defined]
+                print(f"  - {v}")
+    return 0 if all(r["ok"] for r in report.values()) else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("migrate", help="apply the numbered SQL migrations to every service database")
     p.add_argument("--json", action="store_true")
@@ -87,3 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--role", default="admin", choices=ROLES)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_tenant_create)
+
+    ledger = sub.choices.get("ledger") or sub.add_parser("ledger", help="ledger maintenance")
+    lsub = getattr(ledger, "_credits_sub", None) or ledger.add_subparsers(dest="ledger_command", required=True)
+    ledger._credits_sub = lsub  # type: ignore[attr-defined]
+    v = lsub.add_parser("verify", help="replay the journal and compare it with the balance projection")
+    v.add_argument("--tenant", default=None)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_verify)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from credits.ledger.v1 import ledger_pb2 as pb
@@ -96,10 +97,10 @@ def scope(msg: pb.Scope, field: str = "scope") -> Scope:
     return Scope(kinds, names)
 
 
-def charges(msgs: list[pb.Charge] | object, scale: int, now: datetime, skew_s: int) -> list[Charge]:
+def charges(msgs: Iterable[pb.Charge], scale: int, now: datetime, skew_s: int) -> list[Charge]:
     out: list[Charge] = []
     seen: set[str] = set()
-    items = list(msgs)  # type: ignore[call-overload]
+    items = list(msgs)
     if not items:
         raise invalid("charges", "at least one charge is required")
     if len(items) > 10_000:

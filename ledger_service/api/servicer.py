@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.message import Message
 
 from ledger_service.api import mapping as m
-from ledger_service.domain.model import Lot, LotType
+from ledger_service.domain.model import Hold, Lot, LotType
 from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
 from ledger_service.storage import catalog, operations, reads, transfers
 from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome
@@ -112,7 +113,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return await self._idempotent(_method("CreateAccount"), request, work, _pack_account, pb.Account)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        row = await catalog.get_account(self.pool, current_caller().tenant_id, m.ident(request.account_id, "account_id"))
+        account_id = m.ident(request.account_id, "account_id")
+        row = await catalog.get_account(self.pool, current_caller().tenant_id, account_id)
         return _pack_account(row)
 
     async def DefineUnit(self, request: pb.DefineUnitRequest, context: Any) -> pb.Unit:
@@ -418,16 +420,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         out = pb.BatchDebitCreditsResponse()
         for i, slot in enumerate(slots):
             result = out.results.add()
-            res: Outcome | Exception = slot if isinstance(slot, Rejection) else outcomes[i]
-            if isinstance(res, Rejection):
-                result.error.code = res.status.value[0]
-                result.error.message = res.message
-            elif isinstance(res, Exception):
+            got: Outcome | Exception = slot if isinstance(slot, Rejection) else outcomes[i]
+            if isinstance(got, Rejection):
+                result.error.code = got.status.value[0]
+                result.error.message = got.message
+            elif isinstance(got, Exception):
                 result.error.code = grpc.StatusCode.INTERNAL.value[0]
                 result.error.message = "internal error"
             else:
-                scale = slot[2]  # type: ignore[index]
-                result.hold.CopyFrom(self._unwrap(res, lambda h, s=scale: m.pack_hold(h, s), pb.Hold))
+                assert not isinstance(slot, Rejection)
+                result.hold.CopyFrom(self._unwrap(got, functools.partial(_pack_hold_scaled, scale=slot[2]), pb.Hold))
         return out
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -586,6 +588,10 @@ WHERE h.tenant_id = $1 AND r.hold_key IS NULL AND h.release_on_ttl AND h.ttl_exp
 def _pack_expired_ids(lots: list[Lot]) -> bytes:
     return pb.ExpireLotsResponse(lots=[pb.Lot(lot_id=lot.lot_id, account_id=lot.account_id, unit=lot.unit)
                                        for lot in lots]).SerializeToString()
+
+
+def _pack_hold_scaled(hold: Hold, scale: int) -> pb.Hold:
+    return m.pack_hold(hold, scale)
 
 
 def _pack_account(row: catalog.AccountRow) -> pb.Account:

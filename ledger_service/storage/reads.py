@@ -66,7 +66,7 @@ SELECT_ALL_LOT_JOURNAL = """
 SELECT lot_id, kind, sum(amount)::bigint AS amount, count(*) AS n FROM journal WHERE tenant_id = $1
 GROUP BY lot_id, kind
 """
-SELECT_ALL_BALANCES = f"SELECT b.lot_id, {', '.join('b.' + c for c in BUCKETS)} FROM lot_balances b WHERE b.tenant_id = $1"
+SELECT_ALL_BALANCES = f"SELECT lot_id, {', '.join(BUCKETS)} FROM lot_balances WHERE tenant_id = $1"
 SELECT_HELD_BY_PENDING = """
 SELECT a.lot_id, sum(a.amount)::bigint AS held FROM hold_allocations a
 LEFT JOIN hold_resolutions r ON r.tenant_id = a.tenant_id AND r.hold_key = a.hold_key
@@ -242,7 +242,8 @@ async def verify_journal(pool: asyncpg.Pool, tenant_id: str) -> Verification:
         replayed[r["lot_id"]].apply(EntryKind(r["kind"]), r["amount"])
         entries += r["n"]
     violations: list[str] = []
-    projected = {r["lot_id"]: Buckets(*(r[b] for b in BUCKETS)) for r in await pool.fetch(SELECT_ALL_BALANCES, tenant_id)}
+    rows = await pool.fetch(SELECT_ALL_BALANCES, tenant_id)
+    projected = {r["lot_id"]: Buckets(*(r[b] for b in BUCKETS)) for r in rows}
     for lot_id in sorted(set(replayed) | set(projected)):
         rep, proj = replayed.get(lot_id, Buckets()), projected.get(lot_id, Buckets())
         if rep.as_tuple() != proj.as_tuple():

@@ -86,7 +86,8 @@ async def transfer_credits(conn: asyncpg.Connection, tenant_id: str, src: str, d
         left -= take
         fx.move(lot, EntryKind.TRANSFER_OUT, take, ctx)
         copy = replace(lot, lot_id=new_id("lot"), account_id=dst, amount=take, origin_lot_id=lot.lot_id,
-                       granted_by=actor, created_at=now, closed_at=None, **_zero_buckets())
+                       granted_by=actor, created_at=now, closed_at=None, granted=0, reinstated=0, available=0,
+                       held=0, consumed=0, expired=0, voided=0, transferred_out=0)
         fx.new_lots.append(copy)
         fx.move(copy, EntryKind.GRANT, take, ctx, effective_at=copy.effective_at)
         legs.append(Leg(lot.lot_id, copy.lot_id, take))
@@ -96,10 +97,6 @@ async def transfer_credits(conn: asyncpg.Connection, tenant_id: str, src: str, d
     await conn.execute(INSERT_TRANSFER, tenant_id, transfer_id, src, dst, unit, amount,
                        json.dumps([leg.__dict__ for leg in legs]))
     return TransferResult(transfer_id, legs)
-
-
-def _zero_buckets() -> dict[str, int]:
-    return dict(granted=0, reinstated=0, available=0, held=0, consumed=0, expired=0, voided=0, transferred_out=0)
 
 
 async def reverse_transfer(conn: asyncpg.Connection, tenant_id: str, transfer_id: str, actor: str,

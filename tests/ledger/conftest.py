@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-
 from credits.ledger.v1 import ledger_pb2 as pb
 from credits.ledger.v1 import ledger_pb2_grpc
+
 from ledger_service.server import create_ledger_server
 from ledger_service.storage import MIGRATIONS_DIR
 from service_runtime.databases import TENANCY_MIGRATIONS

@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 import asyncpg
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from credits.ledger.v1 import ledger_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def ts(value: datetime) -> Timestamp:

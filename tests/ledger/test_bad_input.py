@@ -2,8 +2,8 @@
 
 import grpc
 import pytest
-
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import at, charge, rejected, table_counts
 

@@ -3,8 +3,8 @@
 import asyncio
 
 import grpc
-
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import charge, rejected
 

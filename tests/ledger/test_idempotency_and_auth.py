@@ -3,8 +3,8 @@
 import asyncio
 
 import grpc
-
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import charge, rejected, table_counts
 from tests.tenancy import add_tenant_key
@@ -75,6 +75,7 @@ async def test_other_tenants_objects_are_not_found(ledger: Ledger) -> None:
 async def test_readonly_role_cannot_mutate(ledger: Ledger) -> None:
     ro = await add_tenant_key(ledger.dsn, "tenant-a", role="readonly")
     await rejected(ledger.stub.CreateAccount(pb.CreateAccountRequest(idempotency_key="a", account_id="x"),
-                                             metadata=[("x-api-key", ro)]), grpc.StatusCode.PERMISSION_DENIED, "readonly")
+                                             metadata=[("x-api-key", ro)]),
+                   grpc.StatusCode.PERMISSION_DENIED, "readonly")
     await ledger.account("x")
     await ledger.stub.GetAccount(pb.GetAccountRequest(account_id="x"), metadata=[("x-api-key", ro)])

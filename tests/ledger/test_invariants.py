@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import charge, ts
 

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import charge, ts
 
@@ -53,5 +54,5 @@ async def test_explain_says_why_a_lot_was_skipped(ledger: Ledger) -> None:
         idempotency_key="r", hold_key="h", account_id="acme", unit="USD",
         charges=[charge("3", kind=pb.USAGE, name="gpt")]), metadata=ledger.md)
     ex = await ledger.stub.ExplainAllocation(pb.ExplainAllocationRequest(hold_key="h"), metadata=ledger.md)
-    skipped = [lot for lot in ex.charges[0].lots if lot.lot_id == addon_only.lot_id][0]
+    skipped = next(lot for lot in ex.charges[0].lots if lot.lot_id == addon_only.lot_id)
     assert not skipped.eligible and "scope" in skipped.why and skipped.allocated == "0.00"

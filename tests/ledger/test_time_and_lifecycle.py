@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
-
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.ledger.helpers import at, charge, rejected, table_counts, ts
 
