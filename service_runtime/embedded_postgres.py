@@ -141,21 +141,29 @@ class EmbeddedPostgres:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._cmd("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
 
-    def create_database(self, name: str, template: str | None = None) -> str:
+    async def acreate_database(self, name: str, template: str | None = None) -> str:
         """Creates `name` if missing; returns its DSN."""
-        import asyncio
-
         import asyncpg
 
-        async def create() -> None:
-            conn = await asyncpg.connect(self.dsn())
-            try:
-                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-                if not exists:
-                    tmpl = f' TEMPLATE "{template}"' if template else ""
+        conn = await asyncpg.connect(self.dsn())
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if not exists:
+                tmpl = f' TEMPLATE "{template}"' if template else ""
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                     await conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
+        finally:
+            await conn.close()
         return self.dsn(name)
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Sync form of `acreate_database`; safe to call while an event loop runs in this thread."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.acreate_database(name, template))
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.acreate_database(name, template)).result()
