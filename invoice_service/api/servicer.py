@@ -115,7 +115,7 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
                 event_id=event.event_id, status=pb.ACCEPTED if accepted[0] else pb.DUPLICATE))
 
         guard = _guard("IngestEvent", request, encode, key_required=False)
-        return await _mutate(guard, pb.IngestEventResponse, self._usage.ingest(guard, [event]))
+        return await _mutate(guard, pb.IngestEventResponse, self._usage.ingest(guard, [event], "event"))
 
     async def IngestEvents(self, request: pb.IngestEventsRequest, context: _Ctx) -> pb.IngestEventsResponse:
         events = unpack.events(request.events, self._config.clock_skew_s)

@@ -16,7 +16,7 @@ from invoice_service.domain.invoices import Aggregation, ChargeKind, Component
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_price
 from invoice_service.storage.invoices import ApplicationIn
-from invoice_service.storage.usage import EventIn
+from invoice_service.storage.usage import EventIn, event_field
 from service_runtime.amounts import parse_decimal
 from service_runtime.rejections import invalid
 
@@ -128,6 +128,7 @@ def events(items: Sequence[pb.UsageEvent], clock_skew_s: int, field: str = "even
         raise invalid(field, "at least one event is required")
     if len(items) > MAX_BATCH:
         raise invalid(field, f"at most {MAX_BATCH} events per batch")
+    at = event_field(field, len(items))
     limit_us = time.time_ns() // 1000 + clock_skew_s * 1_000_000
     ids = ID_PATTERN.fullmatch
     qty_ok = QUANTITY_PATTERN.fullmatch
@@ -135,26 +136,26 @@ def events(items: Sequence[pb.UsageEvent], clock_skew_s: int, field: str = "even
     for i, e in enumerate(items):
         event_id, customer_id, meter_code = e.event_id, e.customer_id, e.meter_code
         if not ids(event_id):
-            check_id(event_id, f"{field}[{i}].event_id")
+            check_id(event_id, f"{at(i)}.event_id")
         if not ids(customer_id):
-            check_id(customer_id, f"{field}[{i}].customer_id")
+            check_id(customer_id, f"{at(i)}.customer_id")
         if not ids(meter_code):
-            check_id(meter_code, f"{field}[{i}].meter_code")
+            check_id(meter_code, f"{at(i)}.meter_code")
         quantity = e.quantity or "1"
         if not qty_ok(quantity):
-            raise invalid(f"{field}[{i}].quantity", f"must be a decimal with at most 9 places, got {quantity[:40]!r}")
+            raise invalid(f"{at(i)}.quantity", f"must be a decimal with at most 9 places, got {quantity[:40]!r}")
         if not e.HasField("timestamp"):
-            raise invalid(f"{field}[{i}].timestamp", "is required")
+            raise invalid(f"{at(i)}.timestamp", "is required")
         ts = e.timestamp
         ts_us = ts.seconds * 1_000_000 + ts.nanos // 1000
         if ts_us > limit_us:
-            raise invalid(f"{field}[{i}].timestamp", f"is more than {clock_skew_s}s in the future (clock skew bound)")
+            raise invalid(f"{at(i)}.timestamp", f"is more than {clock_skew_s}s in the future (clock skew bound)")
         if ts.seconds < 0:
-            raise invalid(f"{field}[{i}].timestamp", "is out of range")
+            raise invalid(f"{at(i)}.timestamp", "is out of range")
         props: dict[str, str] = {}
         props_json = None
         if e.properties:
-            props = _properties(e.properties, f"{field}[{i}].properties")
+            props = _properties(e.properties, f"{at(i)}.properties")
             props_json = json.dumps(props, separators=(",", ":"))
         out.append(EventIn(event_id, customer_id, meter_code, ts_us, quantity, props, props_json))
     return out

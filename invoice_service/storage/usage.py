@@ -12,7 +12,7 @@ with FAILED_PRECONDITION naming events[i].timestamp; nothing is written.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -66,6 +66,13 @@ class EventIn:
     properties_json: str | None
 
 
+def event_field(field: str, count: int) -> Callable[[int], str]:
+    """Names event i in rejections: "events[3]" in a batch, "event" for the single-event RPC."""
+    if field == "event":
+        return lambda i: field
+    return lambda i: f"{field}[{i}]"
+
+
 def _us(t: datetime) -> int:
     return (t - _EPOCH) // timedelta(microseconds=1)
 
@@ -76,13 +83,16 @@ class UsageOperations:
         self._catalog = catalog
         self._grace = timedelta(seconds=grace_s)
 
-    async def ingest(self, guard: Guard, events: Sequence[EventIn]) -> list[bool]:
-        """Stores new events; returns, in request order, True for accepted and False for duplicate."""
+    async def ingest(self, guard: Guard, events: Sequence[EventIn], field: str = "events") -> list[bool]:
+        """Stores new events; returns, in request order, True for accepted and False for duplicate.
+
+        Rejections name `field[i]` (or just `field` for a single event)."""
+        at = event_field(field, len(events))
         for attempt in range(3):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     await guard.claim(conn)
-                    accepted = await self._ingest(conn, guard.tenant_id, events)
+                    accepted = await self._ingest(conn, guard.tenant_id, events, at)
                     await guard.record(conn, accepted)
                     return accepted
             except asyncpg.DeadlockDetectedError:
@@ -91,7 +101,8 @@ class UsageOperations:
                 await asyncio.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def _ingest(self, conn: asyncpg.Connection, tenant_id: str, events: Sequence[EventIn]) -> list[bool]:
+    async def _ingest(self, conn: asyncpg.Connection, tenant_id: str, events: Sequence[EventIn],
+                      at: Callable[[int], str]) -> list[bool]:
         customers = list({e.customer_id for e in events})
         meters = await self._catalog.meters(conn, tenant_id, list({e.meter_code for e in events}))
         rows = await conn.fetch(LOCK_CUSTOMERS, tenant_id, customers)
@@ -106,16 +117,16 @@ class UsageOperations:
         for i, e in enumerate(events):
             meter = meters.get(e.meter_code)
             if meter is None:
-                raise not_found(f"events[{i}].meter_code", f"no meter {e.meter_code!r}")
+                raise not_found(f"{at(i)}.meter_code", f"no meter {e.meter_code!r}")
             since = open_since.get(e.customer_id)
             if since is None:
-                raise not_found(f"events[{i}].customer_id", f"no customer {e.customer_id!r}")
+                raise not_found(f"{at(i)}.customer_id", f"no customer {e.customer_id!r}")
             if since < 0:
-                raise precondition(f"events[{i}].customer_id",
+                raise precondition(f"{at(i)}.customer_id",
                                    f"customer {e.customer_id!r} has no subscription to bill usage to")
-            values.append(_value(i, e, meter))
-            self._check_open(i, e, since, frozen.get(e.customer_id, ()))
-            unique_keys.append(_unique_key(i, e, meter))
+            values.append(_value(at(i), e, meter))
+            self._check_open(at(i), e, since, frozen.get(e.customer_id, ()))
+            unique_keys.append(_unique_key(at(i), e, meter))
         order = sorted(range(len(events)), key=lambda i: events[i].event_id)
         ev = [events[i] for i in order]
         inserted = await conn.fetch(
@@ -145,23 +156,23 @@ class UsageOperations:
             out[r["customer_id"]] = _us(p.start)
         return out
 
-    def _check_open(self, i: int, e: EventIn, since: int, frozen: Sequence[tuple[int, int, str]]) -> None:
+    def _check_open(self, name: str, e: EventIn, since: int, frozen: Sequence[tuple[int, int, str]]) -> None:
         if e.ts_us < since:
             when = (_EPOCH + timedelta(microseconds=since)).isoformat()
-            raise precondition(f"events[{i}].timestamp",
+            raise precondition(f"{name}.timestamp",
                                f"its billing period is closed (late events are accepted until period end + "
                                f"grace {self._grace.total_seconds():.0f}s; open since {when})")
         for start, end, status in frozen:
             if start <= e.ts_us < end:
-                raise precondition(f"events[{i}].timestamp",
+                raise precondition(f"{name}.timestamp",
                                    f"falls in a period whose invoice is {status}; it can no longer change")
 
 
-def _value(i: int, e: EventIn, meter: Meter) -> str:
+def _value(name: str, e: EventIn, meter: Meter) -> str:
     """The number the meter aggregates: the event quantity, or the numeric property it names."""
-    value, field = e.quantity, f"events[{i}].quantity"
+    value, field = e.quantity, f"{name}.quantity"
     if meter.property and meter.aggregation in (Aggregation.SUM, Aggregation.MAX):
-        value, field = e.properties.get(meter.property, ""), f"events[{i}].properties"
+        value, field = e.properties.get(meter.property, ""), f"{name}.properties"
         if not QUANTITY_PATTERN.fullmatch(value):
             raise invalid(field, f"property {meter.property!r} must be a decimal with at most 9 places")
     if value.startswith("-") and not meter.allow_negative:
@@ -169,13 +180,13 @@ def _value(i: int, e: EventIn, meter: Meter) -> str:
     return value
 
 
-def _unique_key(i: int, e: EventIn, meter: Meter) -> str | None:
+def _unique_key(name: str, e: EventIn, meter: Meter) -> str | None:
     if meter.aggregation is not Aggregation.UNIQUE_COUNT:
         return None
     value = e.properties.get(meter.property)
     if not value:
-        raise invalid(f"events[{i}].properties",
+        raise invalid(f"{name}.properties",
                       f"property {meter.property!r} is required by UNIQUE_COUNT meter {meter.meter_code!r}")
     if len(value) > 200:
-        raise invalid(f"events[{i}].properties", f"property {meter.property!r} is longer than 200 characters")
+        raise invalid(f"{name}.properties", f"property {meter.property!r} is longer than 200 characters")
     return value

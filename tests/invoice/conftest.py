@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-
 from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
+
 from invoice_service.server import create_invoice_server
 from invoice_service.storage import MIGRATIONS_DIR
 from service_runtime.databases import TENANCY_MIGRATIONS

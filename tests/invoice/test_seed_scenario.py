@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from credits.invoice.v1 import invoice_pb2 as pb
+
 from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, ts, when
 
 
