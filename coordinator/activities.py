@@ -1,0 +1,334 @@
+"""Activities: the coordinator's calls to the ledger and invoice services (and to Temporal itself).
+
+Each class holds one grpc.aio channel, built once per worker, and fetches the tenant's API key from
+the worker's key store (never from workflow input). gRPC statuses map to Temporal errors:
+rejections (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS, PERMISSION_DENIED,
+UNAUTHENTICATED) are non-retryable; everything else (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is
+retried with backoff. A step after the saga's decision (`must_succeed`) is retried whatever the
+error, because it may no longer be compensated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from credits.invoice.v1 import invoice_pb2 as ipb
+from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2 as lpb
+from credits.ledger.v1 import ledger_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from coordinator.faults import NO_FAULTS, FaultPlan, InjectedRejection, InjectedTransportError
+from coordinator.keys import KeyStore, UnknownTenant
+from coordinator.messages import (
+    AllocationSpec,
+    ChargeSpec,
+    CreateDraftInput,
+    DuePeriodView,
+    ExpireInput,
+    GrantInput,
+    HoldInput,
+    HoldView,
+    InvoiceRef,
+    InvoiceStepInput,
+    InvoiceView,
+    ListDueInput,
+    ListHoldsInput,
+    ListInDoubtInput,
+    LotBoundariesInput,
+    OwnerDecision,
+    OwnerRef,
+    PrepareFinalizeInput,
+    ReserveInput,
+    SplitInput,
+    SplitResult,
+)
+from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
+
+T = TypeVar("T")
+
+REJECTIONS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.OUT_OF_RANGE,
+})
+CALL_TIMEOUT_S = 10.0
+
+
+def to_ts(iso: str) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(datetime.fromisoformat(iso))
+    return ts
+
+
+def from_ts(ts: Timestamp) -> str:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return ""
+    return ts.ToDatetime(tzinfo=UTC).isoformat()
+
+
+def to_error(exc: BaseException, step: str, must_succeed: bool) -> ApplicationError:
+    """The Temporal error for a failed participant call."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code = exc.code()
+        rejected = code in REJECTIONS
+        return ApplicationError(f"{step}: {code.name}: {exc.details()}", type="Rejected" if rejected else code.name,
+                                non_retryable=rejected and not must_succeed)
+    if isinstance(exc, InjectedRejection):
+        return ApplicationError(str(exc), type="Rejected", non_retryable=not must_succeed)
+    if isinstance(exc, UnknownTenant):
+        return ApplicationError(str(exc), type="UnknownTenant", non_retryable=not must_succeed)
+    return ApplicationError(f"{step}: {exc}", type=type(exc).__name__, non_retryable=False)
+
+
+class _Participant:
+    def __init__(self, keys: KeyStore, faults: FaultPlan | None) -> None:
+        self._keys = keys
+        self.faults = faults or NO_FAULTS
+
+    async def _call(self, step: str, tenant_id: str, rpc: Callable[..., Awaitable[T]], request: Any,
+                    must_succeed: bool = False) -> T:
+        try:
+            key = await self._keys.key_for(tenant_id)
+            await self.faults.hit(step, "before")
+            response = await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
+            await self.faults.hit(step, "after")
+            return response
+        except (grpc.aio.AioRpcError, InjectedRejection, InjectedTransportError, UnknownTenant) as exc:
+            raise to_error(exc, step, must_succeed) from None
+
+
+def _hold_view(h: lpb.Hold) -> HoldView:
+    return HoldView(
+        hold_key=h.hold_key, account_id=h.account_id, status=lpb.HoldStatus.Name(h.status), requested=h.requested,
+        reserved=h.reserved, posted=h.posted, created_at=from_ts(h.created_at),
+        allocations=[AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
+                     for a in h.allocations],
+    )
+
+
+class LedgerActivities:
+    """Calls to credits.ledger.v1.LedgerService."""
+
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+        self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        self._p = _Participant(keys, faults)
+
+    @activity.defn(name="ledger.get_lot_boundaries")
+    async def get_lot_boundaries(self, inp: LotBoundariesInput) -> list[str]:
+        req = lpb.GetLotBoundariesRequest(account_id=inp.account_id, unit=inp.unit,
+                                          period_start=to_ts(inp.period_start), period_end=to_ts(inp.period_end))
+        resp = await self._p._call("get_lot_boundaries", inp.tenant_id, self._stub.GetLotBoundaries, req)
+        return [from_ts(t) for t in resp.instants]
+
+    @activity.defn(name="ledger.reserve_credits")
+    async def reserve_credits(self, inp: ReserveInput) -> HoldView:
+        req = lpb.ReserveCreditsRequest(
+            idempotency_key=inp.idempotency_key, hold_key=inp.hold_key, account_id=inp.account_id, unit=inp.unit,
+            up_to=True, release_on_ttl=False, reference=inp.reference,
+            charges=[lpb.Charge(charge_id=c.charge_id, kind=c.kind, name=c.name, amount=c.amount,  # type: ignore[arg-type]
+                                service_start=to_ts(c.service_start), service_end=to_ts(c.service_end))
+                     for c in inp.charges],
+        )
+        return _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
+
+    @activity.defn(name="ledger.commit_hold")
+    async def commit_hold(self, inp: HoldInput) -> HoldView:
+        req = lpb.CommitHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key)
+        return _hold_view(await self._p._call("commit_hold", inp.tenant_id, self._stub.CommitHold, req,
+                                              inp.must_succeed))
+
+    @activity.defn(name="ledger.release_hold")
+    async def release_hold(self, inp: HoldInput) -> HoldView:
+        req = lpb.ReleaseHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
+                                     account_id=inp.account_id, reason=inp.reason)
+        return _hold_view(await self._p._call("release_hold", inp.tenant_id, self._stub.ReleaseHold, req,
+                                              inp.must_succeed))
+
+    @activity.defn(name="ledger.reverse_reference")
+    async def reverse_reference(self, inp: HoldInput) -> list[AllocationSpec]:
+        req = lpb.ReverseReferenceRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
+                                          reason=inp.reason)
+        resp = await self._p._call("reverse_reference", inp.tenant_id, self._stub.ReverseReference, req,
+                                   inp.must_succeed)
+        return [AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
+                for a in resp.reinstated]
+
+    @activity.defn(name="ledger.list_holds")
+    async def list_holds(self, inp: ListHoldsInput) -> list[HoldView]:
+        out: list[HoldView] = []
+        token = ""
+        while True:
+            req = lpb.ListHoldsRequest(status=lpb.HoldStatus.Value(inp.status), hold_key_prefix=inp.hold_key_prefix,
+                                       page_size=500, page_token=token)
+            if inp.created_before:
+                req.created_before.CopyFrom(to_ts(inp.created_before))
+            resp = await self._p._call("list_holds", inp.tenant_id, self._stub.ListHolds, req)
+            out.extend(_hold_view(h) for h in resp.holds)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    @activity.defn(name="ledger.expire_lots")
+    async def expire_lots(self, inp: ExpireInput) -> int:
+        req = lpb.ExpireLotsRequest(idempotency_key=inp.idempotency_key, as_of=to_ts(inp.as_of))
+        resp = await self._p._call("expire_lots", inp.tenant_id, self._stub.ExpireLots, req)
+        return int(resp.lots_expired)
+
+    @activity.defn(name="ledger.grant_credits")
+    async def grant_credits(self, inp: GrantInput) -> str:
+        req = lpb.GrantCreditsRequest(
+            idempotency_key=inp.idempotency_key, account_id=inp.account_id, type=lpb.LotType.Value(inp.lot_type),
+            unit=inp.unit, amount=inp.amount, incident_id=inp.incident_id, reason_code=inp.reason,
+            source=inp.source,
+        )
+        if inp.expires_at:
+            req.expires_at.CopyFrom(to_ts(inp.expires_at))
+        lot = await self._p._call("grant_credits", inp.tenant_id, self._stub.GrantCredits, req)
+        return str(lot.lot_id)
+
+
+def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
+    return InvoiceView(
+        invoice_id=inv.invoice_id, customer_id=inv.customer_id, ledger_account_id=inv.ledger_account_id,
+        currency=inv.currency, status=ipb.InvoiceStatus.Name(inv.status), period_start=from_ts(inv.period_start),
+        period_end=from_ts(inv.period_end), subtotal=inv.subtotal, credits_applied=inv.credits_applied,
+        amount_due=inv.amount_due, number=inv.number, prepare_key=inv.prepare_key,
+    )
+
+
+class InvoiceActivities:
+    """Calls to credits.invoice.v1.InvoiceService."""
+
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+        self._stub = invoice_pb2_grpc.InvoiceServiceStub(channel)
+        self._p = _Participant(keys, faults)
+
+    @activity.defn(name="invoice.get_invoice")
+    async def get_invoice(self, inp: InvoiceRef) -> InvoiceView:
+        req = ipb.GetInvoiceRequest(invoice_id=inp.invoice_id)
+        return _invoice_view(await self._p._call("get_invoice", inp.tenant_id, self._stub.GetInvoice, req))
+
+    @activity.defn(name="invoice.split_draft")
+    async def split_draft(self, inp: SplitInput) -> SplitResult:
+        req = ipb.SplitDraftRequest(invoice_id=inp.invoice_id, split_at=[to_ts(s) for s in inp.split_at])
+        resp = await self._p._call("split_draft", inp.tenant_id, self._stub.SplitDraft, req)
+        return SplitResult(
+            charges=[ChargeSpec(c.charge_id, int(c.kind), c.name, c.amount, from_ts(c.service_start),
+                                from_ts(c.service_end)) for c in resp.charges],
+            draft_digest=resp.draft_digest,
+        )
+
+    @activity.defn(name="invoice.prepare_finalize")
+    async def prepare_finalize(self, inp: PrepareFinalizeInput) -> InvoiceView:
+        req = ipb.PrepareFinalizeRequest(
+            idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id, draft_digest=inp.draft_digest,
+            split_at=[to_ts(s) for s in inp.split_at],
+            applications=[ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type,
+                                                amount=a.amount) for a in inp.applications],
+        )
+        return _invoice_view(await self._p._call("prepare_finalize", inp.tenant_id, self._stub.PrepareFinalize, req))
+
+    @activity.defn(name="invoice.commit_finalize")
+    async def commit_finalize(self, inp: InvoiceStepInput) -> InvoiceView:
+        req = ipb.CommitFinalizeRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id,
+                                        prepare_key=inp.prepare_key)
+        return _invoice_view(await self._p._call("commit_finalize", inp.tenant_id, self._stub.CommitFinalize, req,
+                                                 inp.must_succeed))
+
+    @activity.defn(name="invoice.abort_finalize")
+    async def abort_finalize(self, inp: InvoiceStepInput) -> InvoiceView:
+        req = ipb.AbortFinalizeRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id,
+                                       prepare_key=inp.prepare_key, reason=inp.reason)
+        return _invoice_view(await self._p._call("abort_finalize", inp.tenant_id, self._stub.AbortFinalize, req,
+                                                 inp.must_succeed))
+
+    @activity.defn(name="invoice.prepare_void")
+    async def prepare_void(self, inp: InvoiceStepInput) -> InvoiceView:
+        req = ipb.PrepareVoidRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id,
+                                     reason=inp.reason)
+        return _invoice_view(await self._p._call("prepare_void", inp.tenant_id, self._stub.PrepareVoid, req))
+
+    @activity.defn(name="invoice.commit_void")
+    async def commit_void(self, inp: InvoiceStepInput) -> InvoiceView:
+        req = ipb.CommitVoidRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id)
+        return _invoice_view(await self._p._call("commit_void", inp.tenant_id, self._stub.CommitVoid, req,
+                                                 inp.must_succeed))
+
+    @activity.defn(name="invoice.abort_void")
+    async def abort_void(self, inp: InvoiceStepInput) -> InvoiceView:
+        req = ipb.AbortVoidRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id)
+        return _invoice_view(await self._p._call("abort_void", inp.tenant_id, self._stub.AbortVoid, req,
+                                                 inp.must_succeed))
+
+    @activity.defn(name="invoice.create_draft")
+    async def create_draft(self, inp: CreateDraftInput) -> InvoiceView:
+        req = ipb.CreateDraftRequest(idempotency_key=inp.idempotency_key, customer_id=inp.customer_id,
+                                     period_start=to_ts(inp.period_start))
+        return _invoice_view(await self._p._call("create_draft", inp.tenant_id, self._stub.CreateDraft, req))
+
+    @activity.defn(name="invoice.list_due")
+    async def list_due(self, inp: ListDueInput) -> list[DuePeriodView]:
+        req = ipb.ListDueSubscriptionsRequest(as_of=to_ts(inp.as_of), page_size=inp.page_size)
+        resp = await self._p._call("list_due", inp.tenant_id, self._stub.ListDueSubscriptions, req)
+        return [DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
+                              ipb.InvoiceStatus.Name(p.status)) for p in resp.periods]
+
+    @activity.defn(name="invoice.list_in_doubt")
+    async def list_in_doubt(self, inp: ListInDoubtInput) -> list[InvoiceView]:
+        out: list[InvoiceView] = []
+        token = ""
+        while True:
+            req = ipb.ListInvoicesRequest(statuses=[ipb.InvoiceStatus.Value(s) for s in inp.statuses],
+                                          prepared_before=to_ts(inp.prepared_before), page_size=500,
+                                          page_token=token)
+            resp = await self._p._call("list_invoices", inp.tenant_id, self._stub.ListInvoices, req)
+            out.extend(_invoice_view(i) for i in resp.invoices)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+
+class CoordinatorActivities:
+    """Reads of the coordinator's own durable record (Temporal) and the tenant list."""
+
+    def __init__(self, client: Client, keys: KeyStore) -> None:
+        self._client = client
+        self._keys = keys
+
+    @activity.defn(name="coordinator.list_tenants")
+    async def list_tenants(self) -> list[str]:
+        return await self._keys.tenants()
+
+    @activity.defn(name="coordinator.owner_decision")
+    async def owner_decision(self, ref: OwnerRef) -> OwnerDecision:
+        """Did the workflow that owns an in-doubt hold/invoice record its commit decision?"""
+        handle = self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id or None)
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return OwnerDecision("unknown", "no such workflow run (retention may have removed it)")
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return OwnerDecision("running", "the owner is still running and will resolve it")
+        outcome = desc.typed_search_attributes.get(OUTCOME)
+        if outcome in DECIDED_OUTCOMES:
+            return OwnerDecision("commit", f"decision recorded (outcome={outcome})")
+        status = desc.status.name if desc.status else "?"
+        return OwnerDecision("abandon", f"closed {status} without a decision (outcome={outcome})")
+
+
+class BenchActivities:
+    """The no-op activity of the bare-workflow baseline of `creditctl bench saga`."""
+
+    @activity.defn(name="bench.noop")
+    async def noop(self, step: int) -> int:
+        return step

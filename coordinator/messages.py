@@ -1,0 +1,331 @@
+"""Dataclasses that cross the workflow/activity boundary: one input per activity and workflow.
+
+Instants are ISO-8601 strings and amounts decimal strings, exactly as the services speak them,
+so the history in the Temporal UI reads like the services' own payloads. No secrets here: the
+API keys stay in the worker (coordinator.keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# --- ledger ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LotBoundariesInput:
+    tenant_id: str
+    account_id: str
+    unit: str
+    period_start: str
+    period_end: str
+
+
+@dataclass
+class ChargeSpec:
+    charge_id: str
+    kind: int
+    name: str
+    amount: str
+    service_start: str
+    service_end: str
+
+
+@dataclass
+class AllocationSpec:
+    charge_id: str
+    lot_id: str
+    lot_type: str
+    amount: str
+    posted: str = ""
+
+
+@dataclass
+class HoldView:
+    hold_key: str
+    account_id: str
+    status: str
+    requested: str = ""
+    reserved: str = ""
+    posted: str = ""
+    created_at: str = ""
+    allocations: list[AllocationSpec] = field(default_factory=list)
+
+
+@dataclass
+class ReserveInput:
+    tenant_id: str
+    idempotency_key: str
+    hold_key: str
+    account_id: str
+    unit: str
+    charges: list[ChargeSpec]
+    reference: str
+
+
+@dataclass
+class HoldInput:
+    """Commit or release one hold. `must_succeed`: after the decision every error is retried."""
+
+    tenant_id: str
+    idempotency_key: str
+    hold_key: str
+    account_id: str = ""
+    reason: str = ""
+    must_succeed: bool = False
+
+
+@dataclass
+class ListHoldsInput:
+    tenant_id: str
+    status: str = "PENDING"
+    created_before: str = ""
+    hold_key_prefix: str = ""
+
+
+@dataclass
+class ExpireInput:
+    tenant_id: str
+    idempotency_key: str
+    as_of: str
+
+
+@dataclass
+class GrantInput:
+    tenant_id: str
+    idempotency_key: str
+    account_id: str
+    amount: str
+    unit: str
+    lot_type: str
+    expires_at: str
+    incident_id: str
+    reason: str
+    source: str = "support"
+
+
+# --- invoices -------------------------------------------------------------------------------
+
+
+@dataclass
+class InvoiceRef:
+    tenant_id: str
+    invoice_id: str
+
+
+@dataclass
+class InvoiceView:
+    invoice_id: str
+    customer_id: str
+    ledger_account_id: str
+    currency: str
+    status: str
+    period_start: str
+    period_end: str
+    subtotal: str = ""
+    credits_applied: str = ""
+    amount_due: str = ""
+    number: str = ""
+    prepare_key: str = ""
+
+
+@dataclass
+class SplitInput:
+    tenant_id: str
+    invoice_id: str
+    split_at: list[str]
+
+
+@dataclass
+class SplitResult:
+    charges: list[ChargeSpec]
+    draft_digest: str
+
+
+@dataclass
+class PrepareFinalizeInput:
+    tenant_id: str
+    idempotency_key: str
+    invoice_id: str
+    split_at: list[str]
+    applications: list[AllocationSpec]
+    draft_digest: str
+
+
+@dataclass
+class InvoiceStepInput:
+    """Commit/abort finalize, prepare/commit/abort void."""
+
+    tenant_id: str
+    idempotency_key: str
+    invoice_id: str
+    prepare_key: str = ""
+    reason: str = ""
+    must_succeed: bool = False
+
+
+@dataclass
+class CreateDraftInput:
+    tenant_id: str
+    idempotency_key: str
+    customer_id: str
+    period_start: str
+
+
+@dataclass
+class DuePeriodView:
+    customer_id: str
+    period_start: str
+    period_end: str
+    invoice_id: str
+    status: str
+
+
+@dataclass
+class ListDueInput:
+    tenant_id: str
+    as_of: str
+    page_size: int = 500
+
+
+@dataclass
+class ListInDoubtInput:
+    tenant_id: str
+    statuses: list[str]
+    prepared_before: str
+
+
+# --- coordinator ----------------------------------------------------------------------------
+
+
+@dataclass
+class OwnerRef:
+    workflow_id: str
+    run_id: str
+
+
+@dataclass
+class OwnerDecision:
+    """What Temporal knows about the workflow that owns in-doubt work."""
+
+    state: str  # running | commit | abandon | unknown
+    detail: str = ""
+
+
+# --- workflows ------------------------------------------------------------------------------
+
+
+@dataclass
+class SagaTimeouts:
+    """Per-step limits. Before the decision a step that keeps failing is given up and compensated."""
+
+    step_start_to_close_s: float = 15.0
+    prepare_phase_step_limit_s: float = 120.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+
+
+@dataclass
+class FinalizeInvoiceInput:
+    tenant_id: str
+    invoice_id: str
+    timeouts: SagaTimeouts = field(default_factory=SagaTimeouts)
+
+
+@dataclass
+class FinalizeInvoiceResult:
+    invoice_id: str
+    outcome: str  # finalized | already_finalized
+    number: str = ""
+    subtotal: str = ""
+    credits_applied: str = ""
+    amount_due: str = ""
+    hold_key: str = ""
+
+
+@dataclass
+class VoidInvoiceInput:
+    tenant_id: str
+    invoice_id: str
+    reason: str = ""
+    timeouts: SagaTimeouts = field(default_factory=SagaTimeouts)
+
+
+@dataclass
+class VoidInvoiceResult:
+    invoice_id: str
+    outcome: str  # voided | already_voided
+    reversed_hold_key: str = ""
+    reinstated: str = ""
+
+
+@dataclass
+class BillingCycleInput:
+    tenant_id: str
+    as_of: str
+    concurrency: int = 8
+    max_per_run: int = 200  # continue-as-new after this many invoices, to keep history small
+    done: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BillingCycleResult:
+    tenant_id: str
+    as_of: str
+    finalized: int
+    failed: int
+    failures: list[str]
+
+
+@dataclass
+class CompensateOutageInput:
+    tenant_id: str
+    incident_id: str
+    account_ids: list[str]
+    amount: str
+    unit: str
+    expires_at: str
+    reason: str
+    concurrency: int = 10
+    max_per_run: int = 500
+    offset: int = 0
+    granted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CompensateOutageResult:
+    incident_id: str
+    accounts: int
+    lot_ids: list[str]
+
+
+@dataclass
+class Progress:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    stage: str = ""
+
+
+@dataclass
+class SweepInput:
+    """Input of the scheduled expiry and in-doubt sweeps (one run covers every tenant)."""
+
+    older_than_s: int = 600
+
+
+@dataclass
+class SweepResult:
+    tenants: int = 0
+    expired_lots: int = 0
+    committed: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    left_running: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchInput:
+    activities: int = 6

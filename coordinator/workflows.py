@@ -1,0 +1,490 @@
+"""Temporal workflows: the finalization and void sagas, billing cycles, outage credits, sweeps.
+
+The finalization saga (SPEC §10): read lot boundaries -> split the draft -> reserve credits (hold
+keyed by the invoice) -> prepare the invoice with the credit applications -> record the decision
+-> commit the hold -> commit the invoice. Before the decision every failure (and cancellation)
+runs the compensations registered so far, newest first; after it, the commits retry until done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from coordinator import naming
+    from coordinator import search_attributes as sa
+    from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
+    from coordinator.messages import (
+        BenchInput,
+        BillingCycleInput,
+        BillingCycleResult,
+        CompensateOutageInput,
+        CompensateOutageResult,
+        CreateDraftInput,
+        ExpireInput,
+        FinalizeInvoiceInput,
+        FinalizeInvoiceResult,
+        GrantInput,
+        HoldInput,
+        HoldView,
+        InvoiceRef,
+        InvoiceStepInput,
+        InvoiceView,
+        ListDueInput,
+        ListHoldsInput,
+        ListInDoubtInput,
+        LotBoundariesInput,
+        OwnerRef,
+        PrepareFinalizeInput,
+        Progress,
+        ReserveInput,
+        SagaTimeouts,
+        SplitInput,
+        SweepInput,
+        SweepResult,
+        VoidInvoiceInput,
+        VoidInvoiceResult,
+    )
+
+T = TypeVar("T")
+
+
+def _retry(t: SagaTimeouts) -> RetryPolicy:
+    return RetryPolicy(initial_interval=timedelta(seconds=t.retry_initial_s), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(seconds=t.retry_max_s), maximum_attempts=0)
+
+
+async def _step(fn: Any, arg: Any, t: SagaTimeouts, summary: str) -> Any:
+    """A prepare-phase step: transport faults retry with backoff until the step's time limit."""
+    return await workflow.execute_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+        schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t),
+        summary=summary)
+
+
+async def _until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str) -> Any:
+    """A step that may not be given up (commit after the decision, compensation): retried forever and
+    shielded from workflow cancellation, which would otherwise abandon it half-way."""
+    task = asyncio.ensure_future(workflow.execute_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
+        summary=summary))
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
+            workflow.logger.info("cancellation ignored while %s: it must complete", summary)
+
+
+async def _tenants(t: SagaTimeouts) -> list[str]:
+    return await workflow.execute_activity_method(
+        CoordinatorActivities.list_tenants, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+        retry_policy=_retry(t), summary="list tenants")
+
+
+def _set(**values: str) -> None:
+    keys = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE, "period": sa.PERIOD,
+            "outcome": sa.OUTCOME}
+    workflow.upsert_search_attributes([keys[name].value_set(value) for name, value in values.items() if value])
+
+
+class _Saga:
+    """Compensations registered before their step; run newest first, each until it succeeds."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], Awaitable[Any]]] = []
+
+    def on_failure(self, undo: Callable[[], Awaitable[Any]]) -> None:
+        self._undo.append(undo)
+
+    async def compensate(self) -> None:
+        for undo in reversed(self._undo):
+            await undo()
+
+
+@workflow.defn(name="FinalizeInvoice")
+class FinalizeInvoiceWorkflow:
+    def __init__(self) -> None:
+        self._stage = "starting"
+        self._decision = ""
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return Progress(total=1, done=1 if self._stage == "finalized" else 0, stage=self._stage)
+
+    @workflow.run
+    async def run(self, inp: FinalizeInvoiceInput) -> FinalizeInvoiceResult:
+        info = workflow.info()
+        t, tenant = inp.timeouts, inp.tenant_id
+
+        def key(step: str) -> str:
+            return naming.step_key(info.workflow_id, info.run_id, step)
+
+        hold_key = naming.hold_key(inp.invoice_id, info.run_id)
+        prepare_key = key("prepare")
+        _set(tenant=tenant, invoice=inp.invoice_id, outcome="preparing")
+        self._stage = "reading the invoice"
+        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t,
+                                       "read the draft invoice")
+        _set(customer=inv.customer_id, period=inv.period_start[:10])
+        if inv.status == "FINALIZED":
+            _set(outcome="already_finalized")
+            return self._result(inv, "already_finalized", "")
+        if inv.status != "DRAFT":
+            _set(outcome="rejected")
+            raise ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not DRAFT", type="Rejected",
+                                   non_retryable=True)
+        saga = _Saga()
+        try:
+            await self._prepare(inp, inv, saga, hold_key, prepare_key, key)
+        except BaseException as err:
+            self._stage = "compensating"
+            await saga.compensate()
+            self._stage = "compensated"
+            _set(outcome="compensated")
+            if isinstance(err, ApplicationError | asyncio.CancelledError):
+                raise
+            raise ApplicationError(f"finalization compensated: {err}", type="Compensated", non_retryable=True) from err
+        # The commit point: from here on nothing is compensated; commits retry until they succeed.
+        self._decision = "commit"
+        self._stage = "committing"
+        _set(outcome="committing")
+        await _until_done(LedgerActivities.commit_hold,
+                          HoldInput(tenant, key("commit_hold"), hold_key, must_succeed=True), t,
+                          "commit the credit hold (decision recorded)")
+        final: InvoiceView = await _until_done(
+            InvoiceActivities.commit_finalize,
+            InvoiceStepInput(tenant, key("commit_finalize"), inp.invoice_id, prepare_key, must_succeed=True), t,
+            "finalize the invoice (decision recorded)")
+        self._stage = "finalized"
+        _set(outcome="finalized")
+        return self._result(final, "finalized", hold_key)
+
+    async def _prepare(self, inp: FinalizeInvoiceInput, inv: InvoiceView, saga: _Saga, hold_key: str,
+                       prepare_key: str, key: Callable[[str], str]) -> None:
+        t, tenant = inp.timeouts, inp.tenant_id
+        self._stage = "reading lot boundaries"
+        split_at: list[str] = await _step(
+            LedgerActivities.get_lot_boundaries,
+            LotBoundariesInput(tenant, inv.ledger_account_id, inv.currency, inv.period_start, inv.period_end), t,
+            "read credit lot boundaries inside the period")
+        self._stage = "splitting the draft"
+        split = await _step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t,
+                            f"split line items at {len(split_at)} lot boundaries")
+        saga.on_failure(lambda: _until_done(
+            LedgerActivities.release_hold,
+            HoldInput(tenant, key("release_hold"), hold_key, inv.ledger_account_id, naming.RELEASE_REASON,
+                      must_succeed=True), t, "compensate: release the credit hold"))
+        self._stage = "reserving credits"
+        hold: HoldView = await _step(
+            LedgerActivities.reserve_credits,
+            ReserveInput(tenant, key("reserve"), hold_key, inv.ledger_account_id, inv.currency, split.charges,
+                         inv.invoice_id), t, f"reserve credits on {inv.ledger_account_id} (up to the total)")
+        saga.on_failure(lambda: _until_done(
+            InvoiceActivities.abort_finalize,
+            InvoiceStepInput(tenant, key("abort_finalize"), inv.invoice_id, prepare_key, naming.RELEASE_REASON,
+                             must_succeed=True), t, "compensate: return the invoice to DRAFT"))
+        self._stage = "preparing the invoice"
+        await _step(InvoiceActivities.prepare_finalize,
+                    PrepareFinalizeInput(tenant, prepare_key, inv.invoice_id, split_at, hold.allocations,
+                                         split.draft_digest), t,
+                    f"record {len(hold.allocations)} credit applications (PREPARED)")
+
+    @staticmethod
+    def _result(inv: InvoiceView, outcome: str, hold_key: str) -> FinalizeInvoiceResult:
+        return FinalizeInvoiceResult(inv.invoice_id, outcome, inv.number, inv.subtotal, inv.credits_applied,
+                                     inv.amount_due, hold_key)
+
+
+@workflow.defn(name="VoidInvoice")
+class VoidInvoiceWorkflow:
+    """Prepare the void -> (decision) -> reverse the debits onto their lots -> commit the void."""
+
+    def __init__(self) -> None:
+        self._stage = "starting"
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return Progress(total=1, done=1 if self._stage == "voided" else 0, stage=self._stage)
+
+    @workflow.run
+    async def run(self, inp: VoidInvoiceInput) -> VoidInvoiceResult:
+        info = workflow.info()
+        t, tenant = inp.timeouts, inp.tenant_id
+
+        def key(step: str) -> str:
+            return naming.step_key(info.workflow_id, info.run_id, step)
+
+        _set(tenant=tenant, invoice=inp.invoice_id, outcome="preparing")
+        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t,
+                                       "read the invoice")
+        _set(customer=inv.customer_id, period=inv.period_start[:10])
+        if inv.status == "VOIDED":
+            _set(outcome="already_voided")
+            return VoidInvoiceResult(inv.invoice_id, "already_voided")
+        if inv.status != "FINALIZED":
+            _set(outcome="rejected")
+            raise ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not FINALIZED", type="Rejected",
+                                   non_retryable=True)
+        saga = _Saga()
+        try:
+            self._stage = "finding the committed hold"
+            holds: list[HoldView] = await _step(
+                LedgerActivities.list_holds,
+                ListHoldsInput(tenant, "COMMITTED", hold_key_prefix=f"{naming.HOLD_PREFIX}{inv.invoice_id}/"), t,
+                "find the invoice's committed credit hold")
+            saga.on_failure(lambda: _until_done(
+                InvoiceActivities.abort_void, InvoiceStepInput(tenant, key("abort_void"), inv.invoice_id,
+                                                               must_succeed=True), t,
+                "compensate: return the invoice to FINALIZED"))
+            self._stage = "preparing the void"
+            await _step(InvoiceActivities.prepare_void,
+                        InvoiceStepInput(tenant, key("prepare_void"), inv.invoice_id, reason=inp.reason), t,
+                        "prepare the void (VOID_PENDING)")
+        except BaseException:
+            self._stage = "compensating"
+            await saga.compensate()
+            _set(outcome="compensated")
+            raise
+        self._stage = "voiding"
+        _set(outcome="voiding")
+        reversed_key, reinstated = "", Decimal(0)
+        for hold in holds:
+            if Decimal(hold.posted or "0") == 0:
+                continue
+            legs = await _until_done(LedgerActivities.reverse_reference,
+                                     HoldInput(tenant, key(f"reverse/{hold.hold_key}"), hold.hold_key,
+                                               reason=inp.reason or "invoice voided", must_succeed=True), t,
+                                     "reverse the debits onto their original lots")
+            reversed_key = hold.hold_key
+            reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
+        await _until_done(InvoiceActivities.commit_void,
+                          InvoiceStepInput(tenant, key("commit_void"), inv.invoice_id, must_succeed=True), t,
+                          "mark the invoice VOIDED")
+        self._stage = "voided"
+        _set(outcome="voided")
+        return VoidInvoiceResult(inv.invoice_id, "voided", reversed_key, str(reinstated))
+
+
+@workflow.defn(name="BillingCycle")
+class BillingCycleWorkflow:
+    """Drafts and finalizes every due invoice of a tenant, `concurrency` child sagas at a time."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(stage="listing due periods")
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, inp: BillingCycleInput) -> BillingCycleResult:
+        t = SagaTimeouts()
+        tenant = inp.tenant_id
+        _set(tenant=tenant, period=inp.as_of[:10], outcome="running")
+        self._progress = Progress(total=inp.done + inp.failed, done=inp.done, failed=inp.failed,
+                                  stage="listing due periods")
+        attempted = set(inp.failures)
+        processed_this_run = 0
+        while True:
+            due = await _step(InvoiceActivities.list_due, ListDueInput(tenant, inp.as_of), t,
+                              "list periods due for invoicing")
+            todo = [p for p in due if f"{p.customer_id}@{p.period_start}" not in attempted]
+            self._progress.total = inp.done + inp.failed + len(todo)
+            if not todo:
+                break
+            if processed_this_run >= inp.max_per_run or workflow.info().is_continue_as_new_suggested():
+                workflow.continue_as_new(inp)
+            batch = todo[: max(1, inp.concurrency)]
+            self._progress.stage = f"finalizing {len(batch)} invoices"
+            results = await asyncio.gather(*(self._one(tenant, inp.as_of, p) for p in batch))
+            for period, ok in zip(batch, results, strict=True):
+                label = f"{period.customer_id}@{period.period_start}"
+                if ok:
+                    inp.done += 1
+                else:
+                    inp.failed += 1
+                    inp.failures.append(label)
+                    attempted.add(label)
+                processed_this_run += 1
+            self._progress.done, self._progress.failed = inp.done, inp.failed
+        self._progress.stage = "done"
+        _set(outcome="completed" if inp.failed == 0 else "completed_with_failures")
+        return BillingCycleResult(tenant, inp.as_of, inp.done, inp.failed, inp.failures)
+
+    async def _one(self, tenant: str, as_of: str, period: Any) -> bool:
+        t = SagaTimeouts()
+        invoice_id = period.invoice_id
+        try:
+            if not invoice_id:
+                draft = await _step(InvoiceActivities.create_draft,
+                                    CreateDraftInput(tenant, f"cycle/{tenant}/{period.customer_id}/"
+                                                     f"{period.period_start}", period.customer_id,
+                                                     period.period_start), t,
+                                    f"draft the invoice of {period.customer_id}")
+                invoice_id = draft.invoice_id
+            await workflow.execute_child_workflow(
+                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id),
+                id=naming.finalize_workflow_id(tenant, invoice_id),
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                static_summary=f"Finalize invoice {invoice_id} of {period.customer_id}")
+            return True
+        except (ChildWorkflowError, ApplicationError, ActivityError):
+            return False
+        except WorkflowAlreadyStartedError:
+            return True  # finalized (or finalizing) elsewhere: the next listing shows whether it finished
+
+
+@workflow.defn(name="CompensateOutage")
+class CompensateOutageWorkflow:
+    """Grants compensatory credits to many accounts: one idempotent grant per (incident, account)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress()
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, inp: CompensateOutageInput) -> CompensateOutageResult:
+        t = SagaTimeouts()
+        _set(tenant=inp.tenant_id, outcome="granting")
+        total = len(inp.account_ids)
+        self._progress = Progress(total=total, done=inp.offset, stage="granting")
+        started = inp.offset
+        while inp.offset < total:
+            if inp.offset - started >= inp.max_per_run:
+                workflow.continue_as_new(inp)
+            batch = inp.account_ids[inp.offset: inp.offset + max(1, inp.concurrency)]
+            lots = await asyncio.gather(*(_until_done(
+                LedgerActivities.grant_credits,
+                GrantInput(inp.tenant_id, f"outage/{inp.incident_id}/{account}", account, inp.amount, inp.unit,
+                           "COMPENSATORY", inp.expires_at, inp.incident_id, inp.reason), t,
+                f"grant {inp.amount} {inp.unit} to {account}") for account in batch))
+            inp.granted.extend(lots)
+            inp.offset += len(batch)
+            self._progress.done = inp.offset
+        self._progress.stage = "done"
+        _set(outcome="completed")
+        return CompensateOutageResult(inp.incident_id, total, inp.granted)
+
+
+@workflow.defn(name="ExpireCredits")
+class ExpireCreditsWorkflow:
+    """Scheduled: turns every tenant's due unused credits into EXPIRED entries (breakage)."""
+
+    @workflow.run
+    async def run(self, inp: SweepInput) -> SweepResult:
+        t = SagaTimeouts()
+        as_of = workflow.now().replace(microsecond=0).isoformat()
+        tenants = await _tenants(t)
+        out = SweepResult(tenants=len(tenants))
+        for tenant in tenants:
+            out.expired_lots += await _step(LedgerActivities.expire_lots,
+                                            ExpireInput(tenant, f"expire/{tenant}/{as_of}", as_of), t,
+                                            f"expire due lots of {tenant}")
+        return out
+
+
+@workflow.defn(name="ResolveInDoubt")
+class ResolveInDoubtWorkflow:
+    """Scheduled: settles stale holds and PREPARED invoices by the owning workflow's recorded decision.
+
+    Committed -> commit both sides; closed without a decision -> release the hold and abort the
+    invoice; still running -> leave it to its owner; history gone -> report, touch nothing.
+    """
+
+    @workflow.run
+    async def run(self, inp: SweepInput) -> SweepResult:
+        t = SagaTimeouts()
+        cutoff = (workflow.now() - timedelta(seconds=inp.older_than_s)).isoformat()
+        tenants = await _tenants(t)
+        out = SweepResult(tenants=len(tenants))
+        for tenant in tenants:
+            owners: dict[tuple[str, str], str] = {}  # (invoice, run) -> ledger account (may be "")
+            holds: list[HoldView] = await _step(
+                LedgerActivities.list_holds,
+                ListHoldsInput(tenant, "PENDING", created_before=cutoff, hold_key_prefix=naming.HOLD_PREFIX), t,
+                "list stale saga holds")
+            for hold in holds:
+                parsed = naming.parse_hold_key(hold.hold_key)
+                if parsed is not None:
+                    owners[parsed] = hold.account_id
+            invoices: list[InvoiceView] = await _step(
+                InvoiceActivities.list_in_doubt, ListInDoubtInput(tenant, ["PREPARED"], cutoff), t,
+                "list stale PREPARED invoices")
+            for invoice in invoices:
+                ref = naming.parse_prepare_key(invoice.prepare_key)
+                if ref is not None:
+                    owners.setdefault((invoice.invoice_id, ref[1]), invoice.ledger_account_id)
+            for (invoice_id, run_id), account in sorted(owners.items()):
+                await self._settle(tenant, invoice_id, run_id, account, out, t)
+        return out
+
+    async def _settle(self, tenant: str, invoice_id: str, run_id: str, account: str, out: SweepResult,
+                      t: SagaTimeouts) -> None:
+        wf_id = naming.finalize_workflow_id(tenant, invoice_id)
+        label = f"{wf_id}/{run_id}"
+        decision = await _step(CoordinatorActivities.owner_decision, OwnerRef(wf_id, run_id), t,
+                               f"ask Temporal for the decision of {label}")
+        if decision.state == "running":
+            out.left_running.append(label)
+            return
+        if decision.state == "unknown":
+            out.unknown.append(label)
+            return
+
+        def key(step: str) -> str:
+            return naming.step_key(wf_id, run_id, step)
+
+        hold_key, prepare_key = naming.hold_key(invoice_id, run_id), key("prepare")
+        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, invoice_id), t,
+                                       f"read invoice {invoice_id}")
+        prepared_by_owner = inv.status == "PREPARED" and inv.prepare_key == prepare_key
+        if decision.state == "commit":
+            await _until_done(LedgerActivities.commit_hold, HoldInput(tenant, key("commit_hold"), hold_key,
+                                                                      must_succeed=True), t, "resolve: commit hold")
+            if prepared_by_owner:
+                await _until_done(InvoiceActivities.commit_finalize,
+                                  InvoiceStepInput(tenant, key("commit_finalize"), invoice_id, prepare_key,
+                                                   must_succeed=True), t, "resolve: finalize invoice")
+            out.committed.append(label)
+            return
+        await _until_done(LedgerActivities.release_hold,
+                          HoldInput(tenant, key("release_hold"), hold_key, account or inv.ledger_account_id,
+                                    naming.RELEASE_REASON, must_succeed=True), t, "resolve: release hold")
+        if prepared_by_owner:
+            await _until_done(InvoiceActivities.abort_finalize,
+                              InvoiceStepInput(tenant, key("abort_finalize"), invoice_id, prepare_key,
+                                               naming.RELEASE_REASON, must_succeed=True), t,
+                              "resolve: return invoice to DRAFT")
+        out.aborted.append(label)
+
+
+@workflow.defn(name="BenchBare")
+class BareWorkflow:
+    """The baseline of `creditctl bench saga`: the same number of sequential no-op activities."""
+
+    @workflow.run
+    async def run(self, inp: BenchInput) -> int:
+        total = 0
+        for step in range(inp.activities):
+            total += await workflow.execute_activity_method(
+                BenchActivities.noop, step, start_to_close_timeout=timedelta(seconds=10))
+        return total
+
+
+WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
+             ExpireCreditsWorkflow, ResolveInDoubtWorkflow, BareWorkflow]
