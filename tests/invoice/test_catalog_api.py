@@ -140,3 +140,12 @@ async def test_due_periods_for_the_billing_cycle(env: InvoiceEnv) -> None:
     starts = [p.period_start for p in later.periods][:3]
     assert starts == [ts(when(1, month=6)), ts(when(1, month=7)), ts(when(1, month=8))]
     assert later.periods[0].customer_id == "john-wick" and later.periods[0].period_end == ts(when(1, month=7))
+
+
+async def test_concurrent_requests_with_one_key_apply_once(env: InvoiceEnv) -> None:
+    import asyncio
+
+    req = pb.CreateMeterRequest(idempotency_key="race", meter_code="race", aggregation=pb.COUNT)
+    results = await asyncio.gather(*(env.call("CreateMeter", req) for _ in range(8)))
+    assert all(r == results[0] for r in results)
+    assert await env.count("meters") == 1
