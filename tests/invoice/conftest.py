@@ -31,6 +31,7 @@ class InvoiceEnv:
     key: str
     pool: asyncpg.Pool
     channel: grpc.aio.Channel
+    port: int
 
     @property
     def md(self) -> list[tuple[str, str]]:
@@ -49,7 +50,7 @@ async def start_env(grace_s: int = TEST_GRACE_S) -> tuple[InvoiceEnv, grpc.aio.S
     key = await add_tenant_key(dsn, "t1")
     server, port, pool = await create_invoice_server(dsn, usage_grace_s=grace_s)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return InvoiceEnv(dsn, pb_grpc.InvoiceServiceStub(channel), key, pool, channel), server
+    return InvoiceEnv(dsn, pb_grpc.InvoiceServiceStub(channel), key, pool, channel, port), server
 
 
 @pytest.fixture
