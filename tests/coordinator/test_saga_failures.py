@@ -1,0 +1,88 @@
+"""Failures injected at every step boundary of the finalization saga end in both-or-neither."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from coordinator.faults import FaultPlan
+from coordinator.scenario import seed_customer
+from tests.coordinator.conftest import Stack
+
+PREPARE_STEPS = ["get_invoice", "get_lot_boundaries", "split_draft", "reserve_credits", "prepare_finalize"]
+COMMIT_STEPS = ["commit_hold", "commit_finalize"]
+ACCOUNT = "acct-john-wick"
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+async def test_rejection_at_every_prepare_boundary_compensates(stack: Stack, phase: str) -> None:
+    """A business rejection before/after each prepare-phase call: nothing is left finalized or held."""
+    for n, step in enumerate(PREPARE_STEPS):
+        account = f"acct-cust-{n}"
+        invoice_id = await seed_customer(stack.services, f"cust-{n}")
+        async with stack.worker(FaultPlan().add(step, phase, "reject")):
+            handle = await stack.start_finalize(invoice_id)
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+        assert await stack.assert_both_or_neither(invoice_id, account) == "neither", (step, phase)
+        # The same invoice can be finalized afterwards by a new run (the failed one is not reused).
+        async with stack.worker():
+            result = await (await stack.start_finalize(invoice_id)).result()
+        assert (result.outcome, result.credits_applied) == ("finalized", "50.00"), (step, phase)
+        assert await stack.assert_both_or_neither(invoice_id, account) == "finalized"
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+async def test_transport_errors_at_every_boundary_are_retried(stack: Stack, phase: str) -> None:
+    """A lost request or a lost response at any step (prepare or commit) is retried idempotently."""
+    faults = FaultPlan()
+    for step in PREPARE_STEPS + COMMIT_STEPS:
+        faults.add(step, phase, "transport", times=2)
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker(faults):
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert result.outcome == "finalized"
+    assert all(f.fired == 2 for f in faults.faults)
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
+    assert (await stack.balance(ACCOUNT)).consumed == "50.00"
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+async def test_rejection_after_the_decision_is_retried_until_committed(stack: Stack, phase: str) -> None:
+    """After the decision nothing compensates: even a rejection at a commit step is retried."""
+    faults = FaultPlan()
+    for step in COMMIT_STEPS:
+        faults.add(step, phase, "reject", times=2)
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker(faults):
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert result.outcome == "finalized" and result.credits_applied == "50.00"
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
+
+
+async def test_cancellation_before_the_decision_compensates(stack: Stack) -> None:
+    faults = FaultPlan().add("prepare_finalize", "before", "block")
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker(faults):
+        handle = await stack.start_finalize(invoice_id)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        await handle.cancel()
+        faults.release_blocked()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "neither"
+
+
+async def test_cancellation_after_the_decision_still_commits(stack: Stack) -> None:
+    faults = FaultPlan().add("commit_hold", "before", "block")
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker(faults):
+        handle = await stack.start_finalize(invoice_id)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        await handle.cancel()
+        faults.release_blocked()
+        result = await handle.result()
+    assert result.outcome == "finalized"
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
