@@ -18,15 +18,15 @@ from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.worker import Worker
 
 from coordinator import naming
 from coordinator import search_attributes as sa
 from coordinator.faults import FaultPlan
 from coordinator.keys import StaticKeyStore
-from coordinator.messages import FinalizeInvoiceInput, SagaTimeouts
+from coordinator.messages import FinalizeInvoiceInput, FinalizeInvoiceResult, SagaTimeouts
 from coordinator.scenario import Services, seed_catalog
+from coordinator.starter import start_or_attach
 from coordinator.worker import WorkerConfig, running_worker
 from coordinator.workflows import FinalizeInvoiceWorkflow
 from invoice_service.server import create_invoice_server
@@ -91,11 +91,10 @@ class Stack:
         return running_worker(self.client, config, StaticKeyStore({TENANT: self.coordinator_key}), faults)
 
     async def start_finalize(self, invoice_id: str, timeouts: SagaTimeouts = FAST) -> WorkflowHandle[Any, Any]:
-        return await self.client.start_workflow(
-            FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id, timeouts),
-            id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY)
+        return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
+                                     FinalizeInvoiceInput(TENANT, invoice_id, timeouts),
+                                     id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=self.task_queue,
+                                     result_type=FinalizeInvoiceResult)
 
     async def invoice(self, invoice_id: str) -> ipb.Invoice:
         return await self.services.invoice.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id), metadata=self.md)
