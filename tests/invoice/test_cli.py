@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from credits.invoice.v1 import invoice_pb2 as pb
+
 from creditctl.main import main
 from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, ts, when
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import grpc
-import pytest
 from credits.invoice.v1 import invoice_pb2 as pb
 
-from invoice_service.domain.periods import add_months
+from invoice_service.domain.periods import period_containing
 from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, start_env, ts, when
 from tests.invoice.test_catalog_api import expect_error
 
@@ -118,9 +118,9 @@ async def test_negative_quantities_only_where_the_meter_allows_them(env: Invoice
     assert (draft.line_items[0].quantity, draft.line_items[0].amount) == ("6.5", "6.50")
 
 
-@pytest.fixture
-async def short_grace_env() -> AsyncIterator[InvoiceEnv]:
-    e, server = await start_env(grace_s=3600)
+@asynccontextmanager
+async def env_with_grace(grace_s: int) -> AsyncIterator[InvoiceEnv]:
+    e, server = await start_env(grace_s=grace_s)
     try:
         yield e
     finally:
@@ -129,22 +129,22 @@ async def short_grace_env() -> AsyncIterator[InvoiceEnv]:
         await e.pool.close()
 
 
-async def test_late_events_count_inside_the_grace_window_only(short_grace_env: InvoiceEnv) -> None:
-    env = short_grace_env
+async def test_late_events_count_inside_the_grace_window_only() -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    # The current period began 30 minutes ago (inside the 1 h grace); the one before it 2 months ago ended
-    # a month and 30 minutes ago (outside).
-    current_start = now - timedelta(minutes=30)
-    anchor = add_months(current_start, -2)
-    await seed_catalog(env, anchor=anchor)
-    previous_start = add_months(current_start, -1)
-    late = event("late", "input_tokens", "1", previous_start + timedelta(days=3))
-    assert (await env.call("IngestEvent", pb.IngestEventRequest(event=late))).result.status == pb.ACCEPTED
-    too_late = event("too-late", "input_tokens", "1", anchor + timedelta(days=3))
-    details = await expect_error(env, "IngestEvent", pb.IngestEventRequest(event=too_late),
-                                 grpc.StatusCode.FAILED_PRECONDITION, "event.timestamp")
-    assert "closed" in details
-    assert await env.count("usage_events") == 1
+    anchor = (now - timedelta(days=75)).replace(day=10)
+    current = period_containing(anchor, 1, now)
+    previous = period_containing(anchor, 1, current.start - timedelta(seconds=1))
+    # The grace window keeps the previous period open for one more hour; the one before it is closed.
+    grace_s = int((now - current.start).total_seconds()) + 3600
+    async with env_with_grace(grace_s) as env:
+        await seed_catalog(env, anchor=anchor)
+        late = event("late", "input_tokens", "1", previous.start + timedelta(days=3))
+        assert (await env.call("IngestEvent", pb.IngestEventRequest(event=late))).result.status == pb.ACCEPTED
+        too_late = event("too-late", "input_tokens", "1", previous.start - timedelta(days=3))
+        details = await expect_error(env, "IngestEvent", pb.IngestEventRequest(event=too_late),
+                                     grpc.StatusCode.FAILED_PRECONDITION, "event.timestamp")
+        assert "closed" in details
+        assert await env.count("usage_events") == 1
 
 
 async def test_events_for_a_frozen_period_are_refused_until_it_reopens(env: InvoiceEnv) -> None:
