@@ -1,0 +1,173 @@
+"""The billing front door (credits.billing.v1): upstream services start and watch sagas over gRPC.
+
+Callers authenticate with their tenant API key (resolved against the ledger database, which holds
+the same tenant keys as every service database); the key's tenant scopes every operation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import urllib.parse
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import grpc
+from credits.billing.v1 import billing_pb2 as pb
+from credits.billing.v1 import billing_pb2_grpc
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from coordinator import naming
+from coordinator import search_attributes as sa
+from coordinator.activities import from_ts
+from coordinator.messages import (
+    BillingCycleInput,
+    CompensateOutageInput,
+    FinalizeInvoiceInput,
+    Progress,
+    VoidInvoiceInput,
+)
+from coordinator.starter import start_or_attach
+from coordinator.workflows import (
+    BillingCycleWorkflow,
+    CompensateOutageWorkflow,
+    FinalizeInvoiceWorkflow,
+    VoidInvoiceWorkflow,
+)
+from service_runtime.api_keys import KeyResolver
+from service_runtime.grpc_server import create_server, current_caller
+from service_runtime.rejections import invalid, not_found
+
+SERVICE = "credits.billing.v1.BillingService"
+_S = f"/{SERVICE}/"
+ALL = frozenset({"admin", "operator", "finance", "support", "service", "readonly"})
+PERMISSIONS: dict[str, frozenset[str]] = {
+    _S + "FinalizeInvoice": frozenset({"admin", "operator", "finance", "service"}),
+    _S + "VoidInvoice": frozenset({"admin", "finance"}),
+    _S + "RunBillingCycle": frozenset({"admin", "operator", "finance"}),
+    _S + "CompensateOutage": frozenset({"admin", "finance", "support", "operator"}),
+    _S + "GetOperation": ALL,
+}
+_STATUS = {
+    WorkflowExecutionStatus.RUNNING: pb.RUNNING, WorkflowExecutionStatus.COMPLETED: pb.COMPLETED,
+    WorkflowExecutionStatus.FAILED: pb.FAILED, WorkflowExecutionStatus.CANCELED: pb.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: pb.TERMINATED, WorkflowExecutionStatus.TIMED_OUT: pb.TIMED_OUT,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: pb.RUNNING,
+}
+DEFAULT_WAIT_S = 60
+
+
+def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> str:
+    if not ui_url:
+        return ""
+    path = f"{ui_url}/namespaces/{namespace}/workflows/{urllib.parse.quote(workflow_id, safe='')}"
+    return f"{path}/{run_id}/history" if run_id else path
+
+
+def _id(value: str, field: str) -> str:
+    if not value or len(value) > 64 or "/" in value or not value.isprintable():
+        raise invalid(field, "must be 1-64 printable characters without '/'")
+    return value
+
+
+class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
+    def __init__(self, client: Client, task_queue: str, ui_url: str = "") -> None:
+        self._client = client
+        self._queue = task_queue
+        self._ui = ui_url
+
+    async def FinalizeInvoice(self, request: pb.FinalizeInvoiceRequest, context: Any) -> pb.Operation:
+        tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
+                                       FinalizeInvoiceInput(tenant, invoice_id),
+                                       id=naming.finalize_workflow_id(tenant, invoice_id), task_queue=self._queue,
+                                       summary=f"Finalize invoice {invoice_id} (tenant {tenant})")
+        return await self._operation(handle, request.wait, request.wait_timeout_s)
+
+    async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Any) -> pb.Operation:
+        tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
+                                       VoidInvoiceInput(tenant, invoice_id, request.reason[:500]),
+                                       id=naming.void_workflow_id(tenant, invoice_id), task_queue=self._queue,
+                                       summary=f"Void invoice {invoice_id} (tenant {tenant})")
+        return await self._operation(handle, request.wait, request.wait_timeout_s)
+
+    async def RunBillingCycle(self, request: pb.RunBillingCycleRequest, context: Any) -> pb.Operation:
+        tenant = current_caller().tenant_id
+        as_of = from_ts(request.as_of) if request.HasField("as_of") else \
+            datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+        if not 0 <= request.concurrency <= 64:
+            raise invalid("concurrency", "must be between 0 and 64")
+        handle = await start_or_attach(self._client, BillingCycleWorkflow.run,
+                                       BillingCycleInput(tenant, as_of, request.concurrency or 8),
+                                       id=naming.cycle_workflow_id(tenant, as_of), task_queue=self._queue,
+                                       summary=f"Billing cycle of {tenant} as of {as_of}")
+        return await self._operation(handle, request.wait, request.wait_timeout_s)
+
+    async def CompensateOutage(self, request: pb.CompensateOutageRequest, context: Any) -> pb.Operation:
+        tenant, incident = current_caller().tenant_id, _id(request.incident_id, "incident_id")
+        if not request.account_ids:
+            raise invalid("account_ids", "name at least one account")
+        if not request.amount or not request.unit:
+            raise invalid("amount", "amount and unit are required")
+        expires_at = from_ts(request.expires_at) if request.HasField("expires_at") else ""
+        inp = CompensateOutageInput(tenant, incident, list(dict.fromkeys(request.account_ids)), request.amount,
+                                    request.unit, expires_at, request.reason[:500])
+        handle = await start_or_attach(self._client, CompensateOutageWorkflow.run, inp,
+                                       id=naming.outage_workflow_id(tenant, incident), task_queue=self._queue,
+                                       summary=f"Compensate incident {incident}: {len(inp.account_ids)} accounts")
+        return await self._operation(handle, request.wait, request.wait_timeout_s)
+
+    async def GetOperation(self, request: pb.GetOperationRequest, context: Any) -> pb.Operation:
+        if naming.tenant_of(request.operation_id) != current_caller().tenant_id:
+            raise not_found("operation_id")
+        handle = self._client.get_workflow_handle(request.operation_id)
+        try:
+            return await self._operation(handle, request.wait, request.wait_timeout_s)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise not_found("operation_id") from None
+            raise
+
+    async def _operation(self, handle: WorkflowHandle[Any, Any], wait: bool, wait_timeout_s: int) -> pb.Operation:
+        if wait:
+            try:
+                await asyncio.wait_for(handle.result(), wait_timeout_s or DEFAULT_WAIT_S)
+            except (TimeoutError, WorkflowFailureError):
+                pass
+        desc = await handle.describe()
+        op = pb.Operation(operation_id=handle.id, kind=handle.id.partition("/")[0], run_id=desc.run_id,
+                          status=_STATUS.get(desc.status, pb.OPERATION_STATUS_UNSPECIFIED) if desc.status else 0,
+                          outcome=desc.typed_search_attributes.get(sa.OUTCOME) or "",
+                          ui_url=ui_link(self._ui, self._client.namespace, handle.id, desc.run_id))
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
+            result = await handle.result()
+            op.result_json = json.dumps(result if isinstance(result, dict) else dataclasses.asdict(result))
+        elif desc.status == WorkflowExecutionStatus.FAILED:
+            try:
+                await handle.result()
+            except WorkflowFailureError as err:
+                op.error = str(err.cause or err)
+        if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
+            try:
+                progress = await handle.query("progress", result_type=Progress)
+                op.progress.CopyFrom(pb.Progress(total=progress.total, done=progress.done, failed=progress.failed,
+                                                 stage=progress.stage))
+            except Exception:  # progress is best effort: no worker polling, or a sweep workflow
+                pass
+        return op
+
+
+async def create_front_door(client: Client, key_dsn: str, task_queue: str, address: str = "127.0.0.1:0",
+                            ui_url: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
+    """Starts the front door; API keys are resolved against `key_dsn` (the ledger database)."""
+    from service_runtime.postgres import create_pool
+
+    pool = await create_pool(key_dsn, min_size=1, max_size=4)
+    server, port = await create_server(
+        [(billing_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(client, task_queue, ui_url),
+          SERVICE)], KeyResolver(pool), PERMISSIONS, address)
+    return server, port, pool
