@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "creditctl.admin_commands",
     "creditctl.ledger_commands",
+    "creditctl.invoice_commands",
     "creditctl.coordinator_commands",
 )
 
