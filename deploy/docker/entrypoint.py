@@ -1,0 +1,206 @@
+"""Container entrypoint: `entrypoint.py PROCESS [ARGS...]` runs one process of the credits engine.
+
+    ledger      the ledger gRPC server             (listens on CREDITS_LEDGER_ADDR)
+    invoice     the invoice gRPC server            (listens on CREDITS_INVOICE_ADDR)
+    billing     the billing front door gRPC server (listens on CREDITS_BILLING_ADDR)
+    worker      the Temporal worker + schedules    (dials CREDITS_LEDGER_ADDR / CREDITS_INVOICE_ADDR)
+    migrate     `creditctl migrate` on both service databases, then exit
+    creditctl   any creditctl command, e.g. `creditctl tenants create acme`, `creditctl ledger verify`
+    healthcheck ADDR   grpc.health.v1 Check against ADDR; exit 0 iff SERVING (for compose)
+
+Why a shim and not `python -m ...` everywhere: the coordinator has no `main()` of its own yet
+(`creditctl up` wires the front door and the worker inside one process), so `billing` and `worker`
+are wired here from the same public functions `coordinator/stack.py` uses. Unlike the
+stack and the stock `serve()` functions, this entrypoint never falls back to the embedded Postgres
+or a Temporal dev server: a DSN or address left empty is a start-up error, not a silent local
+database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).
+
+Only settings that exist in `service_runtime.settings` (and CREDITS_COORDINATOR_KEYS /
+CREDITS_USAGE_GRACE_S, read by the coordinator and invoice code) are used; nothing new is invented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger("credits.entrypoint")
+
+GRACE_S = 10.0  # gRPC drain on SIGTERM; keep below terminationGracePeriodSeconds minus preStop
+
+
+class ConfigError(SystemExit):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"configuration error: {message}")
+
+
+def _require(name: str, value: str) -> str:
+    if not value:
+        raise ConfigError(f"CREDITS_{name} must be set (the container never starts an embedded fallback)")
+    return value
+
+
+async def _until_sigterm() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received, stopping")
+
+
+async def _serve(server: Any, pool: Any, what: str, port: int) -> None:
+    log.info("%s listening on port %d", what, port)
+    try:
+        await _until_sigterm()
+    finally:
+        await server.stop(GRACE_S)
+        await pool.close()
+
+
+async def run_ledger() -> None:
+    from ledger_service.server import create_ledger_server
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()
+    dsn = _require("LEDGER_DSN", settings.ledger_dsn)
+    server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)  # migrates first
+    await _serve(server, pool, "ledger", port)
+
+
+async def run_invoice() -> None:
+    from invoice_service.server import create_invoice_server
+    from invoice_service.storage import MIGRATIONS_DIR
+    from service_runtime.databases import TENANCY_MIGRATIONS
+    from service_runtime.postgres import migrate
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()
+    dsn = _require("INVOICE_DSN", settings.invoice_dsn)
+    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)  # as invoice_service.server.serve does
+    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
+    await _serve(server, pool, "invoice", port)
+
+
+async def _temporal_client(settings: Any) -> Any:
+    from temporalio.client import Client
+
+    addr = _require("TEMPORAL_ADDR", settings.temporal_addr)
+    return await Client.connect(addr, namespace=settings.temporal_namespace)
+
+
+async def run_billing() -> None:
+    from coordinator.front_door import create_front_door
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()
+    key_dsn = _require("LEDGER_DSN", settings.ledger_dsn)  # API keys are resolved against the ledger DB
+    client = await _temporal_client(settings)
+    server, port, pool = await create_front_door(client, key_dsn, settings.task_queue, settings.billing_addr)
+    await _serve(server, pool, "billing front door", port)
+
+
+def worker_key_store(settings: Any, coordinator_keys: str) -> Any:
+    """Static keys when CREDITS_COORDINATOR_KEYS is given, otherwise minting into both databases."""
+    import json
+
+    from coordinator.keys import MintingKeyStore, StaticKeyStore
+
+    if coordinator_keys:
+        keys = json.loads(coordinator_keys)
+        if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+            raise ConfigError("CREDITS_COORDINATOR_KEYS must be a JSON object {tenant_id: api_key}")
+        return StaticKeyStore(keys)
+    if not settings.ledger_dsn or not settings.invoice_dsn:
+        raise ConfigError("the worker needs CREDITS_COORDINATOR_KEYS, or both CREDITS_LEDGER_DSN and "
+                          "CREDITS_INVOICE_DSN to mint its own operator keys")
+    return MintingKeyStore([settings.ledger_dsn, settings.invoice_dsn])
+
+
+async def run_worker() -> None:
+    from coordinator import search_attributes as sa
+    from coordinator.schedules import ensure_schedules
+    from coordinator.worker import WorkerConfig, running_worker
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()
+    keys = worker_key_store(settings, os.environ.get("CREDITS_COORDINATOR_KEYS", ""))
+    client = await _temporal_client(settings)
+    added = await sa.register(client)  # idempotent; needs operator access to the namespace
+    if added:
+        log.info("registered search attributes %s", ", ".join(added))
+    config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue)
+    async with running_worker(client, config, keys):
+        created = await ensure_schedules(client, settings.task_queue)  # idempotent
+        log.info("worker polling task queue %s (schedules created: %s)", settings.task_queue, created or "none")
+        await _until_sigterm()
+
+
+# creditctl commands that resolve both databases (an empty DSN would mean the embedded Postgres).
+DATABASE_COMMANDS = frozenset({"migrate", "tenants", "ledger"})
+
+
+def run_creditctl(args: list[str]) -> int:
+    from creditctl.main import main
+    from service_runtime.settings import Settings
+
+    if args and args[0] in DATABASE_COMMANDS:
+        settings = Settings.from_env()
+        _require("LEDGER_DSN", settings.ledger_dsn)
+        _require("INVOICE_DSN", settings.invoice_dsn)
+    return main(args)
+
+
+def run_migrate(args: list[str]) -> int:
+    return run_creditctl(["migrate", *args])
+
+
+def healthcheck(addr: str, timeout_s: float = 3.0) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError as err:
+            print(f"{addr}: {err.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+SERVERS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+    "ledger": run_ledger,
+    "invoice": run_invoice,
+    "billing": run_billing,
+    "worker": run_worker,
+}
+COMMANDS = (*SERVERS, "migrate", "creditctl", "healthcheck")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    process, rest = argv[0], argv[1:]
+    if process == "healthcheck":
+        if len(rest) != 1:
+            print("usage: healthcheck HOST:PORT", file=sys.stderr)
+            return 2
+        return healthcheck(rest[0])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if process == "migrate":
+        return run_migrate(rest)
+    if process == "creditctl":
+        return run_creditctl(rest)
+    asyncio.run(SERVERS[process]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
