@@ -48,7 +48,12 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(Settings.from_env()))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(serve(Settings.from_env()))
+    else:
+        uvloop.run(serve(Settings.from_env()))
 
 
 if __name__ == "__main__":

@@ -60,12 +60,14 @@ def opt_when(msg: object, name: str, field: str | None = None) -> datetime | Non
     return when(getattr(msg, name), field or name)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
-    return out
+    delta = value - _EPOCH  # exact integer arithmetic; protobuf's FromDatetime is slow pure Python
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def not_beyond_skew(value: datetime, now: datetime, skew_s: int, field: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -68,16 +69,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                       pack: Callable[[Any], M], response_type: type[M], *, hold_keys: tuple[str, ...] = (),
                       lot_ids: tuple[str, ...] = ()) -> M:
         key = check_key(request.idempotency_key)  # type: ignore[attr-defined]
-        op = Operation(method, key, request_hash(request), apply, lambda r: pack(r).SerializeToString(),
-                       hold_keys=hold_keys, lot_ids=lot_ids)
+        op = Operation(method, key, request_hash(request), apply, pack, hold_keys=hold_keys, lot_ids=lot_ids)
         outcome = await self.writer.submit(current_caller().tenant_id, account_id, op)
-        return self._unwrap(outcome, pack, response_type)
+        return self._unwrap(outcome, response_type)
 
     @staticmethod
-    def _unwrap(outcome: Outcome, pack: Callable[[Any], M], response_type: type[M]) -> M:
+    def _unwrap(outcome: Outcome, response_type: type[M]) -> M:
         if outcome.replay is not None:
             return response_type.FromString(outcome.replay)
-        return pack(outcome.result)
+        assert isinstance(outcome.message, response_type)
+        return outcome.message
 
     async def _idempotent(self, method: str, request: Message, work: Any, pack: Callable[[Any], M],
                           response_type: type[M]) -> M:
@@ -301,7 +302,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     # --- holds and debits ---------------------------------------------------------------------
 
-    async def _reserve_spec(self, request: pb.ReserveCreditsRequest | pb.DebitCreditsRequest, hold_key: str,
+    def _reserve_spec(self, request: pb.ReserveCreditsRequest | pb.DebitCreditsRequest, hold_key: str,
                             scale: int, *, ttl_s: int, release_on_ttl: bool) -> operations.ReserveSpec:
         now = self._now()
         return operations.ReserveSpec(
@@ -318,7 +319,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if request.ttl_s < 0 or request.ttl_s > 90 * 86400:
             raise invalid("ttl_s", "must be between 0 and 90 days")
         scale = await self._scale(request.unit)
-        spec = await self._reserve_spec(request, hold_key, scale, ttl_s=request.ttl_s or self.settings.hold_ttl_s,
+        if hold_key.startswith("debit:"):
+            raise invalid("hold_key", "the prefix 'debit:' is reserved for DebitCredits")
+        spec = self._reserve_spec(request, hold_key, scale, ttl_s=request.ttl_s or self.settings.hold_ttl_s,
                                         release_on_ttl=request.release_on_ttl)
         return await self._submit(account_id, _method("ReserveCredits"), request, operations.reserve_credits(spec),
                                   lambda h: m.pack_hold(h, scale), pb.Hold, hold_keys=(hold_key,))
@@ -380,19 +383,20 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             out.next_page_token = holds[-1].hold_key
         return out
 
-    async def _debit_op(self, request: pb.DebitCreditsRequest) -> tuple[str, Operation, int]:
+    def _debit_op(self, request: pb.DebitCreditsRequest, scale: int) -> tuple[str, Operation]:
+        """A debit's hold key is derived from its idempotency key ("debit:<key>", a prefix reserves
+        may not use), so a debit whose key is unseen cannot find an existing hold: none is loaded."""
         key = check_key(request.idempotency_key)
         account_id = m.ident(request.account_id, "account_id")
-        scale = await self._scale(request.unit)
-        spec = await self._reserve_spec(request, f"debit:{key}", scale, ttl_s=0, release_on_ttl=False)
+        spec = self._reserve_spec(request, f"debit:{key}", scale, ttl_s=0, release_on_ttl=False)
         op = Operation(_method("DebitCredits"), key, request_hash(request), operations.debit_credits(spec),
-                       lambda h: m.pack_hold(h, scale).SerializeToString(), hold_keys=(spec.hold_key,))
-        return account_id, op, scale
+                       functools.partial(_pack_hold_scaled, scale=scale))
+        return account_id, op
 
     async def DebitCredits(self, request: pb.DebitCreditsRequest, context: Any) -> pb.Hold:
-        account_id, op, scale = await self._debit_op(request)
+        account_id, op = self._debit_op(request, await self._scale(request.unit))
         outcome = await self.writer.submit(current_caller().tenant_id, account_id, op)
-        return self._unwrap(outcome, lambda h: m.pack_hold(h, scale), pb.Hold)
+        return self._unwrap(outcome, pb.Hold)
 
     async def BatchDebitCredits(self, request: pb.BatchDebitCreditsRequest,
                                 context: Any) -> pb.BatchDebitCreditsResponse:
@@ -401,22 +405,29 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if len(request.debits) > 10_000:
             raise invalid("debits", "more than 10,000 debits")
         tenant = current_caller().tenant_id
-        slots: list[tuple[str, Operation, int] | Rejection] = []
+        scales: dict[str, int] = {}
+        slots: list[tuple[str, Operation] | Rejection] = []
         for i, debit in enumerate(request.debits):
             try:
-                slots.append(await self._debit_op(debit))
+                scale = scales.get(debit.unit)
+                if scale is None:
+                    scale = scales[debit.unit] = await self._scale(debit.unit)
+                slots.append(self._debit_op(debit, scale))
             except Rejection as rej:
-                slots.append(Rejection(rej.reason, rej.message.replace(rej.field, f"debits[{i}].{rej.field}", 1),
-                                       f"debits[{i}].{rej.field}"))
+                field = f"debits[{i}].{rej.field}"
+                slots.append(Rejection(rej.reason, rej.message.replace(rej.field, field, 1), field))
         by_account: dict[str, list[int]] = {}
         for i, slot in enumerate(slots):
             if not isinstance(slot, Rejection):
                 by_account.setdefault(slot[0], []).append(i)
         outcomes: dict[int, Outcome | Exception] = {}
-        for account_id, indexes in by_account.items():
+
+        async def one_account(account_id: str, indexes: list[int]) -> None:
             ops = [slots[i][1] for i in indexes]  # type: ignore[index]
             for i, res in zip(indexes, await self.writer.submit_many(tenant, account_id, ops), strict=True):
                 outcomes[i] = res
+
+        await asyncio.gather(*(one_account(a, idx) for a, idx in by_account.items()))
         out = pb.BatchDebitCreditsResponse()
         for i, slot in enumerate(slots):
             result = out.results.add()
@@ -427,9 +438,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             elif isinstance(got, Exception):
                 result.error.code = grpc.StatusCode.INTERNAL.value[0]
                 result.error.message = "internal error"
+            elif got.replay is not None:
+                result.hold.ParseFromString(got.replay)
             else:
-                assert not isinstance(slot, Rejection)
-                result.hold.CopyFrom(self._unwrap(got, functools.partial(_pack_hold_scaled, scale=slot[2]), pb.Hold))
+                result.hold.CopyFrom(got.message)
         return out
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -483,7 +495,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         for account_id, keys in by_account.items():
             op = Operation(_method("ReleaseExpiredHolds"), f"{request.idempotency_key}/{account_id}",
                            request_hash(request), operations.release_expired_holds(as_of, current_caller().key_id),
-                           lambda ks: pb.ReleaseExpiredHoldsResponse(hold_keys=ks).SerializeToString(),
+                           lambda ks: pb.ReleaseExpiredHoldsResponse(hold_keys=ks),
                            hold_keys=tuple(keys))
             outcome = await self.writer.submit(tenant, account_id, op)
             if outcome.replay is not None:
@@ -585,9 +597,9 @@ WHERE h.tenant_id = $1 AND r.hold_key IS NULL AND h.release_on_ttl AND h.ttl_exp
 """
 
 
-def _pack_expired_ids(lots: list[Lot]) -> bytes:
+def _pack_expired_ids(lots: list[Lot]) -> pb.ExpireLotsResponse:
     return pb.ExpireLotsResponse(lots=[pb.Lot(lot_id=lot.lot_id, account_id=lot.account_id, unit=lot.unit)
-                                       for lot in lots]).SerializeToString()
+                                       for lot in lots])
 
 
 def _pack_hold_scaled(hold: Hold, scale: int) -> pb.Hold:

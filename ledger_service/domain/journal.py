@@ -18,6 +18,7 @@ class EntryKind(enum.StrEnum):
     GRANT = "GRANT"
     HOLD = "HOLD"
     POST = "POST"
+    DEBIT = "DEBIT"
     RELEASE = "RELEASE"
     EXPIRE = "EXPIRE"
     VOID = "VOID"
@@ -33,6 +34,7 @@ MOVES: dict[EntryKind, tuple[str, ...]] = {
     EntryKind.REINSTATE: ("reinstated", "available"),
     EntryKind.HOLD: ("available", "held"),
     EntryKind.POST: ("held", "consumed"),
+    EntryKind.DEBIT: ("available", "consumed"),
     EntryKind.RELEASE: ("held", "available"),
     EntryKind.EXPIRE: ("available", "expired"),
     EntryKind.VOID: ("available", "voided"),

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from google.protobuf.message import Message
 
 from ledger_service.storage.effects import Effects
 from ledger_service.storage.state import AccountState, load_state
@@ -31,7 +32,7 @@ from service_runtime.rejections import Rejection, conflict, not_found
 log = logging.getLogger(__name__)
 
 Apply = Callable[[AccountState, Effects], Any]
-Pack = Callable[[Any], bytes]
+Pack = Callable[[Any], Message]
 
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
               asyncpg.SerializationError, asyncpg.LockNotAvailableError)
@@ -52,16 +53,22 @@ class Operation:
 
 @dataclass
 class Outcome:
-    """What an operation produced: a fresh result, or the stored response of an earlier call."""
+    """What an operation produced: its packed response (fresh), or the stored bytes of an earlier call."""
 
+    message: Message | None = None
     result: Any = None
     replay: bytes | None = None
 
 
+Result = Outcome | Exception
+
+
 @dataclass
 class _Pending:
-    op: Operation
-    future: asyncio.Future[Outcome]
+    """Operations submitted together, answered together (one future for a whole batch call)."""
+
+    ops: list[Operation]
+    future: asyncio.Future[list[Result]]
 
 
 @dataclass
@@ -79,76 +86,98 @@ class AccountWriter:
         self._max_batch = max_batch
         self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.operations = 0
 
     async def submit(self, tenant_id: str, account_id: str, op: Operation) -> Outcome:
+        """Applies one operation; raises its Rejection (or a bug's exception)."""
+        (result,) = await self.submit_many(tenant_id, account_id, [op])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def submit_many(self, tenant_id: str, account_id: str, ops: list[Operation]) -> list[Result]:
+        """Queues operations together; each gets its own outcome (Outcome or the exception)."""
         key = (tenant_id, account_id)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        queue.items.append(_Pending(op, future))
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        queue.items.append(_Pending(ops, future))
         if not queue.running:
-            queue.running = True
-            asyncio.get_running_loop().create_task(self._drain(key, queue))
+            self._start_drain(key, queue)
         return await future
 
-    async def submit_many(self, tenant_id: str, account_id: str, ops: list[Operation]) -> list[Outcome | Exception]:
-        """Queues several operations at once (they land in the same transaction when possible)."""
-        results = await asyncio.gather(*(self.submit(tenant_id, account_id, op) for op in ops),
-                                       return_exceptions=True)
-        return [r if isinstance(r, Outcome | Exception) else Exception(str(r)) for r in results]
+    def _start_drain(self, key: tuple[str, str], queue: _Queue) -> None:
+        queue.running = True
+        task = asyncio.get_running_loop().create_task(self._drain(key, queue))
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, key: tuple[str, str], queue: _Queue) -> None:
         try:
-            while queue.items:
-                batch = queue.items[: self._max_batch]
-                del queue.items[: self._max_batch]
-                await self._run(key, batch)
+            async with self._pool.acquire() as conn:  # one connection for the whole drain
+                while queue.items:
+                    batch: list[_Pending] = []
+                    size = 0
+                    while queue.items and (not batch or size + len(queue.items[0].ops) <= self._max_batch):
+                        pending = queue.items.pop(0)
+                        batch.append(pending)
+                        size += len(pending.ops)
+                    try:
+                        await self._run(conn, key, batch)
+                    except Exception as exc:
+                        for pending in batch:
+                            if not pending.future.done():
+                                pending.future.set_exception(exc)
+                        raise
+        except Exception:  # the connection broke: that batch failed; the rest retries on a new one
+            log.exception("account writer for %s lost its connection", key)
         finally:
             queue.running = False
             if not queue.items and self._queues.get(key) is queue:
                 del self._queues[key]
-            elif queue.items:  # raced with a submit after the loop ended
-                queue.running = True
-                asyncio.get_running_loop().create_task(self._drain(key, queue))
+            elif queue.items:  # raced with a submit, or the connection broke: carry on
+                self._start_drain(key, queue)
 
-    async def _run(self, key: tuple[str, str], batch: list[_Pending]) -> None:
+    async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending]) -> None:
+        ops = [op for p in batch for op in p.ops]
+        outcomes: list[Result] | None = None
         for attempt in range(2):
             try:
-                outcomes = await self._transaction(key, [p.op for p in batch])
+                outcomes = await self._transaction(conn, key, ops)
+                break
             except _RETRYABLE:
                 if attempt == 0:
                     continue
-                break
+            except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
+                raise
             except Exception:
-                log.exception("batch of %d on %s failed", len(batch), key)
+                log.exception("batch of %d on %s failed", len(ops), key)
                 break
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if not pending.future.done():
-                    if isinstance(outcome, Exception):
-                        pending.future.set_exception(outcome)
-                    else:
-                        pending.future.set_result(outcome)
-            return
-        # Fall back to one transaction per operation so a bad one cannot fail its neighbours.
+        if outcomes is None:
+            # Fall back to one transaction per operation so a bad one cannot fail its neighbours.
+            outcomes = []
+            for op in ops:
+                try:
+                    outcomes.extend(await self._transaction(conn, key, [op]))
+                except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
+                    raise
+                except Exception as exc:
+                    outcomes.append(exc)
+        i = 0
         for pending in batch:
-            try:
-                (outcome,) = await self._transaction(key, [pending.op])
-            except Exception as exc:
-                outcome = exc
-            if pending.future.done():
-                continue
-            if isinstance(outcome, Exception):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
+            n = len(pending.ops)
+            if not pending.future.done():
+                pending.future.set_result(outcomes[i:i + n])
+            i += n
 
-    async def _transaction(self, key: tuple[str, str], ops: list[Operation]) -> list[Outcome | Exception]:
+    async def _transaction(self, conn: asyncpg.Connection, key: tuple[str, str],
+                           ops: list[Operation]) -> list[Result]:
         tenant_id, account_id = key
-        outcomes: list[Outcome | Exception] = []
-        async with self._pool.acquire() as conn, conn.transaction():
+        outcomes: list[Result] = []
+        async with conn.transaction():
             state = await load_state(
                 conn, tenant_id, account_id,
                 hold_keys=[k for op in ops for k in op.hold_keys],
@@ -177,8 +206,9 @@ class AccountWriter:
             result = op.apply(state, effects)
         except Rejection as rej:
             return rej
+        message = op.pack(result)
         if op.idempotency_key:
-            response = op.pack(result)
+            response = message.SerializeToString()
             effects.remember(op.idempotency_key, op.method, op.request_hash, response)
             state.idempotency[op.idempotency_key] = (op.method, op.request_hash, response)
-        return Outcome(result=result)
+        return Outcome(message=message, result=result)

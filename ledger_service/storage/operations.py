@@ -40,7 +40,7 @@ def grant_credits(lot: Lot) -> Apply:
 
     def apply(state: AccountState, fx: Effects) -> Lot:
         new = replace(lot, account_id=state.account_id, created_at=fx.now)
-        fx.new_lots.append(new)
+        fx.create(new)
         state.lots[new.lot_id] = new
         fx.move(new, EntryKind.GRANT, new.amount, EntryContext(actor=new.granted_by, reason=new.reason_code),
                 effective_at=new.effective_at)
@@ -92,7 +92,8 @@ def reserve_credits(spec: ReserveSpec) -> Apply:
     return apply
 
 
-def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec) -> Hold:
+def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec, *, entry: EntryKind = EntryKind.HOLD) -> Hold:
+    """Allocates and records the hold; `entry` DEBIT moves credit straight to consumed."""
     if spec.hold_key in state.tombstones:
         raise precondition("hold_key", f"hold {spec.hold_key!r} was released before it was reserved")
     if spec.hold_key in state.holds:
@@ -107,7 +108,7 @@ def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec) -> Hold:
     ctx = EntryContext(actor=spec.actor, reference=spec.reference, hold_key=spec.hold_key,
                        policy_version=state.policy.version)
     for a in result.allocations:
-        fx.move(state.lots[a.lot_id], EntryKind.HOLD, a.amount, ctx)
+        fx.move(state.lots[a.lot_id], entry, a.amount, ctx)
     fx.holds.append(hold)
     state.holds[hold.hold_key] = hold
     return hold
@@ -145,7 +146,8 @@ def _post(state: AccountState, fx: Effects, hold: Hold, target: int, actor: str)
         lot = state.lots[a.lot_id]
         if post:
             fx.move(lot, EntryKind.POST, post, ctx)
-            hold.postings[a.position] = post
+        hold.postings[a.position] = post
+        if post != a.amount:  # a full posting is implied by COMMITTED; only partial ones are stored
             fx.postings.append((hold.hold_key, a.position, post))
         if a.amount - post:
             _release_into(lot, a.amount - post, fx, ctx)
@@ -215,8 +217,9 @@ def debit_credits(spec: ReserveSpec) -> Apply:
     """Reserve and commit in one step (real-time usage)."""
 
     def apply(state: AccountState, fx: Effects) -> Hold:
-        hold = _reserve(state, fx, spec)
-        _post(state, fx, hold, hold.reserved, spec.actor)
+        hold = _reserve(state, fx, spec, entry=EntryKind.DEBIT)
+        hold.postings = {a.position: a.amount for a in hold.allocations}
+        fx.resolve(hold, HoldStatus.COMMITTED, hold.reserved, 0, "")
         return hold
 
     return apply

@@ -16,9 +16,18 @@ from ledger_service.domain.policy import DEFAULT_POLICY, Policy, SortKey
 
 # FOR NO KEY UPDATE serialises writers of one account across processes without blocking the
 # foreign-key checks of inserts that reference the account.
+# The policy is read in the same statement (one round trip); lots are read only after the lock
+# is held, so they are never older than the last transaction that wrote the account.
 LOCK_ACCOUNT = """
-SELECT account_id, parent_account_id, root_account_id FROM accounts
-WHERE tenant_id = $1 AND account_id = $2 FOR NO KEY UPDATE
+SELECT a.account_id, a.parent_account_id, a.root_account_id, p.account_id AS policy_account_id, p.version,
+       p.sort_keys, p.type_order
+FROM accounts a
+LEFT JOIN LATERAL (
+    SELECT account_id, version, sort_keys, type_order FROM consumption_policies c
+    WHERE c.tenant_id = a.tenant_id AND c.account_id IN ('', a.account_id)
+    ORDER BY (c.account_id = a.account_id) DESC, c.version DESC LIMIT 1
+) p ON true
+WHERE a.tenant_id = $1 AND a.account_id = $2 FOR NO KEY UPDATE OF a
 """
 LOT_COLUMNS = """
 l.lot_id, l.seq, l.account_id, l.lot_type, l.unit, l.amount, l.priority, l.effective_at, l.expires_at,
@@ -38,14 +47,18 @@ SELECT account_id, version, sort_keys, type_order FROM consumption_policies
 WHERE tenant_id = $1 AND account_id IN ('', $2)
 ORDER BY (account_id = $2) DESC, version DESC LIMIT 1
 """
+# Each table is filtered by the key list first, so every join is an index lookup however many holds
+# the tenant has.
 SELECT_HOLDS = """
 SELECT k.key AS hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference,
        h.policy_version, h.release_on_ttl, h.ttl_expires_at, h.charges, h.created_at,
        r.status, r.posted, r.released, r.resolved_at, (v.hold_key IS NOT NULL) AS reversed
 FROM unnest($2::text[]) AS k(key)
-LEFT JOIN holds h ON h.tenant_id = $1 AND h.hold_key = k.key
-LEFT JOIN hold_resolutions r ON r.tenant_id = $1 AND r.hold_key = k.key
-LEFT JOIN hold_reversals v ON v.tenant_id = $1 AND v.hold_key = k.key
+LEFT JOIN (SELECT * FROM holds WHERE tenant_id = $1 AND hold_key = ANY($2)) h ON h.hold_key = k.key
+LEFT JOIN (SELECT hold_key, status, posted, released, resolved_at FROM hold_resolutions
+           WHERE tenant_id = $1 AND hold_key = ANY($2)) r ON r.hold_key = k.key
+LEFT JOIN (SELECT hold_key FROM hold_reversals WHERE tenant_id = $1 AND hold_key = ANY($2)) v
+       ON v.hold_key = k.key
 """
 SELECT_ALLOCATIONS = """
 SELECT a.hold_key, a.position, a.charge_id, a.lot_id, a.amount, p.posted, l.lot_type
@@ -78,11 +91,12 @@ def lot_from_row(r: asyncpg.Record | dict[str, Any]) -> Lot:
 
 
 def policy_from_row(r: asyncpg.Record | None) -> Policy:
-    if r is None:
+    if r is None or r["version"] is None:
         return DEFAULT_POLICY
     return Policy(
         version=r["version"], sort_keys=tuple(SortKey(k) for k in r["sort_keys"]),
-        type_order=tuple(LotType(t) for t in r["type_order"]), account_id=r["account_id"],
+        type_order=tuple(LotType(t) for t in r["type_order"]),
+        account_id=r["policy_account_id"] if "policy_account_id" in r else r["account_id"],
     )
 
 
@@ -140,6 +154,8 @@ async def load_holds(conn: asyncpg.Connection, tenant_id: str, keys: list[str]) 
                                                LotType(r["lot_type"])))
             if r["posted"] is not None:
                 hold.postings[r["position"]] = r["posted"]
+            elif hold.status is HoldStatus.COMMITTED:
+                hold.postings[r["position"]] = r["amount"]  # only partial postings are stored
     return holds, tombstones
 
 
@@ -159,7 +175,7 @@ async def load_state(
     if keys:
         for r in await conn.fetch(SELECT_IDEMPOTENCY, tenant_id, keys):
             state.idempotency[r["key"]] = (r["method"], bytes(r["request_hash"]), bytes(r["response"]))
-    state.policy = policy_from_row(await conn.fetchrow(SELECT_POLICY, tenant_id, account_id))
+    state.policy = policy_from_row(row)
     state.holds, state.tombstones = await load_holds(conn, tenant_id, list(set(hold_keys)))
     wanted = set(lot_ids) | {a.lot_id for h in state.holds.values() for a in h.allocations}
     for r in await conn.fetch(SELECT_OPEN_LOTS, tenant_id, account_id, list(wanted)):

@@ -88,7 +88,7 @@ async def transfer_credits(conn: asyncpg.Connection, tenant_id: str, src: str, d
         copy = replace(lot, lot_id=new_id("lot"), account_id=dst, amount=take, origin_lot_id=lot.lot_id,
                        granted_by=actor, created_at=now, closed_at=None, granted=0, reinstated=0, available=0,
                        held=0, consumed=0, expired=0, voided=0, transferred_out=0)
-        fx.new_lots.append(copy)
+        fx.create(copy)
         fx.move(copy, EntryKind.GRANT, take, ctx, effective_at=copy.effective_at)
         legs.append(Leg(lot.lot_id, copy.lot_id, take))
         if left == 0:

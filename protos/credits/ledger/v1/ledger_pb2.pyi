@@ -51,6 +51,7 @@ class EntryKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VOID: _ClassVar[EntryKind]
     REINSTATE: _ClassVar[EntryKind]
     TRANSFER_OUT: _ClassVar[EntryKind]
+    DEBIT: _ClassVar[EntryKind]
 
 class SortKey(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +90,7 @@ EXPIRE: EntryKind
 VOID: EntryKind
 REINSTATE: EntryKind
 TRANSFER_OUT: EntryKind
+DEBIT: EntryKind
 SORT_KEY_UNSPECIFIED: SortKey
 PRIORITY_ASC: SortKey
 EXPIRY_SOONEST: SortKey
