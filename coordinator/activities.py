@@ -49,7 +49,9 @@ from coordinator.messages import (
     ReserveInput,
     SplitInput,
     SplitResult,
+    VoidInvoiceInput,
 )
+from coordinator.naming import VOID
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 
 T = TypeVar("T")
@@ -318,12 +320,25 @@ class CoordinatorActivities:
                 return OwnerDecision("unknown", "no such workflow run (retention may have removed it)")
             raise
         if desc.status == WorkflowExecutionStatus.RUNNING:
-            return OwnerDecision("running", "the owner is still running and will resolve it")
+            return OwnerDecision("running", "the owner is still running and will resolve it", desc.run_id)
         outcome = desc.typed_search_attributes.get(OUTCOME)
         if outcome in DECIDED_OUTCOMES:
-            return OwnerDecision("commit", f"decision recorded (outcome={outcome})")
+            reason = await self._void_reason(ref.workflow_id, desc.run_id)
+            return OwnerDecision("commit", f"decision recorded (outcome={outcome})", desc.run_id, reason)
         status = desc.status.name if desc.status else "?"
-        return OwnerDecision("abandon", f"closed {status} without a decision (outcome={outcome})")
+        return OwnerDecision("abandon", f"closed {status} without a decision (outcome={outcome})", desc.run_id)
+
+
+    async def _void_reason(self, workflow_id: str, run_id: str) -> str:
+        """The reason a void workflow was started with: its reversal's idempotent payload includes it."""
+        if not workflow_id.startswith(VOID + "/"):
+            return ""
+        handle = self._client.get_workflow_handle(workflow_id, run_id=run_id)
+        async for event in handle.fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            [inp] = await self._client.data_converter.decode(payloads, [VoidInvoiceInput])
+            return str(inp.reason)
+        return ""
 
 
 class BenchActivities:

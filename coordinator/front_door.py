@@ -17,6 +17,8 @@ import asyncpg
 import grpc
 from credits.billing.v1 import billing_pb2 as pb
 from credits.billing.v1 import billing_pb2_grpc
+from credits.invoice.v1 import invoice_pb2 as ipb
+from credits.invoice.v1 import invoice_pb2_grpc
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -74,13 +76,34 @@ def _id(value: str, field: str) -> str:
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, client: Client, task_queue: str, ui_url: str = "") -> None:
+    def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "") -> None:
         self._client = client
         self._queue = task_queue
         self._ui = ui_url
+        self._invoice_addr = invoice_addr
+        self._invoices: invoice_pb2_grpc.InvoiceServiceStub | None = None
+
+    async def _check_invoice(self, invoice_id: str, context: Any) -> None:
+        """NOT_FOUND now, rather than a failed saga later, for an unknown or another tenant's invoice.
+
+        Asks the invoice service with the caller's own key (tenant keys are valid in every service),
+        so the answer is exactly what that tenant may see. Other errors are left to the saga.
+        """
+        if not self._invoice_addr:
+            return
+        if self._invoices is None:
+            self._invoices = invoice_pb2_grpc.InvoiceServiceStub(grpc.aio.insecure_channel(self._invoice_addr))
+        key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
+        try:
+            await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
+                                            metadata=[("x-api-key", key)], timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None
 
     async def FinalizeInvoice(self, request: pb.FinalizeInvoiceRequest, context: Any) -> pb.Operation:
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
                                        FinalizeInvoiceInput(tenant, invoice_id),
                                        id=naming.finalize_workflow_id(tenant, invoice_id), task_queue=self._queue,
@@ -89,6 +112,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Any) -> pb.Operation:
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
                                        VoidInvoiceInput(tenant, invoice_id, request.reason[:500]),
                                        id=naming.void_workflow_id(tenant, invoice_id), task_queue=self._queue,
@@ -162,12 +186,15 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
 
 async def create_front_door(client: Client, key_dsn: str, task_queue: str, address: str = "127.0.0.1:0",
-                            ui_url: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
-    """Starts the front door; API keys are resolved against `key_dsn` (the ledger database)."""
+                            ui_url: str = "", invoice_addr: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
+    """Starts the front door; API keys are resolved against `key_dsn` (the ledger database).
+
+    With `invoice_addr`, finalize/void requests for an invoice the caller's tenant cannot see
+    are refused with NOT_FOUND before any saga starts."""
     from service_runtime.postgres import create_pool
 
     pool = await create_pool(key_dsn, min_size=1, max_size=4)
-    server, port = await create_server(
-        [(billing_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(client, task_queue, ui_url),
-          SERVICE)], KeyResolver(pool), PERMISSIONS, address)
+    servicer = BillingServicer(client, task_queue, ui_url, invoice_addr)
+    server, port = await create_server([(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE)],
+                                       KeyResolver(pool), PERMISSIONS, address)
     return server, port, pool

@@ -210,6 +210,8 @@ class OwnerDecision:
 
     state: str  # running | commit | abandon | unknown
     detail: str = ""
+    run_id: str = ""  # the run described (the latest one when OwnerRef.run_id is empty)
+    void_reason: str = ""  # a void workflow's input reason (its reversal request carries it)
 
 
 # --- workflows ------------------------------------------------------------------------------

@@ -50,10 +50,11 @@ async def seed_catalog(s: Services) -> None:
 
 
 async def seed_customer(s: Services, customer_id: str = "john-wick", name: str = "John Wick",
-                        account_id: str = "", credit: str = "50.00") -> str:
+                        account_id: str = "", credit: str = "50.00", draft: bool = True) -> str:
     """Customer, subscription, $100 of August usage and (if `credit`) the scoped promotional lot.
 
-    Several customers may share one ledger `account_id` (a pooled account). Returns the draft id.
+    Several customers may share one ledger `account_id` (a pooled account). Returns the draft id
+    ("" with `draft=False`: the billing cycle drafts it).
     """
     account_id = account_id or f"acct-{customer_id}"
     await s.ledger.CreateAccount(lpb.CreateAccountRequest(idempotency_key=f"seed-acct-{account_id}",
@@ -77,7 +78,9 @@ async def seed_customer(s: Services, customer_id: str = "john-wick", name: str =
                               timestamp=ts(datetime(2026, 8, d, 18, tzinfo=UTC))) for d in range(1, 21)]
     await s.invoice.IngestEvents(ipb.IngestEventsRequest(idempotency_key=f"seed-usage-{customer_id}",
                                                          events=events), metadata=s.md)
-    draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
+    if not draft:
+        return ""
+    created = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
         idempotency_key=f"seed-draft-{customer_id}", customer_id=customer_id, period_start=ts(PERIOD_START)),
         metadata=s.md)
-    return str(draft.invoice_id)
+    return str(created.invoice_id)

@@ -423,15 +423,66 @@ class ResolveInDoubtWorkflow:
                 if parsed is not None:
                     owners[parsed] = hold.account_id
             invoices: list[InvoiceView] = await _step(
-                InvoiceActivities.list_in_doubt, ListInDoubtInput(tenant, ["PREPARED"], cutoff), t,
-                "list stale PREPARED invoices")
+                InvoiceActivities.list_in_doubt, ListInDoubtInput(tenant, ["PREPARED", "VOID_PENDING"], cutoff), t,
+                "list stale PREPARED and VOID_PENDING invoices")
+            voids: list[InvoiceView] = []
             for invoice in invoices:
+                if invoice.status == "VOID_PENDING":
+                    voids.append(invoice)
+                    continue
                 ref = naming.parse_prepare_key(invoice.prepare_key)
                 if ref is not None:
                     owners.setdefault((invoice.invoice_id, ref[1]), invoice.ledger_account_id)
             for (invoice_id, run_id), account in sorted(owners.items()):
                 await self._settle(tenant, invoice_id, run_id, account, out, t)
+            for invoice in voids:
+                await self._settle_void(tenant, invoice.invoice_id, out, t)
         return out
+
+    async def _settle_void(self, tenant: str, invoice_id: str, out: SweepResult, t: SagaTimeouts) -> None:
+        """A stale VOID_PENDING invoice: the latest run of its void workflow decides.
+
+        The invoice does not record which run prepared the void; only the latest run can have (an
+        earlier run's compensation returned it to FINALIZED before a new run could start). Its
+        recorded decision ("voiding"/"voided") -> reverse the committed credits and mark it VOIDED
+        with that run's own idempotency keys; closed without one -> back to FINALIZED.
+        """
+        wf_id = naming.void_workflow_id(tenant, invoice_id)
+        decision = await _step(CoordinatorActivities.owner_decision, OwnerRef(wf_id, ""), t,
+                               f"ask Temporal for the decision of {wf_id}")
+        label = f"{wf_id}/{decision.run_id}"
+        if decision.state == "running":
+            out.left_running.append(label)
+            return
+        if decision.state == "unknown":
+            out.unknown.append(wf_id)
+            return
+
+        def key(step: str) -> str:
+            return naming.step_key(wf_id, decision.run_id, step)
+
+        if decision.state == "commit":
+            holds: list[HoldView] = await _step(
+                LedgerActivities.list_holds,
+                ListHoldsInput(tenant, "COMMITTED", hold_key_prefix=f"{naming.HOLD_PREFIX}{invoice_id}/"), t,
+                "resolve: find the invoice's committed credit hold")
+            for hold in holds:
+                if Decimal(hold.posted or "0") == 0:
+                    continue
+                await _until_done(LedgerActivities.reverse_reference,
+                                  HoldInput(tenant, key(f"reverse/{hold.hold_key}"), hold.hold_key,
+                                            reason=decision.void_reason or "invoice voided", must_succeed=True),
+                                  t,
+                                  "resolve: reverse the debits onto their original lots")
+            await _until_done(InvoiceActivities.commit_void,
+                              InvoiceStepInput(tenant, key("commit_void"), invoice_id, must_succeed=True), t,
+                              "resolve: mark the invoice VOIDED")
+            out.committed.append(label)
+            return
+        await _until_done(InvoiceActivities.abort_void,
+                          InvoiceStepInput(tenant, key("abort_void"), invoice_id, must_succeed=True), t,
+                          "resolve: return the invoice to FINALIZED")
+        out.aborted.append(label)
 
     async def _settle(self, tenant: str, invoice_id: str, run_id: str, account: str, out: SweepResult,
                       t: SagaTimeouts) -> None:

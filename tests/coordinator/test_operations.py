@@ -1,0 +1,181 @@
+"""Billing cycles, outage compensation, the expiry schedule and idempotent start-up set-up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from credits.invoice.v1 import invoice_pb2 as ipb
+from credits.ledger.v1 import ledger_pb2 as lpb
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+
+from coordinator import naming
+from coordinator import search_attributes as sa
+from coordinator.faults import FaultPlan
+from coordinator.messages import (
+    BillingCycleInput,
+    BillingCycleResult,
+    CompensateOutageInput,
+    CompensateOutageResult,
+    Progress,
+    SweepResult,
+)
+from coordinator.scenario import PERIOD_START, seed_customer, ts
+from coordinator.schedules import EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, ensure_schedules
+from coordinator.starter import start_or_attach
+from coordinator.workflows import BillingCycleWorkflow, CompensateOutageWorkflow
+from tests.coordinator.conftest import TENANT, Stack, eventually
+
+# August 2026 periods are due (period end + the tests' 400-day grace). Each test its own instant: the
+# cycle's workflow id is derived from it, and the Temporal server is shared by the session.
+AS_OF = "2027-10-10T00:00:00+00:00"
+AS_OF_RESUME = "2027-10-11T00:00:00+00:00"
+CUSTOMERS = 5
+
+
+async def _progress(handle: WorkflowHandle[object, object]) -> Progress:
+    return await handle.query("progress", result_type=Progress)
+
+
+async def _run_chain(handle: WorkflowHandle[object, object]) -> list[WorkflowExecutionStatus | None]:
+    """Statuses of every run of a workflow id, oldest first (continue-as-new leaves a chain)."""
+    runs = [wf async for wf in handle._client.list_workflows(f"WorkflowId = '{handle.id}'")]
+    return [wf.status for wf in sorted(runs, key=lambda wf: wf.start_time)]
+
+
+async def _assert_finalized_once(stack: Stack, customers: list[str]) -> None:
+    numbers = []
+    for customer in customers:
+        listed = await stack.services.invoice.ListInvoices(ipb.ListInvoicesRequest(customer_id=customer),
+                                                           metadata=stack.md)
+        [inv] = listed.invoices
+        assert inv.status == ipb.FINALIZED, (customer, ipb.InvoiceStatus.Name(inv.status))
+        holds = await stack.holds(inv.invoice_id)
+        assert [h.status for h in holds] == [lpb.COMMITTED], holds  # exactly one committed reservation
+        assert holds[0].posted == inv.credits_applied == "50.00"
+        bal = await stack.balance(f"acct-{customer}")
+        assert (bal.consumed, bal.held) == ("50.00", "0.00")
+        numbers.append(inv.number)
+    assert sorted(numbers) == [f"INV-{n:06d}" for n in range(1, len(customers) + 1)]
+    await stack.verify_journal()
+
+
+async def test_billing_cycle_drafts_and_finalizes_every_due_invoice_across_continue_as_new(stack: Stack) -> None:
+    customers = [f"cyc-{n}" for n in range(CUSTOMERS)]
+    for n, customer in enumerate(customers):  # odd ones have no draft yet: the cycle creates it
+        await seed_customer(stack.services, customer, draft=n % 2 == 0)
+    async with stack.worker():
+        handle = await stack.client.start_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, AS_OF, concurrency=2, max_per_run=2),
+            id=naming.cycle_workflow_id(TENANT, AS_OF), task_queue=stack.task_queue)
+        result: BillingCycleResult = await handle.result()
+        assert (result.finalized, result.failed, result.failures) == (CUSTOMERS, 0, [])
+        progress = await _progress(stack.client.get_workflow_handle(handle.id))
+        assert (progress.total, progress.done, progress.failed, progress.stage) == (CUSTOMERS, CUSTOMERS, 0, "done")
+        chain = await eventually(lambda: _run_chain(handle), lambda c: len(c) >= 3)
+        assert chain[:-1] == [WorkflowExecutionStatus.CONTINUED_AS_NEW] * (len(chain) - 1)
+        assert chain[-1] == WorkflowExecutionStatus.COMPLETED
+        # Running the same cycle again finds nothing due: no second invoice, no second debit.
+        again = await stack.client.execute_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, AS_OF), id=f"{handle.id}/again",
+            task_queue=stack.task_queue)
+        assert (again.finalized, again.failed) == (0, 0)
+    await _assert_finalized_once(stack, customers)
+
+
+async def test_billing_cycle_resumes_on_a_new_worker_and_finalizes_each_invoice_once(stack: Stack) -> None:
+    customers = [f"res-{n}" for n in range(CUSTOMERS)]
+    for customer in customers:
+        await seed_customer(stack.services, customer)
+    faults = FaultPlan().add("prepare_finalize", "after", "block")  # the first saga hangs after PREPARED
+    async with stack.worker(faults):
+        handle = await start_or_attach(stack.client, BillingCycleWorkflow.run,
+                                       BillingCycleInput(TENANT, AS_OF_RESUME, concurrency=3),
+                                       id=naming.cycle_workflow_id(TENANT, AS_OF_RESUME), task_queue=stack.task_queue)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        progress = await _progress(handle)
+        assert progress.total == CUSTOMERS and progress.done < CUSTOMERS and "finalizing" in progress.stage
+        # A duplicate start of the cycle attaches to the running one.
+        twin = await start_or_attach(stack.client, BillingCycleWorkflow.run, BillingCycleInput(TENANT, AS_OF_RESUME),
+                                     id=handle.id, task_queue=stack.task_queue)
+        assert (await twin.describe()).run_id == (await handle.describe()).run_id
+        # Leaving the block stops the worker with the prepare call's response lost in flight.
+    faults.release_blocked()
+    async with stack.worker():
+        result = await stack.client.get_workflow_handle(handle.id, result_type=BillingCycleResult).result()
+    assert (result.finalized, result.failed) == (CUSTOMERS, 0)
+    await _assert_finalized_once(stack, customers)
+
+
+async def _accounts(stack: Stack, names: list[str]) -> None:
+    for account in names:
+        await stack.services.ledger.CreateAccount(lpb.CreateAccountRequest(
+            idempotency_key=f"acct-{account}", account_id=account, name=account), metadata=stack.md)
+
+
+async def test_compensate_outage_grants_once_per_account_even_if_started_twice_or_resumed(stack: Stack) -> None:
+    accounts = [f"outage-{n}" for n in range(5)]
+    await _accounts(stack, accounts)
+    inp = CompensateOutageInput(TENANT, "inc-42", accounts, "10.00", "USD", "2030-01-01T00:00:00+00:00",
+                                "api outage", concurrency=2, max_per_run=2)
+    wf_id = naming.outage_workflow_id(TENANT, "inc-42")
+    faults = FaultPlan().add("grant_credits", "after", "block")  # a grant commits, its reply is lost
+    async with stack.worker(faults):
+        first, second = await asyncio.gather(*(start_or_attach(
+            stack.client, CompensateOutageWorkflow.run, inp, id=wf_id, task_queue=stack.task_queue)
+            for _ in range(2)))
+        assert (await first.describe()).run_id == (await second.describe()).run_id
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        progress = await _progress(first)
+        assert progress.total == len(accounts) and progress.stage == "granting"
+    faults.release_blocked()
+    async with stack.worker():
+        result = await stack.client.get_workflow_handle(wf_id, result_type=CompensateOutageResult).result()
+        progress = await _progress(stack.client.get_workflow_handle(wf_id))
+        assert (progress.done, progress.total, progress.stage) == (len(accounts), len(accounts), "done")
+        # Started again after it completed: attaches to the finished operation, grants nothing new.
+        again = await start_or_attach(stack.client, CompensateOutageWorkflow.run, inp, id=wf_id,
+                                      task_queue=stack.task_queue, result_type=CompensateOutageResult)
+        assert (await again.result()).lot_ids == result.lot_ids
+    assert result.accounts == len(accounts) and len(set(result.lot_ids)) == len(accounts)
+    for account in accounts:
+        lots = await stack.services.ledger.ListLots(lpb.ListLotsRequest(account_id=account), metadata=stack.md)
+        assert [(lot.type, lot.amount, lot.incident_id) for lot in lots.lots] == [(lpb.COMPENSATORY, "10.00",
+                                                                                  "inc-42")]
+        bal = await stack.balance(account)
+        assert (bal.granted, bal.available) == ("10.00", "10.00")
+    assert Counter(await _run_chain(stack.client.get_workflow_handle(wf_id)))[
+        WorkflowExecutionStatus.CONTINUED_AS_NEW] >= 1
+    await stack.verify_journal()
+
+
+async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expiry_runs(stack: Stack) -> None:
+    client = stack.client
+    assert await sa.register(client) == []  # the session fixture already registered them: nothing to add
+    assert await sa.register(client) == []
+    await _accounts(stack, ["acct-expiring"])
+    await stack.services.ledger.GrantCredits(lpb.GrantCreditsRequest(
+        idempotency_key="expiring-grant", account_id="acct-expiring", type=lpb.PROMOTIONAL, unit="USD",
+        amount="25.00", effective_at=ts(PERIOD_START), expires_at=ts(PERIOD_START.replace(month=9))),
+        metadata=stack.md)
+    try:
+        created = await ensure_schedules(client, stack.task_queue, expire_every_s=3600, resolve_every_s=3600)
+        assert sorted(created) == sorted([EXPIRE_SCHEDULE, RESOLVE_SCHEDULE])
+        assert await ensure_schedules(client, stack.task_queue) == []  # second start-up: nothing new
+        listed = [s.id async for s in await client.list_schedules()]
+        assert Counter(listed)[EXPIRE_SCHEDULE] == 1 and Counter(listed)[RESOLVE_SCHEDULE] == 1
+        async with stack.worker():
+            schedule = client.get_schedule_handle(EXPIRE_SCHEDULE)
+            await schedule.trigger()
+            desc = await eventually(schedule.describe, lambda d: len(d.info.recent_actions) >= 1)
+            started = desc.info.recent_actions[0].action
+            run = client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id,
+                                             result_type=SweepResult)
+            result = await run.result()
+        assert (result.tenants, result.expired_lots) == (1, 1)
+        bal = await stack.balance("acct-expiring")
+        assert (bal.expired, bal.available) == ("25.00", "0.00")
+        await stack.verify_journal()
+    finally:
+        for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE):
+            await client.get_schedule_handle(schedule_id).delete()
