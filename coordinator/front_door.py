@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import json
 import urllib.parse
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -60,6 +60,7 @@ _STATUS = {
     WorkflowExecutionStatus.CONTINUED_AS_NEW: pb.RUNNING,
 }
 DEFAULT_WAIT_S = 60
+QUERY_TIMEOUT = timedelta(seconds=2)
 
 
 def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> str:
@@ -177,7 +178,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 op.error = str(err.cause or err)
         if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
             try:
-                progress = await handle.query("progress", result_type=Progress)
+                # Bounded: with no worker polling, a query would wait for one (≈ a minute).
+                progress = await handle.query("progress", result_type=Progress, rpc_timeout=QUERY_TIMEOUT)
                 op.progress.CopyFrom(pb.Progress(total=progress.total, done=progress.done, failed=progress.failed,
                                                  stage=progress.stage))
             except Exception:  # progress is best effort: no worker polling, or a sweep workflow

@@ -10,6 +10,7 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from temporalio.client import WorkflowFailureError
 from temporalio.worker import Replayer
 
+from coordinator import naming
 from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult, VoidInvoiceInput
 from coordinator.scenario import seed_customer
@@ -123,3 +124,58 @@ async def test_recorded_histories_replay_with_current_code(stack: Stack) -> None
         history = await stack.client.get_workflow_handle(wf_id).fetch_history()
         result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
         assert result.replay_failure is None
+
+
+async def _void_terminated_mid_saga(stack: Stack, step: str, phase: str) -> str:
+    """A finalized invoice whose void workflow is terminated while `step` is blocked."""
+    invoice_id = await seed_customer(stack.services)
+    faults = FaultPlan().add(step, phase, "block")
+    async with stack.worker(faults):
+        await (await stack.start_finalize(invoice_id)).result()
+        handle = await stack.client.start_workflow(
+            VoidInvoiceWorkflow.run, VoidInvoiceInput(TENANT, invoice_id, "duplicate charge"),
+            id=naming.void_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        await handle.terminate("simulated loss of the coordinator")
+        faults.release_blocked()
+    assert (await stack.invoice(invoice_id)).status == ipb.VOID_PENDING
+    return invoice_id
+
+
+async def test_void_pending_without_a_decision_returns_to_finalized(stack: Stack) -> None:
+    invoice_id = await _void_terminated_mid_saga(stack, "prepare_void", "after")
+    result = await _resolve(stack)
+    assert len(result.aborted) == 1 and not result.committed and not result.left_running
+    assert (await stack.invoice(invoice_id)).status == ipb.FINALIZED
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
+    bal = await stack.balance(ACCOUNT)
+    assert (bal.consumed, bal.reinstated) == ("50.00", "0.00")
+
+
+async def test_void_pending_after_the_decision_is_reversed_and_voided(stack: Stack) -> None:
+    # Blocked after the ledger reversed the debits (the reply is lost), before the invoice is VOIDED.
+    invoice_id = await _void_terminated_mid_saga(stack, "reverse_reference", "after")
+    result = await _resolve(stack)
+    assert len(result.committed) == 1 and not result.aborted
+    assert (await stack.invoice(invoice_id)).status == ipb.VOIDED
+    bal = await stack.balance(ACCOUNT)
+    assert (bal.available, bal.reinstated) == ("50.00", "50.00")  # reinstated once, not twice
+    await stack.verify_journal()
+    again = await _resolve(stack)  # nothing left in doubt
+    assert not again.committed and not again.aborted
+
+
+async def test_void_pending_with_a_running_owner_is_left_alone(stack: Stack) -> None:
+    invoice_id = await seed_customer(stack.services)
+    faults = FaultPlan().add("prepare_void", "after", "block")
+    async with stack.worker(faults):
+        await (await stack.start_finalize(invoice_id)).result()
+        handle = await stack.client.start_workflow(
+            VoidInvoiceWorkflow.run, VoidInvoiceInput(TENANT, invoice_id),
+            id=naming.void_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        result = await stack.client.execute_workflow(ResolveInDoubtWorkflow.run, SweepInput(older_than_s=0),
+                                                     id=f"resolve-{stack.task_queue}", task_queue=stack.task_queue)
+        assert len(result.left_running) == 1 and not result.committed and not result.aborted
+        faults.release_blocked()
+        assert (await handle.result()).outcome == "voided"

@@ -1,0 +1,105 @@
+"""The billing front door (credits.billing.v1) called directly over gRPC, against real sagas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from credits.billing.v1 import billing_pb2 as bpb
+from credits.billing.v1 import billing_pb2_grpc
+from credits.invoice.v1 import invoice_pb2 as ipb
+
+from coordinator.front_door import create_front_door
+from coordinator.scenario import seed_customer
+from tests.coordinator.conftest import TENANT, Stack
+from tests.tenancy import add_tenant_key
+
+
+@pytest.fixture
+async def billing(stack: Stack) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
+    server, port, pool = await create_front_door(stack.client, stack.ledger_dsn, stack.task_queue,
+                                                 invoice_addr=stack.invoice_addr)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield billing_pb2_grpc.BillingServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await pool.close()
+
+
+async def _status(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value
+
+
+async def test_finalize_void_and_get_operation_through_the_front_door(
+        stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker():
+        op = await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id, wait=True,
+                                                                      wait_timeout_s=60), metadata=stack.md)
+        assert (op.status, op.outcome, op.kind) == (bpb.COMPLETED, "finalized", "finalize-invoice")
+        assert op.operation_id == f"finalize-invoice/{TENANT}/{invoice_id}"
+        result = json.loads(op.result_json)
+        assert (result["number"], result["credits_applied"], result["amount_due"]) == ("INV-000001", "50.00",
+                                                                                      "50.00")
+        assert op.progress.stage == "finalized"
+        # A duplicate request attaches to the same operation (same run), and starts nothing new.
+        dup = await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id), metadata=stack.md)
+        assert (dup.operation_id, dup.run_id, dup.status) == (op.operation_id, op.run_id, bpb.COMPLETED)
+        got = await billing.GetOperation(bpb.GetOperationRequest(operation_id=op.operation_id), metadata=stack.md)
+        assert (got.run_id, got.status, json.loads(got.result_json)) == (op.run_id, bpb.COMPLETED, result)
+        void = await billing.VoidInvoice(bpb.VoidInvoiceRequest(invoice_id=invoice_id, reason="dispute", wait=True,
+                                                                wait_timeout_s=60), metadata=stack.md)
+        assert (void.status, void.outcome, void.kind) == (bpb.COMPLETED, "voided", "void-invoice")
+        assert json.loads(void.result_json)["reinstated"] == "50.00"
+    assert (await stack.invoice(invoice_id)).status == ipb.VOIDED
+    assert len(await stack.holds(invoice_id)) == 1
+    await stack.verify_journal()
+
+
+async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
+    invoice_id = await seed_customer(stack.services)
+    md = stack.md
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=""), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "invoice_id" in (err.details() or "")
+    err = await _status(billing.VoidInvoice(bpb.VoidInvoiceRequest(invoice_id="a/b"), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "invoice_id" in (err.details() or "")
+    err = await _status(billing.RunBillingCycle(bpb.RunBillingCycleRequest(concurrency=1000), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "concurrency" in (err.details() or "")
+    err = await _status(billing.CompensateOutage(bpb.CompensateOutageRequest(incident_id="inc-1"), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "account_ids" in (err.details() or "")
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id="inv_nope"), metadata=md))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "invoice_id" in (err.details() or "")
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id)))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id),
+                                                metadata=[("x-api-key", "not-a-key")]))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    # Another tenant sees neither acme's invoice nor acme's operations.
+    other = await add_tenant_key([stack.ledger_dsn, stack.invoice_dsn], "globex", "admin")
+    other_md = [("x-api-key", other)]
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id),
+                                                metadata=other_md))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "invoice_id" in (err.details() or "")
+    async with stack.worker():  # progress queries need a worker polling the queue
+        op = await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id, wait=True), metadata=md)
+        assert op.status == bpb.COMPLETED
+        err = await _status(billing.GetOperation(bpb.GetOperationRequest(operation_id=op.operation_id),
+                                                 metadata=other_md))
+        assert err.code() == grpc.StatusCode.NOT_FOUND and "operation_id" in (err.details() or "")
+        err = await _status(billing.GetOperation(bpb.GetOperationRequest(
+            operation_id=f"finalize-invoice/{TENANT}/inv_never_started"), metadata=md))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        # A read-only key may watch operations but not start them.
+        readonly = await add_tenant_key([stack.ledger_dsn, stack.invoice_dsn], TENANT, "readonly")
+        err = await _status(billing.VoidInvoice(bpb.VoidInvoiceRequest(invoice_id=invoice_id),
+                                                metadata=[("x-api-key", readonly)]))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        got = await billing.GetOperation(bpb.GetOperationRequest(operation_id=op.operation_id),
+                                         metadata=[("x-api-key", readonly)])
+        assert got.status == bpb.COMPLETED and got.progress.stage == "finalized"
