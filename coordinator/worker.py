@@ -1,4 +1,19 @@
-"""The coordinator worker: workflows plus activity classes holding channels to the two services."""
+"""The coordinator worker: workflows plus activity classes holding channels to the two services.
+
+`python -m coordinator.worker` runs one worker as its own OS process (the saga benchmark and the
+kill-the-worker test do), configured from the environment:
+
+  CREDITS_TEMPORAL_ADDR, CREDITS_TEMPORAL_NAMESPACE   the Temporal frontend
+  CREDITS_LEDGER_ADDR, CREDITS_INVOICE_ADDR           the two participants
+  CREDITS_TASK_QUEUE                                  the task queue to poll
+  CREDITS_COORDINATOR_KEYS                            {"tenant": "api key"} (StaticKeyStore), or else
+  CREDITS_LEDGER_DSN + CREDITS_INVOICE_DSN            mint operator keys (MintingKeyStore)
+  CREDITS_WORKER_MAX_ACTIVITIES, CREDITS_WORKER_MAX_WORKFLOW_TASKS, CREDITS_WORKER_POLLERS  tuning
+  CREDITS_FAULTS, CREDITS_FAULT_DIR                   test-only fault plan (coordinator.faults)
+
+It prints "worker ready <task queue>" once connected and runs until SIGTERM/SIGINT; uvloop is used
+when installed.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +32,7 @@ from coordinator.activities import BenchActivities, CoordinatorActivities, Invoi
 from coordinator.faults import FaultPlan
 from coordinator.keys import KeyStore
 from coordinator.workflows import WORKFLOWS
+from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +44,7 @@ class WorkerConfig:
     task_queue: str
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 200
+    pollers: int = 5  # concurrent long polls per kind (workflow tasks, activity tasks)
 
 
 def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
@@ -56,6 +73,7 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                                       CoordinatorActivities(client, keys)),  # type: ignore[arg-type]
         max_concurrent_activities=config.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.max_concurrent_workflow_tasks,
+        max_concurrent_workflow_task_polls=config.pollers, max_concurrent_activity_task_polls=config.pollers,
         graceful_shutdown_timeout=timedelta(seconds=1),
     )
     task = asyncio.create_task(worker.run())
@@ -67,3 +85,53 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
         await asyncio.gather(task, return_exceptions=True)
         await ledger_channel.close()
         await invoice_channel.close()
+
+
+def _keys_from_env() -> KeyStore:
+    import os
+
+    from coordinator.keys import MintingKeyStore, StaticKeyStore
+
+    if os.environ.get("CREDITS_COORDINATOR_KEYS"):
+        return StaticKeyStore.from_env()
+    dsns = [os.environ.get("CREDITS_LEDGER_DSN", ""), os.environ.get("CREDITS_INVOICE_DSN", "")]
+    if not all(dsns):
+        raise SystemExit("set CREDITS_COORDINATOR_KEYS, or CREDITS_LEDGER_DSN and CREDITS_INVOICE_DSN")
+    return MintingKeyStore(dsns)
+
+
+async def serve(settings: Settings | None = None) -> None:
+    """Runs one worker until SIGTERM/SIGINT (see the module docstring for its settings)."""
+    import os
+    import signal
+
+    settings = settings or Settings.from_env()
+    if not settings.temporal_addr:
+        raise SystemExit("CREDITS_TEMPORAL_ADDR is required")
+    env = os.environ.get
+    config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue,
+                          max_concurrent_activities=int(env("CREDITS_WORKER_MAX_ACTIVITIES", "200")),
+                          max_concurrent_workflow_tasks=int(env("CREDITS_WORKER_MAX_WORKFLOW_TASKS", "200")),
+                          pollers=int(env("CREDITS_WORKER_POLLERS", "5")))
+    client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(client, config, _keys_from_env(), FaultPlan.from_env()):
+        print(f"worker ready {config.task_queue}", flush=True)
+        await stop.wait()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()
