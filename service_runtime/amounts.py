@@ -18,6 +18,13 @@ MAX_MINOR = 10**18  # fits bigint with room for sums of a few thousand
 def parse_minor(text: str, scale: int, field: str, *, allow_zero: bool = False,
                 allow_negative: bool = False) -> int:
     """Parses a decimal string into minor units of a unit with `scale` decimals."""
+    if text.isdigit() and text.isascii() and (text[0] != "0" or text == "0") and len(text) <= 18:
+        result = int(text) * 10**scale  # fast path: a plain whole number
+        if result == 0 and not allow_zero:
+            raise invalid(field, "must be positive")
+        if result >= MAX_MINOR:
+            raise invalid(field, "is too large")
+        return result
     text = text.strip()
     if not _DECIMAL.match(text):
         raise invalid(field, f"must be a decimal number like 12.50, got {text[:40]!r}")

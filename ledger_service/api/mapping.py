@@ -42,9 +42,15 @@ def ident(value: str, field: str, *, required: bool = True) -> str:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
+    """Free text: bounded, and without control characters (the storage layer relies on that)."""
     if len(value) > max_len:
         raise invalid(field, f"is longer than {max_len} characters")
+    if _CONTROL.search(value):
+        raise invalid(field, "must not contain control characters")
     return value
 
 
@@ -109,16 +115,16 @@ def charges(msgs: Iterable[pb.Charge], scale: int, now: datetime, skew_s: int) -
         raise invalid("charges", "more than 10,000 charges")
     for i, c in enumerate(items):
         f = f"charges[{i}]"
-        charge_id = ident(c.charge_id, f"{f}.charge_id", required=False) or str(i)
+        charge_id = ident(c.charge_id, f"{f}.charge_id", required=False) if c.charge_id else str(i)
         if charge_id in seen:
             raise invalid(f"{f}.charge_id", f"repeats {charge_id!r}")
         seen.add(charge_id)
-        start = opt_when(c, "service_start", f"{f}.service_start") or now
-        end = opt_when(c, "service_end", f"{f}.service_end") or start
+        start = when(c.service_start, f"{f}.service_start") if c.HasField("service_start") else now
+        end = when(c.service_end, f"{f}.service_end") if c.HasField("service_end") else start
         if end < start:
             raise invalid(f"{f}.service_end", "is before service_start")
         not_beyond_skew(start, now, skew_s, f"{f}.service_start")
-        name = ident(c.name, f"{f}.name", required=False)
+        name = ident(c.name, f"{f}.name") if c.name else ""
         kind = charge_kind(c.kind, f"{f}.kind") if c.kind else ChargeKind.USAGE
         out.append(Charge(charge_id, kind, name, parse_minor(c.amount, scale, f"{f}.amount"), start, end))
     return out

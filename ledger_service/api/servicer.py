@@ -15,7 +15,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.message import Message
 
 from ledger_service.api import mapping as m
-from ledger_service.domain.model import Hold, Lot, LotType
+from ledger_service.domain.model import DEBIT_PREFIX, Hold, Lot, LotType
 from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
 from ledger_service.storage import catalog, operations, reads, transfers
 from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome
@@ -319,7 +319,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if request.ttl_s < 0 or request.ttl_s > 90 * 86400:
             raise invalid("ttl_s", "must be between 0 and 90 days")
         scale = await self._scale(request.unit)
-        if hold_key.startswith("debit:"):
+        if hold_key.startswith(DEBIT_PREFIX):
             raise invalid("hold_key", "the prefix 'debit:' is reserved for DebitCredits")
         spec = self._reserve_spec(request, hold_key, scale, ttl_s=request.ttl_s or self.settings.hold_ttl_s,
                                         release_on_ttl=request.release_on_ttl)
@@ -388,7 +388,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         may not use), so a debit whose key is unseen cannot find an existing hold: none is loaded."""
         key = check_key(request.idempotency_key)
         account_id = m.ident(request.account_id, "account_id")
-        spec = self._reserve_spec(request, f"debit:{key}", scale, ttl_s=0, release_on_ttl=False)
+        spec = self._reserve_spec(request, f"{DEBIT_PREFIX}{key}", scale, ttl_s=0, release_on_ttl=False)
         op = Operation(_method("DebitCredits"), key, request_hash(request), operations.debit_credits(spec),
                        functools.partial(_pack_hold_scaled, scale=scale))
         return account_id, op

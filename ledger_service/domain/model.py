@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+DEBIT_PREFIX = "debit:"  # hold keys of DebitCredits ("debit:<idempotency key>"); reserves may not use it
+
 
 class LotType(enum.StrEnum):
     PURCHASED = "PURCHASED"

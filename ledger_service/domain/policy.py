@@ -8,6 +8,7 @@ Creation order always breaks remaining ties, so allocation is deterministic.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,9 @@ class Policy:
     account_id: str = ""
 
     def sort_key(self) -> Callable[[Lot], tuple[Any, ...]]:
+        return _sort_key(self)
+
+    def _build_sort_key(self) -> Callable[[Lot], tuple[Any, ...]]:
         getters = [self._getter(k) for k in self.sort_keys]
         if SortKey.CREATION_ORDER not in self.sort_keys:
             getters.append(lambda lot: lot.seq)
@@ -90,6 +94,11 @@ class Policy:
         if key is SortKey.EFFECTIVE_OLDEST:
             return lambda lot: lot.effective_at
         return lambda lot: lot.seq
+
+
+@functools.lru_cache(maxsize=1024)
+def _sort_key(policy: Policy) -> Callable[[Lot], tuple[Any, ...]]:
+    return policy._build_sort_key()
 
 
 DEFAULT_POLICY = Policy(version=0)

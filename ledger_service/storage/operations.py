@@ -21,7 +21,7 @@ from typing import Any
 
 from ledger_service.domain.allocation import allocate
 from ledger_service.domain.journal import EntryKind
-from ledger_service.domain.model import Allocation, Charge, Hold, HoldStatus, Lot
+from ledger_service.domain.model import DEBIT_PREFIX, Allocation, Charge, Hold, HoldStatus, Lot
 from ledger_service.storage.effects import Effects, EntryContext
 from ledger_service.storage.state import AccountState
 from service_runtime.rejections import conflict, invalid, not_found, precondition
@@ -92,8 +92,8 @@ def reserve_credits(spec: ReserveSpec) -> Apply:
     return apply
 
 
-def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec, *, entry: EntryKind = EntryKind.HOLD) -> Hold:
-    """Allocates and records the hold; `entry` DEBIT moves credit straight to consumed."""
+def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec, *, debit: bool = False) -> Hold:
+    """Allocates and records the hold; a debit moves credit straight to consumed (one `debits` row)."""
     if spec.hold_key in state.tombstones:
         raise precondition("hold_key", f"hold {spec.hold_key!r} was released before it was reserved")
     if spec.hold_key in state.holds:
@@ -107,9 +107,15 @@ def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec, *, entry: Entr
     )
     ctx = EntryContext(actor=spec.actor, reference=spec.reference, hold_key=spec.hold_key,
                        policy_version=state.policy.version)
+    entry = EntryKind.DEBIT if debit else EntryKind.HOLD
     for a in result.allocations:
         fx.move(state.lots[a.lot_id], entry, a.amount, ctx)
-    fx.holds.append(hold)
+    if debit:
+        hold.status, hold.posted, hold.resolved_at = HoldStatus.COMMITTED, hold.reserved, fx.now
+        hold.postings = {a.position: a.amount for a in hold.allocations}
+        fx.debits.append(hold)
+    else:
+        fx.holds.append(hold)
     state.holds[hold.hold_key] = hold
     return hold
 
@@ -174,6 +180,8 @@ def terminal_kind(lot: Lot, now: datetime) -> EntryKind | None:
 def release_hold(hold_key: str, reason: str, actor: str) -> Apply:
     def apply(state: AccountState, fx: Effects) -> Hold:
         hold = state.holds.get(hold_key)
+        if hold is None and hold_key.startswith(DEBIT_PREFIX):
+            raise not_found("hold_key", f"debit {hold_key!r} not found")
         if hold is None:
             if hold_key not in state.tombstones:
                 # Null compensation: the reserve never arrived. Burn the key (SPEC §5).
@@ -217,10 +225,7 @@ def debit_credits(spec: ReserveSpec) -> Apply:
     """Reserve and commit in one step (real-time usage)."""
 
     def apply(state: AccountState, fx: Effects) -> Hold:
-        hold = _reserve(state, fx, spec, entry=EntryKind.DEBIT)
-        hold.postings = {a.position: a.amount for a in hold.allocations}
-        fx.resolve(hold, HoldStatus.COMMITTED, hold.reserved, 0, "")
-        return hold
+        return _reserve(state, fx, spec, debit=True)
 
     return apply
 

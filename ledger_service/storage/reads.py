@@ -58,7 +58,10 @@ WHERE h.tenant_id = $1 AND ($2 = '' OR h.account_id = $2)
   AND ($4::timestamptz IS NULL OR h.created_at < $4) AND h.hold_key LIKE $5 AND h.hold_key > $6
 ORDER BY h.hold_key LIMIT $7
 """
-SELECT_HOLD_ACCOUNT = "SELECT account_id FROM holds WHERE tenant_id = $1 AND hold_key = $2"
+SELECT_HOLD_ACCOUNT = """
+SELECT account_id FROM holds WHERE tenant_id = $1 AND hold_key = $2
+UNION ALL SELECT account_id FROM debits WHERE tenant_id = $1 AND hold_key = $2
+"""
 SELECT_POLICY_VERSION = """
 SELECT account_id, version, sort_keys, type_order FROM consumption_policies WHERE tenant_id = $1 AND version = $2
 """

@@ -11,7 +11,17 @@ from typing import Any
 
 import asyncpg
 
-from ledger_service.domain.model import Allocation, Charge, ChargeKind, Hold, HoldStatus, Lot, LotType, Scope
+from ledger_service.domain.model import (
+    DEBIT_PREFIX,
+    Allocation,
+    Charge,
+    ChargeKind,
+    Hold,
+    HoldStatus,
+    Lot,
+    LotType,
+    Scope,
+)
 from ledger_service.domain.policy import DEFAULT_POLICY, Policy, SortKey
 
 # FOR NO KEY UPDATE serialises writers of one account across processes without blocking the
@@ -67,6 +77,12 @@ JOIN lots l ON l.tenant_id = a.tenant_id AND l.lot_id = a.lot_id
 LEFT JOIN hold_postings p ON p.tenant_id = a.tenant_id AND p.hold_key = a.hold_key AND p.position = a.position
 WHERE a.tenant_id = $1 AND a.hold_key = ANY($2)
 ORDER BY a.hold_key, a.position
+"""
+SELECT_DEBITS = """
+SELECT d.hold_key, d.account_id, d.unit, d.requested, d.reserved, d.up_to, d.reference, d.policy_version,
+       d.charges, d.allocations, d.created_at,
+       EXISTS (SELECT 1 FROM hold_reversals v WHERE v.tenant_id = d.tenant_id AND v.hold_key = d.hold_key) AS reversed
+FROM debits d WHERE d.tenant_id = $1 AND d.hold_key = ANY($2)
 """
 SELECT_IDEMPOTENCY = """
 SELECT key, method, request_hash, response FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($2)
@@ -127,6 +143,18 @@ class AccountState:
         return [lot for lot in self.lots.values() if lot.unit == unit and lot.account_id == self.account_id]
 
 
+def _debit_from_row(r: asyncpg.Record) -> Hold:
+    """A debit is a hold born committed, every allocation fully posted."""
+    allocations = [Allocation(p, c, lot, amount, LotType(t)) for p, c, lot, amount, t in json.loads(r["allocations"])]
+    return Hold(
+        hold_key=r["hold_key"], account_id=r["account_id"], unit=r["unit"], requested=r["requested"],
+        reserved=r["reserved"], allocations=allocations, policy_version=r["policy_version"], release_on_ttl=False,
+        ttl_expires_at=r["created_at"], created_at=r["created_at"], reference=r["reference"], up_to=r["up_to"],
+        charges=_charges_from_json(r["charges"]), status=HoldStatus.COMMITTED, posted=r["reserved"],
+        resolved_at=r["created_at"], postings={a.position: a.amount for a in allocations}, reversed=r["reversed"],
+    )
+
+
 async def load_holds(conn: asyncpg.Connection, tenant_id: str, keys: list[str]) -> tuple[dict[str, Hold], set[str]]:
     """Holds by key (with allocations and postings) and the keys that are tombstones."""
     holds: dict[str, Hold] = {}
@@ -147,8 +175,13 @@ async def load_holds(conn: asyncpg.Connection, tenant_id: str, keys: list[str]) 
             posted=r["posted"] or 0, released=r["released"] or 0, resolved_at=r["resolved_at"],
             reversed=r["reversed"],
         )
-    if holds:
-        for r in await conn.fetch(SELECT_ALLOCATIONS, tenant_id, list(holds)):
+    debit_keys = [k for k in keys if k.startswith(DEBIT_PREFIX) and k not in holds]
+    if debit_keys:
+        for r in await conn.fetch(SELECT_DEBITS, tenant_id, debit_keys):
+            holds[r["hold_key"]] = _debit_from_row(r)
+    pending_keys = [k for k, h in holds.items() if not k.startswith(DEBIT_PREFIX)]
+    if pending_keys:
+        for r in await conn.fetch(SELECT_ALLOCATIONS, tenant_id, pending_keys):
             hold = holds[r["hold_key"]]
             hold.allocations.append(Allocation(r["position"], r["charge_id"], r["lot_id"], r["amount"],
                                                LotType(r["lot_type"])))

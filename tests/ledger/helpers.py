@@ -53,7 +53,7 @@ async def journal_count(dsn: str) -> int:
 async def table_counts(dsn: str) -> dict[str, int]:
     """Row counts of every ledger table: 'nothing written' means these do not change."""
     tables = ["journal", "lots", "lot_balances", "holds", "hold_allocations", "hold_resolutions",
-              "hold_postings", "hold_reversals", "transfers", "accounts", "idempotency_keys",
+              "hold_postings", "hold_reversals", "debits", "transfers", "accounts", "idempotency_keys",
               "consumption_policies", "transfer_limits", "lot_grace"]
     conn = await asyncpg.connect(dsn)
     try:
