@@ -30,11 +30,16 @@ def current_caller() -> Caller:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves x-api-key to a Caller, checks the role against `permissions`, maps Rejections."""
+    """Resolves x-api-key to a Caller, checks the role against `permissions`, maps Rejections.
+
+    The guarded handler is built once per method and cached: the key is read from each call's
+    metadata inside it, so nothing is allocated per call on the hot path.
+    """
 
     def __init__(self, resolver: KeyResolver, permissions: Mapping[str, frozenset[str]]) -> None:
         self._resolver = resolver
         self._permissions = permissions
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -43,19 +48,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(_UNAUTHENTICATED_PREFIXES):
+        if handler is None or method.startswith(_UNAUTHENTICATED_PREFIXES) or handler.unary_unary is None:
             return handler
-        if handler.unary_unary is None:
-            return handler
-        metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
-        presented = metadata.get("x-api-key")
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = self._guard(method, handler)
+        self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         allowed = self._permissions.get(method)
         inner = handler.unary_unary
         resolver = self._resolver
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                caller = await resolver.resolve(presented if isinstance(presented, str) else None)
+                presented = None
+                for key, value in context.invocation_metadata() or ():
+                    if key == "x-api-key":
+                        presented = value if isinstance(value, str) else None
+                        break
+                caller = await resolver.resolve(presented)
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 _caller.set(caller)
