@@ -170,7 +170,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                                   lambda x: m.pack_lot(x, scale), pb.Lot)
 
     async def GetLot(self, request: pb.GetLotRequest, context: Any) -> pb.Lot:
-        lot = await reads.get_lot(self.pool, current_caller().tenant_id, m.ident(request.lot_id, "lot_id"))
+        lot = await reads.get_lot(self.pool, current_caller().tenant_id, m.ident(request.lot_id, "lot_id"),
+                                  m.opt_when(request, "as_of"))
         return m.pack_lot(lot, await self._scale(lot.unit))
 
     async def ListLots(self, request: pb.ListLotsRequest, context: Any) -> pb.ListLotsResponse:

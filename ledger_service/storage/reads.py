@@ -30,6 +30,10 @@ SELECT lot_id, kind, sum(amount)::bigint AS amount FROM journal
 WHERE tenant_id = $1 AND account_id = $2 AND recorded_at <= $3
 GROUP BY lot_id, kind
 """
+SELECT_LOT_JOURNAL_AS_OF = """
+SELECT kind, sum(amount)::bigint AS amount FROM journal
+WHERE tenant_id = $1 AND lot_id = $2 AND recorded_at <= $3 GROUP BY kind
+"""
 SELECT_ENTRIES = """
 SELECT entry_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor, reason, reference,
        hold_key, policy_version
@@ -77,11 +81,19 @@ WHERE a.tenant_id = $1 AND r.hold_key IS NULL GROUP BY a.lot_id
 """
 
 
-async def get_lot(pool: asyncpg.Pool, tenant_id: str, lot_id: str) -> Lot:
+async def get_lot(pool: asyncpg.Pool, tenant_id: str, lot_id: str, as_of: datetime | None = None) -> Lot:
+    """The lot; with `as_of`, its buckets as the journal recorded them by that instant."""
     row = await pool.fetchrow(SELECT_LOT, tenant_id, lot_id)
     if row is None:
         raise not_found("lot_id", f"lot {lot_id!r} not found")
-    return lot_from_row(row)
+    lot = lot_from_row(row)
+    if as_of is not None:
+        b = Buckets()
+        for r in await pool.fetch(SELECT_LOT_JOURNAL_AS_OF, tenant_id, lot_id, as_of):
+            b.apply(EntryKind(r["kind"]), r["amount"])
+        for bucket in BUCKETS:
+            setattr(lot, bucket, getattr(b, bucket))
+    return lot
 
 
 async def list_lots(pool: asyncpg.Pool, tenant_id: str, account_id: str, unit: str, include_empty: bool,

@@ -86,6 +86,10 @@ async def test_balance_as_of_past_instants(ledger: Ledger) -> None:
     await ledger.stub.DebitCredits(pb.DebitCreditsRequest(idempotency_key="d", account_id="john", unit="USD",
                                                           charges=[charge("3.00")]), metadata=ledger.md)
     then = await ledger.stub.GetBalance(pb.GetBalanceRequest(account_id="john", as_of=ts(t1)), metadata=ledger.md)
+    lots = await ledger.stub.ListLots(pb.ListLotsRequest(account_id="john"), metadata=ledger.md)
+    lot_then = await ledger.stub.GetLot(pb.GetLotRequest(lot_id=lots.lots[0].lot_id, as_of=ts(t1)), metadata=ledger.md)
+    assert (lot_then.balance.available, lot_then.balance.consumed) == ("10.00", "0.00")
+    assert lots.lots[0].balance.available == "7.00"
     now = await ledger.stub.GetBalance(pb.GetBalanceRequest(account_id="john"), metadata=ledger.md)
     assert (then.totals[0].available, then.totals[0].consumed) == ("10.00", "0.00")
     assert (now.totals[0].available, now.totals[0].consumed) == ("7.00", "3.00")

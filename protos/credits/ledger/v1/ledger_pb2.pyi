@@ -263,10 +263,12 @@ class GrantCreditsRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ...) -> None: ...
 
 class GetLotRequest(_message.Message):
-    __slots__ = ("lot_id",)
+    __slots__ = ("lot_id", "as_of")
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     lot_id: str
-    def __init__(self, lot_id: _Optional[str] = ...) -> None: ...
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, lot_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListLotsRequest(_message.Message):
     __slots__ = ("account_id", "unit", "include_empty", "page_size", "page_token")
