@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service_runtime.api_keys import Caller, KeyResolver
 from service_runtime.rejections import Reason, Rejection
+from service_runtime.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,14 @@ async def create_server(
     resolver: KeyResolver,
     permissions: Mapping[str, frozenset[str]],
     address: str = "127.0.0.1:0",
+    tls: TlsSettings | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Builds and starts a server for `services` = [(add_fn, servicer, full service name)].
 
-    Returns the started server and the bound port (useful with port 0).
+    Listens with TLS (mTLS when a CA is set) if `tls` (default: from the environment) has a
+    certificate; then there is no plaintext port at all. Returns the server and the bound port.
     """
+    credentials = (tls if tls is not None else TlsSettings.from_env()).server_credentials()
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(resolver, permissions)],
         options=[
@@ -112,7 +116,7 @@ async def create_server(
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()

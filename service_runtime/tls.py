@@ -1,0 +1,69 @@
+"""TLS and mTLS for every gRPC server and client, from certificate paths in settings.
+
+CREDITS_TLS_CERT_FILE / CREDITS_TLS_KEY_FILE: this process's certificate chain and key (PEM).
+CREDITS_TLS_CA_FILE: the CA that signs peers. A server with a CA requires client certificates
+signed by it (mTLS); a client with a CA verifies the server against it.
+CREDITS_TLS_REQUIRED=1: refuse to start a server, or open a channel, without TLS — no plaintext.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    required: bool = False
+
+    @staticmethod
+    def from_env() -> TlsSettings:
+        env = os.environ.get
+        return TlsSettings(
+            cert_file=env("CREDITS_TLS_CERT_FILE", ""), key_file=env("CREDITS_TLS_KEY_FILE", ""),
+            ca_file=env("CREDITS_TLS_CA_FILE", ""),
+            required=env("CREDITS_TLS_REQUIRED", "").lower() in {"1", "true", "yes"},
+        )
+
+    @property
+    def server_enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+    @property
+    def client_enabled(self) -> bool:
+        return bool(self.ca_file) or self.required
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Credentials for a server port, or None for plaintext (refused when TLS is required)."""
+        if not self.server_enabled:
+            if self.required:
+                raise RuntimeError("TLS is required (CREDITS_TLS_REQUIRED) but no certificate/key is configured")
+            return None
+        chain = Path(self.cert_file).read_bytes()
+        key = Path(self.key_file).read_bytes()
+        ca = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.client_enabled:
+            return None
+        ca = Path(self.ca_file).read_bytes() if self.ca_file else None
+        key = Path(self.key_file).read_bytes() if self.key_file else None
+        chain = Path(self.cert_file).read_bytes() if self.cert_file else None
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=chain)
+
+
+def open_channel(address: str, tls: TlsSettings | None = None,
+                 options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
+    """A client channel to `address`: TLS (with a client certificate for mTLS) when configured."""
+    tls = tls if tls is not None else TlsSettings.from_env()
+    creds = tls.channel_credentials()
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)
