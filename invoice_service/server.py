@@ -16,6 +16,7 @@ from invoice_service.storage import MIGRATIONS_DIR
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations
 from invoice_service.storage.usage import UsageOperations
+from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
@@ -46,15 +47,24 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
     return server, port, pool
 
 
+async def refresh_gauges(pool: asyncpg.Pool) -> None:
+    """Invoices waiting on a saga (PREPARED or VOID_PENDING): a stuck coordinator shows here."""
+    metrics.INVOICES_PREPARED.set(await pool.fetchval(
+        "SELECT count(*) FROM invoices WHERE status IN ('PREPARED', 'VOID_PENDING')"))
+
+
 async def serve(settings: Settings) -> None:
     """Migrates the invoice database, then serves on settings.invoice_addr until cancelled."""
     dsn = resolve_databases(settings).invoice_dsn
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
     server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
-    log.info("invoice service listening on port %d", port)
+    metrics_port = metrics.start_endpoint()
+    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(pool)))
+    log.info("invoice service listening on port %d (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
     finally:
+        gauges.cancel()
         await server.stop(grace=5)
         await pool.close()
 

@@ -12,6 +12,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from ledger_service.api.permissions import PERMISSIONS
 from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.storage import MIGRATIONS_DIR
+from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
@@ -35,13 +36,31 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     return server, port, pool
 
 
+_GAUGES = """
+SELECT (SELECT count(*) FROM holds h WHERE NOT EXISTS (
+            SELECT 1 FROM hold_resolutions r WHERE r.tenant_id = h.tenant_id AND r.hold_key = h.hold_key)) AS pending,
+       (SELECT count(*) FROM lots l JOIN lot_balances b ON b.tenant_id = l.tenant_id AND b.lot_id = l.lot_id
+        WHERE b.available > 0 AND l.expires_at > now() AND l.expires_at <= now() + interval '24 hours') AS expiring
+"""
+
+
+async def refresh_gauges(pool: asyncpg.Pool) -> None:
+    """Sets the ledger's gauges (holds pending, lots expiring within a day) from the database."""
+    row = await pool.fetchrow(_GAUGES)
+    metrics.HOLDS_PENDING.set(row["pending"])
+    metrics.LOTS_EXPIRING.set(row["expiring"])
+
+
 async def serve(settings: Settings) -> None:
     dsn = resolve_databases(settings).ledger_dsn
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
-    log.info("ledger listening on %s", port)
+    metrics_port = metrics.start_endpoint()
+    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(pool)))
+    log.info("ledger listening on %s (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
     finally:
+        gauges.cancel()
         await server.stop(5)
         await pool.close()
 

@@ -6,8 +6,10 @@ Servicer methods read `current_caller()` and raise `Rejection`; they never touch
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_runtime.api_keys import Caller, KeyResolver
+from service_runtime.metrics import observe_rpc
 from service_runtime.rejections import Reason, Rejection
 from service_runtime.tls import TlsSettings
 
@@ -64,6 +67,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         resolver = self._resolver
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "INTERNAL"
             try:
                 presented = None
                 for key, value in context.invocation_metadata() or ():
@@ -74,9 +79,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 _caller.set(caller)
-                return await inner(request, context)
+                response = await inner(request, context)
+                code = "OK"
+                return response
             except Rejection as rej:
+                code = rej.status.name
                 await context.abort(rej.status, rej.message)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                observe_rpc(method, code, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

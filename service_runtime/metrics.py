@@ -1,0 +1,54 @@
+"""Prometheus metrics: RPC latency and outcomes per method (recorded by the server interceptor),
+plus gauges a service refreshes from its database, served on a per-process HTTP endpoint.
+
+CREDITS_METRICS_ADDR=127.0.0.1:9464 turns the endpoint on for a process (empty = off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+RPC_SECONDS = Histogram(
+    "credits_rpc_duration_seconds", "Server-side RPC latency", ["service", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RPC_TOTAL = Counter("credits_rpc_total", "RPCs handled, by status code", ["service", "method", "code"])
+HOLDS_PENDING = Gauge("credits_ledger_holds_pending", "Holds reserved and not yet resolved")
+LOTS_EXPIRING = Gauge("credits_ledger_lots_expiring_24h", "Lots with credit left whose window ends within 24 h")
+INVOICES_PREPARED = Gauge("credits_invoice_prepared", "Invoices PREPARED or VOID_PENDING (waiting on a saga)")
+SAGA_OUTCOMES = Counter("credits_saga_outcomes_total", "Saga workflows finished, by kind and outcome",
+                        ["saga", "outcome"])
+
+
+def observe_rpc(full_method: str, code: str, seconds: float) -> None:
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    RPC_SECONDS.labels(service, method, code).observe(seconds)
+    RPC_TOTAL.labels(service, method, code).inc()
+
+
+def start_endpoint(addr: str | None = None) -> int | None:
+    """Serves /metrics on `addr` (host:port; port 0 picks one); returns the port, or None if off."""
+    addr = addr if addr is not None else os.environ.get("CREDITS_METRICS_ADDR", "")
+    if not addr:
+        return None
+    host, _, port = addr.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
+    return int(server.server_port)
+
+
+async def refresh_forever(refresh: Callable[[], Awaitable[None]], every_s: float = 15.0) -> None:
+    """Runs `refresh` (which sets gauges from the database) until cancelled; errors are logged."""
+    while True:
+        try:
+            await refresh()
+        except Exception:
+            log.exception("metrics refresh failed")
+        await asyncio.sleep(every_s)
