@@ -204,7 +204,11 @@ def _cmd_billing_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from coordinator.bench import run_bench
 
-    result = asyncio.run(run_bench(args.invoices, args.concurrency))
+    def say(msg: str) -> None:
+        print(f"… {msg}", file=sys.stderr, flush=True)
+
+    result = asyncio.run(run_bench(args.invoices, args.concurrency, temporal_db_file=args.temporal_db_file,
+                                   progress=None if args.json else say))
     if args.json:
         print(json.dumps(result))
     else:
@@ -263,8 +267,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from creditctl.ledger_commands import bench_subparsers
 
     bsub2 = bench_subparsers(sub)
-    saga = bsub2.add_parser("saga", help="finalized invoices/s through the real saga vs a bare workflow")
+    saga = bsub2.add_parser("saga", help="finalized invoices/s through the real saga vs a bare workflow",
+                            description="Postgres, Temporal dev server, ledger, invoice and the worker each in "
+                                        "their own process; this process keeps --concurrency sagas in flight.")
     saga.add_argument("--invoices", type=int, default=300)
-    saga.add_argument("--concurrency", type=int, default=300)
+    saga.add_argument("--concurrency", type=int, default=40, help="workflows in flight (default 40)")
+    saga.add_argument("--temporal-db-file", action="store_true",
+                      help="Temporal dev server on a database file (as `creditctl up`) instead of in memory")
     saga.add_argument("--json", action="store_true")
     saga.set_defaults(func=_cmd_bench)
