@@ -264,6 +264,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ops.add_argument("--json", action="store_true")
     ops.set_defaults(func=_cmd_operation)
 
+    from creditctl import people_commands
+
+    people_commands.register(sub)  # grants/balances/statements (a no-op if creditctl.main registered it)
+
     from creditctl.ledger_commands import bench_subparsers
 
     bsub2 = bench_subparsers(sub)
