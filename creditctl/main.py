@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "creditctl.ledger_commands",
     "creditctl.invoice_commands",
     "creditctl.coordinator_commands",
+    "creditctl.people_commands",
 )
 
 

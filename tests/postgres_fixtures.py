@@ -53,9 +53,9 @@ async def fresh_database(name: str, migration_dirs: Sequence[Path]) -> str:
         for attempt in range(20):
             try:
                 await admin.execute(f'CREATE DATABASE "{db}" TEMPLATE "{template}"')
-                break
-            except asyncpg.ObjectInUseError:
+                return pg.dsn(db)
+            except asyncpg.ObjectInUseError:  # the template is briefly in use by another copy
                 await asyncio.sleep(0.05 * (attempt + 1))
-        return pg.dsn(db)
+        raise RuntimeError(f"could not create {db} from {template}: template stayed in use")
     finally:
         await admin.close()
