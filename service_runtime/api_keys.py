@@ -72,6 +72,7 @@ class KeyResolver:
     """Resolves presented keys against one service database, with a short positive cache."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
         self._pool = pool
         self._cache: dict[str, tuple[float, Caller, datetime | None]] = {}
 

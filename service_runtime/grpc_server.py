@@ -10,14 +10,26 @@ import asyncio
 import contextvars
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import asyncpg
 import grpc
+from credits.audit.v1 import audit_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_runtime.api_keys import Caller, KeyResolver
+from service_runtime.audit import (
+    AUDIT_PERMISSIONS,
+    AUDIT_SERVICE,
+    AuditRecord,
+    AuditServicer,
+    AuditWriter,
+    describe,
+    is_mutation,
+)
 from service_runtime.metrics import observe_rpc
 from service_runtime.rejections import Reason, Rejection
 from service_runtime.tls import TlsSettings
@@ -40,9 +52,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     metadata inside it, so nothing is allocated per call on the hot path.
     """
 
-    def __init__(self, resolver: KeyResolver, permissions: Mapping[str, frozenset[str]]) -> None:
+    def __init__(self, resolver: KeyResolver, permissions: Mapping[str, frozenset[str]],
+                 audit: AuditWriter | None = None) -> None:
         self._resolver = resolver
         self._permissions = permissions
+        self._audit = audit
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -65,25 +79,33 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         allowed = self._permissions.get(method)
         inner = handler.unary_unary
         resolver = self._resolver
+        audit = self._audit
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "INTERNAL"
+            presented = request_id = None
+            caller: Caller | None = None
             try:
-                presented = None
                 for key, value in context.invocation_metadata() or ():
                     if key == "x-api-key":
                         presented = value if isinstance(value, str) else None
-                        break
+                    elif key == "x-request-id" and isinstance(value, str):
+                        request_id = value[:128]
                 caller = await resolver.resolve(presented)
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 _caller.set(caller)
                 response = await inner(request, context)
                 code = "OK"
+                if audit is not None and is_mutation(request):
+                    await audit.record(_audit_record(method, request, caller, presented, request_id, "OK", ""))
                 return response
             except Rejection as rej:
                 code = rej.status.name
+                if audit is not None:  # every refused attempt leaves a record, and nothing else
+                    await audit.record(_audit_record(method, request, caller, presented, request_id, code,
+                                                     rej.message))
                 await context.abort(rej.status, rej.message)
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -98,6 +120,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+def _audit_record(method: str, request: Any, caller: Caller | None, presented: str | None, request_id: str | None,
+                  code: str, detail: str) -> AuditRecord:
+    subjects, reason = describe(request)
+    key_id = caller.key_id if caller else _key_id_of(presented)
+    return AuditRecord(
+        tenant_id=caller.tenant_id if caller else "", key_id=key_id, role=caller.role if caller else "",
+        method=method, code=code, detail=detail, reason=reason, subjects=subjects,
+        request_id=request_id or uuid.uuid4().hex,
+    )
+
+
+def _key_id_of(presented: str | None) -> str:
+    """The key id part of a presented key (never the secret), for auditing refused keys."""
+    if presented and presented.startswith("ck_") and "." in presented:
+        key_id = presented[3:].split(".", 1)[0]
+        if key_id.isalnum() and len(key_id) <= 32:
+            return key_id
+    return ""
+
+
 ServicerAdder = Callable[[Any, grpc.aio.Server], None]
 
 
@@ -107,6 +149,7 @@ async def create_server(
     permissions: Mapping[str, frozenset[str]],
     address: str = "127.0.0.1:0",
     tls: TlsSettings | None = None,
+    audit_pool: asyncpg.Pool | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Builds and starts a server for `services` = [(add_fn, servicer, full service name)].
 
@@ -114,8 +157,12 @@ async def create_server(
     certificate; then there is no plaintext port at all. Returns the server and the bound port.
     """
     credentials = (tls if tls is not None else TlsSettings.from_env()).server_credentials()
+    # Every server keeps an audit trail in the database its keys live in, and can be queried for it.
+    pool = audit_pool or resolver.pool
+    permissions = {**permissions, **AUDIT_PERMISSIONS}
+    services = [*services, (audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(pool), AUDIT_SERVICE)]
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(resolver, permissions)],
+        interceptors=[AuthInterceptor(resolver, permissions, AuditWriter(pool))],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),

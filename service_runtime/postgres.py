@@ -10,13 +10,22 @@ import asyncpg
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
+# Migrations are numbered per component (the top-level package owning the directory), so the
+# shared runtime and each service number their files independently.
 _CREATE_MIGRATIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     integer PRIMARY KEY,
+    component   text NOT NULL,
+    version     integer NOT NULL,
     name        text NOT NULL,
     checksum    text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (component, version)
 )
+"""
+
+_HAS_COMPONENT = """
+SELECT EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'schema_migrations' AND column_name = 'component')
 """
 
 # Serialises concurrent migrators (two services starting at once) on one database.
@@ -29,19 +38,34 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
     return pool
 
 
-def migration_files(*dirs: Path) -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every migration in `dirs`, ordered; versions must be unique."""
-    found: dict[int, tuple[int, str, str]] = {}
+def component_of(directory: Path) -> str:
+    """The top-level package that owns a migrations directory (e.g. ledger_service)."""
+    d = directory.resolve()
+    top = d
+    while (d.parent / "__init__.py").exists():
+        d = d.parent
+        top = d
+    while not (top / "__init__.py").exists() and top.parent != top:
+        top = top.parent
+    return top.name
+
+
+def migration_files(*dirs: Path) -> list[tuple[str, int, str, str]]:
+    """(component, version, name, sql) per migration, directory by directory, each in number order."""
+    out: list[tuple[str, int, str, str]] = []
     for d in dirs:
+        component = component_of(d)
+        seen: dict[int, str] = {}
         for path in sorted(d.glob("*.sql")):
             m = _MIGRATION_NAME.match(path.name)
             if not m:
                 raise ValueError(f"migration file name must look like 0001_name.sql: {path}")
             version = int(m.group(1))
-            if version in found:
-                raise ValueError(f"two migrations numbered {version}: {found[version][1]}, {path.name}")
-            found[version] = (version, path.name, path.read_text())
-    return [found[v] for v in sorted(found)]
+            if version in seen:
+                raise ValueError(f"two migrations numbered {version} in {component}: {seen[version]}, {path.name}")
+            seen[version] = path.name
+            out.append((component, version, path.name, path.read_text()))
+    return out
 
 
 async def migrate(dsn: str, *dirs: Path) -> list[str]:
@@ -54,21 +78,24 @@ async def migrate(dsn: str, *dirs: Path) -> list[str]:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
         await conn.execute(_CREATE_MIGRATIONS_TABLE)
-        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-        applied = {r["version"]: r for r in rows}
-        for version, name, sql in migration_files(*dirs):
+        if not await conn.fetchval(_HAS_COMPONENT):
+            raise RuntimeError("this database predates per-component migrations (0.x has no upgrade path): "
+                               "recreate it, e.g. delete the data directory")
+        rows = await conn.fetch("SELECT component, version, checksum FROM schema_migrations")
+        applied = {(r["component"], r["version"]): r["checksum"] for r in rows}
+        for component, version, name, sql in migration_files(*dirs):
             checksum = hashlib.sha256(sql.encode()).hexdigest()
-            if version in applied:
-                if applied[version]["checksum"] != checksum:
-                    raise RuntimeError(f"migration {name} changed after it was applied")
+            if (component, version) in applied:
+                if applied[(component, version)] != checksum:
+                    raise RuntimeError(f"migration {component}/{name} changed after it was applied")
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    version, name, checksum,
+                    "INSERT INTO schema_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                    component, version, name, checksum,
                 )
-            applied_now.append(name)
+            applied_now.append(f"{component}/{name}")
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
         await conn.close()

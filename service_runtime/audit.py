@@ -1,0 +1,180 @@
+"""The audit trail: who did what, to which objects, why, and with what outcome.
+
+The server interceptor records every mutation (any request with an idempotency_key) and every
+refused attempt (no/unknown/expired/revoked key, wrong role, bad input, another tenant's id).
+Records are written by a group-committing writer; a caller is answered only after its record is
+durable, so an acknowledged mutation is always in the trail. Every server also answers
+credits.audit.v1.AuditService/QueryAudit over its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from credits.audit.v1 import audit_pb2 as pb
+from credits.audit.v1 import audit_pb2_grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service_runtime.rejections import invalid
+
+log = logging.getLogger(__name__)
+
+# Request fields that name the objects a call is about.
+SUBJECT_FIELDS = ("account_id", "parent_account_id", "from_account_id", "to_account_id", "lot_id", "hold_key",
+                  "transfer_id", "invoice_id", "customer_id", "incident_id", "tenant_id", "request_id")
+REASON_FIELDS = ("reason", "reason_code")
+# Subjects travel joined by U+001F (unnest would flatten a text[][]) and are split back here.
+INSERT = """
+INSERT INTO audit_log (tenant_id, key_id, role, method, code, detail, reason, subjects, request_id)
+SELECT t, k, r, m, c, d, re, string_to_array(s, chr(31)), q
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[]) AS x(t, k, r, m, c, d, re, s, q)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    tenant_id: str
+    key_id: str
+    role: str
+    method: str
+    code: str
+    detail: str
+    reason: str
+    subjects: tuple[str, ...]
+    request_id: str
+
+
+def is_mutation(request: Message) -> bool:
+    return "idempotency_key" in request.DESCRIPTOR.fields_by_name
+
+
+def describe(request: Any) -> tuple[tuple[str, ...], str]:
+    """(subjects, reason) named by a request's top-level fields (and its first nested debits)."""
+    subjects: list[str] = []
+    reason = ""
+    fields = getattr(request, "DESCRIPTOR", None)
+    if fields is None:
+        return (), ""
+    by_name = fields.fields_by_name
+    for name in SUBJECT_FIELDS:
+        if name in by_name:
+            value = getattr(request, name)
+            if isinstance(value, str) and value:
+                subjects.append(f"{name}={value[:128]}")
+    for name in REASON_FIELDS:
+        if name in by_name and not reason:
+            value = getattr(request, name)
+            if isinstance(value, str):
+                reason = value[:500]
+    return tuple(subjects), reason
+
+
+class AuditWriter:
+    """Batches audit records from concurrent calls into one INSERT; `record` returns once durable."""
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 1000) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, rec: AuditRecord) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((rec, future))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    await self._pool.execute(INSERT, *_columns([r for r, _ in batch]))
+                except Exception as exc:
+                    log.exception("audit write of %d records failed", len(batch))
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for _, f in batch:
+                    if not f.done():
+                        f.set_result(None)
+        finally:
+            self._running = False
+
+
+def _columns(records: list[AuditRecord]) -> list[list[str]]:
+    return [
+        [r.tenant_id for r in records], [r.key_id for r in records], [r.role for r in records],
+        [r.method for r in records], [r.code for r in records], [r.detail[:1000] for r in records],
+        [r.reason for r in records], [chr(31).join(r.subjects) for r in records], [r.request_id for r in records],
+    ]
+
+
+SELECT = """
+SELECT audit_id, tenant_id, key_id, role, method, code, detail, reason, subjects, request_id, at FROM audit_log
+WHERE tenant_id = $1 AND ($2 = '' OR $2 = ANY(subjects)) AND ($3 = '' OR key_id = $3)
+  AND ($4 = '' OR method = $4 OR method LIKE '%/' || $4) AND ($5::timestamptz IS NULL OR at >= $5)
+  AND ($6::timestamptz IS NULL OR at < $6) AND (NOT $7 OR code <> 'OK') AND audit_id > $8
+ORDER BY audit_id LIMIT $9
+"""
+
+
+def _ts(value: datetime) -> Timestamp:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+def _when(msg: Any, name: str) -> datetime | None:
+    if not msg.HasField(name):
+        return None
+    ts = getattr(msg, name)
+    if not 0 <= ts.seconds <= 253402300799:
+        raise invalid(name, "is out of range")
+    return datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """QueryAudit over this service's own audit_log, scoped to the caller's tenant."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def QueryAudit(self, request: pb.QueryAuditRequest, context: Any) -> pb.QueryAuditResponse:
+        from service_runtime.grpc_server import current_caller
+
+        if request.page_size < 0:
+            raise invalid("page_size", "must not be negative")
+        limit = min(request.page_size or 100, 1000)
+        token = request.page_token
+        if token and (not token.isdigit() or len(token) > 19):
+            raise invalid("page_token", "is malformed")
+        for name in ("subject", "key_id", "method"):
+            if len(getattr(request, name)) > 200:
+                raise invalid(name, "is longer than 200 characters")
+        rows = await self._pool.fetch(
+            SELECT, current_caller().tenant_id, request.subject, request.key_id, request.method,
+            _when(request, "from"), _when(request, "to"), request.refused_only, int(token or 0), limit)
+        out = pb.QueryAuditResponse(records=[
+            pb.AuditRecord(audit_id=r["audit_id"], tenant_id=r["tenant_id"], key_id=r["key_id"], role=r["role"],
+                           method=r["method"], code=r["code"], detail=r["detail"], reason=r["reason"],
+                           subjects=list(r["subjects"]), request_id=r["request_id"], at=_ts(r["at"]))
+            for r in rows])
+        if len(rows) == limit:
+            out.next_page_token = str(rows[-1]["audit_id"])
+        return out
+
+
+AUDIT_SERVICE = "credits.audit.v1.AuditService"
+AUDIT_PERMISSIONS = {f"/{AUDIT_SERVICE}/QueryAudit": frozenset({"admin", "finance", "support", "operator"})}
