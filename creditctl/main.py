@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "creditctl.invoice_commands",
     "creditctl.coordinator_commands",
     "creditctl.people_commands",
+    "creditctl.proof_commands",
 )
 
 
