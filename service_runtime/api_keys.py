@@ -68,6 +68,17 @@ async def store_tenant_key(
     await conn.execute(INSERT_KEY, key_id, tenant_id, key_hash, role, expires_at)
 
 
+SELECT_KEYS = """
+SELECT key_id, tenant_id, role, created_at, expires_at, revoked_at FROM api_keys
+WHERE ($1 = '' OR tenant_id = $1) ORDER BY tenant_id, created_at
+"""
+REVOKE_KEY = "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id"
+EXPIRE_KEY = """
+UPDATE api_keys SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE key_id = $1 AND revoked_at IS NULL
+RETURNING tenant_id, role
+"""
+
+
 class KeyResolver:
     """Resolves presented keys against one service database, with a short positive cache."""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncpg
 import grpc
 import pytest
-
 from credits.audit.v1 import audit_pb2, audit_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as pb
+
 from tests.ledger.conftest import Ledger
 from tests.tenancy import add_tenant_key
 
