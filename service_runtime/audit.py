@@ -10,6 +10,7 @@ credits.audit.v1.AuditService/QueryAudit over its own database.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,27 @@ class AuditRecord:
     reason: str
     subjects: tuple[str, ...]
     request_id: str
+
+
+@dataclass
+class PendingAudit:
+    """The record of the call in progress; a data layer that writes it in its own transaction
+    claims it, so the interceptor does not write it again."""
+
+    record: AuditRecord
+    claimed: bool = False
+
+
+pending_audit: contextvars.ContextVar[PendingAudit | None] = contextvars.ContextVar("pending_audit", default=None)
+
+
+def claim_audit() -> AuditRecord | None:
+    """Takes the current call's audit record to write in the caller's transaction (None if none)."""
+    pending = pending_audit.get()
+    if pending is None or pending.claimed:
+        return None
+    pending.claimed = True
+    return pending.record
 
 
 def is_mutation(request: Message) -> bool:

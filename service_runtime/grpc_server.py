@@ -27,8 +27,10 @@ from service_runtime.audit import (
     AuditRecord,
     AuditServicer,
     AuditWriter,
+    PendingAudit,
     describe,
     is_mutation,
+    pending_audit,
 )
 from service_runtime.metrics import observe_rpc
 from service_runtime.rejections import Reason, Rejection
@@ -96,10 +98,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 _caller.set(caller)
+                pending = None
+                if audit is not None and is_mutation(request):
+                    pending = PendingAudit(_audit_record(method, request, caller, presented, request_id, "OK", ""))
+                    pending_audit.set(pending)
                 response = await inner(request, context)
                 code = "OK"
-                if audit is not None and is_mutation(request):
-                    await audit.record(_audit_record(method, request, caller, presented, request_id, "OK", ""))
+                if audit is not None and pending is not None and not pending.claimed:
+                    await audit.record(pending.record)
                 return response
             except Rejection as rej:
                 code = rej.status.name

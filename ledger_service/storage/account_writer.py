@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from ledger_service.storage.effects import Effects
 from ledger_service.storage.state import AccountState, load_state
+from service_runtime.audit import AuditRecord
 from service_runtime.rejections import Rejection, conflict, not_found
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Operation:
     pack: Pack
     hold_keys: tuple[str, ...] = ()
     lot_ids: tuple[str, ...] = ()
+    audit: AuditRecord | None = None  # written in the same transaction unless the operation is refused
 
 
 @dataclass
@@ -199,6 +201,8 @@ class AccountWriter:
             method, request_hash, response = stored
             if method != op.method or request_hash != op.request_hash:
                 return conflict("idempotency_key", f"{op.idempotency_key!r} was used for a different request")
+            if op.audit is not None:
+                effects.audit.append(op.audit)
             return Outcome(replay=response)
         if not state.exists:
             return not_found("account_id", f"account {state.account_id!r} not found")
@@ -206,6 +210,8 @@ class AccountWriter:
             result = op.apply(state, effects)
         except Rejection as rej:
             return rej
+        if op.audit is not None:
+            effects.audit.append(op.audit)
         message = op.pack(result)
         if op.idempotency_key:
             response = message.SerializeToString()

@@ -17,6 +17,7 @@ import asyncpg
 
 from ledger_service.domain.journal import BUCKETS, EntryKind, deltas
 from ledger_service.domain.model import Hold, HoldStatus, Lot
+from service_runtime.audit import AuditRecord
 
 # Everything a batch writes, in ONE statement: each data-modifying CTE inserts (or updates) rows
 # unnest()ed from its columns; empty columns write nothing. One round trip instead of one per table
@@ -54,6 +55,8 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("pst", [("hold_key", "text"), ("position", "int"), ("posted", "bigint")]),
     ("rev", [("hold_key", "text"), ("policy", "text"), ("expired", "bigint")]),
     ("grc", [("lot_id", "text"), ("usable_until", "timestamptz")]),
+    ("aud", [("tenant_id", "text"), ("key_id", "text"), ("role", "text"), ("method", "text"), ("code", "text"),
+             ("detail", "text"), ("reason", "text"), ("subjects", "text"), ("request_id", "text")]),
     ("key", [("key", "text"), ("method", "text"), ("request_hash", "text"), ("response", "text")]),
 ]
 
@@ -127,6 +130,12 @@ reversals AS (
 grace AS (
   INSERT INTO lot_grace (tenant_id, lot_id, usable_until) SELECT $1, grc.* FROM {src["grc"]}
 ),
+audit AS (
+  INSERT INTO audit_log (tenant_id, key_id, role, method, code, detail, reason, subjects, request_id, at)
+  SELECT aud.tenant_id, aud.key_id, aud.role, aud.method, aud.code, aud.detail, aud.reason,
+         string_to_array(aud.subjects, chr(29)), aud.request_id, $2
+  FROM {src["aud"]}
+),
 keys AS (
   INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response, created_at)
   SELECT $1, key.key, key.method, decode(key.request_hash, 'hex'), decode(key.response, 'hex'), $2
@@ -198,6 +207,7 @@ class Effects:
     reversals: list[tuple[str, str, int]] = field(default_factory=list)
     grace: list[tuple[str, datetime]] = field(default_factory=list)
     idempotency: list[tuple[str, str, bytes, bytes]] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
     _created: set[str] = field(default_factory=set)
 
     def move(self, lot: Lot, kind: EntryKind, amount: int, ctx: EntryContext,
@@ -239,7 +249,7 @@ class Effects:
 
     def is_empty(self) -> bool:
         return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.resolutions
-                    or self.postings or self.reversals or self.grace or self.idempotency)
+                    or self.postings or self.reversals or self.grace or self.idempotency or self.audit)
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Writes every queued row in one statement, inside the caller's transaction."""
@@ -264,7 +274,10 @@ class Effects:
             *_columns(lots, 17), *_columns(new_balances, 11), *_columns(updates, 10),
             *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10), *_columns(allocations, 5),
             *_columns(self.resolutions, 5), *_columns(self.postings, 3), *_columns(self.reversals, 3),
-            *_columns(self.grace, 2), *_columns(self.idempotency, 4),
+            *_columns(self.grace, 2),
+            *_columns([(a.tenant_id, a.key_id, a.role, a.method, a.code, a.detail, a.reason, chr(29).join(a.subjects),
+                        a.request_id) for a in self.audit], 9),
+            *_columns(self.idempotency, 4),
         )
 
 
