@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -18,11 +19,12 @@ from ledger_service.api import mapping as m
 from ledger_service.domain.model import DEBIT_PREFIX, Hold, Lot, LotType
 from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
 from ledger_service.storage import catalog, operations, reads, transfers
+from ledger_service.storage import grant_approvals as approvals
 from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome
 from service_runtime.amounts import format_minor, parse_decimal, parse_minor
 from service_runtime.grpc_server import current_caller
 from service_runtime.idempotency import check_key, request_hash, run_idempotent, stored_response
-from service_runtime.rejections import Rejection, invalid, not_found
+from service_runtime.rejections import Rejection, conflict, invalid, not_found, precondition
 from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
@@ -140,6 +142,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def GrantCredits(self, request: pb.GrantCreditsRequest, context: Any) -> pb.Lot:
         check_key(request.idempotency_key)
+        caller = current_caller()
+        lot, scale = await self._grant_lot(request, caller.key_id)
+        approvals.role_rules(caller, lot)
+        if caller.role == "support":
+            return await self._support_grant(request, lot, scale)
+        return await self._submit(lot.account_id, _method("GrantCredits"), request, operations.grant_credits(lot),
+                                  lambda x: m.pack_lot(x, scale), pb.Lot)
+
+    async def _grant_lot(self, request: pb.GrantCreditsRequest, granted_by: str) -> tuple[Lot, int]:
+        """Validates a grant and builds its lot (not yet written); returns it with its unit's scale."""
         account_id = m.ident(request.account_id, "account_id")
         lot_type = m.lot_type(request.type)
         scale = await self._scale(request.unit)
@@ -156,7 +168,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         incident_id = m.text(request.incident_id, "incident_id", 128)
         if lot_type is LotType.COMPENSATORY and not incident_id:
             raise invalid("incident_id", "is required for COMPENSATORY credits")
-        caller = current_caller()
         lot = Lot(
             lot_id=operations.new_id("lot"), account_id=account_id, lot_type=lot_type, unit=request.unit,
             amount=amount, priority=priority, effective_at=effective_at, expires_at=expires_at,
@@ -164,10 +175,144 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             usable_until=expires_at, source=m.text(request.source, "source", 64),
             reason_code=m.text(request.reason_code, "reason_code", 128),
             campaign_id=m.text(request.campaign_id, "campaign_id", 128), incident_id=incident_id,
-            granted_by=caller.key_id,
+            granted_by=granted_by,
         )
-        return await self._submit(account_id, _method("GrantCredits"), request, operations.grant_credits(lot),
-                                  lambda x: m.pack_lot(x, scale), pb.Lot)
+        return lot, scale
+
+    # --- support grants: limits and the two-person rule (service_runtime/permissions.py) --------
+
+    @functools.cached_property
+    def _gate(self) -> approvals.SupportGate:
+        return approvals.SupportGate(self.pool)
+
+    async def _support_grant(self, request: pb.GrantCreditsRequest, lot: Lot, scale: int) -> pb.Lot:
+        """Within the key's limits: the lot, as any grant. Above: a PENDING_APPROVAL request, no lot.
+
+        Under the key's lock: the replay check, the limits, and the write (the writer's commit,
+        or the request row with the idempotency key in this transaction) cannot interleave with
+        another grant by the same key."""
+        caller = current_caller()
+        tenant, key = caller.tenant_id, request.idempotency_key
+        method, digest = _method("GrantCredits"), request_hash(request)
+        for _attempt in range(2):
+            try:
+                async with self._gate.locked(self._gate.actor(tenant, caller.key_id)) as conn:
+                    stored = await stored_response(conn, tenant, key, method, digest)
+                    if stored is not None:
+                        return pb.Lot.FromString(stored)
+                    await catalog.get_account(conn, tenant, lot.account_id)
+                    limits = await approvals.limits_for(conn, tenant, lot.unit, scale)
+                    limit = await approvals.exceeded(conn, tenant, caller.key_id, lot, limits, self._now())
+                    if not limit:
+                        return await self._submit(lot.account_id, method, request, operations.grant_credits(lot),
+                                                  lambda x: m.pack_lot(x, scale), pb.Lot)
+                    row = await approvals.insert_request(conn, tenant, operations.new_id("gr"), key, lot,
+                                                         caller.key_id, limit, request.SerializeToString(),
+                                                         self._now())
+                    out = pb.Lot(account_id=lot.account_id, type=request.type, unit=lot.unit,
+                                 amount=format_minor(lot.amount, scale), reason_code=lot.reason_code,
+                                 incident_id=lot.incident_id, grant_request=_pack_grant_request(row))
+                    await self._remember_in(conn, tenant, key, method, digest, out)
+                    return out
+            except asyncpg.UniqueViolationError:
+                continue  # the same key committed meanwhile by another caller: replay or conflict
+        raise conflict("idempotency_key", f"{key!r} is being used concurrently")
+
+    @staticmethod
+    async def _remember_in(conn: asyncpg.Connection, tenant: str, key: str, method: str, digest: bytes,
+                           response: Message) -> None:
+        await conn.execute(_REMEMBER_STRICT, tenant, key, method, digest, response.SerializeToString())
+
+    async def SetSupportGrantLimits(self, request: pb.SetSupportGrantLimitsRequest,
+                                    context: Any) -> pb.SupportGrantLimits:
+        scale = await self._scale(request.unit)
+        limits = approvals.Limits(
+            parse_minor(request.max_per_grant, scale, "max_per_grant", allow_zero=True),
+            parse_minor(request.max_per_day, scale, "max_per_day", allow_zero=True), False)
+        if limits.max_per_grant > limits.max_per_day:
+            raise invalid("max_per_grant", "must not exceed max_per_day")
+        caller = current_caller()
+
+        async def work(conn: asyncpg.Connection) -> approvals.Limits:
+            return await approvals.set_limits(conn, caller.tenant_id, request.unit, limits, caller.key_id, self._now())
+
+        return await self._idempotent(_method("SetSupportGrantLimits"), request, work,
+                                      lambda lim: _pack_limits(request.unit, lim, scale), pb.SupportGrantLimits)
+
+    async def GetSupportGrantLimits(self, request: pb.GetSupportGrantLimitsRequest,
+                                    context: Any) -> pb.SupportGrantLimits:
+        scale = await self._scale(request.unit)
+        limits = await approvals.limits_for(self.pool, current_caller().tenant_id, request.unit, scale)
+        return _pack_limits(request.unit, limits, scale)
+
+    async def GetGrantRequest(self, request: pb.GetGrantRequestRequest, context: Any) -> pb.GrantRequest:
+        row = await approvals.get_request(self.pool, current_caller().tenant_id,
+                                          m.ident(request.request_id, "request_id"))
+        return _pack_grant_request(row)
+
+    async def ListGrantRequests(self, request: pb.ListGrantRequestsRequest,
+                                context: Any) -> pb.ListGrantRequestsResponse:
+        status = ""
+        if request.status:
+            if request.status not in _GRANT_REQUEST_STATUS:
+                raise invalid("status", f"unknown grant request status {request.status}")
+            status = _GRANT_REQUEST_STATUS[request.status]
+        limit = _page(request.page_size)
+        rows = await approvals.list_requests(self.pool, current_caller().tenant_id, status,
+                                             m.ident(request.account_id, "account_id", required=False),
+                                             _int_token(request.page_token), limit)
+        out = pb.ListGrantRequestsResponse(requests=[_pack_grant_request(r) for r in rows])
+        if len(rows) == limit:
+            out.next_page_token = str(rows[-1].seq)
+        return out
+
+    async def ApproveGrantRequest(self, request: pb.ApproveGrantRequestRequest, context: Any) -> pb.GrantRequest:
+        """Creates the requested lot, exactly once: under the request's lock, through the writer
+        with a key derived from the request, then records the decision. Approving an approved
+        request returns it; a rejected one is FAILED_PRECONDITION."""
+        return await self._decide(request, approvals.APPROVED)
+
+    async def RejectGrantRequest(self, request: pb.RejectGrantRequestRequest, context: Any) -> pb.GrantRequest:
+        if not request.reason:
+            raise invalid("reason", "is required to reject a grant request")
+        return await self._decide(request, approvals.REJECTED)
+
+    async def _decide(self, request: pb.ApproveGrantRequestRequest | pb.RejectGrantRequestRequest,
+                      status: str) -> pb.GrantRequest:
+        key = check_key(request.idempotency_key)
+        request_id = m.ident(request.request_id, "request_id")
+        reason = m.text(request.reason, "reason")
+        caller = current_caller()
+        tenant = caller.tenant_id
+        method = _method("ApproveGrantRequest" if status == approvals.APPROVED else "RejectGrantRequest")
+        digest = request_hash(request)
+        async with self._gate.locked(self._gate.request(tenant, request_id)) as conn:
+            stored = await stored_response(conn, tenant, key, method, digest)
+            if stored is not None:
+                return pb.GrantRequest.FromString(stored)
+            row = await approvals.get_request(conn, tenant, request_id)
+            approvals.two_person_rule(row.requested_by, caller)
+            if row.status != approvals.PENDING:
+                if row.status != status:
+                    raise precondition("request_id", f"grant request {request_id!r} is {row.status}")
+            elif status == approvals.APPROVED:
+                scale = await self._scale(row.unit)
+                apply: operations.Apply = _already_granted
+                if not await approvals.approval_started(conn, tenant, request_id):  # else: replays its lot
+                    lot, scale = await self._grant_lot(pb.GrantCreditsRequest.FromString(row.request), caller.key_id)
+                    apply = operations.grant_credits(lot)
+                op = Operation(method, approvals.approval_key(request_id), hashlib.sha256(row.request).digest(),
+                               apply, lambda x: m.pack_lot(x, scale))
+                created = self._unwrap(await self.writer.submit(tenant, row.account_id, op), pb.Lot)
+                row = await approvals.decide(conn, tenant, row, status, caller, reason, created.lot_id, self._now())
+            else:
+                if await approvals.approval_started(conn, tenant, request_id):
+                    raise precondition("request_id", f"grant request {request_id!r} was being approved; "
+                                                     "approve it again to finish")
+                row = await approvals.decide(conn, tenant, row, status, caller, reason, None, self._now())
+            out = _pack_grant_request(row)
+            await self._remember_in(conn, tenant, key, method, digest, out)
+            return out
 
     async def GetLot(self, request: pb.GetLotRequest, context: Any) -> pb.Lot:
         lot = await reads.get_lot(self.pool, current_caller().tenant_id, m.ident(request.lot_id, "lot_id"),
@@ -581,6 +726,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
 
+_REMEMBER_STRICT = """
+INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
+"""
+_GRANT_REQUEST_STATUS = {pb.PENDING_APPROVAL: approvals.PENDING, pb.APPROVED: approvals.APPROVED,
+                         pb.REJECTED: approvals.REJECTED}
+_GRANT_REQUEST_STATUS_PB = {v: k for k, v in _GRANT_REQUEST_STATUS.items()}
 _REMEMBER = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT DO NOTHING
@@ -601,6 +752,25 @@ WHERE h.tenant_id = $1 AND r.hold_key IS NULL AND h.release_on_ttl AND h.ttl_exp
 def _pack_expired_ids(lots: list[Lot]) -> pb.ExpireLotsResponse:
     return pb.ExpireLotsResponse(lots=[pb.Lot(lot_id=lot.lot_id, account_id=lot.account_id, unit=lot.unit)
                                        for lot in lots])
+
+
+def _already_granted(state: Any, fx: Any) -> Lot:
+    """An interrupted approval's lot is replayed from its idempotency key; this never runs."""
+    raise precondition("request_id", "the approval's lot was written but cannot be replayed")
+
+
+def _pack_grant_request(row: approvals.GrantRequestRow) -> pb.GrantRequest:
+    return pb.GrantRequest(
+        request_id=row.request_id, status=_GRANT_REQUEST_STATUS_PB[row.status],
+        grant=pb.GrantCreditsRequest.FromString(row.request), requested_by=row.requested_by,
+        limit_exceeded=row.limit_exceeded, decided_by=row.decided_by, decision_reason=row.reason, lot_id=row.lot_id,
+        created_at=m.ts(row.created_at), decided_at=m.ts(row.decided_at),
+    )
+
+
+def _pack_limits(unit: str, limits: approvals.Limits, scale: int) -> pb.SupportGrantLimits:
+    return pb.SupportGrantLimits(unit=unit, max_per_grant=format_minor(limits.max_per_grant, scale),
+                                 max_per_day=format_minor(limits.max_per_day, scale), is_default=limits.is_default)
 
 
 def _pack_hold_scaled(hold: Hold, scale: int) -> pb.Hold:

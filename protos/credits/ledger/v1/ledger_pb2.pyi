@@ -63,6 +63,13 @@ class SortKey(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COST_BASIS_LOWEST: _ClassVar[SortKey]
     EFFECTIVE_OLDEST: _ClassVar[SortKey]
     CREATION_ORDER: _ClassVar[SortKey]
+
+class GrantRequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANT_REQUEST_STATUS_UNSPECIFIED: _ClassVar[GrantRequestStatus]
+    PENDING_APPROVAL: _ClassVar[GrantRequestStatus]
+    APPROVED: _ClassVar[GrantRequestStatus]
+    REJECTED: _ClassVar[GrantRequestStatus]
 LOT_TYPE_UNSPECIFIED: LotType
 PURCHASED: LotType
 PROMOTIONAL: LotType
@@ -99,6 +106,10 @@ SCOPE_NARROWEST: SortKey
 COST_BASIS_LOWEST: SortKey
 EFFECTIVE_OLDEST: SortKey
 CREATION_ORDER: SortKey
+GRANT_REQUEST_STATUS_UNSPECIFIED: GrantRequestStatus
+PENDING_APPROVAL: GrantRequestStatus
+APPROVED: GrantRequestStatus
+REJECTED: GrantRequestStatus
 
 class Account(_message.Message):
     __slots__ = ("account_id", "parent_account_id", "name", "created_at")
@@ -187,7 +198,7 @@ class LotBalance(_message.Message):
     def __init__(self, granted: _Optional[str] = ..., reinstated: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., consumed: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., transferred_out: _Optional[str] = ...) -> None: ...
 
 class Lot(_message.Message):
-    __slots__ = ("lot_id", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id", "granted_by", "created_at", "balance", "origin_lot_id", "voided_at", "usable_until")
+    __slots__ = ("lot_id", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id", "granted_by", "created_at", "balance", "origin_lot_id", "voided_at", "usable_until", "grant_request")
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +219,7 @@ class Lot(_message.Message):
     ORIGIN_LOT_ID_FIELD_NUMBER: _ClassVar[int]
     VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
     USABLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    GRANT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     lot_id: str
     account_id: str
     type: LotType
@@ -228,7 +240,8 @@ class Lot(_message.Message):
     origin_lot_id: str
     voided_at: _timestamp_pb2.Timestamp
     usable_until: _timestamp_pb2.Timestamp
-    def __init__(self, lot_id: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., granted_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance: _Optional[_Union[LotBalance, _Mapping]] = ..., origin_lot_id: _Optional[str] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    grant_request: GrantRequest
+    def __init__(self, lot_id: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., granted_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance: _Optional[_Union[LotBalance, _Mapping]] = ..., origin_lot_id: _Optional[str] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grant_request: _Optional[_Union[GrantRequest, _Mapping]] = ...) -> None: ...
 
 class GrantCreditsRequest(_message.Message):
     __slots__ = ("idempotency_key", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id")
@@ -824,3 +837,103 @@ class VerifyJournalResponse(_message.Message):
     lots: int
     violations: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ok: _Optional[bool] = ..., entries: _Optional[int] = ..., lots: _Optional[int] = ..., violations: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetSupportGrantLimitsRequest(_message.Message):
+    __slots__ = ("idempotency_key", "unit", "max_per_grant", "max_per_day")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_GRANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    unit: str
+    max_per_grant: str
+    max_per_day: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ...) -> None: ...
+
+class GetSupportGrantLimitsRequest(_message.Message):
+    __slots__ = ("unit",)
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    def __init__(self, unit: _Optional[str] = ...) -> None: ...
+
+class SupportGrantLimits(_message.Message):
+    __slots__ = ("unit", "max_per_grant", "max_per_day", "is_default")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_GRANT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    max_per_grant: str
+    max_per_day: str
+    is_default: bool
+    def __init__(self, unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("request_id", "status", "grant", "requested_by", "limit_exceeded", "decided_by", "decision_reason", "lot_id", "created_at", "decided_at")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    status: GrantRequestStatus
+    grant: GrantCreditsRequest
+    requested_by: str
+    limit_exceeded: str
+    decided_by: str
+    decision_reason: str
+    lot_id: str
+    created_at: _timestamp_pb2.Timestamp
+    decided_at: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[_Union[GrantRequestStatus, str]] = ..., grant: _Optional[_Union[GrantCreditsRequest, _Mapping]] = ..., requested_by: _Optional[str] = ..., limit_exceeded: _Optional[str] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., lot_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetGrantRequestRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ListGrantRequestsRequest(_message.Message):
+    __slots__ = ("status", "account_id", "page_size", "page_token")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    status: GrantRequestStatus
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[_Union[GrantRequestStatus, str]] = ..., account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListGrantRequestsResponse(_message.Message):
+    __slots__ = ("requests", "next_page_token")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[GrantRequest]
+    next_page_token: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[GrantRequest, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ApproveGrantRequestRequest(_message.Message):
+    __slots__ = ("idempotency_key", "request_id", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    request_id: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RejectGrantRequestRequest(_message.Message):
+    __slots__ = ("idempotency_key", "request_id", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    request_id: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -174,6 +174,36 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SetTransferLimitRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.TransferLimit.FromString,
                 _registered_method=True)
+        self.SetSupportGrantLimits = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/SetSupportGrantLimits',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SetSupportGrantLimitsRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.FromString,
+                _registered_method=True)
+        self.GetSupportGrantLimits = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/GetSupportGrantLimits',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSupportGrantLimitsRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.FromString,
+                _registered_method=True)
+        self.GetGrantRequest = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/GetGrantRequest',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetGrantRequestRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+                _registered_method=True)
+        self.ListGrantRequests = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/ListGrantRequests',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsResponse.FromString,
+                _registered_method=True)
+        self.ApproveGrantRequest = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/ApproveGrantRequest',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ApproveGrantRequestRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+                _registered_method=True)
+        self.RejectGrantRequest = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/RejectGrantRequest',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -353,6 +383,46 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSupportGrantLimits(self, request, context):
+        """Support grants: limits and the two-person rule (roles: service_runtime/permissions.py).
+        A support key's COMPENSATORY grant above its per-grant or per-day limit creates no lot: it
+        returns a Lot with an empty lot_id and `grant_request` set (PENDING_APPROVAL); a finance or
+        admin key other than the requester's approves it (the lot is created then, once) or rejects it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSupportGrantLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGrantRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrantRequests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveGrantRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectGrantRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -495,6 +565,36 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.SetTransferLimit,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SetTransferLimitRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.TransferLimit.SerializeToString,
+            ),
+            'SetSupportGrantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSupportGrantLimits,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SetSupportGrantLimitsRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.SerializeToString,
+            ),
+            'GetSupportGrantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSupportGrantLimits,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSupportGrantLimitsRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.SerializeToString,
+            ),
+            'GetGrantRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrantRequest,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetGrantRequestRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
+            ),
+            'ListGrantRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrantRequests,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsResponse.SerializeToString,
+            ),
+            'ApproveGrantRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveGrantRequest,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ApproveGrantRequestRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
+            ),
+            'RejectGrantRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectGrantRequest,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1253,6 +1353,168 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/SetTransferLimit',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.SetTransferLimitRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.TransferLimit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSupportGrantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/SetSupportGrantLimits',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.SetSupportGrantLimitsRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSupportGrantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/GetSupportGrantLimits',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSupportGrantLimitsRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.SupportGrantLimits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrantRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/GetGrantRequest',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GetGrantRequestRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrantRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ListGrantRequests',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListGrantRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveGrantRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ApproveGrantRequest',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ApproveGrantRequestRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectGrantRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/RejectGrantRequest',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
             options,
             channel_credentials,
             insecure,

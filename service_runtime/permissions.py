@@ -1,0 +1,138 @@
+"""Who may call what: the permission table of every RPC of every service, in one place.
+
+Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privilege first:
+
+- readonly  reads only (balances, lots, entries, holds, invoices, catalog, operations).
+- service   upstream gateways: ReserveCredits/CommitHold/ReleaseHold, DebitCredits,
+            BatchDebitCredits, usage ingestion (IngestEvent[s]), and reads.
+- support   reads (ExplainAllocation included) and COMPENSATORY grants only, with a reason code
+            and an incident id, within per-grant and per-day limits (below).
+- finance   grants of any type, VoidGrant, reversals, transfers, consumption policies, transfer
+            and support limits, approving/rejecting support grant requests, catalog (customers,
+            meters, plans, subscriptions), invoice voids and outage compensation (front door).
+- operator  what the coordinator and on-call people run: expiry sweeps, TTL hold release, journal
+            verification, in-doubt resolution (reserve/commit/release/reverse, the invoice
+            prepare/commit/abort steps) and billing runs. Its GrantCredits is limited to
+            COMPENSATORY grants with an incident id (the CompensateOutage saga, which only
+            finance/admin may start at the front door).
+- admin     everything.
+
+Enforcement stays in `service_runtime.grpc_server.AuthInterceptor`: it checks the caller's role
+against the table a server was started with; an RPC missing from its table is refused for every
+role (PERMISSION_DENIED), so a new RPC is closed until it is listed here. Rules that depend on the
+request (which lot type, how much, who asked) live in the servicer: see
+`ledger_service/storage/grant_approvals.py`.
+
+Support limits and the two-person rule (ledger GrantCredits):
+- A support grant must be COMPENSATORY, with reason_code and incident_id (else INVALID_ARGUMENT
+  for missing fields, PERMISSION_DENIED for another lot type).
+- Limits are per tenant and unit, in the unit's major units: max_per_grant, and max_per_day =
+  the sum of the same support key's directly granted COMPENSATORY lots in that unit over the
+  trailing 24 hours (per key, not per tenant: one agent cannot exhaust the others' allowance;
+  approved requests do not count, a second person authorised them). Set per unit with
+  SetSupportGrantLimits (finance/admin); otherwise CREDITS_SUPPORT_MAX_GRANT (default 100) and
+  CREDITS_SUPPORT_MAX_DAILY (default 500).
+- Within both limits the lot is written as usual. Above either, no lot: a grant request in
+  PENDING_APPROVAL is stored (GrantCredits answers OK with a Lot whose lot_id is empty and whose
+  grant_request is set). ApproveGrantRequest (finance/admin, a key other than the requester's,
+  else PERMISSION_DENIED "two-person rule") creates the lot exactly once; approving again returns
+  the same request; RejectGrantRequest closes it with no lot; approving a rejected request or
+  rejecting an approved one is FAILED_PRECONDITION.
+
+This module imports no service package: the services import their tables from here.
+"""
+
+from __future__ import annotations
+
+from service_runtime.api_keys import ROLES
+
+LEDGER_SERVICE = "credits.ledger.v1.LedgerService"
+INVOICE_SERVICE = "credits.invoice.v1.InvoiceService"
+BILLING_SERVICE = "credits.billing.v1.BillingService"
+
+ALL = frozenset(ROLES)
+ADMIN = frozenset({"admin"})
+FINANCE = frozenset({"admin", "finance"})
+OPERATOR = frozenset({"admin", "operator"})
+UPSTREAM = frozenset({"admin", "service"})
+SAGA = frozenset({"admin", "operator", "service"})  # holds: upstream gateways and the coordinator
+VERIFY = frozenset({"admin", "finance", "operator"})
+
+
+def _table(service: str, *rows: tuple[frozenset[str], tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    out: dict[str, frozenset[str]] = {}
+    for roles, methods in rows:
+        for method in methods:
+            path = f"/{service}/{method}"
+            if path in out:
+                raise ValueError(f"{path} listed twice")
+            out[path] = roles
+    return out
+
+
+LEDGER: dict[str, frozenset[str]] = _table(
+    LEDGER_SERVICE,
+    (ALL, ("GetAccount", "ListUnits", "GetLot", "ListLots", "GetBalance", "ListEntries", "GetLotBoundaries",
+           "ExplainAllocation", "GetConsumptionPolicy", "GetHold", "ListHolds", "GetSupportGrantLimits",
+           "GetGrantRequest", "ListGrantRequests")),
+    (FINANCE, ("CreateAccount", "DefineUnit", "VoidGrant", "SetConsumptionPolicy", "TransferCredits",
+               "ReverseTransfer", "SetTransferLimit", "SetSupportGrantLimits", "ApproveGrantRequest",
+               "RejectGrantRequest")),
+    # support: COMPENSATORY within limits; operator: COMPENSATORY with an incident (servicer rules).
+    (FINANCE | {"support", "operator"}, ("GrantCredits",)),
+    (SAGA, ("ReserveCredits", "CommitHold", "ReleaseHold")),
+    (UPSTREAM, ("DebitCredits", "BatchDebitCredits")),
+    (FINANCE | {"operator"}, ("ReverseReference",)),  # refunds (finance) and the void saga (operator)
+    (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds")),
+    (VERIFY, ("VerifyJournal",)),
+)
+
+INVOICE: dict[str, frozenset[str]] = _table(
+    INVOICE_SERVICE,
+    (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "SplitDraft",
+           "GetInvoice", "ListInvoices", "RenderInvoice")),
+    (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
+    (UPSTREAM, ("IngestEvent", "IngestEvents")),
+    # The saga's participant steps: the coordinator (operator) only; people start sagas at the
+    # billing front door. CreateDraft recomputes a draft during a billing run.
+    (OPERATOR, ("CreateDraft", "PrepareFinalize", "CommitFinalize", "AbortFinalize", "PrepareVoid", "CommitVoid",
+                "AbortVoid")),
+)
+
+BILLING: dict[str, frozenset[str]] = _table(
+    BILLING_SERVICE,
+    (ALL, ("GetOperation",)),
+    (frozenset({"admin", "operator", "finance"}), ("FinalizeInvoice",)),
+    (OPERATOR, ("RunBillingCycle",)),
+    # Outage compensation grants COMPENSATORY credit to many accounts under the coordinator's key,
+    # outside the support limits: finance/admin only.
+    (FINANCE, ("VoidInvoice", "CompensateOutage")),
+)
+
+BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
+    LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING,
+}
+
+
+def allowed(method_path: str) -> frozenset[str]:
+    """The roles that may call `/<service>/<method>` (empty: nobody)."""
+    service = method_path.strip("/").partition("/")[0]
+    return BY_SERVICE.get(service, {}).get(method_path, frozenset())
+
+
+def missing(service: str, methods: list[str]) -> list[str]:
+    """The methods of `service` (by descriptor) that have no permission entry."""
+    table = BY_SERVICE.get(service, {})
+    return [m for m in methods if f"/{service}/{m}" not in table]
+
+
+def render() -> str:
+    """The whole table as text: one line per RPC with its roles (for docs and `--help`)."""
+    lines = []
+    for service, table in BY_SERVICE.items():
+        lines.append(service)
+        for path in sorted(table):
+            roles = table[path]
+            shown = "all roles" if roles == ALL else ", ".join(r for r in ROLES if r in roles)
+            lines.append(f"  {path.rpartition('/')[2]:<24} {shown}")
+    return "\n".join(lines)
