@@ -20,6 +20,7 @@ from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
+from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate
 from service_runtime.settings import Settings
 
@@ -70,5 +71,5 @@ async def serve(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()
     asyncio.run(serve(Settings.from_env()))

@@ -16,6 +16,7 @@ from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
+from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate
 from service_runtime.settings import Settings
 
@@ -66,7 +67,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

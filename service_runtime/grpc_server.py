@@ -20,6 +20,7 @@ from credits.audit.v1 import audit_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_runtime import logs
 from service_runtime.api_keys import Caller, KeyResolver
 from service_runtime.audit import (
     AUDIT_PERMISSIONS,
@@ -94,7 +95,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         presented = value if isinstance(value, str) else None
                     elif key == "x-request-id" and isinstance(value, str):
                         request_id = value[:128]
+                logs.request_id.set(request_id or "")
                 caller = await resolver.resolve(presented)
+                logs.tenant_id.set(caller.tenant_id)
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 _caller.set(caller)

@@ -48,3 +48,16 @@ async def test_rpc_series_and_gauges_are_scraped(ledger: Ledger, metrics_port: i
     assert ok in text and rejected in text
     assert 'credits_rpc_duration_seconds_bucket{code="OK",le="0.1",method="ReserveCredits"' in text
     assert "credits_ledger_holds_pending 1.0" in text
+
+
+def test_json_logs_carry_request_and_tenant_ids() -> None:
+    import json
+    import logging
+
+    from service_runtime.logs import JsonFormatter, request_id, tenant_id
+
+    request_id.set("req-7")
+    tenant_id.set("acme")
+    line = JsonFormatter().format(logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None))
+    assert json.loads(line) | {"ts": None} == {"ts": None, "level": "INFO", "logger": "x", "msg": "hello you",
+                                               "request_id": "req-7", "tenant_id": "acme"}
