@@ -22,6 +22,7 @@ from ledger_service.storage import catalog, operations, reads, transfers
 from ledger_service.storage import grant_approvals as approvals
 from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome
 from service_runtime.amounts import format_minor, parse_decimal, parse_minor
+from service_runtime.audit import AuditRecord, claim_audit
 from service_runtime.grpc_server import current_caller
 from service_runtime.idempotency import check_key, request_hash, run_idempotent, stored_response
 from service_runtime.rejections import Rejection, conflict, invalid, not_found, precondition
@@ -71,7 +72,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                       pack: Callable[[Any], M], response_type: type[M], *, hold_keys: tuple[str, ...] = (),
                       lot_ids: tuple[str, ...] = ()) -> M:
         key = check_key(request.idempotency_key)  # type: ignore[attr-defined]
-        op = Operation(method, key, request_hash(request), apply, pack, hold_keys=hold_keys, lot_ids=lot_ids)
+        op = Operation(method, key, request_hash(request), apply, pack, hold_keys=hold_keys, lot_ids=lot_ids,
+                       audit=claim_audit())
         outcome = await self.writer.submit(current_caller().tenant_id, account_id, op)
         return self._unwrap(outcome, response_type)
 
@@ -529,18 +531,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             out.next_page_token = holds[-1].hold_key
         return out
 
-    def _debit_op(self, request: pb.DebitCreditsRequest, scale: int) -> tuple[str, Operation]:
+    def _debit_op(self, request: pb.DebitCreditsRequest, scale: int,
+                  audit: AuditRecord | None = None) -> tuple[str, Operation]:
         """A debit's hold key is derived from its idempotency key ("debit:<key>", a prefix reserves
         may not use), so a debit whose key is unseen cannot find an existing hold: none is loaded."""
         key = check_key(request.idempotency_key)
         account_id = m.ident(request.account_id, "account_id")
         spec = self._reserve_spec(request, f"{DEBIT_PREFIX}{key}", scale, ttl_s=0, release_on_ttl=False)
         op = Operation(_method("DebitCredits"), key, request_hash(request), operations.debit_credits(spec),
-                       functools.partial(_pack_hold_scaled, scale=scale))
+                       functools.partial(_pack_hold_scaled, scale=scale), audit=audit)
         return account_id, op
 
     async def DebitCredits(self, request: pb.DebitCreditsRequest, context: Any) -> pb.Hold:
-        account_id, op = self._debit_op(request, await self._scale(request.unit))
+        account_id, op = self._debit_op(request, await self._scale(request.unit), claim_audit())
         outcome = await self.writer.submit(current_caller().tenant_id, account_id, op)
         return self._unwrap(outcome, pb.Hold)
 
