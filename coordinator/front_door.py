@@ -42,6 +42,7 @@ from coordinator.workflows import (
 from service_runtime.api_keys import KeyResolver
 from service_runtime.grpc_server import create_server, current_caller
 from service_runtime.rejections import invalid, not_found
+from service_runtime.tls import open_channel
 
 SERVICE = "credits.billing.v1.BillingService"
 _S = f"/{SERVICE}/"
@@ -93,7 +94,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if not self._invoice_addr:
             return
         if self._invoices is None:
-            self._invoices = invoice_pb2_grpc.InvoiceServiceStub(grpc.aio.insecure_channel(self._invoice_addr))
+            self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(self._invoice_addr))
         key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
         try:
             await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),

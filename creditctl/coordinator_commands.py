@@ -19,12 +19,13 @@ from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
 
 from service_runtime.settings import Settings
+from service_runtime.tls import open_channel
 
 DEMO_GRACE_S = 400 * 24 * 3600  # the seed scenario bills August 2026 usage
 
 
 def _billing(settings: Settings) -> tuple[grpc.aio.Channel, billing_pb2_grpc.BillingServiceStub, list[Any]]:
-    channel = grpc.aio.insecure_channel(settings.billing_addr)
+    channel = open_channel(settings.billing_addr)
     return channel, billing_pb2_grpc.BillingServiceStub(channel), [("x-api-key", settings.api_key)]
 
 
@@ -95,9 +96,9 @@ async def _demo(verbose: bool) -> int:
                     await store_tenant_key(pool, "chatppt", "ChatPPT", key_id, key_hash, "admin")
                 finally:
                     await pool.close()
-            lch = grpc.aio.insecure_channel(stack.ledger_addr)
-            ich = grpc.aio.insecure_channel(stack.invoice_addr)
-            bch = grpc.aio.insecure_channel(stack.billing_addr)
+            lch = open_channel(stack.ledger_addr)
+            ich = open_channel(stack.invoice_addr)
+            bch = open_channel(stack.billing_addr)
             try:
                 s = Services(ledger_pb2_grpc.LedgerServiceStub(lch), invoice_pb2_grpc.InvoiceServiceStub(ich), key)
                 await seed_catalog(s)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from creditctl.ledger_commands import bench_subparsers
+from service_runtime.tls import open_channel
 
 # Targets on 2 cores (the bar); --check exits 3 when one is missed.
 TARGETS = {"events_per_s": 20_000, "ratio_vs_baseline": 3, "draft_1m_events_s": 3.0}
@@ -42,7 +43,7 @@ def _call(fn: Callable[[Any, list[tuple[str, str]]], Awaitable[Any]]) -> Any:
         raise SystemExit("set CREDITS_API_KEY to an API key of your tenant (creditctl tenants create)")
 
     async def run() -> Any:
-        async with grpc.aio.insecure_channel(settings.invoice_addr) as channel:
+        async with open_channel(settings.invoice_addr) as channel:
             return await fn(pb_grpc.InvoiceServiceStub(channel), [("x-api-key", settings.api_key)])
 
     try:

@@ -22,6 +22,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service_runtime.settings import Settings
+from service_runtime.tls import open_channel
 
 BALANCE_COLUMNS = ("available", "held", "consumed", "expired", "voided", "granted", "reinstated",
                    "transferred_out", "upcoming")
@@ -70,7 +71,7 @@ async def _ledger(fn: Callable[[ledger_pb2_grpc.LedgerServiceStub, list[tuple[st
     if not settings.api_key:
         print("CREDITS_API_KEY is not set", file=sys.stderr)
         return 2
-    async with grpc.aio.insecure_channel(settings.ledger_addr) as channel:
+    async with open_channel(settings.ledger_addr) as channel:
         try:
             return await fn(ledger_pb2_grpc.LedgerServiceStub(channel), [("x-api-key", settings.api_key)])
         except grpc.aio.AioRpcError as err:
@@ -135,7 +136,7 @@ def _cmd_balances(args: argparse.Namespace) -> int:
                               "by_type": by_type}, indent=2))
             return 0
         print(f"account {bal.account_id}, as of {_iso(bal.as_of)}")
-        cols = ("unit", *BALANCE_COLUMNS)
+        cols: tuple[str, ...] = ("unit", *BALANCE_COLUMNS)
         print(table(cols, [[t[c] for c in cols] for t in totals]) if totals else "(no credits)")
         if by_type:
             print()
