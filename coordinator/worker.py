@@ -36,6 +36,11 @@ from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A participant that restarts is reachable again within a second: gRPC's default reconnect backoff
+# (1 s growing to 120 s) would keep a recovered service dark for the worker for minutes.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+
 
 @dataclass
 class WorkerConfig:
@@ -64,8 +69,8 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
 async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                          faults: FaultPlan | None = None) -> AsyncIterator[Worker]:
     """Runs a worker until the block exits; channels are opened once and closed after shutdown."""
-    ledger_channel = grpc.aio.insecure_channel(config.ledger_addr)
-    invoice_channel = grpc.aio.insecure_channel(config.invoice_addr)
+    ledger_channel = grpc.aio.insecure_channel(config.ledger_addr, options=CHANNEL_OPTIONS)
+    invoice_channel = grpc.aio.insecure_channel(config.invoice_addr, options=CHANNEL_OPTIONS)
     worker = Worker(
         client, task_queue=config.task_queue, workflows=WORKFLOWS,
         activities=activity_functions(LedgerActivities(ledger_channel, keys, faults),
