@@ -41,19 +41,13 @@ from coordinator.workflows import (
 )
 from service_runtime.api_keys import KeyResolver
 from service_runtime.grpc_server import create_server, current_caller
+from service_runtime.permissions import BILLING, BILLING_SERVICE
 from service_runtime.rejections import invalid, not_found
 from service_runtime.tls import open_channel
 
-SERVICE = "credits.billing.v1.BillingService"
-_S = f"/{SERVICE}/"
-ALL = frozenset({"admin", "operator", "finance", "support", "service", "readonly"})
-PERMISSIONS: dict[str, frozenset[str]] = {
-    _S + "FinalizeInvoice": frozenset({"admin", "operator", "finance", "service"}),
-    _S + "VoidInvoice": frozenset({"admin", "finance"}),
-    _S + "RunBillingCycle": frozenset({"admin", "operator", "finance"}),
-    _S + "CompensateOutage": frozenset({"admin", "finance", "support", "operator"}),
-    _S + "GetOperation": ALL,
-}
+SERVICE = BILLING_SERVICE
+# Who may call what: the one table of every service's RPCs (service_runtime/permissions.py).
+PERMISSIONS = BILLING
 _STATUS = {
     WorkflowExecutionStatus.RUNNING: pb.RUNNING, WorkflowExecutionStatus.COMPLETED: pb.COMPLETED,
     WorkflowExecutionStatus.FAILED: pb.FAILED, WorkflowExecutionStatus.CANCELED: pb.CANCELED,

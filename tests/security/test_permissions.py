@@ -57,7 +57,6 @@ def test_service_tables_are_the_shared_table() -> None:
             assert roles and roles <= set(ROLES) and "admin" in roles
 
 
-@pytest.mark.xfail(reason="coordinator/front_door.py still has its own table: PERMISSIONS = permissions.BILLING")
 def test_front_door_serves_the_shared_table() -> None:
     from coordinator.front_door import PERMISSIONS
 
