@@ -297,6 +297,9 @@ class Campaign:
             self.outcomes[f"{op}:{type(cause).__name__ if cause else type(err).__name__}"] += 1
 
     async def run_batch(self, index: int, batch: list[tuple[str, str]], first_saga: int) -> None:
+        revived = await self.stack.revive()  # a restart that failed in the previous batch
+        if revived:
+            self.recoveries["revived_between_batches"] += revived
         injector = asyncio.create_task(self.inject(self.plan.faults[index]))
         handles = []
         for k, (op, ref) in enumerate(batch):

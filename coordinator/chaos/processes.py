@@ -45,7 +45,19 @@ class ServiceProcess:
         except OSError:
             return 0
 
-    async def start(self, timeout_s: float = 60) -> None:
+    async def start(self, timeout_s: float = 60, attempts: int = 5) -> None:
+        """Starts the process; like a supervisor, starts it again if it exits while starting up
+        (e.g. the ledger refuses to start while Postgres is still recovering)."""
+        for attempt in range(attempts):
+            try:
+                await self._start_once(timeout_s)
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def _start_once(self, timeout_s: float) -> None:
         before = self._ready_count() if self.ready_line else 0
         await asyncio.to_thread(self._spawn)
         deadline = time.monotonic() + timeout_s
@@ -193,20 +205,45 @@ class ChaosStack:
         pg = self._pg
         assert isinstance(pg, EmbeddedPostgres)
         await asyncio.to_thread(pg.stop, "immediate")
-        await asyncio.to_thread(pg.start)
+        await self._start_postgres()
         self.pg_restarts += 1
 
-    async def ensure_up(self) -> None:
+    async def _start_postgres(self, attempts: int = 5) -> None:
+        """pg_ctl start, again if it fails (seen once: pg_ctl killed by SIGSEGV when forked from this
+        multi-threaded gRPC process)."""
         from service_runtime.embedded_postgres import EmbeddedPostgres
 
         pg = self._pg
         assert isinstance(pg, EmbeddedPostgres)
+        for attempt in range(attempts):
+            try:
+                await asyncio.to_thread(pg.start)
+                return
+            except (subprocess.CalledProcessError, TimeoutError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def revive(self) -> int:
+        """Starts whatever is down (Postgres first); returns how many parts were started."""
+        from service_runtime.embedded_postgres import EmbeddedPostgres
+
+        pg = self._pg
+        assert isinstance(pg, EmbeddedPostgres)
+        started = 0
         if not pg.is_running():
-            await asyncio.to_thread(pg.start)
+            await self._start_postgres()
+            started += 1
+        for name, proc in self.processes.items():
+            if not proc.running:
+                await self.restart(name)
+                started += 1
+        return started
+
+    async def ensure_up(self) -> None:
         for proxy in self.proxies.values():
             proxy.clear()
-        for name in self.processes:
-            await self.restart(name)
+        await self.revive()
 
     async def stop(self) -> None:
         from service_runtime.embedded_postgres import EmbeddedPostgres
