@@ -39,6 +39,11 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
 """
 
 
+def clean(text: str, limit: int = 500) -> str:
+    """Text as Postgres can store it: no NUL (it would fail the whole audit batch), bounded."""
+    return text[:limit].replace("\x00", "\\0")
+
+
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     tenant_id: str
@@ -74,7 +79,8 @@ def claim_audit() -> AuditRecord | None:
 
 
 def is_mutation(request: Message) -> bool:
-    return "idempotency_key" in request.DESCRIPTOR.fields_by_name
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    return descriptor is not None and "idempotency_key" in descriptor.fields_by_name
 
 
 def describe(request: Any) -> tuple[tuple[str, ...], str]:
@@ -89,12 +95,12 @@ def describe(request: Any) -> tuple[tuple[str, ...], str]:
         if name in by_name:
             value = getattr(request, name)
             if isinstance(value, str) and value:
-                subjects.append(f"{name}={value[:128]}")
+                subjects.append(clean(f"{name}={value}", 160))
     for name in REASON_FIELDS:
         if name in by_name and not reason:
             value = getattr(request, name)
             if isinstance(value, str):
-                reason = value[:500]
+                reason = clean(value)
     return tuple(subjects), reason
 
 

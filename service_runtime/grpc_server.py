@@ -29,6 +29,7 @@ from service_runtime.audit import (
     AuditServicer,
     AuditWriter,
     PendingAudit,
+    clean,
     describe,
     is_mutation,
     pending_audit,
@@ -100,6 +101,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 logs.tenant_id.set(caller.tenant_id)
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
+                if request is _MALFORMED:
+                    raise Rejection(Reason.INVALID, "is not a valid protobuf message for this method", "request")
                 _caller.set(caller)
                 pending = None
                 if audit is not None and is_mutation(request):
@@ -113,8 +116,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             except Rejection as rej:
                 code = rej.status.name
                 if audit is not None:  # every refused attempt leaves a record, and nothing else
-                    await audit.record(_audit_record(method, request, caller, presented, request_id, code,
-                                                     rej.message))
+                    try:
+                        await audit.record(_audit_record(method, request, caller, presented, request_id, code,
+                                                         rej.message))
+                    except Exception:  # the refusal stands even if its record could not be written
+                        log.exception("audit record of a refused %s failed", method)
                 await context.abort(rej.status, rej.message)
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -124,9 +130,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+_MALFORMED = object()  # a request whose bytes did not parse: answered INVALID_ARGUMENT, not UNKNOWN
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            return _MALFORMED
+
+    return parse
 
 
 def _audit_record(method: str, request: Any, caller: Caller | None, presented: str | None, request_id: str | None,
@@ -135,8 +157,8 @@ def _audit_record(method: str, request: Any, caller: Caller | None, presented: s
     key_id = caller.key_id if caller else _key_id_of(presented)
     return AuditRecord(
         tenant_id=caller.tenant_id if caller else "", key_id=key_id, role=caller.role if caller else "",
-        method=method, code=code, detail=detail, reason=reason, subjects=subjects,
-        request_id=request_id or uuid.uuid4().hex,
+        method=method, code=code, detail=clean(detail, 1000), reason=reason, subjects=subjects,
+        request_id=clean(request_id, 128) if request_id else uuid.uuid4().hex,
     )
 
 

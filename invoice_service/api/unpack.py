@@ -30,7 +30,7 @@ _LOT_TYPE_MAX = 32
 def timestamp(ts: Timestamp, present: bool, field: str) -> datetime:
     if not present:
         raise invalid(field, "is required")
-    if ts.seconds < 0 or ts.seconds > 253402300799:
+    if ts.seconds < 0 or ts.seconds > 253402300799 or not 0 <= ts.nanos <= 999_999_999:
         raise invalid(field, "is out of range")
     return ts.ToDatetime(tzinfo=UTC)
 
@@ -46,7 +46,7 @@ def customer(req: pb.CreateCustomerRequest) -> Customer:
 
 def meter(req: pb.CreateMeterRequest) -> Meter:
     code = check_id(req.meter_code, "meter_code")
-    if req.aggregation == pb.AGGREGATION_UNSPECIFIED:
+    if req.aggregation == pb.AGGREGATION_UNSPECIFIED or req.aggregation not in pb.Aggregation.values():
         raise invalid("aggregation", "is required (SUM, COUNT, MAX or UNIQUE_COUNT)")
     aggregation = Aggregation(pb.Aggregation.Name(req.aggregation))
     prop = req.property

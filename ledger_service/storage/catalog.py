@@ -67,9 +67,8 @@ class UnitCatalog:
             return cached
         if not code:
             raise invalid(field, "is required")
-        scale = await self._pool.fetchval(SELECT_UNIT, tenant_id, code)
-        if scale is None and code in BUILTIN_UNITS:
-            await self._pool.execute(INSERT_UNIT, tenant_id, code, BUILTIN_UNITS[code])
+        scale = BUILTIN_UNITS.get(code)
+        if scale is None:
             scale = await self._pool.fetchval(SELECT_UNIT, tenant_id, code)
         if scale is None:
             raise invalid(field, f"unknown unit {code[:40]!r}; define it first")

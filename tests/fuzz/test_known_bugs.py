@@ -1,4 +1,4 @@
-"""Minimal reproductions of what the fuzzers found, one per bug, xfail(strict=True) until fixed."""
+"""Minimal reproductions of what the fuzzers found, one per bug (all fixed; kept as regression tests)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ async def _refused_cleanly(running: Running, name: str, request: object, key: st
     assert not changed, f"refused ({out.code.name}: {out.details}) but wrote {changed}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: NUL in a refused request's strings -> audit insert fails -> UNKNOWN "
-                                       "(service_runtime/grpc_server.py guarded / service_runtime/audit.py)")
 @pytest.mark.parametrize("kind", ["ledger", "invoice"])
 async def test_nul_byte_in_a_refused_request_is_invalid_argument(kind: str, ledger_server: Running,
                                                                   invoice_server: Running) -> None:
@@ -43,16 +41,12 @@ async def test_nul_byte_in_a_refused_request_is_invalid_argument(kind: str, ledg
     await _refused_cleanly(running, name, request, key)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a rejected request persists built-in units (ledger_service/storage/"
-                                       "catalog.py UnitCatalog.scale INSERTs on lookup, outside the request)")
 async def test_rejected_grant_does_not_materialise_a_builtin_unit(ledger_server: Running) -> None:
     key = await add_tenant_key(ledger_server.dsn, "units-side-effect", "admin")
     await _refused_cleanly(ledger_server, "GrantCredits", lpb.GrantCreditsRequest(
         idempotency_key="k", account_id="nobody", type=lpb.PURCHASED, unit="JPY", amount="not-a-number"), key)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: unknown Aggregation value -> ValueError -> UNKNOWN "
-                                       "(invoice_service/api/unpack.py meter())")
 @pytest.mark.parametrize("value", [99, -1])
 async def test_unknown_aggregation_is_invalid_argument(value: int, invoice_server: Running) -> None:
     key = await add_tenant_key(invoice_server.dsn, "agg", "admin")
@@ -102,6 +96,4 @@ async def test_timestamp_nanos_out_of_range_is_invalid_argument(method_name: str
     svc = invoice_server.service
     out = await svc.call(_method(svc.descriptor, method_name), _with_bad_nanos(method_name, field_path), key)  # type: ignore
     svc.invalidate()
-    if out.code == grpc.StatusCode.UNKNOWN and "Nanos" in out.details:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="bug: " + out.details[:200]))
     assert out.code in DOCUMENTED, (out.code, out.details)
