@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +56,16 @@ _STATUS = {
     WorkflowExecutionStatus.CONTINUED_AS_NEW: pb.RUNNING,
 }
 DEFAULT_WAIT_S = 60
+MAX_WAIT_S = 600  # a caller cannot park a front-door call (and its resources) for longer
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")  # the ledger's id rule
+_AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")
+
+
+def _check_wait(seconds: int) -> None:
+    """Checked before anything starts: bad input changes nothing."""
+    if not 0 <= seconds <= MAX_WAIT_S:
+        raise invalid("wait_timeout_s", f"must be between 0 and {MAX_WAIT_S} seconds")
+MAX_WAIT_S = 600  # a caller cannot park a front-door call (and its resources) for longer
 QUERY_TIMEOUT = timedelta(seconds=2)
 
 
@@ -98,6 +109,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None
 
     async def FinalizeInvoice(self, request: pb.FinalizeInvoiceRequest, context: Any) -> pb.Operation:
+        _check_wait(request.wait_timeout_s)
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
         await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
@@ -107,6 +119,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Any) -> pb.Operation:
+        _check_wait(request.wait_timeout_s)
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
         await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
@@ -116,6 +129,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def RunBillingCycle(self, request: pb.RunBillingCycleRequest, context: Any) -> pb.Operation:
+        _check_wait(request.wait_timeout_s)
         tenant = current_caller().tenant_id
         as_of = from_ts(request.as_of) if request.HasField("as_of") else \
             datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
@@ -128,11 +142,19 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def CompensateOutage(self, request: pb.CompensateOutageRequest, context: Any) -> pb.Operation:
+        _check_wait(request.wait_timeout_s)
         tenant, incident = current_caller().tenant_id, _id(request.incident_id, "incident_id")
         if not request.account_ids:
             raise invalid("account_ids", "name at least one account")
         if not request.amount or not request.unit:
             raise invalid("amount", "amount and unit are required")
+        if not _AMOUNT.match(request.amount) or not request.amount.strip("0."):
+            raise invalid("amount", "must be a positive decimal like 25.00")
+        for i, account in enumerate(request.account_ids):
+            if not _ACCOUNT_ID.match(account):
+                raise invalid(f"account_ids[{i}]", "must be a ledger account id (letters, digits, . _ : / @ # -)")
+        if len(request.account_ids) > 10_000:
+            raise invalid("account_ids", "more than 10,000 accounts; split the incident")
         expires_at = from_ts(request.expires_at) if request.HasField("expires_at") else ""
         inp = CompensateOutageInput(tenant, incident, list(dict.fromkeys(request.account_ids)), request.amount,
                                     request.unit, expires_at, request.reason[:500])
@@ -142,6 +164,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def GetOperation(self, request: pb.GetOperationRequest, context: Any) -> pb.Operation:
+        _check_wait(request.wait_timeout_s)
         if naming.tenant_of(request.operation_id) != current_caller().tenant_id:
             raise not_found("operation_id")
         handle = self._client.get_workflow_handle(request.operation_id)

@@ -73,6 +73,13 @@ async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "concurrency" in (err.details() or "")
     err = await _status(billing.CompensateOutage(bpb.CompensateOutageRequest(incident_id="inc-1"), metadata=md))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "account_ids" in (err.details() or "")
+    err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(
+        invoice_id=invoice_id, wait=True, wait_timeout_s=2**31 - 1), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait_timeout_s" in (err.details() or "")
+    for bad in (bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a"], amount="-5", unit="USD"),
+                bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a b"], amount="5", unit="USD")):
+        err = await _status(billing.CompensateOutage(bad, metadata=md))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id="inv_nope"), metadata=md))
     assert err.code() == grpc.StatusCode.NOT_FOUND and "invoice_id" in (err.details() or "")
     err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id)))
@@ -103,3 +110,4 @@ async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb
         got = await billing.GetOperation(bpb.GetOperationRequest(operation_id=op.operation_id),
                                          metadata=[("x-api-key", readonly)])
         assert got.status == bpb.COMPLETED and got.progress.stage == "finalized"
+
