@@ -40,7 +40,14 @@ from temporalio.client import Client, WorkflowHandle
 
 from coordinator import naming
 from coordinator.chaos.processes import ChaosStack
-from coordinator.messages import FinalizeInvoiceInput, SagaTimeouts, SweepInput, VoidInvoiceInput
+from coordinator.messages import (
+    FinalizeInvoiceInput,
+    FinalizeInvoiceResult,
+    SagaTimeouts,
+    SweepInput,
+    VoidInvoiceInput,
+    VoidInvoiceResult,
+)
 from coordinator.reconciler import Violation, reconcile, running_sagas
 from coordinator.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 from coordinator.starter import start_or_attach
@@ -52,6 +59,7 @@ TIMEOUTS = SagaTimeouts(step_start_to_close_s=6, prepare_phase_step_limit_s=45, 
 FAULT_KINDS = (  # (kind, weight)
     ("kill_ledger", 3), ("kill_invoice", 3), ("kill_worker", 3), ("kill_front_door", 1),
     ("proxy_delay", 2), ("proxy_drop", 2), ("proxy_reset", 2), ("lose_response", 4), ("postgres_restart", 1),
+    ("terminate_saga", 2),
 )
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -217,6 +225,7 @@ class Campaign:
         self._channels: list[grpc.aio.Channel] = []
         self.client: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._current: list[tuple[str, str, WorkflowHandle[Any, Any]]] = []
 
     def services(self, tenant: str) -> Services:
         lch = grpc.aio.insecure_channel(self.stack.ledger_addr, options=CHANNEL_OPTIONS)
@@ -279,10 +288,11 @@ class Campaign:
             return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
                                          FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
                                          id=naming.finalize_workflow_id(tenant, invoice_id),
-                                         task_queue=self.stack.task_queue)
+                                         task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult)
         return await start_or_attach(self.client, VoidInvoiceWorkflow.run,
                                      VoidInvoiceInput(tenant, invoice_id, "chaos: customer disputed", TIMEOUTS),
-                                     id=naming.void_workflow_id(tenant, invoice_id), task_queue=self.stack.task_queue)
+                                     id=naming.void_workflow_id(tenant, invoice_id), task_queue=self.stack.task_queue,
+                                     result_type=VoidInvoiceResult)
 
     async def _await(self, op: str, ref: str, handle: WorkflowHandle[Any, Any], timeout_s: float) -> None:
         try:
@@ -301,7 +311,7 @@ class Campaign:
         if revived:
             self.recoveries["revived_between_batches"] += revived
         injector = asyncio.create_task(self.inject(self.plan.faults[index]))
-        handles = []
+        handles = self._current = []
         for k, (op, ref) in enumerate(batch):
             handles.append((op, ref, await self._start(op, ref, first_saga + k in self.plan.duplicates)))
         await injector
@@ -329,9 +339,11 @@ class Campaign:
             await st.restart(name)
             self.recoveries[f"restart_{name}"] += 1
         elif f.kind == "postgres_restart":
-            await st.restart_postgres()
-            self.faults[f.kind] += 1
-            self.recoveries["postgres_restart"] += 1
+            if await st.restart_postgres():
+                self.faults[f.kind] += 1
+                self.recoveries["postgres_restart"] += 1
+            else:
+                self.recoveries["postgres_restart_not_done"] += 1
         elif f.kind == "proxy_delay":
             st.proxies[f.target].delay(f.param, 3.0)
             self.faults[f"proxy_delay_{f.target}"] += 1
@@ -341,6 +353,15 @@ class Campaign:
         elif f.kind == "proxy_reset":
             st.proxies[f.target].reset()
             self.faults[f"proxy_reset_{f.target}"] += 1
+        elif f.kind == "terminate_saga":
+            # The coordinator loses a saga (an operator terminates a stuck run): whatever it left in
+            # doubt — a PENDING hold, a PREPARED / VOID_PENDING invoice — is the resolver's to settle.
+            if self._current:
+                _op, _ref, handle = self._current[int(f.param * 1000) % len(self._current)]
+                desc = await handle.describe()
+                if desc.status is not None and desc.status.name == "RUNNING":
+                    await handle.terminate(reason="chaos: saga lost")
+                    self.faults["terminate_saga"] += 1
         elif f.kind == "lose_response":
             st.proxies[f.target].lose_response(int(f.param))  # counted when a response is actually lost
 

@@ -198,15 +198,26 @@ class ChaosStack:
         if not proc.running:
             await proc.start()
 
-    async def restart_postgres(self) -> None:
-        """Immediate shutdown (no checkpoint: crash recovery on start) and start on the same data dir/port."""
+    async def restart_postgres(self) -> bool:
+        """Immediate shutdown (no checkpoint: crash recovery on start) and start on the same data dir/port.
+
+        True once a new postmaster runs. pg_ctl is forked from this multi-threaded gRPC process and
+        its child has been seen to die of SIGSEGV before exec; EmbeddedPostgres.stop swallows that,
+        so the stop is checked and repeated."""
         from service_runtime.embedded_postgres import EmbeddedPostgres
 
         pg = self._pg
         assert isinstance(pg, EmbeddedPostgres)
-        await asyncio.to_thread(pg.stop, "immediate")
+        old = pg.pid()
+        for _attempt in range(5):
+            await asyncio.to_thread(pg.stop, "immediate")
+            if not pg.is_running():
+                break
+            await asyncio.sleep(0.2)
         await self._start_postgres()
-        self.pg_restarts += 1
+        restarted = pg.pid() not in (None, old)
+        self.pg_restarts += restarted
+        return restarted
 
     async def _start_postgres(self, attempts: int = 5) -> None:
         """pg_ctl start, again if it fails (seen once: pg_ctl killed by SIGSEGV when forked from this
