@@ -36,21 +36,26 @@ def ineligibility(lot: Lot, charge: Charge) -> str:
     return ""
 
 
-def eligible_lots(lots: Sequence[Lot], charge: Charge, policy: Policy) -> list[Lot]:
+def eligible_lots(lots: Sequence[Lot], charge: Charge, policy: Policy, *, presorted: bool = False) -> list[Lot]:
+    """The lots that may pay `charge`, in policy order (`presorted`: `lots` already are)."""
     found = [
         lot for lot in lots
         if lot.available > 0
         and lot.scope.covers(charge.kind, charge.name)
         and lot.usable_for(charge.service_start, charge.service_end)
     ]
-    found.sort(key=policy.sort_key())
+    if not presorted:
+        found.sort(key=policy.sort_key())
     return found
 
 
-def allocate(charges: Sequence[Charge], lots: Sequence[Lot], policy: Policy, *, up_to: bool) -> AllocationResult:
+def allocate(charges: Sequence[Charge], lots: Sequence[Lot], policy: Policy, *, up_to: bool,
+             presorted: bool = False) -> AllocationResult:
     """Chooses lots for `charges` without changing them; raises FAILED_PRECONDITION if short.
 
-    The caller applies the result (moves available → held) only after this returns.
+    The caller applies the result (moves available → held) only after this returns. With
+    `presorted`, `lots` are already in policy order (the order depends only on lot configuration,
+    so a batch sorts once).
     """
     taken: dict[str, int] = {}
     allocations: list[Allocation] = []
@@ -58,7 +63,7 @@ def allocate(charges: Sequence[Charge], lots: Sequence[Lot], policy: Policy, *, 
     for index, charge in enumerate(charges):
         requested += charge.amount
         need = charge.amount
-        for lot in eligible_lots(lots, charge, policy):
+        for lot in eligible_lots(lots, charge, policy, presorted=presorted):
             free = lot.available - taken.get(lot.lot_id, 0)
             if free <= 0:
                 continue

@@ -41,7 +41,7 @@ def grant_credits(lot: Lot) -> Apply:
     def apply(state: AccountState, fx: Effects) -> Lot:
         new = replace(lot, account_id=state.account_id, created_at=fx.now)
         fx.create(new)
-        state.lots[new.lot_id] = new
+        state.add_lot(new)
         fx.move(new, EntryKind.GRANT, new.amount, EntryContext(actor=new.granted_by, reason=new.reason_code),
                 effective_at=new.effective_at)
         return new
@@ -98,7 +98,7 @@ def _reserve(state: AccountState, fx: Effects, spec: ReserveSpec, *, debit: bool
         raise precondition("hold_key", f"hold {spec.hold_key!r} was released before it was reserved")
     if spec.hold_key in state.holds:
         raise conflict("hold_key", f"hold {spec.hold_key!r} already exists")
-    result = allocate(spec.charges, state.lots_in(spec.unit), state.policy, up_to=spec.up_to)
+    result = allocate(spec.charges, state.sorted_lots(spec.unit), state.policy, up_to=spec.up_to, presorted=True)
     hold = Hold(
         hold_key=spec.hold_key, account_id=state.account_id, unit=spec.unit, requested=result.requested,
         reserved=result.reserved, allocations=result.allocations, policy_version=state.policy.version,
@@ -305,6 +305,7 @@ def reverse_reference(hold_key: str, grace_s: int | None, reason: str, actor: st
                     until = fx.now + timedelta(seconds=grace_s)
                     fx.grace.append((lot.lot_id, until))
                     lot.usable_until = until
+                    state.reorder(lot.unit)
         hold.reversed = True
         fx.reversals.append((hold_key, "EXPIRE_AT_ONCE" if grace_s is None else "REINSTATE_WITH_GRACE",
                              out.expired_at_once))

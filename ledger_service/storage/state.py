@@ -139,8 +139,25 @@ class AccountState:
     tombstones: set[str] = field(default_factory=set)
     idempotency: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)
 
+    _sorted: dict[str, list[Lot]] = field(default_factory=dict)
+
     def lots_in(self, unit: str) -> list[Lot]:
         return [lot for lot in self.lots.values() if lot.unit == unit and lot.account_id == self.account_id]
+
+    def sorted_lots(self, unit: str) -> list[Lot]:
+        """This account's lots of `unit` in policy order, computed once per batch."""
+        found = self._sorted.get(unit)
+        if found is None:
+            found = self._sorted[unit] = sorted(self.lots_in(unit), key=self.policy.sort_key())
+        return found
+
+    def add_lot(self, lot: Lot) -> None:
+        self.lots[lot.lot_id] = lot
+        self.reorder(lot.unit)
+
+    def reorder(self, unit: str) -> None:
+        """Forget the policy order of `unit` (a lot was added or its usable window changed)."""
+        self._sorted.pop(unit, None)
 
 
 def _debit_from_row(r: asyncpg.Record) -> Hold:
