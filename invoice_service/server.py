@@ -21,7 +21,7 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
-from service_runtime.postgres import create_pool, migrate
+from service_runtime.postgres import create_pool, migrate, wait_for_database
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 async def serve(settings: Settings) -> None:
     """Migrates the invoice database, then serves on settings.invoice_addr until cancelled."""
     dsn = resolve_databases(settings).invoice_dsn
+    await wait_for_database(dsn)
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
     server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
     metrics_port = metrics.start_endpoint()

@@ -17,7 +17,7 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
-from service_runtime.postgres import create_pool, migrate
+from service_runtime.postgres import create_pool, migrate, wait_for_database
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 
 async def serve(settings: Settings) -> None:
     dsn = resolve_databases(settings).ledger_dsn
+    await wait_for_database(dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
     metrics_port = metrics.start_endpoint()
     gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(pool)))

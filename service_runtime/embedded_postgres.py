@@ -65,15 +65,14 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _cmd(self, exe: str, *args: str, timeout: float = 60) -> None:
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / exe), *args],
-            check=True,
-            user=self.user,
-            timeout=timeout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd="/",
-        )
+        # Switch user with runuser rather than subprocess(user=...): the latter runs setuid code in
+        # the forked child, which has crashed (SIGSEGV) when forked from a multi-threaded gRPC
+        # process; runuser does it after exec, and Python can then spawn without a pre-exec hook.
+        command = [str(POSTGRES_BIN_PATH / exe), *args]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        subprocess.run(command, check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       cwd="/")
 
     def _chown(self, path: Path) -> None:
         if self.user is not None:
@@ -136,10 +135,16 @@ class EmbeddedPostgres:
             return None
 
     def stop(self, mode: str = "fast") -> None:
+        """Stops the server (fast: roll back sessions; immediate: crash-like, recovery on start)."""
         if not self.is_running():
             return
         with contextlib.suppress(subprocess.CalledProcessError):
             self._cmd("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop")
+        deadline = time.monotonic() + 30
+        while self.is_running():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres in {self.pgdata} did not stop; see {self.log_path}")
+            time.sleep(0.05)
 
     async def acreate_database(self, name: str, template: str | None = None) -> str:
         """Creates `name` if missing; returns its DSN."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from pathlib import Path
@@ -36,6 +37,24 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asy
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
     assert pool is not None
     return pool
+
+
+async def wait_for_database(dsn: str, wait_s: float = 60) -> None:
+    """Returns once `dsn` accepts connections; retries a database that is down or recovering for
+    `wait_s` (a service restarted by a supervisor right after its database must not exit at once)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    delay = 0.1
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError):
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        else:
+            await conn.close()
+            return
 
 
 def component_of(directory: Path) -> str:
