@@ -83,24 +83,36 @@ def is_mutation(request: Message) -> bool:
     return descriptor is not None and "idempotency_key" in descriptor.fields_by_name
 
 
+_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields_of(descriptor: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The subject and reason fields a message type has (computed once per type)."""
+    found = _FIELDS.get(descriptor.full_name)
+    if found is None:
+        by_name = descriptor.fields_by_name
+        found = _FIELDS[descriptor.full_name] = (tuple(n for n in SUBJECT_FIELDS if n in by_name),
+                                                 tuple(n for n in REASON_FIELDS if n in by_name))
+    return found
+
+
 def describe(request: Any) -> tuple[tuple[str, ...], str]:
-    """(subjects, reason) named by a request's top-level fields (and its first nested debits)."""
+    """(subjects, reason) named by a request's top-level string fields."""
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None:
+        return (), ""
+    subject_fields, reason_fields = _fields_of(descriptor)
     subjects: list[str] = []
     reason = ""
-    fields = getattr(request, "DESCRIPTOR", None)
-    if fields is None:
-        return (), ""
-    by_name = fields.fields_by_name
-    for name in SUBJECT_FIELDS:
-        if name in by_name:
-            value = getattr(request, name)
-            if isinstance(value, str) and value:
-                subjects.append(clean(f"{name}={value}", 160))
-    for name in REASON_FIELDS:
-        if name in by_name and not reason:
-            value = getattr(request, name)
-            if isinstance(value, str):
-                reason = clean(value)
+    for name in subject_fields:
+        value = getattr(request, name)
+        if isinstance(value, str) and value:
+            subjects.append(clean(f"{name}={value}", 160))
+    for name in reason_fields:
+        value = getattr(request, name)
+        if isinstance(value, str) and value:
+            reason = clean(value)
+            break
     return tuple(subjects), reason
 
 

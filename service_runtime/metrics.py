@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -27,11 +28,18 @@ SAGA_OUTCOMES = Counter("credits_saga_outcomes_total", "Saga workflows finished,
                         ["saga", "outcome"])
 
 
+_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_rpc(full_method: str, code: str, seconds: float) -> None:
-    _, _, rest = full_method.partition("/")
-    service, _, method = rest.partition("/")
-    RPC_SECONDS.labels(service, method, code).observe(seconds)
-    RPC_TOTAL.labels(service, method, code).inc()
+    series = _SERIES.get((full_method, code))
+    if series is None:  # label lookups are slow; keep the children per (method, code)
+        _, _, rest = full_method.partition("/")
+        service, _, method = rest.partition("/")
+        series = _SERIES[(full_method, code)] = (RPC_SECONDS.labels(service, method, code),
+                                                 RPC_TOTAL.labels(service, method, code))
+    series[0].observe(seconds)
+    series[1].inc()
 
 
 def start_endpoint(addr: str | None = None) -> int | None:
