@@ -13,15 +13,15 @@ import asyncio
 import contextvars
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from credits.audit.v1 import audit_pb2 as pb
 from credits.audit.v1 import audit_pb2_grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import invalid
 
 log = logging.getLogger(__name__)
@@ -171,18 +171,8 @@ ORDER BY audit_id LIMIT $9
 """
 
 
-def _ts(value: datetime) -> Timestamp:
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
-
-
 def _when(msg: Any, name: str) -> datetime | None:
-    if not msg.HasField(name):
-        return None
-    ts = getattr(msg, name)
-    if not 0 <= ts.seconds <= 253402300799:
-        raise invalid(name, "is out of range")
-    return datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
+    return from_timestamp(getattr(msg, name), name) if msg.HasField(name) else None
 
 
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
@@ -209,7 +199,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         out = pb.QueryAuditResponse(records=[
             pb.AuditRecord(audit_id=r["audit_id"], tenant_id=r["tenant_id"], key_id=r["key_id"], role=r["role"],
                            method=r["method"], code=r["code"], detail=r["detail"], reason=r["reason"],
-                           subjects=list(r["subjects"]), request_id=r["request_id"], at=_ts(r["at"]))
+                           subjects=list(r["subjects"]), request_id=r["request_id"], at=to_timestamp(r["at"]))
             for r in rows])
         if len(rows) == limit:
             out.next_page_token = str(rows[-1]["audit_id"])

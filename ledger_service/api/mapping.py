@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from credits.ledger.v1 import ledger_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,11 +13,11 @@ from ledger_service.domain.journal import BUCKETS, Buckets
 from ledger_service.domain.model import Allocation, Charge, ChargeKind, Hold, HoldStatus, Lot, LotType, Scope
 from ledger_service.domain.policy import Policy, SortKey
 from service_runtime.amounts import format_minor, parse_minor
+from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import invalid
 
 _ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")
 MAX_TEXT = 500
-_MIN_TS, _MAX_TS = 0, 253402300799  # 1970 .. 9999
 
 LOT_TYPES = {pb.PURCHASED: LotType.PURCHASED, pb.PROMOTIONAL: LotType.PROMOTIONAL,
              pb.COMPENSATORY: LotType.COMPENSATORY, pb.ROLLOVER: LotType.ROLLOVER}
@@ -55,9 +55,7 @@ def text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
 
 
 def when(ts: Timestamp, field: str) -> datetime:
-    if not _MIN_TS <= ts.seconds <= _MAX_TS or not 0 <= ts.nanos < 1_000_000_000:
-        raise invalid(field, "is out of range")
-    return datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
+    return from_timestamp(ts, field)
 
 
 def opt_when(msg: object, name: str, field: str | None = None) -> datetime | None:
@@ -66,14 +64,8 @@ def opt_when(msg: object, name: str, field: str | None = None) -> datetime | Non
     return when(getattr(msg, name), field or name)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    delta = value - _EPOCH  # exact integer arithmetic; protobuf's FromDatetime is slow pure Python
-    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
+    return None if value is None else to_timestamp(value)
 
 
 def not_beyond_skew(value: datetime, now: datetime, skew_s: int, field: str) -> None:
