@@ -40,6 +40,7 @@ from coordinator.workflows import (
     FinalizeInvoiceWorkflow,
     VoidInvoiceWorkflow,
 )
+from service_runtime import tracing
 from service_runtime.api_keys import KeyResolver
 from service_runtime.grpc_server import create_server, current_caller
 from service_runtime.permissions import BILLING, BILLING_SERVICE
@@ -103,7 +104,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
         try:
             await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
-                                            metadata=[("x-api-key", key)], timeout=10)
+                                            metadata=[("x-api-key", key), *tracing.outgoing_metadata()],
+                                            timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None
@@ -210,8 +212,13 @@ async def create_front_door(client: Client, key_dsn: str, task_queue: str, addre
     """Starts the front door; API keys are resolved against `key_dsn` (the ledger database).
 
     With `invoice_addr`, finalize/void requests for an invoice the caller's tenant cannot see
-    are refused with NOT_FOUND before any saga starts."""
+    are refused with NOT_FOUND before any saga starts.
+
+    With tracing on (service_runtime.tracing), each request's span is the parent of the check with
+    the invoice service and of the workflow it starts (the client gets a TracingInterceptor)."""
     from service_runtime.postgres import create_pool
+
+    client = tracing.traced_client(client)
 
     pool = await create_pool(key_dsn, min_size=1, max_size=4)
     servicer = BillingServicer(client, task_queue, ui_url, invoice_addr)

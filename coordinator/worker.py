@@ -10,6 +10,14 @@ kill-the-worker test do), configured from the environment:
   CREDITS_LEDGER_DSN + CREDITS_INVOICE_DSN            mint operator keys (MintingKeyStore)
   CREDITS_WORKER_MAX_ACTIVITIES, CREDITS_WORKER_MAX_WORKFLOW_TASKS, CREDITS_WORKER_POLLERS  tuning
   CREDITS_FAULTS, CREDITS_FAULT_DIR                   test-only fault plan (coordinator.faults)
+  CREDITS_METRICS_ADDR                                Prometheus endpoint (saga outcomes, service_runtime.metrics)
+  CREDITS_TEMPORAL_METRICS_ADDR                       Temporal SDK worker metrics (Prometheus, a separate port)
+  CREDITS_OTLP_ENDPOINT, CREDITS_TRACE_EXPORTER       traces (service_runtime.tracing; off by default)
+
+Every worker counts finished sagas in `credits_saga_outcomes_total{saga, outcome}` (a workflow
+interceptor, so the workflows themselves stay free of metrics code); with tracing on, workflows
+started by a traced client (the front door) and their activities report spans, and the channels to
+the services carry the trace context.
 
 It prints "worker ready <task queue>" once connected and runs until SIGTERM/SIGINT; uvloop is used
 when installed.
@@ -19,19 +27,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import grpc
+from temporalio import workflow
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.exceptions import FailureError
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    Worker,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
 
 from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.faults import FaultPlan
 from coordinator.keys import KeyStore
 from coordinator.workflows import WORKFLOWS
+from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,12 +86,88 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
     ]
 
 
+# CreditsOutcome values a saga holds while it is still working: if it fails with one of these, the
+# outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
+_IN_PROGRESS = frozenset({"", "preparing", "committing", "voiding", "running", "granting"})
+_SAGA_FINISHED = "credits_saga_finished"
+
+
+def saga_kind(workflow_type: str) -> str:
+    """FinalizeInvoice -> finalize-invoice (the operation kind the front door reports)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", workflow_type).lower()
+
+
+def _saga_finished(workflow_type: str, outcome: str) -> None:  # runs outside the sandbox
+    metrics.SAGA_OUTCOMES.labels(saga_kind(workflow_type), outcome).inc()
+
+
+class _SagaOutcomeInbound(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        try:
+            result = await super().execute_workflow(input)
+        except (FailureError, asyncio.CancelledError) as err:  # these end the workflow (others retry the task)
+            failed = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
+            _report(_outcome() if _outcome() not in _IN_PROGRESS else failed)
+            raise
+        _report(_outcome() or "completed")
+        return result
+
+
+def _outcome() -> str:
+    from coordinator.search_attributes import OUTCOME
+
+    return workflow.info().typed_search_attributes.get(OUTCOME) or ""
+
+
+def _report(outcome: str) -> None:
+    # A completed workflow replayed (to answer a query, or on another worker) finishes again in
+    # replay: counted only when it really finishes. ContinueAsNew is not an ending and not caught.
+    if not workflow.unsafe.is_replaying():
+        workflow.extern_functions()[_SAGA_FINISHED](workflow.info().workflow_type, outcome)
+
+
+class SagaOutcomeInterceptor(Interceptor):
+    """Counts every workflow that finishes on this worker in SAGA_OUTCOMES(saga kind, outcome)."""
+
+    def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor]:
+        input.unsafe_extern_functions[_SAGA_FINISHED] = _saga_finished
+        return _SagaOutcomeInbound
+
+
+def worker_interceptors(client: Client) -> list[Interceptor]:
+    """Saga outcome metrics, plus tracing when it is on (unless the client already traces)."""
+    out: list[Interceptor] = [SagaOutcomeInterceptor()]
+    if tracing.ACTIVE and not tracing.has_temporal_interceptor(client):
+        out.append(tracing.temporal_interceptor())
+    return out
+
+
+_runtimes: dict[str, Runtime] = {}
+
+
+def temporal_runtime(metrics_addr: str | None = None) -> Runtime | None:
+    """A Temporal runtime serving the SDK's worker metrics (task latencies, slots, polls, sticky
+    cache, activity/workflow outcomes) for Prometheus on `metrics_addr` (host:port), by default
+    CREDITS_TEMPORAL_METRICS_ADDR; None (the default runtime, no endpoint) when unset.
+    One runtime per address and process: pass it to every Client.connect."""
+    addr = metrics_addr if metrics_addr is not None else os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR", "")
+    if not addr:
+        return None
+    if addr not in _runtimes:
+        _runtimes[addr] = Runtime(telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=addr, durations_as_seconds=True)))
+    return _runtimes[addr]
+
+
 @asynccontextmanager
 async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                          faults: FaultPlan | None = None) -> AsyncIterator[Worker]:
     """Runs a worker until the block exits; channels are opened once and closed after shutdown."""
-    ledger_channel = grpc.aio.insecure_channel(config.ledger_addr, options=CHANNEL_OPTIONS)
-    invoice_channel = grpc.aio.insecure_channel(config.invoice_addr, options=CHANNEL_OPTIONS)
+    # With tracing on, every call to a service runs in a client span carrying the trace context.
+    ledger_channel = grpc.aio.insecure_channel(config.ledger_addr, options=CHANNEL_OPTIONS,
+                                               interceptors=tracing.client_interceptors())
+    invoice_channel = grpc.aio.insecure_channel(config.invoice_addr, options=CHANNEL_OPTIONS,
+                                                interceptors=tracing.client_interceptors())
     worker = Worker(
         client, task_queue=config.task_queue, workflows=WORKFLOWS,
         activities=activity_functions(LedgerActivities(ledger_channel, keys, faults),
@@ -80,6 +177,7 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
         max_concurrent_workflow_tasks=config.max_concurrent_workflow_tasks,
         max_concurrent_workflow_task_polls=config.pollers, max_concurrent_activity_task_polls=config.pollers,
         graceful_shutdown_timeout=timedelta(seconds=1),
+        interceptors=worker_interceptors(client),
     )
     task = asyncio.create_task(worker.run())
     try:
@@ -107,7 +205,6 @@ def _keys_from_env() -> KeyStore:
 
 async def serve(settings: Settings | None = None) -> None:
     """Runs one worker until SIGTERM/SIGINT (see the module docstring for its settings)."""
-    import os
     import signal
 
     settings = settings or Settings.from_env()
@@ -118,14 +215,20 @@ async def serve(settings: Settings | None = None) -> None:
                           max_concurrent_activities=int(env("CREDITS_WORKER_MAX_ACTIVITIES", "200")),
                           max_concurrent_workflow_tasks=int(env("CREDITS_WORKER_MAX_WORKFLOW_TASKS", "200")),
                           pollers=int(env("CREDITS_WORKER_POLLERS", "5")))
-    client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace)
+    tracing.configure("credits-worker")
+    metrics_port = metrics.start_endpoint()
+    client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
+                                  runtime=temporal_runtime())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running_worker(client, config, _keys_from_env(), FaultPlan.from_env()):
         print(f"worker ready {config.task_queue}", flush=True)
+        if metrics_port:
+            log.info("metrics on port %s", metrics_port)
         await stop.wait()
+    tracing.shutdown()
 
 
 def main() -> None:

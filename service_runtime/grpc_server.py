@@ -21,7 +21,7 @@ from credits.audit.v1 import audit_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_runtime import logs
+from service_runtime import logs, tracing
 from service_runtime.api_keys import Caller, KeyResolver
 from service_runtime.audit import (
     AUDIT_PERMISSIONS,
@@ -91,6 +91,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             code = "INTERNAL"
             presented = request_id = None
             caller: Caller | None = None
+            detail = ""
+            # Tracing is off unless configured: then this one attribute check is all it costs.
+            traced = tracing.start_server_span(method, context.invocation_metadata()) if tracing.ACTIVE else None
             try:
                 for key, value in context.invocation_metadata() or ():
                     if key == "x-api-key":
@@ -115,7 +118,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     await audit.record(pending.record)
                 return response
             except Rejection as rej:
-                code = rej.status.name
+                code, detail = rej.status.name, rej.message
                 if audit is not None:  # every refused attempt leaves a record, and nothing else
                     try:
                         await audit.record(_audit_record(method, request, caller, presented, request_id, code,
@@ -128,6 +131,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 observe_rpc(method, code, time.perf_counter() - started)
+                if traced is not None:
+                    tracing.end_server_span(*traced, code, caller.tenant_id if caller else "", request_id, detail)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
