@@ -218,6 +218,7 @@ async def create_front_door(client: Client, key_dsn: str, task_queue: str, addre
     the invoice service and of the workflow it starts (the client gets a TracingInterceptor)."""
     from service_runtime.postgres import create_pool
 
+    tracing.configure("credits-billing")  # from the environment; off by default
     client = tracing.traced_client(client)
 
     pool = await create_pool(key_dsn, min_size=1, max_size=4)

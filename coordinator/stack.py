@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from coordinator import search_attributes as sa
 from coordinator.front_door import create_front_door, ui_link
 from coordinator.keys import MintingKeyStore
 from coordinator.schedules import ensure_schedules
-from coordinator.worker import WorkerConfig, running_worker
+from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
+from service_runtime import metrics, tracing
 from service_runtime.databases import resolve_databases
 from service_runtime.settings import Settings
 from service_runtime.temporal_server import TemporalDevServer
@@ -61,6 +63,10 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
     from service_runtime.postgres import migrate
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
+    # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
+    tracing.configure("credits")
+    metrics_port = metrics.start_endpoint()
     dbs = await asyncio.to_thread(resolve_databases, settings)
     temporal: TemporalDevServer | None = None
     servers: list[Any] = []
@@ -75,7 +81,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                                          namespace=settings.temporal_namespace)
             await asyncio.to_thread(temporal.start)
             temporal_addr, ui_url = temporal.address, temporal.ui_url
-        client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace)
+        client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace,
+                                      runtime=temporal_runtime())
         await sa.register(client)
         ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
         servers.append(ledger)
@@ -103,6 +110,11 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                 "ledger gRPC": ledger_addr, "invoice gRPC": invoice_addr, "billing front door gRPC":
                 stack.billing_addr, "task queue": settings.task_queue, "data directory": str(settings.data_dir),
             }
+            if metrics_port:
+                host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
+                stack.addresses["metrics"] = f"http://{host}:{metrics_port}/metrics"
+            if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
+                stack.addresses["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
             yield stack
     finally:
         for server in reversed(servers):

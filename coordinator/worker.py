@@ -163,6 +163,7 @@ def temporal_runtime(metrics_addr: str | None = None) -> Runtime | None:
 async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                          faults: FaultPlan | None = None) -> AsyncIterator[Worker]:
     """Runs a worker until the block exits; channels are opened once and closed after shutdown."""
+    tracing.configure("credits-worker")  # from the environment, once per process; off by default
     # With tracing on, every call to a service runs in a client span carrying the trace context.
     ledger_channel = grpc.aio.insecure_channel(config.ledger_addr, options=CHANNEL_OPTIONS,
                                                interceptors=tracing.client_interceptors())
@@ -215,7 +216,6 @@ async def serve(settings: Settings | None = None) -> None:
                           max_concurrent_activities=int(env("CREDITS_WORKER_MAX_ACTIVITIES", "200")),
                           max_concurrent_workflow_tasks=int(env("CREDITS_WORKER_MAX_WORKFLOW_TASKS", "200")),
                           pollers=int(env("CREDITS_WORKER_POLLERS", "5")))
-    tracing.configure("credits-worker")
     metrics_port = metrics.start_endpoint()
     client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
                                   runtime=temporal_runtime())

@@ -199,6 +199,9 @@ async def create_server(
     certificate; then there is no plaintext port at all. Returns the server and the bound port.
     """
     credentials = (tls if tls is not None else TlsSettings.from_env()).server_credentials()
+    services = list(services)
+    if services:  # tracing from the environment (CREDITS_OTLP_ENDPOINT ...), once per process; off by default
+        tracing.configure(tracing.service_name_of(services[0][2]))
     # Every server keeps an audit trail in the database its keys live in, and can be queried for it.
     pool = audit_pool or resolver.pool
     permissions = {**permissions, **AUDIT_PERMISSIONS}

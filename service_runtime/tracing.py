@@ -102,9 +102,12 @@ def exporter_from_env() -> SpanExporter | None:
 def configure(service_name: str) -> bool:
     """Turns tracing on from the environment (see the module docstring); returns whether it is on.
 
-    Spans are batched and exported off the request path; the provider also becomes the global one,
-    so libraries that use the OpenTelemetry API report into the same pipeline.
+    Idempotent: the first call in a process decides (`create_server` calls it for every server, so
+    every entry point honours the settings). Spans are batched and exported off the request path; the
+    provider also becomes the global one, so libraries using the OpenTelemetry API report into it.
     """
+    if ACTIVE:
+        return True
     exporter = exporter_from_env()
     if exporter is None:
         return False
@@ -119,6 +122,12 @@ def configure(service_name: str) -> bool:
     install(provider)
     log.info("tracing on: service %s, exporter %s", name, type(exporter).__name__)
     return True
+
+
+def service_name_of(full_service: str) -> str:
+    """credits.ledger.v1.LedgerService -> credits-ledger."""
+    parts = full_service.split(".")
+    return "-".join(parts[:2]) if len(parts) > 2 else full_service
 
 
 def shutdown() -> None:
