@@ -51,6 +51,7 @@ from temporalio.worker import (
 from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.faults import FaultPlan
 from coordinator.keys import KeyStore
+from coordinator.search_attributes import OUTCOME
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
@@ -114,8 +115,6 @@ class _SagaOutcomeInbound(WorkflowInboundInterceptor):
 
 
 def _outcome() -> str:
-    from coordinator.search_attributes import OUTCOME
-
     return workflow.info().typed_search_attributes.get(OUTCOME) or ""
 
 

@@ -21,12 +21,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from temporalio.client import Client
+from prometheus_client import REGISTRY
+from temporalio.client import Client, WorkflowFailureError
 
 from coordinator.front_door import create_front_door
 from coordinator.keys import StaticKeyStore
 from coordinator.scenario import seed_customer
-from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
+from coordinator.worker import WorkerConfig, running_worker, saga_kind, temporal_runtime
 from service_runtime import metrics, tracing
 from service_runtime.temporal_server import TemporalDevServer
 from tests.coordinator.conftest import TENANT, Stack
@@ -192,3 +193,17 @@ async def test_metrics_after_a_saga_have_its_outcome_the_rpcs_and_the_worker(
     worker_lines = [line for line in temporal.splitlines() if queue in line and not line.startswith("#")]
     assert any(line.startswith("temporal_workflow_completed") for line in worker_lines), temporal[:3000]
     assert any(line.startswith("temporal_activity_execution_latency") for line in worker_lines), temporal[:3000]
+
+
+async def test_a_failed_saga_is_counted_once_as_failed(stack: Stack) -> None:
+    def failed() -> float:
+        labels = {"saga": "finalize-invoice", "outcome": "failed"}
+        return REGISTRY.get_sample_value("credits_saga_outcomes_total", labels) or 0.0
+
+    before = failed()
+    async with stack.worker():
+        handle = await stack.start_finalize("inv_missing")  # the invoice service answers NOT_FOUND
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert failed() == before + 1
+    assert saga_kind("CompensateOutage") == "compensate-outage"
