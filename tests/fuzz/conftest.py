@@ -5,6 +5,7 @@ every test sees the same starting state whatever ran before it on the same serve
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator
@@ -13,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from credits.billing.v1 import billing_pb2 as bpb
+from credits.billing.v1 import billing_pb2_grpc as bpb_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from temporalio.client import Client
 
 from invoice_service.server import create_invoice_server
 from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
@@ -27,7 +31,7 @@ from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.databases import TENANCY_MIGRATIONS
 from service_runtime.settings import Settings
 from tests.fuzz.generators import Pools
-from tests.fuzz.harness import SECRET, Service, Snapshot
+from tests.fuzz.harness import SECRET, Service, Snapshot, WorkflowCheckedService
 from tests.postgres_fixtures import fresh_database
 from tests.tenancy import add_tenant_key
 
@@ -71,6 +75,7 @@ class Running:
     service: Service
     dsn: str
     server: grpc.aio.Server
+    port: int = 0
 
 
 async def _start(kind: str) -> Running:
@@ -86,7 +91,7 @@ async def _start(kind: str) -> Running:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 64 * 1024 * 1024)])
     snapshot = await Snapshot.connect(dsn)
-    return Running(Service(kind, descriptor, channel, snapshot), dsn, server)
+    return Running(Service(kind, descriptor, channel, snapshot), dsn, server, port)
 
 
 async def _stop(running: Running) -> None:
@@ -329,3 +334,128 @@ async def invoice(invoice_server: Running) -> Seeded:
     await seed_invoice_tenant(stub, b, SECRET)
     invoice_server.service.invalidate()
     return Seeded(invoice_server.service, a, b, invoice_pools(a, b))
+
+
+# --- billing front door (credits.billing.v1) -----------------------------------------------------
+
+
+@dataclass
+class BillingStack:
+    """The front door on a Temporal dev server of its own, keyed by the ledger database, asking the invoice
+    server about invoices. A workflow-only worker polls the queue: started sagas run up to their first
+    activity and wait there forever (no activity worker), so nothing a saga does touches either database
+    while the fuzzer checks that a rejected call changed nothing, and progress queries answer at once."""
+
+    service: Service
+    client: Client
+    ledger: Running
+    invoice: Running
+
+
+class MultiSnapshot:
+    """The snapshots of several databases as one (table names prefixed "<db>:")."""
+
+    def __init__(self, parts: dict[str, Snapshot]) -> None:
+        self.parts = parts
+
+    async def take(self) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        for name, snap in self.parts.items():
+            out.update({f"{name}:{t}": v for t, v in (await snap.take()).items()})
+        return out
+
+    async def close(self) -> None:  # the parts belong to their servers
+        return None
+
+
+@pytest.fixture(scope="module")
+async def billing_stack(ledger_server: Running, invoice_server: Running) -> AsyncIterator[BillingStack]:
+    from temporalio.worker import Worker
+
+    from coordinator import search_attributes as sa
+    from coordinator.front_door import create_front_door
+    from coordinator.workflows import WORKFLOWS
+    from service_runtime.temporal_server import TemporalDevServer
+
+    temporal = await asyncio.to_thread(TemporalDevServer(headless=True, search_attributes=sa.DEV_SERVER_FLAGS).start)
+    client = await Client.connect(temporal.address)
+    queue = "fuzz-billing"
+    server, port, pool = await create_front_door(client, ledger_server.dsn, queue,
+                                                 invoice_addr=f"127.0.0.1:{invoice_server.port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    snapshot = MultiSnapshot({"ledger": ledger_server.service.snapshot, "invoice": invoice_server.service.snapshot})
+    descriptor = bpb.DESCRIPTOR.services_by_name["BillingService"]
+    service = WorkflowCheckedService("billing", descriptor, channel, snapshot, client=client)  # type: ignore[arg-type]
+    worker = Worker(client, task_queue=queue, workflows=WORKFLOWS, max_cached_workflows=100)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield BillingStack(service, client, ledger_server, invoice_server)
+        await service.assert_no_stray_workflows()
+    finally:
+        if os.environ.get("CREDITS_FUZZ_STATS"):
+            for (rpc, code), n in sorted(service.codes.items()):
+                print(f"FUZZSTAT billing {rpc} {code} {n}")
+        await worker.shutdown()
+        await asyncio.gather(task, return_exceptions=True)
+        await channel.close()
+        await server.stop(None)
+        await pool.close()
+        await asyncio.to_thread(temporal.stop)
+
+
+@pytest.fixture
+async def billing(billing_stack: BillingStack) -> Seeded:
+    """Tenants A and B with the same keys in both databases; the invoice catalog seeded for both (a DRAFT,
+    a PREPARED and a FINALIZED invoice each); and for A one operation of every kind already started."""
+    lsvc, isvc = billing_stack.ledger, billing_stack.invoice
+    a, b = await _both_tenant(lsvc.dsn, isvc.dsn, "fba"), await _both_tenant(lsvc.dsn, isvc.dsn, "fbb")
+    stub = invoice_pb2_grpc.InvoiceServiceStub(isvc.service.channel)
+    await seed_invoice_tenant(stub, a, "")
+    await seed_invoice_tenant(stub, b, SECRET)
+    front = bpb_grpc.BillingServiceStub(billing_stack.service.channel)
+    svc = billing_stack.service
+    assert isinstance(svc, WorkflowCheckedService)
+    svc.tenants.update({a.key: a.tenant_id, a.readonly_key: a.tenant_id, b.key: b.tenant_id})
+    md = [("x-api-key", a.key)]
+    ops = [
+        await front.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=a.ids["invoice"][0]), metadata=md),
+        await front.VoidInvoice(bpb.VoidInvoiceRequest(invoice_id=a.ids["invoice"][1], reason="r"), metadata=md),
+        await front.RunBillingCycle(bpb.RunBillingCycleRequest(as_of=ts(day(1, 9)), concurrency=2), metadata=md),
+        await front.CompensateOutage(bpb.CompensateOutageRequest(
+            incident_id="inc-1", account_ids=[f"{a.tenant_id}-acct1"], amount="5.00", unit="USD"), metadata=md),
+    ]
+    for op in ops:
+        svc.accepted.add((op.operation_id, op.run_id))
+    # One operation already closed (terminated), so GetOperation sees a finished one too.
+    await billing_stack.client.get_workflow_handle(ops[3].operation_id).terminate("fuzz: a closed operation")
+    a.add("operation", *(op.operation_id for op in ops))
+    svc.invalidate()
+    return Seeded(svc, a, b, billing_pools(a, b))
+
+
+async def _both_tenant(ledger_dsn: str, invoice_dsn: str, prefix: str) -> Tenant:
+    n = next(_tenants)
+    tenant_id = f"{prefix}{n:05d}"
+    key = await add_tenant_key([ledger_dsn, invoice_dsn], tenant_id, "admin")
+    readonly = await add_tenant_key([ledger_dsn, invoice_dsn], tenant_id, "readonly")
+    return Tenant(tenant_id, key, readonly)
+
+
+def billing_pools(a: Tenant, b: Tenant) -> Pools:
+    now = int(datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+    kinds = ("finalize-invoice", "void-invoice", "billing-cycle", "compensate-outage")
+    invoices = [*a.ids["invoice"], *b.ids["invoice"], "inv_ghost"]
+    operations = [*a.ids["operation"],
+                  *(f"{k}/{t.tenant_id}/{i}" for k in kinds[:2] for t in (a, b) for i in t.ids["invoice"][:1]),
+                  f"finalize-invoice/{a.tenant_id}/inv_ghost", f"billing-cycle/{a.tenant_id}/",
+                  # well-formed heads with a hostile tail: the tenant check passes, Temporal sees the rest
+                  f"finalize-invoice/{a.tenant_id}/" + "x" * 1001, f"void-invoice/{a.tenant_id}/a\x00b",
+                  f"compensate-outage/{a.tenant_id}/\u202e", f"nope/{a.tenant_id}/x", "finalize-invoice//x"]
+    by_name: dict[str, list[object]] = {
+        "invoice_id": invoices, "operation_id": operations, "incident_id": ["inc-1", "inc-2", "inc/3", ""],
+        "account_ids": [f"{a.tenant_id}-acct1", f"{a.tenant_id}-acct2", f"{b.tenant_id}-acct1", "acct x"],
+        "amount": ["5.00", "0.01", "25", "0", "1e3"], "unit": ["USD", "token", "nope"], "reason": ["r", ""],
+        "concurrency": [0, 1, 8, 64, 65], "wait_timeout_s": [0, 1, 600],  # hostile draws add the rest
+    }
+    stamps = [(int(day(1).timestamp()), 0), (int(day(1, 9).timestamp()), 0), (now, 0), (now + 86400, 0)]
+    return Pools(by_name, stamps)  # type: ignore[arg-type]

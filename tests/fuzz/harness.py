@@ -25,6 +25,12 @@ DOCUMENTED = frozenset({
 # Refused attempts are recorded in the audit trail on purpose ("every refused attempt leaves a record,
 # and nothing else"): that one append is allowed; every other table must be unchanged.
 AUDIT_TABLES = frozenset({'"public"."audit_log"'})
+
+
+def is_audit(table: str) -> bool:
+    """An audit table, also under a "<db>:" prefix (a snapshot of several databases)."""
+    return table.rpartition(":")[2] in AUDIT_TABLES
+
 CALL_TIMEOUT_S = 20.0  # a call slower than this is reported as a hang (DEADLINE_EXCEEDED)
 SECRET = "SECRETB"     # planted in the other tenant's free-text fields; must never come back to tenant A
 
@@ -127,8 +133,8 @@ class Service:
         if outcome.code != OK:
             after = await self.snapshot.take()
             changed = {t: (before.get(t), after.get(t)) for t in after
-                       if before.get(t) != after.get(t) and t not in AUDIT_TABLES}
-            for t in AUDIT_TABLES & after.keys():  # a refused attempt leaves one audit record, by design
+                       if before.get(t) != after.get(t) and not is_audit(t)}
+            for t in filter(is_audit, after):  # a refused attempt leaves one audit record (per database)
                 grew = after[t][0] - before[t][0]
                 assert grew in (0, 1), f"{path(method)} refused but wrote {grew} rows to {t}"
             assert not changed, (f"{path(method)} was rejected ({outcome.code.name}: {outcome.details[:300]}) "
@@ -141,6 +147,89 @@ class Service:
                 f"{path(method)} returned another tenant's data: {describe(outcome.response)}\n"
                 f"request: {describe(request)}")
         return outcome
+
+
+@dataclass
+class WorkflowCheckedService(Service):
+    """A service that starts Temporal workflows (the billing front door): a rejected call must also have
+    started no workflow. Checked two ways: by the workflow id the request would have used (consistent
+    read: describe), and over the whole namespace (visibility: every run listed must be one an accepted
+    call reported; visibility lags, so a stray run may be caught by a later call or at the end)."""
+
+    client: Any = None
+    tenants: dict[str, str] = field(default_factory=dict)  # API key -> tenant
+    accepted: set[tuple[str, str]] = field(default_factory=set)  # (operation id, run id) of accepted calls
+
+    async def runs(self) -> set[tuple[str, str]]:
+        return {(wf.id, wf.run_id) async for wf in self.client.list_workflows()}
+
+    async def stray(self) -> set[tuple[str, str]]:
+        return await self.runs() - self.accepted
+
+    async def checked_call(self, method: MethodDescriptor, request: Message | bytes, key: str | None,
+                           extra_metadata: list[tuple[str, Any]] | None = None, *,
+                           secret_allowed: bool = False) -> Outcome:
+        outcome = await super().checked_call(method, request, key, extra_metadata, secret_allowed=secret_allowed)
+        if outcome.code == OK:
+            op_id = getattr(outcome.response, "operation_id", "")
+            if op_id:
+                self.accepted.add((op_id, outcome.response.run_id))  # type: ignore[union-attr]
+            return outcome
+        tenant = self.tenants.get(key or "")
+        for wf_id in predicted_workflow_ids(method, request, tenant):
+            run = await self._run_of(wf_id)
+            assert run is None or (wf_id, run) in self.accepted, (
+                f"{path(method)} was rejected ({outcome.code.name}: {outcome.details[:300]}) but workflow "
+                f"{wf_id!r} run {run} exists\nrequest: {describe(request)}")
+        stray = await self.stray()
+        assert not stray, (f"workflows no accepted call started: {sorted(stray)[:5]} (seen after "
+                           f"{path(method)} {outcome.code.name}: {outcome.details[:200]}; request {describe(request)})")
+        return outcome
+
+    async def _run_of(self, workflow_id: str) -> str | None:
+        from temporalio.service import RPCError
+
+        try:
+            return (await self.client.get_workflow_handle(workflow_id).describe()).run_id  # type: ignore[no-any-return]
+        except RPCError:
+            return None  # not found (or an id Temporal refuses: then nothing was started under it either)
+
+    async def assert_no_stray_workflows(self, timeout_s: float = 20) -> None:
+        """Once visibility shows every accepted run, nothing else may be listed."""
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not self.accepted <= (seen := await self.runs()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # visibility catches up on its own: nothing to await but a poll
+        assert self.accepted <= seen, f"accepted runs never listed: {sorted(self.accepted - seen)[:5]}"
+        assert not seen - self.accepted, f"workflows no accepted call started: {sorted(seen - self.accepted)[:5]}"
+
+
+def predicted_workflow_ids(method: MethodDescriptor, request: Message | bytes, tenant: str | None) -> list[str]:
+    """The workflow ids a front-door start request would use (none for reads, unknown callers, raw bytes)."""
+    from datetime import UTC, datetime, timedelta
+
+    from coordinator import naming
+    from coordinator.activities import from_ts
+
+    if tenant is None or isinstance(request, bytes):
+        return []
+    name = method.name
+    if name in ("FinalizeInvoice", "VoidInvoice"):
+        make = naming.finalize_workflow_id if name == "FinalizeInvoice" else naming.void_workflow_id
+        return [make(tenant, request.invoice_id)]  # type: ignore[attr-defined]
+    if name == "CompensateOutage":
+        return [naming.outage_workflow_id(tenant, request.incident_id)]  # type: ignore[attr-defined]
+    if name == "RunBillingCycle":
+        if request.HasField("as_of"):  # type: ignore[attr-defined]
+            try:
+                return [naming.cycle_workflow_id(tenant, from_ts(request.as_of))]  # type: ignore[attr-defined]
+            except (ValueError, OverflowError):
+                return []
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        return [naming.cycle_workflow_id(tenant, (now - timedelta(minutes=m)).isoformat()) for m in (0, 1)]
+    return []
 
 
 def describe(msg: Message | bytes, limit: int = 1500) -> str:

@@ -5,35 +5,49 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from credits.audit.v1 import audit_pb2 as apb
+from credits.billing.v1 import billing_pb2 as bpb
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
+from coordinator.front_door import PERMISSIONS as BILLING_PERMISSIONS
 from invoice_service.api.permissions import PERMISSIONS as INVOICE_PERMISSIONS
 from ledger_service.api.permissions import PERMISSIONS as LEDGER_PERMISSIONS
-from tests.fuzz import test_invoice_fuzz, test_ledger_fuzz
+from service_runtime.audit import AUDIT_PERMISSIONS
+from tests.fuzz import test_audit_fuzz, test_billing_fuzz, test_invoice_fuzz, test_ledger_fuzz
 from tests.fuzz.conftest import Running
 from tests.fuzz.harness import AUDIT_TABLES, DOCUMENTED, path, request_class
 from tests.tenancy import add_tenant_key
 
 SERVICES = {"ledger": lpb.DESCRIPTOR.services_by_name["LedgerService"],
-            "invoice": ipb.DESCRIPTOR.services_by_name["InvoiceService"]}
+            "invoice": ipb.DESCRIPTOR.services_by_name["InvoiceService"],
+            "billing": bpb.DESCRIPTOR.services_by_name["BillingService"],
+            "audit": apb.DESCRIPTOR.services_by_name["AuditService"]}
 
 
 def _params(module: object) -> set[str]:
-    marks = module.test_ledger_rpc_fuzz if hasattr(module, "test_ledger_rpc_fuzz") else module.test_invoice_rpc_fuzz
-    for mark in getattr(marks, "pytestmark", []):
+    name = next(n for n in dir(module) if n.startswith("test_") and "fuzz" in n)
+    for mark in getattr(getattr(module, name), "pytestmark", []):
         if mark.name == "parametrize":
             return {p.values[0].name for p in mark.args[1]}
     raise AssertionError("fuzz test is not parametrized")
 
 
 @pytest.mark.parametrize(("kind", "module", "permissions"), [
-    ("ledger", test_ledger_fuzz, LEDGER_PERMISSIONS), ("invoice", test_invoice_fuzz, INVOICE_PERMISSIONS)])
+    ("ledger", test_ledger_fuzz, LEDGER_PERMISSIONS), ("invoice", test_invoice_fuzz, INVOICE_PERMISSIONS),
+    ("billing", test_billing_fuzz, BILLING_PERMISSIONS), ("audit", test_audit_fuzz, AUDIT_PERMISSIONS)])
 def test_every_rpc_is_fuzzed(kind: str, module: object, permissions: dict[str, object]) -> None:
     service = SERVICES[kind]
     rpcs = {m.name for m in service.methods}
-    assert _params(module) == rpcs, "an RPC of the service descriptor is not fuzzed"
+    assert rpcs <= _params(module), "an RPC of the service descriptor is not fuzzed"
     assert {path(m) for m in service.methods} <= set(permissions), "an RPC missing from PERMISSIONS"
+
+
+def test_audit_is_fuzzed_on_every_server() -> None:
+    """QueryAudit is registered on every server (service_runtime.grpc_server.create_server)."""
+    fuzzed = {n for n in dir(test_audit_fuzz) if n.startswith("test_query_audit_fuzz_on_")}
+    assert fuzzed == {"test_query_audit_fuzz_on_ledger", "test_query_audit_fuzz_on_invoice"}
+    assert "QueryAudit" in _params(test_billing_fuzz)  # the front door's, over its key database
 
 
 GARBAGE_KEYS = ["", "ck_", "ck_.", "ck_x.y", "ck_" + "a" * 5000, "Bearer abc", "ck_deadbeef.\t", "ck_a\x7fb.c"]
