@@ -55,7 +55,10 @@ async def _until_sigterm() -> None:
 
 
 async def _serve(server: Any, pool: Any, what: str, port: int) -> None:
-    log.info("%s listening on port %d", what, port)
+    from service_runtime import metrics
+
+    metrics_port = metrics.start_endpoint()  # CREDITS_METRICS_ADDR
+    log.info("%s listening on port %d (metrics: %s)", what, port, metrics_port)
     try:
         await _until_sigterm()
     finally:
@@ -90,8 +93,13 @@ async def run_invoice() -> None:
 async def _temporal_client(settings: Any) -> Any:
     from temporalio.client import Client
 
+    from coordinator.worker import temporal_runtime
+
     addr = _require("TEMPORAL_ADDR", settings.temporal_addr)
-    return await Client.connect(addr, namespace=settings.temporal_namespace)
+    runtime = temporal_runtime()  # CREDITS_TEMPORAL_METRICS_ADDR: the SDK's worker metrics
+    if runtime is None:
+        return await Client.connect(addr, namespace=settings.temporal_namespace)
+    return await Client.connect(addr, namespace=settings.temporal_namespace, runtime=runtime)
 
 
 async def run_billing() -> None:
