@@ -9,8 +9,10 @@ CREDITS_TLS_REQUIRED=1: refuse to start a server, or open a channel, without TLS
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -60,10 +62,11 @@ class TlsSettings:
 
 
 def open_channel(address: str, tls: TlsSettings | None = None,
-                 options: list[tuple[str, object]] | None = None) -> grpc.aio.Channel:
+                 options: Sequence[tuple[str, Any]] | None = None,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> grpc.aio.Channel:
     """A client channel to `address`: TLS (with a client certificate for mTLS) when configured."""
     tls = tls if tls is not None else TlsSettings.from_env()
     creds = tls.channel_credentials()
     if creds is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, creds, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
