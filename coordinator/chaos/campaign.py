@@ -6,13 +6,17 @@
 2. Runs the sagas in batches (finalizations, voids of earlier finalized invoices, duplicate starts
    through the front door and the Temporal client) while injecting the batch's faults from the
    seed's schedule: kill -9 + restart of ledger / invoice / front door / worker, proxy delay / drop /
-   reset / lost response between the worker and each service, Postgres immediate restart.
+   reset / lost response between the worker and each service, Postgres immediate restart, a saga
+   terminated (lost) anywhere, and sagas lost inside their in-doubt window on purpose: right after the
+   decision was recorded (CreditsOutcome=committing, invoice still PREPARED) and right before it (invoice
+   PREPARED, hold PENDING) — every plan has at least one of each.
    Meanwhile real-time Reserve/Commit/Release traffic hits the same accounts, and a bank-style
    reader checks every balance it sees (conservation per lot, nothing negative, consumed and
    reinstated never go down).
 3. Stops the faults, restarts anything down, lets the sagas finish, runs the in-doubt resolver
-   until quiet, then the reconciler. Same seed -> same workload and same fault schedule (the
-   interleaving with the processes' own timing is, of course, not replayed).
+   until quiet (recoveries resolved_commit / resolved_abort), then the reconciler. Same seed -> same
+   workload and same fault schedule (the interleaving with the processes' own timing is, of course, not
+   replayed).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from coordinator.messages import (
 )
 from coordinator.reconciler import Violation, reconcile, running_sagas
 from coordinator.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
+from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
 
@@ -59,8 +64,12 @@ TIMEOUTS = SagaTimeouts(step_start_to_close_s=6, prepare_phase_step_limit_s=45, 
 FAULT_KINDS = (  # (kind, weight)
     ("kill_ledger", 3), ("kill_invoice", 3), ("kill_worker", 3), ("kill_front_door", 1),
     ("proxy_delay", 2), ("proxy_drop", 2), ("proxy_reset", 2), ("lose_response", 4), ("postgres_restart", 1),
-    ("terminate_saga", 2),
+    ("terminate_saga", 2), ("in_doubt_commit", 2), ("in_doubt_abort", 2),
 )
+# In-doubt faults (Campaign._in_doubt): a saga of their own is slowed down at the participant whose reply
+# it waits for (commit: the ledger's CommitHold; abort: the invoice's PrepareFinalize) and terminated
+# inside the window; each gets a customer of its own, outside the batches.
+DOUBT_DELAY_S, DOUBT_WINDOW_S, DOUBT_SEARCH_S = 0.3, 12.0, 15.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -175,6 +184,17 @@ def make_plan(sagas: int, seed: int) -> Plan:
                      "lose_response": rng.randint(1, 3)}.get(kind, rng.uniform(0.3, 2.0))
             batch_faults.append(PlannedFault(round(rng.uniform(0.0, 4.0), 2), kind, target, round(param, 2)))
         faults.append(sorted(batch_faults, key=lambda f: f.at_s))
+    # Every campaign leaves work in doubt both ways at least once (first batches), whatever the draw.
+    for b, kind in ((0, "in_doubt_commit"), (min(1, len(faults) - 1), "in_doubt_abort")):
+        if faults and not any(f.kind == kind for f in faults[b]):
+            faults[b].append(PlannedFault(round(rng.uniform(0.5, 2.0), 2), kind))
+            faults[b].sort(key=lambda f: f.at_s)
+    # Each in-doubt fault finalizes a customer of its own (on a pooled account), outside the batches.
+    for f in (f for batch in faults for f in batch if f.kind.startswith("in_doubt_")):
+        tenant = rng.choice(TENANTS)
+        accounts = sorted({a for _c, a in customers[tenant]})
+        f.target = f"{tenant}/{len(customers[tenant])}"
+        customers[tenant].append((f"doubt-{len(customers[tenant])}", rng.choice(accounts)))
     return Plan(customers, grants, batches, duplicates, faults)
 
 
@@ -362,8 +382,66 @@ class Campaign:
                 if desc.status is not None and desc.status.name == "RUNNING":
                     await handle.terminate(reason="chaos: saga lost")
                     self.faults["terminate_saga"] += 1
+        elif f.kind in ("in_doubt_commit", "in_doubt_abort"):
+            await self._in_doubt(f.kind.removeprefix("in_doubt_"), f.target)
         elif f.kind == "lose_response":
             st.proxies[f.target].lose_response(int(f.param))  # counted when a response is actually lost
+
+    async def _in_doubt(self, direction: str, ref: str) -> None:
+        """Loses a finalization inside its in-doubt window, for the resolver to settle after the faults.
+
+        The fault runs a saga of its own (a customer the plan set aside, `ref`), so the window is hit on
+        purpose rather than by luck: the proxy in front of the participant whose reply the saga waits for
+        is slowed down, the run is polled, and terminated once inside the window:
+        commit: decision recorded (CreditsOutcome=committing), invoice still PREPARED (hold PENDING, or
+        committed with the reply still on its way) -> the resolver must commit both sides;
+        abort: invoice PREPARED by this run (so its hold is PENDING), no decision (outcome preparing) ->
+        the resolver must release the hold and return the invoice to DRAFT.
+        Counted by the outcome the run shows once terminated (a decision landing between the probe and the
+        termination makes it a commit case)."""
+        assert self.client is not None
+        tenant, invoice_id = ref.partition("/")[0], self.invoices[ref]
+        want = "committing" if direction == "commit" else "preparing"
+        self.stack.proxies["ledger" if direction == "commit" else "invoice"].delay(DOUBT_DELAY_S, DOUBT_WINDOW_S)
+        handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
+                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
+                                       id=naming.finalize_workflow_id(tenant, invoice_id),
+                                       task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult)
+        deadline = time.monotonic() + DOUBT_SEARCH_S
+        while time.monotonic() < deadline:
+            try:
+                desc = await handle.describe()
+            except Exception:
+                desc = None
+            if desc is not None and (desc.status is None or desc.status.name != "RUNNING"):
+                break  # finished (or compensated) before the window was hit
+            if desc is not None and desc.typed_search_attributes.get(OUTCOME) == want \
+                    and await self._invoice_status(invoice_id) == "PREPARED":
+                await handle.terminate(reason=f"chaos: saga lost in doubt ({direction})")
+                after = (await handle.describe()).typed_search_attributes.get(OUTCOME)
+                actual = "commit" if after in DECIDED_OUTCOMES else "abort"
+                self.faults[f"in_doubt_{actual}"] += 1
+                self.outcomes[f"finalize:lost_in_doubt_{actual}"] += 1
+                self.say(f"in doubt ({direction}): terminated {handle.id} at outcome={after}, invoice PREPARED")
+                return
+            await asyncio.sleep(0.03)
+        self.recoveries[f"in_doubt_{direction}_missed"] += 1
+        self._tasks.append(asyncio.create_task(self._await("finalize", ref, handle, 150)))
+
+    async def _invoice_status(self, invoice_id: str) -> str:
+        """Read from the database (the in-doubt probe must not go through a proxy it slows down)."""
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(self.stack.invoice_dsn, timeout=2)
+        except Exception:  # Postgres restarting: the next poll tries again
+            return ""
+        try:
+            return str(await conn.fetchval("SELECT status FROM invoices WHERE invoice_id = $1", invoice_id) or "")
+        except Exception:
+            return ""
+        finally:
+            await conn.close()
 
     # --- real-time traffic and the bank check ---------------------------------------------------
 
@@ -489,8 +567,9 @@ class Campaign:
                 self.say(f"resolver round {rounds} failed: {err}")
                 self.recoveries["resolver_failed_rounds"] += 1
             else:
-                self.recoveries["resolver_committed"] += len(result.committed)
-                self.recoveries["resolver_aborted"] += len(result.aborted)
+                self.recoveries["resolved_commit"] += len(result.committed)
+                self.recoveries["resolved_abort"] += len(result.aborted)
+                self.recoveries["resolver_left_unknown"] += len(result.unknown)
             if await self._quiet():
                 break
             await asyncio.sleep(1)
