@@ -90,7 +90,11 @@ async def _ready(addr: str, proc: subprocess.Popen[bytes], log: Path, timeout_s:
 
 
 async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool = False,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] | None = None, breakdown: bool = False,
+                    profile_dir: Path | None = None) -> dict[str, Any]:
+    """Runs the benchmark; `breakdown` adds per-activity timings read from the workflow histories,
+    `profile_dir` records py-spy profiles (collapsed stacks) of the service and worker processes
+    while the sagas run."""
     from credits.invoice.v1 import invoice_pb2_grpc
     from credits.ledger.v1 import ledger_pb2_grpc
     from temporalio.client import Client
@@ -135,12 +139,15 @@ async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool =
             with _process([py, "-m", "ledger_service.server"], env, tmp / "ledger.log") as ledger, \
                     _process([py, "-c", _UVLOOP_SERVE.format(mod="invoice_service.server")], env,
                              tmp / "invoice.log") as invoice, \
-                    _process([py, "-m", "coordinator.worker"], env, tmp / "worker.log"):
+                    _process([py, "-m", "coordinator.worker"], env, tmp / "worker.log") as worker:
                 await _ready(ledger_addr, ledger, tmp / "ledger.log")
                 await _ready(invoice_addr, invoice, tmp / "invoice.log")
+                pids = {"ledger": ledger.pid, "invoice": invoice.pid, "worker": worker.pid,
+                        "temporal": temporal.pid or 0, "postgres": pg.pid() or 0, "client": os.getpid()}
                 return await _measure(Client, temporal.address, ledger_addr, invoice_addr, key, invoices,
                                       concurrency, Services, seed_catalog, seed_customer, ledger_pb2_grpc,
-                                      invoice_pb2_grpc, temporal_db_file, say)
+                                      invoice_pb2_grpc, temporal_db_file, say, breakdown,
+                                      _Profiler(profile_dir, pids))
         finally:
             await asyncio.to_thread(temporal.stop)
             await asyncio.to_thread(pg.stop, "immediate")
@@ -149,7 +156,8 @@ async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool =
 async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoice_addr: str, key: str,
                    invoices: int, concurrency: int, services_cls: Any, seed_catalog: Any, seed_customer: Any,
                    ledger_pb2_grpc: Any, invoice_pb2_grpc: Any, temporal_db_file: bool,
-                   say: Callable[[str], None]) -> dict[str, Any]:
+                   say: Callable[[str], None], breakdown: bool = False,
+                   profiler: _Profiler | None = None) -> dict[str, Any]:
     client = await client_cls.connect(temporal_addr)
     queue = "credits-bench"
     async with grpc.aio.insecure_channel(ledger_addr) as lch, grpc.aio.insecure_channel(invoice_addr) as ich:
@@ -178,11 +186,28 @@ async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoic
     await _timed(lambda i: start_saga(i, warm), len(warm), concurrency)
     await _timed(lambda i: start_bare(i, "warm"), len(warm), concurrency)
     say(f"{invoices} sagas, {concurrency} in flight")
+    if profiler is not None:
+        profiler.start("saga")
+    cpu0 = profiler.cpu() if profiler is not None else {}
     saga_s, saga_ms = await _timed(start_saga, invoices, concurrency)
+    cpu1 = profiler.cpu() if profiler is not None else {}
+    if profiler is not None:
+        profiler.stop()
     say(f"{invoices} bare workflows, {concurrency} in flight")
     bare_s, bare_ms = await _timed(start_bare, invoices, concurrency)
+    cpu2 = profiler.cpu() if profiler is not None else {}
     saga_rate, bare_rate = invoices / saga_s, invoices / bare_s
-    return {"invoices": invoices, "concurrency": concurrency, "activities_per_workflow": SAGA_ACTIVITIES,
+    extra: dict[str, Any] = {}
+    if breakdown and profiler is not None:  # CPU ms per workflow, by process (and its children)
+        extra["saga_cpu_ms"] = {k: round((cpu1[k] - cpu0.get(k, 0)) * 1000 / invoices, 1) for k in cpu1}
+        extra["bare_cpu_ms"] = {k: round((cpu2[k] - cpu1.get(k, 0)) * 1000 / invoices, 1) for k in cpu2}
+    if breakdown:
+        say("reading histories")
+        sample = range(0, invoices, max(1, invoices // 100))
+        extra["saga_breakdown"] = await _breakdown(
+            client, [naming.finalize_workflow_id(TENANT, invoice_ids[i]) for i in sample])
+        extra["bare_breakdown"] = await _breakdown(client, [f"bench-bare/run/{i}" for i in sample])
+    return {**extra, "invoices": invoices, "concurrency": concurrency, "activities_per_workflow": SAGA_ACTIVITIES,
             "temporal_store": "file" if temporal_db_file else "memory",
             "invoices_per_s": round(saga_rate, 1), "p50_ms": round(_pct(saga_ms, 0.5), 1),
             "p99_ms": round(_pct(saga_ms, 0.99), 1), "bare_workflows_per_s": round(bare_rate, 1),
@@ -190,7 +215,111 @@ async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoic
             "ratio_vs_bare": round(saga_rate / bare_rate, 3)}
 
 
-if __name__ == "__main__":  # python -m coordinator.bench [invoices] [concurrency]
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    c = int(sys.argv[2]) if len(sys.argv) > 2 else 40
-    print(json.dumps(asyncio.run(run_bench(n, c, progress=lambda m: print("…", m, file=sys.stderr)))))
+class _Profiler:
+    """py-spy (if on PATH) recording the service and worker processes while the sagas run."""
+
+    def __init__(self, out: Path | None, pids: dict[str, int]) -> None:
+        self._out, self._pids = out, pids
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of each process and its descendants."""
+        tick = os.sysconf("SC_CLK_TCK")
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        out: dict[str, float] = {}
+        skip = set(self._pids.values()) | {p.pid for p in self._procs}
+        for name, root in self._pids.items():
+            total, todo = 0.0, [root] if root in stats else []
+            while todo:
+                pid = todo.pop()
+                total += stats[pid][1]
+                todo.extend(c for c in children.get(pid, ()) if c not in skip)
+            out[name] = total
+        return out
+
+    def start(self, tag: str) -> None:
+        if self._out is None:
+            return
+        self._out.mkdir(parents=True, exist_ok=True)
+        for name, pid in self._pids.items():
+            self._procs.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
+                 "--output", str(self._out / f"{tag}-{name}.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        for proc in self._procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._procs.clear()
+
+
+async def _breakdown(client: Any, workflow_ids: list[str]) -> dict[str, Any]:
+    """Per activity type, from the histories: queue wait (scheduled -> started) and run time
+    (started -> completed), median and p90 in ms; plus each workflow's time outside activities."""
+    from temporalio.api.enums.v1 import EventType
+
+    waits: dict[str, list[float]] = {}
+    runs: dict[str, list[float]] = {}
+    outside: list[float] = []
+    gaps: dict[int, list[float]] = {}  # i: from activity i's completion (0: the start) to the next event
+    for wf_id in workflow_ids:
+        events = [e async for e in client.get_workflow_handle(wf_id).fetch_history_events()]
+        sched: dict[int, tuple[str, float]] = {}
+        started: dict[int, float] = {}
+        in_activities = 0.0
+        last, n = events[0].event_time.ToMicroseconds() / 1000, 0
+        for e in events:
+            at = e.event_time.ToMicroseconds() / 1000
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                sched[e.event_id] = (e.activity_task_scheduled_event_attributes.activity_type.name, at)
+                gaps.setdefault(n, []).append(at - last)
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                sid = e.activity_task_started_event_attributes.scheduled_event_id
+                started[sid] = at
+                name, s_at = sched[sid]
+                waits.setdefault(name, []).append(at - s_at)
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                sid = e.activity_task_completed_event_attributes.scheduled_event_id
+                name, s_at = sched[sid]
+                runs.setdefault(name, []).append(at - started.get(sid, s_at))
+                in_activities += at - s_at
+                last, n = at, n + 1
+        total = (events[-1].event_time.ToMicroseconds() - events[0].event_time.ToMicroseconds()) / 1000
+        gaps.setdefault(n, []).append(events[-1].event_time.ToMicroseconds() / 1000 - last)
+        outside.append(total - in_activities)
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"p50": round(_pct(values, 0.5), 1), "p90": round(_pct(values, 0.9), 1)}
+
+    return {"activities": {name: {"wait": stats(waits.get(name, [0.0])), "run": stats(runs[name])}
+                           for name in runs},
+            "outside_activities": stats(outside), "gaps": {i: stats(v) for i, v in sorted(gaps.items())}}
+
+
+if __name__ == "__main__":  # python -m coordinator.bench [invoices] [concurrency] [--breakdown] [--profile DIR]
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m coordinator.bench")
+    parser.add_argument("invoices", type=int, nargs="?", default=300)
+    parser.add_argument("concurrency", type=int, nargs="?", default=40)
+    parser.add_argument("--breakdown", action="store_true", help="per-activity timings from the histories")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy profiles of the processes into DIR")
+    a = parser.parse_args()
+    print(json.dumps(asyncio.run(run_bench(a.invoices, a.concurrency, breakdown=a.breakdown, profile_dir=a.profile,
+                                           progress=lambda m: print("…", m, file=sys.stderr)))))
