@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from service_runtime.audit import AuditRecord, claim_audit
 from service_runtime.rejections import conflict, precondition
 
 CLAIM_KEY = """
@@ -24,6 +25,16 @@ STORE_RESPONSE = "UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1
 BURN_KEY = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
 VALUES ($1, $2, $3, '', '') ON CONFLICT (tenant_id, key) DO NOTHING
+"""
+# The call's audit record (service_runtime.audit), written in the transaction of the change; with the
+# stored response in the same statement when there is one.
+_AUDIT_COLUMNS = "tenant_id, key_id, role, method, code, detail, reason, subjects, request_id"
+INSERT_AUDIT = f"""
+INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, string_to_array($8, chr(31)), $9)
+"""
+STORE_RESPONSE_AND_AUDIT = f"""
+WITH stored AS (UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2)
+INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($4, $5, $6, $7, $8, $9, $10, string_to_array($11, chr(31)), $12)
 """
 TOMBSTONE_SUFFIX = ":aborted"
 
@@ -47,6 +58,7 @@ class Guard:
         self.request_hash = hashlib.sha256(request).digest()
         self._encode = encode
         self.response: Any = None
+        self._audit: AuditRecord | None = None
 
     async def claim(self, conn: asyncpg.Connection) -> None:
         if not self.key:
@@ -63,10 +75,22 @@ class Guard:
         raise Replayed(bytes(row["response"]))
 
     async def record(self, conn: asyncpg.Connection, result: Any) -> Any:
-        """Encodes `result` into the response message, stores it under the key, returns it."""
+        """Encodes `result` into the response message, stores it under the key, returns it.
+
+        The call's audit record (if the interceptor prepared one) is written in this same
+        transaction: durable exactly when the change is, and no second commit per mutation."""
         self.response = self._encode(result)
+        if self._audit is None:  # kept on the guard: a retried transaction writes it again
+            self._audit = claim_audit()
+        audit = self._audit
+        row = () if audit is None else (
+            audit.tenant_id, audit.key_id, audit.role, audit.method, audit.code, audit.detail[:1000], audit.reason,
+            chr(31).join(audit.subjects), audit.request_id)
         if self.key:
-            await conn.execute(STORE_RESPONSE, self.tenant_id, self.key, self.response.SerializeToString())
+            stored = (self.tenant_id, self.key, self.response.SerializeToString())
+            await conn.execute(STORE_RESPONSE_AND_AUDIT if row else STORE_RESPONSE, *stored, *row)
+        elif row:
+            await conn.execute(INSERT_AUDIT, *row)
         return self.response
 
 

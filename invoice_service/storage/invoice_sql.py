@@ -49,19 +49,24 @@ FROM (SELECT meter_code, unique_key, min(ts) AS first_ts FROM usage_events
 GROUP BY meter_code, piece
 """
 
-SELECT_LINE_ITEMS = """
-SELECT line_item_id, kind, code, description, quantity, unit_price, amount_minor, service_start, service_end
-FROM invoice_line_items WHERE tenant_id = $1 AND invoice_id = $2 ORDER BY position
-"""
-SELECT_CHARGES = """
-SELECT charge_id, line_item_id, kind, name, quantity, amount_minor, service_start, service_end
-FROM invoice_charges WHERE tenant_id = $1 AND invoice_id = $2 ORDER BY line_item_id, service_start
-"""
-SELECT_APPLICATIONS = """
-SELECT a.charge_id, c.line_item_id, a.lot_id, a.lot_type, a.amount_minor
-FROM credit_applications a
-JOIN invoice_charges c ON c.tenant_id = a.tenant_id AND c.invoice_id = a.invoice_id AND c.charge_id = a.charge_id
-WHERE a.tenant_id = $1 AND a.invoice_id = $2 ORDER BY a.position
+# The whole invoice in one statement (one snapshot, one round trip): the header plus its line items,
+# charges and credit applications as arrays of rows (line items by position, charges by line item and
+# service start, applications by position).
+SELECT_INVOICE_FULL = f"""
+SELECT {INVOICE_COLUMNS},
+  ARRAY(SELECT ROW(line_item_id, kind, code, description, quantity, unit_price, amount_minor, service_start,
+                   service_end)
+        FROM invoice_line_items l WHERE l.tenant_id = i.tenant_id AND l.invoice_id = i.invoice_id
+        ORDER BY position) AS items,
+  ARRAY(SELECT ROW(charge_id, line_item_id, kind, name, quantity, amount_minor, service_start, service_end)
+        FROM invoice_charges c WHERE c.tenant_id = i.tenant_id AND c.invoice_id = i.invoice_id
+        ORDER BY line_item_id, service_start) AS pieces,
+  ARRAY(SELECT ROW(a.charge_id, c.line_item_id, a.lot_id, a.lot_type, a.amount_minor)
+        FROM credit_applications a
+        JOIN invoice_charges c ON c.tenant_id = a.tenant_id AND c.invoice_id = a.invoice_id
+                              AND c.charge_id = a.charge_id
+        WHERE a.tenant_id = i.tenant_id AND a.invoice_id = i.invoice_id ORDER BY a.position) AS apps
+FROM invoices i WHERE i.tenant_id = $1 AND i.invoice_id = $2
 """
 DELETE_APPLICATIONS = "DELETE FROM credit_applications WHERE tenant_id = $1 AND invoice_id = $2"
 DELETE_CHARGES = "DELETE FROM invoice_charges WHERE tenant_id = $1 AND invoice_id = $2"
@@ -94,13 +99,18 @@ UPDATE invoices SET status = 'DRAFT', credits_minor = 0, split_at = '{}', draft_
        prepared_at = NULL
 WHERE tenant_id = $1 AND invoice_id = $2
 """
-NEXT_INVOICE_NUMBER = """
-INSERT INTO invoice_counters (tenant_id, last_number) VALUES ($1, 1)
-ON CONFLICT (tenant_id) DO UPDATE SET last_number = invoice_counters.last_number + 1
-RETURNING last_number
-"""
-MARK_FINALIZED = """
-UPDATE invoices SET status = 'FINALIZED', number = $3, finalized_at = now() WHERE tenant_id = $1 AND invoice_id = $2
+# Takes the tenant's next number and finalizes the invoice with it in one statement: the counter row
+# stays locked (serializing the tenant's commits) only from here to the commit. Gapless: a rollback
+# undoes both. Formatted as INV-000001 (at least six digits).
+FINALIZE_NUMBERED = """
+WITH n AS (INSERT INTO invoice_counters (tenant_id, last_number) VALUES ($1, 1)
+           ON CONFLICT (tenant_id) DO UPDATE SET last_number = invoice_counters.last_number + 1
+           RETURNING last_number)
+UPDATE invoices SET status = 'FINALIZED', finalized_at = now(),
+       number = 'INV-' || CASE WHEN n.last_number < 1000000 THEN lpad(n.last_number::text, 6, '0')
+                               ELSE n.last_number::text END
+FROM n WHERE invoices.tenant_id = $1 AND invoices.invoice_id = $2
+RETURNING invoices.status, invoices.number, invoices.finalized_at
 """
 MARK_VOID_PENDING = """
 UPDATE invoices SET status = 'VOID_PENDING', void_prepared_at = now(), void_reason = $3

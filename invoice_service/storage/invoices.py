@@ -7,6 +7,7 @@ the events it freezes are exactly the events it priced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +31,7 @@ from invoice_service.domain.invoices import (
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.periods import INTERVAL_MONTHS, period_starting_at
 from invoice_service.domain.splitting import normalize_instants
-from invoice_service.domain.states import Status, Verb, transition
+from invoice_service.domain.states import Status, Transition, Verb, transition
 from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.idempotency import Guard, burn_key
@@ -151,12 +152,21 @@ class InvoiceOperations:
             return view
 
     async def commit_finalize(self, guard: Guard, invoice_id: str, prepare_key: str) -> InvoiceView:
-        """PREPARED -> FINALIZED with the tenant's next gapless number; no-op if already finalized."""
-        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
-            number = await conn.fetchval(sql.NEXT_INVOICE_NUMBER, guard.tenant_id)
-            await conn.execute(sql.MARK_FINALIZED, guard.tenant_id, invoice_id, f"INV-{number:06d}")
+        """PREPARED -> FINALIZED with the tenant's next gapless number; no-op if already finalized.
 
-        return await self._step(guard, invoice_id, Verb.COMMIT_FINALIZE, apply, prepare_key)
+        The frozen invoice is read first and the number taken last, so the tenant's counter row (all
+        of the tenant's commits queue on it) is held only for that statement, the stored answer and
+        the commit."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await guard.claim(conn)
+            _, step = await self._check(conn, guard.tenant_id, invoice_id, Verb.COMMIT_FINALIZE, prepare_key)
+            view = await self._load(conn, guard.tenant_id, invoice_id)
+            if step.changes:
+                row = await conn.fetchrow(sql.FINALIZE_NUMBERED, guard.tenant_id, invoice_id)
+                view = dataclasses.replace(view, status=row["status"], number=row["number"],
+                                           finalized_at=row["finalized_at"])
+            await guard.record(conn, view)
+            return view
 
     async def abort_finalize(self, guard: Guard, invoice_id: str, prepare_key: str) -> InvoiceView:
         """PREPARED -> DRAFT, credit applications and pieces dropped; no-op on a DRAFT (a null
@@ -197,12 +207,7 @@ class InvoiceOperations:
         """One state transition in one transaction: lock, check the state machine, apply, answer."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            header = await self._lock(conn, guard.tenant_id, invoice_id)
-            status = Status(header["status"])
-            step = transition(verb, status)
-            if prepare_key and status is not Status.DRAFT and header["prepare_key"] != prepare_key:
-                raise precondition("prepare_key", f"the invoice was prepared by another key "
-                                                  f"({header['prepare_key']!r})")
+            header, step = await self._check(conn, guard.tenant_id, invoice_id, verb, prepare_key)
             if step.changes:
                 await apply(conn, header)
             elif on_noop is not None:
@@ -211,10 +216,21 @@ class InvoiceOperations:
             await guard.record(conn, view)
             return view
 
+    async def _check(self, conn: asyncpg.Connection, tenant: str, invoice_id: str, verb: Verb,
+                     prepare_key: str) -> tuple[asyncpg.Record, Transition]:
+        """Locks the invoice and checks `verb` against the state machine and the prepare key."""
+        header = await self._lock(conn, tenant, invoice_id)
+        status = Status(header["status"])
+        step = transition(verb, status)
+        if prepare_key and status is not Status.DRAFT and header["prepare_key"] != prepare_key:
+            raise precondition("prepare_key", f"the invoice was prepared by another key "
+                                              f"({header['prepare_key']!r})")
+        return header, step
+
     # ---- reads --------------------------------------------------------------------------------
 
     async def get(self, tenant: str, invoice_id: str) -> InvoiceView:
-        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        async with self._pool.acquire() as conn:  # one statement: consistent without a transaction
             return await self._load(conn, tenant, invoice_id)
 
     async def list_invoices(self, tenant: str, f: ListFilter) -> list[InvoiceView]:
@@ -241,16 +257,14 @@ class InvoiceOperations:
         return await self._header(conn, tenant, invoice_id, lock=True)
 
     async def _load(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> InvoiceView:
-        header = await self._header(conn, tenant, invoice_id, lock=False)
-        items = [LineItem(r["line_item_id"], ChargeKind(r["kind"]), r["code"], r["description"], r["quantity"],
-                          r["unit_price"], r["amount_minor"], r["service_start"], r["service_end"])
-                 for r in await conn.fetch(sql.SELECT_LINE_ITEMS, tenant, invoice_id)]
-        pieces = [Piece(r["charge_id"], r["line_item_id"], ChargeKind(r["kind"]), r["name"], r["quantity"],
-                        r["amount_minor"], r["service_start"], r["service_end"])
-                  for r in await conn.fetch(sql.SELECT_CHARGES, tenant, invoice_id)]
-        apps = [Application(r["charge_id"], r["line_item_id"], r["lot_id"], r["lot_type"], r["amount_minor"])
-                for r in await conn.fetch(sql.SELECT_APPLICATIONS, tenant, invoice_id)]
-        return _view(header, items, pieces, apps, tuple(header["split_at"]), header["draft_digest"])
+        """The invoice with its line items, charges and applications: one statement, one snapshot."""
+        row = await conn.fetchrow(sql.SELECT_INVOICE_FULL, tenant, invoice_id)
+        if row is None:
+            raise not_found("invoice_id", f"no invoice {invoice_id!r}")
+        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["items"]]
+        pieces = [Piece(r[0], r[1], ChargeKind(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in row["pieces"]]
+        apps = [Application(r[0], r[1], r[2], r[3], r[4]) for r in row["apps"]]
+        return _view(row, items, pieces, apps, tuple(row["split_at"]), row["draft_digest"])
 
     async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
                        instants: Sequence[datetime]) -> Computed:
