@@ -22,6 +22,7 @@ from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate, wait_for_database
+from service_runtime.row_security import app_dsn, set_tenant
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
     """
     settings = settings or Settings.from_env()
     config = InvoiceConfig.from_settings(settings, usage_grace_s)
-    pool = await create_pool(dsn, max_size=settings.pool_max_size)
+    pool = await create_pool(app_dsn(dsn, settings.invoice_app_dsn), max_size=settings.pool_max_size,
+                             setup=set_tenant)
     catalog = CatalogOperations(pool)
     servicer = InvoiceServicer(catalog, UsageOperations(pool, catalog, config.usage_grace_s),
                                InvoiceOperations(pool, catalog, config.clock_skew_s), config)
@@ -61,7 +63,8 @@ async def serve(settings: Settings) -> None:
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
     server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
     metrics_port = metrics.start_endpoint()
-    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(pool)))
+    owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
+    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
     log.info("invoice service listening on port %d (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
@@ -69,6 +72,7 @@ async def serve(settings: Settings) -> None:
         gauges.cancel()
         await server.stop(grace=5)
         await pool.close()
+        await owner_pool.close()
 
 
 if __name__ == "__main__":

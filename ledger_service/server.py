@@ -18,6 +18,7 @@ from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate, wait_for_database
+from service_runtime.row_security import app_dsn, set_tenant
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     """Migrates `dsn`, then starts the ledger server on `address`. Returns (server, port, pool)."""
     settings = settings or Settings.from_env()
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
-    pool = await create_pool(dsn, max_size=settings.pool_max_size)
+    pool = await create_pool(app_dsn(dsn, settings.ledger_app_dsn), max_size=settings.pool_max_size,
+                             setup=set_tenant)
     servicer = LedgerServicer(pool, settings)
     server, port = await create_server(
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE)],
@@ -57,7 +59,8 @@ async def serve(settings: Settings) -> None:
     await wait_for_database(dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
     metrics_port = metrics.start_endpoint()
-    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(pool)))
+    owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
+    gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
     log.info("ledger listening on %s (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
@@ -65,6 +68,7 @@ async def serve(settings: Settings) -> None:
         gauges.cancel()
         await server.stop(5)
         await pool.close()
+        await owner_pool.close()
 
 
 def main() -> None:

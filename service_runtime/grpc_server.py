@@ -21,7 +21,7 @@ from credits.audit.v1 import audit_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_runtime import logs, tracing
+from service_runtime import logs, row_security, tracing
 from service_runtime.api_keys import Caller, KeyResolver
 from service_runtime.audit import (
     AUDIT_PERMISSIONS,
@@ -103,6 +103,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 logs.request_id.set(request_id or "")
                 caller = await resolver.resolve(presented)
                 logs.tenant_id.set(caller.tenant_id)
+                row_security.current_tenant.set(caller.tenant_id)
                 if allowed is None or caller.role not in allowed:
                     raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {method}")
                 if request is _MALFORMED:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+
+from service_runtime.row_security import apply_row_security
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -33,8 +36,10 @@ SELECT EXISTS (SELECT 1 FROM information_schema.columns
 _MIGRATION_LOCK_ID = 0x63726564  # "cred"
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60)
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16,
+                      setup: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> asyncpg.Pool:
+    """A pool on `dsn`; `setup` runs on every acquire (e.g. to scope it to the calling tenant)."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60, setup=setup)
     assert pool is not None
     return pool
 
@@ -115,6 +120,7 @@ async def migrate(dsn: str, *dirs: Path) -> list[str]:
                     component, version, name, checksum,
                 )
             applied_now.append(f"{component}/{name}")
+        await apply_row_security(conn)  # idempotent: covers tables any migration added
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
         await conn.close()

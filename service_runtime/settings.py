@@ -18,6 +18,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", ".credits-data")).resolve())
     ledger_dsn: str = field(default_factory=lambda: _env("LEDGER_DSN", ""))
     invoice_dsn: str = field(default_factory=lambda: _env("INVOICE_DSN", ""))
+    # The services log in as a role under row-level security; empty = the owner DSN's host and
+    # database with user CREDITS_DB_APP_ROLE (credits_app), as the embedded Postgres allows.
+    ledger_app_dsn: str = field(default_factory=lambda: _env("LEDGER_APP_DSN", ""))
+    invoice_app_dsn: str = field(default_factory=lambda: _env("INVOICE_APP_DSN", ""))
     embedded_pg_port: int = field(default_factory=lambda: int(_env("EMBEDDED_PG_PORT", "54329")))
     ledger_addr: str = field(default_factory=lambda: _env("LEDGER_ADDR", "127.0.0.1:50051"))
     invoice_addr: str = field(default_factory=lambda: _env("INVOICE_ADDR", "127.0.0.1:50052"))

@@ -32,6 +32,7 @@ class InvoiceEnv:
     pool: asyncpg.Pool
     channel: grpc.aio.Channel
     port: int
+    owner: asyncpg.Pool  # the database owner: direct checks see every tenant (the service's pool is under RLS)
 
     @property
     def md(self) -> list[tuple[str, str]]:
@@ -42,7 +43,12 @@ class InvoiceEnv:
 
     async def count(self, table: str) -> int:
         # table names come from the tests themselves, never from input
-        return int(await self.pool.fetchval(f"SELECT count(*) FROM {table}"))
+        return int(await self.owner.fetchval(f"SELECT count(*) FROM {table}"))
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.pool.close()
+        await self.owner.close()
 
 
 async def start_env(grace_s: int = TEST_GRACE_S) -> tuple[InvoiceEnv, grpc.aio.Server]:
@@ -50,7 +56,8 @@ async def start_env(grace_s: int = TEST_GRACE_S) -> tuple[InvoiceEnv, grpc.aio.S
     key = await add_tenant_key(dsn, "t1")
     server, port, pool = await create_invoice_server(dsn, usage_grace_s=grace_s)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return InvoiceEnv(dsn, pb_grpc.InvoiceServiceStub(channel), key, pool, channel, port), server
+    owner = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    return InvoiceEnv(dsn, pb_grpc.InvoiceServiceStub(channel), key, pool, channel, port, owner), server
 
 
 @pytest.fixture
@@ -59,9 +66,8 @@ async def env() -> AsyncIterator[InvoiceEnv]:
     try:
         yield e
     finally:
-        await e.channel.close()
         await server.stop(None)
-        await e.pool.close()
+        await e.close()
 
 
 def ts(value: datetime) -> Any:

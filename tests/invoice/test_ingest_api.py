@@ -124,9 +124,8 @@ async def env_with_grace(grace_s: int) -> AsyncIterator[InvoiceEnv]:
     try:
         yield e
     finally:
-        await e.channel.close()
         await server.stop(None)
-        await e.pool.close()
+        await e.close()
 
 
 async def test_late_events_count_inside_the_grace_window_only() -> None:

@@ -19,6 +19,7 @@ from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 from service_runtime.api_keys import ROLES
 from service_runtime.databases import TENANCY_MIGRATIONS
 from service_runtime.settings import Settings
+from tests.ledger.conftest import ledger  # noqa: F401 - re-exported fixture (test_row_security)
 from tests.postgres_fixtures import fresh_database
 from tests.tenancy import add_tenant_key
 

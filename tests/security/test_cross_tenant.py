@@ -59,7 +59,7 @@ async def seed_a(stack: Stack) -> dict[str, str]:
         idempotency_key="big", account_id="acct-john-wick", unit="USD", amount="10000", type=pb.COMPENSATORY,
         reason_code="r", incident_id="INC-A"), metadata=support)
     env = InvoiceEnv(stack.invoice_dsn, stack.invoice, stack.keys[TENANT_A]["admin"], None,  # type: ignore[arg-type]
-                     stack.channels["invoice"], 0)
+                     stack.channels["invoice"], 0, None)  # type: ignore[arg-type]
     await seed_catalog(env, anchor=when(1))
     invoice = await stack.invoice.CreateDraft(ipb.CreateDraftRequest(
         idempotency_key="d", customer_id="john-wick", period_start=_ts(when(1))), metadata=a)
