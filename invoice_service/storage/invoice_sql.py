@@ -7,8 +7,13 @@ prepared_at, finalized_at, void_prepared_at, voided_at
 """
 SELECT_INVOICE = f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
 SELECT_INVOICE_FOR_UPDATE = SELECT_INVOICE + " FOR UPDATE"
-SELECT_INVOICE_CUSTOMER = "SELECT customer_id FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
-LOCK_CUSTOMER = "SELECT 1 FROM customers WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE"
+# Locks the customer of an invoice (no row: no such invoice), one round trip.
+LOCK_INVOICE_CUSTOMER = """
+SELECT c.customer_id FROM customers c
+WHERE c.tenant_id = $1
+  AND c.customer_id = (SELECT i.customer_id FROM invoices i WHERE i.tenant_id = $1 AND i.invoice_id = $2)
+FOR UPDATE OF c
+"""
 
 SELECT_BILLING_CONTEXT = """
 SELECT c.customer_id, c.ledger_account_id, s.subscription_id, s.anchor, s.quantities, s.created_at AS sub_created,

@@ -250,10 +250,8 @@ class InvoiceOperations:
 
     async def _lock(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> asyncpg.Record:
         """Locks the invoice's customer, then the invoice (the one lock order of this service)."""
-        customer_id = await conn.fetchval(sql.SELECT_INVOICE_CUSTOMER, tenant, invoice_id)
-        if customer_id is None:
+        if await conn.fetchval(sql.LOCK_INVOICE_CUSTOMER, tenant, invoice_id) is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
-        await conn.execute(sql.LOCK_CUSTOMER, tenant, customer_id)
         return await self._header(conn, tenant, invoice_id, lock=True)
 
     async def _load(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> InvoiceView:
