@@ -20,12 +20,12 @@ from credits.billing.v1 import billing_pb2 as pb
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.activities import from_ts
 from coordinator.messages import (
     BillingCycleInput,
     CompensateOutageInput,
@@ -44,6 +44,7 @@ from service_runtime import tracing
 from service_runtime.api_keys import KeyResolver
 from service_runtime.grpc_server import create_server, current_caller
 from service_runtime.permissions import BILLING, BILLING_SERVICE
+from service_runtime.proto_time import from_timestamp
 from service_runtime.rejections import invalid, not_found
 from service_runtime.tls import open_channel
 
@@ -62,11 +63,26 @@ _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")  # the ledger's id rule
 _AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")
 
 
+def _iso(ts: Timestamp, field: str) -> str:
+    return from_timestamp(ts, field).isoformat()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _reason(text: str) -> str:
+    """A reason the ledger will accept after the decision (else a void could never complete)."""
+    if len(text) > 500:
+        raise invalid("reason", "is longer than 500 characters")
+    if _CONTROL.search(text):
+        raise invalid("reason", "must not contain control characters")
+    return text
+
+
 def _check_wait(seconds: int) -> None:
     """Checked before anything starts: bad input changes nothing."""
     if not 0 <= seconds <= MAX_WAIT_S:
         raise invalid("wait_timeout_s", f"must be between 0 and {MAX_WAIT_S} seconds")
-MAX_WAIT_S = 600  # a caller cannot park a front-door call (and its resources) for longer
 QUERY_TIMEOUT = timedelta(seconds=2)
 
 
@@ -125,7 +141,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
         await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
-                                       VoidInvoiceInput(tenant, invoice_id, request.reason[:500]),
+                                       VoidInvoiceInput(tenant, invoice_id, _reason(request.reason)),
                                        id=naming.void_workflow_id(tenant, invoice_id), task_queue=self._queue,
                                        summary=f"Void invoice {invoice_id} (tenant {tenant})")
         return await self._operation(handle, request.wait, request.wait_timeout_s)
@@ -133,7 +149,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def RunBillingCycle(self, request: pb.RunBillingCycleRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
         tenant = current_caller().tenant_id
-        as_of = from_ts(request.as_of) if request.HasField("as_of") else \
+        as_of = _iso(request.as_of, "as_of") if request.HasField("as_of") else \
             datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
         if not 0 <= request.concurrency <= 64:
             raise invalid("concurrency", "must be between 0 and 64")
@@ -157,9 +173,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 raise invalid(f"account_ids[{i}]", "must be a ledger account id (letters, digits, . _ : / @ # -)")
         if len(request.account_ids) > 10_000:
             raise invalid("account_ids", "more than 10,000 accounts; split the incident")
-        expires_at = from_ts(request.expires_at) if request.HasField("expires_at") else ""
+        expires_at = _iso(request.expires_at, "expires_at") if request.HasField("expires_at") else ""
+        reason = _reason(request.reason)
         inp = CompensateOutageInput(tenant, incident, list(dict.fromkeys(request.account_ids)), request.amount,
-                                    request.unit, expires_at, request.reason[:500])
+                                    request.unit, expires_at, reason)
         handle = await start_or_attach(self._client, CompensateOutageWorkflow.run, inp,
                                        id=naming.outage_workflow_id(tenant, incident), task_queue=self._queue,
                                        summary=f"Compensate incident {incident}: {len(inp.account_ids)} accounts")

@@ -188,11 +188,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise invalid("page_size", "must not be negative")
         limit = min(request.page_size or 100, 1000)
         token = request.page_token
-        if token and (not token.isdigit() or len(token) > 19):
+        if token and (not (token.isascii() and token.isdigit()) or len(token) > 19 or int(token) > 2**63 - 1):
             raise invalid("page_token", "is malformed")
         for name in ("subject", "key_id", "method"):
-            if len(getattr(request, name)) > 200:
+            value = getattr(request, name)
+            if len(value) > 200:
                 raise invalid(name, "is longer than 200 characters")
+            if "\x00" in value:
+                raise invalid(name, "must not contain NUL")
         rows = await self._pool.fetch(
             SELECT, current_caller().tenant_id, request.subject, request.key_id, request.method,
             _when(request, "from"), _when(request, "to"), request.refused_only, int(token or 0), limit)

@@ -38,7 +38,6 @@ async def billing(stack: Stack) -> AsyncIterator[billing_pb2_grpc.BillingService
         await pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason=f"bug: {VOID_REASON_BUG}")
 async def test_void_reason_the_ledger_refuses_is_refused_up_front(
         stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
     invoice_id = await seed_customer(stack.services)
