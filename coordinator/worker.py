@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import grpc
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.exceptions import FailureError
@@ -55,6 +54,7 @@ from coordinator.search_attributes import OUTCOME
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
+from service_runtime.tls import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,12 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                          faults: FaultPlan | None = None) -> AsyncIterator[Worker]:
     """Runs a worker until the block exits; channels are opened once and closed after shutdown."""
     tracing.configure("credits-worker")  # from the environment, once per process; off by default
-    # With tracing on, every call to a service runs in a client span carrying the trace context.
-    ledger_channel = grpc.aio.insecure_channel(config.ledger_addr, options=CHANNEL_OPTIONS,
-                                               interceptors=tracing.client_interceptors())
-    invoice_channel = grpc.aio.insecure_channel(config.invoice_addr, options=CHANNEL_OPTIONS,
-                                                interceptors=tracing.client_interceptors())
+    # TLS/mTLS when configured (service_runtime.tls); with tracing on, every call to a service runs
+    # in a client span carrying the trace context.
+    ledger_channel = open_channel(config.ledger_addr, options=CHANNEL_OPTIONS,
+                                  interceptors=tracing.client_interceptors())
+    invoice_channel = open_channel(config.invoice_addr, options=CHANNEL_OPTIONS,
+                                   interceptors=tracing.client_interceptors())
     worker = Worker(
         client, task_queue=config.task_queue, workflows=WORKFLOWS,
         activities=activity_functions(LedgerActivities(ledger_channel, keys, faults),
