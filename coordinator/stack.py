@@ -28,6 +28,7 @@ from service_runtime import metrics, tracing
 from service_runtime.databases import resolve_databases
 from service_runtime.settings import Settings
 from service_runtime.temporal_server import TemporalDevServer
+from service_runtime.tls import temporal_tls
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
             await asyncio.to_thread(temporal.start)
             temporal_addr, ui_url = temporal.address, temporal.ui_url
         client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace,
-                                      runtime=temporal_runtime())
+                                      runtime=temporal_runtime(),
+                                      tls=temporal_tls() if settings.temporal_addr else False)
         await sa.register(client)
         ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
         servers.append(ledger)

@@ -54,7 +54,7 @@ from coordinator.search_attributes import OUTCOME
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
-from service_runtime.tls import open_channel
+from service_runtime.tls import open_channel, temporal_tls
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ async def serve(settings: Settings | None = None) -> None:
                           pollers=int(env("CREDITS_WORKER_POLLERS", "5")))
     metrics_port = metrics.start_endpoint()
     client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
-                                  runtime=temporal_runtime())
+                                  runtime=temporal_runtime(), tls=temporal_tls())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

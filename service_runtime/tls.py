@@ -70,3 +70,27 @@ def open_channel(address: str, tls: TlsSettings | None = None,
     if creds is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
+
+
+def temporal_tls() -> Any:
+    """TLS for the Temporal client (a Temporal cluster with TLS, or Temporal Cloud with mTLS):
+
+    CREDITS_TEMPORAL_TLS_CERT_FILE / _KEY_FILE: the client certificate and key (mTLS);
+    CREDITS_TEMPORAL_TLS_CA_FILE: the server's CA (default: the system roots);
+    CREDITS_TEMPORAL_TLS=1: TLS with the system roots and no client certificate.
+    Returns False (plaintext, e.g. the local dev server) when none is set.
+    """
+    from temporalio.service import TLSConfig
+
+    env = os.environ.get
+    cert, key, ca = (env("CREDITS_TEMPORAL_TLS_CERT_FILE", ""), env("CREDITS_TEMPORAL_TLS_KEY_FILE", ""),
+                     env("CREDITS_TEMPORAL_TLS_CA_FILE", ""))
+    if not (cert or key or ca) and env("CREDITS_TEMPORAL_TLS", "").lower() not in {"1", "true", "yes"}:
+        return False
+    if bool(cert) != bool(key):
+        raise RuntimeError("CREDITS_TEMPORAL_TLS_CERT_FILE and CREDITS_TEMPORAL_TLS_KEY_FILE go together")
+    return TLSConfig(
+        server_root_ca_cert=Path(ca).read_bytes() if ca else None,
+        client_cert=Path(cert).read_bytes() if cert else None,
+        client_private_key=Path(key).read_bytes() if key else None,
+    )

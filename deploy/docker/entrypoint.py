@@ -97,9 +97,11 @@ async def _temporal_client(settings: Any) -> Any:
 
     addr = _require("TEMPORAL_ADDR", settings.temporal_addr)
     runtime = temporal_runtime()  # CREDITS_TEMPORAL_METRICS_ADDR: the SDK's worker metrics
+    from service_runtime.tls import temporal_tls
+
     if runtime is None:
-        return await Client.connect(addr, namespace=settings.temporal_namespace)
-    return await Client.connect(addr, namespace=settings.temporal_namespace, runtime=runtime)
+        return await Client.connect(addr, namespace=settings.temporal_namespace, tls=temporal_tls())
+    return await Client.connect(addr, namespace=settings.temporal_namespace, runtime=runtime, tls=temporal_tls())
 
 
 async def run_billing() -> None:

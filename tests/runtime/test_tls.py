@@ -110,3 +110,21 @@ async def test_plaintext_and_unverified_clients_are_refused(pki: dict[str, TlsSe
 async def test_tls_required_without_a_certificate_refuses_to_start() -> None:
     with pytest.raises(RuntimeError, match="TLS is required"):
         TlsSettings(required=True).server_credentials()
+
+
+def test_temporal_client_tls_from_settings(pki: dict[str, TlsSettings], monkeypatch: pytest.MonkeyPatch) -> None:
+    from service_runtime.tls import temporal_tls
+
+    for name in ("CERT_FILE", "KEY_FILE", "CA_FILE", ""):
+        monkeypatch.delenv(f"CREDITS_TEMPORAL_TLS_{name}".rstrip("_"), raising=False)
+    assert temporal_tls() is False  # the local dev server: plaintext
+    client = pki["client"]
+    monkeypatch.setenv("CREDITS_TEMPORAL_TLS_CERT_FILE", client.cert_file)
+    monkeypatch.setenv("CREDITS_TEMPORAL_TLS_KEY_FILE", client.key_file)
+    monkeypatch.setenv("CREDITS_TEMPORAL_TLS_CA_FILE", client.ca_file)
+    config = temporal_tls()
+    assert config.client_cert == Path(client.cert_file).read_bytes()
+    assert config.server_root_ca_cert == Path(client.ca_file).read_bytes()
+    monkeypatch.delenv("CREDITS_TEMPORAL_TLS_KEY_FILE")
+    with pytest.raises(RuntimeError, match="go together"):
+        temporal_tls()
