@@ -5,7 +5,7 @@ import pytest
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from tests.ledger.conftest import Ledger
-from tests.ledger.helpers import at, charge, rejected, table_counts
+from tests.ledger.requests_and_checks import at, charge, rejected, table_counts
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -6,7 +6,7 @@ import grpc
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from tests.ledger.conftest import Ledger
-from tests.ledger.helpers import charge, rejected, table_counts
+from tests.ledger.requests_and_checks import charge, rejected, table_counts
 from tests.tenancy import add_tenant_key
 
 

@@ -15,7 +15,7 @@ import pytest
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from tests.ledger.conftest import Ledger
-from tests.ledger.helpers import charge, ts
+from tests.ledger.requests_and_checks import charge, ts
 
 ACCOUNTS = ["root", "team-1", "team-2"]
 

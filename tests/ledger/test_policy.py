@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from tests.ledger.conftest import Ledger
-from tests.ledger.helpers import charge, ts
+from tests.ledger.requests_and_checks import charge, ts
 
 
 async def test_default_order_and_account_override_with_explain(ledger: Ledger) -> None:

@@ -8,7 +8,7 @@ import pytest
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from tests.ledger.conftest import Ledger
-from tests.ledger.helpers import at, charge, rejected, table_counts, ts
+from tests.ledger.requests_and_checks import at, charge, rejected, table_counts, ts
 
 AUG, MID_AUG, SEP, OCT = "2025-08-01", "2025-08-16", "2025-09-01", "2025-10-01"
 

@@ -14,7 +14,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from ledger_service.server import create_ledger_server
 from service_runtime.api_keys import mint_key, store_tenant_key
 from service_runtime.settings import Settings
-from tests.ledger.helpers import table_counts
+from tests.ledger.requests_and_checks import table_counts
 from tests.security.conftest import TENANT_A, Stack, code_of
 from tests.security.test_support_grants import grant, md, setup_unit
 

@@ -1,4 +1,4 @@
-"""Small builders for ledger test requests."""
+"""Ledger test support: builders for requests (charges, timestamps) and checks of outcomes (statuses, row counts)."""
 
 from __future__ import annotations
 
