@@ -5,7 +5,6 @@ so the history in the Temporal UI reads like the services' own payloads. No secr
 API keys stay in the worker (coordinator.keys).
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 
