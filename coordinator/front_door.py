@@ -42,6 +42,7 @@ from coordinator.workflows import (
 )
 from service_runtime import tracing
 from service_runtime.api_keys import KeyResolver
+from service_runtime.free_text import check_text
 from service_runtime.grpc_server import create_server, current_caller
 from service_runtime.permissions import BILLING, BILLING_SERVICE
 from service_runtime.proto_time import from_timestamp
@@ -67,16 +68,9 @@ def _iso(ts: Timestamp, field: str) -> str:
     return from_timestamp(ts, field).isoformat()
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _reason(text: str) -> str:
     """A reason the ledger will accept after the decision (else a void could never complete)."""
-    if len(text) > 500:
-        raise invalid("reason", "is longer than 500 characters")
-    if _CONTROL.search(text):
-        raise invalid("reason", "must not contain control characters")
-    return text
+    return check_text(text, "reason", 500)
 
 
 def _check_wait(seconds: int) -> None:

@@ -22,6 +22,7 @@ SELECT = "SELECT method, request_hash, response FROM idempotency_keys WHERE tena
 INSERT = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
 """
+REMEMBER_IF_ABSENT = INSERT.rstrip() + "\nON CONFLICT DO NOTHING\n"
 MAX_KEY_LENGTH = 200
 
 
@@ -45,6 +46,17 @@ async def stored_response(conn: asyncpg.Connection, tenant_id: str, key: str, me
     if row["method"] != method or bytes(row["request_hash"]) != digest:
         raise conflict("idempotency_key", f"{key!r} was used for a different request")
     return bytes(row["response"])
+
+
+async def remember(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, key: str, method: str, digest: bytes,
+                   response: Message, *, if_absent: bool = False) -> None:
+    """Stores a response under its key (in the caller's transaction when given a connection).
+
+    `if_absent` tolerates a key already stored by a concurrent identical call (sweeps whose parts
+    are idempotent on their own); otherwise a duplicate key raises UniqueViolationError.
+    """
+    sql = REMEMBER_IF_ABSENT if if_absent else INSERT
+    await conn.execute(sql, tenant_id, key, method, digest, response.SerializeToString())
 
 
 async def run_idempotent(

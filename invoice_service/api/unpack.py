@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from credits.invoice.v1 import invoice_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +18,7 @@ from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_p
 from invoice_service.storage.invoices import ApplicationIn
 from invoice_service.storage.usage import EventIn, event_field
 from service_runtime.amounts import parse_decimal
+from service_runtime.proto_time import from_timestamp
 from service_runtime.rejections import invalid
 
 MAX_BATCH = 10_000
@@ -30,9 +31,7 @@ _LOT_TYPE_MAX = 32
 def timestamp(ts: Timestamp, present: bool, field: str) -> datetime:
     if not present:
         raise invalid(field, "is required")
-    if ts.seconds < 0 or ts.seconds > 253402300799 or not 0 <= ts.nanos <= 999_999_999:
-        raise invalid(field, "is out of range")
-    return ts.ToDatetime(tzinfo=UTC)
+    return from_timestamp(ts, field)
 
 
 def timestamps(values: Sequence[Timestamp], field: str) -> list[datetime]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from service_runtime import free_text
 from service_runtime.rejections import invalid
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -34,14 +35,7 @@ def check_key(value: str, field: str = "idempotency_key", *, required: bool = Tr
     return value
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def check_text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
-    """Free text: bounded and without control characters — the same rule as the ledger, so a reason
-    the invoice service accepts in a saga is never refused by the ledger after the decision."""
-    if len(value) > max_len:
-        raise invalid(field, f"is longer than {max_len} characters")
-    if _CONTROL.search(value):
-        raise invalid(field, "must not contain control characters")
-    return value
+    """Free text: the same rule as the ledger (service_runtime.free_text), so a reason the invoice
+    service accepts in a saga is never refused by the ledger after the decision."""
+    return free_text.check_text(value, field, max_len)

@@ -13,6 +13,7 @@ from ledger_service.domain.journal import BUCKETS, Buckets
 from ledger_service.domain.model import Allocation, Charge, ChargeKind, Hold, HoldStatus, Lot, LotType, Scope
 from ledger_service.domain.policy import Policy, SortKey
 from service_runtime.amounts import format_minor, parse_minor
+from service_runtime.free_text import check_text
 from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import invalid
 
@@ -42,16 +43,9 @@ def ident(value: str, field: str, *, required: bool = True) -> str:
     return value
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
-    """Free text: bounded, and without control characters (the storage layer relies on that)."""
-    if len(value) > max_len:
-        raise invalid(field, f"is longer than {max_len} characters")
-    if _CONTROL.search(value):
-        raise invalid(field, "must not contain control characters")
-    return value
+    """Free text: the shared rule (the storage layer relies on it having no control characters)."""
+    return check_text(value, field, max_len)
 
 
 def when(ts: Timestamp, field: str) -> datetime:

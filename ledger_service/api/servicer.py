@@ -24,7 +24,7 @@ from ledger_service.storage.account_writer import AccountWriter, Operation, Outc
 from service_runtime.amounts import format_minor, parse_decimal, parse_minor
 from service_runtime.audit import AuditRecord, claim_audit
 from service_runtime.grpc_server import current_caller
-from service_runtime.idempotency import check_key, request_hash, run_idempotent, stored_response
+from service_runtime.idempotency import check_key, remember, request_hash, run_idempotent, stored_response
 from service_runtime.rejections import Rejection, conflict, invalid, not_found, precondition
 from service_runtime.settings import Settings
 
@@ -95,8 +95,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         async with self.pool.acquire() as conn:
             return await stored_response(conn, tenant, key, method, digest)
 
-    async def _remember(self, tenant: str, key: str, method: str, digest: bytes, response: Message) -> None:
-        await self.pool.execute(_REMEMBER, tenant, key, method, digest, response.SerializeToString())
 
     def _now(self) -> datetime:
         return self.clock()
@@ -214,16 +212,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     out = pb.Lot(account_id=lot.account_id, type=request.type, unit=lot.unit,
                                  amount=format_minor(lot.amount, scale), reason_code=lot.reason_code,
                                  incident_id=lot.incident_id, grant_request=_pack_grant_request(row))
-                    await self._remember_in(conn, tenant, key, method, digest, out)
+                    await remember(conn, tenant, key, method, digest, out)
                     return out
             except asyncpg.UniqueViolationError:
                 continue  # the same key committed meanwhile by another caller: replay or conflict
         raise conflict("idempotency_key", f"{key!r} is being used concurrently")
-
-    @staticmethod
-    async def _remember_in(conn: asyncpg.Connection, tenant: str, key: str, method: str, digest: bytes,
-                           response: Message) -> None:
-        await conn.execute(_REMEMBER_STRICT, tenant, key, method, digest, response.SerializeToString())
 
     async def SetSupportGrantLimits(self, request: pb.SetSupportGrantLimitsRequest,
                                     context: Any) -> pb.SupportGrantLimits:
@@ -313,7 +306,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                                                      "approve it again to finish")
                 row = await approvals.decide(conn, tenant, row, status, caller, reason, None, self._now())
             out = _pack_grant_request(row)
-            await self._remember_in(conn, tenant, key, method, digest, out)
+            await remember(conn, tenant, key, method, digest, out)
             return out
 
     async def GetLot(self, request: pb.GetLotRequest, context: Any) -> pb.Lot:
@@ -622,7 +615,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             elif outcome.replay is not None:
                 out.lots.extend(pb.ExpireLotsResponse.FromString(outcome.replay).lots)
         out.lots_expired = len(out.lots)
-        await self._remember(tenant, request.idempotency_key, method, digest, out)
+        await remember(self.pool, tenant, request.idempotency_key, method, digest, out, if_absent=True)
         return out
 
     async def ReleaseExpiredHolds(self, request: pb.ReleaseExpiredHoldsRequest,
@@ -651,7 +644,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 out.hold_keys.extend(pb.ReleaseExpiredHoldsResponse.FromString(outcome.replay).hold_keys)
             else:
                 out.hold_keys.extend(outcome.result)
-        await self._remember(tenant, request.idempotency_key, method, digest, out)
+        await remember(self.pool, tenant, request.idempotency_key, method, digest, out, if_absent=True)
         return out
 
     async def ReverseReference(self, request: pb.ReverseReferenceRequest,
@@ -729,16 +722,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
 
 
-_REMEMBER_STRICT = """
-INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
-"""
 _GRANT_REQUEST_STATUS = {pb.PENDING_APPROVAL: approvals.PENDING, pb.APPROVED: approvals.APPROVED,
                          pb.REJECTED: approvals.REJECTED}
 _GRANT_REQUEST_STATUS_PB = {v: k for k, v in _GRANT_REQUEST_STATUS.items()}
-_REMEMBER = """
-INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT DO NOTHING
-"""
 _DUE_ACCOUNTS = """
 SELECT DISTINCT b.account_id FROM lot_balances b JOIN lots l ON l.tenant_id = b.tenant_id AND l.lot_id = b.lot_id
 WHERE b.tenant_id = $1 AND b.available > 0 AND l.expires_at IS NOT NULL

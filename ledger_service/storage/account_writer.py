@@ -89,8 +89,6 @@ class AccountWriter:
         self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        self.operations = 0
 
     async def submit(self, tenant_id: str, account_id: str, op: Operation) -> Outcome:
         """Applies one operation; raises its Rejection (or a bug's exception)."""
@@ -190,8 +188,6 @@ class AccountWriter:
             for op in ops:
                 outcomes.append(self._apply_one(state, effects, op))
             await effects.flush(conn)
-        self.batches += 1
-        self.operations += len(ops)
         return outcomes
 
     @staticmethod
