@@ -5,14 +5,18 @@ invoice services each in their own OS process (uvloop), `temporal server start-d
 default, or on a database file like `creditctl up` with `--temporal-db-file`), and one coordinator
 worker in its own process (`python -m coordinator.worker`, uvloop). This process is only the client:
 it seeds N customers (each $100 of usage and a $50 credit), then keeps `concurrency` finalization
-sagas in flight until all N are done, timing each saga from start to result; then it runs N bare
+sagas in flight until all N are done, timing each saga from start to result, and runs N bare
 workflows the same way, on the same server, task queue and worker, each with as many sequential
 no-op activities as the saga has activities (regular activities on both sides: like with like).
+The two kinds run in interleaved rounds (`rounds`, the order alternating: saga first, then bare
+first, ...), so a drift of the server over the run (Temporal's in-memory store and heap grow) weighs
+on both alike; rates are totals over all rounds, and each round's ratio is reported too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -27,7 +31,9 @@ from typing import Any
 import grpc
 
 from coordinator import naming
+from coordinator import search_attributes as sa
 from coordinator.messages import BenchInput, FinalizeInvoiceInput
+from coordinator.scenario import PERIOD_START
 from coordinator.workflows import SAGA_ACTIVITIES, BareWorkflow, FinalizeInvoiceWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +62,10 @@ async def _timed(start: Callable[[int], Awaitable[Any]], n: int, concurrency: in
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     return time.perf_counter() - t0, latencies
+
+
+def _offset(start: Callable[[int], Awaitable[Any]], offset: int, i: int) -> Awaitable[Any]:
+    return start(offset + i)
 
 
 @contextmanager
@@ -89,17 +99,16 @@ async def _ready(addr: str, proc: subprocess.Popen[bytes], log: Path, timeout_s:
                     raise TimeoutError(f"{addr} not ready; see {log}") from None
 
 
-async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool = False,
+async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool = False, rounds: int = 3,
                     progress: Callable[[str], None] | None = None, breakdown: bool = False,
                     profile_dir: Path | None = None) -> dict[str, Any]:
     """Runs the benchmark; `breakdown` adds per-activity timings read from the workflow histories,
     `profile_dir` records py-spy profiles (collapsed stacks) of the service and worker processes
-    while the sagas run."""
+    while the sagas run (saga-*.txt) and while the bare workflows run (bare-*.txt)."""
     from credits.invoice.v1 import invoice_pb2_grpc
     from credits.ledger.v1 import ledger_pb2_grpc
     from temporalio.client import Client
 
-    from coordinator import search_attributes as sa
     from coordinator.scenario import Services, seed_catalog, seed_customer
     from service_runtime.api_keys import mint_key, store_tenant_key
     from service_runtime.databases import INVOICE_DB, LEDGER_DB, TENANCY_MIGRATIONS
@@ -146,7 +155,7 @@ async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool =
                         "temporal": temporal.pid or 0, "postgres": pg.pid() or 0, "client": os.getpid()}
                 return await _measure(Client, temporal.address, ledger_addr, invoice_addr, key, invoices,
                                       concurrency, Services, seed_catalog, seed_customer, ledger_pb2_grpc,
-                                      invoice_pb2_grpc, temporal_db_file, say, breakdown,
+                                      invoice_pb2_grpc, temporal_db_file, say, rounds, breakdown,
                                       _Profiler(profile_dir, pids))
         finally:
             await asyncio.to_thread(temporal.stop)
@@ -156,7 +165,7 @@ async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool =
 async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoice_addr: str, key: str,
                    invoices: int, concurrency: int, services_cls: Any, seed_catalog: Any, seed_customer: Any,
                    ledger_pb2_grpc: Any, invoice_pb2_grpc: Any, temporal_db_file: bool,
-                   say: Callable[[str], None], breakdown: bool = False,
+                   say: Callable[[str], None], rounds: int = 3, breakdown: bool = False,
                    profiler: _Profiler | None = None) -> dict[str, Any]:
     client = await client_cls.connect(temporal_addr)
     queue = "credits-bench"
@@ -165,18 +174,23 @@ async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoic
         await seed_catalog(s)
         sem = asyncio.Semaphore(16)
 
-        async def seed(i: int) -> str:
+        async def seed(i: int) -> tuple[str, str]:
             async with sem:
-                return str(await seed_customer(s, f"bench-{i}"))
+                return str(await seed_customer(s, f"bench-{i}")), f"bench-{i}"
 
         say(f"seeding {invoices} customers")
-        invoice_ids = await asyncio.gather(*(seed(i) for i in range(invoices + 10)))
+        seeded = await asyncio.gather(*(seed(i) for i in range(invoices + 10)))
+    invoice_ids = [invoice_id for invoice_id, _ in seeded]
     # Warm-up (not measured): the worker's first workflow tasks, channels and the services' pools.
-    warm = invoice_ids[invoices:]
+    warm = seeded[invoices:]
+    period = PERIOD_START.isoformat()
 
-    def start_saga(i: int, ids: list[str] = invoice_ids) -> Any:
-        return client.start_workflow(FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, ids[i]),
-                                     id=naming.finalize_workflow_id(TENANT, ids[i]), task_queue=queue)
+    def start_saga(i: int, pairs: list[tuple[str, str]] = seeded) -> Any:
+        # Started as the front door starts it: business-key id, and the search attributes it knows.
+        invoice_id, customer = pairs[i]
+        return client.start_workflow(FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id),
+                                     id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=queue,
+                                     search_attributes=sa.at_start(TENANT, invoice_id, customer, period))
 
     def start_bare(i: int, tag: str = "run") -> Any:
         return client.start_workflow(BareWorkflow.run, BenchInput(SAGA_ACTIVITIES), id=f"bench-bare/{tag}/{i}",
@@ -185,22 +199,40 @@ async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoic
     say("warming up")
     await _timed(lambda i: start_saga(i, warm), len(warm), concurrency)
     await _timed(lambda i: start_bare(i, "warm"), len(warm), concurrency)
-    say(f"{invoices} sagas, {concurrency} in flight")
-    if profiler is not None:
-        profiler.start("saga")
-    cpu0 = profiler.cpu() if profiler is not None else {}
-    saga_s, saga_ms = await _timed(start_saga, invoices, concurrency)
-    cpu1 = profiler.cpu() if profiler is not None else {}
-    if profiler is not None:
-        profiler.stop()
-    say(f"{invoices} bare workflows, {concurrency} in flight")
-    bare_s, bare_ms = await _timed(start_bare, invoices, concurrency)
-    cpu2 = profiler.cpu() if profiler is not None else {}
+    # Interleaved rounds, the order alternating (saga first, then bare first, ...), so that both
+    # kinds meet the same server state (Temporal's in-memory store and heap grow as the run goes on).
+    rounds = max(1, min(rounds, invoices // concurrency))
+    bounds = [invoices * r // rounds for r in range(rounds + 1)]
+    saga_s = bare_s = 0.0
+    saga_ms: list[float] = []
+    bare_ms: list[float] = []
+    round_ratios: list[float] = []
+    cpu = {"saga": dict.fromkeys(profiler.cpu() if profiler else {}, 0.0),
+           "bare": dict.fromkeys(profiler.cpu() if profiler else {}, 0.0)}
+    for r in range(rounds):
+        lo, n = bounds[r], bounds[r + 1] - bounds[r]
+        took: dict[str, float] = {}
+        for kind in ("saga", "bare") if r % 2 == 0 else ("bare", "saga"):
+            say(f"round {r + 1}/{rounds}: {n} {'sagas' if kind == 'saga' else 'bare workflows'}, "
+                f"{concurrency} in flight")
+            if profiler is not None:
+                profiler.start(f"{kind}-r{r + 1}")
+            before = profiler.cpu() if profiler is not None else {}
+            starter = start_saga if kind == "saga" else start_bare
+            took[kind], ms = await _timed(functools.partial(_offset, starter, lo), n, concurrency)
+            (saga_ms if kind == "saga" else bare_ms).extend(ms)
+            if profiler is not None:
+                after = profiler.cpu()
+                profiler.stop()
+                for k, v in after.items():
+                    cpu[kind][k] = cpu[kind].get(k, 0.0) + v - before.get(k, 0.0)
+        saga_s, bare_s = saga_s + took["saga"], bare_s + took["bare"]
+        round_ratios.append(round(took["bare"] / took["saga"], 3))
     saga_rate, bare_rate = invoices / saga_s, invoices / bare_s
     extra: dict[str, Any] = {}
     if breakdown and profiler is not None:  # CPU ms per workflow, by process (and its children)
-        extra["saga_cpu_ms"] = {k: round((cpu1[k] - cpu0.get(k, 0)) * 1000 / invoices, 1) for k in cpu1}
-        extra["bare_cpu_ms"] = {k: round((cpu2[k] - cpu1.get(k, 0)) * 1000 / invoices, 1) for k in cpu2}
+        extra["saga_cpu_ms"] = {k: round(v * 1000 / invoices, 1) for k, v in cpu["saga"].items()}
+        extra["bare_cpu_ms"] = {k: round(v * 1000 / invoices, 1) for k, v in cpu["bare"].items()}
     if breakdown:
         say("reading histories")
         sample = range(0, invoices, max(1, invoices // 100))
@@ -212,7 +244,7 @@ async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoic
             "invoices_per_s": round(saga_rate, 1), "p50_ms": round(_pct(saga_ms, 0.5), 1),
             "p99_ms": round(_pct(saga_ms, 0.99), 1), "bare_workflows_per_s": round(bare_rate, 1),
             "bare_p50_ms": round(_pct(bare_ms, 0.5), 1), "bare_p99_ms": round(_pct(bare_ms, 0.99), 1),
-            "ratio_vs_bare": round(saga_rate / bare_rate, 3)}
+            "ratio_vs_bare": round(saga_rate / bare_rate, 3), "rounds": rounds, "round_ratios": round_ratios}
 
 
 class _Profiler:
@@ -312,14 +344,16 @@ async def _breakdown(client: Any, workflow_ids: list[str]) -> dict[str, Any]:
             "outside_activities": stats(outside), "gaps": {i: stats(v) for i, v in sorted(gaps.items())}}
 
 
-if __name__ == "__main__":  # python -m coordinator.bench [invoices] [concurrency] [--breakdown] [--profile DIR]
+if __name__ == "__main__":  # python -m coordinator.bench [invoices] [concurrency] [--rounds R] [--breakdown] ...
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m coordinator.bench")
     parser.add_argument("invoices", type=int, nargs="?", default=300)
     parser.add_argument("concurrency", type=int, nargs="?", default=40)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved saga/bare rounds (default 3)")
     parser.add_argument("--breakdown", action="store_true", help="per-activity timings from the histories")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy profiles of the processes into DIR")
     a = parser.parse_args()
-    print(json.dumps(asyncio.run(run_bench(a.invoices, a.concurrency, breakdown=a.breakdown, profile_dir=a.profile,
+    print(json.dumps(asyncio.run(run_bench(a.invoices, a.concurrency, rounds=a.rounds, breakdown=a.breakdown,
+                                           profile_dir=a.profile,
                                            progress=lambda m: print("…", m, file=sys.stderr)))))

@@ -101,42 +101,54 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._invoice_addr = invoice_addr
         self._invoices: invoice_pb2_grpc.InvoiceServiceStub | None = None
 
-    async def _check_invoice(self, invoice_id: str, context: Any) -> None:
+    async def _check_invoice(self, invoice_id: str, context: Any) -> ipb.Invoice | None:
         """NOT_FOUND now, rather than a failed saga later, for an unknown or another tenant's invoice.
 
         Asks the invoice service with the caller's own key (tenant keys are valid in every service),
-        so the answer is exactly what that tenant may see. Other errors are left to the saga.
+        so the answer is exactly what that tenant may see. Other errors are left to the saga (None).
+        The invoice read also gives the saga's customer and period search attributes at start.
         """
         if not self._invoice_addr:
-            return
+            return None
         if self._invoices is None:
             self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(self._invoice_addr))
         key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
         try:
-            await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
-                                            metadata=[("x-api-key", key), *tracing.outgoing_metadata()],
-                                            timeout=10)
+            invoice: ipb.Invoice = await self._invoices.GetInvoice(
+                ipb.GetInvoiceRequest(invoice_id=invoice_id),
+                metadata=[("x-api-key", key), *tracing.outgoing_metadata()], timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None
+            return None
+        return invoice
+
+    @staticmethod
+    def _attributes(tenant: str, invoice_id: str, invoice: ipb.Invoice | None) -> Any:
+        if invoice is None:
+            return sa.at_start(tenant, invoice_id)
+        start = invoice.period_start.ToDatetime(tzinfo=UTC).isoformat() if invoice.HasField("period_start") else ""
+        return sa.at_start(tenant, invoice_id, invoice.customer_id, start)
 
     async def FinalizeInvoice(self, request: pb.FinalizeInvoiceRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
-        await self._check_invoice(invoice_id, context)
+        invoice = await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
                                        FinalizeInvoiceInput(tenant, invoice_id),
                                        id=naming.finalize_workflow_id(tenant, invoice_id), task_queue=self._queue,
+                                       search_attributes=self._attributes(tenant, invoice_id, invoice),
                                        summary=f"Finalize invoice {invoice_id} (tenant {tenant})")
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
         tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
-        await self._check_invoice(invoice_id, context)
+        invoice = await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
                                        VoidInvoiceInput(tenant, invoice_id, _reason(request.reason)),
                                        id=naming.void_workflow_id(tenant, invoice_id), task_queue=self._queue,
+                                       search_attributes=self._attributes(tenant, invoice_id, invoice),
                                        summary=f"Void invoice {invoice_id} (tenant {tenant})")
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 

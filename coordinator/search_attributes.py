@@ -10,7 +10,7 @@ from __future__ import annotations
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 TENANT = SearchAttributeKey.for_keyword("CreditsTenant")
 CUSTOMER = SearchAttributeKey.for_keyword("CreditsCustomer")
@@ -22,8 +22,32 @@ ALL_KEYS = (TENANT, CUSTOMER, INVOICE, PERIOD, OUTCOME)
 # For `temporal server start-dev --search-attribute Name=Keyword`.
 DEV_SERVER_FLAGS = {key.name: "Keyword" for key in ALL_KEYS}
 
+# The outcome a saga starts with (still compensable).
+PREPARING = "preparing"
+
 # Outcomes meaning "the commit decision is recorded": the resolver commits, never compensates.
 DECIDED_OUTCOMES = frozenset({"committing", "finalized", "voiding", "voided"})
+
+
+def period_of(period_start_iso: str) -> str:
+    """The CreditsPeriod value of a billing period: its first day, e.g. "2026-08-01"."""
+    return period_start_iso[:10]
+
+
+def at_start(tenant_id: str, invoice_id: str, customer_id: str = "", period_start_iso: str = "",
+             ) -> TypedSearchAttributes:
+    """The attributes a saga's starter already knows (the front door has just read the invoice, a
+    billing cycle has listed its due periods). Given with the start request they are written with the
+    visibility record Temporal creates anyway, and the workflow upserts only those it finds missing or
+    different once it has read the invoice: each upsert is one more history event and visibility
+    write, about 3 ms of server and worker CPU on the reference machine."""
+    pairs = [SearchAttributePair(TENANT, tenant_id), SearchAttributePair(INVOICE, invoice_id),
+             SearchAttributePair(OUTCOME, PREPARING)]
+    if customer_id:
+        pairs.append(SearchAttributePair(CUSTOMER, customer_id))
+    if period_start_iso:
+        pairs.append(SearchAttributePair(PERIOD, period_of(period_start_iso)))
+    return TypedSearchAttributes(pairs)
 
 
 async def register(client: Client) -> list[str]:

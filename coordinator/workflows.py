@@ -96,10 +96,21 @@ async def _tenants(t: SagaTimeouts) -> list[str]:
         retry_policy=_retry(t), summary="list tenants")
 
 
-def _set(**values: str) -> None:
-    keys = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE, "period": sa.PERIOD,
+_SA_KEYS = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE, "period": sa.PERIOD,
             "outcome": sa.OUTCOME}
-    workflow.upsert_search_attributes([keys[name].value_set(value) for name, value in values.items() if value])
+
+
+def _set(**values: str) -> None:
+    workflow.upsert_search_attributes([_SA_KEYS[name].value_set(value) for name, value in values.items() if value])
+
+
+def _set_unless_given(**values: str) -> None:
+    """Upserts the values the starter did not already give with the start request (`sa.at_start`):
+    a saga started by the front door, a billing cycle or the bench costs no upsert here."""
+    given = workflow.info().typed_search_attributes
+    missing = {name: value for name, value in values.items() if given.get(_SA_KEYS[name]) != value}
+    if missing:
+        _set(**missing)
 
 
 class _Saga:
@@ -136,11 +147,11 @@ class FinalizeInvoiceWorkflow:
 
         hold_key = naming.hold_key(inp.invoice_id, info.run_id)
         prepare_key = key("prepare")
-        _set(tenant=tenant, invoice=inp.invoice_id, outcome="preparing")
+        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
         self._stage = "reading the invoice"
         inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t,
                                        "read the draft invoice")
-        _set(customer=inv.customer_id, period=inv.period_start[:10])
+        _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         if inv.status == "FINALIZED":
             _set(outcome="already_finalized")
             return self._result(inv, "already_finalized", "")
@@ -229,10 +240,10 @@ class VoidInvoiceWorkflow:
         def key(step: str) -> str:
             return naming.step_key(info.workflow_id, info.run_id, step)
 
-        _set(tenant=tenant, invoice=inp.invoice_id, outcome="preparing")
+        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
         inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t,
                                        "read the invoice")
-        _set(customer=inv.customer_id, period=inv.period_start[:10])
+        _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         if inv.status == "VOIDED":
             _set(outcome="already_voided")
             return VoidInvoiceResult(inv.invoice_id, "already_voided")
@@ -342,6 +353,7 @@ class BillingCycleWorkflow:
                 id=naming.finalize_workflow_id(tenant, invoice_id),
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 parent_close_policy=ParentClosePolicy.ABANDON,
+                search_attributes=sa.at_start(tenant, invoice_id, period.customer_id, period.period_start),
                 static_summary=f"Finalize invoice {invoice_id} of {period.customer_id}")
             return True
         except (ChildWorkflowError, ApplicationError, ActivityError):

@@ -209,7 +209,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"… {msg}", file=sys.stderr, flush=True)
 
     result = asyncio.run(run_bench(args.invoices, args.concurrency, temporal_db_file=args.temporal_db_file,
-                                   progress=None if args.json else say))
+                                   rounds=args.rounds, progress=None if args.json else say))
     if args.json:
         print(json.dumps(result))
     else:
@@ -277,6 +277,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                         "their own process; this process keeps --concurrency sagas in flight.")
     saga.add_argument("--invoices", type=int, default=300)
     saga.add_argument("--concurrency", type=int, default=40, help="workflows in flight (default 40)")
+    saga.add_argument("--rounds", type=int, default=3,
+                      help="interleaved saga/bare rounds, order alternating (default 3)")
     saga.add_argument("--temporal-db-file", action="store_true",
                       help="Temporal dev server on a database file (as `creditctl up`) instead of in memory")
     saga.add_argument("--json", action="store_true")

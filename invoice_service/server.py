@@ -22,7 +22,7 @@ from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate, wait_for_database
-from service_runtime.row_security import app_dsn, set_tenant
+from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
     """
     settings = settings or Settings.from_env()
     config = InvoiceConfig.from_settings(settings, usage_grace_s)
-    pool = await create_pool(app_dsn(dsn, settings.invoice_app_dsn), max_size=settings.pool_max_size,
-                             setup=set_tenant)
+    pool = await create_tenant_pool(app_dsn(dsn, settings.invoice_app_dsn), max_size=settings.pool_max_size)
     catalog = CatalogOperations(pool)
     servicer = InvoiceServicer(catalog, UsageOperations(pool, catalog, config.usage_grace_s),
                                InvoiceOperations(pool, catalog, config.clock_skew_s), config)

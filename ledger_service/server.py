@@ -18,7 +18,7 @@ from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
 from service_runtime.postgres import create_pool, migrate, wait_for_database
-from service_runtime.row_security import app_dsn, set_tenant
+from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     """Migrates `dsn`, then starts the ledger server on `address`. Returns (server, port, pool)."""
     settings = settings or Settings.from_env()
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
-    pool = await create_pool(app_dsn(dsn, settings.ledger_app_dsn), max_size=settings.pool_max_size,
-                             setup=set_tenant)
+    pool = await create_tenant_pool(app_dsn(dsn, settings.ledger_app_dsn), max_size=settings.pool_max_size)
     servicer = LedgerServicer(pool, settings)
     server, port = await create_server(
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE)],

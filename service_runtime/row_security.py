@@ -8,8 +8,13 @@ tenant filter still sees only the calling tenant's rows, and cannot write anothe
 - Migrations run as the owner and end with `apply_row_security` (idempotent): create the role if
   allowed, grant it DML, enable RLS and (re)create the policies on every tenant table, so tables
   added by later migrations are covered too.
-- Service pools log in as the role (`app_dsn`) and set `app.tenant_id` from the calling key's
-  tenant on every acquire (`set_tenant`); a connection acquired outside a call sees no tenant rows.
+- Service pools (`create_tenant_pool`) log in as the role (`app_dsn`) and scope `app.tenant_id` to
+  the calling key's tenant on every acquire (`set_tenant`); a connection acquired outside a call
+  sees no tenant rows. Each connection remembers the tenant its session is scoped to, so acquiring
+  it for the same tenant again costs no round trip, and releasing it sends no `RESET ALL`: the
+  setting is the only session state the services change (advisory locks are transaction-scoped,
+  cursors live inside transactions), asyncpg still rolls back a transaction left open, and the
+  next acquire re-scopes the session before any query runs.
 - Exempt: `tenants` and `api_keys` (authentication reads them before any tenant is known), and
   inserts into `audit_log` (the audit writer batches several tenants' records; reads are isolated).
 - Operator tools (migrations, `creditctl ledger verify`, the reconciler, gauges) use the owner DSN.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -99,6 +105,40 @@ def app_dsn(owner_dsn: str, explicit: str = "") -> str:
     return urlunsplit(parts._replace(netloc=f"{APP_ROLE}@{host}"))
 
 
+class TenantScopedConnection(asyncpg.Connection):
+    """A connection that knows which tenant its session is scoped to (None: not yet, or unknown)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scoped_tenant: str | None = None
+
+    async def scope_to(self, tenant_id: str) -> None:
+        if self.scoped_tenant == tenant_id:
+            return
+        self.scoped_tenant = None  # unknown until the statement has succeeded
+        await self.execute("SELECT set_config('app.tenant_id', $1, false)", tenant_id)
+        self.scoped_tenant = tenant_id
+
+
 async def set_tenant(conn: asyncpg.Connection) -> None:
     """Pool `setup`: scope the connection to the calling tenant ('' = no tenant rows at all)."""
-    await conn.execute("SELECT set_config('app.tenant_id', $1, false)", current_tenant.get())
+    tenant_id = current_tenant.get()
+    scope_to = getattr(conn, "scope_to", None)  # a TenantScopedConnection (behind the pool's proxy)
+    if scope_to is not None:
+        await scope_to(tenant_id)
+    else:
+        await conn.execute("SELECT set_config('app.tenant_id', $1, false)", tenant_id)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool `reset`: nothing to send (see the module notes); asyncpg has already rolled back any
+    transaction left open."""
+
+
+async def create_tenant_pool(dsn: str, *, max_size: int, min_size: int = 2) -> asyncpg.Pool:
+    """The pool a service's calls use: connections scoped to the calling tenant on acquire."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60,
+                                     setup=set_tenant, reset=_keep_session,
+                                     connection_class=TenantScopedConnection)
+    assert pool is not None
+    return pool

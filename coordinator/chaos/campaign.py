@@ -43,6 +43,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from temporalio.client import Client, WorkflowHandle
 
 from coordinator import naming
+from coordinator import search_attributes as sa
 from coordinator.chaos.processes import ChaosStack
 from coordinator.messages import (
     FinalizeInvoiceInput,
@@ -308,11 +309,12 @@ class Campaign:
             return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
                                          FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
                                          id=naming.finalize_workflow_id(tenant, invoice_id),
-                                         task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult)
+                                         task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
+                                         search_attributes=sa.at_start(tenant, invoice_id))
         return await start_or_attach(self.client, VoidInvoiceWorkflow.run,
                                      VoidInvoiceInput(tenant, invoice_id, "chaos: customer disputed", TIMEOUTS),
                                      id=naming.void_workflow_id(tenant, invoice_id), task_queue=self.stack.task_queue,
-                                     result_type=VoidInvoiceResult)
+                                     result_type=VoidInvoiceResult, search_attributes=sa.at_start(tenant, invoice_id))
 
     async def _await(self, op: str, ref: str, handle: WorkflowHandle[Any, Any], timeout_s: float) -> None:
         try:
@@ -406,7 +408,8 @@ class Campaign:
         handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
                                        FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
                                        id=naming.finalize_workflow_id(tenant, invoice_id),
-                                       task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult)
+                                       task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
+                                         search_attributes=sa.at_start(tenant, invoice_id))
         deadline = time.monotonic() + DOUBT_SEARCH_S
         while time.monotonic() < deadline:
             try:

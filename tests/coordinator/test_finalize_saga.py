@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
+from temporalio.api.enums.v1 import EventType
 
+from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.scenario import seed_customer
-from tests.coordinator.conftest import Stack
+from coordinator.messages import FinalizeInvoiceInput
+from coordinator.scenario import PERIOD_START, seed_customer
+from coordinator.starter import start_or_attach
+from coordinator.workflows import FinalizeInvoiceWorkflow
+from tests.coordinator.conftest import FAST, TENANT, Stack
 
 
 async def test_happy_path_finalizes_with_50_credits_and_50_due(stack: Stack) -> None:
@@ -26,3 +31,32 @@ async def test_happy_path_finalizes_with_50_credits_and_50_due(stack: Stack) -> 
     attrs = desc.typed_search_attributes
     assert attrs.get(sa.OUTCOME) == "finalized" and attrs.get(sa.CUSTOMER) == "john-wick"
     assert attrs.get(sa.TENANT) == "acme" and attrs.get(sa.INVOICE) == invoice_id
+
+
+async def test_search_attributes_given_at_start_are_not_upserted_again(stack: Stack) -> None:
+    """Started as the front door starts it (tenant, invoice, customer, period and "preparing" given
+    with the start request) the happy path upserts only "committing" (the decision) and "finalized".
+    What a starter did not give, or gave wrong, the workflow sets once it has read the invoice. Every
+    way ends with the same five attributes."""
+    period = PERIOD_START.isoformat()
+    cases = [("anna", lambda inv: sa.at_start(TENANT, inv, "anna", period), 2),
+             ("bo", lambda inv: sa.at_start(TENANT, inv), 3),
+             ("cy", lambda inv: sa.at_start(TENANT, inv, "someone-else", "2026-07-01T00:00:00+00:00"), 3),
+             ("di", lambda inv: None, 4)]
+    handles = []
+    async with stack.worker():
+        for customer, attributes, upserts in cases:
+            invoice_id = await seed_customer(stack.services, customer)
+            handle = await start_or_attach(stack.client, FinalizeInvoiceWorkflow.run,
+                                           FinalizeInvoiceInput(TENANT, invoice_id, FAST),
+                                           id=naming.finalize_workflow_id(TENANT, invoice_id),
+                                           task_queue=stack.task_queue, search_attributes=attributes(invoice_id))
+            handles.append((handle, invoice_id, customer, upserts))
+        for handle, *_ in handles:
+            await handle.result()
+    for handle, invoice_id, customer, upserts in handles:
+        kinds = [e.event_type async for e in handle.fetch_history_events()]
+        assert kinds.count(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES) == upserts, customer
+        attrs = (await handle.describe()).typed_search_attributes
+        assert (attrs.get(sa.TENANT), attrs.get(sa.INVOICE), attrs.get(sa.CUSTOMER), attrs.get(sa.PERIOD),
+                attrs.get(sa.OUTCOME)) == (TENANT, invoice_id, customer, "2026-08-01", "finalized")

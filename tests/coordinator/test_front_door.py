@@ -10,7 +10,9 @@ import pytest
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
+from temporalio.api.enums.v1 import EventType
 
+from coordinator import search_attributes as sa
 from coordinator.front_door import create_front_door
 from coordinator.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
@@ -60,6 +62,15 @@ async def test_finalize_void_and_get_operation_through_the_front_door(
     assert (await stack.invoice(invoice_id)).status == ipb.VOIDED
     assert len(await stack.holds(invoice_id)) == 1
     await stack.verify_journal()
+    # The front door read the invoice before starting: every attribute came with the start request,
+    # so each saga upserted only its decision and its final outcome.
+    for op_id, final in ((op.operation_id, "finalized"), (void.operation_id, "voided")):
+        handle = stack.client.get_workflow_handle(op_id)
+        kinds = [e.event_type async for e in handle.fetch_history_events()]
+        assert kinds.count(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES) == 2
+        attrs = (await handle.describe()).typed_search_attributes
+        assert (attrs.get(sa.CUSTOMER), attrs.get(sa.PERIOD), attrs.get(sa.OUTCOME)) == ("john-wick", "2026-08-01",
+                                                                                          final)
 
 
 async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
