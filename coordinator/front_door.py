@@ -214,6 +214,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
             op.result_json = json.dumps(result if isinstance(result, dict) else dataclasses.asdict(result))
+            # The result names the outcome ("finalized"); the attribute may still hold the decision.
+            final = result.get("outcome") if isinstance(result, dict) else getattr(result, "outcome", None)
+            op.outcome = str(final or op.outcome)
         elif desc.status == WorkflowExecutionStatus.FAILED:
             try:
                 await handle.result()

@@ -1,8 +1,12 @@
 """Custom search attributes set by the workflows, and their idempotent registration.
 
-`CreditsOutcome` doubles as the saga's durable decision marker: the workflow upserts
-"committing" in the same workflow task that schedules the first commit, so Temporal's history
+`CreditsOutcome` doubles as the saga's durable decision marker: the finalization saga upserts
+"committed" in the same workflow task that schedules the first commit, so Temporal's history
 holds the decision before any participant is told to commit. The in-doubt resolver reads it back.
+The value then stands: a FinalizeInvoice run that is Completed with "committed" has finalized its
+invoice (the run completes only once both commits are done), so the saga spends no further
+visibility write on saying so. Ended otherwise, the value says how: "compensated", "rejected",
+"already_finalized". The void saga records "voiding" at its decision and "voided" at the end.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ DEV_SERVER_FLAGS = {key.name: "Keyword" for key in ALL_KEYS}
 
 # The outcome a saga starts with (still compensable).
 PREPARING = "preparing"
+# The finalization saga's decision to commit (and, once the run has completed, its outcome).
+COMMITTED = "committed"
 
 # Outcomes meaning "the commit decision is recorded": the resolver commits, never compensates.
-DECIDED_OUTCOMES = frozenset({"committing", "finalized", "voiding", "voided"})
+# ("committing" and "finalized" are what runs of earlier versions recorded.)
+DECIDED_OUTCOMES = frozenset({COMMITTED, "committing", "finalized", "voiding", "voided"})
 
 
 def period_of(period_start_iso: str) -> str:

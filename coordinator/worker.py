@@ -89,7 +89,7 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
 
 # CreditsOutcome values a saga holds while it is still working: if it fails with one of these, the
 # outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
-_IN_PROGRESS = frozenset({"", "preparing", "committing", "voiding", "running", "granting"})
+_IN_PROGRESS = frozenset({"", "preparing", "committed", "committing", "voiding", "running", "granting"})
 _SAGA_FINISHED = "credits_saga_finished"
 
 
@@ -110,7 +110,9 @@ class _SagaOutcomeInbound(WorkflowInboundInterceptor):
             failed = "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
             _report(_outcome() if _outcome() not in _IN_PROGRESS else failed)
             raise
-        _report(_outcome() or "completed")
+        # A saga's result names its outcome ("finalized"); the search attribute may still hold the
+        # decision ("committed"), which the finalization saga does not upsert again.
+        _report(str(getattr(result, "outcome", "") or _outcome() or "completed"))
         return result
 
 

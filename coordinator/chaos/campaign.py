@@ -8,7 +8,7 @@
    seed's schedule: kill -9 + restart of ledger / invoice / front door / worker, proxy delay / drop /
    reset / lost response between the worker and each service, Postgres immediate restart, a saga
    terminated (lost) anywhere, and sagas lost inside their in-doubt window on purpose: right after the
-   decision was recorded (CreditsOutcome=committing, invoice still PREPARED) and right before it (invoice
+   decision was recorded (CreditsOutcome=committed, invoice still PREPARED) and right before it (invoice
    PREPARED, hold PENDING) — every plan has at least one of each.
    Meanwhile real-time Reserve/Commit/Release traffic hits the same accounts, and a bank-style
    reader checks every balance it sees (conservation per lot, nothing negative, consumed and
@@ -395,7 +395,7 @@ class Campaign:
         The fault runs a saga of its own (a customer the plan set aside, `ref`), so the window is hit on
         purpose rather than by luck: the proxy in front of the participant whose reply the saga waits for
         is slowed down, the run is polled, and terminated once inside the window:
-        commit: decision recorded (CreditsOutcome=committing), invoice still PREPARED (hold PENDING, or
+        commit: decision recorded (CreditsOutcome=committed), invoice still PREPARED (hold PENDING, or
         committed with the reply still on its way) -> the resolver must commit both sides;
         abort: invoice PREPARED by this run (so its hold is PENDING), no decision (outcome preparing) ->
         the resolver must release the hold and return the invoice to DRAFT.
@@ -403,7 +403,7 @@ class Campaign:
         termination makes it a commit case)."""
         assert self.client is not None
         tenant, invoice_id = ref.partition("/")[0], self.invoices[ref]
-        want = "committing" if direction == "commit" else "preparing"
+        want = sa.COMMITTED if direction == "commit" else sa.PREPARING
         self.stack.proxies["ledger" if direction == "commit" else "invoice"].delay(DOUBT_DELAY_S, DOUBT_WINDOW_S)
         handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
                                        FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),

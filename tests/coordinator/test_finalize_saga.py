@@ -29,20 +29,20 @@ async def test_happy_path_finalizes_with_50_credits_and_50_due(stack: Stack) -> 
     assert hold.status == lpb.COMMITTED and hold.posted == "50.00" and hold.reference == invoice_id
     desc = await handle.describe()
     attrs = desc.typed_search_attributes
-    assert attrs.get(sa.OUTCOME) == "finalized" and attrs.get(sa.CUSTOMER) == "john-wick"
+    assert attrs.get(sa.OUTCOME) == "committed" and attrs.get(sa.CUSTOMER) == "john-wick"
     assert attrs.get(sa.TENANT) == "acme" and attrs.get(sa.INVOICE) == invoice_id
 
 
 async def test_search_attributes_given_at_start_are_not_upserted_again(stack: Stack) -> None:
     """Started as the front door starts it (tenant, invoice, customer, period and "preparing" given
-    with the start request) the happy path upserts only "committing" (the decision) and "finalized".
+    with the start request) the happy path upserts only "committed": the decision, which then stands.
     What a starter did not give, or gave wrong, the workflow sets once it has read the invoice. Every
     way ends with the same five attributes."""
     period = PERIOD_START.isoformat()
-    cases = [("anna", lambda inv: sa.at_start(TENANT, inv, "anna", period), 2),
-             ("bo", lambda inv: sa.at_start(TENANT, inv), 3),
-             ("cy", lambda inv: sa.at_start(TENANT, inv, "someone-else", "2026-07-01T00:00:00+00:00"), 3),
-             ("di", lambda inv: None, 4)]
+    cases = [("anna", lambda inv: sa.at_start(TENANT, inv, "anna", period), 1),
+             ("bo", lambda inv: sa.at_start(TENANT, inv), 2),
+             ("cy", lambda inv: sa.at_start(TENANT, inv, "someone-else", "2026-07-01T00:00:00+00:00"), 2),
+             ("di", lambda inv: None, 3)]
     handles = []
     async with stack.worker():
         for customer, attributes, upserts in cases:
@@ -59,4 +59,4 @@ async def test_search_attributes_given_at_start_are_not_upserted_again(stack: St
         assert kinds.count(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES) == upserts, customer
         attrs = (await handle.describe()).typed_search_attributes
         assert (attrs.get(sa.TENANT), attrs.get(sa.INVOICE), attrs.get(sa.CUSTOMER), attrs.get(sa.PERIOD),
-                attrs.get(sa.OUTCOME)) == (TENANT, invoice_id, customer, "2026-08-01", "finalized")
+                attrs.get(sa.OUTCOME)) == (TENANT, invoice_id, customer, "2026-08-01", sa.COMMITTED)

@@ -54,7 +54,7 @@ async def _resolve(stack: Stack, name: str) -> SweepResult:
 async def test_resolver_settles_in_doubt_work_both_ways_and_the_reconciler_agrees(stack: Stack) -> None:
     # After the decision, before the commits: the hold's commit is blocked before it reaches the ledger.
     committed_invoice, committed_run = await _lose_run_at(stack, "after-decision", "commit_hold", "before",
-                                                          "committing")
+                                                          sa.COMMITTED)
     # Before the decision: the invoice service prepared, its reply is held back.
     aborted_invoice, aborted_run = await _lose_run_at(stack, "before-decision", "prepare_finalize", "after",
                                                       "preparing")
