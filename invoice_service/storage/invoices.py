@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -112,12 +113,12 @@ class InvoiceOperations:
                           instants: Sequence[datetime]) -> tuple[InvoiceView, str]:
         """A DRAFT recomputed now and cut at `instants` (nothing saved); a frozen invoice as stored."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            header = await self._header(conn, tenant, invoice_id, lock=False)
+            header = await self._header(conn, tenant, invoice_id, lock=False, with_context=True)
             if header["status"] != Status.DRAFT.value:
                 view = await self._load(conn, tenant, invoice_id)
                 return view, view.draft_digest
             cut = normalize_instants(instants, header["period_start"], header["period_end"])
-            computed = await self._compute(conn, tenant, header, cut)
+            computed = await self._compute(conn, tenant, header, cut, _context(header))
             view = _view(header, computed.items, computed.pieces, (), tuple(cut), computed.digest)
             return view, computed.digest
 
@@ -129,22 +130,21 @@ class InvoiceOperations:
         tenant = guard.tenant_id
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            header = await self._lock(conn, tenant, invoice_id)
+            header = await self._lock(conn, tenant, invoice_id, with_context=True)
             transition(Verb.PREPARE_FINALIZE, Status(header["status"]))
             cut = normalize_instants(instants, header["period_start"], header["period_end"])
-            computed = await self._compute(conn, tenant, header, cut)
+            computed = await self._compute(conn, tenant, header, cut, _context(header))
             if expected_digest and expected_digest != computed.digest:
                 raise precondition("draft_digest", "the draft changed since it was split (new usage?); "
                                                    "split it again and reserve again")
             apps = _check_applications(applications, computed.pieces, currency_scale(header["currency"]))
-            await conn.execute(sql.DELETE_CHARGES, tenant, invoice_id)
-            await self._replace_line_items(conn, tenant, invoice_id, computed.items)
-            await conn.executemany(sql.INSERT_CHARGE, [
-                (tenant, invoice_id, p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity,
-                 p.amount_minor, p.service_start, p.service_end) for p in computed.pieces])
-            await conn.executemany(sql.INSERT_APPLICATION, [
-                (tenant, invoice_id, n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor)
-                for n, a in enumerate(apps)])
+            await conn.execute(sql.DELETE_CHARGES_AND_LINE_ITEMS, tenant, invoice_id)
+            await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(computed.items))
+            await _insert_rows(conn, sql.INSERT_CHARGES, tenant, invoice_id, [
+                (p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity, p.amount_minor, p.service_start,
+                 p.service_end) for p in computed.pieces])
+            await _insert_rows(conn, sql.INSERT_APPLICATIONS, tenant, invoice_id, [
+                (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor) for n, a in enumerate(apps)])
             await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
                                sum(a.amount_minor for a in apps), cut, computed.digest, guard.key)
             view = await self._load(conn, tenant, invoice_id)
@@ -242,17 +242,23 @@ class InvoiceOperations:
     # ---- internals ------------------------------------------------------------------------------
 
     async def _header(self, conn: asyncpg.Connection, tenant: str, invoice_id: str, *,
-                      lock: bool) -> asyncpg.Record:
-        row = await conn.fetchrow(sql.SELECT_INVOICE_FOR_UPDATE if lock else sql.SELECT_INVOICE, tenant, invoice_id)
+                      lock: bool, with_context: bool = False) -> asyncpg.Record:
+        """The invoice header (with `with_context`, also its billing context: see `_context`)."""
+        if with_context:
+            query = sql.SELECT_INVOICE_WITH_CONTEXT_FOR_UPDATE if lock else sql.SELECT_INVOICE_WITH_CONTEXT
+        else:
+            query = sql.SELECT_INVOICE_FOR_UPDATE if lock else sql.SELECT_INVOICE
+        row = await conn.fetchrow(query, tenant, invoice_id)
         if row is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
         return row
 
-    async def _lock(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> asyncpg.Record:
+    async def _lock(self, conn: asyncpg.Connection, tenant: str, invoice_id: str, *,
+                    with_context: bool = False) -> asyncpg.Record:
         """Locks the invoice's customer, then the invoice (the one lock order of this service)."""
         if await conn.fetchval(sql.LOCK_INVOICE_CUSTOMER, tenant, invoice_id) is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
-        return await self._header(conn, tenant, invoice_id, lock=True)
+        return await self._header(conn, tenant, invoice_id, lock=True, with_context=with_context)
 
     async def _load(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> InvoiceView:
         """The invoice with its line items, charges and applications: one statement, one snapshot."""
@@ -265,9 +271,12 @@ class InvoiceOperations:
         return _view(row, items, pieces, apps, tuple(row["split_at"]), row["draft_digest"])
 
     async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
-                       instants: Sequence[datetime]) -> Computed:
-        """Prices the period from the events stored now (aggregated by Postgres) and cuts it."""
-        ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, header["customer_id"])
+                       instants: Sequence[datetime], ctx: Mapping[str, Any] | None = None) -> Computed:
+        """Prices the period from the events stored now (aggregated by Postgres) and cuts it; `ctx`
+        is the billing context if the caller read it with the header."""
+        if ctx is None:
+            ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, header["customer_id"])
+            assert ctx is not None
         plan = Plan(ctx["plan_id"], ctx["plan_name"], ctx["currency"], ctx["billing_interval"],
                     Plan.components_from_json(json.loads(ctx["terms"])))
         q = json.loads(ctx["quantities"])
@@ -308,9 +317,24 @@ class InvoiceOperations:
     async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
                                   items: Sequence[LineItem]) -> None:
         await conn.execute(sql.DELETE_LINE_ITEMS, tenant, invoice_id)
-        await conn.executemany(sql.INSERT_LINE_ITEM, [
-            (tenant, invoice_id, i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price,
-             i.amount_minor, i.service_start, i.service_end) for n, i in enumerate(items)])
+        await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
+
+
+def _context(header: asyncpg.Record) -> dict[str, Any]:
+    """The billing context read along with a header (its "ctx_" columns, without the prefix)."""
+    return {key[4:]: value for key, value in header.items() if key.startswith("ctx_")}
+
+
+def _line_item_rows(items: Sequence[LineItem]) -> list[tuple[Any, ...]]:
+    return [(i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price, i.amount_minor,
+             i.service_start, i.service_end) for n, i in enumerate(items)]
+
+
+async def _insert_rows(conn: asyncpg.Connection, query: str, tenant: str, invoice_id: str,
+                       rows: Sequence[tuple[Any, ...]]) -> None:
+    """One INSERT ... SELECT FROM unnest(...) for all `rows` (none: no statement at all)."""
+    if rows:
+        await conn.execute(query, tenant, invoice_id, *(list(column) for column in zip(*rows, strict=True)))
 
 
 def _check_applications(applications: Sequence[ApplicationIn], pieces: Sequence[Piece],

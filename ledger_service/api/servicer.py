@@ -469,12 +469,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def _hold_target(self, hold_key: str) -> tuple[str, int]:
         tenant = current_caller().tenant_id
-        account_id = await reads.hold_account(self.pool, tenant, hold_key)
-        if account_id is None:
+        target = await reads.hold_account(self.pool, tenant, hold_key)
+        if target is None:
             hold = await reads.get_hold(self.pool, tenant, hold_key)  # NOT_FOUND, or a tombstone
             raise Rejection(not_found("hold_key").reason, f"hold {hold_key!r} is {hold.status.value}", "hold_key")
-        hold = await reads.get_hold(self.pool, tenant, hold_key)
-        return account_id, await self._scale(hold.unit)
+        account_id, unit = target
+        return account_id, await self._scale(unit)
 
     async def CommitHold(self, request: pb.CommitHoldRequest, context: Any) -> pb.Hold:
         check_key(request.idempotency_key)
@@ -489,15 +489,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         check_key(request.idempotency_key)
         hold_key = m.ident(request.hold_key, "hold_key")
         tenant = current_caller().tenant_id
-        account_id = await reads.hold_account(self.pool, tenant, hold_key)
+        target = await reads.hold_account(self.pool, tenant, hold_key)
         scale = 0
-        if account_id is None:
+        if target is None:
             # The reserve has not arrived (or never will): the release leaves a tombstone.
             account_id = m.ident(request.account_id, "account_id")
         else:
+            account_id, unit = target
             if request.account_id and request.account_id != account_id:
                 raise not_found("hold_key", f"hold {hold_key!r} not found on account {request.account_id!r}")
-            scale = await self._scale((await reads.get_hold(self.pool, tenant, hold_key)).unit)
+            scale = await self._scale(unit)
         apply = operations.release_hold(hold_key, m.text(request.reason, "reason"), current_caller().key_id)
         return await self._submit(account_id, _method("ReleaseHold"), request, apply,
                                   lambda h: m.pack_hold(h, scale), pb.Hold, hold_keys=(hold_key,))

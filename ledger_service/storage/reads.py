@@ -54,6 +54,9 @@ SELECT DISTINCT t FROM (
     FROM lots l WHERE l.tenant_id = $1 AND l.account_id = $2 AND ($3 = '' OR l.unit = $3)
 ) s WHERE t > $4 AND t < $5 ORDER BY t
 """
+SELECT_BOUNDARIES_OF_ACCOUNT = f"""
+SELECT ARRAY({SELECT_BOUNDARIES}) AS instants FROM accounts WHERE tenant_id = $1 AND account_id = $2
+"""
 SELECT_HOLD_KEYS = """
 SELECT h.hold_key FROM holds h
 LEFT JOIN hold_resolutions r ON r.tenant_id = h.tenant_id AND r.hold_key = h.hold_key
@@ -63,8 +66,8 @@ WHERE h.tenant_id = $1 AND ($2 = '' OR h.account_id = $2)
 ORDER BY h.hold_key LIMIT $7
 """
 SELECT_HOLD_ACCOUNT = """
-SELECT account_id FROM holds WHERE tenant_id = $1 AND hold_key = $2
-UNION ALL SELECT account_id FROM debits WHERE tenant_id = $1 AND hold_key = $2
+SELECT account_id, unit FROM holds WHERE tenant_id = $1 AND hold_key = $2
+UNION ALL SELECT account_id, unit FROM debits WHERE tenant_id = $1 AND hold_key = $2
 """
 SELECT_POLICY_VERSION = """
 SELECT account_id, version, sort_keys, type_order FROM consumption_policies WHERE tenant_id = $1 AND version = $2
@@ -175,8 +178,11 @@ async def lot_boundaries(pool: asyncpg.Pool, tenant_id: str, account_id: str, un
                          end: datetime) -> list[datetime]:
     if end <= start:
         raise invalid("period_end", "must be after period_start")
-    await get_account(pool, tenant_id, account_id)
-    return [r["t"] for r in await pool.fetch(SELECT_BOUNDARIES, tenant_id, account_id, unit, start, end)]
+    # One statement: whether the account exists, and its boundaries.
+    row = await pool.fetchrow(SELECT_BOUNDARIES_OF_ACCOUNT, tenant_id, account_id, unit, start, end)
+    if row is None:
+        raise not_found("account_id", f"account {account_id!r} not found")
+    return list(row["instants"])
 
 
 async def get_hold(pool: asyncpg.Pool, tenant_id: str, hold_key: str) -> Hold:
@@ -189,9 +195,10 @@ async def get_hold(pool: asyncpg.Pool, tenant_id: str, hold_key: str) -> Hold:
     raise not_found("hold_key", f"hold {hold_key!r} not found")
 
 
-async def hold_account(pool: asyncpg.Pool, tenant_id: str, hold_key: str) -> str | None:
-    value = await pool.fetchval(SELECT_HOLD_ACCOUNT, tenant_id, hold_key)
-    return str(value) if value is not None else None
+async def hold_account(pool: asyncpg.Pool, tenant_id: str, hold_key: str) -> tuple[str, str] | None:
+    """(account, unit) of a hold or one-step debit; None if there is none (or only a tombstone)."""
+    row = await pool.fetchrow(SELECT_HOLD_ACCOUNT, tenant_id, hold_key)
+    return (str(row["account_id"]), str(row["unit"])) if row is not None else None
 
 
 async def list_holds(pool: asyncpg.Pool, tenant_id: str, account_id: str, status: str,
