@@ -116,6 +116,12 @@ def _hold_view(h: lpb.Hold) -> HoldView:
     )
 
 
+def _hold_line(h: lpb.Hold) -> str:
+    """What a person reading the Temporal UI needs of a hold a step changed (the saga reads nothing
+    back from these steps; a one-line result keeps the history and the worker's conversions small)."""
+    return f"{h.hold_key}: {lpb.HoldStatus.Name(h.status)}, reserved {h.reserved}, posted {h.posted or '0'}"
+
+
 class LedgerActivities:
     """Calls to credits.ledger.v1.LedgerService."""
 
@@ -142,16 +148,16 @@ class LedgerActivities:
         return _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
 
     @activity.defn(name="ledger.commit_hold")
-    async def commit_hold(self, inp: HoldInput) -> HoldView:
+    async def commit_hold(self, inp: HoldInput) -> str:
         req = lpb.CommitHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key)
-        return _hold_view(await self._p._call("commit_hold", inp.tenant_id, self._stub.CommitHold, req,
+        return _hold_line(await self._p._call("commit_hold", inp.tenant_id, self._stub.CommitHold, req,
                                               inp.must_succeed))
 
     @activity.defn(name="ledger.release_hold")
-    async def release_hold(self, inp: HoldInput) -> HoldView:
+    async def release_hold(self, inp: HoldInput) -> str:
         req = lpb.ReleaseHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
                                      account_id=inp.account_id, reason=inp.reason)
-        return _hold_view(await self._p._call("release_hold", inp.tenant_id, self._stub.ReleaseHold, req,
+        return _hold_line(await self._p._call("release_hold", inp.tenant_id, self._stub.ReleaseHold, req,
                                               inp.must_succeed))
 
     @activity.defn(name="ledger.reverse_reference")
@@ -206,6 +212,12 @@ def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
     )
 
 
+def _invoice_line(inv: ipb.Invoice) -> str:
+    """One line for the Temporal UI, like `_hold_line`."""
+    return (f"{inv.invoice_id}: {ipb.InvoiceStatus.Name(inv.status)}, subtotal {inv.subtotal}, "
+            f"credits {inv.credits_applied}, due {inv.amount_due}")
+
+
 class InvoiceActivities:
     """Calls to credits.invoice.v1.InvoiceService."""
 
@@ -229,14 +241,14 @@ class InvoiceActivities:
         )
 
     @activity.defn(name="invoice.prepare_finalize")
-    async def prepare_finalize(self, inp: PrepareFinalizeInput) -> InvoiceView:
+    async def prepare_finalize(self, inp: PrepareFinalizeInput) -> str:
         req = ipb.PrepareFinalizeRequest(
             idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id, draft_digest=inp.draft_digest,
             split_at=[to_ts(s) for s in inp.split_at],
             applications=[ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type,
                                                 amount=a.amount) for a in inp.applications],
         )
-        return _invoice_view(await self._p._call("prepare_finalize", inp.tenant_id, self._stub.PrepareFinalize, req))
+        return _invoice_line(await self._p._call("prepare_finalize", inp.tenant_id, self._stub.PrepareFinalize, req))
 
     @activity.defn(name="invoice.commit_finalize")
     async def commit_finalize(self, inp: InvoiceStepInput) -> InvoiceView:
@@ -246,10 +258,10 @@ class InvoiceActivities:
                                                  inp.must_succeed))
 
     @activity.defn(name="invoice.abort_finalize")
-    async def abort_finalize(self, inp: InvoiceStepInput) -> InvoiceView:
+    async def abort_finalize(self, inp: InvoiceStepInput) -> str:
         req = ipb.AbortFinalizeRequest(idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id,
                                        prepare_key=inp.prepare_key, reason=inp.reason)
-        return _invoice_view(await self._p._call("abort_finalize", inp.tenant_id, self._stub.AbortFinalize, req,
+        return _invoice_line(await self._p._call("abort_finalize", inp.tenant_id, self._stub.AbortFinalize, req,
                                                  inp.must_succeed))
 
     @activity.defn(name="invoice.prepare_void")

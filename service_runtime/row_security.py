@@ -35,6 +35,8 @@ EXEMPT_TABLES = ("tenants", "api_keys", "schema_migrations")
 # The tenant of the call in progress; set by the gRPC auth interceptor.
 current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("current_tenant", default="")
 
+# The policies compare with `(SELECT current_setting(...))`: a sub-select is evaluated once per
+# statement (an init plan), where a bare function call in a policy is evaluated per row.
 APPLY = """
 DO $rls$
 DECLARE
@@ -63,13 +65,13 @@ BEGIN
         EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %I', t);
         IF t = 'audit_log' THEN
             EXECUTE format('CREATE POLICY tenant_isolation ON %I FOR SELECT '
-                           'USING (tenant_id = current_setting(''app.tenant_id'', true))', t);
+                           'USING (tenant_id = (SELECT current_setting(''app.tenant_id'', true)))', t);
             EXECUTE format('DROP POLICY IF EXISTS audit_append ON %I', t);
             EXECUTE format('CREATE POLICY audit_append ON %I FOR INSERT WITH CHECK (true)', t);
         ELSE
             EXECUTE format('CREATE POLICY tenant_isolation ON %I '
-                           'USING (tenant_id = current_setting(''app.tenant_id'', true)) '
-                           'WITH CHECK (tenant_id = current_setting(''app.tenant_id'', true))', t);
+                           'USING (tenant_id = (SELECT current_setting(''app.tenant_id'', true))) '
+                           'WITH CHECK (tenant_id = (SELECT current_setting(''app.tenant_id'', true)))', t);
         END IF;
     END LOOP;
 END

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +34,10 @@ def server() -> EmbeddedPostgres:
 
 
 def stop_server() -> None:
+    """Stops this process's test server and deletes its directory (its WAL alone reaches a GB)."""
     if _server is not None:
         _server.stop("immediate")
+        shutil.rmtree(_server.data_dir, ignore_errors=True)
 
 
 async def fresh_database(name: str, migration_dirs: Sequence[Path]) -> str:

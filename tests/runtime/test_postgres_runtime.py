@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ async def test_wait_for_database_returns_when_up_and_gives_up_when_down() -> Non
     assert time.monotonic() - started < 5
 
 
-async def test_a_database_restarted_under_a_waiting_service_is_reached() -> None:
-    pg = await asyncio.to_thread(lambda: EmbeddedPostgres(Path(tempfile.mkdtemp()), fsync=False).start())
+async def test_a_database_restarted_under_a_waiting_service_is_reached(tmp_path: Path) -> None:
+    pg = await asyncio.to_thread(lambda: EmbeddedPostgres(tmp_path / "pg", fsync=False).start())
     try:
         await asyncio.to_thread(pg.stop, "immediate")
         assert not pg.is_running()
