@@ -5,6 +5,7 @@ from __future__ import annotations
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.sdk.v1 import WorkflowMetadata
 
 from coordinator import naming
 from coordinator import search_attributes as sa
@@ -31,6 +32,13 @@ async def test_happy_path_finalizes_with_50_credits_and_50_due(stack: Stack) -> 
     attrs = desc.typed_search_attributes
     assert attrs.get(sa.OUTCOME) == "committed" and attrs.get(sa.CUSTOMER) == "john-wick"
     assert attrs.get(sa.TENANT) == "acme" and attrs.get(sa.INVOICE) == invoice_id
+    # What the Temporal UI shows a person: the saga's current details, a checklist of its steps.
+    async with stack.worker():
+        meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    details = meta.current_details
+    assert details.startswith(f"**Finalize invoice {invoice_id} of john-wick, period 2026-08-01 (tenant acme)**")
+    assert "✓ 4. reserve credits (a hold keyed by the invoice)" in details and "✓ 8. finalize the invoice" in details
+    assert "Finalized as INV-000001: credits 50.00, due 50.00." in details
 
 
 async def test_search_attributes_given_at_start_are_not_upserted_again(stack: Stack) -> None:

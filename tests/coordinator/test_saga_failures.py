@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError
 
 from coordinator.faults import FaultPlan
@@ -72,7 +74,21 @@ async def test_cancellation_before_the_decision_compensates(stack: Stack) -> Non
         faults.release_blocked()
         with pytest.raises(WorkflowFailureError):
             await handle.result()
+        meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
     assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "neither"
+    # In the Temporal UI: the compensations are labelled (the happy-path steps' names say enough),
+    # and the details show where the saga stopped and that it compensated.
+    summaries = {}
+    async for e in handle.fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            summary = e.user_metadata.summary.data.decode() if e.user_metadata.HasField("summary") else ""
+            summaries[e.activity_task_scheduled_event_attributes.activity_type.name] = summary
+    assert summaries == {"invoice.get_invoice": "", "ledger.get_lot_boundaries": "", "invoice.split_draft": "",
+                         "ledger.reserve_credits": "", "invoice.prepare_finalize": "",
+                         "invoice.abort_finalize": '"compensate: return the invoice to DRAFT"',
+                         "ledger.release_hold": '"compensate: release the credit hold"'}
+    assert "→ 5. record the credit applications (invoice PREPARED)" in meta.current_details
+    assert "Compensated: the hold is released and the invoice is a DRAFT again." in meta.current_details
 
 
 async def test_cancellation_after_the_decision_still_commits(stack: Stack) -> None:
