@@ -20,6 +20,8 @@ from credits.billing.v1 import billing_pb2 as pb
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2 as lpb
+from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
@@ -94,12 +96,37 @@ def _id(value: str, field: str) -> str:
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "") -> None:
+    def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "",
+                 ledger_addr: str = "") -> None:
         self._client = client
         self._queue = task_queue
         self._ui = ui_url
         self._invoice_addr = invoice_addr
         self._invoices: invoice_pb2_grpc.InvoiceServiceStub | None = None
+        self._ledger_addr = ledger_addr
+        self._ledger: ledger_pb2_grpc.LedgerServiceStub | None = None
+
+    async def _check_unit(self, unit: str, amount: str, context: Any) -> None:
+        """INVALID_ARGUMENT now, rather than every grant failing inside the workflow, for a unit the
+        caller's tenant has not defined or an amount finer than the unit keeps. Asks the ledger
+        with the caller's own key; other errors are left to the workflow."""
+        if not self._ledger_addr:
+            return
+        if self._ledger is None:
+            self._ledger = ledger_pb2_grpc.LedgerServiceStub(open_channel(self._ledger_addr))
+        key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
+        try:
+            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(),
+                                                 metadata=[("x-api-key", key), *tracing.outgoing_metadata()],
+                                                 timeout=10)
+        except grpc.aio.AioRpcError:
+            return
+        scale = next((u.scale for u in units.units if u.code == unit), None)
+        if scale is None:
+            raise invalid("unit", f"unknown unit {unit[:40]!r} for this tenant; define it first")
+        decimals = len(amount.partition(".")[2])
+        if decimals > scale:
+            raise invalid("amount", f"{unit} keeps {scale} decimal places; {amount!r} has {decimals}")
 
     async def _check_invoice(self, invoice_id: str, context: Any) -> ipb.Invoice | None:
         """NOT_FOUND now, rather than a failed saga later, for an unknown or another tenant's invoice.
@@ -181,6 +208,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             raise invalid("account_ids", "more than 10,000 accounts; split the incident")
         expires_at = _iso(request.expires_at, "expires_at") if request.HasField("expires_at") else ""
         reason = _reason(request.reason)
+        await self._check_unit(request.unit, request.amount, context)
         inp = CompensateOutageInput(tenant, incident, list(dict.fromkeys(request.account_ids)), request.amount,
                                     request.unit, expires_at, reason)
         handle = await start_or_attach(self._client, CompensateOutageWorkflow.run, inp,
@@ -234,11 +262,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
 
 async def create_front_door(client: Client, key_dsn: str, task_queue: str, address: str = "127.0.0.1:0",
-                            ui_url: str = "", invoice_addr: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
+                            ui_url: str = "", invoice_addr: str = "",
+                            ledger_addr: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
     """Starts the front door; API keys are resolved against `key_dsn` (the ledger database).
 
     With `invoice_addr`, finalize/void requests for an invoice the caller's tenant cannot see
-    are refused with NOT_FOUND before any saga starts.
+    are refused with NOT_FOUND before any saga starts. With `ledger_addr`, an outage compensation
+    in a unit the tenant has not defined (or finer than the unit keeps) is refused up front.
 
     With tracing on (service_runtime.tracing), each request's span is the parent of the check with
     the invoice service and of the workflow it starts (the client gets a TracingInterceptor)."""
@@ -248,7 +278,7 @@ async def create_front_door(client: Client, key_dsn: str, task_queue: str, addre
     client = tracing.traced_client(client)
 
     pool = await create_pool(key_dsn, min_size=1, max_size=4)
-    servicer = BillingServicer(client, task_queue, ui_url, invoice_addr)
+    servicer = BillingServicer(client, task_queue, ui_url, invoice_addr, ledger_addr)
     server, port = await create_server([(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE)],
                                        KeyResolver(pool), PERMISSIONS, address)
     return server, port, pool

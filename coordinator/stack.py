@@ -96,7 +96,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
         pools.append(invoice_pool)
         ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
         front, front_port, front_pool = await create_front_door(client, dbs.ledger_dsn, settings.task_queue,
-                                                                settings.billing_addr, ui_url, invoice_addr)
+                                                                settings.billing_addr, ui_url, invoice_addr,
+                                                                ledger_addr)
         servers.append(front)
         pools.append(front_pool)
         keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn])

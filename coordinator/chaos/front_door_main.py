@@ -19,7 +19,8 @@ async def serve() -> None:
     settings = Settings.from_env()
     client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace)
     server, port, pool = await create_front_door(client, settings.ledger_dsn, settings.task_queue,
-                                                 settings.billing_addr, "", settings.invoice_addr)
+                                                 settings.billing_addr, "", settings.invoice_addr,
+                                                 settings.ledger_addr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,7 +22,7 @@ from tests.tenancy import add_tenant_key
 @pytest.fixture
 async def billing(stack: Stack) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
     server, port, pool = await create_front_door(stack.client, stack.ledger_dsn, stack.task_queue,
-                                                 invoice_addr=stack.invoice_addr)
+                                                 invoice_addr=stack.invoice_addr, ledger_addr=stack.ledger_addr)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield billing_pb2_grpc.BillingServiceStub(channel)
@@ -88,10 +88,19 @@ async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb
     err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(
         invoice_id=invoice_id, wait=True, wait_timeout_s=2**31 - 1), metadata=md))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait_timeout_s" in (err.details() or "")
-    for bad in (bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a"], amount="-5", unit="USD"),
-                bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a b"], amount="5", unit="USD")):
+    for bad, field in ((bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a"], amount="-5", unit="USD"),
+                        "amount"),
+                       (bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a b"], amount="5", unit="USD"),
+                        "account_ids[0]"),
+                       # Refused before any workflow starts: a unit the tenant has not defined, an amount
+                       # finer than the unit keeps.
+                       (bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a"], amount="5",
+                                                    unit="gold_bars"), "unit"),
+                       (bpb.CompensateOutageRequest(incident_id="inc-1", account_ids=["a"], amount="5.001",
+                                                    unit="USD"), "amount")):
         err = await _status(billing.CompensateOutage(bad, metadata=md))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (err.details() or ""), err.details()
+    assert not [w async for w in stack.client.list_workflows('WorkflowType = "CompensateOutage"')]
     err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id="inv_nope"), metadata=md))
     assert err.code() == grpc.StatusCode.NOT_FOUND and "invoice_id" in (err.details() or "")
     err = await _status(billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id)))
