@@ -264,7 +264,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 async def create_front_door(client: Client, key_dsn: str, task_queue: str, address: str = "127.0.0.1:0",
                             ui_url: str = "", invoice_addr: str = "",
                             ledger_addr: str = "") -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
-    """Starts the front door; API keys are resolved against `key_dsn` (the ledger database).
+    """Starts the front door; API keys are resolved against `key_dsn` (the ledger database), whose
+    reachability its gRPC health follows.
 
     With `invoice_addr`, finalize/void requests for an invoice the caller's tenant cannot see
     are refused with NOT_FOUND before any saga starts. With `ledger_addr`, an outage compensation
@@ -280,5 +281,5 @@ async def create_front_door(client: Client, key_dsn: str, task_queue: str, addre
     pool = await create_pool(key_dsn, min_size=1, max_size=4)
     servicer = BillingServicer(client, task_queue, ui_url, invoice_addr, ledger_addr)
     server, port = await create_server([(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer, SERVICE)],
-                                       KeyResolver(pool), PERMISSIONS, address)
+                                       KeyResolver(pool), PERMISSIONS, address, health_dsn=key_dsn)
     return server, port, pool

@@ -36,13 +36,15 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
     """
     settings = settings or Settings.from_env()
     config = InvoiceConfig.from_settings(settings, usage_grace_s)
-    pool = await create_tenant_pool(app_dsn(dsn, settings.invoice_app_dsn), max_size=settings.pool_max_size)
+    service_dsn = app_dsn(dsn, settings.invoice_app_dsn)
+    pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
     catalog = CatalogOperations(pool)
     servicer = InvoiceServicer(catalog, UsageOperations(pool, catalog, config.usage_grace_s),
                                InvoiceOperations(pool, catalog, config.clock_skew_s), config)
     try:
         server, port = await create_server([(pb_grpc.add_InvoiceServiceServicer_to_server, servicer, SERVICE_NAME)],
-                                           KeyResolver(pool), PERMISSIONS, address)
+                                           KeyResolver(pool), PERMISSIONS, address,
+                                           health_dsn=service_dsn, settings=settings)
     except BaseException:
         await pool.close()
         raise

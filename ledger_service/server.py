@@ -29,11 +29,12 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     """Migrates `dsn`, then starts the ledger server on `address`. Returns (server, port, pool)."""
     settings = settings or Settings.from_env()
     await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
-    pool = await create_tenant_pool(app_dsn(dsn, settings.ledger_app_dsn), max_size=settings.pool_max_size)
+    service_dsn = app_dsn(dsn, settings.ledger_app_dsn)
+    pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
     servicer = LedgerServicer(pool, settings)
     server, port = await create_server(
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE)],
-        KeyResolver(pool), PERMISSIONS, address,
+        KeyResolver(pool), PERMISSIONS, address, health_dsn=service_dsn, settings=settings,
     )
     return server, port, pool
 

@@ -36,7 +36,9 @@ from service_runtime.audit import (
     pending_audit,
 )
 from service_runtime.metrics import observe_rpc
+from service_runtime.readiness import LIVENESS, DatabaseWatch, WatchedServer
 from service_runtime.rejections import Reason, Rejection
+from service_runtime.settings import Settings
 from service_runtime.tls import TlsSettings
 
 log = logging.getLogger(__name__)
@@ -193,11 +195,15 @@ async def create_server(
     address: str = "127.0.0.1:0",
     tls: TlsSettings | None = None,
     audit_pool: asyncpg.Pool | None = None,
+    health_dsn: str = "",
+    settings: Settings | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Builds and starts a server for `services` = [(add_fn, servicer, full service name)].
 
     Listens with TLS (mTLS when a CA is set) if `tls` (default: from the environment) has a
     certificate; then there is no plaintext port at all. Returns the server and the bound port.
+    With `health_dsn`, health follows that database (service_runtime.readiness), checked every
+    `settings.health_interval_s`; `server.stop()` ends the check.
     """
     credentials = (tls if tls is not None else TlsSettings.from_env()).server_credentials()
     services = list(services)
@@ -226,6 +232,13 @@ async def create_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
-    for name in [*names, ""]:
+    for name in [*names, "", LIVENESS]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    watch = None
+    if health_dsn:
+        settings = settings or Settings.from_env()
+        label = tracing.service_name_of(services[0][2])
+        checker = DatabaseWatch(health_dsn, health_servicer, [*names, ""], label,
+                                settings.health_interval_s, settings.health_timeout_s)
+        watch = asyncio.create_task(checker.run(), name=f"database health of {label}")
+    return WatchedServer(server, health_servicer, watch), port

@@ -1,5 +1,6 @@
 """Prometheus metrics: RPC latency and outcomes per method (recorded by the server interceptor),
-plus gauges a service refreshes from its database, served on a per-process HTTP endpoint.
+plus gauges a service refreshes from its database (and whether that database is up), served on a
+per-process HTTP endpoint.
 
 CREDITS_METRICS_ADDR=127.0.0.1:9464 turns the endpoint on for a process (empty = off).
 """
@@ -24,6 +25,8 @@ RPC_TOTAL = Counter("credits_rpc_total", "RPCs handled, by status code", ["servi
 HOLDS_PENDING = Gauge("credits_ledger_holds_pending", "Holds reserved and not yet resolved")
 LOTS_EXPIRING = Gauge("credits_ledger_lots_expiring_24h", "Lots with credit left whose window ends within 24 h")
 INVOICES_PREPARED = Gauge("credits_invoice_prepared", "Invoices PREPARED or VOID_PENDING (waiting on a saga)")
+DATABASE_UP = Gauge("credits_database_up", "1 while the server's database answers its health check, else 0",
+                    ["server"])
 SAGA_OUTCOMES = Counter("credits_saga_outcomes_total", "Saga workflows finished, by kind and outcome",
                         ["saga", "outcome"])
 

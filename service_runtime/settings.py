@@ -34,6 +34,9 @@ class Settings:
     hold_ttl_s: int = field(default_factory=lambda: int(_env("HOLD_TTL_S", "900")))
     pool_max_size: int = field(default_factory=lambda: int(_env("POOL_MAX_SIZE", "16")))
     api_key: str = field(default_factory=lambda: _env("API_KEY", ""))
+    # gRPC health follows the database: checked this often, each check given this long (readiness).
+    health_interval_s: float = field(default_factory=lambda: float(_env("HEALTH_INTERVAL_S", "2")))
+    health_timeout_s: float = field(default_factory=lambda: float(_env("HEALTH_TIMEOUT_S", "1.5")))
 
     @staticmethod
     def from_env() -> Settings:

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service_runtime.readiness import LIVENESS
 from service_runtime.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -111,6 +112,9 @@ def test_grpc_tiers_probe_their_port_with_grpc_probes(tier: str) -> None:
     assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == port, probe
+    # Readiness follows the database (overall ""); liveness asks for a name the database does not flip.
+    assert "service" not in container["readinessProbe"]["grpc"]
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
     env = {e["name"]: e for e in container["env"]}
     listen = next(k for k in env if k.endswith("_ADDR"))
     assert env[listen]["value"] == f"0.0.0.0:{port}"
