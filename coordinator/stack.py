@@ -21,7 +21,7 @@ from temporalio.client import Client
 
 from coordinator import search_attributes as sa
 from coordinator.front_door import create_front_door, ui_link
-from coordinator.keys import MintingKeyStore
+from coordinator.keys import KeyStore, MintingKeyStore, key_ttl_from_env
 from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
 from service_runtime import metrics, tracing
@@ -72,6 +72,7 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
     temporal: TemporalDevServer | None = None
     servers: list[Any] = []
     pools: list[Any] = []
+    keys: KeyStore | None = None
     try:
         temporal_addr, ui_url = settings.temporal_addr, ""
         if not temporal_addr:
@@ -100,7 +101,7 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                                                                 ledger_addr)
         servers.append(front)
         pools.append(front_pool)
-        keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn])
+        keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn], key_ttl_from_env())
         config = WorkerConfig(ledger_addr, invoice_addr, settings.task_queue)
         async with running_worker(client, config, keys):
             if schedules:
@@ -120,6 +121,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                 stack.addresses["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
             yield stack
     finally:
+        if keys is not None:  # the worker has stopped; the databases are still up
+            await keys.close()
         for server in reversed(servers):
             await server.stop(2)
         for pool in pools:

@@ -7,7 +7,8 @@ kill-the-worker test do), configured from the environment:
   CREDITS_LEDGER_ADDR, CREDITS_INVOICE_ADDR           the two participants
   CREDITS_TASK_QUEUE                                  the task queue to poll
   CREDITS_COORDINATOR_KEYS                            {"tenant": "api key"} (StaticKeyStore), or else
-  CREDITS_LEDGER_DSN + CREDITS_INVOICE_DSN            mint operator keys (MintingKeyStore)
+  CREDITS_LEDGER_DSN + CREDITS_INVOICE_DSN            mint operator keys (MintingKeyStore), revoked at shutdown
+  CREDITS_COORDINATOR_KEY_TTL_S                       minted keys' lifetime in seconds (default 86400)
   CREDITS_WORKER_MAX_ACTIVITIES, CREDITS_WORKER_MAX_WORKFLOW_TASKS, CREDITS_WORKER_POLLERS  tuning
   CREDITS_FAULTS, CREDITS_FAULT_DIR                   test-only fault plan (coordinator.faults)
   CREDITS_METRICS_ADDR                                Prometheus endpoint (saga outcomes, service_runtime.metrics)
@@ -196,14 +197,18 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
 def _keys_from_env() -> KeyStore:
     import os
 
-    from coordinator.keys import MintingKeyStore, StaticKeyStore
+    from coordinator.keys import MintingKeyStore, StaticKeyStore, key_ttl_from_env
 
     if os.environ.get("CREDITS_COORDINATOR_KEYS"):
         return StaticKeyStore.from_env()
     dsns = [os.environ.get("CREDITS_LEDGER_DSN", ""), os.environ.get("CREDITS_INVOICE_DSN", "")]
     if not all(dsns):
         raise SystemExit("set CREDITS_COORDINATOR_KEYS, or CREDITS_LEDGER_DSN and CREDITS_INVOICE_DSN")
-    return MintingKeyStore(dsns)
+    try:
+        ttl = key_ttl_from_env()
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return MintingKeyStore(dsns, ttl)
 
 
 async def serve(settings: Settings | None = None) -> None:
@@ -225,11 +230,15 @@ async def serve(settings: Settings | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(client, config, _keys_from_env(), FaultPlan.from_env()):
-        print(f"worker ready {config.task_queue}", flush=True)
-        if metrics_port:
-            log.info("metrics on port %s", metrics_port)
-        await stop.wait()
+    keys = _keys_from_env()
+    try:
+        async with running_worker(client, config, keys, FaultPlan.from_env()):
+            print(f"worker ready {config.task_queue}", flush=True)
+            if metrics_port:
+                log.info("metrics on port %s", metrics_port)
+            await stop.wait()
+    finally:
+        await keys.close()  # after the worker stopped: revokes the keys it minted
     tracing.shutdown()
 
 

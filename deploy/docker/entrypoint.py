@@ -16,7 +16,8 @@ or a Temporal dev server: a DSN or address left empty is a start-up error, not a
 database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).
 
 Only settings that exist in `service_runtime.settings` (and CREDITS_COORDINATOR_KEYS /
-CREDITS_USAGE_GRACE_S, read by the coordinator and invoice code) are used; nothing new is invented.
+CREDITS_COORDINATOR_KEY_TTL_S / CREDITS_USAGE_GRACE_S, read by the coordinator and invoice code) are
+used; nothing new is invented.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def worker_key_store(settings: Any, coordinator_keys: str) -> Any:
     """Static keys when CREDITS_COORDINATOR_KEYS is given, otherwise minting into both databases."""
     import json
 
-    from coordinator.keys import MintingKeyStore, StaticKeyStore
+    from coordinator.keys import MintingKeyStore, StaticKeyStore, key_ttl_from_env
 
     if coordinator_keys:
         keys = json.loads(coordinator_keys)
@@ -129,7 +130,11 @@ def worker_key_store(settings: Any, coordinator_keys: str) -> Any:
     if not settings.ledger_dsn or not settings.invoice_dsn:
         raise ConfigError("the worker needs CREDITS_COORDINATOR_KEYS, or both CREDITS_LEDGER_DSN and "
                           "CREDITS_INVOICE_DSN to mint its own operator keys")
-    return MintingKeyStore([settings.ledger_dsn, settings.invoice_dsn])
+    try:
+        ttl = key_ttl_from_env()  # CREDITS_COORDINATOR_KEY_TTL_S, read by coordinator/keys.py
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return MintingKeyStore([settings.ledger_dsn, settings.invoice_dsn], ttl)
 
 
 async def run_worker() -> None:
@@ -145,10 +150,13 @@ async def run_worker() -> None:
     if added:
         log.info("registered search attributes %s", ", ".join(added))
     config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue)
-    async with running_worker(client, config, keys):
-        created = await ensure_schedules(client, settings.task_queue)  # idempotent
-        log.info("worker polling task queue %s (schedules created: %s)", settings.task_queue, created or "none")
-        await _until_sigterm()
+    try:
+        async with running_worker(client, config, keys):
+            created = await ensure_schedules(client, settings.task_queue)  # idempotent
+            log.info("worker polling task queue %s (schedules created: %s)", settings.task_queue, created or "none")
+            await _until_sigterm()
+    finally:
+        await keys.close()  # revokes the keys a MintingKeyStore minted
 
 
 # creditctl commands that resolve both databases (an empty DSN would mean the embedded Postgres).

@@ -35,10 +35,10 @@ K8S_VERSIONS = sorted({v for v in (OLDEST_K8S, kubernetes_validate.latest_versio
 TIERS = ("ledger", "invoice", "billing", "worker")
 GRPC_TIERS = {"ledger": 50051, "invoice": 50052, "billing": 50053}
 
-# Every CREDITS_* variable the code reads: the Settings fields, plus two read outside Settings
+# Every CREDITS_* variable the code reads: the Settings fields, plus three read outside Settings
 # (coordinator/keys.py, invoice_service/config.py). Manifests must not invent others.
 KNOWN_ENV = {f"CREDITS_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {
-    "CREDITS_COORDINATOR_KEYS", "CREDITS_USAGE_GRACE_S"}
+    "CREDITS_COORDINATOR_KEYS", "CREDITS_COORDINATOR_KEY_TTL_S", "CREDITS_USAGE_GRACE_S"}
 SECRET_ENV = {"CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN", "CREDITS_API_KEY", "CREDITS_COORDINATOR_KEYS"}
 
 
