@@ -72,7 +72,11 @@ class WorkerConfig:
     task_queue: str
     max_concurrent_activities: int = 200
     max_concurrent_workflow_tasks: int = 200
-    pollers: int = 5  # concurrent long polls per kind (workflow tasks, activity tasks)
+    # Concurrent long polls per kind (workflow tasks, activity tasks). 10 rather than the SDK's 5: with
+    # tens of sagas in flight, a task more often finds a poller waiting (matched at once, not queued
+    # in Temporal), which took `bench saga` from 15.2 to 15.6-16.1 finalized invoices/s, p99 3.35 s
+    # to 2.97-3.06 s.
+    pollers: int = 10
 
 
 def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
@@ -222,7 +226,7 @@ async def serve(settings: Settings | None = None) -> None:
     config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue,
                           max_concurrent_activities=int(env("CREDITS_WORKER_MAX_ACTIVITIES", "200")),
                           max_concurrent_workflow_tasks=int(env("CREDITS_WORKER_MAX_WORKFLOW_TASKS", "200")),
-                          pollers=int(env("CREDITS_WORKER_POLLERS", "5")))
+                          pollers=int(env("CREDITS_WORKER_POLLERS", "10")))
     metrics_port = metrics.start_endpoint()
     client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
                                   runtime=temporal_runtime(), tls=temporal_tls())
