@@ -95,30 +95,31 @@ def _id(value: str, field: str) -> str:
     return value
 
 
+def _as_caller(context: Any) -> list[tuple[str, str]]:
+    """Metadata for a call to a participant on the caller's behalf: its own key (tenant keys are
+    valid in every service, so the answer is what that tenant may see) and the trace context."""
+    key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
+    return [("x-api-key", key), *tracing.outgoing_metadata()]
+
+
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "",
                  ledger_addr: str = "") -> None:
         self._client = client
         self._queue = task_queue
         self._ui = ui_url
-        self._invoice_addr = invoice_addr
-        self._invoices: invoice_pb2_grpc.InvoiceServiceStub | None = None
-        self._ledger_addr = ledger_addr
-        self._ledger: ledger_pb2_grpc.LedgerServiceStub | None = None
+        # Participants the front door asks on the caller's behalf before starting a workflow.
+        self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(invoice_addr)) if invoice_addr else None
+        self._ledger = ledger_pb2_grpc.LedgerServiceStub(open_channel(ledger_addr)) if ledger_addr else None
 
     async def _check_unit(self, unit: str, amount: str, context: Any) -> None:
         """INVALID_ARGUMENT now, rather than every grant failing inside the workflow, for a unit the
         caller's tenant has not defined or an amount finer than the unit keeps. Asks the ledger
         with the caller's own key; other errors are left to the workflow."""
-        if not self._ledger_addr:
-            return
         if self._ledger is None:
-            self._ledger = ledger_pb2_grpc.LedgerServiceStub(open_channel(self._ledger_addr))
-        key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
+            return
         try:
-            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(),
-                                                 metadata=[("x-api-key", key), *tracing.outgoing_metadata()],
-                                                 timeout=10)
+            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=_as_caller(context), timeout=10)
         except grpc.aio.AioRpcError:
             return
         scale = next((u.scale for u in units.units if u.code == unit), None)
@@ -135,15 +136,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         so the answer is exactly what that tenant may see. Other errors are left to the saga (None).
         The invoice read also gives the saga's customer and period search attributes at start.
         """
-        if not self._invoice_addr:
-            return None
         if self._invoices is None:
-            self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(self._invoice_addr))
-        key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
+            return None
         try:
-            invoice: ipb.Invoice = await self._invoices.GetInvoice(
-                ipb.GetInvoiceRequest(invoice_id=invoice_id),
-                metadata=[("x-api-key", key), *tracing.outgoing_metadata()], timeout=10)
+            invoice: ipb.Invoice = await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
+                                                                   metadata=_as_caller(context), timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None

@@ -101,13 +101,25 @@ async def _tenants(t: SagaTimeouts) -> list[str]:
         retry_policy=_retry(t), summary="list tenants")
 
 
-def _checklist(title: str, steps: tuple[str, ...], current: int, note: str = "") -> str:
-    """The saga's current details for the Temporal UI (markdown): its steps, done / now / to do.
+_BEFORE_DECISION = "Before the decision: a failure or cancellation now runs the compensations."
+_AFTER_DECISION = "The decision is recorded: the commits are retried until they succeed."
+
+
+class _Checklist:
+    """A saga's progress for people: the `progress` query's stage, and the Temporal UI's current
+    details, a checklist of the saga's steps (done / now / to do) under a title, with a note.
     Current details are answered from workflow state, not written to history: they cost nothing."""
-    marks = ["✓" if i < current else "→" if i == current else "·" for i in range(len(steps))]
-    lines = [f"**{title}**", ""] + [f"{m} {i + 1}. {step}" for i, (m, step) in enumerate(zip(marks, steps,
-                                                                                             strict=True))]
-    return "\n".join(lines + (["", note] if note else []))
+
+    def __init__(self, title: str, steps: tuple[str, ...]) -> None:
+        self.title, self.steps = title, steps
+        self.stage, self.step = "starting", 0
+
+    def at(self, stage: str, step: int, note: str = _BEFORE_DECISION) -> None:
+        self.stage, self.step = stage, step
+        lines = [f"**{self.title}**", ""]
+        for i, name in enumerate(self.steps):
+            lines.append(f"{'✓' if i < step else '→' if i == step else '·'} {i + 1}. {name}")
+        workflow.set_current_details("\n".join(lines + (["", note] if note else [])))
 
 
 _FINALIZE_STEPS = (
@@ -117,8 +129,6 @@ _FINALIZE_STEPS = (
 _VOID_STEPS = ("read the invoice", "find its committed credit hold", "prepare the void (VOID_PENDING)",
                "decision recorded (CreditsOutcome=voiding)", "reverse the debits onto their original lots",
                "mark the invoice VOIDED")
-_BEFORE_DECISION = "Before the decision: a failure or cancellation now runs the compensations."
-_AFTER_DECISION = "The decision is recorded: the commits are retried until they succeed."
 
 _SA_KEYS = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE, "period": sa.PERIOD,
             "outcome": sa.OUTCOME}
@@ -154,17 +164,13 @@ class _Saga:
 @workflow.defn(name="FinalizeInvoice")
 class FinalizeInvoiceWorkflow:
     def __init__(self) -> None:
-        self._stage, self._step = "starting", 0
         self._decision = ""
-        self._title = "Finalize invoice"
+        self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
 
     @workflow.query
     def progress(self) -> Progress:
-        return Progress(total=1, done=1 if self._stage == "finalized" else 0, stage=self._stage)
-
-    def _at(self, stage: str, step: int, note: str = _BEFORE_DECISION) -> None:
-        self._stage, self._step = stage, step
-        workflow.set_current_details(_checklist(self._title, _FINALIZE_STEPS, step, note))
+        stage = self._checks.stage
+        return Progress(total=1, done=1 if stage == "finalized" else 0, stage=stage)
 
     @workflow.run
     async def run(self, inp: FinalizeInvoiceInput) -> FinalizeInvoiceResult:
@@ -177,11 +183,11 @@ class FinalizeInvoiceWorkflow:
         hold_key = naming.hold_key(inp.invoice_id, info.run_id)
         prepare_key = key("prepare")
         _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
-        self._title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
-        self._at("reading the invoice", 0)
+        self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
+        self._checks.at("reading the invoice", 0)
         inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
-        self._title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
+        self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
                        f"{sa.period_of(inv.period_start)} (tenant {tenant})")
         if inv.status == "FINALIZED":
             _set(outcome="already_finalized")
@@ -194,26 +200,27 @@ class FinalizeInvoiceWorkflow:
         try:
             await self._prepare(inp, inv, saga, hold_key, prepare_key, key)
         except BaseException as err:
-            failed_at = self._step
-            self._at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
+            failed_at = self._checks.step
+            self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
             await saga.compensate()
-            self._at("compensated", failed_at, "Compensated: the hold is released and the invoice is a DRAFT again.")
+            self._checks.at("compensated", failed_at,
+                            "Compensated: the hold is released and the invoice is a DRAFT again.")
             _set(outcome="compensated")
             if isinstance(err, ApplicationError | asyncio.CancelledError):
                 raise
             raise ApplicationError(f"finalization compensated: {err}", type="Compensated", non_retryable=True) from err
         # The commit point: from here on nothing is compensated; commits retry until they succeed.
         self._decision = "commit"
-        self._at("committing", 6, _AFTER_DECISION)
+        self._checks.at("committing", 6, _AFTER_DECISION)
         _set(outcome=sa.COMMITTED)
         await _until_done(LedgerActivities.commit_hold,
                           HoldInput(tenant, key("commit_hold"), hold_key, must_succeed=True), t)
-        self._at("committing", 7, _AFTER_DECISION)
+        self._checks.at("committing", 7, _AFTER_DECISION)
         final: InvoiceView = await _until_done(
             InvoiceActivities.commit_finalize,
             InvoiceStepInput(tenant, key("commit_finalize"), inp.invoice_id, prepare_key, must_succeed=True), t)
-        self._at("finalized", len(_FINALIZE_STEPS), f"Finalized as {final.number}: credits {final.credits_applied}, "
-                                                    f"due {final.amount_due}.")
+        self._checks.at("finalized", len(_FINALIZE_STEPS),
+                        f"Finalized as {final.number}: credits {final.credits_applied}, due {final.amount_due}.")
         # No upsert: "committed" stands, and Completed + committed reads "finalized" (one visibility
         # write fewer per saga); the result, the front door and the metrics say "finalized".
         return self._result(final, "finalized", hold_key)
@@ -221,17 +228,17 @@ class FinalizeInvoiceWorkflow:
     async def _prepare(self, inp: FinalizeInvoiceInput, inv: InvoiceView, saga: _Saga, hold_key: str,
                        prepare_key: str, key: Callable[[str], str]) -> None:
         t, tenant = inp.timeouts, inp.tenant_id
-        self._at("reading lot boundaries", 1)
+        self._checks.at("reading lot boundaries", 1)
         split_at: list[str] = await _step(
             LedgerActivities.get_lot_boundaries,
             LotBoundariesInput(tenant, inv.ledger_account_id, inv.currency, inv.period_start, inv.period_end), t)
-        self._at("splitting the draft", 2)
+        self._checks.at("splitting the draft", 2)
         split = await _step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
         saga.on_failure(lambda: _until_done(
             LedgerActivities.release_hold,
             HoldInput(tenant, key("release_hold"), hold_key, inv.ledger_account_id, naming.RELEASE_REASON,
                       must_succeed=True), t, "compensate: release the credit hold"))
-        self._at("reserving credits", 3)
+        self._checks.at("reserving credits", 3)
         hold: HoldView = await _step(
             LedgerActivities.reserve_credits,
             ReserveInput(tenant, key("reserve"), hold_key, inv.ledger_account_id, inv.currency, split.charges,
@@ -240,7 +247,7 @@ class FinalizeInvoiceWorkflow:
             InvoiceActivities.abort_finalize,
             InvoiceStepInput(tenant, key("abort_finalize"), inv.invoice_id, prepare_key, naming.RELEASE_REASON,
                              must_succeed=True), t, "compensate: return the invoice to DRAFT"))
-        self._at("preparing the invoice", 4)
+        self._checks.at("preparing the invoice", 4)
         await _step(InvoiceActivities.prepare_finalize,
                     PrepareFinalizeInput(tenant, prepare_key, inv.invoice_id, split_at, hold.allocations,
                                          split.draft_digest), t)
@@ -256,16 +263,12 @@ class VoidInvoiceWorkflow:
     """Prepare the void -> (decision) -> reverse the debits onto their lots -> commit the void."""
 
     def __init__(self) -> None:
-        self._stage, self._step = "starting", 0
-        self._title = "Void invoice"
+        self._checks = _Checklist("Void invoice", _VOID_STEPS)
 
     @workflow.query
     def progress(self) -> Progress:
-        return Progress(total=1, done=1 if self._stage == "voided" else 0, stage=self._stage)
-
-    def _at(self, stage: str, step: int, note: str = _BEFORE_DECISION) -> None:
-        self._stage, self._step = stage, step
-        workflow.set_current_details(_checklist(self._title, _VOID_STEPS, step, note))
+        stage = self._checks.stage
+        return Progress(total=1, done=1 if stage == "voided" else 0, stage=stage)
 
     @workflow.run
     async def run(self, inp: VoidInvoiceInput) -> VoidInvoiceResult:
@@ -276,8 +279,8 @@ class VoidInvoiceWorkflow:
             return naming.step_key(info.workflow_id, info.run_id, step)
 
         _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
-        self._title = f"Void invoice {inp.invoice_id} (tenant {tenant})"
-        self._at("reading the invoice", 0)
+        self._checks.title = f"Void invoice {inp.invoice_id} (tenant {tenant})"
+        self._checks.at("reading the invoice", 0)
         inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         if inv.status == "VOIDED":
@@ -289,7 +292,7 @@ class VoidInvoiceWorkflow:
                                    non_retryable=True)
         saga = _Saga()
         try:
-            self._at("finding the committed hold", 1)
+            self._checks.at("finding the committed hold", 1)
             holds: list[HoldView] = await _step(
                 LedgerActivities.list_holds,
                 ListHoldsInput(tenant, "COMMITTED", hold_key_prefix=f"{naming.HOLD_PREFIX}{inv.invoice_id}/"), t)
@@ -297,17 +300,17 @@ class VoidInvoiceWorkflow:
                 InvoiceActivities.abort_void, InvoiceStepInput(tenant, key("abort_void"), inv.invoice_id,
                                                                must_succeed=True), t,
                 "compensate: return the invoice to FINALIZED"))
-            self._at("preparing the void", 2)
+            self._checks.at("preparing the void", 2)
             await _step(InvoiceActivities.prepare_void,
                         InvoiceStepInput(tenant, key("prepare_void"), inv.invoice_id, reason=inp.reason), t)
         except BaseException as err:
-            failed_at = self._step
-            self._at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
+            failed_at = self._checks.step
+            self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
             await saga.compensate()
-            self._at("compensated", failed_at, "Compensated: the invoice is FINALIZED again.")
+            self._checks.at("compensated", failed_at, "Compensated: the invoice is FINALIZED again.")
             _set(outcome="compensated")
             raise
-        self._at("voiding", 4, _AFTER_DECISION)
+        self._checks.at("voiding", 4, _AFTER_DECISION)
         _set(outcome="voiding")
         reversed_key, reinstated = "", Decimal(0)
         for hold in holds:
@@ -318,10 +321,10 @@ class VoidInvoiceWorkflow:
                                                reason=inp.reason or "invoice voided", must_succeed=True), t)
             reversed_key = hold.hold_key
             reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
-        self._at("voiding", 5, _AFTER_DECISION)
+        self._checks.at("voiding", 5, _AFTER_DECISION)
         await _until_done(InvoiceActivities.commit_void,
                           InvoiceStepInput(tenant, key("commit_void"), inv.invoice_id, must_succeed=True), t)
-        self._at("voided", len(_VOID_STEPS), f"Voided: {reinstated} credits reinstated onto their lots.")
+        self._checks.at("voided", len(_VOID_STEPS), f"Voided: {reinstated} credits reinstated onto their lots.")
         _set(outcome="voided")
         return VoidInvoiceResult(inv.invoice_id, "voided", reversed_key, str(reinstated))
 

@@ -122,14 +122,10 @@ class TenantScopedConnection(asyncpg.Connection):
         self.scoped_tenant = tenant_id
 
 
-async def set_tenant(conn: asyncpg.Connection) -> None:
-    """Pool `setup`: scope the connection to the calling tenant ('' = no tenant rows at all)."""
-    tenant_id = current_tenant.get()
-    scope_to = getattr(conn, "scope_to", None)  # a TenantScopedConnection (behind the pool's proxy)
-    if scope_to is not None:
-        await scope_to(tenant_id)
-    else:
-        await conn.execute("SELECT set_config('app.tenant_id', $1, false)", tenant_id)
+async def set_tenant(conn: Any) -> None:
+    """Pool `setup`: scope the connection (a TenantScopedConnection, behind the pool's proxy) to the
+    calling tenant ('' = no tenant rows at all)."""
+    await conn.scope_to(current_tenant.get())
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -139,8 +135,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def create_tenant_pool(dsn: str, *, max_size: int, min_size: int = 2) -> asyncpg.Pool:
     """The pool a service's calls use: connections scoped to the calling tenant on acquire."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=60,
-                                     setup=set_tenant, reset=_keep_session,
-                                     connection_class=TenantScopedConnection)
-    assert pool is not None
-    return pool
+    from service_runtime.postgres import create_pool  # here: postgres imports this module
+
+    return await create_pool(dsn, min_size=min_size, max_size=max_size, setup=set_tenant, reset=_keep_session,
+                             connection_class=TenantScopedConnection)

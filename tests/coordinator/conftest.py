@@ -7,12 +7,13 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
@@ -23,6 +24,7 @@ from temporalio.worker import Worker
 from coordinator import naming
 from coordinator import search_attributes as sa
 from coordinator.faults import FaultPlan
+from coordinator.front_door import create_front_door
 from coordinator.keys import StaticKeyStore
 from coordinator.messages import FinalizeInvoiceInput, FinalizeInvoiceResult, SagaTimeouts
 from coordinator.scenario import Services, seed_catalog
@@ -89,6 +91,19 @@ class Stack:
     def worker(self, faults: FaultPlan | None = None) -> AbstractAsyncContextManager[Worker]:
         config = WorkerConfig(self.ledger_addr, self.invoice_addr, self.task_queue)
         return running_worker(self.client, config, StaticKeyStore({TENANT: self.coordinator_key}), faults)
+
+    @asynccontextmanager
+    async def front_door(self, client: Client | None = None) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
+        """The billing front door on this stack (it knows both participants), as a client stub."""
+        server, port, pool = await create_front_door(client or self.client, self.ledger_dsn, self.task_queue,
+                                                     invoice_addr=self.invoice_addr, ledger_addr=self.ledger_addr)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            yield billing_pb2_grpc.BillingServiceStub(channel)
+        finally:
+            await channel.close()
+            await server.stop(0)
+            await pool.close()
 
     async def start_finalize(self, invoice_id: str, timeouts: SagaTimeouts = FAST) -> WorkflowHandle[Any, Any]:
         return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,

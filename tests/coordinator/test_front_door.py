@@ -13,7 +13,6 @@ from credits.invoice.v1 import invoice_pb2 as ipb
 from temporalio.api.enums.v1 import EventType
 
 from coordinator import search_attributes as sa
-from coordinator.front_door import create_front_door
 from coordinator.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
 from tests.tenancy import add_tenant_key
@@ -21,15 +20,8 @@ from tests.tenancy import add_tenant_key
 
 @pytest.fixture
 async def billing(stack: Stack) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
-    server, port, pool = await create_front_door(stack.client, stack.ledger_dsn, stack.task_queue,
-                                                 invoice_addr=stack.invoice_addr, ledger_addr=stack.ledger_addr)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield billing_pb2_grpc.BillingServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await pool.close()
+    async with stack.front_door() as billing:
+        yield billing
 
 
 async def _status(call: object) -> grpc.aio.AioRpcError:

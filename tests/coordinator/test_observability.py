@@ -10,21 +10,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 
 import grpc
 import pytest
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 from temporalio.client import Client, WorkflowFailureError
 
-from coordinator.front_door import create_front_door
 from coordinator.keys import StaticKeyStore
 from coordinator.scenario import seed_customer
 from coordinator.worker import WorkerConfig, running_worker, saga_kind, temporal_runtime
@@ -35,33 +31,6 @@ from tests.coordinator.conftest import TENANT, Stack
 BILLING = "credits.billing.v1.BillingService"
 LEDGER = "credits.ledger.v1.LedgerService"
 INVOICE = "credits.invoice.v1.InvoiceService"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.uninstall()
-        provider.shutdown()
-
-
-@asynccontextmanager
-async def _front_door(stack: Stack, client: Client | None = None
-                      ) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
-    server, port, pool = await create_front_door(client or stack.client, stack.ledger_dsn, stack.task_queue,
-                                                 invoice_addr=stack.invoice_addr)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield billing_pb2_grpc.BillingServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await pool.close()
 
 
 async def _finalize(billing: billing_pb2_grpc.BillingServiceStub, stack: Stack, invoice_id: str) -> bpb.Operation:
@@ -79,7 +48,7 @@ async def test_one_finalization_through_the_front_door_is_one_trace(
         stack: Stack, spans: InMemorySpanExporter) -> None:
     invoice_id = await seed_customer(stack.services)
     async with stack.worker():
-        async with _front_door(stack) as billing:
+        async with stack.front_door() as billing:
             spans.clear()  # the seeding above made its own (unrelated) traces
             await _finalize(billing, stack, invoice_id)
     finished = list(spans.get_finished_spans())
@@ -125,7 +94,7 @@ async def test_one_finalization_through_the_front_door_is_one_trace(
 
 async def test_rejections_are_error_spans_and_tracing_off_records_nothing(
         stack: Stack, spans: InMemorySpanExporter) -> None:
-    async with _front_door(stack) as billing:
+    async with stack.front_door() as billing:
         spans.clear()
         with pytest.raises(grpc.aio.AioRpcError):
             await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id="inv_nope"), metadata=stack.md)
@@ -176,7 +145,7 @@ async def test_metrics_after_a_saga_have_its_outcome_the_rpcs_and_the_worker(
     invoice_id = await seed_customer(stack.services)
     config = WorkerConfig(stack.ledger_addr, stack.invoice_addr, stack.task_queue)
     async with running_worker(client, config, StaticKeyStore({TENANT: stack.coordinator_key})):
-        async with _front_door(stack, client) as billing:
+        async with stack.front_door(client) as billing:
             await _finalize(billing, stack, invoice_id)
             # Attaching to the finished saga replays it on the worker (for the progress query):
             # a replayed ending is not counted again.

@@ -12,7 +12,6 @@ from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 
-from coordinator.front_door import create_front_door
 from coordinator.scenario import seed_customer
 from tests.coordinator.conftest import Stack, eventually
 
@@ -27,15 +26,8 @@ VOID_REASON_BUG = (
 
 @pytest.fixture
 async def billing(stack: Stack) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:
-    server, port, pool = await create_front_door(stack.client, stack.ledger_dsn, stack.task_queue,
-                                                 invoice_addr=stack.invoice_addr)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield billing_pb2_grpc.BillingServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await pool.close()
+    async with stack.front_door() as billing:
+        yield billing
 
 
 async def test_void_reason_the_ledger_refuses_is_refused_up_front(
