@@ -21,7 +21,7 @@ from service_runtime.settings import Settings
 async def _reconcile(settings: Settings, temporal_addr: str, as_json: bool) -> int:
     from temporalio.client import Client
 
-    from coordinator.reconciler import reconcile
+    from reconciler import reconcile
     from service_runtime.databases import resolve_databases
 
     dbs = resolve_databases(settings, start_embedded=False)

@@ -21,9 +21,9 @@ from coordinator import naming
 from coordinator import search_attributes as sa
 from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult
-from coordinator.reconciler import reconcile
 from coordinator.scenario import seed_customer
 from coordinator.workflows import ResolveInDoubtWorkflow
+from reconciler import reconcile
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
 
