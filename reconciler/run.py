@@ -18,8 +18,8 @@ _SELECT_TENANTS = "SELECT tenant_id FROM tenants ORDER BY tenant_id"
 async def reconcile(ledger_dsn: str, invoice_dsn: str, client: Client | None = None,
                     tenants: list[str] | None = None) -> ReconcileReport:
     """Reads both databases (owner DSNs) and Temporal when `client` is given, and reports every
-    violation. With a client, it returns only once the client's threads are done with its calls,
-    so a process may exit right after (see `temporal_calls_settled`)."""
+    violation. It returns only once the Temporal client's threads are done with every call made so
+    far, so a process may exit right after (see `temporal_calls_settled`)."""
     report = ReconcileReport()
     lpool = await asyncpg.create_pool(ledger_dsn, min_size=1, max_size=2)
     iconn = await asyncpg.connect(invoice_dsn)
@@ -37,8 +37,7 @@ async def reconcile(ledger_dsn: str, invoice_dsn: str, client: Client | None = N
         await lpool.release(lconn)
         await lpool.close()
         await iconn.close()
-        if client is not None:
-            await temporal_calls_settled()
+        await temporal_calls_settled()  # also the caller's Client.connect, even a failed one
     return report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _thread
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,6 +17,7 @@ from coordinator.messages import VoidInvoiceInput
 from coordinator.scenario import seed_customer, ts
 from coordinator.workflows import VoidInvoiceWorkflow
 from reconciler import ReconcileReport, reconcile
+from reconciler.temporal_checks import temporal_calls_settled
 from tests.coordinator.conftest import TENANT, Stack
 
 
@@ -151,3 +154,22 @@ async def test_invoices_in_currencies_without_two_decimals_reconcile_exactly(
     report = await _reconcile(stack)
     assert report.ok, report.render()
     assert (report.checked["invoices"], report.checked["holds"], report.checked["decisions"]) == (1, 1, 1)
+
+
+async def test_it_returns_only_once_no_foreign_thread_is_still_running_python() -> None:
+    """`creditctl reconcile` exits right after the report: a thread of the Temporal client's own still
+    finishing a call's Python callback then aborts the interpreter (PyGILState_Release, exit -6).
+    A thread started outside `threading`, as the client's are, stands in for one here."""
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def callback() -> None:
+        started.set()
+        release.wait()
+        done.set()
+
+    _thread.start_new_thread(callback, ())
+    assert started.wait(5)
+    assert not await temporal_calls_settled(timeout_s=0.05)  # still inside Python: not settled
+    release.set()
+    assert await temporal_calls_settled(timeout_s=5)
+    assert done.is_set()
