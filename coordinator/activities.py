@@ -115,8 +115,7 @@ class _Participant:
 def _hold_view(h: lpb.Hold) -> HoldView:
     return HoldView(
         hold_key=h.hold_key, account_id=h.account_id, status=HoldStatus(lpb.HoldStatus.Name(h.status)),
-        requested=h.requested,
-        reserved=h.reserved, posted=h.posted, created_at=from_ts(h.created_at),
+        requested=h.requested, reserved=h.reserved, posted=h.posted, created_at=from_ts(h.created_at),
         allocations=[AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
                      for a in h.allocations],
     )
@@ -214,9 +213,9 @@ def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
     return InvoiceView(
         invoice_id=inv.invoice_id, customer_id=inv.customer_id, ledger_account_id=inv.ledger_account_id,
         currency=inv.currency, status=InvoiceStatus(ipb.InvoiceStatus.Name(inv.status)),
-        period_start=from_ts(inv.period_start),
-        period_end=from_ts(inv.period_end), subtotal=inv.subtotal, credits_applied=inv.credits_applied,
-        amount_due=inv.amount_due, number=inv.number, prepare_key=inv.prepare_key,
+        period_start=from_ts(inv.period_start), period_end=from_ts(inv.period_end), subtotal=inv.subtotal,
+        credits_applied=inv.credits_applied, amount_due=inv.amount_due, number=inv.number,
+        prepare_key=inv.prepare_key,
     )
 
 

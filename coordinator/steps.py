@@ -84,8 +84,8 @@ def _nothing(_index: int) -> None:
 
 
 @dataclass(frozen=True)
-class FinalizationRun:
-    """One finalization run and the keys it owns: its hold, its prepare key, its steps' keys."""
+class SagaRun:
+    """One run of a saga on one invoice, and its steps' idempotency keys."""
 
     tenant_id: str
     invoice_id: str
@@ -96,16 +96,20 @@ class FinalizationRun:
         return naming.step_key(self.workflow_id, self.run_id, step)
 
     @property
+    def label(self) -> str:
+        return naming.run_label(self.workflow_id, self.run_id)
+
+
+class FinalizationRun(SagaRun):
+    """A finalization run also owns its credit hold and the invoice's prepare key."""
+
+    @property
     def hold_key(self) -> str:
         return naming.hold_key(self.invoice_id, self.run_id)
 
     @property
     def prepare_key(self) -> str:
         return naming.prepare_key(self.workflow_id, self.run_id)
-
-    @property
-    def label(self) -> str:
-        return naming.run_label(self.workflow_id, self.run_id)
 
 
 async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
@@ -115,9 +119,10 @@ async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_i
     `commit_invoice` is False: the resolver found it already settled). Each is retried until done.
     `before(i)` is called before the i-th of the two; returns the finalized invoice."""
     before(0)
-    await run_until_done(LedgerActivities.commit_hold,
-                     HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
-                     _label(why, "commit the credit hold"))
+    await run_until_done(
+        LedgerActivities.commit_hold,
+        HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
+        _label(why, "commit the credit hold"))
     if not commit_invoice:
         return None
     before(1)
@@ -133,32 +138,21 @@ async def abort_finalization(run: FinalizationRun, account_id: str, t: SagaTimeo
     """Without a commit decision, newest step first: return the invoice to DRAFT (if it may have been
     prepared), then release the credit hold (if it may have been reserved). Each until done."""
     if abort_invoice:
-        await run_until_done(InvoiceActivities.abort_finalize,
-                         InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_FINALIZE), run.invoice_id,
-                                          run.prepare_key, naming.RELEASE_REASON, must_succeed=True), t,
-                         _label(why, "return the invoice to DRAFT"))
+        await run_until_done(
+            InvoiceActivities.abort_finalize,
+            InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_FINALIZE), run.invoice_id, run.prepare_key,
+                             naming.RELEASE_REASON, must_succeed=True), t,
+            _label(why, "return the invoice to DRAFT"))
     if release_hold:
-        await run_until_done(LedgerActivities.release_hold,
-                         HoldInput(run.tenant_id, run.key(Step.RELEASE_HOLD), run.hold_key, account_id,
-                                   naming.RELEASE_REASON, must_succeed=True), t,
-                         _label(why, "release the credit hold"))
+        await run_until_done(
+            LedgerActivities.release_hold,
+            HoldInput(run.tenant_id, run.key(Step.RELEASE_HOLD), run.hold_key, account_id, naming.RELEASE_REASON,
+                      must_succeed=True), t,
+            _label(why, "release the credit hold"))
 
 
-@dataclass(frozen=True)
-class VoidRun:
-    """One void run and its steps' keys."""
-
-    tenant_id: str
-    invoice_id: str
-    workflow_id: str
-    run_id: str
-
-    def key(self, step: str) -> str:
-        return naming.step_key(self.workflow_id, self.run_id, step)
-
-    @property
-    def label(self) -> str:
-        return naming.run_label(self.workflow_id, self.run_id)
+class VoidRun(SagaRun):
+    """A void run (it owns no hold: it reverses the finalization's)."""
 
 
 async def committed_holds(tenant_id: str, invoice_id: str, t: SagaTimeouts, summary: str | None = None,
@@ -188,14 +182,16 @@ async def commit_void(run: VoidRun, holds: list[HoldView], reason: str, t: SagaT
         reversed_key = hold.hold_key
         reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
     before(1)
-    await run_until_done(InvoiceActivities.commit_void,
-                     InvoiceStepInput(run.tenant_id, run.key(Step.COMMIT_VOID), run.invoice_id, must_succeed=True),
-                     t, _label(why, "mark the invoice VOIDED"))
+    await run_until_done(
+        InvoiceActivities.commit_void,
+        InvoiceStepInput(run.tenant_id, run.key(Step.COMMIT_VOID), run.invoice_id, must_succeed=True), t,
+        _label(why, "mark the invoice VOIDED"))
     return reversed_key, reinstated
 
 
 async def abort_void(run: VoidRun, t: SagaTimeouts, *, why: str) -> None:
     """Without a void decision: return the invoice to FINALIZED, until done."""
-    await run_until_done(InvoiceActivities.abort_void,
-                     InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_VOID), run.invoice_id, must_succeed=True),
-                     t, _label(why, "return the invoice to FINALIZED"))
+    await run_until_done(
+        InvoiceActivities.abort_void,
+        InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_VOID), run.invoice_id, must_succeed=True), t,
+        _label(why, "return the invoice to FINALIZED"))
