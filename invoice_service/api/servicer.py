@@ -20,7 +20,7 @@ from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.idempotency import Guard, Replayed
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
-from service_runtime.grpc_server import current_caller
+from service_runtime.call_context import current_caller
 from service_runtime.rejections import invalid
 
 M = TypeVar("M", bound=Message)
