@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -9,11 +10,21 @@ import pytest
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
-from service_runtime import identifiers, idempotency
-from tests.invoice.conftest import InvoiceEnv, env  # noqa: F401 - the invoice fixture
+from service_runtime import idempotency, identifiers
+from tests.invoice.conftest import InvoiceEnv, start_env
 from tests.ledger.conftest import Ledger
 
 BAD_KEYS = ["a b", "caf\u00e9", "k" * 201, "tab\there"]
+
+
+@pytest.fixture
+async def invoice() -> AsyncIterator[InvoiceEnv]:
+    running, server = await start_env()
+    try:
+        yield running
+    finally:
+        await server.stop(None)
+        await running.close()
 
 
 def test_the_key_rule_is_the_shared_one() -> None:
@@ -36,19 +47,19 @@ def _customer(key: str, customer_id: str = "acme") -> ipb.CreateCustomerRequest:
 
 
 @pytest.mark.parametrize("key", BAD_KEYS, ids=["space", "non-ascii", "too-long", "control"])
-async def test_both_services_refuse_the_same_bad_keys(key: str, ledger: Ledger, env: InvoiceEnv) -> None:
-    for call in (ledger.call("CreateAccount", _account(key)), env.call("CreateCustomer", _customer(key))):
+async def test_both_services_refuse_the_same_bad_keys(key: str, ledger: Ledger, invoice: InvoiceEnv) -> None:
+    for call in (ledger.call("CreateAccount", _account(key)), invoice.call("CreateCustomer", _customer(key))):
         code, details = await _code(call)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "idempotency_key" in details
 
 
-async def test_both_services_answer_a_reused_key_alike(ledger: Ledger, env: InvoiceEnv) -> None:
+async def test_both_services_answer_a_reused_key_alike(ledger: Ledger, invoice: InvoiceEnv) -> None:
     first = await ledger.call("CreateAccount", _account("k-1"))
     assert await ledger.call("CreateAccount", _account("k-1")) == first  # replayed
-    first_customer = await env.call("CreateCustomer", _customer("k-1"))
-    assert await env.call("CreateCustomer", _customer("k-1")) == first_customer
+    first_customer = await invoice.call("CreateCustomer", _customer("k-1"))
+    assert await invoice.call("CreateCustomer", _customer("k-1")) == first_customer
     for call in (ledger.call("CreateAccount", _account("k-1", "other")),
-                 env.call("CreateCustomer", _customer("k-1", "other"))):
+                 invoice.call("CreateCustomer", _customer("k-1", "other"))):
         code, details = await _code(call)
         assert code == grpc.StatusCode.ALREADY_EXISTS and "idempotency_key" in details
         assert "'k-1' was already used for a different request" in details
