@@ -24,14 +24,13 @@ import asyncpg
 import grpc
 from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.server import create_invoice_server
 from invoice_service.storage import MIGRATIONS_DIR
 from service_runtime.api_keys import mint_key, store_tenant_key
-from service_runtime.databases import TENANCY_MIGRATIONS
+from service_runtime.databases import migrate_service
 from service_runtime.embedded_postgres import EmbeddedPostgres
-from service_runtime.postgres import migrate
+from service_runtime.proto_time import to_timestamp
 from service_runtime.settings import Settings
 
 TENANT = "bench"
@@ -83,13 +82,7 @@ async def _seed(stub: pb_grpc.InvoiceServiceStub, md: list[tuple[str, str]], anc
                                                            ledger_account_id=f"acct-{c}"), metadata=md)
         await stub.CreateSubscription(pb.CreateSubscriptionRequest(
             idempotency_key=f"s-{c}", subscription_id=f"s-{c}", customer_id=c, plan_id="chatppt",
-            anchor=_ts(anchor)), metadata=md)
-
-
-def _ts(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+            anchor=to_timestamp(anchor)), metadata=md)
 
 
 def _batches(prefix: str, count: int, batch_size: int, start: datetime, span_s: int) -> list[bytes]:
@@ -100,7 +93,7 @@ def _batches(prefix: str, count: int, batch_size: int, start: datetime, span_s: 
         for n in range(b, min(b + batch_size, count)):
             e = req.events.add(event_id=f"{prefix}-{n}", customer_id=f"c{n % CUSTOMERS}",
                                meter_code="input_tokens" if n % 2 else "output_tokens", quantity=str(n % 500 + 1))
-            e.timestamp.FromDatetime(start + timedelta(seconds=n % span_s))
+            e.timestamp.CopyFrom(to_timestamp(start + timedelta(seconds=n % span_s)))
         out.append(req.SerializeToString())
     return out
 
@@ -147,7 +140,7 @@ async def run(events: int = 200_000, baseline_events: int = 20_000, draft_events
         pg = EmbeddedPostgres(root / "pg").start()
         stack.callback(pg.stop, "immediate")
         dsn = await asyncio.to_thread(pg.create_database, "bench_invoice")
-        await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
+        await migrate_service(dsn, MIGRATIONS_DIR)  # before the key is stored (create_invoice_server migrates too)
         key_id, key, key_hash = mint_key()
         conn = await asyncpg.connect(dsn)
         await store_tenant_key(conn, TENANT, TENANT, key_id, key_hash, "admin")
@@ -188,7 +181,7 @@ async def _measure(dsn: str, channel: grpc.aio.Channel, md: list[tuple[str, str]
     finally:
         await conn.close()
     assert sum(Decimal(i.quantity) for i in draft.line_items if i.kind == pb.USAGE) > 0
-    cuts = [_ts(anchor + timedelta(days=d)) for d in (5, 12, 20)]
+    cuts = [to_timestamp(anchor + timedelta(days=d)) for d in (5, 12, 20)]
     started = time.perf_counter()
     await stub.SplitDraft(pb.SplitDraftRequest(invoice_id=draft.invoice_id, split_at=cuts), metadata=md)
     split_s = time.perf_counter() - started
@@ -203,7 +196,7 @@ async def _draft(stub: pb_grpc.InvoiceServiceStub, md: list[tuple[str, str]], an
                  key: str) -> tuple[float, pb.Invoice]:
     started = time.perf_counter()
     draft = await stub.CreateDraft(pb.CreateDraftRequest(idempotency_key=key, customer_id="big",
-                                                         period_start=_ts(anchor)), metadata=md)
+                                                         period_start=to_timestamp(anchor)), metadata=md)
     return time.perf_counter() - started, draft
 
 

@@ -17,7 +17,7 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
             finance/admin may start at the front door).
 - admin     everything.
 
-Enforcement stays in `service_runtime.grpc_server.AuthInterceptor`: it checks the caller's role
+Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
 against the table a server was started with; an RPC missing from its table is refused for every
 role (PERMISSION_DENIED), so a new RPC is closed until it is listed here. Rules that depend on the
 request (which lot type, how much, who asked) live in the servicer: see

@@ -79,15 +79,11 @@ async def run_ledger() -> None:
 
 async def run_invoice() -> None:
     from invoice_service.server import create_invoice_server
-    from invoice_service.storage import MIGRATIONS_DIR
-    from service_runtime.databases import TENANCY_MIGRATIONS
-    from service_runtime.postgres import migrate
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
     dsn = _require("INVOICE_DSN", settings.invoice_dsn)
-    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)  # as invoice_service.server.serve does
-    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
+    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)  # migrates first
     await _serve(server, pool, "invoice", port)
 
 
