@@ -25,10 +25,11 @@ Result = TypeVar("Result")
 
 MISSING_KEY = "CREDITS_API_KEY is not set: set it to an API key of your tenant (creditctl tenants create)"
 
-# Exit status of a refused call, per service, as creditctl has always answered.
-LEDGER_REFUSED = USAGE
-BILLING_REFUSED = USAGE
+# Exit status of a missing API key or a refused call, per service, as creditctl has always answered.
+LEDGER_REFUSED = 2
+BILLING_REFUSED = 2
 INVOICE_REFUSED = 1
+AUDIT_REFUSED = 1
 
 
 def load_settings() -> Settings:

@@ -4,10 +4,11 @@ User mistakes (a bad flag value, a missing API key, an unknown account), refused
 unreachable services or databases are reported as one line, never a traceback. Anything else is
 a bug in creditctl and keeps its traceback.
 
-Exit statuses: 0 done; 1 the command ran and found a failure (violations, a failed saga, a key
-that does not exist); 2 bad usage, and a call refused by the ledger or the front door; 3 a bench
-target missed. Calls to the invoice and audit services and database errors exit 1 (as they
-always have).
+Exit statuses, as creditctl has always answered: 0 done; 1 the command ran and found a failure
+(violations, a failed saga, a key that does not exist) or a database could not be reached; 2 bad
+usage or settings; 3 a bench target missed (--check); 130 interrupted. A missing API key or a
+refused call exits 2 for the ledger and the billing front door, 1 for the invoice and audit
+services (creditctl.connection).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _as_user_error(err: BaseException) -> UserError | None:
         return UserError(rpc_line(err), 1)
     if isinstance(err, asyncpg.PostgresError):
         return UserError(f"database: {type(err).__name__}: {err}", 1)
-    if isinstance(err, OSError):  # a refused connection, a port in use, a binary not installed
-        return UserError(f"creditctl: {err}", 1)
+    if isinstance(err, OSError):  # a refused connection, a port in use, a binary not installed, a timeout
+        return UserError(f"creditctl: {err or type(err).__name__}", 1)
     return None
 
 
@@ -88,7 +89,7 @@ def reported() -> Iterator[None]:
     except click.exceptions.NoArgsIsHelpError as err:
         click.echo(err.format_message(), err=True)
         raise UserError(err.format_message(), err.exit_code) from None
-    except (Exception, click.Abort, UserError) as err:
+    except (Exception, UserError) as err:
         known = _as_user_error(err)
         if known is None:
             raise

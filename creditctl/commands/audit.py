@@ -11,7 +11,7 @@ from credits.audit.v1 import audit_pb2, audit_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from creditctl.arguments import DURATION
-from creditctl.connection import INVOICE_REFUSED, api_key_metadata, load_settings, require_api_key
+from creditctl.connection import AUDIT_REFUSED, api_key_metadata, load_settings, require_api_key
 from creditctl.errors import rpc_refusals
 from creditctl.help_listing import Command
 from creditctl.output import print_json
@@ -57,8 +57,8 @@ async def query_audit(settings: Settings, query: AuditQuery) -> list[dict[str, o
 def command(subject: str, actor: str, action: str, since: timedelta | None, refused: bool, limit: int,
             as_json: bool) -> int:
     settings = load_settings()
-    require_api_key(settings, INVOICE_REFUSED)
-    with rpc_refusals(INVOICE_REFUSED):
+    require_api_key(settings, AUDIT_REFUSED)
+    with rpc_refusals(AUDIT_REFUSED):
         records = asyncio.run(query_audit(settings, AuditQuery(subject, actor, action, since, refused, limit)))
     if as_json:
         print_json(records)

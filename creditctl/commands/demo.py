@@ -90,6 +90,6 @@ async def _demo() -> int:
 
 
 @click.command("demo", cls=Command, help="start a throw-away stack, finalize the seed invoice, print it")
-@click.option("--verbose", is_flag=True)
+@click.option("--verbose", is_flag=True)  # accepted as it always was; the demo prints the same either way
 def command(verbose: bool) -> int:
     return asyncio.run(_demo())
