@@ -10,20 +10,16 @@ from pathlib import Path
 
 import asyncpg
 
-from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
-from service_runtime.postgres import migrate
+from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.settings import Settings
 
 
-def service_migrations() -> dict[str, list[Path]]:
-    """Migration directories per service database, tenancy first."""
+def service_migrations() -> dict[str, Path]:
+    """Each service database's own migration directory (migrate_service runs tenancy first)."""
     from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
     from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 
-    return {
-        "ledger": [TENANCY_MIGRATIONS, LEDGER_MIGRATIONS],
-        "invoice": [TENANCY_MIGRATIONS, INVOICE_MIGRATIONS],
-    }
+    return {"ledger": LEDGER_MIGRATIONS, "invoice": INVOICE_MIGRATIONS}
 
 
 async def migrate_all(settings: Settings) -> dict[str, list[str]]:
@@ -31,8 +27,8 @@ async def migrate_all(settings: Settings) -> dict[str, list[str]]:
     dbs = resolve_databases(settings)
     dirs = service_migrations()
     return {
-        "ledger": await migrate(dbs.ledger_dsn, *dirs["ledger"]),
-        "invoice": await migrate(dbs.invoice_dsn, *dirs["invoice"]),
+        "ledger": await migrate_service(dbs.ledger_dsn, dirs["ledger"]),
+        "invoice": await migrate_service(dbs.invoice_dsn, dirs["invoice"]),
     }
 
 
