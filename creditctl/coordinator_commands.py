@@ -60,7 +60,7 @@ def _print_op(op: bpb.Operation, as_json: bool) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import logging
 
-    from coordinator.stack import serve_forever
+    from stack.launcher import serve_forever
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings.from_env()
@@ -75,11 +75,11 @@ async def _demo(verbose: bool) -> int:
     from credits.invoice.v1 import invoice_pb2_grpc
     from credits.ledger.v1 import ledger_pb2_grpc
 
-    from coordinator.scenario import Services, seed_catalog, seed_customer
-    from coordinator.stack import running_stack
     from service_runtime.api_keys import mint_key, store_tenant_key
     from service_runtime.embedded_postgres import free_port
     from service_runtime.postgres import create_pool
+    from stack.launcher import running_stack
+    from stack.scenario import Services, seed_catalog, seed_customer
 
     with tempfile.TemporaryDirectory(prefix="credits-demo-") as tmp:
         settings = Settings(data_dir=Path(tmp), ledger_dsn="", invoice_dsn="", embedded_pg_port=free_port(),
@@ -203,7 +203,7 @@ def _cmd_billing_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from coordinator.bench import run_bench
+    from harness.benches.saga import run_bench
 
     def say(msg: str) -> None:
         print(f"… {msg}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ TARGETS = {"events_per_s": 20_000, "ratio_vs_baseline": 3, "draft_1m_events_s": 
 
 
 def _cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from invoice_service import bench
+    from harness.benches import ingest as bench
 
     result = asyncio.run(bench.run(events=args.events, baseline_events=args.baseline_events,
                                    draft_events=args.draft_events, concurrency=args.concurrency))

@@ -1,4 +1,4 @@
-"""creditctl bench ledger: the hot-account debit benchmark (see ledger_service/bench.py)."""
+"""creditctl bench ledger: the hot-account debit benchmark (see harness/benches/ledger.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _positive(value: str) -> float:
 
 
 def _cmd_bench_ledger(args: argparse.Namespace) -> int:
-    from ledger_service.bench import BenchOptions, format_report, meets, run_bench
+    from harness.benches.ledger import BenchOptions, format_report, meets, run_bench
 
     seconds = 1.0 if args.quick else args.seconds
     opts = BenchOptions(

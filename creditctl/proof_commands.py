@@ -5,7 +5,7 @@ the embedded Postgres of `creditctl up`) and Temporal (CREDITS_TEMPORAL_ADDR, de
 `creditctl up` starts) and prints every violation with the ids to look at; exit 1 when any.
 
 `chaos --sagas N --seed S` runs a seeded fault campaign against a throw-away stack of separate OS
-processes (see coordinator/chaos/) and ends with the reconciler; exit 1 on any violation.
+processes (see harness/chaos/) and ends with the reconciler; exit 1 on any violation.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from coordinator.chaos.campaign import CampaignConfig, run_campaign
+    from harness.chaos.campaign import CampaignConfig, run_campaign
 
     def say(msg: str) -> None:
         if not args.quiet:
