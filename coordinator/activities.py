@@ -25,7 +25,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from coordinator.faults import NO_FAULTS, FaultPlan, InjectedRejection, InjectedTransportError
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
     AllocationSpec,
@@ -83,27 +82,21 @@ def to_error(exc: BaseException, step: str, must_succeed: bool) -> ApplicationEr
         rejected = code in REJECTIONS
         return ApplicationError(f"{step}: {code.name}: {exc.details()}", type="Rejected" if rejected else code.name,
                                 non_retryable=rejected and not must_succeed)
-    if isinstance(exc, InjectedRejection):
-        return ApplicationError(str(exc), type="Rejected", non_retryable=not must_succeed)
     if isinstance(exc, UnknownTenant):
         return ApplicationError(str(exc), type="UnknownTenant", non_retryable=not must_succeed)
     return ApplicationError(f"{step}: {exc}", type=type(exc).__name__, non_retryable=False)
 
 
 class _Participant:
-    def __init__(self, keys: KeyStore, faults: FaultPlan | None) -> None:
+    def __init__(self, keys: KeyStore) -> None:
         self._keys = keys
-        self.faults = faults or NO_FAULTS
 
     async def _call(self, step: str, tenant_id: str, rpc: Callable[..., Awaitable[T]], request: Any,
                     must_succeed: bool = False) -> T:
         try:
             key = await self._keys.key_for(tenant_id)
-            await self.faults.hit(step, "before")
-            response = await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
-            await self.faults.hit(step, "after")
-            return response
-        except (grpc.aio.AioRpcError, InjectedRejection, InjectedTransportError, UnknownTenant) as exc:
+            return await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, UnknownTenant) as exc:
             raise to_error(exc, step, must_succeed) from None
 
 
@@ -125,9 +118,9 @@ def _hold_line(h: lpb.Hold) -> str:
 class LedgerActivities:
     """Calls to credits.ledger.v1.LedgerService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="ledger.get_lot_boundaries")
     async def get_lot_boundaries(self, inp: LotBoundariesInput) -> list[str]:
@@ -221,9 +214,9 @@ def _invoice_line(inv: ipb.Invoice) -> str:
 class InvoiceActivities:
     """Calls to credits.invoice.v1.InvoiceService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = invoice_pb2_grpc.InvoiceServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="invoice.get_invoice")
     async def get_invoice(self, inp: InvoiceRef) -> InvoiceView:
@@ -352,10 +345,3 @@ class CoordinatorActivities:
             return str(inp.reason)
         return ""
 
-
-class BenchActivities:
-    """The no-op activity of the bare-workflow baseline of `creditctl bench saga`."""
-
-    @activity.defn(name="bench.noop")
-    async def noop(self, step: int) -> int:
-        return step

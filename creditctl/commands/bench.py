@@ -41,7 +41,7 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
 def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch_concurrency: int, no_uvloop: bool,
            verify: bool, profile: str, check: bool, as_json: bool) -> int:
-    from ledger_service import bench  # at merge: from harness.benches import ledger as bench
+    from harness.benches import ledger as bench
 
     report = bench.run_bench(bench.BenchOptions(
         seconds=1.0 if quick else seconds, concurrency=concurrency, batch_size=batch_size,
@@ -78,7 +78,7 @@ def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
 def ingest(events: int, baseline_events: int, draft_events: int, concurrency: int, check: bool,
            as_json: bool) -> int:
-    from invoice_service import bench  # at merge: from harness.benches import ingest as bench
+    from harness.benches import ingest as bench
 
     result = asyncio.run(bench.run(events=events, baseline_events=baseline_events, draft_events=draft_events,
                                    concurrency=concurrency))
@@ -106,7 +106,7 @@ def ingest(events: int, baseline_events: int, draft_events: int, concurrency: in
               help="Temporal dev server on a database file (as `creditctl up`) instead of in memory")
 @click.option("--json", "as_json", is_flag=True)
 def saga(invoices: int, concurrency: int, rounds: int, temporal_db_file: bool, as_json: bool) -> int:
-    from coordinator import bench  # at merge: from harness.benches import saga as bench
+    from harness.benches import saga as bench
 
     result = asyncio.run(bench.run_bench(invoices, concurrency, temporal_db_file=temporal_db_file, rounds=rounds,
                                          progress=None if as_json else note))

@@ -20,7 +20,7 @@ from creditctl.output import note, print_json
 @click.option("--keep", default="", help="keep logs and data in this directory")
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr")
 def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool) -> int:
-    from coordinator.chaos import campaign  # at merge: from harness.chaos import campaign
+    from harness.chaos import campaign
 
     config = campaign.CampaignConfig(sagas=sagas, seed=seed, keep_dir=keep)
     result = asyncio.run(campaign.run_campaign(config, progress=None if quiet else note))

@@ -22,7 +22,7 @@ from service_runtime.settings import Settings
 from service_runtime.tls import open_channel
 
 if TYPE_CHECKING:
-    from coordinator.stack import RunningStack
+    from stack.launcher import RunningStack
 
 DEMO_GRACE_S = 400 * 24 * 3600  # the seed scenario bills August 2026 usage
 TENANT = "chatppt"
@@ -49,7 +49,7 @@ async def _admin_key(stack: RunningStack) -> str:
 
 async def _seed_and_finalize(stack: RunningStack, key: str) -> int:
     """Seeds John Wick's August, finalizes the draft through the front door and prints the invoice."""
-    from coordinator.scenario import Services, seed_catalog, seed_customer  # moving to the `stack` package
+    from stack.scenario import Services, seed_catalog, seed_customer
 
     lch, ich, bch = (open_channel(a) for a in (stack.ledger_addr, stack.invoice_addr, stack.billing_addr))
     try:
@@ -77,7 +77,7 @@ async def _seed_and_finalize(stack: RunningStack, key: str) -> int:
 
 
 async def _demo() -> int:
-    from coordinator.stack import running_stack  # the stack launcher (moving to the `stack` package)
+    from stack.launcher import running_stack
 
     with tempfile.TemporaryDirectory(prefix="credits-demo-") as tmp:
         click.echo(f"starting the stack in {tmp} ...")

@@ -16,7 +16,7 @@ from service_runtime.settings import Settings
 @click.command("up", cls=Command, help="run the whole stack in the foreground (Ctrl-C stops it)")
 @click.option("--data-dir", default="")
 def command(data_dir: str) -> int:
-    from coordinator.stack import serve_forever  # the stack launcher (moving to the `stack` package)
+    from stack.launcher import serve_forever
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(data_dir=Path(data_dir).resolve()) if data_dir else load_settings()

@@ -10,8 +10,8 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from coordinator import naming
 from coordinator.messages import VoidInvoiceInput
 from coordinator.reconciler import ReconcileReport, reconcile
-from coordinator.scenario import seed_customer, ts
 from coordinator.workflows import VoidInvoiceWorkflow
+from stack.scenario import seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack
 
 

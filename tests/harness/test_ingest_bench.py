@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoice_service import bench
+from harness.benches import ingest as bench
 
 
 async def test_bench_reports_all_figures() -> None:

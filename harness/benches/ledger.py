@@ -4,7 +4,7 @@ What runs, all on this machine:
 
 * an embedded PostgreSQL in a temporary directory with fsync and synchronous_commit ON, so every
   acknowledged debit is on disk;
-* the ledger gRPC server in its own process (``python -m ledger_service.bench serve ledger``), so
+* the ledger gRPC server in its own process (``python -m harness.benches.ledger serve ledger``), so
   the load generator does not share its GIL and its peak RSS can be sampled with psutil;
 * a trivial gRPC echo server in its own process (``... serve echo``): the transport ceiling;
 * the load generator in this process: ``concurrency`` requests in flight, closed loop.
@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import os
 import shutil
 import signal
 import sys
@@ -46,8 +45,10 @@ import grpc
 import psutil
 from credits.ledger.v1 import ledger_pb2 as pb
 
+from harness.processes import ServiceProcess
 from service_runtime.api_keys import mint_key, store_tenant_key
 from service_runtime.embedded_postgres import EmbeddedPostgres
+from service_runtime.temporal_server import reserve_port
 
 TENANT = "bench"
 ACCOUNT = "hot-account"
@@ -237,57 +238,26 @@ class DebitEncoder:
 
 # --- server processes ---------------------------------------------------------------------------
 
-@dataclass
-class ServerProcess:
-    proc: asyncio.subprocess.Process
-    port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return int(self.proc.pid)
-
-    async def stop(self, timeout_s: float = 15) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-
-
 async def start_server_process(role: str, workdir: Path, *, dsn: str = "", use_uvloop: bool = True,
-                               profile: str = "", timeout_s: float = 60) -> ServerProcess:
-    """Starts `python -m ledger_service.bench serve ROLE` and waits for the port it bound."""
-    log_path = workdir / f"{role}-server.log"
-    args = [sys.executable, "-m", "ledger_service.bench", "serve", role]
+                               profile: str = "", timeout_s: float = 60) -> ServiceProcess:
+    """Starts `python -m harness.benches.ledger serve ROLE --port N` (harness.processes) and waits until
+    its port answers."""
+    port = reserve_port()
+    args = [sys.executable, "-m", "harness.benches.ledger", "serve", role, "--port", str(port)]
     if dsn:
         args += ["--dsn", dsn]
     if not use_uvloop:
         args.append("--no-uvloop")
     if profile:
         args += ["--profile", profile]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    proc = ServiceProcess(role, args, {"PYTHONUNBUFFERED": "1"}, workdir / f"{role}-server.log",
+                          grpc_addr=f"127.0.0.1:{port}")
     try:
-        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=log_fd, env=env)
-    finally:
-        os.close(log_fd)
-    assert proc.stdout is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
-    except TimeoutError:
-        line = b""
-    if not line.startswith(b"PORT "):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{role} server did not start; its log ends with:\n{tail}")
-    return ServerProcess(proc, int(line.split()[1]), log_path)
+        await proc.start(timeout_s, attempts=1)
+    except BaseException:
+        await asyncio.to_thread(proc.stop)
+        raise
+    return proc
 
 
 class RssSampler:
@@ -492,14 +462,14 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
     )
     failed = [s for s in started if isinstance(s, BaseException)]
     if failed:
-        await asyncio.gather(*(s.stop() for s in started if isinstance(s, ServerProcess)))
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in started if isinstance(s, ServiceProcess)))
         raise failed[0]
-    echo_srv, ledger_srv = (s for s in started if isinstance(s, ServerProcess))
+    echo_srv, ledger_srv = (s for s in started if isinstance(s, ServiceProcess))
     encoder = DebitEncoder(ACCOUNT, UNIT, "1")
     try:
         with RssSampler(ledger_srv.pid) as rss:
             # 1. the transport ceiling
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_srv.port}", options=_CHANNEL_OPTIONS) as ch:
+            async with grpc.aio.insecure_channel(echo_srv.grpc_addr, options=_CHANNEL_OPTIONS) as ch:
                 echo_call = ch.unary_unary(ECHO_METHOD)
                 payload = encoder.debit("echo-0000000000")
 
@@ -510,9 +480,9 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
                 _say(opts, f"echo: {opts.concurrency} in flight for {opts.seconds:g} s")
                 echo_phase = await closed_loop("echo", echo, concurrency=opts.concurrency, seconds=opts.seconds,
                                                warmup_s=opts.warmup)
-            await echo_srv.stop()
+            await asyncio.to_thread(echo_srv.stop)
 
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{ledger_srv.port}", options=_CHANNEL_OPTIONS) as ch:
+            async with grpc.aio.insecure_channel(ledger_srv.grpc_addr, options=_CHANNEL_OPTIONS) as ch:
                 await _setup_account(ch, md)
 
                 # 2. single debits on the hot account
@@ -552,7 +522,7 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
                                              response_deserializer=pb.VerifyJournalResponse.FromString)(
                         pb.VerifyJournalRequest(), metadata=md)
                     journal_ok = bool(v.ok)
-        await ledger_srv.stop()
+        await asyncio.to_thread(ledger_srv.stop)
         ledger_consumed = await _ledger_consumed(ledger_dsn)
 
         # 4. the naive baseline, with the services stopped so it has the machine to itself
@@ -561,7 +531,7 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
         baseline_phase, baseline_consumed = await run_baseline(
             baseline_dsn, concurrency=opts.concurrency, seconds=opts.seconds, warmup_s=opts.warmup)
     finally:
-        await asyncio.gather(echo_srv.stop(), ledger_srv.stop())
+        await asyncio.gather(asyncio.to_thread(echo_srv.stop), asyncio.to_thread(ledger_srv.stop))
     return BenchReport(
         seconds=opts.seconds, concurrency=opts.concurrency, batch_size=opts.batch_size,
         batch_concurrency=opts.batch_concurrency, echo=echo_phase, debit=debit_phase, batch=batch_phase,
@@ -636,7 +606,7 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
-async def _serve(role: str, dsn: str, profile: str) -> None:
+async def _serve(role: str, dsn: str, profile: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -646,13 +616,13 @@ async def _serve(role: str, dsn: str, profile: str) -> None:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *_CHANNEL_OPTIONS])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             "credits.bench.v1.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}),))
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
     else:
         from ledger_service.server import create_ledger_server
         from service_runtime.settings import Settings
 
-        server, port, pool = await create_ledger_server(dsn, "127.0.0.1:0", Settings.from_env())
+        server, port, pool = await create_ledger_server(dsn, f"127.0.0.1:{port}", Settings.from_env())
     profiler = cProfile.Profile() if profile else None
     print(f"PORT {port}", flush=True)
     if profiler is not None:
@@ -669,17 +639,18 @@ async def _serve(role: str, dsn: str, profile: str) -> None:
 
 
 def serve_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ledger_service.bench")
+    parser = argparse.ArgumentParser(prog="python -m harness.benches.ledger")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run a bench server process; prints 'PORT <n>' once listening")
     s.add_argument("role", choices=("ledger", "echo"))
+    s.add_argument("--port", type=int, default=0, help="the port to listen on (default: any free one)")
     s.add_argument("--dsn", default="")
     s.add_argument("--no-uvloop", action="store_true")
     s.add_argument("--profile", default="", help="write a cProfile of the serving loop to this path")
     args = parser.parse_args(argv)
     if args.role == "ledger" and not args.dsn:
         parser.error("ledger needs --dsn")
-    coro = _serve(args.role, args.dsn, args.profile)
+    coro = _serve(args.role, args.dsn, args.profile, args.port)
     if not args.no_uvloop:
         try:
             import uvloop

@@ -44,7 +44,6 @@ from temporalio.client import Client, WorkflowHandle
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.chaos.processes import ChaosStack
 from coordinator.messages import (
     FinalizeInvoiceInput,
     FinalizeInvoiceResult,
@@ -54,10 +53,11 @@ from coordinator.messages import (
     VoidInvoiceResult,
 )
 from coordinator.reconciler import Violation, reconcile, running_sagas
-from coordinator.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.chaos.stack import ChaosStack
+from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 
 TENANTS = ("chaos-a", "chaos-b")
 BATCH = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ledger_service.bench import JSON_KEYS, BenchOptions, format_report, run_bench
+from harness.benches.ledger import JSON_KEYS, BenchOptions, format_report, run_bench
 
 
 def test_bench_ledger_smoke() -> None:

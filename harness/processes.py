@@ -1,9 +1,12 @@
-"""The whole stack as separate OS processes, each killable with SIGKILL and restartable in place.
+"""The harness's one process launcher: parts of the stack as separate OS processes, each killable with
+SIGKILL and restartable in place, on the local stack's databases and Temporal (`stack.launcher`).
 
-Embedded Postgres (both service databases), `temporal server start-dev` (in memory), the ledger
-and invoice gRPC servers, the billing front door and one coordinator worker. The worker reaches
-the two services only through a `FaultProxy` each (CREDITS_LEDGER_ADDR / CREDITS_INVOICE_ADDR are
-the proxies' addresses); every process keeps its port across restarts.
+`ServiceProcess` is one such process (started again, like a supervisor would, if it exits while
+starting up; ready when its gRPC port answers or a line appears in its log). `ProcessStack` is the
+embedded Postgres with both service databases migrated, `temporal server start-dev` (in memory, or
+on a database file), tenants with API keys, and the processes the caller adds: the ledger and
+invoice servers, the harness worker, the billing front door. Every process keeps its port across
+restarts. The saga benchmark, the ledger benchmark and the chaos campaign all run on this.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from pathlib import Path
 
 import grpc
 
-from coordinator import search_attributes as sa
-from coordinator.chaos.proxy import FaultProxy
+from service_runtime.embedded_postgres import EmbeddedPostgres
+from service_runtime.temporal_server import TemporalDevServer, reserve_port
 
-ROOT = Path(__file__).resolve().parents[2]
-GRACE_S = 400 * 24 * 3600  # the workload bills August 2026 usage
+ROOT = Path(__file__).resolve().parents[1]
+GRACE_S = 400 * 24 * 3600  # the workloads bill August 2026 usage
+UVLOOP_SERVE = ("import uvloop; from {mod} import serve; from service_runtime.settings import Settings; "
+                "uvloop.run(serve(Settings.from_env()))")
 
 
 @dataclass
@@ -107,6 +112,10 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
 
 @dataclass
 class TenantKeys:
@@ -115,12 +124,12 @@ class TenantKeys:
 
 
 @dataclass
-class ChaosStack:
+class ProcessStack:
     root: Path
-    task_queue: str = "credits-chaos"
+    task_queue: str
+    temporal_db_file: bool = False  # Temporal on root/temporal.db (as `creditctl up` runs it), else in memory
     tenants: dict[str, TenantKeys] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
-    proxies: dict[str, FaultProxy] = field(default_factory=dict)
     ledger_dsn: str = ""
     invoice_dsn: str = ""
     ledger_addr: str = ""
@@ -128,67 +137,75 @@ class ChaosStack:
     billing_addr: str = ""
     temporal_addr: str = ""
     pg_restarts: int = 0
-    _pg: object | None = None
-    _temporal: object | None = None
+    pg: EmbeddedPostgres | None = None
+    temporal: TemporalDevServer | None = None
 
-    async def start(self, tenant_ids: list[str]) -> None:
-        from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
-        from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
-        from service_runtime.api_keys import mint_key, store_tenant_key
-        from service_runtime.databases import INVOICE_DB, LEDGER_DB, TENANCY_MIGRATIONS
-        from service_runtime.embedded_postgres import EmbeddedPostgres
-        from service_runtime.postgres import create_pool, migrate
-        from service_runtime.temporal_server import TemporalDevServer, reserve_port
+    async def start_infrastructure(self, tenant_ids: list[str]) -> None:
+        """Postgres with both databases migrated, Temporal, and an admin and an operator key per tenant;
+        reserves the services' addresses."""
+        from service_runtime.settings import Settings
+        from stack.launcher import add_tenant_key, prepare_databases, start_temporal
 
         self.root.mkdir(parents=True, exist_ok=True)
-        pg = EmbeddedPostgres(self.root / "postgres", reserve_port())
-        self._pg = await asyncio.to_thread(pg.start)
-        temporal = TemporalDevServer(headless=True, search_attributes=sa.DEV_SERVER_FLAGS,
-                                     log_path=self.root / "temporal.log")
-        self._temporal = temporal
-        await asyncio.to_thread(temporal.start)
-        self.temporal_addr = temporal.address
-        self.ledger_dsn, self.invoice_dsn = pg.create_database(LEDGER_DB), pg.create_database(INVOICE_DB)
-        await migrate(self.ledger_dsn, TENANCY_MIGRATIONS, LEDGER_MIGRATIONS)
-        await migrate(self.invoice_dsn, TENANCY_MIGRATIONS, INVOICE_MIGRATIONS)
+        dbs = await prepare_databases(Settings(data_dir=self.root, embedded_pg_port=reserve_port(), ledger_dsn="",
+                                               invoice_dsn=""))
+        self.pg, self.ledger_dsn, self.invoice_dsn = dbs.embedded, dbs.ledger_dsn, dbs.invoice_dsn
+        self.temporal = await start_temporal(self.root, headless=True,
+                                             db_file=self.root / "temporal.db" if self.temporal_db_file else None)
+        self.temporal_addr = self.temporal.address
+        dsns = [self.ledger_dsn, self.invoice_dsn]
         for tenant in tenant_ids:
-            keys: dict[str, str] = {}
-            for role in ("admin", "operator"):
-                key_id, key, key_hash = mint_key()
-                keys[role] = key
-                for dsn in (self.ledger_dsn, self.invoice_dsn):
-                    pool = await create_pool(dsn, min_size=1, max_size=1)
-                    try:
-                        await store_tenant_key(pool, tenant, tenant.title(), key_id, key_hash, role)
-                    finally:
-                        await pool.close()
-            self.tenants[tenant] = TenantKeys(keys["admin"], keys["operator"])
+            self.tenants[tenant] = TenantKeys(await add_tenant_key(dsns, tenant, tenant.title(), "admin"),
+                                              await add_tenant_key(dsns, tenant, tenant.title(), "operator"))
         self.ledger_addr, self.invoice_addr = f"127.0.0.1:{reserve_port()}", f"127.0.0.1:{reserve_port()}"
         self.billing_addr = f"127.0.0.1:{reserve_port()}"
-        for name, addr in (("ledger", self.ledger_addr), ("invoice", self.invoice_addr)):
-            self.proxies[name] = await FaultProxy(name, "127.0.0.1", int(addr.rpartition(":")[2])).start()
-        base = {"CREDITS_LEDGER_DSN": self.ledger_dsn, "CREDITS_INVOICE_DSN": self.invoice_dsn,
+
+    def base_env(self) -> dict[str, str]:
+        """The settings every process of this stack shares."""
+        return {"CREDITS_LEDGER_DSN": self.ledger_dsn, "CREDITS_INVOICE_DSN": self.invoice_dsn,
+                "CREDITS_LEDGER_ADDR": self.ledger_addr, "CREDITS_INVOICE_ADDR": self.invoice_addr,
                 "CREDITS_USAGE_GRACE_S": str(GRACE_S), "CREDITS_TEMPORAL_ADDR": self.temporal_addr,
-                "CREDITS_TASK_QUEUE": self.task_queue, "CREDITS_DATA_DIR": str(self.root),
-                "CREDITS_METRICS_ADDR": "", "CREDITS_POOL_MAX_SIZE": "8"}
+                "CREDITS_TASK_QUEUE": self.task_queue, "CREDITS_DATA_DIR": str(self.root)}
+
+    def add(self, name: str, args: list[str], env: dict[str, str], *, grpc_addr: str = "",
+            ready_line: str = "") -> ServiceProcess:
+        proc = ServiceProcess(name, args, {**self.base_env(), **env}, self.root / f"{name}.log", grpc_addr=grpc_addr,
+                              ready_line=ready_line)
+        self.processes[name] = proc
+        return proc
+
+    def add_services(self, env: dict[str, str] | None = None, *, uvloop_invoice: bool = False) -> None:
+        """The ledger and the invoice gRPC servers (the invoice one under uvloop if asked)."""
         py = sys.executable
-        services = {"CREDITS_LEDGER_ADDR": self.ledger_addr, "CREDITS_INVOICE_ADDR": self.invoice_addr}
-        self.processes = {
-            "ledger": ServiceProcess("ledger", [py, "-m", "ledger_service.server"], {**base, **services},
-                                     self.root / "ledger.log", grpc_addr=self.ledger_addr),
-            "invoice": ServiceProcess("invoice", [py, "-m", "invoice_service.server"], {**base, **services},
-                                      self.root / "invoice.log", grpc_addr=self.invoice_addr),
-            "worker": ServiceProcess("worker", [py, "-m", "coordinator.worker"], {
-                **base, "CREDITS_LEDGER_ADDR": self.proxies["ledger"].address,
-                "CREDITS_INVOICE_ADDR": self.proxies["invoice"].address,
-                "CREDITS_COORDINATOR_KEYS": json.dumps({t: k.operator for t, k in self.tenants.items()}),
-                "CREDITS_WORKER_MAX_ACTIVITIES": "50"}, self.root / "worker.log", ready_line="worker ready"),
-            "front_door": ServiceProcess("front_door", [py, "-m", "coordinator.chaos.front_door_main"], {
-                **base, **services, "CREDITS_BILLING_ADDR": self.billing_addr}, self.root / "front_door.log",
-                grpc_addr=self.billing_addr),
-        }
+        invoice = [py, "-c", UVLOOP_SERVE.format(mod="invoice_service.server")] if uvloop_invoice \
+            else [py, "-m", "invoice_service.server"]
+        self.add("ledger", [py, "-m", "ledger_service.server"], env or {}, grpc_addr=self.ledger_addr)
+        self.add("invoice", invoice, env or {}, grpc_addr=self.invoice_addr)
+
+    def add_worker(self, env: dict[str, str] | None = None, *, ledger_addr: str = "", invoice_addr: str = "",
+                   static_keys: bool = False) -> None:
+        """The harness worker (`python -m harness.worker`), reaching the services at the given addresses
+        (a proxy's, say); with `static_keys` it uses the tenants' operator keys instead of minting its own."""
+        worker_env = {"CREDITS_LEDGER_ADDR": ledger_addr or self.ledger_addr,
+                      "CREDITS_INVOICE_ADDR": invoice_addr or self.invoice_addr, **(env or {})}
+        if static_keys:
+            worker_env["CREDITS_COORDINATOR_KEYS"] = json.dumps({t: k.operator for t, k in self.tenants.items()})
+        self.add("worker", [sys.executable, "-m", "harness.worker"], worker_env, ready_line="worker ready")
+
+    def add_front_door(self, env: dict[str, str] | None = None) -> None:
+        self.add("front_door", [sys.executable, "-m", "harness.front_door_main"],
+                 {"CREDITS_BILLING_ADDR": self.billing_addr, **(env or {})}, grpc_addr=self.billing_addr)
+
+    async def start_processes(self) -> None:
         for proc in self.processes.values():
             await proc.start()
+
+    def pids(self) -> dict[str, int]:
+        """Every part's process id (Temporal and Postgres included)."""
+        out = {name: proc.pid for name, proc in self.processes.items()}
+        out["temporal"] = (self.temporal.pid if self.temporal is not None else None) or 0
+        out["postgres"] = (self.pg.pid() if self.pg is not None else None) or 0
+        return out
 
     async def kill(self, name: str) -> None:
         await asyncio.to_thread(self.processes[name].kill9)
@@ -204,10 +221,7 @@ class ChaosStack:
         True once a new postmaster runs. pg_ctl is forked from this multi-threaded gRPC process and
         its child has been seen to die of SIGSEGV before exec; EmbeddedPostgres.stop swallows that,
         so the stop is checked and repeated."""
-        from service_runtime.embedded_postgres import EmbeddedPostgres
-
-        pg = self._pg
-        assert isinstance(pg, EmbeddedPostgres)
+        pg = self._postgres()
         old = pg.pid()
         for _attempt in range(5):
             await asyncio.to_thread(pg.stop, "immediate")
@@ -219,13 +233,14 @@ class ChaosStack:
         self.pg_restarts += restarted
         return restarted
 
+    def _postgres(self) -> EmbeddedPostgres:
+        assert self.pg is not None, "the stack's infrastructure is not started"
+        return self.pg
+
     async def _start_postgres(self, attempts: int = 5) -> None:
         """pg_ctl start, again if it fails (seen once: pg_ctl killed by SIGSEGV when forked from this
         multi-threaded gRPC process)."""
-        from service_runtime.embedded_postgres import EmbeddedPostgres
-
-        pg = self._pg
-        assert isinstance(pg, EmbeddedPostgres)
+        pg = self._postgres()
         for attempt in range(attempts):
             try:
                 await asyncio.to_thread(pg.start)
@@ -237,12 +252,8 @@ class ChaosStack:
 
     async def revive(self) -> int:
         """Starts whatever is down (Postgres first); returns how many parts were started."""
-        from service_runtime.embedded_postgres import EmbeddedPostgres
-
-        pg = self._pg
-        assert isinstance(pg, EmbeddedPostgres)
         started = 0
-        if not pg.is_running():
+        if not self._postgres().is_running():
             await self._start_postgres()
             started += 1
         for name, proc in self.processes.items():
@@ -251,20 +262,10 @@ class ChaosStack:
                 started += 1
         return started
 
-    async def ensure_up(self) -> None:
-        for proxy in self.proxies.values():
-            proxy.clear()
-        await self.revive()
-
     async def stop(self) -> None:
-        from service_runtime.embedded_postgres import EmbeddedPostgres
-        from service_runtime.temporal_server import TemporalDevServer
-
         for proc in reversed(list(self.processes.values())):
             await asyncio.to_thread(proc.stop)
-        for proxy in self.proxies.values():
-            await proxy.stop()
-        if isinstance(self._temporal, TemporalDevServer):
-            await asyncio.to_thread(self._temporal.stop)
-        if isinstance(self._pg, EmbeddedPostgres):
-            await asyncio.to_thread(self._pg.stop, "immediate")
+        if self.temporal is not None:
+            await asyncio.to_thread(self.temporal.stop)
+        if self.pg is not None:
+            await asyncio.to_thread(self.pg.stop, "immediate")

@@ -3,7 +3,7 @@ bank-style reader can see may be wrong, and every kind of fault was actually inj
 
 from __future__ import annotations
 
-from coordinator.chaos.campaign import CampaignConfig, make_plan, plan_digest, run_campaign
+from harness.chaos.campaign import CampaignConfig, make_plan, plan_digest, run_campaign
 
 
 def test_same_seed_same_schedule_other_seed_other_schedule() -> None:

@@ -1,4 +1,4 @@
-"""The seed scenario (used by `creditctl demo` and the coordinator tests).
+"""The seed scenario (used by `creditctl demo`, the tests and the harness).
 
 John Wick on ChatPPT: August usage worth $100 (4M input tokens at $0.00001, 2M output tokens at
 $0.00003) and a $50 promotional referral credit scoped to those two usage meters.

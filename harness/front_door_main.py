@@ -1,4 +1,4 @@
-"""`python -m coordinator.chaos.front_door_main`: the billing front door as its own OS process.
+"""`python -m harness.front_door_main`: the billing front door as its own OS process (chaos campaign).
 
 Env: CREDITS_TEMPORAL_ADDR, CREDITS_LEDGER_DSN (API keys), CREDITS_BILLING_ADDR, CREDITS_INVOICE_ADDR,
 CREDITS_TASK_QUEUE. Prints "front door ready <port>" once serving.

@@ -2,8 +2,9 @@
 
 Every part runs where it would in a deployment: embedded Postgres (fsync on), the ledger and the
 invoice services each in their own OS process (uvloop), `temporal server start-dev` (in memory by
-default, or on a database file like `creditctl up` with `--temporal-db-file`), and one coordinator
-worker in its own process (`python -m coordinator.worker`, uvloop). This process is only the client:
+default, or on a database file like `creditctl up` with `--temporal-db-file`), and one worker in its
+own process (`python -m harness.worker`: the coordinator's worker plus the bare workflow, uvloop), all
+started by the harness's process launcher (harness.processes). This process is only the client:
 it seeds N customers (each $100 of usage and a $50 credit), then keeps `concurrency` finalization
 sagas in flight until all N are done, timing each saga from start to result, and runs N bare
 workflows the same way, on the same server, task queue and worker, each with as many sequential
@@ -23,23 +24,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2_grpc
+from temporalio.client import Client
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.messages import BenchInput, FinalizeInvoiceInput
-from coordinator.scenario import PERIOD_START
-from coordinator.workflows import SAGA_ACTIVITIES, BareWorkflow, FinalizeInvoiceWorkflow
+from coordinator.messages import FinalizeInvoiceInput
+from coordinator.workflows import SAGA_ACTIVITIES, FinalizeInvoiceWorkflow
+from harness.bare import BareWorkflow, BenchInput
+from harness.processes import ProcessStack
+from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer
 
-ROOT = Path(__file__).resolve().parents[1]
 TENANT = "bench"
-_UVLOOP_SERVE = "import uvloop; from {mod} import serve; from service_runtime.settings import Settings; " \
-                "uvloop.run(serve(Settings.from_env()))"
+QUEUE = "credits-bench"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -68,109 +71,36 @@ def _offset(start: Callable[[int], Awaitable[Any]], offset: int, i: int) -> Awai
     return start(offset + i)
 
 
-@contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-async def _ready(addr: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(addr) as channel:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {log}")
-            try:
-                await asyncio.wait_for(channel.channel_ready(), 1)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{addr} not ready; see {log}") from None
-
-
 async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool = False, rounds: int = 3,
                     progress: Callable[[str], None] | None = None, breakdown: bool = False,
                     profile_dir: Path | None = None) -> dict[str, Any]:
     """Runs the benchmark; `breakdown` adds per-activity timings read from the workflow histories,
     `profile_dir` records py-spy profiles (collapsed stacks) of the service and worker processes
     while the sagas run (saga-*.txt) and while the bare workflows run (bare-*.txt)."""
-    from credits.invoice.v1 import invoice_pb2_grpc
-    from credits.ledger.v1 import ledger_pb2_grpc
-    from temporalio.client import Client
-
-    from coordinator.scenario import Services, seed_catalog, seed_customer
-    from service_runtime.api_keys import mint_key, store_tenant_key
-    from service_runtime.databases import INVOICE_DB, LEDGER_DB, TENANCY_MIGRATIONS
-    from service_runtime.embedded_postgres import EmbeddedPostgres
-    from service_runtime.postgres import create_pool, migrate
-    from service_runtime.temporal_server import TemporalDevServer, reserve_port
-
     say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="credits-bench-saga-") as tmp_name:
-        tmp = Path(tmp_name)
-        pg = EmbeddedPostgres(tmp / "postgres", reserve_port()).start()
-        temporal = TemporalDevServer(headless=True, search_attributes=sa.DEV_SERVER_FLAGS,
-                                     db_file=tmp / "temporal.db" if temporal_db_file else None,
-                                     log_path=tmp / "temporal.log")
+        stack = ProcessStack(Path(tmp_name), QUEUE, temporal_db_file=temporal_db_file)
         try:
             say("starting postgres, temporal, ledger, invoice and worker processes")
-            ledger_dsn, invoice_dsn = pg.create_database(LEDGER_DB), pg.create_database(INVOICE_DB)
-            from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
-            from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
-
-            await migrate(ledger_dsn, TENANCY_MIGRATIONS, LEDGER_MIGRATIONS)
-            await migrate(invoice_dsn, TENANCY_MIGRATIONS, INVOICE_MIGRATIONS)
-            key_id, key, key_hash = mint_key()
-            for dsn in (ledger_dsn, invoice_dsn):
-                pool = await create_pool(dsn, min_size=1, max_size=1)
-                try:
-                    await store_tenant_key(pool, TENANT, "Bench", key_id, key_hash, "admin")
-                finally:
-                    await pool.close()
-            await asyncio.to_thread(temporal.start)
-            ledger_addr, invoice_addr = f"127.0.0.1:{reserve_port()}", f"127.0.0.1:{reserve_port()}"
-            env = {"CREDITS_LEDGER_DSN": ledger_dsn, "CREDITS_INVOICE_DSN": invoice_dsn,
-                   "CREDITS_LEDGER_ADDR": ledger_addr, "CREDITS_INVOICE_ADDR": invoice_addr,
-                   "CREDITS_USAGE_GRACE_S": str(400 * 86400), "CREDITS_TEMPORAL_ADDR": temporal.address,
-                   "CREDITS_TASK_QUEUE": "credits-bench", "CREDITS_DATA_DIR": str(tmp)}
-            py = sys.executable
-            with _process([py, "-m", "ledger_service.server"], env, tmp / "ledger.log") as ledger, \
-                    _process([py, "-c", _UVLOOP_SERVE.format(mod="invoice_service.server")], env,
-                             tmp / "invoice.log") as invoice, \
-                    _process([py, "-m", "coordinator.worker"], env, tmp / "worker.log") as worker:
-                await _ready(ledger_addr, ledger, tmp / "ledger.log")
-                await _ready(invoice_addr, invoice, tmp / "invoice.log")
-                pids = {"ledger": ledger.pid, "invoice": invoice.pid, "worker": worker.pid,
-                        "temporal": temporal.pid or 0, "postgres": pg.pid() or 0, "client": os.getpid()}
-                return await _measure(Client, temporal.address, ledger_addr, invoice_addr, key, invoices,
-                                      concurrency, Services, seed_catalog, seed_customer, ledger_pb2_grpc,
-                                      invoice_pb2_grpc, temporal_db_file, say, rounds, breakdown,
-                                      _Profiler(profile_dir, pids))
+            await stack.start_infrastructure([TENANT])
+            stack.add_services(uvloop_invoice=True)
+            stack.add_worker()  # mints its own operator keys from the two databases
+            await stack.start_processes()
+            pids = {**stack.pids(), "client": os.getpid()}
+            return await _measure(stack, stack.tenants[TENANT].admin, invoices, concurrency, temporal_db_file, say,
+                                  rounds, breakdown, _Profiler(profile_dir, pids))
         finally:
-            await asyncio.to_thread(temporal.stop)
-            await asyncio.to_thread(pg.stop, "immediate")
+            await stack.stop()
 
 
-async def _measure(client_cls: Any, temporal_addr: str, ledger_addr: str, invoice_addr: str, key: str,
-                   invoices: int, concurrency: int, services_cls: Any, seed_catalog: Any, seed_customer: Any,
-                   ledger_pb2_grpc: Any, invoice_pb2_grpc: Any, temporal_db_file: bool,
+async def _measure(stack: ProcessStack, key: str, invoices: int, concurrency: int, temporal_db_file: bool,
                    say: Callable[[str], None], rounds: int = 3, breakdown: bool = False,
                    profiler: _Profiler | None = None) -> dict[str, Any]:
-    client = await client_cls.connect(temporal_addr)
-    queue = "credits-bench"
-    async with grpc.aio.insecure_channel(ledger_addr) as lch, grpc.aio.insecure_channel(invoice_addr) as ich:
-        s = services_cls(ledger_pb2_grpc.LedgerServiceStub(lch), invoice_pb2_grpc.InvoiceServiceStub(ich), key)
+    client = await Client.connect(stack.temporal_addr)
+    queue = QUEUE
+    async with grpc.aio.insecure_channel(stack.ledger_addr) as lch, \
+            grpc.aio.insecure_channel(stack.invoice_addr) as ich:
+        s = Services(ledger_pb2_grpc.LedgerServiceStub(lch), invoice_pb2_grpc.InvoiceServiceStub(ich), key)
         await seed_catalog(s)
         sem = asyncio.Semaphore(16)
 
@@ -344,10 +274,10 @@ async def _breakdown(client: Any, workflow_ids: list[str]) -> dict[str, Any]:
             "outside_activities": stats(outside), "gaps": {i: stats(v) for i, v in sorted(gaps.items())}}
 
 
-if __name__ == "__main__":  # python -m coordinator.bench [invoices] [concurrency] [--rounds R] [--breakdown] ...
+if __name__ == "__main__":  # python -m harness.benches.saga [invoices] [concurrency] [--rounds R] [--breakdown] ...
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m coordinator.bench")
+    parser = argparse.ArgumentParser(prog="python -m harness.benches.saga")
     parser.add_argument("invoices", type=int, nargs="?", default=300)
     parser.add_argument("concurrency", type=int, nargs="?", default=40)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved saga/bare rounds (default 3)")
