@@ -82,7 +82,8 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (FINANCE | {"support", "operator"}, ("GrantCredits",)),
     (SAGA, ("ReserveCredits", "CommitHold", "ReleaseHold")),
     (UPSTREAM, ("DebitCredits", "BatchDebitCredits")),
-    (FINANCE | {"operator"}, ("ReverseReference",)),  # refunds (finance) and the void saga (operator)
+    # refunds (finance) and the void saga (operator); ReverseReference: ReverseHold's deprecated alias
+    (FINANCE | {"operator"}, ("ReverseHold", "ReverseReference")),
     (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds")),
     (VERIFY, ("VerifyJournal",)),
 )
