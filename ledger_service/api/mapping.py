@@ -144,7 +144,7 @@ def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int) -> list[Reque
         not_beyond_skew(start, now, skew_s, f"{f}.service_start")
         name = check_id(c.name, f"{f}.name") if c.name else ""
         kind = charge_kind(c.kind, f"{f}.kind") if c.kind else ChargeKind.USAGE
-        out.append(RequestedCharge(charge_id, kind, name, AmountText(c.amount, f"{f}.amount"), start, end))
+        out.append(RequestedCharge(charge_id, kind, name, c.amount, f"{f}.amount", start, end))
     return out
 
 

@@ -56,8 +56,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     def _call(self, name: str, request: Message, response: type[M], earlier: tuple[str, ...] = ()) -> Call[M]:
         """The mutating call `name` by the current caller; every mutation requires its idempotency key."""
-        check_key(request.idempotency_key)  # type: ignore[attr-defined]
-        return Call(current_caller(), _path(name), request, response, earlier)
+        key = check_key(request.idempotency_key)  # type: ignore[attr-defined]
+        return Call(current_caller(), _path(name), request, key, response, earlier)
 
     def _now(self) -> datetime:
         return self._ledger.now()

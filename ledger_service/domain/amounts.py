@@ -14,7 +14,7 @@ from ledger_service.domain.model import Charge, ChargeKind
 from service_runtime.amounts import parse_minor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AmountText:
     text: str
     field: str
@@ -25,17 +25,18 @@ class AmountText:
         return parse_minor(self.text, scale, self.field, allow_zero=self.allow_zero)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per debit on the hot path
 class RequestedCharge:
-    """A charge whose amount is not yet in minor units."""
+    """A charge whose amount is still the caller's text (`amount_field` names it in a refusal)."""
 
     charge_id: str
     kind: ChargeKind
     name: str
-    amount: AmountText
+    amount: str
+    amount_field: str
     service_start: datetime
     service_end: datetime
 
     def scaled(self, scale: int) -> Charge:
-        return Charge(self.charge_id, self.kind, self.name, self.amount.minor(scale), self.service_start,
-                      self.service_end)
+        return Charge(self.charge_id, self.kind, self.name, parse_minor(self.amount, scale, self.amount_field),
+                      self.service_start, self.service_end)

@@ -73,7 +73,7 @@ def check_new_hold(hold_key: str, holds: Mapping[str, Hold], tombstones: Contain
         raise conflict("hold_key", f"hold {hold_key!r} already exists")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per debit on the hot path
 class HoldRequest:
     """What a reserve (or a one-step debit) asks for, with its charges in minor units."""
 

@@ -28,17 +28,20 @@ from service_runtime.idempotency import remember, request_hash, run_idempotent, 
 M = TypeVar("M", bound=Message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per debit on the hot path
 class Call(Generic[M]):
-    """Who calls which verb with which request, and the response type its stored answer decodes to.
+    """Who calls which verb with which request (and its checked idempotency key), and the response
+    type its stored answer decodes to.
 
     `method` is the verb's name in idempotency records; `earlier_methods` are names it had before
-    (a renamed RPC): keys stored under them replay too.
+    (a renamed RPC): keys stored under them replay too. `actor` is the caller's key id: the actor
+    of journal entries, the granted_by of lots.
     """
 
     caller: Caller
     method: str
     request: Message
+    key: str
     response: type[M]
     earlier_methods: tuple[str, ...] = ()
 
@@ -48,12 +51,7 @@ class Call(Generic[M]):
 
     @property
     def actor(self) -> str:
-        """The caller's key id: the actor of journal entries, the granted_by of lots."""
         return self.caller.key_id
-
-    @property
-    def key(self) -> str:
-        return self.request.idempotency_key  # type: ignore[attr-defined, no-any-return]
 
     @property
     def digest(self) -> bytes:

@@ -38,7 +38,7 @@ M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per debit on the hot path
 class Reserve:
     """A ReserveCredits or DebitCredits request, its amounts still text."""
 
