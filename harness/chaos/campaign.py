@@ -52,11 +52,11 @@ from coordinator.messages import (
     VoidInvoiceInput,
     VoidInvoiceResult,
 )
-from coordinator.reconciler import Violation, reconcile, running_sagas
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
 from harness.chaos.stack import ChaosStack
+from reconciler import Violation, reconcile, running_sagas
 from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 
 TENANTS = ("chaos-a", "chaos-b")

@@ -29,13 +29,13 @@ _INVOICE = "/credits.invoice.v1.InvoiceService/"
 STEP_METHODS = {  # the coordinator activities' step names -> the RPC each one calls
     "get_lot_boundaries": _LEDGER + "GetLotBoundaries", "reserve_credits": _LEDGER + "ReserveCredits",
     "commit_hold": _LEDGER + "CommitHold", "release_hold": _LEDGER + "ReleaseHold",
-    "reverse_reference": _LEDGER + "ReverseReference", "list_holds": _LEDGER + "ListHolds",
+    "reverse_hold": _LEDGER + "ReverseHold", "list_holds": _LEDGER + "ListHolds",
     "expire_lots": _LEDGER + "ExpireLots", "grant_credits": _LEDGER + "GrantCredits",
     "get_invoice": _INVOICE + "GetInvoice", "split_draft": _INVOICE + "SplitDraft",
     "prepare_finalize": _INVOICE + "PrepareFinalize", "commit_finalize": _INVOICE + "CommitFinalize",
     "abort_finalize": _INVOICE + "AbortFinalize", "prepare_void": _INVOICE + "PrepareVoid",
     "commit_void": _INVOICE + "CommitVoid", "abort_void": _INVOICE + "AbortVoid",
-    "create_draft": _INVOICE + "CreateDraft", "list_due": _INVOICE + "ListDueSubscriptions",
+    "create_draft": _INVOICE + "CreateDraft", "list_due_subscriptions": _INVOICE + "ListDueSubscriptions",
     "list_invoices": _INVOICE + "ListInvoices",
 }
 PHASES = ("before", "after")

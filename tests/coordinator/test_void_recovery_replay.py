@@ -154,7 +154,7 @@ async def test_void_pending_without_a_decision_returns_to_finalized(stack: Stack
 
 async def test_void_pending_after_the_decision_is_reversed_and_voided(stack: Stack) -> None:
     # Blocked after the ledger reversed the debits (the reply is lost), before the invoice is VOIDED.
-    invoice_id = await _void_terminated_mid_saga(stack, "reverse_reference", "after")
+    invoice_id = await _void_terminated_mid_saga(stack, "reverse_hold", "after")
     result = await _resolve(stack)
     assert len(result.committed) == 1 and not result.aborted
     assert (await stack.invoice(invoice_id)).status == ipb.VOIDED
