@@ -26,7 +26,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from coordinator import naming
-from coordinator.faults import NO_FAULTS, FaultPlan, InjectedRejection, InjectedTransportError
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
     AllocationSpec,
@@ -88,27 +87,21 @@ def to_error(exc: BaseException, step: str, must_succeed: bool) -> ApplicationEr
         rejected = code in REJECTIONS
         return ApplicationError(f"{step}: {code.name}: {exc.details()}", type="Rejected" if rejected else code.name,
                                 non_retryable=rejected and not must_succeed)
-    if isinstance(exc, InjectedRejection):
-        return ApplicationError(str(exc), type="Rejected", non_retryable=not must_succeed)
     if isinstance(exc, UnknownTenant):
         return ApplicationError(str(exc), type="UnknownTenant", non_retryable=not must_succeed)
     return ApplicationError(f"{step}: {exc}", type=type(exc).__name__, non_retryable=False)
 
 
 class _Participant:
-    def __init__(self, keys: KeyStore, faults: FaultPlan | None) -> None:
+    def __init__(self, keys: KeyStore) -> None:
         self._keys = keys
-        self.faults = faults or NO_FAULTS
 
     async def _call(self, step: str, tenant_id: str, rpc: Callable[..., Awaitable[T]], request: Any,
                     must_succeed: bool = False) -> T:
         try:
             key = await self._keys.key_for(tenant_id)
-            await self.faults.hit(step, "before")
-            response = await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
-            await self.faults.hit(step, "after")
-            return response
-        except (grpc.aio.AioRpcError, InjectedRejection, InjectedTransportError, UnknownTenant) as exc:
+            return await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, UnknownTenant) as exc:
             raise to_error(exc, step, must_succeed) from None
 
 
@@ -130,9 +123,9 @@ def _hold_line(h: lpb.Hold) -> str:
 class LedgerActivities:
     """Calls to credits.ledger.v1.LedgerService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="ledger.get_lot_boundaries")
     async def get_lot_boundaries(self, inp: LotBoundariesInput) -> list[str]:
@@ -168,10 +161,8 @@ class LedgerActivities:
     @activity.defn(name="ledger.reverse_hold")
     async def reverse_hold(self, inp: HoldInput) -> list[AllocationSpec]:
         """Gives a committed hold's posted credits back to their original lots (ReverseHold)."""
-        req = lpb.ReverseReferenceRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
-                                          reason=inp.reason)
-        resp = await self._p._call("reverse_hold", inp.tenant_id, self._stub.ReverseReference, req,
-                                   inp.must_succeed)
+        req = lpb.ReverseHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key, reason=inp.reason)
+        resp = await self._p._call("reverse_hold", inp.tenant_id, self._stub.ReverseHold, req, inp.must_succeed)
         return [AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
                 for a in resp.reinstated]
 
@@ -228,9 +219,9 @@ def _invoice_line(inv: ipb.Invoice) -> str:
 class InvoiceActivities:
     """Calls to credits.invoice.v1.InvoiceService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = invoice_pb2_grpc.InvoiceServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="invoice.get_invoice")
     async def get_invoice(self, inp: InvoiceRef) -> InvoiceView:
@@ -359,10 +350,3 @@ class CoordinatorActivities:
             return str(inp.reason)
         return ""
 
-
-class BenchActivities:
-    """The no-op activity of the bare-workflow baseline of `creditctl bench saga`."""
-
-    @activity.defn(name="bench.noop")
-    async def noop(self, step: int) -> int:
-        return step

@@ -367,7 +367,3 @@ class SweepResult:
     left_running: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
-
-@dataclass
-class BenchInput:
-    activities: int = 6

@@ -21,9 +21,8 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from coordinator import naming
     from coordinator import search_attributes as sa
-    from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
+    from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
     from coordinator.messages import (
-        BenchInput,
         BillingCycleInput,
         BillingCycleResult,
         CompensateOutageInput,
@@ -512,18 +511,5 @@ class ResolveInDoubtWorkflow:
         out.aborted.append(run.label)
 
 
-@workflow.defn(name="BenchBare")
-class BareWorkflow:
-    """The baseline of `creditctl bench saga`: the same number of sequential no-op activities."""
-
-    @workflow.run
-    async def run(self, inp: BenchInput) -> int:
-        total = 0
-        for step in range(inp.activities):
-            total += await workflow.execute_activity_method(
-                BenchActivities.noop, step, start_to_close_timeout=timedelta(seconds=10))
-        return total
-
-
 WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
-             ExpireCreditsWorkflow, ResolveInDoubtWorkflow, BareWorkflow]
+             ExpireCreditsWorkflow, ResolveInDoubtWorkflow]

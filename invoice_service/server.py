@@ -18,10 +18,10 @@ from invoice_service.storage.invoices import InvoiceOperations
 from invoice_service.storage.usage import UsageOperations
 from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
-from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
+from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
-from service_runtime.postgres import create_pool, migrate, wait_for_database
+from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings
 
@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 
 async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings: Settings | None = None, *,
                                 usage_grace_s: int | None = None) -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
-    """Starts the invoice service on `address` against the (migrated) database `dsn`.
+    """Migrates `dsn`, then starts the invoice service on `address`. Returns (server, port, pool).
 
-    Returns the server, its bound port and its pool; the caller stops the server and closes the pool.
+    The caller stops the server and closes the pool.
     """
     settings = settings or Settings.from_env()
+    await migrate_service(dsn, MIGRATIONS_DIR)
     config = InvoiceConfig.from_settings(settings, usage_grace_s)
     service_dsn = app_dsn(dsn, settings.invoice_app_dsn)
     pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
@@ -58,10 +59,9 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Migrates the invoice database, then serves on settings.invoice_addr until cancelled."""
+    """Serves on settings.invoice_addr (after migrating the invoice database) until cancelled."""
     dsn = resolve_databases(settings).invoice_dsn
     await wait_for_database(dsn)
-    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
     server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
     metrics_port = metrics.start_endpoint()
     owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants

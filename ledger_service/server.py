@@ -14,10 +14,10 @@ from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.storage import MIGRATIONS_DIR
 from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
-from service_runtime.databases import TENANCY_MIGRATIONS, resolve_databases
+from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
-from service_runtime.postgres import create_pool, migrate, wait_for_database
+from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings
 
@@ -28,7 +28,7 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
                                ) -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
     """Migrates `dsn`, then starts the ledger server on `address`. Returns (server, port, pool)."""
     settings = settings or Settings.from_env()
-    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)
+    await migrate_service(dsn, MIGRATIONS_DIR)
     service_dsn = app_dsn(dsn, settings.ledger_app_dsn)
     pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
     servicer = LedgerServicer(pool, settings)

@@ -21,6 +21,8 @@ from credits.audit.v1 import audit_pb2 as pb
 from credits.audit.v1 import audit_pb2_grpc
 from google.protobuf.message import Message
 
+from service_runtime.call_context import current_caller
+from service_runtime.pages import decode_int_token, encode_token, page_size
 from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import invalid
 
@@ -182,14 +184,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._pool = pool
 
     async def QueryAudit(self, request: pb.QueryAuditRequest, context: Any) -> pb.QueryAuditResponse:
-        from service_runtime.grpc_server import current_caller
-
-        if request.page_size < 0:
-            raise invalid("page_size", "must not be negative")
-        limit = min(request.page_size or 100, 1000)
-        token = request.page_token
-        if token and (not (token.isascii() and token.isdigit()) or len(token) > 19 or int(token) > 2**63 - 1):
-            raise invalid("page_token", "is malformed")
+        limit = page_size(request.page_size)
+        after = decode_int_token(request.page_token)
         for name in ("subject", "key_id", "method"):
             value = getattr(request, name)
             if len(value) > 200:
@@ -198,14 +194,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 raise invalid(name, "must not contain NUL")
         rows = await self._pool.fetch(
             SELECT, current_caller().tenant_id, request.subject, request.key_id, request.method,
-            _when(request, "from"), _when(request, "to"), request.refused_only, int(token or 0), limit)
+            _when(request, "from"), _when(request, "to"), request.refused_only, after, limit)
         out = pb.QueryAuditResponse(records=[
             pb.AuditRecord(audit_id=r["audit_id"], tenant_id=r["tenant_id"], key_id=r["key_id"], role=r["role"],
                            method=r["method"], code=r["code"], detail=r["detail"], reason=r["reason"],
                            subjects=list(r["subjects"]), request_id=r["request_id"], at=to_timestamp(r["at"]))
             for r in rows])
         if len(rows) == limit:
-            out.next_page_token = str(rows[-1]["audit_id"])
+            out.next_page_token = encode_token(rows[-1]["audit_id"])
         return out
 
 

@@ -10,9 +10,10 @@ import re
 from service_runtime.rejections import invalid
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_TEXT = 500  # reasons, names, references, unless a field documents another bound
 
 
-def check_text(value: str, field: str, max_len: int) -> str:
+def check_text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
     if len(value) > max_len:
         raise invalid(field, f"is longer than {max_len} characters")
     if CONTROL_CHARACTERS.search(value):

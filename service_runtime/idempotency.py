@@ -1,8 +1,18 @@
-"""Idempotent transactions: the caller's key is recorded in the same transaction as the change.
+"""Idempotent mutations, for every service: the caller's key is recorded in the transaction of the change.
 
-Same key + same request returns the stored response; same key + another request is
-ALREADY_EXISTS naming the key. Two concurrent first calls race on the primary key: the loser's
-transaction rolls back and it returns the winner's stored response.
+One table (`idempotency_keys`, in service_runtime/migrations), one key rule (`check_key`, which is
+service_runtime.identifiers.check_key), one answer to a reused key: same key + same request returns
+the stored response; same key + another request is ALREADY_EXISTS naming `idempotency_key`. Two
+ways to use it:
+
+- `Guard` (claim first; the invoice service): `claim` inserts the key row at the start of the
+  caller's transaction, so a concurrent request with the same key waits on it and then sees the
+  committed answer; `record` stores the response, and the call's audit record, before commit. A
+  replay raises `Replayed` with the stored bytes. `burn_key` makes a later call with a key fail.
+- `run_idempotent` (check, work, remember; the ledger), and its parts `stored_response`,
+  `remember` and `request_hash` for callers that compose their own transaction. Two concurrent
+  first calls race on the primary key: the loser's transaction rolls back and it returns the
+  winner's stored response.
 """
 
 from __future__ import annotations
@@ -14,7 +24,10 @@ from typing import Any, TypeVar
 import asyncpg
 from google.protobuf.message import Message
 
-from service_runtime.rejections import conflict, invalid
+from service_runtime.audit import AuditRecord, claim_audit
+from service_runtime.identifiers import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from service_runtime.identifiers import check_key as check_key  # the one key rule, re-exported here
+from service_runtime.rejections import conflict, precondition
 
 T = TypeVar("T")
 
@@ -23,29 +36,48 @@ INSERT = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
 """
 REMEMBER_IF_ABSENT = INSERT.rstrip() + "\nON CONFLICT DO NOTHING\n"
-MAX_KEY_LENGTH = 200
+CLAIM_KEY = """
+INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
+VALUES ($1, $2, $3, $4, '') ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1
+"""
+STORE_RESPONSE = "UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2"
+BURN_KEY = """
+INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
+VALUES ($1, $2, $3, '', '') ON CONFLICT (tenant_id, key) DO NOTHING
+"""
+# The call's audit record (service_runtime.audit), written in the transaction of the change; with the
+# stored response in the same statement when there is one.
+_AUDIT_COLUMNS = "tenant_id, key_id, role, method, code, detail, reason, subjects, request_id"
+INSERT_AUDIT = f"""
+INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, string_to_array($8, chr(31)), $9)
+"""
+STORE_RESPONSE_AND_AUDIT = f"""
+WITH stored AS (UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2)
+INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($4, $5, $6, $7, $8, $9, $10, string_to_array($11, chr(31)), $12)
+"""
+TOMBSTONE_SUFFIX = ":aborted"
 
 
 def request_hash(request: Message) -> bytes:
     return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
 
 
-def check_key(key: str) -> str:
-    if not key:
-        raise invalid("idempotency_key", "is required for every mutation")
-    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise invalid("idempotency_key", f"must be 1-{MAX_KEY_LENGTH} printable characters")
-    return key
+def _check_same_request(row: asyncpg.Record, key: str, method: str, digest: bytes) -> bytes:
+    """The stored response of a key used before, if it was used for this very request."""
+    if row["method"] == method + TOMBSTONE_SUFFIX:
+        raise precondition("idempotency_key", f"{method} with this key was aborted before it arrived; it will not run")
+    if row["method"] != method or bytes(row["request_hash"]) != digest:
+        raise conflict("idempotency_key", f"{key!r} was already used for a different request ({row['method']})")
+    return bytes(row["response"])
 
+
+# ---- check, work, remember --------------------------------------------------------------------------
 
 async def stored_response(conn: asyncpg.Connection, tenant_id: str, key: str, method: str,
                           digest: bytes) -> bytes | None:
+    """The response stored under `key` for this request, None if the key is new."""
     row = await conn.fetchrow(SELECT, tenant_id, key)
-    if row is None:
-        return None
-    if row["method"] != method or bytes(row["request_hash"]) != digest:
-        raise conflict("idempotency_key", f"{key!r} was used for a different request")
-    return bytes(row["response"])
+    return None if row is None else _check_same_request(row, key, method, digest)
 
 
 async def remember(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, key: str, method: str, digest: bytes,
@@ -79,3 +111,67 @@ async def run_idempotent(
             if exc.constraint_name != "idempotency_keys_pkey":
                 raise
     raise RuntimeError("idempotency key race did not settle")
+
+
+# ---- claim first ------------------------------------------------------------------------------------
+
+class Replayed(Exception):
+    """The key was already answered; `response` holds the stored serialized response."""
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__("replayed")
+        self.response = response
+
+
+class Guard:
+    """One request's idempotency key. An empty key (allowed where the key is optional) guards nothing."""
+
+    def __init__(self, tenant_id: str, key: str, method: str, digest: bytes, encode: Callable[[Any], Any]) -> None:
+        self.tenant_id = tenant_id
+        self.key = key
+        self.method = method
+        self.request_hash = digest
+        self._encode = encode
+        self.response: Any = None
+        self._audit: AuditRecord | None = None
+
+    @classmethod
+    def of(cls, tenant_id: str, method: str, request: Any, encode: Callable[[Any], Any], *,
+           key_required: bool = True) -> Guard:
+        """The guard of `request`'s `idempotency_key` (checked by the one key rule)."""
+        key = check_key(request.idempotency_key, required=key_required)
+        return cls(tenant_id, key, method, request_hash(request), encode)
+
+    async def claim(self, conn: asyncpg.Connection) -> None:
+        """Claims the key in `conn`'s transaction; Replayed if it was answered before."""
+        if not self.key:
+            return
+        if await conn.fetchval(CLAIM_KEY, self.tenant_id, self.key, self.method, self.request_hash):
+            return
+        row = await conn.fetchrow(SELECT, self.tenant_id, self.key)
+        assert row is not None
+        raise Replayed(_check_same_request(row, self.key, self.method, self.request_hash))
+
+    async def record(self, conn: asyncpg.Connection, result: Any) -> Any:
+        """Encodes `result` into the response message, stores it under the key, returns it.
+
+        The call's audit record (if the call guard prepared one) is written in this same
+        transaction: durable exactly when the change is, and no second commit per mutation."""
+        self.response = self._encode(result)
+        if self._audit is None:  # kept on the guard: a retried transaction writes it again
+            self._audit = claim_audit()
+        audit = self._audit
+        row = () if audit is None else (
+            audit.tenant_id, audit.key_id, audit.role, audit.method, audit.code, audit.detail[:1000], audit.reason,
+            chr(31).join(audit.subjects), audit.request_id)
+        if self.key:
+            stored = (self.tenant_id, self.key, self.response.SerializeToString())
+            await conn.execute(STORE_RESPONSE_AND_AUDIT if row else STORE_RESPONSE, *stored, *row)
+        elif row:
+            await conn.execute(INSERT_AUDIT, *row)
+        return self.response
+
+
+async def burn_key(conn: asyncpg.Connection, tenant_id: str, key: str, method: str) -> None:
+    """Makes a later `method` call with `key` fail (a cancel that arrived before its try)."""
+    await conn.execute(BURN_KEY, tenant_id, key, method + TOMBSTONE_SUFFIX)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service_runtime.row_security import apply_row_security
+from service_runtime.row_policies import apply_row_security
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

@@ -15,7 +15,7 @@ module-attribute check per RPC.
 
 Propagation is W3C trace context (`traceparent` / `tracestate`) in gRPC metadata:
 
-- servers: the shared `AuthInterceptor` (service_runtime.grpc_server) extracts it and runs each RPC
+- servers: the shared call guard (service_runtime.call_guard, `observe_start`) extracts it and runs each RPC
   in a SERVER span named after the full method, with `rpc.service`, `rpc.method`,
   `rpc.grpc.status_code`, `credits.code`, `credits.tenant` and `credits.request_id`;
 - clients: channels built with `client_interceptors()` run each call in a CLIENT span and inject

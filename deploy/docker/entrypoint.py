@@ -10,7 +10,7 @@
 
 Why a shim and not `python -m ...` everywhere: the coordinator has no `main()` of its own yet
 (`creditctl up` wires the front door and the worker inside one process), so `billing` and `worker`
-are wired here from the same public functions `coordinator/stack.py` uses. Unlike the
+are wired here from the same public functions `stack/launcher.py` uses. Unlike the
 stack and the stock `serve()` functions, this entrypoint never falls back to the embedded Postgres
 or a Temporal dev server: a DSN or address left empty is a start-up error, not a silent local
 database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).
@@ -79,15 +79,11 @@ async def run_ledger() -> None:
 
 async def run_invoice() -> None:
     from invoice_service.server import create_invoice_server
-    from invoice_service.storage import MIGRATIONS_DIR
-    from service_runtime.databases import TENANCY_MIGRATIONS
-    from service_runtime.postgres import migrate
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
     dsn = _require("INVOICE_DSN", settings.invoice_dsn)
-    await migrate(dsn, TENANCY_MIGRATIONS, MIGRATIONS_DIR)  # as invoice_service.server.serve does
-    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
+    server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)  # migrates first
     await _serve(server, pool, "invoice", port)
 
 

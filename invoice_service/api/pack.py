@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import timedelta
 
 from credits.invoice.v1 import invoice_pb2 as pb
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
 from invoice_service.domain.invoices import ChargeKind, InvoiceView
 from invoice_service.domain.money import decimal_text, to_text
 from invoice_service.domain.pricing import Price
+from service_runtime.pages import encode_token
+from service_runtime.proto_time import EPOCH
+from service_runtime.proto_time import to_timestamp as ts
 
 _KIND = {ChargeKind.USAGE: pb.USAGE, ChargeKind.ADD_ON: pb.ADD_ON, ChargeKind.FIXED_FEE: pb.FIXED_FEE,
          ChargeKind.LICENSE: pb.LICENSE}
 
 
-def ts(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+def invoice_token(last: InvoiceView) -> str:
+    """ListInvoices' next page: the cursor (created_at in microseconds, invoice_id) of the page's last row."""
+    return encode_token((last.created_at - EPOCH) // timedelta(microseconds=1), last.invoice_id)
 
 
 def customer(c: Customer) -> pb.Customer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
@@ -15,12 +14,14 @@ from google.protobuf.message import Message
 from invoice_service.api import pack, unpack
 from invoice_service.config import InvoiceConfig
 from invoice_service.domain import render
-from invoice_service.domain.identifiers import check_id, check_key, check_optional_id, check_text
 from invoice_service.storage.catalog import CatalogOperations
-from invoice_service.storage.idempotency import Guard, Replayed
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
-from service_runtime.grpc_server import current_caller
+from service_runtime.call_context import current_caller
+from service_runtime.free_text import check_text
+from service_runtime.idempotency import Guard, Replayed
+from service_runtime.identifiers import check_id, check_key, check_optional_id
+from service_runtime.pages import page_size
 from service_runtime.rejections import invalid
 
 M = TypeVar("M", bound=Message)
@@ -32,8 +33,7 @@ def _tenant() -> str:
 
 
 def _guard(method: str, request: Any, encode: Callable[[Any], Message], *, key_required: bool = True) -> Guard:
-    key = check_key(request.idempotency_key, required=key_required)
-    return Guard(_tenant(), key, method, request.SerializeToString(deterministic=True), encode)
+    return Guard.of(_tenant(), method, request, encode, key_required=key_required)
 
 
 async def _mutate(guard: Guard, response_type: type[M], run: Awaitable[Any]) -> M:
@@ -44,12 +44,6 @@ async def _mutate(guard: Guard, response_type: type[M], run: Awaitable[Any]) -> 
         return response_type.FromString(replay.response)
     result: M = guard.response
     return result
-
-
-def _page_size(value: int) -> int:
-    if value < 0 or value > 1000:
-        raise invalid("page_size", "must be between 0 and 1000")
-    return value or 100
 
 
 class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
@@ -99,7 +93,7 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         as_of = (unpack.timestamp(request.as_of, True, "as_of") if request.HasField("as_of")
                  else datetime.now(UTC))
         due = await self._catalog.list_due(_tenant(), as_of, self._config.usage_grace_s,
-                                           _page_size(request.page_size))
+                                           page_size(request.page_size))
         return pb.ListDueSubscriptionsResponse(periods=[
             pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
                          invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
@@ -188,7 +182,7 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         return pack.invoice(await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id")))
 
     async def ListInvoices(self, request: pb.ListInvoicesRequest, context: _Ctx) -> pb.ListInvoicesResponse:
-        limit = _page_size(request.page_size)
+        limit = page_size(request.page_size)
         f = ListFilter(
             customer_id=check_optional_id(request.customer_id, "customer_id"),
             statuses=tuple(_status_name(s, i) for i, s in enumerate(request.statuses)),
@@ -196,9 +190,9 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
                              if request.HasField("prepared_before") else None),
             period_start=(unpack.timestamp(request.period_start, True, "period_start")
                           if request.HasField("period_start") else None),
-            after=_decode_token(request.page_token), limit=limit)
+            after=unpack.invoice_cursor(request.page_token), limit=limit)
         views = await self._invoices.list_invoices(_tenant(), f)
-        token = _encode_token(views[-1].created_at, views[-1].invoice_id) if len(views) == limit else ""
+        token = pack.invoice_token(views[-1]) if len(views) == limit else ""
         return pb.ListInvoicesResponse(invoices=[pack.invoice(v) for v in views], next_page_token=token)
 
     async def RenderInvoice(self, request: pb.RenderInvoiceRequest, context: _Ctx) -> pb.RenderInvoiceResponse:
@@ -214,17 +208,3 @@ def _status_name(value: int, i: int) -> str:
     if value == pb.INVOICE_STATUS_UNSPECIFIED or value not in pb.InvoiceStatus.values():
         raise invalid(f"statuses[{i}]", "must be DRAFT, PREPARED, FINALIZED, VOID_PENDING or VOIDED")
     return pb.InvoiceStatus.Name(value)
-
-
-def _encode_token(created_at: datetime, invoice_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{invoice_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
-    try:
-        at, _, invoice_id = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), check_id(invoice_id, "page_token")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid("page_token", "is not a token this service issued") from exc

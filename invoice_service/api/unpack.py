@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from credits.invoice.v1 import invoice_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
-from invoice_service.domain.identifiers import ID_PATTERN, QUANTITY_PATTERN, check_id, check_text
-from invoice_service.domain.invoices import Aggregation, ChargeKind, Component
+from invoice_service.domain.invoices import QUANTITY_PATTERN, Aggregation, ChargeKind, Component
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_price
 from invoice_service.storage.invoices import ApplicationIn
 from invoice_service.storage.usage import EventIn, event_field
 from service_runtime.amounts import parse_decimal
-from service_runtime.proto_time import from_timestamp
+from service_runtime.free_text import check_text
+from service_runtime.identifiers import ID_PATTERN, ID_RULE, check_id, is_id
+from service_runtime.pages import decode_token
+from service_runtime.proto_time import EPOCH, from_timestamp, to_microseconds
 from service_runtime.rejections import invalid
 
 MAX_BATCH = 10_000
@@ -36,6 +38,17 @@ def timestamp(ts: Timestamp, present: bool, field: str) -> datetime:
 
 def timestamps(values: Sequence[Timestamp], field: str) -> list[datetime]:
     return [timestamp(t, True, f"{field}[{i}]") for i, t in enumerate(values)]
+
+
+def invoice_cursor(token: str) -> tuple[datetime, str] | None:
+    """ListInvoices' page_token back to its cursor (created_at, invoice_id); see pack.invoice_token."""
+    parts = decode_token(token, 2)
+    if parts is None:
+        return None
+    micros, invoice_id = parts
+    if not (micros.isascii() and micros.isdigit() and len(micros) <= 17) or not is_id(invoice_id):
+        raise invalid("page_token", "is not a page token this service issued")
+    return EPOCH + timedelta(microseconds=int(micros)), invoice_id
 
 
 def customer(req: pb.CreateCustomerRequest) -> Customer:
@@ -145,12 +158,9 @@ def events(items: Sequence[pb.UsageEvent], clock_skew_s: int, field: str = "even
             raise invalid(f"{at(i)}.quantity", f"must be a decimal with at most 9 places, got {quantity[:40]!r}")
         if not e.HasField("timestamp"):
             raise invalid(f"{at(i)}.timestamp", "is required")
-        ts = e.timestamp
-        ts_us = ts.seconds * 1_000_000 + ts.nanos // 1000
+        ts_us = to_microseconds(e.timestamp, f"{at(i)}.timestamp")
         if ts_us > limit_us:
             raise invalid(f"{at(i)}.timestamp", f"is more than {clock_skew_s}s in the future (clock skew bound)")
-        if ts.seconds < 0:
-            raise invalid(f"{at(i)}.timestamp", "is out of range")
         props: dict[str, str] = {}
         props_json = None
         if e.properties:
@@ -166,7 +176,7 @@ def _properties(props: object, field: str) -> dict[str, str]:
         raise invalid(field, f"at most {MAX_PROPERTIES} properties")
     for k, v in d.items():
         if not ID_PATTERN.fullmatch(k):
-            raise invalid(field, f"property name {k[:40]!r} must be 1-64 of letters, digits and . _ : -")
+            raise invalid(field, f"property name {k[:40]!r} {ID_RULE}")
         if len(v) > 200:
             raise invalid(field, f"property {k!r} is longer than 200 characters")
     return d

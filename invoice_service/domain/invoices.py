@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,9 @@ from invoice_service.domain.splitting import apportion, duration_us, intervals
 
 _ZERO = Decimal(0)
 _QUANTITY_SCALE = 9  # event quantities keep at most 9 decimals, so weights scale to integers exactly
+# Event quantities (and the numeric properties a meter aggregates): at most 18 integer digits and
+# 9 decimals, optionally negative.
+QUANTITY_PATTERN = re.compile(r"-?(0|[1-9]\d{0,17})(\.\d{1,9})?")
 
 
 class ChargeKind(enum.Enum):

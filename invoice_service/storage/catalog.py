@@ -11,7 +11,7 @@ import asyncpg
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
 from invoice_service.domain.invoices import Aggregation, ChargeKind
 from invoice_service.domain.periods import INTERVAL_MONTHS, Period
-from invoice_service.storage.idempotency import Guard
+from service_runtime.idempotency import Guard
 from service_runtime.rejections import conflict, invalid, not_found
 
 INSERT_CUSTOMER = """

@@ -35,8 +35,8 @@ from invoice_service.domain.splitting import normalize_instants
 from invoice_service.domain.states import Status, Transition, Verb, transition
 from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
-from invoice_service.storage.idempotency import Guard, burn_key
 from service_runtime.amounts import parse_minor
+from service_runtime.idempotency import Guard, burn_key
 from service_runtime.rejections import invalid, not_found, precondition
 
 _Apply = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]

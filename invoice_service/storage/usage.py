@@ -19,11 +19,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from invoice_service.domain.catalog import Meter
-from invoice_service.domain.identifiers import QUANTITY_PATTERN
-from invoice_service.domain.invoices import Aggregation
+from invoice_service.domain.invoices import QUANTITY_PATTERN, Aggregation
 from invoice_service.domain.periods import INTERVAL_MONTHS, period, period_containing
 from invoice_service.storage.catalog import CatalogOperations
-from invoice_service.storage.idempotency import Guard
+from service_runtime.idempotency import Guard
 from service_runtime.rejections import invalid, not_found, precondition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

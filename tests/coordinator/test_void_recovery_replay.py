@@ -11,10 +11,10 @@ from temporalio.client import WorkflowFailureError
 from temporalio.worker import Replayer
 
 from coordinator import naming
-from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult, VoidInvoiceInput
-from coordinator.scenario import seed_customer
 from coordinator.workflows import WORKFLOWS, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.faults import FaultPlan
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
 
 ACCOUNT = "acct-john-wick"

@@ -19,11 +19,11 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult
-from coordinator.scenario import seed_customer
 from coordinator.workflows import ResolveInDoubtWorkflow
-from reconciler import reconcile
+from harness.faults import FaultPlan
+from reconciler.run import reconcile
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
 
