@@ -10,7 +10,8 @@ from tests.invoice.conftest import InvoiceEnv, seed_catalog, ts, when
 async def _finalize(env: InvoiceEnv, customer_id: str, month: int, tag: str) -> None:
     draft = await env.call("CreateDraft", pb.CreateDraftRequest(
         idempotency_key=f"d-{tag}", customer_id=customer_id, period_start=ts(when(1, month=month))))
-    await env.call("PrepareFinalize", pb.PrepareFinalizeRequest(idempotency_key=f"p-{tag}", invoice_id=draft.invoice_id))
+    await env.call("PrepareFinalize", pb.PrepareFinalizeRequest(idempotency_key=f"p-{tag}",
+                                                                invoice_id=draft.invoice_id))
     await env.call("CommitFinalize", pb.CommitFinalizeRequest(idempotency_key=f"c-{tag}", invoice_id=draft.invoice_id,
                                                               prepare_key=f"p-{tag}"))
 
