@@ -50,6 +50,7 @@ from coordinator.messages import (
     OwnerState,
     PrepareFinalizeInput,
     ReserveInput,
+    SettlementsInput,
     SplitInput,
     SplitResult,
     VoidInvoiceInput,
@@ -187,6 +188,15 @@ class LedgerActivities:
         resp = await self._p._call("expire_lots", inp.tenant_id, self._stub.ExpireLots, req)
         return int(resp.lots_expired)
 
+    @activity.defn(name="ledger.record_settlements")
+    async def record_settlements(self, inp: SettlementsInput) -> int:
+        """Records each account's invoiced_through on the ledger (monotonic there; keyed by account and instant)."""
+        for account_id, through in inp.settlements:
+            req = lpb.RecordSettlementRequest(idempotency_key=naming.settlement_key(inp.tenant_id, account_id, through),
+                                              account_id=account_id, invoiced_through=to_ts(through))
+            await self._p._call("record_settlement", inp.tenant_id, self._stub.RecordSettlement, req)
+        return len(inp.settlements)
+
     @activity.defn(name="ledger.grant_credits")
     async def grant_credits(self, inp: GrantInput) -> str:
         req = lpb.GrantCreditsRequest(
@@ -285,6 +295,19 @@ class InvoiceActivities:
         req = ipb.CreateDraftRequest(idempotency_key=inp.idempotency_key, customer_id=inp.customer_id,
                                      period_start=to_ts(inp.period_start))
         return _invoice_view(await self._p._call("create_draft", inp.tenant_id, self._stub.CreateDraft, req))
+
+    @activity.defn(name="invoice.list_settlements")
+    async def list_settlements(self, inp: SettlementsInput) -> SettlementsInput:
+        """Every ledger account the tenant bills by invoices, with up to when its usage is final."""
+        out = SettlementsInput(inp.tenant_id)
+        token = ""
+        while True:
+            req = ipb.ListSettlementsRequest(page_size=1000, page_token=token)
+            resp = await self._p._call("list_settlements", inp.tenant_id, self._stub.ListSettlements, req)
+            out.settlements.extend((s.ledger_account_id, from_ts(s.invoiced_through)) for s in resp.settlements)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     @activity.defn(name="invoice.list_due_subscriptions")
     async def list_due_subscriptions(self, inp: ListDueInput) -> list[DuePeriodView]:

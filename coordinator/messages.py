@@ -131,6 +131,14 @@ class ExpireInput:
 
 
 @dataclass
+class SettlementsInput:
+    """One tenant's settlements (ledger account, invoiced_through ISO instant) to record on the ledger."""
+
+    tenant_id: str
+    settlements: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
 class GrantInput:
     tenant_id: str
     idempotency_key: str

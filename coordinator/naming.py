@@ -126,6 +126,11 @@ def outage_grant_key(incident_id: str, account_id: str) -> str:
     return f"outage/{incident_id}/{account_id}"
 
 
+def settlement_key(tenant_id: str, account_id: str, invoiced_through: str) -> str:
+    """One RecordSettlement per (account, instant): a retried or repeated sweep replays it."""
+    return f"settle/{tenant_id}/{account_id}/{invoiced_through}"
+
+
 def expire_key(tenant_id: str, as_of: str) -> str:
     """The idempotency key of one expiry sweep of a tenant."""
     return f"expire/{tenant_id}/{as_of}"

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveInput,
         SagaOutcome,
         SagaTimeouts,
+        SettlementsInput,
         SplitInput,
         SweepInput,
         SweepResult,
@@ -393,7 +394,12 @@ class CompensateOutageWorkflow:
 
 @workflow.defn(name="ExpireCredits")
 class ExpireCreditsWorkflow:
-    """Scheduled: turns every tenant's due unused credits into EXPIRED entries (breakage)."""
+    """Scheduled: turns every tenant's settled unused credits into EXPIRED entries (breakage) or rollovers.
+
+    Settlement before breakage (SPEC §4): first the invoice service's settlements (per billed
+    ledger account, up to when its invoiced usage is final) are recorded on the ledger, then
+    ExpireLots expires only lots whose window ended by then; the rest stays pending expiry.
+    """
 
     @workflow.run
     async def run(self, inp: SweepInput) -> SweepResult:
@@ -402,6 +408,11 @@ class ExpireCreditsWorkflow:
         tenants = await list_tenants(t)
         out = SweepResult(tenants=len(tenants))
         for tenant in tenants:
+            settlements = await run_step(InvoiceActivities.list_settlements, SettlementsInput(tenant), t,
+                                         f"settlements of {tenant}")
+            if settlements.settlements:
+                await run_step(LedgerActivities.record_settlements, settlements, t,
+                               f"record {len(settlements.settlements)} settlements of {tenant}")
             out.expired_lots += await run_step(LedgerActivities.expire_lots,
                                                ExpireInput(tenant, naming.expire_key(tenant, as_of), as_of), t,
                                                f"expire due lots of {tenant}")

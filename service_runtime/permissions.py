@@ -74,7 +74,7 @@ LEDGER: dict[str, frozenset[str]] = _table(
     LEDGER_SERVICE,
     (ALL, ("GetAccount", "ListUnits", "GetLot", "ListLots", "GetBalance", "ListEntries", "GetLotBoundaries",
            "ExplainAllocation", "GetConsumptionPolicy", "GetHold", "ListHolds", "GetSupportGrantLimits",
-           "GetGrantRequest", "ListGrantRequests")),
+           "GetGrantRequest", "ListGrantRequests", "GetSettlement")),
     (FINANCE, ("CreateAccount", "DefineUnit", "VoidGrant", "SetConsumptionPolicy", "TransferCredits",
                "ReverseTransfer", "SetTransferLimit", "SetSupportGrantLimits", "ApproveGrantRequest",
                "RejectGrantRequest")),
@@ -84,13 +84,15 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (UPSTREAM, ("DebitCredits", "BatchDebitCredits")),
     # refunds (finance) and the void saga (operator); ReverseReference: ReverseHold's deprecated alias
     (FINANCE | {"operator"}, ("ReverseHold", "ReverseReference")),
-    (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds")),
+    # the expiry sweep: RecordSettlement (from the invoice service's ListSettlements), then ExpireLots
+    (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds", "RecordSettlement")),
     (VERIFY, ("VerifyJournal",)),
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(
     INVOICE_SERVICE,
-    (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "SplitDraft",
+    (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "ListSettlements",
+           "SplitDraft",
            "GetInvoice", "ListInvoices", "RenderInvoice")),
     (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
     (UPSTREAM, ("IngestEvent", "IngestEvents")),
