@@ -28,6 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from coordinator import naming
 from coordinator import search_attributes as sa
+from coordinator.allowance_door import AllowanceRpcs
+from coordinator.caller_metadata import on_behalf_of
 from coordinator.messages import (
     BillingCycleInput,
     CompensateOutageInput,
@@ -91,14 +93,18 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> 
     return f"{path}/{run_id}/history" if run_id else path
 
 
-def _as_caller(context: Any) -> list[tuple[str, str]]:
-    """Metadata for a call to a participant on the caller's behalf: its own key (tenant keys are
-    valid in every service, so the answer is what that tenant may see) and the trace context."""
-    key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
-    return [("x-api-key", key), *tracing.outgoing_metadata()]
+_as_caller = on_behalf_of
 
 
-class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
+def schedule_link(ui_url: str, namespace: str, schedule_id: str) -> str:
+    if not ui_url:
+        return ""
+    return f"{ui_url}/namespaces/{namespace}/schedules/{urllib.parse.quote(schedule_id, safe='')}"
+
+
+class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
+    """Sagas and operations here; the recurring-allowance RPCs in `coordinator.allowance_door`."""
+
     def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "",
                  ledger_addr: str = "") -> None:
         self._client = client
@@ -107,6 +113,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         # Participants the front door asks on the caller's behalf before starting a workflow.
         self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(invoice_addr)) if invoice_addr else None
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(open_channel(ledger_addr)) if ledger_addr else None
+
+    def _ui_link(self, schedule_id: str) -> str:
+        return schedule_link(self._ui, self._client.namespace, schedule_id)
 
     async def _check_unit(self, unit: str, amount: str, context: Any) -> None:
         """INVALID_ARGUMENT now, rather than every grant failing inside the workflow, for a unit the
