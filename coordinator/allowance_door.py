@@ -132,7 +132,8 @@ class AllowanceRpcs:
             out.created_at.CopyFrom(to_timestamp(state.created_at))
         return out
 
-    async def _unit_scale(self, unit: str, amount: str, context: Any) -> int:
+    async def _unit_scale(self, account_id: str, unit: str, amount: str, context: Any) -> int:
+        """The unit's scale; the account must exist and the amount fit the unit (asked with the caller's key)."""
         if self._ledger is None:
             raise invalid("config.unit", "this front door was started without the ledger's address")
         try:
@@ -140,6 +141,13 @@ class AllowanceRpcs:
         except grpc.aio.AioRpcError as err:
             await context.abort(err.code(), f"config.unit: the ledger could not be asked: {err.details()}")
             raise  # abort raises; this keeps type checkers informed
+        try:
+            await self._ledger.GetAccount(lpb.GetAccountRequest(account_id=account_id), metadata=on_behalf_of(context),
+                                          timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found("config.account_id", f"no ledger account {account_id!r} for this tenant") from None
+            await context.abort(err.code(), f"config.account_id: the ledger could not be asked: {err.details()}")
         scale = next((u.scale for u in units.units if u.code == unit), None)
         if scale is None:
             raise invalid("config.unit", f"unknown unit {unit[:40]!r} for this tenant; define it first")
@@ -157,10 +165,12 @@ class AllowanceRpcs:
 
     async def CreateAllowance(self, request: pb.CreateAllowanceRequest, context: Any) -> pb.Allowance:
         tenant, allowance_id = current_caller().tenant_id, check_id(request.allowance_id, "allowance_id")
-        _positive(request.config.amount, "config.amount")
-        scale = await self._unit_scale(check_id(request.config.unit, "config.unit"), request.config.amount, context)
-        spec = spec_from_config(tenant, allowance_id, request.config, scale, datetime.now(UTC))
-        digest = hashlib.sha256(request.config.SerializeToString(deterministic=True)).hexdigest()
+        config = request.config
+        _positive(config.amount, "config.amount")
+        scale = await self._unit_scale(check_id(config.account_id, "config.account_id"),
+                                       check_id(config.unit, "config.unit"), config.amount, context)
+        spec = spec_from_config(tenant, allowance_id, config, scale, datetime.now(UTC))
+        digest = hashlib.sha256(config.SerializeToString(deterministic=True)).hexdigest()
         created = await allowance_schedules.create(self._client, spec, digest, self._queue)
         state = await allowance_schedules.read(self._client, tenant, allowance_id)
         if state is None:  # deleted between the two calls
