@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,13 @@ _CADENCES = {pb.ALLOWANCE_CADENCE_UNSPECIFIED: Cadence.MONTHLY, pb.MONTHLY: Cade
              pb.WEEKLY: Cadence.WEEKLY, pb.DAILY: Cadence.DAILY}
 _FIRST = {pb.FIRST_GRANT_UNSPECIFIED: FirstGrant.PRO_RATED, pb.PRO_RATED: FirstGrant.PRO_RATED,
           pb.FULL: FirstGrant.FULL, pb.NONE: FirstGrant.NONE}
+
+
+def schedule_link(ui_url: str, namespace: str, schedule_id: str) -> str:
+    """The schedule's page in the Temporal UI ("" when the front door does not know the UI's address)."""
+    if not ui_url:
+        return ""
+    return f"{ui_url}/namespaces/{namespace}/schedules/{urllib.parse.quote(schedule_id, safe='')}"
 
 
 def _positive(value: str, field: str) -> str:
@@ -113,16 +121,15 @@ class AllowanceRpcs:
 
     _client: Client
     _queue: str
+    _ui: str
     _ledger: ledger_pb2_grpc.LedgerServiceStub | None
-
-    def _ui_link(self, schedule_id: str) -> str:
-        raise NotImplementedError  # the servicer's (it knows the UI address)
 
     def _pack(self, state: AllowanceState, first_grant_operation_id: str = "") -> pb.Allowance:
         spec = state.spec
         schedule_id = naming.allowance_schedule_id(spec.tenant_id, spec.allowance_id)
         out = pb.Allowance(allowance_id=spec.allowance_id, config=_config(spec), schedule_id=schedule_id,
-                           paused=state.paused, note=state.note, ui_url=self._ui_link(schedule_id),
+                           paused=state.paused, note=state.note,
+                           ui_url=schedule_link(self._ui, self._client.namespace, schedule_id),
                            first_grant_operation_id=first_grant_operation_id,
                            recent=[pb.AllowanceGrantRun(scheduled_at=to_timestamp(at), operation_id=wf)
                                    for at, wf in state.recent])

@@ -93,15 +93,6 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> 
     return f"{path}/{run_id}/history" if run_id else path
 
 
-_as_caller = on_behalf_of
-
-
-def schedule_link(ui_url: str, namespace: str, schedule_id: str) -> str:
-    if not ui_url:
-        return ""
-    return f"{ui_url}/namespaces/{namespace}/schedules/{urllib.parse.quote(schedule_id, safe='')}"
-
-
 class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
     """Sagas and operations here; the recurring-allowance RPCs in `coordinator.allowance_door`."""
 
@@ -114,9 +105,6 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
         self._invoices = invoice_pb2_grpc.InvoiceServiceStub(open_channel(invoice_addr)) if invoice_addr else None
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(open_channel(ledger_addr)) if ledger_addr else None
 
-    def _ui_link(self, schedule_id: str) -> str:
-        return schedule_link(self._ui, self._client.namespace, schedule_id)
-
     async def _check_unit(self, unit: str, amount: str, context: Any) -> None:
         """INVALID_ARGUMENT now, rather than every grant failing inside the workflow, for a unit the
         caller's tenant has not defined or an amount finer than the unit keeps. Asks the ledger
@@ -124,7 +112,7 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
         if self._ledger is None:
             return
         try:
-            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=_as_caller(context), timeout=10)
+            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=on_behalf_of(context), timeout=10)
         except grpc.aio.AioRpcError:
             return
         scale = next((u.scale for u in units.units if u.code == unit), None)
@@ -145,7 +133,7 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
             return None
         try:
             invoice: ipb.Invoice = await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
-                                                                   metadata=_as_caller(context), timeout=10)
+                                                                   metadata=on_behalf_of(context), timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None
