@@ -37,7 +37,7 @@ from service_runtime.grpc_server import current_caller
 from service_runtime.identifiers import check_id
 from service_runtime.pages import decode_token, encode_token, page_size
 from service_runtime.proto_time import from_timestamp, to_timestamp
-from service_runtime.rejections import conflict, invalid, not_found
+from service_runtime.rejections import conflict, invalid, not_found, precondition
 
 AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")  # the front door's decimal rule (CompensateOutage too)
 START_SKEW = timedelta(seconds=60)  # starts_at may be this far ahead of the front door's clock
@@ -142,7 +142,8 @@ class AllowanceRpcs:
     async def _unit_scale(self, account_id: str, unit: str, amount: str, context: Any) -> int:
         """The unit's scale; the account must exist and the amount fit the unit (asked with the caller's key)."""
         if self._ledger is None:
-            raise invalid("config.unit", "this front door was started without the ledger's address")
+            raise precondition("config.unit", "this front door was started without the ledger's address "
+                               "(CREDITS_LEDGER_ADDR), which allowances need")
         try:
             units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=on_behalf_of(context), timeout=10)
         except grpc.aio.AioRpcError as err:
