@@ -93,3 +93,22 @@ def test_one_ledger_key_per_allowance_and_period() -> None:
     assert naming.allowance_of_schedule("acme", "credits-allowance/other/monthly") is None
     assert naming.tenant_of("credits-allowance/acme/monthly-run-2026-01-01T00:00:00Z") == "acme"
     assert naming.ALLOWANCE_SOURCE == grants.ALLOWANCE_SOURCE  # the ledger lets operator keys grant these
+
+
+def test_a_rollover_policy_never_goes_missing_silently() -> None:
+    from credits.ledger.v1 import ledger_pb2 as lpb
+    from temporalio.exceptions import ApplicationError
+
+    from coordinator.activities import _set_rollover, ledger_takes_rollover
+    from coordinator.messages import RolloverPolicy
+
+    req = lpb.GrantCreditsRequest()
+    policy = RolloverPolicy(max_amount="100.00", max_percent=25, expires_after_s=30 * 86400)
+    if ledger_takes_rollover():
+        _set_rollover(req, policy)
+        rollover = getattr(req, "rollover")  # noqa: B009 - the field of ledgers with rollover
+        assert (rollover.max_amount, rollover.max_percent, rollover.expires_after_s) == ("100.00", 25, 2592000)
+    else:
+        with pytest.raises(ApplicationError) as err:
+            _set_rollover(req, policy)
+        assert err.value.non_retryable and "rollover" in str(err.value)

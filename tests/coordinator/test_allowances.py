@@ -278,6 +278,9 @@ async def test_creditctl_allowances(stack: Stack, schedules: list[str]) -> None:
             assert code == 0, err
             created = json.loads(out)
             assert (created["cadence"], created["first_grant"], created["paused"]) == ("WEEKLY", "NONE", False)
+            next_grant = datetime.fromisoformat(created["next_grant_at"])
+            assert (next_grant.weekday(), next_grant.time()) == (0, datetime.min.time())  # Monday, 00:00 UTC
+            assert timedelta(0) < next_grant - datetime.now(UTC) <= timedelta(days=7)
             code, out, err = await _creditctl(stack, addr, "pause", "cli-weekly", "--note", "holiday")
             assert code == 0 and "holiday" in out and "yes" in out, err
             code, out, _ = await _creditctl(stack, addr, "show", "cli-weekly", "--json")
