@@ -50,6 +50,7 @@ from coordinator.messages import (
     OwnerState,
     PrepareFinalizeInput,
     ReserveInput,
+    RolloverPolicy,
     SettlementsInput,
     SplitInput,
     SplitResult,
@@ -119,6 +120,13 @@ def _hold_line(h: lpb.Hold) -> str:
     """What a person reading the Temporal UI needs of a hold a step changed (the saga reads nothing
     back from these steps; a one-line result keeps the history and the worker's conversions small)."""
     return f"{h.hold_key}: {lpb.HoldStatus.Name(h.status)}, reserved {h.reserved}, posted {h.posted or '0'}"
+
+
+def _set_rollover(req: lpb.GrantCreditsRequest, policy: RolloverPolicy) -> None:
+    """Passes an allowance's rollover policy through to the lot it grants."""
+    req.rollover.max_amount = policy.max_amount
+    req.rollover.max_percent = policy.max_percent
+    req.rollover.expires_after_s = policy.expires_after_s
 
 
 class LedgerActivities:
@@ -202,10 +210,14 @@ class LedgerActivities:
         req = lpb.GrantCreditsRequest(
             idempotency_key=inp.idempotency_key, account_id=inp.account_id, type=lpb.LotType.Value(inp.lot_type),
             unit=inp.unit, amount=inp.amount, incident_id=inp.incident_id, reason_code=inp.reason,
-            source=inp.source,
+            source=inp.source, campaign_id=inp.campaign_id, priority=inp.priority, cost_basis=inp.cost_basis,
         )
+        if inp.effective_at:
+            req.effective_at.CopyFrom(to_ts(inp.effective_at))
         if inp.expires_at:
             req.expires_at.CopyFrom(to_ts(inp.expires_at))
+        if inp.rollover is not None:
+            _set_rollover(req, inp.rollover)
         lot = await self._p._call("grant_credits", inp.tenant_id, self._stub.GrantCredits, req)
         return str(lot.lot_id)
 

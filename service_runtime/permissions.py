@@ -14,7 +14,10 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
             verification, in-doubt resolution (reserve/commit/release/reverse, the invoice
             prepare/commit/abort steps) and billing runs. Its GrantCredits is limited to
             COMPENSATORY grants with an incident id (the CompensateOutage saga, which only
-            finance/admin may start at the front door).
+            finance/admin may start at the front door) and to recurring allowance grants:
+            PROMOTIONAL or PURCHASED lots with source `allowance` and the
+            allowance id as campaign id (the GrantAllowance workflow; only finance/admin may
+            create an allowance at the front door).
 - admin     everything.
 
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
@@ -110,6 +113,11 @@ BILLING: dict[str, frozenset[str]] = _table(
     # Outage compensation grants COMPENSATORY credit to many accounts under the coordinator's key,
     # outside the support limits: finance/admin only.
     (FINANCE, ("VoidInvoice", "CompensateOutage")),
+    # Recurring allowances grant credit every period under the coordinator's key: finance/admin create
+    # and delete them; operators (on call, like the Temporal UI) may also pause and resume them.
+    (ALL, ("GetAllowance", "ListAllowances")),
+    (FINANCE, ("CreateAllowance", "DeleteAllowance")),
+    (FINANCE | {"operator"}, ("PauseAllowance", "ResumeAllowance")),
 )
 
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {

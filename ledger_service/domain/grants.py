@@ -3,7 +3,8 @@
 The role model and these rules in prose are at the top of `service_runtime/permissions.py`:
 - any grant: priority 1..100, expiry after the effective instant, COMPENSATORY needs an incident;
 - a support key grants only COMPENSATORY credit, free, with a reason code and an incident id;
-  an operator key only COMPENSATORY credit for an incident (outage compensation);
+  an operator key only COMPENSATORY credit for an incident (outage compensation), or PROMOTIONAL /
+  PURCHASED credit with source `allowance` and a campaign id (a recurring allowance's grant);
 - a support grant within its key's per-grant and per-day limits is written at once; above either
   it becomes a grant request PENDING_APPROVAL;
 - a grant request is decided once (APPROVED with its lot, or REJECTED) by another key than the one
@@ -20,6 +21,8 @@ from ledger_service.domain.model import Lot, LotType
 from service_runtime.rejections import Reason, Rejection, invalid, precondition
 
 SUPPORT, OPERATOR = "support", "operator"
+# The `source` of a recurring allowance's lots (coordinator.naming.ALLOWANCE_SOURCE): an operator key may grant them.
+ALLOWANCE_SOURCE = "allowance"
 LIMIT_WINDOW = timedelta(hours=24)  # max_per_day counts the same key's grants over the trailing 24 hours
 
 
@@ -58,10 +61,20 @@ def check_role_may_grant(role: str, lot: Lot) -> None:
         if lot.cost_basis:
             raise invalid("cost_basis", "must be 0 for support grants (compensatory credit is free)")
     elif role == OPERATOR:
-        if lot.lot_type is not LotType.COMPENSATORY or not lot.incident_id:
+        if not (_is_outage_grant(lot) or _is_allowance_grant(lot)):
             raise Rejection(Reason.FORBIDDEN,
-                            "operator keys may grant only COMPENSATORY credits for an incident (outage compensation)",
-                            "type")
+                            "operator keys may grant only COMPENSATORY credits for an incident (outage compensation) "
+                            f"or PROMOTIONAL/PURCHASED credits with source {ALLOWANCE_SOURCE!r} and the allowance "
+                            "as campaign id (recurring allowances)", "type")
+
+
+def _is_outage_grant(lot: Lot) -> bool:
+    return lot.lot_type is LotType.COMPENSATORY and bool(lot.incident_id)
+
+
+def _is_allowance_grant(lot: Lot) -> bool:
+    return (lot.lot_type in (LotType.PROMOTIONAL, LotType.PURCHASED) and lot.source == ALLOWANCE_SOURCE
+            and bool(lot.campaign_id))
 
 
 def needs_limits(role: str) -> bool:

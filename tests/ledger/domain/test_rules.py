@@ -156,6 +156,18 @@ def test_who_may_grant_what() -> None:
     assert grants.needs_limits("support") and not grants.needs_limits("operator")
 
 
+def test_operator_keys_grant_recurring_allowance_lots() -> None:
+    allowance = {"source": grants.ALLOWANCE_SOURCE, "campaign_id": "monthly-1000"}
+    grants.check_role_may_grant("operator", lot(lot_type=LotType.PROMOTIONAL, **allowance))
+    grants.check_role_may_grant("operator", lot(lot_type=LotType.PURCHASED, **allowance))
+    refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "operator", lot(lot_type=LotType.PROMOTIONAL))
+    refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "operator",
+            lot(lot_type=LotType.PROMOTIONAL, source=grants.ALLOWANCE_SOURCE))  # no allowance named
+    refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "operator",
+            lot(lot_type=LotType.ROLLOVER, **allowance))
+    refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "support", lot(**allowance))
+
+
 def test_support_limits() -> None:
     limits = Limits(max_per_grant=100, max_per_day=250, is_default=False)
     assert grants.limit_exceeded(100, 150, limits) is None
