@@ -25,7 +25,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from coordinator.faults import NO_FAULTS, FaultPlan, InjectedRejection, InjectedTransportError
+from coordinator import naming
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
     AllocationSpec,
@@ -35,24 +35,27 @@ from coordinator.messages import (
     ExpireInput,
     GrantInput,
     HoldInput,
+    HoldStatus,
     HoldView,
     InvoiceRef,
+    InvoiceStatus,
     InvoiceStepInput,
     InvoiceView,
     ListDueInput,
     ListHoldsInput,
-    ListInDoubtInput,
+    ListInvoicesInput,
     LotBoundariesInput,
     OwnerDecision,
     OwnerRef,
+    OwnerState,
     PrepareFinalizeInput,
     ReserveInput,
     SplitInput,
     SplitResult,
     VoidInvoiceInput,
 )
-from coordinator.naming import VOID
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
+from service_runtime.proto_time import from_timestamp, to_timestamp
 
 T = TypeVar("T")
 
@@ -65,15 +68,16 @@ CALL_TIMEOUT_S = 10.0
 
 
 def to_ts(iso: str) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(datetime.fromisoformat(iso))
-    return ts
+    """An ISO-8601 instant of a payload (no offset: UTC) as a protobuf Timestamp."""
+    value = datetime.fromisoformat(iso)
+    return to_timestamp(value if value.tzinfo else value.replace(tzinfo=UTC))
 
 
-def from_ts(ts: Timestamp) -> str:
+def from_ts(ts: Timestamp, field: str = "timestamp") -> str:
+    """A participant's Timestamp as an ISO-8601 instant in UTC ("" for an unset one)."""
     if ts.seconds == 0 and ts.nanos == 0:
         return ""
-    return ts.ToDatetime(tzinfo=UTC).isoformat()
+    return from_timestamp(ts, field).isoformat()
 
 
 def to_error(exc: BaseException, step: str, must_succeed: bool) -> ApplicationError:
@@ -83,34 +87,28 @@ def to_error(exc: BaseException, step: str, must_succeed: bool) -> ApplicationEr
         rejected = code in REJECTIONS
         return ApplicationError(f"{step}: {code.name}: {exc.details()}", type="Rejected" if rejected else code.name,
                                 non_retryable=rejected and not must_succeed)
-    if isinstance(exc, InjectedRejection):
-        return ApplicationError(str(exc), type="Rejected", non_retryable=not must_succeed)
     if isinstance(exc, UnknownTenant):
         return ApplicationError(str(exc), type="UnknownTenant", non_retryable=not must_succeed)
     return ApplicationError(f"{step}: {exc}", type=type(exc).__name__, non_retryable=False)
 
 
 class _Participant:
-    def __init__(self, keys: KeyStore, faults: FaultPlan | None) -> None:
+    def __init__(self, keys: KeyStore) -> None:
         self._keys = keys
-        self.faults = faults or NO_FAULTS
 
     async def _call(self, step: str, tenant_id: str, rpc: Callable[..., Awaitable[T]], request: Any,
                     must_succeed: bool = False) -> T:
         try:
             key = await self._keys.key_for(tenant_id)
-            await self.faults.hit(step, "before")
-            response = await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
-            await self.faults.hit(step, "after")
-            return response
-        except (grpc.aio.AioRpcError, InjectedRejection, InjectedTransportError, UnknownTenant) as exc:
+            return await rpc(request, metadata=[("x-api-key", key)], timeout=CALL_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, UnknownTenant) as exc:
             raise to_error(exc, step, must_succeed) from None
 
 
 def _hold_view(h: lpb.Hold) -> HoldView:
     return HoldView(
-        hold_key=h.hold_key, account_id=h.account_id, status=lpb.HoldStatus.Name(h.status), requested=h.requested,
-        reserved=h.reserved, posted=h.posted, created_at=from_ts(h.created_at),
+        hold_key=h.hold_key, account_id=h.account_id, status=HoldStatus(lpb.HoldStatus.Name(h.status)),
+        requested=h.requested, reserved=h.reserved, posted=h.posted, created_at=from_ts(h.created_at),
         allocations=[AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
                      for a in h.allocations],
     )
@@ -125,9 +123,9 @@ def _hold_line(h: lpb.Hold) -> str:
 class LedgerActivities:
     """Calls to credits.ledger.v1.LedgerService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="ledger.get_lot_boundaries")
     async def get_lot_boundaries(self, inp: LotBoundariesInput) -> list[str]:
@@ -160,12 +158,11 @@ class LedgerActivities:
         return _hold_line(await self._p._call("release_hold", inp.tenant_id, self._stub.ReleaseHold, req,
                                               inp.must_succeed))
 
-    @activity.defn(name="ledger.reverse_reference")
-    async def reverse_reference(self, inp: HoldInput) -> list[AllocationSpec]:
-        req = lpb.ReverseReferenceRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
-                                          reason=inp.reason)
-        resp = await self._p._call("reverse_reference", inp.tenant_id, self._stub.ReverseReference, req,
-                                   inp.must_succeed)
+    @activity.defn(name="ledger.reverse_hold")
+    async def reverse_hold(self, inp: HoldInput) -> list[AllocationSpec]:
+        """Gives a committed hold's posted credits back to their original lots (ReverseHold)."""
+        req = lpb.ReverseHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key, reason=inp.reason)
+        resp = await self._p._call("reverse_hold", inp.tenant_id, self._stub.ReverseHold, req, inp.must_succeed)
         return [AllocationSpec(a.charge_id, a.lot_id, lpb.LotType.Name(a.lot_type), a.amount, a.posted)
                 for a in resp.reinstated]
 
@@ -206,9 +203,10 @@ class LedgerActivities:
 def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
     return InvoiceView(
         invoice_id=inv.invoice_id, customer_id=inv.customer_id, ledger_account_id=inv.ledger_account_id,
-        currency=inv.currency, status=ipb.InvoiceStatus.Name(inv.status), period_start=from_ts(inv.period_start),
-        period_end=from_ts(inv.period_end), subtotal=inv.subtotal, credits_applied=inv.credits_applied,
-        amount_due=inv.amount_due, number=inv.number, prepare_key=inv.prepare_key,
+        currency=inv.currency, status=InvoiceStatus(ipb.InvoiceStatus.Name(inv.status)),
+        period_start=from_ts(inv.period_start), period_end=from_ts(inv.period_end), subtotal=inv.subtotal,
+        credits_applied=inv.credits_applied, amount_due=inv.amount_due, number=inv.number,
+        prepare_key=inv.prepare_key,
     )
 
 
@@ -221,9 +219,9 @@ def _invoice_line(inv: ipb.Invoice) -> str:
 class InvoiceActivities:
     """Calls to credits.invoice.v1.InvoiceService."""
 
-    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore, faults: FaultPlan | None = None) -> None:
+    def __init__(self, channel: grpc.aio.Channel, keys: KeyStore) -> None:
         self._stub = invoice_pb2_grpc.InvoiceServiceStub(channel)
-        self._p = _Participant(keys, faults)
+        self._p = _Participant(keys)
 
     @activity.defn(name="invoice.get_invoice")
     async def get_invoice(self, inp: InvoiceRef) -> InvoiceView:
@@ -288,15 +286,15 @@ class InvoiceActivities:
                                      period_start=to_ts(inp.period_start))
         return _invoice_view(await self._p._call("create_draft", inp.tenant_id, self._stub.CreateDraft, req))
 
-    @activity.defn(name="invoice.list_due")
-    async def list_due(self, inp: ListDueInput) -> list[DuePeriodView]:
+    @activity.defn(name="invoice.list_due_subscriptions")
+    async def list_due_subscriptions(self, inp: ListDueInput) -> list[DuePeriodView]:
         req = ipb.ListDueSubscriptionsRequest(as_of=to_ts(inp.as_of), page_size=inp.page_size)
-        resp = await self._p._call("list_due", inp.tenant_id, self._stub.ListDueSubscriptions, req)
+        resp = await self._p._call("list_due_subscriptions", inp.tenant_id, self._stub.ListDueSubscriptions, req)
         return [DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
-                              ipb.InvoiceStatus.Name(p.status)) for p in resp.periods]
+                              InvoiceStatus(ipb.InvoiceStatus.Name(p.status))) for p in resp.periods]
 
-    @activity.defn(name="invoice.list_in_doubt")
-    async def list_in_doubt(self, inp: ListInDoubtInput) -> list[InvoiceView]:
+    @activity.defn(name="invoice.list_invoices")
+    async def list_invoices(self, inp: ListInvoicesInput) -> list[InvoiceView]:
         out: list[InvoiceView] = []
         token = ""
         while True:
@@ -329,21 +327,21 @@ class CoordinatorActivities:
             desc = await handle.describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                return OwnerDecision("unknown", "no such workflow run (retention may have removed it)")
+                return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
             raise
         if desc.status == WorkflowExecutionStatus.RUNNING:
-            return OwnerDecision("running", "the owner is still running and will resolve it", desc.run_id)
+            return OwnerDecision(OwnerState.RUNNING, "the owner is still running and will resolve it", desc.run_id)
         outcome = desc.typed_search_attributes.get(OUTCOME)
         if outcome in DECIDED_OUTCOMES:
             reason = await self._void_reason(ref.workflow_id, desc.run_id)
-            return OwnerDecision("commit", f"decision recorded (outcome={outcome})", desc.run_id, reason)
+            return OwnerDecision(OwnerState.COMMIT, f"decision recorded (outcome={outcome})", desc.run_id, reason)
         status = desc.status.name if desc.status else "?"
-        return OwnerDecision("abandon", f"closed {status} without a decision (outcome={outcome})", desc.run_id)
-
+        return OwnerDecision(OwnerState.ABANDON, f"closed {status} without a decision (outcome={outcome})",
+                             desc.run_id)
 
     async def _void_reason(self, workflow_id: str, run_id: str) -> str:
         """The reason a void workflow was started with: its reversal's idempotent payload includes it."""
-        if not workflow_id.startswith(VOID + "/"):
+        if not naming.is_void_workflow(workflow_id):
             return ""
         handle = self._client.get_workflow_handle(workflow_id, run_id=run_id)
         async for event in handle.fetch_history_events():
@@ -352,10 +350,3 @@ class CoordinatorActivities:
             return str(inp.reason)
         return ""
 
-
-class BenchActivities:
-    """The no-op activity of the bare-workflow baseline of `creditctl bench saga`."""
-
-    @activity.defn(name="bench.noop")
-    async def noop(self, step: int) -> int:
-        return step

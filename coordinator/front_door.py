@@ -46,6 +46,7 @@ from service_runtime import tracing
 from service_runtime.api_keys import KeyResolver
 from service_runtime.free_text import check_text
 from service_runtime.grpc_server import create_server, current_caller
+from service_runtime.identifiers import check_id
 from service_runtime.permissions import BILLING, BILLING_SERVICE
 from service_runtime.proto_time import from_timestamp
 from service_runtime.rejections import invalid, not_found
@@ -62,7 +63,6 @@ _STATUS = {
 }
 DEFAULT_WAIT_S = 60
 MAX_WAIT_S = 600  # a caller cannot park a front-door call (and its resources) for longer
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")  # the ledger's id rule
 _AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")
 
 
@@ -79,6 +79,8 @@ def _check_wait(seconds: int) -> None:
     """Checked before anything starts: bad input changes nothing."""
     if not 0 <= seconds <= MAX_WAIT_S:
         raise invalid("wait_timeout_s", f"must be between 0 and {MAX_WAIT_S} seconds")
+
+
 QUERY_TIMEOUT = timedelta(seconds=2)
 
 
@@ -87,12 +89,6 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> 
         return ""
     path = f"{ui_url}/namespaces/{namespace}/workflows/{urllib.parse.quote(workflow_id, safe='')}"
     return f"{path}/{run_id}/history" if run_id else path
-
-
-def _id(value: str, field: str) -> str:
-    if not value or len(value) > 64 or "/" in value or not value.isprintable():
-        raise invalid(field, "must be 1-64 printable characters without '/'")
-    return value
 
 
 def _as_caller(context: Any) -> list[tuple[str, str]]:
@@ -151,12 +147,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def _attributes(tenant: str, invoice_id: str, invoice: ipb.Invoice | None) -> Any:
         if invoice is None:
             return sa.at_start(tenant, invoice_id)
-        start = invoice.period_start.ToDatetime(tzinfo=UTC).isoformat() if invoice.HasField("period_start") else ""
+        start = _iso(invoice.period_start, "period_start") if invoice.HasField("period_start") else ""
         return sa.at_start(tenant, invoice_id, invoice.customer_id, start)
 
     async def FinalizeInvoice(self, request: pb.FinalizeInvoiceRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
-        tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        tenant, invoice_id = current_caller().tenant_id, check_id(request.invoice_id, "invoice_id")
         invoice = await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
                                        FinalizeInvoiceInput(tenant, invoice_id),
@@ -167,7 +163,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def VoidInvoice(self, request: pb.VoidInvoiceRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
-        tenant, invoice_id = current_caller().tenant_id, _id(request.invoice_id, "invoice_id")
+        tenant, invoice_id = current_caller().tenant_id, check_id(request.invoice_id, "invoice_id")
         invoice = await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, VoidInvoiceWorkflow.run,
                                        VoidInvoiceInput(tenant, invoice_id, _reason(request.reason)),
@@ -191,7 +187,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def CompensateOutage(self, request: pb.CompensateOutageRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
-        tenant, incident = current_caller().tenant_id, _id(request.incident_id, "incident_id")
+        tenant, incident = current_caller().tenant_id, check_id(request.incident_id, "incident_id")
         if not request.account_ids:
             raise invalid("account_ids", "name at least one account")
         if not request.amount or not request.unit:
@@ -199,8 +195,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if not _AMOUNT.match(request.amount) or not request.amount.strip("0."):
             raise invalid("amount", "must be a positive decimal like 25.00")
         for i, account in enumerate(request.account_ids):
-            if not _ACCOUNT_ID.match(account):
-                raise invalid(f"account_ids[{i}]", "must be a ledger account id (letters, digits, . _ : / @ # -)")
+            check_id(account, f"account_ids[{i}]")  # the ledger's account id rule
         if len(request.account_ids) > 10_000:
             raise invalid("account_ids", "more than 10,000 accounts; split the incident")
         expires_at = _iso(request.expires_at, "expires_at") if request.HasField("expires_at") else ""
@@ -232,7 +227,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             except (TimeoutError, WorkflowFailureError):
                 pass
         desc = await handle.describe()
-        op = pb.Operation(operation_id=handle.id, kind=handle.id.partition("/")[0], run_id=desc.run_id,
+        op = pb.Operation(operation_id=handle.id, kind=naming.kind_of(handle.id), run_id=desc.run_id,
                           status=_STATUS.get(desc.status, pb.OPERATION_STATUS_UNSPECIFIED) if desc.status else 0,
                           outcome=desc.typed_search_attributes.get(sa.OUTCOME) or "",
                           ui_url=ui_link(self._ui, self._client.namespace, handle.id, desc.run_id))

@@ -2,11 +2,52 @@
 
 Instants are ISO-8601 strings and amounts decimal strings, exactly as the services speak them,
 so the history in the Temporal UI reads like the services' own payloads. No secrets here: the
-API keys stay in the worker (coordinator.keys).
+API keys stay in the worker (coordinator.keys). Statuses and outcomes are StrEnums: their values
+are what the payloads carry, so histories read (and replay) as before.
 """
 
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class HoldStatus(StrEnum):
+    """credits.ledger.v1.HoldStatus, by name."""
+
+    PENDING = "PENDING"
+    COMMITTED = "COMMITTED"
+    RELEASED = "RELEASED"
+    TOMBSTONE = "TOMBSTONE"
+
+
+class InvoiceStatus(StrEnum):
+    """credits.invoice.v1.InvoiceStatus, by name (UNSPECIFIED: a due period with no invoice yet)."""
+
+    UNSPECIFIED = "INVOICE_STATUS_UNSPECIFIED"
+    DRAFT = "DRAFT"
+    PREPARED = "PREPARED"
+    FINALIZED = "FINALIZED"
+    VOID_PENDING = "VOID_PENDING"
+    VOIDED = "VOIDED"
+
+
+class OwnerState(StrEnum):
+    """What Temporal says of the workflow run that owns in-doubt work."""
+
+    RUNNING = "running"  # it will settle the work itself
+    COMMIT = "commit"  # it recorded its decision: commit
+    ABANDON = "abandon"  # it closed without a decision: abort
+    UNKNOWN = "unknown"  # no such run (retention may have removed it): touch nothing
+
+
+class SagaOutcome(StrEnum):
+    """How a finalization or void saga that completed ended (its result's `outcome`)."""
+
+    FINALIZED = "finalized"
+    ALREADY_FINALIZED = "already_finalized"
+    VOIDED = "voided"
+    ALREADY_VOIDED = "already_voided"
+
 
 # --- ledger ---------------------------------------------------------------------------------
 
@@ -43,7 +84,7 @@ class AllocationSpec:
 class HoldView:
     hold_key: str
     account_id: str
-    status: str
+    status: HoldStatus
     requested: str = ""
     reserved: str = ""
     posted: str = ""
@@ -77,7 +118,7 @@ class HoldInput:
 @dataclass
 class ListHoldsInput:
     tenant_id: str
-    status: str = "PENDING"
+    status: HoldStatus = HoldStatus.PENDING
     created_before: str = ""
     hold_key_prefix: str = ""
 
@@ -118,7 +159,7 @@ class InvoiceView:
     customer_id: str
     ledger_account_id: str
     currency: str
-    status: str
+    status: InvoiceStatus
     period_start: str
     period_end: str
     subtotal: str = ""
@@ -177,7 +218,7 @@ class DuePeriodView:
     period_start: str
     period_end: str
     invoice_id: str
-    status: str
+    status: InvoiceStatus
 
 
 @dataclass
@@ -188,9 +229,9 @@ class ListDueInput:
 
 
 @dataclass
-class ListInDoubtInput:
+class ListInvoicesInput:
     tenant_id: str
-    statuses: list[str]
+    statuses: list[InvoiceStatus]
     prepared_before: str
 
 
@@ -207,7 +248,7 @@ class OwnerRef:
 class OwnerDecision:
     """What Temporal knows about the workflow that owns in-doubt work."""
 
-    state: str  # running | commit | abandon | unknown
+    state: OwnerState
     detail: str = ""
     run_id: str = ""  # the run described (the latest one when OwnerRef.run_id is empty)
     void_reason: str = ""  # a void workflow's input reason (its reversal request carries it)
@@ -236,7 +277,7 @@ class FinalizeInvoiceInput:
 @dataclass
 class FinalizeInvoiceResult:
     invoice_id: str
-    outcome: str  # finalized | already_finalized
+    outcome: SagaOutcome  # FINALIZED | ALREADY_FINALIZED
     number: str = ""
     subtotal: str = ""
     credits_applied: str = ""
@@ -255,7 +296,7 @@ class VoidInvoiceInput:
 @dataclass
 class VoidInvoiceResult:
     invoice_id: str
-    outcome: str  # voided | already_voided
+    outcome: SagaOutcome  # VOIDED | ALREADY_VOIDED
     reversed_hold_key: str = ""
     reinstated: str = ""
 
@@ -326,7 +367,3 @@ class SweepResult:
     left_running: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
-
-@dataclass
-class BenchInput:
-    activities: int = 6

@@ -1,13 +1,20 @@
-"""Business keys: workflow ids, hold keys and idempotency keys, derived (never random).
+"""Business keys: workflow ids, hold keys and idempotency keys, derived (never random). Every key the
+coordinator derives is built here, and only here.
 
 A finalization run owns hold `inv/<invoice>/<run_id>` and prepares the invoice with key
 `finalize-invoice/<tenant>/<invoice>/<run_id>/prepare`, so whoever finds stale work (the in-doubt
 resolver) can name the exact workflow run whose decision settles it. The run id (not only the
 workflow id) is part of the keys because a compensated finalization may be started again under
 the same workflow id, and that new attempt must not replay the first one's released hold.
+
+Every participant call of a saga run carries the idempotency key `<workflow id>/<run id>/<step>`
+(`step_key`); the in-doubt resolver settles a run's work with that run's own keys, so a commit the
+run already made and the resolver's are one and the same.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 FINALIZE = "finalize-invoice"
 VOID = "void-invoice"
@@ -16,6 +23,24 @@ OUTAGE = "compensate-outage"
 KINDS = (FINALIZE, VOID, CYCLE, OUTAGE)
 HOLD_PREFIX = "inv/"
 RELEASE_REASON = "finalization saga compensated"
+VOID_REASON = "invoice voided"  # a void's reversal reason when the caller gave none
+
+
+class Step(StrEnum):
+    """The step part of a saga run's idempotency keys (`step_key`); values are wire-visible."""
+
+    RESERVE = "reserve"
+    PREPARE = "prepare"  # also the prepare key the invoice records (`prepare_key`)
+    COMMIT_HOLD = "commit_hold"
+    COMMIT_FINALIZE = "commit_finalize"
+    RELEASE_HOLD = "release_hold"
+    ABORT_FINALIZE = "abort_finalize"
+    PREPARE_VOID = "prepare_void"
+    COMMIT_VOID = "commit_void"
+    ABORT_VOID = "abort_void"
+
+
+# --- workflow ids -----------------------------------------------------------------------------
 
 
 def finalize_workflow_id(tenant_id: str, invoice_id: str) -> str:
@@ -34,12 +59,79 @@ def outage_workflow_id(tenant_id: str, incident_id: str) -> str:
     return f"{OUTAGE}/{tenant_id}/{incident_id}"
 
 
+def scheduled_workflow_id(schedule_id: str) -> str:
+    """The id of the workflow a schedule (coordinator.schedules) starts; Temporal appends the start time."""
+    return f"{schedule_id}-run"
+
+
+def run_label(workflow_id: str, run_id: str) -> str:
+    """One workflow run, as the in-doubt resolver reports it: `<workflow id>/<run id>`."""
+    return f"{workflow_id}/{run_id}"
+
+
+def kind_of(operation_id: str) -> str:
+    """The operation kind of a workflow id (its first segment, e.g. finalize-invoice)."""
+    return operation_id.partition("/")[0]
+
+
+def is_void_workflow(workflow_id: str) -> bool:
+    return workflow_id.startswith(VOID + "/")
+
+
+def tenant_of(workflow_id: str) -> str | None:
+    """The tenant segment of an operation id, or None if it is not one of ours."""
+    kind, _, rest = workflow_id.partition("/")
+    tenant, sep, _ = rest.partition("/")
+    return tenant if kind in KINDS and sep and tenant else None
+
+
+# --- holds and idempotency keys ---------------------------------------------------------------
+
+
 def hold_key(invoice_id: str, run_id: str) -> str:
     return f"{HOLD_PREFIX}{invoice_id}/{run_id}"
 
 
+def invoice_holds_prefix(invoice_id: str) -> str:
+    """The prefix every saga hold of one invoice starts with (one per finalization run)."""
+    return f"{HOLD_PREFIX}{invoice_id}/"
+
+
 def step_key(workflow_id: str, run_id: str, step: str) -> str:
     return f"{workflow_id}/{run_id}/{step}"
+
+
+def reverse_step(hold_key: str) -> str:
+    """The step of a void run that reverses one committed hold."""
+    return f"reverse/{hold_key}"
+
+
+def prepare_key(workflow_id: str, run_id: str) -> str:
+    """The key a finalization run prepares its invoice with (the invoice records it)."""
+    return step_key(workflow_id, run_id, Step.PREPARE)
+
+
+def cycle_draft_key(tenant_id: str, customer_id: str, period_start: str) -> str:
+    """The idempotency key of the draft a billing cycle creates for one due period."""
+    return f"cycle/{tenant_id}/{customer_id}/{period_start}"
+
+
+def due_period_label(customer_id: str, period_start: str) -> str:
+    """A billing cycle's name for one due period (in its list of failures)."""
+    return f"{customer_id}@{period_start}"
+
+
+def outage_grant_key(incident_id: str, account_id: str) -> str:
+    """One idempotent compensatory grant per (incident, account)."""
+    return f"outage/{incident_id}/{account_id}"
+
+
+def expire_key(tenant_id: str, as_of: str) -> str:
+    """The idempotency key of one expiry sweep of a tenant."""
+    return f"expire/{tenant_id}/{as_of}"
+
+
+# --- parsing ----------------------------------------------------------------------------------
 
 
 def parse_hold_key(key: str) -> tuple[str, str] | None:
@@ -53,14 +145,7 @@ def parse_hold_key(key: str) -> tuple[str, str] | None:
 def parse_prepare_key(key: str) -> tuple[str, str] | None:
     """(workflow_id, run_id) of a finalization's prepare key."""
     head, sep, step = key.rpartition("/")
-    if not sep or step != "prepare":
+    if not sep or step != Step.PREPARE:
         return None
     workflow_id, sep, run_id = head.rpartition("/")
     return (workflow_id, run_id) if sep and workflow_id.startswith(FINALIZE + "/") else None
-
-
-def tenant_of(workflow_id: str) -> str | None:
-    """The tenant segment of an operation id, or None if it is not one of ours."""
-    kind, _, rest = workflow_id.partition("/")
-    tenant, sep, _ = rest.partition("/")
-    return tenant if kind in KINDS and sep and tenant else None

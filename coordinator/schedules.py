@@ -15,6 +15,7 @@ from temporalio.client import (
     ScheduleSpec,
 )
 
+from coordinator import naming
 from coordinator.messages import SweepInput
 from coordinator.workflows import ExpireCreditsWorkflow, ResolveInDoubtWorkflow
 
@@ -34,7 +35,7 @@ async def ensure_schedules(client: Client, task_queue: str, *, expire_every_s: i
     for schedule_id, run, every_s, note in plans:
         schedule = Schedule(
             action=ScheduleActionStartWorkflow(run, SweepInput(older_than_s=in_doubt_after_s),  # type: ignore[arg-type]
-                                               id=f"{schedule_id}-run", task_queue=task_queue,
+                                               id=naming.scheduled_workflow_id(schedule_id), task_queue=task_queue,
                                                static_summary=note),
             spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_s))]),
             policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

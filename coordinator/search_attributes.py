@@ -11,6 +11,8 @@ visibility write on saying so. Ended otherwise, the value says how: "compensated
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
@@ -26,14 +28,35 @@ ALL_KEYS = (TENANT, CUSTOMER, INVOICE, PERIOD, OUTCOME)
 # For `temporal server start-dev --search-attribute Name=Keyword`.
 DEV_SERVER_FLAGS = {key.name: "Keyword" for key in ALL_KEYS}
 
-# The outcome a saga starts with (still compensable).
-PREPARING = "preparing"
-# The finalization saga's decision to commit (and, once the run has completed, its outcome).
-COMMITTED = "committed"
+
+
+class CreditsOutcome(StrEnum):
+    """The values of `CreditsOutcome` (and of the sagas' results), as visibility shows them."""
+
+    PREPARING = "preparing"  # a saga's start: still compensable
+    COMMITTED = "committed"  # the finalization saga's decision (and, once completed, its outcome)
+    FINALIZED = "finalized"  # a finalization's result (recorded as the outcome by earlier versions)
+    ALREADY_FINALIZED = "already_finalized"
+    COMPENSATED = "compensated"
+    REJECTED = "rejected"
+    VOIDING = "voiding"  # the void saga's decision
+    VOIDED = "voided"
+    ALREADY_VOIDED = "already_voided"
+    RUNNING = "running"  # a billing cycle
+    COMPLETED = "completed"  # a billing cycle or an outage compensation
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    GRANTING = "granting"  # an outage compensation
+    COMMITTING = "committing"  # the decision as recorded by earlier versions
+
+
+# Aliases of the two values callers outside the workflows compare with most.
+PREPARING = CreditsOutcome.PREPARING
+COMMITTED = CreditsOutcome.COMMITTED
 
 # Outcomes meaning "the commit decision is recorded": the resolver commits, never compensates.
 # ("committing" and "finalized" are what runs of earlier versions recorded.)
-DECIDED_OUTCOMES = frozenset({COMMITTED, "committing", "finalized", "voiding", "voided"})
+DECIDED_OUTCOMES = frozenset({CreditsOutcome.COMMITTED, CreditsOutcome.COMMITTING, CreditsOutcome.FINALIZED,
+                              CreditsOutcome.VOIDING, CreditsOutcome.VOIDED})
 
 
 def period_of(period_start_iso: str) -> str:
@@ -49,7 +72,7 @@ def at_start(tenant_id: str, invoice_id: str, customer_id: str = "", period_star
     different once it has read the invoice: each upsert is one more history event and visibility
     write, about 3 ms of server and worker CPU on the reference machine."""
     pairs = [SearchAttributePair(TENANT, tenant_id), SearchAttributePair(INVOICE, invoice_id),
-             SearchAttributePair(OUTCOME, PREPARING)]
+             SearchAttributePair(OUTCOME, CreditsOutcome.PREPARING.value)]
     if customer_id:
         pairs.append(SearchAttributePair(CUSTOMER, customer_id))
     if period_start_iso:

@@ -1,7 +1,7 @@
 """The coordinator worker: workflows plus activity classes holding channels to the two services.
 
-`python -m coordinator.worker` runs one worker as its own OS process (the saga benchmark and the
-kill-the-worker test do), configured from the environment:
+`python -m coordinator.worker` runs one worker as its own OS process, configured from the
+environment:
 
   CREDITS_TEMPORAL_ADDR, CREDITS_TEMPORAL_NAMESPACE   the Temporal frontend
   CREDITS_LEDGER_ADDR, CREDITS_INVOICE_ADDR           the two participants
@@ -10,7 +10,6 @@ kill-the-worker test do), configured from the environment:
   CREDITS_LEDGER_DSN + CREDITS_INVOICE_DSN            mint operator keys (MintingKeyStore), revoked at shutdown
   CREDITS_COORDINATOR_KEY_TTL_S                       minted keys' lifetime in seconds (default 86400)
   CREDITS_WORKER_MAX_ACTIVITIES, CREDITS_WORKER_MAX_WORKFLOW_TASKS, CREDITS_WORKER_POLLERS  tuning
-  CREDITS_FAULTS, CREDITS_FAULT_DIR                   test-only fault plan (coordinator.faults)
   CREDITS_METRICS_ADDR                                Prometheus endpoint (saga outcomes, service_runtime.metrics)
   CREDITS_TEMPORAL_METRICS_ADDR                       Temporal SDK worker metrics (Prometheus, a separate port)
   CREDITS_OTLP_ENDPOINT, CREDITS_TRACE_EXPORTER       traces (service_runtime.tracing; off by default)
@@ -22,6 +21,9 @@ the services carry the trace context.
 
 It prints "worker ready <task queue>" once connected and runs until SIGTERM/SIGINT; uvloop is used
 when installed.
+
+A worker built around this one (the proving harness's: fault injection, benchmark workflows) passes
+`WorkerExtensions` to `running_worker` / `serve` / `main`; the production worker passes none.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import grpc
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.exceptions import FailureError
@@ -48,8 +51,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
-from coordinator.faults import FaultPlan
+from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
 from coordinator.search_attributes import OUTCOME
 from coordinator.workflows import WORKFLOWS
@@ -79,16 +81,28 @@ class WorkerConfig:
     pollers: int = 10
 
 
+@dataclass(frozen=True)
+class WorkerExtensions:
+    """What a worker built around the coordinator's adds: client interceptors on its channels to the
+    ledger and the invoice service (after the tracing one), and workflows and activities of its own."""
+
+    channel_interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    workflows: Sequence[type] = ()
+    activities: Sequence[Callable[..., Any]] = ()
+
+
+NO_EXTENSIONS = WorkerExtensions()
+
+
 def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
                        coordinator: CoordinatorActivities) -> list[object]:
-    bench = BenchActivities()
     return [
         ledger.get_lot_boundaries, ledger.reserve_credits, ledger.commit_hold, ledger.release_hold,
-        ledger.reverse_reference, ledger.list_holds, ledger.expire_lots, ledger.grant_credits,
+        ledger.reverse_hold, ledger.list_holds, ledger.expire_lots, ledger.grant_credits,
         invoice.get_invoice, invoice.split_draft, invoice.prepare_finalize, invoice.commit_finalize,
         invoice.abort_finalize, invoice.prepare_void, invoice.commit_void, invoice.abort_void,
-        invoice.create_draft, invoice.list_due, invoice.list_in_doubt,
-        coordinator.list_tenants, coordinator.owner_decision, bench.noop,
+        invoice.create_draft, invoice.list_due_subscriptions, invoice.list_invoices,
+        coordinator.list_tenants, coordinator.owner_decision,
     ]
 
 
@@ -167,20 +181,20 @@ def temporal_runtime(metrics_addr: str | None = None) -> Runtime | None:
 
 @asynccontextmanager
 async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
-                         faults: FaultPlan | None = None) -> AsyncIterator[Worker]:
+                         extensions: WorkerExtensions = NO_EXTENSIONS) -> AsyncIterator[Worker]:
     """Runs a worker until the block exits; channels are opened once and closed after shutdown."""
     tracing.configure("credits-worker")  # from the environment, once per process; off by default
     # TLS/mTLS when configured (service_runtime.tls); with tracing on, every call to a service runs
     # in a client span carrying the trace context.
     ledger_channel = open_channel(config.ledger_addr, options=CHANNEL_OPTIONS,
-                                  interceptors=tracing.client_interceptors())
+                                  interceptors=[*tracing.client_interceptors(), *extensions.channel_interceptors])
     invoice_channel = open_channel(config.invoice_addr, options=CHANNEL_OPTIONS,
-                                   interceptors=tracing.client_interceptors())
+                                   interceptors=[*tracing.client_interceptors(), *extensions.channel_interceptors])
+    activities = activity_functions(LedgerActivities(ledger_channel, keys), InvoiceActivities(invoice_channel, keys),
+                                    CoordinatorActivities(client, keys))
     worker = Worker(
-        client, task_queue=config.task_queue, workflows=WORKFLOWS,
-        activities=activity_functions(LedgerActivities(ledger_channel, keys, faults),
-                                      InvoiceActivities(invoice_channel, keys, faults),
-                                      CoordinatorActivities(client, keys)),  # type: ignore[arg-type]
+        client, task_queue=config.task_queue, workflows=[*WORKFLOWS, *extensions.workflows],
+        activities=[*activities, *extensions.activities],  # type: ignore[list-item]
         max_concurrent_activities=config.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.max_concurrent_workflow_tasks,
         max_concurrent_workflow_task_polls=config.pollers, max_concurrent_activity_task_polls=config.pollers,
@@ -215,7 +229,7 @@ def _keys_from_env() -> KeyStore:
     return MintingKeyStore(dsns, ttl)
 
 
-async def serve(settings: Settings | None = None) -> None:
+async def serve(settings: Settings | None = None, extensions: WorkerExtensions = NO_EXTENSIONS) -> None:
     """Runs one worker until SIGTERM/SIGINT (see the module docstring for its settings)."""
     import signal
 
@@ -236,7 +250,7 @@ async def serve(settings: Settings | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     keys = _keys_from_env()
     try:
-        async with running_worker(client, config, keys, FaultPlan.from_env()):
+        async with running_worker(client, config, keys, extensions):
             print(f"worker ready {config.task_queue}", flush=True)
             if metrics_port:
                 log.info("metrics on port %s", metrics_port)
@@ -246,14 +260,14 @@ async def serve(settings: Settings | None = None) -> None:
     tracing.shutdown()
 
 
-def main() -> None:
+def main(extensions: WorkerExtensions = NO_EXTENSIONS) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve())
+        asyncio.run(serve(extensions=extensions))
     else:
-        uvloop.run(serve())
+        uvloop.run(serve(extensions=extensions))
 
 
 if __name__ == "__main__":

@@ -3,50 +3,53 @@
 The finalization saga (SPEC §10): read lot boundaries -> split the draft -> reserve credits (hold
 keyed by the invoice) -> prepare the invoice with the credit applications -> record the decision
 -> commit the hold -> commit the invoice. Before the decision every failure (and cancellation)
-runs the compensations registered so far, newest first; after it, the commits retry until done.
+runs the compensations of the steps sent so far, newest first; after it, the commits retry until
+done. The commit and abort sequences are `coordinator.steps`, shared with the in-doubt resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from coordinator import naming
     from coordinator import search_attributes as sa
-    from coordinator.activities import BenchActivities, CoordinatorActivities, InvoiceActivities, LedgerActivities
+    from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
     from coordinator.messages import (
-        BenchInput,
         BillingCycleInput,
         BillingCycleResult,
         CompensateOutageInput,
         CompensateOutageResult,
         CreateDraftInput,
+        DuePeriodView,
         ExpireInput,
         FinalizeInvoiceInput,
         FinalizeInvoiceResult,
         GrantInput,
-        HoldInput,
+        HoldStatus,
         HoldView,
         InvoiceRef,
+        InvoiceStatus,
         InvoiceStepInput,
         InvoiceView,
         ListDueInput,
         ListHoldsInput,
-        ListInDoubtInput,
+        ListInvoicesInput,
         LotBoundariesInput,
+        OwnerDecision,
         OwnerRef,
+        OwnerState,
         PrepareFinalizeInput,
         Progress,
         ReserveInput,
+        SagaOutcome,
         SagaTimeouts,
         SplitInput,
         SweepInput,
@@ -54,52 +57,26 @@ with workflow.unsafe.imports_passed_through():
         VoidInvoiceInput,
         VoidInvoiceResult,
     )
+    from coordinator.naming import Step
+    from coordinator.search_attributes import CreditsOutcome
+    from coordinator.steps import (
+        FinalizationRun,
+        VoidRun,
+        abort_finalization,
+        abort_void,
+        commit_finalization,
+        commit_void,
+        committed_holds,
+        list_tenants,
+        run_step,
+        run_until_done,
+    )
 
 T = TypeVar("T")
 # Activities one finalization runs on the happy path (the bench's bare baseline runs as many no-ops):
 # get_invoice, get_lot_boundaries, split_draft, reserve_credits, prepare_finalize, commit_hold,
 # commit_finalize.
 SAGA_ACTIVITIES = 7
-
-
-def _retry(t: SagaTimeouts) -> RetryPolicy:
-    return RetryPolicy(initial_interval=timedelta(seconds=t.retry_initial_s), backoff_coefficient=2.0,
-                       maximum_interval=timedelta(seconds=t.retry_max_s), maximum_attempts=0)
-
-
-async def _step(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
-    """A prepare-phase step: transport faults retry with backoff until the step's time limit.
-
-    `summary` labels the activity in the Temporal UI. The sagas' happy-path steps go without: their
-    activity names say what they do, the saga's current details say where it is, and each summary is
-    one more payload the worker converts and visits three times per workflow task (about 0.6 ms of
-    worker and server CPU per step here). Compensations and resolutions keep theirs."""
-    return await workflow.execute_activity_method(
-        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
-        schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t),
-        summary=summary)
-
-
-async def _until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
-    """A step that may not be given up (commit after the decision, compensation): retried forever and
-    shielded from workflow cancellation, which would otherwise abandon it half-way."""
-    task = asyncio.ensure_future(workflow.execute_activity_method(
-        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
-        summary=summary))
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                return task.result()
-            workflow.logger.info("cancellation ignored while %s: it must complete", summary or fn.__name__)
-
-
-async def _tenants(t: SagaTimeouts) -> list[str]:
-    return await workflow.execute_activity_method(
-        CoordinatorActivities.list_tenants, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
-        retry_policy=_retry(t), summary="list tenants")
-
 
 _BEFORE_DECISION = "Before the decision: a failure or cancellation now runs the compensations."
 _AFTER_DECISION = "The decision is recorded: the commits are retried until they succeed."
@@ -135,7 +112,8 @@ _SA_KEYS = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE,
 
 
 def _set(**values: str) -> None:
-    workflow.upsert_search_attributes([_SA_KEYS[name].value_set(value) for name, value in values.items() if value])
+    workflow.upsert_search_attributes([_SA_KEYS[name].value_set(str(value))
+                                       for name, value in values.items() if value])
 
 
 def _set_unless_given(**values: str) -> None:
@@ -147,18 +125,17 @@ def _set_unless_given(**values: str) -> None:
         _set(**missing)
 
 
-class _Saga:
-    """Compensations registered before their step; run newest first, each until it succeeds."""
+def _rejected(inv: InvoiceView, expected: InvoiceStatus) -> ApplicationError:
+    _set(outcome=CreditsOutcome.REJECTED)
+    return ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not {expected}", type="Rejected",
+                            non_retryable=True)
 
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], Awaitable[Any]]] = []
 
-    def on_failure(self, undo: Callable[[], Awaitable[Any]]) -> None:
-        self._undo.append(undo)
-
-    async def compensate(self) -> None:
-        for undo in reversed(self._undo):
-            await undo()
+async def _read_invoice(tenant_id: str, invoice_id: str, t: SagaTimeouts, summary: str | None = None,
+                        ) -> InvoiceView:
+    inv: InvoiceView = await run_step(InvoiceActivities.get_invoice, InvoiceRef(tenant_id, invoice_id), t,
+                                      summary)
+    return inv
 
 
 @workflow.defn(name="FinalizeInvoice")
@@ -166,6 +143,7 @@ class FinalizeInvoiceWorkflow:
     def __init__(self) -> None:
         self._decision = ""
         self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
+        self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
 
     @workflow.query
     def progress(self) -> Progress:
@@ -176,84 +154,70 @@ class FinalizeInvoiceWorkflow:
     async def run(self, inp: FinalizeInvoiceInput) -> FinalizeInvoiceResult:
         info = workflow.info()
         t, tenant = inp.timeouts, inp.tenant_id
-
-        def key(step: str) -> str:
-            return naming.step_key(info.workflow_id, info.run_id, step)
-
-        hold_key = naming.hold_key(inp.invoice_id, info.run_id)
-        prepare_key = key("prepare")
-        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
+        run = FinalizationRun(tenant, inp.invoice_id, info.workflow_id, info.run_id)
+        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
         self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
-        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t)
+        inv = await _read_invoice(tenant, inp.invoice_id, t)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
-                       f"{sa.period_of(inv.period_start)} (tenant {tenant})")
-        if inv.status == "FINALIZED":
-            _set(outcome="already_finalized")
-            return self._result(inv, "already_finalized", "")
-        if inv.status != "DRAFT":
-            _set(outcome="rejected")
-            raise ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not DRAFT", type="Rejected",
-                                   non_retryable=True)
-        saga = _Saga()
+                              f"{sa.period_of(inv.period_start)} (tenant {tenant})")
+        if inv.status == InvoiceStatus.FINALIZED:
+            _set(outcome=CreditsOutcome.ALREADY_FINALIZED)
+            return self._result(inv, SagaOutcome.ALREADY_FINALIZED, "")
+        if inv.status != InvoiceStatus.DRAFT:
+            raise _rejected(inv, InvoiceStatus.DRAFT)
         try:
-            await self._prepare(inp, inv, saga, hold_key, prepare_key, key)
+            await self._prepare(run, inv, t)
+        except GeneratorExit:  # the worker evicts this run from its cache: nothing happened, nothing to undo
+            raise
         except BaseException as err:
-            failed_at = self._checks.step
-            self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
-            await saga.compensate()
-            self._checks.at("compensated", failed_at,
-                            "Compensated: the hold is released and the invoice is a DRAFT again.")
-            _set(outcome="compensated")
+            await self._compensate(run, inv, t, err)
             if isinstance(err, ApplicationError | asyncio.CancelledError):
                 raise
             raise ApplicationError(f"finalization compensated: {err}", type="Compensated", non_retryable=True) from err
         # The commit point: from here on nothing is compensated; commits retry until they succeed.
         self._decision = "commit"
-        self._checks.at("committing", 6, _AFTER_DECISION)
-        _set(outcome=sa.COMMITTED)
-        await _until_done(LedgerActivities.commit_hold,
-                          HoldInput(tenant, key("commit_hold"), hold_key, must_succeed=True), t)
-        self._checks.at("committing", 7, _AFTER_DECISION)
-        final: InvoiceView = await _until_done(
-            InvoiceActivities.commit_finalize,
-            InvoiceStepInput(tenant, key("commit_finalize"), inp.invoice_id, prepare_key, must_succeed=True), t)
+        _set(outcome=CreditsOutcome.COMMITTED)
+        final = await commit_finalization(run, t, before=lambda i: self._checks.at("committing", 6 + i,
+                                                                                   _AFTER_DECISION))
+        assert final is not None
         self._checks.at("finalized", len(_FINALIZE_STEPS),
                         f"Finalized as {final.number}: credits {final.credits_applied}, due {final.amount_due}.")
         # No upsert: "committed" stands, and Completed + committed reads "finalized" (one visibility
         # write fewer per saga); the result, the front door and the metrics say "finalized".
-        return self._result(final, "finalized", hold_key)
+        return self._result(final, SagaOutcome.FINALIZED, run.hold_key)
 
-    async def _prepare(self, inp: FinalizeInvoiceInput, inv: InvoiceView, saga: _Saga, hold_key: str,
-                       prepare_key: str, key: Callable[[str], str]) -> None:
-        t, tenant = inp.timeouts, inp.tenant_id
+    async def _prepare(self, run: FinalizationRun, inv: InvoiceView, t: SagaTimeouts) -> None:
+        tenant = run.tenant_id
         self._checks.at("reading lot boundaries", 1)
-        split_at: list[str] = await _step(
+        split_at: list[str] = await run_step(
             LedgerActivities.get_lot_boundaries,
             LotBoundariesInput(tenant, inv.ledger_account_id, inv.currency, inv.period_start, inv.period_end), t)
         self._checks.at("splitting the draft", 2)
-        split = await _step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
-        saga.on_failure(lambda: _until_done(
-            LedgerActivities.release_hold,
-            HoldInput(tenant, key("release_hold"), hold_key, inv.ledger_account_id, naming.RELEASE_REASON,
-                      must_succeed=True), t, "compensate: release the credit hold"))
+        split = await run_step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
         self._checks.at("reserving credits", 3)
-        hold: HoldView = await _step(
+        self._sent.add(Step.RESERVE)  # from here a hold may exist even if no reply comes back
+        hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
-            ReserveInput(tenant, key("reserve"), hold_key, inv.ledger_account_id, inv.currency, split.charges,
-                         inv.invoice_id), t)
-        saga.on_failure(lambda: _until_done(
-            InvoiceActivities.abort_finalize,
-            InvoiceStepInput(tenant, key("abort_finalize"), inv.invoice_id, prepare_key, naming.RELEASE_REASON,
-                             must_succeed=True), t, "compensate: return the invoice to DRAFT"))
+            ReserveInput(tenant, run.key(Step.RESERVE), run.hold_key, inv.ledger_account_id, inv.currency,
+                         split.charges, inv.invoice_id), t)
         self._checks.at("preparing the invoice", 4)
-        await _step(InvoiceActivities.prepare_finalize,
-                    PrepareFinalizeInput(tenant, prepare_key, inv.invoice_id, split_at, hold.allocations,
-                                         split.draft_digest), t)
+        self._sent.add(Step.PREPARE)
+        await run_step(InvoiceActivities.prepare_finalize,
+                       PrepareFinalizeInput(tenant, run.prepare_key, inv.invoice_id, split_at, hold.allocations,
+                                            split.draft_digest), t)
+
+    async def _compensate(self, run: FinalizationRun, inv: InvoiceView, t: SagaTimeouts, err: BaseException) -> None:
+        failed_at = self._checks.step
+        self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
+        await abort_finalization(run, inv.ledger_account_id, t, abort_invoice=Step.PREPARE in self._sent,
+                                 release_hold=Step.RESERVE in self._sent, why="compensate")
+        self._checks.at("compensated", failed_at, "Compensated: the hold is released and the invoice is a DRAFT again.")
+        _set(outcome=CreditsOutcome.COMPENSATED)
 
     @staticmethod
-    def _result(inv: InvoiceView, outcome: str, hold_key: str) -> FinalizeInvoiceResult:
+    def _result(inv: InvoiceView, outcome: SagaOutcome, hold_key: str) -> FinalizeInvoiceResult:
         return FinalizeInvoiceResult(inv.invoice_id, outcome, inv.number, inv.subtotal, inv.credits_applied,
                                      inv.amount_due, hold_key)
 
@@ -274,59 +238,47 @@ class VoidInvoiceWorkflow:
     async def run(self, inp: VoidInvoiceInput) -> VoidInvoiceResult:
         info = workflow.info()
         t, tenant = inp.timeouts, inp.tenant_id
-
-        def key(step: str) -> str:
-            return naming.step_key(info.workflow_id, info.run_id, step)
-
-        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=sa.PREPARING)
+        run = VoidRun(tenant, inp.invoice_id, info.workflow_id, info.run_id)
+        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
         self._checks.title = f"Void invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
-        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, inp.invoice_id), t)
+        inv = await _read_invoice(tenant, inp.invoice_id, t)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
-        if inv.status == "VOIDED":
-            _set(outcome="already_voided")
-            return VoidInvoiceResult(inv.invoice_id, "already_voided")
-        if inv.status != "FINALIZED":
-            _set(outcome="rejected")
-            raise ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not FINALIZED", type="Rejected",
-                                   non_retryable=True)
-        saga = _Saga()
+        if inv.status == InvoiceStatus.VOIDED:
+            _set(outcome=CreditsOutcome.ALREADY_VOIDED)
+            return VoidInvoiceResult(inv.invoice_id, SagaOutcome.ALREADY_VOIDED)
+        if inv.status != InvoiceStatus.FINALIZED:
+            raise _rejected(inv, InvoiceStatus.FINALIZED)
+        holds = await self._prepare(run, inp.reason, t)
+        _set(outcome=CreditsOutcome.VOIDING)
+        reversed_key, reinstated = await commit_void(
+            run, holds, inp.reason, t, before=lambda i: self._checks.at("voiding", 4 + i, _AFTER_DECISION))
+        self._checks.at("voided", len(_VOID_STEPS), f"Voided: {reinstated} credits reinstated onto their lots.")
+        _set(outcome=CreditsOutcome.VOIDED)
+        return VoidInvoiceResult(inv.invoice_id, SagaOutcome.VOIDED, reversed_key, str(reinstated))
+
+    async def _prepare(self, run: VoidRun, reason: str, t: SagaTimeouts) -> list[HoldView]:
+        """Find the committed holds, prepare the void; compensated (and re-raised) on any failure."""
+        prepare_sent = False
         try:
             self._checks.at("finding the committed hold", 1)
-            holds: list[HoldView] = await _step(
-                LedgerActivities.list_holds,
-                ListHoldsInput(tenant, "COMMITTED", hold_key_prefix=f"{naming.HOLD_PREFIX}{inv.invoice_id}/"), t)
-            saga.on_failure(lambda: _until_done(
-                InvoiceActivities.abort_void, InvoiceStepInput(tenant, key("abort_void"), inv.invoice_id,
-                                                               must_succeed=True), t,
-                "compensate: return the invoice to FINALIZED"))
+            holds = await committed_holds(run.tenant_id, run.invoice_id, t)
             self._checks.at("preparing the void", 2)
-            await _step(InvoiceActivities.prepare_void,
-                        InvoiceStepInput(tenant, key("prepare_void"), inv.invoice_id, reason=inp.reason), t)
+            prepare_sent = True
+            await run_step(InvoiceActivities.prepare_void,
+                           InvoiceStepInput(run.tenant_id, run.key(Step.PREPARE_VOID), run.invoice_id, reason=reason),
+                           t)
+            return holds
+        except GeneratorExit:  # evicted from the worker's cache (see FinalizeInvoiceWorkflow.run)
+            raise
         except BaseException as err:
             failed_at = self._checks.step
             self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
-            await saga.compensate()
+            if prepare_sent:
+                await abort_void(run, t, why="compensate")
             self._checks.at("compensated", failed_at, "Compensated: the invoice is FINALIZED again.")
-            _set(outcome="compensated")
+            _set(outcome=CreditsOutcome.COMPENSATED)
             raise
-        self._checks.at("voiding", 4, _AFTER_DECISION)
-        _set(outcome="voiding")
-        reversed_key, reinstated = "", Decimal(0)
-        for hold in holds:
-            if Decimal(hold.posted or "0") == 0:
-                continue
-            legs = await _until_done(LedgerActivities.reverse_reference,
-                                     HoldInput(tenant, key(f"reverse/{hold.hold_key}"), hold.hold_key,
-                                               reason=inp.reason or "invoice voided", must_succeed=True), t)
-            reversed_key = hold.hold_key
-            reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
-        self._checks.at("voiding", 5, _AFTER_DECISION)
-        await _until_done(InvoiceActivities.commit_void,
-                          InvoiceStepInput(tenant, key("commit_void"), inv.invoice_id, must_succeed=True), t)
-        self._checks.at("voided", len(_VOID_STEPS), f"Voided: {reinstated} credits reinstated onto their lots.")
-        _set(outcome="voided")
-        return VoidInvoiceResult(inv.invoice_id, "voided", reversed_key, str(reinstated))
 
 
 @workflow.defn(name="BillingCycle")
@@ -344,15 +296,16 @@ class BillingCycleWorkflow:
     async def run(self, inp: BillingCycleInput) -> BillingCycleResult:
         t = SagaTimeouts()
         tenant = inp.tenant_id
-        _set(tenant=tenant, period=inp.as_of[:10], outcome="running")
+        _set(tenant=tenant, period=inp.as_of[:10], outcome=CreditsOutcome.RUNNING)
         self._progress = Progress(total=inp.done + inp.failed, done=inp.done, failed=inp.failed,
                                   stage="listing due periods")
         attempted = set(inp.failures)
         processed_this_run = 0
         while True:
-            due = await _step(InvoiceActivities.list_due, ListDueInput(tenant, inp.as_of), t,
-                              "list periods due for invoicing")
-            todo = [p for p in due if f"{p.customer_id}@{p.period_start}" not in attempted]
+            due: list[DuePeriodView] = await run_step(InvoiceActivities.list_due_subscriptions,
+                                                      ListDueInput(tenant, inp.as_of), t,
+                                                      "list periods due for invoicing")
+            todo = [p for p in due if naming.due_period_label(p.customer_id, p.period_start) not in attempted]
             self._progress.total = inp.done + inp.failed + len(todo)
             if not todo:
                 break
@@ -360,31 +313,34 @@ class BillingCycleWorkflow:
                 workflow.continue_as_new(inp)
             batch = todo[: max(1, inp.concurrency)]
             self._progress.stage = f"finalizing {len(batch)} invoices"
-            results = await asyncio.gather(*(self._one(tenant, inp.as_of, p) for p in batch))
+            results = await asyncio.gather(*(self._one(tenant, p) for p in batch))
             for period, ok in zip(batch, results, strict=True):
-                label = f"{period.customer_id}@{period.period_start}"
-                if ok:
-                    inp.done += 1
-                else:
-                    inp.failed += 1
-                    inp.failures.append(label)
-                    attempted.add(label)
+                self._count(inp, attempted, naming.due_period_label(period.customer_id, period.period_start), ok)
                 processed_this_run += 1
             self._progress.done, self._progress.failed = inp.done, inp.failed
         self._progress.stage = "done"
-        _set(outcome="completed" if inp.failed == 0 else "completed_with_failures")
+        _set(outcome=CreditsOutcome.COMPLETED if inp.failed == 0 else CreditsOutcome.COMPLETED_WITH_FAILURES)
         return BillingCycleResult(tenant, inp.as_of, inp.done, inp.failed, inp.failures)
 
-    async def _one(self, tenant: str, as_of: str, period: Any) -> bool:
+    @staticmethod
+    def _count(inp: BillingCycleInput, attempted: set[str], label: str, ok: bool) -> None:
+        if ok:
+            inp.done += 1
+            return
+        inp.failed += 1
+        inp.failures.append(label)
+        attempted.add(label)
+
+    async def _one(self, tenant: str, period: DuePeriodView) -> bool:
         t = SagaTimeouts()
         invoice_id = period.invoice_id
         try:
             if not invoice_id:
-                draft = await _step(InvoiceActivities.create_draft,
-                                    CreateDraftInput(tenant, f"cycle/{tenant}/{period.customer_id}/"
-                                                     f"{period.period_start}", period.customer_id,
-                                                     period.period_start), t,
-                                    f"draft the invoice of {period.customer_id}")
+                draft = await run_step(
+                    InvoiceActivities.create_draft,
+                    CreateDraftInput(tenant, naming.cycle_draft_key(tenant, period.customer_id, period.period_start),
+                                     period.customer_id, period.period_start), t,
+                    f"draft the invoice of {period.customer_id}")
                 invoice_id = draft.invoice_id
             await workflow.execute_child_workflow(
                 FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id),
@@ -414,7 +370,7 @@ class CompensateOutageWorkflow:
     @workflow.run
     async def run(self, inp: CompensateOutageInput) -> CompensateOutageResult:
         t = SagaTimeouts()
-        _set(tenant=inp.tenant_id, outcome="granting")
+        _set(tenant=inp.tenant_id, outcome=CreditsOutcome.GRANTING)
         total = len(inp.account_ids)
         self._progress = Progress(total=total, done=inp.offset, stage="granting")
         started = inp.offset
@@ -422,16 +378,16 @@ class CompensateOutageWorkflow:
             if inp.offset - started >= inp.max_per_run:
                 workflow.continue_as_new(inp)
             batch = inp.account_ids[inp.offset: inp.offset + max(1, inp.concurrency)]
-            lots = await asyncio.gather(*(_until_done(
+            lots = await asyncio.gather(*(run_until_done(
                 LedgerActivities.grant_credits,
-                GrantInput(inp.tenant_id, f"outage/{inp.incident_id}/{account}", account, inp.amount, inp.unit,
-                           "COMPENSATORY", inp.expires_at, inp.incident_id, inp.reason), t,
+                GrantInput(inp.tenant_id, naming.outage_grant_key(inp.incident_id, account), account, inp.amount,
+                           inp.unit, "COMPENSATORY", inp.expires_at, inp.incident_id, inp.reason), t,
                 f"grant {inp.amount} {inp.unit} to {account}") for account in batch))
             inp.granted.extend(lots)
             inp.offset += len(batch)
             self._progress.done = inp.offset
         self._progress.stage = "done"
-        _set(outcome="completed")
+        _set(outcome=CreditsOutcome.COMPLETED)
         return CompensateOutageResult(inp.incident_id, total, inp.granted)
 
 
@@ -443,12 +399,12 @@ class ExpireCreditsWorkflow:
     async def run(self, inp: SweepInput) -> SweepResult:
         t = SagaTimeouts()
         as_of = workflow.now().replace(microsecond=0).isoformat()
-        tenants = await _tenants(t)
+        tenants = await list_tenants(t)
         out = SweepResult(tenants=len(tenants))
         for tenant in tenants:
-            out.expired_lots += await _step(LedgerActivities.expire_lots,
-                                            ExpireInput(tenant, f"expire/{tenant}/{as_of}", as_of), t,
-                                            f"expire due lots of {tenant}")
+            out.expired_lots += await run_step(LedgerActivities.expire_lots,
+                                               ExpireInput(tenant, naming.expire_key(tenant, as_of), as_of), t,
+                                               f"expire due lots of {tenant}")
         return out
 
 
@@ -457,41 +413,77 @@ class ResolveInDoubtWorkflow:
     """Scheduled: settles stale holds and PREPARED invoices by the owning workflow's recorded decision.
 
     Committed -> commit both sides; closed without a decision -> release the hold and abort the
-    invoice; still running -> leave it to its owner; history gone -> report, touch nothing.
+    invoice; still running -> leave it to its owner; history gone -> report, touch nothing. Each
+    with the sagas' own commit/abort sequences (`coordinator.steps`) and the owning run's keys.
     """
 
     @workflow.run
     async def run(self, inp: SweepInput) -> SweepResult:
         t = SagaTimeouts()
         cutoff = (workflow.now() - timedelta(seconds=inp.older_than_s)).isoformat()
-        tenants = await _tenants(t)
+        tenants = await list_tenants(t)
         out = SweepResult(tenants=len(tenants))
         for tenant in tenants:
-            owners: dict[tuple[str, str], str] = {}  # (invoice, run) -> ledger account (may be "")
-            holds: list[HoldView] = await _step(
-                LedgerActivities.list_holds,
-                ListHoldsInput(tenant, "PENDING", created_before=cutoff, hold_key_prefix=naming.HOLD_PREFIX), t,
-                "list stale saga holds")
-            for hold in holds:
-                parsed = naming.parse_hold_key(hold.hold_key)
-                if parsed is not None:
-                    owners[parsed] = hold.account_id
-            invoices: list[InvoiceView] = await _step(
-                InvoiceActivities.list_in_doubt, ListInDoubtInput(tenant, ["PREPARED", "VOID_PENDING"], cutoff), t,
-                "list stale PREPARED and VOID_PENDING invoices")
-            voids: list[InvoiceView] = []
-            for invoice in invoices:
-                if invoice.status == "VOID_PENDING":
-                    voids.append(invoice)
-                    continue
-                ref = naming.parse_prepare_key(invoice.prepare_key)
-                if ref is not None:
-                    owners.setdefault((invoice.invoice_id, ref[1]), invoice.ledger_account_id)
-            for (invoice_id, run_id), account in sorted(owners.items()):
-                await self._settle(tenant, invoice_id, run_id, account, out, t)
+            finalizations, voids = await self._in_doubt(tenant, cutoff, t)
+            for (invoice_id, run_id), account in sorted(finalizations.items()):
+                run = FinalizationRun(tenant, invoice_id, naming.finalize_workflow_id(tenant, invoice_id), run_id)
+                await self._settle_finalization(run, account, out, t)
             for invoice in voids:
                 await self._settle_void(tenant, invoice.invoice_id, out, t)
         return out
+
+    @staticmethod
+    async def _in_doubt(tenant: str, cutoff: str, t: SagaTimeouts,
+                        ) -> tuple[dict[tuple[str, str], str], list[InvoiceView]]:
+        """Stale work: {(invoice, finalization run): ledger account (may be "")} and VOID_PENDING invoices."""
+        owners: dict[tuple[str, str], str] = {}
+        holds: list[HoldView] = await run_step(
+            LedgerActivities.list_holds,
+            ListHoldsInput(tenant, HoldStatus.PENDING, created_before=cutoff, hold_key_prefix=naming.HOLD_PREFIX), t,
+            "list stale saga holds")
+        for hold in holds:
+            parsed = naming.parse_hold_key(hold.hold_key)
+            if parsed is not None:
+                owners[parsed] = hold.account_id
+        invoices: list[InvoiceView] = await run_step(
+            InvoiceActivities.list_invoices,
+            ListInvoicesInput(tenant, [InvoiceStatus.PREPARED, InvoiceStatus.VOID_PENDING], cutoff), t,
+            "list stale PREPARED and VOID_PENDING invoices")
+        voids: list[InvoiceView] = []
+        for invoice in invoices:
+            if invoice.status == InvoiceStatus.VOID_PENDING:
+                voids.append(invoice)
+                continue
+            ref = naming.parse_prepare_key(invoice.prepare_key)
+            if ref is not None:
+                owners.setdefault((invoice.invoice_id, ref[1]), invoice.ledger_account_id)
+        return owners, voids
+
+    @staticmethod
+    async def _decision(workflow_id: str, run_id: str, t: SagaTimeouts) -> OwnerDecision:
+        decision: OwnerDecision = await run_step(
+            CoordinatorActivities.owner_decision, OwnerRef(workflow_id, run_id), t,
+            f"ask Temporal for the decision of {naming.run_label(workflow_id, run_id) if run_id else workflow_id}")
+        return decision
+
+    async def _settle_finalization(self, run: FinalizationRun, account: str, out: SweepResult,
+                                   t: SagaTimeouts) -> None:
+        decision = await self._decision(run.workflow_id, run.run_id, t)
+        if decision.state == OwnerState.RUNNING:
+            out.left_running.append(run.label)
+            return
+        if decision.state == OwnerState.UNKNOWN:
+            out.unknown.append(run.label)
+            return
+        inv = await _read_invoice(run.tenant_id, run.invoice_id, t, f"read invoice {run.invoice_id}")
+        prepared_by_owner = inv.status == InvoiceStatus.PREPARED and inv.prepare_key == run.prepare_key
+        if decision.state == OwnerState.COMMIT:
+            await commit_finalization(run, t, commit_invoice=prepared_by_owner, why="resolve")
+            out.committed.append(run.label)
+            return
+        await abort_finalization(run, account or inv.ledger_account_id, t, abort_invoice=prepared_by_owner,
+                                 release_hold=True, why="resolve")
+        out.aborted.append(run.label)
 
     async def _settle_void(self, tenant: str, invoice_id: str, out: SweepResult, t: SagaTimeouts) -> None:
         """A stale VOID_PENDING invoice: the latest run of its void workflow decides.
@@ -501,95 +493,23 @@ class ResolveInDoubtWorkflow:
         recorded decision ("voiding"/"voided") -> reverse the committed credits and mark it VOIDED
         with that run's own idempotency keys; closed without one -> back to FINALIZED.
         """
-        wf_id = naming.void_workflow_id(tenant, invoice_id)
-        decision = await _step(CoordinatorActivities.owner_decision, OwnerRef(wf_id, ""), t,
-                               f"ask Temporal for the decision of {wf_id}")
-        label = f"{wf_id}/{decision.run_id}"
-        if decision.state == "running":
-            out.left_running.append(label)
+        workflow_id = naming.void_workflow_id(tenant, invoice_id)
+        decision = await self._decision(workflow_id, "", t)
+        run = VoidRun(tenant, invoice_id, workflow_id, decision.run_id)
+        if decision.state == OwnerState.RUNNING:
+            out.left_running.append(run.label)
             return
-        if decision.state == "unknown":
-            out.unknown.append(wf_id)
+        if decision.state == OwnerState.UNKNOWN:
+            out.unknown.append(workflow_id)
             return
-
-        def key(step: str) -> str:
-            return naming.step_key(wf_id, decision.run_id, step)
-
-        if decision.state == "commit":
-            holds: list[HoldView] = await _step(
-                LedgerActivities.list_holds,
-                ListHoldsInput(tenant, "COMMITTED", hold_key_prefix=f"{naming.HOLD_PREFIX}{invoice_id}/"), t,
-                "resolve: find the invoice's committed credit hold")
-            for hold in holds:
-                if Decimal(hold.posted or "0") == 0:
-                    continue
-                await _until_done(LedgerActivities.reverse_reference,
-                                  HoldInput(tenant, key(f"reverse/{hold.hold_key}"), hold.hold_key,
-                                            reason=decision.void_reason or "invoice voided", must_succeed=True),
-                                  t,
-                                  "resolve: reverse the debits onto their original lots")
-            await _until_done(InvoiceActivities.commit_void,
-                              InvoiceStepInput(tenant, key("commit_void"), invoice_id, must_succeed=True), t,
-                              "resolve: mark the invoice VOIDED")
-            out.committed.append(label)
+        if decision.state == OwnerState.COMMIT:
+            holds = await committed_holds(tenant, invoice_id, t, "resolve: find the invoice's committed credit hold")
+            await commit_void(run, holds, decision.void_reason, t, why="resolve")
+            out.committed.append(run.label)
             return
-        await _until_done(InvoiceActivities.abort_void,
-                          InvoiceStepInput(tenant, key("abort_void"), invoice_id, must_succeed=True), t,
-                          "resolve: return the invoice to FINALIZED")
-        out.aborted.append(label)
-
-    async def _settle(self, tenant: str, invoice_id: str, run_id: str, account: str, out: SweepResult,
-                      t: SagaTimeouts) -> None:
-        wf_id = naming.finalize_workflow_id(tenant, invoice_id)
-        label = f"{wf_id}/{run_id}"
-        decision = await _step(CoordinatorActivities.owner_decision, OwnerRef(wf_id, run_id), t,
-                               f"ask Temporal for the decision of {label}")
-        if decision.state == "running":
-            out.left_running.append(label)
-            return
-        if decision.state == "unknown":
-            out.unknown.append(label)
-            return
-
-        def key(step: str) -> str:
-            return naming.step_key(wf_id, run_id, step)
-
-        hold_key, prepare_key = naming.hold_key(invoice_id, run_id), key("prepare")
-        inv: InvoiceView = await _step(InvoiceActivities.get_invoice, InvoiceRef(tenant, invoice_id), t,
-                                       f"read invoice {invoice_id}")
-        prepared_by_owner = inv.status == "PREPARED" and inv.prepare_key == prepare_key
-        if decision.state == "commit":
-            await _until_done(LedgerActivities.commit_hold, HoldInput(tenant, key("commit_hold"), hold_key,
-                                                                      must_succeed=True), t, "resolve: commit hold")
-            if prepared_by_owner:
-                await _until_done(InvoiceActivities.commit_finalize,
-                                  InvoiceStepInput(tenant, key("commit_finalize"), invoice_id, prepare_key,
-                                                   must_succeed=True), t, "resolve: finalize invoice")
-            out.committed.append(label)
-            return
-        await _until_done(LedgerActivities.release_hold,
-                          HoldInput(tenant, key("release_hold"), hold_key, account or inv.ledger_account_id,
-                                    naming.RELEASE_REASON, must_succeed=True), t, "resolve: release hold")
-        if prepared_by_owner:
-            await _until_done(InvoiceActivities.abort_finalize,
-                              InvoiceStepInput(tenant, key("abort_finalize"), invoice_id, prepare_key,
-                                               naming.RELEASE_REASON, must_succeed=True), t,
-                              "resolve: return invoice to DRAFT")
-        out.aborted.append(label)
-
-
-@workflow.defn(name="BenchBare")
-class BareWorkflow:
-    """The baseline of `creditctl bench saga`: the same number of sequential no-op activities."""
-
-    @workflow.run
-    async def run(self, inp: BenchInput) -> int:
-        total = 0
-        for step in range(inp.activities):
-            total += await workflow.execute_activity_method(
-                BenchActivities.noop, step, start_to_close_timeout=timedelta(seconds=10))
-        return total
+        await abort_void(run, t, why="resolve")
+        out.aborted.append(run.label)
 
 
 WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
-             ExpireCreditsWorkflow, ResolveInDoubtWorkflow, BareWorkflow]
+             ExpireCreditsWorkflow, ResolveInDoubtWorkflow]

@@ -1,38 +1,60 @@
-"""creditctl entry point: each command module registers its subcommands here."""
+"""creditctl entry point: the root command group, with one module per top-level command in creditctl/commands/.
+
+`main(argv)` returns the exit status of the command that ran. A user mistake, a refused call or an
+unreachable service is printed as one line on stderr and raised as `creditctl.errors.UserError`
+(a SystemExit carrying the status), as a bad command line always did.
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-import warnings
 from collections.abc import Sequence
 
-# Each module defines register(subparsers) and sets a `func` default on its parsers.
-COMMAND_MODULES = (
-    "creditctl.admin_commands",
-    "creditctl.ledger_commands",
-    "creditctl.invoice_commands",
-    "creditctl.coordinator_commands",
-    "creditctl.people_commands",
-    "creditctl.proof_commands",
+import click
+
+from creditctl.commands import (
+    audit,
+    balances,
+    bench,
+    billing,
+    chaos,
+    demo,
+    grants,
+    invoices,
+    keys,
+    ledger,
+    migrate,
+    operation,
+    reconcile,
+    sagas,
+    statements,
+    tenants,
+    up,
 )
+from creditctl.errors import reported
+from creditctl.help_listing import Group
+
+# Each module defines its top-level command as `command`; listed in this order by `creditctl --help`.
+COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, balances, statements, invoices, sagas, billing,
+            operation, audit, reconcile, chaos, bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="creditctl", description="Credits engine for usage-based billing")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    return parser
+def build_cli() -> click.Group:
+    root = Group("creditctl", help="Credits engine for usage-based billing",
+                context_settings={"help_option_names": ["-h", "--help"]})
+    for module in COMMANDS:
+        root.add_command(module.command)
+    return root
+
+
+cli = build_cli()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", module="platformdirs")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    result = args.func(args)
-    return int(result or 0)
+    with reported():
+        status = cli.main(args=list(argv) if argv is not None else None, prog_name="creditctl",
+                          standalone_mode=False)
+    return int(status or 0)
 
 
 if __name__ == "__main__":

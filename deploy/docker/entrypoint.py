@@ -10,7 +10,7 @@
 
 Why a shim and not `python -m ...` everywhere: the coordinator has no `main()` of its own yet
 (`creditctl up` wires the front door and the worker inside one process), so `billing` and `worker`
-are wired here from the same public functions `coordinator/stack.py` uses. Unlike the
+are wired here from the same public functions `stack/launcher.py` uses. Unlike the
 stack and the stock `serve()` functions, this entrypoint never falls back to the embedded Postgres
 or a Temporal dev server: a DSN or address left empty is a start-up error, not a silent local
 database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).

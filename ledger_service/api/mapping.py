@@ -1,107 +1,139 @@
-"""Protobuf ⇄ domain for the ledger: input validation (naming the field) and response packing."""
+"""Protobuf → what the ledger's operations take: every field checked, a refusal naming it.
+
+One rule per kind of field, shared with the invoice service:
+- identifiers (`service_runtime.identifiers.check_id`): account ids, lot ids, unit codes, grant
+  request and transfer ids, meter and add-on names in charges and scopes: `[A-Za-z0-9._:-]{1,64}`,
+  exactly what the protos document;
+- keys (`check_key`): idempotency keys, hold keys and their prefixes, references and charge ids,
+  1-200 printable ASCII characters without spaces, since they are paths (`inv/<invoice>/<run>`,
+  `L001#1`);
+- free text (`service_runtime.free_text`): names, reasons, sources, reason codes, campaign and
+  incident ids; no control characters (the storage layer relies on that);
+- timestamps through `service_runtime.proto_time`; pages through `service_runtime.pages`;
+- amounts stay text (`AmountText`, naming their field) until the operation knows the unit's scale.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from credits.ledger.v1 import ledger_pb2 as pb
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger_service.domain.journal import BUCKETS, Buckets
-from ledger_service.domain.model import Allocation, Charge, ChargeKind, Hold, HoldStatus, Lot, LotType, Scope
-from ledger_service.domain.policy import Policy, SortKey
-from service_runtime.amounts import format_minor, parse_minor
+from ledger_service.domain import holds as hold_rules
+from ledger_service.domain.amounts import AmountText, RequestedCharge
+from ledger_service.domain.grants import GrantRequestStatus
+from ledger_service.domain.journal import EntryKind
+from ledger_service.domain.model import DEBIT_PREFIX, ChargeKind, HoldStatus, LotType, Scope
+from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
+from ledger_service.operations.accounts_and_units import NewAccount
+from ledger_service.operations.calls import Call
+from ledger_service.operations.grants import GrantOrder, GrantRequestQuery
+from ledger_service.operations.holds import HoldQuery, Reserve
+from ledger_service.operations.lots_and_balances import EntryQuery, LotQuery
+from ledger_service.operations.reversals_and_transfers import Reversal, TransferOrder
+from ledger_service.storage.reads import EntryFilter
+from service_runtime.amounts import parse_decimal
 from service_runtime.free_text import check_text
-from service_runtime.proto_time import from_timestamp, to_timestamp
-from service_runtime.rejections import invalid
+from service_runtime.identifiers import MAX_KEY_LENGTH, check_id, check_key
+from service_runtime.pages import decode_int_token, decode_token, page_size
+from service_runtime.proto_time import from_timestamp
+from service_runtime.rejections import Rejection, invalid
 
-_ID = re.compile(r"^[A-Za-z0-9._:/@#-]{1,128}$")
+M = TypeVar("M", bound=Message)
+E = TypeVar("E")
 MAX_TEXT = 500
+MAX_CHARGES = 10_000
 
 LOT_TYPES = {pb.PURCHASED: LotType.PURCHASED, pb.PROMOTIONAL: LotType.PROMOTIONAL,
              pb.COMPENSATORY: LotType.COMPENSATORY, pb.ROLLOVER: LotType.ROLLOVER}
-LOT_TYPE_PB = {v: k for k, v in LOT_TYPES.items()}
 CHARGE_KINDS = {pb.USAGE: ChargeKind.USAGE, pb.ADD_ON: ChargeKind.ADD_ON, pb.FIXED_FEE: ChargeKind.FIXED_FEE,
                 pb.LICENSE: ChargeKind.LICENSE}
-CHARGE_KIND_PB = {v: k for k, v in CHARGE_KINDS.items()}
-HOLD_STATUS_PB = {HoldStatus.PENDING: pb.PENDING, HoldStatus.COMMITTED: pb.COMMITTED,
-                  HoldStatus.RELEASED: pb.RELEASED, HoldStatus.TOMBSTONE: pb.TOMBSTONE}
-HOLD_STATUS = {v: k for k, v in HOLD_STATUS_PB.items()}
+HOLD_STATUSES = {pb.PENDING: HoldStatus.PENDING, pb.COMMITTED: HoldStatus.COMMITTED,
+                 pb.RELEASED: HoldStatus.RELEASED, pb.TOMBSTONE: HoldStatus.TOMBSTONE}
+GRANT_REQUEST_STATUSES = {pb.PENDING_APPROVAL: GrantRequestStatus.PENDING_APPROVAL,
+                          pb.APPROVED: GrantRequestStatus.APPROVED, pb.REJECTED: GrantRequestStatus.REJECTED}
 SORT_KEYS = {getattr(pb, k.value): k for k in SortKey}
-SORT_KEY_PB = {v: k for k, v in SORT_KEYS.items()}
+REVERSAL_POLICIES = {pb.EXPIRED_LOT_POLICY_UNSPECIFIED: hold_rules.ReversalPolicy.EXPIRE_AT_ONCE,
+                     pb.EXPIRE_AT_ONCE: hold_rules.ReversalPolicy.EXPIRE_AT_ONCE,
+                     pb.REINSTATE_WITH_GRACE: hold_rules.ReversalPolicy.REINSTATE_WITH_GRACE}
 
 
-def ident(value: str, field: str, *, required: bool = True) -> str:
-    if not value:
-        if required:
-            raise invalid(field, "is required")
-        return ""
-    if not _ID.match(value):
-        raise invalid(field, "must be 1-128 characters of letters, digits and . _ : / @ # -")
-    return value
-
+# --- fields ---------------------------------------------------------------------------------------
 
 def text(value: str, field: str, max_len: int = MAX_TEXT) -> str:
     """Free text: the shared rule (the storage layer relies on it having no control characters)."""
     return check_text(value, field, max_len)
 
 
+def hold_key(value: str, field: str = "hold_key") -> str:
+    """A hold key: a caller's key, or a debit's `debit:<its idempotency key>` (which may be longer)."""
+    if value.startswith(DEBIT_PREFIX) and len(value) > MAX_KEY_LENGTH:
+        check_key(value[len(DEBIT_PREFIX):], field)
+        return value
+    return check_key(value, field)
+
+
 def when(ts: Timestamp, field: str) -> datetime:
     return from_timestamp(ts, field)
 
 
-def opt_when(msg: object, name: str, field: str | None = None) -> datetime | None:
-    if not msg.HasField(name):  # type: ignore[attr-defined]
-        return None
-    return when(getattr(msg, name), field or name)
+def opt_when(msg: Message, name: str) -> datetime | None:
+    return when(getattr(msg, name), name) if msg.HasField(name) else None
 
 
-def ts(value: datetime | None) -> Timestamp | None:
-    return None if value is None else to_timestamp(value)
+def required_when(msg: Message, name: str) -> datetime:
+    found = opt_when(msg, name)
+    if found is None:
+        raise invalid(name, "is required")
+    return found
 
 
-def not_beyond_skew(value: datetime, now: datetime, skew_s: int, field: str) -> None:
+def not_beyond_skew(value: datetime, now: datetime, skew_s: int, field: str) -> datetime:
     if value > now + timedelta(seconds=skew_s):
         raise invalid(field, f"is more than {skew_s}s in the future (clock-skew bound)")
+    return value
+
+
+def _enum(table: Mapping[int, E], value: int, field: str, message: str) -> E:
+    found = table.get(value)
+    if found is None:
+        raise invalid(field, message)
+    return found
 
 
 def lot_type(value: int, field: str = "type") -> LotType:
-    found = LOT_TYPES.get(value)  # type: ignore[call-overload]
-    if found is None:
-        raise invalid(field, "must be PURCHASED, PROMOTIONAL, COMPENSATORY or ROLLOVER")
-    return found
+    return _enum(LOT_TYPES, value, field, "must be PURCHASED, PROMOTIONAL, COMPENSATORY or ROLLOVER")
 
 
 def charge_kind(value: int, field: str) -> ChargeKind:
-    found = CHARGE_KINDS.get(value)  # type: ignore[call-overload]
-    if found is None:
-        raise invalid(field, "must be USAGE, ADD_ON, FIXED_FEE or LICENSE")
-    return found
+    return _enum(CHARGE_KINDS, value, field, "must be USAGE, ADD_ON, FIXED_FEE or LICENSE")
 
 
 def scope(msg: pb.Scope, field: str = "scope") -> Scope:
     kinds = frozenset(charge_kind(k, f"{field}.kinds") for k in msg.kinds)
     if len(msg.names) > 100:
         raise invalid(f"{field}.names", "lists more than 100 names")
-    names = frozenset(ident(n, f"{field}.names") for n in msg.names)
+    names = frozenset(check_id(n, f"{field}.names") for n in msg.names)
     if names and not kinds:
         raise invalid(f"{field}.names", "needs scope.kinds to say which kinds the names belong to")
     return Scope(kinds, names)
 
 
-def charges(msgs: Iterable[pb.Charge], scale: int, now: datetime, skew_s: int) -> list[Charge]:
-    out: list[Charge] = []
-    seen: set[str] = set()
+def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int) -> list[RequestedCharge]:
     items = list(msgs)
     if not items:
         raise invalid("charges", "at least one charge is required")
-    if len(items) > 10_000:
+    if len(items) > MAX_CHARGES:
         raise invalid("charges", "more than 10,000 charges")
+    out: list[RequestedCharge] = []
+    seen: set[str] = set()
     for i, c in enumerate(items):
         f = f"charges[{i}]"
-        charge_id = ident(c.charge_id, f"{f}.charge_id", required=False) if c.charge_id else str(i)
+        charge_id = check_key(c.charge_id, f"{f}.charge_id") if c.charge_id else str(i)
         if charge_id in seen:
             raise invalid(f"{f}.charge_id", f"repeats {charge_id!r}")
         seen.add(charge_id)
@@ -110,59 +142,218 @@ def charges(msgs: Iterable[pb.Charge], scale: int, now: datetime, skew_s: int) -
         if end < start:
             raise invalid(f"{f}.service_end", "is before service_start")
         not_beyond_skew(start, now, skew_s, f"{f}.service_start")
-        name = ident(c.name, f"{f}.name") if c.name else ""
+        name = check_id(c.name, f"{f}.name") if c.name else ""
         kind = charge_kind(c.kind, f"{f}.kind") if c.kind else ChargeKind.USAGE
-        out.append(Charge(charge_id, kind, name, parse_minor(c.amount, scale, f"{f}.amount"), start, end))
+        out.append(RequestedCharge(charge_id, kind, name, c.amount, f"{f}.amount", start, end))
     return out
 
 
-def pack_lot(lot: Lot, scale: int) -> pb.Lot:
-    b = pb.LotBalance(**{k: format_minor(getattr(lot, k), scale) for k in BUCKETS})
-    msg = pb.Lot(
-        lot_id=lot.lot_id, account_id=lot.account_id, type=LOT_TYPE_PB[lot.lot_type], unit=lot.unit,
-        amount=format_minor(lot.amount, scale), priority=lot.priority, effective_at=ts(lot.effective_at),
-        expires_at=ts(lot.expires_at), cost_basis=str(lot.cost_basis.normalize() if lot.cost_basis else 0),
-        scope=pb.Scope(kinds=sorted(CHARGE_KIND_PB[k] for k in lot.scope.kinds), names=sorted(lot.scope.names)),
-        source=lot.source, reason_code=lot.reason_code, campaign_id=lot.campaign_id, incident_id=lot.incident_id,
-        granted_by=lot.granted_by, created_at=ts(lot.created_at), balance=b, origin_lot_id=lot.origin_lot_id,
-        usable_until=ts(lot.usable_until),
+def _after_key(token: str) -> str:
+    parts = decode_token(token, 1)
+    return parts[0] if parts else ""
+
+
+# --- accounts, units, policy ----------------------------------------------------------------------
+
+def new_account(request: pb.CreateAccountRequest) -> NewAccount:
+    return NewAccount(check_id(request.account_id, "account_id"),
+                      check_id(request.parent_account_id, "parent_account_id", required=False),
+                      text(request.name, "name"))
+
+
+def unit_definition(request: pb.DefineUnitRequest) -> tuple[str, int]:
+    code = request.code
+    if not code or len(code) > 32 or not code.replace("_", "").isalnum() or not code.isascii():
+        raise invalid("code", "must be 1-32 ASCII letters, digits or _")
+    if not 0 <= request.scale <= 9:
+        raise invalid("scale", "must be between 0 and 9")
+    return code, request.scale
+
+
+def consumption_policy(request: pb.SetConsumptionPolicyRequest) -> tuple[str, list[SortKey], list[LotType]]:
+    account_id = check_id(request.account_id, "account_id", required=False)
+    keys: list[SortKey] = []
+    for k in request.sort_keys:
+        key = SORT_KEYS.get(k)
+        if key is None:
+            raise invalid("sort_keys", f"unknown sort key {k}")
+        if key in keys:
+            raise invalid("sort_keys", f"{key.value} repeats")
+        keys.append(key)
+    if not keys:
+        raise invalid("sort_keys", "at least one sort key is required")
+    type_order = [lot_type(t, "type_order") for t in request.type_order] or list(DEFAULT_TYPE_ORDER)
+    if len(set(type_order)) != len(type_order):
+        raise invalid("type_order", "repeats a type")
+    return account_id, keys, type_order
+
+
+# --- lots and grants ------------------------------------------------------------------------------
+
+def grant(request: pb.GrantCreditsRequest, now: datetime, skew_s: int) -> GrantOrder:
+    account_id = check_id(request.account_id, "account_id")
+    kind = lot_type(request.type)
+    unit = check_id(request.unit, "unit")
+    effective_at = not_beyond_skew(opt_when(request, "effective_at") or now, now, skew_s, "effective_at")
+    return GrantOrder(
+        account_id=account_id, lot_type=kind, unit=unit, amount=AmountText(request.amount, "amount"),
+        priority=request.priority or 50, effective_at=effective_at, expires_at=opt_when(request, "expires_at"),
+        scope=scope(request.scope), cost_basis=parse_decimal(request.cost_basis, "cost_basis"),
+        source=text(request.source, "source", 64), reason_code=text(request.reason_code, "reason_code", 128),
+        campaign_id=text(request.campaign_id, "campaign_id", 128),
+        incident_id=text(request.incident_id, "incident_id", 128),
     )
-    if lot.closed_at is not None and lot.voided:
-        msg.voided_at.CopyFrom(ts(lot.closed_at))
-    return msg
 
 
-def pack_hold(hold: Hold, scale: int) -> pb.Hold:
-    fmt = format_minor
-    posted_by_pos = hold.postings
-    return pb.Hold(
-        hold_key=hold.hold_key, account_id=hold.account_id, unit=hold.unit, status=HOLD_STATUS_PB[hold.status],
-        requested=fmt(hold.requested, scale), reserved=fmt(hold.reserved, scale), posted=fmt(hold.posted, scale),
-        released=fmt(hold.released, scale),
-        allocations=[_pack_allocation(a, posted_by_pos.get(a.position, 0), scale, hold.policy_version)
-                     for a in hold.allocations],
-        created_at=ts(hold.created_at) if hold.status is not HoldStatus.TOMBSTONE else None,
-        ttl_expires_at=ts(hold.ttl_expires_at) if hold.status is not HoldStatus.TOMBSTONE else None,
-        resolved_at=ts(hold.resolved_at), reference=hold.reference, policy_version=hold.policy_version,
-        release_on_ttl=hold.release_on_ttl,
+def stored_grant(raw: bytes, now: datetime, skew_s: int) -> GrantOrder:
+    """A grant request's stored GrantCreditsRequest, checked again when it is approved."""
+    return grant(pb.GrantCreditsRequest.FromString(raw), now, skew_s)
+
+
+def support_limits(request: pb.SetSupportGrantLimitsRequest) -> tuple[str, AmountText, AmountText]:
+    return (check_id(request.unit, "unit"), AmountText(request.max_per_grant, "max_per_grant", allow_zero=True),
+            AmountText(request.max_per_day, "max_per_day", allow_zero=True))
+
+
+def grant_request_query(request: pb.ListGrantRequestsRequest) -> GrantRequestQuery:
+    status = None
+    if request.status:
+        status = _enum(GRANT_REQUEST_STATUSES, request.status, "status",
+                       f"unknown grant request status {request.status}")
+    return GrantRequestQuery(status, check_id(request.account_id, "account_id", required=False),
+                             decode_int_token(request.page_token), page_size(request.page_size))
+
+
+def decision(request: pb.ApproveGrantRequestRequest | pb.RejectGrantRequestRequest) -> tuple[str, str]:
+    """(request_id, reason) of an approval or a rejection."""
+    return check_id(request.request_id, "request_id"), text(request.reason, "reason")
+
+
+def rejection(request: pb.RejectGrantRequestRequest) -> tuple[str, str]:
+    if not request.reason:
+        raise invalid("reason", "is required to reject a grant request")
+    return decision(request)
+
+
+def lot_query(request: pb.ListLotsRequest) -> LotQuery:
+    return LotQuery(check_id(request.account_id, "account_id"), check_id(request.unit, "unit", required=False),
+                    request.include_empty, decode_int_token(request.page_token), page_size(request.page_size))
+
+
+def void(request: pb.VoidGrantRequest) -> tuple[str, str]:
+    return check_id(request.lot_id, "lot_id"), text(request.reason, "reason")
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+def entry_query(request: pb.ListEntriesRequest) -> EntryQuery:
+    kinds = []
+    for k in request.kinds:
+        if k not in pb.EntryKind.values() or k == pb.ENTRY_KIND_UNSPECIFIED:
+            raise invalid("kinds", f"unknown entry kind {k}")
+        kinds.append(EntryKind(pb.EntryKind.Name(k)))
+    f = EntryFilter(
+        account_id=check_id(request.account_id, "account_id", required=False),
+        lot_id=check_id(request.lot_id, "lot_id", required=False), kinds=kinds,
+        reference=check_key(request.reference, "reference", required=False),
+        recorded_from=opt_when(request, "from"), recorded_to=opt_when(request, "to"),
+    )
+    return EntryQuery(f, decode_int_token(request.page_token), page_size(request.page_size))
+
+
+def boundaries(request: pb.GetLotBoundariesRequest) -> tuple[str, str, datetime, datetime]:
+    account_id = check_id(request.account_id, "account_id")
+    start, end = required_when(request, "period_start"), required_when(request, "period_end")
+    if end <= start:
+        raise invalid("period_end", "must be after period_start")
+    return account_id, check_id(request.unit, "unit", required=False), start, end
+
+
+# --- holds and debits -----------------------------------------------------------------------------
+
+def reserve(request: pb.ReserveCreditsRequest, now: datetime, skew_s: int) -> Reserve:
+    account_id = check_id(request.account_id, "account_id")
+    key = hold_key(request.hold_key)
+    hold_rules.check_ttl(request.ttl_s)
+    unit = check_id(request.unit, "unit")
+    hold_rules.check_reserve_key(key)
+    return Reserve(account_id, unit, charges(request.charges, now, skew_s), request.up_to,
+                   check_key(request.reference, "reference", required=False), hold_key=key, ttl_s=request.ttl_s,
+                   release_on_ttl=request.release_on_ttl)
+
+
+def commit(request: pb.CommitHoldRequest) -> tuple[str, AmountText | None]:
+    amount = AmountText(request.amount, "amount", allow_zero=True) if request.amount else None
+    return hold_key(request.hold_key), amount
+
+
+def release(request: pb.ReleaseHoldRequest) -> tuple[str, str, str]:
+    """(hold_key, account_id: needed only to burn the key of a hold that never arrived, reason)."""
+    return (hold_key(request.hold_key), check_id(request.account_id, "account_id", required=False),
+            text(request.reason, "reason"))
+
+
+def debit(request: pb.DebitCreditsRequest, now: datetime, skew_s: int) -> Reserve:
+    account_id = check_id(request.account_id, "account_id")
+    unit = check_id(request.unit, "unit")
+    return Reserve(account_id, unit, charges(request.charges, now, skew_s), request.up_to,
+                   check_key(request.reference, "reference", required=False))
+
+
+def batch_debits(request: pb.BatchDebitCreditsRequest, now: datetime, skew_s: int,
+                 call_of: Callable[[pb.DebitCreditsRequest], Call[M]]) -> list[tuple[Call[M], Reserve] | Rejection]:
+    """Each debit unpacked on its own: a refused one stays in its slot (the batch goes on)."""
+    if not request.debits:
+        raise invalid("debits", "at least one debit is required")
+    if len(request.debits) > MAX_CHARGES:
+        raise invalid("debits", "more than 10,000 debits")
+    out: list[tuple[Call[M], Reserve] | Rejection] = []
+    for item in request.debits:
+        try:
+            out.append((call_of(item), debit(item, now, skew_s)))
+        except Rejection as rej:
+            out.append(rej)
+    return out
+
+
+def hold_query(request: pb.ListHoldsRequest) -> HoldQuery:
+    status = None
+    if request.status:
+        status = _enum(HOLD_STATUSES, request.status, "status", f"unknown hold status {request.status}")
+    return HoldQuery(
+        account_id=check_id(request.account_id, "account_id", required=False), status=status,
+        created_before=opt_when(request, "created_before"),
+        hold_key_prefix=check_key(request.hold_key_prefix, "hold_key_prefix", required=False),
+        after_key=_after_key(request.page_token), limit=page_size(request.page_size),
     )
 
 
-def _pack_allocation(a: Allocation, posted: int, scale: int, version: int) -> pb.Allocation:
-    return pb.Allocation(charge_id=a.charge_id, lot_id=a.lot_id, amount=format_minor(a.amount, scale),
-                         posted=format_minor(posted, scale), policy_version=version,
-                         lot_type=LOT_TYPE_PB[a.lot_type])
+# --- lifecycle ------------------------------------------------------------------------------------
+
+def as_of(request: pb.ExpireLotsRequest | pb.ReleaseExpiredHoldsRequest, now: datetime, skew_s: int) -> datetime:
+    """A sweep's instant: unset is now; at most the clock-skew bound in the future."""
+    return not_beyond_skew(opt_when(request, "as_of") or now, now, skew_s, "as_of")
 
 
-def pack_buckets(msg: pb.BalanceBucket, b: Buckets, upcoming: int, scale: int) -> None:
-    for bucket in BUCKETS:
-        setattr(msg, bucket, format_minor(getattr(b, bucket), scale))
-    msg.upcoming = format_minor(upcoming, scale)
+def expiry(request: pb.ExpireLotsRequest, now: datetime, skew_s: int) -> tuple[datetime, str]:
+    """(as_of, account_id: "" for every account of the tenant)."""
+    return as_of(request, now, skew_s), check_id(request.account_id, "account_id", required=False)
 
 
-def pack_policy(policy: Policy, created_at: datetime | None) -> pb.ConsumptionPolicy:
-    return pb.ConsumptionPolicy(
-        account_id=policy.account_id, version=policy.version,
-        sort_keys=[SORT_KEY_PB[k] for k in policy.sort_keys], type_order=[LOT_TYPE_PB[t] for t in policy.type_order],
-        created_at=ts(created_at),
-    )
+def reversal(request: pb.ReverseHoldRequest | pb.ReverseReferenceRequest) -> Reversal:
+    key = hold_key(request.hold_key)
+    policy = _enum(REVERSAL_POLICIES, request.expired_lot_policy, "expired_lot_policy",
+                   f"unknown policy {request.expired_lot_policy}")
+    grace = hold_rules.check_grace(policy, request.grace_s)
+    return Reversal(key, grace, text(request.reason, "reason"))
+
+
+def transfer(request: pb.TransferCreditsRequest) -> TransferOrder:
+    return TransferOrder(check_id(request.from_account_id, "from_account_id"),
+                         check_id(request.to_account_id, "to_account_id"), check_id(request.unit, "unit"),
+                         AmountText(request.amount, "amount"), text(request.reason, "reason"))
+
+
+def transfer_limit(request: pb.SetTransferLimitRequest) -> tuple[str, str, AmountText | None]:
+    limit = AmountText(request.max_per_transfer, "max_per_transfer") if request.max_per_transfer else None
+    return check_id(request.account_id, "account_id"), check_id(request.unit, "unit"), limit

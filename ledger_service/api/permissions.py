@@ -2,7 +2,7 @@
 
 The table and the role model live in `service_runtime.permissions` (all services in one place);
 an RPC missing there is refused for everyone. Request-dependent rules (support grant limits, the
-two-person rule) are in `ledger_service.storage.grant_approvals`.
+two-person rule) are in `ledger_service.domain.grants`.
 """
 
 from __future__ import annotations

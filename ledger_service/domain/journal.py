@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class EntryKind(enum.StrEnum):
@@ -84,3 +85,22 @@ def replay(entries: Iterable[tuple[EntryKind, int]]) -> Buckets:
     for kind, amount in entries:
         b.apply(kind, amount)
     return b
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal entry as a statement shows it."""
+
+    entry_id: int
+    account_id: str
+    lot_id: str
+    kind: EntryKind
+    amount: int
+    unit: str
+    effective_at: datetime
+    recorded_at: datetime
+    actor: str
+    reason: str
+    reference: str
+    hold_key: str
+    policy_version: int

@@ -51,6 +51,7 @@ class Operation:
     hold_keys: tuple[str, ...] = ()
     lot_ids: tuple[str, ...] = ()
     audit: AuditRecord | None = None  # written in the same transaction unless the operation is refused
+    earlier_methods: tuple[str, ...] = ()  # former names of the verb (a renamed RPC): their stored keys replay
 
 
 @dataclass
@@ -195,7 +196,7 @@ class AccountWriter:
         stored = state.idempotency.get(op.idempotency_key) if op.idempotency_key else None
         if stored is not None:
             method, request_hash, response = stored
-            if method != op.method or request_hash != op.request_hash:
+            if (method != op.method and method not in op.earlier_methods) or request_hash != op.request_hash:
                 return conflict("idempotency_key", f"{op.idempotency_key!r} was used for a different request")
             if op.audit is not None:
                 effects.audit.append(op.audit)

@@ -68,13 +68,8 @@ def _source(name: str, first: int) -> tuple[str, int]:
     return f"unnest({', '.join(arrays)}) AS {name}({', '.join(c for c, _ in cols)})", first + len(cols)
 
 
-def _build_flush() -> str:
-    n = 3
-    src: dict[str, str] = {}
-    for name, _ in _TABLES:
-        src[name], n = _source(name, n)
-    bucket_updates = ", ".join(f"{b} = b.{b} + upd.{b}" for b in BUCKETS)
-    return f"""
+# The statement, with each CTE's `unnest(...)` source ({lot}, {bal}, ...) filled in by `_build_flush`.
+_FLUSH_TEMPLATE = """
 WITH
 new_lots AS (
   INSERT INTO lots (tenant_id, lot_id, account_id, lot_type, unit, amount, priority, effective_at, expires_at,
@@ -84,15 +79,15 @@ new_lots AS (
          lot.expires_at, string_to_array(lot.kinds, ','), string_to_array(lot.names, chr(29)), lot.cost_basis,
          lot.source, lot.reason_code, lot.campaign_id, lot.incident_id, lot.granted_by,
          NULLIF(lot.origin_lot_id, ''), $2
-  FROM {src["lot"]}
+  FROM {lot}
 ),
 new_balances AS (
-  INSERT INTO lot_balances (tenant_id, lot_id, account_id, {", ".join(BUCKETS)}, closed_at)
-  SELECT $1, bal.* FROM {src["bal"]}
+  INSERT INTO lot_balances (tenant_id, lot_id, account_id, {buckets}, closed_at)
+  SELECT $1, bal.* FROM {bal}
 ),
 balances AS (
   UPDATE lot_balances b SET {bucket_updates}, closed_at = COALESCE(b.closed_at, upd.closed_at)
-  FROM {src["upd"]}
+  FROM {upd}
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
 ),
 entries AS (
@@ -100,49 +95,58 @@ entries AS (
                        reason, reference, hold_key, policy_version)
   SELECT $1, ent.account_id, ent.lot_id, ent.kind, ent.amount, ent.unit, ent.effective_at, $2, ent.actor,
          ent.reason, ent.reference, ent.hold_key, ent.policy_version
-  FROM {src["ent"]}
+  FROM {ent}
 ),
 new_holds AS (
   INSERT INTO holds (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
                      policy_version, release_on_ttl, ttl_expires_at, charges, created_at)
-  SELECT $1, hld.*, $2 FROM {src["hld"]}
+  SELECT $1, hld.*, $2 FROM {hld}
 ),
 new_debits AS (
   INSERT INTO debits (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
                       policy_version, charges, allocations, created_at)
-  SELECT $1, dbt.*, $2 FROM {src["dbt"]}
+  SELECT $1, dbt.*, $2 FROM {dbt}
 ),
 allocations AS (
   INSERT INTO hold_allocations (tenant_id, hold_key, position, charge_id, lot_id, amount)
-  SELECT $1, alc.* FROM {src["alc"]}
+  SELECT $1, alc.* FROM {alc}
 ),
 resolutions AS (
   INSERT INTO hold_resolutions (tenant_id, hold_key, status, posted, released, reason, resolved_at)
-  SELECT $1, res.*, $2 FROM {src["res"]}
+  SELECT $1, res.*, $2 FROM {res}
 ),
 postings AS (
-  INSERT INTO hold_postings (tenant_id, hold_key, position, posted) SELECT $1, pst.* FROM {src["pst"]}
+  INSERT INTO hold_postings (tenant_id, hold_key, position, posted) SELECT $1, pst.* FROM {pst}
 ),
 reversals AS (
   INSERT INTO hold_reversals (tenant_id, hold_key, policy, expired_at_once, reversed_at)
-  SELECT $1, rev.*, $2 FROM {src["rev"]}
+  SELECT $1, rev.*, $2 FROM {rev}
 ),
 grace AS (
-  INSERT INTO lot_grace (tenant_id, lot_id, usable_until) SELECT $1, grc.* FROM {src["grc"]}
+  INSERT INTO lot_grace (tenant_id, lot_id, usable_until) SELECT $1, grc.* FROM {grc}
 ),
 audit AS (
   INSERT INTO audit_log (tenant_id, key_id, role, method, code, detail, reason, subjects, request_id, at)
   SELECT aud.tenant_id, aud.key_id, aud.role, aud.method, aud.code, aud.detail, aud.reason,
          string_to_array(aud.subjects, chr(29)), aud.request_id, $2
-  FROM {src["aud"]}
+  FROM {aud}
 ),
 keys AS (
   INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response, created_at)
   SELECT $1, key.key, key.method, decode(key.request_hash, 'hex'), decode(key.response, 'hex'), $2
-  FROM {src["key"]}
+  FROM {key}
 )
 SELECT 1
 """
+
+
+def _build_flush() -> str:
+    n = 3
+    src: dict[str, str] = {}
+    for name, _ in _TABLES:
+        src[name], n = _source(name, n)
+    bucket_updates = ", ".join(f"{b} = b.{b} + upd.{b}" for b in BUCKETS)
+    return _FLUSH_TEMPLATE.format(**src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates)
 
 
 FLUSH = _build_flush()

@@ -1,7 +1,7 @@
-"""Support grant limits, grant requests awaiting approval, and the two-person rule.
+"""Support grant limits, grant requests and their decisions: rows, and the gate serialising them.
 
-The role model and the rules in prose are at the top of `service_runtime/permissions.py`. Here:
-- `role_rules`: what a support or operator key may grant at all (COMPENSATORY, reason, incident).
+The rules (who may grant what, the limits, the two-person rule, one decision per request) are in
+`ledger_service.domain.grants`; the operations in `ledger_service.operations.grants`. Here:
 - `SupportGate`: serialises one support key's grants (an in-process lock, then a Postgres
   advisory lock per tenant + key held in a transaction) so that the per-day sum it reads and the
   lot the AccountWriter then commits cannot interleave with another grant by the same key, in
@@ -16,25 +16,19 @@ The role model and the rules in prose are at the top of `service_runtime/permiss
 from __future__ import annotations
 
 import asyncio
-import os
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
-from ledger_service.domain.model import Lot, LotType
-from service_runtime.amounts import parse_minor
-from service_runtime.api_keys import Caller
-from service_runtime.rejections import Reason, Rejection, invalid, not_found, precondition
+from ledger_service.domain.grants import GrantRequestStatus, LimitExceeded, Limits
+from ledger_service.domain.model import Lot
+from service_runtime.rejections import not_found
 
-DAY = timedelta(hours=24)
 MAX_CONCURRENT = 4
-DEFAULT_MAX_GRANT = "100"
-DEFAULT_MAX_DAILY = "500"
-PENDING, APPROVED, REJECTED = "PENDING_APPROVAL", "APPROVED", "REJECTED"
-PER_GRANT, PER_DAY = "max_per_grant", "max_per_day"
 
 
 def approval_key(request_id: str) -> str:
@@ -42,40 +36,12 @@ def approval_key(request_id: str) -> str:
     return f"grant-request\t{request_id}"
 
 
-# --- who may grant what ------------------------------------------------------------------------
-
-def role_rules(caller: Caller, lot: Lot) -> None:
-    """Request-dependent limits of the support and operator roles (finance and admin: none)."""
-    if caller.role == "support":
-        if lot.lot_type is not LotType.COMPENSATORY:
-            raise Rejection(Reason.FORBIDDEN, "support keys may grant only COMPENSATORY credits", "type")
-        if not lot.reason_code:
-            raise invalid("reason_code", "is required for support grants")
-        if not lot.incident_id:
-            raise invalid("incident_id", "is required for support grants")
-        if lot.cost_basis:
-            raise invalid("cost_basis", "must be 0 for support grants (compensatory credit is free)")
-    elif caller.role == "operator":
-        if lot.lot_type is not LotType.COMPENSATORY or not lot.incident_id:
-            raise Rejection(Reason.FORBIDDEN,
-                            "operator keys may grant only COMPENSATORY credits for an incident (outage compensation)",
-                            "type")
-
-
-def two_person_rule(requested_by: str, caller: Caller) -> None:
-    if caller.key_id == requested_by:
-        raise Rejection(Reason.FORBIDDEN, "two-person rule: a grant request must be decided by another key than "
-                                          "the one that asked for it", "request_id")
+def request_digest(row: GrantRequestRow) -> bytes:
+    """The request hash of an approval's lot write: the stored grant request's bytes."""
+    return hashlib.sha256(row.request).digest()
 
 
 # --- limits ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Limits:
-    max_per_grant: int  # minor units
-    max_per_day: int
-    is_default: bool
-
 
 SELECT_LIMITS = "SELECT max_per_grant, max_per_day FROM support_grant_limits WHERE tenant_id = $1 AND unit = $2"
 UPSERT_LIMITS = """
@@ -90,18 +56,11 @@ WHERE tenant_id = $1 AND granted_by = $2 AND unit = $3 AND lot_type = 'COMPENSAT
 """
 
 
-def default_limits(scale: int) -> Limits:
-    """CREDITS_SUPPORT_MAX_GRANT / CREDITS_SUPPORT_MAX_DAILY, in the unit's major units."""
-    per_grant = os.environ.get("CREDITS_SUPPORT_MAX_GRANT", DEFAULT_MAX_GRANT)
-    per_day = os.environ.get("CREDITS_SUPPORT_MAX_DAILY", DEFAULT_MAX_DAILY)
-    return Limits(parse_minor(per_grant, scale, "CREDITS_SUPPORT_MAX_GRANT", allow_zero=True),
-                  parse_minor(per_day, scale, "CREDITS_SUPPORT_MAX_DAILY", allow_zero=True), True)
-
-
-async def limits_for(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, unit: str, scale: int) -> Limits:
+async def limits_for(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, unit: str) -> Limits | None:
+    """The tenant's limits of `unit`, None if it set none (the environment's defaults apply)."""
     row = await conn.fetchrow(SELECT_LIMITS, tenant_id, unit)
     if row is None:
-        return default_limits(scale)
+        return None
     return Limits(row["max_per_grant"], row["max_per_day"], False)
 
 
@@ -111,15 +70,9 @@ async def set_limits(conn: asyncpg.Connection, tenant_id: str, unit: str, limits
     return Limits(limits.max_per_grant, limits.max_per_day, False)
 
 
-async def exceeded(conn: asyncpg.Connection, tenant_id: str, actor: str, lot: Lot, limits: Limits,
-                   now: datetime) -> str:
-    """The limit `lot` would break ("" if none): per grant, or this key's sum over the last 24 h."""
-    if lot.amount > limits.max_per_grant:
-        return PER_GRANT
-    used = await conn.fetchval(GRANTED_SINCE, tenant_id, actor, lot.unit, now - DAY)
-    if used + lot.amount > limits.max_per_day:
-        return PER_DAY
-    return ""
+async def granted_since(conn: asyncpg.Connection, tenant_id: str, actor: str, unit: str, since: datetime) -> int:
+    """The COMPENSATORY credit `actor` granted directly in `unit` since `since` (minor units)."""
+    return int(await conn.fetchval(GRANTED_SINCE, tenant_id, actor, unit, since))
 
 
 # --- serialisation -----------------------------------------------------------------------------
@@ -168,10 +121,10 @@ class GrantRequestRow:
     unit: str
     amount: int
     requested_by: str
-    limit_exceeded: str
+    limit_exceeded: LimitExceeded
     request: bytes
     created_at: datetime
-    status: str = PENDING
+    status: GrantRequestStatus = GrantRequestStatus.PENDING_APPROVAL
     decided_by: str = ""
     reason: str = ""
     lot_id: str = ""
@@ -206,17 +159,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 def _row(r: asyncpg.Record) -> GrantRequestRow:
     return GrantRequestRow(
         request_id=r["request_id"], seq=r["seq"], account_id=r["account_id"], unit=r["unit"], amount=r["amount"],
-        requested_by=r["requested_by"], limit_exceeded=r["limit_exceeded"], request=bytes(r["request"]),
-        created_at=r["created_at"], status=r["status"], decided_by=r["decided_by"], reason=r["reason"],
+        requested_by=r["requested_by"], limit_exceeded=LimitExceeded(r["limit_exceeded"]),
+        request=bytes(r["request"]), created_at=r["created_at"], status=GrantRequestStatus(r["status"]),
+        decided_by=r["decided_by"], reason=r["reason"],
         lot_id=r["lot_id"], decided_at=r["decided_at"],
     )
 
 
 async def insert_request(conn: asyncpg.Connection, tenant_id: str, request_id: str, idempotency_key: str, lot: Lot,
-                         requested_by: str, limit: str, request: bytes, now: datetime) -> GrantRequestRow:
+                         requested_by: str, limit: LimitExceeded, request: bytes, now: datetime) -> GrantRequestRow:
     seq = await conn.fetchval(INSERT_REQUEST, tenant_id, request_id, idempotency_key, lot.account_id, lot.unit,
-                              lot.amount, lot.lot_type.value, lot.reason_code, lot.incident_id, requested_by, limit,
-                              request, now)
+                              lot.amount, lot.lot_type.value, lot.reason_code, lot.incident_id, requested_by,
+                              limit.value, request, now)
     return GrantRequestRow(request_id, seq, lot.account_id, lot.unit, lot.amount, requested_by, limit, request, now)
 
 
@@ -227,18 +181,18 @@ async def get_request(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, r
     return _row(row)
 
 
-async def list_requests(pool: asyncpg.Pool, tenant_id: str, status: str, account_id: str, after: int,
-                        limit: int) -> list[GrantRequestRow]:
-    return [_row(r) for r in await pool.fetch(LIST_REQUESTS, tenant_id, after, account_id, status, limit)]
+async def list_requests(pool: asyncpg.Pool, tenant_id: str, status: GrantRequestStatus | None, account_id: str,
+                        after: int, limit: int) -> list[GrantRequestRow]:
+    wanted = status.value if status is not None else ""
+    return [_row(r) for r in await pool.fetch(LIST_REQUESTS, tenant_id, after, account_id, wanted, limit)]
 
 
-async def decide(conn: asyncpg.Connection, tenant_id: str, row: GrantRequestRow, status: str, caller: Caller,
-                 reason: str, lot_id: str | None, now: datetime) -> GrantRequestRow:
-    """Records the one decision of a PENDING request (the caller holds its lock)."""
-    if row.status != PENDING:
-        raise precondition("request_id", f"grant request {row.request_id!r} is {row.status}")
-    await conn.execute(INSERT_DECISION, tenant_id, row.request_id, status, caller.key_id, reason, lot_id, now)
-    row.status, row.decided_by, row.reason, row.decided_at = status, caller.key_id, reason, now
+async def record_decision(conn: asyncpg.Connection, tenant_id: str, row: GrantRequestRow,
+                          status: GrantRequestStatus, decided_by: str, reason: str, lot_id: str | None,
+                          now: datetime) -> GrantRequestRow:
+    """Writes the one decision of a pending request (the caller holds its lock and checked it is pending)."""
+    await conn.execute(INSERT_DECISION, tenant_id, row.request_id, status.value, decided_by, reason, lot_id, now)
+    row.status, row.decided_by, row.reason, row.decided_at = status, decided_by, reason, now
     row.lot_id = lot_id or ""
     return row
 

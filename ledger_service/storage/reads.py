@@ -9,12 +9,12 @@ from datetime import datetime
 import asyncpg
 
 from ledger_service.domain.allocation import ineligibility
-from ledger_service.domain.journal import BUCKETS, Buckets, EntryKind
+from ledger_service.domain.journal import BUCKETS, Buckets, Entry, EntryKind
 from ledger_service.domain.model import Hold, HoldStatus, Lot, LotType
 from ledger_service.domain.policy import DEFAULT_POLICY, Policy
 from ledger_service.storage.catalog import get_account
 from ledger_service.storage.state import LOT_COLUMNS, load_holds, lot_from_row, policy_from_row
-from service_runtime.rejections import invalid, not_found
+from service_runtime.rejections import not_found
 
 _LOTS_FROM = "FROM lots l JOIN lot_balances b ON b.tenant_id = l.tenant_id AND b.lot_id = l.lot_id"
 SELECT_LOT = f"SELECT {LOT_COLUMNS} {_LOTS_FROM} WHERE l.tenant_id = $1 AND l.lot_id = $2"
@@ -160,24 +160,25 @@ async def get_balance(pool: asyncpg.Pool, tenant_id: str, account_id: str, as_of
 class EntryFilter:
     account_id: str = ""
     lot_id: str = ""
-    kinds: list[str] = field(default_factory=list)
+    kinds: list[EntryKind] = field(default_factory=list)
     reference: str = ""
     recorded_from: datetime | None = None
     recorded_to: datetime | None = None
 
 
 async def list_entries(pool: asyncpg.Pool, tenant_id: str, f: EntryFilter, after_id: int,
-                       limit: int) -> list[asyncpg.Record]:
+                       limit: int) -> list[Entry]:
     if f.account_id:
         await get_account(pool, tenant_id, f.account_id)
-    return await pool.fetch(SELECT_ENTRIES, tenant_id, f.account_id, f.lot_id, f.kinds, f.reference,
-                            f.recorded_from, f.recorded_to, after_id, limit)
+    rows = await pool.fetch(SELECT_ENTRIES, tenant_id, f.account_id, f.lot_id, [k.value for k in f.kinds],
+                            f.reference, f.recorded_from, f.recorded_to, after_id, limit)
+    return [Entry(r["entry_id"], r["account_id"], r["lot_id"], EntryKind(r["kind"]), r["amount"], r["unit"],
+                  r["effective_at"], r["recorded_at"], r["actor"], r["reason"], r["reference"], r["hold_key"],
+                  r["policy_version"]) for r in rows]
 
 
 async def lot_boundaries(pool: asyncpg.Pool, tenant_id: str, account_id: str, unit: str, start: datetime,
                          end: datetime) -> list[datetime]:
-    if end <= start:
-        raise invalid("period_end", "must be after period_start")
     # One statement: whether the account exists, and its boundaries.
     row = await pool.fetchrow(SELECT_BOUNDARIES_OF_ACCOUNT, tenant_id, account_id, unit, start, end)
     if row is None:
@@ -201,10 +202,11 @@ async def hold_account(pool: asyncpg.Pool, tenant_id: str, hold_key: str) -> tup
     return (str(row["account_id"]), str(row["unit"])) if row is not None else None
 
 
-async def list_holds(pool: asyncpg.Pool, tenant_id: str, account_id: str, status: str,
+async def list_holds(pool: asyncpg.Pool, tenant_id: str, account_id: str, status: HoldStatus | None,
                      created_before: datetime | None, prefix: str, after_key: str, limit: int) -> list[Hold]:
     like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    keys = [r["hold_key"] for r in await pool.fetch(SELECT_HOLD_KEYS, tenant_id, account_id, status,
+    wanted = status.value if status is not None else ""
+    keys = [r["hold_key"] for r in await pool.fetch(SELECT_HOLD_KEYS, tenant_id, account_id, wanted,
                                                      created_before, like, after_key, limit)]
     async with pool.acquire() as conn:
         holds, _ = await load_holds(conn, tenant_id, keys)
@@ -231,7 +233,7 @@ async def explain_allocation(pool: asyncpg.Pool, tenant_id: str, hold_key: str) 
     """Why each lot paid what it paid for a hold: eligibility and the policy's sort values."""
     hold = await get_hold(pool, tenant_id, hold_key)
     if hold.status is HoldStatus.TOMBSTONE:
-        raise not_found("hold_key", f"hold {hold_key!r} was never reserved")
+        raise not_found("hold_key", f"hold {hold_key!r} was never reserved")  # nothing was allocated
     policy = DEFAULT_POLICY
     if hold.policy_version:
         policy = policy_from_row(await pool.fetchrow(SELECT_POLICY_VERSION, tenant_id, hold.policy_version))

@@ -23,14 +23,14 @@ from temporalio.worker import Worker
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.faults import FaultPlan
 from coordinator.front_door import create_front_door
 from coordinator.keys import StaticKeyStore
 from coordinator.messages import FinalizeInvoiceInput, FinalizeInvoiceResult, SagaTimeouts
-from coordinator.scenario import Services, seed_catalog
 from coordinator.starter import start_or_attach
 from coordinator.worker import WorkerConfig, running_worker
 from coordinator.workflows import FinalizeInvoiceWorkflow
+from harness.faults import FaultPlan
+from harness.worker import running_harness_worker
 from invoice_service.server import create_invoice_server
 from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
 from ledger_service.server import create_ledger_server
@@ -38,6 +38,7 @@ from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 from service_runtime.databases import TENANCY_MIGRATIONS
 from service_runtime.settings import Settings
 from service_runtime.temporal_server import TemporalDevServer
+from stack.scenario import Services, seed_catalog
 from tests.postgres_fixtures import fresh_database
 from tests.tenancy import add_tenant_key
 
@@ -89,8 +90,12 @@ class Stack:
         return self.services.md
 
     def worker(self, faults: FaultPlan | None = None) -> AbstractAsyncContextManager[Worker]:
+        """The production worker; with a fault plan, the harness worker (faults through its channels)."""
         config = WorkerConfig(self.ledger_addr, self.invoice_addr, self.task_queue)
-        return running_worker(self.client, config, StaticKeyStore({TENANT: self.coordinator_key}), faults)
+        keys = StaticKeyStore({TENANT: self.coordinator_key})
+        if faults is None:
+            return running_worker(self.client, config, keys)
+        return running_harness_worker(self.client, config, keys, faults)
 
     @asynccontextmanager
     async def front_door(self, client: Client | None = None) -> AsyncIterator[billing_pb2_grpc.BillingServiceStub]:

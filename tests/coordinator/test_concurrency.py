@@ -8,7 +8,7 @@ from decimal import Decimal
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
-from coordinator.scenario import PERIOD_START, seed_customer, ts
+from stack.scenario import PERIOD_START, seed_customer, ts
 from tests.coordinator.conftest import Stack
 
 

@@ -10,9 +10,9 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from coordinator import naming
 from coordinator import search_attributes as sa
 from coordinator.messages import FinalizeInvoiceInput
-from coordinator.scenario import PERIOD_START, seed_customer
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow
+from stack.scenario import PERIOD_START, seed_customer
 from tests.coordinator.conftest import FAST, TENANT, Stack
 
 

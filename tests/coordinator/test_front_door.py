@@ -13,7 +13,7 @@ from credits.invoice.v1 import invoice_pb2 as ipb
 from temporalio.api.enums.v1 import EventType
 
 from coordinator import search_attributes as sa
-from coordinator.scenario import seed_customer
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
 from tests.tenancy import add_tenant_key
 

@@ -22,10 +22,10 @@ from prometheus_client import REGISTRY
 from temporalio.client import Client, WorkflowFailureError
 
 from coordinator.keys import StaticKeyStore
-from coordinator.scenario import seed_customer
 from coordinator.worker import WorkerConfig, running_worker, saga_kind, temporal_runtime
 from service_runtime import metrics, tracing
 from service_runtime.temporal_server import TemporalDevServer
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
 
 BILLING = "credits.billing.v1.BillingService"

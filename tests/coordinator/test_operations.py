@@ -11,7 +11,6 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.faults import FaultPlan
 from coordinator.messages import (
     BillingCycleInput,
     BillingCycleResult,
@@ -20,10 +19,11 @@ from coordinator.messages import (
     Progress,
     SweepResult,
 )
-from coordinator.scenario import PERIOD_START, seed_customer, ts
 from coordinator.schedules import EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, ensure_schedules
 from coordinator.starter import start_or_attach
 from coordinator.workflows import BillingCycleWorkflow, CompensateOutageWorkflow
+from harness.faults import FaultPlan
+from stack.scenario import PERIOD_START, seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
 # August 2026 periods are due (period end + the tests' 400-day grace). Each test its own instant: the

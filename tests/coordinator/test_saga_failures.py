@@ -9,8 +9,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError
 
-from coordinator.faults import FaultPlan
-from coordinator.scenario import seed_customer
+from harness.faults import FaultPlan
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import Stack
 
 PREPARE_STEPS = ["get_invoice", "get_lot_boundaries", "split_draft", "reserve_credits", "prepare_finalize"]

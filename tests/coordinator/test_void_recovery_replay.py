@@ -11,10 +11,10 @@ from temporalio.client import WorkflowFailureError
 from temporalio.worker import Replayer
 
 from coordinator import naming
-from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult, VoidInvoiceInput
-from coordinator.scenario import seed_customer
 from coordinator.workflows import WORKFLOWS, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.faults import FaultPlan
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack
 
 ACCOUNT = "acct-john-wick"
@@ -154,7 +154,7 @@ async def test_void_pending_without_a_decision_returns_to_finalized(stack: Stack
 
 async def test_void_pending_after_the_decision_is_reversed_and_voided(stack: Stack) -> None:
     # Blocked after the ledger reversed the debits (the reply is lost), before the invoice is VOIDED.
-    invoice_id = await _void_terminated_mid_saga(stack, "reverse_reference", "after")
+    invoice_id = await _void_terminated_mid_saga(stack, "reverse_hold", "after")
     result = await _resolve(stack)
     assert len(result.committed) == 1 and not result.aborted
     assert (await stack.invoice(invoice_id)).status == ipb.VOIDED

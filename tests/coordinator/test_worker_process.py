@@ -1,4 +1,5 @@
-"""The worker as its own OS process, SIGKILLed while an activity is blocked mid-saga."""
+"""The worker as its own OS process (the harness worker: the coordinator's, plus a fault plan from the
+environment), SIGKILLed while an activity is blocked mid-saga."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator.messages import FinalizeInvoiceResult, SagaTimeouts
-from coordinator.scenario import seed_customer
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def worker_process(stack: Stack, log: Path, faults: str = "", fault_dir: Path | 
            "CREDITS_COORDINATOR_KEYS": json.dumps({TENANT: stack.coordinator_key}),
            "CREDITS_FAULTS": faults, "CREDITS_FAULT_DIR": str(fault_dir or "")}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "coordinator.worker"], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc

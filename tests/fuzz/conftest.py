@@ -29,6 +29,7 @@ from ledger_service.server import create_ledger_server
 from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.databases import TENANCY_MIGRATIONS
+from service_runtime.pages import encode_token
 from service_runtime.settings import Settings
 from tests.fuzz.generators import Pools
 from tests.fuzz.harness import SECRET, Service, Snapshot, WorkflowCheckedService
@@ -203,7 +204,9 @@ def ledger_pools(a: Tenant, b: Tenant) -> Pools:
         "transfer_id": [*a.ids["transfer"], *b.ids["transfer"], "tr_ghost"],
         "reference": ["ref-1", "inv-1"], "reason": ["because", ""], "name": ["gpt", "sso", ""],
         "charge_id": ["c1", "c2", ""], "incident_id": ["inc-1", ""], "source": ["src"], "reason_code": ["rc"],
-        "campaign_id": ["camp"], "page_token": ["", "1", "100", "abc"],
+        "campaign_id": ["camp"],
+        # raw cursors and garbage (refused), and tokens the ledger issues (a sequence, a hold key)
+        "page_token": ["", "1", "100", "abc", encode_token(1), encode_token(f"{a.tenant_id}-hold-commit")],
         "priority": [0, 1, 50, 100], "ttl_s": [0, 60, 3600], "scale": [0, 2, 9], "grace_s": [0, 3600],
         "page_size": [0, 1, 10, 1000],
     }

@@ -212,6 +212,7 @@ def predicted_workflow_ids(method: MethodDescriptor, request: Message | bytes, t
 
     from coordinator import naming
     from coordinator.activities import from_ts
+    from service_runtime.rejections import Rejection
 
     if tenant is None or isinstance(request, bytes):
         return []
@@ -225,7 +226,7 @@ def predicted_workflow_ids(method: MethodDescriptor, request: Message | bytes, t
         if request.HasField("as_of"):  # type: ignore[attr-defined]
             try:
                 return [naming.cycle_workflow_id(tenant, from_ts(request.as_of))]  # type: ignore[attr-defined]
-            except (ValueError, OverflowError):
+            except (ValueError, OverflowError, Rejection):  # the front door refuses it: nothing starts
                 return []
         now = datetime.now(UTC).replace(second=0, microsecond=0)
         return [naming.cycle_workflow_id(tenant, (now - timedelta(minutes=m)).isoformat()) for m in (0, 1)]

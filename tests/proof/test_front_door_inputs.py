@@ -12,7 +12,7 @@ from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 
-from coordinator.scenario import seed_customer
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import Stack, eventually
 
 VOID_REASON_BUG = (

@@ -19,11 +19,11 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator import naming
 from coordinator import search_attributes as sa
-from coordinator.faults import FaultPlan
 from coordinator.messages import SweepInput, SweepResult
-from coordinator.reconciler import reconcile
-from coordinator.scenario import seed_customer
 from coordinator.workflows import ResolveInDoubtWorkflow
+from harness.faults import FaultPlan
+from reconciler import reconcile
+from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import _thread
+import threading
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
+import pytest
+from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator import naming
 from coordinator.messages import VoidInvoiceInput
-from coordinator.reconciler import ReconcileReport, reconcile
-from coordinator.scenario import seed_customer, ts
 from coordinator.workflows import VoidInvoiceWorkflow
+from reconciler import ReconcileReport, reconcile
+from reconciler.temporal_checks import temporal_calls_settled
+from stack.scenario import seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack
 
 
@@ -94,3 +100,76 @@ async def test_direct_sql_corruption_of_balances_and_invoices_is_reported(stack:
     assert _hits(report, "journal", lot_id=lot_id), report.render()
     assert _hits(report, "in-doubt", invoice_id=draft), report.render()
     assert not report.ok
+
+
+AUGUST = datetime(2026, 8, 1, tzinfo=UTC)
+
+
+async def _customer_billed_in(stack: Stack, currency: str, unit_price: str, credit: str) -> str:
+    """A customer on a plan in `currency` (4M input tokens in August at `unit_price`) with a `credit`
+    lot in the same currency, through the public APIs. Returns the draft invoice."""
+    s, md, name = stack.services, stack.md, currency.lower()
+    await s.invoice.CreatePlan(ipb.CreatePlanRequest(
+        idempotency_key=f"plan-{name}", plan_id=f"tokens-{name}", name=f"Tokens in {currency}", currency=currency,
+        usage_charges=[ipb.UsageCharge(meter_code="input_tokens",
+                                       price=ipb.Price(model=ipb.PER_UNIT, unit_amount=unit_price))]), metadata=md)
+    await s.ledger.CreateAccount(lpb.CreateAccountRequest(idempotency_key=f"acct-{name}", account_id=f"acct-{name}",
+                                                          name=currency), metadata=md)
+    await s.ledger.GrantCredits(lpb.GrantCreditsRequest(
+        idempotency_key=f"grant-{name}", account_id=f"acct-{name}", type=lpb.PROMOTIONAL, unit=currency,
+        amount=credit, effective_at=ts(AUGUST), source="marketing", reason_code="referral"), metadata=md)
+    await s.invoice.CreateCustomer(ipb.CreateCustomerRequest(
+        idempotency_key=f"cust-{name}", customer_id=f"cust-{name}", name=currency, ledger_account_id=f"acct-{name}"),
+        metadata=md)
+    await s.invoice.CreateSubscription(ipb.CreateSubscriptionRequest(
+        idempotency_key=f"sub-{name}", subscription_id=f"sub-{name}", customer_id=f"cust-{name}",
+        plan_id=f"tokens-{name}", anchor=ts(AUGUST)), metadata=md)
+    await s.invoice.IngestEvents(ipb.IngestEventsRequest(idempotency_key=f"usage-{name}", events=[
+        ipb.UsageEvent(event_id=f"{name}-{d}", customer_id=f"cust-{name}", meter_code="input_tokens",
+                       quantity="200000", timestamp=ts(datetime(2026, 8, d, 12, tzinfo=UTC))) for d in range(1, 21)]),
+        metadata=md)
+    draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
+        idempotency_key=f"draft-{name}", customer_id=f"cust-{name}", period_start=ts(AUGUST)), metadata=md)
+    return str(draft.invoice_id)
+
+
+@pytest.mark.parametrize(("currency", "define_scale", "unit_price", "credit", "subtotal", "due"), [
+    # JPY is built into the ledger with scale 0: 3000 posted yen are 3000 applied yen (not 30.00).
+    ("JPY", None, "0.0025", "3000", "10000", "7000"),
+    # KWD is not built in: the tenant defines it with its 3 decimals; 1111 fils are 1.111 KWD (not 11.11).
+    ("KWD", 3, "0.000002778", "1.111", "11.112", "10.001"),
+])
+async def test_invoices_in_currencies_without_two_decimals_reconcile_exactly(
+        stack: Stack, currency: str, define_scale: int | None, unit_price: str, credit: str, subtotal: str,
+        due: str) -> None:
+    if define_scale is not None:
+        await stack.services.ledger.DefineUnit(lpb.DefineUnitRequest(
+            idempotency_key=f"unit-{currency}", code=currency, scale=define_scale), metadata=stack.md)
+    invoice_id = await _customer_billed_in(stack, currency, unit_price, credit)
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert result.outcome == "finalized"
+    assert (Decimal(result.subtotal), Decimal(result.credits_applied), Decimal(result.amount_due)) == (
+        Decimal(subtotal), Decimal(credit), Decimal(due))
+    report = await _reconcile(stack)
+    assert report.ok, report.render()
+    assert (report.checked["invoices"], report.checked["holds"], report.checked["decisions"]) == (1, 1, 1)
+
+
+async def test_it_returns_only_once_no_foreign_thread_is_still_running_python() -> None:
+    """`creditctl reconcile` exits right after the report: a thread of the Temporal client's own still
+    finishing a call's Python callback then aborts the interpreter (PyGILState_Release, exit -6).
+    A thread started outside `threading`, as the client's are, stands in for one here."""
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def callback() -> None:
+        started.set()
+        release.wait()
+        done.set()
+
+    _thread.start_new_thread(callback, ())
+    assert started.wait(5)
+    assert not await temporal_calls_settled(timeout_s=0.05)  # still inside Python: not settled
+    release.set()
+    assert await temporal_calls_settled(timeout_s=5)
+    assert done.is_set()

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from coordinator.keys import COORDINATOR_ROLE, MintingKeyStore, UnknownTenant, key_ttl_from_env
-from creditctl.admin_commands import create_tenant
+from creditctl.commands.tenants import create_tenant
 from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
 from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 from service_runtime.api_keys import KeyResolver

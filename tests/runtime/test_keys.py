@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from creditctl.admin_commands import create_key, create_tenant, list_keys, revoke_key, rotate_key
+from creditctl.commands.keys import create_key, list_keys, revoke_key, rotate_key
+from creditctl.commands.tenants import create_tenant
 from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
 from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
 from service_runtime.api_keys import KeyResolver

@@ -205,9 +205,9 @@ async def test_the_key_that_asked_cannot_decide_its_own_request(stack: Stack) ->
 
 async def test_an_interrupted_approval_finishes_with_the_same_lot(stack: Stack) -> None:
     """The lot was committed but the process died before recording the decision."""
-    from ledger_service.api import mapping as m
+    from ledger_service.api import packing
     from ledger_service.domain.model import Lot, LotType, Scope
-    from ledger_service.storage import operations
+    from ledger_service.operations.grants import write_lot
     from ledger_service.storage.account_writer import AccountWriter, Operation
 
     unit, account = await setup_unit(stack)
@@ -225,7 +225,7 @@ async def test_an_interrupted_approval_finishes_with_the_same_lot(stack: Stack) 
         raw = pending.grant.SerializeToString()
         await AccountWriter(pool).submit(TENANT_A, account, Operation(
             "/credits.ledger.v1.LedgerService/ApproveGrantRequest", approvals.approval_key(pending.request_id),
-            hashlib.sha256(raw).digest(), operations.grant_credits(lot), lambda x: m.pack_lot(x, 2)))
+            hashlib.sha256(raw).digest(), write_lot(lot), lambda x: packing.lot(x, 2)))
     finally:
         await pool.close()
     finance = md(stack.keys[TENANT_A]["finance"])

@@ -660,6 +660,30 @@ class ReleaseExpiredHoldsResponse(_message.Message):
     hold_keys: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, hold_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ReverseHoldRequest(_message.Message):
+    __slots__ = ("idempotency_key", "hold_key", "expired_lot_policy", "grace_s", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    HOLD_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_LOT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    hold_key: str
+    expired_lot_policy: ExpiredLotPolicy
+    grace_s: int
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., hold_key: _Optional[str] = ..., expired_lot_policy: _Optional[_Union[ExpiredLotPolicy, str]] = ..., grace_s: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReverseHoldResponse(_message.Message):
+    __slots__ = ("hold_key", "reinstated", "expired_at_once")
+    HOLD_KEY_FIELD_NUMBER: _ClassVar[int]
+    REINSTATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_AT_ONCE_FIELD_NUMBER: _ClassVar[int]
+    hold_key: str
+    reinstated: _containers.RepeatedCompositeFieldContainer[Allocation]
+    expired_at_once: str
+    def __init__(self, hold_key: _Optional[str] = ..., reinstated: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., expired_at_once: _Optional[str] = ...) -> None: ...
+
 class ReverseReferenceRequest(_message.Message):
     __slots__ = ("idempotency_key", "hold_key", "expired_lot_policy", "grace_s", "reason")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]

@@ -154,6 +154,11 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.FromString,
                 _registered_method=True)
+        self.ReverseHold = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/ReverseHold',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldResponse.FromString,
+                _registered_method=True)
         self.ReverseReference = channel.unary_unary(
                 '/credits.ledger.v1.LedgerService/ReverseReference',
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseReferenceRequest.SerializeToString,
@@ -359,8 +364,17 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReverseHold(self, request, context):
+        """Gives a committed hold's posted credit back to the lots it came from (refunds, invoice voids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReverseReference(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deprecated alias of ReverseHold (the old name; it takes a hold key too): the same handler,
+        behaviour and idempotency (a key first used on one name replays on the other).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -545,6 +559,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseExpiredHolds,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.SerializeToString,
+            ),
+            'ReverseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseHold,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldResponse.SerializeToString,
             ),
             'ReverseReference': grpc.unary_unary_rpc_method_handler(
                     servicer.ReverseReference,
@@ -1245,6 +1264,33 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/ReleaseExpiredHolds',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ReverseHold',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,197 @@
+"""The sagas' steps as workflow code: how an activity is run (retried until its limit, or until done),
+and the commit and abort sequences of both sagas, shared by the sagas and the in-doubt resolver.
+
+The resolver settles a lost run's work by that run's recorded decision with exactly the calls, and
+the idempotency keys, the run itself would have made (`FinalizationRun`, `VoidRun`): a commit the
+run had already sent and the resolver's are one and the same to the participants.
+
+Runs inside the workflow sandbox (imported through by `coordinator.workflows`): no I/O, no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from coordinator import naming
+from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
+from coordinator.messages import (
+    AllocationSpec,
+    HoldInput,
+    HoldStatus,
+    HoldView,
+    InvoiceStepInput,
+    InvoiceView,
+    ListHoldsInput,
+    SagaTimeouts,
+)
+from coordinator.naming import Step
+
+
+def _retry(t: SagaTimeouts) -> RetryPolicy:
+    return RetryPolicy(initial_interval=timedelta(seconds=t.retry_initial_s), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(seconds=t.retry_max_s), maximum_attempts=0)
+
+
+async def run_step(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
+    """A prepare-phase step: transport faults retry with backoff until the step's time limit.
+
+    `summary` labels the activity in the Temporal UI. The sagas' happy-path steps go without: their
+    activity names say what they do, the saga's current details say where it is, and each summary is
+    one more payload the worker converts and visits three times per workflow task (about 0.6 ms of
+    worker and server CPU per step here). Compensations and resolutions keep theirs."""
+    return await workflow.execute_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+        schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t),
+        summary=summary)
+
+
+async def run_until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
+    """A step that may not be given up (commit after the decision, compensation): retried forever and
+    shielded from workflow cancellation, which would otherwise abandon it half-way."""
+    task = asyncio.ensure_future(workflow.execute_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
+        summary=summary))
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
+            workflow.logger.info("cancellation ignored while %s: it must complete", summary or fn.__name__)
+
+
+async def list_tenants(t: SagaTimeouts) -> list[str]:
+    return await workflow.execute_activity_method(
+        CoordinatorActivities.list_tenants, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+        retry_policy=_retry(t), summary="list tenants")
+
+
+def _label(why: str | None, what: str) -> str | None:
+    """`why: what` as an activity summary; none on the sagas' own happy path (see `run_step`)."""
+    return f"{why}: {what}" if why else None
+
+
+def _nothing(_index: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class SagaRun:
+    """One run of a saga on one invoice, and its steps' idempotency keys."""
+
+    tenant_id: str
+    invoice_id: str
+    workflow_id: str
+    run_id: str
+
+    def key(self, step: str) -> str:
+        return naming.step_key(self.workflow_id, self.run_id, step)
+
+    @property
+    def label(self) -> str:
+        return naming.run_label(self.workflow_id, self.run_id)
+
+
+class FinalizationRun(SagaRun):
+    """A finalization run also owns its credit hold and the invoice's prepare key."""
+
+    @property
+    def hold_key(self) -> str:
+        return naming.hold_key(self.invoice_id, self.run_id)
+
+    @property
+    def prepare_key(self) -> str:
+        return naming.prepare_key(self.workflow_id, self.run_id)
+
+
+async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
+                              why: str | None = None,
+                              before: Callable[[int], None] = _nothing) -> InvoiceView | None:
+    """After the commit decision: commit the credit hold, then finalize the invoice (unless
+    `commit_invoice` is False: the resolver found it already settled). Each is retried until done.
+    `before(i)` is called before the i-th of the two; returns the finalized invoice."""
+    before(0)
+    await run_until_done(
+        LedgerActivities.commit_hold,
+        HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
+        _label(why, "commit the credit hold"))
+    if not commit_invoice:
+        return None
+    before(1)
+    final: InvoiceView = await run_until_done(
+        InvoiceActivities.commit_finalize,
+        InvoiceStepInput(run.tenant_id, run.key(Step.COMMIT_FINALIZE), run.invoice_id, run.prepare_key,
+                         must_succeed=True), t, _label(why, "finalize the invoice"))
+    return final
+
+
+async def abort_finalization(run: FinalizationRun, account_id: str, t: SagaTimeouts, *, abort_invoice: bool,
+                             release_hold: bool, why: str) -> None:
+    """Without a commit decision, newest step first: return the invoice to DRAFT (if it may have been
+    prepared), then release the credit hold (if it may have been reserved). Each until done."""
+    if abort_invoice:
+        await run_until_done(
+            InvoiceActivities.abort_finalize,
+            InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_FINALIZE), run.invoice_id, run.prepare_key,
+                             naming.RELEASE_REASON, must_succeed=True), t,
+            _label(why, "return the invoice to DRAFT"))
+    if release_hold:
+        await run_until_done(
+            LedgerActivities.release_hold,
+            HoldInput(run.tenant_id, run.key(Step.RELEASE_HOLD), run.hold_key, account_id, naming.RELEASE_REASON,
+                      must_succeed=True), t,
+            _label(why, "release the credit hold"))
+
+
+class VoidRun(SagaRun):
+    """A void run (it owns no hold: it reverses the finalization's)."""
+
+
+async def committed_holds(tenant_id: str, invoice_id: str, t: SagaTimeouts, summary: str | None = None,
+                          ) -> list[HoldView]:
+    """The invoice's committed saga holds (one per finalization that committed: at most one)."""
+    holds: list[HoldView] = await run_step(
+        LedgerActivities.list_holds,
+        ListHoldsInput(tenant_id, HoldStatus.COMMITTED, hold_key_prefix=naming.invoice_holds_prefix(invoice_id)),
+        t, summary)
+    return holds
+
+
+async def commit_void(run: VoidRun, holds: list[HoldView], reason: str, t: SagaTimeouts, *,
+                      why: str | None = None, before: Callable[[int], None] = _nothing) -> tuple[str, Decimal]:
+    """After the void decision: reverse each committed hold's posted credits onto their original lots,
+    then mark the invoice VOIDED, each until done. Returns (last hold reversed, amount reinstated)."""
+    before(0)
+    reversed_key, reinstated = "", Decimal(0)
+    for hold in holds:
+        if Decimal(hold.posted or "0") == 0:
+            continue
+        legs: list[AllocationSpec] = await run_until_done(
+            LedgerActivities.reverse_hold,
+            HoldInput(run.tenant_id, run.key(naming.reverse_step(hold.hold_key)), hold.hold_key,
+                      reason=reason or naming.VOID_REASON, must_succeed=True), t,
+            _label(why, "reverse the debits onto their original lots"))
+        reversed_key = hold.hold_key
+        reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
+    before(1)
+    await run_until_done(
+        InvoiceActivities.commit_void,
+        InvoiceStepInput(run.tenant_id, run.key(Step.COMMIT_VOID), run.invoice_id, must_succeed=True), t,
+        _label(why, "mark the invoice VOIDED"))
+    return reversed_key, reinstated
+
+
+async def abort_void(run: VoidRun, t: SagaTimeouts, *, why: str) -> None:
+    """Without a void decision: return the invoice to FINALIZED, until done."""
+    await run_until_done(
+        InvoiceActivities.abort_void,
+        InvoiceStepInput(run.tenant_id, run.key(Step.ABORT_VOID), run.invoice_id, must_succeed=True), t,
+        _label(why, "return the invoice to FINALIZED"))

@@ -1,0 +1,118 @@
+"""creditctl bench ledger|ingest|saga: benchmarks that start what they need on the embedded defaults.
+
+The benches are proving code, imported only inside the command that runs one (one import line
+per command names where it lives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from creditctl.help_listing import Group
+from creditctl.output import note, print_json
+
+CHECK_MISSED = 3  # --check: a target was missed
+
+# `bench ingest` targets on 2 cores (the issue's bar); --check exits 3 when one is missed.
+INGEST_TARGETS = {"events_per_s": 20_000, "ratio_vs_baseline": 3, "draft_1m_events_s": 3.0}
+
+
+@click.group("bench", cls=Group, help="benchmarks that start what they need on the embedded defaults")
+def command() -> None:
+    pass
+
+
+@command.command(
+    "ledger", short_help="durable debits/s on one hot account vs a naive SQL baseline and a gRPC echo",
+    help="Starts an embedded Postgres (fsync on) in a temporary directory, the ledger server and a gRPC echo "
+         "server in their own processes, and drives each phase for --seconds.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              help="measured seconds per phase (default 10)")
+@click.option("--quick", is_flag=True, help="1 second per phase (a smoke run)")
+@click.option("--concurrency", type=int, default=64, help="requests in flight (default 64)")
+@click.option("--batch-size", type=int, default=1000, help="debits per BatchDebitCredits call (default 1000)")
+@click.option("--batch-concurrency", type=int, default=4, help="batch calls in flight (default 4)")
+@click.option("--no-uvloop", is_flag=True, help="plain asyncio loops instead of uvloop")
+@click.option("--verify", is_flag=True, help="run VerifyJournal after the debit phases")
+@click.option("--profile", default="", help="write a cProfile of the ledger server process to this file")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch_concurrency: int, no_uvloop: bool,
+           verify: bool, profile: str, check: bool, as_json: bool) -> int:
+    from harness.benches import ledger as bench
+
+    report = bench.run_bench(bench.BenchOptions(
+        seconds=1.0 if quick else seconds, concurrency=concurrency, batch_size=batch_size,
+        batch_concurrency=batch_concurrency, use_uvloop=not no_uvloop, verify_journal=verify, profile=profile,
+        progress=None if as_json else note))
+    figures = report.figures()
+    if as_json:
+        print_json(figures, indent=None)
+    else:
+        click.echo(bench.format_report(report))
+    for phase in (report.echo, report.debit, report.batch, report.baseline):
+        if phase.errors:
+            click.echo(f"bench: {phase.name} had {phase.errors} failed calls, first: {phase.first_error}", err=True)
+    if not report.consistent:
+        click.echo(f"bench: INCONSISTENT: ledger consumed {report.ledger_consumed} vs acknowledged "
+                   f"{report.ledger_acknowledged}; baseline {report.baseline_consumed} vs "
+                   f"{report.baseline_acknowledged}; journal ok {report.journal_ok}", err=True)
+    if report.errors or not report.consistent:
+        return 1
+    if check and not all(bench.meets(k, v) is not False for k, v in figures.items()):
+        return CHECK_MISSED
+    return 0
+
+
+@command.command(
+    "ingest", short_help="usage events/s through IngestEvents vs one-per-transaction inserts; 1M-event draft time",
+    help="Starts an embedded Postgres (fsync on) in a temporary directory and the invoice server in-process, then "
+         "measures batch ingestion, the one-event-per-transaction baseline, and CreateDraft over 1,000,000 events.")
+@click.option("--events", type=int, default=200_000, help="events sent through IngestEvents (default 200000)")
+@click.option("--baseline-events", type=int, default=20_000, help="events for the baseline (default 20000)")
+@click.option("--draft-events", type=int, default=1_000_000, help="events in the drafted period")
+@click.option("--concurrency", type=int, default=4, help="batches in flight / baseline connections")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def ingest(events: int, baseline_events: int, draft_events: int, concurrency: int, check: bool,
+           as_json: bool) -> int:
+    from harness.benches import ingest as bench
+
+    result = asyncio.run(bench.run(events=events, baseline_events=baseline_events, draft_events=draft_events,
+                                   concurrency=concurrency))
+    figures = bench.as_dict(result)
+    if as_json:
+        print_json(figures, indent=None)
+    else:
+        click.echo(bench.describe(result))
+    missed = [k for k, target in INGEST_TARGETS.items()
+              if (figures[k] > target if k.endswith("_s") else figures[k] < target)]
+    if check and missed:
+        click.echo(f"bench: missed targets: {', '.join(missed)}", err=True)
+        return CHECK_MISSED
+    return 0
+
+
+@command.command(
+    "saga", short_help="finalized invoices/s through the real saga vs a bare workflow",
+    help="Postgres, Temporal dev server, ledger, invoice and the worker each in their own process; this process "
+         "keeps --concurrency sagas in flight.")
+@click.option("--invoices", type=int, default=300)
+@click.option("--concurrency", type=int, default=40, help="workflows in flight (default 40)")
+@click.option("--rounds", type=int, default=3, help="interleaved saga/bare rounds, order alternating (default 3)")
+@click.option("--temporal-db-file", is_flag=True,
+              help="Temporal dev server on a database file (as `creditctl up`) instead of in memory")
+@click.option("--json", "as_json", is_flag=True)
+def saga(invoices: int, concurrency: int, rounds: int, temporal_db_file: bool, as_json: bool) -> int:
+    from harness.benches import saga as bench
+
+    result = asyncio.run(bench.run_bench(invoices, concurrency, temporal_db_file=temporal_db_file, rounds=rounds,
+                                         progress=None if as_json else note))
+    if as_json:
+        print_json(result, indent=None)
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:<22} {v}")
+    return 0

@@ -1,0 +1,51 @@
+"""creditctl billing run: draft and finalize every due invoice of the tenant, with a progress bar."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from credits.billing.v1 import billing_pb2 as bpb
+from credits.billing.v1 import billing_pb2_grpc
+
+from creditctl.arguments import INSTANT
+from creditctl.connection import Metadata, call_billing
+from creditctl.help_listing import Group
+from creditctl.operations import print_operation
+from service_runtime.proto_time import to_timestamp
+
+BAR_WIDTH = 30
+
+
+def _progress_bar(p: bpb.Progress) -> str:
+    filled = int(BAR_WIDTH * (p.done + p.failed) / max(p.total, 1))
+    return (f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {p.done + p.failed}/{p.total} "
+            f"({p.failed} failed) {p.stage[:40]:<40}")
+
+
+@click.group("billing", cls=Group, help="billing cycles")
+def command() -> None:
+    pass
+
+
+@command.command("run", help="draft and finalize every due invoice, with a progress bar")
+@click.option("--as-of", type=INSTANT, default=None, help="ISO instant; default now")
+@click.option("--concurrency", type=int, default=8)
+@click.option("--json", "as_json", is_flag=True)
+def run(as_of: datetime | None, concurrency: int, as_json: bool) -> int:
+    request = bpb.RunBillingCycleRequest(concurrency=concurrency)
+    if as_of:
+        request.as_of.CopyFrom(to_timestamp(as_of))
+
+    async def work(stub: billing_pb2_grpc.BillingServiceStub, md: Metadata) -> bpb.Operation:
+        op = await stub.RunBillingCycle(request, metadata=md)
+        while op.status == bpb.RUNNING:
+            if not as_json:
+                click.echo(_progress_bar(op.progress), nl=False)
+            op = await stub.GetOperation(bpb.GetOperationRequest(operation_id=op.operation_id, wait=True,
+                                                                 wait_timeout_s=1), metadata=md)
+        if not as_json:
+            click.echo()
+        return op
+
+    return print_operation(call_billing(work), as_json)

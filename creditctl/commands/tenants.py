@@ -1,0 +1,57 @@
+"""creditctl tenants create: a tenant in every service database, with its first API key."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+import click
+
+from creditctl.connection import load_settings
+from creditctl.help_listing import Group
+from creditctl.output import print_json
+from creditctl.service_databases import migrate_all
+from service_runtime.api_keys import ROLES, mint_key, store_tenant_key
+from service_runtime.databases import resolve_databases
+from service_runtime.settings import Settings
+
+
+async def create_tenant(settings: Settings, tenant_id: str, name: str, role: str) -> str:
+    """Creates the tenant in every service database with one key; returns the key (shown once)."""
+    dbs = resolve_databases(settings)
+    await migrate_all(settings)
+    key_id, key, key_hash = mint_key()
+    for dsn in (dbs.ledger_dsn, dbs.invoice_dsn):
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await store_tenant_key(conn, tenant_id, name, key_id, key_hash, role)
+        finally:
+            await conn.close()
+    return key
+
+
+def _tenant_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise click.BadParameter("use 1-64 letters, digits, '.', '_' or '-'", ctx, param)
+    return value
+
+
+@click.group("tenants", cls=Group, help="tenants and their first API key")
+def command() -> None:
+    pass
+
+
+@command.command("create", help="create a tenant and print its first API key")
+@click.argument("tenant_id", callback=_tenant_id)
+@click.option("--name", default="")
+@click.option("--role", default="admin", type=click.Choice(ROLES))
+@click.option("--json", "as_json", is_flag=True)
+def create(tenant_id: str, name: str, role: str, as_json: bool) -> int:
+    key = asyncio.run(create_tenant(load_settings(), tenant_id, name or tenant_id, role))
+    if as_json:
+        print_json({"tenant_id": tenant_id, "api_key": key, "role": role}, indent=None)
+    else:
+        click.echo(f"tenant {tenant_id} created; its {role} API key (shown once):\n{key}")
+    return 0

@@ -1,0 +1,24 @@
+"""creditctl up: the whole stack in the foreground (Ctrl-C stops it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from creditctl.connection import load_settings
+from creditctl.help_listing import Command
+from service_runtime.settings import Settings
+
+
+@click.command("up", cls=Command, help="run the whole stack in the foreground (Ctrl-C stops it)")
+@click.option("--data-dir", default="")
+def command(data_dir: str) -> int:
+    from stack.launcher import serve_forever
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings(data_dir=Path(data_dir).resolve()) if data_dir else load_settings()
+    asyncio.run(serve_forever(settings))
+    return 0

@@ -1,0 +1,82 @@
+"""How creditctl reaches a running stack: settings, the API key as call metadata, channels and stubs.
+
+Addresses and the key come from settings (CREDITS_LEDGER_ADDR, CREDITS_INVOICE_ADDR,
+CREDITS_BILLING_ADDR, CREDITS_API_KEY); TLS from the CREDITS_TLS_* settings (service_runtime.tls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from credits.billing.v1 import billing_pb2_grpc
+from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2_grpc
+
+from creditctl.errors import USAGE, UserError, rpc_refusals
+from service_runtime.settings import Settings
+from service_runtime.tls import open_channel
+
+Metadata = list[tuple[str, str]]
+Stub = TypeVar("Stub")
+Result = TypeVar("Result")
+
+MISSING_KEY = "CREDITS_API_KEY is not set: set it to an API key of your tenant (creditctl tenants create)"
+
+# Exit status of a missing API key or a refused call, per service, as creditctl has always answered.
+LEDGER_REFUSED = 2
+BILLING_REFUSED = 2
+INVOICE_REFUSED = 1
+AUDIT_REFUSED = 1
+
+
+def load_settings() -> Settings:
+    """The CREDITS_* settings; a value that does not parse is a one-line error."""
+    try:
+        return Settings.from_env()
+    except ValueError as err:
+        raise UserError(f"settings: {err} (check the CREDITS_* environment variables)", USAGE) from None
+
+
+def api_key_metadata(api_key: str) -> Metadata:
+    return [("x-api-key", api_key)]
+
+
+def require_api_key(settings: Settings, status: int) -> str:
+    if not settings.api_key:
+        raise UserError(MISSING_KEY, status)
+    return settings.api_key
+
+
+def call(address: str, stub_type: Callable[[grpc.aio.Channel], Stub],
+         work: Callable[[Stub, Metadata], Awaitable[Result]], *, api_key: str, refused: int) -> Result:
+    """Runs `work` with a stub on a channel to `address`; a refused call exits with `refused`."""
+
+    async def run() -> Result:
+        async with open_channel(address) as channel:
+            return await work(stub_type(channel), api_key_metadata(api_key))
+
+    with rpc_refusals(refused):
+        return asyncio.run(run())
+
+
+def call_ledger(work: Callable[[ledger_pb2_grpc.LedgerServiceStub, Metadata], Awaitable[Result]]) -> Result:
+    settings = load_settings()
+    key = require_api_key(settings, LEDGER_REFUSED)
+    return call(settings.ledger_addr, ledger_pb2_grpc.LedgerServiceStub, work, api_key=key, refused=LEDGER_REFUSED)
+
+
+def call_invoice(work: Callable[[invoice_pb2_grpc.InvoiceServiceStub, Metadata], Awaitable[Result]]) -> Result:
+    settings = load_settings()
+    key = require_api_key(settings, INVOICE_REFUSED)
+    return call(settings.invoice_addr, invoice_pb2_grpc.InvoiceServiceStub, work, api_key=key,
+                refused=INVOICE_REFUSED)
+
+
+def call_billing(work: Callable[[billing_pb2_grpc.BillingServiceStub, Metadata], Awaitable[Result]]) -> Result:
+    settings = load_settings()
+    key = require_api_key(settings, BILLING_REFUSED)
+    return call(settings.billing_addr, billing_pb2_grpc.BillingServiceStub, work, api_key=key,
+                refused=BILLING_REFUSED)

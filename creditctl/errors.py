@@ -1,0 +1,99 @@
+"""What creditctl says when a command cannot do its job: one line on stderr and an exit status.
+
+User mistakes (a bad flag value, a missing API key, an unknown account), refused gRPC calls and
+unreachable services or databases are reported as one line, never a traceback. Anything else is
+a bug in creditctl and keeps its traceback.
+
+Exit statuses, as creditctl has always answered: 0 done; 1 the command ran and found a failure
+(violations, a failed saga, a key that does not exist) or a database could not be reached; 2 bad
+usage or settings; 3 a bench target missed (--check); 130 interrupted. A missing API key or a
+refused call exits 2 for the ledger and the billing front door, 1 for the invoice and audit
+services (creditctl.connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import click
+import grpc
+
+USAGE = 2  # what argparse and click both answer to a bad command line
+
+
+class UserError(SystemExit):
+    """A mistake the user can fix, or a refusal to pass on: `message` is the one line to print.
+
+    A SystemExit carrying the exit status, so a function that stops the CLI with it needs no
+    handler of its own; `creditctl.main.main` prints the line on stderr before it lets it go.
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(status)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def rpc_line(err: grpc.RpcError) -> str:
+    """`CODE: details`, e.g. `NOT_FOUND: invoice inv_1 not found`."""
+    if isinstance(err, grpc.aio.AioRpcError | grpc.Call):
+        return f"{err.code().name}: {err.details()}"
+    return f"{type(err).__name__}: {err}"
+
+
+@contextmanager
+def rpc_refusals(status: int) -> Iterator[None]:
+    """A failed gRPC call inside the block becomes a UserError with `status`."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise UserError(rpc_line(err), status) from None
+
+
+def _usage_line(err: click.UsageError) -> str:
+    path = err.ctx.command_path if err.ctx is not None else "creditctl"
+    return f"{path}: {err.format_message()} (see '{path} --help')"
+
+
+def _as_user_error(err: BaseException) -> UserError | None:
+    """The one line for what a user can act on; None for a bug."""
+    if isinstance(err, UserError):
+        return err
+    if isinstance(err, click.UsageError):
+        return UserError(_usage_line(err), err.exit_code)
+    if isinstance(err, click.ClickException):
+        return UserError(f"creditctl: {err.format_message()}", err.exit_code)
+    if isinstance(err, click.Abort):
+        return UserError("creditctl: interrupted", 130)
+    if isinstance(err, grpc.RpcError):
+        return UserError(rpc_line(err), 1)
+    if isinstance(err, asyncpg.PostgresError):
+        return UserError(f"database: {type(err).__name__}: {err}", 1)
+    if isinstance(err, OSError):  # a refused connection, a port in use, a binary not installed, a timeout
+        return UserError(f"creditctl: {err or type(err).__name__}", 1)
+    return None
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Prints a user error raised in the block as its one line on stderr, then raises it as UserError.
+
+    click's "no command given" keeps its full help text, as a newcomer typing `creditctl` wants.
+    """
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.format_message(), err=True)
+        raise UserError(err.format_message(), err.exit_code) from None
+    except (Exception, UserError) as err:
+        known = _as_user_error(err)
+        if known is None:
+            raise
+        click.echo(known.message, err=True)
+        if known is err:
+            raise
+        raise known from None

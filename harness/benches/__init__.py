@@ -1,0 +1,1 @@
+"""`creditctl bench saga | ledger | ingest`: each measured against a baseline in the same run."""

@@ -1,0 +1,654 @@
+"""`creditctl chaos --sagas N --seed S`: a seeded, replayable fault campaign on the real stack.
+
+1. Builds a workload from the seed: tenants, pooled ledger accounts shared by several customers,
+   lots of every type (promotional scoped to usage and expiring mid-period, compensatory with an
+   incident, purchased with a cost basis), August usage and one draft invoice per customer.
+2. Runs the sagas in batches (finalizations, voids of earlier finalized invoices, duplicate starts
+   through the front door and the Temporal client) while injecting the batch's faults from the
+   seed's schedule: kill -9 + restart of ledger / invoice / front door / worker, proxy delay / drop /
+   reset / lost response between the worker and each service, Postgres immediate restart, a saga
+   terminated (lost) anywhere, and sagas lost inside their in-doubt window on purpose: right after the
+   decision was recorded (CreditsOutcome=committed, invoice still PREPARED) and right before it (invoice
+   PREPARED, hold PENDING) — every plan has at least one of each.
+   Meanwhile real-time Reserve/Commit/Release traffic hits the same accounts, and a bank-style
+   reader checks every balance it sees (conservation per lot, nothing negative, consumed and
+   reinstated never go down).
+3. Stops the faults, restarts anything down, lets the sagas finish, runs the in-doubt resolver
+   until quiet (recoveries resolved_commit / resolved_abort), then the reconciler. Same seed -> same
+   workload and same fault schedule (the interleaving with the processes' own timing is, of course, not
+   replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+from credits.billing.v1 import billing_pb2 as bpb
+from credits.billing.v1 import billing_pb2_grpc
+from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2 as lpb
+from credits.ledger.v1 import ledger_pb2_grpc
+from temporalio.client import Client, WorkflowHandle
+
+from coordinator import naming
+from coordinator import search_attributes as sa
+from coordinator.messages import (
+    FinalizeInvoiceInput,
+    FinalizeInvoiceResult,
+    SagaTimeouts,
+    SweepInput,
+    VoidInvoiceInput,
+    VoidInvoiceResult,
+)
+from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
+from coordinator.starter import start_or_attach
+from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.chaos.stack import ChaosStack
+from reconciler import Violation, reconcile, running_sagas
+from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
+
+TENANTS = ("chaos-a", "chaos-b")
+BATCH = 10
+TIMEOUTS = SagaTimeouts(step_start_to_close_s=6, prepare_phase_step_limit_s=45, retry_initial_s=0.2, retry_max_s=2)
+FAULT_KINDS = (  # (kind, weight)
+    ("kill_ledger", 3), ("kill_invoice", 3), ("kill_worker", 3), ("kill_front_door", 1),
+    ("proxy_delay", 2), ("proxy_drop", 2), ("proxy_reset", 2), ("lose_response", 4), ("postgres_restart", 1),
+    ("terminate_saga", 2), ("in_doubt_commit", 2), ("in_doubt_abort", 2),
+)
+# In-doubt faults (Campaign._in_doubt): a saga of their own is slowed down at the participant whose reply
+# it waits for (commit: the ledger's CommitHold; abort: the invoice's PrepareFinalize) and terminated
+# inside the window; each gets a customer of its own, outside the batches.
+DOUBT_DELAY_S, DOUBT_WINDOW_S, DOUBT_SEARCH_S = 0.3, 12.0, 15.0
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@dataclass
+class CampaignConfig:
+    sagas: int = 30
+    seed: int = 1
+    keep_dir: str = ""
+    quiet_deadline_s: float = 300
+
+
+@dataclass
+class PlannedFault:
+    at_s: float  # offset from the batch's start
+    kind: str
+    target: str = ""
+    param: float = 0.0
+
+
+@dataclass
+class CampaignResult:
+    seed: int
+    sagas: int
+    faults_injected: dict[str, int]
+    recoveries: dict[str, int]
+    violations: list[Violation]
+    duration_s: float
+    outcomes: dict[str, int] = field(default_factory=dict)
+    bank_reads: int = 0
+    traffic: dict[str, int] = field(default_factory=dict)
+    schedule_digest: str = ""
+    data_dir: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "sagas": self.sagas, "faults_injected": self.faults_injected,
+                "faults_total": sum(self.faults_injected.values()), "recoveries": self.recoveries,
+                "violations": len(self.violations),
+                "violation_details": [v.line() for v in self.violations], "duration_s": round(self.duration_s, 1),
+                "outcomes": self.outcomes, "bank_reads": self.bank_reads, "traffic": self.traffic,
+                "schedule_digest": self.schedule_digest, "data_dir": self.data_dir}
+
+    def render(self) -> str:
+        d = self.as_dict()
+        lines = [f"seed            {self.seed}", f"sagas run       {self.sagas}",
+                 f"faults injected {d['faults_total']}: " + ", ".join(f"{k}={v}" for k, v in
+                                                                     sorted(self.faults_injected.items())),
+                 "recoveries      " + ", ".join(f"{k}={v}" for k, v in sorted(self.recoveries.items())),
+                 "saga outcomes   " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
+                 f"bank reads      {self.bank_reads}",
+                 "rt traffic      " + ", ".join(f"{k}={v}" for k, v in sorted(self.traffic.items())),
+                 f"violations      {len(self.violations)}"]
+        lines += [f"  {v.line()}" for v in self.violations]
+        lines.append(f"duration        {self.duration_s:.1f}s")
+        return "\n".join(lines)
+
+
+# --- the seed's plan ----------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    customers: dict[str, list[tuple[str, str]]]  # tenant -> [(customer id, account id)]
+    grants: dict[str, list[dict[str, Any]]]  # tenant -> GrantCreditsRequest kwargs
+    batches: list[list[tuple[str, str]]]  # [(op, tenant/customer-index)] op: finalize | void
+    duplicates: set[int]  # global saga index started twice (front door + client)
+    faults: list[list[PlannedFault]]
+
+
+def make_plan(sagas: int, seed: int) -> Plan:
+    rng = random.Random(seed)
+    voids = max(1, sagas // 7) if sagas >= 5 else 0
+    finals = sagas - voids
+    per_tenant = [finals // len(TENANTS) + (1 if i < finals % len(TENANTS) else 0) for i in range(len(TENANTS))]
+    customers: dict[str, list[tuple[str, str]]] = {}
+    grants: dict[str, list[dict[str, Any]]] = {}
+    mid = PERIOD_START + timedelta(days=rng.randint(10, 20))
+    for tenant, n in zip(TENANTS, per_tenant, strict=True):
+        accounts = [f"pool-{i}" for i in range(max(2, n // 4))]
+        customers[tenant] = [(f"cust-{i}", rng.choice(accounts)) for i in range(n)]
+        grants[tenant] = []
+        for acct in accounts:
+            users = sum(1 for _c, a in customers[tenant] if a == acct) or 1
+            grants[tenant] += [
+                {"account_id": acct, "type": lpb.PROMOTIONAL, "amount": f"{rng.randint(10, 40) * users}.00",
+                 "expires_at": mid, "scope": lpb.Scope(kinds=[lpb.USAGE], names=["input_tokens", "output_tokens"]),
+                 "source": "marketing", "reason_code": "launch", "campaign_id": f"launch-{seed}", "priority": 40},
+                {"account_id": acct, "type": lpb.COMPENSATORY, "amount": f"{rng.randint(5, 25) * users}.00",
+                 "expires_at": datetime(2027, 6, 1, tzinfo=UTC), "source": "support", "reason_code": "outage",
+                 "incident_id": f"inc-{seed}"},
+                {"account_id": acct, "type": lpb.PURCHASED, "amount": f"{rng.randint(20, 60) * users}.00",
+                 "cost_basis": "0.9", "source": "purchase", "reason_code": "prepaid"},
+            ]
+    ops: list[tuple[str, str]] = [("finalize", f"{t}/{i}") for t, n in zip(TENANTS, per_tenant, strict=True)
+                                  for i in range(n)]
+    rng.shuffle(ops)
+    batches = [ops[i:i + BATCH] for i in range(0, len(ops), BATCH)]
+    # Voids go into batches after the first, aimed at invoices finalized in an earlier batch.
+    for _v in range(voids):
+        b = rng.randint(1, len(batches) - 1) if len(batches) > 1 else 0
+        earlier = [k for batch in batches[:b] for op, k in batch if op == "finalize"] or [batches[0][0][1]]
+        batches[b].append(("void", rng.choice(earlier)))
+    duplicates = {i for i in range(sagas) if rng.random() < 0.2}
+    kinds = [k for k, w in FAULT_KINDS for _ in range(w)]
+    faults: list[list[PlannedFault]] = []
+    for _ in batches:
+        batch_faults = []
+        for _f in range(rng.randint(3, 4)):
+            kind = rng.choice(kinds)
+            target = rng.choice(["ledger", "invoice"]) if kind.startswith(("proxy", "lose")) else ""
+            param = {"proxy_delay": rng.uniform(0.2, 1.0), "proxy_drop": rng.uniform(1.0, 3.0),
+                     "lose_response": rng.randint(1, 3)}.get(kind, rng.uniform(0.3, 2.0))
+            batch_faults.append(PlannedFault(round(rng.uniform(0.0, 4.0), 2), kind, target, round(param, 2)))
+        faults.append(sorted(batch_faults, key=lambda f: f.at_s))
+    # Every campaign leaves work in doubt both ways at least once (first batches), whatever the draw.
+    for b, kind in ((0, "in_doubt_commit"), (min(1, len(faults) - 1), "in_doubt_abort")):
+        if faults and not any(f.kind == kind for f in faults[b]):
+            faults[b].append(PlannedFault(round(rng.uniform(0.5, 2.0), 2), kind))
+            faults[b].sort(key=lambda f: f.at_s)
+    # Each in-doubt fault finalizes a customer of its own (on a pooled account), outside the batches.
+    for f in (f for batch in faults for f in batch if f.kind.startswith("in_doubt_")):
+        tenant = rng.choice(TENANTS)
+        accounts = sorted({a for _c, a in customers[tenant]})
+        f.target = f"{tenant}/{len(customers[tenant])}"
+        customers[tenant].append((f"doubt-{len(customers[tenant])}", rng.choice(accounts)))
+    return Plan(customers, grants, batches, duplicates, faults)
+
+
+def plan_digest(plan: Plan) -> str:
+    import hashlib
+
+    text = repr((plan.customers, plan.batches, sorted(plan.duplicates),
+                 [[(f.at_s, f.kind, f.target, f.param) for f in b] for b in plan.faults]))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- retries against a service that may be down -----------------------------------------------
+
+
+async def retry(call: Callable[[], Any], deadline_s: float = 120) -> Any:
+    """Calls until it succeeds or fails with a rejection; the same request (same key) every time."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in RETRYABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+class Campaign:
+    def __init__(self, config: CampaignConfig, root: Path, say: Callable[[str], None]) -> None:
+        self.config = config
+        self.say = say
+        self.plan = make_plan(config.sagas, config.seed)
+        self.stack = ChaosStack(root)
+        self.faults: Counter[str] = Counter()
+        self.recoveries: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.traffic: Counter[str] = Counter()
+        self.bank_violations: list[Violation] = []
+        self.bank_reads = 0
+        self.invoices: dict[str, str] = {}  # "tenant/index" -> invoice id
+        self.finalized: set[str] = set()
+        self._stop = asyncio.Event()
+        self._channels: list[grpc.aio.Channel] = []
+        self.client: Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._current: list[tuple[str, str, WorkflowHandle[Any, Any]]] = []
+
+    def services(self, tenant: str) -> Services:
+        lch = grpc.aio.insecure_channel(self.stack.ledger_addr, options=CHANNEL_OPTIONS)
+        ich = grpc.aio.insecure_channel(self.stack.invoice_addr, options=CHANNEL_OPTIONS)
+        self._channels += [lch, ich]
+        return Services(ledger_pb2_grpc.LedgerServiceStub(lch), invoice_pb2_grpc.InvoiceServiceStub(ich),
+                        self.stack.tenants[tenant].admin)
+
+    async def seed(self) -> None:
+        sem = asyncio.Semaphore(8)
+        for tenant in TENANTS:
+            s = self.services(tenant)
+            await seed_catalog(s)
+            for i, g in enumerate(self.plan.grants[tenant]):
+                kw = dict(g)
+                expires = kw.pop("expires_at", None)
+                req = lpb.GrantCreditsRequest(idempotency_key=f"chaos-grant-{i}", unit="USD",
+                                              effective_at=ts(PERIOD_START), **kw)
+                if expires is not None:
+                    req.expires_at.CopyFrom(ts(expires))
+                if i % 3 == 0:  # three grants per account, the account first
+                    await s.ledger.CreateAccount(lpb.CreateAccountRequest(
+                        idempotency_key=f"seed-acct-{kw['account_id']}", account_id=kw["account_id"],
+                        name=kw["account_id"]), metadata=s.md)
+                await s.ledger.GrantCredits(req, metadata=s.md)
+
+            async def one(i: int, customer: str, account: str, s: Services = s, tenant: str = tenant) -> None:
+                async with sem:
+                    self.invoices[f"{tenant}/{i}"] = await seed_customer(s, customer, account, account, credit="")
+
+            await asyncio.gather(*(one(i, c, a) for i, (c, a) in enumerate(self.plan.customers[tenant])))
+
+    # --- sagas ----------------------------------------------------------------------------------
+
+    async def _front_door(self, tenant: str, op: str, invoice_id: str) -> None:
+        channel = grpc.aio.insecure_channel(self.stack.billing_addr, options=CHANNEL_OPTIONS)
+        try:
+            stub = billing_pb2_grpc.BillingServiceStub(channel)
+            md = [("x-api-key", self.stack.tenants[tenant].admin)]
+            if op == "finalize":
+                await retry(lambda: stub.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id),
+                                                         metadata=md, timeout=10), 30)
+            else:
+                await retry(lambda: stub.VoidInvoice(bpb.VoidInvoiceRequest(invoice_id=invoice_id,
+                                                                            reason="chaos: customer disputed"),
+                                                     metadata=md, timeout=10), 30)
+        except grpc.aio.AioRpcError as err:
+            self.recoveries[f"front_door_gave_up_{err.code().name}"] += 1
+        finally:
+            await channel.close()
+
+    async def _start(self, op: str, ref: str, duplicate: bool) -> WorkflowHandle[Any, Any]:
+        assert self.client is not None
+        tenant = ref.partition("/")[0]
+        invoice_id = self.invoices[ref]
+        if duplicate:  # the same request delivered twice, through two doors, at the same time
+            self.faults["duplicate_delivery"] += 1
+            self._tasks.append(asyncio.create_task(self._front_door(tenant, op, invoice_id)))
+        if op == "finalize":
+            return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
+                                         FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
+                                         id=naming.finalize_workflow_id(tenant, invoice_id),
+                                         task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
+                                         search_attributes=sa.at_start(tenant, invoice_id))
+        return await start_or_attach(self.client, VoidInvoiceWorkflow.run,
+                                     VoidInvoiceInput(tenant, invoice_id, "chaos: customer disputed", TIMEOUTS),
+                                     id=naming.void_workflow_id(tenant, invoice_id), task_queue=self.stack.task_queue,
+                                     result_type=VoidInvoiceResult, search_attributes=sa.at_start(tenant, invoice_id))
+
+    async def _await(self, op: str, ref: str, handle: WorkflowHandle[Any, Any], timeout_s: float) -> None:
+        try:
+            result = await asyncio.wait_for(handle.result(), timeout_s)
+            self.outcomes[f"{op}:{result.outcome}"] += 1
+            if op == "finalize":
+                self.finalized.add(ref)
+        except TimeoutError:
+            self.outcomes[f"{op}:still_running"] += 1
+        except Exception as err:  # compensated / rejected: both leave a consistent state
+            cause = getattr(err, "cause", None)
+            self.outcomes[f"{op}:{type(cause).__name__ if cause else type(err).__name__}"] += 1
+
+    async def run_batch(self, index: int, batch: list[tuple[str, str]], first_saga: int) -> None:
+        revived = await self.stack.revive()  # a restart that failed in the previous batch
+        if revived:
+            self.recoveries["revived_between_batches"] += revived
+        injector = asyncio.create_task(self.inject(self.plan.faults[index]))
+        handles = self._current = []
+        for k, (op, ref) in enumerate(batch):
+            handles.append((op, ref, await self._start(op, ref, first_saga + k in self.plan.duplicates)))
+        await injector
+        await asyncio.gather(*(self._await(op, ref, h, 150) for op, ref, h in handles))
+
+    # --- faults ---------------------------------------------------------------------------------
+
+    async def inject(self, faults: list[PlannedFault]) -> None:
+        t0 = time.monotonic()
+        for f in faults:
+            await asyncio.sleep(max(0.0, t0 + f.at_s - time.monotonic()))
+            try:
+                await self._inject(f)
+            except Exception as err:
+                self.recoveries[f"inject_error_{type(err).__name__}"] += 1
+                self.say(f"fault {f.kind} failed: {err!r}")
+
+    async def _inject(self, f: PlannedFault) -> None:
+        st = self.stack
+        if f.kind.startswith("kill_"):
+            name = f.kind.removeprefix("kill_")
+            await st.kill(name)
+            self.faults[f.kind] += 1
+            await asyncio.sleep(f.param)
+            await st.restart(name)
+            self.recoveries[f"restart_{name}"] += 1
+        elif f.kind == "postgres_restart":
+            if await st.restart_postgres():
+                self.faults[f.kind] += 1
+                self.recoveries["postgres_restart"] += 1
+            else:
+                self.recoveries["postgres_restart_not_done"] += 1
+        elif f.kind == "proxy_delay":
+            st.proxies[f.target].delay(f.param, 3.0)
+            self.faults[f"proxy_delay_{f.target}"] += 1
+        elif f.kind == "proxy_drop":
+            st.proxies[f.target].drop(f.param)
+            self.faults[f"proxy_drop_{f.target}"] += 1
+        elif f.kind == "proxy_reset":
+            st.proxies[f.target].reset()
+            self.faults[f"proxy_reset_{f.target}"] += 1
+        elif f.kind == "terminate_saga":
+            # The coordinator loses a saga (an operator terminates a stuck run): whatever it left in
+            # doubt — a PENDING hold, a PREPARED / VOID_PENDING invoice — is the resolver's to settle.
+            if self._current:
+                _op, _ref, handle = self._current[int(f.param * 1000) % len(self._current)]
+                desc = await handle.describe()
+                if desc.status is not None and desc.status.name == "RUNNING":
+                    await handle.terminate(reason="chaos: saga lost")
+                    self.faults["terminate_saga"] += 1
+        elif f.kind in ("in_doubt_commit", "in_doubt_abort"):
+            await self._in_doubt(f.kind.removeprefix("in_doubt_"), f.target)
+        elif f.kind == "lose_response":
+            st.proxies[f.target].lose_response(int(f.param))  # counted when a response is actually lost
+
+    async def _in_doubt(self, direction: str, ref: str) -> None:
+        """Loses a finalization inside its in-doubt window, for the resolver to settle after the faults.
+
+        The fault runs a saga of its own (a customer the plan set aside, `ref`), so the window is hit on
+        purpose rather than by luck: the proxy in front of the participant whose reply the saga waits for
+        is slowed down, the run is polled, and terminated once inside the window:
+        commit: decision recorded (CreditsOutcome=committed), invoice still PREPARED (hold PENDING, or
+        committed with the reply still on its way) -> the resolver must commit both sides;
+        abort: invoice PREPARED by this run (so its hold is PENDING), no decision (outcome preparing) ->
+        the resolver must release the hold and return the invoice to DRAFT.
+        Counted by the outcome the run shows once terminated (a decision landing between the probe and the
+        termination makes it a commit case)."""
+        assert self.client is not None
+        tenant, invoice_id = ref.partition("/")[0], self.invoices[ref]
+        want = sa.COMMITTED if direction == "commit" else sa.PREPARING
+        self.stack.proxies["ledger" if direction == "commit" else "invoice"].delay(DOUBT_DELAY_S, DOUBT_WINDOW_S)
+        handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
+                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
+                                       id=naming.finalize_workflow_id(tenant, invoice_id),
+                                       task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
+                                         search_attributes=sa.at_start(tenant, invoice_id))
+        deadline = time.monotonic() + DOUBT_SEARCH_S
+        while time.monotonic() < deadline:
+            try:
+                desc = await handle.describe()
+            except Exception:
+                desc = None
+            if desc is not None and (desc.status is None or desc.status.name != "RUNNING"):
+                break  # finished (or compensated) before the window was hit
+            if desc is not None and desc.typed_search_attributes.get(OUTCOME) == want \
+                    and await self._invoice_status(invoice_id) == "PREPARED":
+                await handle.terminate(reason=f"chaos: saga lost in doubt ({direction})")
+                after = (await handle.describe()).typed_search_attributes.get(OUTCOME)
+                actual = "commit" if after in DECIDED_OUTCOMES else "abort"
+                self.faults[f"in_doubt_{actual}"] += 1
+                self.outcomes[f"finalize:lost_in_doubt_{actual}"] += 1
+                self.say(f"in doubt ({direction}): terminated {handle.id} at outcome={after}, invoice PREPARED")
+                return
+            await asyncio.sleep(0.03)
+        self.recoveries[f"in_doubt_{direction}_missed"] += 1
+        self._tasks.append(asyncio.create_task(self._await("finalize", ref, handle, 150)))
+
+    async def _invoice_status(self, invoice_id: str) -> str:
+        """Read from the database (the in-doubt probe must not go through a proxy it slows down)."""
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(self.stack.invoice_dsn, timeout=2)
+        except Exception:  # Postgres restarting: the next poll tries again
+            return ""
+        try:
+            return str(await conn.fetchval("SELECT status FROM invoices WHERE invoice_id = $1", invoice_id) or "")
+        except Exception:
+            return ""
+        finally:
+            await conn.close()
+
+    # --- real-time traffic and the bank check ---------------------------------------------------
+
+    async def realtime_traffic(self) -> None:
+        """Reserve then Commit (or Release) small usage charges on the pooled accounts, like a gateway."""
+        rng = random.Random(self.config.seed * 7919 + 1)
+        stubs = {t: self.services(t) for t in TENANTS}
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            tenant = rng.choice(TENANTS)
+            account = rng.choice(sorted({a for _c, a in self.plan.customers[tenant]}))
+            await self._rt_one(stubs[tenant], tenant, account, i, rng)
+            await asyncio.sleep(rng.uniform(0.02, 0.15))
+
+    async def _rt_one(self, s: Services, tenant: str, account: str, i: int, rng: random.Random) -> None:
+        hold_key = f"rt/{tenant}/{i}"
+        now = datetime.now(UTC)
+        charge = lpb.Charge(charge_id="req", kind=lpb.USAGE, name="input_tokens",
+                            amount=f"{rng.randint(1, 90) / 100:.2f}", service_start=ts(now - timedelta(seconds=1)),
+                            service_end=ts(now))
+        commit = rng.random() < 0.7
+        reserve = lpb.ReserveCreditsRequest(idempotency_key=f"{hold_key}/reserve", hold_key=hold_key,
+                                            account_id=account, unit="USD", charges=[charge], up_to=True,
+                                            reference=f"usage-{i}")
+        release = lpb.ReleaseHoldRequest(idempotency_key=f"{hold_key}/release", hold_key=hold_key,
+                                         account_id=account, reason="request cancelled")
+        try:
+            await retry(lambda: s.ledger.ReserveCredits(reserve, metadata=s.md, timeout=5))
+            self.traffic["reserve"] += 1
+        except grpc.aio.AioRpcError as err:
+            self.traffic[f"reserve_{err.code().name}"] += 1
+            if err.code() in RETRYABLE:  # gave up: a tombstone makes sure a late reserve cannot hang
+                await retry(lambda: s.ledger.ReleaseHold(release, metadata=s.md, timeout=5), 600)
+            return
+        if commit:
+            req = lpb.CommitHoldRequest(idempotency_key=f"{hold_key}/commit", hold_key=hold_key)
+            await retry(lambda: s.ledger.CommitHold(req, metadata=s.md, timeout=5), 600)
+            self.traffic["commit"] += 1
+        else:
+            await retry(lambda: s.ledger.ReleaseHold(release, metadata=s.md, timeout=5), 600)
+            self.traffic["release"] += 1
+
+    async def bank_reader(self) -> None:
+        """Jepsen-style reads: every lot balance seen must conserve credits and never go backwards."""
+        stubs = {t: self.services(t) for t in TENANTS}
+        seen: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]] = {}  # lot -> (granted, consumed, reinst.)
+        while not self._stop.is_set():
+            for tenant in TENANTS:
+                s = stubs[tenant]
+                for account in sorted({a for _c, a in self.plan.customers[tenant]}):
+                    try:
+                        resp = await s.ledger.ListLots(lpb.ListLotsRequest(account_id=account, include_empty=True,
+                                                                           page_size=100), metadata=s.md, timeout=5)
+                        bal = await s.ledger.GetBalance(lpb.GetBalanceRequest(account_id=account), metadata=s.md,
+                                                        timeout=5)
+                    except grpc.aio.AioRpcError:
+                        continue
+                    self.bank_reads += 1
+                    for lot in resp.lots:
+                        self._check_lot(tenant, account, lot, seen)
+                    for b in bal.totals:
+                        self._check_bucket(tenant, account, b)
+            await asyncio.sleep(0.1)
+
+    def _bank(self, tenant: str, message: str, **ids: str) -> None:
+        if len(self.bank_violations) < 50:
+            self.bank_violations.append(Violation("bank", tenant, message, ids))
+
+    def _check_lot(self, tenant: str, account: str, lot: lpb.Lot,
+                   seen: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]]) -> None:
+        b = lot.balance
+        v = {k: Decimal(getattr(b, k) or "0") for k in ("granted", "reinstated", "available", "held", "consumed",
+                                                         "expired", "voided", "transferred_out")}
+        for k, amount in v.items():
+            if amount < 0:
+                self._bank(tenant, f"read a negative {k} ({amount})", lot_id=lot.lot_id, account_id=account)
+        inflow = v["granted"] + v["reinstated"]
+        outflow = sum(v[k] for k in ("available", "held", "consumed", "expired", "voided", "transferred_out"))
+        if inflow != outflow:
+            self._bank(tenant, f"read broke conservation: granted+reinstated={inflow} != {outflow}",
+                       lot_id=lot.lot_id, account_id=account)
+        key = (tenant, lot.lot_id)
+        prev = seen.get(key)
+        now = (v["granted"], v["consumed"], v["reinstated"])
+        if prev is not None:
+            if now[0] != prev[0]:
+                self._bank(tenant, f"granted changed {prev[0]} -> {now[0]}", lot_id=lot.lot_id)
+            if now[1] < prev[1]:
+                self._bank(tenant, f"consumed went down {prev[1]} -> {now[1]}", lot_id=lot.lot_id)
+            if now[2] < prev[2]:
+                self._bank(tenant, f"reinstated went down {prev[2]} -> {now[2]}", lot_id=lot.lot_id)
+        seen[key] = now
+
+    def _check_bucket(self, tenant: str, account: str, b: lpb.BalanceBucket) -> None:
+        v = {k: Decimal(getattr(b, k) or "0") for k in ("granted", "reinstated", "available", "held", "consumed",
+                                                         "expired", "voided", "transferred_out", "upcoming")}
+        # Account totals: `available` counts only lots usable now; `upcoming` is granted-not-yet-effective.
+        inflow = v["granted"] + v["reinstated"]
+        outflow = sum(v[k] for k in ("available", "held", "consumed", "expired", "voided", "transferred_out",
+                                     "upcoming"))
+        if inflow != outflow:
+            self._bank(tenant, f"account totals broke conservation: granted+reinstated={inflow} != {outflow} "
+                       f"({b})".replace("\n", " "), account_id=account)
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Faults off, everything up, sagas finished, then the resolver until nothing is in doubt."""
+        assert self.client is not None
+        await self.stack.ensure_up()
+        deadline = time.monotonic() + self.config.quiet_deadline_s
+        while await running_sagas(self.client) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls Temporal
+            await asyncio.sleep(0.5)
+        rounds = 0
+        while time.monotonic() < deadline:
+            rounds += 1
+            try:
+                result = await self.client.execute_workflow(
+                    ResolveInDoubtWorkflow.run, SweepInput(older_than_s=0), id=f"chaos-resolve-{rounds}",
+                    task_queue=self.stack.task_queue)
+            except Exception as err:
+                self.say(f"resolver round {rounds} failed: {err}")
+                self.recoveries["resolver_failed_rounds"] += 1
+            else:
+                self.recoveries["resolved_commit"] += len(result.committed)
+                self.recoveries["resolved_abort"] += len(result.aborted)
+                self.recoveries["resolver_left_unknown"] += len(result.unknown)
+            if await self._quiet():
+                break
+            await asyncio.sleep(1)
+        self.recoveries["resolver_rounds"] += rounds
+
+    async def _quiet(self) -> bool:
+        import asyncpg
+
+        assert self.client is not None
+        if await running_sagas(self.client):
+            return False
+        lconn = await asyncpg.connect(self.stack.ledger_dsn)
+        iconn = await asyncpg.connect(self.stack.invoice_dsn)
+        try:
+            pending = await lconn.fetchval(
+                "SELECT count(*) FROM holds h WHERE NOT EXISTS (SELECT 1 FROM hold_resolutions r "
+                "WHERE r.tenant_id = h.tenant_id AND r.hold_key = h.hold_key)")
+            doubt = await iconn.fetchval("SELECT count(*) FROM invoices WHERE status IN ('PREPARED', 'VOID_PENDING')")
+        finally:
+            await lconn.close()
+            await iconn.close()
+        return not pending and not doubt
+
+    async def run(self) -> CampaignResult:
+        t0 = time.monotonic()
+        self.say(f"plan {plan_digest(self.plan)}: {self.config.sagas} sagas in {len(self.plan.batches)} batches, "
+                 f"{sum(len(b) for b in self.plan.faults)} scheduled faults")
+        self.say(f"starting the stack in {self.stack.root}")
+        await self.stack.start(list(TENANTS))
+        try:
+            self.client = await Client.connect(self.stack.temporal_addr)
+            self.say("seeding the workload")
+            await self.seed()
+            background = [asyncio.create_task(self.realtime_traffic()), asyncio.create_task(self.bank_reader())]
+            n = 0
+            for index, batch in enumerate(self.plan.batches):
+                self.say(f"batch {index + 1}/{len(self.plan.batches)}: {len(batch)} sagas, faults "
+                         + ", ".join(f"{f.kind}{'@' + f.target if f.target else ''}" for f in self.plan.faults[index]))
+                await self.run_batch(index, batch, n)
+                n += len(batch)
+            self.say("faults off; waiting for quiet")
+            for proxy in self.stack.proxies.values():
+                self.faults[f"lose_response_{proxy.name}"] += proxy.stats.lost_responses
+                proxy.clear()
+            self._stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.settle()
+            self.say("reconciling")
+            report = await reconcile(self.stack.ledger_dsn, self.stack.invoice_dsn, self.client, list(TENANTS))
+            violations = self.bank_violations + report.violations
+            for name, proc in self.stack.processes.items():
+                self.recoveries[f"{name}_starts"] = proc.starts
+            return CampaignResult(self.config.seed, n, {k: v for k, v in sorted(self.faults.items()) if v},
+                                  dict(self.recoveries), violations, time.monotonic() - t0, dict(self.outcomes),
+                                  self.bank_reads, dict(self.traffic), plan_digest(self.plan), str(self.stack.root))
+        finally:
+            self._stop.set()
+            for ch in self._channels:
+                await ch.close()
+            await self.stack.stop()
+
+
+async def run_campaign(config: CampaignConfig, progress: Callable[[str], None] | None = None) -> CampaignResult:
+    say = progress or (lambda _m: None)
+    if config.keep_dir:
+        root = Path(config.keep_dir)
+        return await Campaign(config, root, say).run()
+    tmp = Path(tempfile.mkdtemp(prefix="credits-chaos-"))
+    try:
+        result = await Campaign(config, tmp, say).run()
+        if result.violations:  # keep the evidence
+            say(f"violations: logs and data kept in {tmp}")
+            return result
+    except BaseException:
+        say(f"campaign failed: logs kept in {tmp}")
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.data_dir = ""
+    return result

@@ -1,0 +1,236 @@
+"""Domain → protobuf for the ledger's responses: amounts in their unit's scale, timestamps via proto_time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+from credits.ledger.v1 import ledger_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger_service.api.mapping import CHARGE_KINDS, GRANT_REQUEST_STATUSES, HOLD_STATUSES, LOT_TYPES, SORT_KEYS
+from ledger_service.domain.grants import Limits
+from ledger_service.domain.journal import BUCKETS, Buckets, Entry
+from ledger_service.domain.model import Allocation, Hold, HoldStatus, Lot
+from ledger_service.domain.policy import Policy
+from ledger_service.domain.transfers import TransferResult
+from ledger_service.operations.grants import VoidResult
+from ledger_service.operations.reversals_and_transfers import ReversalResult
+from ledger_service.storage.catalog import AccountRow, PolicyRow
+from ledger_service.storage.grant_approvals import GrantRequestRow
+from ledger_service.storage.reads import BalanceView, Explanation, Verification
+from service_runtime.amounts import format_minor
+from service_runtime.proto_time import to_timestamp
+from service_runtime.rejections import Rejection
+
+R = TypeVar("R", pb.ReverseHoldResponse, pb.ReverseReferenceResponse)
+
+LOT_TYPE_PB = {v: k for k, v in LOT_TYPES.items()}
+CHARGE_KIND_PB = {v: k for k, v in CHARGE_KINDS.items()}
+HOLD_STATUS_PB = {v: k for k, v in HOLD_STATUSES.items()}
+GRANT_REQUEST_STATUS_PB = {v: k for k, v in GRANT_REQUEST_STATUSES.items()}
+SORT_KEY_PB = {v: k for k, v in SORT_KEYS.items()}
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    return None if value is None else to_timestamp(value)
+
+
+# --- accounts, units, policy ----------------------------------------------------------------------
+
+def account(row: AccountRow) -> pb.Account:
+    return pb.Account(account_id=row.account_id, parent_account_id=row.parent_account_id or "", name=row.name,
+                      created_at=ts(row.created_at))
+
+
+def unit(code_and_scale: tuple[str, int]) -> pb.Unit:
+    return pb.Unit(code=code_and_scale[0], scale=code_and_scale[1])
+
+
+def units(found: list[tuple[str, int]]) -> pb.ListUnitsResponse:
+    return pb.ListUnitsResponse(units=[unit(u) for u in found])
+
+
+def policy(p: Policy, created_at: datetime | None = None) -> pb.ConsumptionPolicy:
+    return pb.ConsumptionPolicy(
+        account_id=p.account_id, version=p.version, sort_keys=[SORT_KEY_PB[k] for k in p.sort_keys],
+        type_order=[LOT_TYPE_PB[t] for t in p.type_order], created_at=ts(created_at),
+    )
+
+
+def policy_row(row: PolicyRow) -> pb.ConsumptionPolicy:
+    return policy(row.policy, row.created_at)
+
+
+# --- lots and grants ------------------------------------------------------------------------------
+
+def lot(x: Lot, scale: int) -> pb.Lot:
+    b = pb.LotBalance(**{k: format_minor(getattr(x, k), scale) for k in BUCKETS})
+    msg = pb.Lot(
+        lot_id=x.lot_id, account_id=x.account_id, type=LOT_TYPE_PB[x.lot_type], unit=x.unit,
+        amount=format_minor(x.amount, scale), priority=x.priority, effective_at=ts(x.effective_at),
+        expires_at=ts(x.expires_at), cost_basis=str(x.cost_basis.normalize() if x.cost_basis else 0),
+        scope=pb.Scope(kinds=sorted(CHARGE_KIND_PB[k] for k in x.scope.kinds), names=sorted(x.scope.names)),
+        source=x.source, reason_code=x.reason_code, campaign_id=x.campaign_id, incident_id=x.incident_id,
+        granted_by=x.granted_by, created_at=ts(x.created_at), balance=b, origin_lot_id=x.origin_lot_id,
+        usable_until=ts(x.usable_until),
+    )
+    if x.closed_at is not None and x.voided:
+        msg.voided_at.CopyFrom(to_timestamp(x.closed_at))
+    return msg
+
+
+def grant_request(row: GrantRequestRow) -> pb.GrantRequest:
+    return pb.GrantRequest(
+        request_id=row.request_id, status=GRANT_REQUEST_STATUS_PB[row.status],
+        grant=pb.GrantCreditsRequest.FromString(row.request), requested_by=row.requested_by,
+        limit_exceeded=row.limit_exceeded.value, decided_by=row.decided_by, decision_reason=row.reason,
+        lot_id=row.lot_id, created_at=ts(row.created_at), decided_at=ts(row.decided_at),
+    )
+
+
+def pending_lot(x: Lot, scale: int, row: GrantRequestRow) -> pb.Lot:
+    """GrantCredits' answer when no lot was written: the grant as asked, and its request awaiting approval."""
+    return pb.Lot(account_id=x.account_id, type=LOT_TYPE_PB[x.lot_type], unit=x.unit,
+                  amount=format_minor(x.amount, scale), reason_code=x.reason_code, incident_id=x.incident_id,
+                  grant_request=grant_request(row))
+
+
+def support_limits(unit_code: str, limits: Limits, scale: int) -> pb.SupportGrantLimits:
+    return pb.SupportGrantLimits(unit=unit_code, max_per_grant=format_minor(limits.max_per_grant, scale),
+                                 max_per_day=format_minor(limits.max_per_day, scale), is_default=limits.is_default)
+
+
+def void_result(r: VoidResult, scale: int) -> pb.VoidGrantResponse:
+    return pb.VoidGrantResponse(lot=lot(r.lot, scale), voided_amount=format_minor(r.voided, scale))
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+def _buckets(msg: pb.BalanceBucket, b: Buckets, upcoming: int, scale: int) -> None:
+    for bucket in BUCKETS:
+        setattr(msg, bucket, format_minor(getattr(b, bucket), scale))
+    msg.upcoming = format_minor(upcoming, scale)
+
+
+def balance(view: BalanceView, scales: dict[str, int]) -> pb.Balance:
+    out = pb.Balance(account_id=view.account_id, as_of=ts(view.as_of))
+    for rows, target in ((view.totals, out.totals), (view.by_type, out.by_type)):
+        for row in rows:
+            bucket = target.add(unit=row.unit, type=LOT_TYPE_PB[row.lot_type] if row.lot_type else 0)
+            _buckets(bucket, row.buckets, row.upcoming, scales[row.unit])
+    return out
+
+
+def entry(e: Entry, scale: int) -> pb.Entry:
+    return pb.Entry(
+        entry_id=e.entry_id, account_id=e.account_id, lot_id=e.lot_id, kind=pb.EntryKind.Value(e.kind.value),
+        amount=format_minor(e.amount, scale), unit=e.unit, effective_at=ts(e.effective_at),
+        recorded_at=ts(e.recorded_at), actor=e.actor, reason=e.reason, reference=e.reference, hold_key=e.hold_key,
+        policy_version=e.policy_version,
+    )
+
+
+def boundaries(instants: list[datetime]) -> pb.GetLotBoundariesResponse:
+    return pb.GetLotBoundariesResponse(instants=[to_timestamp(t) for t in instants])
+
+
+def verification(v: Verification) -> pb.VerifyJournalResponse:
+    return pb.VerifyJournalResponse(ok=not v.violations, entries=v.entries, lots=v.lots, violations=v.violations)
+
+
+# --- holds ----------------------------------------------------------------------------------------
+
+def _allocation(a: Allocation, posted: int, scale: int, version: int) -> pb.Allocation:
+    return pb.Allocation(charge_id=a.charge_id, lot_id=a.lot_id, amount=format_minor(a.amount, scale),
+                         posted=format_minor(posted, scale), policy_version=version,
+                         lot_type=LOT_TYPE_PB[a.lot_type])
+
+
+def hold(h: Hold, scale: int) -> pb.Hold:
+    live = h.status is not HoldStatus.TOMBSTONE
+    return pb.Hold(
+        hold_key=h.hold_key, account_id=h.account_id, unit=h.unit, status=HOLD_STATUS_PB[h.status],
+        requested=format_minor(h.requested, scale), reserved=format_minor(h.reserved, scale),
+        posted=format_minor(h.posted, scale), released=format_minor(h.released, scale),
+        allocations=[_allocation(a, h.postings.get(a.position, 0), scale, h.policy_version) for a in h.allocations],
+        created_at=ts(h.created_at) if live else None, ttl_expires_at=ts(h.ttl_expires_at) if live else None,
+        resolved_at=ts(h.resolved_at), reference=h.reference, policy_version=h.policy_version,
+        release_on_ttl=h.release_on_ttl,
+    )
+
+
+def batch(results: list[pb.Hold | Exception]) -> pb.BatchDebitCreditsResponse:
+    """One result per debit in request order: its hold, or its error (INTERNAL for a bug)."""
+    out = pb.BatchDebitCreditsResponse()
+    for got in results:
+        result = out.results.add()
+        if isinstance(got, Rejection):
+            result.error.code = got.status.value[0]
+            result.error.message = got.message
+        elif isinstance(got, Exception):
+            result.error.code = grpc.StatusCode.INTERNAL.value[0]
+            result.error.message = "internal error"
+        else:
+            result.hold.CopyFrom(got)
+    return out
+
+
+def explanation(ex: Explanation, scale: int) -> pb.ExplainAllocationResponse:
+    out = pb.ExplainAllocationResponse(hold_key=ex.hold.hold_key, policy=policy(ex.policy))
+    for charge_id, considered in ex.charges:
+        ce = out.charges.add(charge_id=charge_id)
+        for c in considered:
+            ce.lots.add(lot_id=c.lot.lot_id, lot_type=LOT_TYPE_PB[c.lot.lot_type], eligible=c.eligible,
+                        why=c.why, allocated=format_minor(c.allocated, scale), sort_values=c.sort_values)
+    return out
+
+
+# --- lifecycle, reversals, transfers --------------------------------------------------------------
+
+def expired_part(lots: list[Lot]) -> pb.ExpireLotsResponse:
+    """What one account's part of an expiry sweep stores under its key: the lots' ids."""
+    return pb.ExpireLotsResponse(lots=[pb.Lot(lot_id=x.lot_id, account_id=x.account_id, unit=x.unit) for x in lots])
+
+
+def expired_whole(pieces: list[tuple[Lot, int] | pb.ExpireLotsResponse]) -> pb.ExpireLotsResponse:
+    out = pb.ExpireLotsResponse()
+    for piece in pieces:
+        if isinstance(piece, pb.ExpireLotsResponse):
+            out.lots.extend(piece.lots)
+        else:
+            out.lots.append(lot(*piece))
+    out.lots_expired = len(out.lots)
+    return out
+
+
+def released_holds(keys: list[str]) -> pb.ReleaseExpiredHoldsResponse:
+    return pb.ReleaseExpiredHoldsResponse(hold_keys=keys)
+
+
+def released_keys(response: pb.ReleaseExpiredHoldsResponse) -> list[str]:
+    return list(response.hold_keys)
+
+
+def reversal(r: ReversalResult, scale: int, response: type[R]) -> R:
+    """ReverseHold's answer (or, for the deprecated alias, the same fields as ReverseReferenceResponse)."""
+    return response(
+        hold_key=r.hold_key, expired_at_once=format_minor(r.expired_at_once, scale),
+        reinstated=[pb.Allocation(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=LOT_TYPE_PB[a.lot_type],
+                                  amount=format_minor(amount, scale), posted=format_minor(amount, scale))
+                    for a, amount in r.reinstated],
+    )
+
+
+def transfer(r: TransferResult, scale: int) -> pb.TransferCreditsResponse:
+    return pb.TransferCreditsResponse(
+        transfer_id=r.transfer_id, reversed=r.reversed,
+        legs=[pb.TransferLeg(source_lot_id=leg.source_lot_id, destination_lot_id=leg.destination_lot_id,
+                             amount=format_minor(leg.amount, scale)) for leg in r.legs],
+    )
+
+
+def transfer_limit(account_id: str, unit_code: str, limit: int | None, scale: int) -> pb.TransferLimit:
+    return pb.TransferLimit(account_id=account_id, unit=unit_code,
+                            max_per_transfer="" if limit is None else format_minor(limit, scale))

@@ -1,0 +1,167 @@
+"""The invoices against the saga holds: each FINALIZED / VOIDED invoice has exactly the committed
+credits its applications show, nothing is left in doubt, and no saga hold is left without its invoice."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+import asyncpg
+
+from coordinator import naming
+from invoice_service.domain.states import Status
+from ledger_service.domain.model import HoldStatus
+from reconciler.ledger_checks import Hold
+from reconciler.report import Check, TenantFindings
+from reconciler.scales import exact, invoice_scale
+
+_SELECT_INVOICES = ("SELECT invoice_id, status, prepare_key, credits_minor, currency, ledger_account_id "
+                    "FROM invoices WHERE tenant_id = $1")
+_SELECT_APPLICATIONS = ("SELECT invoice_id, charge_id, lot_id, amount_minor FROM credit_applications "
+                        "WHERE tenant_id = $1")
+# The check that judges an invoice's committed credits, by the invoice's status.
+_CHECK_OF = {Status.FINALIZED: Check.INVOICE_FINALIZED, Status.VOIDED: Check.INVOICE_VOIDED,
+             Status.VOID_PENDING: Check.INVOICE_VOID_PENDING}
+
+Applications = dict[tuple[str, str], int]  # (charge, lot) -> amount in the invoice's minor units
+
+
+@dataclass(frozen=True)
+class Invoice:
+    invoice_id: str
+    status: Status
+    prepare_key: str
+    credits_minor: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The saga run that prepared a committed invoice (Temporal must hold its decision)."""
+
+    invoice_id: str
+    workflow_id: str
+    run_id: str
+
+
+async def load_invoices(conn: asyncpg.Connection, tenant: str) -> tuple[dict[str, Invoice], dict[str, Applications]]:
+    invoices = {r["invoice_id"]: Invoice(r["invoice_id"], Status(r["status"]), r["prepare_key"], r["credits_minor"],
+                                         r["currency"])
+                for r in await conn.fetch(_SELECT_INVOICES, tenant)}
+    applications: dict[str, Applications] = defaultdict(lambda: defaultdict(int))
+    for r in await conn.fetch(_SELECT_APPLICATIONS, tenant):
+        applications[r["invoice_id"]][(r["charge_id"], r["lot_id"])] += r["amount_minor"]
+    return invoices, applications
+
+
+def check_saga_holds(found: TenantFindings, holds: dict[str, Hold],
+                     invoices: dict[str, Invoice]) -> dict[str, list[Hold]]:
+    """No hold left PENDING; committed or reversed saga credits belong to a FINALIZED / VOIDED invoice.
+    Returns the saga holds per invoice."""
+    by_invoice: dict[str, list[Hold]] = defaultdict(list)
+    for h in holds.values():
+        parsed = naming.parse_hold_key(h.hold_key)
+        if parsed is None:
+            if h.status == HoldStatus.PENDING:
+                found.bad(Check.IN_DOUBT, "hold still PENDING after the system went quiet", hold_key=h.hold_key,
+                          account_id=h.account_id)
+            continue
+        invoice_id = parsed[0]
+        by_invoice[invoice_id].append(h)
+        if h.status == HoldStatus.PENDING:
+            found.bad(Check.IN_DOUBT, "saga hold still PENDING after recovery", hold_key=h.hold_key,
+                      invoice_id=invoice_id, account_id=h.account_id)
+        inv = invoices.get(invoice_id)
+        status = inv.status.value if inv is not None else "(missing)"
+        if h.status == HoldStatus.COMMITTED and status not in (Status.FINALIZED.value, Status.VOIDED.value):
+            found.bad(Check.ORPHAN_HOLD, f"credits committed ({h.posted}) but the invoice is {status}",
+                      hold_key=h.hold_key, invoice_id=invoice_id)
+        if h.reversed and status != Status.VOIDED.value:
+            found.bad(Check.ORPHAN_HOLD, f"credits reversed but the invoice is {status}", hold_key=h.hold_key,
+                      invoice_id=invoice_id)
+    return by_invoice
+
+
+def check_invoices(found: TenantFindings, holds: dict[str, Hold], by_invoice: dict[str, list[Hold]],
+                   invoices: dict[str, Invoice], applications: dict[str, Applications],
+                   scales: dict[str, int]) -> list[Owner]:
+    """Every invoice against its holds; returns the owning runs of the committed ones."""
+    owners: list[Owner] = []
+    for invoice_id, inv in sorted(invoices.items()):
+        committed = [h for h in by_invoice.get(invoice_id, []) if h.status == HoldStatus.COMMITTED]
+        apps = applications.get(invoice_id, {})
+        if len(committed) > 1:
+            found.bad(Check.SPENT_TWICE, f"{len(committed)} committed holds for one invoice", invoice_id=invoice_id,
+                      hold_keys=",".join(h.hold_key for h in committed))
+        if inv.status in (Status.PREPARED, Status.VOID_PENDING):
+            found.bad(Check.IN_DOUBT, f"invoice still {inv.status.value} after recovery", invoice_id=invoice_id,
+                      prepare_key=inv.prepare_key)
+        if inv.status == Status.DRAFT:
+            _check_draft(found, inv, committed, apps)
+        elif inv.status in _CHECK_OF:
+            owner = _check_committed(found, inv, holds, apps, scales)
+            if owner is not None:
+                owners.append(owner)
+    return owners
+
+
+def _check_draft(found: TenantFindings, inv: Invoice, committed: list[Hold], apps: Applications) -> None:
+    if committed:
+        found.bad(Check.INVOICE_DRAFT, "DRAFT invoice has committed credits", invoice_id=inv.invoice_id,
+                  hold_key=committed[0].hold_key)
+    if apps:
+        found.bad(Check.INVOICE_DRAFT, f"DRAFT invoice shows {len(apps)} credit applications",
+                  invoice_id=inv.invoice_id)
+
+
+def _check_committed(found: TenantFindings, inv: Invoice, holds: dict[str, Hold], apps: Applications,
+                     scales: dict[str, int]) -> Owner | None:
+    """A FINALIZED / VOIDED / VOID_PENDING invoice: the preparing run's hold is committed with exactly
+    the invoice's credit applications, reversed iff the invoice is VOIDED."""
+    check = _CHECK_OF[inv.status]
+    ref = naming.parse_prepare_key(inv.prepare_key)
+    owner = Owner(inv.invoice_id, ref[0], ref[1]) if ref else None
+    run_id = ref[1] if ref else ""
+    key = naming.hold_key(inv.invoice_id, run_id) if run_id else "?"
+    hold = holds.get(key) if run_id else None
+    if hold is None or hold.status != HoldStatus.COMMITTED:
+        found.bad(check, f"invoice is {inv.status.value} but the preparing run's hold is "
+                  f"{hold.status if hold else 'missing'}", invoice_id=inv.invoice_id, hold_key=key)
+        return owner
+    _check_amounts(found, check, inv, hold, apps, scales)
+    if inv.status == Status.FINALIZED and hold.reversed:
+        found.bad(Check.INVOICE_FINALIZED, "FINALIZED invoice's debits were reversed", invoice_id=inv.invoice_id,
+                  hold_key=hold.hold_key)
+    if inv.status == Status.VOIDED and hold.posted and not hold.reversed:
+        found.bad(Check.INVOICE_VOIDED, "VOIDED invoice's debits were never reversed onto their lots",
+                  invoice_id=inv.invoice_id, hold_key=hold.hold_key)
+    return owner
+
+
+def _check_amounts(found: TenantFindings, check: Check, inv: Invoice, hold: Hold, apps: Applications,
+                   scales: dict[str, int]) -> None:
+    """Postings per (charge, lot), each side read at its own scale, equal the credit applications;
+    their sum equals the invoice's credits applied."""
+    ledger_scale, minor_scale = scales.get(hold.unit), invoice_scale(inv.currency)
+    if ledger_scale is None or minor_scale is None:
+        found.bad(Check.SCALE, f"no scale for the hold's unit {hold.unit!r} (ledger: {ledger_scale}) or the "
+                  f"invoice currency {inv.currency!r} (invoice service: {minor_scale})",
+                  invoice_id=inv.invoice_id, hold_key=hold.hold_key)
+        return
+    posted: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for pos, (charge, lot, _amount) in hold.allocations.items():
+        if hold.postings.get(pos, 0):
+            posted[(charge, lot)] += exact(hold.postings[pos], ledger_scale)
+    applied = {k: exact(v, minor_scale) for k, v in apps.items()}
+    if dict(posted) != applied:
+        found.bad(check, f"debits posted {_fmt(posted)} != applications on the invoice {_fmt(applied)}",
+                  invoice_id=inv.invoice_id, hold_key=hold.hold_key)
+    total, credits = sum(posted.values(), Decimal(0)), exact(inv.credits_minor, minor_scale)
+    if total != credits:
+        found.bad(check, f"debits posted {total} != credits applied {credits}", invoice_id=inv.invoice_id,
+                  hold_key=hold.hold_key)
+
+
+def _fmt(amounts: dict[tuple[str, str], Decimal]) -> str:
+    return "{" + ", ".join(f"{c}@{lot}:{v}" for (c, lot), v in sorted(amounts.items())) + "}"

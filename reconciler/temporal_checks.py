@@ -1,0 +1,98 @@
+"""Temporal's side: each committed invoice's owning run recorded its decision, and no saga still runs.
+
+Also `temporal_calls_settled()`: the Temporal client completes each call from one of its own (Rust)
+threads, which then runs a little Python (`loop.call_soon_threadsafe`) and may still be doing so
+after the awaiting coroutine has resumed. A short-lived process (`creditctl reconcile`) that exits
+at that moment has the interpreter finalize under that thread, which then aborts the process
+(`Fatal Python error: PyGILState_Release`, exit status -6) after the report was printed. So the
+reconciler returns only once no such thread is still inside Python: the exit status stays the
+report's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from coordinator import naming
+from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME, CreditsOutcome
+from invoice_service.domain.states import Status
+from reconciler.invoice_checks import Invoice, Owner
+from reconciler.report import Check, ReconcileReport, TenantFindings, Violation
+
+log = logging.getLogger(__name__)
+
+SAGAS_RUNNING = 'ExecutionStatus = "Running" AND WorkflowType IN ("FinalizeInvoice", "VoidInvoice")'
+VOID_DECIDED = frozenset({CreditsOutcome.VOIDING, CreditsOutcome.VOIDED})
+_DESCRIBE_CONCURRENCY = 16
+
+
+async def check_decisions(client: Client, found: TenantFindings, owners: list[Owner],
+                          invoices: dict[str, Invoice]) -> None:
+    """A committed invoice's owning run recorded the commit decision; a voided one's void workflow
+    recorded the void decision."""
+    sem = asyncio.Semaphore(_DESCRIBE_CONCURRENCY)
+
+    async def outcome(workflow_id: str, run_id: str | None) -> str:
+        async with sem:
+            try:
+                desc = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return "missing"
+                raise
+            return str(desc.typed_search_attributes.get(OUTCOME) or "")
+
+    finals = await asyncio.gather(*(outcome(o.workflow_id, o.run_id) for o in owners))
+    for owner, out in zip(owners, finals, strict=True):
+        found.count("decisions")
+        if out not in DECIDED_OUTCOMES:
+            found.bad(Check.DECISION, f"invoice is {invoices[owner.invoice_id].status.value} but its owning run "
+                      f"recorded no commit decision (outcome={out or 'none'})", invoice_id=owner.invoice_id,
+                      workflow_id=owner.workflow_id, run_id=owner.run_id)
+    voided = [i for i, inv in sorted(invoices.items()) if inv.status == Status.VOIDED]
+    void_ids = [naming.void_workflow_id(found.tenant_id, i) for i in voided]
+    voids = await asyncio.gather(*(outcome(wf, None) for wf in void_ids))
+    for invoice_id, workflow_id, out in zip(voided, void_ids, voids, strict=True):
+        found.count("decisions")
+        if out not in VOID_DECIDED:
+            found.bad(Check.DECISION, f"invoice is VOIDED but its void workflow recorded no void decision "
+                      f"(outcome={out or 'none'})", invoice_id=invoice_id, workflow_id=workflow_id)
+
+
+async def check_quiet(client: Client, report: ReconcileReport) -> None:
+    async for wf in client.list_workflows(SAGAS_RUNNING):
+        if wf.status == WorkflowExecutionStatus.RUNNING:
+            report.violations.append(Violation(Check.QUIET.value, naming.tenant_of(wf.id) or "?",
+                                               "saga still running: the system is not quiet",
+                                               {"workflow_id": wf.id, "run_id": wf.run_id}))
+
+
+async def running_sagas(client: Client) -> int:
+    """How many FinalizeInvoice / VoidInvoice workflows are still running."""
+    return len([wf async for wf in client.list_workflows(SAGAS_RUNNING)])
+
+
+def _threads_in_python() -> list[int]:
+    """Ids of threads the `threading` module did not start that are running Python code right now."""
+    ours = {t.ident for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
+    return [ident for ident in sys._current_frames() if ident not in ours]
+
+
+async def temporal_calls_settled(timeout_s: float = 5.0) -> bool:
+    """Waits, without holding the interpreter, until no foreign thread (the Temporal client's) is
+    still running Python code for a call that already returned; False if one still is after
+    `timeout_s` (logged)."""
+    deadline = time.monotonic() + timeout_s
+    while busy := _threads_in_python():
+        if time.monotonic() > deadline:
+            log.warning("%d foreign thread(s) still running Python code after %.1fs", len(busy), timeout_s)
+            return False
+        await asyncio.sleep(0.001)
+    return True

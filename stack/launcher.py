@@ -1,0 +1,197 @@
+"""`creditctl up` / `creditctl demo`: the whole stack in one foreground process.
+
+Embedded Postgres (two databases), `temporal server start-dev` with the UI and the search
+attributes, the ledger, invoice and billing front-door gRPC servers, the coordinator worker and
+the schedules. Any part pointed elsewhere by settings (CREDITS_LEDGER_DSN, CREDITS_INVOICE_DSN,
+CREDITS_TEMPORAL_ADDR) is used instead of started. Data stays in `settings.data_dir`.
+
+The parts every local stack needs, whichever way it runs its servers (here in this process; the
+proving harness runs each in an OS process of its own), are the functions above `running_stack`:
+`prepare_databases` (found or started, migrated), `start_temporal` (the dev server with the
+coordinator's search attributes) and `add_tenant_key`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+
+from coordinator import search_attributes as sa
+from coordinator.front_door import create_front_door, ui_link
+from coordinator.keys import KeyStore, MintingKeyStore, key_ttl_from_env
+from coordinator.schedules import ensure_schedules
+from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
+from service_runtime import metrics, tracing
+from service_runtime.databases import Databases, resolve_databases
+from service_runtime.settings import Settings
+from service_runtime.temporal_server import TemporalDevServer
+from service_runtime.tls import temporal_tls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningStack:
+    settings: Settings
+    client: Client
+    ledger_addr: str
+    invoice_addr: str
+    billing_addr: str
+    temporal_addr: str
+    ui_url: str
+    ledger_dsn: str
+    invoice_dsn: str
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def workflow_url(self, workflow_id: str, run_id: str = "") -> str:
+        return ui_link(self.ui_url, self.client.namespace, workflow_id, run_id)
+
+
+async def prepare_databases(settings: Settings) -> Databases:
+    """The two service databases, on the settings' DSNs or on the embedded Postgres (started in
+    `settings.data_dir`), with every migration applied."""
+    from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
+    from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
+    from service_runtime.databases import TENANCY_MIGRATIONS
+    from service_runtime.postgres import migrate
+
+    dbs = await asyncio.to_thread(resolve_databases, settings)
+    try:
+        await migrate(dbs.ledger_dsn, TENANCY_MIGRATIONS, LEDGER_MIGRATIONS)
+        await migrate(dbs.invoice_dsn, TENANCY_MIGRATIONS, INVOICE_MIGRATIONS)
+    except BaseException:
+        if dbs.embedded is not None:
+            await asyncio.to_thread(dbs.embedded.stop)
+        raise
+    return dbs
+
+
+async def start_temporal(data_dir: Path, *, db_file: Path | None = None, headless: bool = False, port: int = 0,
+                         ui_port: int = 0, namespace: str = "default") -> TemporalDevServer:
+    """`temporal server start-dev` with the coordinator's search attributes, its log in
+    `data_dir/temporal.log`; in memory unless `db_file`. Returns once it serves."""
+    server = TemporalDevServer(port=port, ui_port=ui_port, db_file=db_file, headless=headless,
+                               search_attributes=sa.DEV_SERVER_FLAGS, log_path=data_dir / "temporal.log",
+                               namespace=namespace)
+    await asyncio.to_thread(server.start)
+    return server
+
+
+async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: str) -> str:
+    """Creates the tenant (if new) with one new API key of `role` in every service database; returns the key."""
+    from service_runtime.api_keys import mint_key, store_tenant_key
+    from service_runtime.postgres import create_pool
+
+    key_id, key, key_hash = mint_key()
+    for dsn in dsns:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            await store_tenant_key(pool, tenant_id, name, key_id, key_hash, role)
+        finally:
+            await pool.close()
+    return key
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
+                        schedules: bool = True) -> AsyncIterator[RunningStack]:
+    from invoice_service.server import create_invoice_server
+    from ledger_service.server import create_ledger_server
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
+    # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
+    tracing.configure("credits")
+    metrics_port = metrics.start_endpoint()
+    dbs = await prepare_databases(settings)
+    temporal: TemporalDevServer | None = None
+    servers: list[Any] = []
+    pools: list[Any] = []
+    keys: KeyStore | None = None
+    try:
+        temporal_addr, ui_url = settings.temporal_addr, ""
+        if not temporal_addr:
+            temporal = await start_temporal(settings.data_dir, db_file=settings.data_dir / "temporal.db",
+                                            port=7233 if settings.temporal_ui_port == 8233 else 0,
+                                            ui_port=settings.temporal_ui_port, namespace=settings.temporal_namespace)
+            temporal_addr, ui_url = temporal.address, temporal.ui_url
+        client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace,
+                                      runtime=temporal_runtime(),
+                                      tls=temporal_tls() if settings.temporal_addr else False)
+        await sa.register(client)
+        ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
+        servers.append(ledger)
+        pools.append(ledger_pool)
+        invoice, invoice_port, invoice_pool = await create_invoice_server(
+            dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
+        servers.append(invoice)
+        pools.append(invoice_pool)
+        ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
+        front, front_port, front_pool = await create_front_door(client, dbs.ledger_dsn, settings.task_queue,
+                                                                settings.billing_addr, ui_url, invoice_addr,
+                                                                ledger_addr)
+        servers.append(front)
+        pools.append(front_pool)
+        keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn], key_ttl_from_env())
+        config = WorkerConfig(ledger_addr, invoice_addr, settings.task_queue)
+        async with running_worker(client, config, keys):
+            if schedules:
+                await ensure_schedules(client, settings.task_queue)
+            stack = RunningStack(settings, client, ledger_addr, invoice_addr, f"127.0.0.1:{front_port}",
+                                 temporal_addr, ui_url, dbs.ledger_dsn, dbs.invoice_dsn)
+            stack.addresses = {
+                "postgres (ledger)": _redact(dbs.ledger_dsn), "postgres (invoice)": _redact(dbs.invoice_dsn),
+                "temporal": temporal_addr, "temporal UI": ui_url or "(external server)",
+                "ledger gRPC": ledger_addr, "invoice gRPC": invoice_addr, "billing front door gRPC":
+                stack.billing_addr, "task queue": settings.task_queue, "data directory": str(settings.data_dir),
+            }
+            if metrics_port:
+                host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
+                stack.addresses["metrics"] = f"http://{host}:{metrics_port}/metrics"
+            if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
+                stack.addresses["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
+            yield stack
+    finally:
+        if keys is not None:  # the worker has stopped; the databases are still up
+            await keys.close()
+        for server in reversed(servers):
+            await server.stop(2)
+        for pool in pools:
+            with contextlib.suppress(Exception):
+                await pool.close()
+        if temporal is not None:
+            await asyncio.to_thread(temporal.stop)
+        if dbs.embedded is not None:
+            await asyncio.to_thread(dbs.embedded.stop)
+
+
+def _redact(dsn: str) -> str:
+    head, at, tail = dsn.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if at and ":" in head.split("//")[-1] else dsn
+
+
+async def serve_forever(settings: Settings) -> None:
+    """`creditctl up`: runs until Ctrl-C / SIGTERM, then stops every part."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_stack(settings) as stack:
+        print("credits stack is up:", flush=True)
+        for name, value in stack.addresses.items():
+            print(f"  {name:<26} {value}", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        await stop.wait()
+        print("stopping ...", flush=True)
+    print("stopped.", flush=True)

@@ -1,0 +1,92 @@
+"""A user mistake (unknown account, missing API key, bad flag value, ...) is one line on stderr and a
+non-zero exit status, never a traceback: creditctl run as a process, against a real ledger server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from creditctl.errors import UserError
+from creditctl.main import main
+from tests.ledger.conftest import Ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def creditctl(*args: str, **env: str) -> tuple[int, str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "creditctl.main", *args, cwd=ROOT,
+                                                env={**environ, **env}, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_unknown_account_is_the_ledgers_answer_in_one_line(ledger: Ledger) -> None:
+    code, out, err = await creditctl("grants", "create", "nobody", "--amount", "5.00", "--idempotency-key", "k1",
+                                     CREDITS_LEDGER_ADDR=f"127.0.0.1:{ledger.port}", CREDITS_API_KEY=ledger.key)
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert line.startswith("NOT_FOUND: ") and "nobody" in line
+
+
+@pytest.mark.parametrize(("args", "status", "names"), [
+    (("balances", "acct"), 2, "CREDITS_API_KEY"),
+    (("invoices", "list"), 1, "CREDITS_API_KEY"),
+    (("audit",), 1, "CREDITS_API_KEY"),
+])
+async def test_missing_api_key_says_which_setting(args: tuple[str, ...], status: int, names: str) -> None:
+    code, out, err = await creditctl(*args)
+    assert code == status and out == "" and names in one_line(err)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (("grants", "create", "acct", "--amount", "1", "--expires-at", "next tuesday"), "--expires-at"),
+    (("bench", "ledger", "--seconds", "0"), "--seconds"),
+    (("keys", "create", "acme", "--expires-in", "5y"), "--expires-in"),
+    (("invoices", "list", "--status", "PAID"), "--status"),
+    (("statements", "acct", "--limit", "many"), "--limit"),
+    (("tenants", "create", "a b"), "TENANT_ID"),
+    (("grants", "create", "acct"), "--amount"),
+    (("grants", "explode"), "explode"),
+])
+async def test_bad_command_line_is_a_usage_error_naming_the_flag(args: tuple[str, ...], names: str) -> None:
+    code, out, err = await creditctl(*args, CREDITS_API_KEY="ck_unused.unused")
+    line = one_line(err)
+    assert code == 2 and out == "" and names in line and "--help" in line
+
+
+async def test_unreachable_service_and_database_are_one_line() -> None:
+    code, _, err = await creditctl("balances", "acct", CREDITS_LEDGER_ADDR="127.0.0.1:1", CREDITS_API_KEY="ck_x.y")
+    assert code == 2 and one_line(err).startswith("UNAVAILABLE: ")
+    dsn = "postgresql://credits@127.0.0.1:1/nowhere"
+    code, _, err = await creditctl("keys", "list", CREDITS_LEDGER_DSN=dsn, CREDITS_INVOICE_DSN=dsn)
+    assert code == 1 and "127.0.0.1" in one_line(err)
+
+
+async def test_a_bad_setting_names_the_variables() -> None:
+    code, _, err = await creditctl("migrate", CREDITS_EMBEDDED_PG_PORT="fifty")
+    assert code == 2 and "CREDITS_" in one_line(err) and "fifty" in err
+
+
+def test_in_process_main_prints_the_line_and_raises_it(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("CREDITS_API_KEY", raising=False)
+    with pytest.raises(UserError, match="CREDITS_API_KEY") as raised:
+        main(["balances", "acct"])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.strip() == str(raised.value)
+    assert main(["bench", "--help"]) == 0
+    assert "ledger" in capsys.readouterr().out

@@ -1,0 +1,24 @@
+"""Smoke test of `creditctl bench ledger`: every phase runs briefly and the books balance."""
+
+from __future__ import annotations
+
+import json
+
+from harness.benches.ledger import JSON_KEYS, BenchOptions, format_report, run_bench
+
+
+def test_bench_ledger_smoke() -> None:
+    report = run_bench(BenchOptions(seconds=1.0, warmup_s=0.2, concurrency=16, batch_size=200,
+                                    batch_concurrency=2, verify_journal=True))
+    figures = json.loads(json.dumps(report.figures()))
+    assert list(figures) == list(JSON_KEYS)
+    for key, value in figures.items():
+        assert isinstance(value, int | float) and value > 0, (key, value)
+    assert report.errors == 0, format_report(report)
+    # Every debit the service acknowledged was consumed exactly once, and nothing else was.
+    assert report.ledger_acknowledged > 0
+    assert report.ledger_consumed == report.ledger_acknowledged
+    assert report.baseline_consumed == report.baseline_acknowledged > 0
+    assert report.journal_ok is True
+    assert report.consistent
+    assert "DebitCredits" in format_report(report)
