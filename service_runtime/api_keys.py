@@ -30,7 +30,8 @@ ROLES = ("admin", "operator", "finance", "support", "service", "readonly")
 KEY_PREFIX = "ck_"
 KEY_CHANNEL = "credits_api_keys"  # NOTIFY payload: the key id that changed
 _CACHE_TTL_S = 60.0  # a backstop only: a change is heard at once (or nothing is cached)
-_LISTENER_CHECK_S = 2.0  # how often the listener connection is checked to be alive
+LISTENER_NAME = "credits-api-key-changes"  # the listener connection's application_name
+_LISTENER_CHECK_S = 0.5  # how often the listener connection is checked (a silent stall: cache off within ~1 s)
 MAX_OWNER_LENGTH = 200
 
 
@@ -193,7 +194,7 @@ class KeyResolver:
         while True:
             try:
                 if dsn:
-                    conn = await asyncpg.connect(dsn, timeout=10)
+                    conn = await asyncpg.connect(dsn, timeout=10, server_settings={"application_name": LISTENER_NAME})
                     try:
                         await self._listen_on(conn)
                     finally:
