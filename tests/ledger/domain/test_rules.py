@@ -153,7 +153,9 @@ def test_who_may_grant_what() -> None:
     refused(Reason.INVALID, "cost_basis", grants.check_role_may_grant, "support",
             lot(lot_type=LotType.COMPENSATORY, reason_code="r", incident_id="i", cost_basis=Decimal(1)))
     refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "operator", lot(lot_type=LotType.COMPENSATORY))
-    assert grants.needs_limits("support") and not grants.needs_limits("operator")
+    # Finding 5 of #16: operator keys (the worker, automation) are limited like support keys.
+    assert grants.needs_limits("support") and grants.needs_limits("operator")
+    assert not grants.needs_limits("finance") and not grants.needs_limits("admin")
 
 
 def test_support_limits() -> None:
