@@ -15,7 +15,8 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from coordinator import naming
 from coordinator.messages import VoidInvoiceInput
 from coordinator.workflows import VoidInvoiceWorkflow
-from reconciler import ReconcileReport, reconcile
+from reconciler.report import ReconcileReport
+from reconciler.run import reconcile
 from reconciler.temporal_checks import temporal_calls_settled
 from stack.scenario import seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack
