@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from coordinator import naming
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
+    PENDING_GRANT,
     AllocationSpec,
     ChargeSpec,
     CreateDraftInput,
@@ -219,7 +220,8 @@ class LedgerActivities:
         if inp.rollover is not None:
             _set_rollover(req, inp.rollover)
         lot = await self._p._call("grant_credits", inp.tenant_id, self._stub.GrantCredits, req)
-        return str(lot.lot_id)
+        # Above the key's limits or the tenant's approval threshold: a request for a second person.
+        return str(lot.lot_id) or f"{PENDING_GRANT}{lot.grant_request.request_id}"
 
 
 def _invoice_view(inv: ipb.Invoice) -> InvoiceView:

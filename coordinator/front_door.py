@@ -93,6 +93,9 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> 
     return f"{path}/{run_id}/history" if run_id else path
 
 
+ACCOUNT_CHECKS = 32  # concurrent GetAccount calls of CompensateOutage's up-front check
+
+
 class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
     """Sagas and operations here; the recurring-allowance RPCs in `coordinator.allowance_door`."""
 
@@ -121,6 +124,34 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
         decimals = len(amount.partition(".")[2])
         if decimals > scale:
             raise invalid("amount", f"{unit} keeps {scale} decimal places; {amount!r} has {decimals}")
+
+    async def _check_accounts(self, account_ids: list[str], context: Any) -> None:
+        """NOT_FOUND naming every account the caller's tenant does not have, before anything starts
+        (no grant for part of the list, then a failure). Asks the ledger with the caller's own key,
+        at most ACCOUNT_CHECKS at a time; other errors are left to the workflow, which names the
+        account and step that failed."""
+        if self._ledger is None:
+            return
+        ledger, metadata = self._ledger, on_behalf_of(context)
+        slots = asyncio.Semaphore(ACCOUNT_CHECKS)
+        first_index = {account: i for i, account in reversed(list(enumerate(account_ids)))}
+
+        async def missing(account: str) -> bool:
+            async with slots:
+                try:
+                    await ledger.GetAccount(lpb.GetAccountRequest(account_id=account), metadata=metadata, timeout=10)
+                except grpc.aio.AioRpcError as err:
+                    return err.code() == grpc.StatusCode.NOT_FOUND
+                return False
+
+        accounts = list(first_index)
+        found = await asyncio.gather(*(missing(a) for a in accounts))
+        gone = [f"account_ids[{first_index[a]}] {a!r}" for a, is_missing in zip(accounts, found, strict=True)
+                if is_missing]
+        if gone:
+            more = f" and {len(gone) - 20} more" if len(gone) > 20 else ""
+            raise not_found("account_ids", f"{len(gone)} of {len(accounts)} accounts not found, nothing was "
+                                           f"granted: {', '.join(gone[:20])}{more}")
 
     async def _check_invoice(self, invoice_id: str, context: Any) -> ipb.Invoice | None:
         """NOT_FOUND now, rather than a failed saga later, for an unknown or another tenant's invoice.
@@ -198,6 +229,7 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
         expires_at = _iso(request.expires_at, "expires_at") if request.HasField("expires_at") else ""
         reason = _reason(request.reason)
         await self._check_unit(request.unit, request.amount, context)
+        await self._check_accounts(list(request.account_ids), context)
         inp = CompensateOutageInput(tenant, incident, list(dict.fromkeys(request.account_ids)), request.amount,
                                     request.unit, expires_at, reason)
         handle = await start_or_attach(self._client, CompensateOutageWorkflow.run, inp,

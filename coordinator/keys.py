@@ -35,6 +35,7 @@ from service_runtime.api_keys import mint_key, store_tenant_key
 log = logging.getLogger(__name__)
 
 COORDINATOR_ROLE = "operator"
+COORDINATOR_OWNER = "system:coordinator"  # the owner of every key the store mints
 DEFAULT_KEY_TTL = timedelta(hours=24)
 KEY_TTL_ENV = "CREDITS_COORDINATOR_KEY_TTL_S"
 
@@ -160,7 +161,8 @@ class MintingKeyStore:
                 name = await conn.fetchval(_SELECT_TENANT, tenant_id)
                 if name is None:
                     raise UnknownTenant(f"tenant {tenant_id!r} does not exist")
-                await store_tenant_key(conn, tenant_id, name, key_id, key_hash, COORDINATOR_ROLE, expires_at)
+                await store_tenant_key(conn, tenant_id, name, key_id, key_hash, COORDINATOR_ROLE, expires_at,
+                                       COORDINATOR_OWNER)
             finally:
                 await conn.close()
         self._keys[tenant_id] = _Minted(key, minted_at)

@@ -364,6 +364,12 @@ class CompensateOutageResult:
     incident_id: str
     accounts: int
     lot_ids: list[str]
+    # grants above the coordinator key's limits or the tenant's approval threshold: grant requests
+    # awaiting a second person's approval (ApproveGrantRequest), no lot yet
+    pending_requests: list[str] = field(default_factory=list)
+
+
+PENDING_GRANT = "grant-request:"  # ledger.grant_credits' answer when the ledger stored a request, no lot
 
 
 @dataclass

@@ -157,9 +157,10 @@ def settlement_key(tenant_id: str, account_id: str, invoiced_through: str) -> st
     return f"settle/{tenant_id}/{account_id}/{invoiced_through}"
 
 
-def expire_key(tenant_id: str, as_of: str) -> str:
-    """The idempotency key of one expiry sweep of a tenant."""
-    return f"expire/{tenant_id}/{as_of}"
+def expire_key(tenant_id: str, as_of: str, run_id: str) -> str:
+    """The idempotency key of one expiry sweep of a tenant: a retried activity replays it; another
+    sweep run (even within the same second, as the as_of has whole seconds) is a sweep of its own."""
+    return f"expire/{tenant_id}/{as_of}/{run_id}"
 
 
 def allowance_grant_key(allowance_id: str, period_start: str) -> str:

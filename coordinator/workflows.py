@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from coordinator import search_attributes as sa
     from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
     from coordinator.messages import (
+        PENDING_GRANT,
         BillingCycleInput,
         BillingCycleResult,
         CompensateOutageInput,
@@ -381,17 +382,44 @@ class CompensateOutageWorkflow:
             if inp.offset - started >= inp.max_per_run:
                 workflow.continue_as_new(inp)
             batch = inp.account_ids[inp.offset: inp.offset + max(1, inp.concurrency)]
-            lots = await asyncio.gather(*(run_until_done(
-                LedgerActivities.grant_credits,
-                GrantInput(inp.tenant_id, naming.outage_grant_key(inp.incident_id, account), account, inp.amount,
-                           inp.unit, "COMPENSATORY", inp.expires_at, inp.incident_id, inp.reason), t,
-                f"grant {inp.amount} {inp.unit} to {account}") for account in batch))
-            inp.granted.extend(lots)
+            lots = await asyncio.gather(*(self._grant(inp, account, t) for account in batch), return_exceptions=True)
+            failed = [(a, err) for a, err in zip(batch, lots, strict=True) if isinstance(err, BaseException)]
+            for _, err in failed:
+                if isinstance(err, asyncio.CancelledError):
+                    raise err
+            if failed:
+                self._progress.failed = len(failed)
+                raise _grant_failed(inp, failed, inp.offset)
+            inp.granted.extend(str(lot) for lot in lots)
             inp.offset += len(batch)
             self._progress.done = inp.offset
         self._progress.stage = "done"
         _set(outcome=CreditsOutcome.COMPLETED)
-        return CompensateOutageResult(inp.incident_id, total, inp.granted)
+        lot_ids = [x for x in inp.granted if not x.startswith(PENDING_GRANT)]
+        pending = [x.removeprefix(PENDING_GRANT) for x in inp.granted if x.startswith(PENDING_GRANT)]
+        return CompensateOutageResult(inp.incident_id, total, lot_ids, pending)
+
+    @staticmethod
+    async def _grant(inp: CompensateOutageInput, account: str, t: SagaTimeouts) -> str:
+        return str(await run_until_done(
+            LedgerActivities.grant_credits,
+            GrantInput(inp.tenant_id, naming.outage_grant_key(inp.incident_id, account), account, inp.amount,
+                       inp.unit, "COMPENSATORY", inp.expires_at, inp.incident_id, inp.reason), t,
+            f"grant {inp.amount} {inp.unit} to {account}"))
+
+
+def _grant_failed(inp: CompensateOutageInput, failed: list[tuple[str, BaseException]], done: int) -> ApplicationError:
+    """The outage compensation's failure, naming each account and the step that failed, and what
+    was granted before (granted once: starting the operation again grants only the rest)."""
+    def cause(err: BaseException) -> str:
+        inner = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
+        return str(inner)
+
+    named = "; ".join(f"account {account!r} at step ledger.grant_credits: {cause(err)}" for account, err in failed)
+    return ApplicationError(
+        f"compensating incident {inp.incident_id}: {len(failed)} grant(s) of {inp.amount} {inp.unit} failed: "
+        f"{named}. {done} of {len(inp.account_ids)} accounts were granted before; starting the operation "
+        "again grants only the rest.", type="GrantFailed", non_retryable=True)
 
 
 @workflow.defn(name="GrantAllowance")
@@ -456,8 +484,8 @@ class ExpireCreditsWorkflow:
             if settlements.settlements:
                 await run_step(LedgerActivities.record_settlements, settlements, t,
                                f"record {len(settlements.settlements)} settlements of {tenant}")
-            out.expired_lots += await run_step(LedgerActivities.expire_lots,
-                                               ExpireInput(tenant, naming.expire_key(tenant, as_of), as_of), t,
+            key = naming.expire_key(tenant, as_of, workflow.info().run_id)
+            out.expired_lots += await run_step(LedgerActivities.expire_lots, ExpireInput(tenant, key, as_of), t,
                                                f"expire due lots of {tenant}")
         return out
 

@@ -1,14 +1,17 @@
 """The guard around every unary call: small parts, one concern each, composed in one fixed order.
 
     observe (metrics, and a server span when tracing is on) around everything, then
-    1. identify      x-api-key and x-request-id from the metadata (`read_metadata`)
+    1. identify      x-api-key and x-request-id from the metadata, the peer (`read_metadata`)
     2. authenticate  the key resolved to its Caller, or UNAUTHENTICATED (`authenticate`)
-    3. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED
-    4. parse check   bytes that were not a valid message: INVALID_ARGUMENT, not UNKNOWN
-    5. admit         `call_context.current_caller()` is set for the servicer
-    6. audit         a mutation's record prepared, written once the handler answered (`CallAudit`)
-    7. answer        the servicer's handler
-    on a Rejection:  the refusal audited, then mapped to its status code (`GuardedMethod.run`).
+    3. rate limit    the key's calls per second, if configured, or RESOURCE_EXHAUSTED + RetryInfo
+    4. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED
+    5. parse check   bytes that were not a valid message: INVALID_ARGUMENT, not UNKNOWN
+    6. admit         `call_context.current_caller()` is set for the servicer
+    7. audit         a mutation's record prepared, written once the handler answered (`CallAudit`)
+    8. answer        the servicer's handler
+    on a Rejection:  the refusal audited, then mapped to its status code (`GuardedMethod.run`):
+                     a refusal of a caller that proved no key is counted per window, source and
+                     reason (service_runtime.refusal_counts); any other keeps its own record.
 
 `AuthInterceptor` wraps each method's handler in a `GuardedMethod` once and caches it, so a call
 allocates only its own `Call` record.
@@ -26,12 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
 
 from service_runtime import logs, row_security, tracing
-from service_runtime.api_keys import Caller, KeyResolver
+from service_runtime.api_keys import Caller, KeyRefused, KeyResolver
 from service_runtime.audit import AuditRecord, AuditWriter, PendingAudit, clean, describe, is_mutation, pending_audit
 from service_runtime.call_context import enter_call
 from service_runtime.metrics import observe_rpc
+from service_runtime.rate_limits import KeyRateLimit
+from service_runtime.refusal_counts import RefusalCounter
 from service_runtime.rejections import Reason, Rejection
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,7 @@ class Call:
     presented: str | None = None  # the x-api-key as sent (never logged or stored)
     request_id: str | None = None
     caller: Caller | None = None
+    peer: str = ""
     code: str = "INTERNAL"  # until the call ends otherwise: an exception that escapes is a bug
     detail: str = ""
 
@@ -65,9 +74,14 @@ def read_metadata(call: Call, metadata: Iterable[tuple[str, Any]] | None) -> Non
 
 
 async def authenticate(call: Call, resolver: KeyResolver) -> Caller:
-    """The presented key's Caller (Rejection UNAUTHENTICATED otherwise); logs and row security are
-    scoped to its tenant from here on."""
-    call.caller = caller = await resolver.resolve(call.presented)
+    """The presented key's Caller (KeyRefused UNAUTHENTICATED otherwise: naming the key's Caller when
+    its secret matched, so the refusal is audited as that key's); logs and row security are scoped
+    to its tenant from here on."""
+    try:
+        call.caller = caller = await resolver.resolve(call.presented)
+    except KeyRefused as refused:
+        call.caller = refused.caller
+        raise
     logs.tenant_id.set(caller.tenant_id)
     row_security.current_tenant.set(caller.tenant_id)
     return caller
@@ -125,12 +139,14 @@ def audit_record(call: Call, code: str, detail: str) -> AuditRecord:
 
 
 class CallAudit:
-    """The audit trail's part in a call: every mutation and every refused attempt leaves a record."""
+    """The audit trail's part in a call: every mutation and every refused attempt of a known key
+    leaves a record; refusals of callers that proved no key are counted (`RefusalCounter`)."""
 
-    __slots__ = ("_writer",)
+    __slots__ = ("_refusals", "_writer")
 
-    def __init__(self, writer: AuditWriter | None) -> None:
+    def __init__(self, writer: AuditWriter | None, refusals: RefusalCounter | None = None) -> None:
         self._writer = writer
+        self._refusals = refusals
 
     def prepare(self, call: Call) -> PendingAudit | None:
         """A mutation's record, offered to the data layer to write in its own transaction."""
@@ -145,13 +161,27 @@ class CallAudit:
         if self._writer is not None and pending is not None and not pending.claimed:
             await self._writer.record(pending.record)
 
-    async def refused(self, call: Call) -> None:
-        if self._writer is None:
-            return
+    async def refused(self, call: Call, rejection: Rejection) -> None:
         try:
-            await self._writer.record(audit_record(call, call.code, call.detail))
+            if isinstance(rejection, KeyRefused) and rejection.caller is None:  # proved no key
+                if self._refusals is not None:
+                    await self._refusals.count(call.peer, rejection.reason_text)
+            elif self._writer is not None:
+                await self._writer.record(audit_record(call, call.code, call.detail))
         except Exception:  # the refusal stands even if its record could not be written
             log.exception("audit record of a refused %s failed", call.method)
+
+
+def status_details(rejection: Rejection) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying google.rpc.Status with RetryInfo, for a refusal that may be retried."""
+    if rejection.retry_after_s is None:
+        return ()
+    delay = Duration()
+    delay.FromNanoseconds(max(1, int(rejection.retry_after_s * 1e9)))
+    detail = AnyMessage()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=rejection.status.value[0], message=rejection.message, details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 # ---- observation ---------------------------------------------------------------------------------
@@ -180,11 +210,12 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 class GuardedMethod:
     """One method's handler behind the parts above, in their order."""
 
-    __slots__ = ("_allowed", "_audit", "_inner", "_method", "_resolver")
+    __slots__ = ("_allowed", "_audit", "_inner", "_limit", "_method", "_resolver")
 
     def __init__(self, method: str, inner: Handler, resolver: KeyResolver, allowed: frozenset[str] | None,
-                 audit: CallAudit) -> None:
+                 audit: CallAudit, limit: KeyRateLimit | None = None) -> None:
         self._method, self._inner, self._resolver, self._allowed, self._audit = method, inner, resolver, allowed, audit
+        self._limit = limit
 
     async def run(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = Call(self._method, request)
@@ -194,8 +225,8 @@ class GuardedMethod:
             return await self._answer(call, context)
         except Rejection as rej:
             call.code, call.detail = rej.status.name, rej.message
-            await self._audit.refused(call)
-            await context.abort(rej.status, rej.message)
+            await self._audit.refused(call, rej)
+            await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
         except asyncio.CancelledError:
             call.code = "CANCELLED"
             raise
@@ -204,7 +235,10 @@ class GuardedMethod:
 
     async def _admit(self, call: Call, context: grpc.aio.ServicerContext) -> None:
         read_metadata(call, context.invocation_metadata())
+        call.peer = context.peer() or ""
         caller = await authenticate(call, self._resolver)
+        if self._limit is not None:
+            self._limit.check(caller)
         authorize(call, caller, self._allowed)
         check_parsed(call)
         enter_call(caller)
@@ -225,10 +259,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, resolver: KeyResolver, permissions: Mapping[str, frozenset[str]],
-                 audit: AuditWriter | None = None) -> None:
+                 audit: AuditWriter | None = None, refusals: RefusalCounter | None = None,
+                 rate_limit: KeyRateLimit | None = None) -> None:
         self._resolver = resolver
         self._permissions = permissions
-        self._audit = CallAudit(audit)
+        self._audit = CallAudit(audit, refusals)
+        self._rate_limit = rate_limit
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -248,7 +284,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        guard = GuardedMethod(method, handler.unary_unary, self._resolver, self._permissions.get(method), self._audit)
+        guard = GuardedMethod(method, handler.unary_unary, self._resolver, self._permissions.get(method), self._audit,
+                              self._rate_limit)
         return grpc.unary_unary_rpc_method_handler(  # a bound coroutine method: grpc awaits it on the loop
             guard.run,
             request_deserializer=tolerant(handler.request_deserializer),

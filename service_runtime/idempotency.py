@@ -5,10 +5,14 @@ service_runtime.identifiers.check_key), one answer to a reused key: same key + s
 the stored response; same key + another request is ALREADY_EXISTS naming `idempotency_key`. Two
 ways to use it:
 
-- `Guard` (claim first; the invoice service): `claim` inserts the key row at the start of the
-  caller's transaction, so a concurrent request with the same key waits on it and then sees the
-  committed answer; `record` stores the response, and the call's audit record, before commit. A
-  replay raises `Replayed` with the stored bytes. `burn_key` makes a later call with a key fail.
+- `Guard` (claim first; the invoice service): `claim` takes the key's advisory lock at the start
+  of the caller's transaction and reads the key (`idempotency_claim`, service_runtime/migrations),
+  so a concurrent request with the same key waits and then sees the committed answer; `record`
+  inserts the key with its response, and the call's audit record, before commit. A replay raises
+  `Replayed` with the stored bytes. `burn_key` makes a later call with a key fail.
+
+Idempotency records are only ever inserted, complete: the app role has no UPDATE or DELETE on them
+(service_runtime/migrations/app_role_grants.txt), so no one can turn a retry into a second effect.
 - `run_idempotent` (check, work, remember; the ledger), and its parts `stored_response`,
   `remember` and `request_hash` for callers that compose their own transaction. Two concurrent
   first calls race on the primary key: the loser's transaction rolls back and it returns the
@@ -36,11 +40,7 @@ INSERT = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response) VALUES ($1, $2, $3, $4, $5)
 """
 REMEMBER_IF_ABSENT = INSERT.rstrip() + "\nON CONFLICT DO NOTHING\n"
-CLAIM_KEY = """
-INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
-VALUES ($1, $2, $3, $4, '') ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1
-"""
-STORE_RESPONSE = "UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2"
+CLAIM_KEY = "SELECT method, request_hash, response FROM idempotency_claim($1, $2)"
 BURN_KEY = """
 INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
 VALUES ($1, $2, $3, '', '') ON CONFLICT (tenant_id, key) DO NOTHING
@@ -51,9 +51,10 @@ _AUDIT_COLUMNS = "tenant_id, key_id, role, method, code, detail, reason, subject
 INSERT_AUDIT = f"""
 INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, string_to_array($8, chr(31)), $9)
 """
-STORE_RESPONSE_AND_AUDIT = f"""
-WITH stored AS (UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2)
-INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($4, $5, $6, $7, $8, $9, $10, string_to_array($11, chr(31)), $12)
+INSERT_AND_AUDIT = f"""
+WITH stored AS (INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response)
+                VALUES ($1, $2, $3, $4, $5))
+INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ($6, $7, $8, $9, $10, $11, $12, string_to_array($13, chr(31)), $14)
 """
 TOMBSTONE_SUFFIX = ":aborted"
 
@@ -143,14 +144,13 @@ class Guard:
         return cls(tenant_id, key, method, request_hash(request), encode)
 
     async def claim(self, conn: asyncpg.Connection) -> None:
-        """Claims the key in `conn`'s transaction; Replayed if it was answered before."""
+        """Claims the key in `conn`'s transaction (first statement, READ COMMITTED): holds it until
+        commit; Replayed if it was answered before."""
         if not self.key:
             return
-        if await conn.fetchval(CLAIM_KEY, self.tenant_id, self.key, self.method, self.request_hash):
-            return
-        row = await conn.fetchrow(SELECT, self.tenant_id, self.key)
-        assert row is not None
-        raise Replayed(_check_same_request(row, self.key, self.method, self.request_hash))
+        row = await conn.fetchrow(CLAIM_KEY, self.tenant_id, self.key)
+        if row is not None:
+            raise Replayed(_check_same_request(row, self.key, self.method, self.request_hash))
 
     async def record(self, conn: asyncpg.Connection, result: Any) -> Any:
         """Encodes `result` into the response message, stores it under the key, returns it.
@@ -165,13 +165,15 @@ class Guard:
             audit.tenant_id, audit.key_id, audit.role, audit.method, audit.code, audit.detail[:1000], audit.reason,
             chr(31).join(audit.subjects), audit.request_id)
         if self.key:
-            stored = (self.tenant_id, self.key, self.response.SerializeToString())
-            await conn.execute(STORE_RESPONSE_AND_AUDIT if row else STORE_RESPONSE, *stored, *row)
+            stored = (self.tenant_id, self.key, self.method, self.request_hash, self.response.SerializeToString())
+            await conn.execute(INSERT_AND_AUDIT if row else INSERT, *stored, *row)
         elif row:
             await conn.execute(INSERT_AUDIT, *row)
         return self.response
 
 
 async def burn_key(conn: asyncpg.Connection, tenant_id: str, key: str, method: str) -> None:
-    """Makes a later `method` call with `key` fail (a cancel that arrived before its try)."""
+    """Makes a later `method` call with `key` fail (a cancel that arrived before its try). Waits for
+    a call holding the key to end: then the key keeps that call's answer."""
+    await conn.fetch(CLAIM_KEY, tenant_id, key)
     await conn.execute(BURN_KEY, tenant_id, key, method + TOMBSTONE_SUFFIX)

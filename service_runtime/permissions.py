@@ -17,7 +17,7 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
             finance/admin may start at the front door) and to recurring allowance grants:
             PROMOTIONAL or PURCHASED lots with source `allowance` and the
             allowance id as campaign id (the GrantAllowance workflow; only finance/admin may
-            create an allowance at the front door).
+            create an allowance at the front door; these are not limited per key: their amount is the allowance's).
 - admin     everything.
 
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
@@ -26,21 +26,25 @@ role (PERMISSION_DENIED), so a new RPC is closed until it is listed here. Rules 
 request (which lot type, how much, who asked) live in the ledger's domain: see
 `ledger_service/domain/grants.py` (applied by `ledger_service/operations/grants.py`).
 
-Support limits and the two-person rule (ledger GrantCredits):
+Grant limits, the approval threshold and the two-person rule (ledger GrantCredits):
 - A support grant must be COMPENSATORY, with reason_code and incident_id (else INVALID_ARGUMENT
-  for missing fields, PERMISSION_DENIED for another lot type).
-- Limits are per tenant and unit, in the unit's major units: max_per_grant, and max_per_day =
-  the sum of the same support key's directly granted COMPENSATORY lots in that unit over the
-  trailing 24 hours (per key, not per tenant: one agent cannot exhaust the others' allowance;
-  approved requests do not count, a second person authorised them). Set per unit with
-  SetSupportGrantLimits (finance/admin); otherwise CREDITS_SUPPORT_MAX_GRANT (default 100) and
-  CREDITS_SUPPORT_MAX_DAILY (default 500).
-- Within both limits the lot is written as usual. Above either, no lot: a grant request in
+  for missing fields, PERMISSION_DENIED for another lot type); an operator grant COMPENSATORY
+  with an incident_id.
+- Support and operator keys are limited (finance and admin are not), per tenant and unit, in the
+  unit's major units: max_per_grant, and max_per_day = the sum of the same key's directly granted
+  COMPENSATORY lots in that unit over the trailing 24 hours (per key, not per tenant: one agent
+  cannot exhaust the others' allowance; approved requests do not count, a second person
+  authorised them). Set per unit with SetSupportGrantLimits (finance/admin); otherwise
+  CREDITS_SUPPORT_MAX_GRANT (default 100) and CREDITS_SUPPORT_MAX_DAILY (default 500).
+- Any grant, by any role, above the unit's approval_threshold (SetSupportGrantLimits, or
+  CREDITS_GRANT_APPROVAL_THRESHOLD; default none) needs approval too.
+- Within the limits the lot is written as usual. Above one, no lot: a grant request in
   PENDING_APPROVAL is stored (GrantCredits answers OK with a Lot whose lot_id is empty and whose
-  grant_request is set). ApproveGrantRequest (finance/admin, a key other than the requester's,
-  else PERMISSION_DENIED "two-person rule") creates the lot exactly once; approving again returns
-  the same request; RejectGrantRequest closes it with no lot; approving a rejected request or
-  rejecting an approved one is FAILED_PRECONDITION.
+  grant_request is set, naming the limit). ApproveGrantRequest (finance/admin, a key of another
+  person than the requester's: the keys' owners are compared, else PERMISSION_DENIED "two-person
+  rule") creates the lot exactly once; approving again returns the same request;
+  RejectGrantRequest closes it with no lot; approving a rejected request or rejecting an approved
+  one is FAILED_PRECONDITION.
 
 This module imports no service package: the services import their tables from here.
 """

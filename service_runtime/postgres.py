@@ -124,7 +124,7 @@ async def migrate(dsn: str, *dirs: Path) -> list[str]:
                     component, version, name, checksum,
                 )
             applied_now.append(f"{component}/{name}")
-        await apply_row_security(conn)  # idempotent: covers tables any migration added
+        await apply_row_security(conn, dirs)  # idempotent: covers tables any migration added
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
         await conn.close()

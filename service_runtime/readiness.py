@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import asyncpg
 import grpc
@@ -111,15 +112,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class Closeable(Protocol):
+    async def close(self) -> None: ...
+
+
 class WatchedServer(grpc.aio.Server):
     """A grpc.aio.Server whose `stop` first ends its database watch, then enters graceful shutdown
-    (everything NOT_SERVING, so probes drain it), then stops the server itself."""
+    (everything NOT_SERVING, so probes drain it), then stops the server itself, then closes what
+    it was given to close (the key resolver's listener, which holds a connection of the pool)."""
 
     def __init__(self, server: grpc.aio.Server, servicer: health.aio.HealthServicer,
-                 watch: asyncio.Task[None] | None) -> None:
+                 watch: asyncio.Task[None] | None, *closing: Closeable) -> None:
         self._inner = server
         self._servicer = servicer
         self._watch = watch
+        self._closing = list(closing)
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
@@ -140,6 +147,9 @@ class WatchedServer(grpc.aio.Server):
             self._watch = None
         await self._servicer.enter_graceful_shutdown()
         await self._inner.stop(grace)
+        closing, self._closing = self._closing, []
+        for part in closing:
+            await part.close()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - grpc's signature
         return await self._inner.wait_for_termination(timeout)

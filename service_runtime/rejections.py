@@ -18,6 +18,7 @@ class Reason(enum.Enum):
     PRECONDITION = "precondition"      # valid input, wrong state (insufficient credits, resolved hold)
     FORBIDDEN = "forbidden"            # authenticated, but the role may not do this
     UNAUTHENTICATED = "unauthenticated"
+    EXHAUSTED = "exhausted"            # over a rate limit; retry after `retry_after_s`
 
 
 STATUS_OF: dict[Reason, grpc.StatusCode] = {
@@ -27,15 +28,18 @@ STATUS_OF: dict[Reason, grpc.StatusCode] = {
     Reason.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
     Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 class Rejection(Exception):
-    """A request the system refuses on purpose. `field` names the offending input, if any."""
+    """A request the system refuses on purpose. `field` names the offending input, if any;
+    `retry_after_s`, when the same call may succeed later (sent as google.rpc.RetryInfo)."""
 
-    def __init__(self, reason: Reason, message: str, field: str = "") -> None:
+    def __init__(self, reason: Reason, message: str, field: str = "", *, retry_after_s: float | None = None) -> None:
         self.reason = reason
         self.field = field
+        self.retry_after_s = retry_after_s
         self.message = f"{field}: {message}" if field else message
         super().__init__(self.message)
 

@@ -1,8 +1,9 @@
 """The row-level security policies, as SQL the migrations apply (see service_runtime.row_security).
 
 `apply_row_security` runs as the owner at the end of every migration run (idempotent): it creates
-the app role if allowed, grants it DML, enables RLS and (re)creates the `tenant_isolation` policy
-on every table with a tenant_id column, so tables added by later migrations are covered too.
+the app role if allowed, grants it exactly the privileges of the allow-lists next to the migrations
+(service_runtime.app_grants), enables RLS and (re)creates the `tenant_isolation` policy on every
+table with a tenant_id column, so tables added by later migrations are covered too.
 Exempt: `tenants` and `api_keys` (authentication reads them before any tenant is known), and
 inserts into `audit_log` (the audit writer batches several tenants' records; reads are isolated).
 """
@@ -10,8 +11,12 @@ inserts into `audit_log` (the audit writer batches several tenants' records; rea
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import asyncpg
+
+from service_runtime.app_grants import apply_grants
 
 APP_ROLE = os.environ.get("CREDITS_DB_APP_ROLE", "credits_app")
 EXEMPT_TABLES = ("tenants", "api_keys", "schema_migrations")
@@ -33,8 +38,6 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
         EXECUTE format('GRANT CONNECT ON DATABASE %I TO {role}', current_database());
         GRANT USAGE ON SCHEMA public TO {role};
-        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
-        GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
     END IF;
     FOR t IN
         SELECT c.table_name FROM information_schema.columns c
@@ -67,5 +70,9 @@ def apply_sql(role: str = APP_ROLE) -> str:
     return APPLY.replace("{role}", role).replace("{exempt}", exempt)
 
 
-async def apply_row_security(conn: asyncpg.Connection) -> None:
+async def apply_row_security(conn: asyncpg.Connection, migration_dirs: Iterable[Path]) -> None:
+    """Row security on every tenant table, and the app role's privileges from the allow-lists in
+    `migration_dirs` (all the directories migrated into this database)."""
     await conn.execute(apply_sql())
+    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE):
+        await apply_grants(conn, APP_ROLE, migration_dirs)

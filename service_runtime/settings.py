@@ -39,6 +39,12 @@ class Settings:
     # gRPC health follows the database: checked this often, each check given this long (readiness).
     health_interval_s: float = field(default_factory=lambda: float(_env("HEALTH_INTERVAL_S", "2")))
     health_timeout_s: float = field(default_factory=lambda: float(_env("HEALTH_TIMEOUT_S", "1.5")))
+    # Refused calls that proved no key are counted per window of this many seconds (refusal_counts).
+    refusal_window_s: int = field(default_factory=lambda: int(_env("REFUSAL_WINDOW_S", "60")))
+    # Optional per-key rate limit (rate_limits): calls per second (0 = off), burst, exempt roles.
+    key_rate_limit: float = field(default_factory=lambda: float(_env("KEY_RATE_LIMIT", "0")))
+    key_rate_burst: float = field(default_factory=lambda: float(_env("KEY_RATE_BURST", "0")))
+    key_rate_exempt_roles: str = field(default_factory=lambda: _env("KEY_RATE_EXEMPT_ROLES", ""))
 
     @staticmethod
     def from_env() -> Settings:

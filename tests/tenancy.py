@@ -7,13 +7,14 @@ import asyncpg
 from service_runtime.api_keys import mint_key, store_tenant_key
 
 
-async def add_tenant_key(dsns: list[str] | str, tenant_id: str, role: str = "admin") -> str:
-    """Creates `tenant_id` (if missing) with a new key of `role` in each DSN; returns the key."""
+async def add_tenant_key(dsns: list[str] | str, tenant_id: str, role: str = "admin", owner: str = "") -> str:
+    """Creates `tenant_id` (if missing) with a new key of `role` (and `owner`: "" for an ownerless
+    key, its own principal) in each DSN; returns the key."""
     key_id, key, key_hash = mint_key()
     for dsn in [dsns] if isinstance(dsns, str) else dsns:
         conn = await asyncpg.connect(dsn)
         try:
-            await store_tenant_key(conn, tenant_id, tenant_id, key_id, key_hash, role)
+            await store_tenant_key(conn, tenant_id, tenant_id, key_id, key_hash, role, owner=owner)
         finally:
             await conn.close()
     return key

@@ -12,13 +12,13 @@ from creditctl.connection import load_settings
 from creditctl.help_listing import Group
 from creditctl.output import print_json
 from creditctl.service_databases import migrate_all
-from service_runtime.api_keys import ROLES, mint_key, store_tenant_key
+from service_runtime.api_keys import ROLES, check_owner, mint_key, store_tenant_key
 from service_runtime.databases import resolve_databases
 from service_runtime.settings import Settings
 
 
-async def create_tenant(settings: Settings, tenant_id: str, name: str, role: str) -> str:
-    """Creates the tenant in every service database with one key; returns the key (shown once)."""
+async def create_tenant(settings: Settings, tenant_id: str, name: str, role: str, owner: str = "") -> str:
+    """Creates the tenant in every service database with one key of `owner`; returns the key (shown once)."""
     dbs = resolve_databases(settings)
     await migrate_all(settings)
     key_id, key, key_hash = mint_key()
@@ -26,7 +26,7 @@ async def create_tenant(settings: Settings, tenant_id: str, name: str, role: str
         conn = await asyncpg.connect(dsn)
         try:
             async with conn.transaction():
-                await store_tenant_key(conn, tenant_id, name, key_id, key_hash, role)
+                await store_tenant_key(conn, tenant_id, name, key_id, key_hash, role, owner=owner)
         finally:
             await conn.close()
     return key
@@ -43,13 +43,22 @@ def command() -> None:
     pass
 
 
+def _owner(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_owner(value) if value else ""
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
+
+
 @command.command("create", help="create a tenant and print its first API key")
 @click.argument("tenant_id", callback=_tenant_id)
 @click.option("--name", default="")
 @click.option("--role", default="admin", type=click.Choice(ROLES))
+@click.option("--owner", default="", callback=_owner,
+              help="the person or system the first key is for (the two-person rule compares owners)")
 @click.option("--json", "as_json", is_flag=True)
-def create(tenant_id: str, name: str, role: str, as_json: bool) -> int:
-    key = asyncio.run(create_tenant(load_settings(), tenant_id, name or tenant_id, role))
+def create(tenant_id: str, name: str, role: str, owner: str, as_json: bool) -> int:
+    key = asyncio.run(create_tenant(load_settings(), tenant_id, name or tenant_id, role, owner))
     if as_json:
         print_json({"tenant_id": tenant_id, "api_key": key, "role": role}, indent=None)
     else:

@@ -227,7 +227,7 @@ class DebitEncoder:
 
     def __init__(self, account_id: str, unit: str, amount: str) -> None:
         self._rest = pb.DebitCreditsRequest(account_id=account_id, unit=unit,
-                                            charges=[pb.Charge(amount=amount)]).SerializeToString()
+                                            charges=[pb.Charge(amount=amount, kind=pb.USAGE)]).SerializeToString()
 
     def debit(self, key: str) -> bytes:
         return _len_field(1, key.encode()) + self._rest

@@ -150,7 +150,7 @@ def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int) -> list[Reque
             raise invalid(f"{f}.service_end", "is before service_start")
         not_beyond_skew(start, now, skew_s, f"{f}.service_start")
         name = check_id(c.name, f"{f}.name") if c.name else ""
-        kind = charge_kind(c.kind, f"{f}.kind") if c.kind else ChargeKind.USAGE
+        kind = charge_kind(c.kind, f"{f}.kind")  # CHARGE_KIND_UNSPECIFIED too: a charge says what it is
         out.append(RequestedCharge(charge_id, kind, name, c.amount, f"{f}.amount", start, end))
     return out
 
@@ -235,9 +235,13 @@ def stored_grant(raw: bytes, now: datetime, horizon_s: int) -> GrantOrder:
     return grant(pb.GrantCreditsRequest.FromString(raw), now, horizon_s)
 
 
-def support_limits(request: pb.SetSupportGrantLimitsRequest) -> tuple[str, AmountText, AmountText]:
+def support_limits(request: pb.SetSupportGrantLimitsRequest,
+                   ) -> tuple[str, AmountText, AmountText, AmountText | None]:
+    """(unit, max_per_grant, max_per_day, approval_threshold or None for none)."""
+    threshold = (AmountText(request.approval_threshold, "approval_threshold", allow_zero=True)
+                 if request.approval_threshold else None)
     return (check_id(request.unit, "unit"), AmountText(request.max_per_grant, "max_per_grant", allow_zero=True),
-            AmountText(request.max_per_day, "max_per_day", allow_zero=True))
+            AmountText(request.max_per_day, "max_per_day", allow_zero=True), threshold)
 
 
 def grant_request_query(request: pb.ListGrantRequestsRequest) -> GrantRequestQuery:

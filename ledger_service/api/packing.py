@@ -99,7 +99,12 @@ def grant_request(row: GrantRequestRow) -> pb.GrantRequest:
         grant=pb.GrantCreditsRequest.FromString(row.request), requested_by=row.requested_by,
         limit_exceeded=row.limit_exceeded.value, decided_by=row.decided_by, decision_reason=row.reason,
         lot_id=row.lot_id, created_at=ts(row.created_at), decided_at=ts(row.decided_at),
+        requested_by_owner=row.requester, decided_by_owner=row.decided_by_owner or _key_principal(row.decided_by),
     )
+
+
+def _key_principal(key_id: str) -> str:
+    return f"key:{key_id}" if key_id else ""
 
 
 def pending_lot(x: Lot, scale: int, row: GrantRequestRow) -> pb.Lot:
@@ -110,8 +115,10 @@ def pending_lot(x: Lot, scale: int, row: GrantRequestRow) -> pb.Lot:
 
 
 def support_limits(unit_code: str, limits: Limits, scale: int) -> pb.SupportGrantLimits:
+    threshold = "" if limits.approval_threshold is None else format_minor(limits.approval_threshold, scale)
     return pb.SupportGrantLimits(unit=unit_code, max_per_grant=format_minor(limits.max_per_grant, scale),
-                                 max_per_day=format_minor(limits.max_per_day, scale), is_default=limits.is_default)
+                                 max_per_day=format_minor(limits.max_per_day, scale), is_default=limits.is_default,
+                                 approval_threshold=threshold)
 
 
 def void_result(r: VoidResult, scale: int) -> pb.VoidGrantResponse:

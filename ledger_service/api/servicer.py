@@ -109,9 +109,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def SetSupportGrantLimits(self, request: pb.SetSupportGrantLimitsRequest,
                                     context: Any) -> pb.SupportGrantLimits:
         call = self._call("SetSupportGrantLimits", request, pb.SupportGrantLimits)
-        unit, per_grant, per_day = m.support_limits(request)
+        unit, per_grant, per_day, threshold = m.support_limits(request)
         return await grants.set_support_grant_limits(self._ledger, call, unit, per_grant, per_day,
-                                                     packing.support_limits)
+                                                     packing.support_limits, threshold)
 
     async def GetSupportGrantLimits(self, request: pb.GetSupportGrantLimitsRequest,
                                     context: Any) -> pb.SupportGrantLimits:

@@ -5,10 +5,12 @@ The role model and these rules in prose are at the top of `service_runtime/permi
 - a support key grants only COMPENSATORY credit, free, with a reason code and an incident id;
   an operator key only COMPENSATORY credit for an incident (outage compensation), or PROMOTIONAL /
   PURCHASED credit with source `allowance` and a campaign id (a recurring allowance's grant);
-- a support grant within its key's per-grant and per-day limits is written at once; above either
-  it becomes a grant request PENDING_APPROVAL;
-- a grant request is decided once (APPROVED with its lot, or REJECTED) by another key than the one
-  that asked; deciding it the same way again returns it, the other way is FAILED_PRECONDITION.
+- a support or operator grant within its key's per-grant and per-day limits is written at once;
+  above either it becomes a grant request PENDING_APPROVAL (finance and admin have no limits);
+- any grant, whoever asks, above the tenant's approval threshold of its unit becomes a grant request;
+- a grant request is decided once (APPROVED with its lot, or REJECTED) by another person than the
+  one that asked (the keys' owners are compared, not the keys); deciding it the same way again
+  returns it, the other way is FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ class GrantRequestStatus(enum.StrEnum):
 
 
 class LimitExceeded(enum.StrEnum):
-    """Why a support grant needs approval (named as the limit's field)."""
+    """Why a grant needs approval (named as the limit's field)."""
 
     MAX_PER_GRANT = "max_per_grant"
     MAX_PER_DAY = "max_per_day"
+    APPROVAL_THRESHOLD = "approval_threshold"
 
 
 def check_new_lot(lot: Lot) -> None:
@@ -77,18 +80,26 @@ def _is_allowance_grant(lot: Lot) -> bool:
             and bool(lot.campaign_id))
 
 
-def needs_limits(role: str) -> bool:
-    """Support grants go through the limits (and may need approval); other roles' do not."""
-    return role == SUPPORT
+LIMITED_ROLES = frozenset({SUPPORT, OPERATOR})
+
+
+def needs_limits(role: str, lot: Lot) -> bool:
+    """Support and operator grants go through the per-key limits (and may need approval); finance's
+    and admin's do not (the approval threshold applies to every role). A recurring allowance's grant
+    is not limited per key: finance or admin set its amount when they created the allowance, and the
+    operator key only carries it out each period."""
+    return role in LIMITED_ROLES and not (role == OPERATOR and _is_allowance_grant(lot))
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Support grant limits of one unit, in minor units; `is_default`: no tenant setting."""
+    """Grant limits of one unit, in minor units; `is_default`: no tenant setting.
+    `approval_threshold`: every grant above it needs approval (None: no threshold)."""
 
     max_per_grant: int
     max_per_day: int
     is_default: bool
+    approval_threshold: int | None = None
 
 
 def check_limits(limits: Limits) -> None:
@@ -96,19 +107,28 @@ def check_limits(limits: Limits) -> None:
         raise invalid("max_per_grant", "must not exceed max_per_day")
 
 
-def limit_exceeded(amount: int, granted_today: int, limits: Limits) -> LimitExceeded | None:
-    """The limit a grant of `amount` would break (None if none), given the key's last 24 hours."""
-    if amount > limits.max_per_grant:
+def limit_exceeded(amount: int, granted_today: int, limits: Limits, limited: bool = True) -> LimitExceeded | None:
+    """The limit a grant of `amount` would break (None if none): the key's own limits if `limited`
+    (given what it granted in the last 24 hours), then the tenant's approval threshold."""
+    if limited and amount > limits.max_per_grant:
         return LimitExceeded.MAX_PER_GRANT
-    if granted_today + amount > limits.max_per_day:
+    if limited and granted_today + amount > limits.max_per_day:
         return LimitExceeded.MAX_PER_DAY
+    if above_threshold(amount, limits):
+        return LimitExceeded.APPROVAL_THRESHOLD
     return None
 
 
+def above_threshold(amount: int, limits: Limits) -> bool:
+    return limits.approval_threshold is not None and amount > limits.approval_threshold
+
+
 def check_two_person_rule(requested_by: str, decided_by: str) -> None:
+    """`requested_by`, `decided_by`: principals (Caller.principal: the key's owner, or key:<id>)."""
     if decided_by == requested_by:
-        raise Rejection(Reason.FORBIDDEN, "two-person rule: a grant request must be decided by another key than "
-                                          "the one that asked for it", "request_id")
+        raise Rejection(Reason.FORBIDDEN, "two-person rule: a grant request must be decided by another person than "
+                                          f"the one who asked for it (both keys belong to {decided_by})",
+                        "request_id")
 
 
 def needs_decision(request_id: str, status: GrantRequestStatus, wanted: GrantRequestStatus) -> bool:

@@ -1,11 +1,13 @@
-"""Grants: GrantCredits (support grants within limits, or a request awaiting approval), VoidGrant,
-Set/GetSupportGrantLimits, Get/ListGrantRequests, Approve/RejectGrantRequest.
+"""Grants: GrantCredits (support and operator grants within limits, any grant under the tenant's
+approval threshold, or else a request awaiting approval), VoidGrant, Set/GetSupportGrantLimits,
+Get/ListGrantRequests, Approve/RejectGrantRequest.
 
-The rules are `ledger_service.domain.grants`. A support grant runs under its key's SupportGate
-lock: the replay check, the limits and the write (the writer's commit, or the request row with the
-idempotency key in the gate's transaction) cannot interleave with another grant by the same key.
-A decision runs under its request's lock; an approval writes its lot through the AccountWriter
-under a key derived from the request, then records the decision.
+The rules are `ledger_service.domain.grants`. A limited grant (support, operator, or any grant above
+the approval threshold) runs under its key's SupportGate lock: the replay check, the limits and the
+write (the writer's commit, or the request row with the idempotency key in the gate's transaction)
+cannot interleave with another grant by the same key. A decision runs under its request's lock and
+the two-person rule compares the people behind the keys (their owners); an approval writes its lot
+through the AccountWriter under a key derived from the request, then records the decision.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ L = TypeVar("L", bound=Message)
 T = TypeVar("T")
 DEFAULT_MAX_GRANT = "100"
 DEFAULT_MAX_DAILY = "500"
+THRESHOLD_ENV = "CREDITS_GRANT_APPROVAL_THRESHOLD"  # default approval threshold of every unit ("" = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +117,21 @@ def write_lot(lot: Lot) -> Apply:
 
 async def grant_credits(ledger: Ledger, call: Call[M], order: GrantOrder, pack_lot: Callable[[Lot, int], M],
                         pack_pending: Callable[[Lot, int, GrantRequestRow], M]) -> M:
-    """The lot, or (a support grant above its key's limits) a request awaiting approval and no lot."""
+    """The lot, or (a support or operator grant above its key's limits, any grant above the tenant's
+    approval threshold) a request awaiting approval and no lot."""
     scale = await ledger.scale(call.tenant_id, order.unit)
     lot = new_lot(order, scale, call.actor)
     rules.check_role_may_grant(call.caller.role, lot)
-    if rules.needs_limits(call.caller.role):
-        return await _support_grant(ledger, call, lot, scale, pack_lot, pack_pending)
+    if rules.needs_limits(call.caller.role, lot) or await _above_threshold(ledger, call.tenant_id, lot, scale):
+        return await _limited_grant(ledger, call, lot, scale, pack_lot, pack_pending)
     return await submit(ledger, call, lot.account_id, write_lot(lot), lambda x: pack_lot(x, scale))
 
 
-async def _support_grant(ledger: Ledger, call: Call[M], lot: Lot, scale: int, pack_lot: Callable[[Lot, int], M],
+async def _above_threshold(ledger: Ledger, tenant_id: str, lot: Lot, scale: int) -> bool:
+    return rules.above_threshold(lot.amount, await _limits(ledger.pool, tenant_id, lot.unit, scale))
+
+
+async def _limited_grant(ledger: Ledger, call: Call[M], lot: Lot, scale: int, pack_lot: Callable[[Lot, int], M],
                          pack_pending: Callable[[Lot, int, GrantRequestRow], M]) -> M:
     tenant, key, digest = call.tenant_id, call.key, call.digest
     for _attempt in range(2):
@@ -137,7 +145,8 @@ async def _support_grant(ledger: Ledger, call: Call[M], lot: Lot, scale: int, pa
                 if limit is None:
                     return await submit(ledger, call, lot.account_id, write_lot(lot), lambda x: pack_lot(x, scale))
                 row = await approvals.insert_request(conn, tenant, new_id("gr"), key, lot, call.actor, limit,
-                                                     call.request.SerializeToString(), ledger.now())
+                                                     call.request.SerializeToString(), ledger.now(),
+                                                     call.caller.principal)
                 out = pack_pending(lot, scale, row)
                 await remember(conn, tenant, key, call.method, digest, out)
                 return out
@@ -149,19 +158,25 @@ async def _support_grant(ledger: Ledger, call: Call[M], lot: Lot, scale: int, pa
 async def _limit_exceeded(ledger: Ledger, conn: asyncpg.Connection, call: Call[Any], lot: Lot,
                           scale: int) -> rules.LimitExceeded | None:
     limits = await _limits(conn, call.tenant_id, lot.unit, scale)
-    since = ledger.now() - rules.LIMIT_WINDOW
-    granted = await approvals.granted_since(conn, call.tenant_id, call.actor, lot.unit, since)
-    return rules.limit_exceeded(lot.amount, granted, limits)
+    limited = rules.needs_limits(call.caller.role, lot)
+    granted = 0
+    if limited:
+        since = ledger.now() - rules.LIMIT_WINDOW
+        granted = await approvals.granted_since(conn, call.tenant_id, call.actor, lot.unit, since)
+    return rules.limit_exceeded(lot.amount, granted, limits, limited)
 
 
 # --- limits -------------------------------------------------------------------------------------
 
 def default_limits(scale: int) -> Limits:
-    """CREDITS_SUPPORT_MAX_GRANT / CREDITS_SUPPORT_MAX_DAILY, in the unit's major units (read per call)."""
+    """CREDITS_SUPPORT_MAX_GRANT / CREDITS_SUPPORT_MAX_DAILY / CREDITS_GRANT_APPROVAL_THRESHOLD, in
+    the unit's major units (read per call)."""
     per_grant = os.environ.get("CREDITS_SUPPORT_MAX_GRANT", DEFAULT_MAX_GRANT)
     per_day = os.environ.get("CREDITS_SUPPORT_MAX_DAILY", DEFAULT_MAX_DAILY)
+    threshold = os.environ.get(THRESHOLD_ENV, "").strip()
     return Limits(parse_minor(per_grant, scale, "CREDITS_SUPPORT_MAX_GRANT", allow_zero=True),
-                  parse_minor(per_day, scale, "CREDITS_SUPPORT_MAX_DAILY", allow_zero=True), True)
+                  parse_minor(per_day, scale, "CREDITS_SUPPORT_MAX_DAILY", allow_zero=True), True,
+                  parse_minor(threshold, scale, THRESHOLD_ENV, allow_zero=True) if threshold else None)
 
 
 async def _limits(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, unit: str, scale: int) -> Limits:
@@ -169,9 +184,11 @@ async def _limits(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, unit:
 
 
 async def set_support_grant_limits(ledger: Ledger, call: Call[M], unit: str, max_per_grant: AmountText,
-                                   max_per_day: AmountText, pack: Callable[[str, Limits, int], M]) -> M:
+                                   max_per_day: AmountText, pack: Callable[[str, Limits, int], M],
+                                   approval_threshold: AmountText | None = None) -> M:
     scale = await ledger.scale(call.tenant_id, unit)
-    limits = Limits(max_per_grant.minor(scale), max_per_day.minor(scale), False)
+    threshold = approval_threshold.minor(scale) if approval_threshold is not None else None
+    limits = Limits(max_per_grant.minor(scale), max_per_day.minor(scale), False, threshold)
     rules.check_limits(limits)
 
     async def work(conn: asyncpg.Connection) -> Limits:
@@ -239,7 +256,7 @@ async def _decide(ledger: Ledger, call: Call[M], request_id: str, reason: str, w
         if stored is not None:
             return call.response.FromString(stored)
         row = await approvals.get_request(conn, tenant, request_id)
-        rules.check_two_person_rule(row.requested_by, call.actor)
+        rules.check_two_person_rule(row.requester, call.caller.principal)
         if rules.needs_decision(request_id, row.status, wanted):
             started = await approvals.approval_started(conn, tenant, request_id)
             lot_id = None
@@ -247,7 +264,8 @@ async def _decide(ledger: Ledger, call: Call[M], request_id: str, reason: str, w
                 lot_id = await _approved_lot(ledger, call, row, started, wire)
             else:
                 rules.check_rejectable(request_id, started)
-            row = await approvals.record_decision(conn, tenant, row, wanted, call.actor, reason, lot_id, ledger.now())
+            row = await approvals.record_decision(conn, tenant, row, wanted, call.actor, reason, lot_id, ledger.now(),
+                                                  call.caller.principal)
         out = wire.pack_request(row)
         await remember(conn, tenant, call.key, call.method, digest, out)
         return out

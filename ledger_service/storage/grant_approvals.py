@@ -43,12 +43,16 @@ def request_digest(row: GrantRequestRow) -> bytes:
 
 # --- limits ------------------------------------------------------------------------------------
 
-SELECT_LIMITS = "SELECT max_per_grant, max_per_day FROM support_grant_limits WHERE tenant_id = $1 AND unit = $2"
+SELECT_LIMITS = """
+SELECT max_per_grant, max_per_day, approval_threshold FROM support_grant_limits WHERE tenant_id = $1 AND unit = $2
+"""
 UPSERT_LIMITS = """
-INSERT INTO support_grant_limits (tenant_id, unit, max_per_grant, max_per_day, updated_by, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO support_grant_limits (tenant_id, unit, max_per_grant, max_per_day, approval_threshold, updated_by,
+                                  updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (tenant_id, unit) DO UPDATE SET max_per_grant = EXCLUDED.max_per_grant,
-    max_per_day = EXCLUDED.max_per_day, updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
+    max_per_day = EXCLUDED.max_per_day, approval_threshold = EXCLUDED.approval_threshold,
+    updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
 """
 GRANTED_SINCE = """
 SELECT COALESCE(sum(amount), 0) FROM lots
@@ -61,17 +65,18 @@ async def limits_for(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, un
     row = await conn.fetchrow(SELECT_LIMITS, tenant_id, unit)
     if row is None:
         return None
-    return Limits(row["max_per_grant"], row["max_per_day"], False)
+    return Limits(row["max_per_grant"], row["max_per_day"], False, row["approval_threshold"])
 
 
 async def set_limits(conn: asyncpg.Connection, tenant_id: str, unit: str, limits: Limits, actor: str,
                      now: datetime) -> Limits:
-    await conn.execute(UPSERT_LIMITS, tenant_id, unit, limits.max_per_grant, limits.max_per_day, actor, now)
-    return Limits(limits.max_per_grant, limits.max_per_day, False)
+    await conn.execute(UPSERT_LIMITS, tenant_id, unit, limits.max_per_grant, limits.max_per_day,
+                       limits.approval_threshold, actor, now)
+    return Limits(limits.max_per_grant, limits.max_per_day, False, limits.approval_threshold)
 
 
 async def granted_since(conn: asyncpg.Connection, tenant_id: str, actor: str, unit: str, since: datetime) -> int:
-    """The COMPENSATORY credit `actor` granted directly in `unit` since `since` (minor units)."""
+    """The COMPENSATORY credit the key `actor` granted directly in `unit` since `since` (minor units)."""
     return int(await conn.fetchval(GRANTED_SINCE, tenant_id, actor, unit, since))
 
 
@@ -129,18 +134,26 @@ class GrantRequestRow:
     reason: str = ""
     lot_id: str = ""
     decided_at: datetime | None = None
+    requested_by_owner: str = ""  # principals (owner or key:<id>); "" on rows made before owners
+    decided_by_owner: str = ""
+
+    @property
+    def requester(self) -> str:
+        """Who asked, for the two-person rule (a row made before owners: its key)."""
+        return self.requested_by_owner or f"key:{self.requested_by}"
 
 
 INSERT_REQUEST = """
 INSERT INTO grant_requests (tenant_id, request_id, idempotency_key, account_id, unit, amount, lot_type, reason_code,
-                            incident_id, requested_by, limit_exceeded, request, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                            incident_id, requested_by, limit_exceeded, request, created_at, requested_by_owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING seq
 """
 _SELECT = """
 SELECT r.request_id, r.seq, r.account_id, r.unit, r.amount, r.requested_by, r.limit_exceeded, r.request,
        r.created_at, COALESCE(d.status, 'PENDING_APPROVAL') AS status, COALESCE(d.decided_by, '') AS decided_by,
-       COALESCE(d.reason, '') AS reason, COALESCE(d.lot_id, '') AS lot_id, d.decided_at
+       COALESCE(d.reason, '') AS reason, COALESCE(d.lot_id, '') AS lot_id, d.decided_at, r.requested_by_owner,
+       COALESCE(d.decided_by_owner, '') AS decided_by_owner
 FROM grant_requests r
 LEFT JOIN grant_request_decisions d ON d.tenant_id = r.tenant_id AND d.request_id = r.request_id
 """
@@ -151,8 +164,9 @@ WHERE r.tenant_id = $1 AND r.seq > $2 AND ($3 = '' OR r.account_id = $3)
 ORDER BY r.seq LIMIT $5
 """
 INSERT_DECISION = """
-INSERT INTO grant_request_decisions (tenant_id, request_id, status, decided_by, reason, lot_id, decided_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO grant_request_decisions (tenant_id, request_id, status, decided_by, reason, lot_id, decided_at,
+                                     decided_by_owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 
 
@@ -162,16 +176,20 @@ def _row(r: asyncpg.Record) -> GrantRequestRow:
         requested_by=r["requested_by"], limit_exceeded=LimitExceeded(r["limit_exceeded"]),
         request=bytes(r["request"]), created_at=r["created_at"], status=GrantRequestStatus(r["status"]),
         decided_by=r["decided_by"], reason=r["reason"],
-        lot_id=r["lot_id"], decided_at=r["decided_at"],
+        lot_id=r["lot_id"], decided_at=r["decided_at"], requested_by_owner=r["requested_by_owner"],
+        decided_by_owner=r["decided_by_owner"],
     )
 
 
 async def insert_request(conn: asyncpg.Connection, tenant_id: str, request_id: str, idempotency_key: str, lot: Lot,
-                         requested_by: str, limit: LimitExceeded, request: bytes, now: datetime) -> GrantRequestRow:
+                         requested_by: str, limit: LimitExceeded, request: bytes, now: datetime,
+                         requested_by_owner: str) -> GrantRequestRow:
+    """A new request; `requested_by` is the asking key, `requested_by_owner` the principal behind it."""
     seq = await conn.fetchval(INSERT_REQUEST, tenant_id, request_id, idempotency_key, lot.account_id, lot.unit,
                               lot.amount, lot.lot_type.value, lot.reason_code, lot.incident_id, requested_by,
-                              limit.value, request, now)
-    return GrantRequestRow(request_id, seq, lot.account_id, lot.unit, lot.amount, requested_by, limit, request, now)
+                              limit.value, request, now, requested_by_owner)
+    return GrantRequestRow(request_id, seq, lot.account_id, lot.unit, lot.amount, requested_by, limit, request, now,
+                           requested_by_owner=requested_by_owner)
 
 
 async def get_request(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, request_id: str) -> GrantRequestRow:
@@ -189,10 +207,12 @@ async def list_requests(pool: asyncpg.Pool, tenant_id: str, status: GrantRequest
 
 async def record_decision(conn: asyncpg.Connection, tenant_id: str, row: GrantRequestRow,
                           status: GrantRequestStatus, decided_by: str, reason: str, lot_id: str | None,
-                          now: datetime) -> GrantRequestRow:
+                          now: datetime, decided_by_owner: str) -> GrantRequestRow:
     """Writes the one decision of a pending request (the caller holds its lock and checked it is pending)."""
-    await conn.execute(INSERT_DECISION, tenant_id, row.request_id, status.value, decided_by, reason, lot_id, now)
+    await conn.execute(INSERT_DECISION, tenant_id, row.request_id, status.value, decided_by, reason, lot_id, now,
+                       decided_by_owner)
     row.status, row.decided_by, row.reason, row.decided_at = status, decided_by, reason, now
+    row.decided_by_owner = decided_by_owner
     row.lot_id = lot_id or ""
     return row
 

@@ -23,8 +23,9 @@ DOCUMENTED = frozenset({
     grpc.StatusCode.UNAUTHENTICATED,
 })
 # Refused attempts are recorded in the audit trail on purpose ("every refused attempt leaves a record,
-# and nothing else"): that one append is allowed; every other table must be unchanged.
-AUDIT_TABLES = frozenset({'"public"."audit_log"'})
+# and nothing else"): that one append is allowed, or for a caller that proved no key the count of its
+# window (refused_call_windows); every other table must be unchanged.
+AUDIT_TABLES = frozenset({'"public"."audit_log"', '"public"."refused_call_windows"'})
 
 
 def is_audit(table: str) -> bool:

@@ -46,7 +46,8 @@ async def test_expired_lot_still_pays_usage_from_its_window_then_expires(ledger:
         idempotency_key="d", account_id="john", unit="USD", charges=[charge("1.00")]), metadata=ledger.md),
         grpc.StatusCode.FAILED_PRECONDITION, "insufficient")
     # Usage from inside its window, invoiced later, is still paid by it.
-    c = pb.Charge(charge_id="u", amount="4.00", service_start=ts(start), service_end=ts(now - timedelta(days=10)))
+    c = pb.Charge(charge_id="u", kind=pb.USAGE, amount="4.00", service_start=ts(start),
+                  service_end=ts(now - timedelta(days=10)))
     hold = await ledger.stub.ReserveCredits(pb.ReserveCreditsRequest(
         idempotency_key="r", hold_key="inv-1", account_id="john", unit="USD", charges=[c]), metadata=ledger.md)
     assert hold.allocations[0].lot_id == promo.lot_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -11,7 +12,7 @@ from creditctl.commands.keys import create_key, list_keys, revoke_key, rotate_ke
 from creditctl.commands.tenants import create_tenant
 from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
 from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
-from service_runtime.api_keys import KeyResolver
+from service_runtime.api_keys import Caller, KeyResolver
 from service_runtime.databases import TENANCY_MIGRATIONS
 from service_runtime.rejections import Rejection
 from service_runtime.settings import Settings
@@ -59,3 +60,45 @@ async def test_key_lifecycle(settings: Settings) -> None:
     assert listed[new_id]["revoked_at"] is not None and len(listed) == 4
     with pytest.raises(SystemExit):
         await create_key(settings, "nobody", "service", None)
+
+
+async def _caller(dsn: str, key: str) -> Caller:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        return await KeyResolver(pool).resolve(key)
+    finally:
+        await pool.close()
+
+
+async def test_keys_carry_their_owner_and_creditctl_asks_for_it(settings: Settings) -> None:
+    """`creditctl keys create --owner` (required) stores the person or system behind the key in every
+    database; a rotated key keeps it; the coordinator's keys are the system's."""
+    from coordinator.keys import COORDINATOR_OWNER, MintingKeyStore
+    from tests.creditctl.test_user_mistakes import creditctl, one_line
+
+    await create_tenant(settings, "acme", "Acme", "admin", owner="ops@acme.example")
+    env = {"CREDITS_LEDGER_DSN": settings.ledger_dsn, "CREDITS_INVOICE_DSN": settings.invoice_dsn}
+    code, out, err = await creditctl("keys", "create", "acme", "--role", "finance", "--owner", "alice@acme.example",
+                                     "--json", **env)
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["owner"] == "alice@acme.example"
+    for dsn in (settings.ledger_dsn, settings.invoice_dsn):
+        caller = await _caller(dsn, created["api_key"])
+        assert (caller.role, caller.owner, caller.principal) == ("finance", "alice@acme.example", "alice@acme.example")
+    code, _, err = await creditctl("keys", "create", "acme", **env)
+    assert code == 2 and "--owner" in one_line(err)
+    code, _, err = await creditctl("keys", "create", "acme", "--owner", " ", **env)
+    assert code == 2 and "--owner" in one_line(err)
+    _, rotated = await rotate_key(settings, created["key_id"], timedelta(hours=1))
+    assert (await _caller(settings.ledger_dsn, rotated)).owner == "alice@acme.example"
+    listed = {k["key_id"]: k["owner"] for k in await list_keys(settings, "acme")}
+    assert sorted(listed.values()) == ["alice@acme.example", "alice@acme.example", "ops@acme.example"]
+    store = MintingKeyStore([settings.ledger_dsn, settings.invoice_dsn])
+    try:
+        minted = await store.key_for("acme")
+        assert (await _caller(settings.invoice_dsn, minted)).owner == COORDINATOR_OWNER
+    finally:
+        await store.close()
+    ownerless = await _caller(settings.ledger_dsn, (await create_key(settings, "acme", "readonly", None))[1])
+    assert ownerless.owner == "" and ownerless.principal == f"key:{ownerless.key_id}"

@@ -31,11 +31,12 @@ async def test_rpc_series_and_gauges_are_scraped(ledger: Ledger, metrics_port: i
     await ledger.account("m")
     await ledger.grant("m", "5")
     await ledger.stub.ReserveCredits(pb.ReserveCreditsRequest(
-        idempotency_key="r", hold_key="h", account_id="m", unit="USD", charges=[pb.Charge(amount="1")]),
+        idempotency_key="r", hold_key="h", account_id="m", unit="USD", charges=[pb.Charge(amount="1", kind=pb.USAGE)]),
         metadata=ledger.md)
     with pytest.raises(grpc.aio.AioRpcError):
         await ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-            idempotency_key="d", account_id="m", unit="USD", charges=[pb.Charge(amount="99")]), metadata=ledger.md)
+            idempotency_key="d", account_id="m", unit="USD", charges=[pb.Charge(amount="99", kind=pb.USAGE)]),
+            metadata=ledger.md)
     pool = await asyncpg.create_pool(ledger.dsn, min_size=1, max_size=1)
     try:
         await refresh_gauges(pool)

@@ -40,9 +40,9 @@ class Stack:
     def stub(self, service: str) -> Any:
         return self.ledger if service.endswith("LedgerService") else self.invoice
 
-    async def key(self, tenant: str, role: str) -> str:
-        """A fresh key of `role` for `tenant`, in both databases."""
-        return await add_tenant_key([self.ledger_dsn, self.invoice_dsn], tenant, role)
+    async def key(self, tenant: str, role: str, owner: str = "") -> str:
+        """A fresh key of `role` (belonging to `owner`) for `tenant`, in both databases."""
+        return await add_tenant_key([self.ledger_dsn, self.invoice_dsn], tenant, role, owner)
 
 
 async def start_stack() -> tuple[Stack, list[tuple[grpc.aio.Server, asyncpg.Pool]]]:

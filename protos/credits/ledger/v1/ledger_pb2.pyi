@@ -907,16 +907,18 @@ class VerifyJournalResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., entries: _Optional[int] = ..., lots: _Optional[int] = ..., violations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetSupportGrantLimitsRequest(_message.Message):
-    __slots__ = ("idempotency_key", "unit", "max_per_grant", "max_per_day")
+    __slots__ = ("idempotency_key", "unit", "max_per_grant", "max_per_day", "approval_threshold")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_GRANT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     unit: str
     max_per_grant: str
     max_per_day: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ...) -> None: ...
+    approval_threshold: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ..., approval_threshold: _Optional[str] = ...) -> None: ...
 
 class GetSupportGrantLimitsRequest(_message.Message):
     __slots__ = ("unit",)
@@ -925,19 +927,21 @@ class GetSupportGrantLimitsRequest(_message.Message):
     def __init__(self, unit: _Optional[str] = ...) -> None: ...
 
 class SupportGrantLimits(_message.Message):
-    __slots__ = ("unit", "max_per_grant", "max_per_day", "is_default")
+    __slots__ = ("unit", "max_per_grant", "max_per_day", "is_default", "approval_threshold")
     UNIT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_GRANT_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     unit: str
     max_per_grant: str
     max_per_day: str
     is_default: bool
-    def __init__(self, unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    approval_threshold: str
+    def __init__(self, unit: _Optional[str] = ..., max_per_grant: _Optional[str] = ..., max_per_day: _Optional[str] = ..., is_default: _Optional[bool] = ..., approval_threshold: _Optional[str] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
-    __slots__ = ("request_id", "status", "grant", "requested_by", "limit_exceeded", "decided_by", "decision_reason", "lot_id", "created_at", "decided_at")
+    __slots__ = ("request_id", "status", "grant", "requested_by", "limit_exceeded", "decided_by", "decision_reason", "lot_id", "created_at", "decided_at", "requested_by_owner", "decided_by_owner")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
@@ -948,6 +952,8 @@ class GrantRequest(_message.Message):
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_OWNER_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_OWNER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     status: GrantRequestStatus
     grant: GrantCreditsRequest
@@ -958,7 +964,9 @@ class GrantRequest(_message.Message):
     lot_id: str
     created_at: _timestamp_pb2.Timestamp
     decided_at: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[_Union[GrantRequestStatus, str]] = ..., grant: _Optional[_Union[GrantCreditsRequest, _Mapping]] = ..., requested_by: _Optional[str] = ..., limit_exceeded: _Optional[str] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., lot_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    requested_by_owner: str
+    decided_by_owner: str
+    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[_Union[GrantRequestStatus, str]] = ..., grant: _Optional[_Union[GrantCreditsRequest, _Mapping]] = ..., requested_by: _Optional[str] = ..., limit_exceeded: _Optional[str] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., lot_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requested_by_owner: _Optional[str] = ..., decided_by_owner: _Optional[str] = ...) -> None: ...
 
 class GetGrantRequestRequest(_message.Message):
     __slots__ = ("request_id",)
