@@ -6,14 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncio
+
 import grpc
 import pytest
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator import naming
-from coordinator.messages import VoidInvoiceInput
-from coordinator.workflows import VoidInvoiceWorkflow
+from coordinator.messages import SweepInput, VoidInvoiceInput
+from coordinator.workflows import ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.faults import FaultPlan
 from reconciler import ReconcileReport, reconcile
 from stack.scenario import ts
 from tests.coordinator.conftest import TENANT, Stack
@@ -125,3 +128,27 @@ async def test_the_ledger_and_the_invoice_service_share_one_catalog_of_money(sta
             idempotency_key="p-usd", plan_id="p-usd", currency="usd", usage_charges=[ipb.UsageCharge(
                 meter_code="input_tokens", price=ipb.Price(model=ipb.PER_UNIT, unit_amount="1"))]), metadata=stack.md)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "currency" in (refused.value.details() or "")
+
+
+@pytest.mark.parametrize(("step", "phase", "settled", "status"), [
+    ("commit_hold", "before", "committed", ipb.FINALIZED),      # after the decision: committed
+    ("prepare_finalize", "after", "aborted", ipb.DRAFT),        # before it: released, back to DRAFT
+])
+async def test_the_resolver_settles_a_lost_zero_invoice_saga_by_its_decision(
+        stack: Stack, step: str, phase: str, settled: str, status: int) -> None:
+    invoice_id = await _customer(stack, "idle", "USD", "0.00001")
+    faults = FaultPlan().add(step, phase, "block")
+    async with stack.worker(faults):
+        handle = await stack.start_finalize(invoice_id)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        await handle.terminate("simulated loss of the coordinator")
+        faults.release_blocked()
+    async with stack.worker():
+        result = await stack.client.execute_workflow(ResolveInDoubtWorkflow.run, SweepInput(older_than_s=0),
+                                                     id=f"resolve-{stack.task_queue}", task_queue=stack.task_queue)
+    assert (len(result.committed), len(result.aborted), result.unknown) == (
+        int(settled == "committed"), int(settled == "aborted"), [])
+    assert (await stack.invoice(invoice_id)).status == status
+    [hold] = await stack.holds(invoice_id)
+    assert hold.status == (lpb.COMMITTED if settled == "committed" else lpb.RELEASED)
+    await _reconciled(stack, 1)
