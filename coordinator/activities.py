@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, TypeVar
 
 import grpc
@@ -145,6 +146,29 @@ class LedgerActivities:
         )
         return _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
 
+    @activity.defn(name="ledger.reserve_units")
+    async def reserve_units(self, inp: ReserveInput) -> HoldView:
+        """ReserveCredits in a usage unit: each unit charge's quantity, down to whole steps of the
+        unit's scale (a lot covers 1,000 compute minutes, not 999.5 of 999.7 used)."""
+        units = await self._p._call("list_units", inp.tenant_id, self._stub.ListUnits, lpb.ListUnitsRequest())
+        scale = next((u.scale for u in units.units if u.code == inp.unit), None)
+        if scale is None:
+            raise ApplicationError(f"reserve_units: the ledger has no unit {inp.unit!r} (a meter counts in it; "
+                                   "DefineUnit it)", type="Rejected", non_retryable=True)
+        step = Decimal(1).scaleb(-scale)
+        charges = [(c, Decimal(c.amount).quantize(step, rounding=ROUND_FLOOR)) for c in inp.charges]
+        req = lpb.ReserveCreditsRequest(
+            idempotency_key=inp.idempotency_key, hold_key=inp.hold_key, account_id=inp.account_id, unit=inp.unit,
+            up_to=True, release_on_ttl=False, reference=inp.reference,
+            charges=[lpb.Charge(charge_id=c.charge_id, kind=c.kind, name=c.name, amount=str(q),  # type: ignore[arg-type]
+                                service_start=to_ts(c.service_start), service_end=to_ts(c.service_end))
+                     for c, q in charges if q > 0],
+        )
+        view = _hold_view(await self._p._call("reserve_units", inp.tenant_id, self._stub.ReserveCredits, req))
+        for a in view.allocations:
+            a.unit = inp.unit
+        return view
+
     @activity.defn(name="ledger.commit_hold")
     async def commit_hold(self, inp: HoldInput) -> str:
         req = lpb.CommitHoldRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key)
@@ -206,8 +230,16 @@ def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
         currency=inv.currency, status=InvoiceStatus(ipb.InvoiceStatus.Name(inv.status)),
         period_start=from_ts(inv.period_start), period_end=from_ts(inv.period_end), subtotal=inv.subtotal,
         credits_applied=inv.credits_applied, amount_due=inv.amount_due, number=inv.number,
-        prepare_key=inv.prepare_key,
+        prepare_key=inv.prepare_key, usage_units=sorted({i.unit for i in inv.line_items if i.unit}),
     )
+
+
+def _application(a: AllocationSpec) -> ipb.CreditApplication:
+    """A hold allocation as a credit application: an amount of the currency, or units of a usage unit."""
+    if a.unit:
+        return ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type, unit=a.unit,
+                                     units=a.amount)
+    return ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type, amount=a.amount)
 
 
 def _invoice_line(inv: ipb.Invoice) -> str:
@@ -230,12 +262,15 @@ class InvoiceActivities:
 
     @activity.defn(name="invoice.split_draft")
     async def split_draft(self, inp: SplitInput) -> SplitResult:
-        req = ipb.SplitDraftRequest(invoice_id=inp.invoice_id, split_at=[to_ts(s) for s in inp.split_at])
+        req = ipb.SplitDraftRequest(invoice_id=inp.invoice_id, split_at=[to_ts(s) for s in inp.split_at],
+                                    unit_applications=[_application(a) for a in inp.unit_applications])
         resp = await self._p._call("split_draft", inp.tenant_id, self._stub.SplitDraft, req)
         return SplitResult(
             charges=[ChargeSpec(c.charge_id, int(c.kind), c.name, c.amount, from_ts(c.service_start),
                                 from_ts(c.service_end)) for c in resp.charges],
             draft_digest=resp.draft_digest,
+            unit_charges=[ChargeSpec(c.charge_id, int(c.kind), c.name, c.quantity, from_ts(c.service_start),
+                                     from_ts(c.service_end), c.unit) for c in resp.unit_charges],
         )
 
     @activity.defn(name="invoice.prepare_finalize")
@@ -243,8 +278,7 @@ class InvoiceActivities:
         req = ipb.PrepareFinalizeRequest(
             idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id, draft_digest=inp.draft_digest,
             split_at=[to_ts(s) for s in inp.split_at],
-            applications=[ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type,
-                                                amount=a.amount) for a in inp.applications],
+            applications=[_application(a) for a in inp.applications],
         )
         return _invoice_line(await self._p._call("prepare_finalize", inp.tenant_id, self._stub.PrepareFinalize, req))
 

@@ -69,6 +69,7 @@ class ChargeSpec:
     amount: str
     service_start: str
     service_end: str
+    unit: str = ""  # unit charges: the usage unit `amount` (the quantity) counts in
 
 
 @dataclass
@@ -78,6 +79,7 @@ class AllocationSpec:
     lot_type: str
     amount: str
     posted: str = ""
+    unit: str = ""  # set on a usage-unit hold's allocations: `amount` is units of it
 
 
 @dataclass
@@ -167,6 +169,7 @@ class InvoiceView:
     amount_due: str = ""
     number: str = ""
     prepare_key: str = ""
+    usage_units: list[str] = field(default_factory=list)  # units its usage meters count in (sorted)
 
 
 @dataclass
@@ -174,12 +177,14 @@ class SplitInput:
     tenant_id: str
     invoice_id: str
     split_at: list[str]
+    unit_applications: list[AllocationSpec] = field(default_factory=list)  # what usage-unit lots reserved
 
 
 @dataclass
 class SplitResult:
     charges: list[ChargeSpec]
     draft_digest: str
+    unit_charges: list[ChargeSpec] = field(default_factory=list)
 
 
 @dataclass

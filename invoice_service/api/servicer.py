@@ -135,8 +135,14 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
     async def SplitDraft(self, request: pb.SplitDraftRequest, context: _Ctx) -> pb.SplitDraftResponse:
         invoice_id = check_id(request.invoice_id, "invoice_id")
         instants = unpack.timestamps(request.split_at, "split_at")
-        view, digest = await self._invoices.split_draft(_tenant(), invoice_id, instants)
-        return pb.SplitDraftResponse(invoice=pack.invoice(view), charges=pack.charges(view), draft_digest=digest)
+        covers = unpack.applications(request.unit_applications, "unit_applications")
+        if any(not a.unit for a in covers):
+            n = next(i for i, a in enumerate(covers) if not a.unit)
+            raise invalid(f"unit_applications[{n}].unit", "is required: what a usage-unit lot covered")
+        split = await self._invoices.split_draft(_tenant(), invoice_id, instants, covers)
+        return pb.SplitDraftResponse(invoice=pack.invoice(split.view), charges=pack.pieces(split.charges, split.view),
+                                     draft_digest=split.digest,
+                                     unit_charges=pack.unit_pieces(split.unit_charges, split.view))
 
     # ---- two-phase ----------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ class LineItem:
     amount_minor: int
     service_start: datetime
     service_end: datetime
+    unit: str = ""  # USAGE: the meter's usage unit ("" = none)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,9 @@ class Application:
     line_item_id: str
     lot_id: str
     lot_type: str
-    amount_minor: int
+    amount_minor: int   # in the invoice currency (for a usage-unit lot: the value of `units`)
+    unit: str = ""      # "" = a lot in the invoice currency; else the lot's usage unit
+    units: Decimal = _ZERO  # units covered (usage-unit lots)
 
 
 @dataclass(frozen=True)
@@ -205,4 +208,12 @@ class InvoiceView:
         out: dict[str, int] = {}
         for a in self.applications:
             out[a.line_item_id] = out.get(a.line_item_id, 0) + a.amount_minor
+        return out
+
+    def units_by_line(self) -> dict[str, Decimal]:
+        """Units covered by usage-unit lots, per line item."""
+        out: dict[str, Decimal] = {}
+        for a in self.applications:
+            if a.unit:
+                out[a.line_item_id] = out.get(a.line_item_id, _ZERO) + a.units
         return out

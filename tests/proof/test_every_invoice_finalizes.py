@@ -3,10 +3,9 @@ reconciles with no violation, through the public gRPC APIs and the real saga."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
-
-import asyncio
 
 import grpc
 import pytest
@@ -151,4 +150,75 @@ async def test_the_resolver_settles_a_lost_zero_invoice_saga_by_its_decision(
     assert (await stack.invoice(invoice_id)).status == status
     [hold] = await stack.holds(invoice_id)
     assert hold.status == (lpb.COMMITTED if settled == "committed" else lpb.RELEASED)
+    await _reconciled(stack, 1)
+
+
+async def _compute_customer(stack: Stack, name: str, minutes_per_day: str, free_minutes: str) -> str:
+    """A customer billed 0.02 USD per compute minute (a meter counting in `compute_minute`) with a
+    lot of `free_minutes` compute minutes scoped to that meter. Returns the draft."""
+    s, md = stack.services, stack.md
+    await s.ledger.DefineUnit(lpb.DefineUnitRequest(idempotency_key="unit-cm", code="compute_minute", scale=0),
+                              metadata=md)
+    await s.invoice.CreateMeter(ipb.CreateMeterRequest(idempotency_key="meter-compute", meter_code="compute",
+                                                       aggregation=ipb.SUM, unit="compute_minute"), metadata=md)
+    await s.invoice.CreatePlan(ipb.CreatePlanRequest(
+        idempotency_key="plan-compute", plan_id="compute", currency="USD", usage_charges=[ipb.UsageCharge(
+            meter_code="compute", price=ipb.Price(model=ipb.PER_UNIT, unit_amount="0.02"))]), metadata=md)
+    await s.ledger.CreateAccount(lpb.CreateAccountRequest(idempotency_key=f"acct-{name}", account_id=f"acct-{name}"),
+                                 metadata=md)
+    await s.ledger.GrantCredits(lpb.GrantCreditsRequest(
+        idempotency_key=f"grant-{name}", account_id=f"acct-{name}", type=lpb.PROMOTIONAL, unit="compute_minute",
+        amount=free_minutes, effective_at=ts(AUGUST), source="marketing", reason_code="trial",
+        scope=lpb.Scope(kinds=[lpb.USAGE], names=["compute"])), metadata=md)
+    await s.invoice.CreateCustomer(ipb.CreateCustomerRequest(
+        idempotency_key=f"cust-{name}", customer_id=f"cust-{name}", ledger_account_id=f"acct-{name}"), metadata=md)
+    await s.invoice.CreateSubscription(ipb.CreateSubscriptionRequest(
+        idempotency_key=f"sub-{name}", subscription_id=f"sub-{name}", customer_id=f"cust-{name}", plan_id="compute",
+        anchor=ts(AUGUST)), metadata=md)
+    await s.invoice.IngestEvents(ipb.IngestEventsRequest(idempotency_key=f"usage-{name}", events=[
+        ipb.UsageEvent(event_id=f"{name}-{d}", customer_id=f"cust-{name}", meter_code="compute",
+                       quantity=minutes_per_day, timestamp=ts(datetime(2026, 8, d, 12, tzinfo=UTC)))
+        for d in range(1, 16)]), metadata=md)
+    draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
+        idempotency_key=f"draft-{name}", customer_id=f"cust-{name}", period_start=ts(AUGUST)), metadata=md)
+    return str(draft.invoice_id)
+
+
+async def _minutes_left(stack: Stack, account_id: str) -> str:
+    bal = await stack.services.ledger.GetBalance(lpb.GetBalanceRequest(account_id=account_id), metadata=stack.md)
+    [minutes] = [b for b in bal.totals if b.unit == "compute_minute"]
+    return minutes.available
+
+
+async def test_free_compute_minutes_pay_usage_in_units_and_come_back_on_void(stack: Stack) -> None:
+    """1,000 free minutes against 1,500 used at 0.02: subtotal 30.00, credits 20.00, due 10.00."""
+    invoice_id = await _compute_customer(stack, "gpu", "100", "1000")
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+        assert (result.outcome, result.subtotal, result.credits_applied, result.amount_due) == (
+            "finalized", "30.00", "20.00", "10.00")
+        inv = await stack.invoice(invoice_id)
+        [line] = inv.line_items
+        assert (line.unit, line.quantity, line.units_covered, line.credits_applied, line.amount_due) == (
+            "compute_minute", "1500", "1000", "20.00", "10.00")
+        assert {(a.unit, a.units, a.amount) for a in inv.applications} == {("compute_minute", "1000", "20.00")}
+        assert await _minutes_left(stack, "acct-gpu") == "0"  # the lot is empty
+        holds = {h.hold_key: h for h in await stack.holds(invoice_id)}
+        assert sorted(naming.unit_of_hold(k) for k in holds) == ["", "compute_minute"]
+        await _reconciled(stack, 1)
+        voided = await stack.client.execute_workflow(
+            VoidInvoiceWorkflow.run, VoidInvoiceInput(TENANT, invoice_id, "customer disputed"),
+            id=naming.void_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
+    assert voided.outcome == "voided"
+    assert await _minutes_left(stack, "acct-gpu") == "1000"  # back on the original lot
+    await _reconciled(stack, 1)
+    await stack.verify_journal()
+
+
+async def test_more_free_minutes_than_used_leave_the_rest_on_the_lot(stack: Stack) -> None:
+    invoice_id = await _compute_customer(stack, "small", "10", "1000")
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert (result.subtotal, result.credits_applied, result.amount_due) == ("3.00", "3.00", "0.00")
+    assert await _minutes_left(stack, "acct-small") == "850"
     await _reconciled(stack, 1)
