@@ -32,7 +32,8 @@ def to_dict(inv: InvoiceView) -> dict[str, Any]:
                 "service_start": i.service_start.isoformat(), "service_end": i.service_end.isoformat(),
                 "credits": [
                     {"lot_id": a.lot_id, "lot_type": a.lot_type, "charge_id": a.charge_id,
-                     "amount": money(a.amount_minor)}
+                     "amount": money(a.amount_minor),
+                     **({"unit": a.unit, "units": decimal_text(a.units)} if a.unit else {})}
                     for a in inv.applications if a.line_item_id == i.line_item_id
                 ],
                 "credits_applied": money(credits.get(i.line_item_id, 0)),
@@ -67,6 +68,8 @@ def to_text_invoice(inv: InvoiceView) -> str:
         for a in inv.applications:
             if a.line_item_id == item.line_item_id:
                 label = f"  credit {a.lot_type.lower()} lot {a.lot_id}"
+                if a.unit:
+                    label += f" ({decimal_text(a.units)} {a.unit})"
                 lines.append(f"{label[:62]:<62}{'-' + money(a.amount_minor):>14}")
     lines += [
         "-" * 76,
