@@ -11,6 +11,7 @@ Runs inside the workflow sandbox (imported through by `coordinator.workflows`): 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ from coordinator import naming
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.messages import (
     AllocationSpec,
+    ChargeSpec,
     HoldInput,
     HoldStatus,
     HoldView,
@@ -33,6 +35,7 @@ from coordinator.messages import (
     SagaTimeouts,
 )
 from coordinator.naming import Step
+from service_runtime.rates import applied_minor
 
 
 def _retry(t: SagaTimeouts) -> RetryPolicy:
@@ -115,6 +118,22 @@ class FinalizationRun(SagaRun):
         return naming.unit_hold_key(self.invoice_id, self.run_id, unit)
 
 
+def left_after(charges: Sequence[ChargeSpec], allocations: Sequence[AllocationSpec], scale: int) -> list[ChargeSpec]:
+    """The charges (amounts in the currency, `scale` decimals) still to pay after `allocations`: of a
+    currency hold (amounts in the currency) or of a converted hold (units at a rate,
+    service_runtime.rates). Charges paid in full are left out."""
+    left = {c.charge_id: int(Decimal(c.amount).scaleb(scale)) for c in charges}
+    for a in allocations:
+        if a.charge_id not in left:
+            continue
+        if a.rate_version:
+            left[a.charge_id] -= applied_minor(left[a.charge_id], Decimal(a.amount), Decimal(a.rate), scale)
+        else:
+            left[a.charge_id] -= int(Decimal(a.amount).scaleb(scale))
+    return [dataclasses.replace(c, amount=str(Decimal(left[c.charge_id]).scaleb(-scale))) for c in charges
+            if left[c.charge_id] > 0]
+
+
 async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
                               why: str | None = None, before: Callable[[int], None] = _nothing,
                               unit_holds: Sequence[str] = ()) -> InvoiceView | None:
@@ -123,11 +142,11 @@ async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_i
     settled). Each is retried until done. `before(i)` is called before committing the holds (0) and
     the invoice (1); returns the finalized invoice."""
     before(0)
-    for unit in unit_holds:
+    for suffix in unit_holds:
         await run_until_done(
             LedgerActivities.commit_hold,
-            HoldInput(run.tenant_id, run.key(f"{Step.COMMIT_HOLD}/{unit}"), run.unit_hold_key(unit),
-                      must_succeed=True), t, _label(why, f"commit the {unit} credit hold"))
+            HoldInput(run.tenant_id, run.key(f"{Step.COMMIT_HOLD}/{suffix}"), run.unit_hold_key(suffix),
+                      must_succeed=True), t, _label(why, f"commit the {suffix} credit hold"))
     await run_until_done(
         LedgerActivities.commit_hold,
         HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
@@ -159,12 +178,12 @@ async def abort_finalization(run: FinalizationRun, account_id: str, t: SagaTimeo
             HoldInput(run.tenant_id, run.key(Step.RELEASE_HOLD), run.hold_key, account_id, naming.RELEASE_REASON,
                       must_succeed=True), t,
             _label(why, "release the credit hold"))
-    for unit in reversed(unit_holds):
+    for suffix in reversed(unit_holds):
         await run_until_done(
             LedgerActivities.release_hold,
-            HoldInput(run.tenant_id, run.key(f"{Step.RELEASE_HOLD}/{unit}"), run.unit_hold_key(unit), account_id,
-                      naming.RELEASE_REASON, must_succeed=True), t,
-            _label(why, f"release the {unit} credit hold"))
+            HoldInput(run.tenant_id, run.key(f"{Step.RELEASE_HOLD}/{suffix}"), run.unit_hold_key(suffix),
+                      account_id, naming.RELEASE_REASON, must_succeed=True), t,
+            _label(why, f"release the {suffix} credit hold"))
 
 
 class VoidRun(SagaRun):

@@ -97,7 +97,8 @@ NO_EXTENSIONS = WorkerExtensions()
 def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
                        coordinator: CoordinatorActivities) -> list[object]:
     return [
-        ledger.get_lot_boundaries, ledger.reserve_credits, ledger.reserve_units, ledger.commit_hold,
+        ledger.get_lot_boundaries, ledger.reserve_credits, ledger.reserve_units, ledger.reserve_converted,
+        ledger.commit_hold,
         ledger.release_hold, ledger.reverse_hold, ledger.list_holds, ledger.expire_lots, ledger.grant_credits,
         invoice.get_invoice, invoice.split_draft, invoice.prepare_finalize, invoice.commit_finalize,
         invoice.abort_finalize, invoice.prepare_void, invoice.commit_void, invoice.abort_void,

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         AllocationSpec,
         BillingCycleInput,
         BillingCycleResult,
+        ChargeSpec,
         CompensateOutageInput,
         CompensateOutageResult,
         CreateDraftInput,
@@ -69,10 +70,12 @@ with workflow.unsafe.imports_passed_through():
         commit_finalization,
         commit_void,
         committed_holds,
+        left_after,
         list_tenants,
         run_step,
         run_until_done,
     )
+    from service_runtime.currencies import scale_of
 
 T = TypeVar("T")
 # workflow.patched id: the resolver also settles a run's usage-unit holds (histories before it did not).
@@ -213,12 +216,38 @@ class FinalizeInvoiceWorkflow:
         hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
             ReserveInput(tenant, run.key(Step.RESERVE), run.hold_key, inv.ledger_account_id, inv.currency,
-                         split.charges, inv.invoice_id), t)
+                         split.charges, inv.invoice_id, skip_units=inv.usage_units), t)
+        converted, notes = await self._reserve_converted(run, inv, split.charges, hold, t)
         self._checks.at("preparing the invoice", 4)
         self._sent.add(Step.PREPARE)
         await run_step(InvoiceActivities.prepare_finalize,
                        PrepareFinalizeInput(tenant, run.prepare_key, inv.invoice_id, split_at,
-                                            [*covers, *hold.allocations], split.draft_digest), t)
+                                            [*covers, *hold.allocations, *converted], split.draft_digest,
+                                            credit_notes=notes), t)
+
+    async def _reserve_converted(self, run: FinalizationRun, inv: InvoiceView, charges: list[ChargeSpec],
+                                 hold: HoldView, t: SagaTimeouts) -> tuple[list[AllocationSpec], list[str]]:
+        """Published conversion rates: what the currency lots left unpaid, credit unit by credit unit
+        (sorted), each in a hold of its own at the rates in force; returns their allocations and the
+        notes on credit that could not pay."""
+        scale = scale_of(inv.currency)
+        assert scale is not None
+        left = left_after(charges, hold.allocations, scale)
+        allocations: list[AllocationSpec] = []
+        notes = list(hold.notes)
+        for unit in hold.convertible:
+            if not left:
+                break
+            suffix = naming.converted_hold_suffix(unit, inv.currency)
+            self._unit_holds.append(suffix)  # sent before it runs: it may land and lose its reply
+            held: HoldView = await run_step(
+                LedgerActivities.reserve_converted,
+                ReserveInput(run.tenant_id, run.key(naming.reserve_units_step(suffix)), run.unit_hold_key(suffix),
+                             inv.ledger_account_id, unit, left, inv.invoice_id, currency=inv.currency), t)
+            allocations.extend(held.allocations)
+            notes.extend(held.notes)
+            left = left_after(left, held.allocations, scale)
+        return allocations, notes
 
     async def _reserve_units(self, run: FinalizationRun, inv: InvoiceView, split: SplitResult,
                              t: SagaTimeouts) -> list[AllocationSpec]:
@@ -516,13 +545,13 @@ class ResolveInDoubtWorkflow:
 
     @staticmethod
     async def _pending_unit_holds(run: FinalizationRun, t: SagaTimeouts) -> list[str]:
-        """The usage units of the run's still PENDING usage-unit holds (settled with its decision)."""
+        """The suffixes of the run's still PENDING usage-unit and converted holds (settled with its decision)."""
         holds: list[HoldView] = await run_step(
             LedgerActivities.list_holds,
             ListHoldsInput(run.tenant_id, HoldStatus.PENDING,
                            hold_key_prefix=naming.unit_holds_prefix(run.invoice_id, run.run_id)), t,
             f"list the usage-unit holds of {run.label}")
-        return sorted(naming.unit_of_hold(h.hold_key) for h in holds)
+        return sorted(naming.hold_suffix(h.hold_key) for h in holds)
 
     async def _settle_void(self, tenant: str, invoice_id: str, out: SweepResult, t: SagaTimeouts) -> None:
         """A stale VOID_PENDING invoice: the latest run of its void workflow decides.

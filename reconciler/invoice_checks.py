@@ -24,8 +24,8 @@ from reconciler.scales import exact, invoice_scale
 
 _SELECT_INVOICES = ("SELECT invoice_id, status, prepare_key, credits_minor, currency, ledger_account_id "
                     "FROM invoices WHERE tenant_id = $1")
-_SELECT_APPLICATIONS = ("SELECT invoice_id, charge_id, lot_id, amount_minor, unit, units FROM credit_applications "
-                        "WHERE tenant_id = $1")
+_SELECT_APPLICATIONS = ("SELECT invoice_id, charge_id, lot_id, amount_minor, unit, units, rate_version "
+                        "FROM credit_applications WHERE tenant_id = $1")
 # The check that judges an invoice's committed credits, by the invoice's status.
 _CHECK_OF = {Status.FINALIZED: Check.INVOICE_FINALIZED, Status.VOIDED: Check.INVOICE_VOIDED,
              Status.VOID_PENDING: Check.INVOICE_VOID_PENDING}
@@ -37,9 +37,10 @@ class Applications:
     """An invoice's credit applications: in its currency, and in usage units."""
 
     money: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (charge, lot) -> minor
+    # hold suffix (the usage unit, or `<unit>@<currency>` converted at a rate) -> (charge, lot) -> units
     units: dict[str, dict[tuple[str, str], Decimal]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(Decimal)))  # unit -> (charge, lot) -> units
-    unit_value: int = 0  # the covered units' value, minor units of the currency
+        default_factory=lambda: defaultdict(lambda: defaultdict(Decimal)))
+    unit_value: int = 0  # what those units paid, minor units of the currency
 
     def __bool__(self) -> bool:
         return bool(self.money) or bool(self.units)
@@ -75,8 +76,11 @@ async def load_invoices(conn: asyncpg.Connection, tenant: str) -> tuple[dict[str
         apps = applications[r["invoice_id"]]
         if r["unit"]:
             apps.unit_value += r["amount_minor"]
+            inv = invoices.get(r["invoice_id"])
+            suffix = (naming.converted_hold_suffix(r["unit"], inv.currency if inv else "?") if r["rate_version"]
+                      else r["unit"])
             if r["units"]:
-                apps.units[r["unit"]][(r["charge_id"], r["lot_id"])] += r["units"]
+                apps.units[suffix][(r["charge_id"], r["lot_id"])] += r["units"]
         else:
             apps.money[(r["charge_id"], r["lot_id"])] += r["amount_minor"]
     return invoices, applications
@@ -157,7 +161,7 @@ def _check_committed(found: TenantFindings, inv: Invoice, holds: dict[str, Hold]
         found.bad(check, f"invoice is {inv.status.value} but the preparing run's hold is "
                   f"{hold.status if hold else 'missing'}", invoice_id=inv.invoice_id, hold_key=key)
         return owner
-    unit_holds = {naming.unit_of_hold(k): h for k, h in holds.items()
+    unit_holds = {naming.hold_suffix(k): h for k, h in holds.items()
                   if k.startswith(naming.unit_holds_prefix(inv.invoice_id, run_id))}
     unit_posted = _check_unit_holds(found, check, inv, unit_holds, apps, scales)
     _check_amounts(found, check, inv, hold, apps, scales, unit_posted)
@@ -193,7 +197,7 @@ def _check_unit_holds(found: TenantFindings, check: Check, inv: Invoice, unit_ho
                           f"{hold.status if hold else 'missing'}", invoice_id=inv.invoice_id,
                           hold_key=hold.hold_key if hold else "?")
             continue
-        scale = scales.get(unit)
+        scale = scales.get(unit.partition("@")[0])
         if scale is None:
             found.bad(Check.SCALE, f"no ledger scale for the usage unit {unit!r}", invoice_id=inv.invoice_id,
                       hold_key=hold.hold_key)

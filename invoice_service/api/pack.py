@@ -117,10 +117,12 @@ def invoice(inv: InvoiceView) -> pb.Invoice:
                         amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money), unit=i.unit,
                         units_covered=decimal_text(covered[i.line_item_id]) if i.line_item_id in covered else "")
             for i in inv.line_items],
-        charges=charges(inv),
+        charges=charges(inv), credit_notes=list(inv.credit_notes),
         applications=[pb.CreditApplication(charge_id=a.charge_id, line_item_id=a.line_item_id, lot_id=a.lot_id,
                                            lot_type=a.lot_type, amount=to_text(a.amount_minor, money), unit=a.unit,
-                                           units=decimal_text(a.units) if a.unit else "")
+                                           units=decimal_text(a.units) if a.unit else "",
+                                           rate=decimal_text(a.rate) if a.rate is not None else "",
+                                           rate_version=a.rate_version)
                       for a in inv.applications],
     )
     for name in ("prepared_at", "finalized_at", "void_prepared_at", "voided_at"):

@@ -150,7 +150,8 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         guard = _guard("PrepareFinalize", request, pack.invoice)
         run = self._invoices.prepare_finalize(
             guard, check_id(request.invoice_id, "invoice_id"), unpack.timestamps(request.split_at, "split_at"),
-            unpack.applications(request.applications), check_text(request.draft_digest, "draft_digest", 64))
+            unpack.applications(request.applications), check_text(request.draft_digest, "draft_digest", 64),
+            unpack.credit_notes(request.credit_notes))
         return await _mutate(guard, pb.Invoice, run)
 
     async def CommitFinalize(self, request: pb.CommitFinalizeRequest, context: _Ctx) -> pb.Invoice:

@@ -196,6 +196,26 @@ def _properties(props: object, field: str) -> dict[str, str]:
     return d
 
 
+def _rate(a: pb.CreditApplication, unit: str, field: str) -> tuple[Decimal | None, int]:
+    """(rate, version) of a credit-unit application at a published rate; (None, 0) for the others."""
+    if not a.rate_version and not a.rate:
+        return None, 0
+    if a.rate_version < 0 or not a.rate_version:
+        raise invalid(f"{field}.rate_version", "must be the published rate's version (1, 2, ...)")
+    if not unit:
+        raise invalid(f"{field}.unit", "a conversion at a published rate names the lot's unit")
+    rate = parse_decimal(a.rate, f"{field}.rate", max_places=12)
+    if rate <= 0:
+        raise invalid(f"{field}.rate", "must be positive (currency per unit)")
+    return rate, int(a.rate_version)
+
+
+def credit_notes(notes: Sequence[str]) -> list[str]:
+    if len(notes) > 20:
+        raise invalid("credit_notes", "at most 20 notes")
+    return [check_text(n, f"credit_notes[{i}]", 300) for i, n in enumerate(notes)]
+
+
 def applications(items: Sequence[pb.CreditApplication], field: str = "applications") -> list[ApplicationIn]:
     out: list[ApplicationIn] = []
     for i, a in enumerate(items):
@@ -207,6 +227,8 @@ def applications(items: Sequence[pb.CreditApplication], field: str = "applicatio
         unit = usage_unit(a.unit, f"{field}[{i}].unit", required=False)
         units = parse_decimal(a.units, f"{field}[{i}].units") if unit else Decimal(0)
         if unit and units <= 0:
-            raise invalid(f"{field}[{i}].units", "a usage-unit application covers a positive number of units")
-        out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), "" if unit else a.amount, unit, units))
+            raise invalid(f"{field}[{i}].units", "an application in a unit gives a positive number of units")
+        rate, version = _rate(a, unit, f"{field}[{i}]")
+        out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), "" if unit else a.amount, unit, units,
+                                 rate, version))
     return out

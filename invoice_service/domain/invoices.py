@@ -167,7 +167,13 @@ class Application:
     lot_type: str
     amount_minor: int   # in the invoice currency (for a usage-unit lot: the value of `units`)
     unit: str = ""      # "" = a lot in the invoice currency; else the lot's usage unit
-    units: Decimal = _ZERO  # units covered (usage-unit lots)
+    units: Decimal = _ZERO  # units covered (usage-unit lots) or converted (credit-unit lots)
+    rate: Decimal | None = None  # a credit-unit lot at a published rate: currency per unit
+    rate_version: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.rate_version > 0
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,7 @@ class InvoiceView:
     finalized_at: datetime | None = None
     void_prepared_at: datetime | None = None
     voided_at: datetime | None = None
+    credit_notes: tuple[str, ...] = ()
 
     @property
     def amount_due_minor(self) -> int:
@@ -214,6 +221,6 @@ class InvoiceView:
         """Units covered by usage-unit lots, per line item."""
         out: dict[str, Decimal] = {}
         for a in self.applications:
-            if a.unit:
+            if a.unit and not a.converted:
                 out[a.line_item_id] = out.get(a.line_item_id, _ZERO) + a.units
         return out

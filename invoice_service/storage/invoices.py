@@ -39,6 +39,7 @@ from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
 from service_runtime.amounts import parse_minor
 from service_runtime.idempotency import Guard, burn_key
+from service_runtime.rates import applied_minor
 from service_runtime.rejections import invalid, not_found, precondition
 
 _Apply = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
@@ -55,6 +56,12 @@ class ApplicationIn:
     amount: str           # a lot in the invoice currency ("" for a usage-unit lot: the service values it)
     unit: str = ""        # "" = the invoice currency; else the lot's usage unit
     units: Decimal = Decimal(0)
+    rate: Decimal | None = None  # a credit-unit lot at a published rate (currency per unit)
+    rate_version: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.rate_version > 0
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,8 @@ class InvoiceOperations:
     # ---- two-phase finalize ---------------------------------------------------------------------
 
     async def prepare_finalize(self, guard: Guard, invoice_id: str, instants: Sequence[datetime],
-                               applications: Sequence[ApplicationIn], expected_digest: str) -> InvoiceView:
+                               applications: Sequence[ApplicationIn], expected_digest: str,
+                               credit_notes: Sequence[str] = ()) -> InvoiceView:
         """DRAFT -> PREPARED: recompute, cut at the instants, freeze, record the ledger's applications."""
         tenant = guard.tenant_id
         async with self._pool.acquire() as conn, conn.transaction():
@@ -163,19 +171,24 @@ class InvoiceOperations:
                 raise precondition("draft_digest", "the draft changed since it was split (new usage?); "
                                                    "split it again and reserve again")
             indexed = list(enumerate(applications))
-            unit_apps = computed.value(_unit_covers([(n, a) for n, a in indexed if a.unit]), "applications")
+            scale = currency_scale(header["currency"])
+            unit_apps = computed.value(_unit_covers([(n, a) for n, a in indexed if a.unit and not a.converted]),
+                                       "applications")
+            left = left_to_pay(computed.pieces, unit_apps)
             apps = unit_apps + _check_applications([(n, a) for n, a in indexed if not a.unit], computed.pieces,
-                                                   currency_scale(header["currency"]),
-                                                   left_to_pay(computed.pieces, unit_apps))
+                                                   scale, left)
+            apps += _converted([(n, a) for n, a in indexed if a.converted], computed.pieces, scale, left)
             await conn.execute(sql.DELETE_CHARGES_AND_LINE_ITEMS, tenant, invoice_id)
             await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(computed.items))
             await _insert_rows(conn, sql.INSERT_CHARGES, tenant, invoice_id, [
                 (p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity, p.amount_minor, p.service_start,
                  p.service_end) for p in computed.pieces])
             await _insert_rows(conn, sql.INSERT_APPLICATIONS, tenant, invoice_id, [
-                (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units) for n, a in enumerate(apps)])
+                (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units, a.rate, a.rate_version)
+                for n, a in enumerate(apps)])
             await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
-                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key)
+                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key,
+                               list(credit_notes))
             view = await self._load(conn, tenant, invoice_id)
             await guard.record(conn, view)
             return view
@@ -297,7 +310,7 @@ class InvoiceOperations:
         items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
                  for r in row["items"]]
         pieces = [Piece(r[0], r[1], ChargeKind(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in row["pieces"]]
-        apps = [Application(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in row["apps"]]
+        apps = [Application(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["apps"]]
         return _view(row, items, pieces, apps, tuple(row["split_at"]), row["draft_digest"])
 
     async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
@@ -375,6 +388,25 @@ def _unit_covers(applications: Sequence[tuple[int, ApplicationIn]]) -> list[Unit
     return [UnitCover(a.charge_id, a.lot_id, a.lot_type, a.unit, a.units, n) for n, a in applications]
 
 
+def _converted(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequence[Piece], scale: int,
+               left: dict[str, int]) -> list[Application]:
+    """Credit-unit lots at a published rate, after the other applications, in order: each pays
+    min(what is left of its charge, floor(units x rate)) (service_runtime.rates)."""
+    by_id = {p.charge_id: p for p in pieces}
+    out: list[Application] = []
+    for i, a in applications:
+        piece = by_id.get(a.charge_id)
+        if piece is None:
+            raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
+                                                           "(at these split instants)")
+        assert a.rate is not None
+        minor = applied_minor(left[a.charge_id], a.units, a.rate, scale)
+        left[a.charge_id] -= minor
+        out.append(Application(a.charge_id, piece.line_item_id, a.lot_id, a.lot_type, minor, a.unit, a.units,
+                               a.rate, a.rate_version))
+    return out
+
+
 def _check_applications(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequence[Piece],
                         scale: int, left: dict[str, int]) -> list[Application]:
     """Each application names a charge of this invoice; together they never exceed what is `left`
@@ -405,5 +437,5 @@ def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Pi
         header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
         tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
         header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
-        header["voided_at"])
+        header["voided_at"], tuple(header["credit_notes"]))
 

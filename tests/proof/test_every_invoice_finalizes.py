@@ -93,7 +93,7 @@ async def test_an_invoice_nothing_could_pay_finalizes_with_nothing_applied(stack
     assert (result.outcome, result.subtotal, result.credits_applied, result.amount_due) == (
         "finalized", "20.00", "0.00", "20.00")
     await _reconciled(stack, 1)
-    assert (await stack.balance("acct-eur-lot")).available == "5.00"
+    assert (await stack.invoice(invoice_id)).credit_notes == ["no rate from EUR to USD: 5.00 EUR not applied"]
 
 
 @pytest.mark.parametrize(("currency", "unit_price", "credit", "subtotal", "due"), [
@@ -222,3 +222,81 @@ async def test_more_free_minutes_than_used_leave_the_rest_on_the_lot(stack: Stac
     assert (result.subtotal, result.credits_applied, result.amount_due) == ("3.00", "3.00", "0.00")
     assert await _minutes_left(stack, "acct-small") == "850"
     await _reconciled(stack, 1)
+
+
+async def _publish(stack: Stack, key: str, rate: str, effective_at: datetime, unit: str = "credit",
+                   currency: str = "USD") -> lpb.Rate:
+    return await stack.services.ledger.PublishRate(lpb.PublishRateRequest(
+        idempotency_key=key, unit=unit, currency=currency, rate=rate, effective_at=ts(effective_at)),
+        metadata=stack.md)
+
+
+async def _available(stack: Stack, account_id: str, unit: str) -> str:
+    bal = await stack.services.ledger.GetBalance(lpb.GetBalanceRequest(account_id=account_id), metadata=stack.md)
+    return next(b.available for b in bal.totals if b.unit == unit)
+
+
+async def test_credits_at_a_published_rate_pay_a_usd_line_and_come_back_on_void(stack: Stack) -> None:
+    """1 credit = 0.01 USD from August: 500 credits pay 5.00 of a 10.00 line, at rate version 2
+    (version 1, superseded from the same instant, said 0.02)."""
+    await _publish(stack, "rate-1", "0.02", AUGUST)
+    published = await _publish(stack, "rate-2", "0.01", AUGUST)
+    assert (published.version, published.rate) == (2, "0.01")
+    invoice_id = await _customer(stack, "credits", "USD", "0.00001", quantity="50000", credit="500",
+                                 credit_unit="credit")
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+        assert (result.outcome, result.subtotal, result.credits_applied, result.amount_due) == (
+            "finalized", "10.00", "5.00", "5.00")
+        inv = await stack.invoice(invoice_id)
+        assert [(a.unit, a.units, a.rate, a.rate_version, a.amount) for a in inv.applications] == [
+            ("credit", "500", "0.01", 2, "5.00")]
+        assert not inv.credit_notes
+        assert await _available(stack, "acct-credits", "credit") == "0.00"
+        await _reconciled(stack, 1)
+        voided = await stack.client.execute_workflow(
+            VoidInvoiceWorkflow.run, VoidInvoiceInput(TENANT, invoice_id, "refund"),
+            id=naming.void_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
+    assert voided.outcome == "voided"
+    assert await _available(stack, "acct-credits", "credit") == "500.00"
+    await _reconciled(stack, 1)
+
+
+async def test_enough_credits_pay_the_whole_line_rounding_units_up(stack: Stack) -> None:
+    """10.00 USD at 0.03 per credit need 333.33... credits: 333.34 (up, at the unit's 2 decimals)."""
+    await _publish(stack, "rate", "0.03", AUGUST)
+    invoice_id = await _customer(stack, "rich", "USD", "0.00001", quantity="50000", credit="1000",
+                                 credit_unit="credit")
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert (result.subtotal, result.credits_applied, result.amount_due) == ("10.00", "10.00", "0.00")
+    assert await _available(stack, "acct-rich", "credit") == "666.66"
+    await _reconciled(stack, 1)
+
+
+async def test_without_a_rate_in_force_the_invoice_says_why_credit_did_not_pay(stack: Stack) -> None:
+    await _publish(stack, "rate", "0.01", datetime(2026, 9, 1, tzinfo=UTC))  # only from September
+    invoice_id = await _customer(stack, "later", "USD", "0.00001", quantity="50000", credit="500",
+                                 credit_unit="credit")
+    async with stack.worker():
+        result = await (await stack.start_finalize(invoice_id)).result()
+    assert (result.credits_applied, result.amount_due) == ("0.00", "10.00")
+    inv = await stack.invoice(invoice_id)
+    assert inv.credit_notes and all("no rate from credit to USD in force at 2026-08-" in n for n in inv.credit_notes)
+    await _reconciled(stack, 1)
+
+
+async def test_rates_are_validated_and_listed_by_version(stack: Stack) -> None:
+    for request, field in [
+        (lpb.PublishRateRequest(idempotency_key="a", unit="USD", currency="EUR", rate="1"), "unit"),
+        (lpb.PublishRateRequest(idempotency_key="b", unit="credit", currency="usd", rate="1"), "currency"),
+        (lpb.PublishRateRequest(idempotency_key="c", unit="credit", currency="USD", rate="0"), "rate"),
+        (lpb.PublishRateRequest(idempotency_key="d", unit="gold_star", currency="USD", rate="1"), "unit"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.services.ledger.PublishRate(request, metadata=stack.md)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (refused.value.details() or "")
+    await _publish(stack, "r1", "0.01", AUGUST)
+    await _publish(stack, "r2", "0.012", datetime(2026, 9, 1, tzinfo=UTC))
+    listed = await stack.services.ledger.ListRates(lpb.ListRatesRequest(unit="credit"), metadata=stack.md)
+    assert [(r.version, r.rate, r.currency) for r in listed.rates] == [(1, "0.01", "USD"), (2, "0.012", "USD")]

@@ -475,7 +475,7 @@ class Charge(_message.Message):
     def __init__(self, charge_id: _Optional[str] = ..., line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., name: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class CreditApplication(_message.Message):
-    __slots__ = ("charge_id", "lot_id", "lot_type", "amount", "line_item_id", "unit", "units")
+    __slots__ = ("charge_id", "lot_id", "lot_type", "amount", "line_item_id", "unit", "units", "rate", "rate_version")
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     LOT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -483,6 +483,8 @@ class CreditApplication(_message.Message):
     LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     charge_id: str
     lot_id: str
     lot_type: str
@@ -490,10 +492,12 @@ class CreditApplication(_message.Message):
     line_item_id: str
     unit: str
     units: str
-    def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ..., unit: _Optional[str] = ..., units: _Optional[str] = ...) -> None: ...
+    rate: str
+    rate_version: int
+    def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ..., unit: _Optional[str] = ..., units: _Optional[str] = ..., rate: _Optional[str] = ..., rate_version: _Optional[int] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at")
+    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -519,6 +523,7 @@ class Invoice(_message.Message):
     FINALIZED_AT_FIELD_NUMBER: _ClassVar[int]
     VOID_PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
     VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     ledger_account_id: str
@@ -544,7 +549,8 @@ class Invoice(_message.Message):
     finalized_at: _timestamp_pb2.Timestamp
     void_prepared_at: _timestamp_pb2.Timestamp
     voided_at: _timestamp_pb2.Timestamp
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    credit_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateDraftRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "period_start")
@@ -579,18 +585,20 @@ class SplitDraftResponse(_message.Message):
     def __init__(self, invoice: _Optional[_Union[Invoice, _Mapping]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., unit_charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ...) -> None: ...
 
 class PrepareFinalizeRequest(_message.Message):
-    __slots__ = ("idempotency_key", "invoice_id", "split_at", "applications", "draft_digest")
+    __slots__ = ("idempotency_key", "invoice_id", "split_at", "applications", "draft_digest", "credit_notes")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
     APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     invoice_id: str
     split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
     applications: _containers.RepeatedCompositeFieldContainer[CreditApplication]
     draft_digest: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., draft_digest: _Optional[str] = ...) -> None: ...
+    credit_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., credit_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommitFinalizeRequest(_message.Message):
     __slots__ = ("idempotency_key", "invoice_id", "prepare_key")
