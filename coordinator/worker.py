@@ -53,7 +53,7 @@ from temporalio.worker import (
 
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
-from coordinator.search_attributes import OUTCOME
+from coordinator.search_attributes import OUTCOME, CreditsOutcome
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
@@ -109,7 +109,8 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
 
 # CreditsOutcome values a saga holds while it is still working: if it fails with one of these, the
 # outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
-_IN_PROGRESS = frozenset({"", "preparing", "committed", "committing", "voiding", "running", "granting"})
+_IN_PROGRESS = frozenset({"", CreditsOutcome.PREPARING, CreditsOutcome.COMMITTED, CreditsOutcome.COMMITTING,
+                          CreditsOutcome.VOIDING, CreditsOutcome.RUNNING, CreditsOutcome.GRANTING})
 _SAGA_FINISHED = "credits_saga_finished"
 
 

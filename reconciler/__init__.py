@@ -27,9 +27,3 @@ Checks, per tenant (`reconciler.report.Check`):
 Modules: `run` (reconcile), `ledger_checks`, `invoice_checks`, `idempotency_checks`,
 `temporal_checks`, `scales`, `report`.
 """
-
-from reconciler.report import Check, ReconcileReport, Violation
-from reconciler.run import reconcile
-from reconciler.temporal_checks import running_sagas
-
-__all__ = ["Check", "ReconcileReport", "Violation", "reconcile", "running_sagas"]

@@ -27,7 +27,7 @@ from temporalio.client import Client
 
 from coordinator import search_attributes as sa
 from coordinator.front_door import create_front_door, ui_link
-from coordinator.keys import KeyStore, MintingKeyStore, key_ttl_from_env
+from coordinator.keys import MintingKeyStore, key_ttl_from_env
 from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
 from service_runtime import metrics, tracing
@@ -104,74 +104,87 @@ async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: s
 @asynccontextmanager
 async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                         schedules: bool = True) -> AsyncIterator[RunningStack]:
-    from invoice_service.server import create_invoice_server
-    from ledger_service.server import create_ledger_server
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
     tracing.configure("credits")
     metrics_port = metrics.start_endpoint()
     dbs = await prepare_databases(settings)
-    temporal: TemporalDevServer | None = None
-    servers: list[Any] = []
-    pools: list[Any] = []
-    keys: KeyStore | None = None
-    try:
-        temporal_addr, ui_url = settings.temporal_addr, ""
-        if not temporal_addr:
-            temporal = await start_temporal(settings.data_dir, db_file=settings.data_dir / "temporal.db",
-                                            port=7233 if settings.temporal_ui_port == 8233 else 0,
-                                            ui_port=settings.temporal_ui_port, namespace=settings.temporal_namespace)
-            temporal_addr, ui_url = temporal.address, temporal.ui_url
+    async with contextlib.AsyncExitStack() as running:
+        if dbs.embedded is not None:  # stopped last, after everything that uses it
+            running.push_async_callback(asyncio.to_thread, dbs.embedded.stop)
+        temporal_addr, ui_url = await _temporal(settings, running)
         client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace,
                                       runtime=temporal_runtime(),
                                       tls=temporal_tls() if settings.temporal_addr else False)
         await sa.register(client)
-        ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
-        servers.append(ledger)
-        pools.append(ledger_pool)
-        invoice, invoice_port, invoice_pool = await create_invoice_server(
-            dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
-        servers.append(invoice)
-        pools.append(invoice_pool)
-        ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
-        front, front_port, front_pool = await create_front_door(client, dbs.ledger_dsn, settings.task_queue,
-                                                                settings.billing_addr, ui_url, invoice_addr,
-                                                                ledger_addr)
-        servers.append(front)
-        pools.append(front_pool)
+        ledger_addr, invoice_addr, billing_addr = await _servers(settings, dbs, client, ui_url, usage_grace_s,
+                                                                 running)
         keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn], key_ttl_from_env())
-        config = WorkerConfig(ledger_addr, invoice_addr, settings.task_queue)
-        async with running_worker(client, config, keys):
-            if schedules:
-                await ensure_schedules(client, settings.task_queue)
-            stack = RunningStack(settings, client, ledger_addr, invoice_addr, f"127.0.0.1:{front_port}",
-                                 temporal_addr, ui_url, dbs.ledger_dsn, dbs.invoice_dsn)
-            stack.addresses = {
-                "postgres (ledger)": _redact(dbs.ledger_dsn), "postgres (invoice)": _redact(dbs.invoice_dsn),
-                "temporal": temporal_addr, "temporal UI": ui_url or "(external server)",
-                "ledger gRPC": ledger_addr, "invoice gRPC": invoice_addr, "billing front door gRPC":
-                stack.billing_addr, "task queue": settings.task_queue, "data directory": str(settings.data_dir),
-            }
-            if metrics_port:
-                host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
-                stack.addresses["metrics"] = f"http://{host}:{metrics_port}/metrics"
-            if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
-                stack.addresses["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
-            yield stack
-    finally:
-        if keys is not None:  # the worker has stopped; the databases are still up
-            await keys.close()
-        for server in reversed(servers):
-            await server.stop(2)
-        for pool in pools:
-            with contextlib.suppress(Exception):
-                await pool.close()
-        if temporal is not None:
-            await asyncio.to_thread(temporal.stop)
-        if dbs.embedded is not None:
-            await asyncio.to_thread(dbs.embedded.stop)
+        running.push_async_callback(keys.close)  # after the worker has stopped; the databases are still up
+        await running.enter_async_context(
+            running_worker(client, WorkerConfig(ledger_addr, invoice_addr, settings.task_queue), keys))
+        if schedules:
+            await ensure_schedules(client, settings.task_queue)
+        stack = RunningStack(settings, client, ledger_addr, invoice_addr, billing_addr,
+                             temporal_addr, ui_url, dbs.ledger_dsn, dbs.invoice_dsn)
+        stack.addresses = _addresses(stack, dbs, metrics_port)
+        yield stack
+
+
+async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> tuple[str, str]:
+    """The Temporal frontend's address and UI URL: the configured server, or a dev server of our own."""
+    if settings.temporal_addr:
+        return settings.temporal_addr, ""
+    temporal = await start_temporal(settings.data_dir, db_file=settings.data_dir / "temporal.db",
+                                    port=7233 if settings.temporal_ui_port == 8233 else 0,
+                                    ui_port=settings.temporal_ui_port, namespace=settings.temporal_namespace)
+    running.push_async_callback(asyncio.to_thread, temporal.stop)
+    return temporal.address, temporal.ui_url
+
+
+async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, usage_grace_s: int | None,
+                   running: contextlib.AsyncExitStack) -> tuple[str, str, str]:
+    """Starts the ledger, invoice and billing gRPC servers; each stops (then its pool closes) on exit."""
+    from invoice_service.server import create_invoice_server
+    from ledger_service.server import create_ledger_server
+
+    def stopping(server: Any, pool: Any) -> None:
+        running.push_async_callback(_close_quietly, pool)
+        running.push_async_callback(server.stop, 2)
+
+    ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
+    stopping(ledger, ledger_pool)
+    invoice, invoice_port, invoice_pool = await create_invoice_server(
+        dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
+    stopping(invoice, invoice_pool)
+    ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
+    front, front_port, front_pool = await create_front_door(client, dbs.ledger_dsn, settings.task_queue,
+                                                            settings.billing_addr, ui_url, invoice_addr, ledger_addr)
+    stopping(front, front_pool)
+    return ledger_addr, invoice_addr, f"127.0.0.1:{front_port}"
+
+
+async def _close_quietly(pool: Any) -> None:
+    with contextlib.suppress(Exception):
+        await pool.close()
+
+
+def _addresses(stack: RunningStack, dbs: Any, metrics_port: int | None) -> dict[str, str]:
+    settings = stack.settings
+    out = {
+        "postgres (ledger)": _redact(dbs.ledger_dsn), "postgres (invoice)": _redact(dbs.invoice_dsn),
+        "temporal": stack.temporal_addr, "temporal UI": stack.ui_url or "(external server)",
+        "ledger gRPC": stack.ledger_addr, "invoice gRPC": stack.invoice_addr,
+        "billing front door gRPC": stack.billing_addr, "task queue": settings.task_queue,
+        "data directory": str(settings.data_dir),
+    }
+    if metrics_port:
+        host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
+        out["metrics"] = f"http://{host}:{metrics_port}/metrics"
+    if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
+        out["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
+    return out
 
 
 def _redact(dsn: str) -> str:

@@ -23,7 +23,7 @@ DEFAULT_TEMPORAL = "127.0.0.1:7233"
 async def _reconcile(settings: Settings, temporal_addr: str, as_json: bool) -> int:
     from temporalio.client import Client
 
-    from reconciler import reconcile
+    from reconciler.run import reconcile
 
     dbs = resolve_databases(settings, start_embedded=False)
     client: Client | None = None

@@ -56,7 +56,9 @@ from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
 from harness.chaos.stack import ChaosStack
-from reconciler import Violation, reconcile, running_sagas
+from reconciler.report import Violation
+from reconciler.run import reconcile
+from reconciler.temporal_checks import running_sagas
 from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 
 TENANTS = ("chaos-a", "chaos-b")

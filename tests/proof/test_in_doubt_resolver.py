@@ -22,7 +22,7 @@ from coordinator import search_attributes as sa
 from coordinator.messages import SweepInput, SweepResult
 from coordinator.workflows import ResolveInDoubtWorkflow
 from harness.faults import FaultPlan
-from reconciler import reconcile
+from reconciler.run import reconcile
 from stack.scenario import seed_customer
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
