@@ -16,7 +16,8 @@ from coordinator import naming
 from coordinator.messages import SweepInput, VoidInvoiceInput
 from coordinator.workflows import ResolveInDoubtWorkflow, VoidInvoiceWorkflow
 from harness.faults import FaultPlan
-from reconciler import ReconcileReport, reconcile
+from reconciler.report import ReconcileReport
+from reconciler.run import reconcile
 from stack.scenario import ts
 from tests.coordinator.conftest import TENANT, Stack
 
