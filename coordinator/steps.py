@@ -214,9 +214,10 @@ async def commit_void(run: VoidRun, holds: list[HoldView], reason: str, t: SagaT
             HoldInput(run.tenant_id, run.key(naming.reverse_step(hold.hold_key)), hold.hold_key,
                       reason=reason or naming.VOID_REASON, must_succeed=True), t,
             _label(why, "reverse the debits onto their original lots"))
-        reversed_key = hold.hold_key
-        if not naming.unit_of_hold(hold.hold_key):  # usage units are not money: reported in the currency only
+        if not naming.unit_of_hold(hold.hold_key):  # units are not money: reported in the currency only
+            reversed_key = hold.hold_key
             reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
+        reversed_key = reversed_key or hold.hold_key
     before(1)
     await run_until_done(
         InvoiceActivities.commit_void,
