@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, TypeVar
 
 import grpc
@@ -59,6 +60,7 @@ from coordinator.messages import (
 )
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from service_runtime.proto_time import from_timestamp, to_timestamp
+from service_runtime.rates import RateVersion, in_force, units_needed
 
 T = TypeVar("T")
 
@@ -153,7 +155,81 @@ class LedgerActivities:
                                 service_start=to_ts(c.service_start), service_end=to_ts(c.service_end))
                      for c in inp.charges],
         )
-        return _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
+        view = _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
+        if Decimal(view.reserved or "0") < Decimal(view.requested or "0"):
+            view.convertible, view.notes = await self._conversions(inp)
+        return view
+
+    async def _conversions(self, inp: ReserveInput) -> tuple[list[str], list[str]]:
+        """Charges are left unpaid in `inp.unit`: the credit units with a published rate into it, and
+        a note for each unit of which the account holds credit that no rate lets pay."""
+        rates = await self._p._call("list_rates", inp.tenant_id, self._stub.ListRates,
+                                    lpb.ListRatesRequest(currency=inp.unit))
+        convertible = sorted({r.unit for r in rates.rates})
+        balance = await self._p._call("get_balance", inp.tenant_id, self._stub.GetBalance,
+                                      lpb.GetBalanceRequest(account_id=inp.account_id))
+        idle = [b for b in balance.totals if b.unit not in (inp.unit, *inp.skip_units, *convertible)
+                and Decimal(b.available or "0") > 0]
+        return convertible, [f"no rate from {b.unit} to {inp.unit}: {b.available} {b.unit} not applied" for b in idle]
+
+    async def _scale(self, tenant_id: str, unit: str, step: str) -> int:
+        units = await self._p._call("list_units", tenant_id, self._stub.ListUnits, lpb.ListUnitsRequest())
+        scale = next((u.scale for u in units.units if u.code == unit), None)
+        if scale is None:
+            raise ApplicationError(f"{step}: the ledger has no unit {unit!r}; DefineUnit it", type="Rejected",
+                                   non_retryable=True)
+        return scale
+
+    @activity.defn(name="ledger.reserve_converted")
+    async def reserve_converted(self, inp: ReserveInput) -> HoldView:
+        """ReserveCredits in credit unit `inp.unit` for what is left of currency charges: per charge,
+        ceil(left / rate) units at the rate in force at its service start (service_runtime.rates).
+        Allocations carry the rate and its version; charges with no rate in force get a note."""
+        listed = await self._p._call("list_rates", inp.tenant_id, self._stub.ListRates,
+                                     lpb.ListRatesRequest(unit=inp.unit, currency=inp.currency))
+        versions = [RateVersion(r.unit, r.currency, int(r.version), Decimal(r.rate),
+                                from_timestamp(r.effective_at, "effective_at"))
+                    for r in listed.rates]
+        scale = await self._scale(inp.tenant_id, inp.unit, "reserve_converted")
+        priced: dict[str, RateVersion] = {}
+        charges: list[lpb.Charge] = []
+        notes: list[str] = []
+        for c in inp.charges:
+            rate = in_force(versions, datetime.fromisoformat(c.service_start))
+            if rate is None:
+                notes.append(f"no rate from {inp.unit} to {inp.currency} in force at {c.service_start} "
+                             f"({c.charge_id})")
+                continue
+            priced[c.charge_id] = rate
+            charges.append(lpb.Charge(charge_id=c.charge_id, kind=c.kind, name=c.name,  # type: ignore[arg-type]
+                                      amount=str(units_needed(Decimal(c.amount), rate.rate, scale)),
+                                      service_start=to_ts(c.service_start), service_end=to_ts(c.service_end)))
+        req = lpb.ReserveCreditsRequest(idempotency_key=inp.idempotency_key, hold_key=inp.hold_key,
+                                        account_id=inp.account_id, unit=inp.unit, up_to=True, release_on_ttl=False,
+                                        reference=inp.reference, charges=charges)
+        view = _hold_view(await self._p._call("reserve_converted", inp.tenant_id, self._stub.ReserveCredits, req))
+        for a in view.allocations:
+            a.unit, a.rate, a.rate_version = inp.unit, str(priced[a.charge_id].rate), priced[a.charge_id].version
+        view.notes = notes
+        return view
+
+    @activity.defn(name="ledger.reserve_units")
+    async def reserve_units(self, inp: ReserveInput) -> HoldView:
+        """ReserveCredits in a usage unit: each unit charge's quantity, down to whole steps of the
+        unit's scale (a lot covers 1,000 compute minutes, not 999.5 of 999.7 used)."""
+        step = Decimal(1).scaleb(-await self._scale(inp.tenant_id, inp.unit, "reserve_units"))
+        charges = [(c, Decimal(c.amount).quantize(step, rounding=ROUND_FLOOR)) for c in inp.charges]
+        req = lpb.ReserveCreditsRequest(
+            idempotency_key=inp.idempotency_key, hold_key=inp.hold_key, account_id=inp.account_id, unit=inp.unit,
+            up_to=True, release_on_ttl=False, reference=inp.reference,
+            charges=[lpb.Charge(charge_id=c.charge_id, kind=c.kind, name=c.name, amount=str(q),  # type: ignore[arg-type]
+                                service_start=to_ts(c.service_start), service_end=to_ts(c.service_end))
+                     for c, q in charges if q > 0],
+        )
+        view = _hold_view(await self._p._call("reserve_units", inp.tenant_id, self._stub.ReserveCredits, req))
+        for a in view.allocations:
+            a.unit = inp.unit
+        return view
 
     @activity.defn(name="ledger.commit_hold")
     async def commit_hold(self, inp: HoldInput) -> str:
@@ -230,8 +306,16 @@ def _invoice_view(inv: ipb.Invoice) -> InvoiceView:
         currency=inv.currency, status=InvoiceStatus(ipb.InvoiceStatus.Name(inv.status)),
         period_start=from_ts(inv.period_start), period_end=from_ts(inv.period_end), subtotal=inv.subtotal,
         credits_applied=inv.credits_applied, amount_due=inv.amount_due, number=inv.number,
-        prepare_key=inv.prepare_key,
+        prepare_key=inv.prepare_key, usage_units=sorted({i.unit for i in inv.line_items if i.unit}),
     )
+
+
+def _application(a: AllocationSpec) -> ipb.CreditApplication:
+    """A hold allocation as a credit application: an amount of the currency, or units of a usage unit."""
+    if a.unit:
+        return ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type, unit=a.unit,
+                                     units=a.amount, rate=a.rate, rate_version=a.rate_version)
+    return ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type, amount=a.amount)
 
 
 def _invoice_line(inv: ipb.Invoice) -> str:
@@ -254,12 +338,15 @@ class InvoiceActivities:
 
     @activity.defn(name="invoice.split_draft")
     async def split_draft(self, inp: SplitInput) -> SplitResult:
-        req = ipb.SplitDraftRequest(invoice_id=inp.invoice_id, split_at=[to_ts(s) for s in inp.split_at])
+        req = ipb.SplitDraftRequest(invoice_id=inp.invoice_id, split_at=[to_ts(s) for s in inp.split_at],
+                                    unit_applications=[_application(a) for a in inp.unit_applications])
         resp = await self._p._call("split_draft", inp.tenant_id, self._stub.SplitDraft, req)
         return SplitResult(
             charges=[ChargeSpec(c.charge_id, int(c.kind), c.name, c.amount, from_ts(c.service_start),
                                 from_ts(c.service_end)) for c in resp.charges],
             draft_digest=resp.draft_digest,
+            unit_charges=[ChargeSpec(c.charge_id, int(c.kind), c.name, c.quantity, from_ts(c.service_start),
+                                     from_ts(c.service_end), c.unit) for c in resp.unit_charges],
         )
 
     @activity.defn(name="invoice.prepare_finalize")
@@ -267,8 +354,7 @@ class InvoiceActivities:
         req = ipb.PrepareFinalizeRequest(
             idempotency_key=inp.idempotency_key, invoice_id=inp.invoice_id, draft_digest=inp.draft_digest,
             split_at=[to_ts(s) for s in inp.split_at],
-            applications=[ipb.CreditApplication(charge_id=a.charge_id, lot_id=a.lot_id, lot_type=a.lot_type,
-                                                amount=a.amount) for a in inp.applications],
+            applications=[_application(a) for a in inp.applications], credit_notes=inp.credit_notes,
         )
         return _invoice_line(await self._p._call("prepare_finalize", inp.tenant_id, self._stub.PrepareFinalize, req))
 

@@ -69,6 +69,7 @@ class ChargeSpec:
     amount: str
     service_start: str
     service_end: str
+    unit: str = ""  # unit charges: the usage unit `amount` (the quantity) counts in
 
 
 @dataclass
@@ -78,6 +79,9 @@ class AllocationSpec:
     lot_type: str
     amount: str
     posted: str = ""
+    unit: str = ""  # set on a usage-unit or converted hold's allocations: `amount` is units of it
+    rate: str = ""  # a converted hold's allocations: the published rate (currency per unit) and its version
+    rate_version: int = 0
 
 
 @dataclass
@@ -90,6 +94,10 @@ class HoldView:
     posted: str = ""
     created_at: str = ""
     allocations: list[AllocationSpec] = field(default_factory=list)
+    # A currency hold that left charges unpaid: the credit units with a published rate into the
+    # currency (to reserve next), and credit that cannot pay and why ("no rate from credit to USD").
+    convertible: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +109,8 @@ class ReserveInput:
     unit: str
     charges: list[ChargeSpec]
     reference: str
+    skip_units: list[str] = field(default_factory=list)  # units paid otherwise (the invoice's usage units)
+    currency: str = ""  # reserve_converted: the currency the charges are in (`unit` is the credit unit)
 
 
 @dataclass
@@ -190,6 +200,7 @@ class InvoiceView:
     amount_due: str = ""
     number: str = ""
     prepare_key: str = ""
+    usage_units: list[str] = field(default_factory=list)  # units its usage meters count in (sorted)
 
 
 @dataclass
@@ -197,12 +208,14 @@ class SplitInput:
     tenant_id: str
     invoice_id: str
     split_at: list[str]
+    unit_applications: list[AllocationSpec] = field(default_factory=list)  # what usage-unit lots reserved
 
 
 @dataclass
 class SplitResult:
     charges: list[ChargeSpec]
     draft_digest: str
+    unit_charges: list[ChargeSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +226,7 @@ class PrepareFinalizeInput:
     split_at: list[str]
     applications: list[AllocationSpec]
     draft_digest: str
+    credit_notes: list[str] = field(default_factory=list)
 
 
 @dataclass

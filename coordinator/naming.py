@@ -7,6 +7,13 @@ resolver) can name the exact workflow run whose decision settles it. The run id 
 workflow id) is part of the keys because a compensated finalization may be started again under
 the same workflow id, and that new attempt must not replay the first one's released hold.
 
+Usage units as credits: the run also owns one hold per usage unit its invoice bills in,
+`inv/<invoice>/<run_id>:<unit>` (`unit_hold_key`), reserved with step `reserve/<unit>`, and one
+per credit unit that pays currency charges at a published rate, `inv/<invoice>/<run_id>:<unit>@<currency>`
+(step `reserve/<unit>@<currency>`). Such keys parse to the same (invoice, run) as the run's
+currency hold, so the resolver settles them all by the one decision; `hold_suffix` and
+`unit_of_hold` tell them apart.
+
 Every participant call of a saga run carries the idempotency key `<workflow id>/<run id>/<step>`
 (`step_key`); the in-doubt resolver settles a run's work with that run's own keys, so a commit the
 run already made and the resolver's are one and the same.
@@ -118,6 +125,38 @@ def hold_key(invoice_id: str, run_id: str) -> str:
     return f"{HOLD_PREFIX}{invoice_id}/{run_id}"
 
 
+def unit_hold_key(invoice_id: str, run_id: str, suffix: str) -> str:
+    """The finalization run's hold of credits in a usage unit (`suffix` = the unit: lots that pay
+    usage in units) or of a credit unit at a published rate (`converted_hold_suffix`)."""
+    return f"{hold_key(invoice_id, run_id)}:{suffix}"
+
+
+def unit_holds_prefix(invoice_id: str, run_id: str) -> str:
+    """The prefix of every usage-unit hold of one finalization run."""
+    return f"{hold_key(invoice_id, run_id)}:"
+
+
+def unit_of_hold(key: str) -> str:
+    """The ledger unit of a run's usage-unit or converted hold ("" for the hold in the invoice currency)."""
+    return hold_suffix(key).partition("@")[0]
+
+
+def converted_hold_suffix(unit: str, currency: str) -> str:
+    """The hold-key suffix of a run's hold of credit unit `unit` paying `currency` charges at a
+    published rate: `inv/<invoice>/<run_id>:<unit>@<currency>` (`unit_hold_key(..., this)`)."""
+    return f"{unit}@{currency}"
+
+
+def hold_suffix(key: str) -> str:
+    """What follows `<run_id>:` in a run's usage-unit or converted hold key ("" for the currency hold)."""
+    return key.rpartition("/")[2].partition(":")[2] if key.startswith(HOLD_PREFIX) else ""
+
+
+def reserve_units_step(unit: str) -> str:
+    """The step of a finalization run that reserves its usage-unit credits in `unit`."""
+    return f"{Step.RESERVE}/{unit}"
+
+
 def invoice_holds_prefix(invoice_id: str) -> str:
     """The prefix every saga hold of one invoice starts with (one per finalization run)."""
     return f"{HOLD_PREFIX}{invoice_id}/"
@@ -176,6 +215,7 @@ def parse_hold_key(key: str) -> tuple[str, str] | None:
     if not key.startswith(HOLD_PREFIX):
         return None
     invoice_id, sep, run_id = key[len(HOLD_PREFIX):].rpartition("/")
+    run_id = run_id.partition(":")[0]  # a usage-unit hold of the run: `<run_id>:<unit>`
     return (invoice_id, run_id) if sep and invoice_id and run_id else None
 
 

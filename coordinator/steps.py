@@ -11,7 +11,8 @@ Runs inside the workflow sandbox (imported through by `coordinator.workflows`): 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +25,7 @@ from coordinator import naming
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.messages import (
     AllocationSpec,
+    ChargeSpec,
     HoldInput,
     HoldStatus,
     HoldView,
@@ -33,6 +35,7 @@ from coordinator.messages import (
     SagaTimeouts,
 )
 from coordinator.naming import Step
+from service_runtime.rates import applied_minor
 
 
 def _retry(t: SagaTimeouts) -> RetryPolicy:
@@ -111,14 +114,39 @@ class FinalizationRun(SagaRun):
     def prepare_key(self) -> str:
         return naming.prepare_key(self.workflow_id, self.run_id)
 
+    def unit_hold_key(self, unit: str) -> str:
+        return naming.unit_hold_key(self.invoice_id, self.run_id, unit)
+
+
+def left_after(charges: Sequence[ChargeSpec], allocations: Sequence[AllocationSpec], scale: int) -> list[ChargeSpec]:
+    """The charges (amounts in the currency, `scale` decimals) still to pay after `allocations`: of a
+    currency hold (amounts in the currency) or of a converted hold (units at a rate,
+    service_runtime.rates). Charges paid in full are left out."""
+    left = {c.charge_id: int(Decimal(c.amount).scaleb(scale)) for c in charges}
+    for a in allocations:
+        if a.charge_id not in left:
+            continue
+        if a.rate_version:
+            left[a.charge_id] -= applied_minor(left[a.charge_id], Decimal(a.amount), Decimal(a.rate), scale)
+        else:
+            left[a.charge_id] -= int(Decimal(a.amount).scaleb(scale))
+    return [dataclasses.replace(c, amount=str(Decimal(left[c.charge_id]).scaleb(-scale))) for c in charges
+            if left[c.charge_id] > 0]
+
 
 async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
-                              why: str | None = None,
-                              before: Callable[[int], None] = _nothing) -> InvoiceView | None:
-    """After the commit decision: commit the credit hold, then finalize the invoice (unless
-    `commit_invoice` is False: the resolver found it already settled). Each is retried until done.
-    `before(i)` is called before the i-th of the two; returns the finalized invoice."""
+                              why: str | None = None, before: Callable[[int], None] = _nothing,
+                              unit_holds: Sequence[str] = ()) -> InvoiceView | None:
+    """After the commit decision: commit the usage-unit holds (`unit_holds`, by unit) and the credit
+    hold, then finalize the invoice (unless `commit_invoice` is False: the resolver found it already
+    settled). Each is retried until done. `before(i)` is called before committing the holds (0) and
+    the invoice (1); returns the finalized invoice."""
     before(0)
+    for suffix in unit_holds:
+        await run_until_done(
+            LedgerActivities.commit_hold,
+            HoldInput(run.tenant_id, run.key(f"{Step.COMMIT_HOLD}/{suffix}"), run.unit_hold_key(suffix),
+                      must_succeed=True), t, _label(why, f"commit the {suffix} credit hold"))
     await run_until_done(
         LedgerActivities.commit_hold,
         HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
@@ -134,9 +162,10 @@ async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_i
 
 
 async def abort_finalization(run: FinalizationRun, account_id: str, t: SagaTimeouts, *, abort_invoice: bool,
-                             release_hold: bool, why: str) -> None:
+                             release_hold: bool, why: str, unit_holds: Sequence[str] = ()) -> None:
     """Without a commit decision, newest step first: return the invoice to DRAFT (if it may have been
-    prepared), then release the credit hold (if it may have been reserved). Each until done."""
+    prepared), release the credit hold (if it may have been reserved), then the usage-unit holds
+    (`unit_holds`: each unit whose reserve may have been sent). Each until done."""
     if abort_invoice:
         await run_until_done(
             InvoiceActivities.abort_finalize,
@@ -149,6 +178,12 @@ async def abort_finalization(run: FinalizationRun, account_id: str, t: SagaTimeo
             HoldInput(run.tenant_id, run.key(Step.RELEASE_HOLD), run.hold_key, account_id, naming.RELEASE_REASON,
                       must_succeed=True), t,
             _label(why, "release the credit hold"))
+    for suffix in reversed(unit_holds):
+        await run_until_done(
+            LedgerActivities.release_hold,
+            HoldInput(run.tenant_id, run.key(f"{Step.RELEASE_HOLD}/{suffix}"), run.unit_hold_key(suffix),
+                      account_id, naming.RELEASE_REASON, must_succeed=True), t,
+            _label(why, f"release the {suffix} credit hold"))
 
 
 class VoidRun(SagaRun):
@@ -179,8 +214,10 @@ async def commit_void(run: VoidRun, holds: list[HoldView], reason: str, t: SagaT
             HoldInput(run.tenant_id, run.key(naming.reverse_step(hold.hold_key)), hold.hold_key,
                       reason=reason or naming.VOID_REASON, must_succeed=True), t,
             _label(why, "reverse the debits onto their original lots"))
-        reversed_key = hold.hold_key
-        reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
+        if not naming.unit_of_hold(hold.hold_key):  # units are not money: reported in the currency only
+            reversed_key = hold.hold_key
+            reinstated += sum((Decimal(a.amount) for a in legs), Decimal(0))
+        reversed_key = reversed_key or hold.hold_key
     before(1)
     await run_until_done(
         InvoiceActivities.commit_void,

@@ -24,8 +24,10 @@ with workflow.unsafe.imports_passed_through():
     from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
     from coordinator.messages import (
         PENDING_GRANT,
+        AllocationSpec,
         BillingCycleInput,
         BillingCycleResult,
+        ChargeSpec,
         CompensateOutageInput,
         CompensateOutageResult,
         CreateDraftInput,
@@ -56,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         SagaTimeouts,
         SettlementsInput,
         SplitInput,
+        SplitResult,
         SweepInput,
         SweepResult,
         VoidInvoiceInput,
@@ -71,12 +74,16 @@ with workflow.unsafe.imports_passed_through():
         commit_finalization,
         commit_void,
         committed_holds,
+        left_after,
         list_tenants,
         run_step,
         run_until_done,
     )
+    from service_runtime.currencies import scale_of
 
 T = TypeVar("T")
+# workflow.patched id: the resolver also settles a run's usage-unit holds (histories before it did not).
+_UNIT_HOLDS = "resolve-usage-unit-holds"
 # Activities one finalization runs on the happy path (the bench's bare baseline runs as many no-ops):
 # get_invoice, get_lot_boundaries, split_draft, reserve_credits, prepare_finalize, commit_hold,
 # commit_finalize.
@@ -148,6 +155,7 @@ class FinalizeInvoiceWorkflow:
         self._decision = ""
         self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
         self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
+        self._unit_holds: list[str] = []  # usage units whose hold's reserve was sent (to commit or release)
 
     @workflow.query
     def progress(self) -> Progress:
@@ -183,8 +191,8 @@ class FinalizeInvoiceWorkflow:
         # The commit point: from here on nothing is compensated; commits retry until they succeed.
         self._decision = "commit"
         _set(outcome=CreditsOutcome.COMMITTED)
-        final = await commit_finalization(run, t, before=lambda i: self._checks.at("committing", 6 + i,
-                                                                                   _AFTER_DECISION))
+        final = await commit_finalization(run, t, unit_holds=self._unit_holds,
+                                          before=lambda i: self._checks.at("committing", 6 + i, _AFTER_DECISION))
         assert final is not None
         self._checks.at("finalized", len(_FINALIZE_STEPS),
                         f"Finalized as {final.number}: credits {final.credits_applied}, due {final.amount_due}.")
@@ -195,28 +203,77 @@ class FinalizeInvoiceWorkflow:
     async def _prepare(self, run: FinalizationRun, inv: InvoiceView, t: SagaTimeouts) -> None:
         tenant = run.tenant_id
         self._checks.at("reading lot boundaries", 1)
-        split_at: list[str] = await run_step(
-            LedgerActivities.get_lot_boundaries,
-            LotBoundariesInput(tenant, inv.ledger_account_id, inv.currency, inv.period_start, inv.period_end), t)
+        split_at: list[str] = []
+        for unit in (inv.currency, *inv.usage_units):  # lots in a usage unit bound the usage they may pay too
+            instants: list[str] = await run_step(
+                LedgerActivities.get_lot_boundaries,
+                LotBoundariesInput(tenant, inv.ledger_account_id, unit, inv.period_start, inv.period_end), t)
+            split_at = sorted({*split_at, *instants}) if split_at else instants
         self._checks.at("splitting the draft", 2)
         split = await run_step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
         self._checks.at("reserving credits", 3)
+        covers = await self._reserve_units(run, inv, split, t)
+        if covers:  # what is left to pay in the currency, net of the covered units' value
+            split = await run_step(InvoiceActivities.split_draft,
+                                   SplitInput(tenant, inv.invoice_id, split_at, covers), t)
         self._sent.add(Step.RESERVE)  # from here a hold may exist even if no reply comes back
         hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
             ReserveInput(tenant, run.key(Step.RESERVE), run.hold_key, inv.ledger_account_id, inv.currency,
-                         split.charges, inv.invoice_id), t)
+                         split.charges, inv.invoice_id, skip_units=inv.usage_units), t)
+        converted, notes = await self._reserve_converted(run, inv, split.charges, hold, t)
         self._checks.at("preparing the invoice", 4)
         self._sent.add(Step.PREPARE)
         await run_step(InvoiceActivities.prepare_finalize,
-                       PrepareFinalizeInput(tenant, run.prepare_key, inv.invoice_id, split_at, hold.allocations,
-                                            split.draft_digest), t)
+                       PrepareFinalizeInput(tenant, run.prepare_key, inv.invoice_id, split_at,
+                                            [*covers, *hold.allocations, *converted], split.draft_digest,
+                                            credit_notes=notes), t)
+
+    async def _reserve_converted(self, run: FinalizationRun, inv: InvoiceView, charges: list[ChargeSpec],
+                                 hold: HoldView, t: SagaTimeouts) -> tuple[list[AllocationSpec], list[str]]:
+        """Published conversion rates: what the currency lots left unpaid, credit unit by credit unit
+        (sorted), each in a hold of its own at the rates in force; returns their allocations and the
+        notes on credit that could not pay."""
+        scale = scale_of(inv.currency)
+        assert scale is not None
+        left = left_after(charges, hold.allocations, scale)
+        allocations: list[AllocationSpec] = []
+        notes = list(hold.notes)
+        for unit in hold.convertible:
+            if not left:
+                break
+            suffix = naming.converted_hold_suffix(unit, inv.currency)
+            self._unit_holds.append(suffix)  # sent before it runs: it may land and lose its reply
+            held: HoldView = await run_step(
+                LedgerActivities.reserve_converted,
+                ReserveInput(run.tenant_id, run.key(naming.reserve_units_step(suffix)), run.unit_hold_key(suffix),
+                             inv.ledger_account_id, unit, left, inv.invoice_id, currency=inv.currency), t)
+            allocations.extend(held.allocations)
+            notes.extend(held.notes)
+            left = left_after(left, held.allocations, scale)
+        return allocations, notes
+
+    async def _reserve_units(self, run: FinalizationRun, inv: InvoiceView, split: SplitResult,
+                             t: SagaTimeouts) -> list[AllocationSpec]:
+        """Usage units as credits: one hold per usage unit (`unit_hold_key`) on the usage it may pay,
+        before the currency; returns its allocations (units covered, per charge and lot)."""
+        covers: list[AllocationSpec] = []
+        for unit in sorted({c.unit for c in split.unit_charges}):
+            self._unit_holds.append(unit)  # sent before it runs: it may land and lose its reply
+            held: HoldView = await run_step(
+                LedgerActivities.reserve_units,
+                ReserveInput(run.tenant_id, run.key(naming.reserve_units_step(unit)), run.unit_hold_key(unit),
+                             inv.ledger_account_id, unit, [c for c in split.unit_charges if c.unit == unit],
+                             inv.invoice_id), t)
+            covers.extend(held.allocations)
+        return covers
 
     async def _compensate(self, run: FinalizationRun, inv: InvoiceView, t: SagaTimeouts, err: BaseException) -> None:
         failed_at = self._checks.step
         self._checks.at("compensating", failed_at, f"Failed before the decision ({err}): compensating.")
         await abort_finalization(run, inv.ledger_account_id, t, abort_invoice=Step.PREPARE in self._sent,
-                                 release_hold=Step.RESERVE in self._sent, why="compensate")
+                                 release_hold=Step.RESERVE in self._sent, why="compensate",
+                                 unit_holds=self._unit_holds)
         self._checks.at("compensated", failed_at, "Compensated: the hold is released and the invoice is a DRAFT again.")
         _set(outcome=CreditsOutcome.COMPENSATED)
 
@@ -559,13 +616,24 @@ class ResolveInDoubtWorkflow:
             return
         inv = await _read_invoice(run.tenant_id, run.invoice_id, t, f"read invoice {run.invoice_id}")
         prepared_by_owner = inv.status == InvoiceStatus.PREPARED and inv.prepare_key == run.prepare_key
+        units = await self._pending_unit_holds(run, t) if workflow.patched(_UNIT_HOLDS) else []
         if decision.state == OwnerState.COMMIT:
-            await commit_finalization(run, t, commit_invoice=prepared_by_owner, why="resolve")
+            await commit_finalization(run, t, commit_invoice=prepared_by_owner, why="resolve", unit_holds=units)
             out.committed.append(run.label)
             return
         await abort_finalization(run, account or inv.ledger_account_id, t, abort_invoice=prepared_by_owner,
-                                 release_hold=True, why="resolve")
+                                 release_hold=True, why="resolve", unit_holds=units)
         out.aborted.append(run.label)
+
+    @staticmethod
+    async def _pending_unit_holds(run: FinalizationRun, t: SagaTimeouts) -> list[str]:
+        """The suffixes of the run's still PENDING usage-unit and converted holds (settled with its decision)."""
+        holds: list[HoldView] = await run_step(
+            LedgerActivities.list_holds,
+            ListHoldsInput(run.tenant_id, HoldStatus.PENDING,
+                           hold_key_prefix=naming.unit_holds_prefix(run.invoice_id, run.run_id)), t,
+            f"list the usage-unit holds of {run.label}")
+        return sorted(naming.hold_suffix(h.hold_key) for h in holds)
 
     async def _settle_void(self, tenant: str, invoice_id: str, out: SweepResult, t: SagaTimeouts) -> None:
         """A stale VOID_PENDING invoice: the latest run of its void workflow decides.

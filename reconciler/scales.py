@@ -3,7 +3,7 @@
 - Ledger amounts (hold allocations and postings) are integers in the unit's scale: the ledger's unit
   catalog, its built-in units plus those the tenant defined (`ledger_service.storage.catalog`).
 - Invoice amounts (`credits_minor`, credit applications) are integers in the invoice currency's
-  minor unit, as the invoice service keeps them (`invoice_service.domain.money`).
+  ISO 4217 minor unit, from the one catalog of money both services use (`service_runtime.currencies`).
 
 Both are turned into exact Decimals before they are compared, so 3000 yen posted by the ledger
 (scale 0) equal 3000 yen applied on the invoice, and 1111 fils (KWD, scale 3) equal 1.111 KWD.
@@ -15,8 +15,8 @@ from decimal import Decimal
 
 import asyncpg
 
-from invoice_service.domain.money import CURRENCY_SCALES
 from ledger_service.storage.catalog import UnitCatalog
+from service_runtime.currencies import scale_of
 
 
 async def ledger_scales(pool: asyncpg.Pool, tenant_id: str) -> dict[str, int]:
@@ -26,7 +26,7 @@ async def ledger_scales(pool: asyncpg.Pool, tenant_id: str) -> dict[str, int]:
 
 def invoice_scale(currency: str) -> int | None:
     """The minor-unit scale the invoice service bills `currency` in; None if it does not bill it."""
-    return CURRENCY_SCALES.get(currency)
+    return scale_of(currency)
 
 
 def exact(amount: int, scale: int) -> Decimal:

@@ -79,10 +79,10 @@ def _table(service: str, *rows: tuple[frozenset[str], tuple[str, ...]]) -> dict[
 
 LEDGER: dict[str, frozenset[str]] = _table(
     LEDGER_SERVICE,
-    (ALL, ("GetAccount", "ListUnits", "GetLot", "ListLots", "GetBalance", "ListEntries", "GetLotBoundaries",
-           "ExplainAllocation", "GetConsumptionPolicy", "GetHold", "ListHolds", "GetSupportGrantLimits",
-           "GetGrantRequest", "ListGrantRequests", "GetSettlement")),
-    (FINANCE, ("CreateAccount", "DefineUnit", "VoidGrant", "SetConsumptionPolicy", "TransferCredits",
+    (ALL, ("GetAccount", "ListUnits", "ListRates", "GetLot", "ListLots", "GetBalance", "ListEntries",
+           "GetLotBoundaries", "ExplainAllocation", "GetConsumptionPolicy", "GetHold", "ListHolds",
+           "GetSupportGrantLimits", "GetGrantRequest", "ListGrantRequests", "GetSettlement")),
+    (FINANCE, ("CreateAccount", "DefineUnit", "PublishRate", "VoidGrant", "SetConsumptionPolicy", "TransferCredits",
                "ReverseTransfer", "SetTransferLimit", "SetSupportGrantLimits", "ApproveGrantRequest",
                "RejectGrantRequest")),
     # support: COMPENSATORY within limits; operator: COMPENSATORY with an incident (ledger domain/grants.py).

@@ -28,6 +28,8 @@ _LEDGER = "/credits.ledger.v1.LedgerService/"
 _INVOICE = "/credits.invoice.v1.InvoiceService/"
 STEP_METHODS = {  # the coordinator activities' step names -> the RPC each one calls
     "get_lot_boundaries": _LEDGER + "GetLotBoundaries", "reserve_credits": _LEDGER + "ReserveCredits",
+    "reserve_units": _LEDGER + "ReserveCredits", "reserve_converted": _LEDGER + "ReserveCredits",
+    "list_units": _LEDGER + "ListUnits", "list_rates": _LEDGER + "ListRates", "get_balance": _LEDGER + "GetBalance",
     "commit_hold": _LEDGER + "CommitHold", "release_hold": _LEDGER + "ReleaseHold",
     "reverse_hold": _LEDGER + "ReverseHold", "list_holds": _LEDGER + "ListHolds",
     "expire_lots": _LEDGER + "ExpireLots", "grant_credits": _LEDGER + "GrantCredits",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from credits.invoice.v1 import invoice_pb2 as pb
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
-from invoice_service.domain.invoices import ChargeKind, InvoiceView
+from invoice_service.domain.invoices import ChargeKind, InvoiceView, Piece
 from invoice_service.domain.money import decimal_text, to_text
 from invoice_service.domain.pricing import Price
 from service_runtime.pages import encode_token
@@ -32,7 +33,7 @@ def customer(c: Customer) -> pb.Customer:
 
 def meter(m: Meter) -> pb.Meter:
     out = pb.Meter(meter_code=m.meter_code, name=m.name, aggregation=pb.Aggregation.Value(m.aggregation.value),
-                   property=m.property, allow_negative=m.allow_negative)
+                   property=m.property, allow_negative=m.allow_negative, unit=m.unit)
     if m.created_at:
         out.created_at.CopyFrom(ts(m.created_at))
     return out
@@ -77,15 +78,28 @@ def subscription(s: Subscription) -> pb.Subscription:
 
 
 def charges(inv: InvoiceView) -> list[pb.Charge]:
+    return pieces(inv.charges, inv)
+
+
+def pieces(items: Sequence[Piece], inv: InvoiceView) -> list[pb.Charge]:
     return [pb.Charge(charge_id=p.charge_id, line_item_id=p.line_item_id, kind=_KIND[p.kind], name=p.name,
                       quantity=decimal_text(p.quantity), amount=to_text(p.amount_minor, inv.scale),
                       service_start=ts(p.service_start), service_end=ts(p.service_end))
-            for p in inv.charges]
+            for p in items]
+
+
+def unit_pieces(items: Sequence[Piece], inv: InvoiceView) -> list[pb.Charge]:
+    """Unit charges: the piece's quantity in its meter's unit (no amount: a unit lot pays in units)."""
+    units = {i.line_item_id: i.unit for i in inv.line_items}
+    return [pb.Charge(charge_id=p.charge_id, line_item_id=p.line_item_id, kind=_KIND[p.kind], name=p.name,
+                      quantity=decimal_text(p.quantity), unit=units[p.line_item_id],
+                      service_start=ts(p.service_start), service_end=ts(p.service_end))
+            for p in items]
 
 
 def invoice(inv: InvoiceView) -> pb.Invoice:
     money = inv.scale
-    credits = inv.credits_by_line()
+    credits, covered = inv.credits_by_line(), inv.units_by_line()
     out = pb.Invoice(
         invoice_id=inv.invoice_id, customer_id=inv.customer_id, ledger_account_id=inv.ledger_account_id,
         subscription_id=inv.subscription_id, plan_id=inv.plan_id, currency=inv.currency,
@@ -100,11 +114,15 @@ def invoice(inv: InvoiceView) -> pb.Invoice:
                         amount=to_text(i.amount_minor, money), service_start=ts(i.service_start),
                         service_end=ts(i.service_end),
                         credits_applied=to_text(credits.get(i.line_item_id, 0), money),
-                        amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money))
+                        amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money), unit=i.unit,
+                        units_covered=decimal_text(covered[i.line_item_id]) if i.line_item_id in covered else "")
             for i in inv.line_items],
-        charges=charges(inv),
+        charges=charges(inv), credit_notes=list(inv.credit_notes),
         applications=[pb.CreditApplication(charge_id=a.charge_id, line_item_id=a.line_item_id, lot_id=a.lot_id,
-                                           lot_type=a.lot_type, amount=to_text(a.amount_minor, money))
+                                           lot_type=a.lot_type, amount=to_text(a.amount_minor, money), unit=a.unit,
+                                           units=decimal_text(a.units) if a.unit else "",
+                                           rate=decimal_text(a.rate) if a.rate is not None else "",
+                                           rate_version=a.rate_version)
                       for a in inv.applications],
     )
     for name in ("prepared_at", "finalized_at", "void_prepared_at", "voided_at"):

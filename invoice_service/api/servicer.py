@@ -144,8 +144,14 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
     async def SplitDraft(self, request: pb.SplitDraftRequest, context: _Ctx) -> pb.SplitDraftResponse:
         invoice_id = check_id(request.invoice_id, "invoice_id")
         instants = unpack.timestamps(request.split_at, "split_at")
-        view, digest = await self._invoices.split_draft(_tenant(), invoice_id, instants)
-        return pb.SplitDraftResponse(invoice=pack.invoice(view), charges=pack.charges(view), draft_digest=digest)
+        covers = unpack.applications(request.unit_applications, "unit_applications")
+        if any(not a.unit for a in covers):
+            n = next(i for i, a in enumerate(covers) if not a.unit)
+            raise invalid(f"unit_applications[{n}].unit", "is required: what a usage-unit lot covered")
+        split = await self._invoices.split_draft(_tenant(), invoice_id, instants, covers)
+        return pb.SplitDraftResponse(invoice=pack.invoice(split.view), charges=pack.pieces(split.charges, split.view),
+                                     draft_digest=split.digest,
+                                     unit_charges=pack.unit_pieces(split.unit_charges, split.view))
 
     # ---- two-phase ----------------------------------------------------------------------------
 
@@ -153,7 +159,8 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         guard = _guard("PrepareFinalize", request, pack.invoice)
         run = self._invoices.prepare_finalize(
             guard, check_id(request.invoice_id, "invoice_id"), unpack.timestamps(request.split_at, "split_at"),
-            unpack.applications(request.applications), check_text(request.draft_digest, "draft_digest", 64))
+            unpack.applications(request.applications), check_text(request.draft_digest, "draft_digest", 64),
+            unpack.credit_notes(request.credit_notes))
         return await _mutate(guard, pb.Invoice, run)
 
     async def CommitFinalize(self, request: pb.CommitFinalizeRequest, context: _Ctx) -> pb.Invoice:

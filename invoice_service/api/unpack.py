@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from credits.invoice.v1 import invoice_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,6 +18,7 @@ from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_p
 from invoice_service.storage.invoices import ApplicationIn
 from invoice_service.storage.usage import EventIn, event_field
 from service_runtime.amounts import parse_decimal
+from service_runtime.currencies import is_currency
 from service_runtime.free_text import check_text
 from service_runtime.identifiers import ID_PATTERN, ID_RULE, check_id, is_id
 from service_runtime.pages import decode_token
@@ -70,7 +72,19 @@ def meter(req: pb.CreateMeterRequest) -> Meter:
         raise invalid("property", "a COUNT meter counts events and takes no property")
     if req.allow_negative and aggregation is not Aggregation.SUM:
         raise invalid("allow_negative", "only SUM meters may allow negative quantities")
-    return Meter(code, check_text(req.name, "name") or code, aggregation, prop, req.allow_negative)
+    return Meter(code, check_text(req.name, "name") or code, aggregation, prop, req.allow_negative,
+                 unit=usage_unit(req.unit, "unit", required=False))
+
+
+def usage_unit(code: str, field: str, *, required: bool = True) -> str:
+    """A ledger usage unit code (1-32 ASCII letters, digits or _, as DefineUnit takes), never money."""
+    if not code and not required:
+        return ""
+    if not code or len(code) > 32 or not code.isascii() or not code.replace("_", "").isalnum():
+        raise invalid(field, "must be a ledger unit code: 1-32 ASCII letters, digits or _ (e.g. compute_minute)")
+    if is_currency(code):
+        raise invalid(field, f"{code} is a currency; a meter counts usage in a usage unit (e.g. compute_minute)")
+    return code
 
 
 def plan(req: pb.CreatePlanRequest) -> Plan:
@@ -182,13 +196,39 @@ def _properties(props: object, field: str) -> dict[str, str]:
     return d
 
 
-def applications(items: Sequence[pb.CreditApplication]) -> list[ApplicationIn]:
+def _rate(a: pb.CreditApplication, unit: str, field: str) -> tuple[Decimal | None, int]:
+    """(rate, version) of a credit-unit application at a published rate; (None, 0) for the others."""
+    if not a.rate_version and not a.rate:
+        return None, 0
+    if a.rate_version < 0 or not a.rate_version:
+        raise invalid(f"{field}.rate_version", "must be the published rate's version (1, 2, ...)")
+    if not unit:
+        raise invalid(f"{field}.unit", "a conversion at a published rate names the lot's unit")
+    rate = parse_decimal(a.rate, f"{field}.rate", max_places=12)
+    if rate <= 0:
+        raise invalid(f"{field}.rate", "must be positive (currency per unit)")
+    return rate, int(a.rate_version)
+
+
+def credit_notes(notes: Sequence[str]) -> list[str]:
+    if len(notes) > 20:
+        raise invalid("credit_notes", "at most 20 notes")
+    return [check_text(n, f"credit_notes[{i}]", 300) for i, n in enumerate(notes)]
+
+
+def applications(items: Sequence[pb.CreditApplication], field: str = "applications") -> list[ApplicationIn]:
     out: list[ApplicationIn] = []
     for i, a in enumerate(items):
         if not a.charge_id or len(a.charge_id) > 100:
-            raise invalid(f"applications[{i}].charge_id", "is required (at most 100 characters)")
-        check_id(a.lot_id, f"applications[{i}].lot_id")
+            raise invalid(f"{field}[{i}].charge_id", "is required (at most 100 characters)")
+        check_id(a.lot_id, f"{field}[{i}].lot_id")
         if not a.lot_type or len(a.lot_type) > _LOT_TYPE_MAX or not a.lot_type.replace("_", "").isalpha():
-            raise invalid(f"applications[{i}].lot_type", "must be a lot type name like PROMOTIONAL")
-        out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), a.amount))
+            raise invalid(f"{field}[{i}].lot_type", "must be a lot type name like PROMOTIONAL")
+        unit = usage_unit(a.unit, f"{field}[{i}].unit", required=False)
+        units = parse_decimal(a.units, f"{field}[{i}].units") if unit else Decimal(0)
+        if unit and units <= 0:
+            raise invalid(f"{field}[{i}].units", "an application in a unit gives a positive number of units")
+        rate, version = _rate(a, unit, f"{field}[{i}]")
+        out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), "" if unit else a.amount, unit, units,
+                                 rate, version))
     return out

@@ -29,6 +29,7 @@ class Meter:
     property: str = ""
     allow_negative: bool = False
     created_at: datetime | None = None
+    unit: str = ""  # the ledger usage unit its quantities count in ("" = none)
 
 
 @dataclass(frozen=True)

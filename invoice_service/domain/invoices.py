@@ -79,6 +79,7 @@ class LineItem:
     amount_minor: int
     service_start: datetime
     service_end: datetime
+    unit: str = ""  # USAGE: the meter's usage unit ("" = none)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,15 @@ class Application:
     line_item_id: str
     lot_id: str
     lot_type: str
-    amount_minor: int
+    amount_minor: int   # in the invoice currency (for a usage-unit lot: the value of `units`)
+    unit: str = ""      # "" = a lot in the invoice currency; else the lot's usage unit
+    units: Decimal = _ZERO  # units covered (usage-unit lots) or converted (credit-unit lots)
+    rate: Decimal | None = None  # a credit-unit lot at a published rate: currency per unit
+    rate_version: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.rate_version > 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,7 @@ class InvoiceView:
     finalized_at: datetime | None = None
     void_prepared_at: datetime | None = None
     voided_at: datetime | None = None
+    credit_notes: tuple[str, ...] = ()
 
     @property
     def amount_due_minor(self) -> int:
@@ -205,4 +215,12 @@ class InvoiceView:
         out: dict[str, int] = {}
         for a in self.applications:
             out[a.line_item_id] = out.get(a.line_item_id, 0) + a.amount_minor
+        return out
+
+    def units_by_line(self) -> dict[str, Decimal]:
+        """Units covered by usage-unit lots, per line item."""
+        out: dict[str, Decimal] = {}
+        for a in self.applications:
+            if a.unit and not a.converted:
+                out[a.line_item_id] = out.get(a.line_item_id, _ZERO) + a.units
         return out

@@ -1,28 +1,24 @@
-"""Currencies and the one rounding rule: ROUND_HALF_UP to the currency's minor unit, per line item."""
+"""Currency scales (service_runtime.currencies) and the one rounding rule: ROUND_HALF_UP, per line item."""
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
 from service_runtime.amounts import format_minor, parse_minor
+from service_runtime.currencies import scale_of
 from service_runtime.rejections import invalid
-
-# ISO 4217 codes we bill in, with their minor-unit scale.
-CURRENCY_SCALES: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
-    "DKK": 2, "PLN": 2, "CZK": 2, "INR": 2, "BRL": 2, "MXN": 2, "SGD": 2, "HKD": 2, "CNY": 2,
-    "ZAR": 2, "JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "KWD": 3, "BHD": 3, "JOD": 3, "OMR": 3,
-}
 
 
 def currency_scale(currency: str, field: str = "currency") -> int:
-    """The minor-unit scale of `currency`, or INVALID naming `field` for an unsupported one."""
+    """The ISO 4217 minor-unit scale of `currency` (service_runtime.currencies, the one catalog the
+    ledger's built-in units come from too: a plan is never priced in money the ledger cannot hold),
+    or INVALID naming `field` for anything else."""
     if not currency:
         raise invalid(field, "is required (e.g. USD)")
-    scale = CURRENCY_SCALES.get(currency)
+    scale = scale_of(currency)
     if scale is None:
-        raise invalid(field, f"unsupported currency {currency[:16]!r}; supported: "
-                             + ", ".join(sorted(CURRENCY_SCALES)))
+        raise invalid(field, f"unsupported currency {currency[:16]!r}: not an ISO 4217 currency code "
+                             "(upper case, e.g. USD, EUR, JPY, KWD)")
     return scale
 
 

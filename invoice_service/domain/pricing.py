@@ -149,15 +149,15 @@ def price_quantity(price: Price, quantity: Decimal) -> Priced:
         packages = (q / price.package_size).to_integral_value(rounding=ROUND_CEILING)
         return Priced(packages * price.unit_amount, price.unit_amount)
     if price.model is PriceModel.GRADUATED:
-        amount = _graduated(price.tiers, q)
+        amount = graduated_amount(price.tiers, q)
         unit = (amount / q).quantize(_AVERAGE_PLACES) if q > 0 else price.tiers[0].unit_amount
         return Priced(amount, unit)
-    tier = _volume_tier(price.tiers, q)
+    tier = volume_tier(price.tiers, q)
     amount = q * tier.unit_amount + tier.flat_amount if q > 0 else _ZERO
     return Priced(amount, tier.unit_amount)
 
 
-def _graduated(tiers: Sequence[Tier], q: Decimal) -> Decimal:
+def graduated_amount(tiers: Sequence[Tier], q: Decimal) -> Decimal:
     amount = _ZERO
     lower = _ZERO
     for tier in tiers:
@@ -171,7 +171,7 @@ def _graduated(tiers: Sequence[Tier], q: Decimal) -> Decimal:
     return amount
 
 
-def _volume_tier(tiers: Sequence[Tier], q: Decimal) -> Tier:
+def volume_tier(tiers: Sequence[Tier], q: Decimal) -> Tier:
     for tier in tiers:
         if tier.up_to is None or q <= tier.up_to:
             return tier

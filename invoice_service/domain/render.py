@@ -32,7 +32,9 @@ def to_dict(inv: InvoiceView) -> dict[str, Any]:
                 "service_start": i.service_start.isoformat(), "service_end": i.service_end.isoformat(),
                 "credits": [
                     {"lot_id": a.lot_id, "lot_type": a.lot_type, "charge_id": a.charge_id,
-                     "amount": money(a.amount_minor)}
+                     "amount": money(a.amount_minor),
+                     **({"unit": a.unit, "units": decimal_text(a.units)} if a.unit else {}),
+                     **({"rate": decimal_text(a.rate), "rate_version": a.rate_version} if a.rate is not None else {})}
                     for a in inv.applications if a.line_item_id == i.line_item_id
                 ],
                 "credits_applied": money(credits.get(i.line_item_id, 0)),
@@ -43,6 +45,7 @@ def to_dict(inv: InvoiceView) -> dict[str, Any]:
         "subtotal": money(inv.subtotal_minor),
         "credits_applied": money(inv.credits_minor),
         "amount_due": money(inv.amount_due_minor),
+        "credit_notes": list(inv.credit_notes),
     }
 
 
@@ -67,11 +70,15 @@ def to_text_invoice(inv: InvoiceView) -> str:
         for a in inv.applications:
             if a.line_item_id == item.line_item_id:
                 label = f"  credit {a.lot_type.lower()} lot {a.lot_id}"
+                if a.unit:
+                    label += f" ({decimal_text(a.units)} {a.unit}"
+                    label += f" at {decimal_text(a.rate)}, rate v{a.rate_version})" if a.rate is not None else ")"
                 lines.append(f"{label[:62]:<62}{'-' + money(a.amount_minor):>14}")
     lines += [
         "-" * 76,
         f"{'Subtotal':<62}{money(inv.subtotal_minor):>14}",
         f"{'Credits applied':<62}{'-' + money(inv.credits_minor):>14}",
         f"{'Amount due':<62}{money(inv.amount_due_minor):>14}",
+        *(f"Note: {note}" for note in inv.credit_notes),
     ]
     return "\n".join(lines) + "\n"

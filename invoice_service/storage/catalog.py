@@ -22,11 +22,11 @@ SELECT_CUSTOMER = """
 SELECT customer_id, name, ledger_account_id, created_at FROM customers WHERE tenant_id = $1 AND customer_id = $2
 """
 INSERT_METER = """
-INSERT INTO meters (tenant_id, meter_code, name, aggregation, property, allow_negative)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING created_at
+INSERT INTO meters (tenant_id, meter_code, name, aggregation, property, allow_negative, unit)
+VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING created_at
 """
 SELECT_METERS = """
-SELECT meter_code, name, aggregation, property, allow_negative, created_at FROM meters
+SELECT meter_code, name, aggregation, property, allow_negative, created_at, unit FROM meters
 WHERE tenant_id = $1 AND meter_code = ANY($2::text[])
 """
 INSERT_PLAN = """
@@ -78,7 +78,7 @@ WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND status = ANY($3::text
 
 def meter_from_row(row: asyncpg.Record) -> Meter:
     return Meter(row["meter_code"], row["name"], Aggregation(row["aggregation"]), row["property"],
-                 row["allow_negative"], row["created_at"])
+                 row["allow_negative"], row["created_at"], row["unit"])
 
 
 def plan_from_row(row: asyncpg.Record) -> Plan:
@@ -120,11 +120,12 @@ class CatalogOperations:
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
             created = await conn.fetchval(INSERT_METER, guard.tenant_id, meter.meter_code, meter.name,
-                                          meter.aggregation.value, meter.property, meter.allow_negative)
+                                          meter.aggregation.value, meter.property, meter.allow_negative,
+                                          meter.unit)
             if created is None:
                 raise conflict("meter_code", f"meter {meter.meter_code!r} already exists")
             result = Meter(meter.meter_code, meter.name, meter.aggregation, meter.property,
-                           meter.allow_negative, created)
+                           meter.allow_negative, created, meter.unit)
             await guard.record(conn, result)
             return result
 

@@ -3,7 +3,7 @@
 INVOICE_COLUMNS = """
 invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency, period_start, period_end,
 status, number, subtotal_minor, credits_minor, split_at, draft_digest, prepare_key, created_at, computed_at,
-prepared_at, finalized_at, void_prepared_at, voided_at
+prepared_at, finalized_at, void_prepared_at, voided_at, credit_notes
 """
 SELECT_INVOICE = f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
 SELECT_INVOICE_FOR_UPDATE = SELECT_INVOICE + " FOR UPDATE"
@@ -78,13 +78,14 @@ GROUP BY meter_code, piece
 SELECT_INVOICE_FULL = f"""
 SELECT {INVOICE_COLUMNS},
   ARRAY(SELECT ROW(line_item_id, kind, code, description, quantity, unit_price, amount_minor, service_start,
-                   service_end)
+                   service_end, unit)
         FROM invoice_line_items l WHERE l.tenant_id = i.tenant_id AND l.invoice_id = i.invoice_id
         ORDER BY position) AS items,
   ARRAY(SELECT ROW(charge_id, line_item_id, kind, name, quantity, amount_minor, service_start, service_end)
         FROM invoice_charges c WHERE c.tenant_id = i.tenant_id AND c.invoice_id = i.invoice_id
         ORDER BY line_item_id, service_start) AS pieces,
-  ARRAY(SELECT ROW(a.charge_id, c.line_item_id, a.lot_id, a.lot_type, a.amount_minor)
+  ARRAY(SELECT ROW(a.charge_id, c.line_item_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units, a.rate,
+                   a.rate_version)
         FROM credit_applications a
         JOIN invoice_charges c ON c.tenant_id = a.tenant_id AND c.invoice_id = a.invoice_id
                               AND c.charge_id = a.charge_id
@@ -102,9 +103,10 @@ DELETE FROM invoice_line_items WHERE tenant_id = $1 AND invoice_id = $2
 # Many rows in one statement: one array per column, unnested in step.
 INSERT_LINE_ITEMS = """
 INSERT INTO invoice_line_items (tenant_id, invoice_id, line_item_id, position, kind, code, description, quantity,
-                                unit_price, amount_minor, service_start, service_end)
+                                unit_price, amount_minor, service_start, service_end, unit)
 SELECT $1, $2, u.* FROM unnest($3::text[], $4::integer[], $5::text[], $6::text[], $7::text[], $8::numeric[],
-                               $9::numeric[], $10::bigint[], $11::timestamptz[], $12::timestamptz[]) AS u
+                               $9::numeric[], $10::bigint[], $11::timestamptz[], $12::timestamptz[],
+                               $13::text[]) AS u
 """
 INSERT_CHARGES = """
 INSERT INTO invoice_charges (tenant_id, invoice_id, charge_id, line_item_id, kind, name, quantity, amount_minor,
@@ -113,8 +115,10 @@ SELECT $1, $2, u.* FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $
                                $9::timestamptz[], $10::timestamptz[]) AS u
 """
 INSERT_APPLICATIONS = """
-INSERT INTO credit_applications (tenant_id, invoice_id, position, charge_id, lot_id, lot_type, amount_minor)
-SELECT $1, $2, u.* FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[], $7::bigint[]) AS u
+INSERT INTO credit_applications (tenant_id, invoice_id, position, charge_id, lot_id, lot_type, amount_minor, unit,
+                                 units, rate, rate_version)
+SELECT $1, $2, u.* FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
+                               $9::numeric[], $10::numeric[], $11::integer[]) AS u
 """
 
 UPDATE_DRAFT_TOTALS = """
@@ -122,12 +126,12 @@ UPDATE invoices SET subtotal_minor = $3, computed_at = now() WHERE tenant_id = $
 """
 MARK_PREPARED = """
 UPDATE invoices SET status = 'PREPARED', subtotal_minor = $3, credits_minor = $4, split_at = $5,
-       draft_digest = $6, prepare_key = $7, prepared_at = now(), computed_at = now()
+       draft_digest = $6, prepare_key = $7, prepared_at = now(), computed_at = now(), credit_notes = $8
 WHERE tenant_id = $1 AND invoice_id = $2
 """
 MARK_ABORTED = """
 UPDATE invoices SET status = 'DRAFT', credits_minor = 0, split_at = '{}', draft_digest = '', prepare_key = '',
-       prepared_at = NULL
+       prepared_at = NULL, credit_notes = '{}'
 WHERE tenant_id = $1 AND invoice_id = $2
 """
 # Takes the tenant's next number and finalizes the invoice with it in one statement: the counter row

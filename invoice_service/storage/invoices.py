@@ -31,12 +31,15 @@ from invoice_service.domain.invoices import (
 )
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.periods import INTERVAL_MONTHS, period_starting_at
+from invoice_service.domain.pricing import Price
 from invoice_service.domain.splitting import normalize_instants
 from invoice_service.domain.states import Status, Transition, Verb, transition
+from invoice_service.domain.unit_credits import UnitCover, left_to_pay, unit_charges, value_covers
 from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
 from service_runtime.amounts import parse_minor
 from service_runtime.idempotency import Guard, burn_key
+from service_runtime.rates import applied_minor
 from service_runtime.rejections import invalid, not_found, precondition
 
 _Apply = Callable[[asyncpg.Connection, asyncpg.Record], Awaitable[None]]
@@ -50,7 +53,15 @@ class ApplicationIn:
     charge_id: str
     lot_id: str
     lot_type: str
-    amount: str
+    amount: str           # a lot in the invoice currency ("" for a usage-unit lot: the service values it)
+    unit: str = ""        # "" = the invoice currency; else the lot's usage unit
+    units: Decimal = Decimal(0)
+    rate: Decimal | None = None  # a credit-unit lot at a published rate (currency per unit)
+    rate_version: int = 0
+
+    @property
+    def converted(self) -> bool:
+        return self.rate_version > 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,22 @@ class Computed:
     items: list[LineItem]
     pieces: list[Piece]
     digest: str
+    prices: dict[str, Price]  # usage line code (meter) -> its price: to value units covered
+    scale: int
+
+    def value(self, covers: Sequence[UnitCover], field: str) -> list[Application]:
+        return value_covers(self.items, self.pieces, self.prices, self.scale, covers, field)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A draft cut at instants: its view, what is left to pay per charge in the currency after the
+    usage-unit lots' `unit_applications`, and the unit charges those lots may cover."""
+
+    view: InvoiceView
+    digest: str
+    charges: list[Piece]
+    unit_charges: list[Piece]
 
 
 @dataclass(frozen=True)
@@ -109,23 +136,29 @@ class InvoiceOperations:
             await guard.record(conn, view)
             return view
 
-    async def split_draft(self, tenant: str, invoice_id: str,
-                          instants: Sequence[datetime]) -> tuple[InvoiceView, str]:
-        """A DRAFT recomputed now and cut at `instants` (nothing saved); a frozen invoice as stored."""
+    async def split_draft(self, tenant: str, invoice_id: str, instants: Sequence[datetime],
+                          covers: Sequence[ApplicationIn] = ()) -> Split:
+        """A DRAFT recomputed now and cut at `instants` (nothing saved); a frozen invoice as stored.
+        `covers`: what usage-unit lots reserved; the currency charges are net of their value."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             header = await self._header(conn, tenant, invoice_id, lock=False, with_context=True)
             if header["status"] != Status.DRAFT.value:
                 view = await self._load(conn, tenant, invoice_id)
-                return view, view.draft_digest
+                return Split(view, view.draft_digest, list(view.charges), unit_charges(view.line_items, view.charges))
             cut = normalize_instants(instants, header["period_start"], header["period_end"])
             computed = await self._compute(conn, tenant, header, cut, _context(header))
+            valued = computed.value(_unit_covers(list(enumerate(covers))), "unit_applications")
             view = _view(header, computed.items, computed.pieces, (), tuple(cut), computed.digest)
-            return view, computed.digest
+            left = left_to_pay(computed.pieces, valued)
+            net = [dataclasses.replace(p, amount_minor=left[p.charge_id]) for p in computed.pieces
+                   if left[p.charge_id] > 0]
+            return Split(view, computed.digest, net, unit_charges(computed.items, computed.pieces))
 
     # ---- two-phase finalize ---------------------------------------------------------------------
 
     async def prepare_finalize(self, guard: Guard, invoice_id: str, instants: Sequence[datetime],
-                               applications: Sequence[ApplicationIn], expected_digest: str) -> InvoiceView:
+                               applications: Sequence[ApplicationIn], expected_digest: str,
+                               credit_notes: Sequence[str] = ()) -> InvoiceView:
         """DRAFT -> PREPARED: recompute, cut at the instants, freeze, record the ledger's applications."""
         tenant = guard.tenant_id
         async with self._pool.acquire() as conn, conn.transaction():
@@ -137,16 +170,25 @@ class InvoiceOperations:
             if expected_digest and expected_digest != computed.digest:
                 raise precondition("draft_digest", "the draft changed since it was split (new usage?); "
                                                    "split it again and reserve again")
-            apps = _check_applications(applications, computed.pieces, currency_scale(header["currency"]))
+            indexed = list(enumerate(applications))
+            scale = currency_scale(header["currency"])
+            unit_apps = computed.value(_unit_covers([(n, a) for n, a in indexed if a.unit and not a.converted]),
+                                       "applications")
+            left = left_to_pay(computed.pieces, unit_apps)
+            apps = unit_apps + _check_applications([(n, a) for n, a in indexed if not a.unit], computed.pieces,
+                                                   scale, left)
+            apps += _converted([(n, a) for n, a in indexed if a.converted], computed.pieces, scale, left)
             await conn.execute(sql.DELETE_CHARGES_AND_LINE_ITEMS, tenant, invoice_id)
             await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(computed.items))
             await _insert_rows(conn, sql.INSERT_CHARGES, tenant, invoice_id, [
                 (p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity, p.amount_minor, p.service_start,
                  p.service_end) for p in computed.pieces])
             await _insert_rows(conn, sql.INSERT_APPLICATIONS, tenant, invoice_id, [
-                (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor) for n, a in enumerate(apps)])
+                (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units, a.rate, a.rate_version)
+                for n, a in enumerate(apps)])
             await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
-                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key)
+                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key,
+                               list(credit_notes))
             view = await self._load(conn, tenant, invoice_id)
             await guard.record(conn, view)
             return view
@@ -265,9 +307,10 @@ class InvoiceOperations:
         row = await conn.fetchrow(sql.SELECT_INVOICE_FULL, tenant, invoice_id)
         if row is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
-        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["items"]]
+        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+                 for r in row["items"]]
         pieces = [Piece(r[0], r[1], ChargeKind(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in row["pieces"]]
-        apps = [Application(r[0], r[1], r[2], r[3], r[4]) for r in row["apps"]]
+        apps = [Application(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["apps"]]
         return _view(row, items, pieces, apps, tuple(row["split_at"]), row["draft_digest"])
 
     async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
@@ -284,9 +327,13 @@ class InvoiceOperations:
                            q["add_ons"], q["licenses"])
         usage = await self._usage(conn, tenant, header, plan, list(instants))
         start, end = header["period_start"], header["period_end"]
-        items = billing.compute_line_items(plan.terms, sub.quantities, usage, start, end)
+        meters = await self._catalog.meters(conn, tenant, [c.code for c in plan.components
+                                                           if c.kind is ChargeKind.USAGE])
+        items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i
+                 for i in billing.compute_line_items(plan.terms, sub.quantities, usage, start, end)]
         pieces = billing.split_line_items(items, usage, instants)
-        return Computed(items, pieces, billing.digest(items, pieces))
+        prices = {c.code: c.price for c in plan.components if c.kind is ChargeKind.USAGE and c.price is not None}
+        return Computed(items, pieces, billing.digest(items, pieces), prices, plan.terms.scale)
 
     async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, plan: Plan,
                      instants: list[datetime]) -> dict[str, MeterUsage]:
@@ -327,7 +374,7 @@ def _context(header: asyncpg.Record) -> dict[str, Any]:
 
 def _line_item_rows(items: Sequence[LineItem]) -> list[tuple[Any, ...]]:
     return [(i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price, i.amount_minor,
-             i.service_start, i.service_end) for n, i in enumerate(items)]
+             i.service_start, i.service_end, i.unit) for n, i in enumerate(items)]
 
 
 async def _insert_rows(conn: asyncpg.Connection, query: str, tenant: str, invoice_id: str,
@@ -337,13 +384,36 @@ async def _insert_rows(conn: asyncpg.Connection, query: str, tenant: str, invoic
         await conn.execute(query, tenant, invoice_id, *(list(column) for column in zip(*rows, strict=True)))
 
 
-def _check_applications(applications: Sequence[ApplicationIn], pieces: Sequence[Piece],
-                        scale: int) -> list[Application]:
-    """Each application names a charge of this invoice; together they never exceed its amount."""
+def _unit_covers(applications: Sequence[tuple[int, ApplicationIn]]) -> list[UnitCover]:
+    return [UnitCover(a.charge_id, a.lot_id, a.lot_type, a.unit, a.units, n) for n, a in applications]
+
+
+def _converted(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequence[Piece], scale: int,
+               left: dict[str, int]) -> list[Application]:
+    """Credit-unit lots at a published rate, after the other applications, in order: each pays
+    min(what is left of its charge, floor(units x rate)) (service_runtime.rates)."""
     by_id = {p.charge_id: p for p in pieces}
-    left = {p.charge_id: p.amount_minor for p in pieces}
     out: list[Application] = []
-    for i, a in enumerate(applications):
+    for i, a in applications:
+        piece = by_id.get(a.charge_id)
+        if piece is None:
+            raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
+                                                           "(at these split instants)")
+        assert a.rate is not None
+        minor = applied_minor(left[a.charge_id], a.units, a.rate, scale)
+        left[a.charge_id] -= minor
+        out.append(Application(a.charge_id, piece.line_item_id, a.lot_id, a.lot_type, minor, a.unit, a.units,
+                               a.rate, a.rate_version))
+    return out
+
+
+def _check_applications(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequence[Piece],
+                        scale: int, left: dict[str, int]) -> list[Application]:
+    """Each application names a charge of this invoice; together they never exceed what is `left`
+    of its amount after the usage-unit lots' share."""
+    by_id = {p.charge_id: p for p in pieces}
+    out: list[Application] = []
+    for i, a in applications:
         piece = by_id.get(a.charge_id)
         if piece is None:
             raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
@@ -367,5 +437,5 @@ def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Pi
         header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
         tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
         header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
-        header["voided_at"])
+        header["voided_at"], tuple(header["credit_notes"]))
 

@@ -36,11 +36,13 @@ from ledger_service.operations.holds import HoldQuery, Reserve
 from ledger_service.operations.lots_and_balances import EntryQuery, LotQuery
 from ledger_service.operations.reversals_and_transfers import Reversal, TransferOrder
 from ledger_service.storage.reads import EntryFilter
+from service_runtime import currencies, rates
 from service_runtime.amounts import parse_decimal
 from service_runtime.free_text import check_text
 from service_runtime.identifiers import MAX_KEY_LENGTH, check_id, check_key
 from service_runtime.pages import decode_int_token, decode_token, page_size
 from service_runtime.proto_time import from_timestamp
+from service_runtime.rates import RateVersion
 from service_runtime.rejections import Rejection, invalid
 
 M = TypeVar("M", bound=Message)
@@ -130,10 +132,13 @@ def scope(msg: pb.Scope, field: str = "scope") -> Scope:
     return Scope(kinds, names)
 
 
-def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int) -> list[RequestedCharge]:
+def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int, *,
+            allow_none: bool = False) -> list[RequestedCharge]:
+    """The charges of a reserve or debit. `allow_none`: an up-to reserve may ask for nothing (the
+    empty hold a $0 invoice's finalization reserves, commits and reverses like any other)."""
     items = list(msgs)
-    if not items:
-        raise invalid("charges", "at least one charge is required")
+    if not items and not allow_none:
+        raise invalid("charges", "at least one charge is required (an up_to reserve may have none)")
     if len(items) > MAX_CHARGES:
         raise invalid("charges", "more than 10,000 charges")
     out: list[RequestedCharge] = []
@@ -174,7 +179,26 @@ def unit_definition(request: pb.DefineUnitRequest) -> tuple[str, int]:
         raise invalid("code", "must be 1-32 ASCII letters, digits or _")
     if not 0 <= request.scale <= 9:
         raise invalid("scale", "must be between 0 and 9")
+    iso = currencies.scale_of(code)
+    if iso is not None and iso != request.scale:
+        raise invalid("scale", f"{code} is an ISO 4217 currency with {iso} decimals, not {request.scale}")
     return code, request.scale
+
+
+def rate_publication(request: pb.PublishRateRequest, now: datetime) -> RateVersion:
+    """A rate to publish (its version is the ledger's to choose); the unit is checked against the catalog."""
+    unit = check_id(request.unit, "unit")
+    if not request.currency or not currencies.is_currency(request.currency):
+        raise invalid("currency", "must be an ISO 4217 currency code (e.g. USD)")
+    rate = parse_decimal(request.rate, "rate", max_places=rates.MAX_RATE_PLACES)
+    if rate <= 0:
+        raise invalid("rate", "must be positive: what one unit is worth in the currency (e.g. 0.01)")
+    effective = opt_when(request, "effective_at") or now
+    return RateVersion(unit, request.currency, 0, rate, effective)
+
+
+def rate_filter(request: pb.ListRatesRequest) -> tuple[str, str]:
+    return check_id(request.unit, "unit", required=False), check_id(request.currency, "currency", required=False)
 
 
 def consumption_policy(request: pb.SetConsumptionPolicyRequest) -> tuple[str, list[SortKey], list[LotType]]:
@@ -306,7 +330,7 @@ def reserve(request: pb.ReserveCreditsRequest, now: datetime, skew_s: int) -> Re
     hold_rules.check_ttl(request.ttl_s)
     unit = check_id(request.unit, "unit")
     hold_rules.check_reserve_key(key)
-    return Reserve(account_id, unit, charges(request.charges, now, skew_s), request.up_to,
+    return Reserve(account_id, unit, charges(request.charges, now, skew_s, allow_none=request.up_to), request.up_to,
                    check_key(request.reference, "reference", required=False), hold_key=key, ttl_s=request.ttl_s,
                    release_on_ttl=request.release_on_ttl)
 

@@ -23,6 +23,7 @@ from ledger_service.storage.grant_approvals import GrantRequestRow
 from ledger_service.storage.reads import BalanceView, Explanation, Verification
 from service_runtime.amounts import format_minor
 from service_runtime.proto_time import to_timestamp
+from service_runtime.rates import RateVersion
 from service_runtime.rejections import Rejection
 
 R = TypeVar("R", pb.ReverseHoldResponse, pb.ReverseReferenceResponse)
@@ -51,6 +52,16 @@ def unit(code_and_scale: tuple[str, int]) -> pb.Unit:
 
 def units(found: list[tuple[str, int]]) -> pb.ListUnitsResponse:
     return pb.ListUnitsResponse(units=[unit(u) for u in found])
+
+
+def rate(published: tuple[RateVersion, datetime]) -> pb.Rate:
+    r, created_at = published
+    return pb.Rate(unit=r.unit, currency=r.currency, rate=format(r.rate.normalize(), "f"),
+                   effective_at=ts(r.effective_at), version=r.version, created_at=ts(created_at))
+
+
+def rates(found: list[tuple[RateVersion, datetime]]) -> pb.ListRatesResponse:
+    return pb.ListRatesResponse(rates=[rate(r) for r in found])
 
 
 def policy(p: Policy, created_at: datetime | None = None) -> pb.ConsumptionPolicy:

@@ -24,6 +24,7 @@ from ledger_service.operations import (
     holds,
     lots_and_balances,
     policy,
+    rates,
     reversals_and_transfers,
     sweeps,
 )
@@ -80,6 +81,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def ListUnits(self, request: pb.ListUnitsRequest, context: Any) -> pb.ListUnitsResponse:
         return packing.units(await accounts_and_units.list_units(self._ledger, _tenant()))
+
+    # --- conversion rates ----------------------------------------------------------------------
+
+    async def PublishRate(self, request: pb.PublishRateRequest, context: Any) -> pb.Rate:
+        call = self._call("PublishRate", request, pb.Rate)
+        return await rates.publish_rate(self._ledger, call, m.rate_publication(request, self._now()), packing.rate)
+
+    async def ListRates(self, request: pb.ListRatesRequest, context: Any) -> pb.ListRatesResponse:
+        unit, currency = m.rate_filter(request)
+        return await rates.list_rates(self._ledger, _tenant(), unit, currency, packing.rates)
 
     # --- lots and grants ----------------------------------------------------------------------
 

@@ -15,4 +15,5 @@ call's audit record happen here, never in `api/`.
 - `sweeps`: ExpireLots, ReleaseExpiredHolds
 - `reversals_and_transfers`: ReverseHold, TransferCredits, ReverseTransfer, SetTransferLimit
 - `policy`: SetConsumptionPolicy, GetConsumptionPolicy
+- `rates`: PublishRate, ListRates
 """

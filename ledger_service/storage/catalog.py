@@ -10,13 +10,14 @@ import asyncpg
 from ledger_service.domain.model import LotType
 from ledger_service.domain.policy import Policy, SortKey
 from ledger_service.storage.state import SELECT_POLICY, policy_from_row
+from service_runtime.currencies import CURRENCY_SCALES
 from service_runtime.rejections import conflict, invalid, not_found
 
-# Units every tenant has without defining them.
-BUILTIN_UNITS: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "CAD": 2, "AUD": 2, "CHF": 2, "JPY": 0, "INR": 2,
-    "credit": 2, "token": 0, "compute_minute": 0, "request": 0,
-}
+# Usage units every tenant has without defining them (not money: no ISO code).
+BUILTIN_USAGE_UNITS: dict[str, int] = {"credit": 2, "token": 0, "compute_minute": 0, "request": 0}
+# Units every tenant has without defining them: every ISO 4217 currency of the one catalog of money
+# (service_runtime.currencies), with its ISO scale, and the usage units above.
+BUILTIN_UNITS: dict[str, int] = {**CURRENCY_SCALES, **BUILTIN_USAGE_UNITS}
 
 SELECT_UNIT = "SELECT scale FROM units WHERE tenant_id = $1 AND code = $2"
 SELECT_UNITS = "SELECT code, scale FROM units WHERE tenant_id = $1 ORDER BY code"
@@ -67,9 +68,12 @@ class UnitCatalog:
             return cached
         if not code:
             raise invalid(field, "is required")
-        scale = BUILTIN_UNITS.get(code)
+        # A tenant's own row first: before every ISO currency was built in, a tenant could define
+        # e.g. KRW with 2 decimals; its lots stay read at the scale they were granted in (the
+        # reconciler reports such a unit against the ISO scale; DefineUnit refuses new ones).
+        scale = await self._pool.fetchval(SELECT_UNIT, tenant_id, code)
         if scale is None:
-            scale = await self._pool.fetchval(SELECT_UNIT, tenant_id, code)
+            scale = BUILTIN_UNITS.get(code)
         if scale is None:
             raise invalid(field, f"unknown unit {code[:40]!r}; define it first")
         self._cache[(tenant_id, code)] = scale

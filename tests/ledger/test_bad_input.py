@@ -57,7 +57,10 @@ CASES = [
                                             charges=[charge("0.001")]), INVALID, "charges[0].amount"),
     ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="gpu_hour", scale=12), INVALID, "scale"),
     ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="bad unit", scale=2), INVALID, "code"),
-    ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="USD", scale=3), grpc.StatusCode.ALREADY_EXISTS,
+    # An ISO 4217 currency keeps its ISO scale (the one catalog of money); a built-in usage unit its own.
+    ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="USD", scale=3), INVALID, "scale"),
+    ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="KRW", scale=2), INVALID, "scale"),
+    ("DefineUnit", pb.DefineUnitRequest(idempotency_key="u", code="token", scale=3), grpc.StatusCode.ALREADY_EXISTS,
      "code"),
     ("CreateAccount", pb.CreateAccountRequest(idempotency_key="a", account_id="acme"),
      grpc.StatusCode.ALREADY_EXISTS, "account_id"),

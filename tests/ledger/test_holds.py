@@ -155,3 +155,27 @@ async def test_1000_concurrent_reserves_on_500_credits(ledger: Ledger) -> None:
     assert all(not lot.balance.available.startswith("-") for lot in lots.lots)
     v = await ledger.stub.VerifyJournal(pb.VerifyJournalRequest(), metadata=ledger.md)
     assert v.ok, v.violations
+
+
+async def test_an_up_to_reserve_of_nothing_is_an_empty_hold_that_commits_and_reverses(ledger: Ledger) -> None:
+    """A $0 invoice's finalization reserves nothing: the hold exists (its key is the saga's record on
+    the ledger side), commits with nothing posted and reverses to nothing; balances do not move."""
+    await ledger.account("acme")
+    await ledger.grant("acme", "10.00")
+    await rejected(ledger.stub.ReserveCredits(pb.ReserveCreditsRequest(
+        idempotency_key="r0", hold_key="h0", account_id="acme", unit="USD"), metadata=ledger.md),
+        grpc.StatusCode.INVALID_ARGUMENT, "charges")
+    empty = pb.ReserveCreditsRequest(idempotency_key="r1", hold_key="h1", account_id="acme", unit="USD", up_to=True)
+    hold = await ledger.stub.ReserveCredits(empty, metadata=ledger.md)
+    assert (hold.status, hold.requested, hold.reserved, len(hold.allocations)) == (pb.PENDING, "0.00", "0.00", 0)
+    hold = await ledger.stub.CommitHold(pb.CommitHoldRequest(idempotency_key="c1", hold_key="h1"), metadata=ledger.md)
+    assert (hold.status, hold.posted or "0.00") == (pb.COMMITTED, "0.00")
+    back = await ledger.stub.ReverseHold(pb.ReverseHoldRequest(idempotency_key="v1", hold_key="h1", reason="void"),
+                                         metadata=ledger.md)
+    assert list(back.reinstated) == []
+    await ledger.stub.ReserveCredits(pb.ReserveCreditsRequest(idempotency_key="r2", hold_key="h2", account_id="acme",
+                                                              unit="USD", up_to=True), metadata=ledger.md)
+    rel = await ledger.stub.ReleaseHold(pb.ReleaseHoldRequest(idempotency_key="x2", hold_key="h2"), metadata=ledger.md)
+    assert rel.status == pb.RELEASED
+    b = await balance(ledger)
+    assert (b.available, b.held, b.consumed) == ("10.00", "0.00", "0.00")

@@ -126,36 +126,40 @@ class GetCustomerRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
 
 class Meter(_message.Message):
-    __slots__ = ("meter_code", "name", "aggregation", "property", "allow_negative", "created_at")
+    __slots__ = ("meter_code", "name", "aggregation", "property", "allow_negative", "created_at", "unit")
     METER_CODE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PROPERTY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     meter_code: str
     name: str
     aggregation: Aggregation
     property: str
     allow_negative: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unit: str
+    def __init__(self, meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class CreateMeterRequest(_message.Message):
-    __slots__ = ("idempotency_key", "meter_code", "name", "aggregation", "property", "allow_negative")
+    __slots__ = ("idempotency_key", "meter_code", "name", "aggregation", "property", "allow_negative", "unit")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     METER_CODE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PROPERTY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     meter_code: str
     name: str
     aggregation: Aggregation
     property: str
     allow_negative: bool
-    def __init__(self, idempotency_key: _Optional[str] = ..., meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ...) -> None: ...
+    unit: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., meter_code: _Optional[str] = ..., name: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., property: _Optional[str] = ..., allow_negative: _Optional[bool] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class GetMeterRequest(_message.Message):
     __slots__ = ("meter_code",)
@@ -443,7 +447,7 @@ class IngestEventsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class LineItem(_message.Message):
-    __slots__ = ("line_item_id", "kind", "code", "description", "quantity", "unit_price", "amount", "service_start", "service_end", "credits_applied", "amount_due")
+    __slots__ = ("line_item_id", "kind", "code", "description", "quantity", "unit_price", "amount", "service_start", "service_end", "credits_applied", "amount_due", "unit", "units_covered")
     LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -455,6 +459,8 @@ class LineItem(_message.Message):
     SERVICE_END_FIELD_NUMBER: _ClassVar[int]
     CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_COVERED_FIELD_NUMBER: _ClassVar[int]
     line_item_id: str
     kind: ChargeKind
     code: str
@@ -466,10 +472,12 @@ class LineItem(_message.Message):
     service_end: _timestamp_pb2.Timestamp
     credits_applied: str
     amount_due: str
-    def __init__(self, line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., code: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ...) -> None: ...
+    unit: str
+    units_covered: str
+    def __init__(self, line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., code: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., unit: _Optional[str] = ..., units_covered: _Optional[str] = ...) -> None: ...
 
 class Charge(_message.Message):
-    __slots__ = ("charge_id", "line_item_id", "kind", "name", "quantity", "amount", "service_start", "service_end")
+    __slots__ = ("charge_id", "line_item_id", "kind", "name", "quantity", "amount", "service_start", "service_end", "unit")
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -478,6 +486,7 @@ class Charge(_message.Message):
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SERVICE_START_FIELD_NUMBER: _ClassVar[int]
     SERVICE_END_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     charge_id: str
     line_item_id: str
     kind: ChargeKind
@@ -486,24 +495,33 @@ class Charge(_message.Message):
     amount: str
     service_start: _timestamp_pb2.Timestamp
     service_end: _timestamp_pb2.Timestamp
-    def __init__(self, charge_id: _Optional[str] = ..., line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., name: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unit: str
+    def __init__(self, charge_id: _Optional[str] = ..., line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., name: _Optional[str] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class CreditApplication(_message.Message):
-    __slots__ = ("charge_id", "lot_id", "lot_type", "amount", "line_item_id")
+    __slots__ = ("charge_id", "lot_id", "lot_type", "amount", "line_item_id", "unit", "units", "rate", "rate_version")
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     LOT_TYPE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    RATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     charge_id: str
     lot_id: str
     lot_type: str
     amount: str
     line_item_id: str
-    def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ...) -> None: ...
+    unit: str
+    units: str
+    rate: str
+    rate_version: int
+    def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ..., unit: _Optional[str] = ..., units: _Optional[str] = ..., rate: _Optional[str] = ..., rate_version: _Optional[int] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at")
+    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -529,6 +547,7 @@ class Invoice(_message.Message):
     FINALIZED_AT_FIELD_NUMBER: _ClassVar[int]
     VOID_PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
     VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     ledger_account_id: str
@@ -554,7 +573,8 @@ class Invoice(_message.Message):
     finalized_at: _timestamp_pb2.Timestamp
     void_prepared_at: _timestamp_pb2.Timestamp
     voided_at: _timestamp_pb2.Timestamp
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    credit_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateDraftRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "period_start")
@@ -567,36 +587,42 @@ class CreateDraftRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SplitDraftRequest(_message.Message):
-    __slots__ = ("invoice_id", "split_at")
+    __slots__ = ("invoice_id", "split_at", "unit_applications")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
+    UNIT_APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
-    def __init__(self, invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ...) -> None: ...
+    unit_applications: _containers.RepeatedCompositeFieldContainer[CreditApplication]
+    def __init__(self, invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., unit_applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ...) -> None: ...
 
 class SplitDraftResponse(_message.Message):
-    __slots__ = ("invoice", "charges", "draft_digest")
+    __slots__ = ("invoice", "charges", "draft_digest", "unit_charges")
     INVOICE_FIELD_NUMBER: _ClassVar[int]
     CHARGES_FIELD_NUMBER: _ClassVar[int]
     DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    UNIT_CHARGES_FIELD_NUMBER: _ClassVar[int]
     invoice: Invoice
     charges: _containers.RepeatedCompositeFieldContainer[Charge]
     draft_digest: str
-    def __init__(self, invoice: _Optional[_Union[Invoice, _Mapping]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., draft_digest: _Optional[str] = ...) -> None: ...
+    unit_charges: _containers.RepeatedCompositeFieldContainer[Charge]
+    def __init__(self, invoice: _Optional[_Union[Invoice, _Mapping]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., unit_charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ...) -> None: ...
 
 class PrepareFinalizeRequest(_message.Message):
-    __slots__ = ("idempotency_key", "invoice_id", "split_at", "applications", "draft_digest")
+    __slots__ = ("idempotency_key", "invoice_id", "split_at", "applications", "draft_digest", "credit_notes")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_AT_FIELD_NUMBER: _ClassVar[int]
     APPLICATIONS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     invoice_id: str
     split_at: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
     applications: _containers.RepeatedCompositeFieldContainer[CreditApplication]
     draft_digest: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., draft_digest: _Optional[str] = ...) -> None: ...
+    credit_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., credit_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CommitFinalizeRequest(_message.Message):
     __slots__ = ("idempotency_key", "invoice_id", "prepare_key")

@@ -169,6 +169,50 @@ class ListUnitsResponse(_message.Message):
     units: _containers.RepeatedCompositeFieldContainer[Unit]
     def __init__(self, units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ...) -> None: ...
 
+class Rate(_message.Message):
+    __slots__ = ("unit", "currency", "rate", "effective_at", "version", "created_at")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    currency: str
+    rate: str
+    effective_at: _timestamp_pb2.Timestamp
+    version: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, unit: _Optional[str] = ..., currency: _Optional[str] = ..., rate: _Optional[str] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PublishRateRequest(_message.Message):
+    __slots__ = ("idempotency_key", "unit", "currency", "rate", "effective_at")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    unit: str
+    currency: str
+    rate: str
+    effective_at: _timestamp_pb2.Timestamp
+    def __init__(self, idempotency_key: _Optional[str] = ..., unit: _Optional[str] = ..., currency: _Optional[str] = ..., rate: _Optional[str] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListRatesRequest(_message.Message):
+    __slots__ = ("unit", "currency")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    currency: str
+    def __init__(self, unit: _Optional[str] = ..., currency: _Optional[str] = ...) -> None: ...
+
+class ListRatesResponse(_message.Message):
+    __slots__ = ("rates",)
+    RATES_FIELD_NUMBER: _ClassVar[int]
+    rates: _containers.RepeatedCompositeFieldContainer[Rate]
+    def __init__(self, rates: _Optional[_Iterable[_Union[Rate, _Mapping]]] = ...) -> None: ...
+
 class Scope(_message.Message):
     __slots__ = ("kinds", "names")
     KINDS_FIELD_NUMBER: _ClassVar[int]

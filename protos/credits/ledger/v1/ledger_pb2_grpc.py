@@ -54,6 +54,16 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsResponse.FromString,
                 _registered_method=True)
+        self.PublishRate = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/PublishRate',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.PublishRateRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Rate.FromString,
+                _registered_method=True)
+        self.ListRates = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/ListRates',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesResponse.FromString,
+                _registered_method=True)
         self.GrantCredits = channel.unary_unary(
                 '/credits.ledger.v1.LedgerService/GrantCredits',
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantCreditsRequest.SerializeToString,
@@ -244,6 +254,21 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUnits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishRate(self, request, context):
+        """Published conversion rates (SPEC §8): per credit unit, what one unit is worth in a currency,
+        effective-dated and versioned. Lots in that unit then pay charges in that currency at the rate
+        in force at the charge's service time (service_runtime/rates.py); without one they pay nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRates(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -484,6 +509,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListUnits,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsResponse.SerializeToString,
+            ),
+            'PublishRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishRate,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.PublishRateRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Rate.SerializeToString,
+            ),
+            'ListRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRates,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesResponse.SerializeToString,
             ),
             'GrantCredits': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantCredits,
@@ -759,6 +794,60 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/ListUnits',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ListUnitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/PublishRate',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.PublishRateRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.Rate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ListRates',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListRatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
