@@ -51,6 +51,8 @@ from coordinator.messages import (
     OwnerState,
     PrepareFinalizeInput,
     ReserveInput,
+    RolloverPolicy,
+    SettlementsInput,
     SplitInput,
     SplitResult,
     VoidInvoiceInput,
@@ -121,6 +123,13 @@ def _hold_line(h: lpb.Hold) -> str:
     return f"{h.hold_key}: {lpb.HoldStatus.Name(h.status)}, reserved {h.reserved}, posted {h.posted or '0'}"
 
 
+def _set_rollover(req: lpb.GrantCreditsRequest, policy: RolloverPolicy) -> None:
+    """Passes an allowance's rollover policy through to the lot it grants."""
+    req.rollover.max_amount = policy.max_amount
+    req.rollover.max_percent = policy.max_percent
+    req.rollover.expires_after_s = policy.expires_after_s
+
+
 class LedgerActivities:
     """Calls to credits.ledger.v1.LedgerService."""
 
@@ -188,15 +197,28 @@ class LedgerActivities:
         resp = await self._p._call("expire_lots", inp.tenant_id, self._stub.ExpireLots, req)
         return int(resp.lots_expired)
 
+    @activity.defn(name="ledger.record_settlements")
+    async def record_settlements(self, inp: SettlementsInput) -> int:
+        """Records each account's invoiced_through on the ledger (monotonic there; keyed by account and instant)."""
+        for account_id, through in inp.settlements:
+            req = lpb.RecordSettlementRequest(idempotency_key=naming.settlement_key(inp.tenant_id, account_id, through),
+                                              account_id=account_id, invoiced_through=to_ts(through))
+            await self._p._call("record_settlement", inp.tenant_id, self._stub.RecordSettlement, req)
+        return len(inp.settlements)
+
     @activity.defn(name="ledger.grant_credits")
     async def grant_credits(self, inp: GrantInput) -> str:
         req = lpb.GrantCreditsRequest(
             idempotency_key=inp.idempotency_key, account_id=inp.account_id, type=lpb.LotType.Value(inp.lot_type),
             unit=inp.unit, amount=inp.amount, incident_id=inp.incident_id, reason_code=inp.reason,
-            source=inp.source,
+            source=inp.source, campaign_id=inp.campaign_id, priority=inp.priority, cost_basis=inp.cost_basis,
         )
+        if inp.effective_at:
+            req.effective_at.CopyFrom(to_ts(inp.effective_at))
         if inp.expires_at:
             req.expires_at.CopyFrom(to_ts(inp.expires_at))
+        if inp.rollover is not None:
+            _set_rollover(req, inp.rollover)
         lot = await self._p._call("grant_credits", inp.tenant_id, self._stub.GrantCredits, req)
         # Above the key's limits or the tenant's approval threshold: a request for a second person.
         return str(lot.lot_id) or f"{PENDING_GRANT}{lot.grant_request.request_id}"
@@ -287,6 +309,19 @@ class InvoiceActivities:
         req = ipb.CreateDraftRequest(idempotency_key=inp.idempotency_key, customer_id=inp.customer_id,
                                      period_start=to_ts(inp.period_start))
         return _invoice_view(await self._p._call("create_draft", inp.tenant_id, self._stub.CreateDraft, req))
+
+    @activity.defn(name="invoice.list_settlements")
+    async def list_settlements(self, inp: SettlementsInput) -> SettlementsInput:
+        """Every ledger account the tenant bills by invoices, with up to when its usage is final."""
+        out = SettlementsInput(inp.tenant_id)
+        token = ""
+        while True:
+            req = ipb.ListSettlementsRequest(page_size=1000, page_token=token)
+            resp = await self._p._call("list_settlements", inp.tenant_id, self._stub.ListSettlements, req)
+            out.settlements.extend((s.ledger_account_id, from_ts(s.invoiced_through)) for s in resp.settlements)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     @activity.defn(name="invoice.list_due_subscriptions")
     async def list_due_subscriptions(self, inp: ListDueInput) -> list[DuePeriodView]:

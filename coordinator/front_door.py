@@ -28,6 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from coordinator import naming
 from coordinator import search_attributes as sa
+from coordinator.allowance_door import AllowanceRpcs
+from coordinator.caller_metadata import on_behalf_of
 from coordinator.messages import (
     BillingCycleInput,
     CompensateOutageInput,
@@ -94,14 +96,9 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str, run_id: str = "") -> 
 ACCOUNT_CHECKS = 32  # concurrent GetAccount calls of CompensateOutage's up-front check
 
 
-def _as_caller(context: Any) -> list[tuple[str, str]]:
-    """Metadata for a call to a participant on the caller's behalf: its own key (tenant keys are
-    valid in every service, so the answer is what that tenant may see) and the trace context."""
-    key = dict(context.invocation_metadata() or ()).get("x-api-key", "")
-    return [("x-api-key", key), *tracing.outgoing_metadata()]
+class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
+    """Sagas and operations here; the recurring-allowance RPCs in `coordinator.allowance_door`."""
 
-
-class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, client: Client, task_queue: str, ui_url: str = "", invoice_addr: str = "",
                  ledger_addr: str = "") -> None:
         self._client = client
@@ -118,7 +115,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         if self._ledger is None:
             return
         try:
-            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=_as_caller(context), timeout=10)
+            units = await self._ledger.ListUnits(lpb.ListUnitsRequest(), metadata=on_behalf_of(context), timeout=10)
         except grpc.aio.AioRpcError:
             return
         scale = next((u.scale for u in units.units if u.code == unit), None)
@@ -135,7 +132,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         account and step that failed."""
         if self._ledger is None:
             return
-        ledger, metadata = self._ledger, _as_caller(context)
+        ledger, metadata = self._ledger, on_behalf_of(context)
         slots = asyncio.Semaphore(ACCOUNT_CHECKS)
         first_index = {account: i for i, account in reversed(list(enumerate(account_ids)))}
 
@@ -167,7 +164,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             return None
         try:
             invoice: ipb.Invoice = await self._invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id),
-                                                                   metadata=_as_caller(context), timeout=10)
+                                                                   metadata=on_behalf_of(context), timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found("invoice_id", f"no invoice {invoice_id!r} for this tenant") from None

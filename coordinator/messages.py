@@ -131,6 +131,24 @@ class ExpireInput:
 
 
 @dataclass
+class SettlementsInput:
+    """One tenant's settlements (ledger account, invoiced_through ISO instant) to record on the ledger."""
+
+    tenant_id: str
+    settlements: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RolloverPolicy:
+    """credits.billing.v1.RolloverPolicy (the same message as the ledger's): what of a lot's unused rest
+    moves into a ROLLOVER lot at its settlement. "" / 0 = no cap of that kind."""
+
+    max_amount: str = ""
+    max_percent: int = 0
+    expires_after_s: int = 0
+
+
+@dataclass
 class GrantInput:
     tenant_id: str
     idempotency_key: str
@@ -142,6 +160,11 @@ class GrantInput:
     incident_id: str
     reason: str
     source: str = "support"
+    effective_at: str = ""  # "" = the ledger's now
+    campaign_id: str = ""
+    priority: int = 0
+    cost_basis: str = ""
+    rollover: RolloverPolicy | None = None  # the ledger's GrantCreditsRequest.rollover, when it has one
 
 
 # --- invoices -------------------------------------------------------------------------------
@@ -373,3 +396,50 @@ class SweepResult:
     left_running: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
 
+
+
+# --- recurring allowances -------------------------------------------------------------------------
+
+
+@dataclass
+class AllowanceSpec:
+    """One allowance, as its schedule's action carries it (and its memo shows it). Never changes.
+
+    `cadence` and `first_grant` are `coordinator.allowances.Cadence` / `FirstGrant` values;
+    `starts_at` is the sign-up instant (whole seconds, UTC); `unit_scale` the unit's decimal places
+    (from the ledger's catalog at creation), to which a pro-rated first grant is rounded down.
+    """
+
+    tenant_id: str
+    allowance_id: str
+    account_id: str
+    amount: str
+    unit: str
+    unit_scale: int
+    cadence: str
+    starts_at: str
+    first_grant: str
+    lot_type: str = "PROMOTIONAL"
+    priority: int = 0
+    cost_basis: str = ""
+    reason: str = ""
+    rollover: RolloverPolicy | None = None
+
+
+@dataclass
+class GrantAllowanceInput:
+    """`period_at`: an instant inside the period to grant; "" = the schedule's scheduled start time."""
+
+    spec: AllowanceSpec
+    period_at: str = ""
+
+
+@dataclass
+class GrantAllowanceResult:
+    allowance_id: str
+    period_start: str
+    period_end: str
+    outcome: str  # search_attributes.CreditsOutcome: granted | nothing_due
+    lot_id: str = ""
+    amount: str = ""
+    effective_at: str = ""

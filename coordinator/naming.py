@@ -20,7 +20,11 @@ FINALIZE = "finalize-invoice"
 VOID = "void-invoice"
 CYCLE = "billing-cycle"
 OUTAGE = "compensate-outage"
-KINDS = (FINALIZE, VOID, CYCLE, OUTAGE)
+ALLOWANCE = "credits-allowance"
+KINDS = (FINALIZE, VOID, CYCLE, OUTAGE, ALLOWANCE)
+# The `source` of an allowance's lots; the ledger lets the coordinator's operator key grant lots with
+# it (ledger_service/domain/grants.py ALLOWANCE_SOURCE, the same value).
+ALLOWANCE_SOURCE = "allowance"
 HOLD_PREFIX = "inv/"
 RELEASE_REASON = "finalization saga compensated"
 VOID_REASON = "invoice voided"  # a void's reversal reason when the caller gave none
@@ -62,6 +66,28 @@ def outage_workflow_id(tenant_id: str, incident_id: str) -> str:
 def scheduled_workflow_id(schedule_id: str) -> str:
     """The id of the workflow a schedule (coordinator.schedules) starts; Temporal appends the start time."""
     return f"{schedule_id}-run"
+
+
+def allowance_schedule_id(tenant_id: str, allowance_id: str) -> str:
+    """The Temporal schedule of one recurring allowance; its runs are `<this>-run-<scheduled time>`."""
+    return f"{ALLOWANCE}/{tenant_id}/{allowance_id}"
+
+
+def allowance_schedule_prefix(tenant_id: str) -> str:
+    """The prefix of every allowance schedule id of one tenant."""
+    return f"{ALLOWANCE}/{tenant_id}/"
+
+
+def allowance_of_schedule(tenant_id: str, schedule_id: str) -> str | None:
+    """The allowance id of one of the tenant's allowance schedules, else None."""
+    prefix = allowance_schedule_prefix(tenant_id)
+    rest = schedule_id[len(prefix):] if schedule_id.startswith(prefix) else ""
+    return rest if rest and "/" not in rest else None
+
+
+def allowance_first_grant_workflow_id(tenant_id: str, allowance_id: str) -> str:
+    """The sign-up grant of an allowance (started by CreateAllowance, not by the schedule)."""
+    return f"{allowance_schedule_id(tenant_id, allowance_id)}/first"
 
 
 def run_label(workflow_id: str, run_id: str) -> str:
@@ -126,9 +152,19 @@ def outage_grant_key(incident_id: str, account_id: str) -> str:
     return f"outage/{incident_id}/{account_id}"
 
 
+def settlement_key(tenant_id: str, account_id: str, invoiced_through: str) -> str:
+    """One RecordSettlement per (account, instant): a retried or repeated sweep replays it."""
+    return f"settle/{tenant_id}/{account_id}/{invoiced_through}"
+
+
 def expire_key(tenant_id: str, as_of: str) -> str:
     """The idempotency key of one expiry sweep of a tenant."""
     return f"expire/{tenant_id}/{as_of}"
+
+
+def allowance_grant_key(allowance_id: str, period_start: str) -> str:
+    """One grant per (allowance, period), whichever run asks: schedule, backfill, retry or sign-up."""
+    return f"allowance/{allowance_id}/{period_start}"
 
 
 # --- parsing ----------------------------------------------------------------------------------

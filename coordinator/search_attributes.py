@@ -23,8 +23,12 @@ CUSTOMER = SearchAttributeKey.for_keyword("CreditsCustomer")
 INVOICE = SearchAttributeKey.for_keyword("CreditsInvoice")
 PERIOD = SearchAttributeKey.for_keyword("CreditsPeriod")
 OUTCOME = SearchAttributeKey.for_keyword("CreditsOutcome")
+ACCOUNT = SearchAttributeKey.for_keyword("CreditsAccount")  # a recurring allowance's ledger account
+ALLOWANCE = SearchAttributeKey.for_keyword("CreditsAllowance")  # a recurring allowance's id
+# Set by Temporal on every workflow a schedule starts: the period an allowance run grants for.
+SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
-ALL_KEYS = (TENANT, CUSTOMER, INVOICE, PERIOD, OUTCOME)
+ALL_KEYS = (TENANT, CUSTOMER, INVOICE, PERIOD, OUTCOME, ACCOUNT, ALLOWANCE)
 # For `temporal server start-dev --search-attribute Name=Keyword`.
 DEV_SERVER_FLAGS = {key.name: "Keyword" for key in ALL_KEYS}
 
@@ -47,6 +51,8 @@ class CreditsOutcome(StrEnum):
     COMPLETED_WITH_FAILURES = "completed_with_failures"
     GRANTING = "granting"  # an outage compensation
     COMMITTING = "committing"  # the decision as recorded by earlier versions
+    GRANTED = "granted"  # an allowance run granted its period's lot
+    NOTHING_DUE = "nothing_due"  # an allowance run for a period owed nothing (before sign-up, first_grant NONE)
 
 
 # Aliases of the two values callers outside the workflows compare with most.
@@ -78,6 +84,13 @@ def at_start(tenant_id: str, invoice_id: str, customer_id: str = "", period_star
     if period_start_iso:
         pairs.append(SearchAttributePair(PERIOD, period_of(period_start_iso)))
     return TypedSearchAttributes(pairs)
+
+
+def of_allowance(tenant_id: str, allowance_id: str, account_id: str) -> TypedSearchAttributes:
+    """An allowance schedule's attributes (and those of the runs it starts): find them in the UI with
+    `CreditsTenant = "acme" AND CreditsAllowance = "monthly-1000"`."""
+    return TypedSearchAttributes([SearchAttributePair(TENANT, tenant_id), SearchAttributePair(ALLOWANCE, allowance_id),
+                                  SearchAttributePair(ACCOUNT, account_id)])
 
 
 async def register(client: Client) -> list[str]:

@@ -53,7 +53,7 @@ from temporalio.worker import (
 
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
-from coordinator.search_attributes import OUTCOME
+from coordinator.search_attributes import OUTCOME, CreditsOutcome
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
@@ -98,17 +98,18 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
                        coordinator: CoordinatorActivities) -> list[object]:
     return [
         ledger.get_lot_boundaries, ledger.reserve_credits, ledger.commit_hold, ledger.release_hold,
-        ledger.reverse_hold, ledger.list_holds, ledger.expire_lots, ledger.grant_credits,
+        ledger.reverse_hold, ledger.list_holds, ledger.expire_lots, ledger.grant_credits, ledger.record_settlements,
         invoice.get_invoice, invoice.split_draft, invoice.prepare_finalize, invoice.commit_finalize,
         invoice.abort_finalize, invoice.prepare_void, invoice.commit_void, invoice.abort_void,
-        invoice.create_draft, invoice.list_due_subscriptions, invoice.list_invoices,
+        invoice.create_draft, invoice.list_due_subscriptions, invoice.list_invoices, invoice.list_settlements,
         coordinator.list_tenants, coordinator.owner_decision,
     ]
 
 
 # CreditsOutcome values a saga holds while it is still working: if it fails with one of these, the
 # outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
-_IN_PROGRESS = frozenset({"", "preparing", "committed", "committing", "voiding", "running", "granting"})
+_IN_PROGRESS = frozenset({"", CreditsOutcome.PREPARING, CreditsOutcome.COMMITTED, CreditsOutcome.COMMITTING,
+                          CreditsOutcome.VOIDING, CreditsOutcome.RUNNING, CreditsOutcome.GRANTING})
 _SAGA_FINISHED = "credits_saga_finished"
 
 

@@ -10,7 +10,7 @@ done. The commit and abort sequences are `coordinator.steps`, shared with the in
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
@@ -19,7 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from coordinator import naming
+    from coordinator import allowances, naming
     from coordinator import search_attributes as sa
     from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
     from coordinator.messages import (
@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         ExpireInput,
         FinalizeInvoiceInput,
         FinalizeInvoiceResult,
+        GrantAllowanceInput,
+        GrantAllowanceResult,
         GrantInput,
         HoldStatus,
         HoldView,
@@ -52,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveInput,
         SagaOutcome,
         SagaTimeouts,
+        SettlementsInput,
         SplitInput,
         SweepInput,
         SweepResult,
@@ -109,7 +112,7 @@ _VOID_STEPS = ("read the invoice", "find its committed credit hold", "prepare th
                "mark the invoice VOIDED")
 
 _SA_KEYS = {"tenant": sa.TENANT, "customer": sa.CUSTOMER, "invoice": sa.INVOICE, "period": sa.PERIOD,
-            "outcome": sa.OUTCOME}
+            "outcome": sa.OUTCOME, "account": sa.ACCOUNT, "allowance": sa.ALLOWANCE}
 
 
 def _set(**values: str) -> None:
@@ -419,9 +422,55 @@ def _grant_failed(inp: CompensateOutageInput, failed: list[tuple[str, BaseExcept
         "again grants only the rest.", type="GrantFailed", non_retryable=True)
 
 
+@workflow.defn(name="GrantAllowance")
+class GrantAllowanceWorkflow:
+    """One period of a recurring allowance: the schedule `credits-allowance/<tenant>/<allowance>` starts
+    it at each period's start (and CreateAllowance once for the sign-up period). The period comes from
+    the scheduled start time Temporal records on the run (a backfilled run gets its period's, not
+    today's), the grant from `coordinator.allowances`, its ledger key from (allowance, period): however
+    many runs cover one period (retries, backfills, a worker killed mid-grant), it is granted once."""
+
+    @workflow.run
+    async def run(self, inp: GrantAllowanceInput) -> GrantAllowanceResult:
+        spec, t = inp.spec, SagaTimeouts()
+        instant = self._instant(inp)
+        plan = allowances.grant_for(spec, instant)
+        period = plan.period if plan else allowances.period_containing(allowances.Cadence(spec.cadence), instant)
+        start, end = period.start.isoformat(), period.end.isoformat()
+        _set_unless_given(tenant=spec.tenant_id, allowance=spec.allowance_id, account=spec.account_id)
+        _set(period=sa.period_of(start), outcome=CreditsOutcome.GRANTING if plan else CreditsOutcome.NOTHING_DUE)
+        if plan is None:
+            return GrantAllowanceResult(spec.allowance_id, start, end, CreditsOutcome.NOTHING_DUE)
+        grant = GrantInput(
+            spec.tenant_id, naming.allowance_grant_key(spec.allowance_id, start), spec.account_id, plan.amount,
+            spec.unit, spec.lot_type, plan.expires_at.isoformat(), "", spec.reason or f"allowance {spec.allowance_id}",
+            source=naming.ALLOWANCE_SOURCE, effective_at=plan.effective_at.isoformat(), campaign_id=spec.allowance_id,
+            priority=spec.priority, cost_basis=spec.cost_basis, rollover=spec.rollover)
+        lot_id = await run_until_done(LedgerActivities.grant_credits, grant, t,
+                                      f"grant {plan.amount} {spec.unit} to {spec.account_id} for {sa.period_of(start)}")
+        _set(outcome=CreditsOutcome.GRANTED)
+        return GrantAllowanceResult(spec.allowance_id, start, end, CreditsOutcome.GRANTED, lot_id, plan.amount,
+                                    plan.effective_at.isoformat())
+
+    @staticmethod
+    def _instant(inp: GrantAllowanceInput) -> datetime:
+        if inp.period_at:
+            return allowances.utc_instant(inp.period_at)
+        scheduled = workflow.info().typed_search_attributes.get(sa.SCHEDULED_START)
+        if scheduled is None:
+            raise ApplicationError("GrantAllowance needs period_at when it is not started by its schedule",
+                                   type="Rejected", non_retryable=True)
+        return scheduled
+
+
 @workflow.defn(name="ExpireCredits")
 class ExpireCreditsWorkflow:
-    """Scheduled: turns every tenant's due unused credits into EXPIRED entries (breakage)."""
+    """Scheduled: turns every tenant's settled unused credits into EXPIRED entries (breakage) or rollovers.
+
+    Settlement before breakage (SPEC §4): first the invoice service's settlements (per billed
+    ledger account, up to when its invoiced usage is final) are recorded on the ledger, then
+    ExpireLots expires only lots whose window ended by then; the rest stays pending expiry.
+    """
 
     @workflow.run
     async def run(self, inp: SweepInput) -> SweepResult:
@@ -430,6 +479,11 @@ class ExpireCreditsWorkflow:
         tenants = await list_tenants(t)
         out = SweepResult(tenants=len(tenants))
         for tenant in tenants:
+            settlements = await run_step(InvoiceActivities.list_settlements, SettlementsInput(tenant), t,
+                                         f"settlements of {tenant}")
+            if settlements.settlements:
+                await run_step(LedgerActivities.record_settlements, settlements, t,
+                               f"record {len(settlements.settlements)} settlements of {tenant}")
             out.expired_lots += await run_step(LedgerActivities.expire_lots,
                                                ExpireInput(tenant, naming.expire_key(tenant, as_of), as_of), t,
                                                f"expire due lots of {tenant}")
@@ -540,4 +594,4 @@ class ResolveInDoubtWorkflow:
 
 
 WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
-             ExpireCreditsWorkflow, ResolveInDoubtWorkflow]
+             GrantAllowanceWorkflow, ExpireCreditsWorkflow, ResolveInDoubtWorkflow]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import click
 
 from creditctl.commands import (
+    allowances,
     audit,
     balances,
     bench,
@@ -35,8 +36,8 @@ from creditctl.errors import reported
 from creditctl.help_listing import Group
 
 # Each module defines its top-level command as `command`; listed in this order by `creditctl --help`.
-COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, balances, statements, invoices, sagas, billing,
-            operation, audit, reconcile, chaos, bench)
+COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balances, statements, invoices, sagas,
+            billing, operation, audit, reconcile, chaos, bench)
 
 
 def build_cli() -> click.Group:

@@ -1,12 +1,12 @@
 """Temporal's side: each committed invoice's owning run recorded its decision, and no saga still runs.
 
 Also `temporal_calls_settled()`: the Temporal client completes each call from one of its own (Rust)
-threads, which then runs a little Python (`loop.call_soon_threadsafe`) and may still be doing so
-after the awaiting coroutine has resumed. A short-lived process (`creditctl reconcile`) that exits
-at that moment has the interpreter finalize under that thread, which then aborts the process
-(`Fatal Python error: PyGILState_Release`, exit status -6) after the report was printed. So the
-reconciler returns only once no such thread is still inside Python: the exit status stays the
-report's.
+threads, which runs a little Python to do so (`loop.call_soon_threadsafe`) and is, about one call
+in three, still inside it when the awaiting coroutine has already resumed. A short-lived process
+(`creditctl reconcile`) that exits at that moment has the interpreter finalize under that thread,
+which then aborts the process (`Fatal Python error: PyGILState_Release`, exit status -6) after the
+report was printed. So the reconciler returns only once no such thread is still inside that
+hand-off: the exit status stays the report's.
 """
 
 from __future__ import annotations
@@ -79,20 +79,34 @@ async def running_sagas(client: Client) -> int:
     return len([wf async for wf in client.list_workflows(SAGAS_RUNNING)])
 
 
-def _threads_in_python() -> list[int]:
-    """Ids of threads the `threading` module did not start that are running Python code right now."""
+def _handing_off(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Threads the `threading` module did not start that are inside `loop.call_soon_threadsafe` right
+    now: a native client (the Temporal client's runtime threads) handing a call's result to the loop.
+    Other foreign threads (parked in Python for good, like pytest-xdist's receiver) are not waited for."""
+    handoff = getattr(type(loop).call_soon_threadsafe, "__code__", None)
+    if handoff is None:  # a loop written in C (uvloop): the hand-off runs no Python code to race with
+        return []
     ours = {t.ident for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
-    return [ident for ident in sys._current_frames() if ident not in ours]
+    busy = []
+    for ident, frame in sys._current_frames().items():
+        if ident in ours:
+            continue
+        while frame.f_back is not None:
+            frame = frame.f_back
+        if frame.f_code is handoff:
+            busy.append(ident)
+    return busy
 
 
 async def temporal_calls_settled(timeout_s: float = 5.0) -> bool:
-    """Waits, without holding the interpreter, until no foreign thread (the Temporal client's) is
-    still running Python code for a call that already returned; False if one still is after
+    """Waits, without holding the interpreter, until no foreign thread is still handing a result to
+    this event loop (the tail of a Temporal call that already returned); False if one still is after
     `timeout_s` (logged)."""
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + timeout_s
-    while busy := _threads_in_python():
+    while busy := _handing_off(loop):
         if time.monotonic() > deadline:
-            log.warning("%d foreign thread(s) still running Python code after %.1fs", len(busy), timeout_s)
+            log.warning("%d foreign thread(s) still inside call_soon_threadsafe after %.1fs", len(busy), timeout_s)
             return False
         await asyncio.sleep(0.001)
     return True

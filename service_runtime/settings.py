@@ -31,6 +31,8 @@ class Settings:
     temporal_ui_port: int = field(default_factory=lambda: int(_env("TEMPORAL_UI_PORT", "8233")))
     task_queue: str = field(default_factory=lambda: _env("TASK_QUEUE", "credits-billing"))
     clock_skew_s: int = field(default_factory=lambda: int(_env("CLOCK_SKEW_S", "300")))
+    # How far ahead a lot's validity window may lie (GrantCredits effective_at and expires_at): 10 years.
+    lot_horizon_s: int = field(default_factory=lambda: int(_env("LOT_HORIZON_S", str(3653 * 86400))))
     hold_ttl_s: int = field(default_factory=lambda: int(_env("HOLD_TTL_S", "900")))
     pool_max_size: int = field(default_factory=lambda: int(_env("POOL_MAX_SIZE", "16")))
     api_key: str = field(default_factory=lambda: _env("API_KEY", ""))

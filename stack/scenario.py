@@ -15,14 +15,14 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service_runtime.proto_time import to_timestamp
+
 PERIOD_START = datetime(2026, 8, 1, tzinfo=UTC)
 METERS = ("input_tokens", "output_tokens")
 
 
 def ts(value: datetime) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+    return to_timestamp(value)
 
 
 @dataclass

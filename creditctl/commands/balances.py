@@ -15,7 +15,7 @@ from creditctl.output import print_json, table
 from service_runtime.proto_time import to_timestamp
 
 BALANCE_COLUMNS = ("available", "held", "consumed", "expired", "voided", "granted", "reinstated",
-                   "transferred_out", "upcoming")
+                   "transferred_out", "upcoming", "pending_expiry")
 
 
 def _bucket(b: lpb.BalanceBucket) -> dict[str, str]:

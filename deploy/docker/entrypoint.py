@@ -108,7 +108,9 @@ async def run_billing() -> None:
     settings = Settings.from_env()
     key_dsn = _require("LEDGER_DSN", settings.ledger_dsn)  # API keys are resolved against the ledger DB
     client = await _temporal_client(settings)
-    server, port, pool = await create_front_door(client, key_dsn, settings.task_queue, settings.billing_addr)
+    # The ledger address: CreateAllowance reads the unit's scale and checks the account there.
+    server, port, pool = await create_front_door(client, key_dsn, settings.task_queue, settings.billing_addr,
+                                                 ledger_addr=settings.ledger_addr)
     await _serve(server, pool, "billing front door", port)
 
 

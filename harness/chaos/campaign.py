@@ -520,12 +520,13 @@ class Campaign:
                    seen: dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]]) -> None:
         b = lot.balance
         v = {k: Decimal(getattr(b, k) or "0") for k in ("granted", "reinstated", "available", "held", "consumed",
-                                                         "expired", "voided", "transferred_out")}
+                                                         "expired", "voided", "transferred_out", "pending_expiry")}
         for k, amount in v.items():
             if amount < 0:
                 self._bank(tenant, f"read a negative {k} ({amount})", lot_id=lot.lot_id, account_id=account)
         inflow = v["granted"] + v["reinstated"]
-        outflow = sum(v[k] for k in ("available", "held", "consumed", "expired", "voided", "transferred_out"))
+        outflow = sum(v[k] for k in ("available", "held", "consumed", "expired", "voided", "transferred_out",
+                                     "pending_expiry"))
         if inflow != outflow:
             self._bank(tenant, f"read broke conservation: granted+reinstated={inflow} != {outflow}",
                        lot_id=lot.lot_id, account_id=account)
@@ -543,11 +544,12 @@ class Campaign:
 
     def _check_bucket(self, tenant: str, account: str, b: lpb.BalanceBucket) -> None:
         v = {k: Decimal(getattr(b, k) or "0") for k in ("granted", "reinstated", "available", "held", "consumed",
-                                                         "expired", "voided", "transferred_out", "upcoming")}
+                                                         "expired", "voided", "transferred_out", "upcoming",
+                                                         "pending_expiry")}
         # Account totals: `available` counts only lots usable now; `upcoming` is granted-not-yet-effective.
         inflow = v["granted"] + v["reinstated"]
         outflow = sum(v[k] for k in ("available", "held", "consumed", "expired", "voided", "transferred_out",
-                                     "upcoming"))
+                                     "upcoming", "pending_expiry"))
         if inflow != outflow:
             self._bank(tenant, f"account totals broke conservation: granted+reinstated={inflow} != {outflow} "
                        f"({b})".replace("\n", " "), account_id=account)

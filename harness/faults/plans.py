@@ -36,7 +36,8 @@ STEP_METHODS = {  # the coordinator activities' step names -> the RPC each one c
     "abort_finalize": _INVOICE + "AbortFinalize", "prepare_void": _INVOICE + "PrepareVoid",
     "commit_void": _INVOICE + "CommitVoid", "abort_void": _INVOICE + "AbortVoid",
     "create_draft": _INVOICE + "CreateDraft", "list_due_subscriptions": _INVOICE + "ListDueSubscriptions",
-    "list_invoices": _INVOICE + "ListInvoices",
+    "list_invoices": _INVOICE + "ListInvoices", "list_settlements": _INVOICE + "ListSettlements",
+    "record_settlement": _LEDGER + "RecordSettlement",
 }
 PHASES = ("before", "after")
 KINDS = ("reject", "transport", "block")

@@ -21,7 +21,7 @@ from service_runtime.call_context import current_caller
 from service_runtime.free_text import check_text
 from service_runtime.idempotency import Guard, Replayed
 from service_runtime.identifiers import check_id, check_key, check_optional_id
-from service_runtime.pages import page_size
+from service_runtime.pages import decode_token, encode_token, page_size
 from service_runtime.rejections import invalid
 
 M = TypeVar("M", bound=Message)
@@ -98,6 +98,15 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
             pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
                          invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
             for c, s, p, inv, status in due])
+
+    async def ListSettlements(self, request: pb.ListSettlementsRequest,
+                              context: _Ctx) -> pb.ListSettlementsResponse:
+        cursor = decode_token(request.page_token, 1)
+        limit = page_size(request.page_size)
+        found = await self._catalog.list_settlements(_tenant(), cursor[0] if cursor else "", limit)
+        return pb.ListSettlementsResponse(
+            settlements=[pb.AccountSettlement(ledger_account_id=a, invoiced_through=pack.ts(t)) for a, t in found],
+            next_page_token=encode_token(found[-1][0]) if len(found) == limit else "")
 
     # ---- usage --------------------------------------------------------------------------------
 

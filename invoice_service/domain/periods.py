@@ -46,3 +46,19 @@ def period_starting_at(anchor: datetime, months: int, start: datetime) -> Period
     """The period starting exactly at `start`, or None if `start` is not a period boundary."""
     p = period_containing(anchor, months, start)
     return p if p.start == start else None
+
+
+SETTLED_STATUSES = frozenset({"FINALIZED", "VOIDED"})  # a period whose invoice is one of these is final
+
+
+def invoiced_through(anchor: datetime, months: int, settled_starts: set[datetime], max_periods: int) -> datetime:
+    """The start of the subscription's earliest period whose invoice is not FINALIZED or VOIDED.
+
+    Every charge with a service time before it has been invoiced for good: events of a finalized
+    period are refused, and a voided period is not re-billed. The ledger's expiry waits for it.
+    """
+    for index in range(max_periods):
+        p = period(anchor, months, index)
+        if p.start not in settled_starts:
+            return p.start
+    return period(anchor, months, max_periods).start

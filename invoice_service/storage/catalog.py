@@ -10,7 +10,7 @@ import asyncpg
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
 from invoice_service.domain.invoices import Aggregation, ChargeKind
-from invoice_service.domain.periods import INTERVAL_MONTHS, Period
+from invoice_service.domain.periods import INTERVAL_MONTHS, SETTLED_STATUSES, Period, invoiced_through
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import conflict, invalid, not_found
 
@@ -58,6 +58,22 @@ WHERE tenant_id = $1 AND customer_id = ANY($2::text[])
 """
 
 MAX_PERIODS_PER_SUBSCRIPTION = 1200
+# One page of ledger accounts billed by a subscription, then their subscriptions and final periods.
+SELECT_BILLED_ACCOUNTS = """
+SELECT DISTINCT c.ledger_account_id FROM customers c
+JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+WHERE c.tenant_id = $1 AND c.ledger_account_id > $2 ORDER BY c.ledger_account_id LIMIT $3
+"""
+SELECT_ACCOUNT_SUBSCRIPTIONS = """
+SELECT c.ledger_account_id, s.customer_id, s.anchor, p.billing_interval FROM customers c
+JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
+WHERE c.tenant_id = $1 AND c.ledger_account_id = ANY($2::text[])
+"""
+SELECT_SETTLED_PERIODS = """
+SELECT customer_id, period_start FROM invoices
+WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND status = ANY($3::text[])
+"""
 
 
 def meter_from_row(row: asyncpg.Record) -> Meter:
@@ -206,6 +222,26 @@ class CatalogOperations:
                 if status in ("", "DRAFT", "PREPARED"):
                     due.append((sub.customer_id, sub.subscription_id, p, invoice_id, status))
         return due
+
+    async def list_settlements(self, tenant_id: str, after_account: str, limit: int) -> list[tuple[str, datetime]]:
+        """(ledger account, invoiced_through) for one page of accounts billed by a subscription, by account:
+        the earliest start, across the account's subscriptions, of a period not FINALIZED or VOIDED."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            accounts = [r["ledger_account_id"] for r in
+                        await conn.fetch(SELECT_BILLED_ACCOUNTS, tenant_id, after_account, limit)]
+            subs = await conn.fetch(SELECT_ACCOUNT_SUBSCRIPTIONS, tenant_id, accounts)
+            settled = await conn.fetch(SELECT_SETTLED_PERIODS, tenant_id, [s["customer_id"] for s in subs],
+                                       sorted(SETTLED_STATUSES))
+        starts: dict[str, set[datetime]] = {}
+        for r in settled:
+            starts.setdefault(r["customer_id"], set()).add(r["period_start"])
+        through: dict[str, datetime] = {}
+        for s in subs:
+            months = INTERVAL_MONTHS[s["billing_interval"]]
+            t = invoiced_through(s["anchor"], months, starts.get(s["customer_id"], set()), MAX_PERIODS_PER_SUBSCRIPTION)
+            account = s["ledger_account_id"]
+            through[account] = min(t, through.get(account, t))
+        return [(a, through[a]) for a in accounts]
 
 
 def _check_quantities(plan: Plan, sub: Subscription) -> None:

@@ -31,7 +31,7 @@ from ledger_service.domain.model import DEBIT_PREFIX, ChargeKind, HoldStatus, Lo
 from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
 from ledger_service.operations.accounts_and_units import NewAccount
 from ledger_service.operations.calls import Call
-from ledger_service.operations.grants import GrantOrder, GrantRequestQuery
+from ledger_service.operations.grants import GrantOrder, GrantRequestQuery, RolloverOrder
 from ledger_service.operations.holds import HoldQuery, Reserve
 from ledger_service.operations.lots_and_balances import EntryQuery, LotQuery
 from ledger_service.operations.reversals_and_transfers import Reversal, TransferOrder
@@ -95,6 +95,13 @@ def required_when(msg: Message, name: str) -> datetime:
 def not_beyond_skew(value: datetime, now: datetime, skew_s: int, field: str) -> datetime:
     if value > now + timedelta(seconds=skew_s):
         raise invalid(field, f"is more than {skew_s}s in the future (clock-skew bound)")
+    return value
+
+
+def within_horizon(value: datetime, now: datetime, horizon_s: int, field: str) -> datetime:
+    """A lot's window may lie in the future, up to the lot horizon (CREDITS_LOT_HORIZON_S)."""
+    if value > now + timedelta(seconds=horizon_s):
+        raise invalid(field, f"is more than {horizon_s}s in the future (the lot horizon, CREDITS_LOT_HORIZON_S)")
     return value
 
 
@@ -190,14 +197,32 @@ def consumption_policy(request: pb.SetConsumptionPolicyRequest) -> tuple[str, li
 
 # --- lots and grants ------------------------------------------------------------------------------
 
-def grant(request: pb.GrantCreditsRequest, now: datetime, skew_s: int) -> GrantOrder:
+def rollover(request: pb.GrantCreditsRequest) -> RolloverOrder | None:
+    if not request.HasField("rollover"):
+        return None
+    r = request.rollover
+    if r.max_percent > 100:
+        raise invalid("rollover.max_percent", "must be between 0 and 100")
+    if r.expires_after_s < 0:
+        raise invalid("rollover.expires_after_s", "must not be negative")
+    if r.expires_after_s > 100 * 366 * 86400:
+        raise invalid("rollover.expires_after_s", "must be at most 100 years")
+    max_amount = AmountText(r.max_amount, "rollover.max_amount", allow_zero=True) if r.max_amount else None
+    return RolloverOrder(max_amount, r.max_percent, r.expires_after_s)
+
+
+def grant(request: pb.GrantCreditsRequest, now: datetime, horizon_s: int) -> GrantOrder:
+    """A grant: its window may start and end in the future up to the lot horizon (never the skew bound)."""
     account_id = check_id(request.account_id, "account_id")
     kind = lot_type(request.type)
     unit = check_id(request.unit, "unit")
-    effective_at = not_beyond_skew(opt_when(request, "effective_at") or now, now, skew_s, "effective_at")
+    effective_at = within_horizon(opt_when(request, "effective_at") or now, now, horizon_s, "effective_at")
+    expires_at = opt_when(request, "expires_at")
+    if expires_at is not None:
+        within_horizon(expires_at, now, horizon_s, "expires_at")
     return GrantOrder(
         account_id=account_id, lot_type=kind, unit=unit, amount=AmountText(request.amount, "amount"),
-        priority=request.priority or 50, effective_at=effective_at, expires_at=opt_when(request, "expires_at"),
+        priority=request.priority or 50, effective_at=effective_at, expires_at=expires_at, rollover=rollover(request),
         scope=scope(request.scope), cost_basis=parse_decimal(request.cost_basis, "cost_basis"),
         source=text(request.source, "source", 64), reason_code=text(request.reason_code, "reason_code", 128),
         campaign_id=text(request.campaign_id, "campaign_id", 128),
@@ -205,9 +230,9 @@ def grant(request: pb.GrantCreditsRequest, now: datetime, skew_s: int) -> GrantO
     )
 
 
-def stored_grant(raw: bytes, now: datetime, skew_s: int) -> GrantOrder:
+def stored_grant(raw: bytes, now: datetime, horizon_s: int) -> GrantOrder:
     """A grant request's stored GrantCreditsRequest, checked again when it is approved."""
-    return grant(pb.GrantCreditsRequest.FromString(raw), now, skew_s)
+    return grant(pb.GrantCreditsRequest.FromString(raw), now, horizon_s)
 
 
 def support_limits(request: pb.SetSupportGrantLimitsRequest,
@@ -361,3 +386,7 @@ def transfer(request: pb.TransferCreditsRequest) -> TransferOrder:
 def transfer_limit(request: pb.SetTransferLimitRequest) -> tuple[str, str, AmountText | None]:
     limit = AmountText(request.max_per_transfer, "max_per_transfer") if request.max_per_transfer else None
     return check_id(request.account_id, "account_id"), check_id(request.unit, "unit"), limit
+
+
+def settlement(request: pb.RecordSettlementRequest) -> tuple[str, datetime]:
+    return check_id(request.account_id, "account_id"), required_when(request, "invoiced_through")

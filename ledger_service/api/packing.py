@@ -12,8 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ledger_service.api.mapping import CHARGE_KINDS, GRANT_REQUEST_STATUSES, HOLD_STATUSES, LOT_TYPES, SORT_KEYS
 from ledger_service.domain.grants import Limits
 from ledger_service.domain.journal import BUCKETS, Buckets, Entry
-from ledger_service.domain.model import Allocation, Hold, HoldStatus, Lot
+from ledger_service.domain.model import Allocation, Hold, HoldStatus, Lot, RolloverPolicy
 from ledger_service.domain.policy import Policy
+from ledger_service.domain.settlement import Settlement, pending_expiry
 from ledger_service.domain.transfers import TransferResult
 from ledger_service.operations.grants import VoidResult
 from ledger_service.operations.reversals_and_transfers import ReversalResult
@@ -65,8 +66,19 @@ def policy_row(row: PolicyRow) -> pb.ConsumptionPolicy:
 
 # --- lots and grants ------------------------------------------------------------------------------
 
-def lot(x: Lot, scale: int) -> pb.Lot:
+def rollover(policy: RolloverPolicy | None, scale: int) -> pb.RolloverPolicy | None:
+    if policy is None:
+        return None
+    cap = format_minor(policy.max_amount, scale) if policy.max_amount is not None else ""
+    return pb.RolloverPolicy(max_amount=cap, max_percent=policy.max_percent, expires_after_s=policy.expires_after_s)
+
+
+def lot(x: Lot, scale: int, at: datetime | None = None) -> pb.Lot:
+    """The lot; read at `at`, unused credit past its usable window shows as pending_expiry, not available."""
+    pending = pending_expiry(x, x.available, at) if at is not None else 0
     b = pb.LotBalance(**{k: format_minor(getattr(x, k), scale) for k in BUCKETS})
+    b.available = format_minor(x.available - pending, scale)
+    b.pending_expiry = format_minor(pending, scale)
     msg = pb.Lot(
         lot_id=x.lot_id, account_id=x.account_id, type=LOT_TYPE_PB[x.lot_type], unit=x.unit,
         amount=format_minor(x.amount, scale), priority=x.priority, effective_at=ts(x.effective_at),
@@ -74,7 +86,7 @@ def lot(x: Lot, scale: int) -> pb.Lot:
         scope=pb.Scope(kinds=sorted(CHARGE_KIND_PB[k] for k in x.scope.kinds), names=sorted(x.scope.names)),
         source=x.source, reason_code=x.reason_code, campaign_id=x.campaign_id, incident_id=x.incident_id,
         granted_by=x.granted_by, created_at=ts(x.created_at), balance=b, origin_lot_id=x.origin_lot_id,
-        usable_until=ts(x.usable_until),
+        usable_until=ts(x.usable_until), rollover=rollover(x.rollover, scale),
     )
     if x.closed_at is not None and x.voided:
         msg.voided_at.CopyFrom(to_timestamp(x.closed_at))
@@ -115,10 +127,11 @@ def void_result(r: VoidResult, scale: int) -> pb.VoidGrantResponse:
 
 # --- reads ----------------------------------------------------------------------------------------
 
-def _buckets(msg: pb.BalanceBucket, b: Buckets, upcoming: int, scale: int) -> None:
+def _buckets(msg: pb.BalanceBucket, b: Buckets, upcoming: int, pending: int, scale: int) -> None:
     for bucket in BUCKETS:
         setattr(msg, bucket, format_minor(getattr(b, bucket), scale))
     msg.upcoming = format_minor(upcoming, scale)
+    msg.pending_expiry = format_minor(pending, scale)
 
 
 def balance(view: BalanceView, scales: dict[str, int]) -> pb.Balance:
@@ -126,7 +139,7 @@ def balance(view: BalanceView, scales: dict[str, int]) -> pb.Balance:
     for rows, target in ((view.totals, out.totals), (view.by_type, out.by_type)):
         for row in rows:
             bucket = target.add(unit=row.unit, type=LOT_TYPE_PB[row.lot_type] if row.lot_type else 0)
-            _buckets(bucket, row.buckets, row.upcoming, scales[row.unit])
+            _buckets(bucket, row.buckets, row.upcoming, row.pending_expiry, scales[row.unit])
     return out
 
 
@@ -241,3 +254,7 @@ def transfer(r: TransferResult, scale: int) -> pb.TransferCreditsResponse:
 def transfer_limit(account_id: str, unit_code: str, limit: int | None, scale: int) -> pb.TransferLimit:
     return pb.TransferLimit(account_id=account_id, unit=unit_code,
                             max_per_transfer="" if limit is None else format_minor(limit, scale))
+
+
+def settlement(account_id: str, s: Settlement) -> pb.Settlement:
+    return pb.Settlement(account_id=account_id, billed=s.billed, invoiced_through=ts(s.invoiced_through))

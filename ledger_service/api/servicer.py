@@ -52,6 +52,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
         self._ledger = Ledger.create(pool, settings, clock)
         self._skew = settings.clock_skew_s
+        self._horizon = settings.lot_horizon_s
         self._approvals = ApprovalWire(m.stored_grant, packing.lot, pb.Lot, packing.grant_request)
 
     def _call(self, name: str, request: Message, response: type[M], earlier: tuple[str, ...] = ()) -> Call[M]:
@@ -84,16 +85,18 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def GrantCredits(self, request: pb.GrantCreditsRequest, context: Any) -> pb.Lot:
         call = self._call("GrantCredits", request, pb.Lot)
-        order = m.grant(request, self._now(), self._skew)
+        order = m.grant(request, self._now(), self._horizon)
         return await grants.grant_credits(self._ledger, call, order, packing.lot, packing.pending_lot)
 
     async def GetLot(self, request: pb.GetLotRequest, context: Any) -> pb.Lot:
         lot_id = check_id(request.lot_id, "lot_id")
-        return await lots_and_balances.get_lot(self._ledger, _tenant(), lot_id, m.opt_when(request, "as_of"),
-                                               packing.lot)
+        as_of = m.opt_when(request, "as_of")
+        pack = functools.partial(packing.lot, at=as_of or self._now())
+        return await lots_and_balances.get_lot(self._ledger, _tenant(), lot_id, as_of, pack)
 
     async def ListLots(self, request: pb.ListLotsRequest, context: Any) -> pb.ListLotsResponse:
-        lots, token = await lots_and_balances.list_lots(self._ledger, _tenant(), m.lot_query(request), packing.lot)
+        pack = functools.partial(packing.lot, at=self._now())
+        lots, token = await lots_and_balances.list_lots(self._ledger, _tenant(), m.lot_query(request), pack)
         return pb.ListLotsResponse(lots=lots, next_page_token=token)
 
     async def VoidGrant(self, request: pb.VoidGrantRequest, context: Any) -> pb.VoidGrantResponse:
@@ -215,6 +218,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         as_of, account_id = m.expiry(request, self._now(), self._skew)
         return await sweeps.expire_lots(self._ledger, call, as_of, account_id, packing.expired_part,
                                         packing.expired_whole)
+
+    async def RecordSettlement(self, request: pb.RecordSettlementRequest, context: Any) -> pb.Settlement:
+        call = self._call("RecordSettlement", request, pb.Settlement)
+        account_id, invoiced_through = m.settlement(request)
+        return await sweeps.record_settlement(self._ledger, call, account_id, invoiced_through, packing.settlement)
+
+    async def GetSettlement(self, request: pb.GetSettlementRequest, context: Any) -> pb.Settlement:
+        account_id = check_id(request.account_id, "account_id")
+        return await sweeps.get_settlement(self._ledger, _tenant(), account_id, packing.settlement)
 
     async def ReleaseExpiredHolds(self, request: pb.ReleaseExpiredHoldsRequest,
                                   context: Any) -> pb.ReleaseExpiredHoldsResponse:

@@ -3,9 +3,11 @@
 The role model and these rules in prose are at the top of `service_runtime/permissions.py`:
 - any grant: priority 1..100, expiry after the effective instant, COMPENSATORY needs an incident;
 - a support key grants only COMPENSATORY credit, free, with a reason code and an incident id;
-  an operator key only COMPENSATORY credit for an incident (outage compensation);
-- a support or operator grant within its key's per-grant and per-day limits is written at once;
-  above either it becomes a grant request PENDING_APPROVAL (finance and admin have no limits);
+  an operator key only COMPENSATORY credit for an incident (outage compensation), or PROMOTIONAL /
+  PURCHASED credit with source `allowance` and a campaign id (a recurring allowance's grant);
+- a support grant, or an operator's COMPENSATORY grant, within its key's per-grant and per-day
+  limits is written at once; above either it becomes a grant request PENDING_APPROVAL (finance and
+  admin have no limits; an allowance's grants, configured by finance, neither);
 - any grant, whoever asks, above the tenant's approval threshold of its unit becomes a grant request;
 - a grant request is decided once (APPROVED with its lot, or REJECTED) by another person than the
   one that asked (the keys' owners are compared, not the keys); deciding it the same way again
@@ -22,6 +24,8 @@ from ledger_service.domain.model import Lot, LotType
 from service_runtime.rejections import Reason, Rejection, invalid, precondition
 
 SUPPORT, OPERATOR = "support", "operator"
+# The `source` of a recurring allowance's lots (coordinator.naming.ALLOWANCE_SOURCE): an operator key may grant them.
+ALLOWANCE_SOURCE = "allowance"
 LIMIT_WINDOW = timedelta(hours=24)  # max_per_day counts the same key's grants over the trailing 24 hours
 
 
@@ -61,19 +65,27 @@ def check_role_may_grant(role: str, lot: Lot) -> None:
         if lot.cost_basis:
             raise invalid("cost_basis", "must be 0 for support grants (compensatory credit is free)")
     elif role == OPERATOR:
-        if lot.lot_type is not LotType.COMPENSATORY or not lot.incident_id:
+        if not (_is_outage_grant(lot) or _is_allowance_grant(lot)):
             raise Rejection(Reason.FORBIDDEN,
-                            "operator keys may grant only COMPENSATORY credits for an incident (outage compensation)",
-                            "type")
+                            "operator keys may grant only COMPENSATORY credits for an incident (outage compensation) "
+                            f"or PROMOTIONAL/PURCHASED credits with source {ALLOWANCE_SOURCE!r} and the allowance "
+                            "as campaign id (recurring allowances)", "type")
 
 
-LIMITED_ROLES = frozenset({SUPPORT, OPERATOR})
+def _is_outage_grant(lot: Lot) -> bool:
+    return lot.lot_type is LotType.COMPENSATORY and bool(lot.incident_id)
 
 
-def needs_limits(role: str) -> bool:
-    """Support and operator grants go through the per-key limits (and may need approval); finance's
-    and admin's do not (the approval threshold applies to every role)."""
-    return role in LIMITED_ROLES
+def _is_allowance_grant(lot: Lot) -> bool:
+    return (lot.lot_type in (LotType.PROMOTIONAL, LotType.PURCHASED) and lot.source == ALLOWANCE_SOURCE
+            and bool(lot.campaign_id))
+
+
+def needs_limits(role: str, lot: Lot) -> bool:
+    """Support grants and operator outage grants go through the per-key limits (and may need
+    approval); finance's and admin's do not, nor an allowance's (the approval threshold applies to
+    every grant)."""
+    return role == SUPPORT or (role == OPERATOR and lot.lot_type is LotType.COMPENSATORY)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Pure rules over a `Lot`; the operations layer applies them through the journal:
   grace) has ended; a lot closes when nothing is left available or held after that;
 - credit that comes back to a lot (a released hold, a reversed posting, a reversed transfer) on a
   lot that is voided or past its usable window does not become usable again: it leaves at once,
-  as VOID for a voided lot and EXPIRE otherwise, unless a reversal grants grace.
+  as VOID for a voided lot and EXPIRE otherwise, unless a reversal grants grace — or the lot has
+  not settled yet (`domain/settlement.py`): then it stays on the lot, pending expiry, for the
+  charges from inside the window still owed it, and expires with the rest when the lot settles.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from datetime import datetime, timedelta
 
 from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.model import Lot
+from ledger_service.domain.settlement import Settlement
+
+AT_ONCE = Settlement()  # an account never recorded as billed: lots settle as soon as their window ends
 
 
-def terminal_kind(lot: Lot, now: datetime) -> EntryKind | None:
+def _ended_kind(lot: Lot, now: datetime) -> EntryKind | None:
     """VOID for a voided lot, EXPIRE for one past its usable window, None for a live lot."""
     if lot.closed_at is not None and not lot.is_past_usable(lot.closed_at):
         return EntryKind.VOID
@@ -25,24 +30,37 @@ def terminal_kind(lot: Lot, now: datetime) -> EntryKind | None:
     return None
 
 
-def reinstated_fate(lot: Lot, now: datetime, grace_s: int | None) -> EntryKind | datetime | None:
+def terminal_kind(lot: Lot, now: datetime, settlement: Settlement = AT_ONCE) -> EntryKind | None:
+    """Where credit coming back to `lot` goes: VOID (voided lot), EXPIRE (past its window and
+    settled), or None: it stays available (a live lot, or one pending expiry until it settles)."""
+    kind = _ended_kind(lot, now)
+    if kind is EntryKind.EXPIRE and lot.is_past_usable(now) and not settlement.settles(lot):
+        return None
+    return kind
+
+
+def reinstated_fate(lot: Lot, now: datetime, grace_s: int | None,
+                    settlement: Settlement = AT_ONCE) -> EntryKind | datetime | None:
     """What happens to credit a reversal gives back to `lot`.
 
-    None: the lot is live, the credit is usable again. An EntryKind: it leaves at once as that
-    kind (no grace asked for, or the lot was voided: grace never revives a void). A datetime: the
-    lot stays usable until then (REINSTATE_WITH_GRACE on a lot past its window).
+    None: it stays on the lot (live: usable again; past its window but not settled: pending
+    expiry). An EntryKind: it leaves at once as that kind (no grace asked for on a settled lot, or
+    the lot was voided: grace never revives a void). A datetime: the lot stays usable until then
+    (REINSTATE_WITH_GRACE on a lot past its window).
     """
-    kind = terminal_kind(lot, now)
+    kind = _ended_kind(lot, now)
     if kind is None:
         return None
-    if grace_s is None or kind is EntryKind.VOID:
+    if kind is EntryKind.VOID:
         return kind
-    return now + timedelta(seconds=grace_s)
+    if grace_s is not None:
+        return now + timedelta(seconds=grace_s)
+    return terminal_kind(lot, now, settlement)
 
 
-def expires(lot: Lot, as_of: datetime) -> bool:
-    """Does `lot` have unused credit whose usable window ended by `as_of`?"""
-    return lot.available > 0 and lot.is_past_usable(as_of)
+def expires(lot: Lot, as_of: datetime, settlement: Settlement = AT_ONCE) -> bool:
+    """Does `lot` have unused credit whose usable window ended by `as_of`, and has it settled?"""
+    return lot.available > 0 and lot.is_past_usable(as_of) and settlement.settles(lot)
 
 
 def closes(lot: Lot, as_of: datetime) -> bool:

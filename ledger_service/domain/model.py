@@ -51,6 +51,20 @@ class Scope:
         return len(self.kinds) * 1000 + (len(self.names) if self.names else 999)
 
 
+@dataclass(frozen=True, slots=True)
+class RolloverPolicy:
+    """What part of a lot's remainder moves into a ROLLOVER lot when the lot settles (immutable).
+
+    `max_amount` (minor units) and `max_percent` (0-100 of the lot's amount) cap it; None / 0 = no
+    cap of that kind, both set = the smaller. `expires_after_s`: the ROLLOVER lot's lifetime from
+    the origin's usable_until (0 = never expires).
+    """
+
+    max_amount: int | None = None
+    max_percent: int = 0
+    expires_after_s: int = 0
+
+
 @dataclass(slots=True)
 class Lot:
     """A lot's immutable configuration plus its mutable balance buckets (the projection row)."""
@@ -83,6 +97,7 @@ class Lot:
     incident_id: str = ""
     granted_by: str = ""
     origin_lot_id: str = ""
+    rollover: RolloverPolicy | None = None
     created_at: datetime | None = None
     closed_at: datetime | None = None
 

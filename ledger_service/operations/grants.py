@@ -27,7 +27,8 @@ from ledger_service.domain.amounts import AmountText
 from ledger_service.domain.grants import GrantRequestStatus, Limits
 from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.lifecycle import void_amount
-from ledger_service.domain.model import Lot, LotType, Scope
+from ledger_service.domain.model import Lot, LotType, RolloverPolicy, Scope
+from ledger_service.domain.settlement import check_rollover
 from ledger_service.operations.calls import Call, once, submit, unwrap
 from ledger_service.operations.context import Ledger, new_id
 from ledger_service.storage import catalog, reads
@@ -66,6 +67,20 @@ class GrantOrder:
     reason_code: str = ""
     campaign_id: str = ""
     incident_id: str = ""
+    rollover: RolloverOrder | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloverOrder:
+    """A lot's rollover policy as GrantCredits asks for it; max_amount waits for the unit's scale."""
+
+    max_amount: AmountText | None
+    max_percent: int
+    expires_after_s: int
+
+    def policy(self, scale: int) -> RolloverPolicy:
+        cap = self.max_amount.minor(scale) if self.max_amount is not None else None
+        return RolloverPolicy(cap, self.max_percent, self.expires_after_s)
 
 
 def new_lot(order: GrantOrder, scale: int, granted_by: str) -> Lot:
@@ -76,8 +91,11 @@ def new_lot(order: GrantOrder, scale: int, granted_by: str) -> Lot:
         expires_at=order.expires_at, scope=order.scope, cost_basis=order.cost_basis, seq=0,
         usable_until=order.expires_at, source=order.source, reason_code=order.reason_code,
         campaign_id=order.campaign_id, incident_id=order.incident_id, granted_by=granted_by,
+        rollover=order.rollover.policy(scale) if order.rollover is not None else None,
     )
     rules.check_new_lot(lot)
+    if lot.rollover is not None:
+        check_rollover(lot.rollover, lot.lot_type)
     return lot
 
 
@@ -104,7 +122,7 @@ async def grant_credits(ledger: Ledger, call: Call[M], order: GrantOrder, pack_l
     scale = await ledger.scale(call.tenant_id, order.unit)
     lot = new_lot(order, scale, call.actor)
     rules.check_role_may_grant(call.caller.role, lot)
-    if rules.needs_limits(call.caller.role) or await _above_threshold(ledger, call.tenant_id, lot, scale):
+    if rules.needs_limits(call.caller.role, lot) or await _above_threshold(ledger, call.tenant_id, lot, scale):
         return await _limited_grant(ledger, call, lot, scale, pack_lot, pack_pending)
     return await submit(ledger, call, lot.account_id, write_lot(lot), lambda x: pack_lot(x, scale))
 
@@ -140,7 +158,7 @@ async def _limited_grant(ledger: Ledger, call: Call[M], lot: Lot, scale: int, pa
 async def _limit_exceeded(ledger: Ledger, conn: asyncpg.Connection, call: Call[Any], lot: Lot,
                           scale: int) -> rules.LimitExceeded | None:
     limits = await _limits(conn, call.tenant_id, lot.unit, scale)
-    limited = rules.needs_limits(call.caller.role)
+    limited = rules.needs_limits(call.caller.role, lot)
     granted = 0
     if limited:
         since = ledger.now() - rules.LIMIT_WINDOW
@@ -260,7 +278,7 @@ async def _approved_lot(ledger: Ledger, call: Call[Any], row: GrantRequestRow, s
     scale = await ledger.scale(call.tenant_id, row.unit)
     apply: Apply = _never_applied
     if not started:
-        order = wire.regrant(row.request, ledger.now(), ledger.settings.clock_skew_s)
+        order = wire.regrant(row.request, ledger.now(), ledger.settings.lot_horizon_s)
         scale = await ledger.scale(call.tenant_id, order.unit)
         apply = write_lot(new_lot(order, scale, call.actor))
     op = Operation(call.method, approvals.approval_key(row.request_id), approvals.request_digest(row),

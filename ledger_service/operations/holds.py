@@ -24,6 +24,7 @@ from ledger_service.domain.holds import HoldRequest, ReleaseAction
 from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.lifecycle import terminal_kind
 from ledger_service.domain.model import DEBIT_PREFIX, Hold, HoldStatus, Lot
+from ledger_service.domain.settlement import Settlement
 from ledger_service.operations.calls import Call, operation, submit, unwrap
 from ledger_service.operations.context import Ledger
 from ledger_service.storage import reads
@@ -112,14 +113,15 @@ def _post(state: AccountState, fx: Effects, hold: Hold, target: int, actor: str)
         hold.postings[p.allocation.position] = p.posted
         if p.released:  # a full posting is implied by COMMITTED; only partial ones are stored
             fx.postings.append((hold.hold_key, p.allocation.position, p.posted))
-            release_into(lot, p.released, fx, ctx)
+            release_into(lot, p.released, fx, ctx, state.settlement)
     fx.resolve(hold, HoldStatus.COMMITTED, target, hold.reserved - target, "")
 
 
-def release_into(lot: Lot, amount: int, fx: Effects, ctx: EntryContext) -> None:
-    """Held → available; if the lot is voided or past its usable window, that credit leaves at once."""
+def release_into(lot: Lot, amount: int, fx: Effects, ctx: EntryContext, settlement: Settlement) -> None:
+    """Held → available; if the lot is voided, or past its usable window and settled, that credit
+    leaves at once (past its window but not settled, it stays pending expiry for what is owed it)."""
     fx.move(lot, EntryKind.RELEASE, amount, ctx)
-    kind = terminal_kind(lot, fx.now)
+    kind = terminal_kind(lot, fx.now, settlement)
     if kind is not None:
         fx.move(lot, kind, amount, ctx)
 
@@ -129,7 +131,7 @@ def release_all(state: AccountState, fx: Effects, hold: Hold, reason: str, actor
     ctx = EntryContext(actor=actor, reason=reason, reference=hold.reference, hold_key=hold.hold_key,
                        policy_version=hold.policy_version)
     for a in hold.allocations:
-        release_into(state.lots[a.lot_id], a.amount, fx, ctx)
+        release_into(state.lots[a.lot_id], a.amount, fx, ctx, state.settlement)
     fx.resolve(hold, HoldStatus.RELEASED, 0, hold.reserved, reason)
 
 

@@ -55,7 +55,8 @@ class ReversalResult:
 
 def _reverse(reversal: Reversal, actor: str) -> Apply:
     """A lot already past its usable window: without grace the credit expires at once (breakage,
-    explicit EXPIRE entries); with grace the lot stays usable grace_s more seconds."""
+    explicit EXPIRE entries) if the lot has settled, else it stays pending expiry until it does;
+    with grace the lot stays usable grace_s more seconds."""
 
     def apply(state: AccountState, fx: Effects) -> ReversalResult:
         hold = hold_rules.find_hold(state.holds, state.tombstones, reversal.hold_key, state.account_id)
@@ -67,7 +68,7 @@ def _reverse(reversal: Reversal, actor: str) -> Apply:
             lot = state.lots[a.lot_id]
             fx.move(lot, EntryKind.REINSTATE, posted, ctx)
             out.reinstated.append((a, posted))
-            fate = reinstated_fate(lot, fx.now, reversal.grace_s)
+            fate = reinstated_fate(lot, fx.now, reversal.grace_s, state.settlement)
             if isinstance(fate, EntryKind):
                 fx.move(lot, fate, posted, ctx)
                 out.expired_at_once += posted
@@ -152,7 +153,7 @@ async def _reverse_transfer(conn: asyncpg.Connection, call: Call[M], transfer_id
         origin = states[src].lots[leg.source_lot_id]
         fx.move(states[dst].lots[leg.destination_lot_id], EntryKind.TRANSFER_OUT, leg.amount, ctx)
         fx.move(origin, EntryKind.REINSTATE, leg.amount, ctx)
-        kind = terminal_kind(origin, now)
+        kind = terminal_kind(origin, now, states[src].settlement)
         if kind is not None:
             fx.move(origin, kind, leg.amount, ctx)
     await fx.flush(conn)

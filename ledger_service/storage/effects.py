@@ -35,7 +35,8 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
              ("amount", "bigint"), ("priority", "smallint"), ("effective_at", "timestamptz"),
              ("expires_at", "timestamptz"), ("kinds", "text"), ("names", "text"), ("cost_basis", "numeric"),
              ("source", "text"), ("reason_code", "text"), ("campaign_id", "text"), ("incident_id", "text"),
-             ("granted_by", "text"), ("origin_lot_id", "text")]),
+             ("granted_by", "text"), ("origin_lot_id", "text"), ("rollover_max_amount", "bigint"),
+             ("rollover_max_percent", "smallint"), ("rollover_expires_after_s", "bigint")]),
     ("bal", [("lot_id", "text"), ("account_id", "text"), *[(b, "bigint") for b in BUCKETS],
              ("closed_at", "timestamptz")]),
     ("upd", [("lot_id", "text"), *[(b, "bigint") for b in BUCKETS], ("closed_at", "timestamptz")]),
@@ -74,11 +75,13 @@ WITH
 new_lots AS (
   INSERT INTO lots (tenant_id, lot_id, account_id, lot_type, unit, amount, priority, effective_at, expires_at,
                     scope_kinds, scope_names, cost_basis, source, reason_code, campaign_id, incident_id,
-                    granted_by, origin_lot_id, created_at)
+                    granted_by, origin_lot_id, rollover_max_amount, rollover_max_percent,
+                    rollover_expires_after_s, created_at)
   SELECT $1, lot.lot_id, lot.account_id, lot.lot_type, lot.unit, lot.amount, lot.priority, lot.effective_at,
          lot.expires_at, string_to_array(lot.kinds, ','), string_to_array(lot.names, chr(29)), lot.cost_basis,
          lot.source, lot.reason_code, lot.campaign_id, lot.incident_id, lot.granted_by,
-         NULLIF(lot.origin_lot_id, ''), $2
+         NULLIF(lot.origin_lot_id, ''), lot.rollover_max_amount, lot.rollover_max_percent,
+         lot.rollover_expires_after_s, $2
   FROM {lot}
 ),
 new_balances AS (
@@ -262,8 +265,8 @@ class Effects:
         ls, hs = self.new_lots, self.holds
         lots = [(x.lot_id, x.account_id, x.lot_type.value, x.unit, x.amount, x.priority, x.effective_at,
                  x.expires_at, ",".join(sorted(k.value for k in x.scope.kinds)), chr(29).join(sorted(x.scope.names)),
-                 x.cost_basis, x.source, x.reason_code, x.campaign_id, x.incident_id, x.granted_by, x.origin_lot_id)
-                for x in ls]
+                 x.cost_basis, x.source, x.reason_code, x.campaign_id, x.incident_id, x.granted_by, x.origin_lot_id,
+                 *_rollover_columns(x)) for x in ls]
         new_balances = [(x.lot_id, x.account_id, *(getattr(x, b) for b in BUCKETS), x.closed_at) for x in ls]
         ids = list(self.lot_deltas)
         updates = [(i, *self.lot_deltas[i], self.closed.get(i)) for i in ids]
@@ -275,7 +278,7 @@ class Effects:
                                                  for a in h.allocations])) for h in self.debits]
         await conn.execute(
             FLUSH, self.tenant_id, self.now,
-            *_columns(lots, 17), *_columns(new_balances, 11), *_columns(updates, 10),
+            *_columns(lots, 20), *_columns(new_balances, 11), *_columns(updates, 10),
             *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10), *_columns(allocations, 5),
             *_columns(self.resolutions, 5), *_columns(self.postings, 3), *_columns(self.reversals, 3),
             *_columns(self.grace, 2),
@@ -283,6 +286,12 @@ class Effects:
                         a.request_id) for a in self.audit], 9),
             *_columns(self.idempotency, 4),
         )
+
+
+def _rollover_columns(lot: Lot) -> tuple[int | None, int | None, int | None]:
+    """(max_amount, max_percent, expires_after_s); all None without a rollover policy."""
+    r = lot.rollover
+    return (None, None, None) if r is None else (r.max_amount, r.max_percent, r.expires_after_s)
 
 
 def _charges_json(hold: Hold) -> str:

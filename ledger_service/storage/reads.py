@@ -12,6 +12,7 @@ from ledger_service.domain.allocation import ineligibility
 from ledger_service.domain.journal import BUCKETS, Buckets, Entry, EntryKind
 from ledger_service.domain.model import Hold, HoldStatus, Lot, LotType
 from ledger_service.domain.policy import DEFAULT_POLICY, Policy
+from ledger_service.domain.settlement import pending_expiry
 from ledger_service.storage.catalog import get_account
 from ledger_service.storage.state import LOT_COLUMNS, load_holds, lot_from_row, policy_from_row
 from service_runtime.rejections import not_found
@@ -112,6 +113,7 @@ class BalanceRow:
     lot_type: LotType | None
     buckets: Buckets = field(default_factory=Buckets)
     upcoming: int = 0
+    pending_expiry: int = 0  # unused credit on lots past their usable window, not yet settled
 
 
 @dataclass
@@ -124,7 +126,9 @@ class BalanceView:
 
 async def get_balance(pool: asyncpg.Pool, tenant_id: str, account_id: str, as_of: datetime | None,
                       now: datetime) -> BalanceView:
-    """Per unit and per (unit, type). Lots not yet effective at the instant count as `upcoming`.
+    """Per unit and per (unit, type). Lots not yet effective at the instant count as `upcoming`;
+    the unused credit of lots past their usable window at the instant as `pending_expiry` (not
+    `available`) until the sweep expires it (or rolls it over) when the lot settles.
 
     Now: from the projection. As of a past instant: replayed from the journal entries recorded
     by then — the same numbers the projection showed at that instant.
@@ -152,6 +156,9 @@ async def get_balance(pool: asyncpg.Pool, tenant_id: str, account_id: str, as_of
                 continue
             for bucket in BUCKETS:
                 setattr(row.buckets, bucket, getattr(row.buckets, bucket) + getattr(b, bucket))
+            pending = pending_expiry(lot, b.available, at)
+            row.buckets.available -= pending
+            row.pending_expiry += pending
     return BalanceView(account_id, at, sorted(totals.values(), key=lambda r: r.unit),
                        sorted(by_type.values(), key=lambda r: (r.unit, r.lot_type or "")))
 

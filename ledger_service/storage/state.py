@@ -20,9 +20,11 @@ from ledger_service.domain.model import (
     HoldStatus,
     Lot,
     LotType,
+    RolloverPolicy,
     Scope,
 )
 from ledger_service.domain.policy import DEFAULT_POLICY, Policy, SortKey
+from ledger_service.domain.settlement import Settlement
 
 # FOR NO KEY UPDATE serialises writers of one account across processes without blocking the
 # foreign-key checks of inserts that reference the account.
@@ -30,8 +32,9 @@ from ledger_service.domain.policy import DEFAULT_POLICY, Policy, SortKey
 # is held, so they are never older than the last transaction that wrote the account.
 LOCK_ACCOUNT = """
 SELECT a.account_id, a.parent_account_id, a.root_account_id, p.account_id AS policy_account_id, p.version,
-       p.sort_keys, p.type_order
+       p.sort_keys, p.type_order, s.invoiced_through
 FROM accounts a
+LEFT JOIN account_settlements s ON s.tenant_id = a.tenant_id AND s.account_id = a.account_id
 LEFT JOIN LATERAL (
     SELECT account_id, version, sort_keys, type_order FROM consumption_policies c
     WHERE c.tenant_id = a.tenant_id AND c.account_id IN ('', a.account_id)
@@ -43,6 +46,7 @@ LOT_COLUMNS = """
 l.lot_id, l.seq, l.account_id, l.lot_type, l.unit, l.amount, l.priority, l.effective_at, l.expires_at,
 l.scope_kinds, l.scope_names, l.cost_basis, l.source, l.reason_code, l.campaign_id, l.incident_id,
 l.granted_by, l.origin_lot_id, l.created_at,
+l.rollover_max_amount, l.rollover_max_percent, l.rollover_expires_after_s,
 b.granted, b.reinstated, b.available, b.held, b.consumed, b.expired, b.voided, b.transferred_out, b.closed_at,
 (SELECT max(g.usable_until) FROM lot_grace g WHERE g.tenant_id = l.tenant_id AND g.lot_id = l.lot_id)
     AS grace_until
@@ -89,6 +93,17 @@ SELECT key, method, request_hash, response FROM idempotency_keys WHERE tenant_id
 """
 
 
+def settlement_from(invoiced_through: datetime | None) -> Settlement:
+    """An account's settlement pointer (no row: not billed by invoices)."""
+    return Settlement() if invoiced_through is None else Settlement(True, invoiced_through)
+
+
+def _rollover_from_row(r: asyncpg.Record | dict[str, Any]) -> RolloverPolicy | None:
+    if r["rollover_max_percent"] is None:
+        return None
+    return RolloverPolicy(r["rollover_max_amount"], r["rollover_max_percent"], r["rollover_expires_after_s"] or 0)
+
+
 def lot_from_row(r: asyncpg.Record | dict[str, Any]) -> Lot:
     expires_at = r["expires_at"]
     grace = r["grace_until"]
@@ -102,7 +117,7 @@ def lot_from_row(r: asyncpg.Record | dict[str, Any]) -> Lot:
         consumed=r["consumed"], expired=r["expired"], voided=r["voided"], transferred_out=r["transferred_out"],
         source=r["source"], reason_code=r["reason_code"], campaign_id=r["campaign_id"],
         incident_id=r["incident_id"], granted_by=r["granted_by"], origin_lot_id=r["origin_lot_id"] or "",
-        created_at=r["created_at"], closed_at=r["closed_at"],
+        rollover=_rollover_from_row(r), created_at=r["created_at"], closed_at=r["closed_at"],
     )
 
 
@@ -134,6 +149,7 @@ class AccountState:
     parent_account_id: str | None = None
     root_account_id: str = ""
     policy: Policy = DEFAULT_POLICY
+    settlement: Settlement = field(default_factory=Settlement)
     lots: dict[str, Lot] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
     tombstones: set[str] = field(default_factory=set)
@@ -219,7 +235,7 @@ async def load_state(
         return AccountState(tenant_id, account_id, exists=False)
     state = AccountState(
         tenant_id, account_id, exists=True, parent_account_id=row["parent_account_id"],
-        root_account_id=row["root_account_id"],
+        root_account_id=row["root_account_id"], settlement=settlement_from(row["invoiced_through"]),
     )
     keys = [k for k in idempotency_keys if k]
     if keys:

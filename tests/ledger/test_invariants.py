@@ -32,8 +32,9 @@ async def check_lots(ledger: Ledger) -> int:
                                           metadata=ledger.md)
         for lot in lots.lots:
             b = lot.balance
+            # on the wire, unused credit past the lot's window is pending_expiry instead of available
             vals = [_d(x) for x in (b.granted, b.reinstated, b.available, b.held, b.consumed, b.expired, b.voided,
-                                    b.transferred_out)]
+                                    b.transferred_out, b.pending_expiry)]
             assert min(vals) >= 0, lot
             assert vals[0] + vals[1] == sum(vals[2:]), lot
         external += sum(_d(lot.amount) for lot in lots.lots if not lot.origin_lot_id)

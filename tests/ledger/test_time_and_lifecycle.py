@@ -66,18 +66,28 @@ async def test_expired_lot_still_pays_usage_from_its_window_then_expires(ledger:
     assert fresh.lots_expired == 0
 
 
-async def test_effective_time_beyond_skew_is_rejected(ledger: Ledger) -> None:
+async def test_skew_bounds_operation_times_and_the_horizon_bounds_lot_windows(ledger: Ledger) -> None:
+    """Issue #10: the clock-skew bound applies to the time an operation claims (a charge's service
+    time), never to a lot's validity window; that one is bounded by the lot horizon (10 years)."""
     await ledger.account("john")
+    now = datetime.now(UTC)
     before = await table_counts(ledger.dsn)
-    future = ts(datetime.now(UTC) + timedelta(minutes=10))
-    await rejected(ledger.grant("john", "1.00", effective_at=future), grpc.StatusCode.INVALID_ARGUMENT,
-                   "effective_at", "clock-skew")
+    far = ts(now + timedelta(days=3660 + 30))
+    await rejected(ledger.grant("john", "1.00", effective_at=far), grpc.StatusCode.INVALID_ARGUMENT,
+                   "effective_at", "lot horizon")
+    await rejected(ledger.grant("john", "1.00", expires_at=far), grpc.StatusCode.INVALID_ARGUMENT,
+                   "expires_at", "lot horizon")
     assert await table_counts(ledger.dsn) == before
-    # Inside the bound is fine, and the lot is "upcoming" until then.
-    soon = ts(datetime.now(UTC) + timedelta(minutes=2))
-    await ledger.grant("john", "1.00", effective_at=soon)
+    # A lot starting in 10 minutes (or next month) is a normal grant, "upcoming" until then.
+    soon = await ledger.grant("john", "1.00", effective_at=ts(now + timedelta(minutes=10)))
+    assert soon.effective_at.ToDatetime(tzinfo=UTC) > now
     bal = await ledger.stub.GetBalance(pb.GetBalanceRequest(account_id="john"), metadata=ledger.md)
     assert (bal.totals[0].available, bal.totals[0].upcoming) == ("0.00", "1.00")
+    # A charge claiming to happen 10 minutes from now is beyond the clock-skew bound.
+    c = pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00", service_start=ts(now + timedelta(minutes=10)))
+    await rejected(ledger.stub.DebitCredits(pb.DebitCreditsRequest(
+        idempotency_key="d", account_id="john", unit="USD", charges=[c]), metadata=ledger.md),
+        grpc.StatusCode.INVALID_ARGUMENT, "service_start", "clock-skew")
 
 
 async def test_balance_as_of_past_instants(ledger: Ledger) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import asyncio
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -157,20 +158,30 @@ async def test_invoices_in_currencies_without_two_decimals_reconcile_exactly(
     assert (report.checked["invoices"], report.checked["holds"], report.checked["decisions"]) == (1, 1, 1)
 
 
-async def test_it_returns_only_once_no_foreign_thread_is_still_running_python() -> None:
+async def test_it_returns_only_once_no_foreign_thread_is_still_handing_it_a_result() -> None:
     """`creditctl reconcile` exits right after the report: a thread of the Temporal client's own still
-    finishing a call's Python callback then aborts the interpreter (PyGILState_Release, exit -6).
-    A thread started outside `threading`, as the client's are, stands in for one here."""
-    started, release, done = threading.Event(), threading.Event(), threading.Event()
+    inside `loop.call_soon_threadsafe` for a call that already returned then aborts the interpreter
+    (PyGILState_Release, exit -6). A thread started outside `threading`, as the client's are, parked
+    inside that hand-off stands in for one here; a foreign thread parked anywhere else is not waited for."""
+    loop = asyncio.get_running_loop()
+    started, release, elsewhere = threading.Event(), threading.Event(), threading.Event()
+    handed_off = threading.Event()
 
-    def callback() -> None:
+    def write_to_self() -> None:  # the loop's wake-up, held until released
         started.set()
         release.wait()
-        done.set()
 
-    _thread.start_new_thread(callback, ())
-    assert started.wait(5)
-    assert not await temporal_calls_settled(timeout_s=0.05)  # still inside Python: not settled
-    release.set()
-    assert await temporal_calls_settled(timeout_s=5)
-    assert done.is_set()
+    _thread.start_new_thread(elsewhere.wait, ())  # parked in Python for good, like xdist's receiver
+    loop._write_to_self = write_to_self  # type: ignore[method-assign]
+    try:
+        _thread.start_new_thread(loop.call_soon_threadsafe, (handed_off.set,))  # as the client's runtime calls it
+        assert started.wait(5)
+        assert not await temporal_calls_settled(timeout_s=0.05)  # still inside the hand-off
+        release.set()
+        assert await temporal_calls_settled(timeout_s=5)
+    finally:
+        del loop._write_to_self  # type: ignore[attr-defined]
+        release.set()
+        elsewhere.set()
+    await asyncio.sleep(0)
+    assert handed_off.is_set()

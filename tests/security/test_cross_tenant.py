@@ -99,7 +99,7 @@ def build(message: Message, ids: dict[str, str]) -> bool:
                                                               service_end=_ts(when(2))))
         elif f.name == "amount" and f.type == f.TYPE_STRING:
             setattr(message, f.name, "1")
-        elif f.name in ("period_start", "as_of", "timestamp") and f.type == f.TYPE_MESSAGE:
+        elif f.name in ("period_start", "as_of", "timestamp", "invoiced_through") and f.type == f.TYPE_MESSAGE:
             getattr(message, f.name).CopyFrom(_ts(when(1)))
         elif f.name == "period_end" and f.type == f.TYPE_MESSAGE:
             getattr(message, f.name).CopyFrom(_ts(when(2)))

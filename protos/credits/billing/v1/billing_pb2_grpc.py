@@ -59,6 +59,36 @@ class BillingServiceStub:
                 request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.GetOperationRequest.SerializeToString,
                 response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.Operation.FromString,
                 _registered_method=True)
+        self.CreateAllowance = channel.unary_unary(
+                '/credits.billing.v1.BillingService/CreateAllowance',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.CreateAllowanceRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+                _registered_method=True)
+        self.GetAllowance = channel.unary_unary(
+                '/credits.billing.v1.BillingService/GetAllowance',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.GetAllowanceRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+                _registered_method=True)
+        self.ListAllowances = channel.unary_unary(
+                '/credits.billing.v1.BillingService/ListAllowances',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesResponse.FromString,
+                _registered_method=True)
+        self.PauseAllowance = channel.unary_unary(
+                '/credits.billing.v1.BillingService/PauseAllowance',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.PauseAllowanceRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+                _registered_method=True)
+        self.ResumeAllowance = channel.unary_unary(
+                '/credits.billing.v1.BillingService/ResumeAllowance',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.ResumeAllowanceRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+                _registered_method=True)
+        self.DeleteAllowance = channel.unary_unary(
+                '/credits.billing.v1.BillingService/DeleteAllowance',
+                request_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceRequest.SerializeToString,
+                response_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -94,6 +124,44 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAllowance(self, request, context):
+        """Recurring allowances: a Temporal schedule per allowance ("credits-allowance/<tenant>/<allowance>")
+        grants `amount` once per period, effective at the period start and expiring at its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAllowance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAllowances(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseAllowance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeAllowance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAllowance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +189,36 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.GetOperation,
                     request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.GetOperationRequest.FromString,
                     response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.Operation.SerializeToString,
+            ),
+            'CreateAllowance': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAllowance,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.CreateAllowanceRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.SerializeToString,
+            ),
+            'GetAllowance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllowance,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.GetAllowanceRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.SerializeToString,
+            ),
+            'ListAllowances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllowances,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesResponse.SerializeToString,
+            ),
+            'PauseAllowance': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseAllowance,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.PauseAllowanceRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.SerializeToString,
+            ),
+            'ResumeAllowance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeAllowance,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.ResumeAllowanceRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.SerializeToString,
+            ),
+            'DeleteAllowance': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAllowance,
+                    request_deserializer=credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceRequest.FromString,
+                    response_serializer=credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +356,168 @@ class BillingService:
             '/credits.billing.v1.BillingService/GetOperation',
             credits_dot_billing_dot_v1_dot_billing__pb2.GetOperationRequest.SerializeToString,
             credits_dot_billing_dot_v1_dot_billing__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAllowance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/CreateAllowance',
+            credits_dot_billing_dot_v1_dot_billing__pb2.CreateAllowanceRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllowance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/GetAllowance',
+            credits_dot_billing_dot_v1_dot_billing__pb2.GetAllowanceRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllowances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/ListAllowances',
+            credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.ListAllowancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseAllowance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/PauseAllowance',
+            credits_dot_billing_dot_v1_dot_billing__pb2.PauseAllowanceRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeAllowance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/ResumeAllowance',
+            credits_dot_billing_dot_v1_dot_billing__pb2.ResumeAllowanceRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.Allowance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAllowance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.billing.v1.BillingService/DeleteAllowance',
+            credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceRequest.SerializeToString,
+            credits_dot_billing_dot_v1_dot_billing__pb2.DeleteAllowanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

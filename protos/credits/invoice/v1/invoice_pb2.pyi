@@ -355,6 +355,30 @@ class ListDueSubscriptionsResponse(_message.Message):
     periods: _containers.RepeatedCompositeFieldContainer[DuePeriod]
     def __init__(self, periods: _Optional[_Iterable[_Union[DuePeriod, _Mapping]]] = ...) -> None: ...
 
+class ListSettlementsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AccountSettlement(_message.Message):
+    __slots__ = ("ledger_account_id", "invoiced_through")
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    ledger_account_id: str
+    invoiced_through: _timestamp_pb2.Timestamp
+    def __init__(self, ledger_account_id: _Optional[str] = ..., invoiced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSettlementsResponse(_message.Message):
+    __slots__ = ("settlements", "next_page_token")
+    SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    settlements: _containers.RepeatedCompositeFieldContainer[AccountSettlement]
+    next_page_token: str
+    def __init__(self, settlements: _Optional[_Iterable[_Union[AccountSettlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class UsageEvent(_message.Message):
     __slots__ = ("event_id", "customer_id", "meter_code", "quantity", "properties", "timestamp")
     class PropertiesEntry(_message.Message):

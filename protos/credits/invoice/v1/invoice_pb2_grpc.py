@@ -79,6 +79,11 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.ListSettlements = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListSettlements',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsResponse.FromString,
+                _registered_method=True)
         self.IngestEvent = channel.unary_unary(
                 '/credits.invoice.v1.InvoiceService/IngestEvent',
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.IngestEventRequest.SerializeToString,
@@ -200,6 +205,14 @@ class InvoiceServiceServicer:
 
     def ListDueSubscriptions(self, request, context):
         """Billing periods that have ended (plus the grace window) and have no finalized invoice yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSettlements(self, request, context):
+        """Per ledger account billed by a subscription: up to when its invoiced usage is final (the
+        ledger's RecordSettlement takes it; expiry waits for it, SPEC §4 settlement before breakage).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +348,11 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.ListDueSubscriptions,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsResponse.SerializeToString,
+            ),
+            'ListSettlements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlements,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsResponse.SerializeToString,
             ),
             'IngestEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.IngestEvent,
@@ -645,6 +663,33 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/ListDueSubscriptions',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListDueSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListSettlements',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSettlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

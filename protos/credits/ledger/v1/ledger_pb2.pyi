@@ -178,7 +178,7 @@ class Scope(_message.Message):
     def __init__(self, kinds: _Optional[_Iterable[_Union[ChargeKind, str]]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LotBalance(_message.Message):
-    __slots__ = ("granted", "reinstated", "available", "held", "consumed", "expired", "voided", "transferred_out")
+    __slots__ = ("granted", "reinstated", "available", "held", "consumed", "expired", "voided", "transferred_out", "pending_expiry")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     REINSTATED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class LotBalance(_message.Message):
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     VOIDED_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_OUT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     granted: str
     reinstated: str
     available: str
@@ -195,10 +196,21 @@ class LotBalance(_message.Message):
     expired: str
     voided: str
     transferred_out: str
-    def __init__(self, granted: _Optional[str] = ..., reinstated: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., consumed: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., transferred_out: _Optional[str] = ...) -> None: ...
+    pending_expiry: str
+    def __init__(self, granted: _Optional[str] = ..., reinstated: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., consumed: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., transferred_out: _Optional[str] = ..., pending_expiry: _Optional[str] = ...) -> None: ...
+
+class RolloverPolicy(_message.Message):
+    __slots__ = ("max_amount", "max_percent", "expires_after_s")
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    max_amount: str
+    max_percent: int
+    expires_after_s: int
+    def __init__(self, max_amount: _Optional[str] = ..., max_percent: _Optional[int] = ..., expires_after_s: _Optional[int] = ...) -> None: ...
 
 class Lot(_message.Message):
-    __slots__ = ("lot_id", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id", "granted_by", "created_at", "balance", "origin_lot_id", "voided_at", "usable_until", "grant_request")
+    __slots__ = ("lot_id", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id", "granted_by", "created_at", "balance", "origin_lot_id", "voided_at", "usable_until", "grant_request", "rollover")
     LOT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +232,7 @@ class Lot(_message.Message):
     VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
     USABLE_UNTIL_FIELD_NUMBER: _ClassVar[int]
     GRANT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ROLLOVER_FIELD_NUMBER: _ClassVar[int]
     lot_id: str
     account_id: str
     type: LotType
@@ -241,10 +254,11 @@ class Lot(_message.Message):
     voided_at: _timestamp_pb2.Timestamp
     usable_until: _timestamp_pb2.Timestamp
     grant_request: GrantRequest
-    def __init__(self, lot_id: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., granted_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance: _Optional[_Union[LotBalance, _Mapping]] = ..., origin_lot_id: _Optional[str] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grant_request: _Optional[_Union[GrantRequest, _Mapping]] = ...) -> None: ...
+    rollover: RolloverPolicy
+    def __init__(self, lot_id: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., granted_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance: _Optional[_Union[LotBalance, _Mapping]] = ..., origin_lot_id: _Optional[str] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usable_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grant_request: _Optional[_Union[GrantRequest, _Mapping]] = ..., rollover: _Optional[_Union[RolloverPolicy, _Mapping]] = ...) -> None: ...
 
 class GrantCreditsRequest(_message.Message):
-    __slots__ = ("idempotency_key", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id")
+    __slots__ = ("idempotency_key", "account_id", "type", "unit", "amount", "priority", "effective_at", "expires_at", "scope", "cost_basis", "source", "reason_code", "campaign_id", "incident_id", "rollover")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +273,7 @@ class GrantCreditsRequest(_message.Message):
     REASON_CODE_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLOVER_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     account_id: str
     type: LotType
@@ -273,7 +288,8 @@ class GrantCreditsRequest(_message.Message):
     reason_code: str
     campaign_id: str
     incident_id: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ...) -> None: ...
+    rollover: RolloverPolicy
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., unit: _Optional[str] = ..., amount: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[_Union[Scope, _Mapping]] = ..., cost_basis: _Optional[str] = ..., source: _Optional[str] = ..., reason_code: _Optional[str] = ..., campaign_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., rollover: _Optional[_Union[RolloverPolicy, _Mapping]] = ...) -> None: ...
 
 class GetLotRequest(_message.Message):
     __slots__ = ("lot_id", "as_of")
@@ -324,7 +340,7 @@ class VoidGrantResponse(_message.Message):
     def __init__(self, lot: _Optional[_Union[Lot, _Mapping]] = ..., voided_amount: _Optional[str] = ...) -> None: ...
 
 class BalanceBucket(_message.Message):
-    __slots__ = ("unit", "type", "available", "held", "consumed", "expired", "voided", "granted", "reinstated", "transferred_out", "upcoming")
+    __slots__ = ("unit", "type", "available", "held", "consumed", "expired", "voided", "granted", "reinstated", "transferred_out", "upcoming", "pending_expiry")
     UNIT_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +352,7 @@ class BalanceBucket(_message.Message):
     REINSTATED_FIELD_NUMBER: _ClassVar[int]
     TRANSFERRED_OUT_FIELD_NUMBER: _ClassVar[int]
     UPCOMING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     unit: str
     type: LotType
     available: str
@@ -347,7 +364,8 @@ class BalanceBucket(_message.Message):
     reinstated: str
     transferred_out: str
     upcoming: str
-    def __init__(self, unit: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., consumed: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., granted: _Optional[str] = ..., reinstated: _Optional[str] = ..., transferred_out: _Optional[str] = ..., upcoming: _Optional[str] = ...) -> None: ...
+    pending_expiry: str
+    def __init__(self, unit: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., consumed: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., granted: _Optional[str] = ..., reinstated: _Optional[str] = ..., transferred_out: _Optional[str] = ..., upcoming: _Optional[str] = ..., pending_expiry: _Optional[str] = ...) -> None: ...
 
 class Balance(_message.Message):
     __slots__ = ("account_id", "as_of", "totals", "by_type")
@@ -645,6 +663,32 @@ class ExpireLotsResponse(_message.Message):
     lots_expired: int
     lots: _containers.RepeatedCompositeFieldContainer[Lot]
     def __init__(self, lots_expired: _Optional[int] = ..., lots: _Optional[_Iterable[_Union[Lot, _Mapping]]] = ...) -> None: ...
+
+class RecordSettlementRequest(_message.Message):
+    __slots__ = ("idempotency_key", "account_id", "invoiced_through")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    account_id: str
+    invoiced_through: _timestamp_pb2.Timestamp
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., invoiced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetSettlementRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class Settlement(_message.Message):
+    __slots__ = ("account_id", "billed", "invoiced_through")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    BILLED_FIELD_NUMBER: _ClassVar[int]
+    INVOICED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    billed: bool
+    invoiced_through: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., billed: _Optional[bool] = ..., invoiced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReleaseExpiredHoldsRequest(_message.Message):
     __slots__ = ("idempotency_key", "as_of")

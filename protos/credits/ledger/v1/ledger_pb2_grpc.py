@@ -154,6 +154,16 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.FromString,
                 _registered_method=True)
+        self.RecordSettlement = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/RecordSettlement',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RecordSettlementRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.FromString,
+                _registered_method=True)
+        self.GetSettlement = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/GetSettlement',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSettlementRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.FromString,
+                _registered_method=True)
         self.ReverseHold = channel.unary_unary(
                 '/credits.ledger.v1.LedgerService/ReverseHold',
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReverseHoldRequest.SerializeToString,
@@ -364,6 +374,21 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordSettlement(self, request, context):
+        """Settlement before breakage (SPEC §4): up to when an account's invoiced usage is final. A lot of
+        a billed account past its usable window stays pending_expiry (not available, not yet breakage)
+        until invoiced_through reaches its usable_until; accounts never recorded settle at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSettlement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReverseHold(self, request, context):
         """Gives a committed hold's posted credit back to the lots it came from (refunds, invoice voids).
         """
@@ -559,6 +584,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseExpiredHolds,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.SerializeToString,
+            ),
+            'RecordSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSettlement,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RecordSettlementRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.SerializeToString,
+            ),
+            'GetSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettlement,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSettlementRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.SerializeToString,
             ),
             'ReverseHold': grpc.unary_unary_rpc_method_handler(
                     servicer.ReverseHold,
@@ -1264,6 +1299,60 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/ReleaseExpiredHolds',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseExpiredHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/RecordSettlement',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.RecordSettlementRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/GetSettlement',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GetSettlementRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.Settlement.FromString,
             options,
             channel_credentials,
             insecure,
