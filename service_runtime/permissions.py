@@ -14,10 +14,10 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
             verification, in-doubt resolution (reserve/commit/release/reverse, the invoice
             prepare/commit/abort steps) and billing runs. Its GrantCredits is limited to
             COMPENSATORY grants with an incident id (the CompensateOutage saga, which only
-            finance/admin may start at the front door) and to recurring allowance grants:
-            PROMOTIONAL or PURCHASED lots with source `allowance` and the
-            allowance id as campaign id (the GrantAllowance workflow; only finance/admin may
-            create an allowance at the front door; these are not limited per key: their amount is the allowance's).
+            finance/admin may start at the front door), within the same limits as support, and
+            to recurring allowance grants: PROMOTIONAL or PURCHASED lots with source `allowance`
+            and the allowance id as campaign id (the GrantAllowance workflow; only finance/admin
+            may create an allowance at the front door), which the limits do not cover.
 - admin     everything.
 
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
@@ -30,12 +30,13 @@ Grant limits, the approval threshold and the two-person rule (ledger GrantCredit
 - A support grant must be COMPENSATORY, with reason_code and incident_id (else INVALID_ARGUMENT
   for missing fields, PERMISSION_DENIED for another lot type); an operator grant COMPENSATORY
   with an incident_id.
-- Support and operator keys are limited (finance and admin are not), per tenant and unit, in the
-  unit's major units: max_per_grant, and max_per_day = the sum of the same key's directly granted
-  COMPENSATORY lots in that unit over the trailing 24 hours (per key, not per tenant: one agent
-  cannot exhaust the others' allowance; approved requests do not count, a second person
-  authorised them). Set per unit with SetSupportGrantLimits (finance/admin); otherwise
-  CREDITS_SUPPORT_MAX_GRANT (default 100) and CREDITS_SUPPORT_MAX_DAILY (default 500).
+- Support keys' grants and operator keys' COMPENSATORY grants are limited (finance's and admin's
+  are not), per tenant and unit, in the unit's major units: max_per_grant, and max_per_day = the
+  sum of the same key's directly granted COMPENSATORY lots in that unit over the trailing 24
+  hours (per key, not per tenant: one agent cannot exhaust the others' allowance; approved
+  requests do not count, a second person authorised them). Set per unit with
+  SetSupportGrantLimits (finance/admin); otherwise CREDITS_SUPPORT_MAX_GRANT (default 100) and
+  CREDITS_SUPPORT_MAX_DAILY (default 500).
 - Any grant, by any role, above the unit's approval_threshold (SetSupportGrantLimits, or
   CREDITS_GRANT_APPROVAL_THRESHOLD; default none) needs approval too.
 - Within the limits the lot is written as usual. Above one, no lot: a grant request in

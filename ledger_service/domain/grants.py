@@ -5,8 +5,9 @@ The role model and these rules in prose are at the top of `service_runtime/permi
 - a support key grants only COMPENSATORY credit, free, with a reason code and an incident id;
   an operator key only COMPENSATORY credit for an incident (outage compensation), or PROMOTIONAL /
   PURCHASED credit with source `allowance` and a campaign id (a recurring allowance's grant);
-- a support or operator grant within its key's per-grant and per-day limits is written at once;
-  above either it becomes a grant request PENDING_APPROVAL (finance and admin have no limits);
+- a support grant, or an operator's COMPENSATORY grant, within its key's per-grant and per-day
+  limits is written at once; above either it becomes a grant request PENDING_APPROVAL (finance and
+  admin have no limits; an allowance's grants, configured by finance, neither);
 - any grant, whoever asks, above the tenant's approval threshold of its unit becomes a grant request;
 - a grant request is decided once (APPROVED with its lot, or REJECTED) by another person than the
   one that asked (the keys' owners are compared, not the keys); deciding it the same way again
@@ -80,15 +81,11 @@ def _is_allowance_grant(lot: Lot) -> bool:
             and bool(lot.campaign_id))
 
 
-LIMITED_ROLES = frozenset({SUPPORT, OPERATOR})
-
-
 def needs_limits(role: str, lot: Lot) -> bool:
-    """Support and operator grants go through the per-key limits (and may need approval); finance's
-    and admin's do not (the approval threshold applies to every role). A recurring allowance's grant
-    is not limited per key: finance or admin set its amount when they created the allowance, and the
-    operator key only carries it out each period."""
-    return role in LIMITED_ROLES and not (role == OPERATOR and _is_allowance_grant(lot))
+    """Support grants and operator outage grants go through the per-key limits (and may need
+    approval); finance's and admin's do not, nor an allowance's (the approval threshold applies to
+    every grant)."""
+    return role == SUPPORT or (role == OPERATOR and lot.lot_type is LotType.COMPENSATORY)
 
 
 @dataclass(frozen=True)

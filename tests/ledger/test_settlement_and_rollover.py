@@ -51,17 +51,20 @@ async def test_a_lot_next_month_is_upcoming_now_and_pays_from_its_start_without_
     b = await totals(ledger, "john")
     assert (b.available, b.upcoming, b.granted) == ("0.00", "25.00", "0.00")
     await rejected(ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-        idempotency_key="now", account_id="john", unit="USD", charges=[pb.Charge(charge_id="c", amount="1.00")]),
+        idempotency_key="now", account_id="john", unit="USD",
+        charges=[pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00")]),
         metadata=ledger.md), grpc.StatusCode.FAILED_PRECONDITION, "insufficient")
     # The same lot shape a few seconds ahead: nothing runs in between, and it pays from its start.
     start = datetime.now(UTC) + timedelta(seconds=2)
     soon = await ledger.grant("john", "5.00", effective_at=ts(start))
     await rejected(ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-        idempotency_key="early", account_id="john", unit="USD", charges=[pb.Charge(charge_id="c", amount="1.00")]),
+        idempotency_key="early", account_id="john", unit="USD",
+        charges=[pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00")]),
         metadata=ledger.md), grpc.StatusCode.FAILED_PRECONDITION, "insufficient")
     await asyncio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds()) + 0.2)
     hold = await ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-        idempotency_key="later", account_id="john", unit="USD", charges=[pb.Charge(charge_id="c", amount="1.00")]),
+        idempotency_key="later", account_id="john", unit="USD",
+        charges=[pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00")]),
         metadata=ledger.md)
     assert [a.lot_id for a in hold.allocations] == [soon.lot_id]
     b = await totals(ledger, "john")
@@ -83,7 +86,8 @@ async def test_expiry_waits_for_settlement_the_issue_repro(ledger: Ledger) -> No
     assert (b.available, b.pending_expiry, b.expired) == ("0.00", "30.00", "0.00")
     # Real-time usage now cannot touch it.
     await rejected(ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-        idempotency_key="rt", account_id="acme", unit="USD", charges=[pb.Charge(charge_id="c", amount="1.00")]),
+        idempotency_key="rt", account_id="acme", unit="USD",
+        charges=[pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00")]),
         metadata=ledger.md), grpc.StatusCode.FAILED_PRECONDITION, "insufficient")
     # The invoice: day 3 paid by the promo, day 17 (after its expiry) not.
     hold = await ledger.stub.ReserveCredits(pb.ReserveCreditsRequest(
@@ -197,7 +201,8 @@ async def test_rollover_moves_up_to_the_cap_into_a_rollover_lot_once(ledger: Led
         [(monthly.lot_id, "TRANSFER_OUT", "25.00"), (r.lot_id, "GRANT", "25.00")])
     # The rollover lot pays usage now (after its origin's window).
     paid = await ledger.stub.DebitCredits(pb.DebitCreditsRequest(
-        idempotency_key="d2", account_id="acme", unit="USD", charges=[pb.Charge(charge_id="c", amount="5.00")]),
+        idempotency_key="d2", account_id="acme", unit="USD",
+        charges=[pb.Charge(charge_id="c", kind=pb.USAGE, amount="5.00")]),
         metadata=ledger.md)
     assert [a.lot_id for a in paid.allocations] == [r.lot_id]
     assert (await sweep(ledger, "c")).lots_expired == 0

@@ -84,7 +84,7 @@ async def test_skew_bounds_operation_times_and_the_horizon_bounds_lot_windows(le
     bal = await ledger.stub.GetBalance(pb.GetBalanceRequest(account_id="john"), metadata=ledger.md)
     assert (bal.totals[0].available, bal.totals[0].upcoming) == ("0.00", "1.00")
     # A charge claiming to happen 10 minutes from now is beyond the clock-skew bound.
-    c = pb.Charge(charge_id="c", amount="1.00", service_start=ts(now + timedelta(minutes=10)))
+    c = pb.Charge(charge_id="c", kind=pb.USAGE, amount="1.00", service_start=ts(now + timedelta(minutes=10)))
     await rejected(ledger.stub.DebitCredits(pb.DebitCreditsRequest(
         idempotency_key="d", account_id="john", unit="USD", charges=[c]), metadata=ledger.md),
         grpc.StatusCode.INVALID_ARGUMENT, "service_start", "clock-skew")

@@ -153,12 +153,11 @@ def test_who_may_grant_what() -> None:
     refused(Reason.INVALID, "cost_basis", grants.check_role_may_grant, "support",
             lot(lot_type=LotType.COMPENSATORY, reason_code="r", incident_id="i", cost_basis=Decimal(1)))
     refused(Reason.FORBIDDEN, "type", grants.check_role_may_grant, "operator", lot(lot_type=LotType.COMPENSATORY))
-    # Finding 5 of #16: operator keys (the worker, automation) are limited like support keys.
+    # Finding 5 of #16: operator outage grants (the worker, automation) are limited like support keys'.
     assert grants.needs_limits("support", ok) and grants.needs_limits("operator", ok)
     assert not grants.needs_limits("finance", ok) and not grants.needs_limits("admin", ok)
-    # ... but not for a recurring allowance's grant, whose amount finance/admin set on the allowance.
-    allowance = lot(lot_type=LotType.PROMOTIONAL, source=grants.ALLOWANCE_SOURCE, campaign_id="monthly-1000")
-    assert not grants.needs_limits("operator", allowance) and grants.needs_limits("support", allowance)
+    allowance = lot(lot_type=LotType.PROMOTIONAL, source=grants.ALLOWANCE_SOURCE, campaign_id="monthly")
+    assert not grants.needs_limits("operator", allowance)  # configured by finance (CreateAllowance)
 
 
 def test_operator_keys_grant_recurring_allowance_lots() -> None:
