@@ -9,9 +9,7 @@ credits.audit.v1.AuditService/QueryAudit over its own database.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,11 +20,10 @@ from credits.audit.v1 import audit_pb2_grpc
 from google.protobuf.message import Message
 
 from service_runtime.call_context import current_caller
+from service_runtime.group_commit import GroupCommit
 from service_runtime.pages import decode_int_token, encode_token, page_size
 from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import invalid
-
-log = logging.getLogger(__name__)
 
 # Request fields that name the objects a call is about.
 SUBJECT_FIELDS = ("account_id", "parent_account_id", "from_account_id", "to_account_id", "lot_id", "hold_key",
@@ -123,37 +120,13 @@ class AuditWriter:
 
     def __init__(self, pool: asyncpg.Pool, max_batch: int = 1000) -> None:
         self._pool = pool
-        self._max_batch = max_batch
-        self._queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[AuditRecord] = GroupCommit(self._write, "audit records", max_batch)
 
     async def record(self, rec: AuditRecord) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((rec, future))
-        if not self._running:
-            self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-        await future
+        await self._commits.add(rec)
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                try:
-                    await self._pool.execute(INSERT, *_columns([r for r, _ in batch]))
-                except Exception as exc:
-                    log.exception("audit write of %d records failed", len(batch))
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                for _, f in batch:
-                    if not f.done():
-                        f.set_result(None)
-        finally:
-            self._running = False
+    async def _write(self, records: list[AuditRecord]) -> None:
+        await self._pool.execute(INSERT, *_columns(records))
 
 
 def _columns(records: list[AuditRecord]) -> list[list[str]]:

@@ -12,14 +12,12 @@ are not counted here: they keep their individual records in audit_log (service_r
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
 from datetime import UTC, datetime
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+from service_runtime.group_commit import GroupCommit
 
 DEFAULT_WINDOW_S = 60
 UPSERT = """
@@ -56,36 +54,13 @@ class RefusalCounter:
             raise ValueError("the refusal window must be a positive number of seconds")
         self._pool = pool
         self.window_s = window_s
-        self._queue: list[tuple[Key, asyncio.Future[None]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[Key] = GroupCommit(self._write, "refused-call counts")
 
     async def count(self, peer: str, reason: str) -> None:
-        key = (window_start(datetime.now(UTC), self.window_s), source_of(peer), reason[:200])
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((key, future))
-        if not self._running:
-            self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-        await future
+        await self._commits.add((window_start(datetime.now(UTC), self.window_s), source_of(peer), reason[:200]))
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                counts = Counter(key for key, _ in batch)
-                keys = sorted(counts)  # one order for every server: concurrent upserts do not deadlock
-                try:
-                    await self._pool.execute(UPSERT, self.window_s, [k[0] for k in keys], [k[1] for k in keys],
-                                             [k[2] for k in keys], [counts[k] for k in keys], datetime.now(UTC))
-                except Exception as exc:
-                    log.exception("counting %d refused calls failed", len(batch))
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                for _, f in batch:
-                    if not f.done():
-                        f.set_result(None)
-        finally:
-            self._running = False
+    async def _write(self, batch: list[Key]) -> None:
+        counts = Counter(batch)
+        keys = sorted(counts)  # one order for every server: concurrent upserts do not deadlock
+        await self._pool.execute(UPSERT, self.window_s, [k[0] for k in keys], [k[1] for k in keys],
+                                 [k[2] for k in keys], [counts[k] for k in keys], datetime.now(UTC))

@@ -56,18 +56,20 @@ class RunningStack:
         return ui_link(self.ui_url, self.client.namespace, workflow_id, run_id)
 
 
-async def prepare_databases(settings: Settings) -> Databases:
+async def prepare_databases(settings: Settings, *, migrated: bool = True) -> Databases:
     """The two service databases, on the settings' DSNs or on the embedded Postgres (started in
-    `settings.data_dir`), with every migration applied."""
+    `settings.data_dir`); with every migration applied (`migrate_service`) unless `migrated` is
+    False, for a caller whose servers migrate their own database as they start."""
     from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
     from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
-    from service_runtime.databases import TENANCY_MIGRATIONS
-    from service_runtime.postgres import migrate
+    from service_runtime.databases import migrate_service
 
     dbs = await asyncio.to_thread(resolve_databases, settings)
+    if not migrated:
+        return dbs
     try:
-        await migrate(dbs.ledger_dsn, TENANCY_MIGRATIONS, LEDGER_MIGRATIONS)
-        await migrate(dbs.invoice_dsn, TENANCY_MIGRATIONS, INVOICE_MIGRATIONS)
+        await migrate_service(dbs.ledger_dsn, LEDGER_MIGRATIONS)
+        await migrate_service(dbs.invoice_dsn, INVOICE_MIGRATIONS)
     except BaseException:
         if dbs.embedded is not None:
             await asyncio.to_thread(dbs.embedded.stop)
@@ -109,7 +111,7 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
     tracing.configure("credits")
     metrics_port = metrics.start_endpoint()
-    dbs = await prepare_databases(settings)
+    dbs = await prepare_databases(settings, migrated=False)  # each server migrates its own at start
     async with contextlib.AsyncExitStack() as running:
         if dbs.embedded is not None:  # stopped last, after everything that uses it
             running.push_async_callback(asyncio.to_thread, dbs.embedded.stop)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from service_runtime.amounts import format_minor, parse_minor
+from service_runtime.amounts import format_minor
 from service_runtime.currencies import scale_of
 from service_runtime.rejections import invalid
 
@@ -29,11 +29,6 @@ def round_to_minor(amount: Decimal, scale: int) -> int:
 
 def to_text(minor: int, scale: int) -> str:
     return format_minor(minor, scale)
-
-
-def parse_money(text: str, scale: int, field: str, *, allow_zero: bool = False) -> int:
-    """A positive (or zero) money amount with at most `scale` decimals, as minor units."""
-    return parse_minor(text, scale, field, allow_zero=allow_zero)
 
 
 def decimal_text(value: Decimal) -> str:

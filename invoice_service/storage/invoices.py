@@ -388,6 +388,15 @@ def _unit_covers(applications: Sequence[tuple[int, ApplicationIn]]) -> list[Unit
     return [UnitCover(a.charge_id, a.lot_id, a.lot_type, a.unit, a.units, n) for n, a in applications]
 
 
+def _piece_of(by_id: dict[str, Piece], i: int, a: ApplicationIn) -> Piece:
+    """The charge piece `applications[i]` names, or INVALID_ARGUMENT naming it."""
+    piece = by_id.get(a.charge_id)
+    if piece is None:
+        raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
+                                                       "(at these split instants)")
+    return piece
+
+
 def _converted(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequence[Piece], scale: int,
                left: dict[str, int]) -> list[Application]:
     """Credit-unit lots at a published rate, after the other applications, in order: each pays
@@ -395,10 +404,7 @@ def _converted(applications: Sequence[tuple[int, ApplicationIn]], pieces: Sequen
     by_id = {p.charge_id: p for p in pieces}
     out: list[Application] = []
     for i, a in applications:
-        piece = by_id.get(a.charge_id)
-        if piece is None:
-            raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
-                                                           "(at these split instants)")
+        piece = _piece_of(by_id, i, a)
         assert a.rate is not None
         minor = applied_minor(left[a.charge_id], a.units, a.rate, scale)
         left[a.charge_id] -= minor
@@ -414,10 +420,7 @@ def _check_applications(applications: Sequence[tuple[int, ApplicationIn]], piece
     by_id = {p.charge_id: p for p in pieces}
     out: list[Application] = []
     for i, a in applications:
-        piece = by_id.get(a.charge_id)
-        if piece is None:
-            raise invalid(f"applications[{i}].charge_id", f"no charge {a.charge_id!r} on this invoice "
-                                                           "(at these split instants)")
+        piece = _piece_of(by_id, i, a)
         minor = parse_minor(a.amount, scale, f"applications[{i}].amount")
         if minor > left[a.charge_id]:
             raise invalid(f"applications[{i}].amount", f"credits applied to {a.charge_id} would exceed its "
