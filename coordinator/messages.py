@@ -29,6 +29,7 @@ class InvoiceStatus(StrEnum):
     FINALIZED = "FINALIZED"
     VOID_PENDING = "VOID_PENDING"
     VOIDED = "VOIDED"
+    ABANDONED = "ABANDONED"
 
 
 class OwnerState(StrEnum):

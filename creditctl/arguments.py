@@ -6,6 +6,7 @@ A value that does not parse is a usage error naming the flag (exit 2), never a t
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,3 +53,13 @@ INSTANT = Instant()
 def iso(ts: Timestamp, field: str) -> str:
     """The instant as ISO 8601 text; "" for an unset Timestamp."""
     return "" if ts.seconds == 0 and ts.nanos == 0 else from_timestamp(ts, field).isoformat()
+
+
+def idempotency_key_or_new(given: str, as_json: bool) -> str:
+    """The caller's --idempotency-key, or a fresh one printed on stderr so a retry can reuse it."""
+    if given:
+        return given
+    key = f"cli-{uuid.uuid4()}"
+    if not as_json:
+        click.echo(f"idempotency key  {key}  (pass --idempotency-key {key} to retry safely)", err=True)
+    return key

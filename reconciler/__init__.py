@@ -11,7 +11,7 @@ Checks, per tenant (`reconciler.report.Check`):
   service (`reconciler.scales`); `scale` when either side has none.
 - `invoice-voided`: a VOIDED invoice's committed hold was reversed (hold_reversals) and the journal
   gave every posted amount back to the original lot (REINSTATE entries).
-- `invoice-draft`: a DRAFT invoice has no committed hold and no credit applications.
+- `invoice-draft`: a DRAFT or ABANDONED invoice has no committed hold and no credit applications.
 - `in-doubt`: no invoice left PREPARED or VOID_PENDING, no saga hold left PENDING.
 - `orphan-hold`: a committed (or reversed) saga hold whose invoice is not FINALIZED / VOIDED.
 - `spent-twice`: more than one committed hold for one invoice; a lot whose consumed bucket is not

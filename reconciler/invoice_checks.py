@@ -129,7 +129,7 @@ def check_invoices(found: TenantFindings, holds: dict[str, Hold], by_invoice: di
         if inv.status in (Status.PREPARED, Status.VOID_PENDING):
             found.bad(Check.IN_DOUBT, f"invoice still {inv.status.value} after recovery", invoice_id=invoice_id,
                       prepare_key=inv.prepare_key)
-        if inv.status == Status.DRAFT:
+        if inv.status in (Status.DRAFT, Status.ABANDONED):
             _check_draft(found, inv, committed, apps)
         elif inv.status in _CHECK_OF:
             owner = _check_committed(found, inv, holds, apps, scales)
@@ -140,10 +140,10 @@ def check_invoices(found: TenantFindings, holds: dict[str, Hold], by_invoice: di
 
 def _check_draft(found: TenantFindings, inv: Invoice, committed: list[Hold], apps: Applications) -> None:
     if committed:
-        found.bad(Check.INVOICE_DRAFT, "DRAFT invoice has committed credits", invoice_id=inv.invoice_id,
+        found.bad(Check.INVOICE_DRAFT, f"{inv.status.value} invoice has committed credits", invoice_id=inv.invoice_id,
                   hold_key=committed[0].hold_key)
     if apps:
-        found.bad(Check.INVOICE_DRAFT, f"DRAFT invoice shows {len(apps)} credit applications",
+        found.bad(Check.INVOICE_DRAFT, f"{inv.status.value} invoice shows {len(apps)} credit applications",
                   invoice_id=inv.invoice_id)
 
 

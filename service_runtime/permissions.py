@@ -103,6 +103,8 @@ INVOICE: dict[str, frozenset[str]] = _table(
            "SplitDraft",
            "GetInvoice", "ListInvoices", "RenderInvoice")),
     (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
+    # Abandoning a period writes off what it would have billed: a finance decision, never the saga's.
+    (FINANCE, ("AbandonInvoice",)),
     (UPSTREAM, ("IngestEvent", "IngestEvents")),
     # The saga's participant steps: the coordinator (operator) only; people start sagas at the
     # billing front door. CreateDraft recomputes a draft during a billing run.

@@ -6,7 +6,6 @@ after a lost reply can reuse it.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ import click
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 
-from creditctl.arguments import INSTANT, iso
+from creditctl.arguments import INSTANT, idempotency_key_or_new, iso
 from creditctl.connection import Metadata, call_ledger
 from creditctl.help_listing import Group
 from creditctl.output import print_fields, print_json
@@ -40,15 +39,6 @@ def _print_lot(lot: lpb.Lot, as_json: bool, extra: dict[str, Any]) -> None:
         print_fields(d, width=16)
 
 
-def _idempotency_key(given: str, as_json: bool) -> str:
-    if given:
-        return given
-    key = f"cli-{uuid.uuid4()}"
-    if not as_json:
-        click.echo(f"idempotency key  {key}  (pass --idempotency-key {key} to retry safely)", err=True)
-    return key
-
-
 @click.group("grants", cls=Group, help="grant or void credit lots (CREDITS_LEDGER_ADDR, CREDITS_API_KEY)")
 def command() -> None:
     pass
@@ -72,7 +62,7 @@ def command() -> None:
 def create(account: str, amount: str, unit: str, lot_type: str, priority: int, effective_at: datetime | None,
            expires_at: datetime | None, source: str, reason: str, campaign: str, incident: str, cost_basis: str,
            idempotency_key: str, as_json: bool) -> int:
-    key = _idempotency_key(idempotency_key, as_json)
+    key = idempotency_key_or_new(idempotency_key, as_json)
     request = lpb.GrantCreditsRequest(
         idempotency_key=key, account_id=account, type=lpb.LotType.Value(lot_type.upper()), unit=unit, amount=amount,
         priority=priority, source=source, reason_code=reason, campaign_id=campaign, incident_id=incident,
@@ -95,7 +85,7 @@ def create(account: str, amount: str, unit: str, lot_type: str, priority: int, e
 @click.option("--idempotency-key", default="")
 @click.option("--json", "as_json", is_flag=True)
 def void(lot_id: str, reason: str, idempotency_key: str, as_json: bool) -> int:
-    key = _idempotency_key(idempotency_key, as_json)
+    key = idempotency_key_or_new(idempotency_key, as_json)
     request = lpb.VoidGrantRequest(idempotency_key=key, lot_id=lot_id, reason=reason)
 
     async def work(stub: ledger_pb2_grpc.LedgerServiceStub, md: Metadata) -> lpb.VoidGrantResponse:

@@ -1,4 +1,4 @@
-"""creditctl invoices list|show: read invoices (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)."""
+"""creditctl invoices list|show|abandon: read invoices, abandon a draft (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
+from creditctl.arguments import idempotency_key_or_new
 from creditctl.connection import Metadata, call_invoice
 from creditctl.help_listing import Group
 from creditctl.output import print_json
 from service_runtime.proto_time import from_timestamp
 
-STATUSES = ("DRAFT", "PREPARED", "FINALIZED", "VOID_PENDING", "VOIDED")
+STATUSES = ("DRAFT", "PREPARED", "FINALIZED", "VOID_PENDING", "VOIDED", "ABANDONED")
 
 
-@click.group("invoices", cls=Group, help="read invoices (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)")
+@click.group("invoices", cls=Group, help="read invoices, abandon a draft (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)")
 def command() -> None:
     pass
 
@@ -56,4 +57,24 @@ def show(invoice_id: str, as_json: bool) -> int:
 
     content = call_invoice(work).content
     click.echo(content, nl=not content.endswith("\n"))
+    return 0
+
+
+@command.command("abandon", help="DRAFT -> ABANDONED: the period is never billed; credit it held back may expire")
+@click.argument("invoice_id")
+@click.option("--reason", required=True, help="why the period is not billed (kept on the invoice)")
+@click.option("--idempotency-key", default="")
+@click.option("--json", "as_json", is_flag=True)
+def abandon(invoice_id: str, reason: str, idempotency_key: str, as_json: bool) -> int:
+    request = pb.AbandonInvoiceRequest(idempotency_key=idempotency_key_or_new(idempotency_key, as_json),
+                                       invoice_id=invoice_id, reason=reason)
+
+    async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> pb.Invoice:
+        return await stub.AbandonInvoice(request, metadata=md)
+
+    invoice = call_invoice(work)
+    if as_json:
+        print_json(MessageToDict(invoice))
+    else:
+        click.echo(f"{invoice.invoice_id} {pb.InvoiceStatus.Name(invoice.status)}: {invoice.abandon_reason}")
     return 0

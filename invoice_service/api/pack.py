@@ -117,7 +117,7 @@ def invoice(inv: InvoiceView) -> pb.Invoice:
                         amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money), unit=i.unit,
                         units_covered=decimal_text(covered[i.line_item_id]) if i.line_item_id in covered else "")
             for i in inv.line_items],
-        charges=charges(inv), credit_notes=list(inv.credit_notes),
+        charges=charges(inv), credit_notes=list(inv.credit_notes), abandon_reason=inv.abandon_reason,
         applications=[pb.CreditApplication(charge_id=a.charge_id, line_item_id=a.line_item_id, lot_id=a.lot_id,
                                            lot_type=a.lot_type, amount=to_text(a.amount_minor, money), unit=a.unit,
                                            units=decimal_text(a.units) if a.unit else "",
@@ -125,7 +125,7 @@ def invoice(inv: InvoiceView) -> pb.Invoice:
                                            rate_version=a.rate_version)
                       for a in inv.applications],
     )
-    for name in ("prepared_at", "finalized_at", "void_prepared_at", "voided_at"):
+    for name in ("prepared_at", "finalized_at", "void_prepared_at", "voided_at", "abandoned_at"):
         value = getattr(inv, name)
         if value is not None:
             getattr(out, name).CopyFrom(ts(value))

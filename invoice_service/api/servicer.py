@@ -192,6 +192,12 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         run = self._invoices.abort_void(guard, check_id(request.invoice_id, "invoice_id"))
         return await _mutate(guard, pb.Invoice, run)
 
+    async def AbandonInvoice(self, request: pb.AbandonInvoiceRequest, context: _Ctx) -> pb.Invoice:
+        guard = _guard("AbandonInvoice", request, pack.invoice)
+        run = self._invoices.abandon(guard, check_id(request.invoice_id, "invoice_id"),
+                                     _reason(request.reason))
+        return await _mutate(guard, pb.Invoice, run)
+
     # ---- reads --------------------------------------------------------------------------------
 
     async def GetInvoice(self, request: pb.GetInvoiceRequest, context: _Ctx) -> pb.Invoice:
@@ -222,5 +228,12 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
 
 def _status_name(value: int, i: int) -> str:
     if value == pb.INVOICE_STATUS_UNSPECIFIED or value not in pb.InvoiceStatus.values():
-        raise invalid(f"statuses[{i}]", "must be DRAFT, PREPARED, FINALIZED, VOID_PENDING or VOIDED")
+        raise invalid(f"statuses[{i}]", "must be DRAFT, PREPARED, FINALIZED, VOID_PENDING, VOIDED or ABANDONED")
     return pb.InvoiceStatus.Name(value)
+
+
+def _reason(reason: str) -> str:
+    """Why a period is abandoned: required, because nobody can read a silent write-off later."""
+    if not reason.strip():
+        raise invalid("reason", "is required: say why the period is not billed")
+    return check_text(reason, "reason")

@@ -206,6 +206,8 @@ class InvoiceView:
     void_prepared_at: datetime | None = None
     voided_at: datetime | None = None
     credit_notes: tuple[str, ...] = ()
+    abandoned_at: datetime | None = None
+    abandon_reason: str = ""
 
     @property
     def amount_due_minor(self) -> int:

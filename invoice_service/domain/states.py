@@ -1,13 +1,18 @@
 """The invoice state machine of the two-phase participant.
 
     CreateDraft ──► DRAFT ──PrepareFinalize──► PREPARED ──CommitFinalize──► FINALIZED
-                      ▲                            │                          │
-                      └───────AbortFinalize────────┘                     PrepareVoid
-                                                                              ▼
-                    VOIDED ◄────────CommitVoid──────── VOID_PENDING ──AbortVoid──► FINALIZED
+                    │ ▲                            │                          │
+     AbandonInvoice │ └───────AbortFinalize────────┘                     PrepareVoid
+                    ▼                                                         ▼
+                ABANDONED   VOIDED ◄────CommitVoid──── VOID_PENDING ──AbortVoid──► FINALIZED
+
+ABANDONED is final: the period will not be billed (a churned customer, a written-off period), no
+number is consumed, its usage is frozen, and it counts as settled for the ledger's breakage rule
+(`periods.SETTLED_STATUSES`), so credit expiring inside the period no longer waits for it.
 
 Repeating a verb whose effect is already in place (commit of a finalized invoice, abort of a
-draft, commit of a voided invoice, abort of a void never prepared) is a no-op success, so
+draft or of an abandoned invoice, commit of a voided invoice, abort of a void never prepared,
+abandon of an abandoned invoice) is a no-op success, so
 retries and null compensations are harmless. Everything else not drawn above — above all a
 commit after an abort, or an abort after a commit — is FAILED_PRECONDITION.
 """
@@ -26,6 +31,7 @@ class Status(enum.Enum):
     FINALIZED = "FINALIZED"
     VOID_PENDING = "VOID_PENDING"
     VOIDED = "VOIDED"
+    ABANDONED = "ABANDONED"
 
 
 class Verb(enum.Enum):
@@ -35,6 +41,7 @@ class Verb(enum.Enum):
     PREPARE_VOID = "PrepareVoid"
     COMMIT_VOID = "CommitVoid"
     ABORT_VOID = "AbortVoid"
+    ABANDON = "AbandonInvoice"
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,11 @@ TRANSITIONS: dict[tuple[Verb, Status], Transition] = {
     (V.COMMIT_VOID, S.VOIDED): Transition(S.VOIDED, False),
     (V.ABORT_VOID, S.VOID_PENDING): Transition(S.FINALIZED, True),
     (V.ABORT_VOID, S.FINALIZED): Transition(S.FINALIZED, False),
+    (V.ABANDON, S.DRAFT): Transition(S.ABANDONED, True),
+    (V.ABANDON, S.ABANDONED): Transition(S.ABANDONED, False),
+    # A saga that lost the race with AbandonInvoice compensates: nothing of it is frozen, so its
+    # abort is the null compensation (and burns its prepare key, as on a DRAFT).
+    (V.ABORT_FINALIZE, S.ABANDONED): Transition(S.ABANDONED, False),
 }
 
 _WHY: dict[Verb, str] = {
@@ -64,6 +76,7 @@ _WHY: dict[Verb, str] = {
     V.PREPARE_VOID: "only a FINALIZED invoice can be voided",
     V.COMMIT_VOID: "only a VOID_PENDING invoice can be void-committed (was the void aborted?)",
     V.ABORT_VOID: "only a VOID_PENDING invoice can have its void aborted (an abort after commit is refused)",
+    V.ABANDON: "only a DRAFT invoice can be abandoned (a PREPARED one is aborted first, a FINALIZED one voided)",
 }
 
 

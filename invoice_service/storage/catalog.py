@@ -201,7 +201,8 @@ class CatalogOperations:
     async def list_due(self, tenant_id: str, as_of: datetime, grace_s: int,
                        limit: int) -> list[tuple[str, str, Period, str, str]]:
         """(customer, subscription, period, invoice_id, status) for every period ended by
-        as_of - grace whose invoice is missing or not yet FINALIZED (a VOIDED one is not re-billed)."""
+        as_of - grace whose invoice is missing or not yet FINALIZED (a VOIDED one is not re-billed, an ABANDONED
+        one is never billed)."""
         cutoff = as_of - timedelta(seconds=grace_s)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             subs = await conn.fetch(SELECT_DUE_SUBSCRIPTIONS, tenant_id, cutoff)
@@ -226,7 +227,7 @@ class CatalogOperations:
 
     async def list_settlements(self, tenant_id: str, after_account: str, limit: int) -> list[tuple[str, datetime]]:
         """(ledger account, invoiced_through) for one page of accounts billed by a subscription, by account:
-        the earliest start, across the account's subscriptions, of a period not FINALIZED or VOIDED."""
+        the earliest start, across the account's subscriptions, of a period not settled (periods.SETTLED_STATUSES)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             accounts = [r["ledger_account_id"] for r in
                         await conn.fetch(SELECT_BILLED_ACCOUNTS, tenant_id, after_account, limit)]

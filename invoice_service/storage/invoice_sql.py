@@ -3,7 +3,7 @@
 INVOICE_COLUMNS = """
 invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency, period_start, period_end,
 status, number, subtotal_minor, credits_minor, split_at, draft_digest, prepare_key, created_at, computed_at,
-prepared_at, finalized_at, void_prepared_at, voided_at, credit_notes
+prepared_at, finalized_at, void_prepared_at, voided_at, credit_notes, abandoned_at, abandon_reason
 """
 SELECT_INVOICE = f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
 SELECT_INVOICE_FOR_UPDATE = SELECT_INVOICE + " FOR UPDATE"
@@ -149,6 +149,10 @@ RETURNING invoices.status, invoices.number, invoices.finalized_at
 """
 MARK_VOID_PENDING = """
 UPDATE invoices SET status = 'VOID_PENDING', void_prepared_at = now(), void_reason = $3
+WHERE tenant_id = $1 AND invoice_id = $2
+"""
+MARK_ABANDONED = """
+UPDATE invoices SET status = 'ABANDONED', abandoned_at = now(), abandon_reason = $3
 WHERE tenant_id = $1 AND invoice_id = $2
 """
 MARK_VOIDED = "UPDATE invoices SET status = 'VOIDED', voided_at = now() WHERE tenant_id = $1 AND invoice_id = $2"

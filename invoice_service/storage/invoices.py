@@ -244,6 +244,15 @@ class InvoiceOperations:
 
         return await self._step(guard, invoice_id, Verb.ABORT_VOID, apply)
 
+    # ---- abandon --------------------------------------------------------------------------------
+
+    async def abandon(self, guard: Guard, invoice_id: str, reason: str) -> InvoiceView:
+        """DRAFT -> ABANDONED: the period will never be billed and counts as settled (states.py)."""
+        async def apply(conn: asyncpg.Connection, header: asyncpg.Record) -> None:
+            await conn.execute(sql.MARK_ABANDONED, guard.tenant_id, invoice_id, reason)
+
+        return await self._step(guard, invoice_id, Verb.ABANDON, apply)
+
     async def _step(self, guard: Guard, invoice_id: str, verb: Verb, apply: _Apply, prepare_key: str = "",
                     on_noop: _NoOp | None = None) -> InvoiceView:
         """One state transition in one transaction: lock, check the state machine, apply, answer."""
@@ -264,7 +273,7 @@ class InvoiceOperations:
         header = await self._lock(conn, tenant, invoice_id)
         status = Status(header["status"])
         step = transition(verb, status)
-        if prepare_key and status is not Status.DRAFT and header["prepare_key"] != prepare_key:
+        if prepare_key and status not in (Status.DRAFT, Status.ABANDONED) and header["prepare_key"] != prepare_key:
             raise precondition("prepare_key", f"the invoice was prepared by another key "
                                               f"({header['prepare_key']!r})")
         return header, step
@@ -440,5 +449,5 @@ def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Pi
         header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
         tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
         header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
-        header["voided_at"], tuple(header["credit_notes"]))
+        header["voided_at"], tuple(header["credit_notes"]), header["abandoned_at"], header["abandon_reason"])
 

@@ -38,7 +38,8 @@ FOR KEY SHARE OF c
 """
 SELECT_FROZEN_PERIODS = """
 SELECT customer_id, period_start, period_end, status FROM invoices
-WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING')
+WHERE tenant_id = $1 AND customer_id = ANY($2::text[])
+  AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING', 'ABANDONED')
   AND period_end > $3
 """
 INSERT_EVENTS = """

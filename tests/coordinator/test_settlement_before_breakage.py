@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import grpc
+import pytest
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
@@ -71,3 +73,69 @@ async def test_the_sweep_before_finalization_leaves_the_invoice_its_credit(stack
     lot = await s.ledger.GetLot(lpb.GetLotRequest(lot_id=lot_id), metadata=s.md)
     assert (lot.balance.consumed, lot.balance.expired, lot.balance.pending_expiry) == ("20.00", "10.00", "0.00")
     await stack.verify_journal()
+
+
+async def test_an_abandoned_period_settles_and_lets_the_credit_expire(stack: Stack) -> None:
+    """A DRAFT abandoned (never to be billed) counts as settled: the promo's remainder becomes breakage
+    at the next sweep instead of waiting forever, the period's usage is frozen, and nothing is numbered."""
+    s = stack.services
+    lot_id = await _customer(stack)
+    async with stack.worker():
+        draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
+            idempotency_key="draft", customer_id="repro", period_start=ts(PERIOD_START)), metadata=s.md)
+        assert (await _sweep(stack, "draft")).expired_lots == 0  # a DRAFT holds the lot back
+        with pytest.raises(grpc.aio.AioRpcError) as no_reason:
+            await s.invoice.AbandonInvoice(ipb.AbandonInvoiceRequest(
+                idempotency_key="abandon-0", invoice_id=draft.invoice_id, reason=" "), metadata=s.md)
+        assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in str(no_reason.value.details())
+        abandoned = await s.invoice.AbandonInvoice(ipb.AbandonInvoiceRequest(
+            idempotency_key="abandon", invoice_id=draft.invoice_id, reason="customer churned"), metadata=s.md)
+        assert (abandoned.status, abandoned.number, abandoned.abandon_reason) == (
+            ipb.ABANDONED, "", "customer churned")
+        assert abandoned.HasField("abandoned_at")
+        again = await s.invoice.AbandonInvoice(ipb.AbandonInvoiceRequest(
+            idempotency_key="abandon-again", invoice_id=draft.invoice_id, reason="twice"), metadata=s.md)
+        assert (again.status, again.abandon_reason) == (ipb.ABANDONED, "customer churned")  # no-op, first reason kept
+        # Usage inside the abandoned period is refused like a finalized period's, and it is not finalized.
+        late = ipb.UsageEvent(event_id="late", customer_id="repro", meter_code="input_tokens", quantity="1",
+                              timestamp=ts(august(20)))
+        with pytest.raises(grpc.aio.AioRpcError) as frozen:
+            await s.invoice.IngestEvent(ipb.IngestEventRequest(idempotency_key="late", event=late), metadata=s.md)
+        assert frozen.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "ABANDONED" in str(frozen.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as prepare:
+            await s.invoice.PrepareFinalize(ipb.PrepareFinalizeRequest(
+                idempotency_key="prep", invoice_id=draft.invoice_id, draft_digest=draft.draft_digest), metadata=s.md)
+        assert prepare.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # A saga that lost the race with the abandon compensates without an error (null compensation).
+        aborted = await s.invoice.AbortFinalize(ipb.AbortFinalizeRequest(
+            idempotency_key="abort-lost", invoice_id=draft.invoice_id, prepare_key="prep-lost"), metadata=s.md)
+        assert aborted.status == ipb.ABANDONED
+        due = await s.invoice.ListDueSubscriptions(ipb.ListDueSubscriptionsRequest(as_of=ts(datetime.now(UTC))),
+                                                   metadata=s.md)
+        assert all(d.period_start != ts(PERIOD_START) for d in due.periods if d.customer_id == "repro")
+        swept = await _sweep(stack, "abandoned")
+    assert swept.expired_lots == 1
+    got = await s.ledger.GetSettlement(lpb.GetSettlementRequest(account_id="acct-repro"), metadata=s.md)
+    assert got.invoiced_through == ts(PERIOD_START.replace(month=9))
+    lot = await s.ledger.GetLot(lpb.GetLotRequest(lot_id=lot_id), metadata=s.md)
+    assert (lot.balance.consumed, lot.balance.expired, lot.balance.pending_expiry) == ("0.00", "30.00", "0.00")
+    await stack.verify_journal()
+
+
+async def test_only_a_draft_can_be_abandoned(stack: Stack) -> None:
+    s = stack.services
+    await _customer(stack)
+    draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(
+        idempotency_key="draft", customer_id="repro", period_start=ts(PERIOD_START)), metadata=s.md)
+    async with stack.worker():
+        await (await stack.start_finalize(draft.invoice_id)).result()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await s.invoice.AbandonInvoice(ipb.AbandonInvoiceRequest(
+            idempotency_key="abandon", invoice_id=draft.invoice_id, reason="too late"), metadata=s.md)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "FINALIZED" in str(refused.value.details())
+    assert (await stack.invoice(draft.invoice_id)).status == ipb.FINALIZED
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await s.invoice.AbandonInvoice(ipb.AbandonInvoiceRequest(
+            idempotency_key="abandon-2", invoice_id="inv_nope", reason="x"), metadata=s.md)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -42,6 +42,19 @@ EXPECTED: dict[tuple[Verb, Status], Transition | None] = {
     (V.ABORT_VOID, S.FINALIZED): Transition(S.FINALIZED, False),
     (V.ABORT_VOID, S.VOID_PENDING): Transition(S.FINALIZED, True),
     (V.ABORT_VOID, S.VOIDED): None,                              # abort after commit
+    (V.ABANDON, S.DRAFT): Transition(S.ABANDONED, True),
+    (V.ABANDON, S.PREPARED): None,                               # abort the saga first
+    (V.ABANDON, S.FINALIZED): None,                              # void it instead
+    (V.ABANDON, S.VOID_PENDING): None,
+    (V.ABANDON, S.VOIDED): None,
+    (V.ABANDON, S.ABANDONED): Transition(S.ABANDONED, False),
+    # ABANDONED is final: no other verb moves it.
+    (V.PREPARE_FINALIZE, S.ABANDONED): None,
+    (V.COMMIT_FINALIZE, S.ABANDONED): None,
+    (V.ABORT_FINALIZE, S.ABANDONED): Transition(S.ABANDONED, False),  # a saga that lost the race
+    (V.PREPARE_VOID, S.ABANDONED): None,
+    (V.COMMIT_VOID, S.ABANDONED): None,
+    (V.ABORT_VOID, S.ABANDONED): None,
 }
 
 

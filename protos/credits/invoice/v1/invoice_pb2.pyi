@@ -50,6 +50,7 @@ class InvoiceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINALIZED: _ClassVar[InvoiceStatus]
     VOID_PENDING: _ClassVar[InvoiceStatus]
     VOIDED: _ClassVar[InvoiceStatus]
+    ABANDONED: _ClassVar[InvoiceStatus]
 
 class IngestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -88,6 +89,7 @@ PREPARED: InvoiceStatus
 FINALIZED: InvoiceStatus
 VOID_PENDING: InvoiceStatus
 VOIDED: InvoiceStatus
+ABANDONED: InvoiceStatus
 INGEST_STATUS_UNSPECIFIED: IngestStatus
 ACCEPTED: IngestStatus
 DUPLICATE: IngestStatus
@@ -521,7 +523,7 @@ class CreditApplication(_message.Message):
     def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ..., unit: _Optional[str] = ..., units: _Optional[str] = ..., rate: _Optional[str] = ..., rate_version: _Optional[int] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes")
+    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes", "abandoned_at", "abandon_reason")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -548,6 +550,8 @@ class Invoice(_message.Message):
     VOID_PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
     VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
     CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_AT_FIELD_NUMBER: _ClassVar[int]
+    ABANDON_REASON_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     ledger_account_id: str
@@ -574,7 +578,9 @@ class Invoice(_message.Message):
     void_prepared_at: _timestamp_pb2.Timestamp
     voided_at: _timestamp_pb2.Timestamp
     credit_notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    abandoned_at: _timestamp_pb2.Timestamp
+    abandon_reason: str
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ..., abandoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., abandon_reason: _Optional[str] = ...) -> None: ...
 
 class CreateDraftRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "period_start")
@@ -647,6 +653,16 @@ class AbortFinalizeRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., prepare_key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PrepareVoidRequest(_message.Message):
+    __slots__ = ("idempotency_key", "invoice_id", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    invoice_id: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., invoice_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbandonInvoiceRequest(_message.Message):
     __slots__ = ("idempotency_key", "invoice_id", "reason")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -134,6 +134,11 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.AbortVoidRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.FromString,
                 _registered_method=True)
+        self.AbandonInvoice = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/AbandonInvoice',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.AbandonInvoiceRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.FromString,
+                _registered_method=True)
         self.GetInvoice = channel.unary_unary(
                 '/credits.invoice.v1.InvoiceService/GetInvoice',
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.GetInvoiceRequest.SerializeToString,
@@ -282,6 +287,14 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbandonInvoice(self, request, context):
+        """DRAFT -> ABANDONED: the period will never be billed (churned customer, written-off period). No
+        number is used, the period's usage is frozen, and the ledger may expire credit it was holding back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInvoice(self, request, context):
         """Reads.
         """
@@ -402,6 +415,11 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
             'AbortVoid': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortVoid,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.AbortVoidRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.SerializeToString,
+            ),
+            'AbandonInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonInvoice,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.AbandonInvoiceRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.SerializeToString,
             ),
             'GetInvoice': grpc.unary_unary_rpc_method_handler(
@@ -959,6 +977,33 @@ class InvoiceService:
             target,
             '/credits.invoice.v1.InvoiceService/AbortVoid',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.AbortVoidRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/AbandonInvoice',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.AbandonInvoiceRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.Invoice.FromString,
             options,
             channel_credentials,
