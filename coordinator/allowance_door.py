@@ -37,9 +37,9 @@ from service_runtime.identifiers import check_id
 from service_runtime.pages import decode_token, encode_token, page_size
 from service_runtime.proto_time import from_timestamp, to_timestamp
 from service_runtime.rejections import conflict, invalid, not_found, precondition
+from service_runtime.settings import Settings
 
 AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")  # the front door's decimal rule (CompensateOutage too)
-START_SKEW = timedelta(seconds=60)  # starts_at may be this far ahead of the front door's clock
 LOT_TYPES = ("PROMOTIONAL", "PURCHASED")
 _CADENCES = {pb.ALLOWANCE_CADENCE_UNSPECIFIED: Cadence.MONTHLY, pb.MONTHLY: Cadence.MONTHLY,
              pb.WEEKLY: Cadence.WEEKLY, pb.DAILY: Cadence.DAILY}
@@ -74,8 +74,11 @@ def _rollover(config: pb.AllowanceConfig) -> RolloverPolicy | None:
 
 
 def spec_from_config(tenant_id: str, allowance_id: str, config: pb.AllowanceConfig, unit_scale: int,
-                     now: datetime) -> AllowanceSpec:
-    """The allowance a checked CreateAllowance config describes (the unit itself is checked with the ledger)."""
+                     now: datetime, horizon: timedelta) -> AllowanceSpec:
+    """The allowance a checked CreateAllowance config describes (the unit itself is checked with the ledger).
+
+    `starts_at` (the sign-up instant, default now) may lie ahead up to `horizon` (the ledger's lot horizon,
+    CREDITS_LOT_HORIZON_S): the sign-up grant is then a lot effective from it, shown as `upcoming` until then."""
     if config.cadence not in _CADENCES:
         raise invalid("config.cadence", "must be MONTHLY, WEEKLY or DAILY")
     if config.first_grant not in _FIRST:
@@ -88,8 +91,8 @@ def spec_from_config(tenant_id: str, allowance_id: str, config: pb.AllowanceConf
     if config.cost_basis and not AMOUNT.match(config.cost_basis):
         raise invalid("config.cost_basis", "must be a decimal like 0.01")
     starts_at = from_timestamp(config.starts_at, "config.starts_at") if config.HasField("starts_at") else now
-    if starts_at > now + START_SKEW:
-        raise invalid("config.starts_at", "must not be in the future (the sign-up instant; default now)")
+    if starts_at > now + horizon:
+        raise invalid("config.starts_at", f"is more than {horizon.days} days ahead (CREDITS_LOT_HORIZON_S)")
     return AllowanceSpec(
         tenant_id=tenant_id, allowance_id=allowance_id, account_id=check_id(config.account_id, "config.account_id"),
         amount=_positive(config.amount, "config.amount"), unit=config.unit, unit_scale=unit_scale,
@@ -174,7 +177,8 @@ class AllowanceRpcs:
         _positive(config.amount, "config.amount")
         scale = await self._unit_scale(check_id(config.account_id, "config.account_id"),
                                        check_id(config.unit, "config.unit"), config.amount, context)
-        spec = spec_from_config(tenant, allowance_id, config, scale, datetime.now(UTC))
+        spec = spec_from_config(tenant, allowance_id, config, scale, datetime.now(UTC),
+                                timedelta(seconds=Settings.from_env().lot_horizon_s))
         digest = hashlib.sha256(config.SerializeToString(deterministic=True)).hexdigest()
         created = await allowance_schedules.create(self._client, spec, digest, self._queue)
         state = await allowance_schedules.read(self._client, tenant, allowance_id)

@@ -29,7 +29,7 @@ from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy, WorkflowE
 from temporalio.service import RPCError
 
 from coordinator import naming
-from coordinator.allowances import Cadence, period_containing
+from coordinator.allowances import Cadence, period_containing, prorate
 from service_runtime.proto_time import from_timestamp, to_timestamp
 from tests.coordinator.conftest import TENANT, Stack, eventually
 from tests.coordinator.test_worker_process import worker_process
@@ -163,7 +163,7 @@ async def test_allowance_api_create_is_idempotent_and_fields_are_named(stack: St
         await refused(_config(lot_type="COMPENSATORY"), "config.lot_type")
         await refused(_config(priority=101), "config.priority")
         await refused(_config(cadence=9), "config.cadence")  # type: ignore[arg-type]
-        await refused(_config(starts_at=to_timestamp(datetime.now(UTC) + timedelta(days=1))), "config.starts_at")
+        await refused(_config(starts_at=to_timestamp(datetime.now(UTC) + timedelta(days=3660))), "config.starts_at")
         await refused(_config(rollover=bpb.RolloverPolicy(max_percent=101)), "config.rollover.max_percent")
         with pytest.raises(RPCError):  # a refused request changed nothing
             await stack.client.get_schedule_handle(schedules[0]).describe()
@@ -311,3 +311,21 @@ async def test_creditctl_allowances(stack: Stack, schedules: list[str]) -> None:
         await server.stop(0)
         await pool.close()
 
+
+async def test_a_sign_up_next_month_is_granted_now_as_an_upcoming_lot(stack: Stack, schedules: list[str]) -> None:
+    """starts_at ahead (within the lot horizon): the sign-up grant is a lot effective from it, `upcoming`
+    until then, pro-rated over the rest of its period; nothing is available before it."""
+    await _account(stack)
+    starts = (datetime.now(UTC) + timedelta(days=40)).replace(microsecond=0)
+    period = period_containing(Cadence.MONTHLY, starts)
+    async with stack.worker(), stack.front_door() as door:
+        schedules.append(naming.allowance_schedule_id(TENANT, "later"))
+        created = await door.CreateAllowance(bpb.CreateAllowanceRequest(
+            allowance_id="later", config=_config(starts_at=to_timestamp(starts))), metadata=stack.md)
+        result = await stack.client.get_workflow_handle(created.first_grant_operation_id).result()
+    owed = prorate("1000.00", 2, period.end - starts, period.end - period.start)
+    assert (result["outcome"], result["amount"]) == ("granted", owed)
+    [lot] = await _lots(stack, "later")
+    assert (from_timestamp(lot.effective_at, "e"), from_timestamp(lot.expires_at, "x")) == (starts, period.end)
+    bal = await stack.balance(ACCOUNT)
+    assert (bal.available, bal.upcoming) == ("0.00", owed)
