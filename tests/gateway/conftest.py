@@ -1,0 +1,3 @@
+from tests.ledger.conftest import Ledger, ledger
+
+__all__ = ["Ledger", "ledger"]
