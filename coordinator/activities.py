@@ -273,6 +273,13 @@ class LedgerActivities:
         resp = await self._p._call("expire_lots", inp.tenant_id, self._stub.ExpireLots, req)
         return int(resp.lots_expired)
 
+    @activity.defn(name="ledger.release_expired_holds")
+    async def release_expired_holds(self, inp: ExpireInput) -> int:
+        """Releases the tenant's real-time holds (`release_on_ttl`: gateway leases, reserves) past their TTL."""
+        req = lpb.ReleaseExpiredHoldsRequest(idempotency_key=inp.idempotency_key, as_of=to_ts(inp.as_of))
+        resp = await self._p._call("release_expired_holds", inp.tenant_id, self._stub.ReleaseExpiredHolds, req)
+        return len(resp.hold_keys)
+
     @activity.defn(name="ledger.record_settlements")
     async def record_settlements(self, inp: SettlementsInput) -> int:
         """Records each account's invoiced_through on the ledger (monotonic there; keyed by account and instant)."""

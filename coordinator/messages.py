@@ -406,6 +406,7 @@ class SweepInput:
 class SweepResult:
     tenants: int = 0
     expired_lots: int = 0
+    released_holds: int = 0
     committed: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     left_running: list[str] = field(default_factory=list)

@@ -202,6 +202,11 @@ def expire_key(tenant_id: str, as_of: str, run_id: str) -> str:
     return f"expire/{tenant_id}/{as_of}/{run_id}"
 
 
+def release_key(tenant_id: str, as_of: str, run_id: str) -> str:
+    """The idempotency key of one TTL-release sweep of a tenant's real-time holds (as `expire_key`)."""
+    return f"release/{tenant_id}/{as_of}/{run_id}"
+
+
 def allowance_grant_key(allowance_id: str, period_start: str) -> str:
     """One grant per (allowance, period), whichever run asks: schedule, backfill, retry or sign-up."""
     return f"allowance/{allowance_id}/{period_start}"

@@ -17,20 +17,24 @@ from temporalio.client import (
 
 from coordinator import naming
 from coordinator.messages import SweepInput
-from coordinator.workflows import ExpireCreditsWorkflow, ResolveInDoubtWorkflow
+from coordinator.workflows import ExpireCreditsWorkflow, ReleaseExpiredHoldsWorkflow, ResolveInDoubtWorkflow
 
 EXPIRE_SCHEDULE = "credits-expire-lots"
 RESOLVE_SCHEDULE = "credits-resolve-in-doubt"
+RELEASE_SCHEDULE = "credits-release-expired-holds"
 
 
 async def ensure_schedules(client: Client, task_queue: str, *, expire_every_s: int = 300,
-                           resolve_every_s: int = 300, in_doubt_after_s: int = 600) -> list[str]:
+                           resolve_every_s: int = 300, in_doubt_after_s: int = 600,
+                           release_every_s: int = 30) -> list[str]:
     """Creates the schedules that do not exist yet; returns the ids created (idempotent)."""
     created: list[str] = []
     plans = [
         (EXPIRE_SCHEDULE, ExpireCreditsWorkflow.run, expire_every_s, "Expire due credit lots of every tenant"),
         (RESOLVE_SCHEDULE, ResolveInDoubtWorkflow.run, resolve_every_s,
          f"Settle holds/PREPARED invoices older than {in_doubt_after_s}s by their saga's recorded decision"),
+        (RELEASE_SCHEDULE, ReleaseExpiredHoldsWorkflow.run, release_every_s,
+         "Release real-time holds (gateway leases, reserves) past their TTL"),
     ]
     for schedule_id, run, every_s, note in plans:
         schedule = Schedule(

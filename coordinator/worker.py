@@ -99,7 +99,7 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
     return [
         ledger.get_lot_boundaries, ledger.reserve_credits, ledger.reserve_units, ledger.reserve_converted,
         ledger.commit_hold, ledger.release_hold, ledger.reverse_hold, ledger.list_holds, ledger.expire_lots,
-        ledger.grant_credits, ledger.record_settlements,
+        ledger.grant_credits, ledger.record_settlements, ledger.release_expired_holds,
         invoice.get_invoice, invoice.split_draft, invoice.prepare_finalize, invoice.commit_finalize,
         invoice.abort_finalize, invoice.prepare_void, invoice.commit_void, invoice.abort_void,
         invoice.create_draft, invoice.list_due_subscriptions, invoice.list_invoices, invoice.list_settlements,

@@ -547,6 +547,26 @@ class ExpireCreditsWorkflow:
         return out
 
 
+@workflow.defn(name="ReleaseExpiredHolds")
+class ReleaseExpiredHoldsWorkflow:
+    """Scheduled: gives back every tenant's real-time holds (`release_on_ttl`) whose TTL has passed —
+    a gateway lease whose gate died, a reserve its caller never committed. Saga holds are never
+    released this way (they carry `release_on_ttl = false`; the in-doubt resolver settles them)."""
+
+    @workflow.run
+    async def run(self, inp: SweepInput) -> SweepResult:
+        t = SagaTimeouts()
+        as_of = workflow.now().replace(microsecond=0).isoformat()
+        tenants = await list_tenants(t)
+        out = SweepResult(tenants=len(tenants))
+        for tenant in tenants:
+            key = naming.release_key(tenant, as_of, workflow.info().run_id)
+            released = await run_step(LedgerActivities.release_expired_holds, ExpireInput(tenant, key, as_of), t,
+                                      f"release expired holds of {tenant}")
+            out.released_holds += released
+        return out
+
+
 @workflow.defn(name="ResolveInDoubt")
 class ResolveInDoubtWorkflow:
     """Scheduled: settles stale holds and PREPARED invoices by the owning workflow's recorded decision.
@@ -662,4 +682,4 @@ class ResolveInDoubtWorkflow:
 
 
 WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
-             GrantAllowanceWorkflow, ExpireCreditsWorkflow, ResolveInDoubtWorkflow]
+             GrantAllowanceWorkflow, ExpireCreditsWorkflow, ReleaseExpiredHoldsWorkflow, ResolveInDoubtWorkflow]

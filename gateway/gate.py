@@ -174,8 +174,9 @@ class Gate:
         for acct in self._accounts.values():
             self._retire(acct)
         deadline = time.monotonic() + self.config.settle_timeout_s
-        while any(lease.open_tickets for a in self._accounts.values() for lease in a.retired) \
-                and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not any(lease.open_tickets for a in self._accounts.values() for lease in a.retired):
+                break
             await asyncio.sleep(0.01)
         await self._report(force=True)
         if self._tasks:

@@ -40,6 +40,7 @@ STEP_METHODS = {  # the coordinator activities' step names -> the RPC each one c
     "create_draft": _INVOICE + "CreateDraft", "list_due_subscriptions": _INVOICE + "ListDueSubscriptions",
     "list_invoices": _INVOICE + "ListInvoices", "list_settlements": _INVOICE + "ListSettlements",
     "record_settlement": _LEDGER + "RecordSettlement",
+    "release_expired_holds": _LEDGER + "ReleaseExpiredHolds",
 }
 PHASES = ("before", "after")
 KINDS = ("reject", "transport", "block")

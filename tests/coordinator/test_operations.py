@@ -19,7 +19,7 @@ from coordinator.messages import (
     Progress,
     SweepResult,
 )
-from coordinator.schedules import EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, ensure_schedules
+from coordinator.schedules import EXPIRE_SCHEDULE, RELEASE_SCHEDULE, RESOLVE_SCHEDULE, ensure_schedules
 from coordinator.starter import start_or_attach
 from coordinator.workflows import BillingCycleWorkflow, CompensateOutageWorkflow
 from harness.faults import FaultPlan
@@ -160,7 +160,7 @@ async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expir
         metadata=stack.md)
     try:
         created = await ensure_schedules(client, stack.task_queue, expire_every_s=3600, resolve_every_s=3600)
-        assert sorted(created) == sorted([EXPIRE_SCHEDULE, RESOLVE_SCHEDULE])
+        assert sorted(created) == sorted([EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, RELEASE_SCHEDULE])
         assert await ensure_schedules(client, stack.task_queue) == []  # second start-up: nothing new
         listed = [s.id async for s in await client.list_schedules()]
         assert Counter(listed)[EXPIRE_SCHEDULE] == 1 and Counter(listed)[RESOLVE_SCHEDULE] == 1
@@ -172,10 +172,30 @@ async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expir
             run = client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id,
                                              result_type=SweepResult)
             result = await run.result()
+            # A real-time hold whose caller vanished (a gateway lease, a reserve never committed) comes
+            # back once its TTL passed, by the release schedule.
+            await _accounts(stack, ["acct-realtime"])
+            await stack.services.ledger.GrantCredits(lpb.GrantCreditsRequest(
+                idempotency_key="rt-grant", account_id="acct-realtime", type=lpb.PURCHASED, unit="USD",
+                amount="10.00"), metadata=stack.md)
+            await stack.services.ledger.ReserveCredits(lpb.ReserveCreditsRequest(
+                idempotency_key="rt-hold", hold_key="rt-hold", account_id="acct-realtime", unit="USD", ttl_s=1,
+                release_on_ttl=True, charges=[lpb.Charge(charge_id="c", kind=lpb.USAGE, amount="4.00")]),
+                metadata=stack.md)
+            await asyncio.sleep(2.1)  # the sweep's as_of has whole seconds
+            release = client.get_schedule_handle(RELEASE_SCHEDULE)
+            await release.trigger()
+            desc = await eventually(release.describe, lambda d: len(d.info.recent_actions) >= 1)
+            started = desc.info.recent_actions[0].action
+            released = await client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id,
+                                                        result_type=SweepResult).result()
         assert (result.tenants, result.expired_lots) == (1, 1)
         bal = await stack.balance("acct-expiring")
         assert (bal.expired, bal.available) == ("25.00", "0.00")
+        assert released.released_holds == 1
+        rt = await stack.balance("acct-realtime")
+        assert (rt.held, rt.available) == ("0.00", "10.00")
         await stack.verify_journal()
     finally:
-        for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE):
+        for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, RELEASE_SCHEDULE):
             await client.get_schedule_handle(schedule_id).delete()
