@@ -1,4 +1,4 @@
-"""creditctl bench ledger|ingest|saga: benchmarks that start what they need on the embedded defaults.
+"""creditctl bench ledger|ingest|saga|gate: benchmarks that start what they need on the embedded defaults.
 
 The benches are proving code, imported only inside the command that runs one (one import line
 per command names where it lives).
@@ -115,4 +115,29 @@ def saga(invoices: int, concurrency: int, rounds: int, temporal_db_file: bool, a
     else:
         for k, v in result.items():
             click.echo(f"{k:<22} {v}")
+    return 0
+
+
+@command.command(
+    "gate", short_help="gateway leases in 8 gate processes: exact spend of 500 credits, authorizations/s vs reserves",
+    help="Starts an embedded Postgres (fsync on) and the ledger server in its own process, then gate processes "
+         "(gateway.gate.Gate) on one account: exactly 500 credits spent across them, authorize throughput and p99 "
+         "from leases on a large balance, and per-request ReserveCredits+CommitHold in the same processes as the "
+         "baseline.")
+@click.option("--gates", type=int, default=8, show_default=True, help="gate processes")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="closed-loop clients per gate process")
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="length of the lease and baseline phases")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def gate(gates: int, concurrency: int, seconds: float, check: bool, as_json: bool) -> int:
+    from harness.benches import gate as bench
+
+    report = bench.run_bench(gates=gates, concurrency=concurrency, seconds=seconds)
+    figures = bench.as_dict(report)
+    if as_json:
+        print_json(figures, indent=None)
+    else:
+        click.echo(bench.describe(report))
+    if check and any(bench.meets(k, float(v)) is False for k, v in figures.items()):
+        return CHECK_MISSED
     return 0

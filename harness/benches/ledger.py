@@ -435,7 +435,7 @@ def _event_loop_runner(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, BenchR
     return run_asyncio
 
 
-async def _prepare_ledger(dsn: str) -> str:
+async def prepare_ledger(dsn: str) -> str:
     """Migrates the ledger database and creates the bench tenant; returns its admin key."""
     from ledger_service.storage import MIGRATIONS_DIR
     from service_runtime.databases import TENANCY_MIGRATIONS
@@ -452,7 +452,7 @@ async def _prepare_ledger(dsn: str) -> str:
 
 
 async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn: str) -> BenchReport:
-    key = await _prepare_ledger(ledger_dsn)
+    key = await prepare_ledger(ledger_dsn)
     md = (("x-api-key", key),)
     _say(opts, "starting the ledger and echo servers (separate processes)")
     started = await asyncio.gather(
