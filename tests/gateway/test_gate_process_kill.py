@@ -1,5 +1,6 @@
-"""A gate process SIGKILLed mid-lease: the account never overspends, and it loses at most the usage
-of one report interval (the lease the gate had not reported yet, given back by its TTL)."""
+"""A gate process SIGKILLed mid-lease: the account never overspends, and it loses at most what the
+gate had not reported yet — about one report interval of usage (its unreported lease, which the TTL
+gives back)."""
 
 from __future__ import annotations
 
@@ -29,17 +30,20 @@ async def test_a_killed_gate_process_overspends_nothing_and_loses_at_most_one_in
         "--account", "hot", "--mode", "forever", "--report-interval", str(REPORT_INTERVAL_S), cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
-    started, last = time.monotonic(), ""
-    while time.monotonic() - started < 3.0:  # a few report intervals of steady authorizations
-        last = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip() or last
+    lines: list[tuple[int, int, float]] = []  # (authorized, committed, the gate's clock)
+    started = time.monotonic()
+    while time.monotonic() - started < 3.0 or not lines or lines[-1][1] == 0:  # steady, and reported at least once
+        fields = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+        lines.append((int(fields[1]), int(fields[3]), float(fields[5])))
     proc.send_signal(signal.SIGKILL)  # mid-lease: no report, no close
     await proc.wait()
-    tail = (await proc.stdout.read()).decode().split()
-    if len(tail) >= 4:
-        last = " ".join(tail[-4:])
-    _, authorized, _, committed = last.split()
-    seen_authorized, seen_committed = int(authorized), int(committed)
-    rate = seen_authorized / (time.monotonic() - started)
+    for line in (await proc.stdout.read()).decode().splitlines():  # lines written before the kill landed
+        fields = line.split()
+        if len(fields) == 6:
+            lines.append((int(fields[1]), int(fields[3]), float(fields[5])))
+    seen_authorized, seen_committed, at = lines[-1]
+    recent = next(x for x in reversed(lines) if at - x[2] >= 1.0 or x is lines[0])
+    rate = (seen_authorized - recent[0]) / max(1e-3, at - recent[2])  # authorizations/s over the last second
     assert seen_committed > 0 and rate > 0
 
     before = await _balance(ledger)
@@ -49,11 +53,14 @@ async def test_a_killed_gate_process_overspends_nothing_and_loses_at_most_one_in
     after = await _balance(ledger)
     assert after.held == "0"  # the lease came back on TTL
     assert int(after.consumed) + int(after.available) == GRANT  # nothing overspent or invented
-    # Everything authorized was either posted or lost with the unreported lease; the loss is at most
-    # one report interval of authorizations (plus the 20 ms between progress lines).
-    lost = seen_authorized - int(after.consumed)
+    # Everything authorized was either posted or lost with what the gate had not reported yet (its
+    # current lease, and the previous one if that commit was still on the wire at the kill) ...
+    lost, unreported = seen_authorized - int(after.consumed), seen_authorized - seen_committed
     assert int(after.consumed) <= seen_authorized + rate * 0.05
-    assert lost <= rate * (REPORT_INTERVAL_S + 0.25), (lost, rate)
+    assert lost <= unreported + rate * 0.05, (lost, unreported)
+    # ... and the reports kept up: about one interval of usage was unreported (slack for a slipped tick
+    # on a busy machine: the current lease, the previous one's commit in flight, one late tick).
+    assert unreported <= rate * 3 * REPORT_INTERVAL_S, (unreported, rate)
 
 
 async def _balance(ledger: Ledger) -> pb.BalanceBucket:
