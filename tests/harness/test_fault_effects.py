@@ -120,3 +120,27 @@ def test_the_book_counts_applied_per_kind_and_lists_the_rest() -> None:
     assert book.planned() == {"kill_ledger": 2, "proxy_reset": 1}
     assert book.applied_by_kind() == {"kill_ledger": 1, "proxy_reset": 0}
     assert [(r.kind, r.status) for r in book.not_applied()] == [("proxy_reset", "error"), ("kill_ledger", "missed")]
+
+
+async def test_the_campaign_files_proxy_faults_by_what_the_proxy_did(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no traffic through the proxy, a reset, a delay and a lost response did nothing: all missed."""
+    from harness.chaos import campaign as chaos
+    from service_runtime.temporal_server import reserve_port
+
+    monkeypatch.setattr(chaos, "RESET_WAIT_S", 0.2)
+    run = chaos.Campaign(chaos.CampaignConfig(sagas=5, seed=1), tmp_path, lambda _m: None)
+    idle = await FaultProxy("ledger", "127.0.0.1", reserve_port()).start()
+    run.stack.proxies["ledger"] = idle
+    faults = [chaos.PlannedFault(0.0, "proxy_reset", "ledger"), chaos.PlannedFault(0.0, "proxy_delay", "ledger", 0.1),
+              chaos.PlannedFault(0.0, "lose_response", "ledger", 1)]
+    run.book = FaultBook([[(f.at_s, f.kind, f.target) for f in faults]])
+    try:
+        for fault, record in zip(faults, run.book.batches[0], strict=True):
+            await run._inject(fault, record)
+        run._judge_proxy_faults()
+    finally:
+        await idle.stop()
+    assert run.book.applied_by_kind() == {"lose_response": 0, "proxy_delay": 0, "proxy_reset": 0}
+    assert [r.detail for r in run.book.not_applied()] == ["0 connections cut", "0 chunks delayed 0.1s",
+                                                          "0 of 1 responses lost"]
