@@ -8,6 +8,7 @@ the command runs.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 
@@ -34,6 +35,12 @@ def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool, tolera
         print_json(result.as_dict())
     else:
         click.echo(result.render())
+    return exit_code(result, tolerate_missed_faults)
+
+
+def exit_code(result: Any, tolerate_missed_faults: bool) -> int:
+    """1 on a violation; FAULTS_NOT_APPLIED when a planned fault was not applied (unless tolerated); else 0.
+    `result` is a harness.chaos.campaign.CampaignResult (not imported here: product code never imports harness)."""
     if result.violations:
         return 1
     if not result.all_faults_applied and not tolerate_missed_faults:

@@ -144,3 +144,23 @@ async def test_the_campaign_files_proxy_faults_by_what_the_proxy_did(tmp_path: P
     assert run.book.applied_by_kind() == {"lose_response": 0, "proxy_delay": 0, "proxy_reset": 0}
     assert [r.detail for r in run.book.not_applied()] == ["0 connections cut", "0 chunks delayed 0.1s",
                                                           "0 of 1 responses lost"]
+
+
+def test_creditctl_chaos_fails_when_a_planned_fault_was_not_applied() -> None:
+    from creditctl.commands.chaos import FAULTS_NOT_APPLIED, exit_code
+    from harness.chaos.campaign import CampaignResult
+    from reconciler.report import Violation
+
+    book = FaultBook([[(0.1, "kill_ledger", ""), (0.2, "proxy_reset", "invoice")]])
+    book.applied(book.batches[0][0], "pid 1 killed")
+    book.missed(book.batches[0][1], "0 connections cut")
+
+    def result(violations: list[Violation]) -> CampaignResult:
+        return CampaignResult(1, 5, book.planned(), book.applied_by_kind(), book.not_applied(), {}, violations, 1.0)
+
+    assert exit_code(result([]), tolerate_missed_faults=False) == FAULTS_NOT_APPLIED
+    assert exit_code(result([]), tolerate_missed_faults=True) == 0
+    assert exit_code(result([Violation("bank", "t", "x")]), tolerate_missed_faults=True) == 1
+    book.applied(book.batches[0][1], "1 connections cut")
+    assert result([]).all_faults_applied and exit_code(result([]), tolerate_missed_faults=False) == 0
+    assert result([]).as_dict()["faults_total"] == 2
