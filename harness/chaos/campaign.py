@@ -711,6 +711,7 @@ class Campaign:
                 proxy.clear()
             self.book.close_pending("never injected")
             self._stop.set()
+            await self.stack.ensure_up()  # a part whose restart failed would hold the checkers' retries
             violations = await self._join(background)
             await self.settle()
             violations += await self._check_lost_in_doubt()
