@@ -77,7 +77,9 @@ FAULT_KINDS = (  # (kind, weight)
 # inside the window; each gets a customer of its own, outside the batches.
 DOUBT_DELAY_S, DOUBT_WINDOW_S, DOUBT_SEARCH_S = 0.3, 12.0, 15.0
 PROXY_DELAY_WINDOW_S = 3.0  # a proxy_delay slows every chunk for this long
-RESET_WAIT_S = 3.0  # a proxy_reset waits this long for a connection to cut (the worker may be restarting)
+# A proxy_reset waits this long for a connection to cut, a delay or drop for its first chunk (the worker may be
+# restarting, or between calls): the fault then acts on the next traffic instead of an idle link.
+TRAFFIC_WAIT_S = 5.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -431,15 +433,15 @@ class Campaign:
         proxy = self.stack.proxies[f.target]
         effect: Effect
         if f.kind == "proxy_delay":
-            effect = proxy.delay(f.param, PROXY_DELAY_WINDOW_S)
+            effect = proxy.delay(f.param, PROXY_DELAY_WINDOW_S, arm_s=TRAFFIC_WAIT_S)
             self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks delayed "
                                                         f"{f.param}s")))
         elif f.kind == "proxy_drop":
-            effect = proxy.drop(f.param)
+            effect = proxy.drop(f.param, arm_s=TRAFFIC_WAIT_S)
             self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks swallowed, "
                                                         f"{effect.connections_cut} connections cut")))
         elif f.kind == "proxy_reset":
-            deadline = time.monotonic() + RESET_WAIT_S
+            deadline = time.monotonic() + TRAFFIC_WAIT_S
             while not proxy.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the proxy
                 await asyncio.sleep(0.05)
             cut = proxy.reset()

@@ -7,6 +7,8 @@ or load balancer does anyway):
 - `delay(s, for_s)`: every chunk in both directions waits `s` before it is forwarded;
 - `drop(for_s)`: bytes in both directions are swallowed (a black hole); when the window ends the
   connections that lost bytes are reset, so clients reconnect on a clean stream;
+  with `arm_s`, a delay or drop window starts at the first chunk seen within `arm_s` (the next `for_s`
+  seconds of traffic), not on an idle link;
 - `reset()`: every open connection is reset now (RST, SO_LINGER 0);
 - `lose_response(n)`: the next `n` responses are lost after the server processed the request: the
   proxy forwards the request upstream, waits for the server's response bytes, swallows them and
@@ -77,6 +79,8 @@ class FaultProxy:
         self._delay_s = 0.0
         self._delay_until = 0.0
         self._drop_until = 0.0
+        self._delay_len = self._drop_len = 0.0
+        self._delay_armed_until = self._drop_armed_until = 0.0  # a window waiting for its first chunk
         self._delay_effect = Effect()
         self._drop_effect = Effect()
         self._lose: list[Effect] = []  # pending lose_response faults, oldest first
@@ -104,16 +108,30 @@ class FaultProxy:
     def open_connections(self) -> int:
         return len(self._conns)
 
-    def delay(self, seconds: float, for_s: float) -> Effect:
-        self._delay_s, self._delay_until = seconds, time.monotonic() + for_s
+    def delay(self, seconds: float, for_s: float, arm_s: float = 0.0) -> Effect:
+        self._delay_s, self._delay_len = seconds, for_s
         self._delay_effect = Effect()
+        if arm_s > 0:
+            self._delay_until, self._delay_armed_until = 0.0, time.monotonic() + arm_s
+        else:
+            self._start_delay(time.monotonic())
         return self._delay_effect
 
-    def drop(self, for_s: float) -> Effect:
-        self._drop_until = time.monotonic() + for_s
+    def drop(self, for_s: float, arm_s: float = 0.0) -> Effect:
+        self._drop_len = for_s
         effect = self._drop_effect = Effect()
-        asyncio.get_running_loop().call_later(for_s, self._end_drop, effect)
+        if arm_s > 0:
+            self._drop_until, self._drop_armed_until = 0.0, time.monotonic() + arm_s
+        else:
+            self._start_drop(time.monotonic())
         return effect
+
+    def _start_delay(self, now: float) -> None:
+        self._delay_armed_until, self._delay_until = 0.0, now + self._delay_len
+
+    def _start_drop(self, now: float) -> None:
+        self._drop_armed_until, self._drop_until = 0.0, now + self._drop_len
+        asyncio.get_running_loop().call_later(self._drop_len, self._end_drop, self._drop_effect)
 
     def reset(self) -> int:
         """Resets every open connection now; returns how many were cut."""
@@ -131,6 +149,7 @@ class FaultProxy:
 
     def clear(self) -> None:
         self._delay_until = self._drop_until = 0.0
+        self._delay_armed_until = self._drop_armed_until = 0.0
         self._lose.clear()
 
     def _end_drop(self, effect: Effect) -> None:
@@ -169,6 +188,10 @@ class FaultProxy:
                 if not data:
                     break
                 now = time.monotonic()
+                if now < self._drop_armed_until:
+                    self._start_drop(now)
+                if now < self._delay_armed_until:
+                    self._start_delay(now)
                 if now < self._drop_until:
                     conn.dirty = True
                     self.stats.dropped_chunks += 1
