@@ -225,6 +225,12 @@ def make_plan(sagas: int, seed: int) -> Plan:
         accounts = sorted({a for _c, a in customers[tenant]})
         f.target = f"{tenant}/{len(customers[tenant])}"
         customers[tenant].append((f"doubt-{len(customers[tenant])}", rng.choice(accounts)))
+    # Each terminate_saga fault has a spare customer, finalized and lost if no saga of its batch is running.
+    for f in (f for batch in faults for f in batch if f.kind == "terminate_saga"):
+        tenant = rng.choice(TENANTS)
+        accounts = sorted({a for _c, a in customers[tenant]})
+        f.target = f"{tenant}/{len(customers[tenant])}"
+        customers[tenant].append((f"spare-{len(customers[tenant])}", rng.choice(accounts)))
     return Plan(customers, grants, batches, duplicates, faults)
 
 
@@ -392,7 +398,7 @@ class Campaign:
         elif f.kind.startswith(("proxy_", "lose_response")):
             await self._proxy_fault(f, record)
         elif f.kind == "terminate_saga":
-            await self._terminate_saga(f.param, record)
+            await self._terminate_saga(f.param, f.target, record)
         elif f.kind in ("in_doubt_commit", "in_doubt_abort"):
             await self._in_doubt(f.kind.removeprefix("in_doubt_"), f.target, record)
         else:
@@ -456,24 +462,36 @@ class Campaign:
             ok, detail = judge()
             (self.book.applied if ok else self.book.missed)(record, detail)
 
-    async def _terminate_saga(self, param: float, record: FaultRecord) -> None:
+    async def _terminate_saga(self, param: float, spare: str, record: FaultRecord) -> None:
         """The coordinator loses a saga (an operator terminates a stuck run): whatever it left in doubt — a
         PENDING hold, a PREPARED / VOID_PENDING invoice — is the resolver's to settle. The first saga of the
-        batch still running from a seeded position; missed when none is."""
+        batch still running from a seeded position; if the batch is done already, the fault's spare customer
+        is finalized and its saga terminated `param / 4` s into its run. Missed when nothing was running."""
         current = list(self._current)
         start = int(param * 1000) % len(current) if current else 0
         for k in range(len(current)):
             _op, _ref, handle = current[(start + k) % len(current)]
-            desc = await handle.describe()
-            if desc.status is None or desc.status.name != "RUNNING":
-                continue
-            try:
-                await handle.terminate(reason="chaos: saga lost")
-            except RPCError:  # it finished between the two calls
-                continue
-            self.book.applied(record, f"terminated {handle.id}")
+            if await self._terminate_if_running(handle):
+                self.book.applied(record, f"terminated {handle.id}")
+                return
+        handle = await self._start("finalize", spare, duplicate=False)
+        await asyncio.sleep(param / 4)
+        if await self._terminate_if_running(handle):
+            self.book.applied(record, f"no saga of the batch running; terminated the spare's {handle.id}")
+            self.outcomes["finalize:terminated_spare"] += 1
             return
-        self.book.missed(record, "no saga of the batch was running")
+        self.book.missed(record, "no saga of the batch was running and the spare's finished first")
+
+    @staticmethod
+    async def _terminate_if_running(handle: WorkflowHandle[Any, Any]) -> bool:
+        desc = await handle.describe()
+        if desc.status is None or desc.status.name != "RUNNING":
+            return False
+        try:
+            await handle.terminate(reason="chaos: saga lost")
+        except RPCError:  # it finished between the two calls
+            return False
+        return True
 
     async def _in_doubt(self, direction: str, ref: str, record: FaultRecord) -> None:
         """Loses a finalization inside its in-doubt window, for the resolver to settle after the faults.
