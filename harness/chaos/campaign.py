@@ -79,7 +79,7 @@ DOUBT_DELAY_S, DOUBT_WINDOW_S, DOUBT_SEARCH_S = 0.3, 12.0, 15.0
 PROXY_DELAY_WINDOW_S = 3.0  # a proxy_delay slows every chunk for this long
 # A proxy_reset waits this long for a connection to cut, a delay or drop for its first chunk (the worker may be
 # restarting, or between calls): the fault then acts on the next traffic instead of an idle link.
-TRAFFIC_WAIT_S = 5.0
+TRAFFIC_WAIT_S = 15.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
