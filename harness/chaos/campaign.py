@@ -118,6 +118,7 @@ class CampaignResult:
     in_doubt_settled: dict[str, int] = field(default_factory=dict)  # of those, found settled that way at the end
     schedule_digest: str = ""
     data_dir: str = ""
+    fault_log: list[FaultRecord] = field(default_factory=list)  # every planned fault and what it did
 
     @property
     def faults_total(self) -> int:
@@ -137,7 +138,8 @@ class CampaignResult:
                 "violations": len(self.violations),
                 "violation_details": [v.line() for v in self.violations], "duration_s": round(self.duration_s, 1),
                 "outcomes": self.outcomes, "bank_reads": self.bank_reads, "traffic": self.traffic,
-                "schedule_digest": self.schedule_digest, "data_dir": self.data_dir}
+                "schedule_digest": self.schedule_digest, "data_dir": self.data_dir,
+                "fault_log": [r.line() for r in self.fault_log]}
 
     def render(self) -> str:
         def kv(d: dict[str, int]) -> str:
@@ -799,7 +801,7 @@ class Campaign:
             self.config.seed, sagas, self.book.planned(), self.book.applied_by_kind(), self.book.not_applied(),
             dict(self.recoveries), violations, duration_s, dict(self.outcomes), self.bank_reads, dict(self.traffic),
             self.duplicate_deliveries, dict(Counter(d for d, *_ in self.lost_in_doubt)),
-            dict(self.in_doubt_settled), plan_digest(self.plan), str(self.stack.root))
+            dict(self.in_doubt_settled), plan_digest(self.plan), str(self.stack.root), list(self.book.records))
 
 
 async def run_campaign(config: CampaignConfig, progress: Callable[[str], None] | None = None) -> CampaignResult:
