@@ -92,12 +92,15 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
 
-    def kill9(self) -> None:
-        """SIGKILL: no shutdown hooks, no flush — a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-            self.kills += 1
+    def kill9(self) -> bool:
+        """SIGKILL: no shutdown hooks, no flush — a crash. True when it killed: the process was alive and is
+        gone (reaped); False when there was nothing running to kill."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.kills += 1
+        return self.proc.returncode == -signal.SIGKILL
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -207,8 +210,9 @@ class ProcessStack:
         out["postgres"] = (self.pg.pid() if self.pg is not None else None) or 0
         return out
 
-    async def kill(self, name: str) -> None:
-        await asyncio.to_thread(self.processes[name].kill9)
+    async def kill(self, name: str) -> bool:
+        """kill -9 of one part; True when a running process was killed (see ServiceProcess.kill9)."""
+        return await asyncio.to_thread(self.processes[name].kill9)
 
     async def restart(self, name: str) -> None:
         proc = self.processes[name]

@@ -1,16 +1,21 @@
 """creditctl chaos: a seeded crash/fault campaign on a throw-away multi-process stack, ended by the reconciler.
 
-Exit 1 on any violation. The campaign is proving code: imported only when the command runs.
+Exit 1 on any violation; exit 3 when a planned fault was not applied (it missed its window, found nothing
+to act on, or raised), unless --tolerate-missed-faults. The campaign is proving code: imported only when
+the command runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 
 from creditctl.help_listing import Command
 from creditctl.output import note, print_json
+
+FAULTS_NOT_APPLIED = 3
 
 
 @click.command("chaos", cls=Command, help="seeded crash/fault campaign on a throw-away multi-process stack")
@@ -19,7 +24,9 @@ from creditctl.output import note, print_json
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
 @click.option("--keep", default="", help="keep logs and data in this directory")
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr")
-def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool) -> int:
+@click.option("--tolerate-missed-faults", is_flag=True,
+              help="exit 0 even if a planned fault was not applied (listed in the report either way)")
+def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool, tolerate_missed_faults: bool) -> int:
     from harness.chaos import campaign
 
     config = campaign.CampaignConfig(sagas=sagas, seed=seed, keep_dir=keep)
@@ -28,4 +35,16 @@ def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool) -> int
         print_json(result.as_dict())
     else:
         click.echo(result.render())
-    return 0 if not result.violations else 1
+    return exit_code(result, tolerate_missed_faults)
+
+
+def exit_code(result: Any, tolerate_missed_faults: bool) -> int:
+    """1 on a violation; FAULTS_NOT_APPLIED when a planned fault was not applied (unless tolerated); else 0.
+    `result` is a harness.chaos.campaign.CampaignResult (not imported here: product code never imports harness)."""
+    if result.violations:
+        return 1
+    if not result.all_faults_applied and not tolerate_missed_faults:
+        note(f"chaos: {len(result.faults_not_applied)} planned faults not applied (--tolerate-missed-faults "
+             "to accept)")
+        return FAULTS_NOT_APPLIED
+    return 0

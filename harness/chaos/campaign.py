@@ -41,6 +41,7 @@ from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from coordinator import naming
 from coordinator import search_attributes as sa
@@ -55,6 +56,8 @@ from coordinator.messages import (
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
 from coordinator.starter import start_or_attach
 from coordinator.workflows import FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow, VoidInvoiceWorkflow
+from harness.chaos.fault_book import FaultBook, FaultRecord
+from harness.chaos.proxy import Effect
 from harness.chaos.stack import ChaosStack
 from reconciler.report import Violation
 from reconciler.run import reconcile
@@ -73,6 +76,10 @@ FAULT_KINDS = (  # (kind, weight)
 # it waits for (commit: the ledger's CommitHold; abort: the invoice's PrepareFinalize) and terminated
 # inside the window; each gets a customer of its own, outside the batches.
 DOUBT_DELAY_S, DOUBT_WINDOW_S, DOUBT_SEARCH_S = 0.3, 12.0, 15.0
+PROXY_DELAY_WINDOW_S = 3.0  # a proxy_delay slows every chunk for this long
+# A proxy_reset waits this long for a connection to cut, a delay or drop for its first chunk (the worker may be
+# restarting, or between calls): the fault then acts on the next traffic instead of an idle link.
+TRAFFIC_WAIT_S = 15.0
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -97,34 +104,56 @@ class PlannedFault:
 class CampaignResult:
     seed: int
     sagas: int
-    faults_injected: dict[str, int]
+    faults_planned: dict[str, int]  # per kind, from the seed's plan
+    faults_applied: dict[str, int]  # per kind, counted by effect (fault_book)
+    faults_not_applied: list[FaultRecord]  # missed their window, found nothing to act on, or raised
     recoveries: dict[str, int]
     violations: list[Violation]
     duration_s: float
     outcomes: dict[str, int] = field(default_factory=dict)
     bank_reads: int = 0
     traffic: dict[str, int] = field(default_factory=dict)
+    duplicate_deliveries: int = 0  # the same start through two doors: load, not a fault
+    in_doubt_lost: dict[str, int] = field(default_factory=dict)  # sagas terminated in doubt, by direction
+    in_doubt_settled: dict[str, int] = field(default_factory=dict)  # of those, found settled that way at the end
     schedule_digest: str = ""
     data_dir: str = ""
+    fault_log: list[FaultRecord] = field(default_factory=list)  # every planned fault and what it did
+
+    @property
+    def faults_total(self) -> int:
+        return sum(self.faults_applied.values())
+
+    @property
+    def all_faults_applied(self) -> bool:
+        return not self.faults_not_applied and self.faults_planned == self.faults_applied
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "sagas": self.sagas, "faults_injected": self.faults_injected,
-                "faults_total": sum(self.faults_injected.values()), "recoveries": self.recoveries,
+        return {"seed": self.seed, "sagas": self.sagas, "faults_planned": self.faults_planned,
+                "faults_applied": self.faults_applied, "faults_total": self.faults_total,
+                "faults_planned_total": sum(self.faults_planned.values()),
+                "faults_not_applied": [r.as_dict() for r in self.faults_not_applied],
+                "duplicate_deliveries": self.duplicate_deliveries, "recoveries": self.recoveries,
+                "in_doubt_lost": self.in_doubt_lost, "in_doubt_settled": self.in_doubt_settled,
                 "violations": len(self.violations),
                 "violation_details": [v.line() for v in self.violations], "duration_s": round(self.duration_s, 1),
                 "outcomes": self.outcomes, "bank_reads": self.bank_reads, "traffic": self.traffic,
-                "schedule_digest": self.schedule_digest, "data_dir": self.data_dir}
+                "schedule_digest": self.schedule_digest, "data_dir": self.data_dir,
+                "fault_log": [r.line() for r in self.fault_log]}
 
     def render(self) -> str:
-        d = self.as_dict()
+        def kv(d: dict[str, int]) -> str:
+            return ", ".join(f"{k}={v}" for k, v in sorted(d.items()))
+
         lines = [f"seed            {self.seed}", f"sagas run       {self.sagas}",
-                 f"faults injected {d['faults_total']}: " + ", ".join(f"{k}={v}" for k, v in
-                                                                     sorted(self.faults_injected.items())),
-                 "recoveries      " + ", ".join(f"{k}={v}" for k, v in sorted(self.recoveries.items())),
-                 "saga outcomes   " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
-                 f"bank reads      {self.bank_reads}",
-                 "rt traffic      " + ", ".join(f"{k}={v}" for k, v in sorted(self.traffic.items())),
-                 f"violations      {len(self.violations)}"]
+                 f"faults planned  {sum(self.faults_planned.values())}: {kv(self.faults_planned)}",
+                 f"faults applied  {self.faults_total}: {kv(self.faults_applied)}"]
+        lines += [f"  not applied: {r.line()}" for r in self.faults_not_applied]
+        lines += [f"duplicates      {self.duplicate_deliveries} starts delivered twice",
+                  f"lost in doubt   {kv(self.in_doubt_lost)}; settled as decided: {kv(self.in_doubt_settled)}",
+                  "recoveries      " + kv(self.recoveries), "saga outcomes   " + kv(self.outcomes),
+                  f"bank reads      {self.bank_reads}", "rt traffic      " + kv(self.traffic),
+                  f"violations      {len(self.violations)}"]
         lines += [f"  {v.line()}" for v in self.violations]
         lines.append(f"duration        {self.duration_s:.1f}s")
         return "\n".join(lines)
@@ -198,6 +227,12 @@ def make_plan(sagas: int, seed: int) -> Plan:
         accounts = sorted({a for _c, a in customers[tenant]})
         f.target = f"{tenant}/{len(customers[tenant])}"
         customers[tenant].append((f"doubt-{len(customers[tenant])}", rng.choice(accounts)))
+    # Each terminate_saga fault has a spare customer, finalized and lost if no saga of its batch is running.
+    for f in (f for batch in faults for f in batch if f.kind == "terminate_saga"):
+        tenant = rng.choice(TENANTS)
+        accounts = sorted({a for _c, a in customers[tenant]})
+        f.target = f"{tenant}/{len(customers[tenant])}"
+        customers[tenant].append((f"spare-{len(customers[tenant])}", rng.choice(accounts)))
     return Plan(customers, grants, batches, duplicates, faults)
 
 
@@ -236,7 +271,11 @@ class Campaign:
         self.say = say
         self.plan = make_plan(config.sagas, config.seed)
         self.stack = ChaosStack(root)
-        self.faults: Counter[str] = Counter()
+        self.book = FaultBook([[(f.at_s, f.kind, f.target) for f in batch] for batch in self.plan.faults])
+        self._judge_at_end: list[tuple[FaultRecord, Callable[[], tuple[bool, str]]]] = []
+        self.duplicate_deliveries = 0
+        self.lost_in_doubt: list[tuple[str, str, str, str]] = []  # (direction, tenant, invoice id, run id)
+        self.in_doubt_settled: Counter[str] = Counter()
         self.recoveries: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.traffic: Counter[str] = Counter()
@@ -305,7 +344,7 @@ class Campaign:
         tenant = ref.partition("/")[0]
         invoice_id = self.invoices[ref]
         if duplicate:  # the same request delivered twice, through two doors, at the same time
-            self.faults["duplicate_delivery"] += 1
+            self.duplicate_deliveries += 1
             self._tasks.append(asyncio.create_task(self._front_door(tenant, op, invoice_id)))
         if op == "finalize":
             return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
@@ -334,7 +373,7 @@ class Campaign:
         revived = await self.stack.revive()  # a restart that failed in the previous batch
         if revived:
             self.recoveries["revived_between_batches"] += revived
-        injector = asyncio.create_task(self.inject(self.plan.faults[index]))
+        injector = asyncio.create_task(self.inject(index, self.plan.faults[index]))
         handles = self._current = []
         for k, (op, ref) in enumerate(batch):
             handles.append((op, ref, await self._start(op, ref, first_saga + k in self.plan.duplicates)))
@@ -343,55 +382,120 @@ class Campaign:
 
     # --- faults ---------------------------------------------------------------------------------
 
-    async def inject(self, faults: list[PlannedFault]) -> None:
+    async def inject(self, index: int, faults: list[PlannedFault]) -> None:
         t0 = time.monotonic()
-        for f in faults:
+        for f, record in zip(faults, self.book.batches[index], strict=True):
             await asyncio.sleep(max(0.0, t0 + f.at_s - time.monotonic()))
             try:
-                await self._inject(f)
-            except Exception as err:
-                self.recoveries[f"inject_error_{type(err).__name__}"] += 1
+                await self._inject(f, record)
+            except Exception as err:  # it raised: not applied, and not a recovery either
+                self.book.error(record, repr(err)[:300])
                 self.say(f"fault {f.kind} failed: {err!r}")
 
-    async def _inject(self, f: PlannedFault) -> None:
-        st = self.stack
+    async def _inject(self, f: PlannedFault, record: FaultRecord) -> None:
         if f.kind.startswith("kill_"):
-            name = f.kind.removeprefix("kill_")
-            await st.kill(name)
-            self.faults[f.kind] += 1
-            await asyncio.sleep(f.param)
-            await st.restart(name)
-            self.recoveries[f"restart_{name}"] += 1
+            await self._kill(f.kind.removeprefix("kill_"), f.param, record)
         elif f.kind == "postgres_restart":
-            if await st.restart_postgres():
-                self.faults[f.kind] += 1
-                self.recoveries["postgres_restart"] += 1
-            else:
-                self.recoveries["postgres_restart_not_done"] += 1
-        elif f.kind == "proxy_delay":
-            st.proxies[f.target].delay(f.param, 3.0)
-            self.faults[f"proxy_delay_{f.target}"] += 1
-        elif f.kind == "proxy_drop":
-            st.proxies[f.target].drop(f.param)
-            self.faults[f"proxy_drop_{f.target}"] += 1
-        elif f.kind == "proxy_reset":
-            st.proxies[f.target].reset()
-            self.faults[f"proxy_reset_{f.target}"] += 1
+            await self._restart_postgres(record)
+        elif f.kind.startswith(("proxy_", "lose_response")):
+            await self._proxy_fault(f, record)
         elif f.kind == "terminate_saga":
-            # The coordinator loses a saga (an operator terminates a stuck run): whatever it left in
-            # doubt — a PENDING hold, a PREPARED / VOID_PENDING invoice — is the resolver's to settle.
-            if self._current:
-                _op, _ref, handle = self._current[int(f.param * 1000) % len(self._current)]
-                desc = await handle.describe()
-                if desc.status is not None and desc.status.name == "RUNNING":
-                    await handle.terminate(reason="chaos: saga lost")
-                    self.faults["terminate_saga"] += 1
+            await self._terminate_saga(f.param, f.target, record)
         elif f.kind in ("in_doubt_commit", "in_doubt_abort"):
-            await self._in_doubt(f.kind.removeprefix("in_doubt_"), f.target)
-        elif f.kind == "lose_response":
-            st.proxies[f.target].lose_response(int(f.param))  # counted when a response is actually lost
+            await self._in_doubt(f.kind.removeprefix("in_doubt_"), f.target, record)
+        else:
+            raise ValueError(f"unknown fault kind {f.kind!r}")
 
-    async def _in_doubt(self, direction: str, ref: str) -> None:
+    async def _kill(self, name: str, down_s: float, record: FaultRecord) -> None:
+        """kill -9, down for `down_s`, started again. Applied when a running process was killed."""
+        st = self.stack
+        if not st.processes[name].running:  # an earlier restart failed: start it, so there is something to kill
+            await st.restart(name)
+            self.recoveries[f"started_to_kill_{name}"] += 1
+        pid = st.processes[name].pid
+        if not await st.kill(name):
+            self.book.missed(record, f"{name} was not running")
+            return
+        self.book.applied(record, f"{name} pid {pid} killed")
+        await asyncio.sleep(down_s)
+        try:
+            await st.restart(name)
+        except Exception as err:  # the kill happened; revive() starts it before the next batch
+            record.detail += f"; restart failed: {err!r}"[:200]
+        else:
+            self.recoveries[f"restart_{name}"] += 1
+
+    async def _restart_postgres(self, record: FaultRecord) -> None:
+        pg = self.stack.pg
+        old = pg.pid() if pg is not None and pg.is_running() else None
+        if pg is None or old is None:
+            self.book.missed(record, "postgres was not running")
+        elif await self.stack.restart_postgres():
+            self.book.applied(record, f"postmaster {old} -> {pg.pid()}")
+            self.recoveries["postgres_restart"] += 1
+        else:
+            self.book.missed(record, "no new postmaster after the immediate stop")
+
+    async def _proxy_fault(self, f: PlannedFault, record: FaultRecord) -> None:
+        """Proxy faults are judged by what the proxy did (its `Effect`), once the faults stop."""
+        proxy = self.stack.proxies[f.target]
+        effect: Effect
+        if f.kind == "proxy_delay":
+            effect = proxy.delay(f.param, PROXY_DELAY_WINDOW_S, arm_s=TRAFFIC_WAIT_S)
+            self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks delayed "
+                                                        f"{f.param}s")))
+        elif f.kind == "proxy_drop":
+            effect = proxy.drop(f.param, arm_s=TRAFFIC_WAIT_S)
+            self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks swallowed, "
+                                                        f"{effect.connections_cut} connections cut")))
+        elif f.kind == "proxy_reset":
+            deadline = time.monotonic() + TRAFFIC_WAIT_S
+            while not proxy.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the proxy
+                await asyncio.sleep(0.05)
+            cut = proxy.reset()
+            (self.book.applied if cut else self.book.missed)(record, f"{cut} connections cut")
+        else:
+            effect = proxy.lose_response(int(f.param))
+            self._judge_at_end.append((record, lambda: (effect.responses_lost == effect.wanted,
+                                                        f"{effect.responses_lost} of {effect.wanted} responses lost")))
+
+    def _judge_proxy_faults(self) -> None:
+        for record, judge in self._judge_at_end:
+            ok, detail = judge()
+            (self.book.applied if ok else self.book.missed)(record, detail)
+
+    async def _terminate_saga(self, param: float, spare: str, record: FaultRecord) -> None:
+        """The coordinator loses a saga (an operator terminates a stuck run): whatever it left in doubt — a
+        PENDING hold, a PREPARED / VOID_PENDING invoice — is the resolver's to settle. The first saga of the
+        batch still running from a seeded position; if the batch is done already, the fault's spare customer
+        is finalized and its saga terminated `param / 4` s into its run. Missed when nothing was running."""
+        current = list(self._current)
+        start = int(param * 1000) % len(current) if current else 0
+        for k in range(len(current)):
+            _op, _ref, handle = current[(start + k) % len(current)]
+            if await self._terminate_if_running(handle):
+                self.book.applied(record, f"terminated {handle.id}")
+                return
+        handle = await self._start("finalize", spare, duplicate=False)
+        await asyncio.sleep(param / 4)
+        if await self._terminate_if_running(handle):
+            self.book.applied(record, f"no saga of the batch running; terminated the spare's {handle.id}")
+            self.outcomes["finalize:terminated_spare"] += 1
+            return
+        self.book.missed(record, "no saga of the batch was running and the spare's finished first")
+
+    @staticmethod
+    async def _terminate_if_running(handle: WorkflowHandle[Any, Any]) -> bool:
+        desc = await handle.describe()
+        if desc.status is None or desc.status.name != "RUNNING":
+            return False
+        try:
+            await handle.terminate(reason="chaos: saga lost")
+        except RPCError:  # it finished between the two calls
+            return False
+        return True
+
+    async def _in_doubt(self, direction: str, ref: str, record: FaultRecord) -> None:
         """Loses a finalization inside its in-doubt window, for the resolver to settle after the faults.
 
         The fault runs a saga of its own (a customer the plan set aside, `ref`), so the window is hit on
@@ -401,8 +505,9 @@ class Campaign:
         committed with the reply still on its way) -> the resolver must commit both sides;
         abort: invoice PREPARED by this run (so its hold is PENDING), no decision (outcome preparing) ->
         the resolver must release the hold and return the invoice to DRAFT.
-        Counted by the outcome the run shows once terminated (a decision landing between the probe and the
-        termination makes it a commit case)."""
+        Judged by the outcome the run shows once terminated: a decision landing between the probe and the
+        termination makes it a commit case, and a planned abort then missed its window (the resolver must
+        still settle it, as a commit)."""
         assert self.client is not None
         tenant, invoice_id = ref.partition("/")[0], self.invoices[ref]
         want = sa.COMMITTED if direction == "commit" else sa.PREPARING
@@ -423,14 +528,18 @@ class Campaign:
             if desc is not None and desc.typed_search_attributes.get(OUTCOME) == want \
                     and await self._invoice_status(invoice_id) == "PREPARED":
                 await handle.terminate(reason=f"chaos: saga lost in doubt ({direction})")
-                after = (await handle.describe()).typed_search_attributes.get(OUTCOME)
+                after_desc = await handle.describe()
+                after = after_desc.typed_search_attributes.get(OUTCOME)
                 actual = "commit" if after in DECIDED_OUTCOMES else "abort"
-                self.faults[f"in_doubt_{actual}"] += 1
+                self.lost_in_doubt.append((actual, tenant, invoice_id, after_desc.run_id))
                 self.outcomes[f"finalize:lost_in_doubt_{actual}"] += 1
-                self.say(f"in doubt ({direction}): terminated {handle.id} at outcome={after}, invoice PREPARED")
+                detail = f"terminated {handle.id} at outcome={after}, invoice PREPARED"
+                (self.book.applied if actual == direction else self.book.missed)(
+                    record, detail if actual == direction else f"landed as in_doubt_{actual}: {detail}")
+                self.say(f"in doubt ({direction}): {detail}")
                 return
             await asyncio.sleep(0.03)
-        self.recoveries[f"in_doubt_{direction}_missed"] += 1
+        self.book.missed(record, f"window not hit in {DOUBT_SEARCH_S}s (the saga ran on)")
         self._tasks.append(asyncio.create_task(self._await("finalize", ref, handle, 150)))
 
     async def _invoice_status(self, invoice_id: str) -> str:
@@ -610,7 +719,8 @@ class Campaign:
             self.client = await Client.connect(self.stack.temporal_addr)
             self.say("seeding the workload")
             await self.seed()
-            background = [asyncio.create_task(self.realtime_traffic()), asyncio.create_task(self.bank_reader())]
+            background = {"real-time traffic": asyncio.create_task(self.realtime_traffic()),
+                          "bank reader": asyncio.create_task(self.bank_reader())}
             n = 0
             for index, batch in enumerate(self.plan.batches):
                 self.say(f"batch {index + 1}/{len(self.plan.batches)}: {len(batch)} sagas, faults "
@@ -618,25 +728,80 @@ class Campaign:
                 await self.run_batch(index, batch, n)
                 n += len(batch)
             self.say("faults off; waiting for quiet")
+            self._judge_proxy_faults()
             for proxy in self.stack.proxies.values():
-                self.faults[f"lose_response_{proxy.name}"] += proxy.stats.lost_responses
                 proxy.clear()
+            self.book.close_pending("never injected")
             self._stop.set()
-            await asyncio.gather(*background, return_exceptions=True)
+            await self.stack.ensure_up()  # a part whose restart failed would hold the checkers' retries
+            violations = await self._join(background)
             await self.settle()
+            violations += await self._check_lost_in_doubt()
             self.say("reconciling")
             report = await reconcile(self.stack.ledger_dsn, self.stack.invoice_dsn, self.client, list(TENANTS))
-            violations = self.bank_violations + report.violations
-            for name, proc in self.stack.processes.items():
-                self.recoveries[f"{name}_starts"] = proc.starts
-            return CampaignResult(self.config.seed, n, {k: v for k, v in sorted(self.faults.items()) if v},
-                                  dict(self.recoveries), violations, time.monotonic() - t0, dict(self.outcomes),
-                                  self.bank_reads, dict(self.traffic), plan_digest(self.plan), str(self.stack.root))
+            return self._result(n, violations + self.bank_violations + report.violations, time.monotonic() - t0)
         finally:
             self._stop.set()
             for ch in self._channels:
                 await ch.close()
             await self.stack.stop()
+
+
+    async def _join(self, background: dict[str, asyncio.Task[None]]) -> list[Violation]:
+        """Waits for the background checkers and the side tasks (duplicate deliveries through the front door,
+        sagas whose in-doubt window was missed): a checker that died, or one that never did its work, is a
+        violation — a campaign whose bank reader stopped proves nothing about balances."""
+        out = []
+        named = [*background.items(), *((f"side task {i}", t) for i, t in enumerate(self._tasks))]
+        results = await asyncio.gather(*(t for _n, t in named), return_exceptions=True)
+        for (name, _task), res in zip(named, results, strict=True):
+            if isinstance(res, BaseException):
+                out.append(Violation("harness", "", f"{name} died: {res!r}"[:500]))
+        if self.bank_reads == 0:
+            out.append(Violation("harness", "", "the bank reader never read a balance"))
+        if self.traffic.get("reserve", 0) == 0:
+            out.append(Violation("harness", "", f"no real-time reserve succeeded ({dict(self.traffic)})"))
+        return out
+
+    async def _check_lost_in_doubt(self) -> list[Violation]:
+        """Every saga terminated in doubt ends settled in the direction of its decision, as the databases show
+        it: commit -> invoice FINALIZED and every hold of the lost run COMMITTED; abort -> invoice DRAFT again
+        and every hold of the run RELEASED (or tombstoned). Counted in `in_doubt_settled`."""
+        import asyncpg
+
+        out = []
+        lconn = await asyncpg.connect(self.stack.ledger_dsn)
+        iconn = await asyncpg.connect(self.stack.invoice_dsn)
+        try:
+            for direction, tenant, invoice_id, run_id in self.lost_in_doubt:
+                status = await iconn.fetchval("SELECT status FROM invoices WHERE tenant_id = $1 AND invoice_id = $2",
+                                              tenant, invoice_id)
+                prefix = naming.hold_key(invoice_id, run_id)
+                holds = await lconn.fetch(
+                    "SELECT h.hold_key, coalesce(r.status, 'PENDING') AS status FROM holds h LEFT JOIN "
+                    "hold_resolutions r ON r.tenant_id = h.tenant_id AND r.hold_key = h.hold_key "
+                    "WHERE h.tenant_id = $1 AND left(h.hold_key, length($2)) = $2", tenant, prefix)
+                want, ok_holds = (("FINALIZED", {"COMMITTED"}) if direction == "commit"
+                                  else ("DRAFT", {"RELEASED", "TOMBSTONE"}))
+                wrong = {h["hold_key"]: h["status"] for h in holds if h["status"] not in ok_holds}
+                if status != want or wrong:
+                    out.append(Violation("in_doubt", tenant, f"lost in doubt ({direction}) but ended with invoice "
+                                         f"{status}, holds {wrong or 'as decided'}", {"invoice_id": invoice_id}))
+                else:
+                    self.in_doubt_settled[direction] += 1
+        finally:
+            await lconn.close()
+            await iconn.close()
+        return out
+
+    def _result(self, sagas: int, violations: list[Violation], duration_s: float) -> CampaignResult:
+        for name, proc in self.stack.processes.items():
+            self.recoveries[f"{name}_starts"] = proc.starts
+        return CampaignResult(
+            self.config.seed, sagas, self.book.planned(), self.book.applied_by_kind(), self.book.not_applied(),
+            dict(self.recoveries), violations, duration_s, dict(self.outcomes), self.bank_reads, dict(self.traffic),
+            self.duplicate_deliveries, dict(Counter(d for d, *_ in self.lost_in_doubt)),
+            dict(self.in_doubt_settled), plan_digest(self.plan), str(self.stack.root), list(self.book.records))
 
 
 async def run_campaign(config: CampaignConfig, progress: Callable[[str], None] | None = None) -> CampaignResult:

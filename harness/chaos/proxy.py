@@ -7,10 +7,17 @@ or load balancer does anyway):
 - `delay(s, for_s)`: every chunk in both directions waits `s` before it is forwarded;
 - `drop(for_s)`: bytes in both directions are swallowed (a black hole); when the window ends the
   connections that lost bytes are reset, so clients reconnect on a clean stream;
+  with `arm_s`, a delay or drop window starts at the first chunk seen within `arm_s` (the next `for_s`
+  seconds of traffic), not on an idle link;
 - `reset()`: every open connection is reset now (RST, SO_LINGER 0);
 - `lose_response(n)`: the next `n` responses are lost after the server processed the request: the
   proxy forwards the request upstream, waits for the server's response bytes, swallows them and
   resets the client connection. The server committed the work; the client never hears.
+
+Each fault call returns what it did as it happens (an `Effect`: chunks actually delayed or swallowed,
+connections actually cut, responses actually lost), so a campaign counts faults by their effect, not by
+the call: a delay with no traffic in its window, a reset with no connection open, a lost response still
+queued when the faults stop did nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +39,16 @@ class ProxyStats:
     lost_responses: int = 0
     dropped_chunks: int = 0
     delayed_chunks: int = 0
+
+
+@dataclass
+class Effect:
+    """What one fault call actually did, counted by the proxy while it acts."""
+
+    chunks: int = 0           # chunks delayed (delay) or swallowed (drop, lose_response) in this fault's window
+    connections_cut: int = 0  # connections this fault reset
+    responses_lost: int = 0   # lose_response: responses swallowed after the server processed the request
+    wanted: int = 0           # lose_response: how many it was asked to lose
 
 
 @dataclass(eq=False)
@@ -62,7 +79,11 @@ class FaultProxy:
         self._delay_s = 0.0
         self._delay_until = 0.0
         self._drop_until = 0.0
-        self._lose = 0
+        self._delay_len = self._drop_len = 0.0
+        self._delay_armed_until = self._drop_armed_until = 0.0  # a window waiting for its first chunk
+        self._delay_effect = Effect()
+        self._drop_effect = Effect()
+        self._lose: list[Effect] = []  # pending lose_response faults, oldest first
 
     @property
     def address(self) -> str:
@@ -83,14 +104,37 @@ class FaultProxy:
 
     # --- faults ----------------------------------------------------------------------------
 
-    def delay(self, seconds: float, for_s: float) -> None:
-        self._delay_s, self._delay_until = seconds, time.monotonic() + for_s
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
 
-    def drop(self, for_s: float) -> None:
-        self._drop_until = time.monotonic() + for_s
-        asyncio.get_running_loop().call_later(for_s, self._end_drop)
+    def delay(self, seconds: float, for_s: float, arm_s: float = 0.0) -> Effect:
+        self._delay_s, self._delay_len = seconds, for_s
+        self._delay_effect = Effect()
+        if arm_s > 0:
+            self._delay_until, self._delay_armed_until = 0.0, time.monotonic() + arm_s
+        else:
+            self._start_delay(time.monotonic())
+        return self._delay_effect
+
+    def drop(self, for_s: float, arm_s: float = 0.0) -> Effect:
+        self._drop_len = for_s
+        effect = self._drop_effect = Effect()
+        if arm_s > 0:
+            self._drop_until, self._drop_armed_until = 0.0, time.monotonic() + arm_s
+        else:
+            self._start_drop(time.monotonic())
+        return effect
+
+    def _start_delay(self, now: float) -> None:
+        self._delay_armed_until, self._delay_until = 0.0, now + self._delay_len
+
+    def _start_drop(self, now: float) -> None:
+        self._drop_armed_until, self._drop_until = 0.0, now + self._drop_len
+        asyncio.get_running_loop().call_later(self._drop_len, self._end_drop, self._drop_effect)
 
     def reset(self) -> int:
+        """Resets every open connection now; returns how many were cut."""
         n = 0
         for conn in list(self._conns):
             self._kill(conn)
@@ -98,18 +142,22 @@ class FaultProxy:
         self.stats.resets += n
         return n
 
-    def lose_response(self, n: int = 1) -> None:
-        self._lose += n
+    def lose_response(self, n: int = 1) -> Effect:
+        effect = Effect(wanted=n)
+        self._lose.append(effect)
+        return effect
 
     def clear(self) -> None:
         self._delay_until = self._drop_until = 0.0
-        self._lose = 0
+        self._delay_armed_until = self._drop_armed_until = 0.0
+        self._lose.clear()
 
-    def _end_drop(self) -> None:
+    def _end_drop(self, effect: Effect) -> None:
         for conn in list(self._conns):
             if conn.dirty:
                 self._kill(conn)
                 self.stats.resets += 1
+                effect.connections_cut += 1
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -140,18 +188,29 @@ class FaultProxy:
                 if not data:
                     break
                 now = time.monotonic()
+                if now < self._drop_armed_until:
+                    self._start_drop(now)
+                if now < self._delay_armed_until:
+                    self._start_delay(now)
                 if now < self._drop_until:
                     conn.dirty = True
                     self.stats.dropped_chunks += 1
+                    self._drop_effect.chunks += 1
                     continue
                 if now < self._delay_until:
                     self.stats.delayed_chunks += 1
+                    self._delay_effect.chunks += 1
                     await asyncio.sleep(self._delay_s)
                 if upstream:
                     conn.request_sent = now
-                elif self._lose > 0 and len(data) >= RESPONSE_MIN_BYTES and conn.request_sent:
+                elif self._lose and len(data) >= RESPONSE_MIN_BYTES and conn.request_sent:
                     # The server answered a request it processed: lose the answer, reset the client.
-                    self._lose -= 1
+                    effect = self._lose[0]
+                    effect.responses_lost += 1
+                    effect.chunks += 1
+                    effect.connections_cut += 1
+                    if effect.responses_lost >= effect.wanted:
+                        self._lose.pop(0)
                     self.stats.lost_responses += 1
                     self._kill(conn)
                     return

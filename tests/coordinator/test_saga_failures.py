@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 
 from harness.faults import FaultPlan
 from stack.scenario import seed_customer
@@ -16,6 +17,25 @@ from tests.coordinator.conftest import Stack
 PREPARE_STEPS = ["get_invoice", "get_lot_boundaries", "split_draft", "reserve_credits", "prepare_finalize"]
 COMMIT_STEPS = ["commit_hold", "commit_finalize"]
 ACCOUNT = "acct-john-wick"
+ACTIVITY = {"get_invoice": "invoice.get_invoice", "get_lot_boundaries": "ledger.get_lot_boundaries",
+            "split_draft": "invoice.split_draft", "reserve_credits": "ledger.reserve_credits",
+            "prepare_finalize": "invoice.prepare_finalize", "commit_hold": "ledger.commit_hold",
+            "commit_finalize": "invoice.commit_finalize"}
+
+
+async def attempts(handle: WorkflowHandle[Any, Any]) -> dict[str, int]:
+    """Per activity type, the attempt its (last) run started with, from the workflow's history: Temporal's own
+    record of how often each step failed before it succeeded."""
+    out: dict[str, int] = {}
+    scheduled: dict[int, str] = {}
+    async for e in handle.fetch_history_events():
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = e.activity_task_started_event_attributes
+            name = scheduled[attrs.scheduled_event_id]
+            out[name] = max(out.get(name, 0), attrs.attempt)
+    return out
 
 
 @pytest.mark.parametrize("phase", ["before", "after"])
@@ -24,10 +44,12 @@ async def test_rejection_at_every_prepare_boundary_compensates(stack: Stack, pha
     for n, step in enumerate(PREPARE_STEPS):
         account = f"acct-cust-{n}"
         invoice_id = await seed_customer(stack.services, f"cust-{n}")
-        async with stack.worker(FaultPlan().add(step, phase, "reject")):
+        faults = FaultPlan().add(step, phase, "reject")
+        async with stack.worker(faults):
             handle = await stack.start_finalize(invoice_id)
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
+        assert faults.faults[0].fired == 1, (step, phase)
         assert await stack.assert_both_or_neither(invoice_id, account) == "neither", (step, phase)
         # The same invoice can be finalized afterwards by a new run (the failed one is not reused).
         async with stack.worker():
@@ -44,9 +66,14 @@ async def test_transport_errors_at_every_boundary_are_retried(stack: Stack, phas
         faults.add(step, phase, "transport", times=2)
     invoice_id = await seed_customer(stack.services)
     async with stack.worker(faults):
-        result = await (await stack.start_finalize(invoice_id)).result()
+        handle = await stack.start_finalize(invoice_id)
+        result = await handle.result()
     assert result.outcome == "finalized"
     assert all(f.fired == 2 for f in faults.faults)
+    # Each step failed twice and succeeded on its third attempt, as Temporal recorded it.
+    tried = await attempts(handle)
+    assert {step: tried.get(ACTIVITY[step]) for step in PREPARE_STEPS + COMMIT_STEPS} == \
+        dict.fromkeys(PREPARE_STEPS + COMMIT_STEPS, 3), tried
     assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
     assert (await stack.balance(ACCOUNT)).consumed == "50.00"
 
@@ -59,8 +86,12 @@ async def test_rejection_after_the_decision_is_retried_until_committed(stack: St
         faults.add(step, phase, "reject", times=2)
     invoice_id = await seed_customer(stack.services)
     async with stack.worker(faults):
-        result = await (await stack.start_finalize(invoice_id)).result()
+        handle = await stack.start_finalize(invoice_id)
+        result = await handle.result()
     assert result.outcome == "finalized" and result.credits_applied == "50.00"
+    assert all(f.fired == 2 for f in faults.faults)
+    tried = await attempts(handle)
+    assert {step: tried.get(ACTIVITY[step]) for step in COMMIT_STEPS} == dict.fromkeys(COMMIT_STEPS, 3), tried
     assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == "finalized"
 
 

@@ -3,16 +3,18 @@ ones (in code the fuzz suite does not own) as strict xfails that flip when fixed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from credits.audit.v1 import audit_pb2 as apb
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.fuzz.conftest import Running, Seeded
-from tests.fuzz.generators import _is_repeated
+from tests.fuzz.conftest import Running, Seeded, Tenant
 from tests.fuzz.harness import AUDIT_TABLES, DOCUMENTED
 from tests.tenancy import add_tenant_key
 
@@ -72,34 +74,68 @@ def _timestamp_rpcs() -> list[object]:
     return out
 
 
-def _with_bad_nanos(method_name: str, field_path: str) -> object:
-    method = ipb.DESCRIPTOR.services_by_name["InvoiceService"].methods_by_name[method_name]
-    from google.protobuf import message_factory
-
-    msg = message_factory.GetMessageClass(method.input_type)()
-    bad = Timestamp(seconds=1_785_542_400, nanos=-1)
-    target = msg
-    *outer, last = field_path.split(".")
-    for part in outer:
-        fd = target.DESCRIPTOR.fields_by_name[part]
-        target = getattr(target, part).add() if _is_repeated(fd) else getattr(target, part)
-    fd = target.DESCRIPTOR.fields_by_name[last]
-    if _is_repeated(fd):
-        getattr(target, last).add().CopyFrom(bad)
-    else:
-        getattr(target, last).CopyFrom(bad)
-    return msg
+GOOD_TS = Timestamp(seconds=1_785_542_400)            # 2026-08-01T00:00:00Z, a period boundary of the seeds
+BAD_NANOS = Timestamp(seconds=1_785_542_400, nanos=-1)
 
 
-@pytest.mark.parametrize(("method_name", "field_path"), _timestamp_rpcs())
-async def test_timestamp_nanos_out_of_range_is_invalid_argument(method_name: str, field_path: str,
-                                                                 invoice_server: Running,
-                                                                 request: pytest.FixtureRequest) -> None:
-    key = await add_tenant_key(invoice_server.dsn, "nanos", "admin")
-    svc = invoice_server.service
-    out = await svc.call(_method(svc.descriptor, method_name), _with_bad_nanos(method_name, field_path), key)  # type: ignore
+def _nanos_request(method_name: str, a: Tenant, stamp: Timestamp) -> Message:
+    """A request to `method_name` that is valid in every field (ids of tenant A's seeded objects, fresh keys)
+    but the Timestamp, which is `stamp`: with GOOD_TS it succeeds, so with BAD_NANOS only the bad
+    timestamp can be the reason it is refused."""
+    p = a.tenant_id
+    draft = a.ids["invoice"][0]  # cust1's invoice: still a DRAFT (seed_invoice_tenant)
+    event = ipb.UsageEvent(event_id=f"{p}-nanos-ev", customer_id=f"{p}-cust1", meter_code=f"{p}-sum", quantity="1",
+                           timestamp=stamp, properties={"user": "u1"})
+    builders: dict[str, Callable[[], Message]] = {
+        "CreateSubscription": lambda: ipb.CreateSubscriptionRequest(
+            idempotency_key="nanos-sub", subscription_id=f"{p}-nanos-sub", customer_id=f"{p}-cust4",
+            plan_id=f"{p}-plan", anchor=stamp),
+        "ListDueSubscriptions": lambda: ipb.ListDueSubscriptionsRequest(as_of=stamp),
+        "IngestEvent": lambda: ipb.IngestEventRequest(idempotency_key="nanos-ev", event=event),
+        "IngestEvents": lambda: ipb.IngestEventsRequest(idempotency_key="nanos-evs", events=[event]),
+        "CreateDraft": lambda: ipb.CreateDraftRequest(idempotency_key="nanos-draft", customer_id=f"{p}-cust1",
+                                                      period_start=_shifted(stamp, 31 * 86400)),  # September
+        "SplitDraft": lambda: ipb.SplitDraftRequest(invoice_id=draft, split_at=[_shifted(stamp, 14 * 86400)]),
+        "PrepareFinalize": lambda: ipb.PrepareFinalizeRequest(idempotency_key="nanos-prep", invoice_id=draft,
+                                                              split_at=[_shifted(stamp, 14 * 86400)]),
+        "ListInvoices.prepared_before": lambda: ipb.ListInvoicesRequest(prepared_before=stamp),
+        "ListInvoices.period_start": lambda: ipb.ListInvoicesRequest(customer_id=f"{p}-cust1", period_start=stamp),
+    }
+    return builders[method_name]()
+
+
+def _shifted(stamp: Timestamp, seconds: int) -> Timestamp:
+    return Timestamp(seconds=stamp.seconds + seconds, nanos=stamp.nanos)
+
+
+NANOS_CASES = {"CreateSubscription": "anchor", "ListDueSubscriptions": "as_of", "IngestEvent": "event.timestamp",
+               "IngestEvents": "events.timestamp", "CreateDraft": "period_start", "SplitDraft": "split_at",
+               "PrepareFinalize": "split_at", "ListInvoices.prepared_before": "prepared_before",
+               "ListInvoices.period_start": "period_start"}
+
+
+def test_every_invoice_timestamp_has_a_nanos_case() -> None:
+    """A Timestamp field added to an InvoiceService request fails here until it gets a valid request above."""
+    found = {(p.values[0], p.values[1]) for p in _timestamp_rpcs()}  # type: ignore[attr-defined]
+    cases = {(name.partition(".")[0], field) for name, field in NANOS_CASES.items()}
+    assert found == cases
+
+
+@pytest.mark.parametrize("case", list(NANOS_CASES))
+async def test_timestamp_nanos_out_of_range_is_invalid_argument(case: str, invoice: Seeded) -> None:
+    """nanos = -1 in an otherwise valid request: INVALID_ARGUMENT naming the timestamp, nothing written;
+    the same request with the timestamp fixed is then accepted (so the bad timestamp was what was read)."""
+    svc, a = invoice.service, invoice.a
+    method = _method(svc.descriptor, case.partition(".")[0])
+    before = await svc.snapshot.take()
+    out = await svc.call(method, _nanos_request(case, a, BAD_NANOS), a.key)  # type: ignore[arg-type]
+    after = await svc.snapshot.take()
+    assert out.code == INVALID, (out.code, out.details)
+    assert NANOS_CASES[case].rpartition(".")[2] in out.details, out.details
+    assert {t for t in after if t not in AUDIT_TABLES and after[t] != before.get(t)} == set()
+    control = await svc.call(method, _nanos_request(case, a, GOOD_TS), a.key)  # type: ignore[arg-type]
     svc.invalidate()
-    assert out.code in DOCUMENTED, (out.code, out.details)
+    assert control.code == grpc.StatusCode.OK, (control.code, control.details)
 
 
 # --- bugs found by the front-door and audit fuzzers (fixed; kept as regression tests) ---

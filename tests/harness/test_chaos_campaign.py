@@ -1,9 +1,11 @@
 """A short seeded crash campaign on the real multi-process stack (CI): nothing the reconciler or the
-bank-style reader can see may be wrong, and every kind of fault was actually injected."""
+bank-style reader can see may be wrong, and every kind of fault was actually applied (counted by its effect)."""
 
 from __future__ import annotations
 
-from harness.chaos.campaign import CampaignConfig, make_plan, plan_digest, run_campaign
+from harness.chaos.campaign import FAULT_KINDS, CampaignConfig, make_plan, plan_digest, run_campaign
+
+CI_SAGAS, CI_SEED = 30, 1788  # a seed whose 30-saga plan has every fault kind (one of each)
 
 
 def test_same_seed_same_schedule_other_seed_other_schedule() -> None:
@@ -24,17 +26,26 @@ def test_every_plan_leaves_work_in_doubt_both_ways_on_sagas_of_its_own() -> None
             assert plan.customers[tenant][int(index)][0].startswith("doubt-")
 
 
+def test_the_ci_seed_plans_every_fault_kind() -> None:
+    planned = {f.kind for batch in make_plan(CI_SAGAS, CI_SEED).faults for f in batch}
+    assert planned == {kind for kind, _weight in FAULT_KINDS}
+
+
 async def test_campaign_of_30_sagas_ends_without_violations() -> None:
-    result = await run_campaign(CampaignConfig(sagas=30, seed=49))
+    result = await run_campaign(CampaignConfig(sagas=CI_SAGAS, seed=CI_SEED))
     print(result.render())
     assert not result.violations, "\n".join(v.line() for v in result.violations)
-    assert result.sagas == 30
-    faults = result.faults_injected
-    assert sum(faults.values()) > 0
-    assert any(k.startswith("kill_") for k in faults), faults
-    assert any(k.startswith(("proxy_", "lose_response")) for k in faults), faults
-    # Whatever the coordinator lost in doubt, the resolver settled, each in the direction of the decision
-    # (hit or missed, the window is timing; settling what was hit is not).
+    assert result.sagas == CI_SAGAS
+    # Every planned fault did what it is for (killed a live process, cut connections, lost responses, ...).
+    assert set(result.faults_planned) == {kind for kind, _weight in FAULT_KINDS}
+    assert result.faults_applied == result.faults_planned, [r.line() for r in result.faults_not_applied]
+    assert result.all_faults_applied and result.faults_total == sum(result.faults_planned.values())
+    # The background checkers ran (their own failures would be violations).
+    assert result.bank_reads > 0 and result.traffic.get("reserve", 0) > 0 and result.traffic.get("commit", 0) > 0
+    # The sagas lost in doubt (one each way here, applied above) ended settled as decided, as the databases show
+    # it after the resolver: compared with the sagas actually terminated, not with a count that may be 0.
+    lost = result.in_doubt_lost
+    assert lost.get("commit", 0) >= 1 and lost.get("abort", 0) >= 1, lost
+    assert result.in_doubt_settled == lost, (lost, result.in_doubt_settled)
     rec = result.recoveries
-    assert rec.get("resolved_commit", 0) >= faults.get("in_doubt_commit", 0), (faults, rec)
-    assert rec.get("resolved_abort", 0) >= faults.get("in_doubt_abort", 0), (faults, rec)
+    assert rec.get("resolved_commit", 0) >= lost["commit"] and rec.get("resolved_abort", 0) >= lost["abort"], rec
