@@ -1,4 +1,4 @@
-"""creditctl holds list|show|reserve|commit|release|debit|release-expired: two-phase holds on credit.
+"""creditctl holds list|show|reserve|commit|release|debit|reverse|release-expired: two-phase holds.
 
 A hold reserves credit on specific lots (ReserveCredits), then posts all or part of it (CommitHold)
 or gives it back (ReleaseHold); `debit` is both at once (DebitCredits). Saga holds are named
@@ -139,6 +139,30 @@ def debit(account: str, amount: str, unit: str, kind: str, name: str, at: dateti
     return _show(rpc("ledger", "DebitCredits", lpb.DebitCreditsRequest(
         idempotency_key=key_for(idempotency_key), account_id=account, unit=unit,
         charges=[_charge(amount, kind, name, at)], reference=reference, up_to=up_to)), fmt)
+
+
+@command.command("reverse", help="give a committed hold's posted credit back to the lots it came from (refunds)")
+@click.argument("hold_key")
+@click.option("--expired-lot-policy", type=click.Choice(("EXPIRE_AT_ONCE", "REINSTATE_WITH_GRACE"),
+                                                        case_sensitive=False), default="EXPIRE_AT_ONCE",
+              help="credit going back to a lot already past expiry")
+@click.option("--grace", "grace_s", type=int, default=0, help="seconds, with REINSTATE_WITH_GRACE")
+@click.option("--reason", default="")
+@idempotency_option
+@format_options()
+def reverse(hold_key: str, expired_lot_policy: str, grace_s: int, reason: str, idempotency_key: str,
+            fmt: Format) -> int:
+    response = rpc("ledger", "ReverseHold", lpb.ReverseHoldRequest(
+        idempotency_key=key_for(idempotency_key), hold_key=hold_key, grace_s=grace_s, reason=reason,
+        expired_lot_policy=lpb.ExpiredLotPolicy.Value(expired_lot_policy.upper())))
+    r = record(response)
+    if fmt == Format.TABLE:
+        reinstated = r.pop("reinstated", [])
+        emit_record(r, fmt)
+        emit_rows(reinstated, ("charge_id", "lot_id", "lot_type", "amount"), fmt, empty="")
+    else:
+        emit_record(r, fmt)
+    return 0
 
 
 @command.command("release-expired", help="release real-time holds past their TTL, as the sweep does")
