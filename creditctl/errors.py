@@ -45,6 +45,16 @@ _HINTS = {
 }
 
 
+# The idempotency key creditctl generated for this run's mutation (creditctl.records.key_for): named in
+# the line of a call whose answer may have been lost, so the person can retry it safely.
+_generated_key: list[str] = []
+_ANSWER_MAY_BE_LOST = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
+
+
+def remember_generated_key(key: str) -> None:
+    _generated_key[:] = [key]
+
+
 def rpc_line(err: grpc.RpcError, target: str = "") -> str:
     """One line: `CODE: details`, e.g. `INVALID_ARGUMENT: charges[0].amount: has more than 2 decimal places`.
 
@@ -64,6 +74,8 @@ def rpc_line(err: grpc.RpcError, target: str = "") -> str:
         line += f" — {target}: is the stack up? (creditctl up)"
     elif code in _HINTS:
         line += f" — {_HINTS[code]}"
+    if code in _ANSWER_MAY_BE_LOST and _generated_key:
+        line += f"; retry safely with --idempotency-key {_generated_key[0]}"
     return line
 
 

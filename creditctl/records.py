@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from creditctl.errors import remember_generated_key
 from service_runtime.proto_time import to_timestamp
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,16 +49,16 @@ def short_instant(text: str) -> str:
 
 def idempotency_option(f: F) -> F:
     return click.option("--idempotency-key", default="",
-                        help="reuse to retry safely; default: a fresh key, printed on stderr")(f)
+                        help="the same key retries safely; default: a fresh one (named if the reply is lost)")(f)
 
 
-def key_for(given: str, *, announce: bool = True) -> str:
-    """The given key, or a fresh one (printed on stderr, so a retry after a lost reply can reuse it)."""
+def key_for(given: str) -> str:
+    """The given key, or a fresh one; a call whose answer may have been lost names it in its error line
+    (creditctl.errors), so the retry can reuse it, and every other outcome stays one line."""
     if given:
         return given
     key = f"cli-{uuid.uuid4()}"
-    if announce:
-        click.echo(f"idempotency key  {key}  (pass --idempotency-key {key} to retry safely)", err=True)
+    remember_generated_key(key)
     return key
 
 

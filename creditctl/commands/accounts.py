@@ -24,7 +24,7 @@ def command() -> None:
 @format_options(quiet=True)
 def create(account_id: str, name: str, parent: str, idempotency_key: str, fmt: Format) -> int:
     # Keyed by the id by default: a retried create returns the account instead of a conflict.
-    key = key_for(idempotency_key or f"cli-account-{account_id}", announce=False)
+    key = key_for(idempotency_key or f"cli-account-{account_id}")
     account = rpc("ledger", "CreateAccount", lpb.CreateAccountRequest(
         idempotency_key=key, account_id=account_id, name=name or account_id, parent_account_id=parent))
     emit_record(record(account), fmt, id_field="account_id")

@@ -24,7 +24,7 @@ def command() -> None:
 @idempotency_option
 @format_options(quiet=True)
 def create(customer_id: str, account: str, name: str, idempotency_key: str, fmt: Format) -> int:
-    key = key_for(idempotency_key or f"cli-customer-{customer_id}", announce=False)
+    key = key_for(idempotency_key or f"cli-customer-{customer_id}")
     customer = rpc("invoice", "CreateCustomer", ipb.CreateCustomerRequest(
         idempotency_key=key, customer_id=customer_id, name=name or customer_id, ledger_account_id=account))
     emit_record(record(customer), fmt, id_field="customer_id")

@@ -52,7 +52,7 @@ def create(subscription_id: str, containing: datetime, period_start: datetime | 
                                  f"(that period starts {period.start.isoformat()}; or use --containing)",
                                  param_hint="--period-start")
     # One draft per customer and period: the key names them, so a repeated create returns it.
-    key = key_for(idempotency_key or f"cli-draft-{customer_id}-{period.start.isoformat()}", announce=False)
+    key = key_for(idempotency_key or f"cli-draft-{customer_id}-{period.start.isoformat()}")
     request = ipb.CreateDraftRequest(idempotency_key=key, customer_id=customer_id)
     set_instant(request.period_start, period.start)
     invoice = record(rpc("invoice", "CreateDraft", request))

@@ -7,7 +7,6 @@ after a lost reply can reuse it.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -51,12 +50,7 @@ def _print_lot(lot: lpb.Lot, as_json: bool, extra: dict[str, Any]) -> None:
 
 
 def _idempotency_key(given: str, as_json: bool) -> str:
-    if given:
-        return given
-    key = f"cli-{uuid.uuid4()}"
-    if not as_json:
-        click.echo(f"idempotency key  {key}  (pass --idempotency-key {key} to retry safely)", err=True)
-    return key
+    return key_for(given)
 
 
 @click.group("grants", cls=Group, help="grant or void credit lots (CREDITS_LEDGER_ADDR, CREDITS_API_KEY)")

@@ -30,7 +30,7 @@ def command() -> None:
 @format_options(quiet=True)
 def create(meter_code: str, aggregation: str, property_: str, name: str, allow_negative: bool, unit: str,
            idempotency_key: str, fmt: Format) -> int:
-    key = key_for(idempotency_key or f"cli-meter-{meter_code}", announce=False)
+    key = key_for(idempotency_key or f"cli-meter-{meter_code}")
     meter = rpc("invoice", "CreateMeter", ipb.CreateMeterRequest(
         idempotency_key=key, meter_code=meter_code, name=name or meter_code,
         aggregation=ipb.Aggregation.Value(aggregation.upper()), property=property_, allow_negative=allow_negative,

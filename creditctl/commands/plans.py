@@ -96,7 +96,7 @@ def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[s
         request.plan_id = plan_id
     else:
         request = _request_from_flags(plan_id, name, currency, interval, usage, fees, add_ons, licenses)
-    request.idempotency_key = key_for(idempotency_key or f"cli-plan-{plan_id}", announce=False)
+    request.idempotency_key = key_for(idempotency_key or f"cli-plan-{plan_id}")
     return _print(rpc("invoice", "CreatePlan", request), fmt)
 
 

@@ -41,7 +41,7 @@ def command() -> None:
 def create(subscription_id: str, customer: str, plan: str, anchor: datetime, add_ons: tuple[str, ...],
            licenses: tuple[str, ...], idempotency_key: str, fmt: Format) -> int:
     request = ipb.CreateSubscriptionRequest(
-        idempotency_key=key_for(idempotency_key or f"cli-subscription-{subscription_id}", announce=False),
+        idempotency_key=key_for(idempotency_key or f"cli-subscription-{subscription_id}"),
         subscription_id=subscription_id, customer_id=customer, plan_id=plan,
         add_ons=_quantities(add_ons, "--add-on"), licenses=_quantities(licenses, "--license"))
     set_instant(request.anchor, anchor.replace(microsecond=0))

@@ -22,7 +22,7 @@ def command() -> None:
 @idempotency_option
 @format_options()
 def define(code: str, scale: int, idempotency_key: str, fmt: Format) -> int:
-    key = key_for(idempotency_key or f"cli-unit-{code}-{scale}", announce=False)
+    key = key_for(idempotency_key or f"cli-unit-{code}-{scale}")
     unit = rpc("ledger", "DefineUnit", lpb.DefineUnitRequest(idempotency_key=key, code=code, scale=scale))
     emit_record(record(unit), fmt)
     return 0

@@ -102,7 +102,9 @@ async def send_batch(call_one: Callable[[str, Any], Awaitable[Any]], batch: list
             found = _EVENT_INDEX.match(err.details() or "")
             index = int(found.group(1)) if found and int(found.group(1)) < len(batch) else None
             culprits = [batch[index]] if index is not None else batch
-            summary.rejected.extend(Rejected(n, e.event_id, rpc_line(err)) for n, e in culprits)
+            # The index is the event's place in the batch sent; the summary names the file's line instead.
+            reason = re.sub(r"^(\w+: )events\[\d+\]\.", r"\1", rpc_line(err))
+            summary.rejected.extend(Rejected(n, e.event_id, reason) for n, e in culprits)
             batch = [b for i, b in enumerate(batch) if i != index] if index is not None else []
             continue
         summary.accepted += response.accepted
