@@ -55,8 +55,8 @@ def describe(price: dict[str, Any]) -> str:
     if model == "package":
         return f"package:{price.get('unit_amount', '')}/{price.get('package_size', '')}"
     tiers: list[dict[str, str]] = price.get("tiers") or []
-    parts = [f"{t.get('up_to', '')}@{t.get('unit_amount', '')}" + (f"+{t['flat_amount']}" if _nonzero(t.get("flat_amount"))
-                                                                   else "") for t in tiers]
+    parts = [f"{t.get('up_to', '')}@{t.get('unit_amount', '')}"
+             + (f"+{t['flat_amount']}" if _nonzero(t.get("flat_amount")) else "") for t in tiers]
     return f"{model}:{','.join(parts)}"
 
 
