@@ -61,4 +61,4 @@ def describe(price: dict[str, Any]) -> str:
 
 
 def _nonzero(amount: str | None) -> bool:
-    return bool(amount) and amount.strip("0.") != ""
+    return amount is not None and amount.strip("0.") != ""

@@ -55,6 +55,10 @@ async def test_hierarchy_transfers_and_limits(stack: Stack) -> None:
     child = await cli.json("accounts", "create", "team", "--parent", "org")
     assert child["parent_account_id"] == "org"
     assert (await cli.json("accounts", "show", "team"))["name"] == "team"
+    assert (await cli.ok("accounts", "children", "org", "-q")).split() == ["team"]
+    assert "team" in (await cli.ok("accounts", "children", "org")) and "org" in await cli.ok("accounts", "list")
+    assert [r["account_id"] for r in csv.DictReader(io.StringIO(await cli.ok("accounts", "list", "--csv")))] == [
+        "org", "team"]
     await cli.ok("grants", "create", "org", "--amount", "100.00", "--type", "purchased", "--cost-basis", "1")
     moved = await cli.json("transfers", "create", "org", "team", "--amount", "30.00")
     [leg] = moved["legs"]
