@@ -1,17 +1,32 @@
 """click's Command and Group for creditctl: a group's --help lists its subcommands in the order they were
 added, each with its whole first help line (click cuts it to what fits on one line, which hides most
-of ours). Every creditctl command and group is made with these: `@click.command(cls=Command)`,
-`@click.group(cls=Group)`; a Group's subcommands get them by default.
+of ours), and shows defaults only where there is one. Every creditctl command and group is made with
+these: `@click.command(cls=Command)`, `@click.group(cls=Group)`; a Group's subcommands get them by default.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
 _NO_CUT = 10_000
 
 
+def _quiet_empty_defaults(params: list[click.Parameter]) -> None:
+    """Help shows real defaults (`[default: USD]`), not `[default: ""]` for options that are simply optional."""
+    for param in params:
+        default = param.default if isinstance(param, click.Option) else 0
+        if isinstance(param, click.Option) and param.show_default is None and (
+                default is None or default is False or default == "" or default == ()):
+            param.show_default = False
+
+
 class Command(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _quiet_empty_defaults(self.params)
+
     def get_short_help_str(self, limit: int = 45) -> str:
         return super().get_short_help_str(_NO_CUT)  # the listing wraps it instead
 
