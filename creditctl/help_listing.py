@@ -34,6 +34,21 @@ class Command(click.Command):
 class Group(click.Group):
     command_class = Command
     group_class = type  # subgroups are Groups too
+    # (heading, command names) for --help; a command in no section is listed under "More".
+    sections: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.sections:
+            super().format_commands(ctx, formatter)
+            return
+        listed = [n for _, names in self.sections for n in names]
+        groups = [*self.sections, ("More", tuple(n for n in self.list_commands(ctx) if n not in listed))]
+        for heading, names in groups:
+            rows = [(n, self.commands[n].get_short_help_str()) for n in names
+                    if n in self.commands and not self.commands[n].hidden]
+            if rows:
+                with formatter.section(heading):
+                    formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # in the order they were added, not alphabetical

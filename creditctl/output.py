@@ -83,7 +83,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title:
             click.echo(title)
         click.echo(table(headers, rows))
         return
-    t = Table(*headers, box=box.SIMPLE_HEAD, header_style="bold", title=title or None, title_justify="left")
+    t = Table(*headers, box=box.SIMPLE_HEAD, header_style="bold cyan", title=title or None, title_justify="left")
     for row in rows:
         t.add_row(*(_cell(c) for c in row))
     console().print(t)
