@@ -83,3 +83,21 @@ def test_a_lost_reply_names_the_generated_key_to_retry_with(monkeypatch: pytest.
     assert errors.rpc_line(_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")).endswith(
         f"retry safely with --idempotency-key {key}")
     assert key not in errors.rpc_line(_error(grpc.StatusCode.NOT_FOUND, "account_id: not found"))
+
+
+def test_version_completion_and_help_sections() -> None:
+    from click.testing import CliRunner
+
+    from creditctl.main import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--version"]).output.startswith("creditctl ")
+    script = runner.invoke(cli, ["completion", "bash"])
+    assert script.exit_code == 0 and "_CREDITCTL_COMPLETE" in script.output
+    completed = runner.invoke(cli, [], prog_name="creditctl", env={"_CREDITCTL_COMPLETE": "bash_complete",
+                                                                   "COMP_WORDS": "creditctl acc", "COMP_CWORD": "1"})
+    assert completed.output.split() == ["plain,accounts"]
+    helped = runner.invoke(cli, ["--help"]).output
+    assert helped.index("Start:") < helped.index("Credits (ledger):") < helped.index("Billing (")
+    assert "[default: USD]" in runner.invoke(cli, ["grants", "create", "--help"]).output
+    assert '[default: ""]' not in runner.invoke(cli, ["grants", "create", "--help"]).output
