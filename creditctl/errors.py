@@ -38,20 +38,73 @@ class UserError(SystemExit):
         return self.message
 
 
-def rpc_line(err: grpc.RpcError) -> str:
-    """`CODE: details`, e.g. `NOT_FOUND: invoice inv_1 not found`."""
-    if isinstance(err, grpc.aio.AioRpcError | grpc.Call):
-        return f"{err.code().name}: {err.details()}"
-    return f"{type(err).__name__}: {err}"
+# What to check after the status line, for the refusals a person can act on at once.
+_HINTS = {
+    "UNAUTHENTICATED": "check CREDITS_API_KEY (creditctl tenants create / keys create)",
+    "PERMISSION_DENIED": "the key's role may not do this (service_runtime/permissions.py lists who may)",
+}
+
+
+# The idempotency key creditctl generated for this run's mutation (creditctl.records.key_for): named in
+# the line of a call whose answer may have been lost, so the person can retry it safely.
+_generated_key: list[str] = []
+_ANSWER_MAY_BE_LOST = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
+
+
+def remember_generated_key(key: str) -> None:
+    _generated_key[:] = [key]
+
+
+def rpc_line(err: grpc.RpcError, target: str = "") -> str:
+    """One line: `CODE: details`, e.g. `INVALID_ARGUMENT: charges[0].amount: has more than 2 decimal places`.
+
+    The services put the field first in the details; a refusal that may be retried adds when
+    (google.rpc.RetryInfo), an unreachable service names `target` (its address and setting), and
+    an authentication or permission refusal says what to check.
+    """
+    if not isinstance(err, grpc.aio.AioRpcError | grpc.Call):
+        return f"{type(err).__name__}: {err}"
+    code = err.code().name
+    details = " ".join(str(err.details() or "").split())  # one line, whatever the server sent
+    line = f"{code}: {details}" if details else code
+    retry_s = _retry_after_s(err)
+    if retry_s is not None:
+        line += f" (retry in {retry_s:.1f} s)"
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and target:
+        line += f" — {target}: is the stack up? (creditctl up)"
+    elif code in _HINTS:
+        line += f" — {_HINTS[code]}"
+    if code in _ANSWER_MAY_BE_LOST and _generated_key:
+        line += f"; retry safely with --idempotency-key {_generated_key[0]}"
+    return line
+
+
+def _retry_after_s(err: grpc.aio.AioRpcError | grpc.Call) -> float | None:
+    """The retry delay of google.rpc.RetryInfo in the status details, if the server sent one."""
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+
+        metadata = err.trailing_metadata() or ()
+        for key, value in metadata:
+            if key == "grpc-status-details-bin":
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    info = error_details_pb2.RetryInfo()
+                    if detail.Unpack(info):
+                        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    except Exception:  # details we cannot read change nothing about the line
+        return None
+    return None
 
 
 @contextmanager
-def rpc_refusals(status: int) -> Iterator[None]:
-    """A failed gRPC call inside the block becomes a UserError with `status`."""
+def rpc_refusals(status: int, target: str = "") -> Iterator[None]:
+    """A failed gRPC call inside the block becomes a UserError with `status`; `target` names the
+    service, its address and setting for an unreachable one."""
     try:
         yield
     except grpc.RpcError as err:
-        raise UserError(rpc_line(err), status) from None
+        raise UserError(rpc_line(err, target), status) from None
 
 
 def _usage_line(err: click.UsageError) -> str:

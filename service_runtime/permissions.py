@@ -95,6 +95,7 @@ LEDGER: dict[str, frozenset[str]] = _table(
     # the expiry sweep: RecordSettlement (from the invoice service's ListSettlements), then ExpireLots
     (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds", "RecordSettlement")),
     (VERIFY, ("VerifyJournal",)),
+    (ALL, ("ListAccounts",)),  # the account tree, read like GetAccount (creditctl accounts list|children)
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(

@@ -11,10 +11,11 @@ import click
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
 
-from creditctl.arguments import INSTANT, iso
-from creditctl.connection import Metadata, call_billing
+from creditctl.arguments import iso
+from creditctl.connection import Metadata, call_billing, paged
 from creditctl.help_listing import Group
-from creditctl.output import print_fields, print_json, table
+from creditctl.output import Format, emit_rows, format_options, print_fields, print_json
+from creditctl.times import INSTANT
 from service_runtime.proto_time import to_timestamp
 
 CADENCES = ("monthly", "weekly", "daily")
@@ -124,27 +125,17 @@ def resume(allowance_id: str, note: str, as_json: bool) -> int:
 
 @command.command("list", help="the tenant's allowances (all pages)")
 @click.option("--account", default="")
-@click.option("--json", "as_json", is_flag=True)
-def list_(account: str, as_json: bool) -> int:
-    async def work(stub: billing_pb2_grpc.BillingServiceStub, md: Metadata) -> list[bpb.Allowance]:
-        out: list[bpb.Allowance] = []
-        token = ""
-        while True:
-            page = await stub.ListAllowances(bpb.ListAllowancesRequest(account_id=account, page_token=token),
-                                             metadata=md)
-            out.extend(page.allowances)
-            token = page.next_page_token
-            if not token:
-                return out
-
-    allowances = call_billing(work)
-    if as_json:
+@format_options(csv_=True, quiet=True)
+def list_(account: str, fmt: Format) -> int:
+    allowances = paged("billing", "ListAllowances", bpb.ListAllowancesRequest(account_id=account), "allowances")
+    if fmt == Format.JSON:
         print_json([_allowance_dict(a) for a in allowances])
         return 0
-    rows = [(a.allowance_id, a.config.account_id, f"{a.config.amount} {a.config.unit}",
-             bpb.AllowanceCadence.Name(a.config.cadence).lower(), "paused" if a.paused else "active",
-             iso(a.next_grant_at, "next_grant_at")) for a in allowances]
-    click.echo(table(("allowance", "account", "amount", "every", "state", "next grant"), rows))
+    rows = [{"allowance": a.allowance_id, "account": a.config.account_id,
+             "amount": f"{a.config.amount} {a.config.unit}",
+             "every": bpb.AllowanceCadence.Name(a.config.cadence).lower(), "state": "paused" if a.paused else "active",
+             "next grant": iso(a.next_grant_at, "next_grant_at")} for a in allowances]
+    emit_rows(rows, ("allowance", "account", "amount", "every", "state", "next grant"), fmt)
     return 0
 
 

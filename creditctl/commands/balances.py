@@ -8,10 +8,11 @@ import click
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 
-from creditctl.arguments import INSTANT, iso
+from creditctl.arguments import iso
 from creditctl.connection import Metadata, call_ledger
 from creditctl.help_listing import Command
-from creditctl.output import print_json, table
+from creditctl.output import print_json, print_table
+from creditctl.times import INSTANT
 from service_runtime.proto_time import to_timestamp
 
 BALANCE_COLUMNS = ("available", "held", "consumed", "expired", "voided", "granted", "reinstated",
@@ -43,9 +44,12 @@ def command(account: str, as_of: datetime | None, as_json: bool) -> int:
         return 0
     click.echo(f"account {bal.account_id}, as of {iso(bal.as_of, 'as_of')}")
     cols: tuple[str, ...] = ("unit", *BALANCE_COLUMNS)
-    click.echo(table(cols, [[t[c] for c in cols] for t in totals]) if totals else "(no credits)")
+    if totals:
+        print_table(cols, [[t[c] for c in cols] for t in totals])
+    else:
+        click.echo("(no credits)")
     if by_type:
         click.echo()
         cols = ("unit", "type", *BALANCE_COLUMNS)
-        click.echo(table(cols, [[t.get(c, "") for c in cols] for t in by_type]))
+        print_table(cols, [[t.get(c, "") for c in cols] for t in by_type])
     return 0

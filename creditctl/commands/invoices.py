@@ -1,19 +1,34 @@
-"""creditctl invoices list|show|abandon: read invoices, abandon a draft (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)."""
+"""creditctl invoices list|show|render|abandon: read invoices (ListInvoices, GetInvoice, RenderInvoice) and
+abandon a draft (AbandonInvoice; CREDITS_INVOICE_ADDR, CREDITS_API_KEY). Finalizing and voiding go through
+the sagas (`creditctl sagas`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import click
 from credits.invoice.v1 import invoice_pb2 as pb
-from credits.invoice.v1 import invoice_pb2_grpc
-from google.protobuf.json_format import MessageToDict
 
-from creditctl.arguments import idempotency_key_or_new
-from creditctl.connection import Metadata, call_invoice
+from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
-from creditctl.output import print_json
-from service_runtime.proto_time import from_timestamp
+from creditctl.output import Format, emit_record, emit_rows, format_options
+from creditctl.records import idempotency_option, key_for, record, set_instant, short_instant
+from creditctl.times import INSTANT
 
 STATUSES = ("DRAFT", "PREPARED", "FINALIZED", "VOID_PENDING", "VOIDED", "ABANDONED")
+COLUMNS = ("invoice_id", "number", "customer_id", "status", "period_start", "subtotal", "credits_applied",
+           "amount_due", "currency")
+
+
+def _row(invoice: pb.Invoice) -> dict[str, Any]:
+    r = record(invoice)
+    return {**r, "number": r["number"] or "-", "period_start": short_instant(r.get("period_start", ""))[:10]}
+
+
+def _render(invoice_id: str, as_json: bool) -> str:
+    request = pb.RenderInvoiceRequest(invoice_id=invoice_id, format=pb.JSON if as_json else pb.TEXT)
+    return str(rpc("invoice", "RenderInvoice", request).content)
 
 
 @click.group("invoices", cls=Group, help="read invoices, abandon a draft (CREDITS_INVOICE_ADDR, CREDITS_API_KEY)")
@@ -23,39 +38,42 @@ def command() -> None:
 
 @command.command("list", help="invoices, oldest first")
 @click.option("--customer", default="")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES))
-@click.option("--limit", type=int, default=100)
-@click.option("--json", "as_json", is_flag=True)
-def list_(customer: str, statuses: tuple[str, ...], limit: int, as_json: bool) -> int:
-    request = pb.ListInvoicesRequest(customer_id=customer, page_size=limit,
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="repeatable")
+@click.option("--period-start", type=INSTANT, default=None, help="only this exact period")
+@click.option("--prepared-before", type=INSTANT, default=None, help="PREPARED / VOID_PENDING since before this")
+@click.option("--limit", type=int, default=100, show_default=True)
+@format_options(csv_=True, quiet=True)
+def list_(customer: str, statuses: tuple[str, ...], period_start: datetime | None, prepared_before: datetime | None,
+          limit: int, fmt: Format) -> int:
+    request = pb.ListInvoicesRequest(customer_id=customer, page_size=min(max(limit, 1), 1000),
                                      statuses=[pb.InvoiceStatus.Value(s) for s in statuses])
-
-    async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> pb.ListInvoicesResponse:
-        return await stub.ListInvoices(request, metadata=md)
-
-    response = call_invoice(work)
-    if as_json:
-        print_json([MessageToDict(i) for i in response.invoices])
-        return 0
-    click.echo(f"{'Invoice':<22}{'Number':<12}{'Customer':<20}{'Status':<14}{'Period start':<14}"
-               f"{'Subtotal':>12}{'Due':>12} Cur")
-    for i in response.invoices:
-        start = from_timestamp(i.period_start, "period_start").strftime("%Y-%m-%d")
-        click.echo(f"{i.invoice_id:<22}{i.number or '-':<12}{i.customer_id[:19]:<20}"
-                   f"{pb.InvoiceStatus.Name(i.status):<14}{start:<14}{i.subtotal:>12}{i.amount_due:>12} {i.currency}")
+    set_instant(request.period_start, period_start)
+    set_instant(request.prepared_before, prepared_before)
+    invoices = paged("invoice", "ListInvoices", request, "invoices", limit=limit)
+    if fmt == Format.JSON:
+        emit_rows([record(i) for i in invoices], COLUMNS, fmt)
+    else:
+        emit_rows([_row(i) for i in invoices], COLUMNS, fmt)
     return 0
 
 
-@command.command("show", help="one invoice with line items, credits applied and amount due")
+@command.command("show", help="one invoice with line items, credits applied and amount due (--json: every field)")
 @click.argument("invoice_id")
-@click.option("--json", "as_json", is_flag=True)
-def show(invoice_id: str, as_json: bool) -> int:
-    request = pb.RenderInvoiceRequest(invoice_id=invoice_id, format=pb.JSON if as_json else pb.TEXT)
+@format_options()
+def show(invoice_id: str, fmt: Format) -> int:
+    if fmt == Format.JSON:
+        emit_record(record(rpc("invoice", "GetInvoice", pb.GetInvoiceRequest(invoice_id=invoice_id))), fmt)
+        return 0
+    content = _render(invoice_id, as_json=False)
+    click.echo(content, nl=not content.endswith("\n"))
+    return 0
 
-    async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> pb.RenderInvoiceResponse:
-        return await stub.RenderInvoice(request, metadata=md)
 
-    content = call_invoice(work).content
+@command.command("render", help="the invoice as the service renders it: text (default) or JSON")
+@click.argument("invoice_id")
+@click.option("--format", "render_format", type=click.Choice(("text", "json")), default="text", show_default=True)
+def render(invoice_id: str, render_format: str) -> int:
+    content = _render(invoice_id, as_json=render_format == "json")
     click.echo(content, nl=not content.endswith("\n"))
     return 0
 
@@ -63,18 +81,10 @@ def show(invoice_id: str, as_json: bool) -> int:
 @command.command("abandon", help="DRAFT -> ABANDONED: the period is never billed; credit it held back may expire")
 @click.argument("invoice_id")
 @click.option("--reason", required=True, help="why the period is not billed (kept on the invoice)")
-@click.option("--idempotency-key", default="")
-@click.option("--json", "as_json", is_flag=True)
-def abandon(invoice_id: str, reason: str, idempotency_key: str, as_json: bool) -> int:
-    request = pb.AbandonInvoiceRequest(idempotency_key=idempotency_key_or_new(idempotency_key, as_json),
-                                       invoice_id=invoice_id, reason=reason)
-
-    async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> pb.Invoice:
-        return await stub.AbandonInvoice(request, metadata=md)
-
-    invoice = call_invoice(work)
-    if as_json:
-        print_json(MessageToDict(invoice))
-    else:
-        click.echo(f"{invoice.invoice_id} {pb.InvoiceStatus.Name(invoice.status)}: {invoice.abandon_reason}")
+@idempotency_option
+@format_options(quiet=True)
+def abandon(invoice_id: str, reason: str, idempotency_key: str, fmt: Format) -> int:
+    invoice = rpc("invoice", "AbandonInvoice", pb.AbandonInvoiceRequest(
+        idempotency_key=key_for(idempotency_key), invoice_id=invoice_id, reason=reason))
+    emit_record(record(invoice), fmt, id_field="invoice_id")
     return 0

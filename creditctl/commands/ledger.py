@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import click
+from credits.ledger.v1 import ledger_pb2 as lpb
 
-from creditctl.connection import load_settings
+from creditctl.connection import load_settings, rpc
 from creditctl.help_listing import Group
 from creditctl.output import print_json
 from service_runtime.databases import resolve_databases
@@ -39,10 +40,17 @@ def command() -> None:
 
 @command.command("verify", help="replay the journal and compare it with the balance projection")
 @click.option("--tenant", default=None)
+@click.option("--api", "via_api", is_flag=True,
+              help="through the ledger's VerifyJournal RPC, for the tenant of CREDITS_API_KEY (no database access)")
 @click.option("--json", "as_json", is_flag=True)
-def verify(tenant: str | None, as_json: bool) -> int:
+def verify(tenant: str | None, via_api: bool, as_json: bool) -> int:
     """Exit 1 when any tenant's journal and projection disagree."""
-    report = asyncio.run(verify_ledger(load_settings(), tenant))
+    if via_api:
+        v = rpc("ledger", "VerifyJournal", lpb.VerifyJournalRequest())
+        report = {"(tenant of CREDITS_API_KEY)": {"ok": v.ok, "entries": v.entries, "lots": v.lots,
+                                                  "violations": list(v.violations)}}
+    else:
+        report = asyncio.run(verify_ledger(load_settings(), tenant))
     if as_json:
         print_json(report)
     else:

@@ -41,7 +41,7 @@ def void(invoice_id: str, reason: str, no_wait: bool, as_json: bool) -> int:
 @click.option("--incident", required=True)
 @click.option("--amount", required=True)
 @click.option("--unit", default="USD")
-@click.option("--expires-at", type=INSTANT, default=None, help="ISO instant; default never")
+@click.option("--expires-at", type=INSTANT, default=None, help="default: never")
 @click.option("--reason", default="")
 @click.option("--no-wait", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -9,10 +9,11 @@ import click
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 
-from creditctl.arguments import INSTANT, iso
+from creditctl.arguments import iso
 from creditctl.connection import Metadata, call_ledger
 from creditctl.help_listing import Command
-from creditctl.output import print_json, table
+from creditctl.output import Format, emit_rows, format_options, print_json
+from creditctl.times import INSTANT, SINCE
 from service_runtime.proto_time import to_timestamp
 
 COLUMNS = ("entry_id", "recorded_at", "kind", "amount", "unit", "lot_id", "reference", "reason")
@@ -27,11 +28,11 @@ def _row(e: lpb.Entry) -> dict[str, Any]:
 
 @click.command("statements", cls=Command, help="an account's journal entries, oldest first")
 @click.argument("account")
-@click.option("--since", type=INSTANT, default=None, help="recorded at or after this ISO instant")
-@click.option("--until", type=INSTANT, default=None, help="recorded before this ISO instant")
-@click.option("--limit", type=int, default=1000)
-@click.option("--json", "as_json", is_flag=True)
-def command(account: str, since: datetime | None, until: datetime | None, limit: int, as_json: bool) -> int:
+@click.option("--since", type=SINCE, default=None, help="recorded at or after: ISO 8601, 24h (ago), -7d")
+@click.option("--until", type=INSTANT, default=None, help="recorded before: ISO 8601, now, -1h")
+@click.option("--limit", type=int, default=1000, show_default=True)
+@format_options(csv_=True)
+def command(account: str, since: datetime | None, until: datetime | None, limit: int, fmt: Format) -> int:
     async def work(stub: ledger_pb2_grpc.LedgerServiceStub, md: Metadata) -> tuple[list[lpb.Entry], str]:
         entries: list[lpb.Entry] = []
         token = ""
@@ -51,10 +52,11 @@ def command(account: str, since: datetime | None, until: datetime | None, limit:
 
     entries, more = call_ledger(work)
     rows = [_row(e) for e in entries]
-    if as_json:
+    if fmt == Format.JSON:
         print_json({"account_id": account, "entries": rows, "more": bool(more)})
         return 0
-    click.echo(f"statement of {account}: {len(rows)} entries" + (" (more: raise --limit)" if more else ""))
-    if rows:
-        click.echo(table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]))
+    if fmt == Format.TABLE:
+        click.echo(f"statement of {account}: {len(rows)} entries" + (" (more: raise --limit)" if more else ""))
+    if rows or fmt != Format.TABLE:
+        emit_rows(rows, COLUMNS, fmt)
     return 0

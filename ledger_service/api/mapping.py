@@ -29,7 +29,7 @@ from ledger_service.domain.grants import GrantRequestStatus
 from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.model import DEBIT_PREFIX, ChargeKind, HoldStatus, LotType, Scope
 from ledger_service.domain.policy import DEFAULT_TYPE_ORDER, SortKey
-from ledger_service.operations.accounts_and_units import NewAccount
+from ledger_service.operations.accounts_and_units import AccountQuery, NewAccount
 from ledger_service.operations.calls import Call
 from ledger_service.operations.grants import GrantOrder, GrantRequestQuery, RolloverOrder
 from ledger_service.operations.holds import HoldQuery, Reserve
@@ -266,6 +266,12 @@ def support_limits(request: pb.SetSupportGrantLimitsRequest,
                  if request.approval_threshold else None)
     return (check_id(request.unit, "unit"), AmountText(request.max_per_grant, "max_per_grant", allow_zero=True),
             AmountText(request.max_per_day, "max_per_day", allow_zero=True), threshold)
+
+
+def account_query(request: pb.ListAccountsRequest) -> AccountQuery:
+    cursor = decode_token(request.page_token, 1)
+    return AccountQuery(check_id(request.parent_account_id, "parent_account_id", required=False),
+                        cursor[0] if cursor else "", page_size(request.page_size))
 
 
 def grant_request_query(request: pb.ListGrantRequestsRequest) -> GrantRequestQuery:

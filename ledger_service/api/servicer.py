@@ -74,6 +74,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         account_id = check_id(request.account_id, "account_id")
         return await accounts_and_units.get_account(self._ledger, _tenant(), account_id, packing.account)
 
+    async def ListAccounts(self, request: pb.ListAccountsRequest, context: Any) -> pb.ListAccountsResponse:
+        found, token = await accounts_and_units.list_accounts(self._ledger, _tenant(), m.account_query(request),
+                                                              packing.account)
+        return pb.ListAccountsResponse(accounts=found, next_page_token=token)
+
     async def DefineUnit(self, request: pb.DefineUnitRequest, context: Any) -> pb.Unit:
         call = self._call("DefineUnit", request, pb.Unit)
         code, scale = m.unit_definition(request)

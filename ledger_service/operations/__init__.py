@@ -6,7 +6,7 @@ through the AccountWriter for everything that changes one account's lots and hol
 idempotent transaction (`run_idempotent`) for the rest. Idempotency and the claiming of the
 call's audit record happen here, never in `api/`.
 
-- `accounts_and_units`: CreateAccount, GetAccount, DefineUnit, ListUnits
+- `accounts_and_units`: CreateAccount, GetAccount, ListAccounts, DefineUnit, ListUnits
 - `grants`: GrantCredits (support grants, limits and approvals through the SupportGate), VoidGrant,
   Set/GetSupportGrantLimits, Get/ListGrantRequests, Approve/RejectGrantRequest
 - `lots_and_balances`: GetLot, ListLots, GetBalance, ListEntries, GetLotBoundaries, VerifyJournal

@@ -1,4 +1,4 @@
-"""Accounts and units: CreateAccount, GetAccount, DefineUnit, ListUnits."""
+"""Accounts and units: CreateAccount, GetAccount, ListAccounts, DefineUnit, ListUnits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ledger_service.operations.calls import Call, once
 from ledger_service.operations.context import Ledger
 from ledger_service.storage import catalog
 from ledger_service.storage.catalog import AccountRow
+from service_runtime.pages import encode_token
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -34,6 +35,21 @@ async def create_account(ledger: Ledger, call: Call[M], new: NewAccount, pack: C
 
 async def get_account(ledger: Ledger, tenant_id: str, account_id: str, pack: Callable[[AccountRow], T]) -> T:
     return pack(await catalog.get_account(ledger.pool, tenant_id, account_id))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountQuery:
+    parent_account_id: str  # "" = every account
+    after_account_id: str   # the cursor: "" = the first page
+    limit: int
+
+
+async def list_accounts(ledger: Ledger, tenant_id: str, query: AccountQuery,
+                        pack: Callable[[AccountRow], T]) -> tuple[list[T], str]:
+    """One page of accounts by id, and the next page's token ("" after the last)."""
+    rows = await catalog.list_accounts(ledger.pool, tenant_id, query.parent_account_id, query.after_account_id,
+                                       query.limit)
+    return [pack(r) for r in rows], encode_token(rows[-1].account_id) if len(rows) == query.limit else ""
 
 
 async def define_unit(ledger: Ledger, call: Call[M], code: str, scale: int,

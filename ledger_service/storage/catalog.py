@@ -26,6 +26,12 @@ SELECT_ACCOUNT = """
 SELECT account_id, parent_account_id, root_account_id, name, created_at FROM accounts
 WHERE tenant_id = $1 AND account_id = $2
 """
+# One page of accounts by id after a cursor; $3 = '' for every account, else only that parent's children.
+SELECT_ACCOUNTS = """
+SELECT account_id, parent_account_id, root_account_id, name, created_at FROM accounts
+WHERE tenant_id = $1 AND account_id > $2 AND ($3 = '' OR parent_account_id = $3)
+ORDER BY account_id LIMIT $4
+"""
 INSERT_ACCOUNT = """
 INSERT INTO accounts (tenant_id, account_id, parent_account_id, root_account_id, name)
 VALUES ($1, $2, $3, $4, $5) RETURNING account_id, parent_account_id, root_account_id, name, created_at
@@ -100,6 +106,15 @@ async def get_account(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, a
     if row is None:
         raise not_found("account_id", f"account {account_id!r} not found")
     return AccountRow(**dict(row))
+
+
+async def list_accounts(pool: asyncpg.Pool, tenant_id: str, parent_id: str, after_id: str,
+                        limit: int) -> list[AccountRow]:
+    """Up to `limit` accounts by id after `after_id` ("" = from the first): all, or `parent_id`'s children."""
+    if parent_id and await pool.fetchrow(SELECT_ACCOUNT, tenant_id, parent_id) is None:
+        raise not_found("parent_account_id", f"account {parent_id!r} not found")  # not an empty list
+    rows = await pool.fetch(SELECT_ACCOUNTS, tenant_id, after_id, parent_id, limit)
+    return [AccountRow(**dict(r)) for r in rows]
 
 
 async def create_account(conn: asyncpg.Connection, tenant_id: str, account_id: str, parent_id: str,

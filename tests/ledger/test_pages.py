@@ -18,7 +18,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["LedgerService"]
 PAGED = [m for m in SERVICE.methods if "page_token" in m.input_type.fields_by_name]
 # The fields a List RPC needs besides its page, so that the page is what gets refused.
 REQUIRED: dict[str, dict[str, Any]] = {"ListLots": {"account_id": "acme"}}
-ITEMS = {"ListLots": "lots", "ListEntries": "entries", "ListHolds": "holds", "ListGrantRequests": "requests"}
+ITEMS = {"ListLots": "lots", "ListEntries": "entries", "ListHolds": "holds", "ListGrantRequests": "requests",
+         "ListAccounts": "accounts"}
 
 
 def test_every_paged_rpc_is_covered() -> None:
@@ -77,8 +78,11 @@ async def test_paging_through_with_returned_tokens_yields_everything_once(ledger
             idempotency_key=f"s{i}", account_id="acme", type=pb.COMPENSATORY, unit="USD", amount="5",
             reason_code="outage", incident_id="INC-1"), metadata=support)
         assert out.grant_request.status == pb.PENDING_APPROVAL
+    for i in range(5):
+        await ledger.account(f"acme-team-{i}", parent="acme")
     for name, fields in (("ListLots", {}), ("ListEntries", {"account_id": "acme"}), ("ListHolds", {}),
-                         ("ListGrantRequests", {})):
+                         ("ListGrantRequests", {}), ("ListAccounts", {}),
+                         ("ListAccounts", {"parent_account_id": "acme"})):
         paged = await _page_through(ledger, name, ledger.md, **fields)
         whole = getattr(await getattr(ledger.stub, name)(_request(name, page_size=1000, **fields),
                                                            metadata=ledger.md), ITEMS[name])

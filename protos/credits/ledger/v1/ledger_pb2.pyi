@@ -141,6 +141,24 @@ class GetAccountRequest(_message.Message):
     account_id: str
     def __init__(self, account_id: _Optional[str] = ...) -> None: ...
 
+class ListAccountsRequest(_message.Message):
+    __slots__ = ("parent_account_id", "page_size", "page_token")
+    PARENT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent_account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent_account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAccountsResponse(_message.Message):
+    __slots__ = ("accounts", "next_page_token")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedCompositeFieldContainer[Account]
+    next_page_token: str
+    def __init__(self, accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class Unit(_message.Message):
     __slots__ = ("code", "scale")
     CODE_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Account.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/ListAccounts',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
         self.DefineUnit = channel.unary_unary(
                 '/credits.ledger.v1.LedgerService/DefineUnit',
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.DefineUnitRequest.SerializeToString,
@@ -243,6 +248,13 @@ class LedgerServiceServicer:
 
     def GetAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """The tenant's accounts by id, or one account's direct children (account hierarchies: transfers).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -500,6 +512,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetAccountRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Account.SerializeToString,
             ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsResponse.SerializeToString,
+            ),
             'DefineUnit': grpc.unary_unary_rpc_method_handler(
                     servicer.DefineUnit,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.DefineUnitRequest.FromString,
@@ -740,6 +757,33 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/GetAccount',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.GetAccountRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ListAccounts',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ListAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

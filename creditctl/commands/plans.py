@@ -1,0 +1,107 @@
+"""creditctl plans create|show: plans and their prices (CreatePlan, GetPlan).
+
+Prices are written on the flag (`--usage input_tokens=per_unit:0.00001`; the forms are in
+creditctl/prices.py and `plans create --help`), or the whole plan comes from a JSON file in the
+CreatePlanRequest's JSON form (`--file plan.json`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from credits.invoice.v1 import invoice_pb2 as ipb
+from google.protobuf.json_format import Parse, ParseError
+
+from creditctl.connection import rpc
+from creditctl.help_listing import Group
+from creditctl.output import Format, emit_record, emit_rows, format_options
+from creditctl.prices import describe, parse_price
+from creditctl.records import idempotency_option, key_for, pairs, record
+
+INTERVALS = ("MONTHLY", "QUARTERLY", "YEARLY")
+PRICE_HELP = ("METER=PRICE, repeatable; PRICE is per_unit:0.00001, flat:10.00, package:5.00/1000, "
+              "graduated:1000@0.01,@0.005 or volume:1000@0.01,@0.008+5.00")
+
+
+def price_rows(plan: dict[str, Any]) -> list[dict[str, str]]:
+    """Every price of a plan as (kind, code, price) rows."""
+    rows = [{"kind": "usage", "code": c["meter_code"], "price": describe(c.get("price", {}))}
+            for c in plan.get("usage_charges", [])]
+    rows += [{"kind": "fixed fee", "code": f["code"], "price": f"{f['amount']} per period"}
+             for f in plan.get("fixed_fees", [])]
+    rows += [{"kind": "add-on", "code": a["code"], "price": f"{a['unit_amount']} per unit per period"}
+             for a in plan.get("add_ons", [])]
+    rows += [{"kind": "license", "code": x["code"], "price": f"{x['unit_amount']} per seat per period"}
+             for x in plan.get("licenses", [])]
+    return rows
+
+
+def _print(plan: ipb.Plan, fmt: Format) -> int:
+    r = record(plan)
+    if fmt != Format.TABLE:
+        emit_record(r, fmt, id_field="plan_id")
+        return 0
+    emit_record({k: r[k] for k in ("plan_id", "name", "currency", "interval", "created_at")}, fmt)
+    click.echo()
+    emit_rows(price_rows(r), ("kind", "code", "price"), fmt, empty="(no prices)")
+    return 0
+
+
+def _request_from_flags(plan_id: str, name: str, currency: str, interval: str, usage: tuple[str, ...],
+                        fees: tuple[str, ...], add_ons: tuple[str, ...], licenses: tuple[str, ...]
+                        ) -> ipb.CreatePlanRequest:
+    request = ipb.CreatePlanRequest(plan_id=plan_id, name=name or plan_id, currency=currency,
+                                    interval=ipb.BillingInterval.Value(interval.upper()))
+    for meter, price in pairs(usage, "--usage"):
+        try:
+            request.usage_charges.append(ipb.UsageCharge(meter_code=meter, price=parse_price(price)))
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--usage") from None
+    request.fixed_fees.extend(ipb.FixedFee(code=c, name=c, amount=a) for c, a in pairs(fees, "--fee"))
+    request.add_ons.extend(ipb.AddOn(code=c, name=c, unit_amount=a) for c, a in pairs(add_ons, "--add-on"))
+    request.licenses.extend(ipb.License(code=c, name=c, unit_amount=a) for c, a in pairs(licenses, "--license"))
+    return request
+
+
+@click.group("plans", cls=Group, help="plans: a currency, a billing interval and prices")
+def command() -> None:
+    pass
+
+
+@command.command("create", help="create a plan with its prices (flags, or --file with the request as JSON)")
+@click.argument("plan_id")
+@click.option("--name", default="", help="default: the plan id")
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--interval", type=click.Choice(INTERVALS, case_sensitive=False), default="MONTHLY", show_default=True)
+@click.option("--usage", multiple=True, help=PRICE_HELP)
+@click.option("--fee", "fees", multiple=True, help="CODE=AMOUNT per period, repeatable")
+@click.option("--add-on", "add_ons", multiple=True, help="CODE=UNIT_AMOUNT per unit per period, repeatable")
+@click.option("--license", "licenses", multiple=True, help="CODE=UNIT_AMOUNT per seat per period, repeatable")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CreatePlanRequest as JSON (its plan_id, if any, must be PLAN_ID)")
+@idempotency_option
+@format_options(quiet=True)
+def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[str, ...], fees: tuple[str, ...],
+           add_ons: tuple[str, ...], licenses: tuple[str, ...], file: Path | None, idempotency_key: str,
+           fmt: Format) -> int:
+    if file is not None:
+        try:
+            request = Parse(file.read_text(), ipb.CreatePlanRequest())
+        except ParseError as err:
+            raise click.BadParameter(f"{file}: {err}", param_hint="--file") from None
+        if request.plan_id not in ("", plan_id):
+            raise click.BadParameter(f"{file} is plan {request.plan_id!r}, not {plan_id!r}", param_hint="--file")
+        request.plan_id = plan_id
+    else:
+        request = _request_from_flags(plan_id, name, currency, interval, usage, fees, add_ons, licenses)
+    request.idempotency_key = key_for(idempotency_key or f"cli-plan-{plan_id}")
+    return _print(rpc("invoice", "CreatePlan", request), fmt)
+
+
+@command.command("show", help="one plan with its prices")
+@click.argument("plan_id")
+@format_options()
+def show(plan_id: str, fmt: Format) -> int:
+    return _print(rpc("invoice", "GetPlan", ipb.GetPlanRequest(plan_id=plan_id)), fmt)

@@ -1,0 +1,140 @@
+"""The README's CLI tour runs as written: a real `creditctl up` on a fresh data directory, then every line
+of the tour's code block, in order, each in its own process, each exiting 0.
+
+Lines are `creditctl ...` commands, `NAME=$(creditctl ...)` (the output, stripped, becomes $NAME for the
+lines after it, as in a shell) and the one `export CREDITS_API_KEY=ck_...` a person fills in by copying
+the key `tenants create` printed, which is what this test does. Nothing else may appear in the block,
+so the tour can only grow with commands this test runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from service_runtime.embedded_postgres import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+KEY = re.compile(r"\bck_[0-9a-f]+\.[A-Za-z0-9_-]+")
+ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=\$\((creditctl .*)\)\s*(#.*)?$")
+EXPORT_KEY = re.compile(r"^export CREDITS_API_KEY=ck_\.\.\.\s*(#.*)?$")
+START_TIMEOUT_S = 120
+LINE_TIMEOUT_S = 90
+
+
+def tour_lines(readme: str) -> list[str]:
+    """The lines of the first bash block under the `## CLI tour` heading."""
+    section = readme.split("\n## CLI tour\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_tour_is_only_commands_this_test_runs() -> None:
+    lines = tour_lines(README.read_text())
+    assert lines[0].startswith("creditctl tenants create ") and EXPORT_KEY.match(lines[1])
+    for line in lines:
+        assert line.startswith("creditctl ") or ASSIGNMENT.match(line) or EXPORT_KEY.match(line), line
+    assert any("sagas finalize" in line for line in lines) and any("sagas void" in line for line in lines)
+    assert any(line.startswith("creditctl statements ") for line in lines)
+
+
+@dataclass
+class Shell:
+    """Runs tour lines as a person's shell would: one process each, variables carried between them."""
+
+    env: dict[str, str]
+    outputs: list[str] = field(default_factory=list)
+
+    def run(self, line: str) -> str:
+        if EXPORT_KEY.match(line):
+            keys = [k for out in self.outputs for k in KEY.findall(out)]
+            assert keys, "no API key printed before the export line"
+            self.env["CREDITS_API_KEY"] = keys[-1]
+            return keys[-1]
+        assigned = ASSIGNMENT.match(line)
+        command = assigned.group(2) if assigned else line
+        done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=LINE_TIMEOUT_S, check=False)
+        assert done.returncode == 0, f"{line}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        assert "Traceback" not in done.stderr, done.stderr
+        self.outputs.append(done.stdout)
+        if assigned:
+            self.env[assigned.group(1)] = done.stdout.strip()
+        return done.stdout
+
+
+def _stack_env(tmp: Path) -> dict[str, str]:
+    """A fresh data directory and free ports for everything, and `creditctl` on PATH as this checkout."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "creditctl"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m creditctl "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "protos"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=pythonpath,
+               CREDITS_DATA_DIR=str(tmp / "data"), CREDITS_EMBEDDED_PG_PORT=str(free_port()),
+               CREDITS_LEDGER_ADDR=f"127.0.0.1:{free_port()}", CREDITS_INVOICE_ADDR=f"127.0.0.1:{free_port()}",
+               CREDITS_BILLING_ADDR=f"127.0.0.1:{free_port()}", CREDITS_TEMPORAL_UI_PORT=str(free_port()),
+               CREDITS_LOG_LEVEL="WARNING", NO_COLOR="1")
+    return env
+
+
+def _serving(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`creditctl up` in its own process group on a fresh data directory; Ctrl-C (SIGINT) stops it."""
+    env = _stack_env(tmp_path)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([sys.executable, "-m", "creditctl", "up"], cwd=ROOT, env=env, stdout=log,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        addrs = [env[f"CREDITS_{s}_ADDR"] for s in ("LEDGER", "INVOICE", "BILLING")]
+        while not all(_serving(a) for a in addrs):
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "creditctl up did not serve in time"
+            time.sleep(0.2)
+        yield env
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        log.close()
+
+
+def test_the_readme_tour_runs_as_written(stack_env: dict[str, str]) -> None:
+    shell = Shell(stack_env)
+    said: dict[str, str] = {}
+    for line in tour_lines(README.read_text()):
+        said[line] = shell.run(line)
+    invoice = shell.env["INVOICE"]
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", invoice), invoice
+    ingested = next(out for line, out in said.items() if "usage ingest-events" in line)
+    assert "4 accepted, 1 duplicates, 0 rejected" in ingested
+    shown = [out for line, out in said.items() if line.startswith("creditctl invoices show")]
+    assert "INV-000001" in shown[-1] and "10.00" in shown[-1]
+    listed = next(out for line, out in said.items() if line.startswith("creditctl invoices list"))
+    assert f"{invoice},INV-000001,john-wick,VOIDED" in listed, listed
+    balances = next(out for line, out in said.items() if line.startswith("creditctl balances"))
+    assert "50.00" in balances
