@@ -76,7 +76,9 @@ def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch
 @click.option("--draft-events", type=int, default=1_000_000, help="events in the drafted period")
 @click.option("--concurrency", type=int, default=4, help="batches in flight / baseline connections")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object: events, events_stored, events_per_s, baseline_events_stored, "
+                   "baseline_events_per_s, ratio_vs_baseline, draft_1m_events_s")
 def ingest(events: int, baseline_events: int, draft_events: int, concurrency: int, check: bool,
            as_json: bool) -> int:
     from harness.benches import ingest as bench

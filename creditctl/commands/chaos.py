@@ -21,7 +21,9 @@ FAULTS_NOT_APPLIED = 3
 @click.command("chaos", cls=Command, help="seeded crash/fault campaign on a throw-away multi-process stack")
 @click.option("--sagas", type=int, default=30, help="finalization/void sagas to run")
 @click.option("--seed", type=int, default=1, help="the seed: same seed, same workload and fault schedule")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON object: faults_planned and faults_applied (per kind), faults_total (applied), "
+                   "faults_not_applied, violations, bank_reads, traffic, fault_log")
 @click.option("--keep", default="", help="keep logs and data in this directory")
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr")
 @click.option("--tolerate-missed-faults", is_flag=True,

@@ -80,6 +80,9 @@ PROXY_DELAY_WINDOW_S = 3.0  # a proxy_delay slows every chunk for this long
 # A proxy_reset waits this long for a connection to cut, a delay or drop for its first chunk (the worker may be
 # restarting, or between calls): the fault then acts on the next traffic instead of an idle link.
 TRAFFIC_WAIT_S = 15.0
+# Proxy faults that act on the next traffic: when their batch's sagas are all done and one still waits (the
+# last batch's sagas may be past the proxied steps), the fault's spare customer is finalized to bring it some.
+WAITS_FOR_TRAFFIC = ("proxy_delay", "proxy_drop", "lose_response")
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -98,6 +101,7 @@ class PlannedFault:
     kind: str
     target: str = ""
     param: float = 0.0
+    spare: str = ""  # "tenant/index": a customer of its own, finalized if the fault still waits for traffic
 
 
 @dataclass
@@ -233,6 +237,13 @@ def make_plan(sagas: int, seed: int) -> Plan:
         accounts = sorted({a for _c, a in customers[tenant]})
         f.target = f"{tenant}/{len(customers[tenant])}"
         customers[tenant].append((f"spare-{len(customers[tenant])}", rng.choice(accounts)))
+    # Each proxy fault that waits for traffic has a spare customer too (no random draw: the schedule above is
+    # the same as without them), finalized only if its batch ends with the fault still waiting.
+    for k, f in enumerate(f for batch in faults for f in batch if f.kind in WAITS_FOR_TRAFFIC):
+        tenant = TENANTS[k % len(TENANTS)]
+        accounts = sorted({a for _c, a in customers[tenant]})
+        f.spare = f"{tenant}/{len(customers[tenant])}"
+        customers[tenant].append((f"traffic-{len(customers[tenant])}", accounts[k % len(accounts)]))
     return Plan(customers, grants, batches, duplicates, faults)
 
 
@@ -240,7 +251,7 @@ def plan_digest(plan: Plan) -> str:
     import hashlib
 
     text = repr((plan.customers, plan.batches, sorted(plan.duplicates),
-                 [[(f.at_s, f.kind, f.target, f.param) for f in b] for b in plan.faults]))
+                 [[(f.at_s, f.kind, f.target, f.param, f.spare) for f in b] for b in plan.faults]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -273,6 +284,7 @@ class Campaign:
         self.stack = ChaosStack(root)
         self.book = FaultBook([[(f.at_s, f.kind, f.target) for f in batch] for batch in self.plan.faults])
         self._judge_at_end: list[tuple[FaultRecord, Callable[[], tuple[bool, str]]]] = []
+        self._waiting: list[tuple[PlannedFault, Effect]] = []  # proxy faults of the running batch
         self.duplicate_deliveries = 0
         self.lost_in_doubt: list[tuple[str, str, str, str]] = []  # (direction, tenant, invoice id, run id)
         self.in_doubt_settled: Counter[str] = Counter()
@@ -379,6 +391,17 @@ class Campaign:
             handles.append((op, ref, await self._start(op, ref, first_saga + k in self.plan.duplicates)))
         await injector
         await asyncio.gather(*(self._await(op, ref, h, 150) for op, ref, h in handles))
+        await self._feed_waiting_proxy_faults()
+
+    async def _feed_waiting_proxy_faults(self) -> None:
+        """The batch is done: a delay, drop or lost response of it that saw no traffic yet gets its spare's
+        finalization through the proxy (instead of being judged missed on an idle link after the last batch)."""
+        waiting, self._waiting = self._waiting, []
+        for f, effect in waiting:
+            still = effect.responses_lost < effect.wanted if f.kind == "lose_response" else effect.chunks == 0
+            if still and f.spare:
+                self.outcomes["finalize:traffic_spare"] += 1
+                await self._await("finalize", f.spare, await self._start("finalize", f.spare, duplicate=False), 150)
 
     # --- faults ---------------------------------------------------------------------------------
 
@@ -442,10 +465,12 @@ class Campaign:
         effect: Effect
         if f.kind == "proxy_delay":
             effect = proxy.delay(f.param, PROXY_DELAY_WINDOW_S, arm_s=TRAFFIC_WAIT_S)
+            self._waiting.append((f, effect))
             self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks delayed "
                                                         f"{f.param}s")))
         elif f.kind == "proxy_drop":
             effect = proxy.drop(f.param, arm_s=TRAFFIC_WAIT_S)
+            self._waiting.append((f, effect))
             self._judge_at_end.append((record, lambda: (effect.chunks > 0, f"{effect.chunks} chunks swallowed, "
                                                         f"{effect.connections_cut} connections cut")))
         elif f.kind == "proxy_reset":
@@ -456,6 +481,7 @@ class Campaign:
             (self.book.applied if cut else self.book.missed)(record, f"{cut} connections cut")
         else:
             effect = proxy.lose_response(int(f.param))
+            self._waiting.append((f, effect))
             self._judge_at_end.append((record, lambda: (effect.responses_lost == effect.wanted,
                                                         f"{effect.responses_lost} of {effect.wanted} responses lost")))
 

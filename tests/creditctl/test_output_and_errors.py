@@ -101,3 +101,25 @@ def test_version_completion_and_help_sections() -> None:
     assert helped.index("Start:") < helped.index("Credits (ledger):") < helped.index("Billing (")
     assert "[default: USD]" in runner.invoke(cli, ["grants", "create", "--help"]).output
     assert '[default: ""]' not in runner.invoke(cli, ["grants", "create", "--help"]).output
+
+
+def test_chaos_and_ingest_help_name_the_json_keys_they_print() -> None:
+    """Issue #21: `--help` names the keys `--json` prints (faults planned/applied by kind, events stored), and
+    every key it names is one the command's result really has."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from creditctl.main import cli
+    from harness.benches.ingest import IngestBench
+    from harness.chaos.campaign import CampaignResult
+
+    runner = CliRunner()
+    chaos_help = " ".join(runner.invoke(cli, ["chaos", "--help"]).output.split())
+    chaos_keys = set(CampaignResult(1, 1, {}, {}, [], {}, [], 0.0).as_dict())
+    for key in ("faults_planned", "faults_applied", "faults_total", "faults_not_applied", "bank_reads", "traffic"):
+        assert key in chaos_help and key in chaos_keys, key
+    ingest_help = " ".join(runner.invoke(cli, ["bench", "ingest", "--help"]).output.split())
+    ingest_keys = {f.name for f in dataclasses.fields(IngestBench)}
+    for key in ("events", "events_stored", "baseline_events_stored", "events_per_s", "ratio_vs_baseline"):
+        assert key in ingest_help and key in ingest_keys, key

@@ -3,7 +3,14 @@ bank-style reader can see may be wrong, and every kind of fault was actually app
 
 from __future__ import annotations
 
-from harness.chaos.campaign import FAULT_KINDS, CampaignConfig, make_plan, plan_digest, run_campaign
+from harness.chaos.campaign import (
+    FAULT_KINDS,
+    WAITS_FOR_TRAFFIC,
+    CampaignConfig,
+    make_plan,
+    plan_digest,
+    run_campaign,
+)
 
 CI_SAGAS, CI_SEED = 30, 1788  # a seed whose 30-saga plan has every fault kind (one of each)
 
@@ -49,3 +56,21 @@ async def test_campaign_of_30_sagas_ends_without_violations() -> None:
     assert result.in_doubt_settled == lost, (lost, result.in_doubt_settled)
     rec = result.recoveries
     assert rec.get("resolved_commit", 0) >= lost["commit"] and rec.get("resolved_abort", 0) >= lost["abort"], rec
+
+
+def test_every_proxy_fault_that_waits_for_traffic_has_a_spare_of_its_own() -> None:
+    """A delay, drop or lost response in the last batch may find the batch's sagas past the proxied steps: its
+    spare customer (outside the batches, one per fault) is finalized then. The spares draw nothing from the
+    seed's random stream, so the batches and the fault schedule are those of the plan without them."""
+    for sagas, seed in ((CI_SAGAS, CI_SEED), (200, 7), (5, 1)):
+        plan = make_plan(sagas, seed)
+        waiting = [f for batch in plan.faults for f in batch if f.kind in WAITS_FOR_TRAFFIC]
+        assert waiting and all(f.spare for f in waiting)
+        spares = [f.spare for f in waiting]
+        batched = {ref for batch in plan.batches for _op, ref in batch}
+        assert len(set(spares)) == len(spares) and not set(spares) & batched
+        for ref in spares:
+            tenant, _, index = ref.partition("/")
+            assert plan.customers[tenant][int(index)][0].startswith("traffic-")
+    assert [[(f.at_s, f.kind, f.target) for f in b] for b in make_plan(CI_SAGAS, CI_SEED).faults][-1] == [
+        (2.27, "proxy_delay", "ledger"), (2.34, "proxy_reset", "ledger"), (3.91, "kill_front_door", "")]
