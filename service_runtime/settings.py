@@ -45,6 +45,11 @@ class Settings:
     key_rate_limit: float = field(default_factory=lambda: float(_env("KEY_RATE_LIMIT", "0")))
     key_rate_burst: float = field(default_factory=lambda: float(_env("KEY_RATE_BURST", "0")))
     key_rate_exempt_roles: str = field(default_factory=lambda: _env("KEY_RATE_EXEMPT_ROLES", ""))
+    # Webhook delivery (ledger_service/webhooks): first retry after this many seconds, doubling up to an
+    # hour; dead-lettered after this many attempts; the outbox is polled this often besides NOTIFY.
+    webhook_retry_base_s: float = field(default_factory=lambda: float(_env("WEBHOOK_RETRY_BASE_S", "5")))
+    webhook_max_attempts: int = field(default_factory=lambda: int(_env("WEBHOOK_MAX_ATTEMPTS", "10")))
+    webhook_poll_s: float = field(default_factory=lambda: float(_env("WEBHOOK_POLL_S", "1")))
 
     @staticmethod
     def from_env() -> Settings:

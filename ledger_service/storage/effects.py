@@ -17,6 +17,7 @@ import asyncpg
 
 from ledger_service.domain.journal import BUCKETS, EntryKind, deltas
 from ledger_service.domain.model import Hold, HoldStatus, Lot
+from ledger_service.storage.alert_watch import watch_changes
 from service_runtime.audit import AuditRecord
 
 # Everything a batch writes, in ONE statement: each data-modifying CTE inserts (or updates) rows
@@ -286,6 +287,7 @@ class Effects:
                         a.request_id) for a in self.audit], 9),
             *_columns(self.idempotency, 4),
         )
+        await watch_changes(conn, self)  # alert rules, in this transaction (storage/alert_watch.py)
 
 
 def _rollover_columns(lot: Lot) -> tuple[int | None, int | None, int | None]:
