@@ -93,4 +93,7 @@ class HttpSender:
         except PrivateTargetError as err:
             return done(0, f"refused: {err}")
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            cause = getattr(err, "os_error", None) or err.__cause__  # aiohttp wraps the resolver's refusal
+            if isinstance(cause, PrivateTargetError):
+                return done(0, f"refused: {cause}")
             return done(0, f"{type(err).__name__}: {err}")
