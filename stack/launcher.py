@@ -149,7 +149,7 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
                    running: contextlib.AsyncExitStack) -> tuple[str, str, str]:
     """Starts the ledger, invoice and billing gRPC servers; each stops (then its pool closes) on exit."""
     from invoice_service.server import create_invoice_server
-    from ledger_service.server import create_ledger_server
+    from ledger_service.server import create_ledger_server, start_webhook_delivery
 
     def stopping(server: Any, pool: Any) -> None:
         running.push_async_callback(_close_quietly, pool)
@@ -157,6 +157,8 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
 
     ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
     stopping(ledger, ledger_pool)
+    delivery = await start_webhook_delivery(dbs.ledger_dsn, settings)  # the alert outbox -> webhooks
+    running.push_async_callback(delivery.stop)
     invoice, invoice_port, invoice_pool = await create_invoice_server(
         dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
     stopping(invoice, invoice_pool)

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -197,3 +198,19 @@ async def _wait_dead(ledger: Ledger) -> None:
     while not any(d.status == apb.DEAD for d in await _deliveries(ledger)):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+
+
+def test_the_readme_recipe_verifies_what_the_ledger_signs() -> None:
+    """The verification snippet of README "Alerts and signed webhooks", run as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Verifying a webhook**", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # the documented recipe itself
+    recipe = scope["verify"]
+    assert callable(recipe)
+    body, now = b'{"id":"low/acme/below:1000/1"}', int(time.time())
+    header = signature_header(["whsec_old", "whsec_new"], now, body)
+    assert recipe("whsec_new", header, body) and recipe("whsec_old", header, body)
+    assert not recipe("whsec_new", header, body + b"x")
+    assert not recipe("whsec_new", signature_header(["whsec_new"], now - 3600, body), body)  # replayed
