@@ -17,6 +17,8 @@ from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.domain.webhooks import RetrySchedule
 from ledger_service.operations.context import Ledger
 from ledger_service.storage import MIGRATIONS_DIR
+from ledger_service.topups.executor import start_executor
+from ledger_service.topups.http_provider import HttpPaymentProvider
 from ledger_service.webhooks.dispatcher import DeliverySettings, RunningDispatcher, start_dispatcher
 from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
@@ -53,8 +55,13 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
 
 
 async def start_webhook_delivery(dsn: str, settings: Settings) -> RunningDispatcher:
-    """The webhook delivery loop beside a ledger server (owner DSN: it drains every tenant's outbox)."""
-    return await start_dispatcher(dsn, delivery_settings(settings))
+    """The webhook delivery loop beside a ledger server (owner DSN: it drains every tenant's outbox), and the
+    top-up executor when a payment provider is configured (it stops with the delivery loop)."""
+    delivery = await start_dispatcher(dsn, delivery_settings(settings))
+    if settings.payment_provider_url:
+        provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key)
+        delivery.also_stop(await start_executor(dsn, provider), provider)
+    return delivery
 
 
 _GAUGES = """

@@ -138,6 +138,9 @@ ALERTS: dict[str, frozenset[str]] = _table(
     (ADMIN, ("CreateWebhookEndpoint", "RotateWebhookSecret")),
     (VERIFY, ("ListWebhookEndpoints", "ListWebhookDeliveries")),
     (OPERATOR, ("RedeliverWebhook",)),
+    # Auto top-up charges a customer's payment method: finance sets policies; people on call read them.
+    (VERIFY, ("GetTopUpPolicy", "ListTopUps")),
+    (FINANCE, ("SetTopUpPolicy",)),
 )
 
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {

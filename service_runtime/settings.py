@@ -50,6 +50,10 @@ class Settings:
     webhook_retry_base_s: float = field(default_factory=lambda: float(_env("WEBHOOK_RETRY_BASE_S", "5")))
     webhook_max_attempts: int = field(default_factory=lambda: int(_env("WEBHOOK_MAX_ATTEMPTS", "10")))
     webhook_poll_s: float = field(default_factory=lambda: float(_env("WEBHOOK_POLL_S", "1")))
+    # Auto top-up (ledger_service/topups): the payment provider's base URL (the HTTP protocol of
+    # http_provider.py) and its API key; no URL = no executor (requested top-ups wait, visibly).
+    payment_provider_url: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER_URL", ""))
+    payment_api_key: str = field(default_factory=lambda: _env("PAYMENT_API_KEY", ""))
 
     @staticmethod
     def from_env() -> Settings:

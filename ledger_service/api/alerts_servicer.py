@@ -85,3 +85,18 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
         call = self._call("RedeliverWebhook", request, pb.WebhookDelivery)
         event_id, endpoint_id = w.delivery_id(request.delivery_id)
         return await alerts.redeliver_webhook(self._ledger, call, event_id, endpoint_id, w.delivery)
+
+    # --- auto top-up -----------------------------------------------------------------------------
+
+    async def SetTopUpPolicy(self, request: pb.SetTopUpPolicyRequest, context: Any) -> pb.TopUpPolicy:
+        call = self._call("SetTopUpPolicy", request, pb.TopUpPolicy)
+        return await alerts.set_topup_policy(self._ledger, call, w.topup_order(request), w.topup_policy)
+
+    async def GetTopUpPolicy(self, request: pb.GetTopUpPolicyRequest, context: Any) -> pb.TopUpPolicy:
+        account_id, unit = check_id(request.account_id, "account_id"), check_id(request.unit, "unit")
+        return await alerts.get_topup_policy(self._ledger, _tenant(), account_id, unit, w.topup_policy)
+
+    async def ListTopUps(self, request: pb.ListTopUpsRequest, context: Any) -> pb.ListTopUpsResponse:
+        account_id, after, limit = w.topup_page(request)
+        found, token = await alerts.list_topups(self._ledger, _tenant(), account_id, after, limit, w.topup)
+        return pb.ListTopUpsResponse(topups=found, next_page_token=token)

@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 from credits.alerts.v1 import alerts_pb2 as pb
 
 from ledger_service.domain.alerts import AlertKind, AlertRule
+from ledger_service.domain.topups import TopUpPolicy, TopUpStatus
 from ledger_service.domain.webhooks import check_url
-from ledger_service.operations.alerts import RuleOrder, check_event_types
+from ledger_service.operations.alerts import RuleOrder, TopUpOrder, check_event_types
 from ledger_service.storage.alerts import Delivery, Endpoint, StoredEvent
-from service_runtime.amounts import format_minor
+from ledger_service.storage.topups import TopUpRecord
+from service_runtime.amounts import format_minor, parse_decimal
+from service_runtime.free_text import check_text
 from service_runtime.identifiers import check_id
 from service_runtime.pages import decode_int_token, decode_token, page_size
 from service_runtime.proto_time import to_timestamp
@@ -89,6 +92,30 @@ def delivery_id(value: str) -> tuple[str, str]:
     return event_id, check_id(endpoint_id, "delivery_id")
 
 
+def topup_order(request: pb.SetTopUpPolicyRequest) -> TopUpOrder:
+    p = request.policy
+    return TopUpOrder(
+        account_id=check_id(p.account_id, "policy.account_id"), unit=check_id(p.unit, "policy.unit"),
+        threshold=p.threshold.strip(), amount=p.amount.strip(), target=p.target.strip(),
+        cost_basis=parse_decimal(p.cost_basis or "1", "policy.cost_basis"),
+        payment_method=check_text(p.payment_method, "policy.payment_method", 200),
+        max_daily=p.max_daily.strip(), max_monthly=p.max_monthly.strip(), failure_limit=p.failure_limit,
+        enabled=p.enabled,
+    )
+
+
+def topup_page(request: pb.ListTopUpsRequest) -> tuple[str, tuple[datetime, str], int]:
+    account_id = check_id(request.account_id, "account_id")
+    cursor = decode_token(request.page_token, 2)
+    after = (datetime.min.replace(tzinfo=UTC), "")
+    if cursor:
+        try:
+            after = (datetime.fromisoformat(cursor[0]), cursor[1])
+        except ValueError:
+            raise invalid("page_token", "is not a page token this service issued") from None
+    return account_id, after, page_size(request.page_size)
+
+
 # --- responses ------------------------------------------------------------------------------------
 
 def rule(r: AlertRule) -> pb.AlertRule:
@@ -121,3 +148,27 @@ def delivery(d: Delivery) -> pb.WebhookDelivery:
         last_error=d.last_error, created_at=to_timestamp(d.created_at),
         delivered_at=to_timestamp(d.delivered_at) if d.delivered_at else None,
     )
+
+
+TOPUP_STATUS_PB = {TopUpStatus.REQUESTED: pb.REQUESTED, TopUpStatus.CHARGING: pb.CHARGING,
+                   TopUpStatus.AWAITING_PAYMENT: pb.AWAITING_PAYMENT, TopUpStatus.GRANTED: pb.GRANTED,
+                   TopUpStatus.DECLINED: pb.DECLINED, TopUpStatus.CAPPED: pb.CAPPED}
+
+
+def topup_policy(p: TopUpPolicy) -> pb.TopUpPolicy:
+    def amount(v: int | None) -> str:
+        return format_minor(v, p.scale) if v else ""
+
+    return pb.TopUpPolicy(
+        account_id=p.account_id, unit=p.unit, threshold=amount(p.threshold), amount=amount(p.amount),
+        target=amount(p.target), cost_basis=str(p.cost_basis), payment_method=p.payment_method,
+        max_daily=amount(p.max_daily), max_monthly=amount(p.max_monthly), failure_limit=p.failure_limit,
+        enabled=p.disabled_at is None, consecutive_failures=p.consecutive_failures, disabled_reason=p.disabled_reason,
+    )
+
+
+def topup(t: TopUpRecord) -> pb.TopUp:
+    return pb.TopUp(topup_id=t.topup_id, account_id=t.account_id, unit=t.unit, crossing=t.crossing,
+                    amount=format_minor(t.amount, t.scale), status=TOPUP_STATUS_PB[t.status], charge_id=t.charge_id,
+                    lot_id=t.lot_id, attempts=t.attempts, last_error=t.last_error,
+                    created_at=to_timestamp(t.created_at), updated_at=to_timestamp(t.updated_at))

@@ -38,7 +38,7 @@ class AlertKind(enum.StrEnum):
 
 
 EVENT_TYPES = ("balance.low", "balance.depleted", "balance.recovered", "credits.expiring", "usage.spike",
-               "adjustment.large", "adjustment.compensatory_burst")
+               "adjustment.large", "adjustment.compensatory_burst", "topup.capped", "topup.disabled")
 FIRED_TYPE = {
     AlertKind.LOW_BALANCE: "balance.low", AlertKind.DEPLETED: "balance.depleted",
     AlertKind.EXPIRING: "credits.expiring", AlertKind.USAGE_SPIKE: "usage.spike",

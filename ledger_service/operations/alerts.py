@@ -1,5 +1,6 @@
 """Alerts and webhooks: CreateAlertRule, ListAlertRules, DisableAlertRule, ListAlertEvents,
-CreateWebhookEndpoint, ListWebhookEndpoints, RotateWebhookSecret, ListWebhookDeliveries, RedeliverWebhook.
+CreateWebhookEndpoint, ListWebhookEndpoints, RotateWebhookSecret, ListWebhookDeliveries, RedeliverWebhook,
+SetTopUpPolicy, GetTopUpPolicy, ListTopUps.
 
 Rules are evaluated by `storage/alert_watch.py` in every ledger change's transaction; events are
 delivered by `ledger_service/webhooks/dispatcher.py`. Every mutation here is idempotent by its key
@@ -11,19 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import TypeVar
 
 import asyncpg
 from google.protobuf.message import Message
 
 from ledger_service.domain.alerts import EVENT_TYPES, AlertRule, check_rule
+from ledger_service.domain.topups import DEFAULT_FAILURE_LIMIT, TopUpPolicy, check_policy
 from ledger_service.domain.webhooks import check_target, new_secret
 from ledger_service.operations.calls import Call, once
 from ledger_service.operations.context import Ledger
 from ledger_service.storage import alerts as storage
 from ledger_service.storage import catalog
+from ledger_service.storage import topups as topup_storage
 from ledger_service.storage.alerts import Delivery, Endpoint, StoredEvent
+from ledger_service.storage.topups import TopUpRecord
 from service_runtime.amounts import parse_minor
+from service_runtime.currencies import is_currency
 from service_runtime.pages import encode_token
 from service_runtime.rejections import invalid
 
@@ -124,3 +130,60 @@ async def redeliver_webhook(ledger: Ledger, call: Call[M], event_id: str, endpoi
         return await storage.requeue(conn, call.tenant_id, event_id, endpoint_id, ledger.now())
 
     return await once(ledger, call, work, pack)
+
+
+# --- auto top-up ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TopUpOrder:
+    """SetTopUpPolicy's policy with its amounts still text (they wait for the unit's scale)."""
+
+    account_id: str
+    unit: str
+    threshold: str
+    amount: str
+    target: str
+    cost_basis: Decimal
+    payment_method: str
+    max_daily: str
+    max_monthly: str
+    failure_limit: int
+    enabled: bool
+
+
+def _minor(text: str, scale: int, field: str) -> int:
+    return parse_minor(text, scale, field) if text else 0
+
+
+async def set_topup_policy(ledger: Ledger, call: Call[M], order: TopUpOrder, pack: Callable[[TopUpPolicy], M]) -> M:
+    if not is_currency(order.unit):
+        raise invalid("policy.unit", "must be a currency: a top-up charges a card in it")
+    scale = await ledger.scale(call.tenant_id, order.unit, "policy.unit")
+    policy = check_policy(TopUpPolicy(
+        account_id=order.account_id, unit=order.unit, scale=scale,
+        threshold=_minor(order.threshold, scale, "policy.threshold"),
+        amount=_minor(order.amount, scale, "policy.amount"),
+        target=_minor(order.target, scale, "policy.target"), cost_basis=order.cost_basis,
+        payment_method=order.payment_method,
+        max_daily=_minor(order.max_daily, scale, "policy.max_daily") if order.max_daily else None,
+        max_monthly=_minor(order.max_monthly, scale, "policy.max_monthly") if order.max_monthly else None,
+        failure_limit=order.failure_limit or DEFAULT_FAILURE_LIMIT,
+    ))
+
+    async def work(conn: asyncpg.Connection) -> TopUpPolicy:
+        await catalog.get_account(conn, call.tenant_id, policy.account_id)
+        return await topup_storage.set_policy(conn, call.tenant_id, policy, order.enabled, call.actor, ledger.now())
+
+    return await once(ledger, call, work, pack)
+
+
+async def get_topup_policy(ledger: Ledger, tenant_id: str, account_id: str, unit: str,
+                           pack: Callable[[TopUpPolicy], T]) -> T:
+    return pack(await topup_storage.get_policy(ledger.pool, tenant_id, account_id, unit))
+
+
+async def list_topups(ledger: Ledger, tenant_id: str, account_id: str, after: tuple[datetime, str], limit: int,
+                      pack: Callable[[TopUpRecord], T]) -> tuple[list[T], str]:
+    found = await topup_storage.list_topups(ledger.pool, tenant_id, account_id, after, limit)
+    token = encode_token(found[-1].created_at.isoformat(), found[-1].topup_id) if len(found) == limit else ""
+    return [pack(t) for t in found], token

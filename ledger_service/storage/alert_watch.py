@@ -36,6 +36,7 @@ from ledger_service.domain.alerts import (
 from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.model import LotType
 from ledger_service.storage.state import SELECT_OPEN_LOTS, lot_from_row
+from ledger_service.storage.topup_watch import watch_topup
 from service_runtime.amounts import format_minor
 
 if TYPE_CHECKING:
@@ -44,9 +45,15 @@ if TYPE_CHECKING:
 NOTIFY_CHANNEL = "credits_webhooks"
 AMOUNT_KEYS = ("available", "granted_in_period", "expiring", "window_consumed", "trailing_average", "amount")
 
-SELECT_LIVE_RULES = """
-SELECT rule_id, account_id, unit, scale, kind, params, created_by, created_at FROM alert_rules
-WHERE tenant_id = $1 AND disabled_at IS NULL AND (account_id = '' OR account_id = ANY($2::text[]))
+# The live alert rules and top-up policies the batch's accounts may move, in one round trip.
+SELECT_LIVE = """
+SELECT (SELECT coalesce(json_agg(r), '[]') FROM (
+          SELECT rule_id, account_id, unit, scale, kind, params, created_by, created_at FROM alert_rules
+          WHERE tenant_id = $1 AND disabled_at IS NULL AND (account_id = '' OR account_id = ANY($2::text[]))) r
+       ) AS rules,
+       (SELECT coalesce(json_agg(p), '[]') FROM (
+          SELECT * FROM topup_policies WHERE tenant_id = $1 AND account_id = ANY($2::text[]) AND disabled_at IS NULL) p
+       ) AS topups
 """
 SELECT_WATCHES = """
 SELECT w.rule_id, w.account_id, w.subject, w.firing, w.crossings, w.data
@@ -91,13 +98,16 @@ SELECT count(*) FROM lots WHERE tenant_id = $1 AND granted_by = $2 AND unit = $3
 
 def rule_from_row(r: asyncpg.Record | dict[str, Any]) -> AlertRule:
     p = json.loads(r["params"]) if isinstance(r["params"], str) else r["params"]
+    created_at = r["created_at"]
+    if isinstance(created_at, str):  # from json_agg
+        created_at = datetime.fromisoformat(created_at)
     return AlertRule(
         rule_id=r["rule_id"], account_id=r["account_id"], unit=r["unit"], scale=r["scale"], kind=AlertKind(r["kind"]),
         thresholds=tuple(p.get("thresholds", ())), percent_thresholds=tuple(p.get("percent_thresholds", ())),
         amount=p.get("amount", 0), within_days=p.get("within_days", 0), window_s=p.get("window_s", 0),
         factor=p.get("factor", ""), trailing_windows=p.get("trailing_windows", 0), count=p.get("count", 0),
         enabled=r["disabled_at"] is None if "disabled_at" in r else True,
-        created_at=r["created_at"], created_by=r["created_by"],
+        created_at=created_at, created_by=r["created_by"],
     )
 
 
@@ -131,10 +141,20 @@ async def watch_changes(conn: asyncpg.Connection, fx: Effects) -> None:
     change = _Change(fx)
     if not change.units:
         return
-    rows = await conn.fetch(SELECT_LIVE_RULES, fx.tenant_id, list(change.units))
-    if not rows:
+    live = await conn.fetchrow(SELECT_LIVE, fx.tenant_id, list(change.units))
+    rules = [rule_from_row(r) for r in json.loads(live["rules"])]
+    policies = [p for p in json.loads(live["topups"]) if p["unit"] in change.units[p["account_id"]]]
+    if not rules and not policies:
         return
-    rules = [rule_from_row(r) for r in rows]
+    events: list[tuple[AlertRule, AlertEvent]] = []
+    signals: dict[tuple[str, str], AccountSignals] = {}
+    for policy in policies:
+        at = (policy["account_id"], policy["unit"])
+        if at not in signals:
+            signals[at] = await _signals(conn, fx, change, *at)
+        await watch_topup(conn, fx.tenant_id, fx.now, policy, signals[at].available)
+    if not rules:
+        return
     plan: list[tuple[AlertRule, str]] = []  # (rule, account evaluated)
     for account_id, units in change.units.items():
         plan += [(r, account_id) for r in applicable(rules, account_id)
@@ -144,8 +164,6 @@ async def watch_changes(conn: asyncpg.Connection, fx: Effects) -> None:
         return
     watches = await _load_watches(conn, fx.tenant_id, [(r.rule_id, a) for r, a in plan]
                                   + [(r.rule_id, "") for r in bursts])
-    events: list[tuple[AlertRule, AlertEvent]] = []
-    signals: dict[tuple[str, str], AccountSignals] = {}
     granted_read: set[tuple[str, str]] = set()
     for rule, account_id in plan:
         at = (account_id, rule.unit)

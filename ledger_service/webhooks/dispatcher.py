@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -146,8 +146,15 @@ class RunningDispatcher:
 
     def __init__(self, task: asyncio.Task[None], pool: asyncpg.Pool, sender: HttpSender) -> None:
         self.task, self._pool, self._sender = task, pool, sender
+        self._others: list[Any] = []
+
+    def also_stop(self, *others: Any) -> None:
+        """Loops and clients started beside this one (each with `stop()` or `close()`), stopped first."""
+        self._others.extend(others)
 
     async def stop(self) -> None:
+        for other in self._others:
+            await (other.stop() if hasattr(other, "stop") else other.close())
         self.task.cancel()
         try:
             await self.task

@@ -10,6 +10,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TopUpStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOP_UP_STATUS_UNSPECIFIED: _ClassVar[TopUpStatus]
+    REQUESTED: _ClassVar[TopUpStatus]
+    CHARGING: _ClassVar[TopUpStatus]
+    AWAITING_PAYMENT: _ClassVar[TopUpStatus]
+    GRANTED: _ClassVar[TopUpStatus]
+    DECLINED: _ClassVar[TopUpStatus]
+    CAPPED: _ClassVar[TopUpStatus]
+
 class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ALERT_KIND_UNSPECIFIED: _ClassVar[AlertKind]
@@ -26,6 +36,13 @@ class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PENDING: _ClassVar[DeliveryStatus]
     DELIVERED: _ClassVar[DeliveryStatus]
     DEAD: _ClassVar[DeliveryStatus]
+TOP_UP_STATUS_UNSPECIFIED: TopUpStatus
+REQUESTED: TopUpStatus
+CHARGING: TopUpStatus
+AWAITING_PAYMENT: TopUpStatus
+GRANTED: TopUpStatus
+DECLINED: TopUpStatus
+CAPPED: TopUpStatus
 ALERT_KIND_UNSPECIFIED: AlertKind
 LOW_BALANCE: AlertKind
 DEPLETED: AlertKind
@@ -37,6 +54,98 @@ DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
 PENDING: DeliveryStatus
 DELIVERED: DeliveryStatus
 DEAD: DeliveryStatus
+
+class TopUpPolicy(_message.Message):
+    __slots__ = ("account_id", "unit", "threshold", "amount", "target", "cost_basis", "payment_method", "max_daily", "max_monthly", "failure_limit", "enabled", "consecutive_failures", "disabled_reason")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    COST_BASIS_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
+    MAX_DAILY_FIELD_NUMBER: _ClassVar[int]
+    MAX_MONTHLY_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_REASON_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unit: str
+    threshold: str
+    amount: str
+    target: str
+    cost_basis: str
+    payment_method: str
+    max_daily: str
+    max_monthly: str
+    failure_limit: int
+    enabled: bool
+    consecutive_failures: int
+    disabled_reason: str
+    def __init__(self, account_id: _Optional[str] = ..., unit: _Optional[str] = ..., threshold: _Optional[str] = ..., amount: _Optional[str] = ..., target: _Optional[str] = ..., cost_basis: _Optional[str] = ..., payment_method: _Optional[str] = ..., max_daily: _Optional[str] = ..., max_monthly: _Optional[str] = ..., failure_limit: _Optional[int] = ..., enabled: _Optional[bool] = ..., consecutive_failures: _Optional[int] = ..., disabled_reason: _Optional[str] = ...) -> None: ...
+
+class SetTopUpPolicyRequest(_message.Message):
+    __slots__ = ("idempotency_key", "policy")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    policy: TopUpPolicy
+    def __init__(self, idempotency_key: _Optional[str] = ..., policy: _Optional[_Union[TopUpPolicy, _Mapping]] = ...) -> None: ...
+
+class GetTopUpPolicyRequest(_message.Message):
+    __slots__ = ("account_id", "unit")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unit: str
+    def __init__(self, account_id: _Optional[str] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class TopUp(_message.Message):
+    __slots__ = ("topup_id", "account_id", "unit", "crossing", "amount", "status", "charge_id", "lot_id", "attempts", "last_error", "created_at", "updated_at")
+    TOPUP_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CROSSING_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    topup_id: str
+    account_id: str
+    unit: str
+    crossing: int
+    amount: str
+    status: TopUpStatus
+    charge_id: str
+    lot_id: str
+    attempts: int
+    last_error: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, topup_id: _Optional[str] = ..., account_id: _Optional[str] = ..., unit: _Optional[str] = ..., crossing: _Optional[int] = ..., amount: _Optional[str] = ..., status: _Optional[_Union[TopUpStatus, str]] = ..., charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListTopUpsRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTopUpsResponse(_message.Message):
+    __slots__ = ("topups", "next_page_token")
+    TOPUPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    topups: _containers.RepeatedCompositeFieldContainer[TopUp]
+    next_page_token: str
+    def __init__(self, topups: _Optional[_Iterable[_Union[TopUp, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AlertRule(_message.Message):
     __slots__ = ("rule_id", "account_id", "unit", "kind", "thresholds", "percent_thresholds", "amount", "within_days", "window_s", "factor", "trailing_windows", "count", "enabled", "created_at", "created_by")

@@ -79,6 +79,21 @@ class AlertsServiceStub:
                 request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.RedeliverWebhookRequest.SerializeToString,
                 response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.WebhookDelivery.FromString,
                 _registered_method=True)
+        self.SetTopUpPolicy = channel.unary_unary(
+                '/credits.alerts.v1.AlertsService/SetTopUpPolicy',
+                request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.SetTopUpPolicyRequest.SerializeToString,
+                response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.FromString,
+                _registered_method=True)
+        self.GetTopUpPolicy = channel.unary_unary(
+                '/credits.alerts.v1.AlertsService/GetTopUpPolicy',
+                request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.GetTopUpPolicyRequest.SerializeToString,
+                response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.FromString,
+                _registered_method=True)
+        self.ListTopUps = channel.unary_unary(
+                '/credits.alerts.v1.AlertsService/ListTopUps',
+                request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsRequest.SerializeToString,
+                response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsResponse.FromString,
+                _registered_method=True)
 
 
 class AlertsServiceServicer:
@@ -143,6 +158,27 @@ class AlertsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTopUpPolicy(self, request, context):
+        """Auto top-up: one policy per (account, unit). Below `threshold` (one crossing), the ledger charges the
+        payment method (the provider's idempotency key is the top-up id) and grants PURCHASED credit only
+        once the payment is confirmed, under the charge id as the grant's idempotency key: exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTopUpPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTopUps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlertsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +226,21 @@ def add_AlertsServiceServicer_to_server(servicer, server):
                     servicer.RedeliverWebhook,
                     request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.RedeliverWebhookRequest.FromString,
                     response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.WebhookDelivery.SerializeToString,
+            ),
+            'SetTopUpPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTopUpPolicy,
+                    request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.SetTopUpPolicyRequest.FromString,
+                    response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.SerializeToString,
+            ),
+            'GetTopUpPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTopUpPolicy,
+                    request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.GetTopUpPolicyRequest.FromString,
+                    response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.SerializeToString,
+            ),
+            'ListTopUps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTopUps,
+                    request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsRequest.FromString,
+                    response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +486,87 @@ class AlertsService:
             '/credits.alerts.v1.AlertsService/RedeliverWebhook',
             credits_dot_alerts_dot_v1_dot_alerts__pb2.RedeliverWebhookRequest.SerializeToString,
             credits_dot_alerts_dot_v1_dot_alerts__pb2.WebhookDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTopUpPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.alerts.v1.AlertsService/SetTopUpPolicy',
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.SetTopUpPolicyRequest.SerializeToString,
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTopUpPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.alerts.v1.AlertsService/GetTopUpPolicy',
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.GetTopUpPolicyRequest.SerializeToString,
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.TopUpPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTopUps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.alerts.v1.AlertsService/ListTopUps',
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsRequest.SerializeToString,
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.ListTopUpsResponse.FromString,
             options,
             channel_credentials,
             insecure,
