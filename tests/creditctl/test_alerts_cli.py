@@ -61,3 +61,19 @@ async def test_alerts_and_webhooks_commands(ledger: Ledger) -> None:
     assert code != 0 and "FAILED_PRECONDITION" in err  # still pending: retried on its own
     await _ok(ledger, "alerts", "disable", "low")
     assert json.loads(await _ok(ledger, "alerts", "list", "--json"))[0]["enabled"] is False
+
+
+async def test_topups_commands(ledger: Ledger) -> None:
+    await ledger.account("acme")
+    made = json.loads(await _ok(ledger, "topups", "set", "acme", "--unit", "USD", "--threshold", "10",
+                                "--amount", "50", "--payment-method", "pm_x", "--max-daily", "100", "--json"))
+    assert made["threshold"] == "10.00" and made["enabled"] is True and made["max_daily"] == "100.00"
+    shown = json.loads(await _ok(ledger, "topups", "show", "acme", "--unit", "USD", "--json"))
+    assert shown["payment_method"] == "pm_x"
+    await ledger.grant("acme", "20.00", key="g1")
+    await debit(ledger, "acme", "15.00", "d1")  # a crossing: requested (no executor runs here)
+    listed = json.loads(await _ok(ledger, "topups", "list", "acme", "--json"))
+    assert [(t["topup_id"], t["status"], t["amount"]) for t in listed] == [("topup/acme/USD/1", "REQUESTED", "50.00")]
+    code, _, err = await _run(ledger, "topups", "set", "acme", "--unit", "USD", "--threshold", "10",
+                              "--payment-method", "pm_x")
+    assert code != 0 and "INVALID_ARGUMENT" in err and "policy.amount" in err
