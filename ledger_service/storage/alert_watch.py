@@ -53,7 +53,11 @@ SELECT (SELECT coalesce(json_agg(r), '[]') FROM (
        ) AS rules,
        (SELECT coalesce(json_agg(p), '[]') FROM (
           SELECT * FROM topup_policies WHERE tenant_id = $1 AND account_id = ANY($2::text[]) AND disabled_at IS NULL) p
-       ) AS topups
+       ) AS topups,
+       (SELECT coalesce(json_agg(w), '[]') FROM (
+          SELECT rule_id, account_id, subject, firing, crossings, data FROM alert_watches
+          WHERE tenant_id = $1 AND account_id = ANY($2::text[])) w
+       ) AS watches
 """
 SELECT_WATCHES = """
 SELECT w.rule_id, w.account_id, w.subject, w.firing, w.crossings, w.data
@@ -162,8 +166,12 @@ async def watch_changes(conn: asyncpg.Connection, fx: Effects) -> None:
     bursts = [r for r in rules if r.kind is AlertKind.COMPENSATORY_BURST and r.enabled and change.compensatory[r.unit]]
     if not plan and not bursts:
         return
-    watches = await _load_watches(conn, fx.tenant_id, [(r.rule_id, a) for r, a in plan]
-                                  + [(r.rule_id, "") for r in bursts])
+    watches: dict[tuple[str, str], dict[str, Watch]] = {(r.rule_id, a): {} for r, a in plan}
+    for w in json.loads(live["watches"]):
+        if (w["rule_id"], w["account_id"]) in watches:
+            watches[(w["rule_id"], w["account_id"])][w["subject"]] = Watch(w["firing"], w["crossings"], w["data"])
+    if bursts:  # tenant-wide watches (account ''): read only when a compensatory grant happened
+        watches.update(await _load_watches(conn, fx.tenant_id, [(r.rule_id, "") for r in bursts]))
     granted_read: set[tuple[str, str]] = set()
     for rule, account_id in plan:
         at = (account_id, rule.unit)
@@ -196,8 +204,13 @@ async def _signals(conn: asyncpg.Connection, fx: Effects, change: _Change, accou
     lots not past their usable window), what of it expires when, and the change's consumption."""
     sig = AccountSignals(account_id, unit, fx.now, consumed=change.consumed[(account_id, unit)],
                          adjustments=change.adjustments[(account_id, unit)])
-    for r in await conn.fetch(SELECT_OPEN_LOTS, fx.tenant_id, account_id, []):
-        lot = lot_from_row(r)
+    state = fx.states.get(account_id)
+    if state is not None:  # the batch's own view of the account's open lots, after its operations
+        known = {lot.lot_id: lot for lot in state.lots.values() if lot.account_id == account_id}
+        lots = [*known.values(), *(x for x in fx.new_lots if x.account_id == account_id and x.lot_id not in known)]
+    else:
+        lots = [lot_from_row(r) for r in await conn.fetch(SELECT_OPEN_LOTS, fx.tenant_id, account_id, [])]
+    for lot in lots:
         if lot.unit != unit or lot.effective_at > fx.now or lot.is_past_usable(fx.now):
             continue
         sig.available += lot.available

@@ -216,6 +216,8 @@ class Effects:
     grace: list[tuple[str, datetime]] = field(default_factory=list)
     idempotency: list[tuple[str, str, bytes, bytes]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
+    # The locked accounts' in-memory states, when the writer has them (alert_watch reads balances from them).
+    states: dict[str, Any] = field(default_factory=dict)
     _created: set[str] = field(default_factory=set)
 
     def move(self, lot: Lot, kind: EntryKind, amount: int, ctx: EntryContext,

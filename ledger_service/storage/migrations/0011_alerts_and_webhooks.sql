@@ -44,6 +44,7 @@ CREATE TABLE alert_events (
     PRIMARY KEY (tenant_id, event_id)
 );
 CREATE INDEX alert_events_by_seq ON alert_events (tenant_id, seq);
+CREATE INDEX alert_watches_by_account ON alert_watches (tenant_id, account_id);
 
 CREATE TABLE webhook_endpoints (
     tenant_id      text NOT NULL,
