@@ -94,10 +94,12 @@ class WebhookDispatcher:
         s = self._settings
         rows = await self._pool.fetch(CLAIM, now, s.batch, s.lease_s)
         if rows:
-            await asyncio.gather(*(self._deliver(r) for r in rows))
+            outcomes = await asyncio.gather(*(self._deliver(r) for r in rows))
+            await self._pool.executemany(RECORD, outcomes)  # one pipelined round for the whole batch
         return len(rows)
 
-    async def _deliver(self, row: asyncpg.Record) -> None:
+    async def _deliver(self, row: asyncpg.Record) -> tuple[Any, ...]:
+        """Sends one delivery; returns the RECORD arguments of its outcome."""
         body = (row["payload"] or "").encode()
         stamp = int(time.time())
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: row["event_id"],
@@ -113,8 +115,8 @@ class WebhookDispatcher:
         else:
             delay = self._settings.schedule.delay_after(attempt, self._rng)
             status, next_at = ("DEAD", now) if delay is None else ("PENDING", now + timedelta(seconds=delay))
-        await self._pool.execute(RECORD, row["tenant_id"], row["event_id"], row["endpoint_id"], attempt, now,
-                                 result.http_status, result.error, result.duration_ms, status, next_at)
+        return (row["tenant_id"], row["event_id"], row["endpoint_id"], attempt, now, result.http_status, result.error,
+                result.duration_ms, status, next_at)
 
     def _notified(self, *_: object) -> None:
         self._wake.set()
@@ -166,7 +168,7 @@ class RunningDispatcher:
 
 async def start_dispatcher(owner_dsn: str, settings: DeliverySettings = DeliverySettings()) -> RunningDispatcher:
     """Starts the delivery loop on `owner_dsn` (the ledger database's owner: every tenant's outbox)."""
-    pool = await create_pool(owner_dsn, min_size=1, max_size=3)
+    pool = await create_pool(owner_dsn, min_size=2, max_size=4)
     sender = await HttpSender().__aenter__()
     task = asyncio.get_running_loop().create_task(WebhookDispatcher(pool, sender, settings).run_forever())
     return RunningDispatcher(task, pool, sender)

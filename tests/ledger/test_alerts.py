@@ -145,3 +145,25 @@ async def test_usage_spike(ledger: Ledger) -> None:
     await debit(ledger, "acme", "2.00", "d2")   # 1100 > 1000
     (e,) = await events(ledger)
     assert e.event_type == "usage.spike" and json.loads(e.payload_json)["data"]["window_consumed"] == "11.00"
+
+
+async def test_expiring_credit(ledger: Ledger) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    await ledger.account("acme")
+    await create_rule(ledger, rule_id="exp", account_id="acme", unit="USD", kind=apb.EXPIRING, amount="5.00",
+                      within_days=7)
+    soon, later = Timestamp(), Timestamp()
+    soon.FromDatetime(datetime.now(UTC) + timedelta(days=3))
+    later.FromDatetime(datetime.now(UTC) + timedelta(days=30))
+    await ledger.grant("acme", "20.00", key="g-late", expires_at=later)  # not within 7 days
+    assert await events(ledger) == []
+    await ledger.grant("acme", "8.00", key="g-soon", expires_at=soon, priority=1)  # 8.00 within 7 days > 5.00
+    (fired,) = await events(ledger)
+    assert fired.event_type == "credits.expiring" and json.loads(fired.payload_json)["data"]["expiring"] == "8.00"
+    await debit(ledger, "acme", "4.00", "d1")   # the soon lot pays first (priority 1): 4.00 left, not above 5
+    await debit(ledger, "acme", "1.00", "d2")
+    await ledger.grant("acme", "3.00", key="g-soon2", expires_at=soon)  # 6.00 again: a second crossing
+    assert [e.crossing for e in await events(ledger)] == [1, 2]
