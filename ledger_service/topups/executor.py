@@ -203,6 +203,7 @@ class TopUpExecutor:
             await listener.add_listener(NOTIFY_TOPUPS, self._notified)
             try:
                 while True:
+                    self._wake.clear()  # before the round: a NOTIFY during it starts the next one at once
                     try:
                         busy = await self.run_once() >= self._settings.batch
                     except (asyncpg.PostgresError, OSError) as err:
@@ -210,7 +211,6 @@ class TopUpExecutor:
                         busy = False
                     if busy:
                         continue
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
                     except TimeoutError:
