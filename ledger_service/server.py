@@ -17,7 +17,7 @@ from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.domain.webhooks import RetrySchedule
 from ledger_service.operations.context import Ledger
 from ledger_service.storage import MIGRATIONS_DIR
-from ledger_service.topups.executor import start_executor
+from ledger_service.topups.executor import TopUpSettings, start_executor
 from ledger_service.topups.http_provider import HttpPaymentProvider
 from ledger_service.webhooks.dispatcher import DeliverySettings, RunningDispatcher, start_dispatcher
 from service_runtime import metrics
@@ -59,8 +59,12 @@ async def start_webhook_delivery(dsn: str, settings: Settings) -> RunningDispatc
     top-up executor when a payment provider is configured (it stops with the delivery loop)."""
     delivery = await start_dispatcher(dsn, delivery_settings(settings))
     if settings.payment_provider_url:
-        provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key)
-        delivery.also_stop(await start_executor(dsn, provider), provider)
+        provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key,
+                                       timeout_s=settings.payment_timeout_s)
+        topups = TopUpSettings(RetrySchedule(base_s=settings.topup_retry_base_s, cap_s=settings.topup_retry_cap_s,
+                                             max_attempts=1_000_000),
+                               lease_s=settings.topup_lease_s, pending_poll_s=settings.topup_retry_base_s)
+        delivery.also_stop(await start_executor(dsn, provider, topups), provider)
     return delivery
 
 

@@ -54,6 +54,12 @@ class Settings:
     # http_provider.py) and its API key; no URL = no executor (requested top-ups wait, visibly).
     payment_provider_url: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER_URL", ""))
     payment_api_key: str = field(default_factory=lambda: _env("PAYMENT_API_KEY", ""))
+    payment_timeout_s: float = field(default_factory=lambda: float(_env("PAYMENT_TIMEOUT_S", "10")))
+    # A charge with no answer is asked again after this many seconds, doubling up to the cap; a top-up
+    # claimed by a process that died is taken up again after the lease.
+    topup_retry_base_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_BASE_S", "2")))
+    topup_retry_cap_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_CAP_S", "600")))
+    topup_lease_s: float = field(default_factory=lambda: float(_env("TOPUP_LEASE_S", "60")))
 
     @staticmethod
     def from_env() -> Settings:

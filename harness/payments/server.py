@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class PaymentServer:
     default: Behaviour = field(default_factory=Behaviour)
     charges: dict[str, Charge] = field(default_factory=dict)    # by idempotency key
     requests: int = 0
+    faults: Counter[str] = field(default_factory=Counter)       # what the behaviours did, by kind
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
 
@@ -66,6 +68,7 @@ class PaymentServer:
             return web.json_response({"error": "Idempotency-Key required"}, status=400)
         if b.fail_requests > 0:
             b.fail_requests -= 1
+            self.faults["payment_unavailable"] += 1
             return web.json_response({"error": "unavailable"}, status=503)
         charge = self.charges.get(key)
         if charge is None:
@@ -73,9 +76,11 @@ class PaymentServer:
                                                 str(body["currency"]), str(body["payment_method"]), b.outcome,
                                                 b.pending_lookups)
         if b.late_s:
+            self.faults["payment_late"] += 1
             await asyncio.sleep(b.late_s)
         if b.lose_responses > 0:
             b.lose_responses -= 1
+            self.faults["payment_response_lost"] += 1
             assert request.transport is not None
             request.transport.close()  # processed, but the client never hears it
             return web.Response(status=200)
