@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from credits.alerts.v1 import alerts_pb2 as pb
@@ -26,6 +27,7 @@ KIND_PB = {v: k for k, v in KINDS.items()}
 STATUSES = {pb.PENDING: "PENDING", pb.DELIVERED: "DELIVERED", pb.DEAD: "DEAD"}
 STATUS_PB = {v: k for k, v in STATUSES.items()}
 MAX_FACTOR_LEN = 20
+_FACTOR = re.compile(r"\d+(\.\d+)?")
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -36,12 +38,8 @@ def rule_order(request: pb.CreateAlertRuleRequest) -> RuleOrder:
     if kind is None:
         raise invalid("rule.kind", "must be one of " + ", ".join(k.value for k in AlertKind))
     factor = r.factor.strip()
-    if factor:
-        try:
-            if len(factor) > MAX_FACTOR_LEN or not factor.replace(".", "", 1).isdigit():
-                raise ValueError(factor)
-        except ValueError:
-            raise invalid("rule.factor", "must be a decimal like 10 or 2.5") from None
+    if factor and (len(factor) > MAX_FACTOR_LEN or not _FACTOR.fullmatch(factor)):
+        raise invalid("rule.factor", "must be a decimal like 10 or 2.5")
     rule = AlertRule(
         rule_id=check_id(r.rule_id, "rule.rule_id"), account_id=check_id(r.account_id, "rule.account_id",
                                                                          required=False),

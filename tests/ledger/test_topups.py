@@ -194,13 +194,17 @@ async def test_consecutive_declines_disable_the_policy(ledger: Ledger, payments:
     await _policy(ledger, payment_method="pm_bad", failure_limit=2)
     await ledger.grant("acme", "100.00", key="g1")
     await executor()
-    for i in range(3):  # three crossings: decline, decline (disabled), then nothing
-        await debit(ledger, "acme", "95.00" if i == 0 else "0.01", f"d{i}")
-        await _until(lambda i=i: _status(ledger, i + 1, apb.DECLINED)) if i < 2 else await asyncio.sleep(0.5)
-        await ledger.grant("acme", "20.00", key=f"up{i}")   # recover: re-arms the crossing
-        await debit(ledger, "acme", "20.00", f"down{i}") if i < 2 else None
+    await debit(ledger, "acme", "95.00", "d1")                 # 5.00: crossing 1
+    await _until(lambda: _status(ledger, 1, apb.DECLINED))
+    await ledger.grant("acme", "20.00", key="up1")             # 25.00: re-armed
+    await debit(ledger, "acme", "20.00", "d2")                 # 5.00: crossing 2, the second decline
+    await _until(lambda: _status(ledger, 2, apb.DECLINED))
     policy = await alerts_stub(ledger).GetTopUpPolicy(apb.GetTopUpPolicyRequest(account_id="acme", unit="USD"),
                                                       metadata=ledger.md)
     assert not policy.enabled and policy.consecutive_failures == 2 and "declines" in policy.disabled_reason
+    await ledger.grant("acme", "20.00", key="up2")
+    await debit(ledger, "acme", "20.00", "d3")                 # a third crossing: the policy is off
+    await asyncio.sleep(0.5)
+    assert len(await _topups(ledger)) == 2 and len(server.charges) == 2
     assert not await _topup_lots(ledger) and not server.captured
     assert "topup.disabled" in [e.event_type for e in await events(ledger, account_id="acme")]
