@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ class ExampleReceiver:
     tolerance_s: int = DEFAULT_TOLERANCE_S
     clock: Callable[[], float] = time.time
     on_event: Callable[[dict[str, Any]], None] | None = None
+    secret_source: Callable[[], Awaitable[list[str]]] | None = None  # secrets read per request (creditctl up)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)   # event id -> first body accepted
     deliveries: Counter[str] = field(default_factory=Counter)          # event id -> verified requests
     rejected: int = 0
@@ -36,8 +37,9 @@ class ExampleReceiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        secrets = self.secrets if self.secret_source is None else await self.secret_source()
         if not any(verify(s, request.headers.get(SIGNATURE_HEADER, ""), body, self.clock(), self.tolerance_s)
-                   for s in self.secrets):
+                   for s in secrets):
             self.rejected += 1
             return web.Response(status=401, text="bad signature or stale timestamp")
         if self.fail_next > 0:

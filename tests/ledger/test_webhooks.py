@@ -214,3 +214,30 @@ def test_the_readme_recipe_verifies_what_the_ledger_signs() -> None:
     assert recipe("whsec_new", header, body) and recipe("whsec_old", header, body)
     assert not recipe("whsec_new", header, body + b"x")
     assert not recipe("whsec_new", signature_header(["whsec_new"], now - 3600, body), body)  # replayed
+
+
+async def test_the_receiver_of_creditctl_up_verifies_with_the_endpoints_secrets(
+        ledger: Ledger, dispatcher: Callable, capsys: pytest.CaptureFixture[str]) -> None:
+    """`creditctl up --webhook-receiver`: secrets read from the ledger per request, so an endpoint created
+    after the receiver started verifies at once; each event is printed."""
+    import contextlib
+
+    from service_runtime.temporal_server import reserve_port
+    from stack.launcher import _webhook_receiver
+
+    port = reserve_port()
+    async with contextlib.AsyncExitStack() as running:
+        shown = await _webhook_receiver(ledger.dsn, port, running)
+        url = shown.split()[0]
+        await _endpoint(ledger, url, allow_private_targets=True)
+        await ledger.account("acme")
+        await create_rule(ledger, rule_id="zero", account_id="acme", unit="USD", kind=apb.DEPLETED)
+        await ledger.grant("acme", "1.00", key="g1")
+        await debit(ledger, "acme", "1.00", "d1")
+        await dispatcher(FAST)
+        deadline = time.monotonic() + 20
+        while not any(d.status == apb.DELIVERED for d in await _deliveries(ledger)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    out = capsys.readouterr().out
+    assert "webhook: " in out and '"type": "balance.depleted"' in out
