@@ -19,6 +19,7 @@ from ledger_service.operations.context import Ledger
 from ledger_service.storage import MIGRATIONS_DIR
 from ledger_service.topups.executor import TopUpSettings, start_executor
 from ledger_service.topups.http_provider import HttpPaymentProvider
+from ledger_service.topups.stripe_provider import StripePaymentProvider
 from ledger_service.webhooks.dispatcher import DeliverySettings, RunningDispatcher, start_dispatcher
 from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
@@ -58,9 +59,14 @@ async def start_webhook_delivery(dsn: str, settings: Settings) -> RunningDispatc
     """The webhook delivery loop beside a ledger server (owner DSN: it drains every tenant's outbox), and the
     top-up executor when a payment provider is configured (it stops with the delivery loop)."""
     delivery = await start_dispatcher(dsn, delivery_settings(settings))
-    if settings.payment_provider_url:
+    provider: HttpPaymentProvider | StripePaymentProvider | None = None
+    if settings.payment_provider == "stripe":
+        provider = StripePaymentProvider(settings.payment_api_key, api_base=settings.payment_provider_url,
+                                         timeout_s=settings.payment_timeout_s)
+    elif settings.payment_provider_url:
         provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key,
                                        timeout_s=settings.payment_timeout_s)
+    if provider is not None:
         topups = TopUpSettings(RetrySchedule(base_s=settings.topup_retry_base_s, cap_s=settings.topup_retry_cap_s,
                                              max_attempts=1_000_000),
                                lease_s=settings.topup_lease_s, pending_poll_s=settings.topup_retry_base_s)

@@ -51,7 +51,10 @@ class Settings:
     webhook_max_attempts: int = field(default_factory=lambda: int(_env("WEBHOOK_MAX_ATTEMPTS", "10")))
     webhook_poll_s: float = field(default_factory=lambda: float(_env("WEBHOOK_POLL_S", "1")))
     # Auto top-up (ledger_service/topups): the payment provider's base URL (the HTTP protocol of
-    # http_provider.py) and its API key; no URL = no executor (requested top-ups wait, visibly).
+    # http_provider.py) and its API key; no URL (and no Stripe) = no executor (top-ups wait, visibly).
+    # CREDITS_PAYMENT_PROVIDER: "http" (that protocol, at the URL) or "stripe" (PaymentIntents with the
+    # API key; the URL, if set, replaces Stripe's API base).
+    payment_provider: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER", "http"))
     payment_provider_url: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER_URL", ""))
     payment_api_key: str = field(default_factory=lambda: _env("PAYMENT_API_KEY", ""))
     payment_timeout_s: float = field(default_factory=lambda: float(_env("PAYMENT_TIMEOUT_S", "10")))

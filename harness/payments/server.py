@@ -1,4 +1,6 @@
-"""A small local HTTP payment server speaking ledger_service/topups/http_provider.py's protocol.
+"""A small local HTTP payment server speaking ledger_service/topups/http_provider.py's protocol, and the
+subset of Stripe's PaymentIntents API that ledger_service/topups/stripe_provider.py uses (form-encoded
+POST /v1/payment_intents with an Idempotency-Key, GET /v1/payment_intents/search by metadata).
 
 Per payment method it can approve, decline, stay pending for N lookups, answer late (past the client's
 timeout) or lose the response (the charge is made, then the connection is dropped). Charges are kept
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,10 +100,62 @@ class PaymentServer:
                 charge.status = "succeeded"
         return web.json_response(charge.body())
 
+    # --- the Stripe PaymentIntents subset ------------------------------------------------------------
+
+    @staticmethod
+    def _intent(charge: Charge, topup_id: str) -> dict[str, Any]:
+        status = {"succeeded": "succeeded", "pending": "processing", "declined": "requires_payment_method"}
+        return {"id": f"pi_{charge.charge_id}", "object": "payment_intent", "amount": charge.amount,
+                "currency": charge.currency.lower(), "status": status[charge.status],
+                "metadata": {"topup_id": topup_id}, "livemode": False}
+
+    async def _stripe_create(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        self.requests += 1
+        key = request.headers.get("Idempotency-Key", "")
+        method = str(form.get("payment_method", ""))
+        b = self.behaviour(method)
+        if b.fail_requests > 0:
+            b.fail_requests -= 1
+            self.faults["payment_unavailable"] += 1
+            return web.json_response({"error": {"type": "api_error", "message": "unavailable"}}, status=503)
+        charge = self.charges.get(key)
+        if charge is None:
+            charge = self.charges[key] = Charge(f"ch_{next(self._ids):06d}", key, int(str(form["amount"])),
+                                                str(form["currency"]).upper(), method, b.outcome, b.pending_lookups)
+        intent = self._intent(charge, str(form.get("metadata[topup_id]", key)))
+        if b.lose_responses > 0:
+            b.lose_responses -= 1
+            self.faults["payment_response_lost"] += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=200)
+        if charge.status == "declined":
+            return web.json_response({"error": {"type": "card_error", "code": "card_declined",
+                                                "message": "Your card was declined.", "payment_intent": intent}},
+                                     status=402)
+        return web.json_response(intent)
+
+    async def _stripe_search(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        found = re.fullmatch(r"metadata\['topup_id'\]:'([^']*)'", request.query.get("query", ""))
+        charge = self.charges.get(found.group(1)) if found else None
+        data = []
+        if charge is not None:
+            if charge.status == "pending":
+                charge.lookups_left -= 1
+                if charge.lookups_left <= 0:
+                    charge.status = "succeeded"
+            data = [self._intent(charge, charge.key)]
+        return web.json_response({"object": "search_result", "url": "/v1/payment_intents/search",
+                                  "has_more": False, "data": data})
+
     async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_post("/v1/charges", self._create)
         app.router.add_get("/v1/charges", self._find)
+        app.router.add_post("/v1/payment_intents", self._stripe_create)
+        app.router.add_get("/v1/payment_intents/search", self._stripe_search)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)

@@ -208,3 +208,32 @@ async def test_consecutive_declines_disable_the_policy(ledger: Ledger, payments:
     assert len(await _topups(ledger)) == 2 and len(server.charges) == 2
     assert not await _topup_lots(ledger) and not server.captured
     assert "topup.disabled" in [e.event_type for e in await events(ledger, account_id="acme")]
+
+
+@pytest.mark.parametrize("behaviour", [Behaviour(), Behaviour(lose_responses=1),
+                                       Behaviour(outcome="pending", pending_lookups=2), Behaviour(outcome="declined")])
+async def test_the_stripe_adapter_against_a_stripe_like_server(ledger: Ledger, payments: tuple[PaymentServer, str],
+                                                              behaviour: Behaviour) -> None:
+    """The `stripe` package's own client (aiohttp), pointed at the local server's PaymentIntents subset."""
+    from ledger_service.topups.stripe_provider import StripePaymentProvider
+
+    server, url = payments
+    server.behaviours["pm_card"] = behaviour
+    await ledger.account("acme")
+    await _policy(ledger, payment_method="cus_1/pm_card")
+    await ledger.grant("acme", "20.00", key="g1")
+    provider = StripePaymentProvider("sk_test_local", api_base=url, timeout_s=2)
+    started = await start_executor(ledger.dsn, provider, FAST)
+    try:
+        await debit(ledger, "acme", "15.00", "d1")
+        wanted = apb.DECLINED if behaviour.outcome == "declined" else apb.GRANTED
+        await _until(lambda: _status(ledger, 1, wanted))
+    finally:
+        await started.stop()
+        await provider.close()
+    (charge,) = server.charges.values()
+    assert charge.key == "topup/acme/USD/1" and charge.amount == 5000 and charge.payment_method == "pm_card"
+    lots = await _topup_lots(ledger)
+    assert len(lots) == (0 if behaviour.outcome == "declined" else 1)
+    (topup,) = await _topups(ledger)
+    assert topup.charge_id.startswith("pi_")
