@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from credits.alerts.v1 import alerts_pb2_grpc
 from credits.billing.v1 import billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
@@ -104,6 +105,7 @@ SERVICES: dict[str, tuple[str, Callable[[grpc.aio.Channel], Any], int]] = {
     "ledger": ("ledger_addr", ledger_pb2_grpc.LedgerServiceStub, LEDGER_REFUSED),
     "invoice": ("invoice_addr", invoice_pb2_grpc.InvoiceServiceStub, INVOICE_REFUSED),
     "billing": ("billing_addr", billing_pb2_grpc.BillingServiceStub, BILLING_REFUSED),
+    "alerts": ("ledger_addr", alerts_pb2_grpc.AlertsServiceStub, LEDGER_REFUSED),  # served by the ledger server
 }
 
 

@@ -14,6 +14,7 @@ import click
 
 from creditctl.commands import (
     accounts,
+    alerts,
     allowances,
     audit,
     balances,
@@ -43,10 +44,12 @@ from creditctl.commands import (
     statements,
     subscriptions,
     tenants,
+    topups,
     transfers,
     units,
     up,
     usage,
+    webhooks,
 )
 from creditctl.errors import reported
 from creditctl.help_listing import Group
@@ -56,14 +59,15 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, completion)
+            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, completion)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
 SECTIONS = (
     ("Start", ("up", "demo", "tenants", "keys", "config", "completion")),
     ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "statements", "holds",
-                          "transfers", "explain", "policy", "settlements", "allowances")),
+                          "transfers", "explain", "policy", "settlements", "allowances", "alerts", "webhooks",
+                          "topups")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
                                                    "invoices", "sagas", "billing", "operation")),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),

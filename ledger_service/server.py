@@ -7,11 +7,20 @@ import logging
 
 import asyncpg
 import grpc
+from credits.alerts.v1 import alerts_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
-from ledger_service.api.permissions import PERMISSIONS
+from ledger_service.api import alerts_servicer
+from ledger_service.api.alerts_servicer import AlertsServicer
+from ledger_service.api.permissions import ALERT_PERMISSIONS, PERMISSIONS
 from ledger_service.api.servicer import SERVICE, LedgerServicer
+from ledger_service.domain.webhooks import RetrySchedule
+from ledger_service.operations.context import Ledger
 from ledger_service.storage import MIGRATIONS_DIR
+from ledger_service.topups.executor import TopUpSettings, start_executor
+from ledger_service.topups.http_provider import HttpPaymentProvider
+from ledger_service.topups.stripe_provider import StripePaymentProvider
+from ledger_service.webhooks.dispatcher import DeliverySettings, RunningDispatcher, start_dispatcher
 from service_runtime import metrics
 from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import migrate_service, resolve_databases
@@ -32,11 +41,37 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     service_dsn = app_dsn(dsn, settings.ledger_app_dsn)
     pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
     servicer = LedgerServicer(pool, settings)
+    alerts = AlertsServicer(Ledger.create(pool, settings))
     server, port = await create_server(
-        [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE)],
-        KeyResolver(pool), PERMISSIONS, address, health_dsn=service_dsn, settings=settings,
+        [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE),
+         (alerts_pb2_grpc.add_AlertsServiceServicer_to_server, alerts, alerts_servicer.SERVICE)],
+        KeyResolver(pool), {**PERMISSIONS, **ALERT_PERMISSIONS}, address, health_dsn=service_dsn, settings=settings,
     )
     return server, port, pool
+
+
+def delivery_settings(settings: Settings) -> DeliverySettings:
+    schedule = RetrySchedule(base_s=settings.webhook_retry_base_s, max_attempts=settings.webhook_max_attempts)
+    return DeliverySettings(schedule=schedule, poll_s=settings.webhook_poll_s)
+
+
+async def start_webhook_delivery(dsn: str, settings: Settings) -> RunningDispatcher:
+    """The webhook delivery loop beside a ledger server (owner DSN: it drains every tenant's outbox), and the
+    top-up executor when a payment provider is configured (it stops with the delivery loop)."""
+    delivery = await start_dispatcher(dsn, delivery_settings(settings))
+    provider: HttpPaymentProvider | StripePaymentProvider | None = None
+    if settings.payment_provider == "stripe":
+        provider = StripePaymentProvider(settings.payment_api_key, api_base=settings.payment_provider_url,
+                                         timeout_s=settings.payment_timeout_s)
+    elif settings.payment_provider_url:
+        provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key,
+                                       timeout_s=settings.payment_timeout_s)
+    if provider is not None:
+        topups = TopUpSettings(RetrySchedule(base_s=settings.topup_retry_base_s, cap_s=settings.topup_retry_cap_s,
+                                             max_attempts=1_000_000),
+                               lease_s=settings.topup_lease_s, pending_poll_s=settings.topup_retry_base_s)
+        delivery.also_stop(await start_executor(dsn, provider, topups), provider)
+    return delivery
 
 
 _GAUGES = """
@@ -58,6 +93,7 @@ async def serve(settings: Settings) -> None:
     dsn = resolve_databases(settings).ledger_dsn
     await wait_for_database(dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
+    delivery = await start_webhook_delivery(dsn, settings)
     metrics_port = metrics.start_endpoint()
     owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
     gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
@@ -66,6 +102,7 @@ async def serve(settings: Settings) -> None:
         await server.wait_for_termination()
     finally:
         gauges.cancel()
+        await delivery.stop()
         await server.stop(5)
         await pool.close()
         await owner_pool.close()

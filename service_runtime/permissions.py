@@ -57,6 +57,7 @@ from service_runtime.api_keys import ROLES
 LEDGER_SERVICE = "credits.ledger.v1.LedgerService"
 INVOICE_SERVICE = "credits.invoice.v1.InvoiceService"
 BILLING_SERVICE = "credits.billing.v1.BillingService"
+ALERTS_SERVICE = "credits.alerts.v1.AlertsService"
 
 ALL = frozenset(ROLES)
 ADMIN = frozenset({"admin"})
@@ -128,8 +129,22 @@ BILLING: dict[str, frozenset[str]] = _table(
     (FINANCE | {"operator"}, ("PauseAllowance", "ResumeAllowance")),
 )
 
+# Alerts and webhooks (served by the ledger server). Rules: finance and on-call operators; endpoints
+# hold signing secrets and decide which hosts the ledger calls (private targets: SSRF): admin only.
+ALERTS: dict[str, frozenset[str]] = _table(
+    ALERTS_SERVICE,
+    (ALL, ("ListAlertRules", "ListAlertEvents")),
+    (FINANCE | {"operator"}, ("CreateAlertRule", "DisableAlertRule")),
+    (ADMIN, ("CreateWebhookEndpoint", "RotateWebhookSecret")),
+    (VERIFY, ("ListWebhookEndpoints", "ListWebhookDeliveries")),
+    (OPERATOR, ("RedeliverWebhook",)),
+    # Auto top-up charges a customer's payment method: finance sets policies; people on call read them.
+    (VERIFY, ("GetTopUpPolicy", "ListTopUps")),
+    (FINANCE, ("SetTopUpPolicy",)),
+)
+
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
-    LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING,
+    LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING, ALERTS_SERVICE: ALERTS,
 }
 
 

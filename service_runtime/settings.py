@@ -45,6 +45,24 @@ class Settings:
     key_rate_limit: float = field(default_factory=lambda: float(_env("KEY_RATE_LIMIT", "0")))
     key_rate_burst: float = field(default_factory=lambda: float(_env("KEY_RATE_BURST", "0")))
     key_rate_exempt_roles: str = field(default_factory=lambda: _env("KEY_RATE_EXEMPT_ROLES", ""))
+    # Webhook delivery (ledger_service/webhooks): first retry after this many seconds, doubling up to an
+    # hour; dead-lettered after this many attempts; the outbox is polled this often besides NOTIFY.
+    webhook_retry_base_s: float = field(default_factory=lambda: float(_env("WEBHOOK_RETRY_BASE_S", "5")))
+    webhook_max_attempts: int = field(default_factory=lambda: int(_env("WEBHOOK_MAX_ATTEMPTS", "10")))
+    webhook_poll_s: float = field(default_factory=lambda: float(_env("WEBHOOK_POLL_S", "1")))
+    # Auto top-up (ledger_service/topups): the payment provider's base URL (the HTTP protocol of
+    # http_provider.py) and its API key; no URL (and no Stripe) = no executor (top-ups wait, visibly).
+    # CREDITS_PAYMENT_PROVIDER: "http" (that protocol, at the URL) or "stripe" (PaymentIntents with the
+    # API key; the URL, if set, replaces Stripe's API base).
+    payment_provider: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER", "http"))
+    payment_provider_url: str = field(default_factory=lambda: _env("PAYMENT_PROVIDER_URL", ""))
+    payment_api_key: str = field(default_factory=lambda: _env("PAYMENT_API_KEY", ""))
+    payment_timeout_s: float = field(default_factory=lambda: float(_env("PAYMENT_TIMEOUT_S", "10")))
+    # A charge with no answer is asked again after this many seconds, doubling up to the cap; a top-up
+    # claimed by a process that died is taken up again after the lease.
+    topup_retry_base_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_BASE_S", "2")))
+    topup_retry_cap_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_CAP_S", "600")))
+    topup_lease_s: float = field(default_factory=lambda: float(_env("TOPUP_LEASE_S", "60")))
 
     @staticmethod
     def from_env() -> Settings:

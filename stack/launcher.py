@@ -149,7 +149,7 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
                    running: contextlib.AsyncExitStack) -> tuple[str, str, str]:
     """Starts the ledger, invoice and billing gRPC servers; each stops (then its pool closes) on exit."""
     from invoice_service.server import create_invoice_server
-    from ledger_service.server import create_ledger_server
+    from ledger_service.server import create_ledger_server, start_webhook_delivery
 
     def stopping(server: Any, pool: Any) -> None:
         running.push_async_callback(_close_quietly, pool)
@@ -157,6 +157,8 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
 
     ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
     stopping(ledger, ledger_pool)
+    delivery = await start_webhook_delivery(dbs.ledger_dsn, settings)  # the alert outbox -> webhooks
+    running.push_async_callback(delivery.stop)
     invoice, invoice_port, invoice_pool = await create_invoice_server(
         dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
     stopping(invoice, invoice_pool)
@@ -194,15 +196,18 @@ def _redact(dsn: str) -> str:
     return f"{head.split('//')[0]}//***@{tail}" if at and ":" in head.split("//")[-1] else dsn
 
 
-async def serve_forever(settings: Settings) -> None:
-    """`creditctl up`: runs until Ctrl-C / SIGTERM, then stops every part."""
+async def serve_forever(settings: Settings, webhook_port: int | None = None) -> None:
+    """`creditctl up`: runs until Ctrl-C / SIGTERM, then stops every part; with `webhook_port`, also a local
+    webhook receiver that prints every verified event (`creditctl up --webhook-receiver`)."""
     import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_stack(settings) as stack:
+    async with running_stack(settings) as stack, contextlib.AsyncExitStack() as extras:
+        if webhook_port is not None:
+            stack.addresses["webhook receiver"] = await _webhook_receiver(stack.ledger_dsn, webhook_port, extras)
         print("credits stack is up:", flush=True)
         for name, value in stack.addresses.items():
             print(f"  {name:<26} {value}", flush=True)
@@ -210,3 +215,35 @@ async def serve_forever(settings: Settings) -> None:
         await stop.wait()
         print("stopping ...", flush=True)
     print("stopped.", flush=True)
+
+
+RECEIVER_SECRETS = """
+SELECT s.secret FROM webhook_secrets s JOIN webhook_endpoints e
+  ON e.tenant_id = s.tenant_id AND e.endpoint_id = s.endpoint_id
+WHERE e.url = $1 AND (s.expires_at IS NULL OR s.expires_at > now())
+"""
+
+
+async def _webhook_receiver(ledger_dsn: str, port: int, running: contextlib.AsyncExitStack) -> str:
+    """The example receiver on `port`, verifying with the secrets of every endpoint that targets it (read from
+    the ledger database on each request, so an endpoint created later works at once); prints each event."""
+    import json
+
+    import asyncpg
+
+    from ledger_service.webhooks.example_receiver import PATH, ExampleReceiver
+
+    url = f"http://127.0.0.1:{port}{PATH}"
+    pool = await asyncpg.create_pool(ledger_dsn, min_size=1, max_size=2)
+    running.push_async_callback(pool.close)
+
+    async def secrets() -> list[str]:
+        return [r["secret"] for r in await pool.fetch(RECEIVER_SECRETS, url)]
+
+    def show(event: dict[str, Any]) -> None:
+        print(f"webhook: {json.dumps(event, sort_keys=True)}", flush=True)
+
+    receiver = ExampleReceiver([], on_event=show, secret_source=secrets)
+    await receiver.start(port)
+    running.push_async_callback(receiver.stop)
+    return f"{url} (creditctl webhooks create local {url} --allow-private-targets)"

@@ -1,4 +1,4 @@
-"""creditctl bench ledger|ingest|saga|gate: benchmarks that start what they need on the embedded defaults.
+"""creditctl bench ledger|ingest|saga|gate|alerts: benchmarks that start what they need on the embedded defaults.
 
 The benches are proving code, imported only inside the command that runs one (one import line
 per command names where it lives).
@@ -142,5 +142,30 @@ def gate(gates: int, concurrency: int, seconds: float, check: bool, as_json: boo
     else:
         click.echo(bench.describe(report))
     if check and any(bench.meets(k, float(v)) is False for k, v in figures.items()):
+        return CHECK_MISSED
+    return 0
+
+
+@command.command(
+    "alerts", short_help="accounts crossing thresholds under debit load: change -> webhook latency, exactness",
+    help="Starts an embedded Postgres (fsync on) in a temporary directory, the ledger server, its webhook delivery "
+         "loop and a local receiver verifying signatures; debits --accounts accounts across a LOW_BALANCE rule's "
+         "thresholds (and back) and compares every received event with the model's; the same load on as many "
+         "accounts without rules is the baseline.")
+@click.option("--accounts", type=int, default=1000, help="accounts crossing thresholds (default 1000)")
+@click.option("--concurrency", type=int, default=64, help="debits in flight (default 64)")
+@click.option("--check", is_flag=True, help="exit 3 when alert_p99_ms > 1000 or any duplicate or miss")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def alerts(accounts: int, concurrency: int, check: bool, as_json: bool) -> int:
+    from harness.benches import alerts as bench
+
+    result = asyncio.run(bench.run(accounts=accounts, concurrency=concurrency))
+    if as_json:
+        print_json(result.figures(), indent=None)
+    else:
+        click.echo(bench.describe(result))
+    if result.duplicates or result.missed:
+        return 1
+    if check and result.alert_p99_ms > 1000:
         return CHECK_MISSED
     return 0

@@ -20,6 +20,8 @@ FAULTS_NOT_APPLIED = 3
 
 @click.command("chaos", cls=Command, help="seeded crash/fault campaign on a throw-away multi-process stack")
 @click.option("--sagas", type=int, default=30, help="finalization/void sagas to run")
+@click.option("--topups", type=int, default=0,
+              help="instead: N auto top-up crossings under ledger kills and payment faults (money vs credit audit)")
 @click.option("--seed", type=int, default=1, help="the seed: same seed, same workload and fault schedule")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object: faults_planned and faults_applied (per kind), faults_total (applied), "
@@ -28,7 +30,10 @@ FAULTS_NOT_APPLIED = 3
 @click.option("--quiet", is_flag=True, help="no progress lines on stderr")
 @click.option("--tolerate-missed-faults", is_flag=True,
               help="exit 0 even if a planned fault was not applied (listed in the report either way)")
-def command(sagas: int, seed: int, as_json: bool, keep: str, quiet: bool, tolerate_missed_faults: bool) -> int:
+def command(sagas: int, topups: int, seed: int, as_json: bool, keep: str, quiet: bool,
+            tolerate_missed_faults: bool) -> int:
+    if topups:
+        return _topups(topups, seed, as_json, quiet)
     from harness.chaos import campaign
 
     config = campaign.CampaignConfig(sagas=sagas, seed=seed, keep_dir=keep)
@@ -50,3 +55,15 @@ def exit_code(result: Any, tolerate_missed_faults: bool) -> int:
              "to accept)")
         return FAULTS_NOT_APPLIED
     return 0
+
+
+def _topups(topups: int, seed: int, as_json: bool, quiet: bool) -> int:
+    """`chaos --topups N`: exit 1 on any duplicate charge or credit, unpaid credit, paid charge without credit."""
+    from harness.chaos import topups as campaign
+
+    result = asyncio.run(campaign.run(topups=topups, seed=seed, progress=None if quiet else note))
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        click.echo(result.render())
+    return 1 if result.violations else 0

@@ -15,10 +15,13 @@ from service_runtime.settings import Settings
 
 @click.command("up", cls=Command, help="run the whole stack in the foreground (Ctrl-C stops it)")
 @click.option("--data-dir", default="")
-def command(data_dir: str) -> int:
+@click.option("--webhook-receiver", is_flag=True,
+              help="also a local webhook receiver that verifies and prints every event it is sent")
+@click.option("--webhook-port", type=int, default=8787, help="the receiver's port (default 8787)")
+def command(data_dir: str, webhook_receiver: bool, webhook_port: int) -> int:
     from stack.launcher import serve_forever
 
     logging.basicConfig(level=logging.WARNING)
     settings = Settings(data_dir=Path(data_dir).resolve()) if data_dir else load_settings()
-    asyncio.run(serve_forever(settings))
+    asyncio.run(serve_forever(settings, webhook_port if webhook_receiver else None))
     return 0

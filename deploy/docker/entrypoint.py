@@ -68,13 +68,17 @@ async def _serve(server: Any, pool: Any, what: str, port: int) -> None:
 
 
 async def run_ledger() -> None:
-    from ledger_service.server import create_ledger_server
+    from ledger_service.server import create_ledger_server, start_webhook_delivery
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
     dsn = _require("LEDGER_DSN", settings.ledger_dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)  # migrates first
-    await _serve(server, pool, "ledger", port)
+    delivery = await start_webhook_delivery(dsn, settings)  # the alert outbox -> webhooks (owner DSN)
+    try:
+        await _serve(server, pool, "ledger", port)
+    finally:
+        await delivery.stop()
 
 
 async def run_invoice() -> None:

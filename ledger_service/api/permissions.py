@@ -7,7 +7,8 @@ two-person rule) are in `ledger_service.domain.grants`.
 
 from __future__ import annotations
 
-from service_runtime.permissions import LEDGER, LEDGER_SERVICE
+from service_runtime.permissions import ALERTS, LEDGER, LEDGER_SERVICE
 
 SERVICE_NAME = LEDGER_SERVICE
 PERMISSIONS: dict[str, frozenset[str]] = LEDGER
+ALERT_PERMISSIONS: dict[str, frozenset[str]] = ALERTS  # credits.alerts.v1, served by the ledger server

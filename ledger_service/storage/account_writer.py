@@ -186,6 +186,7 @@ class AccountWriter:
                 idempotency_keys=[op.idempotency_key for op in ops],
             )
             effects = Effects(tenant_id, self._clock())
+            effects.states[account_id] = state
             for op in ops:
                 outcomes.append(self._apply_one(state, effects, op))
             await effects.flush(conn)

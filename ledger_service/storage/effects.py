@@ -17,6 +17,7 @@ import asyncpg
 
 from ledger_service.domain.journal import BUCKETS, EntryKind, deltas
 from ledger_service.domain.model import Hold, HoldStatus, Lot
+from ledger_service.storage.alert_watch import watch_changes
 from service_runtime.audit import AuditRecord
 
 # Everything a batch writes, in ONE statement: each data-modifying CTE inserts (or updates) rows
@@ -215,6 +216,8 @@ class Effects:
     grace: list[tuple[str, datetime]] = field(default_factory=list)
     idempotency: list[tuple[str, str, bytes, bytes]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
+    # The locked accounts' in-memory states, when the writer has them (alert_watch reads balances from them).
+    states: dict[str, Any] = field(default_factory=dict)
     _created: set[str] = field(default_factory=set)
 
     def move(self, lot: Lot, kind: EntryKind, amount: int, ctx: EntryContext,
@@ -286,6 +289,7 @@ class Effects:
                         a.request_id) for a in self.audit], 9),
             *_columns(self.idempotency, 4),
         )
+        await watch_changes(conn, self)  # alert rules, in this transaction (storage/alert_watch.py)
 
 
 def _rollover_columns(lot: Lot) -> tuple[int | None, int | None, int | None]:

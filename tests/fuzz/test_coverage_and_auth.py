@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from credits.alerts.v1 import alerts_pb2 as alpb
 from credits.audit.v1 import audit_pb2 as apb
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.invoice.v1 import invoice_pb2 as ipb
@@ -12,9 +13,10 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 
 from coordinator.front_door import PERMISSIONS as BILLING_PERMISSIONS
 from invoice_service.api.permissions import PERMISSIONS as INVOICE_PERMISSIONS
+from ledger_service.api.permissions import ALERT_PERMISSIONS
 from ledger_service.api.permissions import PERMISSIONS as LEDGER_PERMISSIONS
 from service_runtime.audit import AUDIT_PERMISSIONS
-from tests.fuzz import test_audit_fuzz, test_billing_fuzz, test_invoice_fuzz, test_ledger_fuzz
+from tests.fuzz import test_alerts_fuzz, test_audit_fuzz, test_billing_fuzz, test_invoice_fuzz, test_ledger_fuzz
 from tests.fuzz.conftest import Running
 from tests.fuzz.harness import AUDIT_TABLES, DOCUMENTED, path, request_class
 from tests.tenancy import add_tenant_key
@@ -22,7 +24,8 @@ from tests.tenancy import add_tenant_key
 SERVICES = {"ledger": lpb.DESCRIPTOR.services_by_name["LedgerService"],
             "invoice": ipb.DESCRIPTOR.services_by_name["InvoiceService"],
             "billing": bpb.DESCRIPTOR.services_by_name["BillingService"],
-            "audit": apb.DESCRIPTOR.services_by_name["AuditService"]}
+            "audit": apb.DESCRIPTOR.services_by_name["AuditService"],
+            "alerts": alpb.DESCRIPTOR.services_by_name["AlertsService"]}
 
 
 def _params(module: object) -> set[str]:
@@ -35,7 +38,8 @@ def _params(module: object) -> set[str]:
 
 @pytest.mark.parametrize(("kind", "module", "permissions"), [
     ("ledger", test_ledger_fuzz, LEDGER_PERMISSIONS), ("invoice", test_invoice_fuzz, INVOICE_PERMISSIONS),
-    ("billing", test_billing_fuzz, BILLING_PERMISSIONS), ("audit", test_audit_fuzz, AUDIT_PERMISSIONS)])
+    ("billing", test_billing_fuzz, BILLING_PERMISSIONS), ("audit", test_audit_fuzz, AUDIT_PERMISSIONS),
+    ("alerts", test_alerts_fuzz, ALERT_PERMISSIONS)])
 def test_every_rpc_is_fuzzed(kind: str, module: object, permissions: dict[str, object]) -> None:
     service = SERVICES[kind]
     rpcs = {m.name for m in service.methods}

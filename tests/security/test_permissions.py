@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from credits.alerts.v1 import alerts_pb2
 from credits.billing.v1 import billing_pb2, billing_pb2_grpc
 from credits.invoice.v1 import invoice_pb2
 from credits.ledger.v1 import ledger_pb2
@@ -29,7 +30,9 @@ from tests.security.conftest import TENANT_A, Stack, code_of
 LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"]
 INVOICE = invoice_pb2.DESCRIPTOR.services_by_name["InvoiceService"]
 BILLING = billing_pb2.DESCRIPTOR.services_by_name["BillingService"]
-MODULES = {LEDGER.full_name: ledger_pb2, INVOICE.full_name: invoice_pb2, BILLING.full_name: billing_pb2}
+ALERTS = alerts_pb2.DESCRIPTOR.services_by_name["AlertsService"]
+MODULES = {LEDGER.full_name: ledger_pb2, INVOICE.full_name: invoice_pb2, BILLING.full_name: billing_pb2,
+           ALERTS.full_name: alerts_pb2}
 REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
@@ -41,7 +44,7 @@ def rpcs(service: ServiceDescriptor) -> list[tuple[str, str, Any]]:
 
 
 def test_every_rpc_of_every_service_has_a_permission_entry() -> None:
-    for service in (LEDGER, INVOICE, BILLING):
+    for service in (LEDGER, INVOICE, BILLING, ALERTS):
         names = [m.name for m in service.methods]
         assert perms.missing(service.full_name, names) == [], service.full_name
         assert set(perms.BY_SERVICE[service.full_name]) == {f"/{service.full_name}/{n}" for n in names}

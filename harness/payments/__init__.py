@@ -1,0 +1,1 @@
+"""A local payment provider for tests and the chaos harness (`server`)."""
