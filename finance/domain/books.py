@@ -122,7 +122,8 @@ class LotBook:
         return self.treatment is Treatment.DEFERRED_REVENUE
 
     def money(self, units_remaining: int) -> int:
-        return round_half_up(Fraction(self.deferred_at_grant * units_remaining, self.units_granted))
+        n, d = self.deferred_at_grant * units_remaining, self.units_granted
+        return (2 * n + d) // (2 * d) if n >= 0 else -((-2 * n + d) // (2 * d))  # round_half_up(n / d)
 
     @property
     def money_remaining(self) -> int:
@@ -167,6 +168,7 @@ class Line:
     effective_at: datetime
     recorded_at: datetime
     memo: str
+    posting_at: datetime | None = None  # the instant (period) it posts at: set by the projector
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class Books:
     currency_scales: dict[str, int]
     lots: dict[str, LotBook] = field(default_factory=dict)
     transfers: dict[tuple[str, str], TransferMoney] = field(default_factory=dict)  # (reference, from lot)
+    moved: int = 0  # the money the last applied entry moved (a GRANT: the lot's money at grant)
 
     def open_lot(self, entry: LedgerEntry, grant: LotGrant, terms: LotTerms, incoming: int | None) -> LotBook:
         scale = self.currency_scales.get(terms.currency, 2)
@@ -200,9 +203,11 @@ class Books:
     def apply(self, entry: LedgerEntry, grant: LotGrant | None = None) -> list[Line]:
         """The lines of one ledger entry (a GRANT needs the lot's `grant`), updating the lot's book."""
         pen = _Pen(self.rules, entry)
+        self.moved = 0
         if entry.kind == "GRANT":
             assert grant is not None, "a GRANT needs its lot"
             self._grant(entry, grant, pen)
+            self.moved = self.lots[grant.lot_id].deferred_at_grant
             return pen.lines
         book = self.lots[entry.lot_id]
         pen.book = book
@@ -211,10 +216,12 @@ class Books:
             return pen.lines
         if entry.kind in CONSUMING or entry.kind in ("EXPIRE", "VOID", "TRANSFER_OUT"):
             book.units_remaining = before - entry.amount
-            self._out(entry, book, book.money(before) - book.money(book.units_remaining), pen)
+            self.moved = book.money(before) - book.money(book.units_remaining)
+            self._out(entry, book, self.moved, pen)
         elif entry.kind == "REINSTATE":
             book.units_remaining = before + entry.amount
-            self._back(entry, book, book.money(book.units_remaining) - book.money(before), pen)
+            self.moved = book.money(book.units_remaining) - book.money(before)
+            self._back(entry, book, self.moved, pen)
         else:
             raise ValueError(f"unknown ledger entry kind {entry.kind!r}")
         self._true_up(book, pen)

@@ -1,0 +1,296 @@
+"""The finance projector: ledger journal -> finance books, incrementally, exactly once, gap-safe.
+
+Asynchronous, not in the ledger's write transaction: the hot path (the AccountWriter's group
+commit) stays as it was, and the books catch up within a second (the ledger server runs
+`project_forever`; every finance read and close first catches up itself).
+
+Gap safety (see migration 0011): a cursor on entry_id alone is not safe (a bigserial is taken at
+insert and committed in any order), so entries are read in entry_id order only up to a safe mark
+(`safe_mark`): the journal sequence's last value S, read before a snapshot whose xmax is X, becomes
+safe once the oldest running transaction is >= X (`pg_snapshot_xmin`) -- every transaction that
+took an id <= S had its transaction id before S was read (the journal's statement trigger makes
+sure of it) and has ended, so no entry can appear behind the cursor later. entry_id order is the
+ledger's own order per lot (ids are taken under the account's lock), so a lot's book sees its
+entries as they happened. A long write transaction holds the mark back until it ends.
+
+Exactly once: one transaction per batch writes the lines, one finance_entries row per ledger entry
+(primary key (tenant, entry_id)) and the cursor, under the cursor row's lock; two projectors of one
+tenant take turns, and a crash loses the whole batch or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from finance.domain.books import Books, LedgerEntry, Line, LotBook, LotGrant, TransferMoney
+from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, parse_rules
+from ledger_service.storage.catalog import BUILTIN_UNITS
+from service_runtime.currencies import CURRENCY_SCALES
+from service_runtime.row_security import current_tenant
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+PROJECT_INTERVAL_S = 0.5
+
+ENSURE_CURSOR = "INSERT INTO finance_cursors (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING"
+LOCK_CURSOR = """
+SELECT entry_id, entries_projected, closed_through FROM finance_cursors WHERE tenant_id = $1 FOR UPDATE
+"""
+LAST_ENTRY_ID = "SELECT coalesce(pg_sequence_last_value('journal_entry_id_seq'), 0)"
+SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric"
+SNAPSHOT_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
+PENDING = """
+SELECT j.entry_id, j.kind, j.lot_id, j.account_id, j.amount, j.effective_at, j.recorded_at,
+       j.reference, j.hold_key, j.reason, l.lot_type, l.unit, u.scale AS unit_scale, l.cost_basis, l.campaign_id,
+       l.source, coalesce(l.origin_lot_id, '') AS origin_lot_id, coalesce(o.lot_type, '') AS origin_type
+FROM journal j
+LEFT JOIN lots l ON j.kind = 'GRANT' AND l.tenant_id = j.tenant_id AND l.lot_id = j.lot_id
+LEFT JOIN units u ON u.tenant_id = l.tenant_id AND u.code = l.unit
+LEFT JOIN lots o ON o.tenant_id = l.tenant_id AND o.lot_id = l.origin_lot_id
+WHERE j.tenant_id = $1 AND j.entry_id > $2 AND j.entry_id <= $3
+ORDER BY j.entry_id
+LIMIT $4
+"""
+LATEST_RULES = "SELECT version, rules FROM finance_rules WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1"
+LOAD_LOTS = "SELECT * FROM finance_lots WHERE tenant_id = $1 AND lot_id = ANY($2::text[])"
+LOAD_LEGS = """
+SELECT reference, from_lot_id, from_origin_lot_id, units, money FROM finance_transfer_legs
+WHERE tenant_id = $1 AND reference = ANY($2::text[]) AND NOT matched
+"""
+
+_LOT_COLUMNS = [f.name for f in fields(LotBook)]
+_LOT_TYPES = {
+    "lot_id": "text", "account_id": "text", "lot_type": "text", "campaign_id": "text", "source": "text",
+    "origin_lot_id": "text", "currency": "text", "treatment": "text", "method": "text", "expected_rate": "numeric",
+    "rules_version": "integer", "granted_at": "timestamptz", "deferred_at_grant": "bigint", "units_granted": "bigint",
+    "units_remaining": "bigint", "recognized": "bigint", "breakage": "bigint", "advance": "bigint",
+    "transferred_out": "bigint", "voided": "bigint", "units_consumed": "bigint", "units_expired": "bigint",
+    "first_consumed_at": "timestamptz",
+}
+_MUTABLE = ("units_remaining", "recognized", "breakage", "advance", "transferred_out", "voided", "units_consumed",
+            "units_expired", "first_consumed_at")
+UPSERT_LOTS = """
+INSERT INTO finance_lots (tenant_id, lot_id, account_id, lot_type, campaign_id, source, origin_lot_id, currency,
+    treatment, breakage_method, expected_rate, rules_version, granted_at, deferred_at_grant, units_granted,
+    units_remaining, recognized, breakage, advance, transferred_out, voided, units_consumed, units_expired,
+    first_consumed_at)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::text[], $10::text[], $11::numeric[], $12::integer[], $13::timestamptz[], $14::bigint[], $15::bigint[],
+    $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[],
+    $23::bigint[], $24::timestamptz[])
+ON CONFLICT (tenant_id, lot_id) DO UPDATE SET units_remaining = EXCLUDED.units_remaining,
+    recognized = EXCLUDED.recognized, breakage = EXCLUDED.breakage, advance = EXCLUDED.advance,
+    transferred_out = EXCLUDED.transferred_out, voided = EXCLUDED.voided, units_consumed = EXCLUDED.units_consumed,
+    units_expired = EXCLUDED.units_expired, first_consumed_at = EXCLUDED.first_consumed_at
+"""
+INSERT_LEGS = """
+INSERT INTO finance_transfer_legs (tenant_id, reference, from_lot_id, from_origin_lot_id, units, money)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+"""
+MATCH_LEGS = """
+UPDATE finance_transfer_legs SET matched = true
+WHERE tenant_id = $1 AND (reference, from_lot_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+"""
+INSERT_ENTRIES = """
+INSERT INTO finance_entries (tenant_id, entry_id, kind, lot_id, account_id, units, money, effective_at, posting_at)
+SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                         $8::timestamptz[], $9::timestamptz[])
+"""
+INSERT_LINES = """
+INSERT INTO finance_lines (tenant_id, entry_id, line_no, posting_at, effective_at, gl_account, gl_code, debit, credit,
+    currency, account_id, lot_id, lot_type, campaign_id, entry_kind, hold_key, reference, memo)
+SELECT $1, * FROM unnest($2::bigint[], $3::smallint[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[],
+    $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+    $16::text[], $17::text[], $18::text[])
+"""
+ADVANCE_CURSOR = """
+UPDATE finance_cursors SET entry_id = $2, entries_projected = entries_projected + $3, updated_at = now()
+WHERE tenant_id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    entry_id: int
+    entries_projected: int
+    closed_through: datetime | None
+
+
+def _book(row: Any) -> LotBook:
+    return LotBook(
+        row["lot_id"], row["account_id"], row["lot_type"], row["campaign_id"], row["source"], row["origin_lot_id"],
+        row["currency"], Treatment(row["treatment"]), BreakageMethod(row["breakage_method"]),
+        Decimal(row["expected_rate"]), row["rules_version"], row["granted_at"], row["deferred_at_grant"],
+        row["units_granted"], row["units_remaining"], row["recognized"], row["breakage"], row["advance"],
+        row["transferred_out"], row["voided"], row["units_consumed"], row["units_expired"], row["first_consumed_at"])
+
+
+def _entry(row: Any) -> tuple[LedgerEntry, LotGrant | None]:
+    entry = LedgerEntry(row["entry_id"], row["kind"], row["lot_id"], row["account_id"], row["amount"],
+                        row["effective_at"], row["recorded_at"], row["reference"], row["hold_key"], row["reason"])
+    if row["kind"] != "GRANT":
+        return entry, None
+    scale = row["unit_scale"] if row["unit_scale"] is not None else BUILTIN_UNITS.get(row["unit"], 0)
+    return entry, LotGrant(row["lot_id"], row["account_id"], row["lot_type"], row["unit"], scale,
+                           row["amount"], Decimal(row["cost_basis"]), row["campaign_id"], row["source"],
+                           row["origin_lot_id"], row["origin_type"])
+
+
+async def rules_of(conn: asyncpg.Connection, tenant_id: str) -> Rules:
+    """The tenant's rules in force (the defaults until it sets some)."""
+    row = await conn.fetchrow(LATEST_RULES, tenant_id)
+    return parse_rules(row["rules"], row["version"]) if row else DEFAULT_RULES
+
+
+async def lock_cursor(conn: asyncpg.Connection, tenant_id: str) -> Cursor:
+    """The tenant's cursor, locked until the transaction ends (projectors and closes take turns)."""
+    await conn.execute(ENSURE_CURSOR, tenant_id)
+    row = await conn.fetchrow(LOCK_CURSOR, tenant_id)
+    return Cursor(row["entry_id"], row["entries_projected"], row["closed_through"])
+
+
+async def safe_mark(conn: asyncpg.Connection, wait_s: float = 10.0) -> int | None:
+    """The highest entry id below which no entry can still appear (None: not within `wait_s`)."""
+    last = await conn.fetchval(LAST_ENTRY_ID)
+    xmax = await conn.fetchval(SNAPSHOT_XMAX)
+    deadline = asyncio.get_running_loop().time() + wait_s
+    delay = 0.002
+    while await conn.fetchval(SNAPSHOT_XMIN) < xmax:
+        if asyncio.get_running_loop().time() > deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return int(last)
+
+
+async def _load(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], books: Books) -> None:
+    lot_ids = {r["lot_id"] for r in rows if r["kind"] != "GRANT"}
+    lot_ids |= {r["origin_lot_id"] for r in rows if r["origin_lot_id"]}
+    for r in await conn.fetch(LOAD_LOTS, tenant_id, sorted(lot_ids)):
+        books.lots[r["lot_id"]] = _book(r)
+    refs = sorted({r["reference"] for r in rows if r["reference"].startswith(("transfer/", "rollover/"))})
+    if refs:
+        for r in await conn.fetch(LOAD_LEGS, tenant_id, refs):
+            books.transfers[(r["reference"], r["from_lot_id"])] = TransferMoney(
+                r["from_origin_lot_id"], r["units"], r["money"])
+
+
+def _columns(items: Iterable[Any], names: list[str]) -> list[list[Any]]:
+    items = list(items)
+    return [[getattr(x, n) for x in items] for n in names]
+
+
+async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, touched: set[str],
+                 legs_before: set[tuple[str, str]], entries: list[tuple[Any, ...]], lines: list[Line]) -> None:
+    lots = [books.lots[k] for k in sorted(touched)]
+    cols = _columns(lots, _LOT_COLUMNS)
+    cols[_LOT_COLUMNS.index("treatment")] = [b.treatment.value for b in lots]
+    cols[_LOT_COLUMNS.index("method")] = [b.method.value for b in lots]
+    await conn.execute(UPSERT_LOTS, tenant_id, *cols)
+    new = sorted(set(books.transfers) - legs_before)
+    if new:
+        legs = [books.transfers[k] for k in new]
+        await conn.execute(INSERT_LEGS, tenant_id, [k[0] for k in new], [k[1] for k in new],
+                           [x.from_origin_lot_id for x in legs], [x.units for x in legs], [x.money for x in legs])
+    matched = sorted(legs_before - set(books.transfers))
+    if matched:
+        await conn.execute(MATCH_LEGS, tenant_id, [k[0] for k in matched], [k[1] for k in matched])
+    await conn.execute(INSERT_ENTRIES, tenant_id, *[list(c) for c in zip(*entries, strict=True)])
+    if lines:
+        line_cols = _columns(lines, ["entry_id", "line_no", "posting_at", "effective_at", "gl", "gl_code", "debit",
+                                     "credit", "currency", "account_id", "lot_id", "lot_type", "campaign_id",
+                                     "entry_kind", "hold_key", "reference", "memo"])
+        line_cols[4] = [g.value for g in line_cols[4]]
+        await conn.execute(INSERT_LINES, tenant_id, *line_cols)
+
+
+async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, limit: int = BATCH) -> int:
+    """Projects up to `limit` entries of the tenant up to the safe `mark` in one transaction; returns how many."""
+    async with conn.transaction():
+        cursor = await lock_cursor(conn, tenant_id)
+        rows = await conn.fetch(PENDING, tenant_id, cursor.entry_id, mark, limit)
+        if not rows:
+            return 0
+        books = Books(await rules_of(conn, tenant_id), dict(CURRENCY_SCALES))
+        await _load(conn, tenant_id, rows, books)
+        legs_before = set(books.transfers)
+        closed = cursor.closed_through
+        lines: list[Line] = []
+        entries: list[tuple[Any, ...]] = []
+        touched: set[str] = set()
+        for row in rows:
+            entry, grant = _entry(row)
+            posting_at = entry.recorded_at if closed is None or entry.recorded_at >= closed else closed
+            new_lines = books.apply(entry, grant)
+            lines += [replace(x, posting_at=posting_at) for x in new_lines]
+            entries.append((entry.entry_id, entry.kind, entry.lot_id, entry.account_id, entry.amount, books.moved,
+                            entry.effective_at, posting_at))
+            touched.add(entry.lot_id)
+        await _write(conn, tenant_id, books, touched, legs_before, entries, lines)
+        last = rows[-1]
+        await conn.execute(ADVANCE_CURSOR, tenant_id, last["entry_id"], len(rows))
+        return len(rows)
+
+
+async def project(pool: asyncpg.Pool, tenant_id: str, *, limit: int = BATCH, max_batches: int | None = None,
+                  mark: int | None = None) -> int:
+    """Catches the tenant's books up with every entry up to the safe mark; returns how many it projected."""
+    total = 0
+    batches = 0
+    async with pool.acquire() as conn:
+        if mark is None:
+            mark = await safe_mark(conn)
+            if mark is None:
+                return 0
+        while max_batches is None or batches < max_batches:
+            n = await project_batch(conn, tenant_id, mark, limit)
+            total += n
+            batches += 1
+            if n < limit:
+                break
+    return total
+
+
+TENANTS_BEHIND = """
+SELECT t.tenant_id FROM tenants t
+LEFT JOIN finance_cursors c ON c.tenant_id = t.tenant_id
+WHERE EXISTS (SELECT 1 FROM journal j WHERE j.tenant_id = t.tenant_id
+              AND j.entry_id > coalesce(c.entry_id, 0) AND j.entry_id <= $1)
+"""
+
+
+async def project_all(owner_pool: asyncpg.Pool) -> int:
+    """One round over every tenant with entries not yet projected (owner pool: sees every tenant)."""
+    total = 0
+    async with owner_pool.acquire() as conn:
+        mark = await safe_mark(conn)
+    if mark is None:
+        return 0
+    for row in await owner_pool.fetch(TENANTS_BEHIND, mark):
+        token = current_tenant.set(row["tenant_id"])
+        try:
+            total += await project(owner_pool, row["tenant_id"], mark=mark)
+        finally:
+            current_tenant.reset(token)
+    return total
+
+
+async def project_forever(owner_pool: asyncpg.Pool, interval_s: float = PROJECT_INTERVAL_S) -> None:
+    """The ledger server's background projector: a round every `interval_s`, errors logged and retried."""
+    while True:
+        try:
+            await project_all(owner_pool)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database restart, a bug in one batch: log, keep the server up, retry
+            log.exception("finance projection round failed")
+        await asyncio.sleep(interval_s)
