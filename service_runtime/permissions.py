@@ -57,6 +57,7 @@ from service_runtime.api_keys import ROLES
 LEDGER_SERVICE = "credits.ledger.v1.LedgerService"
 INVOICE_SERVICE = "credits.invoice.v1.InvoiceService"
 BILLING_SERVICE = "credits.billing.v1.BillingService"
+FINANCE_SERVICE = "credits.finance.v1.FinanceService"
 
 ALL = frozenset(ROLES)
 ADMIN = frozenset({"admin"})
@@ -128,8 +129,18 @@ BILLING: dict[str, frozenset[str]] = _table(
     (FINANCE | {"operator"}, ("PauseAllowance", "ResumeAllowance")),
 )
 
+# The finance books (served by the ledger server): revenue and liability are for finance (and
+# read-only keys, e.g. an accounting export job); operators may catch the projection up.
+FINANCE_BOOKS: dict[str, frozenset[str]] = _table(
+    FINANCE_SERVICE,
+    (FINANCE | {"readonly"}, ("GetFinanceRules", "GetRevenueReport", "GetLiabilityReport",
+                              "GetLiabilityRollForward", "GetBreakageReport", "GetProgramReport", "ExportJournal")),
+    (FINANCE | {"operator"}, ("ProjectBooks",)),
+    (FINANCE, ("SetFinanceRules", "ClosePeriod")),
+)
+
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
-    LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING,
+    LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING, FINANCE_SERVICE: FINANCE_BOOKS,
 }
 
 

@@ -116,6 +116,7 @@ class LotBook:
     units_consumed: int = 0    # net of reversals
     units_expired: int = 0
     first_consumed_at: datetime | None = None
+    unit: str = ""
 
     @property
     def paid(self) -> bool:
@@ -196,7 +197,8 @@ class Books:
             grant.amount, grant.unit_scale, terms.value_per_unit, scale)
         book = LotBook(grant.lot_id, grant.account_id, grant.lot_type, grant.campaign_id, grant.source,
                        grant.origin_lot_id, terms.currency, terms.treatment, terms.breakage.method,
-                       terms.breakage.expected_rate, self.rules.version, entry.effective_at, money, grant.amount, 0)
+                       terms.breakage.expected_rate, self.rules.version, entry.effective_at, money, grant.amount, 0,
+                       unit=grant.unit)
         self.lots[book.lot_id] = book
         return book
 

@@ -68,25 +68,15 @@ WHERE tenant_id = $1 AND reference = ANY($2::text[]) AND NOT matched
 """
 
 _LOT_COLUMNS = [f.name for f in fields(LotBook)]
-_LOT_TYPES = {
-    "lot_id": "text", "account_id": "text", "lot_type": "text", "campaign_id": "text", "source": "text",
-    "origin_lot_id": "text", "currency": "text", "treatment": "text", "method": "text", "expected_rate": "numeric",
-    "rules_version": "integer", "granted_at": "timestamptz", "deferred_at_grant": "bigint", "units_granted": "bigint",
-    "units_remaining": "bigint", "recognized": "bigint", "breakage": "bigint", "advance": "bigint",
-    "transferred_out": "bigint", "voided": "bigint", "units_consumed": "bigint", "units_expired": "bigint",
-    "first_consumed_at": "timestamptz",
-}
-_MUTABLE = ("units_remaining", "recognized", "breakage", "advance", "transferred_out", "voided", "units_consumed",
-            "units_expired", "first_consumed_at")
 UPSERT_LOTS = """
 INSERT INTO finance_lots (tenant_id, lot_id, account_id, lot_type, campaign_id, source, origin_lot_id, currency,
     treatment, breakage_method, expected_rate, rules_version, granted_at, deferred_at_grant, units_granted,
     units_remaining, recognized, breakage, advance, transferred_out, voided, units_consumed, units_expired,
-    first_consumed_at)
+    first_consumed_at, unit)
 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
     $9::text[], $10::text[], $11::numeric[], $12::integer[], $13::timestamptz[], $14::bigint[], $15::bigint[],
     $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[],
-    $23::bigint[], $24::timestamptz[])
+    $23::bigint[], $24::timestamptz[], $25::text[])
 ON CONFLICT (tenant_id, lot_id) DO UPDATE SET units_remaining = EXCLUDED.units_remaining,
     recognized = EXCLUDED.recognized, breakage = EXCLUDED.breakage, advance = EXCLUDED.advance,
     transferred_out = EXCLUDED.transferred_out, voided = EXCLUDED.voided, units_consumed = EXCLUDED.units_consumed,
@@ -131,7 +121,8 @@ def _book(row: Any) -> LotBook:
         row["currency"], Treatment(row["treatment"]), BreakageMethod(row["breakage_method"]),
         Decimal(row["expected_rate"]), row["rules_version"], row["granted_at"], row["deferred_at_grant"],
         row["units_granted"], row["units_remaining"], row["recognized"], row["breakage"], row["advance"],
-        row["transferred_out"], row["voided"], row["units_consumed"], row["units_expired"], row["first_consumed_at"])
+        row["transferred_out"], row["voided"], row["units_consumed"], row["units_expired"], row["first_consumed_at"],
+        row["unit"])
 
 
 def _entry(row: Any) -> tuple[LedgerEntry, LotGrant | None]:

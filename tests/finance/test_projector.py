@@ -78,3 +78,33 @@ async def test_the_projector_never_passes_an_entry_still_uncommitted(ledger: Led
     finally:
         await slow.close()
         await pool.close()
+
+
+async def test_the_finance_api_answers_on_the_ledger_server(ledger: Ledger) -> None:
+    from credits.finance.v1 import finance_pb2 as fpb
+    from credits.finance.v1 import finance_pb2_grpc
+
+    finance = finance_pb2_grpc.FinanceServiceStub(ledger.channel)
+    await ledger.account("acme")
+    await ledger.grant("acme", "100.00", cost_basis="0.9", key="g1")
+    await _debit(ledger, "d1", "acme", "10.00", "inv-1")
+    status = await finance.ProjectBooks(fpb.ProjectBooksRequest(), metadata=ledger.md)
+    assert status.entries_behind == 0 and status.entries_projected == 2
+    from datetime import UTC, datetime
+    month = datetime.now(UTC).strftime("%Y-%m")
+    report = await finance.GetRevenueReport(fpb.GetRevenueReportRequest(from_period=month), metadata=ledger.md)
+    assert [(r.account_id, r.recognized, r.deferred_issued, r.deferred_closing) for r in report.rows] == [
+        ("acme", "9.00", "90.00", "81.00")]
+    liab = await finance.GetLiabilityReport(fpb.GetLiabilityReportRequest(), metadata=ledger.md)
+    assert [(r.deferred_gross, r.matches_lots) for r in liab.rows] == [("81.00", True)]
+    rf = await finance.GetLiabilityRollForward(fpb.GetLiabilityRollForwardRequest(period=month), metadata=ledger.md)
+    assert [(r.opening, r.issued, r.recognized, r.closing, r.balanced) for r in rf.rows] == [
+        ("0.00", "90.00", "9.00", "81.00", True)]
+    page = await finance.ExportJournal(fpb.ExportJournalRequest(period=month, page_size=3), metadata=ledger.md)
+    assert len(page.lines) == 3 and page.next_page_token
+    rest = await finance.ExportJournal(fpb.ExportJournalRequest(period=month, page_size=3,
+                                                                page_token=page.next_page_token), metadata=ledger.md)
+    assert len(rest.lines) == 1 and not rest.next_page_token
+    program = await finance.GetProgramReport(fpb.GetProgramReportRequest(from_period=month), metadata=ledger.md)
+    assert [(r.lot_type, r.units_issued, r.units_consumed, r.redemption_rate) for r in program.rows] == [
+        ("PURCHASED", "100.00", "10.00", 1.0)]

@@ -73,6 +73,7 @@ CREATE TABLE finance_lots (
     units_consumed     bigint NOT NULL DEFAULT 0,
     units_expired      bigint NOT NULL DEFAULT 0,
     first_consumed_at  timestamptz,
+    unit               text NOT NULL DEFAULT '',
     PRIMARY KEY (tenant_id, lot_id)
 );
 
