@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 from credits.billing.v1 import billing_pb2_grpc
+from credits.finance.v1 import finance_pb2_grpc
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
@@ -104,6 +105,7 @@ SERVICES: dict[str, tuple[str, Callable[[grpc.aio.Channel], Any], int]] = {
     "ledger": ("ledger_addr", ledger_pb2_grpc.LedgerServiceStub, LEDGER_REFUSED),
     "invoice": ("invoice_addr", invoice_pb2_grpc.InvoiceServiceStub, INVOICE_REFUSED),
     "billing": ("billing_addr", billing_pb2_grpc.BillingServiceStub, BILLING_REFUSED),
+    "finance": ("ledger_addr", finance_pb2_grpc.FinanceServiceStub, LEDGER_REFUSED),  # served by the ledger
 }
 
 

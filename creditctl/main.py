@@ -25,6 +25,7 @@ from creditctl.commands import (
     demo,
     drafts,
     explain,
+    finance,
     grants,
     holds,
     invoices,
@@ -56,7 +57,7 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, completion)
+            customers, meters, plans, subscriptions, usage, drafts, finance, completion)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
@@ -66,6 +67,7 @@ SECTIONS = (
                           "transfers", "explain", "policy", "settlements", "allowances")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
                                                    "invoices", "sagas", "billing", "operation")),
+    ("Finance", ("finance",)),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),
 )
 
