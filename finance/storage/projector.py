@@ -233,13 +233,13 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, lim
 
 
 async def project(pool: asyncpg.Pool, tenant_id: str, *, limit: int = BATCH, max_batches: int | None = None,
-                  mark: int | None = None) -> int:
+                  mark: int | None = None, wait_s: float = 10.0) -> int:
     """Catches the tenant's books up with every entry up to the safe mark; returns how many it projected."""
     total = 0
     batches = 0
     async with pool.acquire() as conn:
         if mark is None:
-            mark = await safe_mark(conn)
+            mark = await safe_mark(conn, wait_s)
             if mark is None:
                 return 0
         while max_batches is None or batches < max_batches:

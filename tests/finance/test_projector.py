@@ -70,7 +70,7 @@ async def test_the_projector_never_passes_an_entry_still_uncommitted(ledger: Led
         await _debit(ledger, "d1", "acme", "2.00")  # commits a later entry id
         async with pool.acquire() as conn:
             assert await projector.safe_mark(conn, wait_s=0.3) is None
-        assert await projector.project(pool, TENANT, mark=None) == 0
+        assert await projector.project(pool, TENANT, wait_s=0.3) == 0
         await tx.rollback()  # the slow writer gives up: its id is a gap, never an entry
         assert await projector.project(pool, TENANT) == 1
         async with pool.acquire() as conn:
