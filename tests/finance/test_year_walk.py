@@ -20,24 +20,15 @@ each; at expiry 360.00 expire and the 180.00 advance is trued up: October 180.00
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 import pytest
 from credits.finance.v1 import finance_pb2 as fpb
-from credits.finance.v1 import finance_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as pb
-from credits.ledger.v1 import ledger_pb2_grpc
 
-from ledger_service.server import create_ledger_server
-from ledger_service.storage import MIGRATIONS_DIR
-from service_runtime.databases import TENANCY_MIGRATIONS
 from service_runtime.proto_time import to_timestamp
-from service_runtime.settings import Settings
-from tests.postgres_fixtures import fresh_database
-from tests.tenancy import add_tenant_key
+from tests.finance.conftest import Books
 
 MONTHS = [f"2025-{m:02d}" for m in range(1, 13)]
 ZERO = "0.00"
@@ -45,41 +36,6 @@ ZERO = "0.00"
 
 def at(month: int, day: int, hour: int = 12) -> datetime:
     return datetime(2025, month, day, hour, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = at(1, 1)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Books:
-    ledger: ledger_pb2_grpc.LedgerServiceStub
-    finance: finance_pb2_grpc.FinanceServiceStub
-    keys: dict[str, str]
-    clock: Clock
-
-    def md(self, tenant: str) -> list[tuple[str, str]]:
-        return [("x-api-key", self.keys[tenant])]
-
-
-@pytest.fixture
-async def books() -> AsyncIterator[Books]:
-    dsn = await fresh_database("ledger", [TENANCY_MIGRATIONS, MIGRATIONS_DIR])
-    clock = Clock()
-    server, port, pool = await create_ledger_server(dsn, "127.0.0.1:0", Settings(), clock=clock)
-    keys = {t: await add_tenant_key(dsn, t) for t in ("at-expiry", "proportional")}
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Books(ledger_pb2_grpc.LedgerServiceStub(channel), finance_pb2_grpc.FinanceServiceStub(channel),
-                    keys, clock)
-    finally:
-        await channel.close()
-        await server.stop(0)
-        await pool.close()
 
 
 INVOICES = [(1, 31, "60.00"), (2, 28, "100.00"), (3, 31, "200.00"), (4, 30, "120.00"), (5, 31, "80.00"),

@@ -1,0 +1,75 @@
+"""The books checked against themselves and the ledger (creditctl reconcile, tests, the bench).
+
+- every ledger entry of the tenant is projected, once (finance_entries = journal);
+- every journal entry's lines balance per currency;
+- per lot: its remaining units = the ledger's available + held; deferred at grant = recognized +
+  breakage + still deferred + transferred out + voided; its DEFERRED_REVENUE balance = its money
+  remaining and its EXPECTED_BREAKAGE balance = its advance (paid lots), to the minor unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from finance.storage.projector import LOAD_LOTS, _book
+
+UNBALANCED = """
+SELECT entry_id, currency, (sum(debit) - sum(credit))::bigint AS off FROM finance_lines WHERE tenant_id = $1
+GROUP BY entry_id, currency HAVING sum(debit) <> sum(credit)
+"""
+COUNTS = """
+SELECT (SELECT count(*) FROM journal WHERE tenant_id = $1) AS journal,
+       (SELECT count(*) FROM finance_entries WHERE tenant_id = $1) AS projected
+"""
+LEDGER_LOTS = "SELECT lot_id, available + held AS remaining FROM lot_balances WHERE tenant_id = $1"
+LOT_GL = """
+SELECT lot_id, sum(credit - debit) FILTER (WHERE gl_account = 'DEFERRED_REVENUE')::bigint AS deferred,
+       sum(debit - credit) FILTER (WHERE gl_account = 'EXPECTED_BREAKAGE')::bigint AS advance
+FROM finance_lines WHERE tenant_id = $1 GROUP BY lot_id
+"""
+ALL_LOT_IDS = "SELECT lot_id FROM finance_lots WHERE tenant_id = $1"
+
+
+@dataclass
+class BooksVerification:
+    entries: int = 0
+    lots: int = 0
+    mismatch_minor: int = 0  # sum of every money difference found
+    violations: list[str] = field(default_factory=list)
+
+
+async def verify_books(conn: asyncpg.Connection, tenant_id: str) -> BooksVerification:
+    out = BooksVerification()
+    counts = await conn.fetchrow(COUNTS, tenant_id)
+    out.entries = counts["projected"]
+    if counts["journal"] != counts["projected"]:
+        out.violations.append(f"{counts['journal'] - counts['projected']} ledger entries are not in the books")
+    for r in await conn.fetch(UNBALANCED, tenant_id):
+        out.mismatch_minor += abs(r["off"])
+        out.violations.append(f"entry {r['entry_id']}: lines in {r['currency']} are off by {r['off']}")
+    ids = [r["lot_id"] for r in await conn.fetch(ALL_LOT_IDS, tenant_id)]
+    books = {r["lot_id"]: _book(r) for r in await conn.fetch(LOAD_LOTS, tenant_id, ids)}
+    out.lots = len(books)
+    for r in await conn.fetch(LEDGER_LOTS, tenant_id):
+        book = books.get(r["lot_id"])
+        if book is None:
+            out.violations.append(f"lot {r['lot_id']}: not in the books")
+        elif book.units_remaining != r["remaining"]:
+            out.violations.append(f"lot {r['lot_id']}: books say {book.units_remaining} units remain, "
+                                  f"the ledger {r['remaining']}")
+    gl = {r["lot_id"]: r for r in await conn.fetch(LOT_GL, tenant_id)}
+    for lot_id, book in books.items():
+        out.violations += book.violations()
+        if not book.paid:
+            continue
+        row = gl.get(lot_id)
+        deferred = (row["deferred"] or 0) if row else 0
+        advance = (row["advance"] or 0) if row else 0
+        for name, have, want in (("deferred revenue", deferred, book.money_remaining),
+                                 ("expected breakage", advance, book.advance)):
+            if have != want:
+                out.mismatch_minor += abs(have - want)
+                out.violations.append(f"lot {lot_id}: {name} balance {have} != {want} on its book")
+    return out
