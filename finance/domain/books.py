@@ -72,6 +72,7 @@ class LedgerEntry:
     reference: str = ""
     hold_key: str = ""
     reason: str = ""
+    posting_at: datetime | None = None  # the instant (period) its lines post at: set by the projector
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ class Line:
     effective_at: datetime
     recorded_at: datetime
     memo: str
-    posting_at: datetime | None = None  # the instant (period) it posts at: set by the projector
+    posting_at: datetime | None = None  # the instant (period) it posts at: its entry's
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +326,10 @@ class _Pen:
             return
         b, e = self.book, self.entry
         assert b is not None
-        self.lines.append(Line(e.entry_id, len(self.lines) + 1, gl, self.rules.code(gl), debit, credit, b.currency,
-                               b.account_id, b.lot_id, b.lot_type, b.campaign_id, e.kind, e.hold_key, e.reference,
-                               e.effective_at, e.recorded_at, memo))
+        code = self.rules.codes[gl.value]
+        self.lines.append(Line(e.entry_id, len(self.lines) + 1, gl, code, debit, credit, b.currency, b.account_id,
+                               b.lot_id, b.lot_type, b.campaign_id, e.kind, e.hold_key, e.reference,
+                               e.effective_at, e.recorded_at, memo, e.posting_at))
 
     def pair(self, debit_gl: Gl, credit_gl: Gl, amount: int, memo: str) -> None:
         if amount < 0:

@@ -148,6 +148,15 @@ class Rules:
     def code(self, gl: Gl) -> str:
         return self.chart.get(gl, DEFAULT_CHART[gl])
 
+    @property
+    def codes(self) -> dict[str, str]:
+        """GL code by role value (the hot path of the projector: plain str keys hash fast)."""
+        cached = self.__dict__.get("_codes")
+        if cached is None:
+            cached = {gl.value: self.code(gl) for gl in Gl}
+            self.__dict__["_codes"] = cached
+        return cached
+
 
 DEFAULT_RULES = Rules()
 

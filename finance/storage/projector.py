@@ -21,9 +21,10 @@ tenant take turns, and a crash loses the whole batch or nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -49,16 +50,20 @@ LAST_ENTRY_ID = "SELECT coalesce(pg_sequence_last_value('journal_entry_id_seq'),
 SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric"
 SNAPSHOT_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
 PENDING = """
-SELECT j.entry_id, j.kind, j.lot_id, j.account_id, j.amount, j.effective_at, j.recorded_at,
-       j.reference, j.hold_key, j.reason, l.lot_type, l.unit, u.scale AS unit_scale, l.cost_basis, l.campaign_id,
-       l.source, coalesce(l.origin_lot_id, '') AS origin_lot_id, coalesce(o.lot_type, '') AS origin_type
-FROM journal j
-LEFT JOIN lots l ON j.kind = 'GRANT' AND l.tenant_id = j.tenant_id AND l.lot_id = j.lot_id
+SELECT entry_id, kind, lot_id, account_id, amount, effective_at, recorded_at, reference, hold_key, reason
+FROM journal
+WHERE tenant_id = $1 AND entry_id > $2 AND entry_id <= $3
+ORDER BY entry_id
+LIMIT $4
+"""
+# What a GRANT needs of its lot (joined apart: a join on every entry misleads the planner on a fresh table).
+GRANTED_LOTS = """
+SELECT l.lot_id, l.lot_type, l.unit, u.scale AS unit_scale, l.cost_basis, l.campaign_id, l.source,
+       coalesce(l.origin_lot_id, '') AS origin_lot_id, coalesce(o.lot_type, '') AS origin_type
+FROM lots l
 LEFT JOIN units u ON u.tenant_id = l.tenant_id AND u.code = l.unit
 LEFT JOIN lots o ON o.tenant_id = l.tenant_id AND o.lot_id = l.origin_lot_id
-WHERE j.tenant_id = $1 AND j.entry_id > $2 AND j.entry_id <= $3
-ORDER BY j.entry_id
-LIMIT $4
+WHERE l.tenant_id = $1 AND l.lot_id = ANY($2::text[])
 """
 LATEST_RULES = "SELECT version, rules FROM finance_rules WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1"
 LOAD_LOTS = "SELECT * FROM finance_lots WHERE tenant_id = $1 AND lot_id = ANY($2::text[])"
@@ -90,17 +95,20 @@ MATCH_LEGS = """
 UPDATE finance_transfer_legs SET matched = true
 WHERE tenant_id = $1 AND (reference, from_lot_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
 """
+# Lines and entries travel as one JSON array of rows each (asyncpg's array encoding of 17 columns
+# of tens of thousands of rows costs more than the whole derivation; COPY is refused under row security).
 INSERT_ENTRIES = """
 INSERT INTO finance_entries (tenant_id, entry_id, kind, lot_id, account_id, units, money, effective_at, posting_at)
-SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-                         $8::timestamptz[], $9::timestamptz[])
+SELECT $1, (x->>0)::bigint, x->>1, x->>2, x->>3, (x->>4)::bigint, (x->>5)::bigint, (x->>6)::timestamptz,
+       (x->>7)::timestamptz
+FROM jsonb_array_elements($2::jsonb) x
 """
 INSERT_LINES = """
 INSERT INTO finance_lines (tenant_id, entry_id, line_no, posting_at, effective_at, gl_account, gl_code, debit, credit,
     currency, account_id, lot_id, lot_type, campaign_id, entry_kind, hold_key, reference, memo)
-SELECT $1, * FROM unnest($2::bigint[], $3::smallint[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[],
-    $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-    $16::text[], $17::text[], $18::text[])
+SELECT $1, (x->>0)::bigint, (x->>1)::smallint, (x->>2)::timestamptz, (x->>3)::timestamptz, x->>4, x->>5,
+       (x->>6)::bigint, (x->>7)::bigint, x->>8, x->>9, x->>10, x->>11, x->>12, x->>13, x->>14, x->>15, x->>16
+FROM jsonb_array_elements($2::jsonb) x
 """
 ADVANCE_CURSOR = """
 UPDATE finance_cursors SET entry_id = $2, entries_projected = entries_projected + $3, updated_at = now()
@@ -125,15 +133,19 @@ def _book(row: Any) -> LotBook:
         row["unit"])
 
 
-def _entry(row: Any) -> tuple[LedgerEntry, LotGrant | None]:
+def _entry(row: Any, lots: dict[str, Any], closed: datetime | None) -> tuple[LedgerEntry, LotGrant | None]:
+    """The entry, posting when it was recorded, or at the start of the first open period if that is later."""
+    recorded = row["recorded_at"]
+    posting_at = recorded if closed is None or recorded >= closed else closed
     entry = LedgerEntry(row["entry_id"], row["kind"], row["lot_id"], row["account_id"], row["amount"],
-                        row["effective_at"], row["recorded_at"], row["reference"], row["hold_key"], row["reason"])
+                        row["effective_at"], recorded, row["reference"], row["hold_key"], row["reason"], posting_at)
     if row["kind"] != "GRANT":
         return entry, None
-    scale = row["unit_scale"] if row["unit_scale"] is not None else BUILTIN_UNITS.get(row["unit"], 0)
-    return entry, LotGrant(row["lot_id"], row["account_id"], row["lot_type"], row["unit"], scale,
-                           row["amount"], Decimal(row["cost_basis"]), row["campaign_id"], row["source"],
-                           row["origin_lot_id"], row["origin_type"])
+    lot = lots[row["lot_id"]]
+    scale = lot["unit_scale"] if lot["unit_scale"] is not None else BUILTIN_UNITS.get(lot["unit"], 0)
+    return entry, LotGrant(row["lot_id"], row["account_id"], lot["lot_type"], lot["unit"], scale,
+                           row["amount"], Decimal(lot["cost_basis"]), lot["campaign_id"], lot["source"],
+                           lot["origin_lot_id"], lot["origin_type"])
 
 
 async def rules_of(conn: asyncpg.Connection, tenant_id: str) -> Rules:
@@ -163,9 +175,12 @@ async def safe_mark(conn: asyncpg.Connection, wait_s: float = 10.0) -> int | Non
     return int(last)
 
 
-async def _load(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], books: Books) -> None:
+async def _load(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], books: Books) -> dict[str, Any]:
+    """Loads the books of the lots the batch touches; returns the lot rows of its GRANTs."""
+    granted = {r["lot_id"]: r for r in await conn.fetch(
+        GRANTED_LOTS, tenant_id, sorted({r["lot_id"] for r in rows if r["kind"] == "GRANT"}))}
     lot_ids = {r["lot_id"] for r in rows if r["kind"] != "GRANT"}
-    lot_ids |= {r["origin_lot_id"] for r in rows if r["origin_lot_id"]}
+    lot_ids |= {r["origin_lot_id"] for r in granted.values() if r["origin_lot_id"]}
     for r in await conn.fetch(LOAD_LOTS, tenant_id, sorted(lot_ids)):
         books.lots[r["lot_id"]] = _book(r)
     refs = sorted({r["reference"] for r in rows if r["reference"].startswith(("transfer/", "rollover/"))})
@@ -173,6 +188,13 @@ async def _load(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], books
         for r in await conn.fetch(LOAD_LEGS, tenant_id, refs):
             books.transfers[(r["reference"], r["from_lot_id"])] = TransferMoney(
                 r["from_origin_lot_id"], r["units"], r["money"])
+    return granted
+
+
+def _instant(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {value!r}")
 
 
 def _columns(items: Iterable[Any], names: list[str]) -> list[list[Any]]:
@@ -195,13 +217,12 @@ async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, touched
     matched = sorted(legs_before - set(books.transfers))
     if matched:
         await conn.execute(MATCH_LEGS, tenant_id, [k[0] for k in matched], [k[1] for k in matched])
-    await conn.execute(INSERT_ENTRIES, tenant_id, *[list(c) for c in zip(*entries, strict=True)])
+    await conn.execute(INSERT_ENTRIES, tenant_id, json.dumps(entries, default=_instant))
     if lines:
-        line_cols = _columns(lines, ["entry_id", "line_no", "posting_at", "effective_at", "gl", "gl_code", "debit",
-                                     "credit", "currency", "account_id", "lot_id", "lot_type", "campaign_id",
-                                     "entry_kind", "hold_key", "reference", "memo"])
-        line_cols[4] = [g.value for g in line_cols[4]]
-        await conn.execute(INSERT_LINES, tenant_id, *line_cols)
+        rows = [(x.entry_id, x.line_no, x.posting_at, x.effective_at, x.gl.value, x.gl_code, x.debit, x.credit,
+                 x.currency, x.account_id, x.lot_id, x.lot_type, x.campaign_id, x.entry_kind, x.hold_key,
+                 x.reference, x.memo) for x in lines]
+        await conn.execute(INSERT_LINES, tenant_id, json.dumps(rows, default=_instant))
 
 
 async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, limit: int = BATCH) -> int:
@@ -212,17 +233,16 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, lim
         if not rows:
             return 0
         books = Books(await rules_of(conn, tenant_id), dict(CURRENCY_SCALES))
-        await _load(conn, tenant_id, rows, books)
+        granted = await _load(conn, tenant_id, rows, books)
         legs_before = set(books.transfers)
         closed = cursor.closed_through
         lines: list[Line] = []
         entries: list[tuple[Any, ...]] = []
         touched: set[str] = set()
         for row in rows:
-            entry, grant = _entry(row)
-            posting_at = entry.recorded_at if closed is None or entry.recorded_at >= closed else closed
-            new_lines = books.apply(entry, grant)
-            lines += [replace(x, posting_at=posting_at) for x in new_lines]
+            entry, grant = _entry(row, granted, closed)
+            posting_at = entry.posting_at
+            lines += books.apply(entry, grant)
             entries.append((entry.entry_id, entry.kind, entry.lot_id, entry.account_id, entry.amount, books.moved,
                             entry.effective_at, posting_at))
             touched.add(entry.lot_id)
