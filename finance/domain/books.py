@@ -191,6 +191,7 @@ class Books:
     lots: dict[str, LotBook] = field(default_factory=dict)
     transfers: dict[tuple[str, str], TransferMoney] = field(default_factory=dict)  # (reference, from lot)
     moved: int = 0  # the money the last applied entry moved (a GRANT: the lot's money at grant)
+    history: dict[str, Decimal] = field(default_factory=dict)  # estimated breakage rates by lot type
 
     def open_lot(self, entry: LedgerEntry, grant: LotGrant, terms: LotTerms, incoming: int | None) -> LotBook:
         scale = self.currency_scales.get(terms.currency, 2)
@@ -235,7 +236,8 @@ class Books:
         if grant.origin_lot_id and entry.reference.startswith(TRANSFER_PREFIXES):
             leg = self.transfers.pop((entry.reference, grant.origin_lot_id), None)
             incoming = leg.money if leg is not None else None
-        terms = self.rules.terms(grant.lot_type, grant.campaign_id, grant.unit, grant.cost_basis, grant.origin_type)
+        terms = self.rules.terms(grant.lot_type, grant.campaign_id, grant.unit, grant.cost_basis, grant.origin_type,
+                                 self.history)
         if incoming is not None and grant.origin_lot_id in self.lots:
             origin = self.lots[grant.origin_lot_id]  # a copy keeps the source's terms, money included
             terms = LotTerms(origin.treatment, Breakage(origin.method, origin.expected_rate), origin.currency,

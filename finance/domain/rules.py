@@ -12,8 +12,9 @@ Defaults (`DEFAULT_RULES`):
 - a free lot (cost basis 0) is booked on consumption at face value, never as revenue:
   PROMOTIONAL → PROMOTIONAL_EXPENSE (marketing), COMPENSATORY → GOODWILL_EXPENSE, ROLLOVER and
   any other type → CONTRA_REVENUE (a free ROLLOVER lot follows its origin lot's type when known);
-- breakage `AT_EXPIRY` for everything (`PROPORTIONAL` with an expected rate is chosen per tenant,
-  lot type or campaign: campaign beats lot type beats the tenant default);
+- breakage `AT_EXPIRY` for everything (`PROPORTIONAL` with an expected rate, configured or
+  `estimate`d from the tenant's settled lots of the type, is chosen per tenant, lot type or
+  campaign: campaign beats lot type beats the tenant default);
 - the money of a lot is in its unit when the unit is an ISO 4217 currency (face value 1 per unit),
   else in `default_currency` with the face value configured per unit under `units` (0 if none:
   such free lots are counted in units by the program report but book no money);
@@ -88,10 +89,25 @@ DEFAULT_FREE_TREATMENT: dict[str, Treatment] = {
 @dataclass(frozen=True, slots=True)
 class Breakage:
     """How a lot's breakage is recognized. `expected_rate` in [0, 1): the share of the lot expected
-    never to be used (PROPORTIONAL only)."""
+    never to be used (PROPORTIONAL only). `estimate`: take the rate from the tenant's own history
+    instead -- units expired / units granted over its settled lots of the same type, once it has
+    MIN_HISTORY_LOTS of them (until then `expected_rate`) -- frozen on each lot at its grant."""
 
     method: BreakageMethod = BreakageMethod.AT_EXPIRY
     expected_rate: Decimal = Decimal(0)
+    estimate: bool = False
+
+
+MIN_HISTORY_LOTS = 20
+MAX_ESTIMATED_RATE = Decimal("0.95")
+
+
+def estimated_rate(units_expired: int, units_granted: int, lots: int) -> Decimal | None:
+    """The breakage rate a history shows (4 places, at most MAX_ESTIMATED_RATE); None if too short."""
+    if lots < MIN_HISTORY_LOTS or units_granted <= 0:
+        return None
+    rate = (Decimal(units_expired) / Decimal(units_granted)).quantize(Decimal("0.0001"))
+    return min(rate, MAX_ESTIMATED_RATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +151,23 @@ class Rules:
         return self.units.get(unit, UnitValue(self.default_currency, Decimal(0)))
 
     def terms(self, lot_type: str, campaign_id: str, unit: str, cost_basis: Decimal,
-              origin_type: str = "") -> LotTerms:
-        """The terms a newly granted lot keeps for life."""
+              origin_type: str = "", history: Mapping[str, Decimal] | None = None) -> LotTerms:
+        """The terms a newly granted lot keeps for life (`history`: estimated rates by lot type)."""
         money = self.money_of(unit)
         breakage = self.breakage_for(lot_type, campaign_id)
+        if breakage.method is BreakageMethod.PROPORTIONAL and breakage.estimate and history and lot_type in history:
+            breakage = Breakage(breakage.method, history[lot_type], estimate=True)
         if cost_basis > 0:
             return LotTerms(Treatment.DEFERRED_REVENUE, breakage, money.currency, cost_basis)
         kind = origin_type if lot_type == "ROLLOVER" and origin_type else lot_type
         treatment = self.free_treatment.get(kind, Treatment.CONTRA_REVENUE)
         return LotTerms(treatment, breakage, money.currency, money.face_value)
+
+    @property
+    def estimates(self) -> bool:
+        """Does any breakage rule take its rate from the tenant's history?"""
+        rules = [self.breakage, *self.breakage_by_lot_type.values(), *self.breakage_by_campaign.values()]
+        return any(b.estimate for b in rules)
 
     def code(self, gl: Gl) -> str:
         return self.chart.get(gl, DEFAULT_CHART[gl])
@@ -182,9 +206,12 @@ def _breakage(raw: Any, where: str) -> Breakage:
     except ValueError:
         raise invalid(f"{where}.method", f"must be AT_EXPIRY or PROPORTIONAL, not {method_text!r}") from None
     rate = _decimal(raw.get("expected_rate", 0), f"{where}.expected_rate", lo=Decimal(0), hi=Decimal(1), hi_open=True)
-    if method is BreakageMethod.AT_EXPIRY and rate:
-        raise invalid(f"{where}.expected_rate", "is only for PROPORTIONAL breakage")
-    return Breakage(method, rate)
+    estimate = raw.get("estimate", False)
+    if not isinstance(estimate, bool):
+        raise invalid(f"{where}.estimate", "must be true or false")
+    if method is BreakageMethod.AT_EXPIRY and (rate or estimate):
+        raise invalid(f"{where}.expected_rate" if rate else f"{where}.estimate", "is only for PROPORTIONAL breakage")
+    return Breakage(method, rate, estimate)
 
 
 def _chart(raw: Any) -> dict[Gl, str]:
@@ -268,8 +295,11 @@ def parse_rules(text: str, version: int = 0) -> Rules:
     )
 
 
-def _breakage_json(b: Breakage) -> dict[str, str]:
-    return {"method": b.method.value, "expected_rate": str(b.expected_rate)}
+def _breakage_json(b: Breakage) -> dict[str, Any]:
+    out: dict[str, Any] = {"method": b.method.value, "expected_rate": str(b.expected_rate)}
+    if b.estimate:
+        out["estimate"] = True
+    return out
 
 
 def rules_json(rules: Rules) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from finance.domain.books import Books, LedgerEntry, Line, LotBook, LotGrant, TransferMoney
-from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, parse_rules
+from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, estimated_rate, parse_rules
 from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.currencies import CURRENCY_SCALES
 from service_runtime.row_security import current_tenant
@@ -64,6 +64,11 @@ FROM lots l
 LEFT JOIN units u ON u.tenant_id = l.tenant_id AND u.code = l.unit
 LEFT JOIN lots o ON o.tenant_id = l.tenant_id AND o.lot_id = l.origin_lot_id
 WHERE l.tenant_id = $1 AND l.lot_id = ANY($2::text[])
+"""
+# The tenant's own breakage history by lot type: settled lots (nothing left), transfer copies excluded.
+HISTORY = """
+SELECT lot_type, sum(units_expired)::bigint AS expired, sum(units_granted)::bigint AS granted, count(*) AS lots
+FROM finance_lots WHERE tenant_id = $1 AND units_remaining = 0 AND origin_lot_id = '' GROUP BY lot_type
 """
 LATEST_RULES = "SELECT version, rules FROM finance_rules WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1"
 LOAD_LOTS = "SELECT * FROM finance_lots WHERE tenant_id = $1 AND lot_id = ANY($2::text[])"
@@ -154,6 +159,16 @@ async def rules_of(conn: asyncpg.Connection, tenant_id: str) -> Rules:
     return parse_rules(row["rules"], row["version"]) if row else DEFAULT_RULES
 
 
+async def history_rates(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Decimal]:
+    """Breakage rates the tenant's settled lots show, by lot type (only types with enough history)."""
+    out = {}
+    for r in await conn.fetch(HISTORY, tenant_id):
+        rate = estimated_rate(r["expired"], r["granted"], r["lots"])
+        if rate is not None:
+            out[r["lot_type"]] = rate
+    return out
+
+
 async def lock_cursor(conn: asyncpg.Connection, tenant_id: str) -> Cursor:
     """The tenant's cursor, locked until the transaction ends (projectors and closes take turns)."""
     await conn.execute(ENSURE_CURSOR, tenant_id)
@@ -232,7 +247,10 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, lim
         rows = await conn.fetch(PENDING, tenant_id, cursor.entry_id, mark, limit)
         if not rows:
             return 0
-        books = Books(await rules_of(conn, tenant_id), dict(CURRENCY_SCALES))
+        rules = await rules_of(conn, tenant_id)
+        books = Books(rules, dict(CURRENCY_SCALES))
+        if rules.estimates:
+            books.history = await history_rates(conn, tenant_id)
         granted = await _load(conn, tenant_id, rows, books)
         legs_before = set(books.transfers)
         closed = cursor.closed_through

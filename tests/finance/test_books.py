@@ -250,3 +250,23 @@ def test_rules_are_data_round_trip_and_refuse_bad_fields() -> None:
         with pytest.raises(Rejection) as e:
             parse_rules(bad)
         assert e.value.field == field
+
+
+def test_proportional_rate_estimated_from_the_tenants_history() -> None:
+    from finance.domain.rules import MIN_HISTORY_LOTS, estimated_rate
+
+    assert estimated_rate(300, 1000, MIN_HISTORY_LOTS - 1) is None  # too little history: the configured rate
+    assert estimated_rate(300, 1000, MIN_HISTORY_LOTS) == Decimal("0.3")
+    assert estimated_rate(999, 1000, 50) == Decimal("0.95")  # capped
+    rules = parse_rules('{"breakage": {"method": "PROPORTIONAL", "expected_rate": "0.1", "estimate": true}}')
+    assert rules.estimates and parse_rules(rules_json(rules)) == rules
+    g = LotGrant("L", "a", "PURCHASED", "USD", 2, 10_000, Decimal(1))
+    fresh = Books(rules, SCALES)
+    fresh.apply(LedgerEntry(1, "GRANT", "L", "a", 10_000, T0, T0), g)
+    assert fresh.lots["L"].expected_rate == Decimal("0.1")
+    seasoned = Books(rules, SCALES, history={"PURCHASED": Decimal("0.3")})
+    seasoned.apply(LedgerEntry(1, "GRANT", "L", "a", 10_000, T0, T0), g)
+    assert seasoned.lots["L"].expected_rate == Decimal("0.3")  # kept for the lot's life
+    with pytest.raises(Rejection) as e:
+        parse_rules('{"breakage": {"method": "AT_EXPIRY", "estimate": true}}')
+    assert e.value.field == "rules.breakage.estimate"
