@@ -85,6 +85,13 @@ async def test_the_finance_api_answers_on_the_ledger_server(ledger: Ledger) -> N
     from credits.finance.v1 import finance_pb2_grpc
 
     finance = finance_pb2_grpc.FinanceServiceStub(ledger.channel)
+    rules = '{"breakage": {"method": "PROPORTIONAL", "expected_rate": "0", "estimate": true}}'  # no history yet
+    set_ = await finance.SetFinanceRules(fpb.SetFinanceRulesRequest(idempotency_key="r1", rules_json=rules),
+                                         metadata=ledger.md)
+    assert set_.version == 1
+    again = await finance.SetFinanceRules(fpb.SetFinanceRulesRequest(idempotency_key="r1", rules_json=rules),
+                                          metadata=ledger.md)
+    assert again.version == 1  # a replay, not a second version
     await ledger.account("acme")
     await ledger.grant("acme", "100.00", cost_basis="0.9", key="g1")
     await _debit(ledger, "d1", "acme", "10.00", "inv-1")
