@@ -30,6 +30,7 @@ SELECT $1, coalesce(max(version), 0) + 1, $2, $3 FROM finance_rules WHERE tenant
 RETURNING version
 """
 UNIT_SCALES = "SELECT code, scale FROM units WHERE tenant_id = $1"
+MAX_RULES_CHARS = 65_536
 
 
 def _tenant() -> str:
@@ -70,6 +71,8 @@ class FinanceServicer(finance_pb2_grpc.FinanceServiceServicer):
 
     async def SetFinanceRules(self, request: pb.SetFinanceRulesRequest, context: Any) -> pb.FinanceRules:
         key = check_key(request.idempotency_key)
+        if len(request.rules_json) > MAX_RULES_CHARS:
+            raise invalid("rules_json", f"is longer than {MAX_RULES_CHARS} characters")
         rules = parse_rules(request.rules_json)
         text = rules_json(rules)
         caller = current_caller()

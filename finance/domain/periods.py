@@ -56,7 +56,8 @@ def parse_period(text: str, field: str = "period") -> Period:
             return period_of(datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=UTC), Granularity.DAY)
     except ValueError:
         pass
-    raise invalid(field, f"{text!r} is not a period: YYYY-MM (a month) or YYYY-MM-DD (a day), UTC")
+    shown = text if len(text) <= 32 else text[:32] + "..."
+    raise invalid(field, f"{shown!r} is not a period: YYYY-MM (a month) or YYYY-MM-DD (a day), UTC")
 
 
 def periods_between(start: datetime, end: datetime, granularity: Granularity) -> list[Period]:

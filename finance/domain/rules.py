@@ -187,13 +187,19 @@ DEFAULT_RULES = Rules()
 
 # --- as data: JSON in, JSON out -------------------------------------------------------------------
 
+def _short(value: Any) -> str:
+    """A user's value as shown in a refusal: never the whole of a huge input."""
+    text = str(value)
+    return text if len(text) <= 32 else text[:32] + "..."
+
+
 def _decimal(value: Any, where: str, *, lo: Decimal, hi: Decimal | None, hi_open: bool = False) -> Decimal:
     try:
         d = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise invalid(where, f"{value!r} is not a decimal number") from None
+        raise invalid(where, f"{_short(value)!r} is not a decimal number") from None
     if not d.is_finite() or d < lo or (hi is not None and (d >= hi if hi_open else d > hi)):
-        raise invalid(where, f"{value} is out of range")
+        raise invalid(where, f"{_short(value)} is out of range")
     return d
 
 
@@ -204,7 +210,7 @@ def _breakage(raw: Any, where: str) -> Breakage:
     try:
         method = BreakageMethod(method_text)
     except ValueError:
-        raise invalid(f"{where}.method", f"must be AT_EXPIRY or PROPORTIONAL, not {method_text!r}") from None
+        raise invalid(f"{where}.method", f"must be AT_EXPIRY or PROPORTIONAL, not {_short(method_text)!r}") from None
     rate = _decimal(raw.get("expected_rate", 0), f"{where}.expected_rate", lo=Decimal(0), hi=Decimal(1), hi_open=True)
     estimate = raw.get("estimate", False)
     if not isinstance(estimate, bool):
@@ -223,9 +229,9 @@ def _chart(raw: Any) -> dict[Gl, str]:
             gl = Gl(str(role).upper())
         except ValueError:
             roles = ", ".join(g.value for g in Gl)
-            raise invalid(f"rules.chart.{role}", f"unknown account role; one of {roles}") from None
+            raise invalid(f"rules.chart.{_short(role)}", f"unknown account role; one of {roles}") from None
         if not isinstance(code, str) or not code.strip() or len(code) > 32:
-            raise invalid(f"rules.chart.{role}", "must be a GL code of 1-32 characters")
+            raise invalid(f"rules.chart.{_short(role)}", "must be a GL code of 1-32 characters")
         chart[gl] = code.strip()
     return chart
 
@@ -240,7 +246,7 @@ def _free(raw: Any) -> dict[str, Treatment]:
         except ValueError:
             t = Treatment.DEFERRED_REVENUE
         if t not in FREE_TREATMENTS:
-            raise invalid(f"rules.free_treatment.{lot_type}",
+            raise invalid(f"rules.free_treatment.{_short(lot_type)}",
                           "must be CONTRA_REVENUE, PROMOTIONAL_EXPENSE or GOODWILL_EXPENSE "
                           "(free credit is never revenue)")
         out[str(lot_type).upper()] = t
@@ -252,12 +258,12 @@ def _units(raw: Any, default_currency: str) -> dict[str, UnitValue]:
         raise invalid("rules.units", "must be an object of unit -> {currency, face_value}")
     out = {}
     for unit, spec in raw.items():
-        where = f"rules.units.{unit}"
+        where = f"rules.units.{_short(unit)}"
         if not isinstance(spec, Mapping):
             raise invalid(where, "must be an object with currency and face_value")
         currency = str(spec.get("currency", default_currency))
         if not is_currency(currency):
-            raise invalid(f"{where}.currency", f"{currency!r} is not an ISO 4217 currency")
+            raise invalid(f"{where}.currency", f"{_short(currency)!r} is not an ISO 4217 currency")
         out[str(unit)] = UnitValue(currency, _decimal(spec.get("face_value", 0), f"{where}.face_value",
                                                       lo=Decimal(0), hi=Decimal(10) ** 9))
     return out
@@ -268,17 +274,17 @@ def parse_rules(text: str, version: int = 0) -> Rules:
     try:
         raw = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as e:
-        raise invalid("rules", f"is not JSON: {e.msg}") from None
+        raise invalid("rules", f"is not JSON: {e.msg} at character {e.pos}") from None
     if not isinstance(raw, Mapping):
         raise invalid("rules", "must be a JSON object")
     known = {"default_currency", "chart", "free_treatment", "breakage", "breakage_by_lot_type",
              "breakage_by_campaign", "units"}
     for key in raw:
         if key not in known:
-            raise invalid(f"rules.{key}", f"unknown key; known: {', '.join(sorted(known))}")
+            raise invalid(f"rules.{_short(key)}", f"unknown key; known: {', '.join(sorted(known))}")
     currency = str(raw.get("default_currency", "USD"))
     if not is_currency(currency):
-        raise invalid("rules.default_currency", f"{currency!r} is not an ISO 4217 currency")
+        raise invalid("rules.default_currency", f"{_short(currency)!r} is not an ISO 4217 currency")
     by_type = raw.get("breakage_by_lot_type", {})
     by_campaign = raw.get("breakage_by_campaign", {})
     if not isinstance(by_type, Mapping) or not isinstance(by_campaign, Mapping):
@@ -287,9 +293,9 @@ def parse_rules(text: str, version: int = 0) -> Rules:
         version=version, default_currency=currency, chart=_chart(raw.get("chart", {})),
         free_treatment=_free(raw.get("free_treatment", {})),
         breakage=_breakage(raw.get("breakage", {}), "rules.breakage"),
-        breakage_by_lot_type={str(k).upper(): _breakage(v, f"rules.breakage_by_lot_type.{k}")
+        breakage_by_lot_type={str(k).upper(): _breakage(v, f"rules.breakage_by_lot_type.{_short(k)}")
                               for k, v in by_type.items()},
-        breakage_by_campaign={str(k): _breakage(v, f"rules.breakage_by_campaign.{k}")
+        breakage_by_campaign={str(k): _breakage(v, f"rules.breakage_by_campaign.{_short(k)}")
                               for k, v in by_campaign.items()},
         units=_units(raw.get("units", {}), currency),
     )
