@@ -25,13 +25,14 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from finance.domain.books import Books, LedgerEntry, Line, LotBook, LotGrant, TransferMoney
+from finance.domain.reports import is_transfer
 from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, estimated_rate, parse_rules
 from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.currencies import CURRENCY_SCALES
@@ -114,6 +115,22 @@ INSERT INTO finance_lines (tenant_id, entry_id, line_no, posting_at, effective_a
 SELECT $1, (x->>0)::bigint, (x->>1)::smallint, (x->>2)::timestamptz, (x->>3)::timestamptz, x->>4, x->>5,
        (x->>6)::bigint, (x->>7)::bigint, x->>8, x->>9, x->>10, x->>11, x->>12, x->>13, x->>14, x->>15, x->>16
 FROM jsonb_array_elements($2::jsonb) x
+"""
+UPSERT_DAY_SUMS = """
+INSERT INTO finance_day_sums AS s (tenant_id, day, account_id, lot_type, currency, gl_account, entry_kind, transfer,
+    memo, breakage_method, debit, credit, lines)
+SELECT $1, (x->>0)::date, x->>1, x->>2, x->>3, x->>4, x->>5, (x->>6)::boolean, x->>7, x->>8, (x->>9)::bigint,
+       (x->>10)::bigint, (x->>11)::bigint
+FROM jsonb_array_elements($2::jsonb) x
+ON CONFLICT (tenant_id, day, account_id, lot_type, currency, gl_account, entry_kind, transfer, memo, breakage_method)
+DO UPDATE SET debit = s.debit + EXCLUDED.debit, credit = s.credit + EXCLUDED.credit, lines = s.lines + EXCLUDED.lines
+"""
+UPSERT_MONEY_SUMS = """
+INSERT INTO finance_money_sums AS s (tenant_id, day, account_id, lot_type, currency, paid, money_in, money_out)
+SELECT $1, (x->>0)::date, x->>1, x->>2, x->>3, (x->>4)::boolean, (x->>5)::bigint, (x->>6)::bigint
+FROM jsonb_array_elements($2::jsonb) x
+ON CONFLICT (tenant_id, day, account_id, lot_type, currency, paid)
+DO UPDATE SET money_in = s.money_in + EXCLUDED.money_in, money_out = s.money_out + EXCLUDED.money_out
 """
 ADVANCE_CURSOR = """
 UPDATE finance_cursors SET entry_id = $2, entries_projected = entries_projected + $3, updated_at = now()
@@ -238,6 +255,36 @@ async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, touched
                  x.currency, x.account_id, x.lot_id, x.lot_type, x.campaign_id, x.entry_kind, x.hold_key,
                  x.reference, x.memo) for x in lines]
         await conn.execute(INSERT_LINES, tenant_id, json.dumps(rows, default=_instant))
+    await _write_sums(conn, tenant_id, books, entries, lines)
+
+
+MONEY_IN = frozenset({"GRANT", "REINSTATE"})
+
+
+async def _write_sums(conn: asyncpg.Connection, tenant_id: str, books: Books, entries: list[tuple[Any, ...]],
+                      lines: list[Line]) -> None:
+    """Adds the batch to the day sums the reports read (same transaction as its lines)."""
+    days: dict[tuple[Any, ...], list[int]] = {}
+    for x in lines:
+        assert x.posting_at is not None
+        key = (x.posting_at.astimezone(UTC).date().isoformat(), x.account_id, x.lot_type, x.currency, x.gl.value,
+               x.entry_kind, is_transfer(x.reference), x.memo, books.lots[x.lot_id].method.value)
+        acc = days.setdefault(key, [0, 0, 0])
+        acc[0] += x.debit
+        acc[1] += x.credit
+        acc[2] += 1
+    if days:
+        await conn.execute(UPSERT_DAY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in days.items()]))
+    money: dict[tuple[Any, ...], list[int]] = {}
+    for _entry_id, kind, lot_id, account_id, _units, moved, _effective, posting_at in entries:
+        if not moved:
+            continue
+        book = books.lots[lot_id]
+        day = (posting_at.astimezone(UTC).date().isoformat(), account_id, book.lot_type, book.currency, book.paid)
+        acc = money.setdefault(day, [0, 0])
+        acc[0 if kind in MONEY_IN else 1] += moved
+    if money:
+        await conn.execute(UPSERT_MONEY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in money.items()]))
 
 
 async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, limit: int = BATCH) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -12,53 +12,59 @@ import asyncpg
 from finance.domain.periods import Granularity, Period
 from finance.domain.reports import Flows, Liability, ProgramRow, RollForward
 
-# One row per (period, customer, lot type, currency, GL role, kind of entry, transfer?) of the window.
+# Reports read the day sums (finance_day_sums, finance_money_sums: kept with the lines), plus the
+# raw lines of the part of a day before an instant that is not midnight.
 FLOWS_BY_PERIOD = """
-SELECT date_trunc($4, posting_at AT TIME ZONE 'UTC') AS period, account_id, lot_type, currency, gl_account,
-       entry_kind, (reference LIKE 'transfer/%' OR reference LIKE 'rollover/%') AS transfer,
+SELECT date_trunc($4, day)::date AS period, account_id, lot_type, currency, gl_account, entry_kind, transfer,
        sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
-FROM finance_lines
-WHERE tenant_id = $1 AND posting_at >= $2 AND posting_at < $3
+FROM finance_day_sums
+WHERE tenant_id = $1 AND day >= $2 AND day < $3
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 DEFERRED_BEFORE = """
 SELECT account_id, lot_type, currency, gl_account, sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
-FROM finance_lines
-WHERE tenant_id = $1 AND posting_at < $2 AND gl_account IN ('DEFERRED_REVENUE', 'EXPECTED_BREAKAGE')
+FROM finance_day_sums
+WHERE tenant_id = $1 AND day < $2 AND gl_account IN ('DEFERRED_REVENUE', 'EXPECTED_BREAKAGE')
 GROUP BY 1, 2, 3, 4
 """
 FLOWS_BY_CURRENCY = """
-SELECT currency, gl_account, entry_kind, (reference LIKE 'transfer/%' OR reference LIKE 'rollover/%') AS transfer,
-       sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
-FROM finance_lines
-WHERE tenant_id = $1 AND posting_at >= $2 AND posting_at < $3
+SELECT currency, gl_account, entry_kind, transfer, sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
+FROM finance_day_sums
+WHERE tenant_id = $1 AND day >= $2 AND day < $3
 GROUP BY 1, 2, 3, 4
 """
-# Each lot's remaining money as of the instant, from its own entries (money moved, signed by kind).
-LOTS_REMAINING = """
-SELECT l.currency, l.lot_type, CASE WHEN $3 THEN l.account_id ELSE '' END AS account_id,
-       l.treatment = 'DEFERRED_REVENUE' AS paid,
-       sum(CASE WHEN e.kind IN ('GRANT', 'REINSTATE') THEN e.money
-                WHEN e.kind IN ('POST', 'DEBIT', 'EXPIRE', 'VOID', 'TRANSFER_OUT') THEN -e.money ELSE 0 END)::bigint
-           AS remaining
-FROM finance_entries e JOIN finance_lots l ON l.tenant_id = e.tenant_id AND l.lot_id = e.lot_id
-WHERE e.tenant_id = $1 AND e.posting_at < $2
-GROUP BY 1, 2, 3, 4
-"""
+# As of an instant: whole days from the sums, the rest of its day from the lines / entries.
 GL_AS_OF = """
-SELECT currency, lot_type, CASE WHEN $3 THEN account_id ELSE '' END AS account_id, gl_account,
-       sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
-FROM finance_lines
-WHERE tenant_id = $1 AND posting_at < $2 AND gl_account IN ('DEFERRED_REVENUE', 'EXPECTED_BREAKAGE')
+SELECT currency, lot_type, account_id, gl_account, sum(debit)::bigint AS debit, sum(credit)::bigint AS credit
+FROM (SELECT currency, lot_type, CASE WHEN $4 THEN account_id ELSE '' END AS account_id, gl_account, debit, credit
+      FROM finance_day_sums
+      WHERE tenant_id = $1 AND day < $2 AND gl_account IN ('DEFERRED_REVENUE', 'EXPECTED_BREAKAGE')
+      UNION ALL
+      SELECT currency, lot_type, CASE WHEN $4 THEN account_id ELSE '' END, gl_account, debit, credit
+      FROM finance_lines
+      WHERE tenant_id = $1 AND posting_at >= $3 AND posting_at < $5
+        AND gl_account IN ('DEFERRED_REVENUE', 'EXPECTED_BREAKAGE')) x
+GROUP BY 1, 2, 3, 4
+"""
+# Each lot's remaining money as of the instant, from its own entries (money in - money out).
+LOTS_REMAINING = """
+SELECT currency, lot_type, account_id, paid, sum(money)::bigint AS remaining
+FROM (SELECT currency, lot_type, CASE WHEN $4 THEN account_id ELSE '' END AS account_id, paid,
+             money_in - money_out AS money
+      FROM finance_money_sums WHERE tenant_id = $1 AND day < $2
+      UNION ALL
+      SELECT l.currency, l.lot_type, CASE WHEN $4 THEN l.account_id ELSE '' END, l.treatment = 'DEFERRED_REVENUE',
+             CASE WHEN e.kind IN ('GRANT', 'REINSTATE') THEN e.money ELSE -e.money END
+      FROM finance_entries e JOIN finance_lots l ON l.tenant_id = e.tenant_id AND l.lot_id = e.lot_id
+      WHERE e.tenant_id = $1 AND e.posting_at >= $3 AND e.posting_at < $5) x
 GROUP BY 1, 2, 3, 4
 """
 BREAKAGE_BY_PERIOD = """
-SELECT date_trunc($4, x.posting_at AT TIME ZONE 'UTC') AS period, l.breakage_method, x.lot_type, x.currency,
-       sum(CASE WHEN x.memo = 'breakage at expiry' THEN x.credit - x.debit ELSE 0 END)::bigint
-           AS expired,
-       sum(CASE WHEN x.memo LIKE 'expected breakage%' THEN x.credit - x.debit ELSE 0 END)::bigint AS expected
-FROM finance_lines x JOIN finance_lots l ON l.tenant_id = x.tenant_id AND l.lot_id = x.lot_id
-WHERE x.tenant_id = $1 AND x.posting_at >= $2 AND x.posting_at < $3 AND x.gl_account = 'BREAKAGE_REVENUE'
+SELECT date_trunc($4, day)::date AS period, breakage_method, lot_type, currency,
+       sum(CASE WHEN memo = 'breakage at expiry' THEN credit - debit ELSE 0 END)::bigint AS expired,
+       sum(CASE WHEN memo LIKE 'expected breakage%' THEN credit - debit ELSE 0 END)::bigint AS expected
+FROM finance_day_sums
+WHERE tenant_id = $1 AND day >= $2 AND day < $3 AND gl_account = 'BREAKAGE_REVENUE'
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2, 3, 4
 """
@@ -111,12 +117,12 @@ async def revenue(conn: asyncpg.Connection, tenant_id: str, start: datetime, end
     """Recognized and deferred revenue by period x customer x lot type x currency over [start, end)."""
     trunc = "month" if granularity is Granularity.MONTH else "day"
     rows: dict[tuple[Any, ...], RevenueRow] = {}
-    for r in await conn.fetch(FLOWS_BY_PERIOD, tenant_id, start, end, trunc):
+    for r in await conn.fetch(FLOWS_BY_PERIOD, tenant_id, _day(start), _day(end), trunc):
         key = (r["period"], r["account_id"], r["lot_type"], r["currency"])
-        row = rows.setdefault(key, RevenueRow(r["period"].replace(tzinfo=start.tzinfo), *key[1:], Flows()))
+        row = rows.setdefault(key, RevenueRow(_midnight(r["period"]), *key[1:], Flows()))
         row.flows.add(r["gl_account"], r["entry_kind"], r["transfer"], r["debit"], r["credit"])
     balance: dict[tuple[str, str, str], int] = defaultdict(int)
-    for r in await conn.fetch(DEFERRED_BEFORE, tenant_id, start):
+    for r in await conn.fetch(DEFERRED_BEFORE, tenant_id, _day(start)):
         balance[(r["account_id"], r["lot_type"], r["currency"])] += _gl_net(r["gl_account"], r["debit"], r["credit"])
     out = sorted(rows.values(), key=lambda x: (x.period, x.account_id, x.lot_type, x.currency))
     for row in out:
@@ -126,9 +132,24 @@ async def revenue(conn: asyncpg.Connection, tenant_id: str, start: datetime, end
     return out
 
 
+def _day(at: datetime) -> date:
+    return at.astimezone(UTC).date()
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _as_of(at: datetime) -> tuple[date, datetime, datetime]:
+    """(its day, that day's midnight, the instant): whole days from the sums, the rest from the rows."""
+    day = _day(at)
+    return day, _midnight(day), at
+
+
 async def _net_deferred(conn: asyncpg.Connection, tenant_id: str, at: datetime) -> dict[str, int]:
     out: dict[str, int] = defaultdict(int)
-    for r in await conn.fetch(GL_AS_OF, tenant_id, at, False):
+    day, midnight, instant = _as_of(at)
+    for r in await conn.fetch(GL_AS_OF, tenant_id, day, midnight, False, instant):
         out[r["currency"]] += _gl_net(r["gl_account"], r["debit"], r["credit"])
     return out
 
@@ -138,7 +159,7 @@ async def roll_forward(conn: asyncpg.Connection, tenant_id: str, period: Period)
     opening = await _net_deferred(conn, tenant_id, period.start)
     closing = await _net_deferred(conn, tenant_id, period.end)
     flows: dict[str, Flows] = defaultdict(Flows)
-    for r in await conn.fetch(FLOWS_BY_CURRENCY, tenant_id, period.start, period.end):
+    for r in await conn.fetch(FLOWS_BY_CURRENCY, tenant_id, _day(period.start), _day(period.end)):
         flows[r["currency"]].add(r["gl_account"], r["entry_kind"], r["transfer"], r["debit"], r["credit"])
     currencies = sorted(set(opening) | set(closing) | set(flows))
     return [RollForward(c, opening.get(c, 0), flows.get(c, Flows()), closing.get(c, 0)) for c in currencies]
@@ -151,13 +172,14 @@ async def liability(conn: asyncpg.Connection, tenant_id: str, as_of: datetime, b
     def at(currency: str, lot_type: str, account_id: str) -> Liability:
         return rows.setdefault((currency, lot_type, account_id), Liability(currency, lot_type, account_id))
 
-    for r in await conn.fetch(GL_AS_OF, tenant_id, as_of, by_customer):
+    day, midnight, instant = _as_of(as_of)
+    for r in await conn.fetch(GL_AS_OF, tenant_id, day, midnight, by_customer, instant):
         x = at(r["currency"], r["lot_type"], r["account_id"])
         if r["gl_account"] == "DEFERRED_REVENUE":
             x.deferred_gross += r["credit"] - r["debit"]
         else:
             x.expected_breakage += r["debit"] - r["credit"]
-    for r in await conn.fetch(LOTS_REMAINING, tenant_id, as_of, by_customer):
+    for r in await conn.fetch(LOTS_REMAINING, tenant_id, day, midnight, by_customer, instant):
         x = at(r["currency"], r["lot_type"], r["account_id"])
         if r["paid"]:
             x.lots_money_remaining += r["remaining"]
@@ -183,9 +205,9 @@ class BreakageRow:
 async def breakage(conn: asyncpg.Connection, tenant_id: str, start: datetime, end: datetime,
                    granularity: Granularity) -> list[BreakageRow]:
     trunc = "month" if granularity is Granularity.MONTH else "day"
-    return [BreakageRow(r["period"].replace(tzinfo=start.tzinfo), r["breakage_method"], r["lot_type"], r["currency"],
+    return [BreakageRow(_midnight(r["period"]), r["breakage_method"], r["lot_type"], r["currency"],
                         r["expired"], r["expected"])
-            for r in await conn.fetch(BREAKAGE_BY_PERIOD, tenant_id, start, end, trunc)]
+            for r in await conn.fetch(BREAKAGE_BY_PERIOD, tenant_id, _day(start), _day(end), trunc)]
 
 
 async def program(conn: asyncpg.Connection, tenant_id: str, start: datetime, end: datetime) -> list[ProgramRow]:

@@ -2,6 +2,7 @@
 
 - every ledger entry of the tenant is projected, once (finance_entries = journal);
 - every journal entry's lines balance per currency;
+- the day sums the reports read equal the lines, and the money sums the lots' books;
 - per lot: its remaining units = the ledger's available + held; deferred at grant = recognized +
   breakage + still deferred + transferred out + voided; its DEFERRED_REVENUE balance = its money
   remaining and its EXPECTED_BREAKAGE balance = its advance (paid lots), to the minor unit.
@@ -29,6 +30,15 @@ SELECT lot_id, sum(credit - debit) FILTER (WHERE gl_account = 'DEFERRED_REVENUE'
        sum(debit - credit) FILTER (WHERE gl_account = 'EXPECTED_BREAKAGE')::bigint AS advance
 FROM finance_lines WHERE tenant_id = $1 GROUP BY lot_id
 """
+LINE_TOTALS = """
+SELECT gl_account, currency, sum(debit)::bigint AS debit, sum(credit)::bigint AS credit FROM finance_lines
+WHERE tenant_id = $1 GROUP BY 1, 2
+"""
+SUM_TOTALS = """
+SELECT gl_account, currency, sum(debit)::bigint AS debit, sum(credit)::bigint AS credit FROM finance_day_sums
+WHERE tenant_id = $1 GROUP BY 1, 2
+"""
+MONEY_TOTAL = "SELECT coalesce(sum(money_in - money_out), 0)::bigint FROM finance_money_sums WHERE tenant_id = $1"
 ALL_LOT_IDS = "SELECT lot_id FROM finance_lots WHERE tenant_id = $1"
 
 
@@ -59,6 +69,7 @@ async def verify_books(conn: asyncpg.Connection, tenant_id: str) -> BooksVerific
         elif book.units_remaining != r["remaining"]:
             out.violations.append(f"lot {r['lot_id']}: books say {book.units_remaining} units remain, "
                                   f"the ledger {r['remaining']}")
+    await _check_sums(conn, tenant_id, out, sum(b.money_remaining for b in books.values()))
     gl = {r["lot_id"]: r for r in await conn.fetch(LOT_GL, tenant_id)}
     for lot_id, book in books.items():
         out.violations += book.violations()
@@ -73,3 +84,20 @@ async def verify_books(conn: asyncpg.Connection, tenant_id: str) -> BooksVerific
                 out.mismatch_minor += abs(have - want)
                 out.violations.append(f"lot {lot_id}: {name} balance {have} != {want} on its book")
     return out
+
+
+async def _check_sums(conn: asyncpg.Connection, tenant_id: str, out: BooksVerification, lots_money: int) -> None:
+    """The day sums the reports read equal the lines and the lots they summarise."""
+    lines = {(r["gl_account"], r["currency"]): (r["debit"], r["credit"])
+             for r in await conn.fetch(LINE_TOTALS, tenant_id)}
+    sums = {(r["gl_account"], r["currency"]): (r["debit"], r["credit"])
+            for r in await conn.fetch(SUM_TOTALS, tenant_id)}
+    for key in sorted(set(lines) | set(sums)):
+        a, b = lines.get(key, (0, 0)), sums.get(key, (0, 0))
+        if a != b:
+            out.mismatch_minor += abs(a[0] - b[0]) + abs(a[1] - b[1])
+            out.violations.append(f"day sums of {key[0]} in {key[1]}: {b} but the lines say {a}")
+    money = await conn.fetchval(MONEY_TOTAL, tenant_id)
+    if money != lots_money:
+        out.mismatch_minor += abs(money - lots_money)
+        out.violations.append(f"money sums say {money} remains on lots, their books {lots_money}")

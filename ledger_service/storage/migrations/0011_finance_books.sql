@@ -130,6 +130,40 @@ CREATE TABLE finance_lines (
 );
 CREATE INDEX finance_lines_by_posting ON finance_lines (tenant_id, posting_at);
 
+-- Sums of lines per UTC day and everything a report groups by, kept by the projector in the same
+-- transaction as the lines (reports read these, not millions of lines; verify_books compares them).
+CREATE TABLE finance_day_sums (
+    tenant_id        text NOT NULL,
+    day              date NOT NULL,
+    account_id       text NOT NULL,
+    lot_type         text NOT NULL,
+    currency         text NOT NULL,
+    gl_account       text NOT NULL,
+    entry_kind       text NOT NULL,
+    transfer         boolean NOT NULL,
+    memo             text NOT NULL,
+    breakage_method  text NOT NULL,
+    debit            bigint NOT NULL DEFAULT 0,
+    credit           bigint NOT NULL DEFAULT 0,
+    lines            bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, day, account_id, lot_type, currency, gl_account, entry_kind, transfer, memo,
+                 breakage_method)
+);
+
+-- Money that came onto (GRANT, REINSTATE) and left (the other kinds) lots, per UTC day: the lots'
+-- own side of the liability check, as of any instant.
+CREATE TABLE finance_money_sums (
+    tenant_id   text NOT NULL,
+    day         date NOT NULL,
+    account_id  text NOT NULL,
+    lot_type    text NOT NULL,
+    currency    text NOT NULL,
+    paid        boolean NOT NULL,
+    money_in    bigint NOT NULL DEFAULT 0,
+    money_out   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, day, account_id, lot_type, currency, paid)
+);
+
 CREATE TRIGGER finance_lines_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON finance_lines
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_rewrite();
 CREATE TRIGGER finance_entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON finance_entries
