@@ -40,7 +40,7 @@ from service_runtime.row_security import current_tenant
 
 log = logging.getLogger(__name__)
 
-BATCH = 5000
+WINDOW = 5000  # entry ids per batch (the batch holds the tenant's entries among them)
 PROJECT_INTERVAL_S = 0.5
 
 ENSURE_CURSOR = "INSERT INTO finance_cursors (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING"
@@ -50,12 +50,13 @@ SELECT entry_id, entries_projected, closed_through FROM finance_cursors WHERE te
 LAST_ENTRY_ID = "SELECT coalesce(pg_sequence_last_value('journal_entry_id_seq'), 0)"
 SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric"
 SNAPSHOT_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
+# A window of entry ids at a time, whatever tenants they belong to: each batch costs O(window) on the
+# primary key, never a scan (and sort) of everything still ahead of the cursor.
 PENDING = """
 SELECT entry_id, kind, lot_id, account_id, amount, effective_at, recorded_at, reference, hold_key, reason
 FROM journal
-WHERE tenant_id = $1 AND entry_id > $2 AND entry_id <= $3
+WHERE entry_id > $2 AND entry_id <= $3 AND tenant_id = $1
 ORDER BY entry_id
-LIMIT $4
 """
 # What a GRANT needs of its lot (joined apart: a join on every entry misleads the planner on a fresh table).
 GRANTED_LOTS = """
@@ -287,13 +288,18 @@ async def _write_sums(conn: asyncpg.Connection, tenant_id: str, books: Books, en
         await conn.execute(UPSERT_MONEY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in money.items()]))
 
 
-async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, limit: int = BATCH) -> int:
-    """Projects up to `limit` entries of the tenant up to the safe `mark` in one transaction; returns how many."""
+async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, window: int = WINDOW) -> tuple[int, bool]:
+    """Projects the tenant's entries among the next `window` ids up to the safe `mark`, in one
+    transaction; returns (entries projected, whether the cursor reached the mark)."""
     async with conn.transaction():
         cursor = await lock_cursor(conn, tenant_id)
-        rows = await conn.fetch(PENDING, tenant_id, cursor.entry_id, mark, limit)
+        upper = min(mark, cursor.entry_id + window)
+        if upper <= cursor.entry_id:
+            return 0, True
+        rows = await conn.fetch(PENDING, tenant_id, cursor.entry_id, upper)
         if not rows:
-            return 0
+            await conn.execute(ADVANCE_CURSOR, tenant_id, upper, 0)
+            return 0, upper >= mark
         rules = await rules_of(conn, tenant_id)
         books = Books(rules, dict(CURRENCY_SCALES))
         if rules.estimates:
@@ -312,27 +318,23 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, lim
                             entry.effective_at, posting_at))
             touched.add(entry.lot_id)
         await _write(conn, tenant_id, books, touched, legs_before, entries, lines)
-        last = rows[-1]
-        await conn.execute(ADVANCE_CURSOR, tenant_id, last["entry_id"], len(rows))
-        return len(rows)
+        await conn.execute(ADVANCE_CURSOR, tenant_id, upper, len(rows))
+        return len(rows), upper >= mark
 
 
-async def project(pool: asyncpg.Pool, tenant_id: str, *, limit: int = BATCH, max_batches: int | None = None,
-                  mark: int | None = None, wait_s: float = 10.0) -> int:
+async def project(pool: asyncpg.Pool, tenant_id: str, *, window: int = WINDOW, mark: int | None = None,
+                  wait_s: float = 10.0) -> int:
     """Catches the tenant's books up with every entry up to the safe mark; returns how many it projected."""
     total = 0
-    batches = 0
     async with pool.acquire() as conn:
         if mark is None:
             mark = await safe_mark(conn, wait_s)
             if mark is None:
                 return 0
-        while max_batches is None or batches < max_batches:
-            n = await project_batch(conn, tenant_id, mark, limit)
+        done = False
+        while not done:
+            n, done = await project_batch(conn, tenant_id, mark, window)
             total += n
-            batches += 1
-            if n < limit:
-                break
     return total
 
 
