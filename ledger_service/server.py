@@ -13,7 +13,7 @@ from credits.finance.v1 import finance_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
 from finance.api.servicer import FinanceServicer
-from finance.storage.projector import project_forever
+from finance.storage.projector import BackgroundProjector
 from ledger_service.api.permissions import PERMISSIONS
 from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.operations.context import utc_now
@@ -68,15 +68,15 @@ async def serve(settings: Settings) -> None:
     await wait_for_database(dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
     metrics_port = metrics.start_endpoint()
-    owner_pool = await create_pool(dsn, min_size=1, max_size=2)  # gauges and the books projector: every tenant
+    owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
     gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
-    books = asyncio.create_task(project_forever(owner_pool))  # the finance books follow the journal
+    books = await BackgroundProjector.start(dsn)  # the finance books follow the journal
     log.info("ledger listening on %s (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
     finally:
         gauges.cancel()
-        books.cancel()
+        await books.stop()
         await server.stop(5)
         await pool.close()
         await owner_pool.close()

@@ -68,13 +68,18 @@ async def _serve(server: Any, pool: Any, what: str, port: int) -> None:
 
 
 async def run_ledger() -> None:
+    from finance.storage.projector import BackgroundProjector
     from ledger_service.server import create_ledger_server
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
     dsn = _require("LEDGER_DSN", settings.ledger_dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)  # migrates first
-    await _serve(server, pool, "ledger", port)
+    books = await BackgroundProjector.start(dsn)  # the finance books follow the journal
+    try:
+        await _serve(server, pool, "ledger", port)
+    finally:
+        await books.stop()
 
 
 async def run_invoice() -> None:

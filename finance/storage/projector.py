@@ -21,6 +21,7 @@ tenant take turns, and a crash loses the whole batch or nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -372,3 +373,23 @@ async def project_forever(owner_pool: asyncpg.Pool, interval_s: float = PROJECT_
         except Exception:  # a database restart, a bug in one batch: log, keep the server up, retry
             log.exception("finance projection round failed")
         await asyncio.sleep(interval_s)
+
+
+@dataclass
+class BackgroundProjector:
+    """The books following the journal beside a ledger server: its own small owner pool (it reads
+    every tenant) and the `project_forever` task; `stop()` ends both."""
+
+    pool: asyncpg.Pool
+    task: asyncio.Task[None]
+
+    @classmethod
+    async def start(cls, owner_dsn: str, interval_s: float = PROJECT_INTERVAL_S) -> BackgroundProjector:
+        pool = await asyncpg.create_pool(owner_dsn, min_size=1, max_size=2)
+        return cls(pool, asyncio.create_task(project_forever(pool, interval_s)))
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        await self.pool.close()

@@ -115,3 +115,25 @@ async def test_the_finance_api_answers_on_the_ledger_server(ledger: Ledger) -> N
     program = await finance.GetProgramReport(fpb.GetProgramReportRequest(from_period=month), metadata=ledger.md)
     assert [(r.lot_type, r.units_issued, r.units_consumed, r.redemption_rate) for r in program.rows] == [
         ("PURCHASED", "100.00", "10.00", 1.0)]
+
+
+async def test_the_background_projector_follows_the_journal(ledger: Ledger) -> None:
+    import asyncio
+
+    books = await projector.BackgroundProjector.start(ledger.dsn, interval_s=0.05)
+    try:
+        await ledger.account("acme")
+        await ledger.grant("acme", "10.00", cost_basis="1", key="g1")
+        await _debit(ledger, "d1", "acme", "1.00")
+        conn = await asyncpg.connect(ledger.dsn)
+        try:
+            for _ in range(200):
+                if await conn.fetchval("SELECT count(*) FROM finance_entries WHERE tenant_id = $1", TENANT) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert await conn.fetchval("SELECT count(*) FROM finance_entries WHERE tenant_id = $1", TENANT) == 2
+        finally:
+            await conn.close()
+    finally:
+        await books.stop()
+    assert books.task.done()
