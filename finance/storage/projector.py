@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -225,20 +225,52 @@ async def _load(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], books
     return granted
 
 
-def _instant(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {value!r}")
-
-
 def _columns(items: Iterable[Any], names: list[str]) -> list[list[Any]]:
     items = list(items)
     return [[getattr(x, n) for x in items] for n in names]
 
 
-async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, touched: set[str],
-                 legs_before: set[tuple[str, str]], entries: list[tuple[Any, ...]], lines: list[Line]) -> None:
-    lots = [books.lots[k] for k in sorted(touched)]
+MONEY_IN = frozenset({"GRANT", "REINSTATE"})
+
+
+@dataclass
+class _Batch:
+    """What one batch writes, built entry by entry: rows as JSON-ready tuples (instants formatted once
+    per entry), and the day sums of its lines and money."""
+
+    entries: list[tuple[Any, ...]] = field(default_factory=list)
+    lines: list[tuple[Any, ...]] = field(default_factory=list)
+    days: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
+    money: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+
+    def add(self, entry: LedgerEntry, lines: list[Line], books: Books) -> None:
+        assert entry.posting_at is not None
+        posting, effective = entry.posting_at.isoformat(), entry.effective_at.isoformat()
+        day = entry.posting_at.astimezone(UTC).date().isoformat()
+        book = books.lots[entry.lot_id]
+        method = book.method.value
+        for x in lines:
+            self.lines.append((x.entry_id, x.line_no, posting, effective, x.gl.value, x.gl_code, x.debit, x.credit,
+                               x.currency, x.account_id, x.lot_id, x.lot_type, x.campaign_id, x.entry_kind,
+                               x.hold_key, x.reference, x.memo))
+            key = (day, x.account_id, x.lot_type, x.currency, x.gl.value, x.entry_kind, is_transfer(x.reference),
+                   x.memo, method)
+            acc = self.days.setdefault(key, [0, 0, 0])
+            acc[0] += x.debit
+            acc[1] += x.credit
+            acc[2] += 1
+        self.entries.append((entry.entry_id, entry.kind, entry.lot_id, entry.account_id, entry.amount, books.moved,
+                             effective, posting))
+        if books.moved:
+            money = self.money.setdefault((day, entry.account_id, book.lot_type, book.currency, book.paid), [0, 0])
+            money[0 if entry.kind in MONEY_IN else 1] += books.moved
+        self.touched.add(entry.lot_id)
+
+
+async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, legs_before: set[tuple[str, str]],
+                 batch: _Batch) -> None:
+    lots = [books.lots[k] for k in sorted(batch.touched)]
     cols = _columns(lots, _LOT_COLUMNS)
     cols[_LOT_COLUMNS.index("treatment")] = [b.treatment.value for b in lots]
     cols[_LOT_COLUMNS.index("method")] = [b.method.value for b in lots]
@@ -251,42 +283,13 @@ async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, touched
     matched = sorted(legs_before - set(books.transfers))
     if matched:
         await conn.execute(MATCH_LEGS, tenant_id, [k[0] for k in matched], [k[1] for k in matched])
-    await conn.execute(INSERT_ENTRIES, tenant_id, json.dumps(entries, default=_instant))
-    if lines:
-        rows = [(x.entry_id, x.line_no, x.posting_at, x.effective_at, x.gl.value, x.gl_code, x.debit, x.credit,
-                 x.currency, x.account_id, x.lot_id, x.lot_type, x.campaign_id, x.entry_kind, x.hold_key,
-                 x.reference, x.memo) for x in lines]
-        await conn.execute(INSERT_LINES, tenant_id, json.dumps(rows, default=_instant))
-    await _write_sums(conn, tenant_id, books, entries, lines)
-
-
-MONEY_IN = frozenset({"GRANT", "REINSTATE"})
-
-
-async def _write_sums(conn: asyncpg.Connection, tenant_id: str, books: Books, entries: list[tuple[Any, ...]],
-                      lines: list[Line]) -> None:
-    """Adds the batch to the day sums the reports read (same transaction as its lines)."""
-    days: dict[tuple[Any, ...], list[int]] = {}
-    for x in lines:
-        assert x.posting_at is not None
-        key = (x.posting_at.astimezone(UTC).date().isoformat(), x.account_id, x.lot_type, x.currency, x.gl.value,
-               x.entry_kind, is_transfer(x.reference), x.memo, books.lots[x.lot_id].method.value)
-        acc = days.setdefault(key, [0, 0, 0])
-        acc[0] += x.debit
-        acc[1] += x.credit
-        acc[2] += 1
-    if days:
-        await conn.execute(UPSERT_DAY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in days.items()]))
-    money: dict[tuple[Any, ...], list[int]] = {}
-    for _entry_id, kind, lot_id, account_id, _units, moved, _effective, posting_at in entries:
-        if not moved:
-            continue
-        book = books.lots[lot_id]
-        day = (posting_at.astimezone(UTC).date().isoformat(), account_id, book.lot_type, book.currency, book.paid)
-        acc = money.setdefault(day, [0, 0])
-        acc[0 if kind in MONEY_IN else 1] += moved
-    if money:
-        await conn.execute(UPSERT_MONEY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in money.items()]))
+    await conn.execute(INSERT_ENTRIES, tenant_id, json.dumps(batch.entries))
+    if batch.lines:
+        await conn.execute(INSERT_LINES, tenant_id, json.dumps(batch.lines))
+    if batch.days:  # the day sums the reports read, in the same transaction as the lines
+        await conn.execute(UPSERT_DAY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in batch.days.items()]))
+    if batch.money:
+        await conn.execute(UPSERT_MONEY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in batch.money.items()]))
 
 
 async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, window: int = WINDOW) -> tuple[int, bool]:
@@ -307,18 +310,11 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, win
             books.history = await history_rates(conn, tenant_id)
         granted = await _load(conn, tenant_id, rows, books)
         legs_before = set(books.transfers)
-        closed = cursor.closed_through
-        lines: list[Line] = []
-        entries: list[tuple[Any, ...]] = []
-        touched: set[str] = set()
+        batch = _Batch()
         for row in rows:
-            entry, grant = _entry(row, granted, closed)
-            posting_at = entry.posting_at
-            lines += books.apply(entry, grant)
-            entries.append((entry.entry_id, entry.kind, entry.lot_id, entry.account_id, entry.amount, books.moved,
-                            entry.effective_at, posting_at))
-            touched.add(entry.lot_id)
-        await _write(conn, tenant_id, books, touched, legs_before, entries, lines)
+            entry, grant = _entry(row, granted, cursor.closed_through)
+            batch.add(entry, books.apply(entry, grant), books)
+        await _write(conn, tenant_id, books, legs_before, batch)
         await conn.execute(ADVANCE_CURSOR, tenant_id, upper, len(rows))
         return len(rows), upper >= mark
 
