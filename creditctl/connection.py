@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from credits.alerts.v1 import alerts_pb2_grpc
 from credits.billing.v1 import billing_pb2_grpc
+from credits.finance.v1 import finance_pb2_grpc
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
@@ -106,6 +107,7 @@ SERVICES: dict[str, tuple[str, Callable[[grpc.aio.Channel], Any], int]] = {
     "invoice": ("invoice_addr", invoice_pb2_grpc.InvoiceServiceStub, INVOICE_REFUSED),
     "billing": ("billing_addr", billing_pb2_grpc.BillingServiceStub, BILLING_REFUSED),
     "alerts": ("ledger_addr", alerts_pb2_grpc.AlertsServiceStub, LEDGER_REFUSED),  # served by the ledger server
+    "finance": ("ledger_addr", finance_pb2_grpc.FinanceServiceStub, LEDGER_REFUSED),  # served by the ledger
 }
 
 

@@ -26,6 +26,7 @@ from creditctl.commands import (
     demo,
     drafts,
     explain,
+    finance,
     grants,
     holds,
     invoices,
@@ -59,7 +60,7 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, completion)
+            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, completion)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
@@ -70,6 +71,7 @@ SECTIONS = (
                           "topups")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
                                                    "invoices", "sagas", "billing", "operation")),
+    ("Finance", ("finance",)),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),
 )
 

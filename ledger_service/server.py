@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 import grpc
 from credits.alerts.v1 import alerts_pb2_grpc
+from credits.finance.v1 import finance_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
+from finance.api.servicer import FinanceServicer
+from finance.storage.projector import BackgroundProjector
 from ledger_service.api import alerts_servicer
 from ledger_service.api.alerts_servicer import AlertsServicer
 from ledger_service.api.permissions import ALERT_PERMISSIONS, PERMISSIONS
 from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.domain.webhooks import RetrySchedule
-from ledger_service.operations.context import Ledger
+from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.storage import MIGRATIONS_DIR
 from ledger_service.topups.executor import TopUpSettings, start_executor
 from ledger_service.topups.http_provider import HttpPaymentProvider
@@ -26,6 +31,7 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
+from service_runtime.permissions import FINANCE_BOOKS, FINANCE_SERVICE
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings
@@ -34,18 +40,21 @@ log = logging.getLogger(__name__)
 
 
 async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings: Settings | None = None,
-                               ) -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
-    """Migrates `dsn`, then starts the ledger server on `address`. Returns (server, port, pool)."""
+                               clock: Callable[[], datetime] = utc_now) -> tuple[grpc.aio.Server, int, asyncpg.Pool]:
+    """Migrates `dsn`, then starts the ledger server (and the finance books' API) on `address`.
+    Returns (server, port, pool). `clock` is the services' now (tests walk it through a year)."""
     settings = settings or Settings.from_env()
     await migrate_service(dsn, MIGRATIONS_DIR)
     service_dsn = app_dsn(dsn, settings.ledger_app_dsn)
     pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
-    servicer = LedgerServicer(pool, settings)
+    servicer = LedgerServicer(pool, settings, clock)
     alerts = AlertsServicer(Ledger.create(pool, settings))
     server, port = await create_server(
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE),
-         (alerts_pb2_grpc.add_AlertsServiceServicer_to_server, alerts, alerts_servicer.SERVICE)],
-        KeyResolver(pool), {**PERMISSIONS, **ALERT_PERMISSIONS}, address, health_dsn=service_dsn, settings=settings,
+         (alerts_pb2_grpc.add_AlertsServiceServicer_to_server, alerts, alerts_servicer.SERVICE),
+         (finance_pb2_grpc.add_FinanceServiceServicer_to_server, FinanceServicer(pool, clock), FINANCE_SERVICE)],
+        KeyResolver(pool), {**PERMISSIONS, **ALERT_PERMISSIONS, **FINANCE_BOOKS}, address, health_dsn=service_dsn,
+        settings=settings,
     )
     return server, port, pool
 
@@ -97,11 +106,13 @@ async def serve(settings: Settings) -> None:
     metrics_port = metrics.start_endpoint()
     owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
     gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
+    books = await BackgroundProjector.start(dsn)  # the finance books follow the journal
     log.info("ledger listening on %s (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()
     finally:
         gauges.cancel()
+        await books.stop()
         await delivery.stop()
         await server.stop(5)
         await pool.close()

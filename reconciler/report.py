@@ -20,6 +20,7 @@ class Check(StrEnum):
     SPENT_TWICE = "spent-twice"
     NEGATIVE_LOT = "negative-lot"
     JOURNAL = "journal"
+    FINANCE_BOOKS = "finance-books"
     IDEMPOTENCY = "idempotency"
     SCALE = "scale"
     DECISION = "decision"

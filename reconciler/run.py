@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncpg
 from temporalio.client import Client
 
+from finance.storage.projector import project
+from finance.storage.verify import verify_books
 from reconciler.idempotency_checks import check_idempotency
 from reconciler.invoice_checks import check_invoices, check_saga_holds, load_invoices
 from reconciler.ledger_checks import check_ledger, load_holds
-from reconciler.report import ReconcileReport, TenantFindings
+from reconciler.report import Check, ReconcileReport, TenantFindings
 from reconciler.scales import ledger_scales
 from reconciler.temporal_checks import check_decisions, check_quiet, temporal_calls_settled
 
@@ -53,5 +55,15 @@ async def _reconcile_tenant(lconn: asyncpg.Connection, iconn: asyncpg.Connection
     by_invoice = check_saga_holds(found, holds, invoices)
     owners = check_invoices(found, holds, by_invoice, invoices, applications, scales)
     await check_idempotency(lconn, iconn, found, holds, invoices)
+    await check_books(lconn, lpool, found)
     if client is not None:
         await check_decisions(client, found, owners, invoices)
+
+
+async def check_books(lconn: asyncpg.Connection, lpool: asyncpg.Pool, found: TenantFindings) -> None:
+    """The finance books (SPEC §12), caught up first: balanced, complete, exact per lot."""
+    await project(lpool, found.tenant_id)
+    books = await verify_books(lconn, found.tenant_id)
+    found.count("finance_entries", books.entries)
+    for text in books.violations:
+        found.bad(Check.FINANCE_BOOKS, text, lot_id=text.split()[1].rstrip(":") if text.startswith("lot ") else "")

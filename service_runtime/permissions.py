@@ -58,6 +58,7 @@ LEDGER_SERVICE = "credits.ledger.v1.LedgerService"
 INVOICE_SERVICE = "credits.invoice.v1.InvoiceService"
 BILLING_SERVICE = "credits.billing.v1.BillingService"
 ALERTS_SERVICE = "credits.alerts.v1.AlertsService"
+FINANCE_SERVICE = "credits.finance.v1.FinanceService"
 
 ALL = frozenset(ROLES)
 ADMIN = frozenset({"admin"})
@@ -143,8 +144,19 @@ ALERTS: dict[str, frozenset[str]] = _table(
     (FINANCE, ("SetTopUpPolicy",)),
 )
 
+# The finance books (served by the ledger server): revenue and liability are for finance (and
+# read-only keys, e.g. an accounting export job); operators may catch the projection up.
+FINANCE_BOOKS: dict[str, frozenset[str]] = _table(
+    FINANCE_SERVICE,
+    (FINANCE | {"readonly"}, ("GetFinanceRules", "GetRevenueReport", "GetLiabilityReport",
+                              "GetLiabilityRollForward", "GetBreakageReport", "GetProgramReport", "ExportJournal")),
+    (FINANCE | {"operator"}, ("ProjectBooks",)),
+    (FINANCE, ("SetFinanceRules", "ClosePeriod")),
+)
+
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
     LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING, ALERTS_SERVICE: ALERTS,
+    FINANCE_SERVICE: FINANCE_BOOKS,
 }
 
 

@@ -148,6 +148,7 @@ async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> t
 async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, usage_grace_s: int | None,
                    running: contextlib.AsyncExitStack) -> tuple[str, str, str]:
     """Starts the ledger, invoice and billing gRPC servers; each stops (then its pool closes) on exit."""
+    from finance.storage.projector import BackgroundProjector
     from invoice_service.server import create_invoice_server
     from ledger_service.server import create_ledger_server, start_webhook_delivery
 
@@ -159,6 +160,8 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
     stopping(ledger, ledger_pool)
     delivery = await start_webhook_delivery(dbs.ledger_dsn, settings)  # the alert outbox -> webhooks
     running.push_async_callback(delivery.stop)
+    books = await BackgroundProjector.start(dbs.ledger_dsn)  # the finance books follow the journal
+    running.push_async_callback(books.stop)
     invoice, invoice_port, invoice_pool = await create_invoice_server(
         dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
     stopping(invoice, invoice_pool)

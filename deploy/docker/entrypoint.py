@@ -68,6 +68,7 @@ async def _serve(server: Any, pool: Any, what: str, port: int) -> None:
 
 
 async def run_ledger() -> None:
+    from finance.storage.projector import BackgroundProjector
     from ledger_service.server import create_ledger_server, start_webhook_delivery
     from service_runtime.settings import Settings
 
@@ -75,9 +76,11 @@ async def run_ledger() -> None:
     dsn = _require("LEDGER_DSN", settings.ledger_dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)  # migrates first
     delivery = await start_webhook_delivery(dsn, settings)  # the alert outbox -> webhooks (owner DSN)
+    books = await BackgroundProjector.start(dsn)  # the finance books follow the journal
     try:
         await _serve(server, pool, "ledger", port)
     finally:
+        await books.stop()
         await delivery.stop()
 
 

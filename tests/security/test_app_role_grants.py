@@ -186,8 +186,12 @@ def _needed(texts: list[str]) -> set[tuple[str, str]]:
     return needed
 
 
+# Packages whose statements run on a service's pool besides its own (the finance books: ledger server).
+ALSO_ON = {"ledger_service": ("finance",)}
+
+
 def _app_statements(package: str) -> list[str]:
-    texts = list(_sql_strings(ROOT / package))
+    texts = [t for p in (package, *ALSO_ON.get(package, ())) for t in _sql_strings(ROOT / p)]
     for module in RUNTIME_APP_MODULES:
         path = ROOT / "service_runtime" / module
         if path.exists():

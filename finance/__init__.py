@@ -1,0 +1,1 @@
+"""Finance books: revenue recognition, liability, breakage, accounting journals (issue #12)."""

@@ -1,0 +1,1 @@
+"""Pure finance rules: recognition rules as data, journal derivation, report arithmetic."""
