@@ -37,16 +37,18 @@ def command() -> None:
 @click.option("--no-uvloop", is_flag=True, help="plain asyncio loops instead of uvloop")
 @click.option("--verify", is_flag=True, help="run VerifyJournal after the debit phases")
 @click.option("--profile", default="", help="write a cProfile of the ledger server process to this file")
+@click.option("--as-of-entries", type=click.IntRange(min=1000), default=1_000_000,
+              help="journal entries of the as-of account, and as many in other tenants (default 1,000,000)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
 def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch_concurrency: int, no_uvloop: bool,
-           verify: bool, profile: str, check: bool, as_json: bool) -> int:
+           verify: bool, profile: str, as_of_entries: int, check: bool, as_json: bool) -> int:
     from harness.benches import ledger as bench
 
     report = bench.run_bench(bench.BenchOptions(
         seconds=1.0 if quick else seconds, concurrency=concurrency, batch_size=batch_size,
         batch_concurrency=batch_concurrency, use_uvloop=not no_uvloop, verify_journal=verify, profile=profile,
-        progress=None if as_json else note))
+        as_of_entries=as_of_entries, progress=None if as_json else note))
     figures = report.figures()
     if as_json:
         print_json(figures, indent=None)
