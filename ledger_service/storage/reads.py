@@ -35,14 +35,18 @@ SELECT_LOT_META = f"SELECT {LOT_COLUMNS} {_LOTS_FROM} WHERE l.tenant_id = $1 AND
 _AS_OF_LOTS = f"""
 SELECT l.lot_id, c.entries AS c_entries, {', '.join(f'c.{b} AS c_{b}' for b in BUCKETS)}, s.kind, s.amount
 FROM lots l
-LEFT JOIN LATERAL (
-    SELECT * FROM lot_checkpoints k WHERE k.tenant_id = l.tenant_id AND k.lot_id = l.lot_id AND k.at <= $3
-    ORDER BY k.at DESC, k.through_entry_id DESC LIMIT 1
-) c ON true
+CROSS JOIN LATERAL (
+    (SELECT through_entry_id, at, entries, {', '.join(BUCKETS)} FROM lot_checkpoints k
+     WHERE k.tenant_id = l.tenant_id AND k.lot_id = l.lot_id AND k.at <= $3
+     ORDER BY k.at DESC, k.through_entry_id DESC LIMIT 1)
+    UNION ALL  -- no checkpoint yet: from the first entry (plain columns, so the bounds below stay index bounds)
+    SELECT 0::bigint, '-infinity'::timestamptz, NULL::bigint, {', '.join('NULL::bigint' for _ in BUCKETS)}
+    ORDER BY at DESC LIMIT 1
+) c
 LEFT JOIN LATERAL (
     SELECT j.kind, sum(j.amount)::bigint AS amount FROM journal j
     WHERE j.tenant_id = l.tenant_id AND j.lot_id = l.lot_id AND j.recorded_at <= $3
-      AND j.recorded_at >= COALESCE(c.at, '-infinity') AND j.entry_id > COALESCE(c.through_entry_id, 0)
+      AND j.recorded_at >= c.at AND j.entry_id > c.through_entry_id
     GROUP BY j.kind
 ) s ON true
 WHERE l.tenant_id = $1 AND {{which}}
