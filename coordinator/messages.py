@@ -319,6 +319,10 @@ class FinalizeInvoiceInput:
     tenant_id: str
     invoice_id: str
     timeouts: SagaTimeouts = field(default_factory=SagaTimeouts)
+    # The read-only prepare steps as local activities (13 history events fewer per saga). Every
+    # starter sets it; False is how runs recorded before it replay (regular activities), with no
+    # patch marker (workflow.patched would cost a marker and a search-attribute upsert per saga).
+    local_reads: bool = False
 
 
 @dataclass

@@ -77,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         committed_holds,
         left_after,
         list_tenants,
+        run_read,
         run_step,
         run_until_done,
     )
@@ -146,9 +147,10 @@ def _rejected(inv: InvoiceView, expected: InvoiceStatus) -> ApplicationError:
 
 
 async def _read_invoice(tenant_id: str, invoice_id: str, t: SagaTimeouts, summary: str | None = None,
-                        ) -> InvoiceView:
-    inv: InvoiceView = await run_step(InvoiceActivities.get_invoice, InvoiceRef(tenant_id, invoice_id), t,
-                                      summary)
+                        local: bool = False) -> InvoiceView:
+    ref = InvoiceRef(tenant_id, invoice_id)
+    inv: InvoiceView = (await run_read(InvoiceActivities.get_invoice, ref, t) if local
+                        else await run_step(InvoiceActivities.get_invoice, ref, t, summary))
     return inv
 
 
@@ -159,6 +161,7 @@ class FinalizeInvoiceWorkflow:
         self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
         self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
         self._unit_holds: list[str] = []  # usage units whose hold's reserve was sent (to commit or release)
+        self._local_reads = False  # the read-only prepare steps as local activities (FinalizeInvoiceInput)
 
     @workflow.query
     def progress(self) -> Progress:
@@ -173,7 +176,8 @@ class FinalizeInvoiceWorkflow:
         _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
         self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
-        inv = await _read_invoice(tenant, inp.invoice_id, t)
+        self._local_reads = inp.local_reads
+        inv = await _read_invoice(tenant, inp.invoice_id, t, local=self._local_reads)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
                               f"{sa.period_of(inv.period_start)} (tenant {tenant})")
@@ -208,17 +212,19 @@ class FinalizeInvoiceWorkflow:
         self._checks.at("reading lot boundaries", 1)
         split_at: list[str] = []
         for unit in (inv.currency, *inv.usage_units):  # lots in a usage unit bound the usage they may pay too
-            instants: list[str] = await run_step(
+            instants: list[str] = await run_read(
                 LedgerActivities.get_lot_boundaries,
-                LotBoundariesInput(tenant, inv.ledger_account_id, unit, inv.period_start, inv.period_end), t)
+                LotBoundariesInput(tenant, inv.ledger_account_id, unit, inv.period_start, inv.period_end), t,
+                self._local_reads)
             split_at = sorted({*split_at, *instants}) if split_at else instants
         self._checks.at("splitting the draft", 2)
-        split = await run_step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
+        split = await run_read(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t,
+                               self._local_reads)
         self._checks.at("reserving credits", 3)
         covers = await self._reserve_units(run, inv, split, t)
         if covers:  # what is left to pay in the currency, net of the covered units' value
-            split = await run_step(InvoiceActivities.split_draft,
-                                   SplitInput(tenant, inv.invoice_id, split_at, covers), t)
+            split = await run_read(InvoiceActivities.split_draft,
+                                   SplitInput(tenant, inv.invoice_id, split_at, covers), t, self._local_reads)
         self._sent.add(Step.RESERVE)  # from here a hold may exist even if no reply comes back
         hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
@@ -478,7 +484,7 @@ class BillingCycleWorkflow:
                     f"draft the invoice of {period.customer_id}")
                 invoice_id = draft.invoice_id
             await workflow.execute_child_workflow(
-                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id),
+                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id, local_reads=True),
                 id=naming.finalize_workflow_id(tenant, invoice_id),
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 parent_close_policy=ParentClosePolicy.ABANDON,
