@@ -138,4 +138,6 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
             "ratio_vs_bare": round(rate / bare_rate, 3) if bare_rate else 0.0,
             "customers": customers, "customers_small": small, "concurrency": concurrency,
             "finalized": small_result.finalized + large_result.finalized,
-            "pages": large_result.pages, "runs": large_result.runs, "temporal_store": "file"}
+            # (getattr: the bench also runs against code before BillingCycle reported them, for a baseline)
+            "pages": getattr(large_result, "pages", 0), "runs": getattr(large_result, "runs", 0),
+            "temporal_store": "file"}
