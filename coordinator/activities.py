@@ -33,6 +33,7 @@ from coordinator.messages import (
     AllocationSpec,
     ChargeSpec,
     CreateDraftInput,
+    DuePage,
     DuePeriodView,
     ExpireInput,
     GrantInput,
@@ -422,6 +423,16 @@ class InvoiceActivities:
         resp = await self._p._call("list_due_subscriptions", inp.tenant_id, self._stub.ListDueSubscriptions, req)
         return [DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
                               InvoiceStatus(ipb.InvoiceStatus.Name(p.status))) for p in resp.periods]
+
+    @activity.defn(name="invoice.list_due_periods")
+    async def list_due_periods(self, inp: ListDueInput) -> DuePage:
+        """One page of due periods after `inp.page_token` (BillingCycle pages through them)."""
+        req = ipb.ListDueSubscriptionsRequest(as_of=to_ts(inp.as_of), page_size=inp.page_size,
+                                              page_token=inp.page_token)
+        resp = await self._p._call("list_due_subscriptions", inp.tenant_id, self._stub.ListDueSubscriptions, req)
+        return DuePage([DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
+                                      InvoiceStatus(ipb.InvoiceStatus.Name(p.status))) for p in resp.periods],
+                       resp.next_page_token)
 
     @activity.defn(name="invoice.list_invoices")
     async def list_invoices(self, inp: ListInvoicesInput) -> list[InvoiceView]:

@@ -183,7 +183,7 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
         tenant, invoice_id = current_caller().tenant_id, check_id(request.invoice_id, "invoice_id")
         invoice = await self._check_invoice(invoice_id, context)
         handle = await start_or_attach(self._client, FinalizeInvoiceWorkflow.run,
-                                       FinalizeInvoiceInput(tenant, invoice_id),
+                                       FinalizeInvoiceInput(tenant, invoice_id, local_reads=True),
                                        id=naming.finalize_workflow_id(tenant, invoice_id), task_queue=self._queue,
                                        search_attributes=self._attributes(tenant, invoice_id, invoice),
                                        summary=f"Finalize invoice {invoice_id} (tenant {tenant})")

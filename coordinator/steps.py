@@ -56,6 +56,19 @@ async def run_step(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = Non
         summary=summary)
 
 
+async def run_read(fn: Any, arg: Any, t: SagaTimeouts, local: bool = True) -> Any:
+    """A read-only prepare-phase step (read the invoice, lot boundaries, split the draft) as a local
+    activity: it runs in the worker inside the workflow task and leaves one marker in history instead
+    of a scheduled/started/completed triple and a workflow-task round trip. Safe because it changes
+    nothing: a worker crash before the marker runs it again. Same limits and retries as run_step;
+    `local=False` (histories recorded before) runs it as a regular activity."""
+    if not local:
+        return await run_step(fn, arg, t)
+    return await workflow.execute_local_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+        schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t))
+
+
 async def run_until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
     """A step that may not be given up (commit after the decision, compensation): retried forever and
     shielded from workflow cancellation, which would otherwise abandon it half-way."""

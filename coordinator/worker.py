@@ -102,7 +102,8 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
         ledger.grant_credits, ledger.record_settlements, ledger.release_expired_holds,
         invoice.get_invoice, invoice.split_draft, invoice.prepare_finalize, invoice.commit_finalize,
         invoice.abort_finalize, invoice.prepare_void, invoice.commit_void, invoice.abort_void,
-        invoice.create_draft, invoice.list_due_subscriptions, invoice.list_invoices, invoice.list_settlements,
+        invoice.create_draft, invoice.list_due_subscriptions, invoice.list_due_periods, invoice.list_invoices,
+        invoice.list_settlements,
         coordinator.list_tenants, coordinator.owner_decision,
     ]
 

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         CompensateOutageInput,
         CompensateOutageResult,
         CreateDraftInput,
+        DuePage,
         DuePeriodView,
         ExpireInput,
         FinalizeInvoiceInput,
@@ -76,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         committed_holds,
         left_after,
         list_tenants,
+        run_read,
         run_step,
         run_until_done,
     )
@@ -84,6 +86,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 # workflow.patched id: the resolver also settles a run's usage-unit holds (histories before it did not).
 _UNIT_HOLDS = "resolve-usage-unit-holds"
+# workflow.patched id: BillingCycle keeps its window full and pages due periods with a cursor.
+_SLIDING_CYCLE = "billing-cycle-sliding-window"
 # Activities one finalization runs on the happy path (the bench's bare baseline runs as many no-ops):
 # get_invoice, get_lot_boundaries, split_draft, reserve_credits, prepare_finalize, commit_hold,
 # commit_finalize.
@@ -143,9 +147,10 @@ def _rejected(inv: InvoiceView, expected: InvoiceStatus) -> ApplicationError:
 
 
 async def _read_invoice(tenant_id: str, invoice_id: str, t: SagaTimeouts, summary: str | None = None,
-                        ) -> InvoiceView:
-    inv: InvoiceView = await run_step(InvoiceActivities.get_invoice, InvoiceRef(tenant_id, invoice_id), t,
-                                      summary)
+                        local: bool = False) -> InvoiceView:
+    ref = InvoiceRef(tenant_id, invoice_id)
+    inv: InvoiceView = (await run_read(InvoiceActivities.get_invoice, ref, t) if local
+                        else await run_step(InvoiceActivities.get_invoice, ref, t, summary))
     return inv
 
 
@@ -156,6 +161,7 @@ class FinalizeInvoiceWorkflow:
         self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
         self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
         self._unit_holds: list[str] = []  # usage units whose hold's reserve was sent (to commit or release)
+        self._local_reads = False  # the read-only prepare steps as local activities (FinalizeInvoiceInput)
 
     @workflow.query
     def progress(self) -> Progress:
@@ -170,7 +176,8 @@ class FinalizeInvoiceWorkflow:
         _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
         self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
-        inv = await _read_invoice(tenant, inp.invoice_id, t)
+        self._local_reads = inp.local_reads
+        inv = await _read_invoice(tenant, inp.invoice_id, t, local=self._local_reads)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
                               f"{sa.period_of(inv.period_start)} (tenant {tenant})")
@@ -205,17 +212,19 @@ class FinalizeInvoiceWorkflow:
         self._checks.at("reading lot boundaries", 1)
         split_at: list[str] = []
         for unit in (inv.currency, *inv.usage_units):  # lots in a usage unit bound the usage they may pay too
-            instants: list[str] = await run_step(
+            instants: list[str] = await run_read(
                 LedgerActivities.get_lot_boundaries,
-                LotBoundariesInput(tenant, inv.ledger_account_id, unit, inv.period_start, inv.period_end), t)
+                LotBoundariesInput(tenant, inv.ledger_account_id, unit, inv.period_start, inv.period_end), t,
+                self._local_reads)
             split_at = sorted({*split_at, *instants}) if split_at else instants
         self._checks.at("splitting the draft", 2)
-        split = await run_step(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t)
+        split = await run_read(InvoiceActivities.split_draft, SplitInput(tenant, inv.invoice_id, split_at), t,
+                               self._local_reads)
         self._checks.at("reserving credits", 3)
         covers = await self._reserve_units(run, inv, split, t)
         if covers:  # what is left to pay in the currency, net of the covered units' value
-            split = await run_step(InvoiceActivities.split_draft,
-                                   SplitInput(tenant, inv.invoice_id, split_at, covers), t)
+            split = await run_read(InvoiceActivities.split_draft,
+                                   SplitInput(tenant, inv.invoice_id, split_at, covers), t, self._local_reads)
         self._sent.add(Step.RESERVE)  # from here a hold may exist even if no reply comes back
         hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
@@ -344,7 +353,15 @@ class VoidInvoiceWorkflow:
 
 @workflow.defn(name="BillingCycle")
 class BillingCycleWorkflow:
-    """Drafts and finalizes every due invoice of a tenant, `concurrency` child sagas at a time."""
+    """Drafts and finalizes every due invoice of a tenant with `concurrency` child sagas in flight at
+    all times: the next starts as soon as one ends (no lock-step batches waiting for their slowest).
+
+    Due periods come a page at a time from the invoice service's cursor (`invoice.list_due_periods`:
+    each page costs what it lists), read when the queue runs dry. After `max_per_run` sagas (or when
+    Temporal suggests it) the run stops starting new ones, lets those in flight finish and continues
+    as new with the cursor, the periods of the page not started yet and its counts — a cycle of any
+    size keeps a small history. Progress: the `progress` query, the Temporal UI's current details and
+    the result (finalized, failed, pages, runs)."""
 
     def __init__(self) -> None:
         self._progress = Progress(stage="listing due periods")
@@ -355,9 +372,70 @@ class BillingCycleWorkflow:
 
     @workflow.run
     async def run(self, inp: BillingCycleInput) -> BillingCycleResult:
-        t = SagaTimeouts()
         tenant = inp.tenant_id
         _set(tenant=tenant, period=inp.as_of[:10], outcome=CreditsOutcome.RUNNING)
+        if not workflow.patched(_SLIDING_CYCLE):
+            return await self._run_batches(inp)  # histories recorded before the sliding window
+        inp.runs += 1
+        queue = list(inp.queued)
+        in_flight: dict[asyncio.Task[bool], DuePeriodView] = {}
+        started = 0
+        while True:
+            stopping = started >= inp.max_per_run or workflow.info().is_continue_as_new_suggested()
+            while not stopping and len(in_flight) < max(1, inp.concurrency):
+                if not queue and not inp.listed_all:
+                    queue = await self._next_page(inp)
+                if not queue:
+                    break
+                period = queue.pop(0)
+                in_flight[asyncio.ensure_future(self._one(tenant, period))] = period
+                started += 1
+                stopping = started >= inp.max_per_run
+            self._report(inp, len(in_flight), len(queue))
+            if not in_flight:
+                break
+            finished, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                period = in_flight.pop(task)
+                self._count(inp, naming.due_period_label(period.customer_id, period.period_start), task.result())
+        if queue or not inp.listed_all:
+            inp.queued = queue
+            workflow.continue_as_new(inp)
+        self._progress.stage = "done"
+        self._report(inp, 0, 0)
+        _set(outcome=CreditsOutcome.COMPLETED if inp.failed == 0 else CreditsOutcome.COMPLETED_WITH_FAILURES)
+        return BillingCycleResult(tenant, inp.as_of, inp.done, inp.failed, inp.failures, inp.pages, inp.runs)
+
+    async def _next_page(self, inp: BillingCycleInput) -> list[DuePeriodView]:
+        self._progress.stage = "listing due periods"
+        page: DuePage = await run_step(
+            InvoiceActivities.list_due_periods,
+            ListDueInput(inp.tenant_id, inp.as_of, inp.page_size or _cycle_page_size(inp.concurrency), inp.page_token),
+            SagaTimeouts(), "list periods due for invoicing")
+        inp.pages += 1
+        inp.page_token = page.next_page_token
+        inp.listed_all = not page.next_page_token
+        return page.periods
+
+    def _report(self, inp: BillingCycleInput, in_flight: int, queued: int) -> None:
+        """The progress query and the current details: counts so far; the total grows page by page."""
+        p = self._progress
+        p.done, p.failed = inp.done, inp.failed
+        p.total = inp.done + inp.failed + in_flight + queued
+        if p.stage != "done":
+            p.stage = f"finalizing: {in_flight} in flight, {queued} queued"
+        more = "all due periods listed" if inp.listed_all else "more due periods to list"
+        workflow.set_current_details("\n".join([
+            f"**Billing cycle of {inp.tenant_id} as of {inp.as_of}**", "",
+            f"finalized {inp.done} · failed {inp.failed} · in flight {in_flight} (of {inp.concurrency}) · "
+            f"queued {queued}", f"pages listed {inp.pages} ({more}) · run {inp.runs}",
+            *([f"failed: {', '.join(inp.failures[-10:])}"] if inp.failures else [])]))
+
+    async def _run_batches(self, inp: BillingCycleInput) -> BillingCycleResult:
+        """The cycle as it ran before the sliding window (lock-step batches, the first page re-listed
+        each time): kept only so that cycles started by an older worker replay and finish."""
+        t = SagaTimeouts()
+        tenant = inp.tenant_id
         self._progress = Progress(total=inp.done + inp.failed, done=inp.done, failed=inp.failed,
                                   stage="listing due periods")
         attempted = set(inp.failures)
@@ -376,7 +454,10 @@ class BillingCycleWorkflow:
             self._progress.stage = f"finalizing {len(batch)} invoices"
             results = await asyncio.gather(*(self._one(tenant, p) for p in batch))
             for period, ok in zip(batch, results, strict=True):
-                self._count(inp, attempted, naming.due_period_label(period.customer_id, period.period_start), ok)
+                label = naming.due_period_label(period.customer_id, period.period_start)
+                self._count(inp, label, ok)
+                if not ok:
+                    attempted.add(label)
                 processed_this_run += 1
             self._progress.done, self._progress.failed = inp.done, inp.failed
         self._progress.stage = "done"
@@ -384,13 +465,12 @@ class BillingCycleWorkflow:
         return BillingCycleResult(tenant, inp.as_of, inp.done, inp.failed, inp.failures)
 
     @staticmethod
-    def _count(inp: BillingCycleInput, attempted: set[str], label: str, ok: bool) -> None:
+    def _count(inp: BillingCycleInput, label: str, ok: bool) -> None:
         if ok:
             inp.done += 1
             return
         inp.failed += 1
         inp.failures.append(label)
-        attempted.add(label)
 
     async def _one(self, tenant: str, period: DuePeriodView) -> bool:
         t = SagaTimeouts()
@@ -404,7 +484,7 @@ class BillingCycleWorkflow:
                     f"draft the invoice of {period.customer_id}")
                 invoice_id = draft.invoice_id
             await workflow.execute_child_workflow(
-                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id),
+                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id, local_reads=True),
                 id=naming.finalize_workflow_id(tenant, invoice_id),
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 parent_close_policy=ParentClosePolicy.ABANDON,
@@ -414,7 +494,12 @@ class BillingCycleWorkflow:
         except (ChildWorkflowError, ApplicationError, ActivityError):
             return False
         except WorkflowAlreadyStartedError:
-            return True  # finalized (or finalizing) elsewhere: the next listing shows whether it finished
+            return True  # finalized (or finalizing) elsewhere
+
+
+def _cycle_page_size(concurrency: int) -> int:
+    """Due periods per page: a few windows' worth, so pages are cheap and continue-as-new carries few."""
+    return min(500, max(50, 4 * concurrency))
 
 
 @workflow.defn(name="CompensateOutage")

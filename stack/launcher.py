@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -104,8 +105,8 @@ async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: s
 
 
 @asynccontextmanager
-async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
-                        schedules: bool = True) -> AsyncIterator[RunningStack]:
+async def running_stack(settings: Settings, *, usage_grace_s: int | None = None, schedules: bool = True,
+                        gauges_every_s: float = 15.0) -> AsyncIterator[RunningStack]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
@@ -122,6 +123,7 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
         await sa.register(client)
         ledger_addr, invoice_addr, billing_addr = await _servers(settings, dbs, client, ui_url, usage_grace_s,
                                                                  running)
+        await _refresh_gauges(dbs, running, gauges_every_s)
         keys = MintingKeyStore([dbs.ledger_dsn, dbs.invoice_dsn], key_ttl_from_env())
         running.push_async_callback(keys.close)  # after the worker has stopped; the databases are still up
         await running.enter_async_context(
@@ -170,6 +172,28 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
                                                             settings.billing_addr, ui_url, invoice_addr, ledger_addr)
     stopping(front, front_pool)
     return ledger_addr, invoice_addr, f"127.0.0.1:{front_port}"
+
+
+async def _refresh_gauges(dbs: Any, running: contextlib.AsyncExitStack, every_s: float) -> None:
+    """The database gauges the standalone servers refresh (credits_ledger_holds_pending,
+    credits_ledger_lots_expiring_24h, credits_invoice_prepared), refreshed the same way here: each
+    service's `refresh_gauges` every `every_s` on an owner pool of its own (they count across
+    tenants), stopped before the pools close."""
+    from invoice_service.server import refresh_gauges as invoice_gauges
+    from ledger_service.server import refresh_gauges as ledger_gauges
+    from service_runtime.postgres import create_pool
+
+    for dsn, refresh in ((dbs.ledger_dsn, ledger_gauges), (dbs.invoice_dsn, invoice_gauges)):
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        running.push_async_callback(_close_quietly, pool)
+        task = asyncio.create_task(metrics.refresh_forever(functools.partial(refresh, pool), every_s))
+        running.push_async_callback(_cancelled, task)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_quietly(pool: Any) -> None:

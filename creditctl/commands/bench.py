@@ -1,4 +1,4 @@
-"""creditctl bench ledger|ingest|saga|gate|alerts|finance: benchmarks that start what they need (embedded defaults).
+"""creditctl bench ledger|ingest|saga|billing|gate|alerts|finance: benchmarks on the embedded defaults.
 
 The benches are proving code, imported only inside the command that runs one (one import line
 per command names where it lives).
@@ -37,16 +37,18 @@ def command() -> None:
 @click.option("--no-uvloop", is_flag=True, help="plain asyncio loops instead of uvloop")
 @click.option("--verify", is_flag=True, help="run VerifyJournal after the debit phases")
 @click.option("--profile", default="", help="write a cProfile of the ledger server process to this file")
+@click.option("--as-of-entries", type=click.IntRange(min=1000), default=1_000_000,
+              help="journal entries of the as-of account, and as many in other tenants (default 1,000,000)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
 def ledger(seconds: float, quick: bool, concurrency: int, batch_size: int, batch_concurrency: int, no_uvloop: bool,
-           verify: bool, profile: str, check: bool, as_json: bool) -> int:
+           verify: bool, profile: str, as_of_entries: int, check: bool, as_json: bool) -> int:
     from harness.benches import ledger as bench
 
     report = bench.run_bench(bench.BenchOptions(
         seconds=1.0 if quick else seconds, concurrency=concurrency, batch_size=batch_size,
         batch_concurrency=batch_concurrency, use_uvloop=not no_uvloop, verify_journal=verify, profile=profile,
-        progress=None if as_json else note))
+        as_of_entries=as_of_entries, progress=None if as_json else note))
     figures = report.figures()
     if as_json:
         print_json(figures, indent=None)
@@ -118,6 +120,35 @@ def saga(invoices: int, concurrency: int, rounds: int, temporal_db_file: bool, a
     else:
         for k, v in result.items():
             click.echo(f"{k:<22} {v}")
+    return 0
+
+
+@command.command(
+    "billing", short_help="month-end billing cycles (small, large) on the stack as `up` runs it vs a bare baseline",
+    help="Postgres, the Temporal dev server on its database file (as `creditctl up`), ledger, invoice and the worker "
+         "each in their own process; seeds a small and a large tenant, runs each one's BillingCycle, then as many bare "
+         "workflows (7 regular activities), and reconciles.")
+@click.option("--customers", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="customers of the large cycle")
+@click.option("--small", type=click.IntRange(min=0), default=0,
+              help="customers of the small cycle (default: a quarter)")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), default=16, show_default=True,
+              help="sagas in flight")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def billing(customers: int, small: int, concurrency: int, check: bool, as_json: bool) -> int:
+    from harness.benches import billing as bench
+
+    result = asyncio.run(bench.run_bench(customers, concurrency, small, progress=None if as_json else note))
+    if as_json:
+        print_json(result, indent=None)
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:<26} {v}")
+    if result["failed"] or result["reconcile_violations"]:
+        return 1
+    if check and any(bench.meets(k, float(result[k])) is False for k in bench.JSON_KEYS):
+        return CHECK_MISSED
     return 0
 
 

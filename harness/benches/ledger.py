@@ -14,7 +14,9 @@ Phases (each ``seconds`` long after a short warm-up that is not counted):
 1. echo: raw-bytes unary calls carrying a serialized DebitCreditsRequest;
 2. DebitCredits on one hot account (one unit debited per call), p50/p99 per call;
 3. BatchDebitCredits, ``batch_size`` debits per call, ``batch_concurrency`` calls in flight;
-4. the naive baseline straight to Postgres with asyncpg, same concurrency: per debit one
+4. past balances (harness/benches/as_of.py): GetBalance(as_of one day back) on an account with
+   1M journal entries while other tenants hold 1M more, and on one with 10k (bulk-SQL history);
+5. the naive baseline straight to Postgres with asyncpg, same concurrency: per debit one
    transaction that locks the account's lot rows (SELECT ... FOR UPDATE), updates the lot and
    inserts a journal row, in a separate database with its own minimal schema.
 
@@ -45,6 +47,9 @@ import grpc
 import psutil
 from credits.ledger.v1 import ledger_pb2 as pb
 
+from harness.benches.as_of import AsOfResult
+from harness.benches.as_of import measure as measure_as_of
+from harness.benches.as_of import seed as seed_as_of
 from harness.processes import ServiceProcess
 from service_runtime.api_keys import mint_key, store_tenant_key
 from service_runtime.embedded_postgres import EmbeddedPostgres
@@ -70,9 +75,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "batch_debits_per_s": (">=", 50_000.0),
     "service_rss_mb_max": ("<=", 200.0),
     "p99_vs_echo_p99": ("<=", 2.0),
+    "as_of_p99_ms_1m": ("<=", 20.0),
+    "as_of_1m_vs_10k": ("<=", 2.0),
 }
 JSON_KEYS = ("debits_per_s", "p50_ms", "p99_ms", "baseline_debits_per_s", "echo_rps", "ratio_vs_baseline",
-             "ratio_vs_echo", "batch_debits_per_s", "service_rss_mb_max", "echo_p99_ms", "p99_vs_echo_p99")
+             "ratio_vs_echo", "batch_debits_per_s", "service_rss_mb_max", "echo_p99_ms", "p99_vs_echo_p99",
+             "as_of_p99_ms_1m", "as_of_p99_ms_10k", "as_of_1m_vs_10k")
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -117,6 +125,7 @@ class BenchReport:
     baseline_consumed: int
     baseline_acknowledged: int
     journal_ok: bool | None = None
+    as_of: AsOfResult = field(default_factory=AsOfResult)
 
     @property
     def errors(self) -> int:
@@ -144,6 +153,11 @@ class BenchReport:
             "echo_p99_ms": self.echo.percentile(0.99),
             "p99_vs_echo_p99": (self.debit.percentile(0.99) / self.echo.percentile(0.99)
                                 if self.echo.percentile(0.99) else 0.0),
+            # GetBalance(as_of one day back) on an account with 1M entries (2M in the journal) vs 10k
+            "as_of_p99_ms_1m": self.as_of.p99_ms.get("1m", 0.0),
+            "as_of_p99_ms_10k": self.as_of.p99_ms.get("10k", 0.0),
+            "as_of_1m_vs_10k": (self.as_of.p99_ms.get("1m", 0.0) / self.as_of.p99_ms["10k"]
+                                if self.as_of.p99_ms.get("10k") else 0.0),
         }
         return {k: round(out[k], 3) for k in JSON_KEYS}
 
@@ -152,7 +166,8 @@ class BenchReport:
                   for p in (self.echo, self.debit, self.batch, self.baseline)}
         return {"figures": self.figures(), "phases": phases, "ledger_consumed": self.ledger_consumed,
                 "ledger_acknowledged": self.ledger_acknowledged, "baseline_consumed": self.baseline_consumed,
-                "baseline_acknowledged": self.baseline_acknowledged, "journal_ok": self.journal_ok}
+                "baseline_acknowledged": self.baseline_acknowledged, "journal_ok": self.journal_ok,
+                "as_of": asdict(self.as_of)}
 
 
 def meets(key: str, value: float) -> bool | None:
@@ -392,6 +407,9 @@ class BenchOptions:
     verify_journal: bool = False    # run VerifyJournal after the phases (slow on big journals)
     profile: str = ""               # write a cProfile of the ledger server process here
     keep_dir: bool = False
+    as_of_entries: int = 1_000_000  # the big account's entries; other tenants hold as many again
+    as_of_small: int = 10_000
+    as_of_calls: int = 200
     progress: Callable[[str], None] | None = None
 
     @property
@@ -520,6 +538,15 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
                            f"{opts.seconds:g} s")
                 batch_phase = await closed_loop("batch", batch, concurrency=opts.batch_concurrency,
                                                 seconds=opts.seconds, warmup_s=opts.warmup, record_latency=True)
+                # 4. past balances: an account with 1M entries among 2M, and one with 10k
+                _say(opts, f"as-of: writing {opts.as_of_entries:,} + {opts.as_of_small:,} entries, and "
+                           f"{opts.as_of_entries:,} in other tenants (bulk SQL)")
+                histories, setup_s = await seed_as_of(ledger_dsn, TENANT, big=opts.as_of_entries,
+                                                      small=opts.as_of_small, others=opts.as_of_entries,
+                                                      other_tenants=10)
+                _say(opts, f"as-of: history written in {setup_s:.1f} s; {opts.as_of_calls} GetBalance(as_of -1d) each")
+                as_of = await measure_as_of(ch, md, histories, calls=opts.as_of_calls)
+                as_of.setup_s = setup_s
                 journal_ok = None
                 if opts.verify_journal:
                     v = await ch.unary_unary("/credits.ledger.v1.LedgerService/VerifyJournal",
@@ -530,7 +557,7 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
         await asyncio.to_thread(ledger_srv.stop)
         ledger_consumed = await _ledger_consumed(ledger_dsn)
 
-        # 4. the naive baseline, with the services stopped so it has the machine to itself
+        # 5. the naive baseline, with the services stopped so it has the machine to itself
         _say(opts, f"baseline (row lock + journal insert per transaction): {opts.concurrency} in flight "
                    f"for {opts.seconds:g} s")
         baseline_phase, baseline_consumed = await run_baseline(
@@ -543,7 +570,7 @@ async def _run(opts: BenchOptions, workdir: Path, ledger_dsn: str, baseline_dsn:
         baseline=baseline_phase, service_rss_mb_max=rss.peak_mb, ledger_consumed=ledger_consumed,
         ledger_acknowledged=debit_phase.total_units + batch_phase.total_units,
         baseline_consumed=baseline_consumed, baseline_acknowledged=baseline_phase.total_units,
-        journal_ok=journal_ok,
+        journal_ok=journal_ok, as_of=as_of,
     )
 
 
@@ -594,6 +621,8 @@ def format_report(report: BenchReport) -> str:
         f"  BatchDebitCredits       {f['batch_debits_per_s']:>12,.0f} debits/s   "
         f"({report.batch_size}/call, {report.batch_concurrency} in flight, "
         f"p50 {report.batch.percentile(0.5):.0f} ms/call){mark('batch_debits_per_s')}",
+        f"  GetBalance(as_of -1d)   p99 {f['as_of_p99_ms_1m']:.2f} ms at 1M entries{mark('as_of_p99_ms_1m')}, "
+        f"{f['as_of_p99_ms_10k']:.2f} ms at 10k: {f['as_of_1m_vs_10k']:.2f}x{mark('as_of_1m_vs_10k')}",
         f"  service peak RSS        {f['service_rss_mb_max']:>12,.1f} MB{mark('service_rss_mb_max')}",
         f"  consistency             ledger consumed {report.ledger_consumed:,} = acknowledged "
         f"{report.ledger_acknowledged:,}: {'yes' if report.ledger_consumed == report.ledger_acknowledged else 'NO'}"

@@ -118,7 +118,8 @@ async def _measure(stack: ProcessStack, key: str, invoices: int, concurrency: in
     def start_saga(i: int, pairs: list[tuple[str, str]] = seeded) -> Any:
         # Started as the front door starts it: business-key id, and the search attributes it knows.
         invoice_id, customer = pairs[i]
-        return client.start_workflow(FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id),
+        return client.start_workflow(FinalizeInvoiceWorkflow.run,
+                                     FinalizeInvoiceInput(TENANT, invoice_id, local_reads=True),
                                      id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=queue,
                                      search_attributes=sa.at_start(TENANT, invoice_id, customer, period))
 

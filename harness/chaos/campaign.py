@@ -360,7 +360,7 @@ class Campaign:
             self._tasks.append(asyncio.create_task(self._front_door(tenant, op, invoice_id)))
         if op == "finalize":
             return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
-                                         FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
+                                         FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True),
                                          id=naming.finalize_workflow_id(tenant, invoice_id),
                                          task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
                                          search_attributes=sa.at_start(tenant, invoice_id))
@@ -539,7 +539,7 @@ class Campaign:
         want = sa.COMMITTED if direction == "commit" else sa.PREPARING
         self.stack.proxies["ledger" if direction == "commit" else "invoice"].delay(DOUBT_DELAY_S, DOUBT_WINDOW_S)
         handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
-                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS),
+                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True),
                                        id=naming.finalize_workflow_id(tenant, invoice_id),
                                        task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
                                          search_attributes=sa.at_start(tenant, invoice_id))

@@ -28,6 +28,20 @@ M = TypeVar("M", bound=Message)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 
 
+def _due_cursor(token: str) -> tuple[str, datetime] | None:
+    """ListDueSubscriptions' cursor: the (customer, period start) of the last period listed."""
+    decoded = decode_token(token, 2)
+    if decoded is None:
+        return None
+    try:
+        start = datetime.fromisoformat(decoded[1])
+    except ValueError as exc:
+        raise invalid("page_token", "is not a page token this service issued") from exc
+    if start.tzinfo is None:
+        raise invalid("page_token", "is not a page token this service issued")
+    return decoded[0], start
+
+
 def _tenant() -> str:
     return current_caller().tenant_id
 
@@ -92,12 +106,14 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
                                    context: _Ctx) -> pb.ListDueSubscriptionsResponse:
         as_of = (unpack.timestamp(request.as_of, True, "as_of") if request.HasField("as_of")
                  else datetime.now(UTC))
-        due = await self._catalog.list_due(_tenant(), as_of, self._config.usage_grace_s,
-                                           page_size(request.page_size))
+        due, more = await self._catalog.list_due(_tenant(), as_of, self._config.usage_grace_s,
+                                                 page_size(request.page_size), _due_cursor(request.page_token))
+        last = due[-1] if due else None
         return pb.ListDueSubscriptionsResponse(periods=[
             pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
                          invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
-            for c, s, p, inv, status in due])
+            for c, s, p, inv, status in due],
+            next_page_token=encode_token(last[0], last[2].start.isoformat()) if more and last else "")
 
     async def ListSettlements(self, request: pb.ListSettlementsRequest,
                               context: _Ctx) -> pb.ListSettlementsResponse:

@@ -47,14 +47,18 @@ WHERE tenant_id = $1 AND subscription_id = $2
 SELECT_SUBSCRIPTION_EXISTS = """
 SELECT subscription_id FROM subscriptions WHERE tenant_id = $1 AND (subscription_id = $2 OR customer_id = $3)
 """
+# Due periods are listed by (customer, period start) — one subscription per customer — a chunk of
+# subscriptions at a time from the cursor's customer on, and only those customers' invoices: a page
+# costs what it lists, not the tenant's whole catalog.
 SELECT_DUE_SUBSCRIPTIONS = """
 SELECT s.subscription_id, s.customer_id, s.anchor, p.billing_interval FROM subscriptions s
 JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
-WHERE s.tenant_id = $1 AND s.anchor <= $2 ORDER BY s.customer_id
+WHERE s.tenant_id = $1 AND s.anchor <= $2 AND s.customer_id >= $3 AND s.customer_id <> $4
+ORDER BY s.customer_id LIMIT $5
 """
 SELECT_PERIOD_INVOICES = """
 SELECT customer_id, period_start, invoice_id, status FROM invoices
-WHERE tenant_id = $1 AND customer_id = ANY($2::text[])
+WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND period_start <= $3
 """
 
 MAX_PERIODS_PER_SUBSCRIPTION = 1200
@@ -198,32 +202,30 @@ class CatalogOperations:
             raise not_found("subscription_id", f"no subscription {subscription_id!r}")
         return subscription_from_row(row)
 
-    async def list_due(self, tenant_id: str, as_of: datetime, grace_s: int,
-                       limit: int) -> list[tuple[str, str, Period, str, str]]:
-        """(customer, subscription, period, invoice_id, status) for every period ended by
-        as_of - grace whose invoice is missing or not yet FINALIZED (a VOIDED one is not re-billed, an ABANDONED
-        one is never billed)."""
+    async def list_due(self, tenant_id: str, as_of: datetime, grace_s: int, limit: int,
+                       after: tuple[str, datetime] | None = None) -> tuple[list[DueRow], bool]:
+        """One page of (customer, subscription, period, invoice_id, status), by customer then period
+        start, after the `after` (customer, period start) cursor: every period ended by as_of - grace
+        whose invoice is missing or not yet FINALIZED (a VOIDED one is not re-billed, an ABANDONED one
+        is never billed). Returns the page and whether more may follow."""
         cutoff = as_of - timedelta(seconds=grace_s)
+        from_customer = after[0] if after is not None else ""
+        skip_customer = ""  # a customer whose periods all precede the cursor
+        due: list[DueRow] = []
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            subs = await conn.fetch(SELECT_DUE_SUBSCRIPTIONS, tenant_id, cutoff)
-            invoices = await conn.fetch(SELECT_PERIOD_INVOICES, tenant_id, [s["customer_id"] for s in subs])
-        by_period: dict[tuple[str, datetime], tuple[str, str]] = {}
-        for r in invoices:
-            key = (r["customer_id"], r["period_start"])
-            if r["status"] != "VOIDED" or key not in by_period:
-                by_period[key] = (r["invoice_id"], r["status"])
-        due: list[tuple[str, str, Period, str, str]] = []
-        for s in subs:
-            sub = Subscription(s["subscription_id"], s["customer_id"], "", s["anchor"])
-            months = INTERVAL_MONTHS[s["billing_interval"]]
-            for index in range(MAX_PERIODS_PER_SUBSCRIPTION):
-                p = sub.period(months, index)
-                if p.end > cutoff or len(due) >= limit:
-                    break
-                invoice_id, status = by_period.get((sub.customer_id, p.start), ("", ""))
-                if status in ("", "DRAFT", "PREPARED"):
-                    due.append((sub.customer_id, sub.subscription_id, p, invoice_id, status))
-        return due
+            while len(due) < limit:
+                subs = await conn.fetch(SELECT_DUE_SUBSCRIPTIONS, tenant_id, cutoff, from_customer, skip_customer,
+                                        limit)
+                if not subs:
+                    return due, False
+                invoices = await conn.fetch(SELECT_PERIOD_INVOICES, tenant_id, [s["customer_id"] for s in subs],
+                                            cutoff)
+                due.extend(_due_periods(subs, _period_invoices(invoices), cutoff, after, limit - len(due)))
+                after = None  # the cursor's customer is behind us now
+                from_customer = skip_customer = subs[-1]["customer_id"]
+                if len(subs) < limit:
+                    return due, len(due) >= limit
+        return due, True
 
     async def list_settlements(self, tenant_id: str, after_account: str, limit: int) -> list[tuple[str, datetime]]:
         """(ledger account, invoiced_through) for one page of accounts billed by a subscription, by account:
@@ -244,6 +246,39 @@ class CatalogOperations:
             account = s["ledger_account_id"]
             through[account] = min(t, through.get(account, t))
         return [(a, through[a]) for a in accounts]
+
+
+DueRow = tuple[str, str, Period, str, str]
+
+
+def _period_invoices(rows: list[asyncpg.Record]) -> dict[tuple[str, datetime], tuple[str, str]]:
+    """(customer, period start) -> (invoice, status); a VOIDED invoice only where no other exists."""
+    by_period: dict[tuple[str, datetime], tuple[str, str]] = {}
+    for r in rows:
+        key = (r["customer_id"], r["period_start"])
+        if r["status"] != "VOIDED" or key not in by_period:
+            by_period[key] = (r["invoice_id"], r["status"])
+    return by_period
+
+
+def _due_periods(subs: list[asyncpg.Record], invoices: dict[tuple[str, datetime], tuple[str, str]],
+                 cutoff: datetime, after: tuple[str, datetime] | None, limit: int) -> list[DueRow]:
+    """Up to `limit` due periods of `subs`, in order; of the cursor's customer only those starting
+    after the cursor's period."""
+    due: list[DueRow] = []
+    for s in subs:
+        sub = Subscription(s["subscription_id"], s["customer_id"], "", s["anchor"])
+        months = INTERVAL_MONTHS[s["billing_interval"]]
+        for index in range(MAX_PERIODS_PER_SUBSCRIPTION):
+            p = sub.period(months, index)
+            if p.end > cutoff or len(due) >= limit:
+                break
+            if after is not None and sub.customer_id == after[0] and p.start <= after[1]:
+                continue
+            invoice_id, status = invoices.get((sub.customer_id, p.start), ("", ""))
+            if status in ("", "DRAFT", "PREPARED"):
+                due.append((sub.customer_id, sub.subscription_id, p, invoice_id, status))
+    return due
 
 
 def _check_quantities(plan: Plan, sub: Subscription) -> None:

@@ -104,9 +104,10 @@ class TransferOrder:
 
 
 async def _transfer(conn: asyncpg.Connection, call: Call[M], order: TransferOrder, amount: int,
-                    now: datetime) -> TransferResult:
+                    clock: Callable[[], datetime]) -> TransferResult:
     tenant, src, dst = call.tenant_id, order.from_account_id, order.to_account_id
     states = await rows.lock_both(conn, tenant, src, dst, {})
+    now = clock()  # read under both account locks: entries of an account are stamped in commit order
     source, dest = states[src], states[dst]
     rules.check_same_hierarchy(source.root_account_id, dest.root_account_id)
     rules.check_limit(amount, await catalog.transfer_limit(conn, tenant, src, order.unit), src)
@@ -134,19 +135,20 @@ async def transfer_credits(ledger: Ledger, call: Call[M], order: TransferOrder,
     amount = order.amount.minor(scale)
 
     async def work(conn: asyncpg.Connection) -> TransferResult:
-        return await _transfer(conn, call, order, amount, ledger.now())
+        return await _transfer(conn, call, order, amount, ledger.now)
 
     return await once(ledger, call, work, lambda r: pack(r, scale))
 
 
 async def _reverse_transfer(conn: asyncpg.Connection, call: Call[M], transfer_id: str,
-                            now: datetime) -> TransferResult:
+                            clock: Callable[[], datetime]) -> TransferResult:
     transfer = await rows.get_transfer(conn, call.tenant_id, transfer_id)
     rules.check_not_reversed(transfer_id, transfer.reversed)
     src, dst, legs = transfer.from_account_id, transfer.to_account_id, transfer.legs
     states = await rows.lock_both(conn, call.tenant_id, src, dst, {
         src: [leg.source_lot_id for leg in legs], dst: [leg.destination_lot_id for leg in legs]})
     rules.check_still_held(legs, states[dst].lots)
+    now = clock()  # under both account locks, as in _transfer
     fx = Effects(call.tenant_id, now)
     ctx = EntryContext(actor=call.actor, reason=TRANSFER_REVERSED, reference=f"transfer/{transfer_id}")
     for leg in legs:
@@ -167,7 +169,7 @@ async def reverse_transfer(ledger: Ledger, call: Call[M], transfer_id: str,
     scale = await ledger.scale(call.tenant_id, await rows.transfer_unit(ledger.pool, call.tenant_id, transfer_id))
 
     async def work(conn: asyncpg.Connection) -> TransferResult:
-        return await _reverse_transfer(conn, call, transfer_id, ledger.now())
+        return await _reverse_transfer(conn, call, transfer_id, ledger.now)
 
     return await once(ledger, call, work, lambda r: pack(r, scale))
 

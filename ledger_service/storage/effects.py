@@ -31,6 +31,13 @@ from service_runtime.audit import AuditRecord
 # those control characters: the API layer rejects them in every field that reaches the ledger.
 _SEP, _NULL = "\x1f", "\x1e"
 
+# A lot gets a balance checkpoint (lot_checkpoints, migration 0014) in the flush that takes its
+# entry count across a multiple of CHECKPOINT_EVERY: the checkpoint is the lot's projection after
+# that flush, written in the same statement and under the same account lock as the entries. An
+# as-of read then replays at most about CHECKPOINT_EVERY entries per lot (storage/reads.py), however
+# long the lot's history; VerifyJournal proves every checkpoint equals the replay up to it.
+CHECKPOINT_EVERY = 1000
+
 _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("lot", [("lot_id", "text"), ("account_id", "text"), ("lot_type", "text"), ("unit", "text"),
              ("amount", "bigint"), ("priority", "smallint"), ("effective_at", "timestamptz"),
@@ -39,8 +46,9 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
              ("granted_by", "text"), ("origin_lot_id", "text"), ("rollover_max_amount", "bigint"),
              ("rollover_max_percent", "smallint"), ("rollover_expires_after_s", "bigint")]),
     ("bal", [("lot_id", "text"), ("account_id", "text"), *[(b, "bigint") for b in BUCKETS],
-             ("closed_at", "timestamptz")]),
-    ("upd", [("lot_id", "text"), *[(b, "bigint") for b in BUCKETS], ("closed_at", "timestamptz")]),
+             ("closed_at", "timestamptz"), ("entries", "bigint")]),
+    ("upd", [("lot_id", "text"), *[(b, "bigint") for b in BUCKETS], ("closed_at", "timestamptz"),
+             ("entries", "bigint")]),
     ("ent", [("account_id", "text"), ("lot_id", "text"), ("kind", "text"), ("amount", "bigint"), ("unit", "text"),
              ("effective_at", "timestamptz"), ("actor", "text"), ("reason", "text"), ("reference", "text"),
              ("hold_key", "text"), ("policy_version", "int")]),
@@ -86,13 +94,16 @@ new_lots AS (
   FROM {lot}
 ),
 new_balances AS (
-  INSERT INTO lot_balances (tenant_id, lot_id, account_id, {buckets}, closed_at)
+  INSERT INTO lot_balances (tenant_id, lot_id, account_id, {buckets}, closed_at, entries)
   SELECT $1, bal.* FROM {bal}
+  RETURNING lot_id, account_id, {buckets}, entries, 0::bigint AS entries_before
 ),
 balances AS (
-  UPDATE lot_balances b SET {bucket_updates}, closed_at = COALESCE(b.closed_at, upd.closed_at)
+  UPDATE lot_balances b SET {bucket_updates}, closed_at = COALESCE(b.closed_at, upd.closed_at),
+                            entries = b.entries + upd.entries
   FROM {upd}
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
+  RETURNING b.lot_id, b.account_id, {returned_buckets}, b.entries, b.entries - upd.entries AS entries_before
 ),
 entries AS (
   INSERT INTO journal (tenant_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor,
@@ -100,6 +111,14 @@ entries AS (
   SELECT $1, ent.account_id, ent.lot_id, ent.kind, ent.amount, ent.unit, ent.effective_at, $2, ent.actor,
          ent.reason, ent.reference, ent.hold_key, ent.policy_version
   FROM {ent}
+  RETURNING entry_id, lot_id
+),
+checkpoints AS (
+  INSERT INTO lot_checkpoints (tenant_id, lot_id, account_id, through_entry_id, at, entries, {buckets})
+  SELECT $1, p.lot_id, p.account_id, e.through_entry_id, $2, p.entries, {p_buckets}
+  FROM (SELECT * FROM new_balances UNION ALL SELECT * FROM balances) p
+  JOIN (SELECT lot_id, max(entry_id) AS through_entry_id FROM entries GROUP BY lot_id) e ON e.lot_id = p.lot_id
+  WHERE p.entries / {every} > p.entries_before / {every}
 ),
 new_holds AS (
   INSERT INTO holds (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
@@ -150,7 +169,9 @@ def _build_flush() -> str:
     for name, _ in _TABLES:
         src[name], n = _source(name, n)
     bucket_updates = ", ".join(f"{b} = b.{b} + upd.{b}" for b in BUCKETS)
-    return _FLUSH_TEMPLATE.format(**src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates)
+    return _FLUSH_TEMPLATE.format(**src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates,
+                                  returned_buckets=", ".join(f"b.{b}" for b in BUCKETS),
+                                  p_buckets=", ".join(f"p.{b}" for b in BUCKETS), every=CHECKPOINT_EVERY)
 
 
 FLUSH = _build_flush()
@@ -187,6 +208,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[str]:
 
 
 _INDEX = {b: i for i, b in enumerate(BUCKETS)}
+_ENTRIES = len(BUCKETS)  # the entry counter's slot in a lot's delta row
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +227,9 @@ class Effects:
     tenant_id: str
     now: datetime
     entries: list[tuple[object, ...]] = field(default_factory=list)
-    lot_deltas: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * len(BUCKETS)))
+    # per lot: bucket changes, then the number of entries written (the projection's `entries`)
+    lot_deltas: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * (len(BUCKETS) + 1)))
+    created_entries: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     closed: dict[str, datetime] = field(default_factory=dict)
     new_lots: list[Lot] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)
@@ -227,11 +251,13 @@ class Effects:
         if lot.lot_id in self._created:
             for bucket, change in deltas(kind, amount).items():
                 setattr(lot, bucket, getattr(lot, bucket) + change)
+            self.created_entries[lot.lot_id] += 1
         else:
             row = self.lot_deltas[lot.lot_id]
             for bucket, change in deltas(kind, amount).items():
                 setattr(lot, bucket, getattr(lot, bucket) + change)
                 row[_INDEX[bucket]] += change
+            row[_ENTRIES] += 1
         assert lot.available >= 0 and lot.held >= 0, f"lot {lot.lot_id} would go negative"
         self.entries.append((
             lot.account_id, lot.lot_id, kind.value, amount, lot.unit, effective_at or self.now,
@@ -270,9 +296,10 @@ class Effects:
                  x.expires_at, ",".join(sorted(k.value for k in x.scope.kinds)), chr(29).join(sorted(x.scope.names)),
                  x.cost_basis, x.source, x.reason_code, x.campaign_id, x.incident_id, x.granted_by, x.origin_lot_id,
                  *_rollover_columns(x)) for x in ls]
-        new_balances = [(x.lot_id, x.account_id, *(getattr(x, b) for b in BUCKETS), x.closed_at) for x in ls]
+        new_balances = [(x.lot_id, x.account_id, *(getattr(x, b) for b in BUCKETS), x.closed_at,
+                         self.created_entries.get(x.lot_id, 0)) for x in ls]
         ids = list(self.lot_deltas)
-        updates = [(i, *self.lot_deltas[i], self.closed.get(i)) for i in ids]
+        updates = [(i, *self.lot_deltas[i][:_ENTRIES], self.closed.get(i), self.lot_deltas[i][_ENTRIES]) for i in ids]
         holds = [(h.hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference, h.policy_version,
                   h.release_on_ttl, h.ttl_expires_at, _charges_json(h)) for h in hs]
         allocations = [(h.hold_key, a.position, a.charge_id, a.lot_id, a.amount) for h in hs for a in h.allocations]
@@ -281,7 +308,7 @@ class Effects:
                                                  for a in h.allocations])) for h in self.debits]
         await conn.execute(
             FLUSH, self.tenant_id, self.now,
-            *_columns(lots, 20), *_columns(new_balances, 11), *_columns(updates, 10),
+            *_columns(lots, 20), *_columns(new_balances, 12), *_columns(updates, 11),
             *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10), *_columns(allocations, 5),
             *_columns(self.resolutions, 5), *_columns(self.postings, 3), *_columns(self.reversals, 3),
             *_columns(self.grace, 2),

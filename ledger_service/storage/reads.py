@@ -26,15 +26,33 @@ WHERE l.tenant_id = $1 AND l.account_id = $2 AND ($3 = '' OR l.unit = $3)
 ORDER BY l.seq LIMIT $6
 """
 SELECT_LOT_META = f"SELECT {LOT_COLUMNS} {_LOTS_FROM} WHERE l.tenant_id = $1 AND l.account_id = $2"
-SELECT_JOURNAL_AS_OF = """
-SELECT lot_id, kind, sum(amount)::bigint AS amount FROM journal
-WHERE tenant_id = $1 AND account_id = $2 AND recorded_at <= $3
-GROUP BY lot_id, kind
+# A past balance, per lot: the lot's last checkpoint at or before the instant (lot_checkpoints,
+# migration 0014), plus the lot's entries after it recorded by then — each lot walked on its own
+# index (journal_by_lot_time), so the read touches only this account's recent entries: at most
+# about CHECKPOINT_EVERY per lot, whatever the size of the journal. Exact because a checkpoint holds
+# every entry of the lot up to through_entry_id, all recorded at or before `at`, and every later
+# entry was recorded at or after `at` (storage/effects.py; VerifyJournal proves both).
+_AS_OF_LOTS = f"""
+SELECT l.lot_id, c.entries AS c_entries, {', '.join(f'c.{b} AS c_{b}' for b in BUCKETS)}, s.kind, s.amount
+FROM lots l
+CROSS JOIN LATERAL (
+    (SELECT through_entry_id, at, entries, {', '.join(BUCKETS)} FROM lot_checkpoints k
+     WHERE k.tenant_id = l.tenant_id AND k.lot_id = l.lot_id AND k.at <= $3
+     ORDER BY k.at DESC, k.through_entry_id DESC LIMIT 1)
+    UNION ALL  -- no checkpoint yet: from the first entry (plain columns, so the bounds below stay index bounds)
+    SELECT 0::bigint, '-infinity'::timestamptz, NULL::bigint, {', '.join('NULL::bigint' for _ in BUCKETS)}
+    ORDER BY at DESC LIMIT 1
+) c
+LEFT JOIN LATERAL (
+    SELECT j.kind, sum(j.amount)::bigint AS amount FROM journal j
+    WHERE j.tenant_id = l.tenant_id AND j.lot_id = l.lot_id AND j.recorded_at <= $3
+      AND j.recorded_at >= c.at AND j.entry_id > c.through_entry_id
+    GROUP BY j.kind
+) s ON true
+WHERE l.tenant_id = $1 AND {{which}}
 """
-SELECT_LOT_JOURNAL_AS_OF = """
-SELECT kind, sum(amount)::bigint AS amount FROM journal
-WHERE tenant_id = $1 AND lot_id = $2 AND recorded_at <= $3 GROUP BY kind
-"""
+SELECT_JOURNAL_AS_OF = _AS_OF_LOTS.format(which="l.account_id = $2")
+SELECT_LOT_JOURNAL_AS_OF = _AS_OF_LOTS.format(which="l.lot_id = $2")
 SELECT_ENTRIES = """
 SELECT entry_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor, reason, reference,
        hold_key, policy_version
@@ -77,7 +95,26 @@ SELECT_ALL_LOT_JOURNAL = """
 SELECT lot_id, kind, sum(amount)::bigint AS amount, count(*) AS n FROM journal WHERE tenant_id = $1
 GROUP BY lot_id, kind
 """
-SELECT_ALL_BALANCES = f"SELECT lot_id, {', '.join(BUCKETS)} FROM lot_balances WHERE tenant_id = $1"
+SELECT_ALL_BALANCES = f"SELECT lot_id, entries, {', '.join(BUCKETS)} FROM lot_balances WHERE tenant_id = $1"
+# Each checkpoint next to the replay of its lot's entries up to through_entry_id (running sums per
+# kind, in one pass over the tenant's journal in (lot, entry) order), the latest instant recorded
+# up to it and the earliest recorded after it.
+SELECT_CHECKPOINTS_VS_REPLAY = f"""
+SELECT k.lot_id, k.through_entry_id, k.at, k.entries, {', '.join(f'k.{b}' for b in BUCKETS)},
+       r.n, r.max_at, r.min_after, {', '.join(f'r.s_{k.lower()}' for k in EntryKind)}
+FROM lot_checkpoints k
+LEFT JOIN (
+    SELECT lot_id, entry_id, count(*) OVER upto AS n, max(recorded_at) OVER upto AS max_at,
+           min(recorded_at) OVER (PARTITION BY lot_id ORDER BY entry_id
+                                  ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS min_after,
+           {', '.join(f"coalesce(sum(amount) FILTER (WHERE kind = '{k}') OVER upto, 0) AS s_{k.lower()}"
+                      for k in EntryKind)}
+    FROM journal WHERE tenant_id = $1
+    WINDOW upto AS (PARTITION BY lot_id ORDER BY entry_id ROWS UNBOUNDED PRECEDING)
+) r ON r.lot_id = k.lot_id AND r.entry_id = k.through_entry_id
+WHERE k.tenant_id = $1
+ORDER BY k.lot_id, k.through_entry_id
+"""
 SELECT_HELD_BY_PENDING = """
 SELECT a.lot_id, sum(a.amount)::bigint AS held FROM hold_allocations a
 LEFT JOIN hold_resolutions r ON r.tenant_id = a.tenant_id AND r.hold_key = a.hold_key
@@ -92,12 +129,26 @@ async def get_lot(pool: asyncpg.Pool, tenant_id: str, lot_id: str, as_of: dateti
         raise not_found("lot_id", f"lot {lot_id!r} not found")
     lot = lot_from_row(row)
     if as_of is not None:
-        b = Buckets()
-        for r in await pool.fetch(SELECT_LOT_JOURNAL_AS_OF, tenant_id, lot_id, as_of):
-            b.apply(EntryKind(r["kind"]), r["amount"])
+        b = (await balances_as_of(pool, SELECT_LOT_JOURNAL_AS_OF, tenant_id, lot_id, as_of)).get(lot_id, Buckets())
         for bucket in BUCKETS:
             setattr(lot, bucket, getattr(b, bucket))
     return lot
+
+
+async def balances_as_of(pool: asyncpg.Pool, statement: str, tenant_id: str, subject: str,
+                         as_of: datetime) -> dict[str, Buckets]:
+    """Buckets per lot as recorded by `as_of` (checkpoint + entries since); lots with nothing
+    recorded by then are left out."""
+    per_lot: dict[str, Buckets] = {}
+    for r in await pool.fetch(statement, tenant_id, subject, as_of):
+        if r["c_entries"] is None and r["kind"] is None:
+            continue
+        b = per_lot.get(r["lot_id"])
+        if b is None:
+            b = per_lot[r["lot_id"]] = Buckets(*(r[f"c_{x}"] or 0 for x in BUCKETS))
+        if r["kind"] is not None:
+            b.apply(EntryKind(r["kind"]), r["amount"])
+    return per_lot
 
 
 async def list_lots(pool: asyncpg.Pool, tenant_id: str, account_id: str, unit: str, include_empty: bool,
@@ -141,9 +192,7 @@ async def get_balance(pool: asyncpg.Pool, tenant_id: str, account_id: str, as_of
         for lot in lots.values():
             per_lot[lot.lot_id] = Buckets(*(getattr(lot, b) for b in BUCKETS))
     else:
-        per_lot = defaultdict(Buckets)
-        for r in await pool.fetch(SELECT_JOURNAL_AS_OF, tenant_id, account_id, as_of):
-            per_lot[r["lot_id"]].apply(EntryKind(r["kind"]), r["amount"])
+        per_lot = await balances_as_of(pool, SELECT_JOURNAL_AS_OF, tenant_id, account_id, as_of)
     totals: dict[str, BalanceRow] = {}
     by_type: dict[tuple[str, LotType], BalanceRow] = {}
     for lot_id, b in per_lot.items():
@@ -268,10 +317,10 @@ class Verification:
 async def verify_journal(pool: asyncpg.Pool, tenant_id: str) -> Verification:
     """Replays the journal per lot and compares with the projection; checks SPEC §7 invariants."""
     replayed: dict[str, Buckets] = defaultdict(Buckets)
-    entries = 0
+    counted: dict[str, int] = defaultdict(int)
     for r in await pool.fetch(SELECT_ALL_LOT_JOURNAL, tenant_id):
         replayed[r["lot_id"]].apply(EntryKind(r["kind"]), r["amount"])
-        entries += r["n"]
+        counted[r["lot_id"]] += r["n"]
     violations: list[str] = []
     rows = await pool.fetch(SELECT_ALL_BALANCES, tenant_id)
     projected = {r["lot_id"]: Buckets(*(r[b] for b in BUCKETS)) for r in rows}
@@ -280,8 +329,36 @@ async def verify_journal(pool: asyncpg.Pool, tenant_id: str) -> Verification:
         if rep.as_tuple() != proj.as_tuple():
             violations.append(f"lot {lot_id}: journal replay {rep.as_tuple()} != projection {proj.as_tuple()}")
         violations.extend(f"lot {lot_id}: {v}" for v in proj.violations())
+    for r in rows:
+        if r["entries"] != counted.get(r["lot_id"], 0):
+            violations.append(f"lot {r['lot_id']}: projection counts {r['entries']} entries, "
+                              f"the journal has {counted.get(r['lot_id'], 0)}")
+    violations.extend(await _checkpoint_violations(pool, tenant_id))
     held = {r["lot_id"]: r["held"] for r in await pool.fetch(SELECT_HELD_BY_PENDING, tenant_id)}
     for lot_id, b in projected.items():
         if b.held != held.get(lot_id, 0):
             violations.append(f"lot {lot_id}: held {b.held} != pending hold allocations {held.get(lot_id, 0)}")
-    return Verification(entries, len(projected), violations)
+    return Verification(sum(counted.values()), len(projected), violations)
+
+
+async def _checkpoint_violations(pool: asyncpg.Pool, tenant_id: str) -> list[str]:
+    """Every balance checkpoint equals the replay of its lot's entries up to it, and splits the
+    lot's entries in time: none up to it recorded after its instant, none after it recorded before
+    (what makes an as-of read from a checkpoint exact: see SELECT_JOURNAL_AS_OF)."""
+    out: list[str] = []
+    for r in await pool.fetch(SELECT_CHECKPOINTS_VS_REPLAY, tenant_id):
+        name = f"lot {r['lot_id']}: checkpoint through entry {r['through_entry_id']}"
+        if r["n"] is None:
+            out.append(f"{name}: no such entry of the lot")
+            continue
+        rep = Buckets()
+        for kind in EntryKind:
+            if r[f"s_{kind.lower()}"]:
+                rep.apply(kind, r[f"s_{kind.lower()}"])
+        held = Buckets(*(r[b] for b in BUCKETS))
+        if rep.as_tuple() != held.as_tuple() or r["n"] != r["entries"]:
+            out.append(f"{name}: holds {held.as_tuple()} over {r['entries']} entries, "
+                       f"replay gives {rep.as_tuple()} over {r['n']}")
+        if r["max_at"] > r["at"] or (r["min_after"] is not None and r["min_after"] < r["at"]):
+            out.append(f"{name}: entries recorded out of order around its instant {r['at'].isoformat()}")
+    return out

@@ -112,7 +112,7 @@ class Stack:
 
     async def start_finalize(self, invoice_id: str, timeouts: SagaTimeouts = FAST) -> WorkflowHandle[Any, Any]:
         return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
-                                     FinalizeInvoiceInput(TENANT, invoice_id, timeouts),
+                                     FinalizeInvoiceInput(TENANT, invoice_id, timeouts, local_reads=True),
                                      id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=self.task_queue,
                                      result_type=FinalizeInvoiceResult)
 

@@ -56,7 +56,7 @@ async def test_search_attributes_given_at_start_are_not_upserted_again(stack: St
         for customer, attributes, upserts in cases:
             invoice_id = await seed_customer(stack.services, customer)
             handle = await start_or_attach(stack.client, FinalizeInvoiceWorkflow.run,
-                                           FinalizeInvoiceInput(TENANT, invoice_id, FAST),
+                                           FinalizeInvoiceInput(TENANT, invoice_id, FAST, local_reads=True),
                                            id=naming.finalize_workflow_id(TENANT, invoice_id),
                                            task_queue=stack.task_queue, search_attributes=attributes(invoice_id))
             handles.append((handle, invoice_id, customer, upserts))
@@ -68,3 +68,24 @@ async def test_search_attributes_given_at_start_are_not_upserted_again(stack: St
         attrs = (await handle.describe()).typed_search_attributes
         assert (attrs.get(sa.TENANT), attrs.get(sa.INVOICE), attrs.get(sa.CUSTOMER), attrs.get(sa.PERIOD),
                 attrs.get(sa.OUTCOME)) == (TENANT, invoice_id, customer, "2026-08-01", sa.COMMITTED)
+
+
+async def test_history_events_per_saga(stack: Stack) -> None:
+    """What one happy-path finalization costs Temporal, counted from its history: the read-only
+    prepare-phase steps (read the invoice, lot boundaries, split) run as local activities (one
+    marker each, no task round trips); the reserve, prepare and commits stay regular activities, and
+    the decision (CreditsOutcome=committed) is an event of its own before the first commit."""
+    invoice_id = await seed_customer(stack.services, "events")
+    async with stack.worker():
+        handle = await stack.start_finalize(invoice_id)
+        assert (await handle.result()).outcome == "finalized"
+    kinds = [e.event_type async for e in handle.fetch_history_events()]
+    print(f"history events per FinalizeInvoice saga: {len(kinds)}")
+    scheduled = [k for k in kinds if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    markers = [k for k in kinds if k == EventType.EVENT_TYPE_MARKER_RECORDED]
+    # regular: reserve, prepare, commit hold, commit invoice | markers: the three reads
+    assert (len(scheduled), len(markers)) == (4, 3), kinds
+    decision = kinds.index(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
+    commits = [i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED][2:]
+    assert decision < commits[0]  # the commit point is a durable event before any commit is sent
+    assert len(kinds) <= 40  # 50 with every step a regular activity

@@ -107,6 +107,39 @@ async def test_billing_cycle_resumes_on_a_new_worker_and_finalizes_each_invoice_
     await _assert_finalized_once(stack, customers)
 
 
+async def test_billing_cycle_keeps_its_window_full_while_one_saga_hangs(stack: Stack) -> None:
+    """Concurrency 2, due periods two per page: while the first saga hangs (its prepare blocked until
+    the step times out and retries), the other slot keeps finalizing — lock-step batches would let
+    at most one saga end before the hung one."""
+    as_of = "2027-10-12T00:00:00+00:00"
+    customers = [f"win-{n}" for n in range(6)]
+    for customer in customers:
+        await seed_customer(stack.services, customer)
+    faults = FaultPlan().add("prepare_finalize", "before", "block")
+    async with stack.worker(faults):
+        handle = await stack.client.start_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, as_of, concurrency=2, page_size=2),
+            id=naming.cycle_workflow_id(TENANT, as_of), task_queue=stack.task_queue)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        progress = await eventually(lambda: _progress(handle), lambda p: p.done >= 1)
+        assert progress.stage.startswith("finalizing: ") and "in flight" in progress.stage
+        result: BillingCycleResult = await handle.result()
+        faults.release_blocked()
+    assert (result.finalized, result.failed, result.runs) == (len(customers), 0, 1)
+    assert result.pages >= 3  # six periods, two per page
+    spans = []
+    for customer in customers:
+        [inv] = (await stack.services.invoice.ListInvoices(ipb.ListInvoicesRequest(customer_id=customer),
+                                                           metadata=stack.md)).invoices
+        info = (await stack.client.get_workflow_handle(naming.finalize_workflow_id(TENANT, inv.invoice_id))
+                .describe())
+        assert info.start_time is not None and info.close_time is not None
+        spans.append((info.close_time - info.start_time, info.close_time))
+    hung_closed = max(spans)[1]
+    assert sum(1 for _, closed in spans if closed < hung_closed) >= 2
+    await _assert_finalized_once(stack, customers)
+
+
 async def _accounts(stack: Stack, names: list[str]) -> None:
     for account in names:
         await stack.services.ledger.CreateAccount(lpb.CreateAccountRequest(

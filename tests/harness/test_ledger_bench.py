@@ -9,7 +9,8 @@ from harness.benches.ledger import JSON_KEYS, BenchOptions, format_report, run_b
 
 def test_bench_ledger_smoke() -> None:
     report = run_bench(BenchOptions(seconds=1.0, warmup_s=0.2, concurrency=16, batch_size=200,
-                                    batch_concurrency=2, verify_journal=True))
+                                    batch_concurrency=2, verify_journal=True,
+                                    as_of_entries=20_000, as_of_small=2_000, as_of_calls=20))
     figures = json.loads(json.dumps(report.figures()))
     assert list(figures) == list(JSON_KEYS)
     for key, value in figures.items():

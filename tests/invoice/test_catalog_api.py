@@ -142,6 +142,32 @@ async def test_due_periods_for_the_billing_cycle(env: InvoiceEnv) -> None:
     assert later.periods[0].customer_id == "john-wick" and later.periods[0].period_end == ts(when(1, month=7))
 
 
+async def test_due_periods_page_with_a_cursor(env: InvoiceEnv) -> None:
+    """Pages of any size walk the same periods as one page, in (customer, start) order, each once —
+    across customers and inside one customer's months; a finalized-elsewhere period never shows."""
+    await seed_catalog(env, customer_id="c-a", anchor=when(1, month=3))   # 6 periods due
+    plan = pb.CreatePlanRequest(plan_id="chatppt-pro")
+    for customer, month in (("c-b", 7), ("c-c", 8), ("c-d", 5)):          # 2, 1 and 4 periods due
+        await seed_catalog(env, plan=plan, customer_id=customer, anchor=when(1, month=month))
+    as_of = ts(when(15, month=9, year=2076))  # minus the 50-year test grace: September 28th, 2026
+    everything = await env.call("ListDueSubscriptions", pb.ListDueSubscriptionsRequest(as_of=as_of, page_size=1000))
+    expected = [(p.customer_id, p.period_start.seconds) for p in everything.periods]
+    assert len(expected) == 13 and expected == sorted(expected) and everything.next_page_token == ""
+    for size in (1, 2, 5, 6, 13):
+        walked: list[tuple[str, int]] = []
+        token, pages = "", 0
+        while True:
+            page = await env.call("ListDueSubscriptions", pb.ListDueSubscriptionsRequest(
+                as_of=as_of, page_size=size, page_token=token))
+            assert len(page.periods) <= size
+            walked += [(p.customer_id, p.period_start.seconds) for p in page.periods]
+            token, pages = page.next_page_token, pages + 1
+            if not token:
+                break
+        assert walked == expected, size
+        assert pages <= len(expected) // size + 2
+
+
 async def test_concurrent_requests_with_one_key_apply_once(env: InvoiceEnv) -> None:
     import asyncio
 

@@ -332,12 +332,14 @@ class GetSubscriptionRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ...) -> None: ...
 
 class ListDueSubscriptionsRequest(_message.Message):
-    __slots__ = ("as_of", "page_size")
+    __slots__ = ("as_of", "page_size", "page_token")
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     as_of: _timestamp_pb2.Timestamp
     page_size: int
-    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class DuePeriod(_message.Message):
     __slots__ = ("customer_id", "subscription_id", "period_start", "period_end", "invoice_id", "status")
@@ -356,10 +358,12 @@ class DuePeriod(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invoice_id: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ...) -> None: ...
 
 class ListDueSubscriptionsResponse(_message.Message):
-    __slots__ = ("periods",)
+    __slots__ = ("periods", "next_page_token")
     PERIODS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     periods: _containers.RepeatedCompositeFieldContainer[DuePeriod]
-    def __init__(self, periods: _Optional[_Iterable[_Union[DuePeriod, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, periods: _Optional[_Iterable[_Union[DuePeriod, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListSettlementsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

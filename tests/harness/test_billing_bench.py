@@ -1,0 +1,17 @@
+"""Smoke test of `creditctl bench billing`: a small and a large BillingCycle on the multi-process
+stack with Temporal on its database file, the bare baseline, the reconciler; every figure reported."""
+
+from __future__ import annotations
+
+from harness.benches.billing import JSON_KEYS, run_bench
+
+
+async def test_bench_billing_smoke() -> None:
+    result = await run_bench(6, 4, small=2)
+    assert all(key in result for key in JSON_KEYS)
+    assert (result["finalized"], result["failed"], result["reconcile_violations"]) == (8, 0, 0)
+    for key in ("invoices_per_s", "ms_per_invoice_small", "ms_per_invoice_large", "bare_invoices_per_s",
+                "ratio_vs_bare"):
+        assert result[key] > 0, (key, result)
+    assert 20 <= result["temporal_events_per_saga"] <= 40, result  # local reads: 37 or fewer per saga
+    assert result["runs"] == 1 and result["pages"] >= 1
