@@ -1,4 +1,5 @@
-"""The guard around every unary call: small parts, one concern each, composed in one fixed order.
+"""The guard around every call (unary; server-streaming in `GuardedStream`): small parts, one concern each,
+composed in one fixed order.
 
     observe (metrics, and a server span when tracing is on) around everything, then
     1. identify      x-api-key and x-request-id from the metadata, the peer (`read_metadata`)
@@ -24,7 +25,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +252,31 @@ class GuardedMethod:
         return response
 
 
+class GuardedStream(GuardedMethod):
+    """A server-streaming method behind the same parts: admitted once, then its messages relayed.
+    Streams are reads (statements, exports, balance watches): nothing to audit but refusals."""
+
+    __slots__ = ()
+
+    async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = Call(self._method, request)
+        started, span = observe_start(call, context)
+        try:
+            await self._admit(call, context)
+            async for message in self._inner(call.request, context):  # type: ignore[attr-defined]
+                yield message
+            call.code = "OK"
+        except Rejection as rej:
+            call.code, call.detail = rej.status.name, rej.message
+            await self._audit.refused(call, rej)
+            await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
+        except asyncio.CancelledError:
+            call.code = "CANCELLED"
+            raise
+        finally:
+            observe_end(call, started, span)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Puts every unary method except health and reflection behind its `GuardedMethod`.
 
@@ -274,8 +300,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES) or handler.unary_unary is None:
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
+        if handler.unary_unary is None and handler.unary_stream is None:
+            raise RuntimeError(f"{method}: client-streaming methods have no guard")  # never served unguarded
         cached = self._guarded.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -284,6 +312,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_stream is not None:
+            streamed = GuardedStream(method, handler.unary_stream, self._resolver, self._permissions.get(method),
+                                     self._audit, self._rate_limit)
+            return grpc.unary_stream_rpc_method_handler(
+                streamed.stream,
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
         guard = GuardedMethod(method, handler.unary_unary, self._resolver, self._permissions.get(method), self._audit,
                               self._rate_limit)
         return grpc.unary_unary_rpc_method_handler(  # a bound coroutine method: grpc awaits it on the loop

@@ -96,6 +96,8 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds", "RecordSettlement")),
     (VERIFY, ("VerifyJournal",)),
     (ALL, ("ListAccounts",)),  # the account tree, read like GetAccount (creditctl accounts list|children)
+    # customer transparency: statements, exports and the live balance stream are reads
+    (ALL, ("GetStatement", "ExportStatement", "WatchBalance")),
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(

@@ -7,17 +7,20 @@ write through storage, idempotency and audit included.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
+import grpc
 from credits.ledger.v1 import ledger_pb2 as pb
 from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.message import Message
 
+from ledger_service.api import exports, packing
 from ledger_service.api import mapping as m
-from ledger_service.api import packing
+from ledger_service.domain.statements import StatementMismatch
 from ledger_service.operations import (
     accounts_and_units,
     grants,
@@ -26,6 +29,7 @@ from ledger_service.operations import (
     policy,
     rates,
     reversals_and_transfers,
+    statements,
     sweeps,
 )
 from ledger_service.operations.calls import Call
@@ -39,6 +43,7 @@ from service_runtime.settings import Settings
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", pb.ReverseHoldResponse, pb.ReverseReferenceResponse)
 SERVICE = LEDGER_SERVICE
+log = logging.getLogger(__name__)
 
 
 def _path(name: str) -> str:
@@ -179,6 +184,28 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def VerifyJournal(self, request: pb.VerifyJournalRequest, context: Any) -> pb.VerifyJournalResponse:
         return packing.verification(await lots_and_balances.verify_journal(self._ledger, _tenant()))
+
+    # --- statements, exports, the balance stream ----------------------------------------------
+
+    async def GetStatement(self, request: pb.GetStatementRequest, context: Any) -> pb.Statement:
+        query = m.statement_query(request)
+        try:
+            return await statements.get_statement(self._ledger, _tenant(), query, packing.statement)
+        except StatementMismatch as bug:  # the statement and the ledger disagree: never shown as a statement
+            log.error("statement of %s does not reconcile: %s", query.account_id, bug)
+            await context.abort(grpc.StatusCode.INTERNAL, f"statement does not reconcile with the ledger: {bug}")
+            raise
+
+    async def ExportStatement(self, request: pb.ExportStatementRequest, context: Any) -> AsyncIterator[pb.ExportChunk]:
+        query, raw, as_json = m.export_query(request)
+        first = True
+        try:
+            async for progress in statements.export(self._ledger, _tenant(), query, raw):
+                yield exports.chunk(progress, raw, as_json, first)
+                first = False
+        except StatementMismatch as bug:
+            log.error("export of %s does not reconcile: %s", query.account_id, bug)
+            await context.abort(grpc.StatusCode.INTERNAL, f"statement does not reconcile with the ledger: {bug}")
 
     # --- policy -------------------------------------------------------------------------------
 
