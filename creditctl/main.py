@@ -47,6 +47,7 @@ from creditctl.commands import (
     units,
     up,
     usage,
+    watch,
 )
 from creditctl.errors import reported
 from creditctl.help_listing import Group
@@ -56,13 +57,13 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, completion)
+            customers, meters, plans, subscriptions, usage, drafts, completion, watch)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
 SECTIONS = (
     ("Start", ("up", "demo", "tenants", "keys", "config", "completion")),
-    ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "statements", "holds",
+    ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "watch", "statements", "holds",
                           "transfers", "explain", "policy", "settlements", "allowances")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
                                                    "invoices", "sagas", "billing", "operation")),

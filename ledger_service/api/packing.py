@@ -17,6 +17,8 @@ from ledger_service.domain.policy import Policy
 from ledger_service.domain.settlement import Settlement, pending_expiry
 from ledger_service.domain.statements import Line, LotInfo, Movement
 from ledger_service.domain.transfers import TransferResult
+from ledger_service.operations.balance_watch import Kind
+from ledger_service.operations.balance_watch import Message as WatchMessage
 from ledger_service.operations.grants import VoidResult
 from ledger_service.operations.reversals_and_transfers import ReversalResult
 from ledger_service.operations.statements import StatementView
@@ -319,3 +321,21 @@ def statement(view: StatementView) -> pb.Statement:
     if view.start is not None:
         getattr(out, "from").CopyFrom(to_timestamp(view.start))  # `from` is a Python keyword
     return out
+
+
+# --- the balance stream -----------------------------------------------------------------------------
+
+CHANGE_TYPE_PB = {Kind.SNAPSHOT: pb.CHANGE_SNAPSHOT, Kind.UPDATE: pb.CHANGE_UPDATE, Kind.RESYNC: pb.CHANGE_RESYNC}
+
+
+def balance_change(account_id: str, message: WatchMessage, scales: dict[str, int],
+                   include_entries: bool) -> pb.BalanceChange:
+    change = message.change
+    return pb.BalanceChange(
+        type=CHANGE_TYPE_PB[message.kind], account_id=account_id, sequence=change.seq,
+        recorded_at=ts(change.recorded_at), reason=message.reason,
+        balances=[pb.UnitBalance(unit=u, available=format_minor(a, scales[u]), held=format_minor(h, scales[u]),
+                                 balance=format_minor(a + h, scales[u]))
+                  for u, (a, h) in sorted(change.balances.items())],
+        entries=[entry(e, scales.get(e.unit, 0)) for e in change.entries] if include_entries else [],
+    )

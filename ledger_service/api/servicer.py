@@ -23,6 +23,7 @@ from ledger_service.api import mapping as m
 from ledger_service.domain.statements import StatementMismatch
 from ledger_service.operations import (
     accounts_and_units,
+    balance_watch,
     grants,
     holds,
     lots_and_balances,
@@ -35,9 +36,11 @@ from ledger_service.operations import (
 from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.operations.grants import ApprovalWire
+from ledger_service.storage.balance_feed import BalanceFeed
 from service_runtime.grpc_server import current_caller
 from service_runtime.identifiers import check_id, check_key
 from service_runtime.permissions import LEDGER_SERVICE
+from service_runtime.rejections import Reason, Rejection
 from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
@@ -55,8 +58,10 @@ def _tenant() -> str:
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now,
+                 listen_dsn: str = "") -> None:
         self._ledger = Ledger.create(pool, settings, clock)
+        self._feed = BalanceFeed(pool, listen_dsn) if listen_dsn else None  # WatchBalance: LISTEN/NOTIFY
         self._skew = settings.clock_skew_s
         self._horizon = settings.lot_horizon_s
         self._approvals = ApprovalWire(m.stored_grant, packing.lot, pb.Lot, packing.grant_request)
@@ -206,6 +211,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         except StatementMismatch as bug:
             log.error("export of %s does not reconcile: %s", query.account_id, bug)
             await context.abort(grpc.StatusCode.INTERNAL, f"statement does not reconcile with the ledger: {bug}")
+
+    async def WatchBalance(self, request: pb.WatchBalanceRequest, context: Any) -> AsyncIterator[pb.BalanceChange]:
+        account_id, after, include_entries = m.watch(request)
+        if self._feed is None:
+            raise Rejection(Reason.PRECONDITION, "this server was started without a database to LISTEN on")
+        scales: dict[str, int] = {}
+        async for message in balance_watch.watch(self._feed, _tenant(), account_id, after):
+            for unit in message.change.balances:
+                if unit not in scales:
+                    scales[unit] = await self._ledger.scale(_tenant(), unit)
+            yield packing.balance_change(account_id, message, scales, include_entries)
 
     # --- policy -------------------------------------------------------------------------------
 

@@ -93,12 +93,23 @@ balances AS (
   FROM {upd}
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
 ),
+ent_rows AS (SELECT row_number() OVER () AS n, * FROM {ent}),  -- n: the order the batch wrote them
+heads AS (  -- the next change number of every account this batch journals (see migration 0011)
+  INSERT INTO account_heads (tenant_id, account_id, seq)
+  SELECT DISTINCT $1, account_id, 1 FROM ent_rows
+  ON CONFLICT (tenant_id, account_id) DO UPDATE SET seq = account_heads.seq + 1
+  RETURNING account_id, seq
+),
 entries AS (
   INSERT INTO journal (tenant_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor,
-                       reason, reference, hold_key, policy_version)
+                       reason, reference, hold_key, policy_version, account_seq)
   SELECT $1, ent.account_id, ent.lot_id, ent.kind, ent.amount, ent.unit, ent.effective_at, $2, ent.actor,
-         ent.reason, ent.reference, ent.hold_key, ent.policy_version
-  FROM {ent}
+         ent.reason, ent.reference, ent.hold_key, ent.policy_version, heads.seq
+  FROM ent_rows ent JOIN heads ON heads.account_id = ent.account_id
+  ORDER BY ent.n  -- entry ids in the order the operations journaled
+),
+notified AS (  -- delivered to LISTENers at COMMIT, never for a rolled-back batch
+  SELECT pg_notify('credits_balance', $1 || chr(31) || account_id || chr(31) || seq::text) FROM heads
 ),
 new_holds AS (
   INSERT INTO holds (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
@@ -139,7 +150,7 @@ keys AS (
   SELECT $1, key.key, key.method, decode(key.request_hash, 'hex'), decode(key.response, 'hex'), $2
   FROM {key}
 )
-SELECT 1
+SELECT (SELECT count(*) FROM notified)
 """
 
 

@@ -56,3 +56,18 @@ async def test_statement_table_entries_and_exports(ledger: Ledger, tmp_path: Pat
     assert lines[-1]["balance"] == "43.75" and lines[2]["items"] == "c1(gpt)=1.25"
     code, _, err = await _cli(ledger, "statements", "nobody")
     assert code != 0 and "NOT_FOUND" in err and "account_id" in err
+
+
+async def test_watch_prints_the_snapshot_and_changes(ledger: Ledger) -> None:
+    await _history(ledger)
+    task = asyncio.ensure_future(_cli(ledger, "watch", "john", "--count", "2", "--json"))
+    await asyncio.sleep(3)  # the process starts and receives its snapshot
+    await ledger.stub.DebitCredits(pb.DebitCreditsRequest(
+        idempotency_key="live", account_id="john", unit="USD", charges=[charge("0.75")]), metadata=ledger.md)
+    code, out, _ = await asyncio.wait_for(task, 30)
+    first, second = (json.loads(x) for x in out.splitlines())
+    assert code == 0 and first["type"] == "SNAPSHOT" and first["balances"]["USD"]["available"] == "43.75"
+    assert second["type"] == "UPDATE" and second["sequence"] == first["sequence"] + 1
+    assert second["balances"]["USD"]["available"] == "43.00"
+    code, out, _ = await _cli(ledger, "watch", "john", "--after", "1", "--count", "1")
+    assert code == 0 and out.startswith("#2 ") and "available 48.75" in out
