@@ -5,7 +5,8 @@ composed in one fixed order.
     1. identify      x-api-key and x-request-id from the metadata, the peer (`read_metadata`)
     2. authenticate  the key resolved to its Caller, or UNAUTHENTICATED (`authenticate`)
     3. rate limit    the key's calls per second, if configured, or RESOURCE_EXHAUSTED + RetryInfo
-    4. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED
+    4. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED; a
+                     portal session also to its own account or customer (portal_sessions.check_scope)
     5. parse check   bytes that were not a valid message: INVALID_ARGUMENT, not UNKNOWN
     6. admit         `call_context.current_caller()` is set for the servicer
     7. audit         a mutation's record prepared, written once the handler answered (`CallAudit`)
@@ -34,7 +35,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from service_runtime import logs, row_security, tracing
+from service_runtime import logs, portal_sessions, row_security, tracing
 from service_runtime.api_keys import Caller, KeyRefused, KeyResolver
 from service_runtime.audit import AuditRecord, AuditWriter, PendingAudit, clean, describe, is_mutation, pending_audit
 from service_runtime.call_context import enter_call
@@ -91,6 +92,8 @@ async def authenticate(call: Call, resolver: KeyResolver) -> Caller:
 def authorize(call: Call, caller: Caller, allowed: frozenset[str] | None) -> None:
     if allowed is None or caller.role not in allowed:
         raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {call.method}")
+    if caller.portal is not None and call.request is not MALFORMED:  # a portal session: its own customer only
+        portal_sessions.check_scope(caller.portal, call.method, call.request)
 
 
 def check_parsed(call: Call) -> None:
@@ -247,6 +250,8 @@ class GuardedMethod:
     async def _answer(self, call: Call, context: grpc.aio.ServicerContext) -> Any:
         pending = self._audit.prepare(call)
         response = await self._inner(call.request, context)
+        if call.caller is not None and call.caller.portal is not None:
+            portal_sessions.check_answer(call.caller.portal, call.method, response)
         call.code = "OK"
         await self._audit.settle(pending)
         return response

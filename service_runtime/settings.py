@@ -45,6 +45,14 @@ class Settings:
     key_rate_limit: float = field(default_factory=lambda: float(_env("KEY_RATE_LIMIT", "0")))
     key_rate_burst: float = field(default_factory=lambda: float(_env("KEY_RATE_BURST", "0")))
     key_rate_exempt_roles: str = field(default_factory=lambda: _env("KEY_RATE_EXEMPT_ROLES", ""))
+    # The customer portal (portal/): where it listens, the base of the links CreatePortalLink mints.
+    # Its sessions are signed with CREDITS_PORTAL_SECRET (service_runtime/portal_sessions.py).
+    portal_addr: str = field(default_factory=lambda: _env("PORTAL_ADDR", "127.0.0.1:8090"))
+    portal_url: str = field(default_factory=lambda: _env("PORTAL_URL", ""))  # "" = http://<portal_addr>
+
+    @property
+    def portal_base_url(self) -> str:
+        return (self.portal_url or f"http://{self.portal_addr}").rstrip("/")
 
     @staticmethod
     def from_env() -> Settings:

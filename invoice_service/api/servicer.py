@@ -10,6 +10,7 @@ import grpc
 from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.api import pack, unpack
 from invoice_service.config import InvoiceConfig
@@ -17,12 +18,14 @@ from invoice_service.domain import render
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
+from service_runtime import portal_sessions
 from service_runtime.call_context import current_caller
 from service_runtime.free_text import check_text
 from service_runtime.idempotency import Guard, Replayed
 from service_runtime.identifiers import check_id, check_key, check_optional_id
 from service_runtime.pages import decode_token, encode_token, page_size
-from service_runtime.rejections import invalid
+from service_runtime.rejections import Reason, Rejection, invalid
+from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
@@ -224,6 +227,24 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         if request.format not in (pb.TEXT, pb.RENDER_FORMAT_UNSPECIFIED):
             raise invalid("format", "must be TEXT or JSON")
         return pb.RenderInvoiceResponse(content_type="text/plain", content=render.to_text_invoice(view))
+
+    # ---- the customer portal --------------------------------------------------------------------
+
+    async def CreatePortalLink(self, request: pb.CreatePortalLinkRequest, context: _Ctx) -> pb.PortalLink:
+        customer_id = check_id(request.customer_id, "customer_id")
+        ttl_s = request.ttl_s or portal_sessions.DEFAULT_TTL_S
+        if ttl_s < 60 or ttl_s > portal_sessions.MAX_TTL_S:
+            raise invalid("ttl_s", f"must be between 60 and {portal_sessions.MAX_TTL_S} seconds")
+        secret = portal_sessions.secret_from_env()
+        if not secret:
+            raise Rejection(Reason.PRECONDITION, f"portal links need {portal_sessions.SECRET_ENV} (32+ characters) "
+                                                 "on this server")
+        customer = await self._catalog.get_customer(_tenant(), customer_id)
+        session = portal_sessions.mint(_tenant(), customer_id, customer.ledger_account_id, ttl_s, secret)
+        token = portal_sessions.sign(session, secret)
+        expires = Timestamp(seconds=session.expires_at)
+        return pb.PortalLink(customer_id=customer_id, ledger_account_id=customer.ledger_account_id, token=token,
+                             url=f"{Settings().portal_base_url}/s/{token}", expires_at=expires)
 
 
 def _status_name(value: int, i: int) -> str:

@@ -733,3 +733,25 @@ class RenderInvoiceResponse(_message.Message):
     content_type: str
     content: str
     def __init__(self, content_type: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class CreatePortalLinkRequest(_message.Message):
+    __slots__ = ("customer_id", "ttl_s")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ttl_s: int
+    def __init__(self, customer_id: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
+class PortalLink(_message.Message):
+    __slots__ = ("customer_id", "ledger_account_id", "token", "url", "expires_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ledger_account_id: str
+    token: str
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., token: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
