@@ -36,6 +36,7 @@ from creditctl.commands import (
     operation,
     plans,
     policy,
+    portal,
     rates,
     reconcile,
     sagas,
@@ -57,7 +58,7 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, completion, watch)
+            customers, meters, plans, subscriptions, usage, drafts, completion, watch, portal)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
@@ -66,7 +67,7 @@ SECTIONS = (
     ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "watch", "statements", "holds",
                           "transfers", "explain", "policy", "settlements", "allowances")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
-                                                   "invoices", "sagas", "billing", "operation")),
+                                                   "invoices", "sagas", "billing", "operation", "portal")),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),
 )
 
