@@ -134,8 +134,8 @@ class Portal:
         unit = (await self._units(who))[0]
         st = await api.statement(self.api(), who, unit=unit, page_size=100,
                                  page_token=request.query_params.get("page", ""))
-        invoice_ids = {i.invoice_id for i in await api.invoices(self.api(), who)}
-        return self.page("transactions.html", st=st, invoice_ids=invoice_ids, **await self._common(who, "transactions"))
+        numbers = {i.invoice_id: i.number or i.invoice_id for i in await api.invoices(self.api(), who)}
+        return self.page("transactions.html", st=st, invoice_numbers=numbers, **await self._common(who, "transactions"))
 
     async def invoices(self, request: Request) -> Response:
         who = self.visitor(request)
