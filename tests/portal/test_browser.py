@@ -9,6 +9,7 @@ CREDITS_PORTAL_SCREENSHOTS=DIR it also saves the README's screenshots there.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -26,12 +27,16 @@ from tests.portal.conftest import Portal
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-async def _shot(page: Page, name: str, into: Path) -> None:
-    await page.screenshot(path=str(into / f"portal-{name}.png"), full_page=False)
+def _keep(shot: Path) -> None:
     target = os.environ.get("CREDITS_PORTAL_SCREENSHOTS")
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(into / f"portal-{name}.png", Path(target) / f"portal-{name}.png")
+        shutil.copy(shot, Path(target) / shot.name)
+
+
+async def _shot(page: Page, name: str, into: Path) -> None:
+    await page.screenshot(path=str(into / f"portal-{name}.png"), full_page=False)
+    await asyncio.to_thread(_keep, into / f"portal-{name}.png")
 
 
 async def test_a_customer_sees_balances_invoices_csv_and_a_live_balance(portal: Portal, tmp_path: Path) -> None:
@@ -82,7 +87,8 @@ async def test_a_customer_sees_balances_invoices_csv_and_a_live_balance(portal: 
             async with page.expect_download() as info:
                 await page.get_by_role("link", name="Download CSV").click()
             download = await info.value
-            rows = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text())))
+            text = await asyncio.to_thread(Path(await download.path()).read_text)
+            rows = list(csv.DictReader(io.StringIO(text)))
             assert rows[-1]["row"] == "SUMMARY" and rows[-1]["balance"] == "22.75"
             assert any(r["movement"] == "CONSUMPTION" and r["reference"] == portal.invoice_id for r in rows)
 
