@@ -235,11 +235,11 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         ttl_s = request.ttl_s or portal_sessions.DEFAULT_TTL_S
         if ttl_s < 60 or ttl_s > portal_sessions.MAX_TTL_S:
             raise invalid("ttl_s", f"must be between 60 and {portal_sessions.MAX_TTL_S} seconds")
+        customer = await self._catalog.get_customer(_tenant(), customer_id)
         secret = portal_sessions.secret_from_env()
         if not secret:
             raise Rejection(Reason.PRECONDITION, f"portal links need {portal_sessions.SECRET_ENV} (32+ characters) "
                                                  "on this server")
-        customer = await self._catalog.get_customer(_tenant(), customer_id)
         session = portal_sessions.mint(_tenant(), customer_id, customer.ledger_account_id, ttl_s, secret)
         token = portal_sessions.sign(session, secret)
         expires = Timestamp(seconds=session.expires_at)
