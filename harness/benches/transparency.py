@@ -42,6 +42,7 @@ from service_runtime.embedded_postgres import EmbeddedPostgres
 UNIT = "token"
 TARGETS = {"watch_p99_ms": 250.0, "gaps": 0, "duplicates": 0, "statement_ms": 1000.0, "export_rss_mb": 200.0}
 Say = Callable[[str], None]
+_ADDR: list[str] = []  # the ledger under watch (set by bench_watch)
 
 
 def meets(key: str, value: float) -> bool | None:
@@ -118,11 +119,18 @@ async def _load(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str
     return done
 
 
+WATCHERS_PER_CONNECTION = 100  # watchers are many clients: a connection per hundred, the debits on their own
+
+
 async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
                        watchers: int, concurrency: int, seconds: float, tag: str) -> tuple[list[_Stream], int]:
+    channels = [grpc.aio.insecure_channel(_ADDR[0], options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(0, watchers, WATCHERS_PER_CONNECTION)]
+    stubs = [ledger_pb2_grpc.LedgerServiceStub(c) for c in channels]
     streams = [_Stream() for _ in range(watchers)]
     readies = [asyncio.Event() for _ in range(watchers)]
-    tasks = [asyncio.ensure_future(_watch(stub, md, account, s, r)) for s, r in zip(streams, readies, strict=True)]
+    tasks = [asyncio.ensure_future(_watch(stubs[i // WATCHERS_PER_CONNECTION], md, account, s, r))
+             for i, (s, r) in enumerate(zip(streams, readies, strict=True))]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
     debits = await _load(stub, md, account, concurrency, seconds, tag)
     head = max(s.last for s in streams)
@@ -133,6 +141,8 @@ async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[s
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for c in channels:
+        await c.close()
     return streams, debits
 
 
@@ -147,13 +157,14 @@ async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say)
     workdir = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     pg, server, key = await _running_ledger(workdir)
     md = [("x-api-key", key)]
-    channel = grpc.aio.insecure_channel(server.grpc_addr, options=[("grpc.max_concurrent_streams", 4000)])
+    channel = grpc.aio.insecure_channel(server.grpc_addr)
+    _ADDR[:] = [server.grpc_addr]
     try:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         await _account(stub, md, "watched", 10**12)
         await _account(stub, md, "baseline", 10**12)
         say(f"baseline: 1 watcher, {concurrency} debits in flight for {seconds:g} s")
-        base, _ = await _watch_round(stub, md, "baseline", 1, concurrency, seconds, "b")
+        base, base_debits = await _watch_round(stub, md, "baseline", 1, concurrency, seconds, "b")
         say(f"{watchers} watchers, {concurrency} debits in flight for {seconds:g} s")
         streams, debits = await _watch_round(stub, md, "watched", watchers, concurrency, seconds, "w")
         latencies = [x for s in streams for x in s.latencies_ms]
@@ -161,7 +172,8 @@ async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say)
                 "watch_p50_ms": round(_p(latencies, 0.50), 1),
                 "baseline_watch_p99_ms": round(_p(base[0].latencies_ms, 0.99), 1),
                 "changes": sum(s.changes for s in streams), "gaps": sum(s.gaps for s in streams),
-                "duplicates": sum(s.duplicates for s in streams), "debits_per_s": round(debits / seconds, 1)}
+                "duplicates": sum(s.duplicates for s in streams), "debits_per_s": round(debits / seconds, 1),
+                "baseline_debits_per_s": round(base_debits / seconds, 1)}
     finally:
         await channel.close()
         await asyncio.to_thread(server.stop)

@@ -221,7 +221,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             for unit in message.change.balances:
                 if unit not in scales:
                     scales[unit] = await self._ledger.scale(_tenant(), unit)
-            yield packing.balance_change(account_id, message, scales, include_entries)
+            form = (message.kind, include_entries, message.reason)
+            packed = message.change.packed.get(form)
+            if packed is None:
+                packed = message.change.packed[form] = packing.balance_change(account_id, message, scales,
+                                                                              include_entries)
+            yield packed  # type: ignore[misc]
 
     # --- policy -------------------------------------------------------------------------------
 

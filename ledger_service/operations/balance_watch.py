@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ledger_service.operations.context import Ledger
-from ledger_service.storage.balance_feed import AccountChannel, BalanceFeed, Change
+from ledger_service.storage.balance_feed import AccountChannel, BalanceFeed, Change, changes_after
 
 
 class Kind(enum.Enum):
@@ -70,7 +70,7 @@ async def watch(feed: BalanceFeed, tenant_id: str, account_id: str, after: int) 
                 yield Message(Kind.RESYNC, _snapshot(channel), "the stream fell behind the account's changes")
                 cursor = channel.seq
                 continue
-            for change in [c for c in channel.recent if c.seq > cursor]:
+            for change in changes_after(channel.recent, cursor):
                 yield Message(Kind.UPDATE, change)
                 cursor = change.seq
     finally:

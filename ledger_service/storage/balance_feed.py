@@ -60,6 +60,8 @@ class Change:
     recorded_at: datetime | None
     balances: Balances               # after the change, every unit of the account
     entries: tuple[Entry, ...] = ()
+    # the change as the API packed it, per form, so a thousand streams of one account pack it once
+    packed: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
 
 
 def apply(balances: Balances, entries: tuple[Entry, ...], sign: int = 1) -> Balances:
@@ -79,6 +81,18 @@ def _group(rows: list[asyncpg.Record]) -> list[tuple[int, tuple[Entry, ...]]]:
             r["effective_at"], r["recorded_at"], r["actor"], r["reason"], r["reference"], r["hold_key"],
             r["policy_version"]))
     return [(seq, tuple(entries)) for seq, entries in by_seq.items()]
+
+
+def changes_after(recent: deque[Change], after: int) -> list[Change]:
+    """The kept changes after `after`, oldest first: walked from the newest end, so a stream that is a
+    change or two behind costs that much, not the length of what is kept."""
+    out: list[Change] = []
+    for change in reversed(recent):
+        if change.seq <= after:
+            break
+        out.append(change)
+    out.reverse()
+    return out
 
 
 class Gap(Exception):
@@ -144,7 +158,7 @@ class AccountChannel:
             if after == self.seq:
                 return []
             if self.recent and self.recent[0].seq <= after + 1:
-                return [c for c in self.recent if c.seq > after]
+                return changes_after(self.recent, after)
             found = await self._read(after, self.seq)
             if [s for s, _ in found] != list(range(after + 1, self.seq + 1)):
                 return None  # changes written before the sequence existed: nothing to replay from
