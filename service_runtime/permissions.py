@@ -117,6 +117,7 @@ INVOICE: dict[str, frozenset[str]] = _table(
                 "AbortVoid")),
     # A portal link for one customer: whoever looks after customers (support shares links with them).
     (FINANCE | {"support"}, ("CreatePortalLink",)),
+    (ALL, ("GetUsageSeries", "ListTopCustomers")),  # usage analytics: reads
 )
 
 BILLING: dict[str, frozenset[str]] = _table(
@@ -138,7 +139,7 @@ BILLING: dict[str, frozenset[str]] = _table(
 # each kept to the session's own account or customer by the call guard (portal_sessions.check_scope).
 PORTAL_READS: dict[str, tuple[str, ...]] = {
     LEDGER_SERVICE: ("GetBalance", "ListLots", "GetStatement", "ExportStatement", "WatchBalance"),
-    INVOICE_SERVICE: ("GetCustomer", "ListInvoices", "GetInvoice"),
+    INVOICE_SERVICE: ("GetCustomer", "ListInvoices", "GetInvoice", "GetUsageSeries"),
 }
 for _service, _table_of in ((LEDGER_SERVICE, LEDGER), (INVOICE_SERVICE, INVOICE)):
     for _method in PORTAL_READS[_service]:

@@ -159,6 +159,16 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.FromString,
                 _registered_method=True)
+        self.GetUsageSeries = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/GetUsageSeries',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.FromString,
+                _registered_method=True)
+        self.ListTopCustomers = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListTopCustomers',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -328,6 +338,20 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageSeries(self, request, context):
+        """Usage analytics: one customer's usage per meter per day (or hour), each meter's own aggregation
+        (SUM, COUNT, MAX, UNIQUE_COUNT) per bucket; and the tenant's top customers of one meter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTopCustomers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -455,6 +479,16 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.CreatePortalLink,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.SerializeToString,
+            ),
+            'GetUsageSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSeries,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.SerializeToString,
+            ),
+            'ListTopCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTopCustomers,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1132,6 +1166,60 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/CreatePortalLink',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/GetUsageSeries',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTopCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListTopCustomers',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,
