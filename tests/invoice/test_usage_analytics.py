@@ -3,7 +3,11 @@ each meter's own aggregation per bucket, the tenant's top customers of a meter, 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +16,7 @@ from credits.invoice.v1 import invoice_pb2 as pb
 from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, ts
 
 DAY = datetime(2026, 8, 3, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _series(customer: str, start: datetime, end: datetime, **kw: object) -> pb.GetUsageSeriesRequest:
@@ -60,3 +65,24 @@ async def test_usage_series_refusals(env: InvoiceEnv, request_: pb.GetUsageSerie
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await env.call("GetUsageSeries", request_)
     assert info.value.code() == code and field in (info.value.details() or "")
+
+
+async def test_the_cli_prints_series_and_top(env: InvoiceEnv) -> None:
+    await seed_catalog(env, anchor=datetime(2026, 8, 1, tzinfo=UTC))
+    await env.call("IngestEvents", pb.IngestEventsRequest(idempotency_key="e", events=[
+        event("a1", "input_tokens", "100", DAY + timedelta(hours=1)),
+        event("a2", "output_tokens", "5", DAY + timedelta(hours=2))]))
+    cli_env = {**{k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")},
+               "CREDITS_INVOICE_ADDR": f"127.0.0.1:{env.port}", "CREDITS_API_KEY": env.key}
+    window = ("--since", "2026-08-01T00:00:00Z", "--until", "2026-08-10T00:00:00Z")
+    outs = []
+    for args in (("usage", "series", "john-wick", *window, "--csv"), ("usage", "top", "input_tokens", *window)):
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "creditctl", *args, cwd=ROOT, env=cli_env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        outs.append(out.decode())
+    assert outs[0].splitlines() == ["meter_code,bucket_start,value,events",
+                                    "input_tokens,2026-08-03T00:00:00+00:00,100,1",
+                                    "output_tokens,2026-08-03T00:00:00+00:00,5,1"]
+    assert "john-wick" in outs[1] and "100" in outs[1]
