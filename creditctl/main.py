@@ -38,6 +38,7 @@ from creditctl.commands import (
     operation,
     plans,
     policy,
+    portal,
     rates,
     reconcile,
     sagas,
@@ -50,6 +51,7 @@ from creditctl.commands import (
     units,
     up,
     usage,
+    watch,
     webhooks,
 )
 from creditctl.errors import reported
@@ -60,17 +62,18 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, completion)
+            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, completion,
+            watch, portal)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
 SECTIONS = (
     ("Start", ("up", "demo", "tenants", "keys", "config", "completion")),
-    ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "statements", "holds",
+    ("Credits (ledger)", ("accounts", "units", "rates", "grants", "lots", "balances", "watch", "statements", "holds",
                           "transfers", "explain", "policy", "settlements", "allowances", "alerts", "webhooks",
                           "topups")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
-                                                   "invoices", "sagas", "billing", "operation")),
+                                                   "invoices", "sagas", "billing", "operation", "portal")),
     ("Finance", ("finance",)),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),
 )

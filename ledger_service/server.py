@@ -47,7 +47,7 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
     await migrate_service(dsn, MIGRATIONS_DIR)
     service_dsn = app_dsn(dsn, settings.ledger_app_dsn)
     pool = await create_tenant_pool(service_dsn, max_size=settings.pool_max_size)
-    servicer = LedgerServicer(pool, settings, clock)
+    servicer = LedgerServicer(pool, settings, clock, listen_dsn=service_dsn)
     alerts = AlertsServicer(Ledger.create(pool, settings))
     server, port = await create_server(
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE),

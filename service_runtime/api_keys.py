@@ -22,6 +22,8 @@ from datetime import datetime
 
 import asyncpg
 
+from service_runtime import portal_sessions
+from service_runtime.portal_sessions import PortalSession
 from service_runtime.rejections import Reason, Rejection
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class Caller:
     key_id: str
     role: str
     owner: str = ""  # the person or system the key belongs to ("" for keys made before owners)
+    portal: PortalSession | None = None  # a customer portal session, not a key (role "portal")
 
     @property
     def principal(self) -> str:
@@ -139,6 +142,10 @@ class KeyResolver:
     async def resolve(self, presented: str | None) -> Caller:
         if not presented:
             raise KeyRefused("missing API key")
+        if presented.startswith(portal_sessions.PREFIX):  # a portal session: checked by its signature alone
+            session = portal_sessions.verify(presented, portal_sessions.secret_from_env())
+            return Caller(tenant_id=session.tenant_id, key_id=f"ps-{session.session_id}", role=portal_sessions.ROLE,
+                          owner=f"customer:{session.customer_id}", portal=session)
         key_id, secret = parse_key(presented)
         digest = hash_secret(secret)
         hit = self._cache.get(key_id) if self._listening else None

@@ -1,10 +1,12 @@
-"""The guard around every unary call: small parts, one concern each, composed in one fixed order.
+"""The guard around every call (unary; server-streaming in `GuardedStream`): small parts, one concern each,
+composed in one fixed order.
 
     observe (metrics, and a server span when tracing is on) around everything, then
     1. identify      x-api-key and x-request-id from the metadata, the peer (`read_metadata`)
     2. authenticate  the key resolved to its Caller, or UNAUTHENTICATED (`authenticate`)
     3. rate limit    the key's calls per second, if configured, or RESOURCE_EXHAUSTED + RetryInfo
-    4. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED
+    4. authorize     the caller's role against the method's permission row, or PERMISSION_DENIED; a
+                     portal session also to its own account or customer (portal_sessions.check_scope)
     5. parse check   bytes that were not a valid message: INVALID_ARGUMENT, not UNKNOWN
     6. admit         `call_context.current_caller()` is set for the servicer
     7. audit         a mutation's record prepared, written once the handler answered (`CallAudit`)
@@ -24,7 +26,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 
-from service_runtime import logs, row_security, tracing
+from service_runtime import logs, portal_sessions, row_security, tracing
 from service_runtime.api_keys import Caller, KeyRefused, KeyResolver
 from service_runtime.audit import AuditRecord, AuditWriter, PendingAudit, clean, describe, is_mutation, pending_audit
 from service_runtime.call_context import enter_call
@@ -90,6 +92,8 @@ async def authenticate(call: Call, resolver: KeyResolver) -> Caller:
 def authorize(call: Call, caller: Caller, allowed: frozenset[str] | None) -> None:
     if allowed is None or caller.role not in allowed:
         raise Rejection(Reason.FORBIDDEN, f"role {caller.role!r} may not call {call.method}")
+    if caller.portal is not None and call.request is not MALFORMED:  # a portal session: its own customer only
+        portal_sessions.check_scope(caller.portal, call.method, call.request)
 
 
 def check_parsed(call: Call) -> None:
@@ -246,9 +250,36 @@ class GuardedMethod:
     async def _answer(self, call: Call, context: grpc.aio.ServicerContext) -> Any:
         pending = self._audit.prepare(call)
         response = await self._inner(call.request, context)
+        if call.caller is not None and call.caller.portal is not None:
+            portal_sessions.check_answer(call.caller.portal, call.method, response)
         call.code = "OK"
         await self._audit.settle(pending)
         return response
+
+
+class GuardedStream(GuardedMethod):
+    """A server-streaming method behind the same parts: admitted once, then its messages relayed.
+    Streams are reads (statements, exports, balance watches): nothing to audit but refusals."""
+
+    __slots__ = ()
+
+    async def stream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = Call(self._method, request)
+        started, span = observe_start(call, context)
+        try:
+            await self._admit(call, context)
+            async for message in self._inner(call.request, context):  # type: ignore[attr-defined]
+                yield message
+            call.code = "OK"
+        except Rejection as rej:
+            call.code, call.detail = rej.status.name, rej.message
+            await self._audit.refused(call, rej)
+            await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
+        except asyncio.CancelledError:
+            call.code = "CANCELLED"
+            raise
+        finally:
+            observe_end(call, started, span)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -274,8 +305,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES) or handler.unary_unary is None:
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
             return handler
+        if handler.unary_unary is None and handler.unary_stream is None:
+            raise RuntimeError(f"{method}: client-streaming methods have no guard")  # never served unguarded
         cached = self._guarded.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -284,6 +317,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_stream is not None:
+            streamed = GuardedStream(method, handler.unary_stream, self._resolver, self._permissions.get(method),
+                                     self._audit, self._rate_limit)
+            return grpc.unary_stream_rpc_method_handler(
+                streamed.stream,
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
         guard = GuardedMethod(method, handler.unary_unary, self._resolver, self._permissions.get(method), self._audit,
                               self._rate_limit)
         return grpc.unary_unary_rpc_method_handler(  # a bound coroutine method: grpc awaits it on the loop

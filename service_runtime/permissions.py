@@ -19,6 +19,8 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
             and the allowance id as campaign id (the GrantAllowance workflow; only finance/admin
             may create an allowance at the front door), which the limits do not cover.
 - admin     everything.
+- portal    not a key's role: a customer portal session (service_runtime/portal_sessions.py), which
+            may call only PORTAL_READS, for its own account or customer.
 
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
 against the table a server was started with; an RPC missing from its table is refused for every
@@ -98,6 +100,8 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (OPERATOR, ("ExpireLots", "ReleaseExpiredHolds", "RecordSettlement")),
     (VERIFY, ("VerifyJournal",)),
     (ALL, ("ListAccounts",)),  # the account tree, read like GetAccount (creditctl accounts list|children)
+    # customer transparency: statements, exports and the live balance stream are reads
+    (ALL, ("GetStatement", "ExportStatement", "WatchBalance")),
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(
@@ -113,6 +117,9 @@ INVOICE: dict[str, frozenset[str]] = _table(
     # billing front door. CreateDraft recomputes a draft during a billing run.
     (OPERATOR, ("CreateDraft", "PrepareFinalize", "CommitFinalize", "AbortFinalize", "PrepareVoid", "CommitVoid",
                 "AbortVoid")),
+    # A portal link for one customer: whoever looks after customers (support shares links with them).
+    (FINANCE | {"support"}, ("CreatePortalLink",)),
+    (ALL, ("GetUsageSeries", "ListTopCustomers")),  # usage analytics: reads
 )
 
 BILLING: dict[str, frozenset[str]] = _table(
@@ -153,6 +160,16 @@ FINANCE_BOOKS: dict[str, frozenset[str]] = _table(
     (FINANCE | {"operator"}, ("ProjectBooks",)),
     (FINANCE, ("SetFinanceRules", "ClosePeriod")),
 )
+
+# The customer portal's session (role `portal`, service_runtime/portal_sessions.py): these reads only,
+# each kept to the session's own account or customer by the call guard (portal_sessions.check_scope).
+PORTAL_READS: dict[str, tuple[str, ...]] = {
+    LEDGER_SERVICE: ("GetBalance", "ListLots", "GetStatement", "ExportStatement", "WatchBalance"),
+    INVOICE_SERVICE: ("GetCustomer", "ListInvoices", "GetInvoice", "GetUsageSeries"),
+}
+for _service, _table_of in ((LEDGER_SERVICE, LEDGER), (INVOICE_SERVICE, INVOICE)):
+    for _method in PORTAL_READS[_service]:
+        _table_of[f"/{_service}/{_method}"] = _table_of[f"/{_service}/{_method}"] | {"portal"}
 
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
     LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING, ALERTS_SERVICE: ALERTS,

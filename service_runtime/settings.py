@@ -63,6 +63,14 @@ class Settings:
     topup_retry_base_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_BASE_S", "2")))
     topup_retry_cap_s: float = field(default_factory=lambda: float(_env("TOPUP_RETRY_CAP_S", "600")))
     topup_lease_s: float = field(default_factory=lambda: float(_env("TOPUP_LEASE_S", "60")))
+    # The customer portal (portal/): where it listens, the base of the links CreatePortalLink mints.
+    # Its sessions are signed with CREDITS_PORTAL_SECRET (service_runtime/portal_sessions.py).
+    portal_addr: str = field(default_factory=lambda: _env("PORTAL_ADDR", "127.0.0.1:8090"))
+    portal_url: str = field(default_factory=lambda: _env("PORTAL_URL", ""))  # "" = http://<portal_addr>
+
+    @property
+    def portal_base_url(self) -> str:
+        return (self.portal_url or f"http://{self.portal_addr}").rstrip("/")
 
     @staticmethod
     def from_env() -> Settings:

@@ -1,8 +1,9 @@
 """`creditctl up` / `creditctl demo`: the whole stack in one foreground process.
 
 Embedded Postgres (two databases), `temporal server start-dev` with the UI and the search
-attributes, the ledger, invoice and billing front-door gRPC servers, the coordinator worker and
-the schedules. Any part pointed elsewhere by settings (CREDITS_LEDGER_DSN, CREDITS_INVOICE_DSN,
+attributes, the ledger, invoice and billing front-door gRPC servers, the coordinator worker,
+the schedules and the customer portal (a web client of the two gRPC servers, CREDITS_PORTAL_ADDR).
+Any part pointed elsewhere by settings (CREDITS_LEDGER_DSN, CREDITS_INVOICE_DSN,
 CREDITS_TEMPORAL_ADDR) is used instead of started. Data stays in `settings.data_dir`.
 
 The parts every local stack needs, whichever way it runs its servers (here in this process; the
@@ -15,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from temporalio.client import Client
 
 from coordinator import search_attributes as sa
@@ -31,7 +34,7 @@ from coordinator.front_door import create_front_door, ui_link
 from coordinator.keys import MintingKeyStore, key_ttl_from_env
 from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
-from service_runtime import metrics, tracing
+from service_runtime import metrics, portal_sessions, tracing
 from service_runtime.databases import Databases, resolve_databases
 from service_runtime.settings import Settings
 from service_runtime.temporal_server import TemporalDevServer
@@ -52,6 +55,7 @@ class RunningStack:
     ledger_dsn: str
     invoice_dsn: str
     addresses: dict[str, str] = field(default_factory=dict)
+    portal_url: str = ""
 
     def workflow_url(self, workflow_id: str, run_id: str = "") -> str:
         return ui_link(self.ui_url, self.client.namespace, workflow_id, run_id)
@@ -106,8 +110,9 @@ async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: s
 
 @asynccontextmanager
 async def running_stack(settings: Settings, *, usage_grace_s: int | None = None, schedules: bool = True,
-                        gauges_every_s: float = 15.0) -> AsyncIterator[RunningStack]:
+                        gauges_every_s: float = 15.0, portal: bool = True) -> AsyncIterator[RunningStack]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_portal_secret(settings.data_dir)  # before the servers: they sign and check portal sessions with it
     # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
     tracing.configure("credits")
@@ -132,6 +137,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
             await ensure_schedules(client, settings.task_queue)
         stack = RunningStack(settings, client, ledger_addr, invoice_addr, billing_addr,
                              temporal_addr, ui_url, dbs.ledger_dsn, dbs.invoice_dsn)
+        if portal:
+            stack.portal_url = await start_portal(settings, ledger_addr, invoice_addr, running)
         stack.addresses = _addresses(stack, dbs, metrics_port)
         yield stack
 
@@ -196,6 +203,58 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
         await task
 
 
+def ensure_portal_secret(data_dir: Path) -> None:
+    """CREDITS_PORTAL_SECRET for this process (the servers and the portal it runs): the environment's,
+    else the one kept in the data directory (made once, readable by its owner only)."""
+    if portal_sessions.secret_from_env():
+        return
+    path = data_dir / "portal-secret"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(portal_sessions.new_secret())
+    os.environ[portal_sessions.SECRET_ENV] = path.read_text().strip()
+
+
+class _EmbeddedWebServer(uvicorn.Server):
+    """uvicorn inside the stack's process: the stack owns the signals (Ctrl-C stops everything in order)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+async def start_portal(settings: Settings, ledger_addr: str, invoice_addr: str,
+                       running: contextlib.AsyncExitStack) -> str:
+    """The customer portal (portal/) on CREDITS_PORTAL_ADDR, a client of the two gRPC servers; returns
+    its URL, which the invoice server's CreatePortalLink then puts in its links."""
+    from portal.app import create_app
+
+    host, _, port = settings.portal_addr.rpartition(":")
+    app = create_app(dataclasses.replace(settings, ledger_addr=ledger_addr, invoice_addr=invoice_addr))
+    server = _EmbeddedWebServer(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning",
+                                               lifespan="on"))
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # it could not start (the port is taken): say why
+            raise RuntimeError(f"the customer portal did not start on {settings.portal_addr}")
+        await asyncio.sleep(0.05)
+
+    async def stop() -> None:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+    running.push_async_callback(stop)
+    bound = server.servers[0].sockets[0].getsockname()
+    url = settings.portal_url.rstrip("/") or f"http://{bound[0]}:{bound[1]}"
+    os.environ["CREDITS_PORTAL_URL"] = url
+    return url
+
+
 async def _close_quietly(pool: Any) -> None:
     with contextlib.suppress(Exception):
         await pool.close()
@@ -208,6 +267,8 @@ def _addresses(stack: RunningStack, dbs: Any, metrics_port: int | None) -> dict[
         "temporal": stack.temporal_addr, "temporal UI": stack.ui_url or "(external server)",
         "ledger gRPC": stack.ledger_addr, "invoice gRPC": stack.invoice_addr,
         "billing front door gRPC": stack.billing_addr, "task queue": settings.task_queue,
+        **({"customer portal": f"{stack.portal_url} (links: creditctl portal link CUSTOMER)"}
+           if stack.portal_url else {}),
         "data directory": str(settings.data_dir),
     }
     if metrics_port:

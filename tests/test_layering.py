@@ -11,7 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = "harness"
 # Every top-level package that is not the harness or the tests is product code; these at least.
-NAMED_PRODUCT = {"ledger_service", "invoice_service", "coordinator", "service_runtime", "creditctl", "stack"}
+NAMED_PRODUCT = {"ledger_service", "invoice_service", "coordinator", "service_runtime", "creditctl", "stack", "portal"}
+# The customer portal is a client of the gRPC APIs like any other: never the services' code or databases.
+PORTAL_NEVER_IMPORTS = ("ledger_service", "invoice_service", "coordinator", "stack", "asyncpg", "reconciler")
 PRODUCT_SCRIPTS = [ROOT / "deploy" / "docker" / "entrypoint.py"]
 # The CLI modules whose command functions run a benchmark or the chaos campaign (lazy imports only).
 LAZY_HARNESS_ALLOWED = {"creditctl.commands.bench", "creditctl.commands.chaos"}
@@ -98,3 +100,14 @@ def test_no_fault_or_bench_code_in_the_production_worker() -> None:
         text = path.read_text()
         for needle in ("CREDITS_FAULTS", "CREDITS_FAULT_DIR", "FaultPlan", "BenchBare", "bench.noop"):
             assert needle not in text, f"{module} mentions {needle}"
+
+
+def test_the_portal_reaches_the_services_only_through_their_apis() -> None:
+    found = []
+    for path in sorted((ROOT / "portal").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in PORTAL_NEVER_IMPORTS]
+    assert not found, "\n".join(found)

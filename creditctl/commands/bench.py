@@ -1,4 +1,5 @@
-"""creditctl bench ledger|ingest|saga|billing|gate|alerts|finance: benchmarks on the embedded defaults.
+"""creditctl bench ledger|ingest|saga|billing|gate|alerts|finance|watch|statement: benchmarks on the
+embedded defaults.
 
 The benches are proving code, imported only inside the command that runs one (one import line
 per command names where it lives).
@@ -7,6 +8,7 @@ per command names where it lives).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import click
 
@@ -228,3 +230,47 @@ def finance(entries: int, customers: int, lag_seconds: float, check: bool, as_js
     if check and any(bench.meets(k, float(v)) is False for k, v in figures.items() if k in bench.TARGETS):
         return CHECK_MISSED
     return 0
+
+
+@command.command(
+    "watch", short_help="WatchBalance: commit → client latency, gaps and duplicates for many watchers under load",
+    help="Starts an embedded Postgres (fsync on) and the ledger server in its own process; opens --watchers "
+         "WatchBalance streams on one account while DebitCredits runs at --concurrency for --seconds; baseline: "
+         "one watcher under the same load. Latency is receipt minus the change's recorded_at (before COMMIT).")
+@click.option("--watchers", type=int, default=1000, help="concurrent streams on the account (default 1000)")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, help="debit load (default 10)")
+@click.option("--concurrency", type=int, default=16, help="debits in flight (default 16)")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def watch(watchers: int, seconds: float, concurrency: int, check: bool, as_json: bool) -> int:
+    from harness.benches import transparency as bench
+
+    figures = asyncio.run(bench.bench_watch(watchers, seconds, concurrency, lambda m: None if as_json else note(m)))
+    return _report(figures, bench.meets, check, as_json)
+
+
+@command.command(
+    "statement", short_help="GetStatement on a long account vs paging the raw journal; a 1M-entry export's RSS",
+    help="Starts an embedded Postgres (fsync on) and the ledger server in its own process; fills an account with "
+         "--entries journal entries and times GetStatement (median of 5) against paging ListEntries; then exports "
+         "an account of --export-entries entries through ExportStatement, sampling the server's peak RSS.")
+@click.option("--entries", type=int, default=100_000, help="entries of the statement's account (default 100000)")
+@click.option("--export-entries", type=int, default=1_000_000, help="entries exported (default 1000000; 0: skip)")
+@click.option("--check", is_flag=True, help="exit 3 when a target is missed")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
+def statement(entries: int, export_entries: int, check: bool, as_json: bool) -> int:
+    from harness.benches import transparency as bench
+
+    figures = asyncio.run(bench.bench_statement(entries, export_entries, lambda m: None if as_json else note(m)))
+    return _report(figures, bench.meets, check, as_json)
+
+
+def _report(figures: dict[str, float], meets: Callable[[str, float], bool | None], check: bool,
+            as_json: bool) -> int:
+    if as_json:
+        print_json(figures, indent=None)
+    else:
+        for name, value in figures.items():
+            verdict = {True: " ✓", False: " ✗", None: ""}[meets(name, value)]
+            click.echo(f"{name:<28} {value:,}{verdict}")
+    return CHECK_MISSED if check and any(meets(k, v) is False for k, v in figures.items()) else 0

@@ -81,7 +81,8 @@ async def _demo() -> int:
 
     with tempfile.TemporaryDirectory(prefix="credits-demo-") as tmp:
         click.echo(f"starting the stack in {tmp} ...")
-        async with running_stack(_settings(Path(tmp)), usage_grace_s=DEMO_GRACE_S, schedules=False) as stack:
+        async with running_stack(_settings(Path(tmp)), usage_grace_s=DEMO_GRACE_S, schedules=False,
+                                 portal=False) as stack:
             for name, value in stack.addresses.items():
                 click.echo(f"  {name:<26} {value}")
             status = await _seed_and_finalize(stack, await _admin_key(stack))

@@ -25,12 +25,13 @@ import grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from creditctl.arguments import iso
 from creditctl.connection import rpc, rpcs
 from creditctl.errors import rpc_line
 from creditctl.help_listing import Group
 from creditctl.output import Format, console, emit_record, emit_rows, format_options, print_json
 from creditctl.records import pairs, record, set_instant
-from creditctl.times import INSTANT, parse_instant
+from creditctl.times import INSTANT, SINCE, parse_instant
 
 FIELDS = ("event_id", "customer_id", "meter_code", "quantity", "timestamp")
 _EVENT_INDEX = re.compile(r"^events\[(\d+)\]")
@@ -138,7 +139,8 @@ def ingest_file(path: Path, batch_size: int, show_progress: bool) -> Summary:
     return rpcs("invoice", work)
 
 
-@click.group("usage", cls=Group, help="usage events: one, or a CSV / JSON Lines file (CREDITS_INVOICE_ADDR)")
+@click.group("usage", cls=Group, help="usage events: one, or a CSV / JSON Lines file; usage per meter per day, top "
+             "customers (CREDITS_INVOICE_ADDR)")
 def command() -> None:
     pass
 
@@ -176,3 +178,41 @@ def ingest_events(file: Path, batch_size: int, fmt: Format) -> int:
             emit_rows([r.__dict__ for r in summary.rejected], ("line", "event_id", "reason"), Format.TABLE,
                       title="rejected")
     return 1 if summary.rejected else 0
+
+
+def _window(request: Any, since: datetime, until: datetime | None) -> Any:
+    set_instant(getattr(request, "from"), since)  # `from` is a Python keyword
+    if until is not None:
+        set_instant(request.to, until)
+    return request
+
+
+@command.command("series", help="a customer's usage per meter per day (or --hourly), each meter's own aggregation")
+@click.argument("customer")
+@click.option("--since", type=SINCE, default="30d", show_default=True, help="from: ISO 8601, 30d (ago), -7d")
+@click.option("--until", type=INSTANT, default=None, help="to (default now)")
+@click.option("--meter", default="", help="one meter (default: every meter)")
+@click.option("--hourly", is_flag=True, help="hours instead of days (at most 31 days)")
+@format_options(csv_=True)
+def series(customer: str, since: datetime, until: datetime | None, meter: str, hourly: bool, fmt: Format) -> int:
+    request = _window(ipb.GetUsageSeriesRequest(customer_id=customer, meter_code=meter,
+                                                granularity=ipb.HOUR if hourly else ipb.DAY), since, until)
+    found = rpc("invoice", "GetUsageSeries", request)
+    rows = [{"meter_code": p.meter_code, "bucket_start": iso(p.bucket_start, "bucket_start"), "value": p.value,
+             "events": p.events} for p in found.points]
+    emit_rows(rows, ("meter_code", "bucket_start", "value", "events"), fmt)
+    return 0
+
+
+@command.command("top", help="the tenant's biggest users of one meter over a period")
+@click.argument("meter")
+@click.option("--since", type=SINCE, default="30d", show_default=True, help="from: ISO 8601, 30d (ago), -7d")
+@click.option("--until", type=INSTANT, default=None, help="to (default now)")
+@click.option("--limit", type=click.IntRange(1, 100), default=10, show_default=True)
+@format_options(csv_=True)
+def top(meter: str, since: datetime, until: datetime | None, limit: int, fmt: Format) -> int:
+    found = rpc("invoice", "ListTopCustomers", _window(ipb.ListTopCustomersRequest(meter_code=meter, limit=limit),
+                                                       since, until))
+    emit_rows([{"customer_id": c.customer_id, "value": c.value, "events": c.events} for c in found.customers],
+              ("customer_id", "value", "events"), fmt)
+    return 0

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.api import pack, unpack
 from invoice_service.config import InvoiceConfig
@@ -17,12 +19,15 @@ from invoice_service.domain import render
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
+from service_runtime import portal_sessions
 from service_runtime.call_context import current_caller
 from service_runtime.free_text import check_text
 from service_runtime.idempotency import Guard, Replayed
 from service_runtime.identifiers import check_id, check_key, check_optional_id
 from service_runtime.pages import decode_token, encode_token, page_size
-from service_runtime.rejections import invalid
+from service_runtime.proto_time import from_timestamp
+from service_runtime.rejections import Reason, Rejection, invalid
+from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
@@ -58,6 +63,18 @@ async def _mutate(guard: Guard, response_type: type[M], run: Awaitable[Any]) -> 
         return response_type.FromString(replay.response)
     result: M = guard.response
     return result
+
+
+def _stamp(at: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(at)
+    return out
+
+
+def _exact(value: str) -> str:
+    """A numeric aggregate as plain decimal text without trailing zeros ("12.500" -> "12.5")."""
+    text = format(Decimal(value).normalize(), "f")
+    return text if text != "-0" else "0"
 
 
 class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
@@ -240,6 +257,58 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         if request.format not in (pb.TEXT, pb.RENDER_FORMAT_UNSPECIFIED):
             raise invalid("format", "must be TEXT or JSON")
         return pb.RenderInvoiceResponse(content_type="text/plain", content=render.to_text_invoice(view))
+
+    # ---- usage analytics ------------------------------------------------------------------------
+
+    def _window(self, request: pb.GetUsageSeriesRequest | pb.ListTopCustomersRequest,
+                max_days: int) -> tuple[datetime, datetime]:
+        end = from_timestamp(request.to, "to") if request.HasField("to") else datetime.now(UTC)
+        start = from_timestamp(getattr(request, "from"), "from") if request.HasField("from") \
+            else end - timedelta(days=30)
+        if end <= start:
+            raise invalid("to", "must be after from")
+        if end - start > timedelta(days=max_days):
+            raise invalid("to", f"at most {max_days} days after from")
+        return start, end
+
+    async def GetUsageSeries(self, request: pb.GetUsageSeriesRequest, context: _Ctx) -> pb.UsageSeries:
+        customer_id = check_id(request.customer_id, "customer_id")
+        meter = check_optional_id(request.meter_code, "meter_code")
+        grain = {pb.USAGE_GRANULARITY_UNSPECIFIED: "day", pb.DAY: "day", pb.HOUR: "hour"}.get(request.granularity)
+        if grain is None:
+            raise invalid("granularity", "must be DAY or HOUR")
+        start, end = self._window(request, 31 if grain == "hour" else 400)
+        rows = await self._usage.series(_tenant(), customer_id, start, end, grain, meter)
+        return pb.UsageSeries(customer_id=customer_id, points=[
+            pb.UsagePoint(meter_code=m, bucket_start=_stamp(at), value=_exact(v), events=n) for m, at, v, n in rows])
+
+    async def ListTopCustomers(self, request: pb.ListTopCustomersRequest,
+                               context: _Ctx) -> pb.ListTopCustomersResponse:
+        meter = check_id(request.meter_code, "meter_code")
+        if request.limit < 0:
+            raise invalid("limit", "must not be negative")
+        start, end = self._window(request, 400)
+        rows = await self._usage.top(_tenant(), meter, start, end, min(request.limit or 10, 100))
+        return pb.ListTopCustomersResponse(meter_code=meter, customers=[
+            pb.CustomerUsage(customer_id=c, value=_exact(v), events=n) for c, v, n in rows])
+
+    # ---- the customer portal --------------------------------------------------------------------
+
+    async def CreatePortalLink(self, request: pb.CreatePortalLinkRequest, context: _Ctx) -> pb.PortalLink:
+        customer_id = check_id(request.customer_id, "customer_id")
+        ttl_s = request.ttl_s or portal_sessions.DEFAULT_TTL_S
+        if ttl_s < 60 or ttl_s > portal_sessions.MAX_TTL_S:
+            raise invalid("ttl_s", f"must be between 60 and {portal_sessions.MAX_TTL_S} seconds")
+        customer = await self._catalog.get_customer(_tenant(), customer_id)
+        secret = portal_sessions.secret_from_env()
+        if not secret:
+            raise Rejection(Reason.PRECONDITION, f"portal links need {portal_sessions.SECRET_ENV} (32+ characters) "
+                                                 "on this server")
+        session = portal_sessions.mint(_tenant(), customer_id, customer.ledger_account_id, ttl_s, secret)
+        token = portal_sessions.sign(session, secret)
+        expires = Timestamp(seconds=session.expires_at)
+        return pb.PortalLink(customer_id=customer_id, ledger_account_id=customer.ledger_account_id, token=token,
+                             url=f"{Settings().portal_base_url}/s/{token}", expires_at=expires)
 
 
 def _status_name(value: int, i: int) -> str:

@@ -83,6 +83,18 @@ class UsageOperations:
         self._catalog = catalog
         self._grace = timedelta(seconds=grace_s)
 
+    async def series(self, tenant_id: str, customer_id: str, start: datetime, end: datetime, granularity: str,
+                     meter_code: str) -> list[tuple[str, datetime, str, int]]:
+        await self._catalog.get_customer(tenant_id, customer_id)
+        if meter_code:
+            await self._catalog.get_meter(tenant_id, meter_code)
+        return await usage_series(self._pool, tenant_id, customer_id, start, end, granularity, meter_code)
+
+    async def top(self, tenant_id: str, meter_code: str, start: datetime, end: datetime,
+                  limit: int) -> list[tuple[str, str, int]]:
+        await self._catalog.get_meter(tenant_id, meter_code)
+        return await top_customers(self._pool, tenant_id, meter_code, start, end, limit)
+
     async def ingest(self, guard: Guard, events: Sequence[EventIn], field: str = "events") -> list[bool]:
         """Stores new events; returns, in request order, True for accepted and False for duplicate.
 
@@ -190,3 +202,38 @@ def _unique_key(name: str, e: EventIn, meter: Meter) -> str | None:
     if len(value) > 200:
         raise invalid(f"{name}.properties", f"property {meter.property!r} is longer than 200 characters")
     return value
+
+
+# --- usage analytics ------------------------------------------------------------------------------
+
+# Each meter's own aggregation per bucket (numeric as text keeps it exact).
+_VALUE = """CASE m.aggregation WHEN 'SUM' THEN sum(e.quantity) WHEN 'COUNT' THEN count(*)
+            WHEN 'MAX' THEN max(e.quantity) ELSE count(DISTINCT e.unique_key) END"""
+SELECT_SERIES = f"""
+SELECT e.meter_code, date_trunc($5, e.ts, 'UTC') AS bucket, ({_VALUE})::text AS value, count(*) AS events
+FROM usage_events e JOIN meters m ON m.tenant_id = e.tenant_id AND m.meter_code = e.meter_code
+WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.ts >= $3 AND e.ts < $4 AND ($6 = '' OR e.meter_code = $6)
+GROUP BY e.meter_code, m.aggregation, bucket
+ORDER BY e.meter_code, bucket
+"""
+SELECT_TOP = f"""
+SELECT e.customer_id, ({_VALUE}) AS v, count(*) AS events
+FROM usage_events e JOIN meters m ON m.tenant_id = e.tenant_id AND m.meter_code = e.meter_code
+WHERE e.tenant_id = $1 AND e.meter_code = $2 AND e.ts >= $3 AND e.ts < $4
+GROUP BY e.customer_id, m.aggregation
+ORDER BY v DESC, e.customer_id LIMIT $5
+"""
+
+
+async def usage_series(pool: asyncpg.Pool, tenant_id: str, customer_id: str, start: datetime, end: datetime,
+                       granularity: str, meter_code: str) -> list[tuple[str, datetime, str, int]]:
+    """(meter, bucket start, value, events) of one customer, by meter then time."""
+    rows = await pool.fetch(SELECT_SERIES, tenant_id, customer_id, start, end, granularity, meter_code)
+    return [(r["meter_code"], r["bucket"], r["value"], r["events"]) for r in rows]
+
+
+async def top_customers(pool: asyncpg.Pool, tenant_id: str, meter_code: str, start: datetime, end: datetime,
+                        limit: int) -> list[tuple[str, str, int]]:
+    """(customer, value, events) of the meter's biggest users over the period, highest first."""
+    rows = await pool.fetch(SELECT_TOP, tenant_id, meter_code, start, end, limit)
+    return [(r["customer_id"], str(r["v"]), r["events"]) for r in rows]

@@ -35,6 +35,7 @@ from ledger_service.operations.grants import GrantOrder, GrantRequestQuery, Roll
 from ledger_service.operations.holds import HoldQuery, Reserve
 from ledger_service.operations.lots_and_balances import EntryQuery, LotQuery
 from ledger_service.operations.reversals_and_transfers import Reversal, TransferOrder
+from ledger_service.operations.statements import DEFAULT_TRAILING_DAYS, MAX_TRAILING_DAYS, StatementQuery
 from ledger_service.storage.reads import EntryFilter
 from service_runtime import currencies, rates
 from service_runtime.amounts import parse_decimal
@@ -420,3 +421,41 @@ def transfer_limit(request: pb.SetTransferLimitRequest) -> tuple[str, str, Amoun
 
 def settlement(request: pb.RecordSettlementRequest) -> tuple[str, datetime]:
     return check_id(request.account_id, "account_id"), required_when(request, "invoiced_through")
+
+
+# --- statements, exports, balance watch -----------------------------------------------------------
+
+def _statement_period(request: pb.GetStatementRequest | pb.ExportStatementRequest) -> tuple[datetime | None,
+                                                                                              datetime | None]:
+    start, end = opt_when(request, "from"), opt_when(request, "to")
+    if start is not None and end is not None and end <= start:
+        raise invalid("to", "must be after from")
+    return start, end
+
+
+def statement_query(request: pb.GetStatementRequest) -> StatementQuery:
+    start, end = _statement_period(request)
+    days = request.trailing_days
+    if days < 0 or days > MAX_TRAILING_DAYS:
+        raise invalid("trailing_days", f"must be between 0 and {MAX_TRAILING_DAYS}")
+    return StatementQuery(check_id(request.account_id, "account_id"), check_id(request.unit, "unit", required=False),
+                          start, end, page_size(request.page_size), request.page_token,
+                          days or DEFAULT_TRAILING_DAYS)
+
+
+def export_query(request: pb.ExportStatementRequest) -> tuple[StatementQuery, bool, bool]:
+    """(query, raw transaction log?, JSON lines?)."""
+    start, end = _statement_period(request)
+    if request.format not in (pb.EXPORT_CSV, pb.EXPORT_JSON):
+        raise invalid("format", "must be EXPORT_CSV or EXPORT_JSON")
+    if request.kind not in (pb.EXPORT_KIND_UNSPECIFIED, pb.EXPORT_STATEMENT, pb.EXPORT_ENTRIES):
+        raise invalid("kind", f"unknown export kind {request.kind}")
+    query = StatementQuery(check_id(request.account_id, "account_id"),
+                           check_id(request.unit, "unit", required=False), start, end)
+    return query, request.kind == pb.EXPORT_ENTRIES, request.format == pb.EXPORT_JSON
+
+
+def watch(request: pb.WatchBalanceRequest) -> tuple[str, int, bool]:
+    if request.after_sequence < 0:
+        raise invalid("after_sequence", "must not be negative")
+    return check_id(request.account_id, "account_id"), request.after_sequence, request.include_entries

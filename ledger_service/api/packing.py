@@ -15,9 +15,13 @@ from ledger_service.domain.journal import BUCKETS, Buckets, Entry
 from ledger_service.domain.model import Allocation, Hold, HoldStatus, Lot, RolloverPolicy
 from ledger_service.domain.policy import Policy
 from ledger_service.domain.settlement import Settlement, pending_expiry
+from ledger_service.domain.statements import Line, LotInfo, Movement
 from ledger_service.domain.transfers import TransferResult
+from ledger_service.operations.balance_watch import Kind
+from ledger_service.operations.balance_watch import Message as WatchMessage
 from ledger_service.operations.grants import VoidResult
 from ledger_service.operations.reversals_and_transfers import ReversalResult
+from ledger_service.operations.statements import StatementView
 from ledger_service.storage.catalog import AccountRow, PolicyRow
 from ledger_service.storage.grant_approvals import GrantRequestRow
 from ledger_service.storage.reads import BalanceView, Explanation, Verification
@@ -269,3 +273,69 @@ def transfer_limit(account_id: str, unit_code: str, limit: int | None, scale: in
 
 def settlement(account_id: str, s: Settlement) -> pb.Settlement:
     return pb.Settlement(account_id=account_id, billed=s.billed, invoiced_through=ts(s.invoiced_through))
+
+
+# --- statements -------------------------------------------------------------------------------------
+
+MOVEMENT_PB = {m: pb.MovementType.Value(f"MOVEMENT_{m.value}") for m in Movement}
+
+
+def statement_line(line: Line, lots: dict[str, LotInfo], scale: int) -> pb.StatementLine:
+    def lot(lot_id: str, amount: int) -> pb.StatementLot:
+        info = lots.get(lot_id)
+        return pb.StatementLot(lot_id=lot_id, type=LOT_TYPE_PB[info.lot_type] if info else 0,
+                               amount=format_minor(amount, scale),
+                               expires_at=ts(info.usable_until) if info else None)
+
+    return pb.StatementLine(
+        type=MOVEMENT_PB[line.movement], recorded_at=ts(line.recorded_at), reference=line.reference,
+        hold_key=line.hold_key, reason=line.reason, amount=format_minor(line.change.balance, scale),
+        available_change=format_minor(line.change.available, scale), balance=format_minor(line.after.balance, scale),
+        available=format_minor(line.after.available, scale), lots=[lot(i, a) for i, a in line.lots],
+        items=[pb.StatementItem(charge_id=c, name=n, amount=format_minor(a, scale)) for c, n, a in line.items],
+        first_entry_id=line.first_entry_id, last_entry_id=line.last_entry_id,
+    )
+
+
+def statement(view: StatementView) -> pb.Statement:
+    s = view.scale
+    out = pb.Statement(
+        account_id=view.account_id, unit=view.unit, to=ts(view.end),
+        opening_balance=format_minor(view.opening.balance, s),
+        opening_available=format_minor(view.opening.available, s),
+        closing_balance=format_minor(view.closing.balance, s),
+        closing_available=format_minor(view.closing.available, s),
+        credits_in=format_minor(view.credits_in, s), credits_out=format_minor(view.credits_out, s),
+        lines=[statement_line(line, view.lots, s) for line in view.lines], next_page_token=view.next_page_token,
+        by_type=[pb.StatementTypeTotals(
+            type=LOT_TYPE_PB[t.lot_type], opening_balance=format_minor(t.opening, s),
+            credits_in=format_minor(t.credits_in, s), credits_out=format_minor(t.credits_out, s),
+            closing_balance=format_minor(t.closing, s), closing_available=format_minor(t.closing_available, s))
+            for t in view.by_type],
+        expiry_timeline=[pb.ExpiryPoint(expires_at=ts(at), lot_id=lot_id, type=LOT_TYPE_PB[kind],
+                                        amount=format_minor(amount, s)) for at, lot_id, kind, amount in view.timeline],
+        trailing_days=view.trailing_days, trailing_consumption=format_minor(view.trailing_consumption, s),
+        days_until_depletion="" if view.days_until_depletion is None else str(view.days_until_depletion),
+        entries=view.entries,
+    )
+    if view.start is not None:
+        getattr(out, "from").CopyFrom(to_timestamp(view.start))  # `from` is a Python keyword
+    return out
+
+
+# --- the balance stream -----------------------------------------------------------------------------
+
+CHANGE_TYPE_PB = {Kind.SNAPSHOT: pb.CHANGE_SNAPSHOT, Kind.UPDATE: pb.CHANGE_UPDATE, Kind.RESYNC: pb.CHANGE_RESYNC}
+
+
+def balance_change(account_id: str, message: WatchMessage, scales: dict[str, int],
+                   include_entries: bool) -> pb.BalanceChange:
+    change = message.change
+    return pb.BalanceChange(
+        type=CHANGE_TYPE_PB[message.kind], account_id=account_id, sequence=change.seq,
+        recorded_at=ts(change.recorded_at), reason=message.reason,
+        balances=[pb.UnitBalance(unit=u, available=format_minor(a, scales[u]), held=format_minor(h, scales[u]),
+                                 balance=format_minor(a + h, scales[u]))
+                  for u, (a, h) in sorted(change.balances.items())],
+        entries=[entry(e, scales.get(e.unit, 0)) for e in change.entries] if include_entries else [],
+    )

@@ -7,38 +7,46 @@ write through storage, idempotency and audit included.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
+import grpc
 from credits.ledger.v1 import ledger_pb2 as pb
 from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.message import Message
 
+from ledger_service.api import exports, packing
 from ledger_service.api import mapping as m
-from ledger_service.api import packing
+from ledger_service.domain.statements import StatementMismatch
 from ledger_service.operations import (
     accounts_and_units,
+    balance_watch,
     grants,
     holds,
     lots_and_balances,
     policy,
     rates,
     reversals_and_transfers,
+    statements,
     sweeps,
 )
 from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.operations.grants import ApprovalWire
+from ledger_service.storage.balance_feed import BalanceFeed
 from service_runtime.grpc_server import current_caller
 from service_runtime.identifiers import check_id, check_key
 from service_runtime.permissions import LEDGER_SERVICE
+from service_runtime.rejections import Reason, Rejection
 from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", pb.ReverseHoldResponse, pb.ReverseReferenceResponse)
 SERVICE = LEDGER_SERVICE
+log = logging.getLogger(__name__)
 
 
 def _path(name: str) -> str:
@@ -50,8 +58,10 @@ def _tenant() -> str:
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now,
+                 listen_dsn: str = "") -> None:
         self._ledger = Ledger.create(pool, settings, clock)
+        self._feed = BalanceFeed(pool, listen_dsn) if listen_dsn else None  # WatchBalance: LISTEN/NOTIFY
         self._skew = settings.clock_skew_s
         self._horizon = settings.lot_horizon_s
         self._approvals = ApprovalWire(m.stored_grant, packing.lot, pb.Lot, packing.grant_request)
@@ -179,6 +189,44 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def VerifyJournal(self, request: pb.VerifyJournalRequest, context: Any) -> pb.VerifyJournalResponse:
         return packing.verification(await lots_and_balances.verify_journal(self._ledger, _tenant()))
+
+    # --- statements, exports, the balance stream ----------------------------------------------
+
+    async def GetStatement(self, request: pb.GetStatementRequest, context: Any) -> pb.Statement:
+        query = m.statement_query(request)
+        try:
+            return await statements.get_statement(self._ledger, _tenant(), query, packing.statement)
+        except StatementMismatch as bug:  # the statement and the ledger disagree: never shown as a statement
+            log.error("statement of %s does not reconcile: %s", query.account_id, bug)
+            await context.abort(grpc.StatusCode.INTERNAL, f"statement does not reconcile with the ledger: {bug}")
+            raise
+
+    async def ExportStatement(self, request: pb.ExportStatementRequest, context: Any) -> AsyncIterator[pb.ExportChunk]:
+        query, raw, as_json = m.export_query(request)
+        first = True
+        try:
+            async for progress in statements.export(self._ledger, _tenant(), query, raw):
+                yield exports.chunk(progress, raw, as_json, first)
+                first = False
+        except StatementMismatch as bug:
+            log.error("export of %s does not reconcile: %s", query.account_id, bug)
+            await context.abort(grpc.StatusCode.INTERNAL, f"statement does not reconcile with the ledger: {bug}")
+
+    async def WatchBalance(self, request: pb.WatchBalanceRequest, context: Any) -> AsyncIterator[pb.BalanceChange]:
+        account_id, after, include_entries = m.watch(request)
+        if self._feed is None:
+            raise Rejection(Reason.PRECONDITION, "this server was started without a database to LISTEN on")
+        scales: dict[str, int] = {}
+        async for message in balance_watch.watch(self._feed, _tenant(), account_id, after):
+            for unit in message.change.balances:
+                if unit not in scales:
+                    scales[unit] = await self._ledger.scale(_tenant(), unit)
+            form = (message.kind, include_entries, message.reason)
+            packed = message.change.packed.get(form)
+            if packed is None:
+                packed = message.change.packed[form] = packing.balance_change(account_id, message, scales,
+                                                                              include_entries)
+            yield packed  # type: ignore[misc]
 
     # --- policy -------------------------------------------------------------------------------
 

@@ -105,12 +105,20 @@ balances AS (
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
   RETURNING b.lot_id, b.account_id, {returned_buckets}, b.entries, b.entries - upd.entries AS entries_before
 ),
+ent_rows AS (SELECT row_number() OVER () AS n, * FROM {ent}),  -- n: the order the batch wrote them
+heads AS (  -- the next change number of every account this batch journals (see migration 0015)
+  INSERT INTO account_heads (tenant_id, account_id, seq)
+  SELECT DISTINCT $1, account_id, 1 FROM ent_rows
+  ON CONFLICT (tenant_id, account_id) DO UPDATE SET seq = account_heads.seq + 1
+  RETURNING account_id, seq
+),
 entries AS (
   INSERT INTO journal (tenant_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor,
-                       reason, reference, hold_key, policy_version)
+                       reason, reference, hold_key, policy_version, account_seq)
   SELECT $1, ent.account_id, ent.lot_id, ent.kind, ent.amount, ent.unit, ent.effective_at, $2, ent.actor,
-         ent.reason, ent.reference, ent.hold_key, ent.policy_version
-  FROM {ent}
+         ent.reason, ent.reference, ent.hold_key, ent.policy_version, heads.seq
+  FROM ent_rows ent JOIN heads ON heads.account_id = ent.account_id
+  ORDER BY ent.n  -- entry ids in the order the operations journaled
   RETURNING entry_id, lot_id
 ),
 checkpoints AS (
@@ -119,6 +127,9 @@ checkpoints AS (
   FROM (SELECT * FROM new_balances UNION ALL SELECT * FROM balances) p
   JOIN (SELECT lot_id, max(entry_id) AS through_entry_id FROM entries GROUP BY lot_id) e ON e.lot_id = p.lot_id
   WHERE p.entries / {every} > p.entries_before / {every}
+),
+notified AS (  -- delivered to LISTENers at COMMIT, never for a rolled-back batch
+  SELECT pg_notify('credits_balance', $1 || chr(31) || account_id || chr(31) || seq::text) FROM heads
 ),
 new_holds AS (
   INSERT INTO holds (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
@@ -159,7 +170,7 @@ keys AS (
   SELECT $1, key.key, key.method, decode(key.request_hash, 'hex'), decode(key.response, 'hex'), $2
   FROM {key}
 )
-SELECT 1
+SELECT (SELECT count(*) FROM notified)
 """
 
 

@@ -48,14 +48,18 @@ async def test_grants_balances_and_statements(stack: Stack) -> None:
     [usd] = bal["totals"]
     assert (usd["unit"], usd["available"], usd["granted"], usd["voided"]) == ("USD", "30.00", "35.00", "5.00")
     assert {b["type"] for b in bal["by_type"]} == {"PROMOTIONAL", "PURCHASED"}
-    statement = await json_of(stack, "statements", "acct-cli")
-    assert [(e["kind"], e["amount"]) for e in statement["entries"]] == [("GRANT", "30.00"), ("GRANT", "5.00"),
-                                                                      ("VOID", "5.00")]
+    code, out, _ = await creditctl(stack, "statements", "acct-cli", "--entries", "--json")  # JSON lines
+    assert code == 0
+    assert [(e["kind"], e["amount"]) for e in map(json.loads, out.splitlines())] == [
+        ("GRANT", "30.00"), ("GRANT", "5.00"), ("VOID", "5.00")]
+    code, out, _ = await creditctl(stack, "statements", "acct-cli", "--json")  # the statement's lines, then SUMMARY
+    assert [(r["movement"], r["amount"], r["balance"]) for r in map(json.loads, out.splitlines())] == [
+        ("GRANT", "30.00", "30.00"), ("GRANT", "5.00", "35.00"), ("VOID", "-5.00", "30.00"), ("", "30.00", "30.00")]
     # Tables for people.
     code, out, _ = await creditctl(stack, "balances", "acct-cli")
     assert code == 0 and "available" in out and "30.00" in out and "PROMOTIONAL" in out
     code, out, _ = await creditctl(stack, "statements", "acct-cli")
-    assert code == 0 and "3 entries" in out and "GRANT" in out and "VOID" in out
+    assert code == 0 and "3 movements of 3 entries" in out and "GRANT" in out and "VOID" in out
     # Errors: a clear status on stderr and a non-zero exit.
     code, _, err = await creditctl(stack, "grants", "create", "acct-cli", "--amount", "-1")
     assert code == 2 and "INVALID_ARGUMENT" in err and "amount" in err

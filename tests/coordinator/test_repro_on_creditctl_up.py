@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from credits.billing.v1 import billing_pb2 as bpb
 from credits.billing.v1 import billing_pb2_grpc
@@ -81,6 +82,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpStack]:
     env = {**os.environ, "CREDITS_DATA_DIR": str(tmp_path / "data"),
            "CREDITS_EMBEDDED_PG_PORT": str(_free_port()), "CREDITS_TEMPORAL_UI_PORT": str(_free_port()),
            "CREDITS_LEDGER_ADDR": "127.0.0.1:0", "CREDITS_INVOICE_ADDR": "127.0.0.1:0",
+           "CREDITS_PORTAL_ADDR": "127.0.0.1:0",
            "CREDITS_BILLING_ADDR": "127.0.0.1:0", "CREDITS_USAGE_GRACE_S": str(GRACE_S)}
     for name in ("CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN", "CREDITS_TEMPORAL_ADDR", "CREDITS_API_KEY"):
         env.pop(name, None)
@@ -157,6 +159,16 @@ async def test_the_repro_on_a_creditctl_up_stack(up: UpStack) -> None:
         assert (lot.balance.consumed, lot.balance.expired, lot.balance.pending_expiry) == ("20.00", "10.00", "0.00")
         verified = await s.ledger.VerifyJournal(lpb.VerifyJournalRequest(), metadata=s.md)
         assert verified.ok, verified.violations
+
+        # the customer portal `up` started and printed: a link minted with the CLI opens the customer's page
+        portal_url = up.addresses["customer portal"].split()[0]
+        cli_env = {**up.env, "CREDITS_API_KEY": created["api_key"],
+                   "CREDITS_INVOICE_ADDR": up.addresses["invoice gRPC"]}
+        link = (await _creditctl(cli_env, "portal", "link", "repro", "--ttl", "10m", "-q")).strip()
+        assert link.startswith(f"{portal_url}/s/ps1."), link
+        async with httpx.AsyncClient(follow_redirects=True, timeout=20) as web:
+            page = await web.get(link)
+        assert page.status_code == 200 and "Repro" in page.text and "Consumption" not in page.text
     finally:
         for channel in channels:
             await channel.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ def is_audit(table: str) -> bool:
     return table.rpartition(":")[2] in AUDIT_TABLES
 
 CALL_TIMEOUT_S = 20.0  # a call slower than this is reported as a hang (DEADLINE_EXCEEDED)
+STREAM_QUIET_S = 0.5   # a server stream silent this long after its first message is live, not hung
 SECRET = "SECRETB"     # planted in the other tenant's free-text fields; must never come back to tenant A
 
 
@@ -108,15 +110,44 @@ class Service:
                    extra_metadata: list[tuple[str, Any]] | None = None) -> Outcome:
         serializer: Callable[[Any], bytes] = (lambda b: b) if isinstance(request, bytes) else \
             (lambda m: m.SerializeToString())
-        rpc = self.channel.unary_unary(path(method), request_serializer=serializer,
-                                       response_deserializer=response_class(method).FromString)
         md: list[tuple[str, Any]] = [] if key is None else [("x-api-key", key)]
         md += extra_metadata or []
+        if method.server_streaming:
+            if any(isinstance(v, str) and not all(" " <= c <= "~" for c in v) for _, v in md):
+                # what grpc does before a unary call leaves the process (validate_metadata.cc); a stream
+                # would only report it as INTERNAL on its first read
+                raise ValueError("grpc refuses a metadata value outside printable ASCII")
+            return await self._stream(method, request, serializer, md)
+        rpc = self.channel.unary_unary(path(method), request_serializer=serializer,
+                                       response_deserializer=response_class(method).FromString)
         try:
             response = await rpc(request, metadata=md, timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as err:
             return Outcome(err.code(), err.details() or "")
         return Outcome(OK, "", response)
+
+    async def _stream(self, method: MethodDescriptor, request: Message | bytes, serializer: Callable[[Any], bytes],
+                      md: list[tuple[str, Any]]) -> Outcome:
+        """A server-streaming RPC: read to its end, or (a live stream such as WatchBalance) until it has
+        been quiet for STREAM_QUIET_S after its first message; the outcome carries the first message."""
+        call = self.channel.unary_stream(path(method), request_serializer=serializer,
+                                         response_deserializer=response_class(method).FromString)(
+            request, metadata=md, timeout=CALL_TIMEOUT_S)
+        first: Message | None = None
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), STREAM_QUIET_S if first is not None
+                                                     else CALL_TIMEOUT_S)
+                except TimeoutError:
+                    call.cancel()
+                    break
+                if message is grpc.aio.EOF:
+                    break
+                first = first or message
+        except grpc.aio.AioRpcError as err:
+            return Outcome(err.code(), err.details() or "")
+        return Outcome(OK, "", first)
 
     async def checked_call(self, method: MethodDescriptor, request: Message | bytes, key: str | None,
                            extra_metadata: list[tuple[str, Any]] | None = None, *,
@@ -166,6 +197,29 @@ class WorkflowCheckedService(Service):
 
     async def stray(self) -> set[tuple[str, str]]:
         return await self.runs() - self.accepted
+
+    async def _stream(self, method: MethodDescriptor, request: Message | bytes, serializer: Callable[[Any], bytes],
+                      md: list[tuple[str, Any]]) -> Outcome:
+        """A server-streaming RPC: read to its end, or (a live stream such as WatchBalance) until it has
+        been quiet for STREAM_QUIET_S after its first message; the outcome carries the first message."""
+        call = self.channel.unary_stream(path(method), request_serializer=serializer,
+                                         response_deserializer=response_class(method).FromString)(
+            request, metadata=md, timeout=CALL_TIMEOUT_S)
+        first: Message | None = None
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), STREAM_QUIET_S if first is not None
+                                                     else CALL_TIMEOUT_S)
+                except TimeoutError:
+                    call.cancel()
+                    break
+                if message is grpc.aio.EOF:
+                    break
+                first = first or message
+        except grpc.aio.AioRpcError as err:
+            return Outcome(err.code(), err.details() or "")
+        return Outcome(OK, "", first)
 
     async def checked_call(self, method: MethodDescriptor, request: Message | bytes, key: str | None,
                            extra_metadata: list[tuple[str, Any]] | None = None, *,

@@ -17,9 +17,9 @@ from tests.tenancy import add_tenant_key
 SERVICE = pb.DESCRIPTOR.services_by_name["LedgerService"]
 PAGED = [m for m in SERVICE.methods if "page_token" in m.input_type.fields_by_name]
 # The fields a List RPC needs besides its page, so that the page is what gets refused.
-REQUIRED: dict[str, dict[str, Any]] = {"ListLots": {"account_id": "acme"}}
+REQUIRED: dict[str, dict[str, Any]] = {"ListLots": {"account_id": "acme"}, "GetStatement": {"account_id": "acme"}}
 ITEMS = {"ListLots": "lots", "ListEntries": "entries", "ListHolds": "holds", "ListGrantRequests": "requests",
-         "ListAccounts": "accounts"}
+         "ListAccounts": "accounts", "GetStatement": "lines"}
 
 
 def test_every_paged_rpc_is_covered() -> None:
@@ -82,7 +82,7 @@ async def test_paging_through_with_returned_tokens_yields_everything_once(ledger
         await ledger.account(f"acme-team-{i}", parent="acme")
     for name, fields in (("ListLots", {}), ("ListEntries", {"account_id": "acme"}), ("ListHolds", {}),
                          ("ListGrantRequests", {}), ("ListAccounts", {}),
-                         ("ListAccounts", {"parent_account_id": "acme"})):
+                         ("ListAccounts", {"parent_account_id": "acme"}), ("GetStatement", {})):
         paged = await _page_through(ledger, name, ledger.md, **fields)
         whole = getattr(await getattr(ledger.stub, name)(_request(name, page_size=1000, **fields),
                                                            metadata=ledger.md), ITEMS[name])

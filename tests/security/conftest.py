@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +74,14 @@ async def stack() -> AsyncIterator[Stack]:
 
 
 async def code_of(call: Any) -> tuple[grpc.StatusCode, str, Any]:
-    """(status, details, response or None) of an awaited call."""
+    """(status, details, response or None) of an awaited call; of a server stream, its first message."""
+    if isinstance(call, grpc.aio.UnaryStreamCall):
+        try:
+            first = await asyncio.wait_for(call.read(), 20)
+        except grpc.aio.AioRpcError as err:
+            return err.code(), err.details() or "", None
+        call.cancel()
+        return grpc.StatusCode.OK, "", None if first is grpc.aio.EOF else first
     try:
         response = await call
     except grpc.aio.AioRpcError as err:

@@ -89,7 +89,7 @@ def build(message: Message, ids: dict[str, str]) -> bool:
             setattr(message, f.name, "USD")
         elif f.name in ("reason", "reason_code", "event_id") and f.type == f.TYPE_STRING:
             setattr(message, f.name, "x1")
-        elif f.name == "type" and f.type == f.TYPE_ENUM:
+        elif f.name in ("type", "format") and f.type == f.TYPE_ENUM:
             setattr(message, f.name, 1)
         elif f.name == "sort_keys" and _repeated(f):
             getattr(message, f.name).append(1)

@@ -63,6 +63,12 @@ class RenderFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RENDER_FORMAT_UNSPECIFIED: _ClassVar[RenderFormat]
     TEXT: _ClassVar[RenderFormat]
     JSON: _ClassVar[RenderFormat]
+
+class UsageGranularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USAGE_GRANULARITY_UNSPECIFIED: _ClassVar[UsageGranularity]
+    DAY: _ClassVar[UsageGranularity]
+    HOUR: _ClassVar[UsageGranularity]
 CHARGE_KIND_UNSPECIFIED: ChargeKind
 USAGE: ChargeKind
 ADD_ON: ChargeKind
@@ -96,6 +102,9 @@ DUPLICATE: IngestStatus
 RENDER_FORMAT_UNSPECIFIED: RenderFormat
 TEXT: RenderFormat
 JSON: RenderFormat
+USAGE_GRANULARITY_UNSPECIFIED: UsageGranularity
+DAY: UsageGranularity
+HOUR: UsageGranularity
 
 class Customer(_message.Message):
     __slots__ = ("customer_id", "name", "ledger_account_id", "created_at")
@@ -737,3 +746,87 @@ class RenderInvoiceResponse(_message.Message):
     content_type: str
     content: str
     def __init__(self, content_type: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class CreatePortalLinkRequest(_message.Message):
+    __slots__ = ("customer_id", "ttl_s")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ttl_s: int
+    def __init__(self, customer_id: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
+class PortalLink(_message.Message):
+    __slots__ = ("customer_id", "ledger_account_id", "token", "url", "expires_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    ledger_account_id: str
+    token: str
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., token: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetUsageSeriesRequest(_message.Message):
+    __slots__ = ("customer_id", "to", "granularity", "meter_code")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    to: _timestamp_pb2.Timestamp
+    granularity: UsageGranularity
+    meter_code: str
+    def __init__(self, customer_id: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[UsageGranularity, str]] = ..., meter_code: _Optional[str] = ..., **kwargs) -> None: ...
+
+class UsagePoint(_message.Message):
+    __slots__ = ("meter_code", "bucket_start", "value", "events")
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_START_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    bucket_start: _timestamp_pb2.Timestamp
+    value: str
+    events: int
+    def __init__(self, meter_code: _Optional[str] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+
+class UsageSeries(_message.Message):
+    __slots__ = ("customer_id", "points")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    points: _containers.RepeatedCompositeFieldContainer[UsagePoint]
+    def __init__(self, customer_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[UsagePoint, _Mapping]]] = ...) -> None: ...
+
+class ListTopCustomersRequest(_message.Message):
+    __slots__ = ("meter_code", "to", "limit")
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    to: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, meter_code: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., **kwargs) -> None: ...
+
+class CustomerUsage(_message.Message):
+    __slots__ = ("customer_id", "value", "events")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    value: str
+    events: int
+    def __init__(self, customer_id: _Optional[str] = ..., value: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+
+class ListTopCustomersResponse(_message.Message):
+    __slots__ = ("meter_code", "customers")
+    METER_CODE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    meter_code: str
+    customers: _containers.RepeatedCompositeFieldContainer[CustomerUsage]
+    def __init__(self, meter_code: _Optional[str] = ..., customers: _Optional[_Iterable[_Union[CustomerUsage, _Mapping]]] = ...) -> None: ...

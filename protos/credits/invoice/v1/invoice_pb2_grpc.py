@@ -154,6 +154,21 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.FromString,
                 _registered_method=True)
+        self.CreatePortalLink = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/CreatePortalLink',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.FromString,
+                _registered_method=True)
+        self.GetUsageSeries = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/GetUsageSeries',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.FromString,
+                _registered_method=True)
+        self.ListTopCustomers = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListTopCustomers',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -314,6 +329,29 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePortalLink(self, request, context):
+        """The customer portal: a signed, expiring, read-only session link for one customer, to hand to
+        that customer (service_runtime/portal_sessions.py). Nothing is stored; the link reads only the
+        customer's own account and invoices until it expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageSeries(self, request, context):
+        """Usage analytics: one customer's usage per meter per day (or hour), each meter's own aggregation
+        (SUM, COUNT, MAX, UNIQUE_COUNT) per bucket; and the tenant's top customers of one meter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTopCustomers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -436,6 +474,21 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.RenderInvoice,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.SerializeToString,
+            ),
+            'CreatePortalLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePortalLink,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.SerializeToString,
+            ),
+            'GetUsageSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageSeries,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.SerializeToString,
+            ),
+            'ListTopCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTopCustomers,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1086,6 +1139,87 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/RenderInvoice',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePortalLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/CreatePortalLink',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.PortalLink.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/GetUsageSeries',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.GetUsageSeriesRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.UsageSeries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTopCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListTopCustomers',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,

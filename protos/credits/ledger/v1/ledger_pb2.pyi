@@ -70,6 +70,38 @@ class GrantRequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PENDING_APPROVAL: _ClassVar[GrantRequestStatus]
     APPROVED: _ClassVar[GrantRequestStatus]
     REJECTED: _ClassVar[GrantRequestStatus]
+
+class MovementType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVEMENT_TYPE_UNSPECIFIED: _ClassVar[MovementType]
+    MOVEMENT_GRANT: _ClassVar[MovementType]
+    MOVEMENT_CONSUMPTION: _ClassVar[MovementType]
+    MOVEMENT_HOLD_PLACED: _ClassVar[MovementType]
+    MOVEMENT_HOLD_RELEASED: _ClassVar[MovementType]
+    MOVEMENT_EXPIRATION: _ClassVar[MovementType]
+    MOVEMENT_VOID: _ClassVar[MovementType]
+    MOVEMENT_REVERSAL: _ClassVar[MovementType]
+    MOVEMENT_TRANSFER_IN: _ClassVar[MovementType]
+    MOVEMENT_TRANSFER_OUT: _ClassVar[MovementType]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_CSV: _ClassVar[ExportFormat]
+    EXPORT_JSON: _ClassVar[ExportFormat]
+
+class ExportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_KIND_UNSPECIFIED: _ClassVar[ExportKind]
+    EXPORT_STATEMENT: _ClassVar[ExportKind]
+    EXPORT_ENTRIES: _ClassVar[ExportKind]
+
+class ChangeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_TYPE_UNSPECIFIED: _ClassVar[ChangeType]
+    CHANGE_SNAPSHOT: _ClassVar[ChangeType]
+    CHANGE_UPDATE: _ClassVar[ChangeType]
+    CHANGE_RESYNC: _ClassVar[ChangeType]
 LOT_TYPE_UNSPECIFIED: LotType
 PURCHASED: LotType
 PROMOTIONAL: LotType
@@ -110,6 +142,26 @@ GRANT_REQUEST_STATUS_UNSPECIFIED: GrantRequestStatus
 PENDING_APPROVAL: GrantRequestStatus
 APPROVED: GrantRequestStatus
 REJECTED: GrantRequestStatus
+MOVEMENT_TYPE_UNSPECIFIED: MovementType
+MOVEMENT_GRANT: MovementType
+MOVEMENT_CONSUMPTION: MovementType
+MOVEMENT_HOLD_PLACED: MovementType
+MOVEMENT_HOLD_RELEASED: MovementType
+MOVEMENT_EXPIRATION: MovementType
+MOVEMENT_VOID: MovementType
+MOVEMENT_REVERSAL: MovementType
+MOVEMENT_TRANSFER_IN: MovementType
+MOVEMENT_TRANSFER_OUT: MovementType
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_CSV: ExportFormat
+EXPORT_JSON: ExportFormat
+EXPORT_KIND_UNSPECIFIED: ExportKind
+EXPORT_STATEMENT: ExportKind
+EXPORT_ENTRIES: ExportKind
+CHANGE_TYPE_UNSPECIFIED: ChangeType
+CHANGE_SNAPSHOT: ChangeType
+CHANGE_UPDATE: ChangeType
+CHANGE_RESYNC: ChangeType
 
 class Account(_message.Message):
     __slots__ = ("account_id", "parent_account_id", "name", "created_at")
@@ -1075,3 +1127,204 @@ class RejectGrantRequestRequest(_message.Message):
     request_id: str
     reason: str
     def __init__(self, idempotency_key: _Optional[str] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StatementLot(_message.Message):
+    __slots__ = ("lot_id", "type", "amount", "expires_at")
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    lot_id: str
+    type: LotType
+    amount: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, lot_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., amount: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StatementItem(_message.Message):
+    __slots__ = ("charge_id", "name", "amount")
+    CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    charge_id: str
+    name: str
+    amount: str
+    def __init__(self, charge_id: _Optional[str] = ..., name: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class StatementLine(_message.Message):
+    __slots__ = ("type", "recorded_at", "reference", "hold_key", "reason", "amount", "available_change", "balance", "available", "lots", "items", "first_entry_id", "last_entry_id")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    HOLD_KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    LOTS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    type: MovementType
+    recorded_at: _timestamp_pb2.Timestamp
+    reference: str
+    hold_key: str
+    reason: str
+    amount: str
+    available_change: str
+    balance: str
+    available: str
+    lots: _containers.RepeatedCompositeFieldContainer[StatementLot]
+    items: _containers.RepeatedCompositeFieldContainer[StatementItem]
+    first_entry_id: int
+    last_entry_id: int
+    def __init__(self, type: _Optional[_Union[MovementType, str]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reference: _Optional[str] = ..., hold_key: _Optional[str] = ..., reason: _Optional[str] = ..., amount: _Optional[str] = ..., available_change: _Optional[str] = ..., balance: _Optional[str] = ..., available: _Optional[str] = ..., lots: _Optional[_Iterable[_Union[StatementLot, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[StatementItem, _Mapping]]] = ..., first_entry_id: _Optional[int] = ..., last_entry_id: _Optional[int] = ...) -> None: ...
+
+class StatementTypeTotals(_message.Message):
+    __slots__ = ("type", "opening_balance", "credits_in", "credits_out", "closing_balance", "closing_available")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OPENING_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_IN_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_OUT_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    type: LotType
+    opening_balance: str
+    credits_in: str
+    credits_out: str
+    closing_balance: str
+    closing_available: str
+    def __init__(self, type: _Optional[_Union[LotType, str]] = ..., opening_balance: _Optional[str] = ..., credits_in: _Optional[str] = ..., credits_out: _Optional[str] = ..., closing_balance: _Optional[str] = ..., closing_available: _Optional[str] = ...) -> None: ...
+
+class ExpiryPoint(_message.Message):
+    __slots__ = ("expires_at", "lot_id", "type", "amount")
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    expires_at: _timestamp_pb2.Timestamp
+    lot_id: str
+    type: LotType
+    amount: str
+    def __init__(self, expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lot_id: _Optional[str] = ..., type: _Optional[_Union[LotType, str]] = ..., amount: _Optional[str] = ...) -> None: ...
+
+class GetStatementRequest(_message.Message):
+    __slots__ = ("account_id", "unit", "to", "page_size", "page_token", "trailing_days")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_DAYS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unit: str
+    to: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    trailing_days: int
+    def __init__(self, account_id: _Optional[str] = ..., unit: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., trailing_days: _Optional[int] = ..., **kwargs) -> None: ...
+
+class Statement(_message.Message):
+    __slots__ = ("account_id", "unit", "to", "opening_balance", "opening_available", "closing_balance", "closing_available", "credits_in", "credits_out", "lines", "next_page_token", "by_type", "expiry_timeline", "trailing_days", "trailing_consumption", "days_until_depletion", "entries")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    OPENING_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    OPENING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CLOSING_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_IN_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_OUT_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRY_TIMELINE_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_DAYS_FIELD_NUMBER: _ClassVar[int]
+    TRAILING_CONSUMPTION_FIELD_NUMBER: _ClassVar[int]
+    DAYS_UNTIL_DEPLETION_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unit: str
+    to: _timestamp_pb2.Timestamp
+    opening_balance: str
+    opening_available: str
+    closing_balance: str
+    closing_available: str
+    credits_in: str
+    credits_out: str
+    lines: _containers.RepeatedCompositeFieldContainer[StatementLine]
+    next_page_token: str
+    by_type: _containers.RepeatedCompositeFieldContainer[StatementTypeTotals]
+    expiry_timeline: _containers.RepeatedCompositeFieldContainer[ExpiryPoint]
+    trailing_days: int
+    trailing_consumption: str
+    days_until_depletion: str
+    entries: int
+    def __init__(self, account_id: _Optional[str] = ..., unit: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., opening_balance: _Optional[str] = ..., opening_available: _Optional[str] = ..., closing_balance: _Optional[str] = ..., closing_available: _Optional[str] = ..., credits_in: _Optional[str] = ..., credits_out: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[StatementLine, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., by_type: _Optional[_Iterable[_Union[StatementTypeTotals, _Mapping]]] = ..., expiry_timeline: _Optional[_Iterable[_Union[ExpiryPoint, _Mapping]]] = ..., trailing_days: _Optional[int] = ..., trailing_consumption: _Optional[str] = ..., days_until_depletion: _Optional[str] = ..., entries: _Optional[int] = ..., **kwargs) -> None: ...
+
+class ExportStatementRequest(_message.Message):
+    __slots__ = ("account_id", "unit", "to", "format", "kind")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    unit: str
+    to: _timestamp_pb2.Timestamp
+    format: ExportFormat
+    kind: ExportKind
+    def __init__(self, account_id: _Optional[str] = ..., unit: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., kind: _Optional[_Union[ExportKind, str]] = ..., **kwargs) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("data", "entries_done", "entries_total")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_DONE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    entries_done: int
+    entries_total: int
+    def __init__(self, data: _Optional[bytes] = ..., entries_done: _Optional[int] = ..., entries_total: _Optional[int] = ...) -> None: ...
+
+class WatchBalanceRequest(_message.Message):
+    __slots__ = ("account_id", "after_sequence", "include_entries")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    after_sequence: int
+    include_entries: bool
+    def __init__(self, account_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., include_entries: _Optional[bool] = ...) -> None: ...
+
+class UnitBalance(_message.Message):
+    __slots__ = ("unit", "available", "held", "balance")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    available: str
+    held: str
+    balance: str
+    def __init__(self, unit: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., balance: _Optional[str] = ...) -> None: ...
+
+class BalanceChange(_message.Message):
+    __slots__ = ("type", "account_id", "sequence", "recorded_at", "balances", "entries", "reason")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    BALANCES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    type: ChangeType
+    account_id: str
+    sequence: int
+    recorded_at: _timestamp_pb2.Timestamp
+    balances: _containers.RepeatedCompositeFieldContainer[UnitBalance]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    reason: str
+    def __init__(self, type: _Optional[_Union[ChangeType, str]] = ..., account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balances: _Optional[_Iterable[_Union[UnitBalance, _Mapping]]] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...

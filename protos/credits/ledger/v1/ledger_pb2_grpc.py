@@ -234,6 +234,21 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
                 _registered_method=True)
+        self.GetStatement = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/GetStatement',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Statement.FromString,
+                _registered_method=True)
+        self.ExportStatement = channel.unary_stream(
+                '/credits.ledger.v1.LedgerService/ExportStatement',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportStatementRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.WatchBalance = channel.unary_stream(
+                '/credits.ledger.v1.LedgerService/WatchBalance',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -499,6 +514,34 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatement(self, request, context):
+        """Customer transparency (what a customer portal shows; docs: README "Statements and live balances").
+        An account's statement for a period of one unit: opening balance, every movement with its running
+        balance, closing balance, the same by lot type, the expiry timeline and days until depletion.
+        Opening + movements = closing is checked against the ledger for every statement (a mismatch is
+        INTERNAL: a bug, never a display). Lines page by token; the totals come with every page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportStatement(self, request, context):
+        """The whole statement (or the raw transaction log) as CSV or JSON lines, streamed in chunks read
+        by keyset pages inside one snapshot: the server's memory stays flat however long it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBalance(self, request, context):
+        """A snapshot of the account's balance, then every change, each with the account's sequence
+        (gap-free, increasing by one per committed change). Resume with after_sequence: exactly what
+        was missed, or a RESYNC (with a fresh snapshot) when it is too far back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -701,6 +744,21 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.RejectGrantRequest,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.SerializeToString,
+            ),
+            'GetStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatement,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.GetStatementRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.Statement.SerializeToString,
+            ),
+            'ExportStatement': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportStatement,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportStatementRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportChunk.SerializeToString,
+            ),
+            'WatchBalance': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBalance,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1783,6 +1841,87 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/RejectGrantRequest',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.RejectGrantRequestRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.GrantRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/GetStatement',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.GetStatementRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.Statement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/ExportStatement',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportStatementRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/WatchBalance',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.FromString,
             options,
             channel_credentials,
             insecure,

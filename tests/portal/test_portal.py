@@ -1,0 +1,144 @@
+"""The customer portal over real HTTP against the real services: its pages, the CSV download, the
+live stream, and its security — A's link never shows B's data, expired or tampered links get a
+clear 401/403 page, nothing can be changed, and the session itself is refused any other read or write
+by the services."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+
+import grpc
+import pytest
+from credits.invoice.v1 import invoice_pb2 as ipb
+from credits.ledger.v1 import ledger_pb2 as lpb
+
+from service_runtime import portal_sessions
+from tests.ledger.requests_and_checks import charge
+from tests.portal.conftest import SECRET, Portal
+
+
+async def test_pages_show_the_customers_own_account(portal: Portal) -> None:
+    async with portal.signed_in("john-wick") as web:
+        home = await web.get("/")
+        assert home.status_code == 200 and "John Wick" in home.text
+        assert "Promotional" in home.text and 'class="available"' in home.text
+        assert home.headers["content-security-policy"].startswith("default-src 'self'")
+        log = await web.get("/transactions")
+        assert f'href="/invoices/{portal.invoice_id}"' in log.text and "Consumption" in log.text
+        invoices = await web.get("/invoices")
+        assert "INV-000001" in invoices.text
+        invoice = await web.get(f"/invoices/{portal.invoice_id}")
+        assert invoice.status_code == 200 and "from promotional credit" in invoice.text
+        usage = await web.get("/usage")
+        assert usage.status_code == 200 and "<h1>Usage per meter per day</h1>" in usage.text
+        download = await web.get("/statement.csv")
+        assert download.headers["content-disposition"].startswith("attachment;")
+        rows = list(csv.DictReader(io.StringIO(download.text)))
+        assert rows[0]["movement"] == "GRANT" and rows[-1]["row"] == "SUMMARY"
+
+
+async def test_a_link_never_shows_another_customers_data(portal: Portal) -> None:
+    async with portal.signed_in("anna") as web:
+        home = await web.get("/")
+        assert "Anna Karenina" in home.text and "John Wick" not in home.text
+        assert "acct-john-wick" not in (await web.get("/statement.csv")).text
+        other = await web.get(f"/invoices/{portal.invoice_id}")  # john-wick's invoice
+        assert other.status_code == 404 and "INV-000001" not in other.text
+        listed = await web.get("/invoices")
+        assert portal.invoice_id not in listed.text and portal.draft_id in listed.text
+    # the services themselves keep the session to its customer: another account, invoice, customer
+    anna = (await portal.link("anna")).token
+    md = [("x-api-key", anna)]
+    s = portal.stack.services
+    calls = [s.ledger.GetBalance(lpb.GetBalanceRequest(account_id="acct-john-wick"), metadata=md),
+             s.ledger.GetStatement(lpb.GetStatementRequest(account_id="acct-john-wick"), metadata=md),
+             s.invoice.ListInvoices(ipb.ListInvoicesRequest(), metadata=md),
+             s.invoice.GetCustomer(ipb.GetCustomerRequest(customer_id="john-wick"), metadata=md)]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await s.invoice.GetInvoice(ipb.GetInvoiceRequest(invoice_id=portal.invoice_id), metadata=md)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in s.ledger.WatchBalance(lpb.WatchBalanceRequest(account_id="acct-john-wick"), metadata=md):
+            pass
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_expired_tampered_and_missing_sessions(portal: Portal) -> None:
+    session = portal_sessions.mint("acme", "john-wick", "acct-john-wick", 60, SECRET, now=0)  # long expired
+    expired = portal_sessions.sign(session, SECRET)
+    good = (await portal.link("john-wick")).token
+    head, payload, mac = good.split(".")
+    forged_payload = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
+    async with portal.client() as web:
+        page = await web.get(f"/s/{expired}")
+        assert page.status_code == 401 and "This link has expired" in page.text
+        page = await web.get(f"/s/{head}.{forged_payload}.{mac}")
+        assert page.status_code == 403 and "This link is not valid" in page.text
+        other_secret = portal_sessions.sign(portal_sessions.mint("acme", "john-wick", "acct-john-wick", 600,
+                                                                 "y" * 40), "y" * 40)
+        assert (await web.get(f"/s/{other_secret}")).status_code == 403
+        page = await web.get("/")
+        assert page.status_code == 401 and "Please open your portal link" in page.text
+        web.cookies.set("credits_portal", expired)
+        assert (await web.get("/transactions")).status_code == 401
+
+
+async def test_the_session_can_change_nothing(portal: Portal) -> None:
+    async with portal.signed_in("john-wick") as web:
+        for path in ("/", "/invoices", f"/invoices/{portal.invoice_id}", "/statement.csv", "/s/x"):
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                assert (await web.request(method, path)).status_code == 405, (method, path)
+    token = (await portal.link("john-wick")).token
+    md = [("x-api-key", token)]
+    s = portal.stack.services
+    writes = [s.ledger.DebitCredits(lpb.DebitCreditsRequest(idempotency_key="p1", account_id="acct-john-wick",
+                                                            unit="USD", charges=[charge("1.00")]), metadata=md),
+              s.ledger.GrantCredits(lpb.GrantCreditsRequest(idempotency_key="p2", account_id="acct-john-wick",
+                                                            unit="USD", amount="5.00", type=lpb.PURCHASED),
+                                    metadata=md),
+              s.invoice.CreatePortalLink(ipb.CreatePortalLinkRequest(customer_id="john-wick"), metadata=md),
+              s.ledger.ListEntries(lpb.ListEntriesRequest(account_id="acct-john-wick"), metadata=md)]
+    for call in writes:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_live_balance_events_follow_a_debit(portal: Portal) -> None:
+    async with portal.signed_in("anna") as web, web.stream("GET", "/events") as events:
+        lines = events.aiter_lines()
+
+        async def next_event() -> dict[str, object]:
+            while True:
+                line = await asyncio.wait_for(anext(lines), 15)
+                if line.startswith("data: "):
+                    return json.loads(line[6:])  # type: ignore[no-any-return]
+
+        first = await next_event()
+        assert first["type"] == "SNAPSHOT"
+        await portal.stack.services.ledger.DebitCredits(lpb.DebitCreditsRequest(
+            idempotency_key="live-1", account_id="acct-anna", unit="USD",
+            charges=[charge("2.00", kind=lpb.USAGE, name="input_tokens", start="2026-08-10T00:00:00")]),
+            metadata=portal.stack.md)
+        change = await next_event()
+        assert change["type"] == "UPDATE" and change["sequence"] == first["sequence"] + 1  # type: ignore[operator]
+        assert change["balances"] == [{"unit": "USD", "available": "18.00", "held": "0.00", "balance": "18.00"}]
+
+
+async def test_links_need_a_known_customer_and_a_sane_ttl(portal: Portal) -> None:
+    for request, code, field in [(ipb.CreatePortalLinkRequest(customer_id="nobody"), grpc.StatusCode.NOT_FOUND,
+                                  "customer_id"),
+                                 (ipb.CreatePortalLinkRequest(customer_id="anna", ttl_s=10),
+                                  grpc.StatusCode.INVALID_ARGUMENT, "ttl_s")]:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await portal.stack.services.invoice.CreatePortalLink(request, metadata=portal.stack.md)
+        assert info.value.code() == code and field in (info.value.details() or "")
+    link = await portal.link("anna")
+    assert link.url.endswith(f"/s/{link.token}") and link.ledger_account_id == "acct-anna"
