@@ -21,6 +21,7 @@ from creditctl.commands import (
     billing,
     chaos,
     completion,
+    config,
     customers,
     demo,
     drafts,
@@ -56,7 +57,7 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, completion)
+            customers, meters, plans, subscriptions, usage, drafts, config, completion)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".

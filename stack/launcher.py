@@ -31,8 +31,8 @@ from coordinator.keys import MintingKeyStore, key_ttl_from_env
 from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
 from service_runtime import metrics, tracing
-from service_runtime.databases import Databases, resolve_databases
-from service_runtime.settings import Settings
+from service_runtime.databases import Databases, embedded_server, resolve_databases
+from service_runtime.settings import Settings, env_name, remove_stack_file, write_stack_file
 from service_runtime.temporal_server import TemporalDevServer
 from service_runtime.tls import temporal_tls
 
@@ -107,6 +107,7 @@ async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: s
 async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
                         schedules: bool = True) -> AsyncIterator[RunningStack]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_ports_free(settings)
     # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
     tracing.configure("credits")
@@ -131,7 +132,59 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
         stack = RunningStack(settings, client, ledger_addr, invoice_addr, billing_addr,
                              temporal_addr, ui_url, dbs.ledger_dsn, dbs.invoice_dsn)
         stack.addresses = _addresses(stack, dbs, metrics_port)
+        write_stack_file(settings.data_dir, _recorded(stack, dbs))  # what every creditctl command reads
+        running.callback(remove_stack_file, settings.data_dir)
         yield stack
+
+
+def _recorded(stack: RunningStack, dbs: Databases) -> dict[str, object]:
+    """The addresses the stack really serves on (a port 0 resolved), for the stack file."""
+    settings = stack.settings
+    out: dict[str, object] = {"ledger_addr": stack.ledger_addr, "invoice_addr": stack.invoice_addr,
+                              "billing_addr": stack.billing_addr, "temporal_addr": stack.temporal_addr,
+                              "task_queue": settings.task_queue, "temporal_namespace": settings.temporal_namespace}
+    if stack.ui_url:
+        out["temporal_ui_port"] = int(stack.ui_url.rpartition(":")[2])
+    if dbs.embedded is not None:
+        out["embedded_pg_port"] = dbs.embedded.port
+    return out
+
+
+class PortInUse(OSError):
+    """A port the stack is told to listen on is taken: the message names the port and its setting."""
+
+
+def _port_of(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else 0
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Refuses at once, naming the port and the setting, when a port this stack would bind is taken
+    (rather than a Temporal log tail or a gRPC "failed to bind" from deep inside)."""
+    wanted: list[tuple[str, str, int]] = [(env_name(f), *_port_of(getattr(settings, f)))
+                                          for f in ("ledger_addr", "invoice_addr", "billing_addr")]
+    if not settings.temporal_addr:
+        wanted += [(env_name("temporal_port"), "127.0.0.1", settings.temporal_port),
+                   (env_name("temporal_ui_port"), "127.0.0.1", settings.temporal_ui_port)]
+    if (not settings.ledger_dsn or not settings.invoice_dsn) and not embedded_server(settings).is_running():
+        wanted.append((env_name("embedded_pg_port"), "127.0.0.1", settings.embedded_pg_port))
+    for setting, host, port in wanted:
+        if port and not _bindable(host, port):
+            raise PortInUse(f"port {port} is in use ({setting}={port}): stop what listens there, or set {setting} "
+                            "to a free port" + (" (0: any)" if setting == env_name("temporal_port") else ""))
+
+
+def _bindable(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> tuple[str, str]:
@@ -139,8 +192,8 @@ async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> t
     if settings.temporal_addr:
         return settings.temporal_addr, ""
     temporal = await start_temporal(settings.data_dir, db_file=settings.data_dir / "temporal.db",
-                                    port=7233 if settings.temporal_ui_port == 8233 else 0,
-                                    ui_port=settings.temporal_ui_port, namespace=settings.temporal_namespace)
+                                    port=settings.temporal_port, ui_port=settings.temporal_ui_port,
+                                    namespace=settings.temporal_namespace)
     running.push_async_callback(asyncio.to_thread, temporal.stop)
     return temporal.address, temporal.ui_url
 

@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return healthcheck(rest[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if process in SERVERS:
+        from service_runtime.logs import configure_logging
+        from service_runtime.settings import settings_or_exit
+
+        # Every CREDITS_* value checked before anything starts: a bad one is one line naming it, exit 2.
+        configure_logging("text", settings_or_exit())
     if process == "migrate":
         return run_migrate(rest)
     if process == "creditctl":

@@ -87,7 +87,7 @@ def _stack_env(tmp: Path) -> dict[str, str]:
                CREDITS_DATA_DIR=str(tmp / "data"), CREDITS_EMBEDDED_PG_PORT=str(free_port()),
                CREDITS_LEDGER_ADDR=f"127.0.0.1:{free_port()}", CREDITS_INVOICE_ADDR=f"127.0.0.1:{free_port()}",
                CREDITS_BILLING_ADDR=f"127.0.0.1:{free_port()}", CREDITS_TEMPORAL_UI_PORT=str(free_port()),
-               CREDITS_LOG_LEVEL="WARNING", NO_COLOR="1")
+               CREDITS_TEMPORAL_PORT=str(free_port()), CREDITS_LOG_LEVEL="WARNING", NO_COLOR="1")
     return env
 
 
