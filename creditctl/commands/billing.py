@@ -28,12 +28,15 @@ def command() -> None:
     pass
 
 
-@command.command("run", help="draft and finalize every due invoice, with a progress bar")
-@click.option("--as-of", type=INSTANT, default=None, help="ISO instant; default now")
+@command.command("run", help="draft and finalize every due invoice, with a progress bar (one run per tenant and "
+                 "--as-of: the same --as-of again shows that run unless --new-run)")
+@click.option("--as-of", type=INSTANT, default=None, help="periods due as of this instant (not in the future) "
+              "[default: now]")
+@click.option("--new-run", is_flag=True, help="start a new run even if the one for this --as-of has finished")
 @click.option("--concurrency", type=int, default=8)
 @click.option("--json", "as_json", is_flag=True)
-def run(as_of: datetime | None, concurrency: int, as_json: bool) -> int:
-    request = bpb.RunBillingCycleRequest(concurrency=concurrency)
+def run(as_of: datetime | None, new_run: bool, concurrency: int, as_json: bool) -> int:
+    request = bpb.RunBillingCycleRequest(concurrency=concurrency, new_run=new_run)
     if as_of:
         request.as_of.CopyFrom(to_timestamp(as_of))
 
