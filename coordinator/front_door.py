@@ -285,6 +285,11 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
                 await handle.result()
             except WorkflowFailureError as err:
                 op.error = str(err.cause or err)
+                # A compensated finalization's details: step, service, cause, amounts and the hold key.
+                details = getattr(err.cause, "details", None)
+                if details and isinstance(details[0], dict):
+                    op.result_json = json.dumps(details[0])
+                    op.outcome = str(details[0].get("outcome") or op.outcome)
         if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
             try:
                 # Bounded: with no worker polling, a query would wait for one (≈ a minute).

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
                                description="the dev server's frontend port (`up`); 0: any free port")
     temporal_namespace: str = Field("default", description="Temporal namespace")
     temporal_ui_port: int = Field(8233, ge=0, le=65535, description="the dev server's UI port (`up`)")
+    temporal_ui_url: str = Field("", description="the Temporal UI the front door links operations to (deployed); "
+                                 "`up` links its own")
     task_queue: str = Field("credits-billing", description="the coordinator's Temporal task queue")
     # --- product rules ------------------------------------------------------------------------
     clock_skew_s: int = Field(300, ge=0, description="an operation's time further in the future is rejected")

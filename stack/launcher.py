@@ -251,6 +251,10 @@ async def serve_forever(settings: Settings) -> None:
     """`creditctl up`: runs until Ctrl-C / SIGTERM, then stops every part."""
     import signal
 
+    from temporalio import workflow
+
+    # The outcome lines (a saga's, a schedule run's) name their invoice or sweep; the run's ids are in the UI.
+    workflow.logger.workflow_info_on_message = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -259,7 +263,8 @@ async def serve_forever(settings: Settings) -> None:
         print("credits stack is up:", flush=True)
         for name, value in stack.addresses.items():
             print(f"  {name:<26} {value}", flush=True)
-        print("Ctrl-C stops everything.", flush=True)
+        print(f"Ctrl-C stops everything. Logging at {settings.log_level} (CREDITS_LOG_LEVEL): a line per saga "
+              "outcome and per schedule run.", flush=True)
         await stop.wait()
         print("stopping ...", flush=True)
     print("stopped.", flush=True)

@@ -6,7 +6,8 @@
     worker      the Temporal worker + schedules    (dials CREDITS_LEDGER_ADDR / CREDITS_INVOICE_ADDR)
     migrate     `creditctl migrate` on both service databases, then exit
     creditctl   any creditctl command, e.g. `creditctl tenants create acme`, `creditctl ledger verify`
-    healthcheck ADDR   grpc.health.v1 Check against ADDR; exit 0 iff SERVING (for compose)
+    healthcheck ADDR [SERVICE] [TLS_NAME]  grpc.health.v1 Check against ADDR, TLS when the pod serves TLS; exit 0
+                iff SERVING (the Kubernetes probes and compose)
 
 Why a shim and not `python -m ...` everywhere: the coordinator has no `main()` of its own yet
 (`creditctl up` wires the front door and the worker inside one process), so `billing` and `worker`
@@ -109,8 +110,11 @@ async def run_billing() -> None:
     key_dsn = _require("LEDGER_DSN", settings.ledger_dsn)  # API keys are resolved against the ledger DB
     client = await _temporal_client(settings)
     # The ledger address: CreateAllowance reads the unit's scale and checks the account there.
+    # As `creditctl up` wires it: the invoice and ledger addresses (up-front checks of an invoice, a unit,
+    # an account) and the Temporal UI (each operation's link; CREDITS_TEMPORAL_UI_URL, empty: none).
     server, port, pool = await create_front_door(client, key_dsn, settings.task_queue, settings.billing_addr,
-                                                 ledger_addr=settings.ledger_addr)
+                                                 settings.temporal_ui_url, settings.invoice_addr,
+                                                 settings.ledger_addr)
     await _serve(server, pool, "billing front door", port)
 
 
@@ -148,10 +152,14 @@ async def run_worker() -> None:
     if added:
         log.info("registered search attributes %s", ", ".join(added))
     config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue)
+    from service_runtime import metrics
+
+    metrics_port = metrics.start_endpoint()  # CREDITS_METRICS_ADDR, as the servers
     try:
         async with running_worker(client, config, keys):
             created = await ensure_schedules(client, settings.task_queue)  # idempotent
-            log.info("worker polling task queue %s (schedules created: %s)", settings.task_queue, created or "none")
+            log.info("worker polling task queue %s (schedules created: %s; metrics: %s)", settings.task_queue,
+                     created or "none", metrics_port)
             await _until_sigterm()
     finally:
         await keys.close()  # revokes the keys a MintingKeyStore minted
@@ -176,13 +184,23 @@ def run_migrate(args: list[str]) -> int:
     return run_creditctl(["migrate", *args])
 
 
-def healthcheck(addr: str, timeout_s: float = 3.0) -> int:
+def healthcheck(addr: str, service: str = "", tls_name: str = "", timeout_s: float = 3.0) -> int:
+    """grpc.health.v1 Check of `service` ("" = overall, "liveness") at `addr`; exit 0 iff SERVING. Dials
+    with TLS when this pod's server serves TLS (CREDITS_TLS_*: a kubelet gRPC probe cannot), checking the
+    certificate against `tls_name` (the name clients dial, e.g. the Service's DNS name) rather than the
+    loopback address, so the same probe works with TLS on or off."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr) as channel:
+    from service_runtime.tls import TlsSettings
+
+    creds = TlsSettings.from_env().probe_credentials()
+    options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
+    channel = grpc.secure_channel(addr, creds, options) if creds is not None else grpc.insecure_channel(addr)
+    with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=timeout_s)
         except grpc.RpcError as err:
             print(f"{addr}: {err.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
@@ -205,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     process, rest = argv[0], argv[1:]
     if process == "healthcheck":
-        if len(rest) != 1:
-            print("usage: healthcheck HOST:PORT", file=sys.stderr)
+        if len(rest) not in (1, 2, 3):
+            print("usage: healthcheck HOST:PORT [SERVICE] [TLS_NAME]", file=sys.stderr)
             return 2
-        return healthcheck(rest[0])
+        return healthcheck(*rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if process in SERVERS:
         from service_runtime.logs import configure_logging
