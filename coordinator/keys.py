@@ -31,6 +31,7 @@ from typing import Protocol
 import asyncpg
 
 from service_runtime.api_keys import mint_key, store_tenant_key
+from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class StaticKeyStore:
 
     @staticmethod
     def from_env() -> StaticKeyStore:
-        raw = os.environ.get("CREDITS_COORDINATOR_KEYS", "")
+        raw = Settings.from_env().coordinator_keys  # CREDITS_COORDINATOR_KEYS, checked to be a JSON object
         return StaticKeyStore(json.loads(raw) if raw else {})
 
     async def key_for(self, tenant_id: str) -> str:

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     metrics_addr: str = Field("", description="Prometheus endpoint (host:port); empty: off")
     temporal_metrics_addr: str = Field("", description="the worker's Temporal SDK metrics; empty: off")
     otlp_endpoint: str = Field("", description="OpenTelemetry collector; empty: no traces")
-    trace_exporter: Literal["", "otlp", "console", "none"] = Field("", description="otlp, console or none")
+    trace_exporter: Literal["", "otlp", "console", "none", "off"] = Field("", description="otlp, console or none")
     service_name: str = Field("", description="the service name traces carry")
     # --- the coordinator ----------------------------------------------------------------------
     temporal_tls: bool = Field(False, description="TLS to Temporal with the system roots")
@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("trace_exporter", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("coordinator_keys")
     @classmethod

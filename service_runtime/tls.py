@@ -8,7 +8,6 @@ CREDITS_TLS_REQUIRED=1: refuse to start a server, or open a channel, without TLS
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +93,11 @@ def temporal_tls() -> Any:
     """
     from temporalio.service import TLSConfig
 
-    env = os.environ.get
-    cert, key, ca = (env("CREDITS_TEMPORAL_TLS_CERT_FILE", ""), env("CREDITS_TEMPORAL_TLS_KEY_FILE", ""),
-                     env("CREDITS_TEMPORAL_TLS_CA_FILE", ""))
-    if not (cert or key or ca) and env("CREDITS_TEMPORAL_TLS", "").lower() not in {"1", "true", "yes"}:
+    from service_runtime.settings import Settings
+
+    s = Settings.from_env()
+    cert, key, ca = s.temporal_tls_cert_file, s.temporal_tls_key_file, s.temporal_tls_ca_file
+    if not (cert or key or ca) and not s.temporal_tls:
         return False
     if bool(cert) != bool(key):
         raise RuntimeError("CREDITS_TEMPORAL_TLS_CERT_FILE and CREDITS_TEMPORAL_TLS_KEY_FILE go together")

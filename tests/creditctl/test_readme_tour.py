@@ -160,6 +160,13 @@ def test_the_readme_tour_runs_as_written(stack_env: dict[str, str]) -> None:
     done = subprocess.run(["creditctl", "reconcile", "--skip-temporal"], cwd=ROOT, env=shell.env,
                           capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
     assert done.returncode == 0 and "skipped" in done.stdout
+    # billing run: a run now (nothing left due), and a future --as-of refused in one line naming the field.
+    done = subprocess.run(["creditctl", "billing", "run", "--json"], cwd=ROOT, env=shell.env, capture_output=True,
+                          text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "COMPLETED", done.stdout + done.stderr
+    done = subprocess.run(["creditctl", "billing", "run", "--as-of", "+1d"], cwd=ROOT, env=shell.env,
+                          capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("INVALID_ARGUMENT: as_of"), done.stderr
 
 
 async def _trigger_expiry_sweep(data_dir: Path) -> None:
