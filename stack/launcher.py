@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -235,10 +234,10 @@ def _addresses(stack: RunningStack, dbs: Any, metrics_port: int | None) -> dict[
         "data directory": str(settings.data_dir),
     }
     if metrics_port:
-        host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
+        host = settings.metrics_addr.rpartition(":")[0] or "127.0.0.1"
         out["metrics"] = f"http://{host}:{metrics_port}/metrics"
-    if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
-        out["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
+    if settings.temporal_metrics_addr:
+        out["temporal worker metrics"] = f"http://{settings.temporal_metrics_addr}/metrics"
     return out
 
 

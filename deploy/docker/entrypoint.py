@@ -16,16 +16,14 @@ stack and the stock `serve()` functions, this entrypoint never falls back to the
 or a Temporal dev server: a DSN or address left empty is a start-up error, not a silent local
 database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).
 
-Only settings that exist in `service_runtime.settings` (and CREDITS_COORDINATOR_KEYS /
-CREDITS_COORDINATOR_KEY_TTL_S / CREDITS_USAGE_GRACE_S, read by the coordinator and invoice code) are
-used; nothing new is invented.
+Only settings that exist in `service_runtime.settings` (every CREDITS_* variable is declared and
+checked there) are used; nothing new is invented.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -146,7 +144,7 @@ async def run_worker() -> None:
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
-    keys = worker_key_store(settings, os.environ.get("CREDITS_COORDINATOR_KEYS", ""))
+    keys = worker_key_store(settings, settings.coordinator_keys)
     client = await _temporal_client(settings)
     added = await sa.register(client)  # idempotent; needs operator access to the namespace
     if added:
