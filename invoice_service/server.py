@@ -21,6 +21,7 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
+from service_runtime.ports import port_in_use_is_one_line
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings, settings_or_exit
@@ -79,7 +80,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = settings_or_exit()  # a bad CREDITS_* value: one line naming it, exit 2
     configure_logging(settings=settings)
-    asyncio.run(serve(settings))
+    with port_in_use_is_one_line():
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
 from service_runtime import metrics, tracing
 from service_runtime.databases import Databases, embedded_server, resolve_databases
+from service_runtime.ports import check_free, host_port
 from service_runtime.settings import Settings, env_name, remove_stack_file, write_stack_file
 from service_runtime.temporal_server import TemporalDevServer
 from service_runtime.tls import temporal_tls
@@ -149,41 +150,19 @@ def _recorded(stack: RunningStack, dbs: Databases) -> dict[str, object]:
     return out
 
 
-class PortInUse(OSError):
-    """A port the stack is told to listen on is taken: the message names the port and its setting."""
-
-
-def _port_of(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else 0
-
-
 def check_ports_free(settings: Settings) -> None:
     """Refuses at once, naming the port and the setting, when a port this stack would bind is taken
     (rather than a Temporal log tail or a gRPC "failed to bind" from deep inside)."""
-    wanted: list[tuple[str, str, int]] = [(env_name(f), *_port_of(getattr(settings, f)))
-                                          for f in ("ledger_addr", "invoice_addr", "billing_addr")]
+    wanted = [(env_name(f), getattr(settings, f), *host_port(getattr(settings, f)))
+              for f in ("ledger_addr", "invoice_addr", "billing_addr")]
     if not settings.temporal_addr:
-        wanted += [(env_name("temporal_port"), "127.0.0.1", settings.temporal_port),
-                   (env_name("temporal_ui_port"), "127.0.0.1", settings.temporal_ui_port)]
+        wanted += [(env_name(f), str(getattr(settings, f)), "127.0.0.1", getattr(settings, f))
+                   for f in ("temporal_port", "temporal_ui_port")]
     if (not settings.ledger_dsn or not settings.invoice_dsn) and not embedded_server(settings).is_running():
-        wanted.append((env_name("embedded_pg_port"), "127.0.0.1", settings.embedded_pg_port))
-    for setting, host, port in wanted:
-        if port and not _bindable(host, port):
-            raise PortInUse(f"port {port} is in use ({setting}={port}): stop what listens there, or set {setting} "
-                            "to a free port" + (" (0: any)" if setting == env_name("temporal_port") else ""))
-
-
-def _bindable(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+        wanted.append((env_name("embedded_pg_port"), str(settings.embedded_pg_port), "127.0.0.1",
+                       settings.embedded_pg_port))
+    for setting, value, host, port in wanted:
+        check_free(host, port, setting, value)
 
 
 async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> tuple[str, str]:

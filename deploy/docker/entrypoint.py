@@ -236,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_migrate(rest)
     if process == "creditctl":
         return run_creditctl(rest)
-    asyncio.run(SERVERS[process]())
+    from service_runtime.ports import port_in_use_is_one_line
+
+    with port_in_use_is_one_line():
+        asyncio.run(SERVERS[process]())
     return 0
 
 

@@ -124,3 +124,26 @@ def test_a_server_refuses_a_bad_value_in_one_line(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 2 and one_line(done.stderr).startswith("settings: CREDITS_POOL_MAX_SIZE='lots': ")
+
+
+async def test_a_server_whose_port_is_taken_says_which_port_and_setting() -> None:
+    import asyncio
+    import socket
+
+    from invoice_service.storage import MIGRATIONS_DIR as INVOICE_MIGRATIONS
+    from service_runtime.databases import TENANCY_MIGRATIONS
+    from tests.postgres_fixtures import fresh_database
+
+    dsn = await fresh_database("invoice", [TENANCY_MIGRATIONS, INVOICE_MIGRATIONS])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env.update(CREDITS_INVOICE_DSN=dsn, CREDITS_INVOICE_ADDR=f"127.0.0.1:{port}", PYTHONWARNINGS="ignore",
+                   CREDITS_LOG_LEVEL="ERROR")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "invoice_service.server", cwd=ROOT, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    line = one_line(err.decode())
+    assert proc.returncode == 1 and line.startswith(f"port {port} is in use (CREDITS_INVOICE_ADDR=127.0.0.1:{port})")
