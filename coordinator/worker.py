@@ -260,13 +260,16 @@ async def serve(settings: Settings | None = None, extensions: WorkerExtensions =
 
 
 def main(extensions: WorkerExtensions = NO_EXTENSIONS) -> None:
+    from service_runtime.settings import settings_or_exit
+
+    settings = settings_or_exit()  # a bad CREDITS_* value: one line naming it, exit 2
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(extensions=extensions))
+        asyncio.run(serve(settings, extensions=extensions))
     else:
-        uvloop.run(serve(extensions=extensions))
+        uvloop.run(serve(settings, extensions=extensions))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ async def test_config_show_prints_each_value_and_its_source() -> None:
     assert code == 2 and out == "" and one_line(err).startswith("settings: CREDITS_HOLD_TTL_S='soon': ")
 
 
-@pytest.mark.parametrize("module", ["ledger_service.server", "invoice_service.server"])
+@pytest.mark.parametrize("module", ["ledger_service.server", "invoice_service.server", "coordinator.worker"])
 def test_a_server_refuses_a_bad_value_in_one_line(module: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
     env.update(CREDITS_POOL_MAX_SIZE="lots", PYTHONWARNINGS="ignore")
