@@ -211,6 +211,7 @@ def _addresses(stack: RunningStack, dbs: Any, metrics_port: int | None) -> dict[
         "ledger gRPC": stack.ledger_addr, "invoice gRPC": stack.invoice_addr,
         "billing front door gRPC": stack.billing_addr, "task queue": settings.task_queue,
         "data directory": str(settings.data_dir),
+        "addresses recorded in": f"{settings.stack_file} (every creditctl command reads them)",
     }
     if metrics_port:
         host = settings.metrics_addr.rpartition(":")[0] or "127.0.0.1"

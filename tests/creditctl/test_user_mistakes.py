@@ -112,3 +112,18 @@ async def test_a_port_in_use_names_the_port_and_its_setting(tmp_path: Path, sett
     line = one_line(err)
     assert code == 1 and f"port {port} is in use" in line and setting in line, line
     assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
+
+
+def test_a_program_that_failed_is_one_line_with_its_last_words_and_log() -> None:
+    """The embedded Postgres not starting (pg_ctl) is one line naming the program, its answer and its log."""
+    import subprocess
+
+    from creditctl.errors import _as_user_error
+
+    err = subprocess.CalledProcessError(
+        1, ["runuser", "-u", "embedded_postgres", "--", "/opt/pg/bin/pg_ctl", "-D", "/d/pgdata", "-l",
+            "/d/postgres.log", "start"], stderr=b"waiting for server to start.... stopped waiting\n"
+                                               b"pg_ctl: could not start server\nExamine the log output.\n")
+    known = _as_user_error(err)
+    assert known is not None and known.code == 1
+    assert known.message == "creditctl: pg_ctl failed (exit 1): pg_ctl: could not start server (log: /d/postgres.log)"
