@@ -5,8 +5,8 @@ of `creditctl up`) and Temporal (--temporal, else CREDITS_TEMPORAL_ADDR, else th
 `creditctl up` recorded in its data directory, else 127.0.0.1:CREDITS_TEMPORAL_PORT) and prints every
 violation with the ids to look at.
 
-Exit status: 0 every check ran and found nothing; 1 violations; 2 a check could not run (Temporal
-unreachable) and found nothing else — "no violations" from a run that skipped checks is not a pass.
+Exit status: 0 every check ran and found nothing; 1 violations; 2 a check could not run (Temporal or
+a database unreachable) and found nothing else — "no violations" from a run that skipped checks is not a pass.
 `--skip-temporal` skips the Temporal checks on purpose (then 0 is a pass of the database checks).
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import click
 
 from creditctl.connection import load_settings
+from creditctl.errors import UserError
 from creditctl.help_listing import Command
 from creditctl.output import print_json
 from service_runtime.databases import resolve_databases
@@ -34,6 +36,7 @@ async def _reconcile(settings: Settings, temporal_addr: str, as_json: bool) -> i
     from temporalio.client import Client
 
     from reconciler.run import reconcile
+    from reconciler.temporal_checks import temporal_calls_settled
 
     dbs = resolve_databases(settings, start_embedded=False)
     client: Client | None = None
@@ -45,7 +48,13 @@ async def _reconcile(settings: Settings, temporal_addr: str, as_json: bool) -> i
             reason = " ".join(str(exc).split()) or type(exc).__name__
             not_run = (f"temporal checks (decisions, quiet) could not run: temporal at {temporal_addr} unreachable "
                        f"({reason}); start the stack (creditctl up), pass --temporal ADDR, or --skip-temporal")
-    report = await reconcile(dbs.ledger_dsn, dbs.invoice_dsn, client)
+    try:
+        report = await reconcile(dbs.ledger_dsn, dbs.invoice_dsn, client)
+    except (OSError, asyncpg.PostgresError) as err:  # nothing was checked: not a pass, not a violation
+        await temporal_calls_settled()  # the client's threads done before the process exits (reconciler.run)
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"reconcile could not run: a service database is unreachable ({reason}); start the stack "
+                        "(creditctl up) or set CREDITS_LEDGER_DSN / CREDITS_INVOICE_DSN", NOT_RUN) from None
     skipped = "temporal checks skipped (--skip-temporal)" if not temporal_addr else ""
     if as_json:
         print_json({**report.as_dict(), "not_run": not_run, "skipped": skipped})

@@ -127,3 +127,13 @@ def test_a_program_that_failed_is_one_line_with_its_last_words_and_log() -> None
     known = _as_user_error(err)
     assert known is not None and known.code == 1
     assert known.message == "creditctl: pg_ctl failed (exit 1): pg_ctl: could not start server (log: /d/postgres.log)"
+
+
+async def test_reconcile_with_the_stack_down_could_not_run(tmp_path: Path) -> None:
+    """Nothing checked is neither a pass nor a violation: exit 2 and the reason, in one line."""
+    from service_runtime.embedded_postgres import free_port
+
+    code, out, err = await creditctl("reconcile", CREDITS_DATA_DIR=str(tmp_path / "data"),
+                                     CREDITS_EMBEDDED_PG_PORT=str(free_port()))
+    line = one_line(err)
+    assert code == 2 and out == "" and line.startswith("reconcile could not run: a service database is unreachable")
