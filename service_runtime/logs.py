@@ -51,7 +51,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(default_format: str = "json", settings: Settings | None = None) -> None:
+def configure_logging(default_format: str = "json", settings: Settings | None = None, *,
+                      clock_only: bool = False) -> None:
     """Root logging for a server process, from CREDITS_LOG_FORMAT / CREDITS_LOG_LEVEL (the settings)."""
     from service_runtime.settings import Settings
 
@@ -60,7 +61,8 @@ def configure_logging(default_format: str = "json", settings: Settings | None = 
     if (settings.log_format or default_format) == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                               "%H:%M:%S" if clock_only else None))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)

@@ -18,6 +18,6 @@ def command(data_dir: str) -> int:
     from stack.launcher import serve_forever
 
     settings = load_settings(stack=False, **({"data_dir": Path(data_dir)} if data_dir else {}))
-    configure_logging("text", settings)
+    configure_logging("text", settings, clock_only=True)  # a person watches it: the time of day
     asyncio.run(serve_forever(settings))
     return 0
