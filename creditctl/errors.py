@@ -109,10 +109,12 @@ def rpc_refusals(status: int, target: str = "") -> Iterator[None]:
         raise UserError(rpc_line(err, target), status) from None
 
 
-def _program_failed(err: subprocess.CalledProcessError) -> str:
+def _program_failed(err: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
     """`creditctl: pg_ctl failed (exit 1): <its last line> (log: ...)` for a program creditctl ran."""
     cmd = [str(c) for c in (err.cmd if isinstance(err.cmd, list | tuple) else [err.cmd])]
     name = next((Path(c).name for c in cmd if "/" in c), cmd[0] if cmd else "a program")
+    if isinstance(err, subprocess.TimeoutExpired):
+        return f"creditctl: {name} did not finish within {err.timeout:.0f} s (a loaded machine? try again)"
     output = err.stderr or err.output or b""
     text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -142,7 +144,7 @@ def _as_user_error(err: BaseException) -> UserError | None:
         return UserError(rpc_line(err), 1)
     if isinstance(err, asyncpg.PostgresError):
         return UserError(f"database: {type(err).__name__}: {err}", 1)
-    if isinstance(err, subprocess.CalledProcessError):  # e.g. the embedded Postgres did not start
+    if isinstance(err, subprocess.CalledProcessError | subprocess.TimeoutExpired):  # e.g. pg_ctl did not start
         return UserError(_program_failed(err), 1)
     if isinstance(err, OSError):  # a refused connection, a port in use, a binary not installed, a timeout
         return UserError(f"creditctl: {err or type(err).__name__}", 1)

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,7 +102,14 @@ def _serving(addr: str) -> bool:
 
 
 @pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def stack_env() -> Iterator[dict[str, str]]:
+    # Not under pytest's tmp root: another pytest session on the machine resets that root to mode 0700,
+    # and the embedded Postgres runs as its own user (as root), who must traverse the path.
+    with tempfile.TemporaryDirectory(prefix="credits-tour-") as tmp:
+        yield from _running_up(Path(tmp))
+
+
+def _running_up(tmp_path: Path) -> Iterator[dict[str, str]]:
     """`creditctl up` in its own process group on a fresh data directory; Ctrl-C (SIGINT) stops it."""
     env = _stack_env(tmp_path)
     log = (tmp_path / "up.log").open("w")

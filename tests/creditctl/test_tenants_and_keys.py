@@ -6,6 +6,8 @@ Postgres it had to start running."""
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +18,12 @@ from tests.creditctl.test_user_mistakes import creditctl, one_line
 
 
 @pytest.fixture
-def data_dir_env(tmp_path: Path) -> dict[str, str]:
-    return {"CREDITS_DATA_DIR": str(tmp_path / "data"), "CREDITS_EMBEDDED_PG_PORT": str(free_port()),
-            "NO_COLOR": "1"}
+def data_dir_env() -> Iterator[dict[str, str]]:
+    # Not under pytest's tmp root: another pytest session on the machine resets that root to mode 0700,
+    # and the embedded Postgres runs as its own user (as root), who must traverse the path.
+    with tempfile.TemporaryDirectory(prefix="credits-cli-") as tmp:
+        yield {"CREDITS_DATA_DIR": str(Path(tmp) / "data"), "CREDITS_EMBEDDED_PG_PORT": str(free_port()),
+               "NO_COLOR": "1"}
 
 
 def _postgres_running(env: dict[str, str]) -> bool:
