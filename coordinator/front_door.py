@@ -52,6 +52,7 @@ from service_runtime.identifiers import check_id
 from service_runtime.permissions import BILLING, BILLING_SERVICE
 from service_runtime.proto_time import from_timestamp
 from service_runtime.rejections import invalid, not_found
+from service_runtime.settings import Settings
 from service_runtime.tls import open_channel
 
 SERVICE = BILLING_SERVICE
@@ -70,6 +71,20 @@ _AMOUNT = re.compile(r"^(0|[1-9]\d{0,17})(\.\d{1,9})?$")
 
 def _iso(ts: Timestamp, field: str) -> str:
     return from_timestamp(ts, field).isoformat()
+
+
+def _cycle_as_of(request: pb.RunBillingCycleRequest) -> str:
+    """The run's as_of, to the second: now when unset; refused further ahead than the clock-skew bound
+    (a run as of a future instant would finalize periods whose late-usage grace has not passed)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    if not request.HasField("as_of"):
+        return now.isoformat()
+    as_of = from_timestamp(request.as_of, "as_of").replace(microsecond=0)
+    skew_s = Settings.from_env().clock_skew_s
+    if as_of > now + timedelta(seconds=skew_s):
+        raise invalid("as_of", f"{as_of.isoformat()} is in the future (more than {skew_s} s ahead, "
+                      "CREDITS_CLOCK_SKEW_S): a billing run finalizes only periods whose late-usage grace has passed")
+    return as_of.isoformat()
 
 
 def _reason(text: str) -> str:
@@ -203,14 +218,13 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
     async def RunBillingCycle(self, request: pb.RunBillingCycleRequest, context: Any) -> pb.Operation:
         _check_wait(request.wait_timeout_s)
         tenant = current_caller().tenant_id
-        as_of = _iso(request.as_of, "as_of") if request.HasField("as_of") else \
-            datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+        as_of = _cycle_as_of(request)
         if not 0 <= request.concurrency <= 64:
             raise invalid("concurrency", "must be between 0 and 64")
         handle = await start_or_attach(self._client, BillingCycleWorkflow.run,
                                        BillingCycleInput(tenant, as_of, request.concurrency or 8),
                                        id=naming.cycle_workflow_id(tenant, as_of), task_queue=self._queue,
-                                       summary=f"Billing cycle of {tenant} as of {as_of}")
+                                       summary=f"Billing cycle of {tenant} as of {as_of}", new_run=request.new_run)
         return await self._operation(handle, request.wait, request.wait_timeout_s)
 
     async def CompensateOutage(self, request: pb.CompensateOutageRequest, context: Any) -> pb.Operation:
@@ -271,6 +285,11 @@ class BillingServicer(AllowanceRpcs, billing_pb2_grpc.BillingServiceServicer):
                 await handle.result()
             except WorkflowFailureError as err:
                 op.error = str(err.cause or err)
+                # A compensated finalization's details: step, service, cause, amounts and the hold key.
+                details = getattr(err.cause, "details", None)
+                if details and isinstance(details[0], dict):
+                    op.result_json = json.dumps(details[0])
+                    op.outcome = str(details[0].get("outcome") or op.outcome)
         if desc.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
             try:
                 # Bounded: with no worker polling, a query would wait for one (≈ a minute).

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from typing import Protocol
 import asyncpg
 
 from service_runtime.api_keys import mint_key, store_tenant_key
+from service_runtime.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class StaticKeyStore:
 
     @staticmethod
     def from_env() -> StaticKeyStore:
-        raw = os.environ.get("CREDITS_COORDINATOR_KEYS", "")
+        raw = Settings.from_env().coordinator_keys  # CREDITS_COORDINATOR_KEYS, checked to be a JSON object
         return StaticKeyStore(json.loads(raw) if raw else {})
 
     async def key_for(self, tenant_id: str) -> str:
@@ -87,12 +87,10 @@ WHERE k.key_id = m.key_id AND k.key_hash = m.key_hash AND k.revoked_at IS NULL
 
 def key_ttl_from_env() -> timedelta:
     """The minted keys' ttl: CREDITS_COORDINATOR_KEY_TTL_S whole seconds, default 24 h."""
-    raw = os.environ.get(KEY_TTL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_KEY_TTL
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"{KEY_TTL_ENV} must be a positive whole number of seconds, not {raw!r}")
-    return timedelta(seconds=int(raw))
+    try:
+        return timedelta(seconds=Settings.from_env().coordinator_key_ttl_s)  # default 86400 (DEFAULT_KEY_TTL)
+    except SettingsError as err:  # the one line naming the variable
+        raise ValueError(str(err)) from None
 
 
 def _utc_now() -> datetime:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -173,7 +172,7 @@ def temporal_runtime(metrics_addr: str | None = None) -> Runtime | None:
     cache, activity/workflow outcomes) for Prometheus on `metrics_addr` (host:port), by default
     CREDITS_TEMPORAL_METRICS_ADDR; None (the default runtime, no endpoint) when unset.
     One runtime per address and process: pass it to every Client.connect."""
-    addr = metrics_addr if metrics_addr is not None else os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR", "")
+    addr = metrics_addr if metrics_addr is not None else Settings.from_env().temporal_metrics_addr
     if not addr:
         return None
     if addr not in _runtimes:
@@ -216,13 +215,12 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
 
 
 def _keys_from_env() -> KeyStore:
-    import os
-
     from coordinator.keys import MintingKeyStore, StaticKeyStore, key_ttl_from_env
 
-    if os.environ.get("CREDITS_COORDINATOR_KEYS"):
+    settings = Settings.from_env()
+    if settings.coordinator_keys:
         return StaticKeyStore.from_env()
-    dsns = [os.environ.get("CREDITS_LEDGER_DSN", ""), os.environ.get("CREDITS_INVOICE_DSN", "")]
+    dsns = [settings.ledger_dsn, settings.invoice_dsn]
     if not all(dsns):
         raise SystemExit("set CREDITS_COORDINATOR_KEYS, or CREDITS_LEDGER_DSN and CREDITS_INVOICE_DSN")
     try:
@@ -239,11 +237,10 @@ async def serve(settings: Settings | None = None, extensions: WorkerExtensions =
     settings = settings or Settings.from_env()
     if not settings.temporal_addr:
         raise SystemExit("CREDITS_TEMPORAL_ADDR is required")
-    env = os.environ.get
     config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue,
-                          max_concurrent_activities=int(env("CREDITS_WORKER_MAX_ACTIVITIES", "200")),
-                          max_concurrent_workflow_tasks=int(env("CREDITS_WORKER_MAX_WORKFLOW_TASKS", "200")),
-                          pollers=int(env("CREDITS_WORKER_POLLERS", "10")))
+                          max_concurrent_activities=settings.worker_max_activities,
+                          max_concurrent_workflow_tasks=settings.worker_max_workflow_tasks,
+                          pollers=settings.worker_pollers)
     metrics_port = metrics.start_endpoint()
     client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
                                   runtime=temporal_runtime(), tls=temporal_tls())
@@ -264,13 +261,16 @@ async def serve(settings: Settings | None = None, extensions: WorkerExtensions =
 
 
 def main(extensions: WorkerExtensions = NO_EXTENSIONS) -> None:
+    from service_runtime.settings import settings_or_exit
+
+    settings = settings_or_exit()  # a bad CREDITS_* value: one line naming it, exit 2
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(extensions=extensions))
+        asyncio.run(serve(settings, extensions=extensions))
     else:
-        uvloop.run(serve(extensions=extensions))
+        uvloop.run(serve(settings, extensions=extensions))
 
 
 if __name__ == "__main__":

@@ -140,8 +140,39 @@ def _set_unless_given(**values: str) -> None:
         _set(**missing)
 
 
+def failure_cause(err: BaseException) -> tuple[str, str]:
+    """(service, cause) of a failed step: the participant whose activity failed ("ledger", "invoice",
+    from the activity's name) and what it answered, rather than Temporal's "Activity task failed"."""
+    if isinstance(err, ActivityError):
+        service = (err.activity_type or "").partition(".")[0] or "coordinator"
+        inner: BaseException = err.cause if err.cause is not None else err
+        while isinstance(inner, ApplicationError | ActivityError) and inner.cause is not None:
+            inner = inner.cause
+        return service, " ".join(str(inner.message if isinstance(inner, ApplicationError) else inner).split())
+    return "coordinator", " ".join(str(err).split()) or type(err).__name__
+
+
+def compensated_failure(run: FinalizationRun, inv: InvoiceView, step: str, err: BaseException) -> ApplicationError:
+    """The compensated finalization's failure: its message names the step, the service and the cause;
+    its details (the operation's result) carry the invoice's amounts and the hold key."""
+    service, cause = failure_cause(err)
+    details = {"invoice_id": inv.invoice_id, "outcome": str(CreditsOutcome.COMPENSATED), "step": step,
+               "service": service, "cause": cause, "subtotal": inv.subtotal, "credits_applied": inv.credits_applied,
+               "amount_due": inv.amount_due, "hold_key": run.hold_key}
+    _said("finalization of %s compensated at %s (%s): %s", inv.invoice_id, step, service, cause)
+    return ApplicationError(f"finalization compensated at '{step}' ({service}): {cause}", details,
+                            type="Compensated", non_retryable=True)
+
+
+def _said(message: str, *args: object) -> None:
+    """One INFO line per outcome (a saga's, a schedule run's), as `creditctl up` and the worker log them;
+    never during replay."""
+    workflow.logger.info(message, *args)
+
+
 def _rejected(inv: InvoiceView, expected: InvoiceStatus) -> ApplicationError:
     _set(outcome=CreditsOutcome.REJECTED)
+    _said("invoice %s rejected: it is %s, not %s", inv.invoice_id, inv.status, expected)
     return ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not {expected}", type="Rejected",
                             non_retryable=True)
 
@@ -183,6 +214,7 @@ class FinalizeInvoiceWorkflow:
                               f"{sa.period_of(inv.period_start)} (tenant {tenant})")
         if inv.status == InvoiceStatus.FINALIZED:
             _set(outcome=CreditsOutcome.ALREADY_FINALIZED)
+            _said("invoice %s already finalized as %s", inv.invoice_id, inv.number)
             return self._result(inv, SagaOutcome.ALREADY_FINALIZED, "")
         if inv.status != InvoiceStatus.DRAFT:
             raise _rejected(inv, InvoiceStatus.DRAFT)
@@ -191,10 +223,11 @@ class FinalizeInvoiceWorkflow:
         except GeneratorExit:  # the worker evicts this run from its cache: nothing happened, nothing to undo
             raise
         except BaseException as err:
+            failed_at = self._checks.stage
             await self._compensate(run, inv, t, err)
             if isinstance(err, ApplicationError | asyncio.CancelledError):
                 raise
-            raise ApplicationError(f"finalization compensated: {err}", type="Compensated", non_retryable=True) from err
+            raise compensated_failure(run, inv, failed_at, err) from err
         # The commit point: from here on nothing is compensated; commits retry until they succeed.
         self._decision = "commit"
         _set(outcome=CreditsOutcome.COMMITTED)
@@ -205,6 +238,8 @@ class FinalizeInvoiceWorkflow:
                         f"Finalized as {final.number}: credits {final.credits_applied}, due {final.amount_due}.")
         # No upsert: "committed" stands, and Completed + committed reads "finalized" (one visibility
         # write fewer per saga); the result, the front door and the metrics say "finalized".
+        _said("invoice %s finalized as %s: subtotal %s, credits %s, due %s", final.invoice_id, final.number,
+              final.subtotal, final.credits_applied, final.amount_due)
         return self._result(final, SagaOutcome.FINALIZED, run.hold_key)
 
     async def _prepare(self, run: FinalizationRun, inv: InvoiceView, t: SagaTimeouts) -> None:
@@ -316,6 +351,7 @@ class VoidInvoiceWorkflow:
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         if inv.status == InvoiceStatus.VOIDED:
             _set(outcome=CreditsOutcome.ALREADY_VOIDED)
+            _said("invoice %s already voided", inv.invoice_id)
             return VoidInvoiceResult(inv.invoice_id, SagaOutcome.ALREADY_VOIDED)
         if inv.status != InvoiceStatus.FINALIZED:
             raise _rejected(inv, InvoiceStatus.FINALIZED)
@@ -325,6 +361,7 @@ class VoidInvoiceWorkflow:
             run, holds, inp.reason, t, before=lambda i: self._checks.at("voiding", 4 + i, _AFTER_DECISION))
         self._checks.at("voided", len(_VOID_STEPS), f"Voided: {reinstated} credits reinstated onto their lots.")
         _set(outcome=CreditsOutcome.VOIDED)
+        _said("invoice %s voided: %s credits reinstated onto their lots", inv.invoice_id, reinstated)
         return VoidInvoiceResult(inv.invoice_id, SagaOutcome.VOIDED, reversed_key, str(reinstated))
 
     async def _prepare(self, run: VoidRun, reason: str, t: SagaTimeouts) -> list[HoldView]:
@@ -348,6 +385,9 @@ class VoidInvoiceWorkflow:
                 await abort_void(run, t, why="compensate")
             self._checks.at("compensated", failed_at, "Compensated: the invoice is FINALIZED again.")
             _set(outcome=CreditsOutcome.COMPENSATED)
+            service, cause = failure_cause(err)
+            _said("void of %s compensated at %s (%s): %s", run.invoice_id, self._checks.steps[failed_at], service,
+                  cause)
             raise
 
 
@@ -462,6 +502,8 @@ class BillingCycleWorkflow:
             self._progress.done, self._progress.failed = inp.done, inp.failed
         self._progress.stage = "done"
         _set(outcome=CreditsOutcome.COMPLETED if inp.failed == 0 else CreditsOutcome.COMPLETED_WITH_FAILURES)
+        _said("billing cycle of %s as of %s: %d finalized, %d failed%s", tenant, inp.as_of, inp.done, inp.failed,
+              f" ({', '.join(inp.failures[:5])})" if inp.failures else "")
         return BillingCycleResult(tenant, inp.as_of, inp.done, inp.failed, inp.failures)
 
     @staticmethod
@@ -539,6 +581,8 @@ class CompensateOutageWorkflow:
         _set(outcome=CreditsOutcome.COMPLETED)
         lot_ids = [x for x in inp.granted if not x.startswith(PENDING_GRANT)]
         pending = [x.removeprefix(PENDING_GRANT) for x in inp.granted if x.startswith(PENDING_GRANT)]
+        _said("outage %s compensated: %d accounts, %d lots granted, %d pending approval", inp.incident_id, total,
+              len(lot_ids), len(pending))
         return CompensateOutageResult(inp.incident_id, total, lot_ids, pending)
 
     @staticmethod
@@ -582,6 +626,7 @@ class GrantAllowanceWorkflow:
         _set_unless_given(tenant=spec.tenant_id, allowance=spec.allowance_id, account=spec.account_id)
         _set(period=sa.period_of(start), outcome=CreditsOutcome.GRANTING if plan else CreditsOutcome.NOTHING_DUE)
         if plan is None:
+            _said("allowance %s: nothing due for %s", spec.allowance_id, sa.period_of(start))
             return GrantAllowanceResult(spec.allowance_id, start, end, CreditsOutcome.NOTHING_DUE)
         grant = GrantInput(
             spec.tenant_id, naming.allowance_grant_key(spec.allowance_id, start), spec.account_id, plan.amount,
@@ -591,6 +636,8 @@ class GrantAllowanceWorkflow:
         lot_id = await run_until_done(LedgerActivities.grant_credits, grant, t,
                                       f"grant {plan.amount} {spec.unit} to {spec.account_id} for {sa.period_of(start)}")
         _set(outcome=CreditsOutcome.GRANTED)
+        _said("allowance %s granted %s %s to %s for %s (lot %s)", spec.allowance_id, plan.amount, spec.unit,
+              spec.account_id, sa.period_of(start), lot_id)
         return GrantAllowanceResult(spec.allowance_id, start, end, CreditsOutcome.GRANTED, lot_id, plan.amount,
                                     plan.effective_at.isoformat())
 
@@ -629,6 +676,7 @@ class ExpireCreditsWorkflow:
             key = naming.expire_key(tenant, as_of, workflow.info().run_id)
             out.expired_lots += await run_step(LedgerActivities.expire_lots, ExpireInput(tenant, key, as_of), t,
                                                f"expire due lots of {tenant}")
+        _said("expiry sweep: %d tenants, %d lots expired", out.tenants, out.expired_lots)
         return out
 
 
@@ -649,6 +697,7 @@ class ReleaseExpiredHoldsWorkflow:
             released = await run_step(LedgerActivities.release_expired_holds, ExpireInput(tenant, key, as_of), t,
                                       f"release expired holds of {tenant}")
             out.released_holds += released
+        _said("expired holds released: %d tenants, %d holds", out.tenants, out.released_holds)
         return out
 
 
@@ -674,6 +723,8 @@ class ResolveInDoubtWorkflow:
                 await self._settle_finalization(run, account, out, t)
             for invoice in voids:
                 await self._settle_void(tenant, invoice.invoice_id, out, t)
+        _said("in-doubt resolver: %d tenants, %d committed, %d aborted, %d left to their running owner, %d unknown",
+              out.tenants, len(out.committed), len(out.aborted), len(out.left_running), len(out.unknown))
         return out
 
     @staticmethod

@@ -1,7 +1,8 @@
 """How creditctl reaches a running stack: settings, the API key as call metadata, channels and stubs.
 
 Addresses and the key come from settings (CREDITS_LEDGER_ADDR, CREDITS_INVOICE_ADDR,
-CREDITS_BILLING_ADDR, CREDITS_API_KEY); TLS from the CREDITS_TLS_* settings (service_runtime.tls).
+CREDITS_BILLING_ADDR, CREDITS_API_KEY), else from the stack file a running `creditctl up` keeps in
+the data directory (service_runtime.settings); TLS from the CREDITS_TLS_* settings (service_runtime.tls).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
 
 from creditctl.errors import USAGE, UserError, rpc_refusals
-from service_runtime.settings import Settings
+from service_runtime.settings import Settings, SettingsError
 from service_runtime.tls import open_channel
 
 Metadata = list[tuple[str, str]]
@@ -34,12 +35,14 @@ INVOICE_REFUSED = 1
 AUDIT_REFUSED = 1
 
 
-def load_settings() -> Settings:
-    """The CREDITS_* settings; a value that does not parse is a one-line error."""
+def load_settings(*, stack: bool = True, **overrides: Any) -> Settings:
+    """The CREDITS_* settings, and what the environment leaves unset from the running stack's file
+    (`creditctl up` records its real addresses in the data directory) unless `stack` is False; a value
+    that does not parse is one line naming the variable (exit 2)."""
     try:
-        return Settings.from_env()
-    except ValueError as err:
-        raise UserError(f"settings: {err} (check the CREDITS_* environment variables)", USAGE) from None
+        return Settings.from_env(stack=stack, **overrides)
+    except SettingsError as err:
+        raise UserError(f"settings: {err}", USAGE) from None
 
 
 def api_key_metadata(api_key: str) -> Metadata:
@@ -71,8 +74,8 @@ _SETTING_OF_ADDR = {"ledger_addr": "CREDITS_LEDGER_ADDR", "invoice_addr": "CREDI
 def _target(address: str) -> str:
     """`ledger at 127.0.0.1:50051 (CREDITS_LEDGER_ADDR)` for the service at `address`, as the settings say."""
     try:
-        settings = Settings.from_env()
-    except ValueError:
+        settings = Settings.from_env(stack=True)
+    except SettingsError:
         return address
     for attr, setting in _SETTING_OF_ADDR.items():
         if getattr(settings, attr) == address:

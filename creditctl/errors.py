@@ -13,8 +13,10 @@ services (creditctl.connection).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import asyncpg
 import click
@@ -107,6 +109,22 @@ def rpc_refusals(status: int, target: str = "") -> Iterator[None]:
         raise UserError(rpc_line(err, target), status) from None
 
 
+def _program_failed(err: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
+    """`creditctl: pg_ctl failed (exit 1): <its last line> (log: ...)` for a program creditctl ran."""
+    cmd = [str(c) for c in (err.cmd if isinstance(err.cmd, list | tuple) else [err.cmd])]
+    name = next((Path(c).name for c in cmd if "/" in c), cmd[0] if cmd else "a program")
+    if isinstance(err, subprocess.TimeoutExpired):
+        return f"creditctl: {name} did not finish within {err.timeout:.0f} s (a loaded machine? try again)"
+    output = err.stderr or err.output or b""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if any(w in line.lower() for w in ("could not", "error", "fatal", "failed"))]
+    last = (said or lines or [""])[-1]
+    log = cmd[cmd.index("-l") + 1] if "-l" in cmd[:-1] else ""
+    return f"creditctl: {name} failed (exit {err.returncode})" + (f": {last}" if last else "") + \
+        (f" (log: {log})" if log else "")
+
+
 def _usage_line(err: click.UsageError) -> str:
     path = err.ctx.command_path if err.ctx is not None else "creditctl"
     return f"{path}: {err.format_message()} (see '{path} --help')"
@@ -126,6 +144,8 @@ def _as_user_error(err: BaseException) -> UserError | None:
         return UserError(rpc_line(err), 1)
     if isinstance(err, asyncpg.PostgresError):
         return UserError(f"database: {type(err).__name__}: {err}", 1)
+    if isinstance(err, subprocess.CalledProcessError | subprocess.TimeoutExpired):  # e.g. pg_ctl did not start
+        return UserError(_program_failed(err), 1)
     if isinstance(err, OSError):  # a refused connection, a port in use, a binary not installed, a timeout
         return UserError(f"creditctl: {err or type(err).__name__}", 1)
     return None

@@ -22,6 +22,7 @@ from creditctl.commands import (
     billing,
     chaos,
     completion,
+    config,
     customers,
     demo,
     drafts,
@@ -62,8 +63,8 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             billing, operation, audit, reconcile, chaos, bench,
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
-            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, completion,
-            watch, portal)
+            customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, config,
+            completion, watch, portal)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from service_runtime.settings import Settings
@@ -18,5 +17,5 @@ class InvoiceConfig:
     @staticmethod
     def from_settings(settings: Settings, usage_grace_s: int | None = None) -> InvoiceConfig:
         if usage_grace_s is None:
-            usage_grace_s = int(os.environ.get("CREDITS_USAGE_GRACE_S", str(DEFAULT_USAGE_GRACE_S)))
+            usage_grace_s = settings.usage_grace_s  # CREDITS_USAGE_GRACE_S
         return InvoiceConfig(clock_skew_s=settings.clock_skew_s, usage_grace_s=usage_grace_s)

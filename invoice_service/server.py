@@ -21,9 +21,10 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
+from service_runtime.ports import port_in_use_is_one_line
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
-from service_runtime.settings import Settings
+from service_runtime.settings import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ async def serve(settings: Settings) -> None:
         await owner_pool.close()
 
 
+def main() -> None:
+    settings = settings_or_exit()  # a bad CREDITS_* value: one line naming it, exit 2
+    configure_logging(settings=settings)
+    with port_in_use_is_one_line():
+        asyncio.run(serve(settings))
+
+
 if __name__ == "__main__":
-    configure_logging()
-    asyncio.run(serve(Settings.from_env()))
+    main()

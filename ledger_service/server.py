@@ -32,9 +32,10 @@ from service_runtime.databases import migrate_service, resolve_databases
 from service_runtime.grpc_server import create_server
 from service_runtime.logs import configure_logging
 from service_runtime.permissions import FINANCE_BOOKS, FINANCE_SERVICE
+from service_runtime.ports import port_in_use_is_one_line
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
-from service_runtime.settings import Settings
+from service_runtime.settings import Settings, settings_or_exit
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +121,15 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    configure_logging()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(serve(Settings.from_env()))
-    else:
-        uvloop.run(serve(Settings.from_env()))
+    settings = settings_or_exit()  # a bad CREDITS_* value: one line naming it, exit 2
+    configure_logging(settings=settings)
+    with port_in_use_is_one_line():
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            asyncio.run(serve(settings))
+        else:
+            uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

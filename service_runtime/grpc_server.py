@@ -22,6 +22,7 @@ from service_runtime.api_keys import KeyResolver
 from service_runtime.audit import AUDIT_PERMISSIONS, AUDIT_SERVICE, AuditServicer, AuditWriter
 from service_runtime.call_context import current_caller as current_caller  # re-exported: servicers import it here
 from service_runtime.call_guard import AuthInterceptor as AuthInterceptor
+from service_runtime.ports import bindable, host_port, in_use, setting_for_service
 from service_runtime.rate_limits import rate_limit_from
 from service_runtime.readiness import LIVENESS, DatabaseWatch, WatchedServer
 from service_runtime.refusal_counts import RefusalCounter
@@ -77,9 +78,16 @@ async def create_server(
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    setting = setting_for_service(services[0][2]) or "the address"
+    host, wanted = host_port(address)
+    if wanted and not bindable(host, wanted):  # one line naming the port and its setting, before gRPC logs its own
+        raise in_use(wanted, setting, address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {address}")
+        raise OSError(f"could not bind {address} ({setting})")
     await resolver.watch(keys_dsn or health_dsn)  # before serving: a revocation is heard from the first call
     await server.start()
     for name in [*names, "", LIVENESS]:

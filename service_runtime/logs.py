@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service_runtime.settings import Settings
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 tenant_id: contextvars.ContextVar[str] = contextvars.ContextVar("tenant_id", default="")
@@ -48,13 +51,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(default_format: str = "json") -> None:
-    """Root logging for a server process, from CREDITS_LOG_FORMAT / CREDITS_LOG_LEVEL."""
+def configure_logging(default_format: str = "json", settings: Settings | None = None, *,
+                      clock_only: bool = False) -> None:
+    """Root logging for a server process, from CREDITS_LOG_FORMAT / CREDITS_LOG_LEVEL (the settings)."""
+    from service_runtime.settings import Settings
+
+    settings = settings or Settings.from_env()
     handler = logging.StreamHandler()
-    if os.environ.get("CREDITS_LOG_FORMAT", default_format) == "json":
+    if (settings.log_format or default_format) == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                               "%H:%M:%S" if clock_only else None))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("CREDITS_LOG_LEVEL", "INFO").upper())
+    root.setLevel(settings.log_level)

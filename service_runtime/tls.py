@@ -8,7 +8,6 @@ CREDITS_TLS_REQUIRED=1: refuse to start a server, or open a channel, without TLS
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,24 @@ class TlsSettings:
 
     @staticmethod
     def from_env() -> TlsSettings:
-        env = os.environ.get
-        return TlsSettings(
-            cert_file=env("CREDITS_TLS_CERT_FILE", ""), key_file=env("CREDITS_TLS_KEY_FILE", ""),
-            ca_file=env("CREDITS_TLS_CA_FILE", ""),
-            required=env("CREDITS_TLS_REQUIRED", "").lower() in {"1", "true", "yes"},
-        )
+        """CREDITS_TLS_CERT_FILE / _KEY_FILE / _CA_FILE / CREDITS_TLS_REQUIRED (service_runtime.settings)."""
+        from service_runtime.settings import Settings
+
+        s = Settings.from_env()
+        return TlsSettings(cert_file=s.tls_cert_file, key_file=s.tls_key_file, ca_file=s.tls_ca_file,
+                           required=s.tls_required)
+
+    def probe_credentials(self) -> grpc.ChannelCredentials | None:
+        """What a health probe inside the server's own pod dials it with: TLS when the server serves TLS,
+        trusting the CA (else the server's own chain) and presenting the server's certificate when client
+        certificates are required (mTLS). None: the server is plaintext."""
+        if not self.server_enabled:
+            return None
+        roots = Path(self.ca_file or self.cert_file).read_bytes()
+        if not self.ca_file:
+            return grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=Path(self.key_file).read_bytes(),
+                                            certificate_chain=Path(self.cert_file).read_bytes())
 
     @property
     def server_enabled(self) -> bool:
@@ -82,10 +93,11 @@ def temporal_tls() -> Any:
     """
     from temporalio.service import TLSConfig
 
-    env = os.environ.get
-    cert, key, ca = (env("CREDITS_TEMPORAL_TLS_CERT_FILE", ""), env("CREDITS_TEMPORAL_TLS_KEY_FILE", ""),
-                     env("CREDITS_TEMPORAL_TLS_CA_FILE", ""))
-    if not (cert or key or ca) and env("CREDITS_TEMPORAL_TLS", "").lower() not in {"1", "true", "yes"}:
+    from service_runtime.settings import Settings
+
+    s = Settings.from_env()
+    cert, key, ca = s.temporal_tls_cert_file, s.temporal_tls_key_file, s.temporal_tls_ca_file
+    if not (cert or key or ca) and not s.temporal_tls:
         return False
     if bool(cert) != bool(key):
         raise RuntimeError("CREDITS_TEMPORAL_TLS_CERT_FILE and CREDITS_TEMPORAL_TLS_KEY_FILE go together")

@@ -27,7 +27,6 @@ Propagation is W3C trace context (`traceparent` / `tracestate`) in gRPC metadata
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +78,11 @@ def uninstall() -> None:
 
 def exporter_from_env() -> SpanExporter | None:
     """The exporter the environment asks for, or None (tracing stays off)."""
-    endpoint = os.environ.get("CREDITS_OTLP_ENDPOINT", "")
-    kind = os.environ.get("CREDITS_TRACE_EXPORTER", "otlp" if endpoint else "none").lower()
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()  # CREDITS_OTLP_ENDPOINT, CREDITS_TRACE_EXPORTER
+    endpoint = settings.otlp_endpoint
+    kind = settings.trace_exporter or ("otlp" if endpoint else "none")
     if kind in {"", "none", "off"}:
         return None
     if kind == "console":
@@ -115,7 +117,9 @@ def configure(service_name: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    name = os.environ.get("CREDITS_SERVICE_NAME", service_name)
+    from service_runtime.settings import Settings
+
+    name = Settings.from_env().service_name or service_name  # CREDITS_SERVICE_NAME
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -35,8 +34,9 @@ from coordinator.keys import MintingKeyStore, key_ttl_from_env
 from coordinator.schedules import ensure_schedules
 from coordinator.worker import WorkerConfig, running_worker, temporal_runtime
 from service_runtime import metrics, portal_sessions, tracing
-from service_runtime.databases import Databases, resolve_databases
-from service_runtime.settings import Settings
+from service_runtime.databases import Databases, embedded_server, resolve_databases
+from service_runtime.ports import check_free, host_port
+from service_runtime.settings import Settings, env_name, remove_stack_file, write_stack_file
 from service_runtime.temporal_server import TemporalDevServer
 from service_runtime.tls import temporal_tls
 
@@ -112,6 +112,7 @@ async def add_tenant_key(dsns: Sequence[str], tenant_id: str, name: str, role: s
 async def running_stack(settings: Settings, *, usage_grace_s: int | None = None, schedules: bool = True,
                         gauges_every_s: float = 15.0, portal: bool = True) -> AsyncIterator[RunningStack]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_ports_free(settings, portal=portal)
     ensure_portal_secret(settings.data_dir)  # before the servers: they sign and check portal sessions with it
     # Observability from the environment, for the whole process: traces (CREDITS_OTLP_ENDPOINT ...),
     # Prometheus (CREDITS_METRICS_ADDR) and the Temporal SDK's metrics (CREDITS_TEMPORAL_METRICS_ADDR).
@@ -140,7 +141,37 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
         if portal:
             stack.portal_url = await start_portal(settings, ledger_addr, invoice_addr, running)
         stack.addresses = _addresses(stack, dbs, metrics_port)
+        write_stack_file(settings.data_dir, _recorded(stack, dbs))  # what every creditctl command reads
+        running.callback(remove_stack_file, settings.data_dir)
         yield stack
+
+
+def _recorded(stack: RunningStack, dbs: Databases) -> dict[str, object]:
+    """The addresses the stack really serves on (a port 0 resolved), for the stack file."""
+    settings = stack.settings
+    out: dict[str, object] = {"ledger_addr": stack.ledger_addr, "invoice_addr": stack.invoice_addr,
+                              "billing_addr": stack.billing_addr, "temporal_addr": stack.temporal_addr,
+                              "task_queue": settings.task_queue, "temporal_namespace": settings.temporal_namespace}
+    if stack.ui_url:
+        out["temporal_ui_port"] = int(stack.ui_url.rpartition(":")[2])
+    if dbs.embedded is not None:
+        out["embedded_pg_port"] = dbs.embedded.port
+    return out
+
+
+def check_ports_free(settings: Settings, *, portal: bool = True) -> None:
+    """Refuses at once, naming the port and the setting, when a port this stack would bind is taken
+    (rather than a Temporal log tail or a gRPC "failed to bind" from deep inside)."""
+    addrs = ("ledger_addr", "invoice_addr", "billing_addr", *(("portal_addr",) if portal else ()))
+    wanted = [(env_name(f), getattr(settings, f), *host_port(getattr(settings, f))) for f in addrs]
+    if not settings.temporal_addr:
+        wanted += [(env_name(f), str(getattr(settings, f)), "127.0.0.1", getattr(settings, f))
+                   for f in ("temporal_port", "temporal_ui_port")]
+    if (not settings.ledger_dsn or not settings.invoice_dsn) and not embedded_server(settings).is_running():
+        wanted.append((env_name("embedded_pg_port"), str(settings.embedded_pg_port), "127.0.0.1",
+                       settings.embedded_pg_port))
+    for setting, value, host, port in wanted:
+        check_free(host, port, setting, value)
 
 
 async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> tuple[str, str]:
@@ -148,8 +179,8 @@ async def _temporal(settings: Settings, running: contextlib.AsyncExitStack) -> t
     if settings.temporal_addr:
         return settings.temporal_addr, ""
     temporal = await start_temporal(settings.data_dir, db_file=settings.data_dir / "temporal.db",
-                                    port=7233 if settings.temporal_ui_port == 8233 else 0,
-                                    ui_port=settings.temporal_ui_port, namespace=settings.temporal_namespace)
+                                    port=settings.temporal_port, ui_port=settings.temporal_ui_port,
+                                    namespace=settings.temporal_namespace)
     running.push_async_callback(asyncio.to_thread, temporal.stop)
     return temporal.address, temporal.ui_url
 
@@ -233,7 +264,7 @@ async def start_portal(settings: Settings, ledger_addr: str, invoice_addr: str,
     from portal.app import create_app
 
     host, _, port = settings.portal_addr.rpartition(":")
-    app = create_app(dataclasses.replace(settings, ledger_addr=ledger_addr, invoice_addr=invoice_addr))
+    app = create_app(settings.model_copy(update={"ledger_addr": ledger_addr, "invoice_addr": invoice_addr}))
     server = _EmbeddedWebServer(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning",
                                                lifespan="on"))
     task = asyncio.ensure_future(server.serve())
@@ -270,12 +301,13 @@ def _addresses(stack: RunningStack, dbs: Any, metrics_port: int | None) -> dict[
         **({"customer portal": f"{stack.portal_url} (links: creditctl portal link CUSTOMER)"}
            if stack.portal_url else {}),
         "data directory": str(settings.data_dir),
+        "addresses recorded in": f"{settings.stack_file} (every creditctl command reads them)",
     }
     if metrics_port:
-        host = os.environ.get("CREDITS_METRICS_ADDR", "").rpartition(":")[0] or "127.0.0.1"
+        host = settings.metrics_addr.rpartition(":")[0] or "127.0.0.1"
         out["metrics"] = f"http://{host}:{metrics_port}/metrics"
-    if os.environ.get("CREDITS_TEMPORAL_METRICS_ADDR"):
-        out["temporal worker metrics"] = f"http://{os.environ['CREDITS_TEMPORAL_METRICS_ADDR']}/metrics"
+    if settings.temporal_metrics_addr:
+        out["temporal worker metrics"] = f"http://{settings.temporal_metrics_addr}/metrics"
     return out
 
 
@@ -289,6 +321,10 @@ async def serve_forever(settings: Settings, webhook_port: int | None = None) -> 
     webhook receiver that prints every verified event (`creditctl up --webhook-receiver`)."""
     import signal
 
+    from temporalio import workflow
+
+    # The outcome lines (a saga's, a schedule run's) name their invoice or sweep; the run's ids are in the UI.
+    workflow.logger.workflow_info_on_message = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -299,7 +335,8 @@ async def serve_forever(settings: Settings, webhook_port: int | None = None) -> 
         print("credits stack is up:", flush=True)
         for name, value in stack.addresses.items():
             print(f"  {name:<26} {value}", flush=True)
-        print("Ctrl-C stops everything.", flush=True)
+        print(f"Ctrl-C stops everything. Logging at {settings.log_level} (CREDITS_LOG_LEVEL): a line per saga "
+              "outcome and per schedule run.", flush=True)
         await stop.wait()
         print("stopping ...", flush=True)
     print("stopped.", flush=True)

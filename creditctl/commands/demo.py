@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +35,7 @@ def _settings(data_dir: Path) -> Settings:
     """Everything on fresh ports, so the demo runs next to a `creditctl up`."""
     return Settings(data_dir=data_dir, ledger_dsn="", invoice_dsn="", embedded_pg_port=free_port(),
                     ledger_addr="127.0.0.1:0", invoice_addr="127.0.0.1:0", billing_addr="127.0.0.1:0",
-                    temporal_addr="", temporal_ui_port=free_port(), task_queue="credits-demo")
+                    temporal_addr="", temporal_port=0, temporal_ui_port=free_port(), task_queue="credits-demo")
 
 
 async def _admin_key(stack: RunningStack) -> str:
@@ -76,7 +79,25 @@ async def _seed_and_finalize(stack: RunningStack, key: str) -> int:
     return 0 if (inv.subtotal, inv.credits_applied, inv.amount_due) == ("100.00", "50.00", "50.00") else 1
 
 
-async def _demo() -> int:
+def keep_up_by_default() -> bool:
+    """Keep the stack up after the demo only for a person at a terminal: not in CI, not with stdin piped."""
+    return sys.stdin.isatty() and not os.environ.get("CI")
+
+
+async def _until_interrupted() -> None:
+    """Waits for Ctrl-C (SIGINT) or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _demo(keep_up: bool) -> int:
     from stack.launcher import running_stack
 
     with tempfile.TemporaryDirectory(prefix="credits-demo-") as tmp:
@@ -86,11 +107,18 @@ async def _demo() -> int:
             for name, value in stack.addresses.items():
                 click.echo(f"  {name:<26} {value}")
             status = await _seed_and_finalize(stack, await _admin_key(stack))
+            if keep_up:
+                click.echo("\nThe stack stays up so the Temporal UI link above opens the saga; Ctrl-C stops it.")
+                await _until_interrupted()
+                click.echo("stopping ...")
         click.echo("stack stopped.")
         return status
 
 
 @click.command("demo", cls=Command, help="start a throw-away stack, finalize the seed invoice, print it")
 @click.option("--verbose", is_flag=True)  # accepted as it always was; the demo prints the same either way
-def command(verbose: bool) -> int:
-    return asyncio.run(_demo())
+@click.option("--keep-up/--no-keep-up", default=None,
+              help="after the demo keep the stack up until Ctrl-C, so the Temporal UI link works "
+                   "[default: keep up at a terminal, exit when stdin is not a TTY or CI is set]")
+def command(verbose: bool, keep_up: bool | None) -> int:
+    return asyncio.run(_demo(keep_up_by_default() if keep_up is None else keep_up))

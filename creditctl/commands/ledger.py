@@ -10,7 +10,7 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from creditctl.connection import load_settings, rpc
 from creditctl.help_listing import Group
 from creditctl.output import print_json
-from service_runtime.databases import resolve_databases
+from creditctl.service_databases import opened
 from service_runtime.settings import Settings
 
 
@@ -19,18 +19,18 @@ async def verify_ledger(settings: Settings, tenant_id: str | None) -> dict[str, 
     from ledger_service.storage.reads import verify_journal
     from service_runtime.postgres import create_pool
 
-    dsn = resolve_databases(settings).ledger_dsn
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    try:
-        tenants = [tenant_id] if tenant_id else [r["tenant_id"] for r in await pool.fetch(
-            "SELECT tenant_id FROM tenants ORDER BY tenant_id")]
-        out: dict[str, dict[str, object]] = {}
-        for t in tenants:
-            v = await verify_journal(pool, t)
-            out[t] = {"ok": not v.violations, "entries": v.entries, "lots": v.lots, "violations": v.violations}
-        return out
-    finally:
-        await pool.close()
+    async with opened(settings, migrated=False) as dbs:  # an embedded Postgres started for this is stopped after
+        pool = await create_pool(dbs.ledger_dsn, min_size=1, max_size=2)
+        try:
+            tenants = [tenant_id] if tenant_id else [r["tenant_id"] for r in await pool.fetch(
+                "SELECT tenant_id FROM tenants ORDER BY tenant_id")]
+            out: dict[str, dict[str, object]] = {}
+            for t in tenants:
+                v = await verify_journal(pool, t)
+                out[t] = {"ok": not v.violations, "entries": v.entries, "lots": v.lots, "violations": v.violations}
+            return out
+        finally:
+            await pool.close()
 
 
 @click.group("ledger", cls=Group, help="ledger maintenance")

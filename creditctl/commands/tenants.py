@@ -5,30 +5,29 @@ from __future__ import annotations
 import asyncio
 import re
 
-import asyncpg
 import click
 
 from creditctl.connection import load_settings
+from creditctl.errors import UserError
 from creditctl.help_listing import Group
 from creditctl.output import print_json
-from creditctl.service_databases import migrate_all
+from creditctl.service_databases import connected
 from service_runtime.api_keys import ROLES, check_owner, mint_key, store_tenant_key
-from service_runtime.databases import resolve_databases
 from service_runtime.settings import Settings
 
 
 async def create_tenant(settings: Settings, tenant_id: str, name: str, role: str, owner: str = "") -> str:
-    """Creates the tenant in every service database with one key of `owner`; returns the key (shown once)."""
-    dbs = resolve_databases(settings)
-    await migrate_all(settings)
+    """Creates the tenant in every service database with one key of `owner`; returns the key (shown once).
+    An existing tenant is refused (ALREADY_EXISTS) and no key is minted: more keys are `keys create`."""
     key_id, key, key_hash = mint_key()
-    for dsn in (dbs.ledger_dsn, dbs.invoice_dsn):
-        conn = await asyncpg.connect(dsn)
-        try:
+    async with connected(settings) as conns:
+        for conn in conns:
+            if await conn.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", tenant_id):
+                raise UserError(f"ALREADY_EXISTS: tenant_id: tenant {tenant_id!r} exists; no key minted "
+                                f"(another key: creditctl keys create {tenant_id} --owner ...)")
+        for conn in conns:
             async with conn.transaction():
                 await store_tenant_key(conn, tenant_id, name, key_id, key_hash, role, owner=owner)
-        finally:
-            await conn.close()
     return key
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import click
 
 from creditctl.connection import load_settings
 from creditctl.help_listing import Command
-from service_runtime.settings import Settings
+from service_runtime.logs import configure_logging
 
 
 @click.command("up", cls=Command, help="run the whole stack in the foreground (Ctrl-C stops it)")
@@ -21,7 +20,7 @@ from service_runtime.settings import Settings
 def command(data_dir: str, webhook_receiver: bool, webhook_port: int) -> int:
     from stack.launcher import serve_forever
 
-    logging.basicConfig(level=logging.WARNING)
-    settings = Settings(data_dir=Path(data_dir).resolve()) if data_dir else load_settings()
+    settings = load_settings(stack=False, **({"data_dir": Path(data_dir)} if data_dir else {}))
+    configure_logging("text", settings, clock_only=True)  # a person watches it: the time of day
     asyncio.run(serve_forever(settings, webhook_port if webhook_receiver else None))
     return 0

@@ -6,7 +6,8 @@
     worker      the Temporal worker + schedules    (dials CREDITS_LEDGER_ADDR / CREDITS_INVOICE_ADDR)
     migrate     `creditctl migrate` on both service databases, then exit
     creditctl   any creditctl command, e.g. `creditctl tenants create acme`, `creditctl ledger verify`
-    healthcheck ADDR   grpc.health.v1 Check against ADDR; exit 0 iff SERVING (for compose)
+    healthcheck ADDR [SERVICE] [TLS_NAME]  grpc.health.v1 Check against ADDR, TLS when the pod serves TLS; exit 0
+                iff SERVING (the Kubernetes probes and compose)
 
 Why a shim and not `python -m ...` everywhere: the coordinator has no `main()` of its own yet
 (`creditctl up` wires the front door and the worker inside one process), so `billing` and `worker`
@@ -15,16 +16,14 @@ stack and the stock `serve()` functions, this entrypoint never falls back to the
 or a Temporal dev server: a DSN or address left empty is a start-up error, not a silent local
 database inside the container. SIGTERM stops the gRPC servers gracefully (Kubernetes sends it).
 
-Only settings that exist in `service_runtime.settings` (and CREDITS_COORDINATOR_KEYS /
-CREDITS_COORDINATOR_KEY_TTL_S / CREDITS_USAGE_GRACE_S, read by the coordinator and invoice code) are
-used; nothing new is invented.
+Only settings that exist in `service_runtime.settings` (every CREDITS_* variable is declared and
+checked there) are used; nothing new is invented.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -116,8 +115,11 @@ async def run_billing() -> None:
     key_dsn = _require("LEDGER_DSN", settings.ledger_dsn)  # API keys are resolved against the ledger DB
     client = await _temporal_client(settings)
     # The ledger address: CreateAllowance reads the unit's scale and checks the account there.
+    # As `creditctl up` wires it: the invoice and ledger addresses (up-front checks of an invoice, a unit,
+    # an account) and the Temporal UI (each operation's link; CREDITS_TEMPORAL_UI_URL, empty: none).
     server, port, pool = await create_front_door(client, key_dsn, settings.task_queue, settings.billing_addr,
-                                                 ledger_addr=settings.ledger_addr)
+                                                 settings.temporal_ui_url, settings.invoice_addr,
+                                                 settings.ledger_addr)
     await _serve(server, pool, "billing front door", port)
 
 
@@ -149,16 +151,20 @@ async def run_worker() -> None:
     from service_runtime.settings import Settings
 
     settings = Settings.from_env()
-    keys = worker_key_store(settings, os.environ.get("CREDITS_COORDINATOR_KEYS", ""))
+    keys = worker_key_store(settings, settings.coordinator_keys)
     client = await _temporal_client(settings)
     added = await sa.register(client)  # idempotent; needs operator access to the namespace
     if added:
         log.info("registered search attributes %s", ", ".join(added))
     config = WorkerConfig(settings.ledger_addr, settings.invoice_addr, settings.task_queue)
+    from service_runtime import metrics
+
+    metrics_port = metrics.start_endpoint()  # CREDITS_METRICS_ADDR, as the servers
     try:
         async with running_worker(client, config, keys):
             created = await ensure_schedules(client, settings.task_queue)  # idempotent
-            log.info("worker polling task queue %s (schedules created: %s)", settings.task_queue, created or "none")
+            log.info("worker polling task queue %s (schedules created: %s; metrics: %s)", settings.task_queue,
+                     created or "none", metrics_port)
             await _until_sigterm()
     finally:
         await keys.close()  # revokes the keys a MintingKeyStore minted
@@ -183,13 +189,23 @@ def run_migrate(args: list[str]) -> int:
     return run_creditctl(["migrate", *args])
 
 
-def healthcheck(addr: str, timeout_s: float = 3.0) -> int:
+def healthcheck(addr: str, service: str = "", tls_name: str = "", timeout_s: float = 3.0) -> int:
+    """grpc.health.v1 Check of `service` ("" = overall, "liveness") at `addr`; exit 0 iff SERVING. Dials
+    with TLS when this pod's server serves TLS (CREDITS_TLS_*: a kubelet gRPC probe cannot), checking the
+    certificate against `tls_name` (the name clients dial, e.g. the Service's DNS name) rather than the
+    loopback address, so the same probe works with TLS on or off."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(addr) as channel:
+    from service_runtime.tls import TlsSettings
+
+    creds = TlsSettings.from_env().probe_credentials()
+    options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
+    channel = grpc.secure_channel(addr, creds, options) if creds is not None else grpc.insecure_channel(addr)
+    with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=timeout_s)
         except grpc.RpcError as err:
             print(f"{addr}: {err.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
@@ -212,16 +228,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     process, rest = argv[0], argv[1:]
     if process == "healthcheck":
-        if len(rest) != 1:
-            print("usage: healthcheck HOST:PORT", file=sys.stderr)
+        if len(rest) not in (1, 2, 3):
+            print("usage: healthcheck HOST:PORT [SERVICE] [TLS_NAME]", file=sys.stderr)
             return 2
-        return healthcheck(rest[0])
+        return healthcheck(*rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if process in SERVERS:
+        from service_runtime.logs import configure_logging
+        from service_runtime.settings import settings_or_exit
+
+        # Every CREDITS_* value checked before anything starts: a bad one is one line naming it, exit 2.
+        configure_logging("text", settings_or_exit())
     if process == "migrate":
         return run_migrate(rest)
     if process == "creditctl":
         return run_creditctl(rest)
-    asyncio.run(SERVERS[process]())
+    from service_runtime.ports import port_in_use_is_one_line
+
+    with port_in_use_is_one_line():
+        asyncio.run(SERVERS[process]())
     return 0
 
 

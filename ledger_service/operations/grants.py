@@ -12,7 +12,6 @@ through the AccountWriter under a key derived from the request, then records the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -41,6 +40,7 @@ from service_runtime.amounts import parse_minor
 from service_runtime.idempotency import remember, stored_response
 from service_runtime.pages import encode_token
 from service_runtime.rejections import conflict, not_found, precondition
+from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
 L = TypeVar("L", bound=Message)
@@ -171,9 +171,9 @@ async def _limit_exceeded(ledger: Ledger, conn: asyncpg.Connection, call: Call[A
 def default_limits(scale: int) -> Limits:
     """CREDITS_SUPPORT_MAX_GRANT / CREDITS_SUPPORT_MAX_DAILY / CREDITS_GRANT_APPROVAL_THRESHOLD, in
     the unit's major units (read per call)."""
-    per_grant = os.environ.get("CREDITS_SUPPORT_MAX_GRANT", DEFAULT_MAX_GRANT)
-    per_day = os.environ.get("CREDITS_SUPPORT_MAX_DAILY", DEFAULT_MAX_DAILY)
-    threshold = os.environ.get(THRESHOLD_ENV, "").strip()
+    settings = Settings.from_env()
+    per_grant, per_day = settings.support_max_grant, settings.support_max_daily
+    threshold = settings.grant_approval_threshold.strip()
     return Limits(parse_minor(per_grant, scale, "CREDITS_SUPPORT_MAX_GRANT", allow_zero=True),
                   parse_minor(per_day, scale, "CREDITS_SUPPORT_MAX_DAILY", allow_zero=True), True,
                   parse_minor(threshold, scale, THRESHOLD_ENV, allow_zero=True) if threshold else None)

@@ -124,3 +124,52 @@ async def test_bad_requests_get_clear_statuses(stack: Stack, billing: billing_pb
                                          metadata=[("x-api-key", readonly)])
         assert got.status == bpb.COMPLETED and got.progress.stage == "finalized"
 
+
+
+async def test_billing_run_once_per_as_of_a_new_run_when_asked_and_never_ahead(
+        stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
+    """One run per tenant and as_of (to the second, never cut to the minute): the same as_of again is that
+    run; `new_run` starts another once it has finished; an as_of ahead of now is refused before anything."""
+    from datetime import UTC, datetime, timedelta
+
+    from service_runtime.proto_time import to_timestamp
+
+    md = stack.md
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    err = await _status(billing.RunBillingCycle(bpb.RunBillingCycleRequest(as_of=to_timestamp(ahead)), metadata=md))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and (err.details() or "").startswith("as_of")
+    as_of = to_timestamp(datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=37))
+
+    def request(**extra: bool) -> bpb.RunBillingCycleRequest:
+        return bpb.RunBillingCycleRequest(as_of=as_of, wait=True, wait_timeout_s=60, **extra)
+
+    async with stack.worker():
+        first = await billing.RunBillingCycle(request(), metadata=md)
+        again = await billing.RunBillingCycle(request(), metadata=md)
+        assert first.status == bpb.COMPLETED, first
+        assert (again.operation_id, again.run_id) == (first.operation_id, first.run_id)
+        assert first.operation_id.endswith(as_of.ToDatetime(UTC).isoformat())  # to the second, not the minute
+        fresh = await billing.RunBillingCycle(request(new_run=True), metadata=md)
+        assert fresh.status == bpb.COMPLETED and fresh.operation_id == first.operation_id
+        assert fresh.run_id != first.run_id
+
+
+async def test_a_compensated_finalization_names_step_service_and_cause_and_carries_the_amounts(
+        stack: Stack, billing: billing_pb2_grpc.BillingServiceStub) -> None:
+    """Not "Activity task failed": the operation's error names the step, the participant and its answer;
+    its result carries the invoice's amounts and the hold key (what a person checks next)."""
+    from harness.faults import FaultPlan
+
+    invoice_id = await seed_customer(stack.services, "comp-1")
+    faults = FaultPlan().add("reserve_credits", "before", "reject")
+    async with stack.worker(faults):
+        op = await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id, wait=True,
+                                                                      wait_timeout_s=60), metadata=stack.md)
+    assert op.status == bpb.FAILED and op.outcome == "compensated", op
+    assert "finalization compensated at 'reserving credits' (ledger): " in op.error, op.error
+    assert "Activity task failed" not in op.error
+    result = json.loads(op.result_json)
+    assert (result["step"], result["service"], result["invoice_id"]) == ("reserving credits", "ledger", invoice_id)
+    assert result["cause"] and result["cause"] in op.error
+    assert result["subtotal"] == "100.00" and {"credits_applied", "amount_due"} <= set(result)
+    assert invoice_id in result["hold_key"], result

@@ -81,6 +81,7 @@ async def _read_banner(process: asyncio.subprocess.Process) -> dict[str, str]:
 async def up(tmp_path: Path) -> AsyncIterator[UpStack]:
     env = {**os.environ, "CREDITS_DATA_DIR": str(tmp_path / "data"),
            "CREDITS_EMBEDDED_PG_PORT": str(_free_port()), "CREDITS_TEMPORAL_UI_PORT": str(_free_port()),
+           "CREDITS_TEMPORAL_PORT": "0",
            "CREDITS_LEDGER_ADDR": "127.0.0.1:0", "CREDITS_INVOICE_ADDR": "127.0.0.1:0",
            "CREDITS_PORTAL_ADDR": "127.0.0.1:0",
            "CREDITS_BILLING_ADDR": "127.0.0.1:0", "CREDITS_USAGE_GRACE_S": str(GRACE_S)}

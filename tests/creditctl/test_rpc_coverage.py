@@ -8,7 +8,8 @@ command module is registered in creditctl.main's COMMANDS. The RPCs come from ev
 `protos/credits/<area>/v1/*_pb2.py`, so an area added by another branch fails here until its
 commands exist (or its RPCs are excluded below, with a reason).
 
-Run it as a script for the table: `python -m tests.creditctl.test_rpc_coverage [CREDITCTL_DIR]`.
+Run it as a script for the table: `python -m tests.creditctl.test_rpc_coverage [CREDITCTL_DIR]`, or for
+past commits, counted the same way: `python -m tests.creditctl.test_rpc_coverage --at de7a114 3019837 HEAD`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import ast
 import importlib
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDITCTL = ROOT / "creditctl"
@@ -98,7 +101,53 @@ def test_every_command_module_is_registered() -> None:
     assert modules == registered
 
 
+def test_the_count_at_a_commit_is_the_same_method() -> None:
+    """The before/after figures (`--at`) count as this test does: at the committed HEAD they agree with it
+    whenever creditctl and the protos have no uncommitted change."""
+    import subprocess
+
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "creditctl", "protos"],
+                            capture_output=True, text=True, check=False)
+    if status.returncode != 0 or status.stdout.strip():
+        pytest.skip("not a git checkout, or creditctl / protos have uncommitted changes")
+    found = reachable()
+    user = [f for f in found if f not in EXCLUDED]
+    assert reachable_at("HEAD") == (sum(found.values()), len(found), sum(found[f] for f in user), len(user))
+
+
+def reachable_at(commit: str) -> tuple[int, int, int, int]:
+    """(reachable, RPCs, user-facing reachable, user-facing) at a past commit of this repository: its
+    creditctl scanned the same way, its RPCs read from its .proto files (its stubs need no import)."""
+    import io
+    import re
+    import subprocess
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "creditctl", "protos"], capture_output=True,
+                              check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(tree)).extractall(tmp, filter="data")
+        rpcs: dict[str, str] = {}
+        for proto in sorted((Path(tmp) / "protos" / "credits").rglob("*.proto")):
+            text = proto.read_text()
+            found = re.search(r"^package\s+([\w.]+);", text, re.M)
+            package = found.group(1) if found else ""
+            for service, body in re.findall(r"service\s+(\w+)\s*\{(.*?)\n\}", text, re.S):
+                for method in re.findall(r"\brpc\s+(\w+)\s*\(", body):
+                    rpcs[f"{package}.{service}/{method}"] = method
+        called = rpc_names_called(Path(tmp) / "creditctl")
+    ok = {full for full, method in rpcs.items() if method in called}
+    user = [full for full in rpcs if full not in EXCLUDED]
+    return len(ok), len(rpcs), len(ok.intersection(user)), len(user)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--at"]:  # python -m tests.creditctl.test_rpc_coverage --at de7a114 3019837 HEAD
+        for commit in argv[1:]:
+            ok, total, user_ok, user = reachable_at(commit)
+            print(f"{commit:10} {ok:3} of {total:3} RPCs reachable; user-facing {user_ok} of {user}")
+        return 0
     source = Path(argv[0]) if argv else CREDITCTL
     found = reachable(source)
     by_service: dict[str, list[bool]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -60,3 +61,20 @@ def test_a_bad_value_is_a_usage_error_naming_the_flag() -> None:
     assert ok.exit_code == 0 and ok.output.split() == ["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"]
     bad = CliRunner().invoke(cmd, ["--at", "24h"])
     assert bad.exit_code == 2 and "--at" in bad.output and "ISO 8601" in bad.output
+
+
+def test_every_instant_flag_of_every_command_uses_the_one_parser() -> None:
+    """`audit --since` and `statements --since` (and every --at, --as-of, --expires-at ...) parse alike."""
+    from creditctl.main import cli
+
+    def options(cmd: click.Command, path: str) -> list[tuple[str, click.Option]]:
+        if isinstance(cmd, click.Group):
+            return [o for name, sub in cmd.commands.items() for o in options(sub, f"{path} {name}".strip())]
+        return [(path, p) for p in cmd.params if isinstance(p, click.Option)]
+
+    timed = re.compile(r"(since|until|_at|as_of|containing|anchor|from|^to|_before|_start)$")
+    found = [(path, o) for path, o in options(cli, "") if o.name and timed.search(o.name)]
+    assert len(found) >= 20
+    assert {path for path, o in found if o.name == "since"} == {"audit", "statements"}
+    for path, option in found:
+        assert option.type in (INSTANT, SINCE), (path, option.opts)

@@ -90,3 +90,50 @@ def test_in_process_main_prints_the_line_and_raises_it(monkeypatch: pytest.Monke
     assert capsys.readouterr().err.strip() == str(raised.value)
     assert main(["bench", "--help"]) == 0
     assert "ledger" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("setting", "as_address"), [("CREDITS_TEMPORAL_PORT", False), ("CREDITS_LEDGER_ADDR", True)])
+async def test_a_port_in_use_names_the_port_and_its_setting(tmp_path: Path, setting: str, as_address: bool) -> None:
+    """`creditctl up` refuses before it starts anything: one line with the port and the setting to change."""
+    import socket
+
+    from service_runtime.embedded_postgres import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {"CREDITS_DATA_DIR": str(tmp_path / "data"), "CREDITS_EMBEDDED_PG_PORT": str(free_port()),
+               "CREDITS_TEMPORAL_PORT": "0", "CREDITS_TEMPORAL_UI_PORT": str(free_port()),
+               "CREDITS_LEDGER_ADDR": "127.0.0.1:0", "CREDITS_INVOICE_ADDR": "127.0.0.1:0",
+               "CREDITS_BILLING_ADDR": "127.0.0.1:0"}
+        env[setting] = f"127.0.0.1:{port}" if as_address else str(port)
+        code, _, err = await asyncio.wait_for(creditctl("up", **env), 60)
+    line = one_line(err)
+    assert code == 1 and f"port {port} is in use" in line and setting in line, line
+    assert not (tmp_path / "data" / "postgres").exists()  # nothing was started
+
+
+def test_a_program_that_failed_is_one_line_with_its_last_words_and_log() -> None:
+    """The embedded Postgres not starting (pg_ctl) is one line naming the program, its answer and its log."""
+    import subprocess
+
+    from creditctl.errors import _as_user_error
+
+    err = subprocess.CalledProcessError(
+        1, ["runuser", "-u", "embedded_postgres", "--", "/opt/pg/bin/pg_ctl", "-D", "/d/pgdata", "-l",
+            "/d/postgres.log", "start"], stderr=b"waiting for server to start.... stopped waiting\n"
+                                               b"pg_ctl: could not start server\nExamine the log output.\n")
+    known = _as_user_error(err)
+    assert known is not None and known.code == 1
+    assert known.message == "creditctl: pg_ctl failed (exit 1): pg_ctl: could not start server (log: /d/postgres.log)"
+
+
+async def test_reconcile_with_the_stack_down_could_not_run(tmp_path: Path) -> None:
+    """Nothing checked is neither a pass nor a violation: exit 2 and the reason, in one line."""
+    from service_runtime.embedded_postgres import free_port
+
+    code, out, err = await creditctl("reconcile", CREDITS_DATA_DIR=str(tmp_path / "data"),
+                                     CREDITS_EMBEDDED_PG_PORT=str(free_port()))
+    line = one_line(err)
+    assert code == 2 and out == "" and line.startswith("reconcile could not run: a service database is unreachable")

@@ -6,7 +6,6 @@ Offline and fast: no cluster, no Docker engine, no network.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import inspect
 import re
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from service_runtime.readiness import LIVENESS
-from service_runtime.settings import Settings
+from service_runtime.settings import Settings, env_name
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -35,10 +34,9 @@ K8S_VERSIONS = sorted({v for v in (OLDEST_K8S, kubernetes_validate.latest_versio
 TIERS = ("ledger", "invoice", "billing", "worker")
 GRPC_TIERS = {"ledger": 50051, "invoice": 50052, "billing": 50053}
 
-# Every CREDITS_* variable the code reads: the Settings fields, plus three read outside Settings
-# (coordinator/keys.py, invoice_service/config.py). Manifests must not invent others.
-KNOWN_ENV = {f"CREDITS_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {
-    "CREDITS_COORDINATOR_KEYS", "CREDITS_COORDINATOR_KEY_TTL_S", "CREDITS_USAGE_GRACE_S"}
+# Every CREDITS_* variable the code reads: the one settings object (service_runtime/settings.py) declares
+# them all. Manifests must not invent others.
+KNOWN_ENV = {env_name(f) for f in Settings.model_fields}
 SECRET_ENV = {"CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN", "CREDITS_API_KEY", "CREDITS_COORDINATOR_KEYS"}
 
 
@@ -105,22 +103,101 @@ def test_selectors_match_pod_labels() -> None:
 
 
 @pytest.mark.parametrize("tier", list(GRPC_TIERS))
-def test_grpc_tiers_probe_their_port_with_grpc_probes(tier: str) -> None:
+def test_grpc_tiers_probe_their_port_with_tls_aware_probes(tier: str) -> None:
+    """Exec probes through the entrypoint's healthcheck, which dials TLS when the pod serves TLS (a kubelet
+    gRPC probe cannot), checking the certificate against the name clients dial."""
     dep = _by_name("Deployment")[f"credits-{tier}"]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     port = GRPC_TIERS[tier]
-    assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+    dial_name = _configmap()[f"CREDITS_{tier.upper()}_ADDR"].rpartition(":")[0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == port, probe
+        command = container[probe]["exec"]["command"]
+        assert command[:4] == ["python", "/app/entrypoint.py", "healthcheck", f"127.0.0.1:{port}"], probe
+        assert command[5] == dial_name and "grpc" not in container[probe], probe
     # Readiness follows the database (overall ""); liveness asks for a name the database does not flip.
-    assert "service" not in container["readinessProbe"]["grpc"]
-    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
+    assert container["readinessProbe"]["exec"]["command"][4] == ""
+    assert container["livenessProbe"]["exec"]["command"][4] == LIVENESS
     env = {e["name"]: e for e in container["env"]}
     listen = next(k for k in env if k.endswith("_ADDR"))
     assert env[listen]["value"] == f"0.0.0.0:{port}"
     svc = _by_name("Service")[f"credits-{tier}"]
     assert svc["spec"]["ports"][0]["port"] == port and svc["spec"]["ports"][0]["targetPort"] == "grpc"
     assert container["args"] == [tier]
+    assert "Temporal TLS" not in (K8S / "10-config.yaml").read_text()  # it is supported: CREDITS_TEMPORAL_TLS_*
+
+
+def _configmap() -> dict[str, str]:
+    data: dict[str, str] = _by_name("ConfigMap")["credits-config"]["data"]
+    return data
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_every_tier_serves_metrics_prometheus_scrapes(tier: str) -> None:
+    metrics_port = int(_configmap()["CREDITS_METRICS_ADDR"].rpartition(":")[2])
+    template = _by_name("Deployment")[f"credits-{tier}"]["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"} in container["ports"]
+    assert template["metadata"]["annotations"] == {"prometheus.io/scrape": "true",
+                                                   "prometheus.io/port": str(metrics_port),
+                                                   "prometheus.io/path": "/metrics"}
+    assert "credits-config" in [r["configMapRef"]["name"] for r in container["envFrom"]]
+
+
+def test_network_policies_deny_by_default_and_open_each_port_to_its_callers() -> None:
+    policies = _by_name("NetworkPolicy")
+    deny = policies["credits-default-deny-ingress"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in _by_name("Deployment").items()}
+
+    def selected(spec: dict[str, Any]) -> set[str]:
+        sel = spec["podSelector"]
+        out = set()
+        for name, labels in pods.items():
+            if not sel.get("matchLabels", {}).items() <= labels.items():
+                continue
+            if all(labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])):
+                out.add(name)
+        return out
+
+    opened: dict[str, set[str]] = {}
+    for policy in policies.values():
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule["ports"]:
+                for pod in selected(policy["spec"]):
+                    opened.setdefault(pod, set()).add(port["port"])
+    assert opened == {"credits-ledger": {"grpc", "metrics"}, "credits-invoice": {"grpc", "metrics"},
+                      "credits-billing": {"grpc", "metrics"}, "credits-worker": {"metrics"}}
+    services = policies["credits-services-grpc"]["spec"]["ingress"][0]["from"]
+    callers = {v for f in services if "podSelector" in f
+               for e in f["podSelector"]["matchExpressions"] for v in e["values"]}
+    assert callers == {"credits-worker", "credits-billing"}  # the worker and the front door reach both services
+
+
+def test_the_front_door_gets_both_service_addresses_and_the_ui_url() -> None:
+    """As `creditctl up` wires it (up-front checks of invoices, units and accounts; a UI link per operation)."""
+    config = _configmap()
+    assert {"CREDITS_LEDGER_ADDR", "CREDITS_INVOICE_ADDR", "CREDITS_TEMPORAL_UI_URL"} <= config.keys()
+    assert config["CREDITS_TEMPORAL_UI_URL"].startswith("https://")
+    (container,) = _by_name("Deployment")["credits-billing"]["spec"]["template"]["spec"]["containers"]
+    overridden = {e["name"] for e in container["env"]}
+    assert not {"CREDITS_LEDGER_ADDR", "CREDITS_INVOICE_ADDR", "CREDITS_TEMPORAL_UI_URL"} & overridden
+    shim = ENTRYPOINT.read_text()
+    call = shim[shim.index("await create_front_door("):]
+    call = call[:call.index(")\n") + 1]
+    assert "settings.temporal_ui_url" in call and "settings.invoice_addr" in call and "settings.ledger_addr" in call
+
+
+def test_the_worker_learns_new_tenants_without_a_restart() -> None:
+    """No fixed key map: the worker mints its keys per tenant from the tenants table (both owner DSNs)."""
+    from coordinator.keys import MintingKeyStore
+
+    (container,) = _by_name("Deployment")["credits-worker"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"] for e in container["env"]}
+    assert "CREDITS_COORDINATOR_KEYS" not in env and {"CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN"} <= env
+    store = _entrypoint().worker_key_store(Settings(ledger_dsn="postgresql://a@db/l", invoice_dsn="postgresql://a@db/i"),
+                                           "")
+    assert isinstance(store, MintingKeyStore)
 
 
 @pytest.mark.parametrize(("name", "pod"), _pod_specs(), ids=[n for n, _ in _pod_specs()])

@@ -279,12 +279,13 @@ def predicted_workflow_ids(method: MethodDescriptor, request: Message | bytes, t
         return [naming.outage_workflow_id(tenant, request.incident_id)]  # type: ignore[attr-defined]
     if name == "RunBillingCycle":
         if request.HasField("as_of"):  # type: ignore[attr-defined]
-            try:
-                return [naming.cycle_workflow_id(tenant, from_ts(request.as_of))]  # type: ignore[attr-defined]
+            try:  # to the second, as the front door keys the run
+                as_of = datetime.fromisoformat(from_ts(request.as_of)).replace(microsecond=0)  # type: ignore[attr-defined]
+                return [naming.cycle_workflow_id(tenant, as_of.isoformat())]
             except (ValueError, OverflowError, Rejection):  # the front door refuses it: nothing starts
                 return []
-        now = datetime.now(UTC).replace(second=0, microsecond=0)
-        return [naming.cycle_workflow_id(tenant, (now - timedelta(minutes=m)).isoformat()) for m in (0, 1)]
+        now = datetime.now(UTC).replace(microsecond=0)
+        return [naming.cycle_workflow_id(tenant, (now - timedelta(seconds=s)).isoformat()) for s in range(-5, 6)]
     return []
 
 

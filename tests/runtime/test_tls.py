@@ -128,3 +128,23 @@ def test_temporal_client_tls_from_settings(pki: dict[str, TlsSettings], monkeypa
     monkeypatch.delenv("CREDITS_TEMPORAL_TLS_KEY_FILE")
     with pytest.raises(RuntimeError, match="go together"):
         temporal_tls()
+
+
+async def test_the_pod_healthcheck_probes_a_tls_server(pki: dict[str, TlsSettings], tls_ledger: tuple[int, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes probes' healthcheck, in the server's pod (its own CREDITS_TLS_* files), reaches the
+    mTLS server that a plaintext probe cannot."""
+    import asyncio
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("entry", Path(__file__).parents[2] / "deploy/docker/entrypoint.py")
+    assert spec and spec.loader
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    port, _ = tls_ledger
+    server = pki["server"]
+    assert await asyncio.to_thread(entry.healthcheck, f"127.0.0.1:{port}") == 1  # plaintext: refused
+    for name, value in (("CERT_FILE", server.cert_file), ("KEY_FILE", server.key_file), ("CA_FILE", server.ca_file)):
+        monkeypatch.setenv(f"CREDITS_TLS_{name}", value)
+    assert await asyncio.to_thread(entry.healthcheck, f"127.0.0.1:{port}") == 0
+    assert await asyncio.to_thread(entry.healthcheck, f"127.0.0.1:{port}", "liveness", "localhost") == 0

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from service_runtime import tracing
+from service_runtime.settings import SettingsError
 from tests.ledger.conftest import Ledger
 
 LEDGER = "credits.ledger.v1.LedgerService"
@@ -87,8 +88,8 @@ def test_exporter_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CREDITS_TRACE_EXPORTER", "otlp")
     with pytest.raises(SystemExit, match="CREDITS_OTLP_ENDPOINT"):
         tracing.exporter_from_env()
-    monkeypatch.setenv("CREDITS_TRACE_EXPORTER", "jaeger")
-    with pytest.raises(SystemExit, match="otlp, console or none"):
+    monkeypatch.setenv("CREDITS_TRACE_EXPORTER", "jaeger")  # refused where every setting is checked
+    with pytest.raises(SettingsError, match=r"CREDITS_TRACE_EXPORTER='jaeger': .*'otlp', 'console'"):
         tracing.exporter_from_env()
     monkeypatch.delenv("CREDITS_TRACE_EXPORTER")
     monkeypatch.setenv("CREDITS_OTLP_ENDPOINT", "http://127.0.0.1:4317")

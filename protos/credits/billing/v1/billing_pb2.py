@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n credits/billing/v1/billing.proto\x12\x12\x63redits.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x08Progress\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\"\xe9\x01\n\tOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.credits.billing.v1.OperationStatus\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1c.credits.billing.v1.Progress\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06ui_url\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\"R\n\x16\x46inalizeInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x03 \x01(\x05\"^\n\x12VoidInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x04 \x01(\x05\"~\n\x16RunBillingCycleRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x04 \x01(\x05\"\xc7\x01\n\x17\x43ompensateOutageRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04wait\x18\x07 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x08 \x01(\x05\"Q\n\x13GetOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x03 \x01(\x05\"R\n\x0eRolloverPolicy\x12\x12\n\nmax_amount\x18\x01 \x01(\t\x12\x13\n\x0bmax_percent\x18\x02 \x01(\r\x12\x17\n\x0f\x65xpires_after_s\x18\x03 \x01(\x03\"\xdc\x02\n\x0f\x41llowanceConfig\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x35\n\x07\x63\x61\x64\x65nce\x18\x04 \x01(\x0e\x32$.credits.billing.v1.AllowanceCadence\x12\x10\n\x08lot_type\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\ncost_basis\x18\x07 \x01(\t\x12\x33\n\x0b\x66irst_grant\x18\x08 \x01(\x0e\x32\x1e.credits.billing.v1.FirstGrant\x12-\n\tstarts_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08rollover\x18\n \x01(\x0b\x32\".credits.billing.v1.RolloverPolicy\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\xd5\x02\n\tAllowance\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x33\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.credits.billing.v1.AllowanceConfig\x12\x13\n\x0bschedule_id\x18\x03 \x01(\t\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x31\n\rnext_grant_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06recent\x18\x07 \x03(\x0b\x32%.credits.billing.v1.AllowanceGrantRun\x12\x0e\n\x06ui_url\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18\x66irst_grant_operation_id\x18\n \x01(\t\"[\n\x11\x41llowanceGrantRun\x12\x30\n\x0cscheduled_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\"c\n\x16\x43reateAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x33\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.credits.billing.v1.AllowanceConfig\"+\n\x13GetAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\"R\n\x15ListAllowancesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x16ListAllowancesResponse\x12\x31\n\nallowances\x18\x01 \x03(\x0b\x32\x1d.credits.billing.v1.Allowance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x15PauseAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"<\n\x16ResumeAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"E\n\x16\x44\x65leteAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"*\n\x17\x44\x65leteAllowanceResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\x88\x01\n\x0fOperationStatus\x12 \n\x1cOPERATION_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08\x43\x41NCELED\x10\x04\x12\x0e\n\nTERMINATED\x10\x05\x12\r\n\tTIMED_OUT\x10\x06*Y\n\x10\x41llowanceCadence\x12!\n\x1d\x41LLOWANCE_CADENCE_UNSPECIFIED\x10\x00\x12\x0b\n\x07MONTHLY\x10\x01\x12\n\n\x06WEEKLY\x10\x02\x12\t\n\x05\x44\x41ILY\x10\x03*L\n\nFirstGrant\x12\x1b\n\x17\x46IRST_GRANT_UNSPECIFIED\x10\x00\x12\r\n\tPRO_RATED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x12\x08\n\x04NONE\x10\x03\x32\x9f\x08\n\x0e\x42illingService\x12\\\n\x0f\x46inalizeInvoice\x12*.credits.billing.v1.FinalizeInvoiceRequest\x1a\x1d.credits.billing.v1.Operation\x12T\n\x0bVoidInvoice\x12&.credits.billing.v1.VoidInvoiceRequest\x1a\x1d.credits.billing.v1.Operation\x12\\\n\x0fRunBillingCycle\x12*.credits.billing.v1.RunBillingCycleRequest\x1a\x1d.credits.billing.v1.Operation\x12^\n\x10\x43ompensateOutage\x12+.credits.billing.v1.CompensateOutageRequest\x1a\x1d.credits.billing.v1.Operation\x12V\n\x0cGetOperation\x12\'.credits.billing.v1.GetOperationRequest\x1a\x1d.credits.billing.v1.Operation\x12\\\n\x0f\x43reateAllowance\x12*.credits.billing.v1.CreateAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12V\n\x0cGetAllowance\x12\'.credits.billing.v1.GetAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12g\n\x0eListAllowances\x12).credits.billing.v1.ListAllowancesRequest\x1a*.credits.billing.v1.ListAllowancesResponse\x12Z\n\x0ePauseAllowance\x12).credits.billing.v1.PauseAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12\\\n\x0fResumeAllowance\x12*.credits.billing.v1.ResumeAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12j\n\x0f\x44\x65leteAllowance\x12*.credits.billing.v1.DeleteAllowanceRequest\x1a+.credits.billing.v1.DeleteAllowanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n credits/billing/v1/billing.proto\x12\x12\x63redits.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x08Progress\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\"\xe9\x01\n\tOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.credits.billing.v1.OperationStatus\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1c.credits.billing.v1.Progress\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0e\n\x06ui_url\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\"R\n\x16\x46inalizeInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x03 \x01(\x05\"^\n\x12VoidInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x04 \x01(\x05\"\x8f\x01\n\x16RunBillingCycleRequest\x12)\n\x05\x61s_of\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x04 \x01(\x05\x12\x0f\n\x07new_run\x18\x05 \x01(\x08\"\xc7\x01\n\x17\x43ompensateOutageRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04wait\x18\x07 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x08 \x01(\x05\"Q\n\x13GetOperationRequest\x12\x14\n\x0coperation_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x16\n\x0ewait_timeout_s\x18\x03 \x01(\x05\"R\n\x0eRolloverPolicy\x12\x12\n\nmax_amount\x18\x01 \x01(\t\x12\x13\n\x0bmax_percent\x18\x02 \x01(\r\x12\x17\n\x0f\x65xpires_after_s\x18\x03 \x01(\x03\"\xdc\x02\n\x0f\x41llowanceConfig\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x35\n\x07\x63\x61\x64\x65nce\x18\x04 \x01(\x0e\x32$.credits.billing.v1.AllowanceCadence\x12\x10\n\x08lot_type\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x12\n\ncost_basis\x18\x07 \x01(\t\x12\x33\n\x0b\x66irst_grant\x18\x08 \x01(\x0e\x32\x1e.credits.billing.v1.FirstGrant\x12-\n\tstarts_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08rollover\x18\n \x01(\x0b\x32\".credits.billing.v1.RolloverPolicy\x12\x0e\n\x06reason\x18\x0b \x01(\t\"\xd5\x02\n\tAllowance\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x33\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.credits.billing.v1.AllowanceConfig\x12\x13\n\x0bschedule_id\x18\x03 \x01(\t\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x31\n\rnext_grant_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x06recent\x18\x07 \x03(\x0b\x32%.credits.billing.v1.AllowanceGrantRun\x12\x0e\n\x06ui_url\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18\x66irst_grant_operation_id\x18\n \x01(\t\"[\n\x11\x41llowanceGrantRun\x12\x30\n\x0cscheduled_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\"c\n\x16\x43reateAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x33\n\x06\x63onfig\x18\x02 \x01(\x0b\x32#.credits.billing.v1.AllowanceConfig\"+\n\x13GetAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\"R\n\x15ListAllowancesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x16ListAllowancesResponse\x12\x31\n\nallowances\x18\x01 \x03(\x0b\x32\x1d.credits.billing.v1.Allowance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x15PauseAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"<\n\x16ResumeAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"E\n\x16\x44\x65leteAllowanceRequest\x12\x14\n\x0c\x61llowance_id\x18\x01 \x01(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"*\n\x17\x44\x65leteAllowanceResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\x88\x01\n\x0fOperationStatus\x12 \n\x1cOPERATION_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08\x43\x41NCELED\x10\x04\x12\x0e\n\nTERMINATED\x10\x05\x12\r\n\tTIMED_OUT\x10\x06*Y\n\x10\x41llowanceCadence\x12!\n\x1d\x41LLOWANCE_CADENCE_UNSPECIFIED\x10\x00\x12\x0b\n\x07MONTHLY\x10\x01\x12\n\n\x06WEEKLY\x10\x02\x12\t\n\x05\x44\x41ILY\x10\x03*L\n\nFirstGrant\x12\x1b\n\x17\x46IRST_GRANT_UNSPECIFIED\x10\x00\x12\r\n\tPRO_RATED\x10\x01\x12\x08\n\x04\x46ULL\x10\x02\x12\x08\n\x04NONE\x10\x03\x32\x9f\x08\n\x0e\x42illingService\x12\\\n\x0f\x46inalizeInvoice\x12*.credits.billing.v1.FinalizeInvoiceRequest\x1a\x1d.credits.billing.v1.Operation\x12T\n\x0bVoidInvoice\x12&.credits.billing.v1.VoidInvoiceRequest\x1a\x1d.credits.billing.v1.Operation\x12\\\n\x0fRunBillingCycle\x12*.credits.billing.v1.RunBillingCycleRequest\x1a\x1d.credits.billing.v1.Operation\x12^\n\x10\x43ompensateOutage\x12+.credits.billing.v1.CompensateOutageRequest\x1a\x1d.credits.billing.v1.Operation\x12V\n\x0cGetOperation\x12\'.credits.billing.v1.GetOperationRequest\x1a\x1d.credits.billing.v1.Operation\x12\\\n\x0f\x43reateAllowance\x12*.credits.billing.v1.CreateAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12V\n\x0cGetAllowance\x12\'.credits.billing.v1.GetAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12g\n\x0eListAllowances\x12).credits.billing.v1.ListAllowancesRequest\x1a*.credits.billing.v1.ListAllowancesResponse\x12Z\n\x0ePauseAllowance\x12).credits.billing.v1.PauseAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12\\\n\x0fResumeAllowance\x12*.credits.billing.v1.ResumeAllowanceRequest\x1a\x1d.credits.billing.v1.Allowance\x12j\n\x0f\x44\x65leteAllowance\x12*.credits.billing.v1.DeleteAllowanceRequest\x1a+.credits.billing.v1.DeleteAllowanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credits.billing.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATIONSTATUS']._serialized_start=2433
-  _globals['_OPERATIONSTATUS']._serialized_end=2569
-  _globals['_ALLOWANCECADENCE']._serialized_start=2571
-  _globals['_ALLOWANCECADENCE']._serialized_end=2660
-  _globals['_FIRSTGRANT']._serialized_start=2662
-  _globals['_FIRSTGRANT']._serialized_end=2738
+  _globals['_OPERATIONSTATUS']._serialized_start=2451
+  _globals['_OPERATIONSTATUS']._serialized_end=2587
+  _globals['_ALLOWANCECADENCE']._serialized_start=2589
+  _globals['_ALLOWANCECADENCE']._serialized_end=2678
+  _globals['_FIRSTGRANT']._serialized_start=2680
+  _globals['_FIRSTGRANT']._serialized_end=2756
   _globals['_PROGRESS']._serialized_start=89
   _globals['_PROGRESS']._serialized_end=159
   _globals['_OPERATION']._serialized_start=162
@@ -46,36 +46,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINALIZEINVOICEREQUEST']._serialized_end=479
   _globals['_VOIDINVOICEREQUEST']._serialized_start=481
   _globals['_VOIDINVOICEREQUEST']._serialized_end=575
-  _globals['_RUNBILLINGCYCLEREQUEST']._serialized_start=577
-  _globals['_RUNBILLINGCYCLEREQUEST']._serialized_end=703
-  _globals['_COMPENSATEOUTAGEREQUEST']._serialized_start=706
-  _globals['_COMPENSATEOUTAGEREQUEST']._serialized_end=905
-  _globals['_GETOPERATIONREQUEST']._serialized_start=907
-  _globals['_GETOPERATIONREQUEST']._serialized_end=988
-  _globals['_ROLLOVERPOLICY']._serialized_start=990
-  _globals['_ROLLOVERPOLICY']._serialized_end=1072
-  _globals['_ALLOWANCECONFIG']._serialized_start=1075
-  _globals['_ALLOWANCECONFIG']._serialized_end=1423
-  _globals['_ALLOWANCE']._serialized_start=1426
-  _globals['_ALLOWANCE']._serialized_end=1767
-  _globals['_ALLOWANCEGRANTRUN']._serialized_start=1769
-  _globals['_ALLOWANCEGRANTRUN']._serialized_end=1860
-  _globals['_CREATEALLOWANCEREQUEST']._serialized_start=1862
-  _globals['_CREATEALLOWANCEREQUEST']._serialized_end=1961
-  _globals['_GETALLOWANCEREQUEST']._serialized_start=1963
-  _globals['_GETALLOWANCEREQUEST']._serialized_end=2006
-  _globals['_LISTALLOWANCESREQUEST']._serialized_start=2008
-  _globals['_LISTALLOWANCESREQUEST']._serialized_end=2090
-  _globals['_LISTALLOWANCESRESPONSE']._serialized_start=2092
-  _globals['_LISTALLOWANCESRESPONSE']._serialized_end=2192
-  _globals['_PAUSEALLOWANCEREQUEST']._serialized_start=2194
-  _globals['_PAUSEALLOWANCEREQUEST']._serialized_end=2253
-  _globals['_RESUMEALLOWANCEREQUEST']._serialized_start=2255
-  _globals['_RESUMEALLOWANCEREQUEST']._serialized_end=2315
-  _globals['_DELETEALLOWANCEREQUEST']._serialized_start=2317
-  _globals['_DELETEALLOWANCEREQUEST']._serialized_end=2386
-  _globals['_DELETEALLOWANCERESPONSE']._serialized_start=2388
-  _globals['_DELETEALLOWANCERESPONSE']._serialized_end=2430
-  _globals['_BILLINGSERVICE']._serialized_start=2741
-  _globals['_BILLINGSERVICE']._serialized_end=3796
+  _globals['_RUNBILLINGCYCLEREQUEST']._serialized_start=578
+  _globals['_RUNBILLINGCYCLEREQUEST']._serialized_end=721
+  _globals['_COMPENSATEOUTAGEREQUEST']._serialized_start=724
+  _globals['_COMPENSATEOUTAGEREQUEST']._serialized_end=923
+  _globals['_GETOPERATIONREQUEST']._serialized_start=925
+  _globals['_GETOPERATIONREQUEST']._serialized_end=1006
+  _globals['_ROLLOVERPOLICY']._serialized_start=1008
+  _globals['_ROLLOVERPOLICY']._serialized_end=1090
+  _globals['_ALLOWANCECONFIG']._serialized_start=1093
+  _globals['_ALLOWANCECONFIG']._serialized_end=1441
+  _globals['_ALLOWANCE']._serialized_start=1444
+  _globals['_ALLOWANCE']._serialized_end=1785
+  _globals['_ALLOWANCEGRANTRUN']._serialized_start=1787
+  _globals['_ALLOWANCEGRANTRUN']._serialized_end=1878
+  _globals['_CREATEALLOWANCEREQUEST']._serialized_start=1880
+  _globals['_CREATEALLOWANCEREQUEST']._serialized_end=1979
+  _globals['_GETALLOWANCEREQUEST']._serialized_start=1981
+  _globals['_GETALLOWANCEREQUEST']._serialized_end=2024
+  _globals['_LISTALLOWANCESREQUEST']._serialized_start=2026
+  _globals['_LISTALLOWANCESREQUEST']._serialized_end=2108
+  _globals['_LISTALLOWANCESRESPONSE']._serialized_start=2110
+  _globals['_LISTALLOWANCESRESPONSE']._serialized_end=2210
+  _globals['_PAUSEALLOWANCEREQUEST']._serialized_start=2212
+  _globals['_PAUSEALLOWANCEREQUEST']._serialized_end=2271
+  _globals['_RESUMEALLOWANCEREQUEST']._serialized_start=2273
+  _globals['_RESUMEALLOWANCEREQUEST']._serialized_end=2333
+  _globals['_DELETEALLOWANCEREQUEST']._serialized_start=2335
+  _globals['_DELETEALLOWANCEREQUEST']._serialized_end=2404
+  _globals['_DELETEALLOWANCERESPONSE']._serialized_start=2406
+  _globals['_DELETEALLOWANCERESPONSE']._serialized_end=2448
+  _globals['_BILLINGSERVICE']._serialized_start=2759
+  _globals['_BILLINGSERVICE']._serialized_end=3814
 # @@protoc_insertion_point(module_scope)

@@ -106,16 +106,18 @@ class VoidInvoiceRequest(_message.Message):
     def __init__(self, invoice_id: _Optional[str] = ..., reason: _Optional[str] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[int] = ...) -> None: ...
 
 class RunBillingCycleRequest(_message.Message):
-    __slots__ = ("as_of", "concurrency", "wait", "wait_timeout_s")
+    __slots__ = ("as_of", "concurrency", "wait", "wait_timeout_s", "new_run")
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    NEW_RUN_FIELD_NUMBER: _ClassVar[int]
     as_of: _timestamp_pb2.Timestamp
     concurrency: int
     wait: bool
     wait_timeout_s: int
-    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., concurrency: _Optional[int] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[int] = ...) -> None: ...
+    new_run: bool
+    def __init__(self, as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., concurrency: _Optional[int] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[int] = ..., new_run: _Optional[bool] = ...) -> None: ...
 
 class CompensateOutageRequest(_message.Message):
     __slots__ = ("incident_id", "account_ids", "amount", "unit", "expires_at", "reason", "wait", "wait_timeout_s")
