@@ -61,7 +61,7 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 
 async def serve(settings: Settings) -> None:
     """Serves on settings.invoice_addr (after migrating the invoice database) until cancelled."""
-    dsn = resolve_databases(settings).invoice_dsn
+    dsn = settings.invoice_dsn or resolve_databases(settings).invoice_dsn  # the embedded Postgres only if needed
     await wait_for_database(dsn)
     server, port, pool = await create_invoice_server(dsn, settings.invoice_addr, settings)
     metrics_port = metrics.start_endpoint()

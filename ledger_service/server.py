@@ -100,7 +100,7 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
 
 
 async def serve(settings: Settings) -> None:
-    dsn = resolve_databases(settings).ledger_dsn
+    dsn = settings.ledger_dsn or resolve_databases(settings).ledger_dsn  # the embedded Postgres only if needed
     await wait_for_database(dsn)
     server, port, pool = await create_ledger_server(dsn, settings.ledger_addr, settings)
     delivery = await start_webhook_delivery(dsn, settings)
