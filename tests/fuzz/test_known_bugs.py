@@ -100,6 +100,15 @@ def _nanos_request(method_name: str, a: Tenant, stamp: Timestamp) -> Message:
                                                               split_at=[_shifted(stamp, 14 * 86400)]),
         "ListInvoices.prepared_before": lambda: ipb.ListInvoicesRequest(prepared_before=stamp),
         "ListInvoices.period_start": lambda: ipb.ListInvoicesRequest(customer_id=f"{p}-cust1", period_start=stamp),
+        # reads over a window: the other end fixed a day away (`from` is a Python keyword: passed by name)
+        "GetUsageSeries.from": lambda: ipb.GetUsageSeriesRequest(
+            customer_id=f"{p}-cust1", **{"from": stamp, "to": _shifted(GOOD_TS, 86400)}),
+        "GetUsageSeries.to": lambda: ipb.GetUsageSeriesRequest(
+            customer_id=f"{p}-cust1", **{"from": _shifted(GOOD_TS, -86400), "to": stamp}),
+        "ListTopCustomers.from": lambda: ipb.ListTopCustomersRequest(
+            meter_code=f"{p}-sum", **{"from": stamp, "to": _shifted(GOOD_TS, 86400)}),
+        "ListTopCustomers.to": lambda: ipb.ListTopCustomersRequest(
+            meter_code=f"{p}-sum", **{"from": _shifted(GOOD_TS, -86400), "to": stamp}),
     }
     return builders[method_name]()
 
@@ -111,7 +120,8 @@ def _shifted(stamp: Timestamp, seconds: int) -> Timestamp:
 NANOS_CASES = {"CreateSubscription": "anchor", "ListDueSubscriptions": "as_of", "IngestEvent": "event.timestamp",
                "IngestEvents": "events.timestamp", "CreateDraft": "period_start", "SplitDraft": "split_at",
                "PrepareFinalize": "split_at", "ListInvoices.prepared_before": "prepared_before",
-               "ListInvoices.period_start": "period_start"}
+               "ListInvoices.period_start": "period_start", "GetUsageSeries.from": "from",
+               "GetUsageSeries.to": "to", "ListTopCustomers.from": "from", "ListTopCustomers.to": "to"}
 
 
 def test_every_invoice_timestamp_has_a_nanos_case() -> None:

@@ -14,7 +14,10 @@ from credits.invoice.v1 import invoice_pb2 as pb
 
 from tests.invoice.conftest import InvoiceEnv, seed_catalog, ts, when
 
-LIST_RPCS = [m for m in pb.DESCRIPTOR.services_by_name["InvoiceService"].methods if m.name.startswith("List")]
+# ListTopCustomers is a ranking bounded by its `limit` (at most 100), not a collection to walk: no pages.
+RANKINGS = {"ListTopCustomers"}
+LIST_RPCS = [m for m in pb.DESCRIPTOR.services_by_name["InvoiceService"].methods
+             if m.name.startswith("List") and m.name not in RANKINGS]
 NOT_ISSUED = ["!!", "1", "garbage!", "\u00b2", "MQ=", "a" * 600]
 
 
@@ -34,6 +37,9 @@ def test_the_list_rpcs_are_found() -> None:
     with_size = {m.name for m in LIST_RPCS if "page_size" in m.input_type.fields_by_name}
     assert "ListInvoices" in with_token and {"ListInvoices", "ListDueSubscriptions"} <= with_size
     assert with_token <= with_size
+    for name in RANKINGS:  # a ranking stays bounded: a limit, and no page fields
+        fields = pb.DESCRIPTOR.services_by_name["InvoiceService"].methods_by_name[name].input_type.fields_by_name
+        assert "limit" in fields and "page_token" not in fields
 
 
 @pytest.mark.parametrize("method", LIST_RPCS, ids=lambda m: m.name)
