@@ -6,10 +6,14 @@ commit) stays as it was, and the books catch up within a second (the ledger serv
 
 Gap safety (see migration 0013): a cursor on entry_id alone is not safe (a bigserial is taken at
 insert and committed in any order), so entries are read in entry_id order only up to a safe mark
-(`safe_mark`): the journal sequence's last value S, read before a snapshot whose xmax is X, becomes
-safe once the oldest running transaction is >= X (`pg_snapshot_xmin`) -- every transaction that
-took an id <= S had its transaction id before S was read (the journal's statement trigger makes
-sure of it) and has ended, so no entry can appear behind the cursor later. entry_id order is the
+(`safe_mark`): the journal sequence's last value S, read before the projector takes a transaction
+id P of its own, becomes safe once the oldest running transaction is >= P (`pg_snapshot_xmin`) --
+every transaction that took an id <= S had its transaction id before S was read (the journal's
+statement trigger makes sure of it), so below P, and has ended, so no entry can appear behind the
+cursor later. (Not a snapshot's xmax, as migration 0013 says: xmax is one past the latest
+*completed* transaction, so a writer that is the newest transaction running is not below it, and
+a mark taken while it held an entry id passed that entry -- a GRANT skipped, its lot's next HOLD
+then met a lot the books never saw.) entry_id order is the
 ledger's own order per lot (ids are taken under the account's lock), so a lot's book sees its
 entries as they happened. A long write transaction holds the mark back until it ends.
 
@@ -49,7 +53,10 @@ LOCK_CURSOR = """
 SELECT entry_id, entries_projected, closed_through FROM finance_cursors WHERE tenant_id = $1 FOR UPDATE
 """
 LAST_ENTRY_ID = "SELECT coalesce(pg_sequence_last_value('journal_entry_id_seq'), 0)"
-SNAPSHOT_XMAX = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::numeric"
+# A transaction id taken now: greater than that of every transaction already running (a snapshot's xmax
+# is not: it is one past the latest completed one). Its commit need not wait for the disk.
+SYNC_OFF = "SET LOCAL synchronous_commit = off"
+OWN_XID = "SELECT pg_current_xact_id()::text::numeric"
 SNAPSHOT_XMIN = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::numeric"
 # A window of entry ids at a time, whatever tenants they belong to: each batch costs O(window) on the
 # primary key, never a scan (and sort) of everything still ahead of the cursor.
@@ -198,10 +205,12 @@ async def lock_cursor(conn: asyncpg.Connection, tenant_id: str) -> Cursor:
 async def safe_mark(conn: asyncpg.Connection, wait_s: float = 10.0) -> int | None:
     """The highest entry id below which no entry can still appear (None: not within `wait_s`)."""
     last = await conn.fetchval(LAST_ENTRY_ID)
-    xmax = await conn.fetchval(SNAPSHOT_XMAX)
+    async with conn.transaction():  # ends before the wait: the projector's own id must not hold xmin back
+        await conn.execute(SYNC_OFF)
+        own = await conn.fetchval(OWN_XID)
     deadline = asyncio.get_running_loop().time() + wait_s
     delay = 0.002
-    while await conn.fetchval(SNAPSHOT_XMIN) < xmax:
+    while await conn.fetchval(SNAPSHOT_XMIN) < own:
         if asyncio.get_running_loop().time() > deadline:
             return None
         await asyncio.sleep(delay)

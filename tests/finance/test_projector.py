@@ -80,6 +80,32 @@ async def test_the_projector_never_passes_an_entry_still_uncommitted(ledger: Led
         await pool.close()
 
 
+async def test_the_safe_mark_waits_for_the_newest_writer_too(ledger: Ledger) -> None:
+    """The writer holding an entry id is the newest transaction running, nothing completed after it
+    (a sequential seed's GRANT): a snapshot's xmax is then its own xid, so a mark that waited only
+    for transactions below xmax passed the GRANT, and the lot's next HOLD met a lot the books lacked."""
+    await ledger.account("acme")
+    pool = await asyncpg.create_pool(ledger.dsn, min_size=1, max_size=2)
+    slow = await asyncpg.connect(ledger.dsn)
+    try:
+        await projector.project(pool, TENANT)
+        tx = slow.transaction()
+        await tx.start()
+        writer = int(await slow.fetchval("SELECT pg_current_xact_id()::text"))
+        taken = await slow.fetchval("SELECT nextval('journal_entry_id_seq')")
+        async with pool.acquire() as conn:
+            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            mark = await projector.safe_mark(conn, wait_s=0.3)
+        assert mark is None or mark < taken, (snapshot, writer, taken, mark)
+        await tx.rollback()
+        async with pool.acquire() as conn:
+            mark = await projector.safe_mark(conn, wait_s=5)
+        assert mark is not None and mark >= taken
+    finally:
+        await slow.close()
+        await pool.close()
+
+
 async def test_the_finance_api_answers_on_the_ledger_server(ledger: Ledger) -> None:
     from credits.finance.v1 import finance_pb2 as fpb
     from credits.finance.v1 import finance_pb2_grpc
