@@ -4,9 +4,11 @@
 -- Reading the journal incrementally without missing an entry: entry_id is a bigserial, taken at
 -- insert and committed in any order, so "everything after the last id I saw" could skip an id a
 -- slower transaction commits later. The projector (finance/storage/projector.py) therefore only
--- reads up to a safe mark: it reads the sequence's last value S, then the current snapshot's xmax
--- X, and waits until the oldest running transaction is >= X (pg_snapshot_xmin): every transaction
--- that took an id <= S had its transaction id before S was read, so < X, and has now ended.
+-- reads up to a safe mark: it reads the sequence's last value S, then takes a transaction id P of
+-- its own (in a short transaction of its own), and waits until the oldest running transaction is
+-- >= P (pg_snapshot_xmin): every transaction that took an id <= S had its transaction id before S
+-- was read, so < P, and has now ended. (A snapshot's xmax is not enough: it is one past the newest
+-- *finished* transaction, so the newest writer, still running, can equal it.)
 -- That needs a writer's transaction id to exist before it takes an entry id; this trigger makes it
 -- so for every INSERT into the journal (once per statement, before any row default is computed).
 CREATE FUNCTION journal_xid_first() RETURNS trigger LANGUAGE plpgsql AS $$
