@@ -35,7 +35,8 @@ def _settings(data_dir: Path) -> Settings:
     """Everything on fresh ports, so the demo runs next to a `creditctl up`."""
     return Settings(data_dir=data_dir, ledger_dsn="", invoice_dsn="", embedded_pg_port=free_port(),
                     ledger_addr="127.0.0.1:0", invoice_addr="127.0.0.1:0", billing_addr="127.0.0.1:0",
-                    temporal_addr="", temporal_port=0, temporal_ui_port=free_port(), task_queue="credits-demo")
+                    temporal_addr="", temporal_port=0, temporal_ui_port=free_port(), task_queue="credits-demo",
+                    portal_addr="127.0.0.1:0")
 
 
 async def _admin_key(stack: RunningStack) -> str:

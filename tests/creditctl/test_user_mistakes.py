@@ -106,7 +106,7 @@ async def test_a_port_in_use_names_the_port_and_its_setting(tmp_path: Path, sett
         env = {"CREDITS_DATA_DIR": str(tmp_path / "data"), "CREDITS_EMBEDDED_PG_PORT": str(free_port()),
                "CREDITS_TEMPORAL_PORT": "0", "CREDITS_TEMPORAL_UI_PORT": str(free_port()),
                "CREDITS_LEDGER_ADDR": "127.0.0.1:0", "CREDITS_INVOICE_ADDR": "127.0.0.1:0",
-               "CREDITS_BILLING_ADDR": "127.0.0.1:0"}
+               "CREDITS_BILLING_ADDR": "127.0.0.1:0", "CREDITS_PORTAL_ADDR": "127.0.0.1:0"}
         env[setting] = f"127.0.0.1:{port}" if as_address else str(port)
         code, _, err = await asyncio.wait_for(creditctl("up", **env), 60)
     line = one_line(err)

@@ -75,7 +75,8 @@ async def test_gauges_are_refreshed_under_up(data_dir: Path, monkeypatch: pytest
     settings = Settings(data_dir=data_dir, ledger_dsn="", invoice_dsn="", temporal_addr="",
                         embedded_pg_port=_free_port(), temporal_ui_port=_free_port(), ledger_addr="127.0.0.1:0",
                         invoice_addr="127.0.0.1:0", billing_addr="127.0.0.1:0")
-    async with running_stack(settings, schedules=False, usage_grace_s=400 * 86400, gauges_every_s=0.2) as stack:
+    async with running_stack(settings, schedules=False, usage_grace_s=400 * 86400, gauges_every_s=0.2,
+                             portal=False) as stack:
         url = stack.addresses["metrics"]
         key = await add_tenant_key([stack.ledger_dsn, stack.invoice_dsn], "acme", "acme", "admin")
         async with grpc.aio.insecure_channel(stack.ledger_addr) as lch, \
