@@ -17,7 +17,7 @@ from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, records, set_instant
-from creditctl.times import Instant
+from creditctl.times import INSTANT
 
 JOURNAL_COLUMNS = ("entry_id", "line_no", "posting_at", "gl_code", "gl_account", "debit", "credit", "currency",
                    "account_id", "lot_id", "lot_type", "campaign_id", "entry_kind", "hold_key", "reference", "memo")
@@ -93,7 +93,7 @@ def revenue(from_period: str, to_period: str, daily: bool, fmt: Format) -> int:
 
 
 @command.command("liability", help="outstanding deferred revenue and free credit as of an instant")
-@click.option("--as-of", type=Instant(), default=None, help="default: now")
+@click.option("--as-of", type=INSTANT, default=None, help="default: now")
 @click.option("--by-customer", is_flag=True, help="one row per customer too")
 @format_options(csv_=True)
 def liability(as_of: datetime | None, by_customer: bool, fmt: Format) -> int:

@@ -44,6 +44,17 @@ def _named(spans: list[ReadableSpan], name: str, kind: SpanKind | None = None) -
     return [s for s in spans if s.name == name and (kind is None or s.kind == kind)]
 
 
+async def _ended(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    """The spans named `name` once one has ended: a server span ends after its status reached the client,
+    so a caller that saw the refusal may look a moment before the server's span is exported."""
+    for _ in range(100):
+        found = _named(list(spans.get_finished_spans()), name)
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    return []
+
+
 async def test_one_finalization_through_the_front_door_is_one_trace(
         stack: Stack, spans: InMemorySpanExporter) -> None:
     invoice_id = await seed_customer(stack.services)
@@ -98,11 +109,11 @@ async def test_rejections_are_error_spans_and_tracing_off_records_nothing(
         spans.clear()
         with pytest.raises(grpc.aio.AioRpcError):
             await billing.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id="inv_nope"), metadata=stack.md)
-        (front,) = _named(list(spans.get_finished_spans()), f"{BILLING}/FinalizeInvoice")
+        (front,) = await _ended(spans, f"{BILLING}/FinalizeInvoice")
         assert front.attributes is not None
         assert (front.attributes["credits.code"], front.attributes["rpc.grpc.status_code"]) == ("NOT_FOUND", 5)
         assert not front.status.is_ok
-        (check,) = _named(list(spans.get_finished_spans()), f"{INVOICE}/GetInvoice")
+        (check,) = await _ended(spans, f"{INVOICE}/GetInvoice")
         assert check.context.trace_id == front.context.trace_id
         tracing.uninstall()
         spans.clear()

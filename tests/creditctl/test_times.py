@@ -75,6 +75,6 @@ def test_every_instant_flag_of_every_command_uses_the_one_parser() -> None:
     timed = re.compile(r"(since|until|_at|as_of|containing|anchor|from|^to|_before|_start)$")
     found = [(path, o) for path, o in options(cli, "") if o.name and timed.search(o.name)]
     assert len(found) >= 20
-    assert {path for path, o in found if o.name == "since"} == {"audit", "statements"}
+    assert {path for path, o in found if o.name == "since"} == {"audit", "statements", "usage series", "usage top"}
     for path, option in found:
         assert option.type in (INSTANT, SINCE), (path, option.opts)
