@@ -228,9 +228,7 @@ class GuardedMethod:
             await self._admit(call, context)
             return await self._answer(call, context)
         except Rejection as rej:
-            call.code, call.detail = rej.status.name, rej.message
-            await self._audit.refused(call, rej)
-            await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
+            await self._refuse(call, context, rej)
         except asyncio.CancelledError:
             call.code = "CANCELLED"
             raise
@@ -246,6 +244,12 @@ class GuardedMethod:
         authorize(call, caller, self._allowed)
         check_parsed(call)
         enter_call(caller)
+
+    async def _refuse(self, call: Call, context: grpc.aio.ServicerContext, rej: Rejection) -> None:
+        """A refusal: recorded on the call, audited, and answered with its status (abort raises)."""
+        call.code, call.detail = rej.status.name, rej.message
+        await self._audit.refused(call, rej)
+        await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
 
     async def _answer(self, call: Call, context: grpc.aio.ServicerContext) -> Any:
         pending = self._audit.prepare(call)
@@ -272,9 +276,7 @@ class GuardedStream(GuardedMethod):
                 yield message
             call.code = "OK"
         except Rejection as rej:
-            call.code, call.detail = rej.status.name, rej.message
-            await self._audit.refused(call, rej)
-            await context.abort(rej.status, rej.message, trailing_metadata=status_details(rej))
+            await self._refuse(call, context, rej)
         except asyncio.CancelledError:
             call.code = "CANCELLED"
             raise

@@ -39,6 +39,7 @@ from ledger_service.domain.webhooks import RetrySchedule
 from ledger_service.operations.context import new_id
 from ledger_service.storage.account_writer import AccountWriter, Apply, Operation
 from ledger_service.storage.effects import Effects, EntryContext
+from ledger_service.storage.notified_rounds import run_rounds
 from ledger_service.storage.state import AccountState
 from ledger_service.storage.topup_watch import NOTIFY_TOPUPS, emit_event
 from service_runtime.amounts import format_minor
@@ -131,7 +132,6 @@ class TopUpExecutor:
         self._provider = provider
         self._settings = settings
         self._writer = AccountWriter(pool)
-        self._wake = asyncio.Event()
         self._rng = random.Random()
 
     async def run_once(self) -> int:
@@ -195,28 +195,10 @@ class TopUpExecutor:
         await self._pool.execute(SETTLE, row["tenant_id"], row["topup_id"], row["attempts"], status.value, charge_id,
                                  lot_id, now + timedelta(seconds=delay_s), error[:300], now)
 
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
     async def run_forever(self) -> None:
-        async with self._pool.acquire() as listener:
-            await listener.add_listener(NOTIFY_TOPUPS, self._notified)
-            try:
-                while True:
-                    self._wake.clear()  # before the round: a NOTIFY during it starts the next one at once
-                    try:
-                        busy = await self.run_once() >= self._settings.batch
-                    except (asyncpg.PostgresError, OSError) as err:
-                        log.warning("top-up round failed: %s", err)
-                        busy = False
-                    if busy:
-                        continue
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
-                    except TimeoutError:
-                        pass
-            finally:
-                await listener.remove_listener(NOTIFY_TOPUPS, self._notified)
+        """Rounds until cancelled: at once after a NOTIFY, else every poll_s."""
+        await run_rounds(self._pool, NOTIFY_TOPUPS, self.run_once, batch=self._settings.batch,
+                         poll_s=self._settings.poll_s, what="top-up")
 
 
 class RunningExecutor:

@@ -34,6 +34,7 @@ from ledger_service.domain.webhooks import (
     signature_header,
 )
 from ledger_service.storage.alert_watch import NOTIFY_CHANNEL
+from ledger_service.storage.notified_rounds import run_rounds
 from ledger_service.webhooks.http_sender import HttpSender, SendResult
 from service_runtime.postgres import create_pool
 
@@ -85,7 +86,6 @@ class WebhookDispatcher:
         self._pool = pool
         self._sender = sender
         self._settings = settings
-        self._wake = asyncio.Event()
         self._rng = random.Random()
 
     async def run_once(self) -> int:
@@ -118,29 +118,10 @@ class WebhookDispatcher:
         return (row["tenant_id"], row["event_id"], row["endpoint_id"], attempt, now, result.http_status, result.error,
                 result.duration_ms, status, next_at)
 
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
     async def run_forever(self) -> None:
         """Rounds until cancelled: at once after a NOTIFY, else every poll_s."""
-        async with self._pool.acquire() as listener:
-            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-            try:
-                while True:
-                    self._wake.clear()  # before the round: a NOTIFY during it starts the next one at once
-                    try:
-                        busy = await self.run_once() >= self._settings.batch
-                    except (asyncpg.PostgresError, OSError) as err:
-                        log.warning("webhook delivery round failed: %s", err)
-                        busy = False
-                    if busy:
-                        continue
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
-                    except TimeoutError:
-                        pass
-            finally:
-                await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
+        await run_rounds(self._pool, NOTIFY_CHANNEL, self.run_once, batch=self._settings.batch,
+                         poll_s=self._settings.poll_s, what="webhook delivery")
 
 
 class RunningDispatcher:
