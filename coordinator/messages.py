@@ -383,6 +383,41 @@ class BillingCycleResult:
 
 
 @dataclass
+class BillingRunInput:
+    """Every tenant's billing cycle as of one instant, under one global limit of sagas in flight.
+
+    Each tenant's cycle (a child BillingCycle, the same workflow id `RunBillingCycle` uses) gets a
+    share of `limit`: `per_tenant` slots, or what is left. Cycles run in parallel while their shares
+    fit; as one ends its share goes to the next tenant. So the sagas in flight across all tenants
+    never exceed `limit`, and one big tenant holds at most `per_tenant` of them."""
+    as_of: str
+    limit: int = 32       # finalization sagas in flight across every tenant
+    per_tenant: int = 8   # at most this many of them in one tenant's cycle
+    tenants: list[str] = field(default_factory=list)  # empty: every tenant the coordinator knows
+    max_per_run: int = 500  # tenant cycles per workflow run before continue-as-new
+    # carried across continue-as-new
+    listed: bool = False
+    queued: list[str] = field(default_factory=list)
+    cycles: int = 0
+    finalized: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)  # "tenant: label" (the first 100), or a tenant's error
+    running_elsewhere: list[str] = field(default_factory=list)
+    runs: int = 0
+
+
+@dataclass
+class BillingRunResult:
+    as_of: str
+    cycles: int          # tenant cycles that ran to their end
+    finalized: int
+    failed: int
+    failures: list[str]
+    running_elsewhere: list[str]  # tenants whose cycle for this instant was already running (not waited for)
+    runs: int = 1
+
+
+@dataclass
 class CompensateOutageInput:
     tenant_id: str
     incident_id: str

@@ -27,6 +27,7 @@ FINALIZE = "finalize-invoice"
 VOID = "void-invoice"
 CYCLE = "billing-cycle"
 OUTAGE = "compensate-outage"
+BILLING_RUN = "billing-run"  # every tenant's cycle: an operator's workflow, owned by no tenant
 ALLOWANCE = "credits-allowance"
 KINDS = (FINALIZE, VOID, CYCLE, OUTAGE, ALLOWANCE)
 # The `source` of an allowance's lots; the ledger lets the coordinator's operator key grant lots with
@@ -64,6 +65,10 @@ def void_workflow_id(tenant_id: str, invoice_id: str) -> str:
 
 def cycle_workflow_id(tenant_id: str, as_of: str) -> str:
     return f"{CYCLE}/{tenant_id}/{as_of}"
+
+
+def billing_run_workflow_id(as_of: str) -> str:
+    return f"{BILLING_RUN}/{as_of}"
 
 
 def outage_workflow_id(tenant_id: str, incident_id: str) -> str:

@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         AllocationSpec,
         BillingCycleInput,
         BillingCycleResult,
+        BillingRunInput,
+        BillingRunResult,
         ChargeSpec,
         CompensateOutageInput,
         CompensateOutageResult,
@@ -539,6 +541,98 @@ class BillingCycleWorkflow:
             return True  # finalized (or finalizing) elsewhere
 
 
+@workflow.defn(name="BillingRun")
+class BillingRunWorkflow:
+    """Every tenant's billing cycle as of one instant, in parallel under one global limit
+    (`BillingRunInput`). Invariant: the shares of the cycles in flight sum to at most `limit`, and a
+    cycle keeps at most its share of sagas in flight, so the sagas in flight across every tenant never
+    exceed `limit`. A tenant's cycle is the child workflow `RunBillingCycle` would start for that
+    instant: if one is already running there it is counted in `running_elsewhere`, not started twice."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(stage="listing tenants")
+
+    @workflow.query
+    def progress(self) -> Progress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, inp: BillingRunInput) -> BillingRunResult:
+        _set(period=inp.as_of[:10], outcome=CreditsOutcome.RUNNING)
+        inp.runs += 1
+        if not inp.listed:
+            inp.queued = sorted(set(inp.tenants)) if inp.tenants else await list_tenants(SagaTimeouts())
+            inp.listed = True
+        limit, in_flight = max(1, inp.limit), dict[asyncio.Task[BillingCycleResult | None], tuple[str, int]]()
+        started = 0
+        while True:
+            used = sum(share for _, share in in_flight.values())
+            while inp.queued and used < limit and started < inp.max_per_run:
+                tenant, share = inp.queued.pop(0), min(max(1, inp.per_tenant), limit - used)
+                in_flight[asyncio.ensure_future(self._cycle(tenant, inp.as_of, share))] = (tenant, share)
+                used, started = used + share, started + 1
+            self._report(inp, in_flight)
+            if not in_flight:
+                break
+            finished, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                tenant, _share = in_flight.pop(task)
+                self._count(inp, tenant, task)
+        if inp.queued:
+            workflow.continue_as_new(inp)
+        self._progress.stage = "done"
+        self._report(inp, {})
+        _set(outcome=CreditsOutcome.COMPLETED if inp.failed == 0 else CreditsOutcome.COMPLETED_WITH_FAILURES)
+        _said("billing run as of %s: %d tenant cycles, %d finalized, %d failed", inp.as_of, inp.cycles,
+              inp.finalized, inp.failed)
+        return BillingRunResult(inp.as_of, inp.cycles, inp.finalized, inp.failed, inp.failures,
+                                inp.running_elsewhere, inp.runs)
+
+    @staticmethod
+    async def _cycle(tenant: str, as_of: str, share: int) -> BillingCycleResult | None:
+        """The tenant's cycle to its end; None when that cycle is already running elsewhere."""
+        try:
+            return await workflow.execute_child_workflow(
+                BillingCycleWorkflow.run, BillingCycleInput(tenant, as_of, concurrency=share),
+                id=naming.cycle_workflow_id(tenant, as_of), parent_close_policy=ParentClosePolicy.ABANDON,
+                static_summary=f"Billing cycle of {tenant} as of {as_of} ({share} in flight)")
+        except WorkflowAlreadyStartedError:
+            return None
+
+    @staticmethod
+    def _count(inp: BillingRunInput, tenant: str, task: asyncio.Task[BillingCycleResult | None]) -> None:
+        try:
+            result = task.result()
+        except ChildWorkflowError as err:  # the cycle itself failed (not one of its sagas)
+            inp.failed += 1
+            inp.failures.append(f"{tenant}: cycle failed ({err.cause or err})"[:200])
+            return
+        if result is None:
+            inp.running_elsewhere.append(tenant)
+            return
+        inp.cycles += 1
+        inp.finalized += result.finalized
+        inp.failed += result.failed
+        inp.failures.extend(f"{tenant}: {label}" for label in result.failures[: max(0, 100 - len(inp.failures))])
+
+    def _report(self, inp: BillingRunInput, in_flight: dict[asyncio.Task[BillingCycleResult | None],
+                                                             tuple[str, int]]) -> None:
+        p = self._progress
+        p.done, p.failed = inp.finalized, inp.failed
+        p.total = inp.cycles + len(in_flight) + len(inp.queued) + len(inp.running_elsewhere)
+        running = ", ".join(f"{tenant} ({share})" for tenant, share in in_flight.values())
+        if p.stage != "done":
+            p.stage = f"tenant cycles: {len(in_flight)} running, {len(inp.queued)} queued"
+        workflow.set_current_details("\n".join([
+            f"**Billing run of every tenant as of {inp.as_of}** (at most {inp.limit} sagas in flight, "
+            f"{inp.per_tenant} per tenant)", "",
+            f"tenant cycles done {inp.cycles} · running {len(in_flight)} · queued {len(inp.queued)} · "
+            f"finalized {inp.finalized} · failed {inp.failed}",
+            *([f"running: {running}"] if running else []),
+            *([f"already running elsewhere: {', '.join(inp.running_elsewhere[-10:])}"] if inp.running_elsewhere
+              else [])]))
+
+
 def _cycle_page_size(concurrency: int) -> int:
     """Due periods per page: a few windows' worth, so pages are cheap and continue-as-new carries few."""
     return min(500, max(50, 4 * concurrency))
@@ -817,5 +911,6 @@ class ResolveInDoubtWorkflow:
         out.aborted.append(run.label)
 
 
-WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, CompensateOutageWorkflow,
-             GrantAllowanceWorkflow, ExpireCreditsWorkflow, ReleaseExpiredHoldsWorkflow, ResolveInDoubtWorkflow]
+WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, BillingRunWorkflow,
+             CompensateOutageWorkflow, GrantAllowanceWorkflow, ExpireCreditsWorkflow, ReleaseExpiredHoldsWorkflow,
+             ResolveInDoubtWorkflow]

@@ -176,6 +176,12 @@ def test_the_readme_tour_runs_as_written(stack_env: dict[str, str]) -> None:
     done = subprocess.run(["creditctl", "billing", "run", "--as-of", "+1d"], cwd=ROOT, env=shell.env,
                           capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
     assert done.returncode == 2 and done.stderr.startswith("INVALID_ARGUMENT: as_of"), done.stderr
+    # every tenant's cycle at once (the operator's BillingRun on the stack's Temporal): nothing left due.
+    done = subprocess.run(["creditctl", "billing", "run", "--all-tenants", "--limit", "4", "--json"], cwd=ROOT,
+                          env=shell.env, capture_output=True, text=True, timeout=LINE_TIMEOUT_S, check=False)
+    run = json.loads(done.stdout) if done.returncode == 0 else {}
+    assert run.get("cycles", 0) >= 1 and (run["finalized"], run["failed"]) == (0, 0), done.stdout + done.stderr
+    assert run["workflow_id"].startswith("billing-run/")
 
 
 async def _trigger_expiry_sweep(data_dir: Path) -> None:
