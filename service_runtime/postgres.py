@@ -35,6 +35,24 @@ SELECT EXISTS (SELECT 1 FROM information_schema.columns
 # Serialises concurrent migrators (two services starting at once) on one database.
 _MIGRATION_LOCK_ID = 0x63726564  # "cred"
 
+# A migration whose first line is this runs outside a transaction, one statement at a time: for
+# `CREATE INDEX CONCURRENTLY`, which builds an index on a big table without blocking its writers (a
+# plain CREATE INDEX holds off every insert while it runs). Its statements must be repeatable (IF
+# NOT EXISTS): a crash half-way leaves the migration unrecorded, so it runs again from the top. An
+# index a failed concurrent build left INVALID is dropped before it is built again.
+OUTSIDE_A_TRANSACTION = "-- migration: outside a transaction"
+_CONCURRENT_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+_INVALID_INDEX = "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1"
+
+# Migrations amended after release, with the checksums they had: an amendment may only move work out
+# to a later migration that redoes it idempotently (a database that applied the old text is then
+# already where the new text and the later migration lead).
+_AMENDED: dict[tuple[str, int], frozenset[str]] = {
+    # 0014 built journal_by_lot_time in its transaction (blocking ledger writes on a big journal);
+    # 0020 builds it CONCURRENTLY IF NOT EXISTS.
+    ("ledger_service", 14): frozenset({"75898037f4fce664b0a8e9c156e3808e7790b012a903ec449243179a30c00b9d"}),
+}
+
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 16,
                       setup: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -104,7 +122,10 @@ async def migrate(dsn: str, *dirs: Path) -> list[str]:
     conn = await asyncpg.connect(dsn)
     applied_now: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
+        # Polled, not waited for: a migrator waiting inside pg_advisory_lock holds a snapshot, and a
+        # concurrent index build (OUTSIDE_A_TRANSACTION) waits for every snapshot — a deadlock.
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK_ID):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         await conn.execute(_CREATE_MIGRATIONS_TABLE)
         if not await conn.fetchval(_HAS_COMPONENT):
             raise RuntimeError("this database predates per-component migrations (0.x has no upgrade path): "
@@ -114,18 +135,35 @@ async def migrate(dsn: str, *dirs: Path) -> list[str]:
         for component, version, name, sql in migration_files(*dirs):
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if (component, version) in applied:
-                if applied[(component, version)] != checksum:
+                was = applied[(component, version)]
+                if was != checksum and was not in _AMENDED.get((component, version), ()):
                     raise RuntimeError(f"migration {component}/{name} changed after it was applied")
                 continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
-                    component, version, name, checksum,
-                )
+            record = ("INSERT INTO schema_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                      component, version, name, checksum)
+            if sql.startswith(OUTSIDE_A_TRANSACTION):
+                await _run_outside_a_transaction(conn, sql)
+                await conn.execute(*record)
+            else:
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(*record)
             applied_now.append(f"{component}/{name}")
         await apply_row_security(conn, dirs)  # idempotent: covers tables any migration added
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
         await conn.close()
     return applied_now
+
+
+async def _run_outside_a_transaction(conn: asyncpg.Connection, sql: str) -> None:
+    """Each `;`-terminated statement on its own (autocommit); an INVALID index left by a failed
+    concurrent build of the same name is dropped first. Comments are whole `--` lines; statements
+    hold no `;` inside them."""
+    code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    for body in (part.strip() for part in code.split(";")):
+        if not body:
+            continue
+        if (m := _CONCURRENT_INDEX.search(body)) and await conn.fetchval(_INVALID_INDEX, m.group(1)):
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{m.group(1)}"')
+        await conn.execute(body)

@@ -77,3 +77,77 @@ async def test_both_services_migrate_the_same_way(service: str) -> None:
         assert policies > 3
     finally:
         await conn.close()
+
+
+async def _new_database(name: str) -> str:
+    pg = server()
+    admin = await asyncpg.connect(pg.dsn())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return pg.dsn(name)
+
+
+async def test_an_index_built_outside_a_transaction_lets_writers_in(tmp_path: Path) -> None:
+    """A migration marked OUTSIDE_A_TRANSACTION builds its index CONCURRENTLY: while the build waits for
+    an open writer, another writer still inserts (a plain CREATE INDEX would queue it behind the build);
+    a second migrator waits without deadlocking the build; an INVALID leftover is rebuilt."""
+    from service_runtime.postgres import OUTSIDE_A_TRANSACTION, migrate
+
+    migrations = tmp_path / "pkg" / "migrations"
+    migrations.mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (migrations / "0001_t.sql").write_text("CREATE TABLE t (k int PRIMARY KEY, v int NOT NULL);\n")
+    (migrations / "app_role_grants.txt").write_text("t  -\nschema_migrations  -\n")
+    dsn = await _new_database(f"outside_tx_{os.getpid()}")
+    assert await migrate(dsn, migrations) == ["pkg/0001_t.sql"]
+    (migrations / "0002_t_by_v.sql").write_text(
+        f"{OUTSIDE_A_TRANSACTION}\n-- an index on a busy table\n\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS t_by_v ON t (v);\n")
+    open_writer, other_writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        tx = open_writer.transaction()
+        await tx.start()
+        await open_writer.execute("INSERT INTO t VALUES (1, 1)")
+        building = asyncio.create_task(migrate(dsn, migrations))
+        second = asyncio.create_task(migrate(dsn, migrations))  # polls the migration lock meanwhile
+        await asyncio.sleep(0.5)
+        assert not building.done()  # the concurrent build waits for the open writer...
+        await asyncio.wait_for(other_writer.execute("INSERT INTO t VALUES (2, 2)"), 5)  # ...and lets others in
+        await tx.commit()
+        assert sorted([*await asyncio.wait_for(building, 30), *await asyncio.wait_for(second, 30)]) == [
+            "pkg/0002_t_by_v.sql"]
+        valid = "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 't_by_v'"
+        assert await other_writer.fetchval(valid) is True
+        # A build that failed half-way leaves the index INVALID and the migration unrecorded: it is rebuilt.
+        await other_writer.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 't_by_v'::regclass")
+        await other_writer.execute("DELETE FROM schema_migrations WHERE component = 'pkg' AND version = 2")
+        assert await migrate(dsn, migrations) == ["pkg/0002_t_by_v.sql"]
+        assert await other_writer.fetchval(valid) is True
+    finally:
+        await open_writer.close()
+        await other_writer.close()
+
+
+async def test_an_amended_migration_accepts_only_the_checksum_it_had() -> None:
+    """0014 moved its index out to 0020 (built concurrently): a database that applied the old text
+    migrates on; any other changed text is still refused."""
+    from ledger_service.storage import MIGRATIONS_DIR as LEDGER_MIGRATIONS
+    from service_runtime.databases import migrate_service
+
+    dsn = await _new_database(f"amended_{os.getpid()}")
+    await migrate_service(dsn, LEDGER_MIGRATIONS)
+    conn = await asyncpg.connect(dsn)
+    try:
+        old = "75898037f4fce664b0a8e9c156e3808e7790b012a903ec449243179a30c00b9d"
+        bump = "UPDATE schema_migrations SET checksum = $1 WHERE component = 'ledger_service' AND version = 14"
+        await conn.execute(bump, old)
+        assert await migrate_service(dsn, LEDGER_MIGRATIONS) == []
+        assert await conn.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = 'journal_by_lot_time'::regclass")
+        await conn.execute(bump, "another text")
+        with pytest.raises(RuntimeError, match=r"0014_balance_checkpoints\.sql changed after it was applied"):
+            await migrate_service(dsn, LEDGER_MIGRATIONS)
+    finally:
+        await conn.close()

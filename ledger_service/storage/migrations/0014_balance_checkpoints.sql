@@ -2,7 +2,8 @@
 --
 -- 1. `journal_by_lot_time`: an as-of read walks each lot of the account by (lot, recorded_at), so it
 --    reads only that account's entries recorded since the lot's last checkpoint — never the
---    journal of other accounts or tenants.
+--    journal of other accounts or tenants. Built by 0020, CONCURRENTLY (amended: this migration
+--    built it in its transaction, which holds off every journal insert while a big journal is read).
 -- 2. `lot_balances.entries`: how many journal entries the lot has (the projection counts them, like
 --    its buckets; VerifyJournal checks the count against the journal). It only decides when the
 --    next checkpoint is due.
@@ -14,8 +15,6 @@
 --    later one at or after (writers of an account are serialised and stamp entries after taking
 --    the lock). So the balance as of T >= at is the checkpoint plus the lot's entries with
 --    entry_id > through_entry_id and recorded_at in [at, T]. VerifyJournal proves both facts.
-
-CREATE INDEX journal_by_lot_time ON journal (tenant_id, lot_id, recorded_at);
 
 ALTER TABLE lot_balances ADD COLUMN entries bigint NOT NULL DEFAULT 0 CHECK (entries >= 0);
 UPDATE lot_balances b SET entries = j.n
