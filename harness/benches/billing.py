@@ -9,7 +9,8 @@ one, each timed from start to result (`ms_per_invoice_small` vs `_large`: linear
 on the same server, task queue and worker, as many bare workflows as the large cycle finalized, each
 with SAGA_ACTIVITIES sequential no-op regular activities, `concurrency` in flight
 (`bare_invoices_per_s`). Finally the reconciler checks both tenants (ledger, invoices, Temporal) and
-a sample of saga histories is counted (`temporal_events_per_saga`).
+a sample of saga histories is counted (`temporal_events_per_saga`). CPU time per saga of the large
+cycle is measured per process (`cpu_ms_per_saga`, with `temporal_cpu_ms_per_saga` for the server).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
@@ -39,7 +41,7 @@ QUEUE = "credits-bench-billing"
 SMALL, LARGE = "bench-small", "bench-large"
 AS_OF = "2027-10-10T00:00:00+00:00"  # August 2026 periods are due (period end + the harness's 400-day grace)
 JSON_KEYS = ("invoices_per_s", "ms_per_invoice_small", "ms_per_invoice_large", "failed", "reconcile_violations",
-             "temporal_events_per_saga", "bare_invoices_per_s", "ratio_vs_bare")
+             "temporal_events_per_saga", "temporal_cpu_ms_per_saga", "bare_invoices_per_s", "ratio_vs_bare")
 TARGETS: dict[str, tuple[str, float]] = {"invoices_per_s": (">=", 11.0), "failed": ("<=", 0.0),
                                          "reconcile_violations": ("<=", 0.0), "ratio_vs_bare": (">=", 1.5)}
 
@@ -114,7 +116,9 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
     say(f"billing cycle of {small} customers, {concurrency} sagas in flight")
     small_result, small_s = await _cycle(client, SMALL, concurrency)
     say(f"billing cycle of {customers} customers, {concurrency} sagas in flight")
+    cpu = _CpuMeter(stack.pids())
     large_result, large_s = await _cycle(client, LARGE, concurrency)
+    cpu_s = cpu.seconds()
     n_bare = max(1, large_result.finalized)
     say(f"{n_bare} bare workflows ({SAGA_ACTIVITIES} regular activities each), {concurrency} in flight")
 
@@ -134,6 +138,10 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
             "failed": small_result.failed + large_result.failed,
             "reconcile_violations": len(report.violations),
             "temporal_events_per_saga": round(events, 1),
+            # CPU time per finalized invoice of the large cycle, by process (temporal, worker, ledger, ...)
+            "cpu_ms_per_saga": {name: round(secs * 1000 / max(1, large_result.finalized), 1)
+                                for name, secs in sorted(cpu_s.items())},
+            "temporal_cpu_ms_per_saga": round(cpu_s.get("temporal", 0.0) * 1000 / max(1, large_result.finalized), 1),
             "bare_invoices_per_s": round(bare_rate, 2),
             "ratio_vs_bare": round(rate / bare_rate, 3) if bare_rate else 0.0,
             "customers": customers, "customers_small": small, "concurrency": concurrency,
@@ -141,3 +149,35 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
             # (getattr: the bench also runs against code before BillingCycle reported them, for a baseline)
             "pages": getattr(large_result, "pages", 0), "runs": getattr(large_result, "runs", 0),
             "temporal_store": "file"}
+
+
+class _CpuMeter:
+    """User + system CPU seconds each part of the stack spent since the meter was made: the process
+    and its live descendants (Postgres' backends)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
+        self._start = {name: self._cpu(proc) for name, proc in self._procs.items()}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> dict[int, float]:
+        out: dict[int, float] = {}
+        try:
+            family = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            return out
+        for p in family:
+            try:
+                times = p.cpu_times()
+                out[p.pid] = float(times.user + times.system)
+            except psutil.Error:
+                continue
+        return out
+
+    def seconds(self) -> dict[str, float]:
+        """Per part, the CPU its processes spent since the start (a process born since counts whole)."""
+        spent: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            before = self._start[name]
+            spent[name] = sum(max(0.0, now - before.get(pid, 0.0)) for pid, now in self._cpu(proc).items())
+        return spent

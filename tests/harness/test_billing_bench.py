@@ -15,3 +15,7 @@ async def test_bench_billing_smoke() -> None:
         assert result[key] > 0, (key, result)
     assert 20 <= result["temporal_events_per_saga"] <= 40, result  # local reads: 37 or fewer per saga
     assert result["runs"] == 1 and result["pages"] >= 1
+    # CPU per saga measured per part of the stack; the Temporal server and the worker did work.
+    assert {"temporal", "worker", "ledger", "invoice", "postgres"} <= set(result["cpu_ms_per_saga"]), result
+    assert result["temporal_cpu_ms_per_saga"] == result["cpu_ms_per_saga"]["temporal"] > 0, result
+    assert result["cpu_ms_per_saga"]["worker"] > 0, result
