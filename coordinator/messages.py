@@ -323,6 +323,11 @@ class FinalizeInvoiceInput:
     # starter sets it; False is how runs recorded before it replay (regular activities), with no
     # patch marker (workflow.patched would cost a marker and a search-attribute upsert per saga).
     local_reads: bool = False
+    # The idempotent prepare-phase writes (reserve the holds, prepare the invoice) and the invoice's
+    # finalize commit as local activities too; the hold's commit stays a regular activity, so the
+    # decision (an upsert in the same workflow task completion as that activity's schedule) is a
+    # durable history event before any commit runs. False: how runs recorded before it replay.
+    local_steps: bool = False
 
 
 @dataclass

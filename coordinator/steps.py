@@ -18,8 +18,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from temporalio import workflow
+from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from coordinator import naming
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
@@ -43,13 +44,19 @@ def _retry(t: SagaTimeouts) -> RetryPolicy:
                        maximum_interval=timedelta(seconds=t.retry_max_s), maximum_attempts=0)
 
 
-async def run_step(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
+async def run_step(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None, *, local: bool = False) -> Any:
     """A prepare-phase step: transport faults retry with backoff until the step's time limit.
 
     `summary` labels the activity in the Temporal UI. The sagas' happy-path steps go without: their
     activity names say what they do, the saga's current details say where it is, and each summary is
     one more payload the worker converts and visits three times per workflow task (about 0.6 ms of
-    worker and server CPU per step here). Compensations and resolutions keep theirs."""
+    worker and server CPU per step here). Compensations and resolutions keep theirs.
+
+    `local`: as a local activity (one marker in history, no task round trip through the server). Only
+    for a step that is idempotent by its key: a worker crash before the marker runs it again, and the
+    participant answers the repeat with the first outcome."""
+    if local:
+        return await _local(fn, arg, t, schedule_to_close_s=t.prepare_phase_step_limit_s)
     return await workflow.execute_activity_method(
         fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
         schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t),
@@ -64,17 +71,36 @@ async def run_read(fn: Any, arg: Any, t: SagaTimeouts, local: bool = True) -> An
     `local=False` (histories recorded before) runs it as a regular activity."""
     if not local:
         return await run_step(fn, arg, t)
-    return await workflow.execute_local_activity_method(
-        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
-        schedule_to_close_timeout=timedelta(seconds=t.prepare_phase_step_limit_s), retry_policy=_retry(t))
+    return await _local(fn, arg, t, schedule_to_close_s=t.prepare_phase_step_limit_s)
 
 
-async def run_until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None) -> Any:
+async def _local(fn: Any, arg: Any, t: SagaTimeouts, *, schedule_to_close_s: float | None) -> Any:
+    """A local activity whose failure reaches the workflow as a regular activity's does: an
+    ActivityError naming the activity, caused by what the participant answered (a local activity's
+    own failure comes unwrapped, and would read as the workflow's own ApplicationError)."""
+    try:
+        return await workflow.execute_local_activity_method(
+            fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
+            schedule_to_close_timeout=timedelta(seconds=schedule_to_close_s) if schedule_to_close_s else None,
+            retry_policy=_retry(t))
+    except ApplicationError as err:
+        definition = activity._Definition.from_callable(fn)
+        raise ActivityError("local activity failed", scheduled_event_id=0, started_event_id=0, identity="",
+                            activity_type=definition.name if definition and definition.name else fn.__name__,
+                            activity_id="", retry_state=None) from err
+
+
+async def run_until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None, *,
+                         local: bool = False) -> Any:
     """A step that may not be given up (commit after the decision, compensation): retried forever and
-    shielded from workflow cancellation, which would otherwise abandon it half-way."""
-    task = asyncio.ensure_future(workflow.execute_activity_method(
-        fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
-        summary=summary))
+    shielded from workflow cancellation, which would otherwise abandon it half-way. `local`: as a
+    local activity (see run_step; only for a step idempotent by its key)."""
+    if local:
+        task = asyncio.ensure_future(_local(fn, arg, t, schedule_to_close_s=None))
+    else:
+        task = asyncio.ensure_future(workflow.execute_activity_method(
+            fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
+            summary=summary))
     while True:
         try:
             return await asyncio.shield(task)
@@ -149,11 +175,13 @@ def left_after(charges: Sequence[ChargeSpec], allocations: Sequence[AllocationSp
 
 async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
                               why: str | None = None, before: Callable[[int], None] = _nothing,
-                              unit_holds: Sequence[str] = ()) -> InvoiceView | None:
+                              unit_holds: Sequence[str] = (), local_finalize: bool = False) -> InvoiceView | None:
     """After the commit decision: commit the usage-unit holds (`unit_holds`, by unit) and the credit
     hold, then finalize the invoice (unless `commit_invoice` is False: the resolver found it already
     settled). Each is retried until done. `before(i)` is called before committing the holds (0) and
-    the invoice (1); returns the finalized invoice."""
+    the invoice (1); returns the finalized invoice. The holds' commits are regular activities: the
+    first one's schedule is what makes the decision durable before any commit runs; the invoice's
+    commit may then be local (`local_finalize`)."""
     before(0)
     for suffix in unit_holds:
         await run_until_done(
@@ -170,7 +198,7 @@ async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_i
     final: InvoiceView = await run_until_done(
         InvoiceActivities.commit_finalize,
         InvoiceStepInput(run.tenant_id, run.key(Step.COMMIT_FINALIZE), run.invoice_id, run.prepare_key,
-                         must_succeed=True), t, _label(why, "finalize the invoice"))
+                         must_succeed=True), t, _label(why, "finalize the invoice"), local=local_finalize)
     return final
 
 

@@ -195,6 +195,7 @@ class FinalizeInvoiceWorkflow:
         self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
         self._unit_holds: list[str] = []  # usage units whose hold's reserve was sent (to commit or release)
         self._local_reads = False  # the read-only prepare steps as local activities (FinalizeInvoiceInput)
+        self._local_steps = False  # the idempotent prepare writes and the invoice's commit too
 
     @workflow.query
     def progress(self) -> Progress:
@@ -210,6 +211,7 @@ class FinalizeInvoiceWorkflow:
         self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
         self._local_reads = inp.local_reads
+        self._local_steps = inp.local_steps
         inv = await _read_invoice(tenant, inp.invoice_id, t, local=self._local_reads)
         _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
@@ -233,7 +235,7 @@ class FinalizeInvoiceWorkflow:
         # The commit point: from here on nothing is compensated; commits retry until they succeed.
         self._decision = "commit"
         _set(outcome=CreditsOutcome.COMMITTED)
-        final = await commit_finalization(run, t, unit_holds=self._unit_holds,
+        final = await commit_finalization(run, t, unit_holds=self._unit_holds, local_finalize=self._local_steps,
                                           before=lambda i: self._checks.at("committing", 6 + i, _AFTER_DECISION))
         assert final is not None
         self._checks.at("finalized", len(_FINALIZE_STEPS),
@@ -266,14 +268,14 @@ class FinalizeInvoiceWorkflow:
         hold: HoldView = await run_step(
             LedgerActivities.reserve_credits,
             ReserveInput(tenant, run.key(Step.RESERVE), run.hold_key, inv.ledger_account_id, inv.currency,
-                         split.charges, inv.invoice_id, skip_units=inv.usage_units), t)
+                         split.charges, inv.invoice_id, skip_units=inv.usage_units), t, local=self._local_steps)
         converted, notes = await self._reserve_converted(run, inv, split.charges, hold, t)
         self._checks.at("preparing the invoice", 4)
         self._sent.add(Step.PREPARE)
         await run_step(InvoiceActivities.prepare_finalize,
                        PrepareFinalizeInput(tenant, run.prepare_key, inv.invoice_id, split_at,
                                             [*covers, *hold.allocations, *converted], split.draft_digest,
-                                            credit_notes=notes), t)
+                                            credit_notes=notes), t, local=self._local_steps)
 
     async def _reserve_converted(self, run: FinalizationRun, inv: InvoiceView, charges: list[ChargeSpec],
                                  hold: HoldView, t: SagaTimeouts) -> tuple[list[AllocationSpec], list[str]]:
@@ -293,7 +295,8 @@ class FinalizeInvoiceWorkflow:
             held: HoldView = await run_step(
                 LedgerActivities.reserve_converted,
                 ReserveInput(run.tenant_id, run.key(naming.reserve_units_step(suffix)), run.unit_hold_key(suffix),
-                             inv.ledger_account_id, unit, left, inv.invoice_id, currency=inv.currency), t)
+                             inv.ledger_account_id, unit, left, inv.invoice_id, currency=inv.currency), t,
+                local=self._local_steps)
             allocations.extend(held.allocations)
             notes.extend(held.notes)
             left = left_after(left, held.allocations, scale)
@@ -310,7 +313,7 @@ class FinalizeInvoiceWorkflow:
                 LedgerActivities.reserve_units,
                 ReserveInput(run.tenant_id, run.key(naming.reserve_units_step(unit)), run.unit_hold_key(unit),
                              inv.ledger_account_id, unit, [c for c in split.unit_charges if c.unit == unit],
-                             inv.invoice_id), t)
+                             inv.invoice_id), t, local=self._local_steps)
             covers.extend(held.allocations)
         return covers
 
@@ -528,7 +531,8 @@ class BillingCycleWorkflow:
                     f"draft the invoice of {period.customer_id}")
                 invoice_id = draft.invoice_id
             await workflow.execute_child_workflow(
-                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(tenant, invoice_id, local_reads=True),
+                FinalizeInvoiceWorkflow.run,
+                FinalizeInvoiceInput(tenant, invoice_id, local_reads=True, local_steps=True),
                 id=naming.finalize_workflow_id(tenant, invoice_id),
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 parent_close_policy=ParentClosePolicy.ABANDON,

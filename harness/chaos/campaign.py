@@ -26,6 +26,7 @@ import random
 import shutil
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,12 @@ from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, 
 TENANTS = ("chaos-a", "chaos-b")
 BATCH = 10
 TIMEOUTS = SagaTimeouts(step_start_to_close_s=6, prepare_phase_step_limit_s=45, retry_initial_s=0.2, retry_max_s=2)
+
+
+def local_steps(ref: str) -> bool:
+    """Half the finalizations (fixed per invoice) run their prepare writes as local activities, as
+    billing cycles do, the other half as regular activities, as the front door does: the faults hit both."""
+    return zlib.crc32(ref.encode()) % 2 == 0
 FAULT_KINDS = (  # (kind, weight)
     ("kill_ledger", 3), ("kill_invoice", 3), ("kill_worker", 3), ("kill_front_door", 1),
     ("proxy_delay", 2), ("proxy_drop", 2), ("proxy_reset", 2), ("lose_response", 4), ("postgres_restart", 1),
@@ -360,7 +367,8 @@ class Campaign:
             self._tasks.append(asyncio.create_task(self._front_door(tenant, op, invoice_id)))
         if op == "finalize":
             return await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
-                                         FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True),
+                                         FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True,
+                                                              local_steps=local_steps(ref)),
                                          id=naming.finalize_workflow_id(tenant, invoice_id),
                                          task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
                                          search_attributes=sa.at_start(tenant, invoice_id))
@@ -539,7 +547,8 @@ class Campaign:
         want = sa.COMMITTED if direction == "commit" else sa.PREPARING
         self.stack.proxies["ledger" if direction == "commit" else "invoice"].delay(DOUBT_DELAY_S, DOUBT_WINDOW_S)
         handle = await start_or_attach(self.client, FinalizeInvoiceWorkflow.run,
-                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True),
+                                       FinalizeInvoiceInput(tenant, invoice_id, TIMEOUTS, local_reads=True,
+                                                            local_steps=local_steps(ref)),
                                        id=naming.finalize_workflow_id(tenant, invoice_id),
                                        task_queue=self.stack.task_queue, result_type=FinalizeInvoiceResult,
                                          search_attributes=sa.at_start(tenant, invoice_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 from temporalio.api.enums.v1 import EventType
@@ -70,22 +71,31 @@ async def test_search_attributes_given_at_start_are_not_upserted_again(stack: St
                 attrs.get(sa.OUTCOME)) == (TENANT, invoice_id, customer, "2026-08-01", sa.COMMITTED)
 
 
-async def test_history_events_per_saga(stack: Stack) -> None:
-    """What one happy-path finalization costs Temporal, counted from its history: the read-only
-    prepare-phase steps (read the invoice, lot boundaries, split) run as local activities (one
-    marker each, no task round trips); the reserve, prepare and commits stay regular activities, and
-    the decision (CreditsOutcome=committed) is an event of its own before the first commit."""
+@pytest.mark.parametrize("local_steps", [False, True], ids=["front-door", "billing-cycle"])
+async def test_history_events_per_saga(stack: Stack, local_steps: bool) -> None:
+    """What one happy-path finalization costs Temporal, counted from its history. The read-only
+    prepare steps (read the invoice, lot boundaries, split) are local activities (one marker each, no
+    task round trips). As the front door starts it, the reserve, prepare and commits are regular
+    activities; as a billing cycle starts it (`local_steps`), the reserve, prepare and the invoice's
+    commit are local too and only the hold's commit stays regular. Either way the decision
+    (CreditsOutcome=committed, the last upsert) is a durable event before any commit is sent."""
     invoice_id = await seed_customer(stack.services, "events")
     async with stack.worker():
-        handle = await stack.start_finalize(invoice_id)
+        handle = await start_or_attach(stack.client, FinalizeInvoiceWorkflow.run,
+                                       FinalizeInvoiceInput(TENANT, invoice_id, FAST, local_reads=True,
+                                                            local_steps=local_steps),
+                                       id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
         assert (await handle.result()).outcome == "finalized"
     kinds = [e.event_type async for e in handle.fetch_history_events()]
-    print(f"history events per FinalizeInvoice saga: {len(kinds)}")
-    scheduled = [k for k in kinds if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-    markers = [k for k in kinds if k == EventType.EVENT_TYPE_MARKER_RECORDED]
-    # regular: reserve, prepare, commit hold, commit invoice | markers: the three reads
-    assert (len(scheduled), len(markers)) == (4, 3), kinds
-    decision = kinds.index(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
-    commits = [i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED][2:]
-    assert decision < commits[0]  # the commit point is a durable event before any commit is sent
-    assert len(kinds) <= 40  # 50 with every step a regular activity
+    print(f"history events per FinalizeInvoice saga (local_steps={local_steps}): {len(kinds)}")
+    scheduled = [i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    markers = [i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_MARKER_RECORDED]
+    upserts = [i for i, k in enumerate(kinds) if k == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES]
+    if local_steps:  # regular: commit hold | markers: three reads, reserve, prepare, then the invoice's commit
+        assert (len(scheduled), len(markers)) == (1, 6), kinds
+        assert markers[4] < upserts[-1] < scheduled[0] < markers[5], kinds
+        assert len(kinds) <= 22, kinds  # 50 with every step a regular activity
+    else:  # regular: reserve, prepare, commit hold, commit invoice | markers: the three reads
+        assert (len(scheduled), len(markers)) == (4, 3), kinds
+        assert scheduled[1] < upserts[-1] < scheduled[2], kinds
+        assert len(kinds) <= 40, kinds

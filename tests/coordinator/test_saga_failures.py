@@ -11,9 +11,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 
+from coordinator import naming
+from coordinator.messages import FinalizeInvoiceInput
+from coordinator.starter import start_or_attach
+from coordinator.workflows import FinalizeInvoiceWorkflow
 from harness.faults import FaultPlan
 from stack.scenario import seed_customer
-from tests.coordinator.conftest import Stack
+from tests.coordinator.conftest import FAST, TENANT, Stack
 
 PREPARE_STEPS = ["get_invoice", "get_lot_boundaries", "split_draft", "reserve_credits", "prepare_finalize"]
 COMMIT_STEPS = ["commit_hold", "commit_finalize"]
@@ -128,6 +132,27 @@ async def test_cancellation_before_the_decision_compensates(stack: Stack) -> Non
                          "ledger.release_hold": '"compensate: release the credit hold"'}
     assert "→ 5. record the credit applications (invoice PREPARED)" in meta.current_details
     assert "Compensated: the hold is released and the invoice is a DRAFT again." in meta.current_details
+
+
+async def test_cancellation_during_local_prepare_steps_keeps_both_or_neither(stack: Stack) -> None:
+    """As a billing cycle runs it (`local_steps`), the prepare phase is one workflow task: a cancel
+    that arrives while the prepare runs is seen at the task's end — after the decision if the prepare
+    succeeded (then it commits), before it otherwise (then it compensates). Never half of each."""
+    faults = FaultPlan().add("prepare_finalize", "before", "block")
+    invoice_id = await seed_customer(stack.services)
+    async with stack.worker(faults):
+        handle = await start_or_attach(stack.client, FinalizeInvoiceWorkflow.run,
+                                       FinalizeInvoiceInput(TENANT, invoice_id, FAST, local_reads=True,
+                                                            local_steps=True),
+                                       id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=stack.task_queue)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        await handle.cancel()
+        faults.release_blocked()
+        try:
+            outcome = "finalized" if (await handle.result()).outcome == "finalized" else "?"
+        except WorkflowFailureError:
+            outcome = "neither"
+    assert await stack.assert_both_or_neither(invoice_id, ACCOUNT) == outcome
 
 
 async def test_cancellation_after_the_decision_still_commits(stack: Stack) -> None:
