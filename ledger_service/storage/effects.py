@@ -214,6 +214,12 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[str]:
             out.append(_SEP + _SEP.join(col))  # type: ignore[arg-type]
         elif type(first) is int and all(type(v) is int for v in col):
             out.append(_SEP + _SEP.join(map(str, col)))
+        elif type(first) is bytes and all(type(v) is bytes for v in col):
+            out.append(_SEP + _SEP.join([v.hex() for v in col]))
+        elif isinstance(first, datetime) and all(isinstance(v, datetime) for v in col):
+            # a batch's instants are mostly its one `now`: each distinct instant formatted once
+            shown: dict[datetime, str] = {}
+            out.append(_SEP + _SEP.join([shown.get(v) or shown.setdefault(v, v.isoformat()) for v in col]))
         else:
             out.append(_SEP + _SEP.join(map(_text, col)))
     return out
@@ -221,6 +227,8 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[str]:
 
 _INDEX = {b: i for i, b in enumerate(BUCKETS)}
 _ENTRIES = len(BUCKETS)  # the entry counter's slot in a lot's delta row
+# `deltas(kind, 1)` as ((bucket, sign, slot), (bucket, sign, slot)) per kind, for `Effects.move` (hot path)
+_MOVES = {kind: tuple((b, d, _INDEX[b]) for b, d in deltas(kind, 1).items()) for kind in EntryKind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,15 +268,15 @@ class Effects:
              effective_at: datetime | None = None) -> None:
         """Moves `amount` between two buckets of `lot` and journals it."""
         assert amount > 0, "journal amounts are positive"
+        (src, src_sign, src_i), (dst, _, dst_i) = _MOVES[kind]
+        setattr(lot, src, getattr(lot, src) + src_sign * amount)
+        setattr(lot, dst, getattr(lot, dst) + amount)
         if lot.lot_id in self._created:
-            for bucket, change in deltas(kind, amount).items():
-                setattr(lot, bucket, getattr(lot, bucket) + change)
             self.created_entries[lot.lot_id] += 1
         else:
             row = self.lot_deltas[lot.lot_id]
-            for bucket, change in deltas(kind, amount).items():
-                setattr(lot, bucket, getattr(lot, bucket) + change)
-                row[_INDEX[bucket]] += change
+            row[src_i] += src_sign * amount
+            row[dst_i] += amount
             row[_ENTRIES] += 1
         assert lot.available >= 0 and lot.held >= 0, f"lot {lot.lot_id} would go negative"
         self.entries.append((
