@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -99,6 +100,18 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
     metrics.LOTS_EXPIRING.set(row["expiring"])
 
 
+def settle_heap() -> None:
+    """Once a server process has started: everything imported and built so far leaves the cycle
+    collector's view (gc.freeze), and young collections run every 10,000 allocations instead of 700.
+
+    Why: under `creditctl bench ledger` the collector took about a third of the ledger server's CPU,
+    mostly full collections re-scanning the import-time heap (protobuf, grpc, aiohttp: ~100 ms each,
+    which also lands in the unary p99). Only objects created while serving are scanned now."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 10)
+
+
 async def serve(settings: Settings) -> None:
     dsn = settings.ledger_dsn or resolve_databases(settings).ledger_dsn  # the embedded Postgres only if needed
     await wait_for_database(dsn)
@@ -108,6 +121,7 @@ async def serve(settings: Settings) -> None:
     owner_pool = await create_pool(dsn, min_size=1, max_size=1)  # gauges count across tenants
     gauges = asyncio.create_task(metrics.refresh_forever(lambda: refresh_gauges(owner_pool)))
     books = await BackgroundProjector.start(dsn)  # the finance books follow the journal
+    settle_heap()
     log.info("ledger listening on %s (metrics: %s)", port, metrics_port)
     try:
         await server.wait_for_termination()

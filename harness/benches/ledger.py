@@ -653,10 +653,11 @@ async def _serve(role: str, dsn: str, profile: str, port: int) -> None:
         port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
     else:
-        from ledger_service.server import create_ledger_server
+        from ledger_service.server import create_ledger_server, settle_heap
         from service_runtime.settings import Settings
 
         server, port, pool = await create_ledger_server(dsn, f"127.0.0.1:{port}", Settings.from_env())
+        settle_heap()  # as `ledger_service.server.serve` does once started
     profiler = cProfile.Profile() if profile else None
     print(f"PORT {port}", flush=True)
     if profiler is not None:

@@ -145,7 +145,7 @@ def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int, *,
     out: list[RequestedCharge] = []
     seen: set[str] = set()
     for i, c in enumerate(items):
-        f = f"charges[{i}]"
+        f = _CHARGE_FIELDS[i] if i < len(_CHARGE_FIELDS) else f"charges[{i}]"
         charge_id = check_key(c.charge_id, f"{f}.charge_id") if c.charge_id else str(i)
         if charge_id in seen:
             raise invalid(f"{f}.charge_id", f"repeats {charge_id!r}")
@@ -154,11 +154,15 @@ def charges(msgs: Iterable[pb.Charge], now: datetime, skew_s: int, *,
         end = when(c.service_end, f"{f}.service_end") if c.HasField("service_end") else start
         if end < start:
             raise invalid(f"{f}.service_end", "is before service_start")
-        not_beyond_skew(start, now, skew_s, f"{f}.service_start")
+        if start is not now:  # unset is now, which is never beyond the bound
+            not_beyond_skew(start, now, skew_s, f"{f}.service_start")
         name = check_id(c.name, f"{f}.name") if c.name else ""
         kind = charge_kind(c.kind, f"{f}.kind")  # CHARGE_KIND_UNSPECIFIED too: a charge says what it is
         out.append(RequestedCharge(charge_id, kind, name, c.amount, f"{f}.amount", start, end))
     return out
+
+
+_CHARGE_FIELDS = [f"charges[{i}]" for i in range(16)]  # the common prefixes, built once (hot path)
 
 
 def _after_key(token: str) -> str:

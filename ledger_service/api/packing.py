@@ -190,10 +190,27 @@ def hold(h: Hold, scale: int) -> pb.Hold:
         requested=format_minor(h.requested, scale), reserved=format_minor(h.reserved, scale),
         posted=format_minor(h.posted, scale), released=format_minor(h.released, scale),
         allocations=[_allocation(a, h.postings.get(a.position, 0), scale, h.policy_version) for a in h.allocations],
-        created_at=ts(h.created_at) if live else None, ttl_expires_at=ts(h.ttl_expires_at) if live else None,
-        resolved_at=ts(h.resolved_at), reference=h.reference, policy_version=h.policy_version,
+        created_at=_batch_ts(h.created_at) if live else None,
+        ttl_expires_at=_batch_ts(h.ttl_expires_at) if live else None,
+        resolved_at=_batch_ts(h.resolved_at), reference=h.reference, policy_version=h.policy_version,
         release_on_ttl=h.release_on_ttl,
     )
+
+
+_last_ts: tuple[datetime | None, Timestamp | None] = (None, None)
+
+
+def _batch_ts(value: datetime | None) -> Timestamp | None:
+    """`ts`, remembering the last instant: the holds of one group-commit batch share `now` (a debit's
+    created, expiry and resolved instants too), and each pb.Hold field copies the Timestamp it is given."""
+    global _last_ts
+    if value is None:
+        return None
+    last, stamp = _last_ts
+    if stamp is None or value != last:
+        stamp = to_timestamp(value)
+        _last_ts = (value, stamp)
+    return stamp
 
 
 def batch(results: list[pb.Hold | Exception]) -> pb.BatchDebitCreditsResponse:

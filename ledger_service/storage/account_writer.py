@@ -39,7 +39,7 @@ _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
               asyncpg.SerializationError, asyncpg.LockNotAvailableError)
 
 
-@dataclass
+@dataclass(slots=True)  # one per request on the hot path
 class Operation:
     """One request against one account. `apply` raises Rejection to refuse (nothing is written)."""
 
@@ -54,7 +54,7 @@ class Operation:
     earlier_methods: tuple[str, ...] = ()  # former names of the verb (a renamed RPC): their stored keys replay
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What an operation produced: its packed response (fresh), or the stored bytes of an earlier call."""
 
