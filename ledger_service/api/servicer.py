@@ -223,9 +223,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     scales[unit] = await self._ledger.scale(_tenant(), unit)
             form = (message.kind, include_entries, message.reason)
             packed = message.change.packed.get(form)
-            if packed is None:
-                packed = message.change.packed[form] = packing.balance_change(account_id, message, scales,
-                                                                              include_entries)
+            if packed is None:  # serialized once for every stream of the account (call_guard.passing_bytes)
+                packed = message.change.packed[form] = packing.balance_change(
+                    account_id, message, scales, include_entries).SerializeToString()
             yield packed  # type: ignore[misc]
 
     # --- policy -------------------------------------------------------------------------------
