@@ -108,7 +108,7 @@ INVOICE: dict[str, frozenset[str]] = _table(
     INVOICE_SERVICE,
     (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "ListSettlements",
            "SplitDraft",
-           "GetInvoice", "ListInvoices", "RenderInvoice")),
+           "GetInvoice", "ListInvoices", "RenderInvoice", "ExportInvoices")),
     (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
     # Abandoning a period writes off what it would have billed: a finance decision, never the saga's.
     (FINANCE, ("AbandonInvoice",)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
@@ -13,7 +13,7 @@ from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from invoice_service.api import pack, unpack
+from invoice_service.api import exports, pack, unpack
 from invoice_service.config import InvoiceConfig
 from invoice_service.domain import render
 from invoice_service.storage.catalog import CatalogOperations
@@ -30,6 +30,7 @@ from service_runtime.rejections import Reason, Rejection, invalid
 from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
+EXPORT_PAGE = 1000  # invoices per page of ExportInvoices (one page in memory at once)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 
 
@@ -249,6 +250,26 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         views = await self._invoices.list_invoices(_tenant(), f)
         token = pack.invoice_token(views[-1]) if len(views) == limit else ""
         return pb.ListInvoicesResponse(invoices=[pack.invoice(v) for v in views], next_page_token=token)
+
+    async def ExportInvoices(self, request: pb.ExportInvoicesRequest,
+                             context: _Ctx) -> AsyncIterator[pb.InvoiceExportChunk]:
+        if request.format not in (pb.INVOICE_EXPORT_FORMAT_UNSPECIFIED, pb.INVOICE_EXPORT_CSV, pb.INVOICE_EXPORT_JSON):
+            raise invalid("format", "must be INVOICE_EXPORT_CSV or INVOICE_EXPORT_JSON")
+        f = ListFilter(customer_id=check_optional_id(request.customer_id, "customer_id"),
+                       statuses=tuple(_status_name(s, i) for i, s in enumerate(request.statuses)),
+                       limit=EXPORT_PAGE)
+        as_json, full = request.format == pb.INVOICE_EXPORT_JSON, request.line_items
+        columns = exports.LINE_COLUMNS if full else exports.INVOICE_COLUMNS
+        total = await self._invoices.count_invoices(_tenant(), f)
+        done, first = 0, True
+        async for views in self._invoices.invoice_pages(_tenant(), f, full=full):
+            rows = [r for v in views for r in exports.line_rows(v)] if full else map(exports.invoice_row, views)
+            done += len(views)
+            yield pb.InvoiceExportChunk(data=exports.render(rows, columns, as_json, header=first),
+                                        invoices_done=done, invoices_total=max(total, done))
+            first = False
+        if first:  # nothing matched: the header alone (CSV), so the file still says what it would hold
+            yield pb.InvoiceExportChunk(data=exports.render((), columns, as_json, header=True), invoices_total=0)
 
     async def RenderInvoice(self, request: pb.RenderInvoiceRequest, context: _Ctx) -> pb.RenderInvoiceResponse:
         view = await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id"))
