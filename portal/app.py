@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -37,6 +37,7 @@ from service_runtime.settings import Settings
 HERE = Path(__file__).resolve().parent
 COOKIE = "credits_portal"
 USAGE_DAYS = 30
+BILLED_DAYS = 366  # the usage, cost and credits table: a year of invoices (GetUsageSeries allows 400 days)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
@@ -162,7 +163,10 @@ class Portal:
                     points.append((day, item.name, Decimal(item.amount)))
         series = usage_chart.per_meter_per_day(points, today - timedelta(days=USAGE_DAYS - 1), today)
         charts = [(s, Markup(usage_chart.svg(s, unit))) for s in series]
-        return self.page("usage.html", charts=charts, unit=unit, days=USAGE_DAYS, **await self._common(who, "usage"))
+        billed = usage_chart.billed_by_meter(await api.usage_series(self.api(), who, BILLED_DAYS))
+        return self.page("usage.html", charts=charts, billed=billed, unit=unit, days=USAGE_DAYS,
+                         billed_days=BILLED_DAYS,
+                         **await self._common(who, "usage"))
 
     async def export(self, request: Request) -> Response:
         who = self.visitor(request)
@@ -194,6 +198,16 @@ class Portal:
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"})
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the process answers (no session, no backend call)."""
+        return PlainTextResponse("ok", headers=SECURITY_HEADERS)
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: the ledger and invoice services both answer their gRPC health check SERVING."""
+        down = await api.not_serving(self.api())
+        return PlainTextResponse("ok" if not down else "not serving: " + ", ".join(down),
+                                 status_code=200 if not down else 503, headers=SECURITY_HEADERS)
 
     async def refused(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, Refused):
@@ -228,6 +242,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route("/usage", portal.usage, methods=["GET"]),
         Route("/statement.csv", portal.export, methods=["GET"]),
         Route("/events", portal.events, methods=["GET"]),
+        Route("/healthz", portal.healthz, methods=["GET"]),   # the Kubernetes probes (deploy/k8s/portal.yaml)
+        Route("/readyz", portal.readyz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan,

@@ -16,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from invoice_service.api import exports, pack, unpack
 from invoice_service.config import InvoiceConfig
 from invoice_service.domain import render
+from invoice_service.domain.money import currency_scale, to_text
+from invoice_service.domain.usage_costs import BucketCost, bucket_costs
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
@@ -300,8 +302,9 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
             raise invalid("granularity", "must be DAY or HOUR")
         start, end = self._window(request, 31 if grain == "hour" else 400)
         rows = await self._usage.series(_tenant(), customer_id, start, end, grain, meter)
+        costs = bucket_costs(await self._usage.billed(_tenant(), customer_id, start, end, grain, meter))
         return pb.UsageSeries(customer_id=customer_id, points=[
-            pb.UsagePoint(meter_code=m, bucket_start=_stamp(at), value=_exact(v), events=n) for m, at, v, n in rows])
+            _usage_point(m, _stamp(at), _exact(v), n, costs.get((m, at))) for m, at, v, n in rows])
 
     async def ListTopCustomers(self, request: pb.ListTopCustomersRequest,
                                context: _Ctx) -> pb.ListTopCustomersResponse:
@@ -330,6 +333,15 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         expires = Timestamp(seconds=session.expires_at)
         return pb.PortalLink(customer_id=customer_id, ledger_account_id=customer.ledger_account_id, token=token,
                              url=f"{Settings().portal_base_url}/s/{token}", expires_at=expires)
+
+
+def _usage_point(meter: str, at: Timestamp, value: str, events: int, cost: BucketCost | None) -> pb.UsagePoint:
+    point = pb.UsagePoint(meter_code=meter, bucket_start=at, value=value, events=events)
+    if cost is not None and len(cost.by_currency) == 1:  # billed in several currencies: no one figure
+        [(currency, (minor, credits))] = cost.by_currency.items()
+        scale = currency_scale(currency)
+        point.cost, point.credits_applied, point.currency = to_text(minor, scale), to_text(credits, scale), currency
+    return point
 
 
 def _status_name(value: int, i: int) -> str:

@@ -9,6 +9,8 @@ import asyncio
 import csv
 import io
 import json
+import re
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -142,3 +144,19 @@ async def test_links_need_a_known_customer_and_a_sane_ttl(portal: Portal) -> Non
         assert info.value.code() == code and field in (info.value.details() or "")
     link = await portal.link("anna")
     assert link.url.endswith(f"/s/{link.token}") and link.ledger_account_id == "acct-anna"
+
+
+async def test_the_usage_page_shows_cost_and_credits_per_day(portal: Portal) -> None:
+    invoice = await portal.stack.invoice(portal.invoice_id)
+    usage_lines = [li for li in invoice.line_items if li.kind == ipb.USAGE]
+    async with portal.signed_in("john-wick") as web:
+        page = (await web.get("/usage")).text
+    assert "Usage, cost and credits per day" in page
+    costs = re.findall(r'<td class="num cost">([0-9.]+) USD</td>', page)
+    credits = re.findall(r'<td class="num credits">([0-9.]+) USD</td>', page)
+    assert costs and len(costs) == len(credits)  # a row per day with usage (the seed: 20 days of 2 meters)
+    assert sum(map(Decimal, costs)) == sum(Decimal(li.amount) for li in usage_lines)
+    assert sum(map(Decimal, credits)) == sum(Decimal(li.credits_applied) for li in usage_lines)
+    async with portal.signed_in("anna") as web:
+        page = (await web.get("/usage")).text
+    assert "not invoiced yet" in page and not re.findall(r'<td class="num cost">[0-9.]+ USD</td>', page)
