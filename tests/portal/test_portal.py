@@ -160,3 +160,9 @@ async def test_the_usage_page_shows_cost_and_credits_per_day(portal: Portal) -> 
     async with portal.signed_in("anna") as web:
         page = (await web.get("/usage")).text
     assert "not invoiced yet" in page and not re.findall(r'<td class="num cost">[0-9.]+ USD</td>', page)
+
+
+async def test_probes_answer_without_a_session(portal: Portal) -> None:
+    async with portal.client() as web:
+        alive, ready = await web.get("/healthz"), await web.get("/readyz")
+    assert (alive.status_code, alive.text) == (200, "ok") and (ready.status_code, ready.text) == (200, "ok")
