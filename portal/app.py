@@ -81,11 +81,15 @@ class Portal:
 
     # --- sessions ---------------------------------------------------------------------------------
 
-    def visitor(self, request: Request) -> Visitor:
+    async def visitor(self, request: Request) -> Visitor:
+        """The request's customer. Every request also asks the ledger, which refuses a revoked link
+        (RevokePortalLink): a revoked link stops at once, on every page, not when it expires."""
         token = request.cookies.get(COOKIE, "")
         if not token:
             raise Refused(401, "Please open your portal link", "This page needs the link your provider sent you.")
-        return Visitor(self._verify(token), token)
+        who = Visitor(self._verify(token), token)
+        await api.balance(self.api(), who)  # the cheapest read a session may make; refused once revoked
+        return who
 
     @staticmethod
     def _verify(token: str) -> portal_sessions.PortalSession:
@@ -111,6 +115,7 @@ class Portal:
     async def open_link(self, request: Request) -> Response:
         token = request.path_params["token"]
         session = self._verify(token)
+        await api.balance(self.api(), Visitor(session, token))  # a revoked link opens nothing (the ledger refuses it)
         response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, token, max_age=max(1, session.expires_at - int(time.time())), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
@@ -126,12 +131,12 @@ class Portal:
         return [t.unit for t in balance.totals] or [""]
 
     async def overview(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         statements = [await api.statement(self.api(), who, unit=u, page_size=1) for u in await self._units(who)]
         return self.page("overview.html", statements=statements, **await self._common(who, "overview"))
 
     async def transactions(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         st = await api.statement(self.api(), who, unit=unit, page_size=100,
                                  page_token=request.query_params.get("page", ""))
@@ -139,12 +144,12 @@ class Portal:
         return self.page("transactions.html", st=st, invoice_numbers=numbers, **await self._common(who, "transactions"))
 
     async def invoices(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         found = await api.invoices(self.api(), who)
         return self.page("invoices.html", invoices=found, **await self._common(who, "invoices"))
 
     async def invoice(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         inv = await api.invoice(self.api(), who, request.path_params["invoice_id"])
         by_line: dict[str, list[ipb.CreditApplication]] = {}
         for a in inv.applications:
@@ -152,7 +157,7 @@ class Portal:
         return self.page("invoice.html", inv=inv, by_line=by_line, **await self._common(who, "invoices"))
 
     async def usage(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         today = datetime.now(UTC).date()
         points: list[tuple[date, str, Decimal]] = []
@@ -169,7 +174,7 @@ class Portal:
                          **await self._common(who, "usage"))
 
     async def export(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         chunks = api.export_csv(self.api(), who, unit)
 
@@ -183,7 +188,7 @@ class Portal:
 
     async def events(self, request: Request) -> Response:
         """The live balance as server-sent events, fed by WatchBalance (resumes from Last-Event-ID)."""
-        who = self.visitor(request)
+        who = await self.visitor(request)
         after = request.headers.get("last-event-id", "")
         stream = api.watch(self.api(), who, int(after) if after.isdigit() else 0)
 
@@ -213,6 +218,9 @@ class Portal:
         if isinstance(exc, Refused):
             return self.page("error.html", exc.status, title=exc.title, detail=exc.detail, status=exc.status)
         assert isinstance(exc, grpc.aio.AioRpcError)
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (exc.details() or ""):
+            return self.page("error.html", 403, title="This link has been revoked", status=403,
+                             detail="Your provider ended this link. Ask them for a new one.")
         status, title = GRPC_PAGES.get(exc.code(), (502, "The service is not available right now"))
         return self.page("error.html", status, title=title, detail="Please try again later." if status == 502
                          else "", status=status)

@@ -102,6 +102,8 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (ALL, ("ListAccounts",)),  # the account tree, read like GetAccount (creditctl accounts list|children)
     # customer transparency: statements, exports and the live balance stream are reads
     (ALL, ("GetStatement", "ExportStatement", "WatchBalance")),
+    # ending one customer's portal link: whoever may mint one (invoice CreatePortalLink)
+    (FINANCE | {"support"}, ("RevokePortalLink",)),
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(

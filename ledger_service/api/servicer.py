@@ -28,6 +28,7 @@ from ledger_service.operations import (
     holds,
     lots_and_balances,
     policy,
+    portal_links,
     rates,
     reversals_and_transfers,
     statements,
@@ -227,6 +228,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 packed = message.change.packed[form] = packing.balance_change(
                     account_id, message, scales, include_entries).SerializeToString()
             yield packed  # type: ignore[misc]
+
+    async def RevokePortalLink(self, request: pb.RevokePortalLinkRequest,
+                               context: Any) -> pb.PortalLinkRevocation:
+        call = self._call("RevokePortalLink", request, pb.PortalLinkRevocation)
+        session = m.portal_link(request.link, call.tenant_id)
+        return await portal_links.revoke_portal_link(self._ledger, call, session, m.text(request.reason, "reason"),
+                                                     packing.portal_revocation)
 
     # --- policy -------------------------------------------------------------------------------
 

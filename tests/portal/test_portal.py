@@ -166,3 +166,33 @@ async def test_probes_answer_without_a_session(portal: Portal) -> None:
     async with portal.client() as web:
         alive, ready = await web.get("/healthz"), await web.get("/readyz")
     assert (alive.status_code, alive.text) == (200, "ok") and (ready.status_code, ready.text) == (200, "ok")
+
+
+async def test_a_revoked_link_is_refused_at_once_and_only_that_link(portal: Portal) -> None:
+    revoked, kept = await portal.link("john-wick"), await portal.link("john-wick")
+    async with portal.client() as web, portal.client() as other:
+        assert (await web.get(f"/s/{revoked.token}")).status_code == 303
+        assert (await other.get(f"/s/{kept.token}")).status_code == 303
+        assert (await web.get("/invoices")).status_code == 200
+        ledger = portal.stack.services.ledger
+        done = await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(
+            idempotency_key="revoke-1", link=revoked.url, reason="sent to the wrong person"), metadata=portal.stack.md)
+        assert (done.customer_id, done.account_id, done.reason) == ("john-wick", "acct-john-wick",
+                                                                    "sent to the wrong person")
+        for path in ("/", "/invoices", f"/invoices/{portal.invoice_id}", "/usage", "/statement.csv", "/events"):
+            page = await web.get(path)  # the very next request, on every page
+            assert page.status_code == 403 and "This link has been revoked" in page.text, path
+        assert (await web.get(f"/s/{revoked.token}")).status_code == 403  # opening it again opens nothing
+        assert (await other.get("/invoices")).status_code == 200  # the customer's other link still works
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the service itself refuses the session
+        await ledger.GetBalance(lpb.GetBalanceRequest(account_id="acct-john-wick"),
+                                metadata=[("x-api-key", revoked.token)])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (refused.value.details() or "")
+    again = await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key="revoke-2", link=revoked.token),
+                                          metadata=portal.stack.md)
+    assert (again.session_id, again.revoked_at, again.reason) == (done.session_id, done.revoked_at, done.reason)
+    for link, field in (("", "link"), (revoked.token[:-4] + "AAAA", "link")):
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key=f"bad-{len(link)}", link=link),
+                                          metadata=portal.stack.md)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (bad.value.details() or "")
