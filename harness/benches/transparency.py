@@ -5,7 +5,11 @@ own process (`python -m harness.benches.ledger serve ledger`, as `bench ledger` 
 peak RSS can be sampled on its own.
 
 watch: `watchers` WatchBalance streams on one account while `debit_concurrency` closed-loop
-DebitCredits calls run for `seconds`. For every change a stream receives: its latency (receipt time
+DebitCredits calls run for `seconds`. The streams are many clients: one in this process (it learns
+the head sequence), the rest spread over WATCHER_PROCESSES client processes (`python -m
+harness.benches.transparency ADDR KEY ACCOUNT N`), a connection per hundred, so neither the debit
+load nor one event loop of a thousand streams sets the figure. `--profile FILE` writes a cProfile
+of the ledger server process. For every change a stream receives: its latency (receipt time
 minus the change's `recorded_at`, the server's batch time, taken before COMMIT — so this bounds
 commit → client from above), and whether its sequence is the previous one + 1 (else a gap, or a
 duplicate when not greater). Baseline in the same run: the same load with one watcher.
