@@ -9,8 +9,11 @@ import asyncio
 import csv
 import io
 import json
+import os
 import re
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +23,8 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from service_runtime import portal_sessions
 from tests.ledger.requests_and_checks import charge
 from tests.portal.conftest import SECRET, Portal
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_pages_show_the_customers_own_account(portal: Portal) -> None:
@@ -196,3 +201,24 @@ async def test_a_revoked_link_is_refused_at_once_and_only_that_link(portal: Port
             await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key=f"bad-{len(link)}", link=link),
                                           metadata=portal.stack.md)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (bad.value.details() or "")
+
+
+async def test_creditctl_portal_revoke_ends_a_link(portal: Portal) -> None:
+    link = await portal.link("anna")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")},
+           "CREDITS_LEDGER_ADDR": portal.stack.ledger_addr, "CREDITS_API_KEY": portal.stack.md[0][1]}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditctl", "portal", "revoke", link.url, "--reason", "left the company", "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    shown = json.loads(out)
+    assert (shown["customer_id"], shown["reason"]) == ("anna", "left the company")
+    async with portal.client() as web:
+        assert (await web.get(f"/s/{link.token}")).status_code == 403
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditctl", "portal", "revoke", "https://portal.example/s/ps1.bogus.sig", cwd=ROOT,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0 and "INVALID_ARGUMENT" in err.decode() and "link" in err.decode()
+    assert "Traceback" not in err.decode()
