@@ -37,10 +37,12 @@ from ledger_service.operations import (
 from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.operations.grants import ApprovalWire
+from ledger_service.storage import portal_links as revocations
 from ledger_service.storage.balance_feed import BalanceFeed
 from service_runtime.grpc_server import current_caller
 from service_runtime.identifiers import check_id, check_key
 from service_runtime.permissions import LEDGER_SERVICE
+from service_runtime.portal_sessions import SessionRefused
 from service_runtime.rejections import Reason, Rejection
 from service_runtime.settings import Settings
 
@@ -218,7 +220,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if self._feed is None:
             raise Rejection(Reason.PRECONDITION, "this server was started without a database to LISTEN on")
         scales: dict[str, int] = {}
+        session = current_caller().portal  # a portal link's live balance ends at the first change after revoking it
         async for message in balance_watch.watch(self._feed, _tenant(), account_id, after):
+            if session is not None and await revocations.is_revoked(self._ledger.pool, session):
+                raise SessionRefused("portal link revoked")
             for unit in message.change.balances:
                 if unit not in scales:
                     scales[unit] = await self._ledger.scale(_tenant(), unit)

@@ -222,3 +222,20 @@ async def test_creditctl_portal_revoke_ends_a_link(portal: Portal) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode != 0 and "INVALID_ARGUMENT" in err.decode() and "link" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_a_revoked_links_live_balance_ends_at_the_next_change(portal: Portal) -> None:
+    link = await portal.link("john-wick")
+    ledger = portal.stack.services.ledger
+    stream = ledger.WatchBalance(lpb.WatchBalanceRequest(account_id="acct-john-wick"),
+                                 metadata=[("x-api-key", link.token)])
+    first = await stream.read()
+    assert first.type == lpb.CHANGE_SNAPSHOT
+    await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key="rv", link=link.url),
+                                  metadata=portal.stack.md)
+    await ledger.GrantCredits(lpb.GrantCreditsRequest(  # the account's next change
+        idempotency_key="after-revoke", account_id="acct-john-wick", type=lpb.PURCHASED, unit="USD",
+        amount="1.00"), metadata=portal.stack.md)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(stream.read(), 20)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (ended.value.details() or "")
