@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import asyncpg
 import grpc
@@ -22,7 +23,7 @@ from ledger_service.api.permissions import ALERT_PERMISSIONS, PERMISSIONS
 from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.domain.webhooks import RetrySchedule
 from ledger_service.operations.context import Ledger, utc_now
-from ledger_service.storage import MIGRATIONS_DIR
+from ledger_service.storage import MIGRATIONS_DIR, portal_links
 from ledger_service.topups.executor import TopUpSettings, start_executor
 from ledger_service.topups.http_provider import HttpPaymentProvider
 from ledger_service.topups.stripe_provider import StripePaymentProvider
@@ -55,7 +56,8 @@ async def create_ledger_server(dsn: str, address: str = "127.0.0.1:0", settings:
         [(ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer, SERVICE),
          (alerts_pb2_grpc.add_AlertsServiceServicer_to_server, alerts, alerts_servicer.SERVICE),
          (finance_pb2_grpc.add_FinanceServiceServicer_to_server, FinanceServicer(pool, clock), FINANCE_SERVICE)],
-        KeyResolver(pool), {**PERMISSIONS, **ALERT_PERMISSIONS, **FINANCE_BOOKS}, address, health_dsn=service_dsn,
+        KeyResolver(pool, partial(portal_links.is_revoked, pool)),  # per-link portal revocations
+        {**PERMISSIONS, **ALERT_PERMISSIONS, **FINANCE_BOOKS}, address, health_dsn=service_dsn,
         settings=settings,
     )
     return server, port, pool

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -37,6 +37,7 @@ from service_runtime.settings import Settings
 HERE = Path(__file__).resolve().parent
 COOKIE = "credits_portal"
 USAGE_DAYS = 30
+BILLED_DAYS = 366  # the usage, cost and credits table: a year of invoices (GetUsageSeries allows 400 days)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
@@ -80,11 +81,15 @@ class Portal:
 
     # --- sessions ---------------------------------------------------------------------------------
 
-    def visitor(self, request: Request) -> Visitor:
+    async def visitor(self, request: Request) -> Visitor:
+        """The request's customer. Every request also asks the ledger, which refuses a revoked link
+        (RevokePortalLink): a revoked link stops at once, on every page, not when it expires."""
         token = request.cookies.get(COOKIE, "")
         if not token:
             raise Refused(401, "Please open your portal link", "This page needs the link your provider sent you.")
-        return Visitor(self._verify(token), token)
+        who = Visitor(self._verify(token), token)
+        await api.balance(self.api(), who)  # the cheapest read a session may make; refused once revoked
+        return who
 
     @staticmethod
     def _verify(token: str) -> portal_sessions.PortalSession:
@@ -110,6 +115,7 @@ class Portal:
     async def open_link(self, request: Request) -> Response:
         token = request.path_params["token"]
         session = self._verify(token)
+        await api.balance(self.api(), Visitor(session, token))  # a revoked link opens nothing (the ledger refuses it)
         response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, token, max_age=max(1, session.expires_at - int(time.time())), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
@@ -125,12 +131,12 @@ class Portal:
         return [t.unit for t in balance.totals] or [""]
 
     async def overview(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         statements = [await api.statement(self.api(), who, unit=u, page_size=1) for u in await self._units(who)]
         return self.page("overview.html", statements=statements, **await self._common(who, "overview"))
 
     async def transactions(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         st = await api.statement(self.api(), who, unit=unit, page_size=100,
                                  page_token=request.query_params.get("page", ""))
@@ -138,12 +144,12 @@ class Portal:
         return self.page("transactions.html", st=st, invoice_numbers=numbers, **await self._common(who, "transactions"))
 
     async def invoices(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         found = await api.invoices(self.api(), who)
         return self.page("invoices.html", invoices=found, **await self._common(who, "invoices"))
 
     async def invoice(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         inv = await api.invoice(self.api(), who, request.path_params["invoice_id"])
         by_line: dict[str, list[ipb.CreditApplication]] = {}
         for a in inv.applications:
@@ -151,7 +157,7 @@ class Portal:
         return self.page("invoice.html", inv=inv, by_line=by_line, **await self._common(who, "invoices"))
 
     async def usage(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         today = datetime.now(UTC).date()
         points: list[tuple[date, str, Decimal]] = []
@@ -162,10 +168,13 @@ class Portal:
                     points.append((day, item.name, Decimal(item.amount)))
         series = usage_chart.per_meter_per_day(points, today - timedelta(days=USAGE_DAYS - 1), today)
         charts = [(s, Markup(usage_chart.svg(s, unit))) for s in series]
-        return self.page("usage.html", charts=charts, unit=unit, days=USAGE_DAYS, **await self._common(who, "usage"))
+        billed = usage_chart.billed_by_meter(await api.usage_series(self.api(), who, BILLED_DAYS))
+        return self.page("usage.html", charts=charts, billed=billed, unit=unit, days=USAGE_DAYS,
+                         billed_days=BILLED_DAYS,
+                         **await self._common(who, "usage"))
 
     async def export(self, request: Request) -> Response:
-        who = self.visitor(request)
+        who = await self.visitor(request)
         unit = (await self._units(who))[0]
         chunks = api.export_csv(self.api(), who, unit)
 
@@ -179,7 +188,7 @@ class Portal:
 
     async def events(self, request: Request) -> Response:
         """The live balance as server-sent events, fed by WatchBalance (resumes from Last-Event-ID)."""
-        who = self.visitor(request)
+        who = await self.visitor(request)
         after = request.headers.get("last-event-id", "")
         stream = api.watch(self.api(), who, int(after) if after.isdigit() else 0)
 
@@ -195,10 +204,23 @@ class Portal:
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"})
 
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the process answers (no session, no backend call)."""
+        return PlainTextResponse("ok", headers=SECURITY_HEADERS)
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: the ledger and invoice services both answer their gRPC health check SERVING."""
+        down = await api.not_serving(self.api())
+        return PlainTextResponse("ok" if not down else "not serving: " + ", ".join(down),
+                                 status_code=200 if not down else 503, headers=SECURITY_HEADERS)
+
     async def refused(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, Refused):
             return self.page("error.html", exc.status, title=exc.title, detail=exc.detail, status=exc.status)
         assert isinstance(exc, grpc.aio.AioRpcError)
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (exc.details() or ""):
+            return self.page("error.html", 403, title="This link has been revoked", status=403,
+                             detail="Your provider ended this link. Ask them for a new one.")
         status, title = GRPC_PAGES.get(exc.code(), (502, "The service is not available right now"))
         return self.page("error.html", status, title=title, detail="Please try again later." if status == 502
                          else "", status=status)
@@ -228,6 +250,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route("/usage", portal.usage, methods=["GET"]),
         Route("/statement.csv", portal.export, methods=["GET"]),
         Route("/events", portal.events, methods=["GET"]),
+        Route("/healthz", portal.healthz, methods=["GET"]),   # the Kubernetes probes (deploy/k8s/portal.yaml)
+        Route("/readyz", portal.readyz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan,

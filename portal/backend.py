@@ -13,6 +13,7 @@ from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service_runtime.portal_sessions import PortalSession
 
@@ -31,6 +32,19 @@ class Backend:
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
+
+
+async def not_serving(backend: Backend, timeout_s: float = 2.0) -> list[str]:
+    """Which of the ledger and invoice services do not answer their gRPC health check SERVING."""
+    down = []
+    for name, channel in zip(("ledger", "invoice"), backend.channels, strict=True):
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                down.append(name)
+        except grpc.aio.AioRpcError:
+            down.append(name)
+    return down
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,15 @@ async def invoices(backend: Backend, who: Visitor) -> list[ipb.Invoice]:
 
 async def invoice(backend: Backend, who: Visitor, invoice_id: str) -> ipb.Invoice:
     return await backend.invoices.GetInvoice(ipb.GetInvoiceRequest(invoice_id=invoice_id), metadata=who.md)
+
+
+async def usage_series(backend: Backend, who: Visitor, days: int) -> list[ipb.UsagePoint]:
+    """The customer's usage per meter per day over the last `days` days, with what each day was billed
+    and the credit that paid it (empty while its period is a draft)."""
+    end = datetime.now(UTC)
+    request = ipb.GetUsageSeriesRequest(customer_id=who.session.customer_id, to=_ts(end))
+    getattr(request, "from").CopyFrom(_ts(end - timedelta(days=days)))
+    return list((await backend.invoices.GetUsageSeries(request, metadata=who.md)).points)
 
 
 def export_csv(backend: Backend, who: Visitor, unit: str) -> AsyncIterator[lpb.ExportChunk]:

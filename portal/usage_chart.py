@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from html import escape
+from typing import Any, Protocol
 
 WIDTH, HEIGHT, PAD = 640, 180, 28
 
@@ -30,6 +31,37 @@ def per_meter_per_day(points: Iterable[tuple[date, str, Decimal]], first: date, 
         acc[meter or "(unnamed)"][day] += amount
     span = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     return [MeterSeries(m, [(d, acc[m].get(d, Decimal(0))) for d in span]) for m in sorted(acc)]
+
+
+class UsagePoint(Protocol):  # credits.invoice.v1.UsagePoint, as GetUsageSeries returns it
+    meter_code: str
+    value: str
+    events: int
+    cost: str
+    credits_applied: str
+    currency: str
+
+    @property
+    def bucket_start(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class BilledDay:
+    day: date
+    usage: str
+    events: int
+    cost: str             # "" while the day's period is not invoiced yet
+    credits_applied: str
+    currency: str
+
+
+def billed_by_meter(points: Iterable[UsagePoint]) -> list[tuple[str, list[BilledDay]]]:
+    """GetUsageSeries points → per meter, the days with usage: usage, cost and the credits that paid it."""
+    out: dict[str, list[BilledDay]] = defaultdict(list)
+    for p in points:
+        out[p.meter_code].append(BilledDay(p.bucket_start.ToDatetime().date(), p.value, p.events, p.cost,
+                                           p.credits_applied, p.currency))
+    return sorted(out.items())
 
 
 def svg(series: MeterSeries, unit: str) -> str:

@@ -17,6 +17,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -131,8 +132,10 @@ class KeyResolver:
     """Resolves presented keys against one service database, with a per-server cache that a change
     to a key empties at once (`watch`); without a running watch nothing is cached."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool,
+                 portal_revoked: Callable[[portal_sessions.PortalSession], Awaitable[bool]] | None = None) -> None:
         self.pool = pool
+        self._portal_revoked = portal_revoked  # the ledger's per-link revocations (storage/portal_links.py)
         self._cache: dict[str, tuple[float, Caller, datetime | None, str]] = {}  # key_id -> ..., hash
         self._listening = False
         self._changes = 0  # key changes heard so far: a lookup that overlapped one is not cached
@@ -144,6 +147,8 @@ class KeyResolver:
             raise KeyRefused("missing API key")
         if presented.startswith(portal_sessions.PREFIX):  # a portal session: checked by its signature alone
             session = portal_sessions.verify(presented, portal_sessions.secret_from_env())
+            if self._portal_revoked is not None and await self._portal_revoked(session):
+                raise portal_sessions.SessionRefused("portal link revoked")
             return Caller(tenant_id=session.tenant_id, key_id=f"ps-{session.session_id}", role=portal_sessions.ROLE,
                           owner=f"customer:{session.customer_id}", portal=session)
         key_id, secret = parse_key(presented)

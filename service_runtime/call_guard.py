@@ -115,6 +115,18 @@ def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], An
     return parse
 
 
+def passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream's serializer that sends bytes as they are: a message fanned out to many streams (one
+    balance change to a thousand watchers) is serialized once by its method, not once per stream."""
+    if serialize is None:
+        return None
+
+    def pack(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return pack
+
+
 # ---- 6: audit ------------------------------------------------------------------------------------
 
 # Request ids for calls that bring none: unique per process start, cheap (no uuid per call).
@@ -325,7 +337,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 streamed.stream,
                 request_deserializer=tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=passing_bytes(handler.response_serializer),
             )
         guard = GuardedMethod(method, handler.unary_unary, self._resolver, self._permissions.get(method), self._audit,
                               self._rate_limit)

@@ -102,13 +102,15 @@ LEDGER: dict[str, frozenset[str]] = _table(
     (ALL, ("ListAccounts",)),  # the account tree, read like GetAccount (creditctl accounts list|children)
     # customer transparency: statements, exports and the live balance stream are reads
     (ALL, ("GetStatement", "ExportStatement", "WatchBalance")),
+    # ending one customer's portal link: whoever may mint one (invoice CreatePortalLink)
+    (FINANCE | {"support"}, ("RevokePortalLink",)),
 )
 
 INVOICE: dict[str, frozenset[str]] = _table(
     INVOICE_SERVICE,
     (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "ListSettlements",
            "SplitDraft",
-           "GetInvoice", "ListInvoices", "RenderInvoice")),
+           "GetInvoice", "ListInvoices", "RenderInvoice", "ExportInvoices")),
     (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
     # Abandoning a period writes off what it would have billed: a finance decision, never the saga's.
     (FINANCE, ("AbandonInvoice",)),

@@ -242,10 +242,12 @@ def finance(entries: int, customers: int, lag_seconds: float, check: bool, as_js
 @click.option("--concurrency", type=int, default=16, help="debits in flight (default 16)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
-def watch(watchers: int, seconds: float, concurrency: int, check: bool, as_json: bool) -> int:
+@click.option("--profile", default="", help="write a cProfile of the ledger server process to this path")
+def watch(watchers: int, seconds: float, concurrency: int, check: bool, as_json: bool, profile: str) -> int:
     from harness.benches import transparency as bench
 
-    figures = asyncio.run(bench.bench_watch(watchers, seconds, concurrency, lambda m: None if as_json else note(m)))
+    figures = asyncio.run(bench.bench_watch(watchers, seconds, concurrency, lambda m: None if as_json else note(m),
+                                            profile))
     return _report(figures, bench.meets, check, as_json)
 
 

@@ -1,18 +1,23 @@
-"""creditctl invoices list|show|render|abandon: read invoices (ListInvoices, GetInvoice, RenderInvoice) and
-abandon a draft (AbandonInvoice; CREDITS_INVOICE_ADDR, CREDITS_API_KEY). Finalizing and voiding go through
+"""creditctl invoices list|show|render|export|abandon: read invoices (ListInvoices, GetInvoice, RenderInvoice),
+export them (ExportInvoices, streamed, with a progress bar when written to a file) and abandon
+a draft (AbandonInvoice; CREDITS_INVOICE_ADDR, CREDITS_API_KEY). Finalizing and voiding go through
 the sagas (`creditctl sagas`)."""
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import click
 from credits.invoice.v1 import invoice_pb2 as pb
+from credits.invoice.v1 import invoice_pb2_grpc
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from creditctl.connection import paged, rpc
+from creditctl.connection import Metadata, call_invoice, paged, rpc
 from creditctl.help_listing import Group
-from creditctl.output import Format, emit_record, emit_rows, format_options
+from creditctl.output import Format, console, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, set_instant, short_instant
 from creditctl.times import INSTANT
 
@@ -54,6 +59,44 @@ def list_(customer: str, statuses: tuple[str, ...], period_start: datetime | Non
         emit_rows([record(i) for i in invoices], COLUMNS, fmt)
     else:
         emit_rows([_row(i) for i in invoices], COLUMNS, fmt)
+    return 0
+
+
+@command.command("export", help="every invoice (or --line-items: every line item) as --csv or --json lines, "
+                                 "streamed; -o FILE writes it with a progress bar")
+@click.option("--customer", default="", help="one customer's invoices (default: every customer)")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="repeatable")
+@click.option("--line-items", is_flag=True, help="a row per line item, with its credits applied and amount due")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the export to this file (with a progress bar)")
+@format_options(csv_=True)
+def export(customer: str, statuses: tuple[str, ...], line_items: bool, output: Path | None, fmt: Format) -> int:
+    if fmt not in (Format.CSV, Format.JSON):
+        raise click.UsageError("export needs --csv or --json")
+    request = pb.ExportInvoicesRequest(
+        customer_id=customer, statuses=[pb.InvoiceStatus.Value(s) for s in statuses], line_items=line_items,
+        format=pb.INVOICE_EXPORT_JSON if fmt == Format.JSON else pb.INVOICE_EXPORT_CSV)
+
+    async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> int:
+        sink: IO[bytes] = output.open("wb") if output else sys.stdout.buffer
+        columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("invoices"),
+                   TimeElapsedColumn())
+        written = 0
+        try:
+            with Progress(*columns, console=console(stderr=True), disable=output is None, transient=True) as bar:
+                task = bar.add_task("invoices", total=None)
+                async for chunk in stub.ExportInvoices(request, metadata=md):
+                    sink.write(chunk.data)
+                    written += len(chunk.data)
+                    bar.update(task, completed=chunk.invoices_done, total=chunk.invoices_total)
+        finally:
+            if output:
+                sink.close()
+        return written
+
+    written = call_invoice(work)
+    if output:
+        click.echo(f"wrote {written:,} bytes to {output}", err=True)
     return 0
 
 

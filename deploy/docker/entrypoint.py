@@ -4,6 +4,7 @@
     invoice     the invoice gRPC server            (listens on CREDITS_INVOICE_ADDR)
     billing     the billing front door gRPC server (listens on CREDITS_BILLING_ADDR)
     worker      the Temporal worker + schedules    (dials CREDITS_LEDGER_ADDR / CREDITS_INVOICE_ADDR)
+    portal      the customer portal (HTTP)         (listens on CREDITS_PORTAL_ADDR; dials the ledger and invoice)
     migrate     `creditctl migrate` on both service databases, then exit
     creditctl   any creditctl command, e.g. `creditctl tenants create acme`, `creditctl ledger verify`
     healthcheck ADDR [SERVICE] [TLS_NAME]  grpc.health.v1 Check against ADDR, TLS when the pod serves TLS; exit 0
@@ -170,6 +171,26 @@ async def run_worker() -> None:
         await keys.close()  # revokes the keys a MintingKeyStore minted
 
 
+async def run_portal() -> None:
+    """The customer portal: an ASGI app on uvicorn, a gRPC client of the ledger and invoice services (never
+    their databases); sessions are verified with CREDITS_PORTAL_SECRET, the same secret the services hold."""
+    import uvicorn
+
+    from portal.app import create_app
+    from service_runtime import metrics
+    from service_runtime.settings import Settings
+
+    settings = Settings.from_env()
+    _require("PORTAL_SECRET", settings.portal_secret)
+    host, _, port = settings.portal_addr.rpartition(":")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host or "0.0.0.0", port=int(port),
+                                           log_level="warning", proxy_headers=True,
+                                           forwarded_allow_ips="*"))  # only the ingress reaches it (NetworkPolicy)
+    metrics_port = metrics.start_endpoint()  # CREDITS_METRICS_ADDR, as the servers
+    log.info("portal listening on %s (metrics: %s)", settings.portal_addr, metrics_port)
+    await server.serve()  # uvicorn stops gracefully on SIGTERM (Kubernetes sends it)
+
+
 # creditctl commands that resolve both databases (an empty DSN would mean the embedded Postgres).
 DATABASE_COMMANDS = frozenset({"migrate", "tenants", "ledger"})
 
@@ -217,6 +238,7 @@ SERVERS: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
     "invoice": run_invoice,
     "billing": run_billing,
     "worker": run_worker,
+    "portal": run_portal,
 }
 COMMANDS = (*SERVERS, "migrate", "creditctl", "healthcheck")
 

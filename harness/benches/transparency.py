@@ -5,7 +5,11 @@ own process (`python -m harness.benches.ledger serve ledger`, as `bench ledger` 
 peak RSS can be sampled on its own.
 
 watch: `watchers` WatchBalance streams on one account while `debit_concurrency` closed-loop
-DebitCredits calls run for `seconds`. For every change a stream receives: its latency (receipt time
+DebitCredits calls run for `seconds`. The streams are many clients: one in this process (it learns
+the head sequence), the rest spread over WATCHER_PROCESSES client processes (`python -m
+harness.benches.transparency ADDR KEY ACCOUNT N`), a connection per hundred, so neither the debit
+load nor one event loop of a thousand streams sets the figure. `--profile FILE` writes a cProfile
+of the ledger server process. For every change a stream receives: its latency (receipt time
 minus the change's `recorded_at`, the server's batch time, taken before COMMIT — so this bounds
 commit → client from above), and whether its sequence is the previous one + 1 (else a gap, or a
 duplicate when not greater). Baseline in the same run: the same load with one watcher.
@@ -23,8 +27,10 @@ export_rss_mb, rss_before_export_mb.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,12 +65,12 @@ class _Stream:
     changes: int = 0
 
 
-async def _running_ledger(workdir: Path) -> tuple[EmbeddedPostgres, Any, str]:
+async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str]:
     pg = EmbeddedPostgres(workdir / "postgres", fsync=True)
     await asyncio.to_thread(pg.start)
     dsn = await asyncio.to_thread(pg.create_database, "credits_ledger")
     key = await prepare_ledger(dsn)
-    server = await start_server_process("ledger", workdir, dsn=dsn)
+    server = await start_server_process("ledger", workdir, dsn=dsn, profile=profile)
     return pg, server, key
 
 
@@ -120,20 +126,24 @@ async def _load(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str
 
 
 WATCHERS_PER_CONNECTION = 100  # watchers are many clients: a connection per hundred, the debits on their own
+WATCHER_PROCESSES = 4           # ... and several client processes, so no one event loop carries them all
 
 
-async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
-                       watchers: int, concurrency: int, seconds: float, tag: str) -> tuple[list[_Stream], int]:
-    channels = [grpc.aio.insecure_channel(_ADDR[0], options=[("grpc.use_local_subchannel_pool", 1)])
+async def _open_watchers(addr: str, md: list[tuple[str, str]], account: str,
+                         watchers: int) -> tuple[list[_Stream], list[asyncio.Task[None]], list[grpc.aio.Channel]]:
+    channels = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(0, watchers, WATCHERS_PER_CONNECTION)]
     stubs = [ledger_pb2_grpc.LedgerServiceStub(c) for c in channels]
     streams = [_Stream() for _ in range(watchers)]
     readies = [asyncio.Event() for _ in range(watchers)]
-    tasks = [asyncio.ensure_future(_watch(stubs[i // WATCHERS_PER_CONNECTION], md, account, s, r))
+    tasks = [asyncio.create_task(_watch(stubs[i // WATCHERS_PER_CONNECTION], md, account, s, r))
              for i, (s, r) in enumerate(zip(streams, readies, strict=True))]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
-    debits = await _load(stub, md, account, concurrency, seconds, tag)
-    head = max(s.last for s in streams)
+    return streams, tasks, channels
+
+
+async def _close_watchers(streams: list[_Stream], tasks: list[asyncio.Task[None]],
+                          channels: list[grpc.aio.Channel], head: int) -> None:
     for _ in range(600):  # let every stream drain what was committed (30 s at most)
         if min(s.last for s in streams) >= head:
             break
@@ -143,6 +153,48 @@ async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[s
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in channels:
         await c.close()
+
+
+async def watcher_process(addr: str, key: str, account: str, watchers: int) -> None:
+    """`python -m harness.benches.transparency ADDR KEY ACCOUNT N`: N streams; prints READY once every
+    snapshot arrived, then reads the head sequence from stdin, drains to it and prints the streams as JSON."""
+    streams, tasks, channels = await _open_watchers(addr, [("x-api-key", key)], account, watchers)
+    print("READY", flush=True)
+    head = int(await asyncio.to_thread(sys.stdin.readline))
+    await _close_watchers(streams, tasks, channels, head)
+    print(json.dumps([[s.latencies_ms, s.last, s.gaps, s.duplicates, s.changes] for s in streams]), flush=True)
+
+
+async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
+                       watchers: int, concurrency: int, seconds: float, tag: str) -> tuple[list[_Stream], int]:
+    """One stream in this process (it learns the head sequence), the rest in WATCHER_PROCESSES clients."""
+    mine, tasks, channels = await _open_watchers(_ADDR[0], md, account, 1)
+    others = watchers - 1
+    sizes = [others // WATCHER_PROCESSES + (1 if i < others % WATCHER_PROCESSES else 0)
+             for i in range(WATCHER_PROCESSES)]
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harness.benches.transparency", _ADDR[0], md[0][1], account, str(n),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE) for n in sizes if n]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 180)
+            if line.strip() != b"READY":
+                raise RuntimeError(f"a watcher process did not start: {line!r}")
+        debits = await _load(stub, md, account, concurrency, seconds, tag)
+        await asyncio.sleep(0.5)
+        head = mine[0].last
+        await _close_watchers(mine, tasks, channels, head)
+        streams = list(mine)
+        for proc in procs:
+            out, _ = await asyncio.wait_for(proc.communicate(f"{head}\n".encode()), 60)
+            for latencies, last, gaps, duplicates, changes in json.loads(out):
+                streams.append(_Stream(latencies, last, gaps, duplicates, changes))
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
     return streams, debits
 
 
@@ -153,9 +205,10 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say) -> dict[str, float]:
+async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say,
+                      profile: str = "") -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-watch-"))
-    pg, server, key = await _running_ledger(workdir)
+    pg, server, key = await _running_ledger(workdir, profile)
     md = [("x-api-key", key)]
     channel = grpc.aio.insecure_channel(server.grpc_addr)
     _ADDR[:] = [server.grpc_addr]
@@ -254,3 +307,7 @@ async def _export(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, s
     assert done == expected, (done, expected)
     return {"export_entries": done, "export_s": round(elapsed, 1), "export_bytes": size,
             "export_rss_mb": round(rss.peak_mb, 1), "rss_before_export_mb": round(idle.peak_mb, 1)}
+
+
+if __name__ == "__main__":
+    asyncio.run(watcher_process(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))

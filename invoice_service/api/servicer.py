@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeAlias, TypeVar
@@ -13,9 +13,11 @@ from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from invoice_service.api import pack, unpack
+from invoice_service.api import exports, pack, unpack
 from invoice_service.config import InvoiceConfig
 from invoice_service.domain import render
+from invoice_service.domain.money import currency_scale, to_text
+from invoice_service.domain.usage_costs import BucketCost, bucket_costs
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
 from invoice_service.storage.usage import UsageOperations
@@ -30,6 +32,7 @@ from service_runtime.rejections import Reason, Rejection, invalid
 from service_runtime.settings import Settings
 
 M = TypeVar("M", bound=Message)
+EXPORT_PAGE = 1000  # invoices per page of ExportInvoices (one page in memory at once)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 
 
@@ -250,6 +253,26 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         token = pack.invoice_token(views[-1]) if len(views) == limit else ""
         return pb.ListInvoicesResponse(invoices=[pack.invoice(v) for v in views], next_page_token=token)
 
+    async def ExportInvoices(self, request: pb.ExportInvoicesRequest,
+                             context: _Ctx) -> AsyncIterator[pb.InvoiceExportChunk]:
+        if request.format not in (pb.INVOICE_EXPORT_FORMAT_UNSPECIFIED, pb.INVOICE_EXPORT_CSV, pb.INVOICE_EXPORT_JSON):
+            raise invalid("format", "must be INVOICE_EXPORT_CSV or INVOICE_EXPORT_JSON")
+        f = ListFilter(customer_id=check_optional_id(request.customer_id, "customer_id"),
+                       statuses=tuple(_status_name(s, i) for i, s in enumerate(request.statuses)),
+                       limit=EXPORT_PAGE)
+        as_json, full = request.format == pb.INVOICE_EXPORT_JSON, request.line_items
+        columns = exports.LINE_COLUMNS if full else exports.INVOICE_COLUMNS
+        total = await self._invoices.count_invoices(_tenant(), f)
+        done, first = 0, True
+        async for views in self._invoices.invoice_pages(_tenant(), f, full=full):
+            rows = [r for v in views for r in exports.line_rows(v)] if full else map(exports.invoice_row, views)
+            done += len(views)
+            yield pb.InvoiceExportChunk(data=exports.render(rows, columns, as_json, header=first),
+                                        invoices_done=done, invoices_total=max(total, done))
+            first = False
+        if first:  # nothing matched: the header alone (CSV), so the file still says what it would hold
+            yield pb.InvoiceExportChunk(data=exports.render((), columns, as_json, header=True), invoices_total=0)
+
     async def RenderInvoice(self, request: pb.RenderInvoiceRequest, context: _Ctx) -> pb.RenderInvoiceResponse:
         view = await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id"))
         if request.format == pb.JSON:
@@ -279,8 +302,9 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
             raise invalid("granularity", "must be DAY or HOUR")
         start, end = self._window(request, 31 if grain == "hour" else 400)
         rows = await self._usage.series(_tenant(), customer_id, start, end, grain, meter)
+        costs = bucket_costs(await self._usage.billed(_tenant(), customer_id, start, end, grain, meter))
         return pb.UsageSeries(customer_id=customer_id, points=[
-            pb.UsagePoint(meter_code=m, bucket_start=_stamp(at), value=_exact(v), events=n) for m, at, v, n in rows])
+            _usage_point(m, _stamp(at), _exact(v), n, costs.get((m, at))) for m, at, v, n in rows])
 
     async def ListTopCustomers(self, request: pb.ListTopCustomersRequest,
                                context: _Ctx) -> pb.ListTopCustomersResponse:
@@ -309,6 +333,15 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         expires = Timestamp(seconds=session.expires_at)
         return pb.PortalLink(customer_id=customer_id, ledger_account_id=customer.ledger_account_id, token=token,
                              url=f"{Settings().portal_base_url}/s/{token}", expires_at=expires)
+
+
+def _usage_point(meter: str, at: Timestamp, value: str, events: int, cost: BucketCost | None) -> pb.UsagePoint:
+    point = pb.UsagePoint(meter_code=meter, bucket_start=at, value=value, events=events)
+    if cost is not None and len(cost.by_currency) == 1:  # billed in several currencies: no one figure
+        [(currency, (minor, credits))] = cost.by_currency.items()
+        scale = currency_scale(currency)
+        point.cost, point.credits_applied, point.currency = to_text(minor, scale), to_text(credits, scale), currency
+    return point
 
 
 def _status_name(value: int, i: int) -> str:

@@ -173,3 +173,7 @@ WHERE tenant_id = $1
 ORDER BY created_at, invoice_id
 LIMIT $8
 """
+COUNT_INVOICES = """
+SELECT count(*) FROM invoices
+WHERE tenant_id = $1 AND ($2 = '' OR customer_id = $2) AND (cardinality($3::text[]) = 0 OR status = ANY($3::text[]))
+"""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -289,6 +289,23 @@ class InvoiceOperations:
         rows = await self._pool.fetch(sql.LIST_INVOICES, tenant, f.customer_id, list(f.statuses),
                                       f.prepared_before, f.period_start, after_at, after_id, f.limit)
         return [_view(r, (), (), (), tuple(r["split_at"]), r["draft_digest"]) for r in rows]
+
+    async def count_invoices(self, tenant: str, f: ListFilter) -> int:
+        """How many invoices match the customer and statuses of `f` (an export's progress total)."""
+        return int(await self._pool.fetchval(sql.COUNT_INVOICES, tenant, f.customer_id, list(f.statuses)))
+
+    async def invoice_pages(self, tenant: str, f: ListFilter, *, full: bool) -> AsyncIterator[list[InvoiceView]]:
+        """Every invoice matching `f`, `f.limit` at a time in keyset order (created_at, invoice_id): one page
+        in memory at once. `full`: each with its line items and credit applications."""
+        after = f.after
+        while True:
+            views = await self.list_invoices(tenant, dataclasses.replace(f, after=after))
+            if not views:
+                return
+            yield [await self.get(tenant, v.invoice_id) for v in views] if full else views
+            if len(views) < f.limit:
+                return
+            after = (views[-1].created_at, views[-1].invoice_id)
 
     # ---- internals ------------------------------------------------------------------------------
 

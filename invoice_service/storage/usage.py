@@ -21,6 +21,7 @@ import asyncpg
 from invoice_service.domain.catalog import Meter
 from invoice_service.domain.invoices import QUANTITY_PATTERN, Aggregation
 from invoice_service.domain.periods import INTERVAL_MONTHS, period, period_containing
+from invoice_service.domain.usage_costs import BilledLine
 from invoice_service.storage.catalog import CatalogOperations
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import invalid, not_found, precondition
@@ -89,6 +90,10 @@ class UsageOperations:
         if meter_code:
             await self._catalog.get_meter(tenant_id, meter_code)
         return await usage_series(self._pool, tenant_id, customer_id, start, end, granularity, meter_code)
+
+    async def billed(self, tenant_id: str, customer_id: str, start: datetime, end: datetime, granularity: str,
+                     meter_code: str) -> list[BilledLine]:
+        return await billed_lines(self._pool, tenant_id, customer_id, start, end, granularity, meter_code)
 
     async def top(self, tenant_id: str, meter_code: str, start: datetime, end: datetime,
                   limit: int) -> list[tuple[str, str, int]]:
@@ -223,6 +228,45 @@ WHERE e.tenant_id = $1 AND e.meter_code = $2 AND e.ts >= $3 AND e.ts < $4
 GROUP BY e.customer_id, m.aggregation
 ORDER BY v DESC, e.customer_id LIMIT $5
 """
+
+
+# The USAGE lines of the customer's frozen invoices (PREPARED, FINALIZED, VOID_PENDING: what was billed)
+# overlapping the window, with the credits applied to each and the weight of each of its buckets
+# (domain/usage_costs.py), split at the window's edges so only the window's part is kept.
+SELECT_BILLED_BUCKETS = """
+WITH lines AS (
+  SELECT i.invoice_id, i.currency, l.line_item_id, l.code, l.amount_minor, l.service_start, l.service_end,
+         COALESCE((SELECT sum(a.amount_minor) FROM credit_applications a
+                   JOIN invoice_charges c ON c.tenant_id = a.tenant_id AND c.invoice_id = a.invoice_id
+                                         AND c.charge_id = a.charge_id
+                   WHERE a.tenant_id = i.tenant_id AND a.invoice_id = i.invoice_id
+                     AND c.line_item_id = l.line_item_id), 0)::bigint AS credits_minor
+  FROM invoices i JOIN invoice_line_items l ON l.tenant_id = i.tenant_id AND l.invoice_id = i.invoice_id
+  WHERE i.tenant_id = $1 AND i.customer_id = $2 AND i.status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING')
+    AND l.kind = 'USAGE' AND l.service_end > $3 AND l.service_start < $4 AND ($6 = '' OR l.code = $6)
+)
+SELECT l.invoice_id, l.line_item_id, l.code, l.currency, l.amount_minor, l.credits_minor, w.bucket, w.inside, w.weight
+FROM lines l JOIN LATERAL (
+  SELECT date_trunc($5, e.ts, 'UTC') AS bucket, (e.ts >= $3 AND e.ts < $4) AS inside,
+         CASE m.aggregation WHEN 'SUM' THEN sum(e.quantity) ELSE count(*)::numeric END AS weight
+  FROM usage_events e JOIN meters m ON m.tenant_id = e.tenant_id AND m.meter_code = e.meter_code
+  WHERE e.tenant_id = $1 AND e.customer_id = $2 AND e.meter_code = l.code
+    AND e.ts >= l.service_start AND e.ts < l.service_end
+  GROUP BY 1, 2, m.aggregation
+) w ON true
+ORDER BY l.invoice_id, l.line_item_id, w.bucket, w.inside
+"""
+
+
+async def billed_lines(pool: asyncpg.Pool, tenant_id: str, customer_id: str, start: datetime, end: datetime,
+                       granularity: str, meter_code: str) -> list[BilledLine]:
+    """The frozen invoices' usage lines overlapping the window, each with its buckets' weights."""
+    rows = await pool.fetch(SELECT_BILLED_BUCKETS, tenant_id, customer_id, start, end, granularity, meter_code)
+    lines: dict[tuple[str, str], list[asyncpg.Record]] = {}
+    for r in rows:
+        lines.setdefault((r["invoice_id"], r["line_item_id"]), []).append(r)
+    return [BilledLine(rs[0]["code"], rs[0]["currency"], rs[0]["amount_minor"], rs[0]["credits_minor"],
+                       tuple((r["bucket"], r["inside"], r["weight"]) for r in rs)) for rs in lines.values()]
 
 
 async def usage_series(pool: asyncpg.Pool, tenant_id: str, customer_id: str, start: datetime, end: datetime,

@@ -37,14 +37,14 @@ from ledger_service.operations.lots_and_balances import EntryQuery, LotQuery
 from ledger_service.operations.reversals_and_transfers import Reversal, TransferOrder
 from ledger_service.operations.statements import DEFAULT_TRAILING_DAYS, MAX_TRAILING_DAYS, StatementQuery
 from ledger_service.storage.reads import EntryFilter
-from service_runtime import currencies, rates
+from service_runtime import currencies, portal_sessions, rates
 from service_runtime.amounts import parse_decimal
 from service_runtime.free_text import check_text
 from service_runtime.identifiers import MAX_KEY_LENGTH, check_id, check_key
 from service_runtime.pages import decode_int_token, decode_token, page_size
 from service_runtime.proto_time import from_timestamp
 from service_runtime.rates import RateVersion
-from service_runtime.rejections import Rejection, invalid
+from service_runtime.rejections import Reason, Rejection, invalid, not_found
 
 M = TypeVar("M", bound=Message)
 E = TypeVar("E")
@@ -463,3 +463,26 @@ def watch(request: pb.WatchBalanceRequest) -> tuple[str, int, bool]:
     if request.after_sequence < 0:
         raise invalid("after_sequence", "must not be negative")
     return check_id(request.account_id, "account_id"), request.after_sequence, request.include_entries
+
+
+# --- customer portal links ------------------------------------------------------------------------
+
+def portal_link(link: str, tenant_id: str) -> portal_sessions.PortalSession:
+    """RevokePortalLink's `link` (the minted URL or its token) back to its session: it must be signed with
+    this deployment's secret and belong to the caller's tenant. An expired link is still accepted (revoking
+    it changes nothing the customer sees, and the caller need not check the clock first)."""
+    token = link.strip().rsplit("/s/", 1)[-1].split("?", 1)[0].split("#", 1)[0]
+    if not token:
+        raise invalid("link", "is required: the portal link's URL or its token")
+    secret = portal_sessions.secret_from_env()
+    if not secret:
+        raise Rejection(Reason.PRECONDITION, f"portal links need {portal_sessions.SECRET_ENV} on this server",
+                        "link")
+    try:
+        session = portal_sessions.verify(token, secret, now=0)
+    except portal_sessions.SessionRefused:
+        raise invalid("link", "is not a portal link of this deployment (changed, or signed with another "
+                              "secret)") from None
+    if session.tenant_id != tenant_id:
+        raise not_found("link", "no such portal link")
+    return session

@@ -24,6 +24,7 @@ from ledger_service.operations.reversals_and_transfers import ReversalResult
 from ledger_service.operations.statements import StatementView
 from ledger_service.storage.catalog import AccountRow, PolicyRow
 from ledger_service.storage.grant_approvals import GrantRequestRow
+from ledger_service.storage.portal_links import Revocation
 from ledger_service.storage.reads import BalanceView, Explanation, Verification
 from service_runtime.amounts import format_minor
 from service_runtime.proto_time import to_timestamp
@@ -356,3 +357,9 @@ def balance_change(account_id: str, message: WatchMessage, scales: dict[str, int
                   for u, (a, h) in sorted(change.balances.items())],
         entries=[entry(e, scales.get(e.unit, 0)) for e in change.entries] if include_entries else [],
     )
+
+
+def portal_revocation(r: Revocation) -> pb.PortalLinkRevocation:
+    return pb.PortalLinkRevocation(session_id=r.session_id, customer_id=r.customer_id, account_id=r.account_id,
+                                   expires_at=ts(r.expires_at), revoked_at=ts(r.revoked_at), reason=r.reason,
+                                   revoked_by=r.revoked_by)

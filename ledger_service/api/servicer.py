@@ -28,6 +28,7 @@ from ledger_service.operations import (
     holds,
     lots_and_balances,
     policy,
+    portal_links,
     rates,
     reversals_and_transfers,
     statements,
@@ -36,10 +37,12 @@ from ledger_service.operations import (
 from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.operations.grants import ApprovalWire
+from ledger_service.storage import portal_links as revocations
 from ledger_service.storage.balance_feed import BalanceFeed
 from service_runtime.grpc_server import current_caller
 from service_runtime.identifiers import check_id, check_key
 from service_runtime.permissions import LEDGER_SERVICE
+from service_runtime.portal_sessions import SessionRefused
 from service_runtime.rejections import Reason, Rejection
 from service_runtime.settings import Settings
 
@@ -217,16 +220,26 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         if self._feed is None:
             raise Rejection(Reason.PRECONDITION, "this server was started without a database to LISTEN on")
         scales: dict[str, int] = {}
+        session = current_caller().portal  # a portal link's live balance ends at the first change after revoking it
         async for message in balance_watch.watch(self._feed, _tenant(), account_id, after):
+            if session is not None and await revocations.is_revoked(self._ledger.pool, session):
+                raise SessionRefused("portal link revoked")
             for unit in message.change.balances:
                 if unit not in scales:
                     scales[unit] = await self._ledger.scale(_tenant(), unit)
             form = (message.kind, include_entries, message.reason)
             packed = message.change.packed.get(form)
-            if packed is None:
-                packed = message.change.packed[form] = packing.balance_change(account_id, message, scales,
-                                                                              include_entries)
+            if packed is None:  # serialized once for every stream of the account (call_guard.passing_bytes)
+                packed = message.change.packed[form] = packing.balance_change(
+                    account_id, message, scales, include_entries).SerializeToString()
             yield packed  # type: ignore[misc]
+
+    async def RevokePortalLink(self, request: pb.RevokePortalLinkRequest,
+                               context: Any) -> pb.PortalLinkRevocation:
+        call = self._call("RevokePortalLink", request, pb.PortalLinkRevocation)
+        session = m.portal_link(request.link, call.tenant_id)
+        return await portal_links.revoke_portal_link(self._ledger, call, session, m.text(request.reason, "reason"),
+                                                     packing.portal_revocation)
 
     # --- policy -------------------------------------------------------------------------------
 

@@ -49,8 +49,8 @@ async def _first(channel: AccountChannel, after: int) -> tuple[list[Message], in
 
 async def _wait(channel: AccountChannel, cursor: int, epoch: int) -> None:
     """Until the channel has a change after `cursor`, or started over."""
-    async with channel.changed:
-        await channel.changed.wait_for(lambda: channel.seq > cursor or channel.epoch != epoch)
+    while channel.seq <= cursor and channel.epoch == epoch:
+        await channel.changed.wait()
 
 
 async def watch(feed: BalanceFeed, tenant_id: str, account_id: str, after: int) -> AsyncIterator[Message]:

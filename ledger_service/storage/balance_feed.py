@@ -107,7 +107,10 @@ class AccountChannel:
     seq: int = 0
     balances: Balances = field(default_factory=dict)
     recent: deque[Change] = field(default_factory=lambda: deque(maxlen=RECENT))
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # set (and replaced by a fresh one) after every catch-up: streams wait on it without a lock, so a
+    # change wakes a thousand streams of the account in one loop pass (a Condition re-takes its lock
+    # once per waiter, one waiter per pass, and holds the next catch-up behind them)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     epoch: int = 0         # bumped when the channel starts over from a snapshot
     watchers: int = 0
@@ -146,8 +149,8 @@ class AccountChannel:
             except Gap:
                 log.exception("balance feed out of step; starting over from a snapshot")
                 await self.load()
-        async with self.changed:
-            self.changed.notify_all()
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
 
     async def history(self, after: int) -> list[Change] | None:
         """The changes after `after` up to the channel's sequence, with their balances; None when

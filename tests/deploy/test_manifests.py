@@ -31,13 +31,15 @@ OLDEST_K8S = "1.30.0"
 K8S_VERSIONS = sorted({v for v in (OLDEST_K8S, kubernetes_validate.latest_version())
                        if v in kubernetes_validate.utils.all_versions()})
 
-TIERS = ("ledger", "invoice", "billing", "worker")
+TIERS = ("ledger", "invoice", "billing", "worker", "portal")
 GRPC_TIERS = {"ledger": 50051, "invoice": 50052, "billing": 50053}
+HTTP_TIERS = {"portal": 8090}
 
 # Every CREDITS_* variable the code reads: the one settings object (service_runtime/settings.py) declares
 # them all. Manifests must not invent others.
 KNOWN_ENV = {env_name(f) for f in Settings.model_fields}
-SECRET_ENV = {"CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN", "CREDITS_API_KEY", "CREDITS_COORDINATOR_KEYS"}
+SECRET_ENV = {"CREDITS_LEDGER_DSN", "CREDITS_INVOICE_DSN", "CREDITS_API_KEY", "CREDITS_COORDINATOR_KEYS",
+              "CREDITS_PORTAL_SECRET"}
 
 
 def _documents() -> list[tuple[str, int, dict[str, Any]]]:
@@ -87,7 +89,7 @@ def test_every_tier_has_deployment_hpa_and_pdb_and_services_for_grpc_tiers() -> 
         assert hpas[name]["spec"]["minReplicas"] >= 2, "a PDB with minAvailable 1 needs at least 2 replicas"
         assert "replicas" not in deployments[name]["spec"], "the HPA owns the replica count"
         assert pdbs[name]["apiVersion"] == "policy/v1"
-    assert set(services) == {f"credits-{t}" for t in GRPC_TIERS}
+    assert set(services) == {f"credits-{t}" for t in (*GRPC_TIERS, *HTTP_TIERS)}
 
 
 def test_selectors_match_pod_labels() -> None:
@@ -125,6 +127,35 @@ def test_grpc_tiers_probe_their_port_with_tls_aware_probes(tier: str) -> None:
     assert svc["spec"]["ports"][0]["port"] == port and svc["spec"]["ports"][0]["targetPort"] == "grpc"
     assert container["args"] == [tier]
     assert "Temporal TLS" not in (K8S / "10-config.yaml").read_text()  # it is supported: CREDITS_TEMPORAL_TLS_*
+
+
+def test_the_portal_serves_http_with_probes_and_shares_the_session_secret() -> None:
+    """The portal Deployment: HTTP probes (liveness on the process alone, readiness on both services), its
+    Service, and CREDITS_PORTAL_SECRET from the one Secret on the portal and on the two services that
+    verify its sessions; links are minted on CREDITS_PORTAL_URL."""
+    dep = _by_name("Deployment")["credits-portal"]
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["portal"] and container["ports"][0] == {"name": "http", "containerPort": 8090,
+                                                                       "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CREDITS_PORTAL_ADDR"]["value"] == "0.0.0.0:8090"
+    svc = _by_name("Service")["credits-portal"]
+    assert svc["spec"]["ports"][0]["port"] == 8090 and svc["spec"]["ports"][0]["targetPort"] == "http"
+    for tier in ("portal", "ledger", "invoice"):
+        (c,) = _by_name("Deployment")[f"credits-{tier}"]["spec"]["template"]["spec"]["containers"]
+        ref = {e["name"]: e for e in c["env"]}["CREDITS_PORTAL_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "credits-portal", "key": "secret"}, tier
+    assert _configmap()["CREDITS_PORTAL_URL"].startswith("https://")
+    from portal.app import create_app
+
+    paths = {getattr(r, "path", "") for r in create_app(Settings()).routes}
+    assert {"/healthz", "/readyz"} <= paths  # what the probes ask for exists
+    assert "portal" in _entrypoint().SERVERS
+    compose = _compose()["services"]["portal"]
+    assert compose["command"] == ["portal"] and "readyz" in " ".join(compose["healthcheck"]["test"])
 
 
 def _configmap() -> dict[str, str]:
@@ -167,11 +198,13 @@ def test_network_policies_deny_by_default_and_open_each_port_to_its_callers() ->
                 for pod in selected(policy["spec"]):
                     opened.setdefault(pod, set()).add(port["port"])
     assert opened == {"credits-ledger": {"grpc", "metrics"}, "credits-invoice": {"grpc", "metrics"},
-                      "credits-billing": {"grpc", "metrics"}, "credits-worker": {"metrics"}}
+                      "credits-billing": {"grpc", "metrics"}, "credits-worker": {"metrics"},
+                      "credits-portal": {"http", "metrics"}}
     services = policies["credits-services-grpc"]["spec"]["ingress"][0]["from"]
     callers = {v for f in services if "podSelector" in f
                for e in f["podSelector"]["matchExpressions"] for v in e["values"]}
-    assert callers == {"credits-worker", "credits-billing"}  # the worker and the front door reach both services
+    # the worker, the front door and the portal reach both services
+    assert callers == {"credits-worker", "credits-billing", "credits-portal"}
 
 
 def test_the_front_door_gets_both_service_addresses_and_the_ui_url() -> None:

@@ -9,6 +9,11 @@ import asyncio
 import csv
 import io
 import json
+import os
+import re
+import sys
+from decimal import Decimal
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,6 +23,8 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from service_runtime import portal_sessions
 from tests.ledger.requests_and_checks import charge
 from tests.portal.conftest import SECRET, Portal
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_pages_show_the_customers_own_account(portal: Portal) -> None:
@@ -142,3 +149,93 @@ async def test_links_need_a_known_customer_and_a_sane_ttl(portal: Portal) -> Non
         assert info.value.code() == code and field in (info.value.details() or "")
     link = await portal.link("anna")
     assert link.url.endswith(f"/s/{link.token}") and link.ledger_account_id == "acct-anna"
+
+
+async def test_the_usage_page_shows_cost_and_credits_per_day(portal: Portal) -> None:
+    invoice = await portal.stack.invoice(portal.invoice_id)
+    usage_lines = [li for li in invoice.line_items if li.kind == ipb.USAGE]
+    async with portal.signed_in("john-wick") as web:
+        page = (await web.get("/usage")).text
+    assert "Usage, cost and credits per day" in page
+    costs = re.findall(r'<td class="num cost">([0-9.]+) USD</td>', page)
+    credits = re.findall(r'<td class="num credits">([0-9.]+) USD</td>', page)
+    assert costs and len(costs) == len(credits)  # a row per day with usage (the seed: 20 days of 2 meters)
+    assert sum(map(Decimal, costs)) == sum(Decimal(li.amount) for li in usage_lines)
+    assert sum(map(Decimal, credits)) == sum(Decimal(li.credits_applied) for li in usage_lines)
+    async with portal.signed_in("anna") as web:
+        page = (await web.get("/usage")).text
+    assert "not invoiced yet" in page and not re.findall(r'<td class="num cost">[0-9.]+ USD</td>', page)
+
+
+async def test_probes_answer_without_a_session(portal: Portal) -> None:
+    async with portal.client() as web:
+        alive, ready = await web.get("/healthz"), await web.get("/readyz")
+    assert (alive.status_code, alive.text) == (200, "ok") and (ready.status_code, ready.text) == (200, "ok")
+
+
+async def test_a_revoked_link_is_refused_at_once_and_only_that_link(portal: Portal) -> None:
+    revoked, kept = await portal.link("john-wick"), await portal.link("john-wick")
+    async with portal.client() as web, portal.client() as other:
+        assert (await web.get(f"/s/{revoked.token}")).status_code == 303
+        assert (await other.get(f"/s/{kept.token}")).status_code == 303
+        assert (await web.get("/invoices")).status_code == 200
+        ledger = portal.stack.services.ledger
+        done = await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(
+            idempotency_key="revoke-1", link=revoked.url, reason="sent to the wrong person"), metadata=portal.stack.md)
+        assert (done.customer_id, done.account_id, done.reason) == ("john-wick", "acct-john-wick",
+                                                                    "sent to the wrong person")
+        for path in ("/", "/invoices", f"/invoices/{portal.invoice_id}", "/usage", "/statement.csv", "/events"):
+            page = await web.get(path)  # the very next request, on every page
+            assert page.status_code == 403 and "This link has been revoked" in page.text, path
+        assert (await web.get(f"/s/{revoked.token}")).status_code == 403  # opening it again opens nothing
+        assert (await other.get("/invoices")).status_code == 200  # the customer's other link still works
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the service itself refuses the session
+        await ledger.GetBalance(lpb.GetBalanceRequest(account_id="acct-john-wick"),
+                                metadata=[("x-api-key", revoked.token)])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (refused.value.details() or "")
+    again = await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key="revoke-2", link=revoked.token),
+                                          metadata=portal.stack.md)
+    assert (again.session_id, again.revoked_at, again.reason) == (done.session_id, done.revoked_at, done.reason)
+    for link, field in (("", "link"), (revoked.token[:-4] + "AAAA", "link")):
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key=f"bad-{len(link)}", link=link),
+                                          metadata=portal.stack.md)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (bad.value.details() or "")
+
+
+async def test_creditctl_portal_revoke_ends_a_link(portal: Portal) -> None:
+    link = await portal.link("anna")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")},
+           "CREDITS_LEDGER_ADDR": portal.stack.ledger_addr, "CREDITS_API_KEY": portal.stack.md[0][1]}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditctl", "portal", "revoke", link.url, "--reason", "left the company", "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    shown = json.loads(out)
+    assert (shown["customer_id"], shown["reason"]) == ("anna", "left the company")
+    async with portal.client() as web:
+        assert (await web.get(f"/s/{link.token}")).status_code == 403
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "creditctl", "portal", "revoke", "https://portal.example/s/ps1.bogus.sig", cwd=ROOT,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0 and "INVALID_ARGUMENT" in err.decode() and "link" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+async def test_a_revoked_links_live_balance_ends_at_the_next_change(portal: Portal) -> None:
+    link = await portal.link("john-wick")
+    ledger = portal.stack.services.ledger
+    stream = ledger.WatchBalance(lpb.WatchBalanceRequest(account_id="acct-john-wick"),
+                                 metadata=[("x-api-key", link.token)])
+    first = await stream.read()
+    assert first.type == lpb.CHANGE_SNAPSHOT
+    await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key="rv", link=link.url),
+                                  metadata=portal.stack.md)
+    await ledger.GrantCredits(lpb.GrantCreditsRequest(  # the account's next change
+        idempotency_key="after-revoke", account_id="acct-john-wick", type=lpb.PURCHASED, unit="USD",
+        amount="1.00"), metadata=portal.stack.md)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(stream.read(), 20)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (ended.value.details() or "")

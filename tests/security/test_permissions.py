@@ -84,7 +84,8 @@ def test_least_privilege_shape() -> None:
     assert service_writes == {"ReserveCredits", "CommitHold", "ReleaseHold", "DebitCredits", "BatchDebitCredits",
                               "IngestEvent", "IngestEvents"}
     support_writes = {n for n, r in {**ledger, **invoice}.items() if "support" in r and r - {"portal"} != perms.ALL}
-    assert support_writes == {"GrantCredits", "CreatePortalLink"}  # a link writes nothing: support shares it
+    # a link writes nothing: support shares it, and ends it when it went to the wrong person
+    assert support_writes == {"GrantCredits", "CreatePortalLink", "RevokePortalLink"}
     assert "support" not in perms.BILLING[f"/{perms.BILLING_SERVICE}/CompensateOutage"]
 
 

@@ -58,6 +58,12 @@ class IngestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCEPTED: _ClassVar[IngestStatus]
     DUPLICATE: _ClassVar[IngestStatus]
 
+class InvoiceExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVOICE_EXPORT_FORMAT_UNSPECIFIED: _ClassVar[InvoiceExportFormat]
+    INVOICE_EXPORT_CSV: _ClassVar[InvoiceExportFormat]
+    INVOICE_EXPORT_JSON: _ClassVar[InvoiceExportFormat]
+
 class RenderFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RENDER_FORMAT_UNSPECIFIED: _ClassVar[RenderFormat]
@@ -99,6 +105,9 @@ ABANDONED: InvoiceStatus
 INGEST_STATUS_UNSPECIFIED: IngestStatus
 ACCEPTED: IngestStatus
 DUPLICATE: IngestStatus
+INVOICE_EXPORT_FORMAT_UNSPECIFIED: InvoiceExportFormat
+INVOICE_EXPORT_CSV: InvoiceExportFormat
+INVOICE_EXPORT_JSON: InvoiceExportFormat
 RENDER_FORMAT_UNSPECIFIED: RenderFormat
 TEXT: RenderFormat
 JSON: RenderFormat
@@ -731,6 +740,28 @@ class ListInvoicesResponse(_message.Message):
     next_page_token: str
     def __init__(self, invoices: _Optional[_Iterable[_Union[Invoice, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ExportInvoicesRequest(_message.Message):
+    __slots__ = ("customer_id", "statuses", "format", "line_items")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LINE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    statuses: _containers.RepeatedScalarFieldContainer[InvoiceStatus]
+    format: InvoiceExportFormat
+    line_items: bool
+    def __init__(self, customer_id: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[InvoiceStatus, str]]] = ..., format: _Optional[_Union[InvoiceExportFormat, str]] = ..., line_items: _Optional[bool] = ...) -> None: ...
+
+class InvoiceExportChunk(_message.Message):
+    __slots__ = ("data", "invoices_done", "invoices_total")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INVOICES_DONE_FIELD_NUMBER: _ClassVar[int]
+    INVOICES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    invoices_done: int
+    invoices_total: int
+    def __init__(self, data: _Optional[bytes] = ..., invoices_done: _Optional[int] = ..., invoices_total: _Optional[int] = ...) -> None: ...
+
 class RenderInvoiceRequest(_message.Message):
     __slots__ = ("invoice_id", "format")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -783,16 +814,22 @@ class GetUsageSeriesRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[UsageGranularity, str]] = ..., meter_code: _Optional[str] = ..., **kwargs) -> None: ...
 
 class UsagePoint(_message.Message):
-    __slots__ = ("meter_code", "bucket_start", "value", "events")
+    __slots__ = ("meter_code", "bucket_start", "value", "events", "cost", "credits_applied", "currency")
     METER_CODE_FIELD_NUMBER: _ClassVar[int]
     BUCKET_START_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     meter_code: str
     bucket_start: _timestamp_pb2.Timestamp
     value: str
     events: int
-    def __init__(self, meter_code: _Optional[str] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[str] = ..., events: _Optional[int] = ...) -> None: ...
+    cost: str
+    credits_applied: str
+    currency: str
+    def __init__(self, meter_code: _Optional[str] = ..., bucket_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[str] = ..., events: _Optional[int] = ..., cost: _Optional[str] = ..., credits_applied: _Optional[str] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class UsageSeries(_message.Message):
     __slots__ = ("customer_id", "points")

@@ -154,6 +154,11 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.FromString,
                 _registered_method=True)
+        self.ExportInvoices = channel.unary_stream(
+                '/credits.invoice.v1.InvoiceService/ExportInvoices',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ExportInvoicesRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.InvoiceExportChunk.FromString,
+                _registered_method=True)
         self.CreatePortalLink = channel.unary_unary(
                 '/credits.invoice.v1.InvoiceService/CreatePortalLink',
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePortalLinkRequest.SerializeToString,
@@ -329,6 +334,14 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportInvoices(self, request, context):
+        """Invoices (or their line items) as CSV or JSON lines, streamed in keyset pages: memory stays flat
+        however many invoices the tenant has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreatePortalLink(self, request, context):
         """The customer portal: a signed, expiring, read-only session link for one customer, to hand to
         that customer (service_runtime/portal_sessions.py). Nothing is stored; the link reads only the
@@ -474,6 +487,11 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.RenderInvoice,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.SerializeToString,
+            ),
+            'ExportInvoices': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportInvoices,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ExportInvoicesRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.InvoiceExportChunk.SerializeToString,
             ),
             'CreatePortalLink': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePortalLink,
@@ -1139,6 +1157,33 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/RenderInvoice',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.RenderInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ExportInvoices',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ExportInvoicesRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.InvoiceExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -163,6 +163,34 @@ CHANGE_SNAPSHOT: ChangeType
 CHANGE_UPDATE: ChangeType
 CHANGE_RESYNC: ChangeType
 
+class RevokePortalLinkRequest(_message.Message):
+    __slots__ = ("idempotency_key", "link", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    link: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., link: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PortalLinkRevocation(_message.Message):
+    __slots__ = ("session_id", "customer_id", "account_id", "expires_at", "revoked_at", "reason", "revoked_by")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    customer_id: str
+    account_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    reason: str
+    revoked_by: str
+    def __init__(self, session_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., account_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+
 class Account(_message.Message):
     __slots__ = ("account_id", "parent_account_id", "name", "created_at")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]

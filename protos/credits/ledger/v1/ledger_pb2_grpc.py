@@ -249,6 +249,11 @@ class LedgerServiceStub:
                 request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.SerializeToString,
                 response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.FromString,
                 _registered_method=True)
+        self.RevokePortalLink = channel.unary_unary(
+                '/credits.ledger.v1.LedgerService/RevokePortalLink',
+                request_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RevokePortalLinkRequest.SerializeToString,
+                response_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.PortalLinkRevocation.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -542,6 +547,16 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokePortalLink(self, request, context):
+        """Ends one customer portal link at once (rotating CREDITS_PORTAL_SECRET ends them all): from then on
+        this service refuses the link's session (UNAUTHENTICATED "portal link revoked") and the portal,
+        which asks it on every request, shows a 403 page. Links are minted by the invoice service
+        (CreatePortalLink); the revocation list lives here. Revoking a link twice keeps the first record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -759,6 +774,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.WatchBalance,
                     request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.FromString,
                     response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.SerializeToString,
+            ),
+            'RevokePortalLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokePortalLink,
+                    request_deserializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.RevokePortalLinkRequest.FromString,
+                    response_serializer=credits_dot_ledger_dot_v1_dot_ledger__pb2.PortalLinkRevocation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1922,6 +1942,33 @@ class LedgerService:
             '/credits.ledger.v1.LedgerService/WatchBalance',
             credits_dot_ledger_dot_v1_dot_ledger__pb2.WatchBalanceRequest.SerializeToString,
             credits_dot_ledger_dot_v1_dot_ledger__pb2.BalanceChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokePortalLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.ledger.v1.LedgerService/RevokePortalLink',
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.RevokePortalLinkRequest.SerializeToString,
+            credits_dot_ledger_dot_v1_dot_ledger__pb2.PortalLinkRevocation.FromString,
             options,
             channel_credentials,
             insecure,
