@@ -33,18 +33,18 @@ M = TypeVar("M", bound=Message)
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 
 
-def _due_cursor(token: str) -> tuple[str, datetime] | None:
-    """ListDueSubscriptions' cursor: the (customer, period start) of the last period listed."""
-    decoded = decode_token(token, 2)
+def _due_cursor(token: str) -> tuple[str, str, datetime] | None:
+    """ListDueSubscriptions' cursor: the (customer, subscription, period start) of the last period listed."""
+    decoded = decode_token(token, 3)
     if decoded is None:
         return None
     try:
-        start = datetime.fromisoformat(decoded[1])
+        start = datetime.fromisoformat(decoded[2])
     except ValueError as exc:
         raise invalid("page_token", "is not a page token this service issued") from exc
     if start.tzinfo is None:
         raise invalid("page_token", "is not a page token this service issued")
-    return decoded[0], start
+    return decoded[0], decoded[1], start
 
 
 def _tenant() -> str:
@@ -130,7 +130,7 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
             pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
                          invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
             for c, s, p, inv, status in due],
-            next_page_token=encode_token(last[0], last[2].start.isoformat()) if more and last else "")
+            next_page_token=encode_token(last[0], last[1], last[2].start.isoformat()) if more and last else "")
 
     async def ListSettlements(self, request: pb.ListSettlementsRequest,
                               context: _Ctx) -> pb.ListSettlementsResponse:
