@@ -3,7 +3,9 @@ versions (CreatePlanVersion); each verb one transaction (domain rules: invoice_s
 
 A change is a phase from an instant on; the subscription row mirrors the last phase. A change may
 not reach into a period whose invoice is frozen (PREPARED, FINALIZED, VOID_PENDING, ABANDONED): that is
-FAILED_PRECONDITION naming the instant. Lock order: the subscription row, then its phases.
+FAILED_PRECONDITION naming the instant. Lock order, as everywhere in this service: the customer row
+(FOR UPDATE: PrepareFinalize takes it too, so a change and a freeze never interleave), the subscription
+row, then invoices. A cancellation also ends the DRAFT invoice of the period it cuts at the new end.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ from invoice_service.storage.catalog import (
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import invalid, not_found, precondition
 
+LOCK_SUBSCRIPTION_CUSTOMER = """
+SELECT c.customer_id FROM customers c
+WHERE c.tenant_id = $1
+  AND c.customer_id = (SELECT s.customer_id FROM subscriptions s WHERE s.tenant_id = $1 AND s.subscription_id = $2)
+FOR UPDATE OF c
+"""
+# A DRAFT of the period a cancellation cuts ends with it (its line items are recomputed on the next draft).
+END_CUT_DRAFT = """
+UPDATE invoices SET period_end = $3
+WHERE tenant_id = $1 AND subscription_id = $2 AND status = 'DRAFT' AND period_start < $3 AND period_end > $3
+"""
 SELECT_SUBSCRIPTION_FOR_UPDATE = f"""
 SELECT {", ".join("s." + c.strip() for c in SUBSCRIPTION_COLUMNS.split(","))}, p.billing_interval, p.currency
 FROM subscriptions s JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
@@ -196,6 +209,7 @@ class SubscriptionChanges:
                                          f"{frozen['period_start'].isoformat()} is frozen: end after it")
             result = subscription_from_row(await conn.fetchrow(MARK_CANCELED, guard.tenant_id, subscription_id,
                                                                ends_at))
+            await conn.execute(END_CUT_DRAFT, guard.tenant_id, subscription_id, ends_at)
             await guard.record(conn, result)
             return result
 
@@ -203,6 +217,7 @@ class SubscriptionChanges:
                     field: str) -> asyncpg.Record:
         """Locks the subscription; `instant` must be on or after its anchor, before its end, and in no
         frozen period."""
+        await conn.fetchval(LOCK_SUBSCRIPTION_CUSTOMER, tenant, subscription_id)
         row = await conn.fetchrow(SELECT_SUBSCRIPTION_FOR_UPDATE, tenant, subscription_id)
         if row is None:
             raise not_found("subscription_id", f"no subscription {subscription_id!r}")

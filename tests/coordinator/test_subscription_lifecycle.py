@@ -13,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
+from coordinator import naming
+from coordinator.messages import BillingCycleInput
+from coordinator.workflows import BillingCycleWorkflow
 from reconciler.run import reconcile
 from stack.scenario import ts
-from tests.coordinator.conftest import Stack
+from tests.coordinator.conftest import TENANT, Stack
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 
@@ -130,5 +133,29 @@ async def test_upgrade_seats_and_cancel_are_prorated_finalized_and_reconciled(st
     assert rendered.content.count("  service 2026-09-01 to 2026-09-11") == 2
     assert rendered.content.count("  service 2026-09-11 to 2026-10-01") == 2
 
+    report = await reconcile(stack.ledger_dsn, stack.invoice_dsn, stack.client)
+    assert report.violations == [], report.violations
+
+
+async def test_billing_cycle_finalizes_each_of_a_customers_subscriptions(stack: Stack) -> None:
+    """Two subscriptions of one customer (seats and an add-on plan): the billing cycle drafts and finalizes
+    one invoice per subscription and period (the draft keys name the subscription), once."""
+    s = stack.services
+    await _plans(stack)
+    await _customer(stack, "duo", "team", "25.00", seats=3)
+    await s.invoice.CreateSubscription(ipb.CreateSubscriptionRequest(
+        idempotency_key="s-duo-2", subscription_id="sub-duo-basic", customer_id="duo", plan_id="basic",
+        anchor=ts(START)), metadata=s.md)
+    as_of = "2027-11-10T00:00:00+00:00"  # September 2026 is due (period end + the tests' 400-day grace)
+    async with stack.worker():
+        result = await stack.client.execute_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, as_of), id=naming.cycle_workflow_id(TENANT, as_of),
+            task_queue=stack.task_queue)
+    listed = await s.invoice.ListInvoices(ipb.ListInvoicesRequest(customer_id="duo"), metadata=s.md)
+    september = sorted((i.subscription_id, i.subtotal) for i in listed.invoices
+                       if i.period_start.ToDatetime(UTC) == START and i.status == ipb.FINALIZED)
+    # 3 seats x 10.00 = 30.00; the basic plan's fee 30.00 (no usage)
+    assert september == [("sub-duo", "30.00"), ("sub-duo-basic", "30.00")]
+    assert result.failed == 0 and result.finalized >= 2
     report = await reconcile(stack.ledger_dsn, stack.invoice_dsn, stack.client)
     assert report.violations == [], report.violations

@@ -141,3 +141,16 @@ async def test_usage_across_a_change_is_priced_by_event_time(env: InvoiceEnv) ->
     split = await env.call("SplitDraft", pb.SplitDraftRequest(invoice_id=inv.invoice_id, split_at=[ts(when(10)),
                                                                                                    ts(when(20))]))
     assert sorted((c.charge_id, c.amount) for c in split.charges) == [("L001#1", "10.00"), ("L003#2", "1.00")]
+
+
+async def test_cancelling_cuts_an_open_draft_to_the_new_end(env: InvoiceEnv) -> None:
+    await env.call("CreatePlan", FEE_PLAN)
+    await seed_catalog(env, plan=FEE_PLAN, licenses=[pb.Quantity(code="seat", quantity=1)])
+    before = await env.call("CreateDraft", _draft("john-wick", ts(when(1)), "d1"))
+    assert (before.period_end.ToDatetime().month, before.subtotal) == (9, "41.00")
+    await env.call("CancelSubscription", pb.CancelSubscriptionRequest(
+        idempotency_key="c", subscription_id="sub-john-wick", at=ts(when(11))))
+    after = await env.call("CreateDraft", _draft("john-wick", ts(when(1)), "d2"))
+    # the same invoice, now Aug 1 to Aug 11 (10 of 31 days): 31.00 -> 10.00, 10.00 -> 3.23 (3.2258)
+    assert after.invoice_id == before.invoice_id and after.period_end.ToDatetime().day == 11
+    assert _amounts(after) == [("platform", "10.00"), ("seat", "3.23")] and after.subtotal == "13.23"
