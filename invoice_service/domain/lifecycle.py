@@ -183,7 +183,10 @@ def _round_half_up(x: Fraction) -> int:
 def prorate(rates: Sequence[Decimal], spans: Sequence[tuple[datetime, datetime]], nominal: tuple[datetime, datetime],
             scale: int) -> list[int]:
     """Minor units per segment for full-period `rates` (exact currency amounts) over `spans`
-    (consecutive, inside `nominal`): cumulative rounding, see the module docstring."""
+    (consecutive, inside `nominal`): cumulative rounding, see the module docstring.
+
+    Invariant (tests/invoice/test_lifecycle_rules.py, seeded): the parts are >= 0 and sum exactly to
+    round_half_up(the exact total); one rate over the whole nominal period sums to round_half_up(rate)."""
     total_us = (nominal[1] - nominal[0]) // _MICROSECOND
     assert total_us > 0 and len(rates) == len(spans)
     unit = Fraction(10) ** scale
@@ -263,7 +266,7 @@ def segmented_line_items(parts: Sequence[SegmentTerms], period: BilledPeriod,
         computed = compute_line_items(part.terms, seg.phase.quantities, part.usage, seg.start, seg.end)
         mine: list[LineItem] = []
         for item in computed:
-            position = int(item.line_item_id[1:]) - 1
+            position = int(item.line_item_id[1:]) - 1  # compute_line_items numbers by plan position
             new_id = line_item_id(offset + position)
             if whole:
                 mine.append(item)
