@@ -114,6 +114,22 @@ class Schedule:
         p = self.period_containing(start)
         return p if p is not None and p.start == start else None
 
+    def invoiced_through(self, settled_starts: set[datetime], max_periods: int) -> datetime:
+        """The start of the earliest billed period whose invoice is not FINALIZED, VOIDED or ABANDONED
+        (periods.SETTLED_STATUSES).
+
+        Every charge with a service time before it has been invoiced for good: events of a finalized
+        period are refused, a voided period is not re-billed, an abandoned one is never billed, and a
+        trial is never billed. A cancelled subscription whose periods are all settled is settled through
+        its end. The ledger's expiry waits for it."""
+        for index in range(max_periods + 1):
+            p = self.period(index)
+            if p is None:
+                return self.ends_at or self.billing_start
+            if p.start not in settled_starts or index == max_periods:
+                return p.start
+        raise AssertionError("unreachable")
+
     def periods_until(self, cutoff: datetime, limit: int) -> list[BilledPeriod]:
         """The billed periods ending at or before `cutoff`, in order, at most `limit`."""
         out: list[BilledPeriod] = []

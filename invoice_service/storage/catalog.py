@@ -277,8 +277,7 @@ class CatalogOperations:
             starts.setdefault(r["subscription_id"], set()).add(r["period_start"])
         through: dict[str, datetime] = {}
         for s in subs:
-            t = schedule_invoiced_through(schedule_of(s), starts.get(s["subscription_id"], set()),
-                                          MAX_PERIODS_PER_SUBSCRIPTION)
+            t = schedule_of(s).invoiced_through(starts.get(s["subscription_id"], set()), MAX_PERIODS_PER_SUBSCRIPTION)
             account = s["ledger_account_id"]
             through[account] = min(t, through.get(account, t))
         return [(a, through[a]) for a in accounts]
@@ -313,19 +312,6 @@ def _due_periods(subs: list[asyncpg.Record], invoices: dict[tuple[str, datetime]
             if status in ("", "DRAFT", "PREPARED"):
                 due.append((customer_id, subscription_id, Period(p.index, p.start, p.end), invoice_id, status))
     return due
-
-
-def schedule_invoiced_through(schedule: Schedule, settled_starts: set[datetime], max_periods: int) -> datetime:
-    """periods.invoiced_through over a schedule: the start of the earliest billed period not settled
-    (a trial is never billed: it counts as settled; a cancelled subscription is settled through its end)."""
-    for index in range(max_periods):
-        p = schedule.period(index)
-        if p is None:
-            return schedule.ends_at or schedule.billing_start
-        if p.start not in settled_starts:
-            return p.start
-    last = schedule.period(max_periods)
-    return last.start if last is not None else (schedule.ends_at or schedule.billing_start)
 
 
 def check_quantities(plan: Plan, add_ons: dict[str, int], licenses: dict[str, int]) -> None:
