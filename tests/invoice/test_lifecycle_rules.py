@@ -127,3 +127,14 @@ def test_segmented_items_sum_and_a_whole_period_is_unchanged_seeded() -> None:
                             segments([Phase(SEP, "p", 1), Phase(SEP + timedelta(days=9), "p", 2)], SEP, OCT)) \
         == [{"m": MeterUsage(Decimal(2), {0: Decimal(1), 1: Decimal(2)})},
             {"m": MeterUsage(Decimal(5), {0: Decimal(5)})}]
+
+
+def test_invoiced_through_follows_the_schedule() -> None:
+    trial = Schedule(SEP, 1, trial_end=SEP + timedelta(days=14))
+    assert trial.invoiced_through(set(), 100) == SEP + timedelta(days=14)  # the trial is never billed
+    cal = Schedule(datetime(2026, 9, 10, tzinfo=UTC), 1, calendar_aligned=True)
+    assert cal.invoiced_through({datetime(2026, 9, 10, tzinfo=UTC)}, 100) == OCT
+    ended = Schedule(SEP, 1, ends_at=datetime(2026, 10, 20, tzinfo=UTC))
+    assert ended.invoiced_through({SEP}, 100) == OCT
+    assert ended.invoiced_through({SEP, OCT}, 100) == datetime(2026, 10, 20, tzinfo=UTC)  # settled through its end
+    assert Schedule(SEP, 1).invoiced_through({SEP, OCT}, 2) == datetime(2026, 11, 1, tzinfo=UTC)
