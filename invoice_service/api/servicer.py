@@ -121,6 +121,8 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
 
     async def CreatePlanVersion(self, request: pb.CreatePlanRequest, context: _Ctx) -> pb.Plan:
         guard = _guard("CreatePlanVersion", request, pack.plan)
+        # A version of which plan comes first: an unknown (or another tenant's) plan is NOT_FOUND.
+        await self._catalog.get_plan(_tenant(), check_id(request.plan_id, "plan_id"))
         return await _mutate(guard, pb.Plan, self._changes.create_plan_version(guard, unpack.plan(request)))
 
     async def UpdateSubscription(self, request: pb.UpdateSubscriptionRequest, context: _Ctx) -> pb.Subscription:
