@@ -401,7 +401,7 @@ class InvoiceActivities:
     @activity.defn(name="invoice.create_draft")
     async def create_draft(self, inp: CreateDraftInput) -> InvoiceView:
         req = ipb.CreateDraftRequest(idempotency_key=inp.idempotency_key, customer_id=inp.customer_id,
-                                     period_start=to_ts(inp.period_start))
+                                     period_start=to_ts(inp.period_start), subscription_id=inp.subscription_id)
         return _invoice_view(await self._p._call("create_draft", inp.tenant_id, self._stub.CreateDraft, req))
 
     @activity.defn(name="invoice.list_settlements")
@@ -422,7 +422,7 @@ class InvoiceActivities:
         req = ipb.ListDueSubscriptionsRequest(as_of=to_ts(inp.as_of), page_size=inp.page_size)
         resp = await self._p._call("list_due_subscriptions", inp.tenant_id, self._stub.ListDueSubscriptions, req)
         return [DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
-                              InvoiceStatus(ipb.InvoiceStatus.Name(p.status))) for p in resp.periods]
+                              InvoiceStatus(ipb.InvoiceStatus.Name(p.status)), p.subscription_id) for p in resp.periods]
 
     @activity.defn(name="invoice.list_due_periods")
     async def list_due_periods(self, inp: ListDueInput) -> DuePage:
@@ -431,7 +431,8 @@ class InvoiceActivities:
                                               page_token=inp.page_token)
         resp = await self._p._call("list_due_subscriptions", inp.tenant_id, self._stub.ListDueSubscriptions, req)
         return DuePage([DuePeriodView(p.customer_id, from_ts(p.period_start), from_ts(p.period_end), p.invoice_id,
-                                      InvoiceStatus(ipb.InvoiceStatus.Name(p.status))) for p in resp.periods],
+                                      InvoiceStatus(ipb.InvoiceStatus.Name(p.status)), p.subscription_id)
+                        for p in resp.periods],
                        resp.next_page_token)
 
     @activity.defn(name="invoice.list_invoices")

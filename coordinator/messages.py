@@ -248,6 +248,7 @@ class CreateDraftInput:
     idempotency_key: str
     customer_id: str
     period_start: str
+    subscription_id: str = ""  # a customer may have several subscriptions ("" = its only one)
 
 
 @dataclass
@@ -257,6 +258,7 @@ class DuePeriodView:
     period_end: str
     invoice_id: str
     status: InvoiceStatus
+    subscription_id: str = ""  # "" in histories recorded before several subscriptions per customer
 
 
 @dataclass

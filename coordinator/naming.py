@@ -181,8 +181,11 @@ def prepare_key(workflow_id: str, run_id: str) -> str:
     return step_key(workflow_id, run_id, Step.PREPARE)
 
 
-def cycle_draft_key(tenant_id: str, customer_id: str, period_start: str) -> str:
-    """The idempotency key of the draft a billing cycle creates for one due period."""
+def cycle_draft_key(tenant_id: str, customer_id: str, period_start: str, subscription_id: str = "") -> str:
+    """The idempotency key of the draft a billing cycle creates for one due period (of one subscription:
+    a customer may have several; "" = a period listed before subscriptions were named, the old key)."""
+    if subscription_id:
+        return f"cycle/{tenant_id}/{customer_id}/{subscription_id}/{period_start}"
     return f"cycle/{tenant_id}/{customer_id}/{period_start}"
 
 

@@ -526,8 +526,9 @@ class BillingCycleWorkflow:
             if not invoice_id:
                 draft = await run_step(
                     InvoiceActivities.create_draft,
-                    CreateDraftInput(tenant, naming.cycle_draft_key(tenant, period.customer_id, period.period_start),
-                                     period.customer_id, period.period_start), t,
+                    CreateDraftInput(tenant, naming.cycle_draft_key(tenant, period.customer_id, period.period_start,
+                                                                    period.subscription_id),
+                                     period.customer_id, period.period_start, period.subscription_id), t,
                     f"draft the invoice of {period.customer_id}")
                 invoice_id = draft.invoice_id
             await workflow.execute_child_workflow(

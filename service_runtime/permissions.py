@@ -122,6 +122,8 @@ INVOICE: dict[str, frozenset[str]] = _table(
     # A portal link for one customer: whoever looks after customers (support shares links with them).
     (FINANCE | {"support"}, ("CreatePortalLink",)),
     (ALL, ("GetUsageSeries", "ListTopCustomers")),  # usage analytics: reads
+    # Subscriptions that change and plan versions: catalog changes, like creating them (finance, admin).
+    (FINANCE, ("UpdateSubscription", "CancelSubscription", "CreatePlanVersion", "MigrateSubscription")),
 )
 
 BILLING: dict[str, frozenset[str]] = _table(

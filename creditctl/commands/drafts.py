@@ -17,7 +17,8 @@ from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, format_options
 from creditctl.records import idempotency_option, key_for, record, set_instant
 from creditctl.times import INSTANT
-from invoice_service.domain.periods import INTERVAL_MONTHS, Period, period_containing
+from invoice_service.domain.lifecycle import Schedule
+from invoice_service.domain.periods import INTERVAL_MONTHS, Period
 from service_runtime.proto_time import from_timestamp
 
 SUMMARY = ("invoice_id", "customer_id", "subscription_id", "status", "currency", "period_start", "period_end",
@@ -25,11 +26,21 @@ SUMMARY = ("invoice_id", "customer_id", "subscription_id", "status", "currency",
 
 
 def period_of(subscription_id: str, instant: datetime) -> tuple[str, Period]:
-    """The subscription's customer and its billing period holding `instant`."""
+    """The subscription's customer and its billing period holding `instant` (its schedule: anchor,
+    trial, calendar alignment, end; invoice_service/domain/lifecycle.py)."""
     sub = rpc("invoice", "GetSubscription", ipb.GetSubscriptionRequest(subscription_id=subscription_id))
     plan = rpc("invoice", "GetPlan", ipb.GetPlanRequest(plan_id=sub.plan_id))
     months = INTERVAL_MONTHS[ipb.BillingInterval.Name(plan.interval or ipb.MONTHLY)]
-    return sub.customer_id, period_containing(from_timestamp(sub.anchor, "anchor"), months, instant)
+    trial_end = from_timestamp(sub.trial_end, "trial_end") if sub.HasField("trial_end") else None
+    ends_at = from_timestamp(sub.ends_at, "ends_at") if sub.HasField("ends_at") else None
+    schedule = Schedule(from_timestamp(sub.anchor, "anchor"), months, trial_end, sub.calendar_aligned, ends_at)
+    p = schedule.period_containing(instant)
+    if p is None:
+        raise click.BadParameter(f"{instant.isoformat()} is in no billed period of {subscription_id} (billing "
+                                 f"starts {schedule.billing_start.isoformat()}"
+                                 + (f", ends {schedule.ends_at.isoformat()})" if schedule.ends_at else ")"),
+                                 param_hint="--containing")
+    return sub.customer_id, Period(p.index, p.start, p.end)
 
 
 @click.group("drafts", cls=Group, help="draft invoices: usage and fees of one period, priced (CREDITS_INVOICE_ADDR)")
@@ -51,9 +62,9 @@ def create(subscription_id: str, containing: datetime, period_start: datetime | 
         raise click.BadParameter(f"{period_start.isoformat()} is not a period start of {subscription_id} "
                                  f"(that period starts {period.start.isoformat()}; or use --containing)",
                                  param_hint="--period-start")
-    # One draft per customer and period: the key names them, so a repeated create returns it.
-    key = key_for(idempotency_key or f"cli-draft-{customer_id}-{period.start.isoformat()}")
-    request = ipb.CreateDraftRequest(idempotency_key=key, customer_id=customer_id)
+    # One draft per subscription and period: the key names them, so a repeated create returns it.
+    key = key_for(idempotency_key or f"cli-draft-{subscription_id}-{period.start.isoformat()}")
+    request = ipb.CreateDraftRequest(idempotency_key=key, customer_id=customer_id, subscription_id=subscription_id)
     set_instant(request.period_start, period.start)
     invoice = record(rpc("invoice", "CreateDraft", request))
     emit_record(invoice if fmt != Format.TABLE else {k: invoice.get(k, "") for k in SUMMARY}, fmt,

@@ -1,4 +1,7 @@
-"""creditctl plans create|show: plans and their prices (CreatePlan, GetPlan).
+"""creditctl plans create|show|version: plans and their prices (CreatePlan, GetPlan, CreatePlanVersion).
+
+`plans version PLAN_ID` edits a plan: it creates the plan's next version with the prices given (same
+currency and interval); subscriptions stay on their version until `subscriptions migrate`.
 
 Prices are written on the flag (`--usage input_tokens=per_unit:0.00001`; the forms are in
 creditctl/prices.py and `plans create --help`), or the whole plan comes from a JSON file in the
@@ -43,7 +46,8 @@ def _print(plan: ipb.Plan, fmt: Format) -> int:
     if fmt != Format.TABLE:
         emit_record(r, fmt, id_field="plan_id")
         return 0
-    emit_record({k: r[k] for k in ("plan_id", "name", "currency", "interval", "created_at")}, fmt)
+    emit_record({k: r.get(k, "") for k in ("plan_id", "version", "name", "currency", "interval", "created_at")},
+                fmt)
     click.echo()
     emit_rows(price_rows(r), ("kind", "code", "price"), fmt, empty="(no prices)")
     return 0
@@ -100,8 +104,29 @@ def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[s
     return _print(rpc("invoice", "CreatePlan", request), fmt)
 
 
-@command.command("show", help="one plan with its prices")
+@command.command("show", help="one plan with its prices (its latest version, or --version)")
 @click.argument("plan_id")
+@click.option("--version", type=click.IntRange(0), default=0, help="0 = the latest")
 @format_options()
-def show(plan_id: str, fmt: Format) -> int:
-    return _print(rpc("invoice", "GetPlan", ipb.GetPlanRequest(plan_id=plan_id)), fmt)
+def show(plan_id: str, version: int, fmt: Format) -> int:
+    return _print(rpc("invoice", "GetPlan", ipb.GetPlanRequest(plan_id=plan_id, version=version)), fmt)
+
+
+@command.command("version", help="edit a plan: its next version with these prices (subscriptions stay on "
+                                 "theirs until migrated)")
+@click.argument("plan_id")
+@click.option("--name", default="", help="default: the plan id")
+@click.option("--currency", default="USD", show_default=True, help="must be the plan's")
+@click.option("--interval", type=click.Choice(INTERVALS, case_sensitive=False), default="MONTHLY", show_default=True,
+              help="must be the plan's")
+@click.option("--usage", multiple=True, help=PRICE_HELP)
+@click.option("--fee", "fees", multiple=True, help="CODE=AMOUNT per period, repeatable")
+@click.option("--add-on", "add_ons", multiple=True, help="CODE=UNIT_AMOUNT per unit per period, repeatable")
+@click.option("--license", "licenses", multiple=True, help="CODE=UNIT_AMOUNT per seat per period, repeatable")
+@idempotency_option
+@format_options(quiet=True)
+def version(plan_id: str, name: str, currency: str, interval: str, usage: tuple[str, ...], fees: tuple[str, ...],
+            add_ons: tuple[str, ...], licenses: tuple[str, ...], idempotency_key: str, fmt: Format) -> int:
+    request = _request_from_flags(plan_id, name, currency, interval, usage, fees, add_ons, licenses)
+    request.idempotency_key = key_for(idempotency_key)
+    return _print(rpc("invoice", "CreatePlanVersion", request), fmt)

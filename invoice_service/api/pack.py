@@ -64,6 +64,7 @@ def plan(p: Plan) -> pb.Plan:
             out.licenses.append(pb.License(code=c.code, name=c.name, unit_amount=amount))
     if p.created_at:
         out.created_at.CopyFrom(ts(p.created_at))
+    out.version = p.version
     return out
 
 
@@ -71,9 +72,15 @@ def subscription(s: Subscription) -> pb.Subscription:
     out = pb.Subscription(
         subscription_id=s.subscription_id, customer_id=s.customer_id, plan_id=s.plan_id, anchor=ts(s.anchor),
         add_ons=[pb.Quantity(code=k, quantity=v) for k, v in s.add_ons.items()],
-        licenses=[pb.Quantity(code=k, quantity=v) for k, v in s.licenses.items()])
+        licenses=[pb.Quantity(code=k, quantity=v) for k, v in s.licenses.items()],
+        plan_version=s.plan_version, calendar_aligned=s.calendar_aligned,
+        price_overrides=[pb.PriceOverride(code=k, price=_price(o)) if isinstance(o, Price)
+                         else pb.PriceOverride(code=k, amount=decimal_text(o)) for k, o in s.overrides.items()])
     if s.created_at:
         out.created_at.CopyFrom(ts(s.created_at))
+    for name, value in (("trial_end", s.trial_end), ("ends_at", s.ends_at), ("canceled_at", s.canceled_at)):
+        if value is not None:
+            getattr(out, name).CopyFrom(ts(value))
     return out
 
 

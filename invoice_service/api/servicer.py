@@ -20,6 +20,7 @@ from invoice_service.domain.money import currency_scale, to_text
 from invoice_service.domain.usage_costs import BucketCost, bucket_costs
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
+from invoice_service.storage.subscription_changes import SubscriptionChanges
 from invoice_service.storage.usage import UsageOperations
 from service_runtime import portal_sessions
 from service_runtime.call_context import current_caller
@@ -36,18 +37,18 @@ EXPORT_PAGE = 1000  # invoices per page of ExportInvoices (one page in memory at
 _Ctx: TypeAlias = grpc.aio.ServicerContext  # type: ignore[type-arg]
 
 
-def _due_cursor(token: str) -> tuple[str, datetime] | None:
-    """ListDueSubscriptions' cursor: the (customer, period start) of the last period listed."""
-    decoded = decode_token(token, 2)
+def _due_cursor(token: str) -> tuple[str, str, datetime] | None:
+    """ListDueSubscriptions' cursor: the (customer, subscription, period start) of the last period listed."""
+    decoded = decode_token(token, 3)
     if decoded is None:
         return None
     try:
-        start = datetime.fromisoformat(decoded[1])
+        start = datetime.fromisoformat(decoded[2])
     except ValueError as exc:
         raise invalid("page_token", "is not a page token this service issued") from exc
     if start.tzinfo is None:
         raise invalid("page_token", "is not a page token this service issued")
-    return decoded[0], start
+    return decoded[0], decoded[1], start
 
 
 def _tenant() -> str:
@@ -82,11 +83,12 @@ def _exact(value: str) -> str:
 
 class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
     def __init__(self, catalog: CatalogOperations, usage: UsageOperations, invoices: InvoiceOperations,
-                 config: InvoiceConfig) -> None:
+                 config: InvoiceConfig, changes: SubscriptionChanges) -> None:
         self._catalog = catalog
         self._usage = usage
         self._invoices = invoices
         self._config = config
+        self._changes = changes
 
     # ---- catalog ------------------------------------------------------------------------------
 
@@ -111,7 +113,43 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         return await _mutate(guard, pb.Plan, self._catalog.create_plan(guard, unpack.plan(request)))
 
     async def GetPlan(self, request: pb.GetPlanRequest, context: _Ctx) -> pb.Plan:
-        return pack.plan(await self._catalog.get_plan(_tenant(), check_id(request.plan_id, "plan_id")))
+        plan_id = check_id(request.plan_id, "plan_id")
+        if request.version < 0:
+            raise invalid("version", "must be 0 (the latest) or a version number")
+        if request.version:
+            return pack.plan(await self._changes.get_plan_version(_tenant(), plan_id, request.version))
+        return pack.plan(await self._catalog.get_plan(_tenant(), plan_id))
+
+    # ---- subscriptions that change (domain/lifecycle.py) -------------------------------------------
+
+    async def CreatePlanVersion(self, request: pb.CreatePlanRequest, context: _Ctx) -> pb.Plan:
+        guard = _guard("CreatePlanVersion", request, pack.plan)
+        # A version of which plan comes first: an unknown (or another tenant's) plan is NOT_FOUND.
+        await self._catalog.get_plan(_tenant(), check_id(request.plan_id, "plan_id"))
+        return await _mutate(guard, pb.Plan, self._changes.create_plan_version(guard, unpack.plan(request)))
+
+    async def UpdateSubscription(self, request: pb.UpdateSubscriptionRequest, context: _Ctx) -> pb.Subscription:
+        guard = _guard("UpdateSubscription", request, pack.subscription)
+        subscription_id = check_id(request.subscription_id, "subscription_id")
+        change = unpack.subscription_change(request)
+        return await _mutate(guard, pb.Subscription, self._changes.update(guard, subscription_id, change))
+
+    async def CancelSubscription(self, request: pb.CancelSubscriptionRequest, context: _Ctx) -> pb.Subscription:
+        guard = _guard("CancelSubscription", request, pack.subscription)
+        subscription_id = check_id(request.subscription_id, "subscription_id")
+        at = unpack.timestamp(request.at, True, "at") if request.HasField("at") else None
+        return await _mutate(guard, pb.Subscription,
+                             self._changes.cancel(guard, subscription_id, at, request.at_period_end))
+
+    async def MigrateSubscription(self, request: pb.MigrateSubscriptionRequest, context: _Ctx) -> pb.Subscription:
+        guard = _guard("MigrateSubscription", request, pack.subscription)
+        subscription_id = check_id(request.subscription_id, "subscription_id")
+        if request.version < 0:
+            raise invalid("version", "must be 0 (the latest) or a version number")
+        at = (unpack.timestamp(request.effective_at, True, "effective_at") if request.HasField("effective_at")
+              else datetime.now(UTC))
+        return await _mutate(guard, pb.Subscription,
+                             self._changes.migrate(guard, subscription_id, at, request.version))
 
     async def CreateSubscription(self, request: pb.CreateSubscriptionRequest, context: _Ctx) -> pb.Subscription:
         guard = _guard("CreateSubscription", request, pack.subscription)
@@ -133,7 +171,7 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
             pb.DuePeriod(customer_id=c, subscription_id=s, period_start=pack.ts(p.start), period_end=pack.ts(p.end),
                          invoice_id=inv, status=pb.InvoiceStatus.Value(status) if status else 0)
             for c, s, p, inv, status in due],
-            next_page_token=encode_token(last[0], last[2].start.isoformat()) if more and last else "")
+            next_page_token=encode_token(last[0], last[1], last[2].start.isoformat()) if more and last else "")
 
     async def ListSettlements(self, request: pb.ListSettlementsRequest,
                               context: _Ctx) -> pb.ListSettlementsResponse:
@@ -175,7 +213,9 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         guard = _guard("CreateDraft", request, pack.invoice)
         customer_id = check_id(request.customer_id, "customer_id")
         start = unpack.timestamp(request.period_start, request.HasField("period_start"), "period_start")
-        return await _mutate(guard, pb.Invoice, self._invoices.create_draft(guard, customer_id, start))
+        subscription_id = check_id(request.subscription_id, "subscription_id") if request.subscription_id else ""
+        return await _mutate(guard, pb.Invoice, self._invoices.create_draft(guard, customer_id, start,
+                                                                            subscription_id))
 
     async def SplitDraft(self, request: pb.SplitDraftRequest, context: _Ctx) -> pb.SplitDraftResponse:
         invoice_id = check_id(request.invoice_id, "invoice_id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from credits.invoice.v1 import invoice_pb2 as pb
@@ -16,6 +16,7 @@ from invoice_service.domain.invoices import QUANTITY_PATTERN, Aggregation, Charg
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_price
 from invoice_service.storage.invoices import ApplicationIn
+from invoice_service.storage.subscription_changes import Change
 from invoice_service.storage.usage import EventIn, event_field
 from service_runtime.amounts import parse_decimal
 from service_runtime.currencies import is_currency
@@ -131,21 +132,60 @@ def _price(p: pb.Price, present: bool, field: str) -> Price:
     return build_price(model, p.unit_amount, p.flat_amount, p.package_size, tiers, field)
 
 
-def subscription(req: pb.CreateSubscriptionRequest) -> Subscription:
-    def quantities(items: Sequence[pb.Quantity], field: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i, q in enumerate(items):
-            code = check_id(q.code, f"{field}[{i}].code")
-            if q.quantity < 0 or q.quantity > 10_000_000:
-                raise invalid(f"{field}[{i}].quantity", "must be between 0 and 10,000,000")
-            if code in out:
-                raise invalid(f"{field}[{i}].code", f"{code!r} is listed twice")
-            out[code] = q.quantity
-        return out
+def _quantities(items: Sequence[pb.Quantity], field: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i, q in enumerate(items):
+        code = check_id(q.code, f"{field}[{i}].code")
+        if q.quantity < 0 or q.quantity > 10_000_000:
+            raise invalid(f"{field}[{i}].quantity", "must be between 0 and 10,000,000")
+        if code in out:
+            raise invalid(f"{field}[{i}].code", f"{code!r} is listed twice")
+        out[code] = q.quantity
+    return out
 
+
+def price_overrides(items: Sequence[pb.PriceOverride], field: str = "price_overrides") -> dict[str, Decimal | Price]:
+    """Each override is an amount or a price (which one the plan's component decides, in storage)."""
+    out: dict[str, Decimal | Price] = {}
+    for i, o in enumerate(items):
+        code = check_id(o.code, f"{field}[{i}].code")
+        if code in out:
+            raise invalid(f"{field}[{i}].code", f"{code!r} is listed twice")
+        if o.HasField("price") == bool(o.amount.strip()):
+            raise invalid(f"{field}[{i}]", "give either amount (fee, add-on, license) or price (usage)")
+        if o.HasField("price"):
+            out[code] = _price(o.price, True, f"{field}[{i}].price")
+        else:
+            amount = parse_decimal(o.amount, f"{field}[{i}].amount")
+            if amount < 0:
+                raise invalid(f"{field}[{i}].amount", "must not be negative")
+            out[code] = amount
+    return out
+
+
+def subscription(req: pb.CreateSubscriptionRequest) -> Subscription:
+    anchor = timestamp(req.anchor, req.HasField("anchor"), "anchor")
+    trial_end = timestamp(req.trial_end, True, "trial_end") if req.HasField("trial_end") else None
+    if trial_end is not None and trial_end <= anchor:
+        raise invalid("trial_end", "must be after the anchor (the trial runs from the anchor to trial_end)")
     return Subscription(check_id(req.subscription_id, "subscription_id"), check_id(req.customer_id, "customer_id"),
-                        check_id(req.plan_id, "plan_id"), timestamp(req.anchor, req.HasField("anchor"), "anchor"),
-                        quantities(req.add_ons, "add_ons"), quantities(req.licenses, "licenses"))
+                        check_id(req.plan_id, "plan_id"), anchor,
+                        _quantities(req.add_ons, "add_ons"), _quantities(req.licenses, "licenses"),
+                        trial_end=trial_end, calendar_aligned=req.calendar_aligned,
+                        overrides=price_overrides(req.price_overrides))
+
+
+def subscription_change(req: pb.UpdateSubscriptionRequest) -> Change:
+    at = (timestamp(req.effective_at, True, "effective_at") if req.HasField("effective_at")
+          else datetime.now(UTC))
+    plan_id = check_id(req.plan_id, "plan_id") if req.plan_id else ""
+    add_ons = _quantities(req.add_ons, "add_ons") if req.add_ons or req.replace_add_ons else None
+    licenses = _quantities(req.licenses, "licenses") if req.licenses or req.replace_licenses else None
+    overrides = (price_overrides(req.price_overrides) if req.price_overrides or req.replace_price_overrides
+                 else None)
+    if not plan_id and add_ons is None and licenses is None and overrides is None:
+        raise invalid("plan_id", "nothing to change: give a plan, add-ons, licenses or price overrides")
+    return Change(at, plan_id, add_ons, licenses, overrides)
 
 
 def events(items: Sequence[pb.UsageEvent], clock_skew_s: int, field: str = "events") -> list[EventIn]:

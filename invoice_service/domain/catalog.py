@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from invoice_service.domain.invoices import Aggregation, ChargeKind, Component, PlanTerms
+from invoice_service.domain.lifecycle import Schedule
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.periods import INTERVAL_MONTHS, Period, period, period_containing
 from invoice_service.domain.pricing import Price
@@ -40,6 +41,7 @@ class Plan:
     interval: str
     components: tuple[Component, ...]
     created_at: datetime | None = None
+    version: int = 1  # editing a plan creates the next version (CreatePlanVersion)
 
     @property
     def months(self) -> int:
@@ -74,6 +76,15 @@ class Subscription:
     add_ons: dict[str, int] = field(default_factory=dict)
     licenses: dict[str, int] = field(default_factory=dict)
     created_at: datetime | None = None
+    plan_version: int = 0  # 0 on create: the plan's latest version
+    trial_end: datetime | None = None  # billing starts here (a free trial from the anchor)
+    calendar_aligned: bool = False  # periods on calendar boundaries, the first one partial
+    ends_at: datetime | None = None  # cancelled: the last period ends here
+    canceled_at: datetime | None = None
+    overrides: dict[str, Decimal | Price] = field(default_factory=dict)  # per-customer prices by code
+
+    def schedule(self, months: int) -> Schedule:
+        return Schedule(self.anchor, months, self.trial_end, self.calendar_aligned, self.ends_at)
 
     @property
     def quantities(self) -> dict[str, int]:
@@ -85,3 +96,12 @@ class Subscription:
 
     def period_containing(self, months: int, instant: datetime) -> Period:
         return period_containing(self.anchor, months, instant)
+
+
+def overrides_json(overrides: dict[str, Decimal | Price]) -> dict[str, Any]:
+    return {code: ({"price": o.to_json()} if isinstance(o, Price) else {"amount": str(o)})
+            for code, o in overrides.items()}
+
+
+def overrides_from_json(data: dict[str, Any]) -> dict[str, Decimal | Price]:
+    return {code: (Price.from_json(o["price"]) if "price" in o else Decimal(o["amount"])) for code, o in data.items()}

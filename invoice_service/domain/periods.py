@@ -51,16 +51,3 @@ def period_starting_at(anchor: datetime, months: int, start: datetime) -> Period
 # A period whose invoice is one of these is final: its charges will not change (ABANDONED: never billed).
 SETTLED_STATUSES = frozenset({"FINALIZED", "VOIDED", "ABANDONED"})
 
-
-def invoiced_through(anchor: datetime, months: int, settled_starts: set[datetime], max_periods: int) -> datetime:
-    """The start of the subscription's earliest period whose invoice is not FINALIZED, VOIDED or ABANDONED.
-
-    Every charge with a service time before it has been invoiced for good: events of a finalized
-    period are refused, a voided period is not re-billed, and an abandoned one is never billed.
-    The ledger's expiry waits for it.
-    """
-    for index in range(max_periods):
-        p = period(anchor, months, index)
-        if p.start not in settled_starts:
-            return p.start
-    return period(anchor, months, max_periods).start

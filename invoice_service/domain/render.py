@@ -67,6 +67,10 @@ def to_text_invoice(inv: InvoiceView) -> str:
     for item in inv.line_items:
         lines.append(f"{item.description[:33]:<34}{decimal_text(item.quantity):>14}"
                      f"{decimal_text(item.unit_price):>14}{money(item.amount_minor):>14}")
+        lines += [f"  {item.description[n:n + 72]}" for n in range(33, len(item.description), 72)]
+        if (item.service_start, item.service_end) != (inv.period_start, inv.period_end):
+            # a part of the period (a subscription change, a partial first or last period): pro-rated
+            lines.append(f"  service {_day(item.service_start)} to {_day(item.service_end)}")
         for a in inv.applications:
             if a.line_item_id == item.line_item_id:
                 label = f"  credit {a.lot_type.lower()} lot {a.lot_id}"

@@ -90,7 +90,8 @@ def value_covers(items: Sequence[LineItem], pieces: Sequence[Piece], prices: Map
     for line_id, line_covers in per_line.items():
         item = lines[line_id]
         covered = sum((c.units for c, _ in line_covers), _ZERO)
-        billed = round_to_minor(billed_after_free_units(prices[item.code], item.quantity, covered), scale)
+        price = prices.get(item.line_item_id) or prices[item.code]  # a line of a segment: its own price
+        billed = round_to_minor(billed_after_free_units(price, item.quantity, covered), scale)
         value = max(min(item.amount_minor - billed, item.amount_minor), 0)
         line_pieces = [p for p in pieces if p.line_item_id == line_id]
         out.extend(_spread(value, line_covers, line_pieces))

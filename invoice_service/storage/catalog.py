@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 
-from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
+from invoice_service.domain.catalog import (
+    Customer,
+    Meter,
+    Plan,
+    Subscription,
+    overrides_from_json,
+    overrides_json,
+)
 from invoice_service.domain.invoices import Aggregation, ChargeKind
-from invoice_service.domain.periods import INTERVAL_MONTHS, SETTLED_STATUSES, Period, invoiced_through
+from invoice_service.domain.lifecycle import Schedule
+from invoice_service.domain.periods import INTERVAL_MONTHS, SETTLED_STATUSES, Period
+from invoice_service.domain.pricing import Price
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import conflict, invalid, not_found
 
@@ -34,30 +45,42 @@ INSERT INTO plans (tenant_id, plan_id, name, currency, billing_interval, terms) 
 ON CONFLICT DO NOTHING RETURNING created_at
 """
 SELECT_PLAN = """
-SELECT plan_id, name, currency, billing_interval, terms, created_at FROM plans WHERE tenant_id = $1 AND plan_id = $2
+SELECT plan_id, name, currency, billing_interval, terms, created_at, version FROM plans
+WHERE tenant_id = $1 AND plan_id = $2
 """
 INSERT_SUBSCRIPTION = """
-INSERT INTO subscriptions (tenant_id, subscription_id, customer_id, plan_id, anchor, quantities)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING created_at
+INSERT INTO subscriptions (tenant_id, subscription_id, customer_id, plan_id, anchor, quantities, plan_version,
+                           overrides, trial_end, calendar_aligned)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING created_at
 """
-SELECT_SUBSCRIPTION = """
-SELECT subscription_id, customer_id, plan_id, anchor, quantities, created_at FROM subscriptions
-WHERE tenant_id = $1 AND subscription_id = $2
+INSERT_FIRST_PHASE = """
+INSERT INTO subscription_phases (tenant_id, subscription_id, effective_at, plan_id, plan_version, quantities,
+                                 overrides)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
-SELECT_SUBSCRIPTION_EXISTS = """
-SELECT subscription_id FROM subscriptions WHERE tenant_id = $1 AND (subscription_id = $2 OR customer_id = $3)
+INSERT_PLAN_VERSION = """
+INSERT INTO plan_versions (tenant_id, plan_id, version, name, terms) VALUES ($1, $2, $3, $4, $5)
 """
-# Due periods are listed by (customer, period start) — one subscription per customer — a chunk of
-# subscriptions at a time from the cursor's customer on, and only those customers' invoices: a page
-# costs what it lists, not the tenant's whole catalog.
+SUBSCRIPTION_COLUMNS = """
+subscription_id, customer_id, plan_id, anchor, quantities, created_at, plan_version, overrides, trial_end,
+calendar_aligned, ends_at, canceled_at
+"""
+SELECT_SUBSCRIPTION = f"""
+SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND subscription_id = $2
+"""
+# Due periods are listed by (customer, subscription, period start), a chunk of subscriptions at a time
+# from the cursor's subscription on, and only those customers' invoices: a page costs what it lists,
+# not the tenant's whole catalog.
 SELECT_DUE_SUBSCRIPTIONS = """
-SELECT s.subscription_id, s.customer_id, s.anchor, p.billing_interval FROM subscriptions s
+SELECT s.subscription_id, s.customer_id, s.anchor, s.trial_end, s.calendar_aligned, s.ends_at, p.billing_interval
+FROM subscriptions s
 JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
-WHERE s.tenant_id = $1 AND s.anchor <= $2 AND s.customer_id >= $3 AND s.customer_id <> $4
-ORDER BY s.customer_id LIMIT $5
+WHERE s.tenant_id = $1 AND s.anchor <= $2 AND (s.customer_id, s.subscription_id) >= ($3, $4)
+  AND (s.customer_id, s.subscription_id) <> ($5, $6)
+ORDER BY s.customer_id, s.subscription_id LIMIT $7
 """
 SELECT_PERIOD_INVOICES = """
-SELECT customer_id, period_start, invoice_id, status FROM invoices
+SELECT subscription_id, period_start, invoice_id, status FROM invoices
 WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND period_start <= $3
 """
 
@@ -69,13 +92,14 @@ JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer
 WHERE c.tenant_id = $1 AND c.ledger_account_id > $2 ORDER BY c.ledger_account_id LIMIT $3
 """
 SELECT_ACCOUNT_SUBSCRIPTIONS = """
-SELECT c.ledger_account_id, s.customer_id, s.anchor, p.billing_interval FROM customers c
+SELECT c.ledger_account_id, s.customer_id, s.subscription_id, s.anchor, s.trial_end, s.calendar_aligned, s.ends_at,
+       p.billing_interval FROM customers c
 JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
 JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
 WHERE c.tenant_id = $1 AND c.ledger_account_id = ANY($2::text[])
 """
 SELECT_SETTLED_PERIODS = """
-SELECT customer_id, period_start FROM invoices
+SELECT subscription_id, period_start FROM invoices
 WHERE tenant_id = $1 AND customer_id = ANY($2::text[]) AND status = ANY($3::text[])
 """
 
@@ -87,13 +111,21 @@ def meter_from_row(row: asyncpg.Record) -> Meter:
 
 def plan_from_row(row: asyncpg.Record) -> Plan:
     return Plan(row["plan_id"], row["name"], row["currency"], row["billing_interval"],
-                Plan.components_from_json(json.loads(row["terms"])), row["created_at"])
+                Plan.components_from_json(json.loads(row["terms"])), row["created_at"], row["version"])
 
 
 def subscription_from_row(row: asyncpg.Record) -> Subscription:
     q = json.loads(row["quantities"])
     return Subscription(row["subscription_id"], row["customer_id"], row["plan_id"], row["anchor"],
-                        q["add_ons"], q["licenses"], row["created_at"])
+                        q["add_ons"], q["licenses"], row["created_at"], row["plan_version"], row["trial_end"],
+                        row["calendar_aligned"], row["ends_at"], row["canceled_at"],
+                        overrides_from_json(json.loads(row["overrides"])))
+
+
+def schedule_of(row: asyncpg.Record) -> Schedule:
+    """The billing schedule of a subscription row (with its plan's billing_interval)."""
+    return Schedule(row["anchor"], INTERVAL_MONTHS[row["billing_interval"]], row["trial_end"],
+                    row["calendar_aligned"], row["ends_at"])
 
 
 class CatalogOperations:
@@ -163,6 +195,8 @@ class CatalogOperations:
                                           plan.interval, json.dumps(plan.components_json()))
             if created is None:
                 raise conflict("plan_id", f"plan {plan.plan_id!r} already exists")
+            await conn.execute(INSERT_PLAN_VERSION, guard.tenant_id, plan.plan_id, 1, plan.name,
+                               json.dumps(plan.components_json()))
             result = Plan(plan.plan_id, plan.name, plan.currency, plan.interval, plan.components, created)
             await guard.record(conn, result)
             return result
@@ -174,6 +208,8 @@ class CatalogOperations:
         return plan_from_row(row)
 
     async def create_subscription(self, guard: Guard, sub: Subscription) -> Subscription:
+        """A subscription and its first phase (at the anchor, on the plan's latest version). A customer
+        may have several; the subscription id is unique."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
             if await conn.fetchval(SELECT_CUSTOMER, guard.tenant_id, sub.customer_id) is None:
@@ -181,18 +217,19 @@ class CatalogOperations:
             plan_row = await conn.fetchrow(SELECT_PLAN, guard.tenant_id, sub.plan_id)
             if plan_row is None:
                 raise not_found("plan_id", f"no plan {sub.plan_id!r}")
-            _check_quantities(plan_from_row(plan_row), sub)
-            if await conn.fetchval(SELECT_SUBSCRIPTION_EXISTS, guard.tenant_id, sub.subscription_id,
-                                   sub.customer_id) is not None:
-                raise conflict("customer_id", f"customer {sub.customer_id!r} (or subscription "
-                                              f"{sub.subscription_id!r}) already has a subscription")
+            plan = plan_from_row(plan_row)
+            check_quantities(plan, sub.add_ons, sub.licenses)
+            check_overrides(plan, sub.overrides)
             quantities = json.dumps({"add_ons": sub.add_ons, "licenses": sub.licenses})
+            overrides = json.dumps(overrides_json(sub.overrides))
             created = await conn.fetchval(INSERT_SUBSCRIPTION, guard.tenant_id, sub.subscription_id,
-                                          sub.customer_id, sub.plan_id, sub.anchor, quantities)
+                                          sub.customer_id, sub.plan_id, sub.anchor, quantities, plan.version,
+                                          overrides, sub.trial_end, sub.calendar_aligned)
             if created is None:
                 raise conflict("subscription_id", f"subscription {sub.subscription_id!r} already exists")
-            result = Subscription(sub.subscription_id, sub.customer_id, sub.plan_id, sub.anchor,
-                                  sub.add_ons, sub.licenses, created)
+            await conn.execute(INSERT_FIRST_PHASE, guard.tenant_id, sub.subscription_id, sub.anchor, sub.plan_id,
+                               plan.version, quantities, overrides)
+            result = dataclasses.replace(sub, created_at=created, plan_version=plan.version)
             await guard.record(conn, result)
             return result
 
@@ -203,26 +240,25 @@ class CatalogOperations:
         return subscription_from_row(row)
 
     async def list_due(self, tenant_id: str, as_of: datetime, grace_s: int, limit: int,
-                       after: tuple[str, datetime] | None = None) -> tuple[list[DueRow], bool]:
-        """One page of (customer, subscription, period, invoice_id, status), by customer then period
-        start, after the `after` (customer, period start) cursor: every period ended by as_of - grace
-        whose invoice is missing or not yet FINALIZED (a VOIDED one is not re-billed, an ABANDONED one
-        is never billed). Returns the page and whether more may follow."""
+                       after: tuple[str, str, datetime] | None = None) -> tuple[list[DueRow], bool]:
+        """One page of (customer, subscription, period, invoice_id, status), by customer, subscription,
+        then period start, after the `after` (customer, subscription, period start) cursor: every period
+        ended by as_of - grace whose invoice is missing or not yet FINALIZED (a VOIDED one is not
+        re-billed, an ABANDONED one is never billed). Returns the page and whether more may follow."""
         cutoff = as_of - timedelta(seconds=grace_s)
-        from_customer = after[0] if after is not None else ""
-        skip_customer = ""  # a customer whose periods all precede the cursor
+        start_at = (after[0], after[1]) if after is not None else ("", "")
+        skip = ("", "")  # a subscription whose periods all precede the cursor
         due: list[DueRow] = []
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             while len(due) < limit:
-                subs = await conn.fetch(SELECT_DUE_SUBSCRIPTIONS, tenant_id, cutoff, from_customer, skip_customer,
-                                        limit)
+                subs = await conn.fetch(SELECT_DUE_SUBSCRIPTIONS, tenant_id, cutoff, *start_at, *skip, limit)
                 if not subs:
                     return due, False
                 invoices = await conn.fetch(SELECT_PERIOD_INVOICES, tenant_id, [s["customer_id"] for s in subs],
                                             cutoff)
                 due.extend(_due_periods(subs, _period_invoices(invoices), cutoff, after, limit - len(due)))
-                after = None  # the cursor's customer is behind us now
-                from_customer = skip_customer = subs[-1]["customer_id"]
+                after = None  # the cursor's subscription is behind us now
+                start_at = skip = (subs[-1]["customer_id"], subs[-1]["subscription_id"])
                 if len(subs) < limit:
                     return due, len(due) >= limit
         return due, True
@@ -238,11 +274,10 @@ class CatalogOperations:
                                        sorted(SETTLED_STATUSES))
         starts: dict[str, set[datetime]] = {}
         for r in settled:
-            starts.setdefault(r["customer_id"], set()).add(r["period_start"])
+            starts.setdefault(r["subscription_id"], set()).add(r["period_start"])
         through: dict[str, datetime] = {}
         for s in subs:
-            months = INTERVAL_MONTHS[s["billing_interval"]]
-            t = invoiced_through(s["anchor"], months, starts.get(s["customer_id"], set()), MAX_PERIODS_PER_SUBSCRIPTION)
+            t = schedule_of(s).invoiced_through(starts.get(s["subscription_id"], set()), MAX_PERIODS_PER_SUBSCRIPTION)
             account = s["ledger_account_id"]
             through[account] = min(t, through.get(account, t))
         return [(a, through[a]) for a in accounts]
@@ -252,39 +287,49 @@ DueRow = tuple[str, str, Period, str, str]
 
 
 def _period_invoices(rows: list[asyncpg.Record]) -> dict[tuple[str, datetime], tuple[str, str]]:
-    """(customer, period start) -> (invoice, status); a VOIDED invoice only where no other exists."""
+    """(subscription, period start) -> (invoice, status); a VOIDED invoice only where no other exists."""
     by_period: dict[tuple[str, datetime], tuple[str, str]] = {}
     for r in rows:
-        key = (r["customer_id"], r["period_start"])
+        key = (r["subscription_id"], r["period_start"])
         if r["status"] != "VOIDED" or key not in by_period:
             by_period[key] = (r["invoice_id"], r["status"])
     return by_period
 
 
 def _due_periods(subs: list[asyncpg.Record], invoices: dict[tuple[str, datetime], tuple[str, str]],
-                 cutoff: datetime, after: tuple[str, datetime] | None, limit: int) -> list[DueRow]:
-    """Up to `limit` due periods of `subs`, in order; of the cursor's customer only those starting
+                 cutoff: datetime, after: tuple[str, str, datetime] | None, limit: int) -> list[DueRow]:
+    """Up to `limit` due periods of `subs`, in order; of the cursor's subscription only those starting
     after the cursor's period."""
     due: list[DueRow] = []
     for s in subs:
-        sub = Subscription(s["subscription_id"], s["customer_id"], "", s["anchor"])
-        months = INTERVAL_MONTHS[s["billing_interval"]]
-        for index in range(MAX_PERIODS_PER_SUBSCRIPTION):
-            p = sub.period(months, index)
-            if p.end > cutoff or len(due) >= limit:
+        customer_id, subscription_id = s["customer_id"], s["subscription_id"]
+        for p in schedule_of(s).periods_until(cutoff, MAX_PERIODS_PER_SUBSCRIPTION):
+            if len(due) >= limit:
                 break
-            if after is not None and sub.customer_id == after[0] and p.start <= after[1]:
+            if after is not None and (customer_id, subscription_id) == after[:2] and p.start <= after[2]:
                 continue
-            invoice_id, status = invoices.get((sub.customer_id, p.start), ("", ""))
+            invoice_id, status = invoices.get((subscription_id, p.start), ("", ""))
             if status in ("", "DRAFT", "PREPARED"):
-                due.append((sub.customer_id, sub.subscription_id, p, invoice_id, status))
+                due.append((customer_id, subscription_id, Period(p.index, p.start, p.end), invoice_id, status))
     return due
 
 
-def _check_quantities(plan: Plan, sub: Subscription) -> None:
+def check_quantities(plan: Plan, add_ons: dict[str, int], licenses: dict[str, int]) -> None:
     kinds = {c.code: c.kind for c in plan.components}
-    for field, wanted, chosen in (("add_ons", ChargeKind.ADD_ON, sub.add_ons),
-                                  ("licenses", ChargeKind.LICENSE, sub.licenses)):
+    for field, wanted, chosen in (("add_ons", ChargeKind.ADD_ON, add_ons),
+                                  ("licenses", ChargeKind.LICENSE, licenses)):
         for i, code in enumerate(chosen):
             if kinds.get(code) is not wanted:
                 raise invalid(f"{field}[{i}].code", f"plan {plan.plan_id!r} has no {wanted.value} {code!r}")
+
+
+def check_overrides(plan: Plan, overrides: dict[str, Decimal | Price]) -> None:
+    """A usage override is a price, any other an amount; each names a component of the plan."""
+    kinds = {c.code: c.kind for c in plan.components}
+    for i, (code, o) in enumerate(overrides.items()):
+        kind = kinds.get(code)
+        if kind is None:
+            raise invalid(f"price_overrides[{i}].code", f"plan {plan.plan_id!r} has no component {code!r}")
+        if (kind is ChargeKind.USAGE) != isinstance(o, Price):
+            wanted = "a price" if kind is ChargeKind.USAGE else "an amount"
+            raise invalid(f"price_overrides[{i}]", f"{code!r} is a {kind.value} component: override it with {wanted}")

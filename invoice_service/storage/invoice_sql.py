@@ -21,36 +21,53 @@ FOR UPDATE OF c
 _CONTEXT_COLUMNS = """
 c.ledger_account_id AS ctx_ledger_account_id, s.subscription_id AS ctx_subscription_id, s.anchor AS ctx_anchor,
 s.quantities AS ctx_quantities, p.plan_id AS ctx_plan_id, p.name AS ctx_plan_name, p.currency AS ctx_currency,
-p.billing_interval AS ctx_billing_interval, p.terms AS ctx_terms
+p.billing_interval AS ctx_billing_interval, p.terms AS ctx_terms, s.trial_end AS ctx_trial_end,
+s.calendar_aligned AS ctx_calendar_aligned, s.ends_at AS ctx_ends_at
 """
 SELECT_INVOICE_WITH_CONTEXT = f"""
 SELECT {", ".join("i." + c.strip() for c in INVOICE_COLUMNS.split(","))}, {_CONTEXT_COLUMNS}
 FROM invoices i
 JOIN customers c ON c.tenant_id = i.tenant_id AND c.customer_id = i.customer_id
-LEFT JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+LEFT JOIN subscriptions s ON s.tenant_id = i.tenant_id AND s.subscription_id = i.subscription_id
 LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
 WHERE i.tenant_id = $1 AND i.invoice_id = $2
 """
 SELECT_INVOICE_WITH_CONTEXT_FOR_UPDATE = SELECT_INVOICE_WITH_CONTEXT + " FOR UPDATE OF i"
 
+# The billing context of a subscription ($3; "" = the customer's subscriptions, at most 2 rows: one
+# is taken, two is ambiguous).
 SELECT_BILLING_CONTEXT = """
 SELECT c.customer_id, c.ledger_account_id, s.subscription_id, s.anchor, s.quantities, s.created_at AS sub_created,
-       p.plan_id, p.name AS plan_name, p.currency, p.billing_interval, p.terms, p.created_at AS plan_created
+       p.plan_id, p.name AS plan_name, p.currency, p.billing_interval, p.terms, p.created_at AS plan_created,
+       s.trial_end, s.calendar_aligned, s.ends_at
 FROM customers c
 LEFT JOIN subscriptions s ON s.tenant_id = c.tenant_id AND s.customer_id = c.customer_id
+                         AND ($3 = '' OR s.subscription_id = $3)
 LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
 WHERE c.tenant_id = $1 AND c.customer_id = $2
+ORDER BY s.subscription_id LIMIT 2
+"""
+# The phases of a subscription in force during [$3, $4): the one in force at $3 and those after it,
+# each with its plan version's terms.
+SELECT_PHASES = """
+SELECT f.effective_at, f.plan_id, f.plan_version, f.quantities, f.overrides, v.terms
+FROM subscription_phases f
+JOIN plan_versions v ON v.tenant_id = f.tenant_id AND v.plan_id = f.plan_id AND v.version = f.plan_version
+WHERE f.tenant_id = $1 AND f.subscription_id = $2 AND f.effective_at < $4
+  AND f.effective_at >= coalesce((SELECT max(effective_at) FROM subscription_phases
+                                  WHERE tenant_id = $1 AND subscription_id = $2 AND effective_at <= $3), $3)
+ORDER BY f.effective_at
 """
 INSERT_DRAFT = f"""
 INSERT INTO invoices (tenant_id, invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency,
                       period_start, period_end, status)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'DRAFT')
-ON CONFLICT (tenant_id, customer_id, period_start) WHERE status <> 'VOIDED' DO NOTHING
+ON CONFLICT (tenant_id, subscription_id, period_start) WHERE status <> 'VOIDED' DO NOTHING
 RETURNING {INVOICE_COLUMNS}
 """
 SELECT_LIVE_INVOICE_FOR_UPDATE = f"""
 SELECT {INVOICE_COLUMNS} FROM invoices
-WHERE tenant_id = $1 AND customer_id = $2 AND period_start = $3 AND status <> 'VOIDED' FOR UPDATE
+WHERE tenant_id = $1 AND subscription_id = $2 AND period_start = $3 AND status <> 'VOIDED' FOR UPDATE
 """
 
 # Usage per meter and per piece; the piece is the number of split instants at or before the event.

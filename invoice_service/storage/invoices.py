@@ -19,18 +19,28 @@ from typing import Any
 import asyncpg
 
 from invoice_service.domain import invoices as billing
-from invoice_service.domain.catalog import Plan, Subscription
+from invoice_service.domain.catalog import Plan, overrides_from_json
 from invoice_service.domain.invoices import (
     Aggregation,
     Application,
     ChargeKind,
     InvoiceView,
     LineItem,
-    MeterUsage,
     Piece,
+    PlanTerms,
+)
+from invoice_service.domain.lifecycle import (
+    BilledPeriod,
+    Phase,
+    Schedule,
+    SegmentTerms,
+    apply_overrides,
+    segmented_line_items,
+    segments,
+    usage_by_segment,
 )
 from invoice_service.domain.money import currency_scale
-from invoice_service.domain.periods import INTERVAL_MONTHS, period_starting_at
+from invoice_service.domain.periods import INTERVAL_MONTHS
 from invoice_service.domain.pricing import Price
 from invoice_service.domain.splitting import normalize_instants
 from invoice_service.domain.states import Status, Transition, Verb, transition
@@ -105,36 +115,51 @@ class InvoiceOperations:
 
     # ---- drafts -------------------------------------------------------------------------------
 
-    async def create_draft(self, guard: Guard, customer_id: str, period_start: datetime) -> InvoiceView:
-        """Creates the customer's invoice for the period, or recomputes it while it is a DRAFT."""
+    async def create_draft(self, guard: Guard, customer_id: str, period_start: datetime,
+                           subscription_id: str = "") -> InvoiceView:
+        """Creates the invoice of a subscription's period (`subscription_id` "" = the customer's only
+        subscription), or recomputes it while it is a DRAFT."""
         tenant = guard.tenant_id
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, customer_id)
-            if ctx is None:
-                raise not_found("customer_id", f"no customer {customer_id!r}")
-            if ctx["subscription_id"] is None:
-                raise precondition("customer_id", f"customer {customer_id!r} has no subscription")
-            months = INTERVAL_MONTHS[ctx["billing_interval"]]
-            p = period_starting_at(ctx["anchor"], months, period_start)
-            if p is None or p.index < 0:
+            ctx = await self._billing_context(conn, tenant, customer_id, subscription_id)
+            schedule = Schedule(ctx["anchor"], INTERVAL_MONTHS[ctx["billing_interval"]], ctx["trial_end"],
+                                ctx["calendar_aligned"], ctx["ends_at"])
+            p = schedule.period_starting_at(period_start)
+            if p is None:
                 raise invalid("period_start", f"{period_start.isoformat()} is not a billing period start of "
-                                              f"the subscription (anchor {ctx['anchor'].isoformat()})")
+                                              f"subscription {ctx['subscription_id']!r} (anchor "
+                                              f"{ctx['anchor'].isoformat()})")
             if p.start > datetime.now(UTC) + self._skew:
                 raise invalid("period_start", "the period has not started yet")
             header = await conn.fetchrow(sql.INSERT_DRAFT, tenant, "inv_" + secrets.token_hex(8), customer_id,
                                          ctx["subscription_id"], ctx["plan_id"], ctx["ledger_account_id"],
                                          ctx["currency"], p.start, p.end)
             if header is None:
-                header = await conn.fetchrow(sql.SELECT_LIVE_INVOICE_FOR_UPDATE, tenant, customer_id, p.start)
+                header = await conn.fetchrow(sql.SELECT_LIVE_INVOICE_FOR_UPDATE, tenant, ctx["subscription_id"],
+                                             p.start)
             if header["status"] == Status.DRAFT.value:
-                computed = await self._compute(conn, tenant, header, [])
+                computed = await self._compute(conn, tenant, header, [], ctx)
                 await self._replace_line_items(conn, tenant, header["invoice_id"], computed.items)
                 await conn.execute(sql.UPDATE_DRAFT_TOTALS, tenant, header["invoice_id"],
                                    sum(i.amount_minor for i in computed.items))
             view = await self._load(conn, tenant, header["invoice_id"])
             await guard.record(conn, view)
             return view
+
+    async def _billing_context(self, conn: asyncpg.Connection, tenant: str, customer_id: str,
+                               subscription_id: str) -> asyncpg.Record:
+        rows = await conn.fetch(sql.SELECT_BILLING_CONTEXT, tenant, customer_id, subscription_id)
+        if not rows:
+            raise not_found("customer_id", f"no customer {customer_id!r}")
+        if rows[0]["subscription_id"] is None:
+            if subscription_id:
+                raise not_found("subscription_id", f"customer {customer_id!r} has no subscription "
+                                                   f"{subscription_id!r}")
+            raise precondition("customer_id", f"customer {customer_id!r} has no subscription")
+        if len(rows) > 1:
+            raise invalid("subscription_id", f"customer {customer_id!r} has several subscriptions: name one")
+        return rows[0]
 
     async def split_draft(self, tenant: str, invoice_id: str, instants: Sequence[datetime],
                           covers: Sequence[ApplicationIn] = ()) -> Split:
@@ -341,33 +366,47 @@ class InvoiceOperations:
 
     async def _compute(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
                        instants: Sequence[datetime], ctx: Mapping[str, Any] | None = None) -> Computed:
-        """Prices the period from the events stored now (aggregated by Postgres) and cuts it; `ctx`
-        is the billing context if the caller read it with the header."""
+        """Prices the period from the events stored now (aggregated by Postgres) and cuts it at the
+        lot `instants`; a subscription change inside the period cuts it into segments too (one per
+        phase, domain/lifecycle.py). `ctx` is the billing context if the caller read it."""
         if ctx is None:
-            ctx = await conn.fetchrow(sql.SELECT_BILLING_CONTEXT, tenant, header["customer_id"])
-            assert ctx is not None
-        plan = Plan(ctx["plan_id"], ctx["plan_name"], ctx["currency"], ctx["billing_interval"],
-                    Plan.components_from_json(json.loads(ctx["terms"])))
-        q = json.loads(ctx["quantities"])
-        sub = Subscription(ctx["subscription_id"], header["customer_id"], plan.plan_id, ctx["anchor"],
-                           q["add_ons"], q["licenses"])
-        usage = await self._usage(conn, tenant, header, plan, list(instants))
+            ctx = await self._billing_context(conn, tenant, header["customer_id"], header["subscription_id"])
         start, end = header["period_start"], header["period_end"]
-        meters = await self._catalog.meters(conn, tenant, [c.code for c in plan.components
-                                                           if c.kind is ChargeKind.USAGE])
-        items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i
-                 for i in billing.compute_line_items(plan.terms, sub.quantities, usage, start, end)]
-        pieces = billing.split_line_items(items, usage, instants)
-        prices = {c.code: c.price for c in plan.components if c.kind is ChargeKind.USAGE and c.price is not None}
-        return Computed(items, pieces, billing.digest(items, pieces), prices, plan.terms.scale)
+        schedule = Schedule(ctx["anchor"], INTERVAL_MONTHS[ctx["billing_interval"]], ctx["trial_end"],
+                            ctx["calendar_aligned"], ctx["ends_at"])
+        period = schedule.period_starting_at(start) or BilledPeriod(0, start, end, start, end)
+        period = dataclasses.replace(period, end=end)
+        phases: list[Phase] = []
+        terms: list[PlanTerms] = []
+        for r in await conn.fetch(sql.SELECT_PHASES, tenant, header["subscription_id"], start, end):
+            q = json.loads(r["quantities"])
+            phase = Phase(max(r["effective_at"], start), r["plan_id"], r["plan_version"],
+                          {**q["add_ons"], **q["licenses"]}, overrides_from_json(json.loads(r["overrides"])))
+            components = apply_overrides(Plan.components_from_json(json.loads(r["terms"])), phase.overrides)
+            phases.append(phase)
+            terms.append(PlanTerms(r["plan_id"], ctx["currency"], currency_scale(ctx["currency"]), components))
+        parts = segments(phases, start, end)
+        boundaries = [p.start for p in parts[1:]]
+        edges = sorted(set(instants) | set(boundaries))
+        codes = sorted({c.code for t in terms for c in t.components if c.kind is ChargeKind.USAGE})
+        raw, peaks = await self._usage(conn, tenant, header, codes, edges)
+        usage = usage_by_segment(raw, peaks, edges, parts)
+        by_phase = {ph.effective_at: t for ph, t in zip(phases, terms, strict=True)}
+        seg_terms = [SegmentTerms(part, by_phase[part.phase.effective_at], u)
+                     for part, u in zip(parts, usage, strict=True)]
+        items, pieces = segmented_line_items(seg_terms, period, instants)
+        meters = await self._catalog.meters(conn, tenant, codes)
+        items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i for i in items]
+        prices = _usage_prices(seg_terms, items)
+        return Computed(items, pieces, billing.digest(items, pieces), prices, terms[0].scale)
 
-    async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, plan: Plan,
-                     instants: list[datetime]) -> dict[str, MeterUsage]:
-        codes = [c.code for c in plan.components if c.kind is ChargeKind.USAGE]
+    async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, codes: list[str],
+                     edges: list[datetime]) -> tuple[dict[str, dict[int, Decimal]], frozenset[str]]:
+        """Per meter, its quantity per piece (the number of `edges` at or before the event), and the MAX meters."""
         meters = await self._catalog.meters(conn, tenant, codes)
         unique = [c for c in codes if meters[c].aggregation is Aggregation.UNIQUE_COUNT]
         plain = [c for c in codes if c not in unique]
-        args = (tenant, header["customer_id"], header["period_start"], header["period_end"], instants)
+        args = (tenant, header["customer_id"], header["period_start"], header["period_end"], edges)
         pieces: dict[str, dict[int, Decimal]] = {c: {} for c in codes}
         if plain:
             for r in await conn.fetch(sql.AGGREGATE_USAGE, *args, plain):
@@ -378,19 +417,26 @@ class InvoiceOperations:
         if unique:
             for r in await conn.fetch(sql.AGGREGATE_UNIQUE, *args, unique):
                 pieces[r["meter_code"]][r["piece"]] = Decimal(r["total"])
-        usage: dict[str, MeterUsage] = {}
-        for code, by_piece in pieces.items():
-            if not by_piece:
-                continue
-            is_max = meters[code].aggregation is Aggregation.MAX
-            total = max(by_piece.values()) if is_max else sum(by_piece.values(), Decimal(0))
-            usage[code] = MeterUsage(total, by_piece)
-        return usage
+        peaks = frozenset(c for c in codes if meters[c].aggregation is Aggregation.MAX)
+        return pieces, peaks
 
     async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
                                   items: Sequence[LineItem]) -> None:
         await conn.execute(sql.DELETE_LINE_ITEMS, tenant, invoice_id)
         await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
+
+
+def _usage_prices(parts: Sequence[SegmentTerms], items: Sequence[LineItem]) -> dict[str, Price]:
+    """Each usage line's price (by line item id, and by meter for the last segment that prices it)."""
+    prices: dict[str, Price] = {}
+    for part in parts:
+        for c in part.terms.components:
+            if c.kind is ChargeKind.USAGE and c.price is not None:
+                prices[c.code] = c.price
+                for i in items:
+                    if i.kind is ChargeKind.USAGE and i.code == c.code and i.service_start == part.segment.start:
+                        prices[i.line_item_id] = c.price
+    return prices
 
 
 def _context(header: asyncpg.Record) -> dict[str, Any]:

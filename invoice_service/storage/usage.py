@@ -158,7 +158,8 @@ class UsageOperations:
         return accepted
 
     def _open_since(self, rows: Sequence[asyncpg.Record]) -> dict[str, int]:
-        """Per customer, the earliest instant (µs) still accepting events; -1 without subscription."""
+        """Per customer, the earliest instant (µs) still accepting events, across its subscriptions; -1
+        without subscription."""
         now = datetime.now(UTC)
         out: dict[str, int] = {}
         for r in rows:
@@ -170,7 +171,8 @@ class UsageOperations:
             p = period_containing(anchor, months, max(now, anchor))
             while p.index > 0 and p.start + self._grace > now:
                 p = period(anchor, months, p.index - 1)
-            out[r["customer_id"]] = _us(p.start)
+            since = _us(p.start)
+            out[r["customer_id"]] = min(since, out[r["customer_id"]]) if out.get(r["customer_id"], -1) >= 0 else since
         return out
 
     def _check_open(self, name: str, e: EventIn, since: int, frozen: Sequence[tuple[int, int, str]]) -> None:

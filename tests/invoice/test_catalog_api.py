@@ -109,9 +109,13 @@ async def test_bad_catalog_input_names_the_field_and_writes_nothing(env: Invoice
     await expect_error(env, "CreateSubscription", sub(add_ons=[pb.Quantity(code="sso", quantity=-1)]), bad,
                        "add_ons[0].quantity")
     assert await env.count("subscriptions") == 0
-    await env.call("CreateSubscription", sub())
-    await expect_error(env, "CreateSubscription", sub(idempotency_key="s2", subscription_id="s2"),
-                       grpc.StatusCode.ALREADY_EXISTS, "customer_id")
+    first = await env.call("CreateSubscription", sub())
+    # several subscriptions per customer (issue #19); the subscription id stays unique, the key idempotent
+    second = await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2"))
+    assert second.customer_id == first.customer_id and second.subscription_id == "s2"
+    assert await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2")) == second
+    await expect_error(env, "CreateSubscription", sub(idempotency_key="s3", subscription_id="s2"),
+                       grpc.StatusCode.ALREADY_EXISTS, "subscription_id")
 
 
 async def test_tenants_are_isolated_and_roles_are_enforced(env: InvoiceEnv) -> None:

@@ -250,7 +250,7 @@ class License(_message.Message):
     def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., unit_amount: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "created_at")
+    __slots__ = ("plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "created_at", "version")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +260,7 @@ class Plan(_message.Message):
     ADD_ONS_FIELD_NUMBER: _ClassVar[int]
     LICENSES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     name: str
     currency: str
@@ -269,7 +270,8 @@ class Plan(_message.Message):
     add_ons: _containers.RepeatedCompositeFieldContainer[AddOn]
     licenses: _containers.RepeatedCompositeFieldContainer[License]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    version: int
+    def __init__(self, plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class CreatePlanRequest(_message.Message):
     __slots__ = ("idempotency_key", "plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses")
@@ -294,10 +296,12 @@ class CreatePlanRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
-    __slots__ = ("plan_id",)
+    __slots__ = ("plan_id", "version")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
-    def __init__(self, plan_id: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, plan_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Quantity(_message.Message):
     __slots__ = ("code", "quantity")
@@ -308,7 +312,7 @@ class Quantity(_message.Message):
     def __init__(self, code: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "created_at")
+    __slots__ = ("subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "created_at", "plan_version", "trial_end", "calendar_aligned", "ends_at", "canceled_at", "price_overrides")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +320,12 @@ class Subscription(_message.Message):
     ADD_ONS_FIELD_NUMBER: _ClassVar[int]
     LICENSES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_END_FIELD_NUMBER: _ClassVar[int]
+    CALENDAR_ALIGNED_FIELD_NUMBER: _ClassVar[int]
+    ENDS_AT_FIELD_NUMBER: _ClassVar[int]
+    CANCELED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     customer_id: str
     plan_id: str
@@ -323,10 +333,16 @@ class Subscription(_message.Message):
     add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
     licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    plan_version: int
+    trial_end: _timestamp_pb2.Timestamp
+    calendar_aligned: bool
+    ends_at: _timestamp_pb2.Timestamp
+    canceled_at: _timestamp_pb2.Timestamp
+    price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
+    def __init__(self, subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan_version: _Optional[int] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calendar_aligned: _Optional[bool] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("idempotency_key", "subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses")
+    __slots__ = ("idempotency_key", "subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "trial_end", "calendar_aligned", "price_overrides")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +350,9 @@ class CreateSubscriptionRequest(_message.Message):
     ANCHOR_FIELD_NUMBER: _ClassVar[int]
     ADD_ONS_FIELD_NUMBER: _ClassVar[int]
     LICENSES_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_END_FIELD_NUMBER: _ClassVar[int]
+    CALENDAR_ALIGNED_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     subscription_id: str
     customer_id: str
@@ -341,7 +360,10 @@ class CreateSubscriptionRequest(_message.Message):
     anchor: _timestamp_pb2.Timestamp
     add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
     licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
-    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ...) -> None: ...
+    trial_end: _timestamp_pb2.Timestamp
+    calendar_aligned: bool
+    price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
+    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calendar_aligned: _Optional[bool] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ...) -> None: ...
 
 class GetSubscriptionRequest(_message.Message):
     __slots__ = ("subscription_id",)
@@ -605,14 +627,16 @@ class Invoice(_message.Message):
     def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ..., abandoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., abandon_reason: _Optional[str] = ...) -> None: ...
 
 class CreateDraftRequest(_message.Message):
-    __slots__ = ("idempotency_key", "customer_id", "period_start")
+    __slots__ = ("idempotency_key", "customer_id", "period_start", "subscription_id")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     customer_id: str
     period_start: _timestamp_pb2.Timestamp
-    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    subscription_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscription_id: _Optional[str] = ...) -> None: ...
 
 class SplitDraftRequest(_message.Message):
     __slots__ = ("invoice_id", "split_at", "unit_applications")
@@ -867,3 +891,61 @@ class ListTopCustomersResponse(_message.Message):
     meter_code: str
     customers: _containers.RepeatedCompositeFieldContainer[CustomerUsage]
     def __init__(self, meter_code: _Optional[str] = ..., customers: _Optional[_Iterable[_Union[CustomerUsage, _Mapping]]] = ...) -> None: ...
+
+class PriceOverride(_message.Message):
+    __slots__ = ("code", "amount", "price")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    amount: str
+    price: Price
+    def __init__(self, code: _Optional[str] = ..., amount: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class UpdateSubscriptionRequest(_message.Message):
+    __slots__ = ("idempotency_key", "subscription_id", "effective_at", "plan_id", "add_ons", "licenses", "price_overrides", "replace_add_ons", "replace_licenses", "replace_price_overrides")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_LICENSES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    subscription_id: str
+    effective_at: _timestamp_pb2.Timestamp
+    plan_id: str
+    add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
+    licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
+    price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
+    replace_add_ons: bool
+    replace_licenses: bool
+    replace_price_overrides: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan_id: _Optional[str] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ..., replace_add_ons: _Optional[bool] = ..., replace_licenses: _Optional[bool] = ..., replace_price_overrides: _Optional[bool] = ...) -> None: ...
+
+class CancelSubscriptionRequest(_message.Message):
+    __slots__ = ("idempotency_key", "subscription_id", "at", "at_period_end")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AT_PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    subscription_id: str
+    at: _timestamp_pb2.Timestamp
+    at_period_end: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., at_period_end: _Optional[bool] = ...) -> None: ...
+
+class MigrateSubscriptionRequest(_message.Message):
+    __slots__ = ("idempotency_key", "subscription_id", "effective_at", "version")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    subscription_id: str
+    effective_at: _timestamp_pb2.Timestamp
+    version: int
+    def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...

@@ -174,6 +174,26 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
                 _registered_method=True)
+        self.UpdateSubscription = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/UpdateSubscription',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UpdateSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.CancelSubscription = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/CancelSubscription',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CancelSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+                _registered_method=True)
+        self.CreatePlanVersion = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/CreatePlanVersion',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePlanRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Plan.FromString,
+                _registered_method=True)
+        self.MigrateSubscription = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/MigrateSubscription',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -365,6 +385,36 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSubscription(self, request, context):
+        """Subscriptions that change (issue #19, part A). A change takes effect at an instant: the period
+        holding it is split there, fixed fees, add-ons and licenses pro-rated by time (cumulative
+        rounding, invoice_service/domain/lifecycle.py), usage priced by event time under the plan in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSubscription(self, request, context):
+        """Ends a subscription at an instant or at the end of the period holding it; the last period ends
+        there and its (final) invoice bills it pro rata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePlanVersion(self, request, context):
+        """Editing a plan creates its next version; subscriptions stay on theirs until migrated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateSubscription(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -507,6 +557,26 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.ListTopCustomers,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.SerializeToString,
+            ),
+            'UpdateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubscription,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.UpdateSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.SerializeToString,
+            ),
+            'CancelSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSubscription,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CancelSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.SerializeToString,
+            ),
+            'CreatePlanVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePlanVersion,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePlanRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Plan.SerializeToString,
+            ),
+            'MigrateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateSubscription,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1265,6 +1335,114 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/ListTopCustomers',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTopCustomersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/UpdateSubscription',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.UpdateSubscriptionRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/CancelSubscription',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.CancelSubscriptionRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePlanVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/CreatePlanVersion',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.CreatePlanRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Plan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/MigrateSubscription',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
             options,
             channel_credentials,
             insecure,
