@@ -7,6 +7,10 @@ ledger server (with the FinanceService) in this process.
    BatchDebitCredits until the journal holds `entries` ledger entries (every one a real debit,
    through gRPC, durable);
 2. projection: the books catch up with the whole journal in one go -> `projection_entries_per_s`;
+   before that, same run, the first `baseline_entries` entries are projected by the earlier per-entry
+   path (`overlapped=False`: a `Line` object per line, every row written after the batch is derived)
+   and by the current one, each in a transaction rolled back afterwards ->
+   `baseline_projection_entries_per_s` and `prefix_projection_entries_per_s` (the same entries);
 3. report: the monthly revenue report through gRPC (GetRevenueReport) -> `report_s`; the same
    figures by a naive full scan of the ledger journal joined with the lots (what a query without
    books would do) -> `baseline_report_s`, same run, and their ratio;
@@ -72,6 +76,9 @@ class FinanceBenchReport:
     load_s: float = 0.0
     projection_s: float = 0.0
     projection_entries_per_s: float = 0.0
+    baseline_projection_entries_per_s: float = 0.0  # the earlier per-entry path, first baseline_entries
+    prefix_projection_entries_per_s: float = 0.0  # the current path over those same entries
+    baseline_entries: int = 0
     report_s: float = 0.0
     baseline_report_s: float = 0.0
     report_vs_baseline: float = 0.0
@@ -102,6 +109,7 @@ class Options:
     batch_concurrency: int = 4
     lag_seconds: float = 10.0
     lag_concurrency: int = 16
+    baseline_entries: int = 200_000
     progress: Callable[[str], None] | None = None
 
 
@@ -143,6 +151,11 @@ async def _run(opts: Options, dsn: str) -> FinanceBenchReport:
         _say(opts, f"{report.entries} ledger entries in {report.load_s:.1f}s; projecting")
         token = current_tenant.set(TENANT)
         try:
+            _say(opts, f"projecting the first {opts.baseline_entries} entries both ways (rolled back)")
+            report.baseline_entries, report.baseline_projection_entries_per_s = await _rolled_back_projection(
+                pool, opts.baseline_entries, overlapped=False)
+            _, report.prefix_projection_entries_per_s = await _rolled_back_projection(
+                pool, opts.baseline_entries, overlapped=True)
             started = time.monotonic()
             await projector.project(pool, TENANT)
             report.projection_s = time.monotonic() - started
@@ -157,6 +170,30 @@ async def _run(opts: Options, dsn: str) -> FinanceBenchReport:
         await pool.close()
         await owner.close()
     return report
+
+
+FIRST_ENTRIES_END = """
+SELECT max(entry_id) FROM (SELECT entry_id FROM journal WHERE tenant_id = $1 ORDER BY entry_id LIMIT $2) x
+"""
+
+
+async def _rolled_back_projection(pool: asyncpg.Pool, entries: int, *, overlapped: bool) -> tuple[int, float]:
+    """Projects the tenant's first `entries` entries in one transaction, rolled back: (entries, entries/s)."""
+    async with pool.acquire() as conn:
+        mark = await conn.fetchval(FIRST_ENTRIES_END, TENANT, entries)
+        if mark is None:
+            return 0, 0.0
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            total, done, started = 0, False, time.monotonic()
+            while not done:
+                n, done = await projector.project_batch(conn, TENANT, mark, overlapped=overlapped)
+                total += n
+            elapsed = time.monotonic() - started
+        finally:
+            await tx.rollback()
+    return total, total / elapsed if elapsed else 0.0
 
 
 async def _load(opts: Options, ledger: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]],
@@ -273,6 +310,8 @@ def describe(r: FinanceBenchReport) -> str:
     return "\n".join([
         f"ledger entries          {r.entries:,} (loaded in {r.load_s:.1f}s through BatchDebitCredits)",
         f"projection              {r.projection_entries_per_s:,.0f} entries/s ({r.projection_s:.1f}s)",
+        f"  first {r.baseline_entries:,} entries   {r.prefix_projection_entries_per_s:,.0f} entries/s "
+        f"(earlier per-entry path, same entries: {r.baseline_projection_entries_per_s:,.0f} entries/s)",
         f"monthly revenue report  {r.report_s:.3f}s (naive full scan {r.baseline_report_s:.3f}s, "
         f"x{r.report_vs_baseline:.1f})",
         f"projection lag          p50 {r.projection_lag_p50_s:.3f}s, p99 {r.projection_lag_p99_s:.3f}s "
