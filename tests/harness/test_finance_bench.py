@@ -17,4 +17,6 @@ def test_bench_finance_smoke() -> None:
     assert figures["entries"] >= 3_000
     assert figures["mismatch_minor"] == 0 and figures["violations"] == [], describe(report)
     assert figures["lag_debits"] > 0
+    for key in ("baseline_projection_cpu_us", "prefix_projection_cpu_us"):  # [this process, postgres] per entry
+        assert len(figures[key]) == 2 and all(x > 0 for x in figures[key]), (key, figures)
     assert "projection" in describe(report)
