@@ -144,16 +144,17 @@ DO UPDATE SET money_in = s.money_in + EXCLUDED.money_in, money_out = s.money_out
 # The overlapped path (the default) writes a batch's entries and lines chunk by chunk, each chunk in one
 # statement, so the database stores one chunk while the books derive the next.
 INSERT_CHUNK = """
-WITH entries AS (
+WITH x AS MATERIALIZED (SELECT value AS x FROM jsonb_array_elements($2::jsonb)),
+entries AS (
     INSERT INTO finance_entries (tenant_id, entry_id, kind, lot_id, account_id, units, money, effective_at, posting_at)
     SELECT $1, (x->>0)::bigint, x->>1, x->>2, x->>3, (x->>4)::bigint, (x->>5)::bigint, (x->>6)::timestamptz,
            (x->>7)::timestamptz
-    FROM jsonb_array_elements($2::jsonb) x)
+    FROM x)
 INSERT INTO finance_lines (tenant_id, entry_id, line_no, posting_at, effective_at, gl_account, gl_code, debit, credit,
     currency, account_id, lot_id, lot_type, campaign_id, entry_kind, hold_key, reference, memo)
-SELECT $1, (x->>0)::bigint, (x->>1)::smallint, (x->>2)::timestamptz, (x->>3)::timestamptz, x->>4, x->>5,
-       (x->>6)::bigint, (x->>7)::bigint, x->>8, x->>9, x->>10, x->>11, x->>12, x->>13, x->>14, x->>15, x->>16
-FROM jsonb_array_elements($3::jsonb) x
+SELECT $1, (x->>0)::bigint, p.n, (x->>7)::timestamptz, (x->>6)::timestamptz, p.v->>0, p.v->>1, (p.v->>2)::bigint,
+       (p.v->>3)::bigint, x->>8, x->>14, x->>2, x->>9, x->>10, x->>1, x->>11, x->>12, p.v->>4
+FROM x, jsonb_array_elements(x->13) WITH ORDINALITY AS p(v, n)
 """
 # Each batch with entries, for the record: what a from-scratch re-derivation needs (migration 0018).
 RECORD_BATCH = """
@@ -273,20 +274,20 @@ class _Batch:
     touched: set[str] = field(default_factory=set)
 
     def add_postings(self, entry: LedgerEntry, postings: list[Posting], books: Books) -> None:
-        """`add` from the books' postings (`Books.postings`): the same rows, without a `Line` per line."""
+        """`add` from the books' postings (`Books.postings`), for `INSERT_CHUNK`: one row per entry in
+        `entries` with its lines nested (what a line repeats of its entry and lot travels once)."""
         at = entry.posting_at
         assert at is not None
         posting = at.isoformat()
         effective = posting if entry.effective_at == at else entry.effective_at.isoformat()
         day = posting[:10] if at.tzinfo is UTC else at.astimezone(UTC).date().isoformat()
         book = books.lots[entry.lot_id]
-        method, codes, kind, eid = book.method.value, books.rules.codes, entry.kind, entry.entry_id
+        method, codes, kind = book.method.value, books.rules.codes, entry.kind
         transfer = is_transfer(entry.reference)
-        head = (book.currency, book.account_id, book.lot_id, book.lot_type, book.campaign_id, kind, entry.hold_key,
-                entry.reference)
-        for n, (gl, debit, credit, memo) in enumerate(postings, 1):
+        lines = []
+        for gl, debit, credit, memo in postings:
             value = gl.value
-            self.lines.append((eid, n, posting, effective, value, codes[value], debit, credit, *head, memo))
+            lines.append((value, codes[value], debit, credit, memo))
             key = (day, book.account_id, book.lot_type, book.currency, value, kind, transfer, memo, method)
             acc = self.days.get(key)
             if acc is None:
@@ -296,7 +297,9 @@ class _Batch:
                 acc[1] += credit
                 acc[2] += 1
         moved = books.moved
-        self.entries.append((eid, kind, entry.lot_id, entry.account_id, entry.amount, moved, effective, posting))
+        self.entries.append((entry.entry_id, kind, entry.lot_id, entry.account_id, entry.amount, moved, effective,
+                             posting, book.currency, book.lot_type, book.campaign_id, entry.hold_key, entry.reference,
+                             lines, book.account_id))
         if moved:
             money = self.money.setdefault((day, entry.account_id, book.lot_type, book.currency, book.paid), [0, 0])
             money[0 if kind in MONEY_IN else 1] += moved
@@ -371,14 +374,14 @@ async def _project_overlapped(conn: asyncpg.Connection, tenant_id: str, rows: li
     batch = _Batch()
     in_flight: asyncio.Task[str] | None = None
     for start in range(0, len(rows), CHUNK):
-        entries, lines = len(batch.entries), len(batch.lines)
+        batch.entries.clear()
         for row in rows[start:start + CHUNK]:
             entry, grant = _entry(row, granted, closed)
             batch.add_postings(entry, books.postings(entry, grant), books)
-        args = json.dumps(batch.entries[entries:]), json.dumps(batch.lines[lines:])
+        chunk = json.dumps(batch.entries)
         if in_flight is not None:
             await in_flight
-        in_flight = asyncio.create_task(conn.execute(INSERT_CHUNK, tenant_id, *args))
+        in_flight = asyncio.create_task(conn.execute(INSERT_CHUNK, tenant_id, chunk))
         await asyncio.sleep(0)  # let it send its statement before the next chunk's derivation
     if in_flight is not None:
         await in_flight
