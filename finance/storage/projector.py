@@ -443,7 +443,9 @@ async def project(pool: asyncpg.Pool, tenant_id: str, *, window: int = WINDOW, m
 # Which tenants a round must visit, in O(entries since the lowest cursor) on the journal's primary key:
 # not an EXISTS per tenant, which the planner answers with a scan of the whole journal (every round,
 # 1M entries: seconds of lag). Tenants with no entry in (lowest cursor, mark] then have their cursor moved
-# to the mark (nothing of theirs can appear below it), so an idle tenant does not hold the lowest back.
+# to the mark (nothing of theirs can appear below it), so an idle tenant does not hold the lowest back --
+# once the lowest is `idle_slack` ids behind, so idle cursors are written once per that many ids, not
+# every round.
 LOWEST_CURSOR = """
 SELECT coalesce(min(coalesce(c.entry_id, 0)), 0) FROM tenants t LEFT JOIN finance_cursors c ON c.tenant_id = t.tenant_id
 """
@@ -456,7 +458,10 @@ WHERE c.entry_id < EXCLUDED.entry_id
 """
 
 
-async def project_all(owner_pool: asyncpg.Pool) -> int:
+IDLE_SLACK = WINDOW
+
+
+async def project_all(owner_pool: asyncpg.Pool, idle_slack: int = IDLE_SLACK) -> int:
     """One round over every tenant with entries not yet projected (owner pool: sees every tenant)."""
     total = 0
     async with owner_pool.acquire() as conn:
@@ -467,7 +472,8 @@ async def project_all(owner_pool: asyncpg.Pool) -> int:
         if lowest >= mark:
             return 0
         behind = [r["tenant_id"] for r in await conn.fetch(TENANTS_WITH_ENTRIES, lowest, mark)]
-        await conn.execute(SKIP_IDLE, mark, behind)
+        if mark - lowest > idle_slack:
+            await conn.execute(SKIP_IDLE, mark, behind)
     for tenant_id in behind:
         token = current_tenant.set(tenant_id)
         try:

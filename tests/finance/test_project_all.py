@@ -1,5 +1,6 @@
 """The background round finds the tenants to project from the journal's new entries only (one range on
-its primary key), and moves an idle tenant's cursor up to the mark -- never past an entry of its own."""
+its primary key), and moves an idle tenant's cursor up to the mark (here at once: no slack) -- never past
+an entry of its own."""
 
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ async def test_a_round_visits_tenants_with_new_entries_and_moves_idle_cursors(bo
     try:
         cursor = "SELECT entry_id FROM finance_cursors WHERE tenant_id = $1"
         count = "SELECT count(*) FROM finance_entries WHERE tenant_id = $1"
-        assert await projector.project_all(owner) == 2  # both tenants: their GRANTs
+        assert await projector.project_all(owner, idle_slack=0) == 2  # both tenants: their GRANTs
         for n in range(3):
             await _debit(books, ACTIVE, f"d{n}")
-        assert await projector.project_all(owner) == 3
+        assert await projector.project_all(owner, idle_slack=0) == 3
         last = await owner.fetchval("SELECT max(entry_id) FROM journal")
         assert await owner.fetchval(cursor, IDLE) == await owner.fetchval(cursor, ACTIVE) == last
-        assert await projector.project_all(owner) == 0  # nothing new: nothing to visit
+        assert await projector.project_all(owner, idle_slack=0) == 0  # nothing new: nothing to visit
         await _debit(books, IDLE, "late")  # the idle tenant's next entry is still projected
-        assert await projector.project_all(owner) == 1
+        assert await projector.project_all(owner, idle_slack=0) == 1
         assert await owner.fetchval(count, IDLE) == await owner.fetchval(
             "SELECT count(*) FROM journal WHERE tenant_id = $1", IDLE)
     finally:
