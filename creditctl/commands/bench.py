@@ -209,7 +209,9 @@ def alerts(accounts: int, concurrency: int, check: bool, as_json: bool) -> int:
     help="Starts an embedded Postgres (fsync on) and the ledger server, loads ENTRIES ledger entries through "
          "BatchDebitCredits, then measures the books' catch-up (entries/s), the monthly revenue report against a "
          "naive full scan of the journal (same run), exactness (mismatch_minor: must be 0) and the projection lag "
-         "while debits keep arriving.")
+         "while debits keep arriving. Baseline for the projector, same run: the first --baseline-entries entries "
+         "projected by the earlier per-entry path and by the current one (rolled back), with the CPU per entry "
+         "of each (baseline_projection_cpu_us, prefix_projection_cpu_us: [this process, postgres]).")
 @click.option("--entries", type=int, default=1_000_000, show_default=True, help="ledger entries to load")
 @click.option("--customers", type=int, default=200, show_default=True, help="accounts the debits spread over")
 @click.option("--lag-seconds", type=float, default=10.0, show_default=True, help="length of the lag phase")
