@@ -6,6 +6,7 @@ import asyncpg
 from temporalio.client import Client
 
 from finance.storage.projector import project
+from finance.storage.rederive import rederive_books
 from finance.storage.verify import verify_books
 from reconciler.idempotency_checks import check_idempotency
 from reconciler.invoice_checks import check_invoices, check_saga_holds, load_invoices
@@ -61,9 +62,17 @@ async def _reconcile_tenant(lconn: asyncpg.Connection, iconn: asyncpg.Connection
 
 
 async def check_books(lconn: asyncpg.Connection, lpool: asyncpg.Pool, found: TenantFindings) -> None:
-    """The finance books (SPEC §12), caught up first: balanced, complete, exact per lot."""
+    """The finance books (SPEC §12), caught up first: balanced, complete, exact per lot; then re-derived
+    from the journal from scratch and compared line by line (finance/storage/rederive.py)."""
     await project(lpool, found.tenant_id)
     books = await verify_books(lconn, found.tenant_id)
     found.count("finance_entries", books.entries)
     for text in books.violations:
         found.bad(Check.FINANCE_BOOKS, text, lot_id=text.split()[1].rstrip(":") if text.startswith("lot ") else "")
+    replayed = await rederive_books(lconn, found.tenant_id)
+    found.count("finance_lines_rederived", replayed.lines)
+    for text in replayed.violations:
+        found.bad(Check.FINANCE_REDERIVED, text, lot_id=text.split()[1].rstrip(":") if text.startswith("lot ") else "")
+    more = replayed.differences - len(replayed.violations)
+    if more:
+        found.bad(Check.FINANCE_REDERIVED, f"... and {more} more differences")

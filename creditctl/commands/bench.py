@@ -209,17 +209,22 @@ def alerts(accounts: int, concurrency: int, check: bool, as_json: bool) -> int:
     help="Starts an embedded Postgres (fsync on) and the ledger server, loads ENTRIES ledger entries through "
          "BatchDebitCredits, then measures the books' catch-up (entries/s), the monthly revenue report against a "
          "naive full scan of the journal (same run), exactness (mismatch_minor: must be 0) and the projection lag "
-         "while debits keep arriving.")
+         "while debits keep arriving. Baseline for the projector, same run: the first --baseline-entries entries "
+         "projected by the earlier per-entry path and by the current one (rolled back), with the CPU per entry "
+         "of each (baseline_projection_cpu_us, prefix_projection_cpu_us: [this process, postgres]).")
 @click.option("--entries", type=int, default=1_000_000, show_default=True, help="ledger entries to load")
 @click.option("--customers", type=int, default=200, show_default=True, help="accounts the debits spread over")
 @click.option("--lag-seconds", type=float, default=10.0, show_default=True, help="length of the lag phase")
+@click.option("--baseline-entries", type=click.IntRange(min=0), default=200_000, show_default=True,
+              help="entries the earlier per-entry projector path and the current one both project (rolled back)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
-def finance(entries: int, customers: int, lag_seconds: float, check: bool, as_json: bool) -> int:
+def finance(entries: int, customers: int, lag_seconds: float, baseline_entries: int, check: bool,
+            as_json: bool) -> int:
     from harness.benches import finance as bench
 
     report = bench.run(bench.Options(entries=entries, customers=customers, lag_seconds=lag_seconds,
-                                     progress=None if as_json else note))
+                                     baseline_entries=baseline_entries, progress=None if as_json else note))
     figures = report.figures()
     if as_json:
         print_json(figures, indent=None)

@@ -127,6 +127,10 @@ def breakage(from_period: str, to_period: str, daily: bool, fmt: Format) -> int:
     return 0
 
 
+SECONDS = ("median_time_to_consumption_s", "units_weighted_median_time_to_consumption_s",
+           "units_weighted_mean_time_to_consumption_s")
+
+
 @command.command("program", help="issuance, consumption, breakage and redemption of lots granted FROM..TO")
 @click.argument("from_period")
 @click.argument("to_period", required=False, default="")
@@ -138,11 +142,11 @@ def program(from_period: str, to_period: str, fmt: Format) -> int:
     for r in rows:
         for rate in ("consumption_rate", "breakage_rate", "redemption_rate"):
             r[rate] = f"{r[rate]:.4f}"
-        median = r["median_time_to_consumption_s"]
-        r["median_time_to_consumption_s"] = "" if median < 0 else f"{median:.0f}"
+        for key in SECONDS:
+            r[key] = "" if r[key] < 0 else f"{r[key]:.0f}"
     emit_rows(rows, ("lot_type", "source", "campaign_id", "unit", "lots", "units_issued", "units_consumed",
                      "units_expired", "value_issued", "currency", "consumption_rate", "breakage_rate",
-                     "redemption_rate", "median_time_to_consumption_s"), fmt)
+                     "redemption_rate", *SECONDS), fmt)
     return 0
 
 

@@ -74,8 +74,13 @@ def program_row(r: ProgramRow, unit_scales: Mapping[str, int]) -> pb.ProgramRow:
         units_consumed=format_minor(r.units_consumed, scale), units_expired=format_minor(r.units_expired, scale),
         units_remaining=format_minor(r.units_remaining, scale), value_issued=money(r.value_issued, r.currency),
         consumption_rate=r.consumption_rate, breakage_rate=r.breakage_rate, redemption_rate=r.redemption_rate,
-        median_time_to_consumption_s=-1.0 if r.median_time_to_consumption_s is None
-        else r.median_time_to_consumption_s)
+        median_time_to_consumption_s=_seconds(r.median_time_to_consumption_s),
+        units_weighted_median_time_to_consumption_s=_seconds(r.weighted_median_time_to_consumption_s),
+        units_weighted_mean_time_to_consumption_s=_seconds(r.weighted_mean_time_to_consumption_s))
+
+
+def _seconds(value: float | None) -> float:
+    return -1.0 if value is None else value
 
 
 def journal_line(r: Any) -> pb.JournalLine:

@@ -43,6 +43,7 @@ from fractions import Fraction
 from finance.domain.rules import EXPENSE_OF, Breakage, BreakageMethod, Gl, LotTerms, Rules, Treatment
 
 CONSUMING = frozenset({"POST", "DEBIT"})
+Posting = tuple[Gl, int, int, str]  # one line as the books decide it: GL account, debit, credit, memo
 TRANSFER_PREFIXES = ("transfer/", "rollover/")
 
 
@@ -206,18 +207,26 @@ class Books:
 
     def apply(self, entry: LedgerEntry, grant: LotGrant | None = None) -> list[Line]:
         """The lines of one ledger entry (a GRANT needs the lot's `grant`), updating the lot's book."""
+        return self._derive(entry, grant).lines
+
+    def postings(self, entry: LedgerEntry, grant: LotGrant | None = None) -> list[Posting]:
+        """What `apply` decides, without the columns a line repeats of its entry and lot: (GL account,
+        debit, credit, memo) per line, in line order (line_no = position + 1). The same derivation."""
+        return self._derive(entry, grant).rows
+
+    def _derive(self, entry: LedgerEntry, grant: LotGrant | None) -> _Pen:
         pen = _Pen(self.rules, entry)
         self.moved = 0
         if entry.kind == "GRANT":
             assert grant is not None, "a GRANT needs its lot"
             self._grant(entry, grant, pen)
             self.moved = self.lots[grant.lot_id].deferred_at_grant
-            return pen.lines
+            return pen
         book = self.lots[entry.lot_id]
         pen.book = book
         before = book.units_remaining
         if entry.kind in ("HOLD", "RELEASE"):
-            return pen.lines
+            return pen
         if entry.kind in CONSUMING or entry.kind in ("EXPIRE", "VOID", "TRANSFER_OUT"):
             book.units_remaining = before - entry.amount
             self.moved = book.money(before) - book.money(book.units_remaining)
@@ -229,7 +238,7 @@ class Books:
         else:
             raise ValueError(f"unknown ledger entry kind {entry.kind!r}")
         self._true_up(book, pen)
-        return pen.lines
+        return pen
 
     def _grant(self, entry: LedgerEntry, grant: LotGrant, pen: _Pen) -> None:
         incoming = None
@@ -315,23 +324,30 @@ class Books:
 
 
 class _Pen:
-    """Writes the lines of one entry, numbered from 1, each pair balanced."""
+    """Writes the lines of one entry, numbered from 1, each pair balanced: as postings, made into
+    `Line`s only when asked (the projector's set-wise path sends postings and lets the database
+    join in the rest)."""
 
     def __init__(self, rules: Rules, entry: LedgerEntry) -> None:
         self.rules = rules
         self.entry = entry
         self.book: LotBook | None = None
-        self.lines: list[Line] = []
+        self.rows: list[Posting] = []
 
     def line(self, gl: Gl, debit: int, credit: int, memo: str) -> None:
         if debit == 0 and credit == 0:
             return
-        b, e = self.book, self.entry
-        assert b is not None
-        code = self.rules.codes[gl.value]
-        self.lines.append(Line(e.entry_id, len(self.lines) + 1, gl, code, debit, credit, b.currency, b.account_id,
-                               b.lot_id, b.lot_type, b.campaign_id, e.kind, e.hold_key, e.reference,
-                               e.effective_at, e.recorded_at, memo, e.posting_at))
+        assert self.book is not None
+        self.rows.append((gl, debit, credit, memo))
+
+    @property
+    def lines(self) -> list[Line]:
+        b, e, codes = self.book, self.entry, self.rules.codes
+        if b is None:
+            return []
+        return [Line(e.entry_id, n, gl, codes[gl.value], debit, credit, b.currency, b.account_id, b.lot_id, b.lot_type,
+                     b.campaign_id, e.kind, e.hold_key, e.reference, e.effective_at, e.recorded_at, memo, e.posting_at)
+                for n, (gl, debit, credit, memo) in enumerate(self.rows, 1)]
 
     def pair(self, debit_gl: Gl, credit_gl: Gl, amount: int, memo: str) -> None:
         if amount < 0:

@@ -131,7 +131,9 @@ class ProgramRow:
     units_expired: int = 0
     units_remaining: int = 0
     value_issued: int = 0
-    median_time_to_consumption_s: float | None = None
+    median_time_to_consumption_s: float | None = None  # over consumption entries, each counted once
+    weighted_median_time_to_consumption_s: float | None = None  # over consumed units: the median unit's
+    weighted_mean_time_to_consumption_s: float | None = None  # over consumed units
 
     @staticmethod
     def _rate(part: int, whole: int) -> float:

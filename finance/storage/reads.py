@@ -84,6 +84,21 @@ WHERE l.tenant_id = $1 AND l.granted_at >= $2 AND l.granted_at < $3 AND l.origin
 GROUP BY 1, 2, 3, 4, 5
 ORDER BY 1, 2, 3, 4, 5
 """
+# Time to consumption weighted by units, per cohort: each consumed unit at its entry's delay since its lot's
+# grant; the median unit is the first, in order of delay, at which half the cohort's units are reached.
+PROGRAM_WEIGHTED = """
+SELECT lot_type, source, campaign_id, unit, currency,
+       min(s) FILTER (WHERE 2 * cum >= total) AS median_s, sum(s * units) / sum(units) AS mean_s
+FROM (SELECT m.lot_type, m.source, m.campaign_id, m.unit, m.currency, e.units,
+             extract(epoch FROM e.effective_at - m.granted_at) AS s,
+             sum(e.units) OVER (c ORDER BY e.effective_at - m.granted_at, e.entry_id) AS cum,
+             sum(e.units) OVER c AS total
+      FROM finance_entries e JOIN finance_lots m ON m.tenant_id = e.tenant_id AND m.lot_id = e.lot_id
+      WHERE e.tenant_id = $1 AND e.kind IN ('POST', 'DEBIT') AND m.granted_at >= $2 AND m.granted_at < $3
+        AND m.origin_lot_id = ''
+      WINDOW c AS (PARTITION BY m.lot_type, m.source, m.campaign_id, m.unit, m.currency)) x
+GROUP BY 1, 2, 3, 4, 5
+"""
 JOURNAL_PAGE = """
 SELECT * FROM finance_lines
 WHERE tenant_id = $1 AND posting_at >= $2 AND posting_at < $3 AND (entry_id, line_no) > ($4, $5)
@@ -213,11 +228,15 @@ async def breakage(conn: asyncpg.Connection, tenant_id: str, start: datetime, en
 async def program(conn: asyncpg.Connection, tenant_id: str, start: datetime, end: datetime) -> list[ProgramRow]:
     """Cohorts of lots granted in [start, end) (transfer and rollover copies excluded: not new issuance)."""
     out = []
+    weighted = {tuple(r)[:5]: r for r in await conn.fetch(PROGRAM_WEIGHTED, tenant_id, start, end)}
     for r in await conn.fetch(PROGRAM, tenant_id, start, end):
+        w = weighted.get(tuple(r)[:5])
         out.append(ProgramRow(r["lot_type"], r["source"], r["campaign_id"], r["unit"], r["currency"], r["lots"],
                               r["lots_redeemed"], r["units_issued"], r["units_consumed"], r["units_expired"],
                               r["units_remaining"], r["value_issued"],
-                              float(r["median_s"]) if r["median_s"] is not None else None))
+                              float(r["median_s"]) if r["median_s"] is not None else None,
+                              float(w["median_s"]) if w is not None else None,
+                              float(w["mean_s"]) if w is not None else None))
     return out
 
 

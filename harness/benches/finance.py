@@ -7,6 +7,12 @@ ledger server (with the FinanceService) in this process.
    BatchDebitCredits until the journal holds `entries` ledger entries (every one a real debit,
    through gRPC, durable);
 2. projection: the books catch up with the whole journal in one go -> `projection_entries_per_s`;
+   before that, same run, the first `baseline_entries` entries are projected by the earlier per-entry
+   path (`overlapped=False`: a `Line` object per line, every row written after the batch is derived)
+   and by the current one, each in a transaction rolled back afterwards ->
+   `baseline_projection_entries_per_s` and `prefix_projection_entries_per_s` (the same entries), and
+   the CPU each used per entry, [this process, the Postgres server] in µs (`baseline_projection_cpu_us`,
+   `prefix_projection_cpu_us`: what a busy machine disturbs least);
 3. report: the monthly revenue report through gRPC (GetRevenueReport) -> `report_s`; the same
    figures by a naive full scan of the ledger journal joined with the lots (what a query without
    books would do) -> `baseline_report_s`, same run, and their ratio;
@@ -20,6 +26,7 @@ ledger server (with the FinanceService) in this process.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import statistics
@@ -72,6 +79,13 @@ class FinanceBenchReport:
     load_s: float = 0.0
     projection_s: float = 0.0
     projection_entries_per_s: float = 0.0
+    baseline_projection_entries_per_s: float = 0.0  # the earlier per-entry path, first baseline_entries
+    prefix_projection_entries_per_s: float = 0.0  # the current path over those same entries
+    baseline_entries: int = 0
+    # CPU per entry [this process, the Postgres server] on those entries: the figures a busy machine
+    # disturbs least (wall time there depends on what else runs on the cores).
+    baseline_projection_cpu_us: list[float] = field(default_factory=list)
+    prefix_projection_cpu_us: list[float] = field(default_factory=list)
     report_s: float = 0.0
     baseline_report_s: float = 0.0
     report_vs_baseline: float = 0.0
@@ -102,6 +116,7 @@ class Options:
     batch_concurrency: int = 4
     lag_seconds: float = 10.0
     lag_concurrency: int = 16
+    baseline_entries: int = 200_000
     progress: Callable[[str], None] | None = None
 
 
@@ -113,7 +128,7 @@ def run(options: Options | None = None) -> FinanceBenchReport:
     try:
         _say(opts, f"starting embedded Postgres (fsync on) in {workdir}")
         pg.start()
-        return asyncio.run(_run(opts, pg.create_database("credits_ledger")))
+        return asyncio.run(_run(opts, pg.create_database("credits_ledger"), pg.pid()))
     finally:
         pg.stop("fast")
         shutil.rmtree(workdir, ignore_errors=True)
@@ -124,7 +139,21 @@ def _say(opts: Options, message: str) -> None:
         opts.progress(message)
 
 
-async def _run(opts: Options, dsn: str) -> FinanceBenchReport:
+def _cpu_s(postmaster: int | None) -> tuple[float, float]:
+    """CPU seconds used so far by this process, and by the Postgres server (postmaster and its children)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    server = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if postmaster is not None and (int(fields[1]) == postmaster or stat.parent.name == str(postmaster)):
+            server += int(fields[11]) + int(fields[12])
+    return time.process_time(), server / ticks
+
+
+async def _run(opts: Options, dsn: str, postmaster: int | None = None) -> FinanceBenchReport:
     from ledger_service.server import create_ledger_server
 
     key = await prepare_ledger(dsn)
@@ -143,6 +172,17 @@ async def _run(opts: Options, dsn: str) -> FinanceBenchReport:
         _say(opts, f"{report.entries} ledger entries in {report.load_s:.1f}s; projecting")
         token = current_tenant.set(TENANT)
         try:
+            _say(opts, f"projecting the first {opts.baseline_entries} entries both ways (rolled back)")
+            cpu = _cpu_s(postmaster)
+            report.baseline_entries, report.baseline_projection_entries_per_s = await _rolled_back_projection(
+                pool, opts.baseline_entries, overlapped=False)
+            between = _cpu_s(postmaster)
+            _, report.prefix_projection_entries_per_s = await _rolled_back_projection(
+                pool, opts.baseline_entries, overlapped=True)
+            after = _cpu_s(postmaster)
+            per = 1e6 / max(report.baseline_entries, 1)
+            report.baseline_projection_cpu_us = [(between[i] - cpu[i]) * per for i in (0, 1)]
+            report.prefix_projection_cpu_us = [(after[i] - between[i]) * per for i in (0, 1)]
             started = time.monotonic()
             await projector.project(pool, TENANT)
             report.projection_s = time.monotonic() - started
@@ -157,6 +197,30 @@ async def _run(opts: Options, dsn: str) -> FinanceBenchReport:
         await pool.close()
         await owner.close()
     return report
+
+
+FIRST_ENTRIES_END = """
+SELECT max(entry_id) FROM (SELECT entry_id FROM journal WHERE tenant_id = $1 ORDER BY entry_id LIMIT $2) x
+"""
+
+
+async def _rolled_back_projection(pool: asyncpg.Pool, entries: int, *, overlapped: bool) -> tuple[int, float]:
+    """Projects the tenant's first `entries` entries in one transaction, rolled back: (entries, entries/s)."""
+    async with pool.acquire() as conn:
+        mark = await conn.fetchval(FIRST_ENTRIES_END, TENANT, entries)
+        if mark is None:
+            return 0, 0.0
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            total, done, started = 0, False, time.monotonic()
+            while not done:
+                n, done = await projector.project_batch(conn, TENANT, mark, overlapped=overlapped)
+                total += n
+            elapsed = time.monotonic() - started
+        finally:
+            await tx.rollback()
+    return total, total / elapsed if elapsed else 0.0
 
 
 async def _load(opts: Options, ledger: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]],
@@ -269,10 +333,18 @@ async def _lag(opts: Options, ledger: ledger_pb2_grpc.LedgerServiceStub, md: lis
         report.projection_lag_p99_s = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
 
 
+def _us(pair: list[float]) -> str:
+    return " + ".join(f"{x:.1f}" for x in pair) + " µs" if pair else "-"
+
+
 def describe(r: FinanceBenchReport) -> str:
     return "\n".join([
         f"ledger entries          {r.entries:,} (loaded in {r.load_s:.1f}s through BatchDebitCredits)",
         f"projection              {r.projection_entries_per_s:,.0f} entries/s ({r.projection_s:.1f}s)",
+        f"  first {r.baseline_entries:,} entries   {r.prefix_projection_entries_per_s:,.0f} entries/s "
+        f"(earlier per-entry path, same entries: {r.baseline_projection_entries_per_s:,.0f} entries/s)",
+        f"  CPU per entry           python + postgres: {_us(r.prefix_projection_cpu_us)} "
+        f"(earlier path {_us(r.baseline_projection_cpu_us)})",
         f"monthly revenue report  {r.report_s:.3f}s (naive full scan {r.baseline_report_s:.3f}s, "
         f"x{r.report_vs_baseline:.1f})",
         f"projection lag          p50 {r.projection_lag_p50_s:.3f}s, p99 {r.projection_lag_p99_s:.3f}s "

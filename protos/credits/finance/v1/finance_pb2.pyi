@@ -236,7 +236,7 @@ class GetProgramReportRequest(_message.Message):
     def __init__(self, from_period: _Optional[str] = ..., to_period: _Optional[str] = ...) -> None: ...
 
 class ProgramRow(_message.Message):
-    __slots__ = ("lot_type", "source", "campaign_id", "unit", "currency", "lots", "lots_redeemed", "units_issued", "units_consumed", "units_expired", "units_remaining", "value_issued", "consumption_rate", "breakage_rate", "redemption_rate", "median_time_to_consumption_s")
+    __slots__ = ("lot_type", "source", "campaign_id", "unit", "currency", "lots", "lots_redeemed", "units_issued", "units_consumed", "units_expired", "units_remaining", "value_issued", "consumption_rate", "breakage_rate", "redemption_rate", "median_time_to_consumption_s", "units_weighted_median_time_to_consumption_s", "units_weighted_mean_time_to_consumption_s")
     LOT_TYPE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,8 @@ class ProgramRow(_message.Message):
     BREAKAGE_RATE_FIELD_NUMBER: _ClassVar[int]
     REDEMPTION_RATE_FIELD_NUMBER: _ClassVar[int]
     MEDIAN_TIME_TO_CONSUMPTION_S_FIELD_NUMBER: _ClassVar[int]
+    UNITS_WEIGHTED_MEDIAN_TIME_TO_CONSUMPTION_S_FIELD_NUMBER: _ClassVar[int]
+    UNITS_WEIGHTED_MEAN_TIME_TO_CONSUMPTION_S_FIELD_NUMBER: _ClassVar[int]
     lot_type: str
     source: str
     campaign_id: str
@@ -269,7 +271,9 @@ class ProgramRow(_message.Message):
     breakage_rate: float
     redemption_rate: float
     median_time_to_consumption_s: float
-    def __init__(self, lot_type: _Optional[str] = ..., source: _Optional[str] = ..., campaign_id: _Optional[str] = ..., unit: _Optional[str] = ..., currency: _Optional[str] = ..., lots: _Optional[int] = ..., lots_redeemed: _Optional[int] = ..., units_issued: _Optional[str] = ..., units_consumed: _Optional[str] = ..., units_expired: _Optional[str] = ..., units_remaining: _Optional[str] = ..., value_issued: _Optional[str] = ..., consumption_rate: _Optional[float] = ..., breakage_rate: _Optional[float] = ..., redemption_rate: _Optional[float] = ..., median_time_to_consumption_s: _Optional[float] = ...) -> None: ...
+    units_weighted_median_time_to_consumption_s: float
+    units_weighted_mean_time_to_consumption_s: float
+    def __init__(self, lot_type: _Optional[str] = ..., source: _Optional[str] = ..., campaign_id: _Optional[str] = ..., unit: _Optional[str] = ..., currency: _Optional[str] = ..., lots: _Optional[int] = ..., lots_redeemed: _Optional[int] = ..., units_issued: _Optional[str] = ..., units_consumed: _Optional[str] = ..., units_expired: _Optional[str] = ..., units_remaining: _Optional[str] = ..., value_issued: _Optional[str] = ..., consumption_rate: _Optional[float] = ..., breakage_rate: _Optional[float] = ..., redemption_rate: _Optional[float] = ..., median_time_to_consumption_s: _Optional[float] = ..., units_weighted_median_time_to_consumption_s: _Optional[float] = ..., units_weighted_mean_time_to_consumption_s: _Optional[float] = ...) -> None: ...
 
 class ProgramReport(_message.Message):
     __slots__ = ("rows",)
