@@ -71,7 +71,7 @@ async def test_topups_commands(ledger: Ledger) -> None:
     shown = json.loads(await _ok(ledger, "topups", "show", "acme", "--unit", "USD", "--json"))
     assert shown["payment_method"] == "pm_x"
     await ledger.grant("acme", "20.00", key="g1")
-    await debit(ledger, "acme", "15.00", "d1")  # a crossing: requested (no executor runs here)
+    await debit(ledger, "acme", "15.00", "d1")  # a crossing: requested (no top-up saga runs here)
     listed = json.loads(await _ok(ledger, "topups", "list", "acme", "--json"))
     assert [(t["topup_id"], t["status"], t["amount"]) for t in listed] == [("topup/acme/USD/1", "REQUESTED", "50.00")]
     code, _, err = await _run(ledger, "topups", "set", "acme", "--unit", "USD", "--threshold", "10",
