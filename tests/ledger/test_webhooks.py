@@ -141,9 +141,19 @@ async def test_receiver_down_then_up_gets_each_event_once(ledger: Ledger, dispat
     assert set(receiver.events) == {e.event_id for e in stored}
     assert all(n == 1 for n in receiver.deliveries.values()) and receiver.rejected == 0
     assert {b["type"] for b in receiver.events.values()} == {"balance.low", "balance.recovered"}
-    found = await _deliveries(ledger)
+    found = await _recorded(ledger, 6)  # each outcome is written as its POST ends, beside the next ones
     assert len(found) == 6 and all(d.status == apb.DELIVERED and d.attempts >= 2 for d in found)
     assert all(d.last_http_status == 200 for d in found)
+
+
+async def _recorded(ledger: Ledger, n: int, timeout_s: float = 30) -> list[apb.WebhookDelivery]:
+    """The deliveries once `n` of them are recorded DELIVERED (or the deadline passed: the caller asserts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await _deliveries(ledger)
+        if sum(d.status == apb.DELIVERED for d in found) >= n or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 async def _wait_failures(ledger: Ledger) -> None:
