@@ -59,6 +59,9 @@ async def test_alerts_and_webhooks_commands(ledger: Ledger) -> None:
     assert [d["status"] for d in deliveries] == ["PENDING"]  # no delivery loop runs here
     code, _, err = await _run(ledger, "webhooks", "redeliver", deliveries[0]["delivery_id"])
     assert code != 0 and "FAILED_PRECONDITION" in err  # still pending: retried on its own
+    assert json.loads(await _ok(ledger, "webhooks", "attempts", "hook", "--json")) == []  # no POST made yet
+    code, _, err = await _run(ledger, "webhooks", "attempts", "hook", "--delivery", "e1@other")
+    assert code != 0 and "INVALID_ARGUMENT" in err and "delivery_id" in err and "Traceback" not in err
     await _ok(ledger, "alerts", "disable", "low")
     assert json.loads(await _ok(ledger, "alerts", "list", "--json"))[0]["enabled"] is False
 

@@ -144,6 +144,37 @@ async def test_receiver_down_then_up_gets_each_event_once(ledger: Ledger, dispat
     found = await _recorded(ledger, 6)  # each outcome is written as its POST ends, beside the next ones
     assert len(found) == 6 and all(d.status == apb.DELIVERED and d.attempts >= 2 for d in found)
     assert all(d.last_http_status == 200 for d in found)
+    await _attempt_log(ledger, found)
+
+
+async def _attempt_log(ledger: Ledger, found: list[apb.WebhookDelivery]) -> None:
+    """ListWebhookAttempts: every POST of every delivery, in pages, oldest first; one delivery's alone."""
+    stub, log, token = alerts_stub(ledger), [], ""
+    while True:
+        page = await stub.ListWebhookAttempts(apb.ListWebhookAttemptsRequest(endpoint_id="hook", page_size=4,
+                                                                             page_token=token), metadata=ledger.md)
+        log += page.attempts
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(log) == sum(d.attempts for d in found)
+    assert [a.at.ToDatetime() for a in log] == sorted(a.at.ToDatetime() for a in log)
+    for d in found:
+        mine = await stub.ListWebhookAttempts(apb.ListWebhookAttemptsRequest(
+            endpoint_id="hook", delivery_id=d.delivery_id), metadata=ledger.md)
+        assert [a.attempt for a in mine.attempts] == list(range(1, d.attempts + 1))
+        *failed, last = mine.attempts
+        assert last.http_status == 200 and not last.error and last.duration_ms >= 0
+        assert failed and all(a.http_status == 0 and "Connect" in a.error for a in failed)
+        assert [a for a in log if a.delivery_id == d.delivery_id] == list(mine.attempts)
+    for request, code in [(apb.ListWebhookAttemptsRequest(endpoint_id="ghost"), grpc.StatusCode.NOT_FOUND),
+                          (apb.ListWebhookAttemptsRequest(endpoint_id="hook", delivery_id="e@other"),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (apb.ListWebhookAttemptsRequest(endpoint_id="hook", page_token="forged"),
+                           grpc.StatusCode.INVALID_ARGUMENT)]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListWebhookAttempts(request, metadata=ledger.md)
+        assert err.value.code() == code, request
 
 
 async def _recorded(ledger: Ledger, n: int, timeout_s: float = 30) -> list[apb.WebhookDelivery]:
