@@ -111,7 +111,8 @@ class WebhookDispatcher:
         return len(rows)
 
     async def _send(self, row: asyncpg.Record) -> None:
-        self._outcomes.append(await self._deliver(row))
+        outcome = await self._deliver(row)  # before naming the list: the recorder swaps it meanwhile
+        self._outcomes.append(outcome)
         if self._recorder is None and not self._stopped:
             self._recorder = asyncio.get_running_loop().create_task(self._record())
 

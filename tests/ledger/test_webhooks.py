@@ -282,3 +282,28 @@ async def test_the_receiver_of_creditctl_up_verifies_with_the_endpoints_secrets(
             await asyncio.sleep(0.1)
     out = capsys.readouterr().out
     assert "webhook: " in out and '"type": "balance.depleted"' in out
+
+
+async def test_many_events_at_once_each_post_recorded_once(ledger: Ledger, dispatcher: Callable) -> None:
+    """Many POSTs out at once while outcomes are written in batches: every outcome is recorded (attempt 1,
+    DELIVERED) and no event is sent twice (a lost record would resend it after the lease)."""
+    receiver = ExampleReceiver([])
+    port = await receiver.start()
+    try:
+        hook = await _endpoint(ledger, f"http://127.0.0.1:{port}{PATH}", allow_private_targets=True)
+        receiver.secrets.append(hook.secret)
+        await create_rule(ledger, rule_id="low", unit="USD", kind=apb.LOW_BALANCE, thresholds=["50.00", "20.00"])
+        await dispatcher(DeliverySettings(RetrySchedule(base_s=0.2, cap_s=1.0, max_attempts=30), poll_s=0.1,
+                                          lease_s=2, batch=7))  # short lease: a lost record shows as a resend
+        names = [f"a{i:02d}" for i in range(40)]
+        for name in names:
+            await ledger.account(name)
+            await ledger.grant(name, "100.00", key=f"g-{name}")
+        await asyncio.gather(*(debit(ledger, name, "85.00", f"d-{name}") for name in names))  # 15.00: both
+        await _wait(lambda: len(receiver.events) == 80)
+        found = await _recorded(ledger, 80)
+        await asyncio.sleep(2.5)  # past the lease: nothing is sent again
+    finally:
+        await receiver.stop()
+    assert len(found) == 80 and all(d.status == apb.DELIVERED and d.attempts == 1 for d in found)
+    assert sorted(receiver.deliveries.values()) == [1] * 80
