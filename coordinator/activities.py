@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
@@ -51,12 +51,15 @@ from coordinator.messages import (
     OwnerDecision,
     OwnerRef,
     OwnerState,
+    PaymentView,
     PrepareFinalizeInput,
     ReserveInput,
     RolloverPolicy,
     SettlementsInput,
     SplitInput,
     SplitResult,
+    TopUpResult,
+    TopUpStep,
     VoidInvoiceInput,
 )
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME
@@ -492,3 +495,37 @@ class CoordinatorActivities:
             return str(inp.reason)
         return ""
 
+
+
+class TopUpParticipant(Protocol):
+    """The ledger's side of an auto top-up (ledger_service/topups/steps.py): the top-up row, the payment
+    provider behind it and the grant live with the ledger's database, so the saga's activities run in the
+    ledger process and call it in-process (the coordinator's other activities call a service over gRPC)."""
+
+    async def charge(self, step: TopUpStep) -> PaymentView: ...
+    async def grant(self, step: TopUpStep) -> TopUpResult: ...
+    async def decline(self, step: TopUpStep) -> TopUpResult: ...
+
+
+class TopUpActivities:
+    """The auto top-up saga's steps. Each is repeatable: `charge` asks the provider for the charge made
+    under the top-up id before making it (same idempotency key); `grant` writes under `charge:<id>`;
+    `decline` settles a row once. A charge with no answer raises (Temporal asks again, with backoff)."""
+
+    def __init__(self, participant: TopUpParticipant) -> None:
+        self._participant = participant
+
+    @activity.defn(name="topups.charge")
+    async def charge_topup(self, step: TopUpStep) -> PaymentView:
+        return await self._participant.charge(step)
+
+    @activity.defn(name="topups.grant")
+    async def grant_topup(self, step: TopUpStep) -> TopUpResult:
+        return await self._participant.grant(step)
+
+    @activity.defn(name="topups.decline")
+    async def decline_topup(self, step: TopUpStep) -> TopUpResult:
+        return await self._participant.decline(step)
+
+    def all(self) -> list[Any]:
+        return [self.charge_topup, self.grant_topup, self.decline_topup]

@@ -524,3 +524,48 @@ class GrantAllowanceResult:
     lot_id: str = ""
     amount: str = ""
     effective_at: str = ""
+
+
+class TopUpOutcome(StrEnum):
+    """What a top-up's charge came to (the provider's word) and how its saga ended."""
+
+    SUCCEEDED = "succeeded"  # the provider confirmed the payment
+    DECLINED = "declined"
+    PENDING = "pending"  # asked again after `pending_poll_s`, never assumed either way
+    GRANTED = "GRANTED"  # the saga's ends, as the ledger's top-up statuses spell them
+    SETTLED = "SETTLED"  # the row was already settled (a saga started again after its end)
+
+
+@dataclass
+class TopUpInput:
+    """An auto top-up saga: one per crossing, workflow id `naming.topup_workflow_id`."""
+
+    tenant_id: str
+    topup_id: str  # the ledger's top-up id (account/unit/crossing): the provider's idempotency key
+    account_id: str
+    step_timeout_s: float = 30.0  # one charge attempt: find + charge against the provider
+    retry_initial_s: float = 2.0  # an unanswered charge (timeout, lost answer, 5xx) is asked again ...
+    retry_max_s: float = 600.0  # ... doubling up to this, without end
+    pending_poll_s: float = 5.0  # a pending payment is asked again after this long
+
+
+@dataclass
+class TopUpStep:
+    tenant_id: str
+    topup_id: str
+    charge_id: str = ""  # grant/decline: the provider's charge
+
+
+@dataclass
+class PaymentView:
+    charge_id: str
+    outcome: TopUpOutcome
+    message: str = ""
+
+
+@dataclass
+class TopUpResult:
+    topup_id: str
+    status: str  # the ledger's top-up status at the end: GRANTED or DECLINED (or the settled one found)
+    charge_id: str = ""
+    lot_id: str = ""

@@ -29,7 +29,9 @@ CYCLE = "billing-cycle"
 OUTAGE = "compensate-outage"
 BILLING_RUN = "billing-run"  # every tenant's cycle: an operator's workflow, owned by no tenant
 ALLOWANCE = "credits-allowance"
-KINDS = (FINALIZE, VOID, CYCLE, OUTAGE, ALLOWANCE)
+TOPUP = "auto-topup"
+KINDS = (FINALIZE, VOID, CYCLE, OUTAGE, ALLOWANCE, TOPUP)
+TOPUP_TASK_QUEUE = "credits-topups"  # served by the ledger process (ledger_service/topups/saga.py)
 # The `source` of an allowance's lots; the ledger lets the coordinator's operator key grant lots with
 # it (ledger_service/domain/grants.py ALLOWANCE_SOURCE, the same value).
 ALLOWANCE_SOURCE = "allowance"
@@ -239,3 +241,9 @@ def parse_prepare_key(key: str) -> tuple[str, str] | None:
         return None
     workflow_id, sep, run_id = head.rpartition("/")
     return (workflow_id, run_id) if sep and workflow_id.startswith(FINALIZE + "/") else None
+
+
+def topup_workflow_id(tenant_id: str, topup_id: str) -> str:
+    """`auto-topup/<tenant>/<account>/<unit>/<crossing>`: one saga per crossing (the ledger's top-up id is
+    `topup/<account>/<unit>/<crossing>`), so starting it again is WorkflowAlreadyStarted, never a second charge."""
+    return f"{TOPUP}/{tenant_id}/{topup_id.removeprefix('topup/')}"

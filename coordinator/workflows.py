@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from coordinator import allowances, naming
     from coordinator import search_attributes as sa
-    from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
+    from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities, TopUpActivities
     from coordinator.messages import (
         PENDING_GRANT,
         AllocationSpec,
@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         OwnerDecision,
         OwnerRef,
         OwnerState,
+        PaymentView,
         PrepareFinalizeInput,
         Progress,
         ReserveInput,
@@ -64,6 +65,10 @@ with workflow.unsafe.imports_passed_through():
         SplitResult,
         SweepInput,
         SweepResult,
+        TopUpInput,
+        TopUpOutcome,
+        TopUpResult,
+        TopUpStep,
         VoidInvoiceInput,
         VoidInvoiceResult,
     )
@@ -914,6 +919,46 @@ class ResolveInDoubtWorkflow:
             return
         await abort_void(run, t, why="resolve")
         out.aborted.append(run.label)
+
+
+@workflow.defn(name="AutoTopUp")
+class AutoTopUpWorkflow:
+    """One auto top-up (issue #13), started by the ledger for a crossing with id
+    `naming.topup_workflow_id` (account + crossing: one saga per crossing, and the crossing rule allows one
+    top-up in flight per account). Charge -> grant only once the provider confirmed the payment:
+
+        charge   find(top-up id), else charge(top-up id): the provider's idempotency key, so a retried or
+                 restarted step finds the first charge and never makes a second; no answer (timeout, lost
+                 response, 5xx) raises and is asked again with backoff, never assumed paid or unpaid
+        pending  -> AWAITING_PAYMENT on the row; asked again after pending_poll_s (a durable timer)
+        succeeded-> grant PURCHASED credit under `charge:<charge id>` (exactly once), GRANTED; the policy's
+                    failure count resets
+        declined -> DECLINED; after the policy's failure_limit in a row it disables itself (`topup.disabled`)
+
+    Every step is retried until it succeeds: there is nothing to compensate (no credit before a payment).
+    Invariants (tests/ledger/test_topups.py, harness/chaos/topups.py): credit only for a succeeded charge;
+    a succeeded charge credited exactly once; one charge per crossing."""
+
+    @workflow.run
+    async def run(self, inp: TopUpInput) -> TopUpResult:
+        retry = RetryPolicy(initial_interval=timedelta(seconds=inp.retry_initial_s), backoff_coefficient=2.0,
+                            maximum_interval=timedelta(seconds=inp.retry_max_s), maximum_attempts=0)
+        step = TopUpStep(inp.tenant_id, inp.topup_id)
+        while True:
+            paid: PaymentView = await workflow.execute_activity_method(
+                TopUpActivities.charge_topup, step, start_to_close_timeout=timedelta(seconds=inp.step_timeout_s),
+                retry_policy=retry, summary="charge (find first: the top-up id is the idempotency key)")
+            if paid.outcome == TopUpOutcome.PENDING:
+                await workflow.sleep(timedelta(seconds=inp.pending_poll_s), summary="payment pending: ask again")
+                continue
+            if paid.outcome == TopUpOutcome.SETTLED:
+                return TopUpResult(inp.topup_id, paid.message, paid.charge_id)
+            settle = (TopUpActivities.grant_topup if paid.outcome == TopUpOutcome.SUCCEEDED
+                      else TopUpActivities.decline_topup)
+            return await workflow.execute_activity_method(
+                settle, TopUpStep(inp.tenant_id, inp.topup_id, paid.charge_id),
+                start_to_close_timeout=timedelta(seconds=inp.step_timeout_s), retry_policy=retry,
+                summary=f"payment {paid.outcome}: {'grant' if paid.outcome == TopUpOutcome.SUCCEEDED else 'decline'}")
 
 
 WORKFLOWS = [FinalizeInvoiceWorkflow, VoidInvoiceWorkflow, BillingCycleWorkflow, BillingRunWorkflow,

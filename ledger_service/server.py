@@ -14,6 +14,7 @@ import grpc
 from credits.alerts.v1 import alerts_pb2_grpc
 from credits.finance.v1 import finance_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
+from temporalio.client import Client
 
 from finance.api.servicer import FinanceServicer
 from finance.storage.projector import BackgroundProjector
@@ -24,8 +25,8 @@ from ledger_service.api.servicer import SERVICE, LedgerServicer
 from ledger_service.domain.webhooks import RetrySchedule
 from ledger_service.operations.context import Ledger, utc_now
 from ledger_service.storage import MIGRATIONS_DIR, portal_links
-from ledger_service.topups.executor import TopUpSettings, start_executor
 from ledger_service.topups.http_provider import HttpPaymentProvider
+from ledger_service.topups.saga import TopUpSettings, start_topups
 from ledger_service.topups.stripe_provider import StripePaymentProvider
 from ledger_service.webhooks.dispatcher import DeliverySettings, RunningDispatcher, start_dispatcher
 from service_runtime import metrics
@@ -38,6 +39,7 @@ from service_runtime.ports import port_in_use_is_one_line
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings, settings_or_exit
+from service_runtime.tls import temporal_tls
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +70,36 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
     return DeliverySettings(schedule=schedule, poll_s=settings.webhook_poll_s)
 
 
-async def start_webhook_delivery(dsn: str, settings: Settings) -> RunningDispatcher:
+async def start_webhook_delivery(dsn: str, settings: Settings, temporal: Client | None = None) -> RunningDispatcher:
     """The webhook delivery loop beside a ledger server (owner DSN: it drains every tenant's outbox), and the
-    top-up executor when a payment provider is configured (it stops with the delivery loop)."""
+    auto top-up sagas' starter and worker when a payment provider is configured (on `temporal`, else a client
+    of CREDITS_TEMPORAL_ADDR; they stop with the delivery loop)."""
     delivery = await start_dispatcher(dsn, delivery_settings(settings))
-    provider: HttpPaymentProvider | StripePaymentProvider | None = None
-    if settings.payment_provider == "stripe":
-        provider = StripePaymentProvider(settings.payment_api_key, api_base=settings.payment_provider_url,
-                                         timeout_s=settings.payment_timeout_s)
-    elif settings.payment_provider_url:
-        provider = HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key,
-                                       timeout_s=settings.payment_timeout_s)
-    if provider is not None:
-        topups = TopUpSettings(RetrySchedule(base_s=settings.topup_retry_base_s, cap_s=settings.topup_retry_cap_s,
-                                             max_attempts=1_000_000),
-                               lease_s=settings.topup_lease_s, pending_poll_s=settings.topup_retry_base_s)
-        delivery.also_stop(await start_executor(dsn, provider, topups), provider)
+    provider = payment_provider(settings)
+    if provider is None:
+        return delivery
+    if temporal is None and settings.temporal_addr:
+        temporal = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
+                                        tls=temporal_tls())
+    if temporal is None:
+        log.warning("a payment provider is configured but no Temporal (CREDITS_TEMPORAL_ADDR): no auto top-ups")
+        await provider.close()
+        return delivery
+    topups = TopUpSettings(retry_initial_s=settings.topup_retry_base_s, retry_max_s=settings.topup_retry_cap_s,
+                           pending_poll_s=settings.topup_retry_base_s, lease_s=settings.topup_lease_s,
+                           step_timeout_s=2 * settings.payment_timeout_s + 5)
+    delivery.also_stop(await start_topups(dsn, provider, temporal, topups), provider)
     return delivery
+
+
+def payment_provider(settings: Settings) -> HttpPaymentProvider | StripePaymentProvider | None:
+    if settings.payment_provider == "stripe":
+        return StripePaymentProvider(settings.payment_api_key, api_base=settings.payment_provider_url,
+                                     timeout_s=settings.payment_timeout_s)
+    if settings.payment_provider_url:
+        return HttpPaymentProvider(settings.payment_provider_url, settings.payment_api_key,
+                                   timeout_s=settings.payment_timeout_s)
+    return None
 
 
 _GAUGES = """

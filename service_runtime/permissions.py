@@ -148,7 +148,7 @@ ALERTS: dict[str, frozenset[str]] = _table(
     (ALL, ("ListAlertRules", "ListAlertEvents")),
     (FINANCE | {"operator"}, ("CreateAlertRule", "DisableAlertRule")),
     (ADMIN, ("CreateWebhookEndpoint", "RotateWebhookSecret")),
-    (VERIFY, ("ListWebhookEndpoints", "ListWebhookDeliveries")),
+    (VERIFY, ("ListWebhookEndpoints", "ListWebhookDeliveries", "ListWebhookAttempts")),
     (OPERATOR, ("RedeliverWebhook",)),
     # Auto top-up charges a customer's payment method: finance sets policies; people on call read them.
     (VERIFY, ("GetTopUpPolicy", "ListTopUps")),

@@ -120,16 +120,17 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(1.0, gt=0, description="the webhook outbox is polled this often besides NOTIFY")
     # Auto top-up (ledger_service/topups): "http" (the protocol of http_provider.py, at the URL) or
     # "stripe" (PaymentIntents with the API key; the URL, if set, replaces Stripe's API base). No URL
-    # (and no Stripe) = no executor: top-ups wait, visibly.
+    # (and no Stripe) = no top-up sagas: top-ups wait, visibly. The sagas need Temporal (`up`'s, or
+    # CREDITS_TEMPORAL_ADDR for a ledger server of its own).
     payment_provider: Literal["http", "stripe"] = Field("http", description="auto top-up payment provider")
-    payment_provider_url: str = Field("", description="the payment provider's base URL; empty: no executor")
+    payment_provider_url: str = Field("", description="the payment provider's base URL; empty: no top-ups")
     payment_api_key: str = Field("", description="the payment provider's API key")
     payment_timeout_s: float = Field(10.0, gt=0, description="a payment call's timeout")
-    # A charge with no answer is asked again after this many seconds, doubling up to the cap; a top-up
-    # claimed by a process that died is taken up again after the lease.
+    # A charge with no answer is asked again after this many seconds, doubling up to the cap (the saga's
+    # retry policy); a top-up whose saga start may have been lost is started again (idempotently) after the lease.
     topup_retry_base_s: float = Field(2.0, gt=0, description="an unanswered charge is asked again after this long")
     topup_retry_cap_s: float = Field(600.0, gt=0, description="... doubling up to this")
-    topup_lease_s: float = Field(60.0, gt=0, description="a top-up claimed by a dead process is retaken after this")
+    topup_lease_s: float = Field(60.0, gt=0, description="a top-up's saga start is made again after this")
     # --- the customer portal (portal/) ---------------------------------------------------------
     # Where it listens, and the base of the links CreatePortalLink mints (sessions are signed with
     # CREDITS_PORTAL_SECRET: service_runtime/portal_sessions.py).

@@ -198,7 +198,7 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
 
     ledger, ledger_port, ledger_pool = await create_ledger_server(dbs.ledger_dsn, settings.ledger_addr, settings)
     stopping(ledger, ledger_pool)
-    delivery = await start_webhook_delivery(dbs.ledger_dsn, settings)  # the alert outbox -> webhooks
+    delivery = await start_webhook_delivery(dbs.ledger_dsn, settings, client)  # alert outbox -> webhooks; top-ups
     running.push_async_callback(delivery.stop)
     books = await BackgroundProjector.start(dbs.ledger_dsn)  # the finance books follow the journal
     running.push_async_callback(books.stop)

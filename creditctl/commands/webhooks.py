@@ -1,6 +1,6 @@
 """creditctl webhooks create|list|rotate|deliveries|redeliver|receive: signed webhook endpoints, their
 delivery log and dead letters (CreateWebhookEndpoint, ListWebhookEndpoints, RotateWebhookSecret,
-ListWebhookDeliveries, RedeliverWebhook), and a local receiver to watch events arrive."""
+ListWebhookDeliveries, ListWebhookAttempts, RedeliverWebhook), and a local receiver to watch events arrive."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def deliveries(endpoint_id: str, status: str | None, fmt: Format) -> int:
             row["next_attempt_at"] = short_instant(row.get("next_attempt_at", ""))
     emit_rows(rows, ("delivery_id", "event_type", "status", "attempts", "last_http_status", "last_error",
                      "next_attempt_at"), fmt, id_column="delivery_id")
+    return 0
+
+
+@command.command("attempts", help="an endpoint's per-attempt delivery log (each POST: when, HTTP status or error, ms)")
+@click.argument("endpoint_id")
+@click.option("--delivery", "delivery_id", default="", help="only this delivery's attempts (event_id@endpoint_id)")
+@format_options(csv_=True, quiet=True)
+def attempts(endpoint_id: str, delivery_id: str, fmt: Format) -> int:
+    request = apb.ListWebhookAttemptsRequest(endpoint_id=endpoint_id, delivery_id=delivery_id)
+    rows = records(paged("alerts", "ListWebhookAttempts", request, "attempts"))
+    if fmt is Format.TABLE:
+        for row in rows:
+            row["at"] = short_instant(row.get("at", ""))
+    emit_rows(rows, ("delivery_id", "attempt", "at", "http_status", "error", "duration_ms"), fmt,
+              id_column="delivery_id")
     return 0
 
 

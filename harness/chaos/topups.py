@@ -1,11 +1,13 @@
 """`creditctl chaos --topups N --seed S`: auto top-ups under crashes and payment faults, then an audit of
 money against credit.
 
-What runs: an embedded PostgreSQL in a temporary directory; the ledger server with its top-up executor in
-its own process (`python -m ledger_service.server`), killed with SIGKILL and restarted on a seeded
-schedule; in this process the local payment server (harness/payments/server.py), whose payment methods
-answer late (past the client's timeout), lose responses (the charge is made, the answer dropped), answer
-503, stay pending for a few lookups, or decline; and the workload: accounts with a top-up policy
+What runs: an embedded PostgreSQL in a temporary directory; a Temporal dev server; the ledger server in its
+own process (`python -m ledger_service.server`) with the top-up sagas' starter and worker
+(ledger_service/topups/saga.py: every crossing's AutoTopUp workflow runs there), killed with SIGKILL
+mid-saga and restarted on a seeded schedule (so each kill is a worker kill and a service kill); in this
+process the local payment server (harness/payments/server.py), whose payment methods answer late (past
+the client's timeout), lose responses (the charge is made, the answer dropped), answer 503, stay pending
+for a few lookups, or decline; and the workload: accounts with a top-up policy
 (threshold 10.00, amount 50.00), each driven across its threshold `rounds` times (one crossing per round),
 its calls retried with their idempotency keys through the kills.
 
@@ -43,7 +45,7 @@ from credits.ledger.v1 import ledger_pb2_grpc
 from harness.benches.ledger import prepare_ledger
 from harness.payments.server import Behaviour, PaymentServer
 from service_runtime.embedded_postgres import EmbeddedPostgres
-from service_runtime.temporal_server import reserve_port
+from service_runtime.temporal_server import TemporalDevServer, reserve_port
 
 METHODS = ("pm_ok", "pm_late", "pm_lost", "pm_flaky", "pm_pending", "pm_declined")
 TERMINAL = ("GRANTED", "DECLINED", "CAPPED")
@@ -84,15 +86,16 @@ class TopUpChaosResult:
 
 
 class LedgerProcess:
-    """`python -m ledger_service.server` with the executor on, killable and restartable."""
+    """`python -m ledger_service.server` with the top-up sagas' worker on, killable and restartable."""
 
-    def __init__(self, dsn: str, work: Path, payment_url: str) -> None:
+    def __init__(self, dsn: str, work: Path, payment_url: str, temporal_addr: str) -> None:
         self.addr = f"127.0.0.1:{reserve_port()}"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")},
                     "CREDITS_LEDGER_DSN": dsn, "CREDITS_INVOICE_DSN": dsn, "CREDITS_LEDGER_ADDR": self.addr,
                     "CREDITS_DATA_DIR": str(work), "CREDITS_PAYMENT_PROVIDER_URL": payment_url,
                     "CREDITS_PAYMENT_TIMEOUT_S": "1", "CREDITS_TOPUP_RETRY_BASE_S": "0.2",
-                    "CREDITS_TOPUP_LEASE_S": "3", "CREDITS_TOPUP_RETRY_CAP_S": "2", "CREDITS_LOG_LEVEL": "WARNING"}
+                    "CREDITS_TOPUP_LEASE_S": "3", "CREDITS_TOPUP_RETRY_CAP_S": "2", "CREDITS_LOG_LEVEL": "WARNING",
+                    "CREDITS_TEMPORAL_ADDR": temporal_addr}
         self.log = work / "ledger.log"
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -212,12 +215,14 @@ async def run(topups: int = 100, seed: int = 7, rounds: int = 2, concurrency: in
     payments = PaymentServer(behaviours=_behaviours(accounts))
     started = time.monotonic()
     faults: Counter[str] = Counter()
+    temporal = TemporalDevServer(headless=True, log_path=work / "temporal.log")
     try:
+        await asyncio.to_thread(temporal.start)
         await asyncio.to_thread(pg.start)
         dsn = await asyncio.to_thread(pg.create_database, "credits_ledger")
         key = await prepare_ledger(dsn)
         url = await payments.start()
-        ledger = LedgerProcess(dsn, work, url)
+        ledger = LedgerProcess(dsn, work, url, temporal.address)
         await ledger.start()
         owner = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
         channel = grpc.aio.insecure_channel(ledger.addr)
@@ -251,6 +256,7 @@ async def run(topups: int = 100, seed: int = 7, rounds: int = 2, concurrency: in
             await payments.stop()
     finally:
         await asyncio.to_thread(pg.stop, "fast")
+        await asyncio.to_thread(temporal.stop)
         shutil.rmtree(work, ignore_errors=True)
     result.seconds = round(time.monotonic() - started, 1)
     return result

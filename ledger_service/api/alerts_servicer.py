@@ -81,6 +81,13 @@ class AlertsServicer(alerts_pb2_grpc.AlertsServiceServicer):
                                                             limit, w.delivery)
         return pb.ListWebhookDeliveriesResponse(deliveries=found, next_page_token=token)
 
+    async def ListWebhookAttempts(self, request: pb.ListWebhookAttemptsRequest,
+                                  context: Any) -> pb.ListWebhookAttemptsResponse:
+        endpoint_id, event_id, after, limit = w.attempt_page(request)
+        found, token = await alerts.list_webhook_attempts(self._ledger, _tenant(), endpoint_id, event_id, after, limit,
+                                                          w.attempt)
+        return pb.ListWebhookAttemptsResponse(attempts=found, next_page_token=token)
+
     async def RedeliverWebhook(self, request: pb.RedeliverWebhookRequest, context: Any) -> pb.WebhookDelivery:
         call = self._call("RedeliverWebhook", request, pb.WebhookDelivery)
         event_id, endpoint_id = w.delivery_id(request.delivery_id)

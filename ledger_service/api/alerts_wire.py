@@ -11,7 +11,7 @@ from ledger_service.domain.alerts import AlertKind, AlertRule
 from ledger_service.domain.topups import TopUpPolicy, TopUpStatus
 from ledger_service.domain.webhooks import check_url
 from ledger_service.operations.alerts import RuleOrder, TopUpOrder, check_event_types
-from ledger_service.storage.alerts import Delivery, Endpoint, StoredEvent
+from ledger_service.storage.alerts import Attempt, Delivery, Endpoint, StoredEvent
 from ledger_service.storage.topups import TopUpRecord
 from service_runtime.amounts import format_minor, parse_decimal
 from service_runtime.free_text import check_text
@@ -82,6 +82,23 @@ def delivery_page(request: pb.ListWebhookDeliveriesRequest) -> tuple[str, str, t
     return endpoint_id, status, after, page_size(request.page_size)
 
 
+def attempt_page(request: pb.ListWebhookAttemptsRequest) -> tuple[str, str, tuple[datetime, str, int], int]:
+    endpoint_id = check_id(request.endpoint_id, "endpoint_id")
+    event_id = ""
+    if request.delivery_id:
+        event_id, of_endpoint = delivery_id(request.delivery_id)
+        if of_endpoint != endpoint_id:
+            raise invalid("delivery_id", f"is a delivery to {of_endpoint!r}, not to endpoint_id {endpoint_id!r}")
+    cursor = decode_token(request.page_token, 3)
+    after = (datetime.min.replace(tzinfo=UTC), "", 0)
+    if cursor:
+        try:
+            after = (datetime.fromisoformat(cursor[0]), cursor[1], int(cursor[2]))
+        except ValueError:
+            raise invalid("page_token", "is not a page token this service issued") from None
+    return endpoint_id, event_id, after, page_size(request.page_size)
+
+
 def delivery_id(value: str) -> tuple[str, str]:
     """`event_id@endpoint_id` -> (event_id, endpoint_id)."""
     event_id, at, endpoint_id = value.rpartition("@")
@@ -146,6 +163,12 @@ def delivery(d: Delivery) -> pb.WebhookDelivery:
         last_error=d.last_error, created_at=to_timestamp(d.created_at),
         delivered_at=to_timestamp(d.delivered_at) if d.delivered_at else None,
     )
+
+
+def attempt(a: Attempt) -> pb.WebhookAttempt:
+    return pb.WebhookAttempt(delivery_id=f"{a.event_id}@{a.endpoint_id}", event_id=a.event_id,
+                             endpoint_id=a.endpoint_id, attempt=a.attempt, at=to_timestamp(a.at),
+                             http_status=a.http_status, error=a.error, duration_ms=a.duration_ms)
 
 
 TOPUP_STATUS_PB = {TopUpStatus.REQUESTED: pb.REQUESTED, TopUpStatus.CHARGING: pb.CHARGING,

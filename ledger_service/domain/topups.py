@@ -1,5 +1,5 @@
 """Auto top-up rules (pure): when a top-up starts, how much, what stops it, and how a payment's
-outcome moves it. The executor (ledger_service/topups/executor.py) applies them.
+outcome moves it. The saga's steps (ledger_service/topups/steps.py) apply them.
 
 A policy watches (account, unit) like an alert rule: available < threshold is a crossing (ok → firing),
 and only a crossing requests a top-up, numbered by the crossing: `topup_id` = account/unit/crossing is

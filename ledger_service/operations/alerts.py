@@ -124,6 +124,15 @@ async def list_webhook_deliveries(ledger: Ledger, tenant_id: str, endpoint_id: s
     return [pack(d) for d in found], token
 
 
+async def list_webhook_attempts(ledger: Ledger, tenant_id: str, endpoint_id: str, event_id: str,
+                                after: tuple[datetime, str, int], limit: int,
+                                pack: Callable[[storage.Attempt], T]) -> tuple[list[T], str]:
+    found = await storage.list_attempts(ledger.pool, tenant_id, endpoint_id, event_id, after, limit, ledger.now())
+    last = found[-1] if len(found) == limit else None
+    token = encode_token(last.at.isoformat(), last.event_id, str(last.attempt)) if last else ""
+    return [pack(a) for a in found], token
+
+
 async def redeliver_webhook(ledger: Ledger, call: Call[M], event_id: str, endpoint_id: str,
                             pack: Callable[[Delivery], M]) -> M:
     async def work(conn: asyncpg.Connection) -> Delivery:

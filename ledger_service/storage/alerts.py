@@ -66,6 +66,11 @@ SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
 WHERE tenant_id = $1 AND endpoint_id = $2 AND ($3 = '' OR status = $3) AND (created_at, event_id) > ($4, $5)
 ORDER BY created_at, event_id LIMIT $6
 """
+SELECT_ATTEMPTS = """
+SELECT event_id, endpoint_id, attempt, at, http_status, error, duration_ms FROM webhook_attempts
+WHERE tenant_id = $1 AND endpoint_id = $2 AND ($3 = '' OR event_id = $3) AND (at, event_id, attempt) > ($4, $5, $6)
+ORDER BY at, event_id, attempt LIMIT $7
+"""
 REQUEUE = f"""
 UPDATE webhook_deliveries SET status = 'PENDING', attempts = 0, next_attempt_at = $4
 WHERE tenant_id = $1 AND event_id = $2 AND endpoint_id = $3 RETURNING {DELIVERY_COLUMNS}
@@ -178,6 +183,24 @@ async def list_deliveries(pool: asyncpg.Pool, tenant_id: str, endpoint_id: str, 
     await get_endpoint(pool, tenant_id, endpoint_id, now)
     rows = await pool.fetch(SELECT_DELIVERIES, tenant_id, endpoint_id, status, after[0], after[1], limit)
     return [Delivery(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    event_id: str
+    endpoint_id: str
+    attempt: int
+    at: datetime
+    http_status: int
+    error: str
+    duration_ms: int
+
+
+async def list_attempts(pool: asyncpg.Pool, tenant_id: str, endpoint_id: str, event_id: str,
+                        after: tuple[datetime, str, int], limit: int, now: datetime) -> list[Attempt]:
+    await get_endpoint(pool, tenant_id, endpoint_id, now)
+    rows = await pool.fetch(SELECT_ATTEMPTS, tenant_id, endpoint_id, event_id, *after, limit)
+    return [Attempt(**dict(r)) for r in rows]
 
 
 async def requeue(conn: asyncpg.Connection, tenant_id: str, event_id: str, endpoint_id: str,

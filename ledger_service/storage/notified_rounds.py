@@ -1,6 +1,6 @@
 """The loop of a background worker fed by an outbox table: a round at once after a NOTIFY on its channel,
 else every `poll_s`; another round straight away while rounds come back full. Used by the webhook
-dispatcher and the top-up executor."""
+dispatcher and the top-up saga starter."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Top-up policies and the top-up history: SQL in, records out (the crossing is storage/topup_watch.py,
-the executor's queries ledger_service/topups/executor.py)."""
+the saga's steps ledger_service/topups/steps.py)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Auto top-up: the executor that charges and grants (`executor`) and the HTTP payment adapter (`http_provider`)."""
+"""Auto top-up: the saga's starter and worker (`saga`), its steps (`steps`) and the payment adapters."""

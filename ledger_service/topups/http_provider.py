@@ -1,4 +1,4 @@
-"""A payment provider over a small, Stripe-like HTTP protocol (aiohttp), the adapter the executor uses.
+"""A payment provider over a small, Stripe-like HTTP protocol (aiohttp), the adapter the top-up saga uses.
 
     POST /v1/charges   Idempotency-Key: <key>   {"amount": 5000, "currency": "USD", "payment_method": "pm_x",
                                                   "description": "..."}

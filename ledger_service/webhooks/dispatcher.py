@@ -7,9 +7,12 @@ so they survive any restart of any process; and several ledger processes may run
 (`FOR UPDATE SKIP LOCKED`: each due row goes to one of them).
 
 Each round claims due rows and leases them (next_attempt_at moves `lease_s` ahead and the attempt is
-counted before the POST), sends them concurrently, then records the outcome: DELIVERED on a 2xx,
-else the next attempt after the backoff of domain/webhooks.RetrySchedule, or DEAD after the last
-(RedeliverWebhook re-queues it). A process that dies mid-POST leaves the row leased: it is retried when
+counted before the POST) and starts their POSTs; the round ends there, so the next NOTIFY is claimed at
+once while earlier POSTs are still out (up to `max_in_flight`; a slow endpoint holds up no one else's
+events). Each outcome is recorded as its POST ends, in pipelined batches (one writer: a batch takes all
+outcomes that came in while the previous one was written): DELIVERED on a 2xx, else the next attempt
+after the backoff of domain/webhooks.RetrySchedule, or DEAD after the last (RedeliverWebhook re-queues
+it). A process that dies mid-POST leaves the row leased: it is retried when
 the lease ends, with the same event id (receivers dedupe). NOTIFY from the committing transaction wakes
 the loop at once; it also polls every `poll_s`. It runs on the owner DSN: it serves every tenant.
 """
@@ -79,6 +82,7 @@ class DeliverySettings:
     poll_s: float = 1.0
     lease_s: float = 60.0
     batch: int = 100
+    max_in_flight: int = 500  # POSTs out at once (a round claims no more than the room left)
 
 
 class WebhookDispatcher:
@@ -87,16 +91,48 @@ class WebhookDispatcher:
         self._sender = sender
         self._settings = settings
         self._rng = random.Random()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def run_once(self) -> int:
-        """One round: claim what is due, send it, record each outcome. Returns how many were attempted."""
-        now = datetime.now(UTC)
+        """One round: claim what is due and start its POSTs (each outcome is recorded as it ends).
+        Returns how many were claimed."""
         s = self._settings
-        rows = await self._pool.fetch(CLAIM, now, s.batch, s.lease_s)
-        if rows:
-            outcomes = await asyncio.gather(*(self._deliver(r) for r in rows))
-            await self._pool.executemany(RECORD, outcomes)  # one pipelined round for the whole batch
+        room = min(s.batch, s.max_in_flight - len(self._sends))
+        if room <= 0:
+            return 0
+        rows = await self._pool.fetch(CLAIM, datetime.now(UTC), room, s.lease_s)
+        for row in rows:
+            task = asyncio.get_running_loop().create_task(self._send(row))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
         return len(rows)
+
+    async def _send(self, row: asyncpg.Record) -> None:
+        outcome = await self._deliver(row)  # before naming the list: the recorder swaps it meanwhile
+        self._outcomes.append(outcome)
+        if self._recorder is None and not self._stopped:
+            self._recorder = asyncio.get_running_loop().create_task(self._record())
+
+    async def _record(self) -> None:
+        """Writes outcomes in batches until none are left (a batch: all that came in during the last write)."""
+        failures = 0
+        try:
+            while self._outcomes and not self._stopped:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    await self._pool.executemany(RECORD, batch)  # one pipelined round trip per batch
+                    failures = 0
+                except (asyncpg.PostgresError, OSError) as err:
+                    failures += 1
+                    log.warning("recording %d webhook attempts failed (%d): %s", len(batch), failures, err)
+                    if failures < 3:  # written again shortly; else left: the rows stay leased and are resent
+                        self._outcomes[:0] = batch
+                        await asyncio.sleep(0.1 * failures)
+        finally:
+            self._recorder = None
 
     async def _deliver(self, row: asyncpg.Record) -> tuple[Any, ...]:
         """Sends one delivery; returns the RECORD arguments of its outcome."""
@@ -119,9 +155,17 @@ class WebhookDispatcher:
                 result.duration_ms, status, next_at)
 
     async def run_forever(self) -> None:
-        """Rounds until cancelled: at once after a NOTIFY, else every poll_s."""
-        await run_rounds(self._pool, NOTIFY_CHANNEL, self.run_once, batch=self._settings.batch,
-                         poll_s=self._settings.poll_s, what="webhook delivery")
+        """Rounds until cancelled: at once after a NOTIFY, else every poll_s. Cancelled, it cancels the
+        POSTs still out (their rows stay leased and are sent again after the lease)."""
+        try:
+            await run_rounds(self._pool, NOTIFY_CHANNEL, self.run_once, batch=self._settings.batch,
+                             poll_s=self._settings.poll_s, what="webhook delivery")
+        finally:
+            self._stopped = True
+            out = [*self._sends, *([self._recorder] if self._recorder else [])]
+            for task in out:
+                task.cancel()
+            await asyncio.gather(*out, return_exceptions=True)
 
 
 class RunningDispatcher:

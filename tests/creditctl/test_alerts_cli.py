@@ -59,6 +59,9 @@ async def test_alerts_and_webhooks_commands(ledger: Ledger) -> None:
     assert [d["status"] for d in deliveries] == ["PENDING"]  # no delivery loop runs here
     code, _, err = await _run(ledger, "webhooks", "redeliver", deliveries[0]["delivery_id"])
     assert code != 0 and "FAILED_PRECONDITION" in err  # still pending: retried on its own
+    assert json.loads(await _ok(ledger, "webhooks", "attempts", "hook", "--json")) == []  # no POST made yet
+    code, _, err = await _run(ledger, "webhooks", "attempts", "hook", "--delivery", "e1@other")
+    assert code != 0 and "INVALID_ARGUMENT" in err and "delivery_id" in err and "Traceback" not in err
     await _ok(ledger, "alerts", "disable", "low")
     assert json.loads(await _ok(ledger, "alerts", "list", "--json"))[0]["enabled"] is False
 
@@ -71,7 +74,7 @@ async def test_topups_commands(ledger: Ledger) -> None:
     shown = json.loads(await _ok(ledger, "topups", "show", "acme", "--unit", "USD", "--json"))
     assert shown["payment_method"] == "pm_x"
     await ledger.grant("acme", "20.00", key="g1")
-    await debit(ledger, "acme", "15.00", "d1")  # a crossing: requested (no executor runs here)
+    await debit(ledger, "acme", "15.00", "d1")  # a crossing: requested (no top-up saga runs here)
     listed = json.loads(await _ok(ledger, "topups", "list", "acme", "--json"))
     assert [(t["topup_id"], t["status"], t["amount"]) for t in listed] == [("topup/acme/USD/1", "REQUESTED", "50.00")]
     code, _, err = await _run(ledger, "topups", "set", "acme", "--unit", "USD", "--threshold", "10",

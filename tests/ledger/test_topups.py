@@ -1,27 +1,64 @@
-"""Auto top-up end to end: a real ledger, the real executor and HTTP payment adapter, and the local payment
-server (harness/payments) approving, declining, pending, answering late and losing responses."""
+"""Auto top-up end to end: a real ledger, the top-up saga (coordinator AutoTopUpWorkflow) on a real Temporal dev
+server with its starter and worker (ledger_service/topups/saga.py), the HTTP payment adapter, and the local
+payment server (harness/payments) approving, declining, pending, answering late and losing responses."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import grpc
 import pytest
 from credits.alerts.v1 import alerts_pb2 as apb
 from credits.ledger.v1 import ledger_pb2 as pb
+from credits.ledger.v1 import ledger_pb2_grpc
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from coordinator import naming
 from harness.payments.server import Behaviour, PaymentServer
-from ledger_service.domain.webhooks import RetrySchedule
-from ledger_service.topups.executor import RunningExecutor, TopUpSettings, start_executor
+from ledger_service.server import create_ledger_server
+from ledger_service.storage import MIGRATIONS_DIR
 from ledger_service.topups.http_provider import HttpPaymentProvider
+from ledger_service.topups.saga import RunningTopUps, TopUpSettings, start_topups
+from service_runtime.databases import TENANCY_MIGRATIONS
+from service_runtime.settings import Settings
+from service_runtime.temporal_server import TemporalDevServer
 from tests.ledger.alert_helpers import alerts_stub, debit, events
 from tests.ledger.conftest import Ledger
+from tests.postgres_fixtures import fresh_database
+from tests.tenancy import add_tenant_key
 
-FAST = TopUpSettings(RetrySchedule(base_s=0.1, cap_s=0.3, max_attempts=1_000_000), pending_poll_s=0.1, poll_s=0.1,
-                     lease_s=2)
+FAST = TopUpSettings(retry_initial_s=0.1, retry_max_s=0.3, pending_poll_s=0.1, poll_s=0.1, lease_s=2, step_timeout_s=5)
+_queues = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def temporal() -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer(headless=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def ledger() -> AsyncIterator[Ledger]:
+    """The ledger fixture with a tenant of its own per test: the sagas' workflow ids (tenant/account/crossing)
+    stay unique on the one Temporal server of this module."""
+    dsn = await fresh_database("ledger", [TENANCY_MIGRATIONS, MIGRATIONS_DIR])
+    server, port, pool = await create_ledger_server(dsn, "127.0.0.1:0", Settings())
+    key = await add_tenant_key(dsn, f"tenant-{uuid.uuid4().hex[:8]}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Ledger(ledger_pb2_grpc.LedgerServiceStub(channel), dsn, key, port, channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await pool.close()
 
 
 @pytest.fixture
@@ -35,12 +72,24 @@ async def payments() -> AsyncIterator[tuple[PaymentServer, str]]:
 
 
 @pytest.fixture
-async def executor(ledger: Ledger, payments: tuple[PaymentServer, str]) -> AsyncIterator[Callable]:
-    running: list[tuple[RunningExecutor, HttpPaymentProvider]] = []
+async def client(temporal: TemporalDevServer) -> Client:
+    return await Client.connect(temporal.address)
 
-    async def start(timeout_s: float = 2.0) -> RunningExecutor:
+
+@pytest.fixture
+def settings() -> TopUpSettings:
+    return TopUpSettings(**{**FAST.__dict__, "task_queue": f"topups-{next(_queues)}"})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def executor(ledger: Ledger, payments: tuple[PaymentServer, str], client: Client,
+                   settings: TopUpSettings) -> AsyncIterator[Callable]:
+    """Starts the top-up starter and saga worker beside the ledger (as the ledger process does)."""
+    running: list[tuple[RunningTopUps, HttpPaymentProvider]] = []
+
+    async def start(timeout_s: float = 2.0) -> RunningTopUps:
         provider = HttpPaymentProvider(payments[1], timeout_s=timeout_s)
-        started = await start_executor(ledger.dsn, provider, FAST)
+        started = await start_topups(ledger.dsn, provider, client, settings)
         running.append((started, provider))
         return started
 
@@ -99,7 +148,7 @@ async def test_policy_refusals(ledger: Ledger) -> None:
 
 
 async def test_a_crossing_charges_once_and_credits_once(ledger: Ledger, payments: tuple[PaymentServer, str],
-                                                        executor: Callable) -> None:
+                                                        executor: Callable, client: Client) -> None:
     server, _ = payments
     await ledger.account("acme")
     made = await _policy(ledger, max_daily="100.00")
@@ -116,6 +165,13 @@ async def test_a_crossing_charges_once_and_credits_once(ledger: Ledger, payments
     assert lot.amount == "50.00" and lot.type == pb.PURCHASED and lot.cost_basis == "1"
     (topup,) = await _topups(ledger)
     assert topup.charge_id == charge.charge_id and topup.lot_id == lot.lot_id
+    saga = client.get_workflow_handle(naming.topup_workflow_id(await _tenant(ledger), topup.topup_id))
+    assert await saga.result() == {"topup_id": topup.topup_id, "status": "GRANTED", "charge_id": charge.charge_id,
+                                   "lot_id": lot.lot_id}
+    assert (await saga.describe()).status == WorkflowExecutionStatus.COMPLETED
+    with pytest.raises(WorkflowAlreadyStartedError):  # the crossing's id: never a second saga for it
+        await client.start_workflow("AutoTopUp", id=saga.id, task_queue="nobody",
+                                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
     await debit(ledger, "acme", "50.00", "d3")     # 7.00: a new crossing (re-armed by the top-up)
     await _until(lambda: _granted(ledger, 2))
     assert len(server.captured) == 2 and len(await _topup_lots(ledger)) == 2
@@ -123,6 +179,14 @@ async def test_a_crossing_charges_once_and_credits_once(ledger: Ledger, payments
     found = await _until(lambda: _status(ledger, 3, apb.CAPPED))
     assert found and len(server.charges) == 2
     assert [e.event_type for e in await events(ledger, account_id="acme")] == ["topup.capped"]
+
+
+async def _tenant(ledger: Ledger) -> str:
+    conn = await asyncpg.connect(ledger.dsn)
+    try:
+        return str(await conn.fetchval("SELECT DISTINCT tenant_id FROM topups"))
+    finally:
+        await conn.close()
 
 
 async def _granted(ledger: Ledger, n: int) -> bool:
@@ -146,7 +210,7 @@ async def test_unknown_outcomes_are_asked_again_never_assumed(
     await debit(ledger, "acme", "15.00", "d1")
     await _until(lambda: _granted(ledger, 1))
     if behaviour.late_s:
-        behaviour.late_s = 0  # once the executor has seen timeouts, let it hear the answer
+        behaviour.late_s = 0  # once the saga has seen timeouts, let it hear the answer
     assert len(server.charges) == 1 and len(server.captured) == 1   # never charged twice
     assert len(await _topup_lots(ledger)) == 1                     # credited exactly once
     assert await _available(ledger) == "55.00"
@@ -156,7 +220,7 @@ async def test_unknown_outcomes_are_asked_again_never_assumed(
 
 async def test_a_restart_after_the_charge_finds_it_and_credits_once(
         ledger: Ledger, payments: tuple[PaymentServer, str], executor: Callable) -> None:
-    """The first executor charges and dies before hearing back (a lost response, then stopped); the next
+    """The first worker charges and dies before hearing back (a lost response, then stopped); the next
     one finds the charge by its key and credits it once."""
     server, _ = payments
     server.behaviours["pm_ok"] = Behaviour(lose_responses=1)
@@ -213,7 +277,8 @@ async def test_consecutive_declines_disable_the_policy(ledger: Ledger, payments:
 @pytest.mark.parametrize("behaviour", [Behaviour(), Behaviour(lose_responses=1),
                                        Behaviour(outcome="pending", pending_lookups=2), Behaviour(outcome="declined")])
 async def test_the_stripe_adapter_against_a_stripe_like_server(ledger: Ledger, payments: tuple[PaymentServer, str],
-                                                              behaviour: Behaviour) -> None:
+                                                              behaviour: Behaviour, client: Client,
+                                                              settings: TopUpSettings) -> None:
     """The `stripe` package's own client (aiohttp), pointed at the local server's PaymentIntents subset."""
     from ledger_service.topups.stripe_provider import StripePaymentProvider
 
@@ -223,7 +288,7 @@ async def test_the_stripe_adapter_against_a_stripe_like_server(ledger: Ledger, p
     await _policy(ledger, payment_method="cus_1/pm_card")
     await ledger.grant("acme", "20.00", key="g1")
     provider = StripePaymentProvider("sk_test_local", api_base=url, timeout_s=2)
-    started = await start_executor(ledger.dsn, provider, FAST)
+    started = await start_topups(ledger.dsn, provider, client, settings)
     try:
         await debit(ledger, "acme", "15.00", "d1")
         wanted = apb.DECLINED if behaviour.outcome == "declined" else apb.GRANTED

@@ -141,9 +141,50 @@ async def test_receiver_down_then_up_gets_each_event_once(ledger: Ledger, dispat
     assert set(receiver.events) == {e.event_id for e in stored}
     assert all(n == 1 for n in receiver.deliveries.values()) and receiver.rejected == 0
     assert {b["type"] for b in receiver.events.values()} == {"balance.low", "balance.recovered"}
-    found = await _deliveries(ledger)
+    found = await _recorded(ledger, 6)  # each outcome is written as its POST ends, beside the next ones
     assert len(found) == 6 and all(d.status == apb.DELIVERED and d.attempts >= 2 for d in found)
     assert all(d.last_http_status == 200 for d in found)
+    await _attempt_log(ledger, found)
+
+
+async def _attempt_log(ledger: Ledger, found: list[apb.WebhookDelivery]) -> None:
+    """ListWebhookAttempts: every POST of every delivery, in pages, oldest first; one delivery's alone."""
+    stub, log, token = alerts_stub(ledger), [], ""
+    while True:
+        page = await stub.ListWebhookAttempts(apb.ListWebhookAttemptsRequest(endpoint_id="hook", page_size=4,
+                                                                             page_token=token), metadata=ledger.md)
+        log += page.attempts
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(log) == sum(d.attempts for d in found)
+    assert [a.at.ToDatetime() for a in log] == sorted(a.at.ToDatetime() for a in log)
+    for d in found:
+        mine = await stub.ListWebhookAttempts(apb.ListWebhookAttemptsRequest(
+            endpoint_id="hook", delivery_id=d.delivery_id), metadata=ledger.md)
+        assert [a.attempt for a in mine.attempts] == list(range(1, d.attempts + 1))
+        *failed, last = mine.attempts
+        assert last.http_status == 200 and not last.error and last.duration_ms >= 0
+        assert failed and all(a.http_status == 0 and "Connect" in a.error for a in failed)
+        assert [a for a in log if a.delivery_id == d.delivery_id] == list(mine.attempts)
+    for request, code in [(apb.ListWebhookAttemptsRequest(endpoint_id="ghost"), grpc.StatusCode.NOT_FOUND),
+                          (apb.ListWebhookAttemptsRequest(endpoint_id="hook", delivery_id="e@other"),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (apb.ListWebhookAttemptsRequest(endpoint_id="hook", page_token="forged"),
+                           grpc.StatusCode.INVALID_ARGUMENT)]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListWebhookAttempts(request, metadata=ledger.md)
+        assert err.value.code() == code, request
+
+
+async def _recorded(ledger: Ledger, n: int, timeout_s: float = 30) -> list[apb.WebhookDelivery]:
+    """The deliveries once `n` of them are recorded DELIVERED (or the deadline passed: the caller asserts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await _deliveries(ledger)
+        if sum(d.status == apb.DELIVERED for d in found) >= n or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 async def _wait_failures(ledger: Ledger) -> None:
@@ -241,3 +282,28 @@ async def test_the_receiver_of_creditctl_up_verifies_with_the_endpoints_secrets(
             await asyncio.sleep(0.1)
     out = capsys.readouterr().out
     assert "webhook: " in out and '"type": "balance.depleted"' in out
+
+
+async def test_many_events_at_once_each_post_recorded_once(ledger: Ledger, dispatcher: Callable) -> None:
+    """Many POSTs out at once while outcomes are written in batches: every outcome is recorded (attempt 1,
+    DELIVERED) and no event is sent twice (a lost record would resend it after the lease)."""
+    receiver = ExampleReceiver([])
+    port = await receiver.start()
+    try:
+        hook = await _endpoint(ledger, f"http://127.0.0.1:{port}{PATH}", allow_private_targets=True)
+        receiver.secrets.append(hook.secret)
+        await create_rule(ledger, rule_id="low", unit="USD", kind=apb.LOW_BALANCE, thresholds=["50.00", "20.00"])
+        await dispatcher(DeliverySettings(RetrySchedule(base_s=0.2, cap_s=1.0, max_attempts=30), poll_s=0.1,
+                                          lease_s=2, batch=7))  # short lease: a lost record shows as a resend
+        names = [f"a{i:02d}" for i in range(40)]
+        for name in names:
+            await ledger.account(name)
+            await ledger.grant(name, "100.00", key=f"g-{name}")
+        await asyncio.gather(*(debit(ledger, name, "85.00", f"d-{name}") for name in names))  # 15.00: both
+        await _wait(lambda: len(receiver.events) == 80)
+        found = await _recorded(ledger, 80)
+        await asyncio.sleep(2.5)  # past the lease: nothing is sent again
+    finally:
+        await receiver.stop()
+    assert len(found) == 80 and all(d.status == apb.DELIVERED and d.attempts == 1 for d in found)
+    assert sorted(receiver.deliveries.values()) == [1] * 80

@@ -359,6 +359,46 @@ class ListWebhookDeliveriesResponse(_message.Message):
     next_page_token: str
     def __init__(self, deliveries: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class WebhookAttempt(_message.Message):
+    __slots__ = ("delivery_id", "event_id", "endpoint_id", "attempt", "at", "http_status", "error", "duration_ms")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    event_id: str
+    endpoint_id: str
+    attempt: int
+    at: _timestamp_pb2.Timestamp
+    http_status: int
+    error: str
+    duration_ms: int
+    def __init__(self, delivery_id: _Optional[str] = ..., event_id: _Optional[str] = ..., endpoint_id: _Optional[str] = ..., attempt: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., http_status: _Optional[int] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+
+class ListWebhookAttemptsRequest(_message.Message):
+    __slots__ = ("endpoint_id", "delivery_id", "page_size", "page_token")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    delivery_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, endpoint_id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListWebhookAttemptsResponse(_message.Message):
+    __slots__ = ("attempts", "next_page_token")
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    attempts: _containers.RepeatedCompositeFieldContainer[WebhookAttempt]
+    next_page_token: str
+    def __init__(self, attempts: _Optional[_Iterable[_Union[WebhookAttempt, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class RedeliverWebhookRequest(_message.Message):
     __slots__ = ("idempotency_key", "delivery_id")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]

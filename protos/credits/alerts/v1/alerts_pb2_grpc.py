@@ -74,6 +74,11 @@ class AlertsServiceStub:
                 request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesRequest.SerializeToString,
                 response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookAttempts = channel.unary_unary(
+                '/credits.alerts.v1.AlertsService/ListWebhookAttempts',
+                request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsRequest.SerializeToString,
+                response_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsResponse.FromString,
+                _registered_method=True)
         self.RedeliverWebhook = channel.unary_unary(
                 '/credits.alerts.v1.AlertsService/RedeliverWebhook',
                 request_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.RedeliverWebhookRequest.SerializeToString,
@@ -151,6 +156,14 @@ class AlertsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookAttempts(self, request, context):
+        """The per-attempt delivery log of an endpoint (optionally of one delivery): when each POST was made,
+        the HTTP status or the error, and how long it took; oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RedeliverWebhook(self, request, context):
         """Puts a delivery (typically DEAD, after its last attempt) back in the queue with fresh attempts.
         """
@@ -221,6 +234,11 @@ def add_AlertsServiceServicer_to_server(servicer, server):
                     servicer.ListWebhookDeliveries,
                     request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesRequest.FromString,
                     response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'ListWebhookAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookAttempts,
+                    request_deserializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsRequest.FromString,
+                    response_serializer=credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsResponse.SerializeToString,
             ),
             'RedeliverWebhook': grpc.unary_unary_rpc_method_handler(
                     servicer.RedeliverWebhook,
@@ -459,6 +477,33 @@ class AlertsService:
             '/credits.alerts.v1.AlertsService/ListWebhookDeliveries',
             credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesRequest.SerializeToString,
             credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.alerts.v1.AlertsService/ListWebhookAttempts',
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsRequest.SerializeToString,
+            credits_dot_alerts_dot_v1_dot_alerts__pb2.ListWebhookAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,
