@@ -22,6 +22,7 @@ from invoice_service.domain.invoices import Aggregation, ChargeKind
 from invoice_service.domain.lifecycle import Schedule
 from invoice_service.domain.periods import INTERVAL_MONTHS, SETTLED_STATUSES, Period
 from invoice_service.domain.pricing import Price
+from invoice_service.storage.double_pricing import LOCK_CUSTOMER, refuse_double_pricing
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import conflict, invalid, not_found
 
@@ -212,7 +213,7 @@ class CatalogOperations:
         may have several; the subscription id is unique."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            if await conn.fetchval(SELECT_CUSTOMER, guard.tenant_id, sub.customer_id) is None:
+            if await conn.fetchval(LOCK_CUSTOMER, guard.tenant_id, sub.customer_id) is None:
                 raise not_found("customer_id", f"no customer {sub.customer_id!r}")
             plan_row = await conn.fetchrow(SELECT_PLAN, guard.tenant_id, sub.plan_id)
             if plan_row is None:
@@ -229,6 +230,7 @@ class CatalogOperations:
                 raise conflict("subscription_id", f"subscription {sub.subscription_id!r} already exists")
             await conn.execute(INSERT_FIRST_PHASE, guard.tenant_id, sub.subscription_id, sub.anchor, sub.plan_id,
                                plan.version, quantities, overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, sub.customer_id, sub.subscription_id, set(), "plan_id")
             result = dataclasses.replace(sub, created_at=created, plan_version=plan.version)
             await guard.record(conn, result)
             return result

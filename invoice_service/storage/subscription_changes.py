@@ -32,6 +32,7 @@ from invoice_service.storage.catalog import (
     schedule_of,
     subscription_from_row,
 )
+from invoice_service.storage.double_pricing import refuse_double_pricing, shared_meters
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import invalid, not_found, precondition
 
@@ -146,6 +147,7 @@ class SubscriptionChanges:
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
             sub_row = await self._lock(conn, guard.tenant_id, subscription_id, change.effective_at, "effective_at")
+            before = await shared_meters(conn, guard.tenant_id, sub_row["customer_id"], subscription_id)
             phase = await conn.fetchrow(SELECT_PHASE_AT, guard.tenant_id, subscription_id, change.effective_at)
             assert phase is not None  # the first phase is at the anchor, and effective_at >= anchor
             quantities = json.loads(phase["quantities"])
@@ -166,6 +168,7 @@ class SubscriptionChanges:
             overrides = change.overrides if change.overrides is not None else overrides
             result = await self._new_phase(conn, guard.tenant_id, subscription_id, change.effective_at, plan,
                                            add_ons, licenses, overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, result.customer_id, subscription_id, before, "plan_id")
             await guard.record(conn, result)
             return result
 
@@ -173,7 +176,8 @@ class SubscriptionChanges:
         """The subscription's plan at `version` (0: the latest) from `effective_at` on, same units and prices."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            await self._lock(conn, guard.tenant_id, subscription_id, effective_at, "effective_at")
+            sub_row = await self._lock(conn, guard.tenant_id, subscription_id, effective_at, "effective_at")
+            before = await shared_meters(conn, guard.tenant_id, sub_row["customer_id"], subscription_id)
             phase = await conn.fetchrow(SELECT_PHASE_AT, guard.tenant_id, subscription_id, effective_at)
             assert phase is not None
             if version == 0:
@@ -184,6 +188,7 @@ class SubscriptionChanges:
                                                   overrides_from_json(json.loads(phase["overrides"])))
             result = await self._new_phase(conn, guard.tenant_id, subscription_id, effective_at, plan,
                                            quantities["add_ons"], quantities["licenses"], overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, result.customer_id, subscription_id, before, "version")
             await guard.record(conn, result)
             return result
 
