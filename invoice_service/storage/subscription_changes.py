@@ -5,7 +5,8 @@ A change is a phase from an instant on; the subscription row mirrors the last ph
 not reach into a period whose invoice is frozen (PREPARED, FINALIZED, VOID_PENDING, ABANDONED): that is
 FAILED_PRECONDITION naming the instant. Lock order, as everywhere in this service: the customer row
 (FOR UPDATE: PrepareFinalize takes it too, so a change and a freeze never interleave), the subscription
-row, then invoices. A cancellation also ends the DRAFT invoice of the period it cuts at the new end.
+row, then invoices. A cancellation also ends the DRAFT invoice of the period it cuts at the new end,
+and abandons (ABANDONED, with the reason) the DRAFTs of periods entirely after it, in its transaction.
 """
 
 from __future__ import annotations
@@ -76,10 +77,19 @@ MARK_CANCELED = f"""
 UPDATE subscriptions SET ends_at = $3, canceled_at = now()
 WHERE tenant_id = $1 AND subscription_id = $2 RETURNING {SUBSCRIPTION_COLUMNS}
 """
-# The first frozen invoice of the subscription whose period ends after an instant.
+# DRAFTs of periods a cancellation removes (starting at or after the new end) are abandoned with it:
+# those periods no longer exist, so nothing would ever finalize them.
+ABANDON_REMOVED_DRAFTS = """
+UPDATE invoices SET status = 'ABANDONED', abandoned_at = now(), abandon_reason = $4
+WHERE tenant_id = $1 AND subscription_id = $2 AND status = 'DRAFT' AND period_start >= $3
+RETURNING invoice_id
+"""
+# The first frozen invoice of the subscription whose period ends after an instant (and starts before
+# the subscription's end, $4: invoices abandoned by a cancellation lie beyond it and block nothing).
 SELECT_FROZEN_AFTER = """
 SELECT invoice_id, period_start, status FROM invoices
 WHERE tenant_id = $1 AND subscription_id = $2 AND period_end > $3
+  AND ($4::timestamptz IS NULL OR period_start < $4)
   AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING', 'ABANDONED')
 ORDER BY period_start LIMIT 1
 """
@@ -208,13 +218,16 @@ class SubscriptionChanges:
                     ends_at = p.end
             if ends_at <= row["anchor"]:
                 raise invalid("at", f"{ends_at.isoformat()} is not after the subscription's anchor")
-            frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, guard.tenant_id, subscription_id, ends_at)
+            frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, guard.tenant_id, subscription_id, ends_at,
+                                         row["ends_at"])
             if frozen is not None:
                 raise precondition("at", f"invoice {frozen['invoice_id']} ({frozen['status']}) of the period from "
                                          f"{frozen['period_start'].isoformat()} is frozen: end after it")
             result = subscription_from_row(await conn.fetchrow(MARK_CANCELED, guard.tenant_id, subscription_id,
                                                                ends_at))
             await conn.execute(END_CUT_DRAFT, guard.tenant_id, subscription_id, ends_at)
+            await conn.execute(ABANDON_REMOVED_DRAFTS, guard.tenant_id, subscription_id, ends_at,
+                               f"subscription canceled: it ends at {ends_at.isoformat()}, before this period")
             await guard.record(conn, result)
             return result
 
@@ -231,7 +244,7 @@ class SubscriptionChanges:
                                  f"{row['anchor'].isoformat()}")
         if row["ends_at"] is not None and instant >= row["ends_at"]:
             raise precondition(field, f"the subscription ended at {row['ends_at'].isoformat()}")
-        frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, tenant, subscription_id, instant)
+        frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, tenant, subscription_id, instant, row["ends_at"])
         if frozen is not None:
             raise precondition(field, f"invoice {frozen['invoice_id']} ({frozen['status']}) of the period from "
                                       f"{frozen['period_start'].isoformat()} is frozen; a change may start after it")

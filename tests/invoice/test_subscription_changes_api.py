@@ -154,3 +154,35 @@ async def test_cancelling_cuts_an_open_draft_to_the_new_end(env: InvoiceEnv) -> 
     # the same invoice, now Aug 1 to Aug 11 (10 of 31 days): 31.00 -> 10.00, 10.00 -> 3.23 (3.2258)
     assert after.invoice_id == before.invoice_id and after.period_end.ToDatetime().day == 11
     assert _amounts(after) == [("platform", "10.00"), ("seat", "3.23")] and after.subtotal == "13.23"
+
+
+async def test_cancelling_abandons_drafts_of_periods_it_removes(env: InvoiceEnv) -> None:
+    """A billing user cancelling expects the cancel to win over a draft made ahead of time: the draft of a
+    period entirely after the new end is ABANDONED in the cancel's transaction (its period no longer
+    exists), and it freezes nothing: later changes before the end and another subscription's usage in
+    that time are still accepted."""
+    await seed_catalog(env)  # sub-john-wick prices input_tokens and output_tokens, monthly from Aug 1
+    aug = await env.call("CreateDraft", _draft("john-wick", ts(when(1)), "d-aug"))
+    sep = await env.call("CreateDraft", _draft("john-wick", ts(when(1, month=9)), "d-sep"))
+    sub = await env.call("CancelSubscription", pb.CancelSubscriptionRequest(
+        idempotency_key="c", subscription_id="sub-john-wick", at=ts(when(20))))
+    assert sub.ends_at == ts(when(20))
+    gone = await env.call("GetInvoice", pb.GetInvoiceRequest(invoice_id=sep.invoice_id))
+    assert gone.status == pb.ABANDONED and "subscription canceled" in gone.abandon_reason and not gone.number
+    cut = await env.call("GetInvoice", pb.GetInvoiceRequest(invoice_id=aug.invoice_id))
+    assert (cut.status, cut.period_end) == (pb.DRAFT, ts(when(20)))
+    # the abandoned September blocks nothing: a change before the end, an earlier cancel ...
+    await env.call("UpdateSubscription", pb.UpdateSubscriptionRequest(
+        idempotency_key="u", subscription_id="sub-john-wick", effective_at=ts(when(10)),
+        price_overrides=[pb.PriceOverride(code="input_tokens", price=pb.Price(model=pb.PER_UNIT, unit_amount="1"))]))
+    await env.call("CancelSubscription", pb.CancelSubscriptionRequest(
+        idempotency_key="c2", subscription_id="sub-john-wick", at=ts(when(18))))
+    # ... and another subscription taking the meters from then bills September's events
+    await env.call("CreateSubscription", pb.CreateSubscriptionRequest(
+        idempotency_key="s-2", subscription_id="sub-2", customer_id="john-wick", plan_id="chatppt-pro",
+        anchor=ts(when(18))))
+    await env.call("IngestEvents", pb.IngestEventsRequest(events=[
+        event("e-sep", "input_tokens", "5", when(5, month=9))]))
+    later = await env.call("CreateDraft", _draft("john-wick", ts(when(18)), "d-2", "sub-2"))
+    assert [(i.code, i.quantity) for i in later.line_items if i.code == "input_tokens"] == [("input_tokens", "5")]
+    assert await env.count("invoices") == 3  # Aug (cut, DRAFT), Sep (ABANDONED), sub-2's first
