@@ -82,7 +82,6 @@ WHERE tenant_id = $1 AND subscription_id = $2 RETURNING {SUBSCRIPTION_COLUMNS}
 ABANDON_REMOVED_DRAFTS = """
 UPDATE invoices SET status = 'ABANDONED', abandoned_at = now(), abandon_reason = $4
 WHERE tenant_id = $1 AND subscription_id = $2 AND status = 'DRAFT' AND period_start >= $3
-RETURNING invoice_id
 """
 # The first frozen invoice of the subscription whose period ends after an instant (and starts before
 # the subscription's end, $4: invoices abandoned by a cancellation lie beyond it and block nothing).
