@@ -109,7 +109,7 @@ LEDGER: dict[str, frozenset[str]] = _table(
 INVOICE: dict[str, frozenset[str]] = _table(
     INVOICE_SERVICE,
     (ALL, ("GetCustomer", "GetMeter", "GetPlan", "GetSubscription", "ListDueSubscriptions", "ListSettlements",
-           "SplitDraft",
+           "ListSubscriptions", "ListPlanVersions", "SplitDraft",
            "GetInvoice", "ListInvoices", "RenderInvoice", "ExportInvoices")),
     (FINANCE, ("CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription")),
     # Abandoning a period writes off what it would have billed: a finance decision, never the saga's.

@@ -17,7 +17,7 @@ import click
 from credits.invoice.v1 import invoice_pb2 as ipb
 from google.protobuf.json_format import Parse, ParseError
 
-from creditctl.connection import rpc
+from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.prices import describe, parse_price
@@ -110,6 +110,21 @@ def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[s
 @format_options()
 def show(plan_id: str, version: int, fmt: Format) -> int:
     return _print(rpc("invoice", "GetPlan", ipb.GetPlanRequest(plan_id=plan_id, version=version)), fmt)
+
+
+@command.command("versions", help="a plan's versions, oldest first (subscriptions stay on theirs until migrated)")
+@click.argument("plan_id")
+@format_options(csv_=True, quiet=True)
+def versions(plan_id: str, fmt: Format) -> int:
+    found = [record(v) for v in paged("invoice", "ListPlanVersions", ipb.ListPlanVersionsRequest(plan_id=plan_id),
+                                      "versions")]
+    if fmt == Format.JSON:
+        emit_rows(found, (), fmt)
+        return 0
+    rows = [{"version": v["version"], "name": v["name"], "created_at": v.get("created_at", ""),
+             "prices": "; ".join(f"{r['code']} {r['price']}" for r in price_rows(v))} for v in found]
+    emit_rows(rows, ("version", "name", "created_at", "prices"), fmt, id_column="version")
+    return 0
 
 
 @command.command("version", help="edit a plan: its next version with these prices (subscriptions stay on "

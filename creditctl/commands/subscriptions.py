@@ -1,6 +1,6 @@
-"""creditctl subscriptions create|show|due|update|cancel|migrate: a customer on a plan from an anchor;
-the periods due; changes at an instant (CreateSubscription, GetSubscription, ListDueSubscriptions,
-UpdateSubscription, CancelSubscription, MigrateSubscription).
+"""creditctl subscriptions create|show|list|due|update|cancel|migrate: a customer on a plan from an anchor;
+the periods due; changes at an instant (CreateSubscription, GetSubscription with its phases,
+ListSubscriptions, ListDueSubscriptions, UpdateSubscription, CancelSubscription, MigrateSubscription).
 
 A change at an instant inside a period splits it there: fees, add-ons and seats are pro-rated by time,
 usage is priced under the plan in force when it happened (invoice_service/domain/lifecycle.py)."""
@@ -8,14 +8,15 @@ usage is priced under the plan in force when it happened (invoice_service/domain
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import click
 from credits.invoice.v1 import invoice_pb2 as ipb
 
-from creditctl.connection import rpc
+from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
-from creditctl.prices import parse_price
+from creditctl.prices import describe, parse_price
 from creditctl.records import idempotency_option, key_for, pairs, record, records, set_instant
 from creditctl.times import INSTANT
 
@@ -80,12 +81,47 @@ def create(subscription_id: str, customer: str, plan: str, anchor: datetime, add
     return 0
 
 
-@command.command("show", help="one subscription")
+def _codes(values: list[dict[str, Any]], value_field: str) -> str:
+    """`[{code: seat, quantity: 3}]` as `seat=3`; a usage price override as the price it sets."""
+    return " ".join(f"{v['code']}={v.get(value_field) or describe(v.get('price', {}))}" for v in values)
+
+
+PHASE_COLUMNS = ("effective_at", "plan", "add_ons", "licenses", "price_overrides", "created_at")
+
+
+def _phase_row(p: dict[str, Any]) -> dict[str, Any]:
+    return {"effective_at": p["effective_at"], "plan": f"{p['plan_id']} v{p['plan_version']}",
+            "add_ons": _codes(p["add_ons"], "quantity"), "licenses": _codes(p["licenses"], "quantity"),
+            "price_overrides": _codes(p["price_overrides"], "amount"), "created_at": p.get("created_at", "")}
+
+
+@command.command("show", help="one subscription and its phases (what it billed from each instant on)")
 @click.argument("subscription_id")
 @format_options()
 def show(subscription_id: str, fmt: Format) -> int:
-    emit_record(record(rpc("invoice", "GetSubscription", ipb.GetSubscriptionRequest(
-        subscription_id=subscription_id))), fmt)
+    sub = record(rpc("invoice", "GetSubscription", ipb.GetSubscriptionRequest(subscription_id=subscription_id)))
+    if fmt == Format.JSON:
+        emit_record(sub, fmt)
+        return 0
+    phases = sub.pop("phases", [])
+    emit_record(sub, fmt)
+    click.echo()
+    emit_rows([_phase_row(p) for p in phases], PHASE_COLUMNS, fmt, title="phases")
+    return 0
+
+
+LIST_COLUMNS = ("customer_id", "subscription_id", "plan_id", "plan_version", "anchor", "trial_end", "ends_at")
+
+
+@command.command("list", help="subscriptions by customer, then id (--customer: one customer's)")
+@click.option("--customer", default="", help="one customer's subscriptions (default: every customer's)")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@format_options(csv_=True, quiet=True)
+def list_(customer: str, limit: int, fmt: Format) -> int:
+    found = paged("invoice", "ListSubscriptions", ipb.ListSubscriptionsRequest(customer_id=customer),
+                  "subscriptions", limit=limit)
+    rows = [{k: v for k, v in r.items() if k != "phases"} for r in records(found)]
+    emit_rows(rows, LIST_COLUMNS, fmt, id_column="subscription_id", empty="(no subscriptions)")
     return 0
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 
 from credits.invoice.v1 import invoice_pb2 as pb
 
-from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
+from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription, SubscriptionPhase
 from invoice_service.domain.invoices import ChargeKind, InvoiceView, Piece
 from invoice_service.domain.money import decimal_text, to_text
 from invoice_service.domain.pricing import Price
@@ -68,14 +69,30 @@ def plan(p: Plan) -> pb.Plan:
     return out
 
 
+def _price_overrides(overrides: dict[str, Decimal | Price]) -> list[pb.PriceOverride]:
+    return [pb.PriceOverride(code=k, price=_price(o)) if isinstance(o, Price)
+            else pb.PriceOverride(code=k, amount=decimal_text(o)) for k, o in overrides.items()]
+
+
+def _quantities(values: dict[str, int]) -> list[pb.Quantity]:
+    return [pb.Quantity(code=k, quantity=v) for k, v in values.items()]
+
+
+def phase(p: SubscriptionPhase) -> pb.SubscriptionPhase:
+    out = pb.SubscriptionPhase(effective_at=ts(p.effective_at), plan_id=p.plan_id, plan_version=p.plan_version,
+                               add_ons=_quantities(p.add_ons), licenses=_quantities(p.licenses),
+                               price_overrides=_price_overrides(p.overrides))
+    if p.created_at:
+        out.created_at.CopyFrom(ts(p.created_at))
+    return out
+
+
 def subscription(s: Subscription) -> pb.Subscription:
     out = pb.Subscription(
         subscription_id=s.subscription_id, customer_id=s.customer_id, plan_id=s.plan_id, anchor=ts(s.anchor),
-        add_ons=[pb.Quantity(code=k, quantity=v) for k, v in s.add_ons.items()],
-        licenses=[pb.Quantity(code=k, quantity=v) for k, v in s.licenses.items()],
+        add_ons=_quantities(s.add_ons), licenses=_quantities(s.licenses),
         plan_version=s.plan_version, calendar_aligned=s.calendar_aligned,
-        price_overrides=[pb.PriceOverride(code=k, price=_price(o)) if isinstance(o, Price)
-                         else pb.PriceOverride(code=k, amount=decimal_text(o)) for k, o in s.overrides.items()])
+        price_overrides=_price_overrides(s.overrides), phases=[phase(p) for p in s.phases])
     if s.created_at:
         out.created_at.CopyFrom(ts(s.created_at))
     for name, value in (("trial_end", s.trial_end), ("ends_at", s.ends_at), ("canceled_at", s.canceled_at)):

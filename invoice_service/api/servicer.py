@@ -27,7 +27,7 @@ from service_runtime.call_context import current_caller
 from service_runtime.free_text import check_text
 from service_runtime.idempotency import Guard, Replayed
 from service_runtime.identifiers import check_id, check_key, check_optional_id
-from service_runtime.pages import decode_token, encode_token, page_size
+from service_runtime.pages import decode_int_token, decode_token, encode_token, page_size
 from service_runtime.proto_time import from_timestamp
 from service_runtime.rejections import Reason, Rejection, invalid
 from service_runtime.settings import Settings
@@ -159,6 +159,26 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
     async def GetSubscription(self, request: pb.GetSubscriptionRequest, context: _Ctx) -> pb.Subscription:
         subscription_id = check_id(request.subscription_id, "subscription_id")
         return pack.subscription(await self._catalog.get_subscription(_tenant(), subscription_id))
+
+    async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest,
+                                context: _Ctx) -> pb.ListSubscriptionsResponse:
+        customer_id = check_optional_id(request.customer_id, "customer_id")
+        limit = page_size(request.page_size)
+        cursor = decode_token(request.page_token, 2)
+        subs = await self._catalog.list_subscriptions(_tenant(), customer_id,
+                                                      (cursor[0], cursor[1]) if cursor else None, limit)
+        token = encode_token(subs[-1].customer_id, subs[-1].subscription_id) if len(subs) == limit else ""
+        return pb.ListSubscriptionsResponse(subscriptions=[pack.subscription(s) for s in subs],
+                                            next_page_token=token)
+
+    async def ListPlanVersions(self, request: pb.ListPlanVersionsRequest,
+                               context: _Ctx) -> pb.ListPlanVersionsResponse:
+        plan_id = check_id(request.plan_id, "plan_id")
+        limit = page_size(request.page_size)
+        versions = await self._catalog.list_plan_versions(_tenant(), plan_id, decode_int_token(request.page_token),
+                                                          limit)
+        token = encode_token(versions[-1].version) if len(versions) == limit else ""
+        return pb.ListPlanVersionsResponse(versions=[pack.plan(v) for v in versions], next_page_token=token)
 
     async def ListDueSubscriptions(self, request: pb.ListDueSubscriptionsRequest,
                                    context: _Ctx) -> pb.ListDueSubscriptionsResponse:

@@ -68,6 +68,19 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class SubscriptionPhase:
+    """What a subscription bills from `effective_at` on (domain/lifecycle.py, Phase), as stored and read."""
+
+    effective_at: datetime
+    plan_id: str
+    plan_version: int
+    add_ons: dict[str, int] = field(default_factory=dict)
+    licenses: dict[str, int] = field(default_factory=dict)
+    overrides: dict[str, Decimal | Price] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Subscription:
     subscription_id: str
     customer_id: str
@@ -82,6 +95,7 @@ class Subscription:
     ends_at: datetime | None = None  # cancelled: the last period ends here
     canceled_at: datetime | None = None
     overrides: dict[str, Decimal | Price] = field(default_factory=dict)  # per-customer prices by code
+    phases: tuple[SubscriptionPhase, ...] = ()  # read by GetSubscription only: the change history
 
     def schedule(self, months: int) -> Schedule:
         return Schedule(self.anchor, months, self.trial_end, self.calendar_aligned, self.ends_at)

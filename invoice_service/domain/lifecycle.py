@@ -309,3 +309,55 @@ def _full_rate(c: Component, quantities: Mapping[str, int]) -> Decimal | None:
     if c.kind in (ChargeKind.ADD_ON, ChargeKind.LICENSE) and c.code in quantities:
         return c.amount * quantities[c.code]
     return None
+
+
+# ---- one meter, one subscription at a time ------------------------------------------------------
+# Usage events belong to the customer, so every subscription whose plan prices a meter bills that
+# meter's events. Invariant (kept by storage/subscription_changes.check_no_double_pricing in the
+# transaction of every CreateSubscription, UpdateSubscription and MigrateSubscription; checked by the
+# seeded random tests in tests/invoice/test_lifecycle_rules.py and test_double_pricing_api.py): two
+# subscriptions of one customer never price one meter over overlapping instants, so no event is
+# ever priced twice.
+
+
+@dataclass(frozen=True)
+class PricedSpan:
+    """`subscription_id` prices `meter` over [start, end) (end None: open-ended)."""
+
+    subscription_id: str
+    meter: str
+    start: datetime
+    end: datetime | None
+
+
+def priced_spans(subscription_id: str, schedule: Schedule,
+                 phases: Sequence[tuple[datetime, frozenset[str]]]) -> list[PricedSpan]:
+    """Where a subscription prices each meter: each phase's (effective_at, usage meters) from its
+    instant to the next phase's, inside the billed time [billing start, ends_at) (a trial prices nothing)."""
+    out: list[PricedSpan] = []
+    ordered = sorted(phases, key=lambda p: p[0])
+    for (at, meters), following in itertools.zip_longest(ordered, ordered[1:]):
+        start = max(at, schedule.billing_start)
+        ends = [t for t in (following[0] if following else None, schedule.ends_at) if t is not None]
+        end = min(ends) if ends else None
+        if end is not None and end <= start:
+            continue
+        out += [PricedSpan(subscription_id, m, start, end) for m in sorted(meters)]
+    return out
+
+
+def _overlap(a: PricedSpan, b: PricedSpan) -> bool:
+    return (b.end is None or a.start < b.end) and (a.end is None or b.start < a.end)
+
+
+def double_pricing(mine: Sequence[PricedSpan], others: Sequence[PricedSpan]) -> list[tuple[str, str, datetime]]:
+    """(meter, other subscription, first shared instant) for every meter that `mine` and one of
+    `others` (other subscriptions of the same customer) price at a common instant, sorted."""
+    found: dict[tuple[str, str], datetime] = {}
+    for a in mine:
+        for b in others:
+            if a.meter == b.meter and a.subscription_id != b.subscription_id and _overlap(a, b):
+                key = (a.meter, b.subscription_id)
+                at = max(a.start, b.start)
+                found[key] = min(found.get(key, at), at)
+    return sorted((m, s, at) for (m, s), at in found.items())

@@ -15,6 +15,7 @@ from invoice_service.domain.catalog import (
     Meter,
     Plan,
     Subscription,
+    SubscriptionPhase,
     overrides_from_json,
     overrides_json,
 )
@@ -22,6 +23,7 @@ from invoice_service.domain.invoices import Aggregation, ChargeKind
 from invoice_service.domain.lifecycle import Schedule
 from invoice_service.domain.periods import INTERVAL_MONTHS, SETTLED_STATUSES, Period
 from invoice_service.domain.pricing import Price
+from invoice_service.storage.double_pricing import LOCK_CUSTOMER, refuse_double_pricing
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import conflict, invalid, not_found
 
@@ -67,6 +69,21 @@ calendar_aligned, ends_at, canceled_at
 """
 SELECT_SUBSCRIPTION = f"""
 SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND subscription_id = $2
+"""
+SELECT_PHASES = """
+SELECT effective_at, plan_id, plan_version, quantities, overrides, created_at FROM subscription_phases
+WHERE tenant_id = $1 AND subscription_id = $2 ORDER BY effective_at
+"""
+# Pages by (customer, subscription) after the cursor; $2 = '' lists every customer's.
+LIST_SUBSCRIPTIONS = f"""
+SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions
+WHERE tenant_id = $1 AND ($2 = '' OR customer_id = $2) AND (customer_id, subscription_id) > ($3, $4)
+ORDER BY customer_id, subscription_id LIMIT $5
+"""
+LIST_PLAN_VERSIONS = """
+SELECT v.plan_id, v.name, p.currency, p.billing_interval, v.terms, v.created_at, v.version
+FROM plan_versions v JOIN plans p ON p.tenant_id = v.tenant_id AND p.plan_id = v.plan_id
+WHERE v.tenant_id = $1 AND v.plan_id = $2 AND v.version > $3 ORDER BY v.version LIMIT $4
 """
 # Due periods are listed by (customer, subscription, period start), a chunk of subscriptions at a time
 # from the cursor's subscription on, and only those customers' invoices: a page costs what it lists,
@@ -120,6 +137,12 @@ def subscription_from_row(row: asyncpg.Record) -> Subscription:
                         q["add_ons"], q["licenses"], row["created_at"], row["plan_version"], row["trial_end"],
                         row["calendar_aligned"], row["ends_at"], row["canceled_at"],
                         overrides_from_json(json.loads(row["overrides"])))
+
+
+def phase_from_row(row: asyncpg.Record) -> SubscriptionPhase:
+    q = json.loads(row["quantities"])
+    return SubscriptionPhase(row["effective_at"], row["plan_id"], row["plan_version"], q["add_ons"], q["licenses"],
+                             overrides_from_json(json.loads(row["overrides"])), row["created_at"])
 
 
 def schedule_of(row: asyncpg.Record) -> Schedule:
@@ -212,7 +235,7 @@ class CatalogOperations:
         may have several; the subscription id is unique."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            if await conn.fetchval(SELECT_CUSTOMER, guard.tenant_id, sub.customer_id) is None:
+            if await conn.fetchval(LOCK_CUSTOMER, guard.tenant_id, sub.customer_id) is None:
                 raise not_found("customer_id", f"no customer {sub.customer_id!r}")
             plan_row = await conn.fetchrow(SELECT_PLAN, guard.tenant_id, sub.plan_id)
             if plan_row is None:
@@ -229,15 +252,35 @@ class CatalogOperations:
                 raise conflict("subscription_id", f"subscription {sub.subscription_id!r} already exists")
             await conn.execute(INSERT_FIRST_PHASE, guard.tenant_id, sub.subscription_id, sub.anchor, sub.plan_id,
                                plan.version, quantities, overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, sub.customer_id, sub.subscription_id, set(), "plan_id")
             result = dataclasses.replace(sub, created_at=created, plan_version=plan.version)
             await guard.record(conn, result)
             return result
 
     async def get_subscription(self, tenant_id: str, subscription_id: str) -> Subscription:
-        row = await self._pool.fetchrow(SELECT_SUBSCRIPTION, tenant_id, subscription_id)
-        if row is None:
-            raise not_found("subscription_id", f"no subscription {subscription_id!r}")
-        return subscription_from_row(row)
+        """The subscription with its phases (the change history), oldest first."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(SELECT_SUBSCRIPTION, tenant_id, subscription_id)
+            if row is None:
+                raise not_found("subscription_id", f"no subscription {subscription_id!r}")
+            phases = await conn.fetch(SELECT_PHASES, tenant_id, subscription_id)
+        return dataclasses.replace(subscription_from_row(row), phases=tuple(phase_from_row(r) for r in phases))
+
+    async def list_subscriptions(self, tenant_id: str, customer_id: str, after: tuple[str, str] | None,
+                                 limit: int) -> list[Subscription]:
+        """One page by (customer, subscription) after the `after` cursor; customer_id "" = every customer."""
+        if customer_id and await self._pool.fetchval(SELECT_CUSTOMER, tenant_id, customer_id) is None:
+            raise not_found("customer_id", f"no customer {customer_id!r}")
+        cursor = after or ("", "")
+        rows = await self._pool.fetch(LIST_SUBSCRIPTIONS, tenant_id, customer_id, *cursor, limit)
+        return [subscription_from_row(r) for r in rows]
+
+    async def list_plan_versions(self, tenant_id: str, plan_id: str, after_version: int, limit: int) -> list[Plan]:
+        """One page of the plan's versions, oldest first, after `after_version`."""
+        rows = await self._pool.fetch(LIST_PLAN_VERSIONS, tenant_id, plan_id, after_version, limit)
+        if not rows and after_version == 0:
+            await self.get_plan(tenant_id, plan_id)  # NOT_FOUND plan_id
+        return [plan_from_row(r) for r in rows]
 
     async def list_due(self, tenant_id: str, as_of: datetime, grace_s: int, limit: int,
                        after: tuple[str, str, datetime] | None = None) -> tuple[list[DueRow], bool]:

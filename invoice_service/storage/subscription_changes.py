@@ -5,7 +5,8 @@ A change is a phase from an instant on; the subscription row mirrors the last ph
 not reach into a period whose invoice is frozen (PREPARED, FINALIZED, VOID_PENDING, ABANDONED): that is
 FAILED_PRECONDITION naming the instant. Lock order, as everywhere in this service: the customer row
 (FOR UPDATE: PrepareFinalize takes it too, so a change and a freeze never interleave), the subscription
-row, then invoices. A cancellation also ends the DRAFT invoice of the period it cuts at the new end.
+row, then invoices. A cancellation also ends the DRAFT invoice of the period it cuts at the new end,
+and abandons (ABANDONED, with the reason) the DRAFTs of periods entirely after it, in its transaction.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from invoice_service.storage.catalog import (
     schedule_of,
     subscription_from_row,
 )
+from invoice_service.storage.double_pricing import refuse_double_pricing, shared_meters
 from service_runtime.idempotency import Guard
 from service_runtime.rejections import invalid, not_found, precondition
 
@@ -75,10 +77,18 @@ MARK_CANCELED = f"""
 UPDATE subscriptions SET ends_at = $3, canceled_at = now()
 WHERE tenant_id = $1 AND subscription_id = $2 RETURNING {SUBSCRIPTION_COLUMNS}
 """
-# The first frozen invoice of the subscription whose period ends after an instant.
+# DRAFTs of periods a cancellation removes (starting at or after the new end) are abandoned with it:
+# those periods no longer exist, so nothing would ever finalize them.
+ABANDON_REMOVED_DRAFTS = """
+UPDATE invoices SET status = 'ABANDONED', abandoned_at = now(), abandon_reason = $4
+WHERE tenant_id = $1 AND subscription_id = $2 AND status = 'DRAFT' AND period_start >= $3
+"""
+# The first frozen invoice of the subscription whose period ends after an instant (and starts before
+# the subscription's end, $4: invoices abandoned by a cancellation lie beyond it and block nothing).
 SELECT_FROZEN_AFTER = """
 SELECT invoice_id, period_start, status FROM invoices
 WHERE tenant_id = $1 AND subscription_id = $2 AND period_end > $3
+  AND ($4::timestamptz IS NULL OR period_start < $4)
   AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING', 'ABANDONED')
 ORDER BY period_start LIMIT 1
 """
@@ -146,6 +156,7 @@ class SubscriptionChanges:
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
             sub_row = await self._lock(conn, guard.tenant_id, subscription_id, change.effective_at, "effective_at")
+            before = await shared_meters(conn, guard.tenant_id, sub_row["customer_id"], subscription_id)
             phase = await conn.fetchrow(SELECT_PHASE_AT, guard.tenant_id, subscription_id, change.effective_at)
             assert phase is not None  # the first phase is at the anchor, and effective_at >= anchor
             quantities = json.loads(phase["quantities"])
@@ -166,6 +177,7 @@ class SubscriptionChanges:
             overrides = change.overrides if change.overrides is not None else overrides
             result = await self._new_phase(conn, guard.tenant_id, subscription_id, change.effective_at, plan,
                                            add_ons, licenses, overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, result.customer_id, subscription_id, before, "plan_id")
             await guard.record(conn, result)
             return result
 
@@ -173,7 +185,8 @@ class SubscriptionChanges:
         """The subscription's plan at `version` (0: the latest) from `effective_at` on, same units and prices."""
         async with self._pool.acquire() as conn, conn.transaction():
             await guard.claim(conn)
-            await self._lock(conn, guard.tenant_id, subscription_id, effective_at, "effective_at")
+            sub_row = await self._lock(conn, guard.tenant_id, subscription_id, effective_at, "effective_at")
+            before = await shared_meters(conn, guard.tenant_id, sub_row["customer_id"], subscription_id)
             phase = await conn.fetchrow(SELECT_PHASE_AT, guard.tenant_id, subscription_id, effective_at)
             assert phase is not None
             if version == 0:
@@ -184,6 +197,7 @@ class SubscriptionChanges:
                                                   overrides_from_json(json.loads(phase["overrides"])))
             result = await self._new_phase(conn, guard.tenant_id, subscription_id, effective_at, plan,
                                            quantities["add_ons"], quantities["licenses"], overrides)
+            await refuse_double_pricing(conn, guard.tenant_id, result.customer_id, subscription_id, before, "version")
             await guard.record(conn, result)
             return result
 
@@ -203,13 +217,16 @@ class SubscriptionChanges:
                     ends_at = p.end
             if ends_at <= row["anchor"]:
                 raise invalid("at", f"{ends_at.isoformat()} is not after the subscription's anchor")
-            frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, guard.tenant_id, subscription_id, ends_at)
+            frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, guard.tenant_id, subscription_id, ends_at,
+                                         row["ends_at"])
             if frozen is not None:
                 raise precondition("at", f"invoice {frozen['invoice_id']} ({frozen['status']}) of the period from "
                                          f"{frozen['period_start'].isoformat()} is frozen: end after it")
             result = subscription_from_row(await conn.fetchrow(MARK_CANCELED, guard.tenant_id, subscription_id,
                                                                ends_at))
             await conn.execute(END_CUT_DRAFT, guard.tenant_id, subscription_id, ends_at)
+            await conn.execute(ABANDON_REMOVED_DRAFTS, guard.tenant_id, subscription_id, ends_at,
+                               f"subscription canceled: it ends at {ends_at.isoformat()}, before this period")
             await guard.record(conn, result)
             return result
 
@@ -226,7 +243,7 @@ class SubscriptionChanges:
                                  f"{row['anchor'].isoformat()}")
         if row["ends_at"] is not None and instant >= row["ends_at"]:
             raise precondition(field, f"the subscription ended at {row['ends_at'].isoformat()}")
-        frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, tenant, subscription_id, instant)
+        frozen = await conn.fetchrow(SELECT_FROZEN_AFTER, tenant, subscription_id, instant, row["ends_at"])
         if frozen is not None:
             raise precondition(field, f"invoice {frozen['invoice_id']} ({frozen['status']}) of the period from "
                                       f"{frozen['period_start'].isoformat()} is frozen; a change may start after it")

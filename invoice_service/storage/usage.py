@@ -37,11 +37,15 @@ LEFT JOIN plans p ON p.tenant_id = s.tenant_id AND p.plan_id = s.plan_id
 WHERE c.tenant_id = $1 AND c.customer_id = ANY($2::text[])
 FOR KEY SHARE OF c
 """
+# A period abandoned because a cancellation removed it (it starts at or after its subscription's end)
+# freezes nothing: no subscription of it bills there, another may.
 SELECT_FROZEN_PERIODS = """
-SELECT customer_id, period_start, period_end, status FROM invoices
-WHERE tenant_id = $1 AND customer_id = ANY($2::text[])
-  AND status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING', 'ABANDONED')
-  AND period_end > $3
+SELECT i.customer_id, i.period_start, i.period_end, i.status FROM invoices i
+WHERE i.tenant_id = $1 AND i.customer_id = ANY($2::text[])
+  AND i.status IN ('PREPARED', 'FINALIZED', 'VOID_PENDING', 'ABANDONED')
+  AND i.period_end > $3
+  AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.tenant_id = i.tenant_id
+                  AND s.subscription_id = i.subscription_id AND s.ends_at <= i.period_start)
 """
 INSERT_EVENTS = """
 INSERT INTO usage_events (tenant_id, event_id, customer_id, meter_code, ts, quantity, unique_key, properties)

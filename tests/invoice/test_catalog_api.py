@@ -110,10 +110,14 @@ async def test_bad_catalog_input_names_the_field_and_writes_nothing(env: Invoice
                        "add_ons[0].quantity")
     assert await env.count("subscriptions") == 0
     first = await env.call("CreateSubscription", sub())
-    # several subscriptions per customer (issue #19); the subscription id stays unique, the key idempotent
-    second = await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2"))
+    # several subscriptions per customer (issue #19); the subscription id stays unique, the key idempotent;
+    # a second one may not price meter m too (tests/invoice/test_double_pricing_api.py)
+    await env.call("CreatePlan", plan(idempotency_key="p2", plan_id="p2", usage_charges=[],
+                                      add_ons=[pb.AddOn(code="sso", unit_amount="5")]))
+    second = await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2", plan_id="p2"))
     assert second.customer_id == first.customer_id and second.subscription_id == "s2"
-    assert await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2")) == second
+    assert await env.call("CreateSubscription", sub(idempotency_key="s2", subscription_id="s2",
+                                                    plan_id="p2")) == second
     await expect_error(env, "CreateSubscription", sub(idempotency_key="s3", subscription_id="s2"),
                        grpc.StatusCode.ALREADY_EXISTS, "subscription_id")
 

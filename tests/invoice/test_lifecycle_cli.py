@@ -48,3 +48,30 @@ async def test_lifecycle_commands(env: InvoiceEnv, monkeypatch: pytest.MonkeyPat
     assert migrated["plan_version"] == 1
     with pytest.raises(SystemExit, match="FAILED_PRECONDITION: effective_at"):
         await asyncio.to_thread(main, ["subscriptions", "update", "sub-ann", "--at", "2026-10-05", "--plan", "team"])
+
+
+async def test_read_commands_list_show_phases_and_plan_versions(env: InvoiceEnv, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CREDITS_INVOICE_ADDR", f"127.0.0.1:{env.port}")
+    monkeypatch.setenv("CREDITS_API_KEY", env.key)
+    await _run(capsys, "customers", "create", "ann", "--account", "acct-ann")
+    await _run(capsys, "customers", "create", "bob", "--account", "acct-bob")
+    await _run(capsys, "plans", "create", "team", "--fee", "platform=30.00", "--license", "seat=10.00")
+    await _run(capsys, "plans", "version", "team", "--fee", "platform=60.00", "--license", "seat=12.00")
+    table = await _run(capsys, "plans", "versions", "team")
+    assert "platform 30 per period" in table and "seat 12 per seat per period" in table
+    assert await _run(capsys, "plans", "versions", "team", "-q") == "1\n2\n"
+    for sub, customer in (("sub-b", "ann"), ("sub-a", "ann"), ("sub-c", "bob")):
+        await _run(capsys, "subscriptions", "create", sub, "--customer", customer, "--plan", "team",
+                   "--anchor", "2026-09-01", "--license", "seat=2")
+    assert await _run(capsys, "subscriptions", "list", "-q") == "sub-a\nsub-b\nsub-c\n"
+    assert await _run(capsys, "subscriptions", "list", "--customer", "ann", "--limit", "1", "-q") == "sub-a\n"
+    await _run(capsys, "subscriptions", "update", "sub-a", "--at", "2026-09-16", "--license", "seat=5",
+               "--price", "seat=9.00")
+    shown = await _run(capsys, "subscriptions", "show", "sub-a")
+    assert "team v2" in shown and "seat=2" in shown and "seat=5" in shown and "seat=9" in shown
+    phases = json.loads(await _run(capsys, "subscriptions", "show", "sub-a", "--json"))["phases"]
+    assert [(p["effective_at"][:10], p["licenses"][0]["quantity"]) for p in phases] == [
+        ("2026-09-01", "2"), ("2026-09-16", "5")]
+    with pytest.raises(SystemExit, match="NOT_FOUND: plan_id"):
+        await asyncio.to_thread(main, ["plans", "versions", "nope"])

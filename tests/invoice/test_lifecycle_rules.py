@@ -12,8 +12,11 @@ from fractions import Fraction
 from invoice_service.domain.invoices import ChargeKind, Component, MeterUsage, PlanTerms
 from invoice_service.domain.lifecycle import (
     Phase,
+    PricedSpan,
     Schedule,
     SegmentTerms,
+    double_pricing,
+    priced_spans,
     prorate,
     segmented_line_items,
     segments,
@@ -138,3 +141,51 @@ def test_invoiced_through_follows_the_schedule() -> None:
     assert ended.invoiced_through({SEP}, 100) == OCT
     assert ended.invoiced_through({SEP, OCT}, 100) == datetime(2026, 10, 20, tzinfo=UTC)  # settled through its end
     assert Schedule(SEP, 1).invoiced_through({SEP, OCT}, 2) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _bills(schedule: Schedule, phases: list[tuple[datetime, frozenset[str]]], meter: str, t: datetime) -> bool:
+    """Whether the billing path prices an event of `meter` at `t`: a billed period holds t and the
+    phase in force at t (domain `segments`) prices the meter."""
+    p = schedule.period_containing(t)
+    if p is None:
+        return False
+    as_phases = [Phase(at, "plan", 1, overrides={m: Decimal(0) for m in meters}) for at, meters in phases]
+    part = next(s for s in segments(as_phases, p.start, p.end) if s.start <= t < s.end)
+    return meter in part.phase.overrides
+
+
+def test_random_subscription_sets_never_price_an_event_twice() -> None:
+    """Seeded: subscriptions of one customer are admitted one by one unless `double_pricing` names a
+    conflict; then no event instant of any meter is priced by two admitted subscriptions (checked on
+    the billing path, not on the spans), and every refusal names an instant both would price."""
+    rng = random.Random(1919)
+    meters = ["a", "b", "c"]
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    refused = shared = 0
+    for _ in range(150):
+        admitted: list[tuple[Schedule, list[tuple[datetime, frozenset[str]]], list[PricedSpan]]] = []
+        for k in range(rng.randint(2, 6)):
+            anchor = base + timedelta(days=rng.randint(0, 200), hours=rng.randint(0, 23))
+            trial = anchor + timedelta(days=rng.randint(1, 40)) if rng.random() < 0.3 else None
+            ends = anchor + timedelta(days=rng.randint(1, 300)) if rng.random() < 0.6 else None
+            schedule = Schedule(anchor, rng.choice([1, 3]), trial, rng.random() < 0.5, ends)
+            phases = [(anchor, frozenset(rng.sample(meters, rng.randint(0, 2))))]
+            for _ in range(rng.randint(0, 3)):
+                phases.append((phases[-1][0] + timedelta(days=rng.randint(1, 90)),
+                               frozenset(rng.sample(meters, rng.randint(0, 2)))))
+            spans = priced_spans(f"s{k}", schedule, phases)
+            found = double_pricing(spans, [s for _, _, mine in admitted for s in mine])
+            if not found:
+                admitted.append((schedule, phases, spans))
+                continue
+            refused += 1
+            meter, other, at = found[0]
+            owner = next(a for a in admitted if a[2] and a[2][0].subscription_id == other)
+            assert _bills(schedule, phases, meter, at) and _bills(owner[0], owner[1], meter, at), found
+        shared += len({s.meter for _, _, mine in admitted for s in mine}) < sum(
+            len({s.meter for s in mine}) for _, _, mine in admitted)
+        for _ in range(200):
+            t = base + timedelta(minutes=rng.randint(0, 600 * 24 * 60))
+            meter = rng.choice(meters)
+            assert sum(_bills(s, ph, meter, t) for s, ph, _ in admitted) <= 1
+    assert refused > 50 and shared > 20  # both sides exercised: refusals, and one meter in turns

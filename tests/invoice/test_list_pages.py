@@ -19,6 +19,8 @@ RANKINGS = {"ListTopCustomers"}
 LIST_RPCS = [m for m in pb.DESCRIPTOR.services_by_name["InvoiceService"].methods
              if m.name.startswith("List") and m.name not in RANKINGS]
 NOT_ISSUED = ["!!", "1", "garbage!", "\u00b2", "MQ=", "a" * 600]
+# Lists of one parent: the parent's id (from seed_catalog) goes with every request.
+PARENTS: dict[str, dict[str, str]] = {"ListPlanVersions": {"plan_id": "chatppt-pro"}}
 
 
 def _request(method: Any, **fields: Any) -> Any:
@@ -45,11 +47,15 @@ def test_the_list_rpcs_are_found() -> None:
 @pytest.mark.parametrize("method", LIST_RPCS, ids=lambda m: m.name)
 async def test_every_list_rpc_follows_the_page_rule(env: InvoiceEnv, method: Any) -> None:
     fields = method.input_type.fields_by_name
+    parent = PARENTS.get(method.name, {})
+    if parent:
+        await seed_catalog(env)
     if "page_token" in fields:
         for token in NOT_ISSUED:
-            await _refused(env.call(method.name, _request(method, page_token=token)), "page_token")
-    await _refused(env.call(method.name, _request(method, page_size=-1)), "page_size")
-    served = await env.call(method.name, _request(method, page_size=5000))  # above the maximum: served as 1000
+            await _refused(env.call(method.name, _request(method, page_token=token, **parent)), "page_token")
+    await _refused(env.call(method.name, _request(method, page_size=-1, **parent)), "page_size")
+    # above the maximum: served as 1000
+    served = await env.call(method.name, _request(method, page_size=5000, **parent))
     assert isinstance(served, getattr(pb, method.output_type.name))
 
 

@@ -154,3 +154,80 @@ async def test_cancelling_cuts_an_open_draft_to_the_new_end(env: InvoiceEnv) -> 
     # the same invoice, now Aug 1 to Aug 11 (10 of 31 days): 31.00 -> 10.00, 10.00 -> 3.23 (3.2258)
     assert after.invoice_id == before.invoice_id and after.period_end.ToDatetime().day == 11
     assert _amounts(after) == [("platform", "10.00"), ("seat", "3.23")] and after.subtotal == "13.23"
+
+
+async def test_cancelling_abandons_drafts_of_periods_it_removes(env: InvoiceEnv) -> None:
+    """A billing user cancelling expects the cancel to win over a draft made ahead of time: the draft of a
+    period entirely after the new end is ABANDONED in the cancel's transaction (its period no longer
+    exists), and it freezes nothing: later changes before the end and another subscription's usage in
+    that time are still accepted."""
+    await seed_catalog(env)  # sub-john-wick prices input_tokens and output_tokens, monthly from Aug 1
+    aug = await env.call("CreateDraft", _draft("john-wick", ts(when(1)), "d-aug"))
+    sep = await env.call("CreateDraft", _draft("john-wick", ts(when(1, month=9)), "d-sep"))
+    sub = await env.call("CancelSubscription", pb.CancelSubscriptionRequest(
+        idempotency_key="c", subscription_id="sub-john-wick", at=ts(when(20))))
+    assert sub.ends_at == ts(when(20))
+    gone = await env.call("GetInvoice", pb.GetInvoiceRequest(invoice_id=sep.invoice_id))
+    assert gone.status == pb.ABANDONED and "subscription canceled" in gone.abandon_reason and not gone.number
+    cut = await env.call("GetInvoice", pb.GetInvoiceRequest(invoice_id=aug.invoice_id))
+    assert (cut.status, cut.period_end) == (pb.DRAFT, ts(when(20)))
+    # the abandoned September blocks nothing: a change before the end, an earlier cancel ...
+    await env.call("UpdateSubscription", pb.UpdateSubscriptionRequest(
+        idempotency_key="u", subscription_id="sub-john-wick", effective_at=ts(when(10)),
+        price_overrides=[pb.PriceOverride(code="input_tokens", price=pb.Price(model=pb.PER_UNIT, unit_amount="1"))]))
+    await env.call("CancelSubscription", pb.CancelSubscriptionRequest(
+        idempotency_key="c2", subscription_id="sub-john-wick", at=ts(when(18))))
+    # ... and another subscription taking the meters from then bills September's events
+    await env.call("CreateSubscription", pb.CreateSubscriptionRequest(
+        idempotency_key="s-2", subscription_id="sub-2", customer_id="john-wick", plan_id="chatppt-pro",
+        anchor=ts(when(18))))
+    await env.call("IngestEvents", pb.IngestEventsRequest(events=[
+        event("e-sep", "input_tokens", "5", when(5, month=9))]))
+    later = await env.call("CreateDraft", _draft("john-wick", ts(when(18)), "d-2", "sub-2"))
+    assert [(i.code, i.quantity) for i in later.line_items if i.code == "input_tokens"] == [("input_tokens", "5")]
+    assert await env.count("invoices") == 3  # Aug (cut, DRAFT), Sep (ABANDONED), sub-2's first
+
+
+async def test_reads_list_subscriptions_phases_and_plan_versions(env: InvoiceEnv) -> None:
+    await env.call("CreatePlan", FEE_PLAN)
+    await seed_catalog(env, plan=FEE_PLAN, licenses=[pb.Quantity(code="seat", quantity=2)])
+    await seed_catalog(env, plan=FEE_PLAN, customer_id="ann")
+    for n in range(3):  # john-wick's others: fee plans, no meter, so several may run at once
+        await env.call("CreateSubscription", pb.CreateSubscriptionRequest(
+            idempotency_key=f"s-x{n}", subscription_id=f"sub-x{n}", customer_id="john-wick", plan_id="team",
+            anchor=ts(when(1))))
+    pages = [await env.call("ListSubscriptions", pb.ListSubscriptionsRequest(customer_id="john-wick", page_size=3))]
+    while pages[-1].next_page_token:
+        pages.append(await env.call("ListSubscriptions", pb.ListSubscriptionsRequest(
+            customer_id="john-wick", page_size=3, page_token=pages[-1].next_page_token)))
+    assert [[s.subscription_id for s in p.subscriptions] for p in pages] == [
+        ["sub-john-wick", "sub-x0", "sub-x1"], ["sub-x2"]]
+    everyone = await env.call("ListSubscriptions", pb.ListSubscriptionsRequest())
+    assert [(s.customer_id, s.subscription_id) for s in everyone.subscriptions][:2] == [("ann", "sub-ann"),
+                                                                                       ("john-wick", "sub-john-wick")]
+    assert not everyone.next_page_token and not everyone.subscriptions[0].phases
+    await expect_error(env, "ListSubscriptions", pb.ListSubscriptionsRequest(customer_id="ghost"),
+                       grpc.StatusCode.NOT_FOUND, "customer_id")
+    await expect_error(env, "ListSubscriptions", pb.ListSubscriptionsRequest(page_token="nope!"),
+                       grpc.StatusCode.INVALID_ARGUMENT, "page_token")
+    # the phases: the first at the anchor, then each change, oldest first
+    await env.call("CreatePlanVersion", pb.CreatePlanRequest(
+        idempotency_key="v2", plan_id="team", currency="USD", fixed_fees=[pb.FixedFee(code="platform", amount="40")],
+        licenses=[pb.License(code="seat", unit_amount="10.00")]))
+    await env.call("MigrateSubscription", pb.MigrateSubscriptionRequest(
+        idempotency_key="m", subscription_id="sub-john-wick", effective_at=ts(when(10))))
+    await env.call("UpdateSubscription", pb.UpdateSubscriptionRequest(
+        idempotency_key="u", subscription_id="sub-john-wick", effective_at=ts(when(20)),
+        licenses=[pb.Quantity(code="seat", quantity=5)], price_overrides=[pb.PriceOverride(code="seat", amount="8")]))
+    sub = await env.call("GetSubscription", pb.GetSubscriptionRequest(subscription_id="sub-john-wick"))
+    assert [(p.effective_at.ToDatetime().day, p.plan_version, [(q.code, q.quantity) for q in p.licenses],
+             [(o.code, o.amount) for o in p.price_overrides]) for p in sub.phases] == [
+        (1, 1, [("seat", 2)], []), (10, 2, [("seat", 2)], []), (20, 2, [("seat", 5)], [("seat", "8")])]
+    assert all(p.HasField("created_at") for p in sub.phases)
+    versions = await env.call("ListPlanVersions", pb.ListPlanVersionsRequest(plan_id="team", page_size=1))
+    assert [v.version for v in versions.versions] == [1] and versions.next_page_token
+    rest = await env.call("ListPlanVersions", pb.ListPlanVersionsRequest(
+        plan_id="team", page_token=versions.next_page_token))
+    assert [(v.version, v.fixed_fees[0].amount) for v in rest.versions] == [(2, "40")] and not rest.next_page_token
+    await expect_error(env, "ListPlanVersions", pb.ListPlanVersionsRequest(plan_id="ghost"),
+                       grpc.StatusCode.NOT_FOUND, "plan_id")

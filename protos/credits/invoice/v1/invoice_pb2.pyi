@@ -312,7 +312,7 @@ class Quantity(_message.Message):
     def __init__(self, code: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "created_at", "plan_version", "trial_end", "calendar_aligned", "ends_at", "canceled_at", "price_overrides")
+    __slots__ = ("subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "created_at", "plan_version", "trial_end", "calendar_aligned", "ends_at", "canceled_at", "price_overrides", "phases")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,7 @@ class Subscription(_message.Message):
     ENDS_AT_FIELD_NUMBER: _ClassVar[int]
     CANCELED_AT_FIELD_NUMBER: _ClassVar[int]
     PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     customer_id: str
     plan_id: str
@@ -339,7 +340,62 @@ class Subscription(_message.Message):
     ends_at: _timestamp_pb2.Timestamp
     canceled_at: _timestamp_pb2.Timestamp
     price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
-    def __init__(self, subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan_version: _Optional[int] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calendar_aligned: _Optional[bool] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ...) -> None: ...
+    phases: _containers.RepeatedCompositeFieldContainer[SubscriptionPhase]
+    def __init__(self, subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan_version: _Optional[int] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calendar_aligned: _Optional[bool] = ..., ends_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ..., phases: _Optional[_Iterable[_Union[SubscriptionPhase, _Mapping]]] = ...) -> None: ...
+
+class SubscriptionPhase(_message.Message):
+    __slots__ = ("effective_at", "plan_id", "plan_version", "add_ons", "licenses", "price_overrides", "created_at")
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADD_ONS_FIELD_NUMBER: _ClassVar[int]
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    PRICE_OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    effective_at: _timestamp_pb2.Timestamp
+    plan_id: str
+    plan_version: int
+    add_ons: _containers.RepeatedCompositeFieldContainer[Quantity]
+    licenses: _containers.RepeatedCompositeFieldContainer[Quantity]
+    price_overrides: _containers.RepeatedCompositeFieldContainer[PriceOverride]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., plan_id: _Optional[str] = ..., plan_version: _Optional[int] = ..., add_ons: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[Quantity, _Mapping]]] = ..., price_overrides: _Optional[_Iterable[_Union[PriceOverride, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSubscriptionsRequest(_message.Message):
+    __slots__ = ("customer_id", "page_size", "page_token")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, customer_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSubscriptionsResponse(_message.Message):
+    __slots__ = ("subscriptions", "next_page_token")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[Subscription]
+    next_page_token: str
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[Subscription, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListPlanVersionsRequest(_message.Message):
+    __slots__ = ("plan_id", "page_size", "page_token")
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    plan_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, plan_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPlanVersionsResponse(_message.Message):
+    __slots__ = ("versions", "next_page_token")
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[Plan]
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
     __slots__ = ("idempotency_key", "subscription_id", "customer_id", "plan_id", "anchor", "add_ons", "licenses", "trial_end", "calendar_aligned", "price_overrides")

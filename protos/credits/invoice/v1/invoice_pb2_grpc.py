@@ -194,6 +194,16 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
                 _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListSubscriptions',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.ListPlanVersions = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListPlanVersions',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -415,6 +425,20 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSubscriptions(self, request, context):
+        """Reads: a customer's subscriptions (or every customer's), by customer then subscription id; a
+        plan's versions, oldest first. GetSubscription also returns the phases (the change history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlanVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -577,6 +601,16 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.MigrateSubscription,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'ListPlanVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlanVersions,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1443,6 +1477,60 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/MigrateSubscription',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.MigrateSubscriptionRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.Subscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListSubscriptions',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlanVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListPlanVersions',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
