@@ -270,9 +270,10 @@ async def seed_invoice_tenant(stub: invoice_pb2_grpc.InvoiceServiceStub, t: Tena
             licenses=[ipb.Quantity(code="seat", quantity=2)]), metadata=md)
         t.add("customer", cust)
         t.add("subscription", f"{p}-sub{n}")
-    t.add("customer", f"{p}-cust4")  # a customer without a subscription
-    await stub.CreateCustomer(ipb.CreateCustomerRequest(idempotency_key="s-c4", customer_id=f"{p}-cust4",
-                                                        ledger_account_id=f"{p}-acct4"), metadata=md)
+    t.add("customer", f"{p}-cust4", f"{p}-cust5")  # customers without a subscription
+    for n in (4, 5):
+        await stub.CreateCustomer(ipb.CreateCustomerRequest(idempotency_key=f"s-c{n}", customer_id=f"{p}-cust{n}",
+                                                            ledger_account_id=f"{p}-acct{n}"), metadata=md)
     events = [ipb.UsageEvent(event_id=f"{p}-e{i}", customer_id=f"{p}-cust{1 + i % 3}", meter_code=meters[i % 2],
                              quantity=str(10 + i), timestamp=ts(day(2 + i)), properties={"user": f"u{i % 4}"})
               for i in range(12)]

@@ -90,6 +90,17 @@ def _nanos_request(method_name: str, a: Tenant, stamp: Timestamp) -> Message:
         "CreateSubscription": lambda: ipb.CreateSubscriptionRequest(
             idempotency_key="nanos-sub", subscription_id=f"{p}-nanos-sub", customer_id=f"{p}-cust4",
             plan_id=f"{p}-plan", anchor=stamp),
+        "CreateSubscription.trial_end": lambda: ipb.CreateSubscriptionRequest(
+            idempotency_key="nanos-sub-trial", subscription_id=f"{p}-nanos-trial", customer_id=f"{p}-cust5",
+            plan_id=f"{p}-plan", anchor=GOOD_TS, trial_end=_shifted(stamp, 5 * 86400)),
+        # changes in September: sub2's and sub3's August invoices are frozen, cust1's September draft untouched
+        "UpdateSubscription": lambda: ipb.UpdateSubscriptionRequest(
+            idempotency_key="nanos-upd", subscription_id=f"{p}-sub2", effective_at=_shifted(stamp, 40 * 86400),
+            licenses=[ipb.Quantity(code="seat", quantity=3)]),
+        "MigrateSubscription": lambda: ipb.MigrateSubscriptionRequest(
+            idempotency_key="nanos-mig", subscription_id=f"{p}-sub2", effective_at=_shifted(stamp, 45 * 86400)),
+        "CancelSubscription": lambda: ipb.CancelSubscriptionRequest(
+            idempotency_key="nanos-cancel", subscription_id=f"{p}-sub3", at=_shifted(stamp, 50 * 86400)),
         "ListDueSubscriptions": lambda: ipb.ListDueSubscriptionsRequest(as_of=stamp),
         "IngestEvent": lambda: ipb.IngestEventRequest(idempotency_key="nanos-ev", event=event),
         "IngestEvents": lambda: ipb.IngestEventsRequest(idempotency_key="nanos-evs", events=[event]),
@@ -117,7 +128,9 @@ def _shifted(stamp: Timestamp, seconds: int) -> Timestamp:
     return Timestamp(seconds=stamp.seconds + seconds, nanos=stamp.nanos)
 
 
-NANOS_CASES = {"CreateSubscription": "anchor", "ListDueSubscriptions": "as_of", "IngestEvent": "event.timestamp",
+NANOS_CASES = {"CreateSubscription": "anchor", "CreateSubscription.trial_end": "trial_end",
+               "UpdateSubscription": "effective_at", "MigrateSubscription": "effective_at",
+               "CancelSubscription": "at", "ListDueSubscriptions": "as_of", "IngestEvent": "event.timestamp",
                "IngestEvents": "events.timestamp", "CreateDraft": "period_start", "SplitDraft": "split_at",
                "PrepareFinalize": "split_at", "ListInvoices.prepared_before": "prepared_before",
                "ListInvoices.period_start": "period_start", "GetUsageSeries.from": "from",
