@@ -120,6 +120,10 @@ INVOICE: dict[str, frozenset[str]] = _table(
     # A portal link for one customer: whoever looks after customers (support shares links with them).
     (FINANCE | {"support"}, ("CreatePortalLink",)),
     (ALL, ("GetUsageSeries", "ListTopCustomers")),  # usage analytics: reads
+    # Pricing rules (tax rules, a customer's tax region, coupons and redemptions) change what invoices
+    # bill: finance; reading them is a catalog read.
+    (FINANCE, ("SetTaxRule", "SetCustomerTaxRegion", "CreateCoupon", "RedeemCoupon")),
+    (ALL, ("ListTaxRules", "ListCoupons")),
 )
 
 BILLING: dict[str, frozenset[str]] = _table(

@@ -20,6 +20,8 @@ import asyncpg
 
 from invoice_service.domain import invoices as billing
 from invoice_service.domain.catalog import Plan, Subscription
+from invoice_service.domain.dimensions import usage_key, variants
+from invoice_service.domain.discounts import apply_coupons
 from invoice_service.domain.invoices import (
     Aggregation,
     Application,
@@ -28,15 +30,18 @@ from invoice_service.domain.invoices import (
     LineItem,
     MeterUsage,
     Piece,
+    TaxTerms,
 )
 from invoice_service.domain.money import currency_scale
-from invoice_service.domain.periods import INTERVAL_MONTHS, period_starting_at
+from invoice_service.domain.periods import INTERVAL_MONTHS, period_containing, period_starting_at
 from invoice_service.domain.pricing import Price
 from invoice_service.domain.splitting import normalize_instants
 from invoice_service.domain.states import Status, Transition, Verb, transition
+from invoice_service.domain.taxes import apply_tax
 from invoice_service.domain.unit_credits import UnitCover, left_to_pay, unit_charges, value_covers
 from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.pricing_rules import customer_terms
 from service_runtime.amounts import parse_minor
 from service_runtime.idempotency import Guard, burn_key
 from service_runtime.rates import applied_minor
@@ -69,8 +74,9 @@ class Computed:
     items: list[LineItem]
     pieces: list[Piece]
     digest: str
-    prices: dict[str, Price]  # usage line code (meter) -> its price: to value units covered
+    prices: dict[str, Price]  # usage line key (meter and variant) -> its price: to value units covered
     scale: int
+    tax: TaxTerms | None = None  # the customer's tax rule now (None: not taxed)
 
     def value(self, covers: Sequence[UnitCover], field: str) -> list[Application]:
         return value_covers(self.items, self.pieces, self.prices, self.scale, covers, field)
@@ -129,9 +135,10 @@ class InvoiceOperations:
                 header = await conn.fetchrow(sql.SELECT_LIVE_INVOICE_FOR_UPDATE, tenant, customer_id, p.start)
             if header["status"] == Status.DRAFT.value:
                 computed = await self._compute(conn, tenant, header, [])
-                await self._replace_line_items(conn, tenant, header["invoice_id"], computed.items)
+                items = apply_tax(computed.items, {}, computed.tax, computed.scale)
+                await self._replace_line_items(conn, tenant, header["invoice_id"], items)
                 await conn.execute(sql.UPDATE_DRAFT_TOTALS, tenant, header["invoice_id"],
-                                   sum(i.amount_minor for i in computed.items))
+                                   *_totals(items, computed.tax))
             view = await self._load(conn, tenant, header["invoice_id"])
             await guard.record(conn, view)
             return view
@@ -148,7 +155,9 @@ class InvoiceOperations:
             cut = normalize_instants(instants, header["period_start"], header["period_end"])
             computed = await self._compute(conn, tenant, header, cut, _context(header))
             valued = computed.value(_unit_covers(list(enumerate(covers))), "unit_applications")
-            view = _view(header, computed.items, computed.pieces, (), tuple(cut), computed.digest)
+            items = apply_tax(computed.items, _credits(valued), computed.tax, computed.scale)
+            view = dataclasses.replace(_view(header, items, computed.pieces, (), tuple(cut), computed.digest),
+                                       tax=computed.tax)
             left = left_to_pay(computed.pieces, valued)
             net = [dataclasses.replace(p, amount_minor=left[p.charge_id]) for p in computed.pieces
                    if left[p.charge_id] > 0]
@@ -178,17 +187,18 @@ class InvoiceOperations:
             apps = unit_apps + _check_applications([(n, a) for n, a in indexed if not a.unit], computed.pieces,
                                                    scale, left)
             apps += _converted([(n, a) for n, a in indexed if a.converted], computed.pieces, scale, left)
+            items = apply_tax(computed.items, _credits(apps), computed.tax, scale)
             await conn.execute(sql.DELETE_CHARGES_AND_LINE_ITEMS, tenant, invoice_id)
-            await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(computed.items))
+            await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
             await _insert_rows(conn, sql.INSERT_CHARGES, tenant, invoice_id, [
                 (p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity, p.amount_minor, p.service_start,
                  p.service_end) for p in computed.pieces])
             await _insert_rows(conn, sql.INSERT_APPLICATIONS, tenant, invoice_id, [
                 (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units, a.rate, a.rate_version)
                 for n, a in enumerate(apps)])
-            await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
-                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key,
-                               list(credit_notes))
+            subtotal, *taxed = _totals(items, computed.tax)
+            await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, subtotal, sum(a.amount_minor for a in apps),
+                               cut, computed.digest, guard.key, list(credit_notes), *taxed)
             view = await self._load(conn, tenant, invoice_id)
             await guard.record(conn, view)
             return view
@@ -316,7 +326,8 @@ class InvoiceOperations:
         row = await conn.fetchrow(sql.SELECT_INVOICE_FULL, tenant, invoice_id)
         if row is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
-        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+                          tuple(c for c in r[12].split(",") if c), r[13])
                  for r in row["items"]]
         pieces = [Piece(r[0], r[1], ChargeKind(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in row["pieces"]]
         apps = [Application(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["apps"]]
@@ -340,14 +351,20 @@ class InvoiceOperations:
                                                            if c.kind is ChargeKind.USAGE])
         items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i
                  for i in billing.compute_line_items(plan.terms, sub.quantities, usage, start, end)]
+        redemptions, rule = await customer_terms(conn, tenant, header["customer_id"])
+        index = period_containing(sub.anchor, plan.months, start).index
+        coupons = [r.coupon for r in redemptions
+                   if r.covers(max(period_containing(sub.anchor, plan.months, r.redeemed_at).index, 0), index)]
+        items = apply_coupons(items, coupons, plan.terms.scale, plan.currency)
         pieces = billing.split_line_items(items, usage, instants)
-        prices = {c.code: c.price for c in plan.components if c.kind is ChargeKind.USAGE and c.price is not None}
-        return Computed(items, pieces, billing.digest(items, pieces), prices, plan.terms.scale)
+        return Computed(items, pieces, billing.digest(items, pieces), _usage_prices(plan, items),
+                        plan.terms.scale, rule.terms if rule else None)
 
     async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, plan: Plan,
                      instants: list[datetime]) -> dict[str, MeterUsage]:
-        codes = [c.code for c in plan.components if c.kind is ChargeKind.USAGE]
-        meters = await self._catalog.meters(conn, tenant, codes)
+        dimensional = [c for c in plan.components if c.kind is ChargeKind.USAGE and c.dimensions is not None]
+        codes = [c.code for c in plan.components if c.kind is ChargeKind.USAGE and c.dimensions is None]
+        meters = await self._catalog.meters(conn, tenant, codes + [c.code for c in dimensional])
         unique = [c for c in codes if meters[c].aggregation is Aggregation.UNIQUE_COUNT]
         plain = [c for c in codes if c not in unique]
         args = (tenant, header["customer_id"], header["period_start"], header["period_end"], instants)
@@ -361,19 +378,61 @@ class InvoiceOperations:
         if unique:
             for r in await conn.fetch(sql.AGGREGATE_UNIQUE, *args, unique):
                 pieces[r["meter_code"]][r["piece"]] = Decimal(r["total"])
+        for c in dimensional:
+            assert c.dimensions is not None
+            dims, tou = c.dimensions, c.dimensions.time_of_use
+            rows = await conn.fetch(sql.AGGREGATE_VARIANTS, *args, c.code, json.dumps(dims.filters_json()),
+                                    dims.group_by, tou.time_zone if tou else "", list(tou.peak_hours) if tou else [],
+                                    list(tou.peak_days) if tou else [])
+            agg = meters[c.code].aggregation
+            for r in rows:
+                value = {Aggregation.SUM: r["total"], Aggregation.COUNT: Decimal(r["events"]),
+                         Aggregation.MAX: r["peak"]}[agg]
+                pieces.setdefault(usage_key(c.code, r["variant"]), {})[r["piece"]] = value
         usage: dict[str, MeterUsage] = {}
-        for code, by_piece in pieces.items():
+        for key, by_piece in pieces.items():
             if not by_piece:
                 continue
+            code = key.split("[", 1)[0]
             is_max = meters[code].aggregation is Aggregation.MAX
             total = max(by_piece.values()) if is_max else sum(by_piece.values(), Decimal(0))
-            usage[code] = MeterUsage(total, by_piece)
+            usage[key] = MeterUsage(total, by_piece)
         return usage
 
     async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
                                   items: Sequence[LineItem]) -> None:
         await conn.execute(sql.DELETE_LINE_ITEMS, tenant, invoice_id)
         await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
+
+
+def _usage_prices(plan: Plan, items: Sequence[LineItem]) -> dict[str, Price]:
+    """Each usage line's price by its usage key (the variant's own price for dimensional and
+    time-of-use lines)."""
+    out: dict[str, Price] = {}
+    components = {c.code: c for c in plan.components if c.kind is ChargeKind.USAGE}
+    for i in items:
+        c = components.get(i.code)
+        if i.kind is not ChargeKind.USAGE or c is None or c.price is None:
+            continue
+        price = c.price
+        if c.dimensions is not None and i.variant:
+            price = dict(variants(c.dimensions, c.price, [i.variant])).get(i.variant, c.price)
+        out[i.usage_key] = price
+    return out
+
+
+def _credits(apps: Sequence[Application]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for a in apps:
+        out[a.line_item_id] = out.get(a.line_item_id, 0) + a.amount_minor
+    return out
+
+
+def _totals(items: Sequence[LineItem], tax: TaxTerms | None) -> tuple[Any, ...]:
+    """subtotal, discount, tax and the rule's columns (region, name, rate, inclusive) of an invoice."""
+    return (sum(i.amount_minor for i in items), sum(i.discount_minor for i in items),
+            sum(i.tax_minor for i in items), tax.region if tax else "", tax.name if tax else "",
+            tax.rate_percent if tax else None, tax.inclusive if tax else False)
 
 
 def _context(header: asyncpg.Record) -> dict[str, Any]:
@@ -383,7 +442,8 @@ def _context(header: asyncpg.Record) -> dict[str, Any]:
 
 def _line_item_rows(items: Sequence[LineItem]) -> list[tuple[Any, ...]]:
     return [(i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price, i.amount_minor,
-             i.service_start, i.service_end, i.unit) for n, i in enumerate(items)]
+             i.service_start, i.service_end, i.unit, i.variant, i.discount_minor, ",".join(i.discount_codes),
+             i.tax_minor) for n, i in enumerate(items)]
 
 
 async def _insert_rows(conn: asyncpg.Connection, query: str, tenant: str, invoice_id: str,
@@ -443,11 +503,16 @@ def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Pi
           apps: Sequence[Application], split_at: tuple[datetime, ...], digest: str) -> InvoiceView:
     subtotal = sum(i.amount_minor for i in items) if items else header["subtotal_minor"]
     credits = sum(a.amount_minor for a in apps) if apps else header["credits_minor"]
+    discount = sum(i.discount_minor for i in items) if items else header["discount_minor"]
+    tax = sum(i.tax_minor for i in items) if items else header["tax_minor"]
+    terms = (TaxTerms(header["tax_region"], header["tax_name"], header["tax_rate_percent"], header["tax_inclusive"])
+             if header["tax_region"] else None)
     return InvoiceView(
         header["invoice_id"], header["customer_id"], header["ledger_account_id"], header["subscription_id"],
         header["plan_id"], header["currency"], currency_scale(header["currency"]), header["status"],
         header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
         tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
         header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
-        header["voided_at"], tuple(header["credit_notes"]), header["abandoned_at"], header["abandon_reason"])
+        header["voided_at"], tuple(header["credit_notes"]), header["abandoned_at"], header["abandon_reason"],
+        discount, tax, terms)
 
