@@ -128,7 +128,7 @@ def plan(req: pb.CreatePlanRequest) -> Plan:
         if not any(c.kind is ChargeKind.USAGE for c in components):
             raise invalid("minimum_commitment", "a commitment is a minimum spend on usage; the plan has no usage")
         code = unique("minimum_commitment", "minimum_commitment")
-        components.append(Component(ChargeKind.COMMITMENT, code, "Minimum commitment true-up", amount=commitment))
+        components.append(Component(ChargeKind.COMMITMENT, code, "Minimum commitment", amount=commitment))
     if not components:
         raise invalid("usage_charges", "a plan needs at least one usage charge, fixed fee, add-on or license")
     return Plan(plan_id, check_text(req.name, "name") or plan_id, req.currency, _INTERVALS[req.interval],

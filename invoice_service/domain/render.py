@@ -90,7 +90,7 @@ def to_text_invoice(inv: InvoiceView) -> str:
         "-" * 76,
     ]
     for item in inv.line_items:
-        description = f"{item.description} (true-up)" if item.variant == TRUE_UP else item.description
+        description = f"{item.description} true-up" if item.variant == TRUE_UP else item.description
         lines.append(f"{description[:33]:<34}{decimal_text(item.quantity):>14}"
                      f"{decimal_text(item.unit_price):>14}{money(item.amount_minor):>14}")
         if item.discount_minor:
