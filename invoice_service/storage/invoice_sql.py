@@ -162,6 +162,7 @@ UPDATE invoices SET status = 'DRAFT', credits_minor = 0, split_at = '{}', draft_
        prepared_at = NULL, credit_notes = '{}'
 WHERE tenant_id = $1 AND invoice_id = $2
 """
+UPDATE_TAX_TOTAL = "UPDATE invoices SET tax_minor = $3 WHERE tenant_id = $1 AND invoice_id = $2"
 # Takes the tenant's next number and finalizes the invoice with it in one statement: the counter row
 # stays locked (serializing the tenant's commits) only from here to the commit. Gapless: a rollback
 # undoes both. Formatted as INV-000001 (at least six digits).

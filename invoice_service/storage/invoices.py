@@ -227,6 +227,7 @@ class InvoiceOperations:
             await conn.execute(sql.DELETE_APPLICATIONS, guard.tenant_id, invoice_id)
             await conn.execute(sql.DELETE_CHARGES, guard.tenant_id, invoice_id)
             await conn.execute(sql.MARK_ABORTED, guard.tenant_id, invoice_id)
+            await self._retax_without_credits(conn, guard.tenant_id, invoice_id)
 
         async def null_compensation(conn: asyncpg.Connection) -> None:
             if prepare_key:
@@ -398,6 +399,13 @@ class InvoiceOperations:
             total = max(by_piece.values()) if is_max else sum(by_piece.values(), Decimal(0))
             usage[key] = MeterUsage(total, by_piece)
         return usage
+
+    async def _retax_without_credits(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> None:
+        """After an abort the credits are gone: the lines' tax is again on their whole net."""
+        view = await self._load(conn, tenant, invoice_id)
+        items = apply_tax(view.line_items, {}, view.tax, view.scale)
+        await self._replace_line_items(conn, tenant, invoice_id, items)
+        await conn.execute(sql.UPDATE_TAX_TOTAL, tenant, invoice_id, sum(i.tax_minor for i in items))
 
     async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
                                   items: Sequence[LineItem]) -> None:

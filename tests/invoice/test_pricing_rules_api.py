@@ -138,3 +138,27 @@ async def test_cli_prices_taxes_and_coupons(env: InvoiceEnv, monkeypatch: pytest
         await asyncio.to_thread(main, ["plans", "create", "bad", "--usage", "kwh=per_unit:1", "--peak", "kwh=UTC"])
     with pytest.raises(SystemExit):
         await asyncio.to_thread(main, ["coupons", "create", "BOTH", "--percent", "5", "--amount", "1"])
+
+
+async def test_prepare_taxes_after_credits_and_an_abort_taxes_the_whole_net_again(env: InvoiceEnv) -> None:
+    plan = pb.CreatePlanRequest(idempotency_key="p", plan_id="fee", currency="USD",
+                                fixed_fees=[pb.FixedFee(code="base", amount="100")])
+    await env.call("CreatePlan", plan)
+    await seed_catalog(env, plan=plan)
+    await env.call("SetTaxRule", pb.SetTaxRuleRequest(idempotency_key="t", region="DE", name="VAT", rate="19"))
+    await env.call("SetCustomerTaxRegion", pb.SetCustomerTaxRegionRequest(idempotency_key="tr",
+                                                                          customer_id="john-wick", tax_region="DE"))
+    draft = await env.call("CreateDraft", pb.CreateDraftRequest(idempotency_key="d", customer_id="john-wick",
+                                                                period_start=ts(when(1))))
+    assert (draft.tax, draft.amount_due) == ("19.00", "119.00")
+    prepared = await env.call("PrepareFinalize", pb.PrepareFinalizeRequest(
+        idempotency_key="prep", invoice_id=draft.invoice_id, applications=[pb.CreditApplication(
+            charge_id="L001#1", lot_id="lot-1", lot_type="PURCHASED", amount="30.00")]))
+    # 100.00 - 30.00 credit = 70.00 taxable: 13.30 tax, 83.30 due
+    assert (prepared.credits_applied, prepared.tax, prepared.amount_due) == ("30.00", "13.30", "83.30")
+    aborted = await env.call("AbortFinalize", pb.AbortFinalizeRequest(idempotency_key="abort",
+                                                                      invoice_id=draft.invoice_id,
+                                                                      prepare_key="prep"))
+    assert (aborted.status, aborted.credits_applied, aborted.tax, aborted.amount_due) == (
+        pb.DRAFT, "0.00", "19.00", "119.00")
+    assert aborted.line_items[0].tax == "19.00"
