@@ -8,7 +8,7 @@ from datetime import datetime
 import click
 from credits.invoice.v1 import invoice_pb2 as ipb
 
-from creditctl.connection import rpc
+from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, records, set_instant
@@ -45,7 +45,7 @@ def create(coupon_code: str, percent: str, amount: str, currency: str, periods: 
 @command.command("list", help="the tenant's coupons")
 @format_options(csv_=True)
 def list_(fmt: Format) -> int:
-    coupons = rpc("invoice", "ListCoupons", ipb.ListCouponsRequest()).coupons
+    coupons = paged("invoice", "ListCoupons", ipb.ListCouponsRequest(), "coupons")
     emit_rows(records(coupons), ("coupon_code", "percent_off", "amount_off", "currency", "duration_periods",
                                  "applies_to"), fmt, empty="(no coupons)")
     return 0

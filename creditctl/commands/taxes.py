@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 from credits.invoice.v1 import invoice_pb2 as ipb
 
-from creditctl.connection import rpc
+from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, records
@@ -34,7 +34,7 @@ def set_(region: str, rate: str, inclusive: bool, name: str, idempotency_key: st
 @command.command("list", help="the tenant's tax rules")
 @format_options(csv_=True)
 def list_(fmt: Format) -> int:
-    rules = rpc("invoice", "ListTaxRules", ipb.ListTaxRulesRequest()).rules
+    rules = paged("invoice", "ListTaxRules", ipb.ListTaxRulesRequest(), "rules")
     emit_rows(records(rules), ("region", "name", "rate", "inclusive", "updated_at"), fmt, empty="(no tax rules)")
     return 0
 

@@ -301,7 +301,11 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         return await _mutate(guard, pb.TaxRule, self._rules.set_tax_rule(guard, unpack.tax_rule(request)))
 
     async def ListTaxRules(self, request: pb.ListTaxRulesRequest, context: _Ctx) -> pb.ListTaxRulesResponse:
-        return pb.ListTaxRulesResponse(rules=[pack.tax_rule(r) for r in await self._rules.list_tax_rules(_tenant())])
+        limit = page_size(request.page_size)
+        cursor = decode_token(request.page_token, 1)
+        rules = await self._rules.list_tax_rules(_tenant(), cursor[0] if cursor else "", limit)
+        return pb.ListTaxRulesResponse(rules=[pack.tax_rule(r) for r in rules],
+                                       next_page_token=encode_token(rules[-1].region) if len(rules) == limit else "")
 
     async def SetCustomerTaxRegion(self, request: pb.SetCustomerTaxRegionRequest, context: _Ctx) -> pb.Customer:
         guard = _guard("SetCustomerTaxRegion", request, pack.customer)
@@ -314,7 +318,11 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         return await _mutate(guard, pb.Coupon, self._rules.create_coupon(guard, unpack.coupon(request)))
 
     async def ListCoupons(self, request: pb.ListCouponsRequest, context: _Ctx) -> pb.ListCouponsResponse:
-        return pb.ListCouponsResponse(coupons=[pack.coupon(c) for c in await self._rules.list_coupons(_tenant())])
+        limit = page_size(request.page_size)
+        cursor = decode_token(request.page_token, 1)
+        coupons = await self._rules.list_coupons(_tenant(), cursor[0] if cursor else "", limit)
+        token = encode_token(coupons[-1].coupon_code) if len(coupons) == limit else ""
+        return pb.ListCouponsResponse(coupons=[pack.coupon(c) for c in coupons], next_page_token=token)
 
     async def RedeemCoupon(self, request: pb.RedeemCouponRequest, context: _Ctx) -> pb.CouponRedemption:
         guard = _guard("RedeemCoupon", request, pack.redemption)

@@ -21,7 +21,8 @@ ON CONFLICT (tenant_id, region) DO UPDATE SET name = EXCLUDED.name, rate_percent
 RETURNING updated_at
 """
 SELECT_TAX_RULES = """
-SELECT region, name, rate_percent, inclusive, updated_at FROM tax_rules WHERE tenant_id = $1 ORDER BY region
+SELECT region, name, rate_percent, inclusive, updated_at FROM tax_rules WHERE tenant_id = $1 AND region > $2
+ORDER BY region LIMIT $3
 """
 SELECT_TAX_RULE_EXISTS = "SELECT 1 FROM tax_rules WHERE tenant_id = $1 AND region = $2"
 SET_CUSTOMER_TAX_REGION = """
@@ -33,7 +34,9 @@ INSERT INTO coupons (tenant_id, coupon_code, name, percent_off, amount_off, curr
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING created_at
 """
 _COUPON_COLUMNS = "coupon_code, name, percent_off, amount_off, currency, duration_periods, applies_to, created_at"
-SELECT_COUPONS = f"SELECT {_COUPON_COLUMNS} FROM coupons WHERE tenant_id = $1 ORDER BY coupon_code"
+SELECT_COUPONS = f"""
+SELECT {_COUPON_COLUMNS} FROM coupons WHERE tenant_id = $1 AND coupon_code > $2 ORDER BY coupon_code LIMIT $3
+"""
 SELECT_COUPON = f"SELECT {_COUPON_COLUMNS} FROM coupons WHERE tenant_id = $1 AND coupon_code = $2"
 INSERT_REDEMPTION = """
 INSERT INTO coupon_redemptions (tenant_id, customer_id, coupon_code, redeemed_at) VALUES ($1, $2, $3, $4)
@@ -81,8 +84,9 @@ class PricingRuleOperations:
             await guard.record(conn, result)
             return result
 
-    async def list_tax_rules(self, tenant: str) -> list[TaxRule]:
-        return [_rule(r) for r in await self._pool.fetch(SELECT_TAX_RULES, tenant)]
+    async def list_tax_rules(self, tenant: str, after: str, limit: int) -> list[TaxRule]:
+        """A page of the tenant's rules by region, after the region `after` ("" = from the first)."""
+        return [_rule(r) for r in await self._pool.fetch(SELECT_TAX_RULES, tenant, after, limit)]
 
     async def set_customer_tax_region(self, guard: Guard, customer_id: str, region: str) -> Customer:
         """Names the customer's tax region ("" = none); a region needs a tax rule first."""
@@ -111,8 +115,9 @@ class PricingRuleOperations:
             await guard.record(conn, result)
             return result
 
-    async def list_coupons(self, tenant: str) -> list[Coupon]:
-        return [_coupon(r) for r in await self._pool.fetch(SELECT_COUPONS, tenant)]
+    async def list_coupons(self, tenant: str, after: str, limit: int) -> list[Coupon]:
+        """A page of the tenant's coupons by code, after the code `after` ("" = from the first)."""
+        return [_coupon(r) for r in await self._pool.fetch(SELECT_COUPONS, tenant, after, limit)]
 
     async def redeem_coupon(self, guard: Guard, customer_id: str, coupon_code: str,
                             redeemed_at: datetime) -> Redemption:

@@ -162,3 +162,19 @@ async def test_prepare_taxes_after_credits_and_an_abort_taxes_the_whole_net_agai
     assert (aborted.status, aborted.credits_applied, aborted.tax, aborted.amount_due) == (
         pb.DRAFT, "0.00", "19.00", "119.00")
     assert aborted.line_items[0].tax == "19.00"
+
+
+async def test_tax_rules_and_coupons_list_in_pages(env: InvoiceEnv) -> None:
+    for n in range(5):
+        await env.call("SetTaxRule", pb.SetTaxRuleRequest(idempotency_key=f"t{n}", region=f"R{n}", rate=str(n)))
+        await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key=f"c{n}", coupon=pb.Coupon(
+            coupon_code=f"C{n}", percent_off="5")))
+    for method, field, key in (("ListTaxRules", "rules", "region"), ("ListCoupons", "coupons", "coupon_code")):
+        seen, token = [], ""
+        while True:
+            page = await env.call(method, getattr(pb, f"{method}Request")(page_size=2, page_token=token))
+            seen += [getattr(x, key) for x in getattr(page, field)]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == [f"{key[0].upper()}{n}" for n in range(5)], (method, seen)

@@ -922,14 +922,20 @@ class SetTaxRuleRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., region: _Optional[str] = ..., name: _Optional[str] = ..., rate: _Optional[str] = ..., inclusive: _Optional[bool] = ...) -> None: ...
 
 class ListTaxRulesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTaxRulesResponse(_message.Message):
-    __slots__ = ("rules",)
+    __slots__ = ("rules", "next_page_token")
     RULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[TaxRule]
-    def __init__(self, rules: _Optional[_Iterable[_Union[TaxRule, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, rules: _Optional[_Iterable[_Union[TaxRule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetCustomerTaxRegionRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "tax_region")
@@ -970,14 +976,20 @@ class CreateCouponRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., coupon: _Optional[_Union[Coupon, _Mapping]] = ...) -> None: ...
 
 class ListCouponsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCouponsResponse(_message.Message):
-    __slots__ = ("coupons",)
+    __slots__ = ("coupons", "next_page_token")
     COUPONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     coupons: _containers.RepeatedCompositeFieldContainer[Coupon]
-    def __init__(self, coupons: _Optional[_Iterable[_Union[Coupon, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, coupons: _Optional[_Iterable[_Union[Coupon, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RedeemCouponRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "coupon_code", "redeemed_at")
