@@ -5,6 +5,7 @@ shows and renders every new line kind (dimension, time of use, true-up, discount
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -178,3 +179,49 @@ async def test_tax_rules_and_coupons_list_in_pages(env: InvoiceEnv) -> None:
             if not token:
                 break
         assert seen == [f"{key[0].upper()}{n}" for n in range(5)], (method, seen)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_postgres_splits_usage_as_the_rule_says(env: InvoiceEnv, seed: int) -> None:
+    """Seeded random events in October 2026 (Europe/Berlin leaves summer time on the 25th): Postgres's peak
+    and off-peak totals equal TimeOfUse.is_peak on each event's local time, and the totals per model (a
+    missing property counts as `model=`) equal the events', with region=us filtered out."""
+    from random import Random
+    from zoneinfo import ZoneInfo
+
+    from invoice_service.domain.dimensions import TimeOfUse
+    from invoice_service.domain.pricing import Price, PriceModel
+
+    rng = Random(seed)
+    hours, days = sorted(rng.sample(range(24), 10)), sorted(rng.sample(range(1, 8), 4))
+    await meters(env, "kwh", "tokens")
+    plan = pb.CreatePlanRequest(idempotency_key="p", plan_id="mix", currency="USD", usage_charges=[
+        pb.UsageCharge(meter_code="kwh", price=per_unit("1"), time_of_use=pb.TimeOfUse(
+            time_zone="Europe/Berlin", peak_hours=hours, peak_days=days, peak_price=per_unit("2"))),
+        pb.UsageCharge(meter_code="tokens", price=per_unit("1"), group_by="model",
+                       filters=[pb.PropertyFilter(property="region", values=["eu", "ch"])])])
+    await env.call("CreatePlan", plan)
+    october = when(1, month=10)
+    await seed_catalog(env, plan=plan, anchor=october)
+    rule = TimeOfUse("Europe/Berlin", tuple(hours), tuple(days), Price(PriceModel.PER_UNIT))
+    expected: dict[str, int] = {}
+    events = []
+    for n in range(400):
+        at = october + timedelta(seconds=rng.randrange(31 * 86400))
+        quantity = rng.randint(1, 100)
+        if n % 2:
+            local = at.astimezone(ZoneInfo("Europe/Berlin"))
+            variant = "peak" if rule.is_peak(local.hour, local.isoweekday()) else "off_peak"
+            events.append(event(f"k{n}", "kwh", str(quantity), at))
+        else:
+            model, region = rng.choice(["a", "b", None]), rng.choice(["eu", "ch", "us"])
+            props = {"region": region, **({"model": model} if model else {})}
+            variant = f"model={model or ''}" if region != "us" else "filtered"
+            events.append(event(f"t{n}", "tokens", str(quantity), at, **props))
+        expected[variant] = expected.get(variant, 0) + quantity
+    await env.call("IngestEvents", pb.IngestEventsRequest(events=events))
+    draft = await env.call("CreateDraft", pb.CreateDraftRequest(idempotency_key="d", customer_id="john-wick",
+                                                                period_start=ts(october)))
+    got = {i.variant: int(i.quantity) for i in draft.line_items}
+    expected.pop("filtered", None)
+    assert got == expected
