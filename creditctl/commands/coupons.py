@@ -34,10 +34,10 @@ def create(coupon_code: str, percent: str, amount: str, currency: str, periods: 
            idempotency_key: str, fmt: Format) -> int:
     if bool(percent) == bool(amount):
         raise click.UsageError("give exactly one of --percent and --amount")
-    coupon = ipb.Coupon(coupon_code=coupon_code, name=name or coupon_code, percent_off=percent, amount_off=amount,
-                        currency=currency, duration_periods=periods, applies_to=applies_to)
     created = rpc("invoice", "CreateCoupon", ipb.CreateCouponRequest(
-        idempotency_key=key_for(idempotency_key or f"cli-coupon-{coupon_code}"), coupon=coupon))
+        idempotency_key=key_for(idempotency_key or f"cli-coupon-{coupon_code}"), coupon_code=coupon_code,
+        name=name or coupon_code, percent_off=percent, amount_off=amount, currency=currency,
+        duration_periods=periods, applies_to=applies_to))
     emit_record(record(created), fmt, id_field="coupon_code")
     return 0
 

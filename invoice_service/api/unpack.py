@@ -294,29 +294,26 @@ def tax_rule(req: pb.SetTaxRuleRequest) -> TaxRule:
     return TaxRule(region, check_text(req.name, "name") or region, parse_rate(req.rate, "rate"), req.inclusive)
 
 
-def coupon(req: pb.CreateCouponRequest) -> Coupon:
-    if not req.HasField("coupon"):
-        raise invalid("coupon", "is required")
-    c = req.coupon
-    code = check_id(c.coupon_code, "coupon.coupon_code")
+def coupon(c: pb.CreateCouponRequest) -> Coupon:
+    code = check_id(c.coupon_code, "coupon_code")
     if bool(c.percent_off.strip()) == bool(c.amount_off.strip()):
-        raise invalid("coupon.percent_off", "give exactly one of percent_off and amount_off")
+        raise invalid("percent_off", "give exactly one of percent_off and amount_off")
     percent = amount = None
     currency = ""
     if c.percent_off.strip():
-        percent = parse_decimal(c.percent_off, "coupon.percent_off")
+        percent = parse_decimal(c.percent_off, "percent_off")
         if not 0 < percent <= 100:
-            raise invalid("coupon.percent_off", "must be above 0 and at most 100")
+            raise invalid("percent_off", "must be above 0 and at most 100")
     else:
-        amount = parse_decimal(c.amount_off, "coupon.amount_off")
+        amount = parse_decimal(c.amount_off, "amount_off")
         if amount <= 0:
-            raise invalid("coupon.amount_off", "must be positive")
-        scale = currency_scale(c.currency, "coupon.currency")
+            raise invalid("amount_off", "must be positive")
+        scale = currency_scale(c.currency, "currency")
         if amount != amount.quantize(Decimal(1).scaleb(-scale)):
-            raise invalid("coupon.amount_off", f"at most {scale} decimals in {c.currency}")
+            raise invalid("amount_off", f"at most {scale} decimals in {c.currency}")
         currency = c.currency
     if c.duration_periods < 0 or c.duration_periods > 1200:
-        raise invalid("coupon.duration_periods", "must be between 0 (forever) and 1200 periods")
-    applies_to = check_id(c.applies_to, "coupon.applies_to") if c.applies_to else ""
-    return Coupon(code, check_text(c.name, "coupon.name") or code, percent, amount, currency, c.duration_periods,
+        raise invalid("duration_periods", "must be between 0 (forever) and 1200 periods")
+    applies_to = check_id(c.applies_to, "applies_to") if c.applies_to else ""
+    return Coupon(code, check_text(c.name, "name") or code, percent, amount, currency, c.duration_periods,
                   applies_to)

@@ -158,8 +158,8 @@ async def test_coupon_of_20_percent_for_3_periods_then_full_price(stack: Stack) 
     plan = ipb.CreatePlanRequest(idempotency_key="p-base", plan_id="base", currency="USD",
                                  fixed_fees=[ipb.FixedFee(code="platform", name="Platform", amount="100")])
     account = await customer(stack, "coupon-co", "base", plan)
-    await stack.services.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="k-launch", coupon=ipb.Coupon(
-        coupon_code="LAUNCH20", name="Launch", percent_off="20", duration_periods=3)), metadata=stack.md)
+    await stack.services.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="k-launch",
+        coupon_code="LAUNCH20", name="Launch", percent_off="20", duration_periods=3), metadata=stack.md)
     await stack.services.invoice.RedeemCoupon(ipb.RedeemCouponRequest(
         idempotency_key="r-launch", customer_id="coupon-co", coupon_code="LAUNCH20", redeemed_at=ts(at(8, 1, 0))),
         metadata=stack.md)

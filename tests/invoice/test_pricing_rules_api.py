@@ -59,16 +59,16 @@ async def test_tax_rules_and_coupons_refuse_bad_input(env: InvoiceEnv) -> None:
                        grpc.StatusCode.INVALID_ARGUMENT, "rate")
     await expect_error(env, "SetCustomerTaxRegion", pb.SetCustomerTaxRegionRequest(
         idempotency_key="t2", customer_id="john-wick", tax_region="DE"), grpc.StatusCode.NOT_FOUND, "tax_region")
-    await expect_error(env, "CreateCoupon", pb.CreateCouponRequest(idempotency_key="c1", coupon=pb.Coupon(
-        coupon_code="X", percent_off="10", amount_off="5", currency="USD")), grpc.StatusCode.INVALID_ARGUMENT,
-        "coupon.percent_off")
-    await expect_error(env, "CreateCoupon", pb.CreateCouponRequest(idempotency_key="c2", coupon=pb.Coupon(
-        coupon_code="X", amount_off="5.001", currency="USD")), grpc.StatusCode.INVALID_ARGUMENT, "coupon.amount_off")
+    await expect_error(env, "CreateCoupon", pb.CreateCouponRequest(idempotency_key="c1",
+        coupon_code="X", percent_off="10", amount_off="5", currency="USD"), grpc.StatusCode.INVALID_ARGUMENT,
+        "percent_off")
+    await expect_error(env, "CreateCoupon", pb.CreateCouponRequest(idempotency_key="c2",
+        coupon_code="X", amount_off="5.001", currency="USD"), grpc.StatusCode.INVALID_ARGUMENT, "amount_off")
     await expect_error(env, "RedeemCoupon", pb.RedeemCouponRequest(
         idempotency_key="r1", customer_id="john-wick", coupon_code="NOPE"), grpc.StatusCode.NOT_FOUND, "coupon_code")
     assert await env.count("tax_rules") == 0 and await env.count("coupons") == 0
-    await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key="c3", coupon=pb.Coupon(
-        coupon_code="TEN", percent_off="10")))
+    await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key="c3",
+        coupon_code="TEN", percent_off="10"))
     await env.call("RedeemCoupon", pb.RedeemCouponRequest(idempotency_key="r2", customer_id="john-wick",
                                                           coupon_code="TEN"))
     await expect_error(env, "RedeemCoupon", pb.RedeemCouponRequest(
@@ -89,8 +89,8 @@ async def test_a_draft_shows_and_renders_every_new_line_kind(env: InvoiceEnv) ->
     await env.call("SetTaxRule", pb.SetTaxRuleRequest(idempotency_key="t", region="DE", name="VAT", rate="19"))
     await env.call("SetCustomerTaxRegion", pb.SetCustomerTaxRegionRequest(idempotency_key="tr",
                                                                           customer_id="john-wick", tax_region="DE"))
-    await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key="c", coupon=pb.Coupon(
-        coupon_code="KWH5", amount_off="5", currency="USD", applies_to="kwh")))
+    await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key="c",
+        coupon_code="KWH5", amount_off="5", currency="USD", applies_to="kwh"))
     await env.call("RedeemCoupon", pb.RedeemCouponRequest(idempotency_key="r", customer_id="john-wick",
                                                           coupon_code="KWH5", redeemed_at=ts(when(1))))
     await env.call("IngestEvents", pb.IngestEventsRequest(events=[
@@ -168,8 +168,8 @@ async def test_prepare_taxes_after_credits_and_an_abort_taxes_the_whole_net_agai
 async def test_tax_rules_and_coupons_list_in_pages(env: InvoiceEnv) -> None:
     for n in range(5):
         await env.call("SetTaxRule", pb.SetTaxRuleRequest(idempotency_key=f"t{n}", region=f"R{n}", rate=str(n)))
-        await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key=f"c{n}", coupon=pb.Coupon(
-            coupon_code=f"C{n}", percent_off="5")))
+        await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key=f"c{n}",
+            coupon_code=f"C{n}", percent_off="5"))
     for method, field, key in (("ListTaxRules", "rules", "region"), ("ListCoupons", "coupons", "coupon_code")):
         seen, token = [], ""
         while True:

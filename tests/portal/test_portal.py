@@ -150,8 +150,8 @@ async def test_an_invoice_page_shows_its_discounts_and_tax(portal: Portal) -> No
                                                      inclusive=True), metadata=md)
     await s.invoice.SetCustomerTaxRegion(ipb.SetCustomerTaxRegionRequest(
         idempotency_key="tr", customer_id="anna", tax_region="NL"), metadata=md)
-    await s.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="c", coupon=ipb.Coupon(
-        coupon_code="WELCOME10", percent_off="10")), metadata=md)
+    await s.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="c",
+        coupon_code="WELCOME10", percent_off="10"), metadata=md)
     august = (await portal_draft(portal)).period_start
     await s.invoice.RedeemCoupon(ipb.RedeemCouponRequest(idempotency_key="r", customer_id="anna",
                                                          coupon_code="WELCOME10", redeemed_at=august), metadata=md)

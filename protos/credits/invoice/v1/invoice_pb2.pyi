@@ -968,12 +968,24 @@ class Coupon(_message.Message):
     def __init__(self, coupon_code: _Optional[str] = ..., name: _Optional[str] = ..., percent_off: _Optional[str] = ..., amount_off: _Optional[str] = ..., currency: _Optional[str] = ..., duration_periods: _Optional[int] = ..., applies_to: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateCouponRequest(_message.Message):
-    __slots__ = ("idempotency_key", "coupon")
+    __slots__ = ("idempotency_key", "coupon_code", "name", "percent_off", "amount_off", "currency", "duration_periods", "applies_to")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
-    COUPON_FIELD_NUMBER: _ClassVar[int]
+    COUPON_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_OFF_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_OFF_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
-    coupon: Coupon
-    def __init__(self, idempotency_key: _Optional[str] = ..., coupon: _Optional[_Union[Coupon, _Mapping]] = ...) -> None: ...
+    coupon_code: str
+    name: str
+    percent_off: str
+    amount_off: str
+    currency: str
+    duration_periods: int
+    applies_to: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., coupon_code: _Optional[str] = ..., name: _Optional[str] = ..., percent_off: _Optional[str] = ..., amount_off: _Optional[str] = ..., currency: _Optional[str] = ..., duration_periods: _Optional[int] = ..., applies_to: _Optional[str] = ...) -> None: ...
 
 class ListCouponsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
