@@ -1,0 +1,89 @@
+"""Both halves of issue #19 at once, over real gRPC: a subscription changed mid-period (life) onto a
+plan with a dimensional price and a minimum commitment (pricing), with a coupon; hand-computed tables."""
+
+from __future__ import annotations
+
+from credits.invoice.v1 import invoice_pb2 as pb
+
+from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, ts, when
+
+
+def per_unit(amount: str) -> pb.Price:
+    return pb.Price(model=pb.PER_UNIT, unit_amount=amount)
+
+
+BASIC = pb.CreatePlanRequest(idempotency_key="p-basic", plan_id="basic", currency="USD",
+                             usage_charges=[pb.UsageCharge(meter_code="tokens", price=per_unit("0.00001"))],
+                             fixed_fees=[pb.FixedFee(code="platform", amount="30.00")])
+
+
+def pro(commitment: str = "") -> pb.CreatePlanRequest:
+    return pb.CreatePlanRequest(
+        idempotency_key="p-pro", plan_id="pro", currency="USD", minimum_commitment=commitment,
+        usage_charges=[pb.UsageCharge(meter_code="tokens", price=per_unit("0.00001"), group_by="model",
+                                      dimension_prices=[pb.DimensionPrice(value="large", price=per_unit("0.00003")),
+                                                        pb.DimensionPrice(value="small", price=per_unit("0.000002"))])],
+        fixed_fees=[pb.FixedFee(code="platform", amount="90.00")])
+
+
+async def _upgraded(env: InvoiceEnv, commitment: str = "") -> None:
+    """basic from Aug 1; September (30 days) upgraded to pro on Sep 11 (day 10 of 30); tokens by model."""
+    await env.call("CreateMeter", pb.CreateMeterRequest(idempotency_key="m", meter_code="tokens", aggregation=pb.SUM))
+    await env.call("CreatePlan", BASIC)
+    await env.call("CreatePlan", pro(commitment))
+    await seed_catalog(env, plan=BASIC)
+    sep = lambda day: when(day, month=9)  # noqa: E731
+    await env.call("IngestEvents", pb.IngestEventsRequest(idempotency_key="ev", events=[
+        event("e1", "tokens", "1000000", sep(5), model="large"),   # before the change: basic's plain price
+        event("e2", "tokens", "1000000", sep(15), model="large"),
+        event("e3", "tokens", "3000000", sep(20), model="small"),
+        event("e4", "tokens", "500000", sep(25), model="medium")]))  # no price of its own: the charge's
+    await env.call("UpdateSubscription", pb.UpdateSubscriptionRequest(
+        idempotency_key="up", subscription_id="sub-john-wick", effective_at=ts(sep(11)), plan_id="pro"))
+
+
+def _table(inv: pb.Invoice) -> list[tuple[str, str, str, str]]:
+    return [(i.line_item_id, i.variant, i.amount, i.discount) for i in inv.line_items]
+
+
+async def test_an_upgrade_to_a_dimensional_price_with_a_20_percent_coupon(env: InvoiceEnv) -> None:
+    await _upgraded(env)
+    await env.call("CreateCoupon", pb.CreateCouponRequest(idempotency_key="c", coupon_code="TWENTY",
+                                                          percent_off="20", duration_periods=3))
+    await env.call("RedeemCoupon", pb.RedeemCouponRequest(idempotency_key="r", customer_id="john-wick",
+                                                          coupon_code="TWENTY", redeemed_at=ts(when(20))))
+    draft = await env.call("CreateDraft", pb.CreateDraftRequest(idempotency_key="d", customer_id="john-wick",
+                                                                period_start=ts(when(1, month=9))))
+    # | line   | segment           | what                         | amount | 20% off |
+    # | L001   | Sep 1-11, basic   | 1M tokens x 0.00001          |  10.00 |    2.00 |
+    # | L002   | Sep 1-11, basic   | platform 30.00 x 10/30       |  10.00 |    2.00 |
+    # | L003-1 | Sep 11-Oct 1, pro | model=large 1M x 0.00003     |  30.00 |    6.00 |
+    # | L003-2 | Sep 11-Oct 1, pro | model=small 3M x 0.000002    |   6.00 |    1.20 |
+    # | L003-3 | Sep 11-Oct 1, pro | model=medium 0.5M x 0.00001  |   5.00 |    1.00 |
+    # | L004   | Sep 11-Oct 1, pro | platform: C = 10 + 90 x 20/30 = 70.00 -> 70.00 - 10.00 | 60.00 | 12.00 |
+    # subtotal 121.00, 20% = 24.20 (the coupon, redeemed in August's period, is in its 2nd of 3), due 96.80
+    assert _table(draft) == [("L001", "", "10.00", "2.00"), ("L002", "", "10.00", "2.00"),
+                             ("L003-1", "model=large", "30.00", "6.00"), ("L003-2", "model=small", "6.00", "1.20"),
+                             ("L003-3", "model=medium", "5.00", "1.00"), ("L004", "", "60.00", "12.00")]
+    assert (draft.subtotal, draft.discounts, draft.amount_due) == ("121.00", "24.20", "96.80")
+    # cut at a lot boundary on Sep 18: usage by event time, the fee by time (7 : 13 days of its 20),
+    # every piece net of its discount, so what the ledger reserves sums to the amount due
+    split = await env.call("SplitDraft", pb.SplitDraftRequest(invoice_id=draft.invoice_id,
+                                                              split_at=[ts(when(18, month=9))]))
+    assert sorted((c.charge_id, c.amount) for c in split.charges) == [
+        ("L001#1", "8.00"), ("L002#1", "8.00"), ("L003-1#1", "24.00"), ("L003-2#2", "4.80"), ("L003-3#2", "4.00"),
+        ("L004#1", "16.80"), ("L004#2", "31.20")]
+    # December is the coupon's 5th period counted from August's: past its 3, nothing off
+    dec = await env.call("CreateDraft", pb.CreateDraftRequest(idempotency_key="d-dec", customer_id="john-wick",
+                                                              period_start=ts(when(1, month=12))))
+    assert (dec.subtotal, dec.discounts) == ("90.00", "0.00")
+
+
+async def test_the_commitment_of_the_new_plan_is_pro_rated_over_the_whole_period(env: InvoiceEnv) -> None:
+    await _upgraded(env, commitment="150")
+    draft = await env.call("CreateDraft", pb.CreateDraftRequest(idempotency_key="d", customer_id="john-wick",
+                                                                period_start=ts(when(1, month=9))))
+    # committed: 150.00 x 20/30 = 100.00 (pro's part of September); usage of the whole period
+    # 10.00 + 30.00 + 6.00 + 5.00 = 51.00; true-up 49.00, last, under pro's commitment id (L005)
+    assert _table(draft)[-1] == ("L005", "true_up", "49.00", "0.00")
+    assert (draft.subtotal, draft.amount_due) == ("170.00", "170.00")
