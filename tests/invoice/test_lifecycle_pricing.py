@@ -3,8 +3,26 @@ plan with a dimensional price and a minimum commitment (pricing), with a coupon;
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
 from credits.invoice.v1 import invoice_pb2 as pb
 
+from invoice_service.domain.dimensions import Dimensions
+from invoice_service.domain.discounts import Coupon, apply_coupons, coupon_discount
+from invoice_service.domain.invoices import TRUE_UP, ChargeKind, Component, PlanTerms, compute_line_items
+from invoice_service.domain.lifecycle import (
+    Phase,
+    Schedule,
+    SegmentTerms,
+    prorate,
+    segment_line_items,
+    segment_pieces,
+    segments,
+    usage_by_segment,
+)
+from invoice_service.domain.pricing import Price, PriceModel
 from tests.invoice.conftest import InvoiceEnv, event, seed_catalog, ts, when
 
 
@@ -87,3 +105,50 @@ async def test_the_commitment_of_the_new_plan_is_pro_rated_over_the_whole_period
     # 10.00 + 30.00 + 6.00 + 5.00 = 51.00; true-up 49.00, last, under pro's commitment id (L005)
     assert _table(draft)[-1] == ("L005", "true_up", "49.00", "0.00")
     assert (draft.subtotal, draft.amount_due) == ("170.00", "170.00")
+
+
+def test_segments_with_dimensional_prices_commitments_and_coupons_add_up_seeded() -> None:
+    """Random changes between a plain plan and a dimensional one with a commitment, random lot
+    instants and a random percent coupon: ids are unique, each line's pieces sum to its net, the
+    discounts to the coupon's share of the subtotal, the true-up to the pro-rated commitment short
+    of the whole period's usage; a period under one phase prices as compute_line_items does."""
+    rng = random.Random(19)
+    sep, oct_ = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
+    price = Price(PriceModel.PER_UNIT, unit_amount=Decimal("0.0013"))
+    plain = PlanTerms("plain", "USD", 2, (Component(ChargeKind.USAGE, "tokens", "Tokens", price),
+                                          Component(ChargeKind.FIXED_FEE, "platform", "Platform", None, Decimal("9"))))
+    dims = Dimensions("model", prices=(("large", Price(PriceModel.PER_UNIT, unit_amount=Decimal("0.0031"))),))
+    dimensional = PlanTerms("dim", "USD", 2, (
+        Component(ChargeKind.USAGE, "tokens", "Tokens", price, dimensions=dims),
+        Component(ChargeKind.FIXED_FEE, "platform", "Platform", None, Decimal("29.99")),
+        Component(ChargeKind.COMMITMENT, "minimum_commitment", "Minimum commitment", None, Decimal("60"))))
+    period = Schedule(sep, 1).period(0)
+    assert period is not None
+    for _ in range(200):
+        changes = sorted({sep + timedelta(hours=rng.randrange(1, 30 * 24)) for _ in range(rng.randrange(0, 3))})
+        plans = [rng.choice([plain, dimensional]) for _ in range(len(changes) + 1)]
+        phases = [Phase(t, p.plan_id, 1) for t, p in zip([sep, *changes], plans, strict=True)]
+        parts = segments(phases, sep, oct_)
+        lots = sorted({sep + timedelta(hours=rng.randrange(1, 30 * 24)) for _ in range(rng.randrange(0, 3))})
+        edges = sorted(set(lots) | {p.start for p in parts[1:]})
+        keys = ["tokens", "tokens[model=large]", "tokens[model=small]"]
+        raw = {k: {g: Decimal(rng.randrange(0, 20000)) for g in range(len(edges) + 1)} for k in keys}
+        seg_terms = []
+        for part, plan in zip(parts, plans, strict=True):
+            mine = {k: v for k, v in raw.items() if ("[" in k) == (plan is dimensional)}
+            seg_terms.append(SegmentTerms(part, plan, usage_by_segment(mine, frozenset(), edges, [part])[0]))
+        items = segment_line_items(seg_terms, period)
+        coupon = Coupon("C", "C", Decimal(rng.randrange(1, 101)), None, "", 0)
+        discounted = apply_coupons(items, [coupon], 2, "USD")
+        pieces = segment_pieces(discounted, seg_terms, lots)
+        assert len({i.line_item_id for i in items}) == len(items)
+        for item in discounted:
+            assert sum(p.amount_minor for p in pieces if p.line_item_id == item.line_item_id) == item.net_minor
+        subtotal = sum(i.amount_minor for i in items)
+        assert sum(i.discount_minor for i in discounted) == coupon_discount(coupon, subtotal, 2, "USD")
+        committed = sum(prorate([Decimal(60) if p is dimensional else Decimal(0) for p in plans],
+                                [(s.segment.start, s.segment.end) for s in seg_terms], (sep, oct_), 2))
+        used = sum(i.amount_minor for i in items if i.kind is ChargeKind.USAGE)
+        assert sum(i.amount_minor for i in items if i.variant == TRUE_UP) == max(committed - used, 0)
+        if len(parts) == 1:
+            assert items == compute_line_items(plans[0], {}, seg_terms[0].usage, sep, oct_)
