@@ -23,6 +23,7 @@ from creditctl.commands import (
     chaos,
     completion,
     config,
+    coupons,
     customers,
     demo,
     drafts,
@@ -46,6 +47,7 @@ from creditctl.commands import (
     settlements,
     statements,
     subscriptions,
+    taxes,
     tenants,
     topups,
     transfers,
@@ -64,7 +66,7 @@ COMMANDS = (up, demo, migrate, tenants, keys, ledger, grants, allowances, balanc
             # the product, one group per family of RPCs (a person's first hour: README "CLI tour")
             accounts, units, rates, lots, holds, transfers, explain, policy, settlements,
             customers, meters, plans, subscriptions, usage, drafts, alerts, webhooks, topups, finance, config,
-            completion, watch, portal)
+            completion, watch, portal, coupons, taxes)
 
 
 # How `creditctl --help` groups the commands for a newcomer; a command listed nowhere appears under "More".
@@ -74,7 +76,8 @@ SECTIONS = (
                           "transfers", "explain", "policy", "settlements", "allowances", "alerts", "webhooks",
                           "topups")),
     ("Billing (catalog, usage, invoices, sagas)", ("customers", "meters", "plans", "subscriptions", "usage", "drafts",
-                                                   "invoices", "sagas", "billing", "operation", "portal")),
+                                                   "invoices", "sagas", "billing", "operation", "portal",
+                                                   "coupons", "taxes")),
     ("Finance", ("finance",)),
     ("Operations", ("migrate", "ledger", "audit", "reconcile", "chaos", "bench")),
 )

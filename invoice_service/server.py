@@ -15,6 +15,7 @@ from invoice_service.config import InvoiceConfig
 from invoice_service.storage import MIGRATIONS_DIR
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations
+from invoice_service.storage.pricing_rules import PricingRuleOperations
 from invoice_service.storage.subscription_changes import SubscriptionChanges
 from invoice_service.storage.usage import UsageOperations
 from service_runtime import metrics
@@ -44,7 +45,8 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
     catalog = CatalogOperations(pool)
     servicer = InvoiceServicer(catalog, UsageOperations(pool, catalog, config.usage_grace_s),
                                InvoiceOperations(pool, catalog, config.clock_skew_s), config,
-                               SubscriptionChanges(pool, catalog))
+                               SubscriptionChanges(pool, catalog),
+                               PricingRuleOperations(pool))
     try:
         server, port = await create_server([(pb_grpc.add_InvoiceServiceServicer_to_server, servicer, SERVICE_NAME)],
                                            KeyResolver(pool), PERMISSIONS, address,

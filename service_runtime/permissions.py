@@ -124,6 +124,10 @@ INVOICE: dict[str, frozenset[str]] = _table(
     (ALL, ("GetUsageSeries", "ListTopCustomers")),  # usage analytics: reads
     # Subscriptions that change and plan versions: catalog changes, like creating them (finance, admin).
     (FINANCE, ("UpdateSubscription", "CancelSubscription", "CreatePlanVersion", "MigrateSubscription")),
+    # Pricing rules (tax rules, a customer's tax region, coupons and redemptions) change what invoices
+    # bill: finance; reading them is a catalog read.
+    (FINANCE, ("SetTaxRule", "SetCustomerTaxRegion", "CreateCoupon", "RedeemCoupon")),
+    (ALL, ("ListTaxRules", "ListCoupons")),
 )
 
 BILLING: dict[str, frozenset[str]] = _table(

@@ -1,4 +1,4 @@
-"""creditctl bench ledger|ingest|saga|billing|gate|alerts|finance|watch|statement: benchmarks on the
+"""creditctl bench ledger|ingest|saga|billing|gate|alerts|finance|watch|statement|pricing: benchmarks on the
 embedded defaults.
 
 The benches are proving code, imported only inside the command that runs one (one import line
@@ -270,6 +270,27 @@ def statement(entries: int, export_entries: int, check: bool, as_json: bool) -> 
 
     figures = asyncio.run(bench.bench_statement(entries, export_entries, lambda m: None if as_json else note(m)))
     return _report(figures, bench.meets, check, as_json)
+
+
+@command.command(
+    "pricing", short_help="draft time by price kind: plain vs price per property (+ filter) vs time of use",
+    help="Starts an embedded Postgres and the invoice server in-process, loads the same events for three customers "
+         "(plain per-unit price, a price per model with a region filter, peak/off-peak in Europe/Berlin) and times "
+         "CreateDraft for each; the plain draft is the baseline.")
+@click.option("--events", type=click.IntRange(min=1), default=200_000, show_default=True, help="events per customer")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="drafts per kind (best)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object: events, draft_plain_s, draft_group_by_s, draft_time_of_use_s, "
+                   "group_by_vs_plain, time_of_use_vs_plain")
+def pricing(events: int, rounds: int, as_json: bool) -> int:
+    from harness.benches import pricing_draft as bench
+
+    figures = asyncio.run(bench.run(events=events, rounds=rounds))
+    if as_json:
+        print_json(figures, indent=None)
+    else:
+        click.echo(bench.describe(figures))
+    return 0
 
 
 def _report(figures: dict[str, float], meets: Callable[[str, float], bool | None], check: bool,

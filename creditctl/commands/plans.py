@@ -5,7 +5,10 @@ currency and interval); subscriptions stay on their version until `subscriptions
 
 Prices are written on the flag (`--usage input_tokens=per_unit:0.00001`; the forms are in
 creditctl/prices.py and `plans create --help`), or the whole plan comes from a JSON file in the
-CreatePlanRequest's JSON form (`--file plan.json`).
+CreatePlanRequest's JSON form (`--file plan.json`). A usage price may depend on the event:
+`--price-by tokens:model=large=per_unit:0.00003` (one line per model), `--filter tokens:region=eu,us`,
+`--peak kwh=Europe/Berlin@8-19@1-5=per_unit:0.30` (local hours 8..19, Monday..Friday); and a plan
+may have a minimum spend on usage per period, `--commitment 100`.
 """
 
 from __future__ import annotations
@@ -28,16 +31,37 @@ PRICE_HELP = ("METER=PRICE, repeatable; PRICE is per_unit:0.00001, flat:10.00, p
               "graduated:1000@0.01,@0.005 or volume:1000@0.01,@0.008+5.00")
 
 
+def _usage_rows(c: dict[str, Any]) -> list[dict[str, str]]:
+    code = c["meter_code"]
+    rows = [{"kind": "usage", "code": code, "price": describe(c.get("price", {}))}]
+    for f in c.get("filters", []):
+        rows.append({"kind": "filter", "code": code, "price": f"only {f['property']} in {', '.join(f['values'])}"})
+    for d in c.get("dimension_prices", []):
+        rows.append({"kind": "usage by property", "code": f"{code} {c['group_by']}={d['value']}",
+                     "price": describe(d.get("price", {}))})
+    if c.get("group_by") and not c.get("dimension_prices"):
+        rows.append({"kind": "usage by property", "code": f"{code} {c['group_by']}=*", "price": "one line per value"})
+    if "time_of_use" in c:
+        t = c["time_of_use"]
+        days = ",".join(str(d) for d in t.get("peak_days", [])) or "every day"
+        hours = ",".join(str(h) for h in t.get("peak_hours", []))
+        rows.append({"kind": "peak", "code": code, "price": f"{describe(t.get('peak_price', {}))} at hours "
+                                                            f"{hours} on days {days} ({t['time_zone']})"})
+    return rows
+
+
 def price_rows(plan: dict[str, Any]) -> list[dict[str, str]]:
     """Every price of a plan as (kind, code, price) rows."""
-    rows = [{"kind": "usage", "code": c["meter_code"], "price": describe(c.get("price", {}))}
-            for c in plan.get("usage_charges", [])]
+    rows = [row for c in plan.get("usage_charges", []) for row in _usage_rows(c)]
     rows += [{"kind": "fixed fee", "code": f["code"], "price": f"{f['amount']} per period"}
              for f in plan.get("fixed_fees", [])]
     rows += [{"kind": "add-on", "code": a["code"], "price": f"{a['unit_amount']} per unit per period"}
              for a in plan.get("add_ons", [])]
     rows += [{"kind": "license", "code": x["code"], "price": f"{x['unit_amount']} per seat per period"}
              for x in plan.get("licenses", [])]
+    if plan.get("minimum_commitment"):
+        rows.append({"kind": "commitment", "code": "minimum_commitment",
+                     "price": f"{plan['minimum_commitment']} of usage per period (true-up when short)"})
     return rows
 
 
@@ -69,6 +93,69 @@ def _request_from_flags(plan_id: str, name: str, currency: str, interval: str, u
     return request
 
 
+def _charge(request: ipb.CreatePlanRequest, meter: str, flag: str) -> ipb.UsageCharge:
+    for c in request.usage_charges:
+        if c.meter_code == meter:
+            return c
+    raise click.BadParameter(f"{meter!r} has no --usage price (the price of other values / off-peak)",
+                             param_hint=flag)
+
+
+def _price(text: str, flag: str) -> ipb.Price:
+    try:
+        return parse_price(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=flag) from None
+
+
+def _numbers(text: str, flag: str) -> list[int]:
+    """"8-19" or "1,3,5" (or both, comma-separated) as integers."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.partition("-")
+            out.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use ranges and lists of whole numbers, e.g. 8-19 or 1,3,5",
+                                 param_hint=flag) from None
+    return out
+
+
+def add_dimensions(request: ipb.CreatePlanRequest, price_by: tuple[str, ...], filters: tuple[str, ...],
+                   peaks: tuple[str, ...], commitment: str) -> None:
+    """--price-by METER:PROPERTY=VALUE=PRICE, --filter METER:PROPERTY=V1,V2,
+    --peak METER=TIME_ZONE@HOURS[@DAYS]=PRICE and --commitment AMOUNT onto the request."""
+    for text in price_by:
+        meter, _, rest = text.partition(":")
+        prop, _, value_price = rest.partition("=")
+        value, _, price = value_price.partition("=")
+        if not (meter and prop and value and price):
+            raise click.BadParameter(f"{text!r}: use METER:PROPERTY=VALUE=PRICE", param_hint="--price-by")
+        charge = _charge(request, meter, "--price-by")
+        if charge.group_by not in ("", prop):
+            raise click.BadParameter(f"{meter!r} is already priced by {charge.group_by!r}", param_hint="--price-by")
+        charge.group_by = prop
+        charge.dimension_prices.append(ipb.DimensionPrice(value=value, price=_price(price, "--price-by")))
+    for text in filters:
+        meter, _, rest = text.partition(":")
+        prop, _, values = rest.partition("=")
+        if not (meter and prop and values):
+            raise click.BadParameter(f"{text!r}: use METER:PROPERTY=VALUE[,VALUE...]", param_hint="--filter")
+        _charge(request, meter, "--filter").filters.append(ipb.PropertyFilter(property=prop,
+                                                                              values=values.split(",")))
+    for text in peaks:
+        meter, _, rest = text.partition("=")
+        window, _, price = rest.partition("=")
+        zone, _, when = window.partition("@")
+        hours, _, days = when.partition("@")
+        if not (meter and zone and hours and price):
+            raise click.BadParameter(f"{text!r}: use METER=TIME_ZONE@HOURS[@DAYS]=PRICE", param_hint="--peak")
+        _charge(request, meter, "--peak").time_of_use.CopyFrom(ipb.TimeOfUse(
+            time_zone=zone, peak_hours=_numbers(hours, "--peak"), peak_days=_numbers(days, "--peak") if days else [],
+            peak_price=_price(price, "--peak")))
+    request.minimum_commitment = commitment
+
+
 @click.group("plans", cls=Group, help="plans: a currency, a billing interval and prices")
 def command() -> None:
     pass
@@ -83,13 +170,19 @@ def command() -> None:
 @click.option("--fee", "fees", multiple=True, help="CODE=AMOUNT per period, repeatable")
 @click.option("--add-on", "add_ons", multiple=True, help="CODE=UNIT_AMOUNT per unit per period, repeatable")
 @click.option("--license", "licenses", multiple=True, help="CODE=UNIT_AMOUNT per seat per period, repeatable")
+@click.option("--price-by", "price_by", multiple=True,
+              help="METER:PROPERTY=VALUE=PRICE: a price by event property, e.g. tokens:model=large=per_unit:0.00003")
+@click.option("--filter", "filters", multiple=True, help="METER:PROPERTY=V1,V2: only such events count")
+@click.option("--peak", "peaks", multiple=True,
+              help="METER=TIME_ZONE@HOURS[@DAYS]=PRICE: peak price, e.g. kwh=Europe/Berlin@8-19@1-5=per_unit:0.30")
+@click.option("--commitment", default="", help="minimum usage spend per period (a true-up line when short)")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CreatePlanRequest as JSON (its plan_id, if any, must be PLAN_ID)")
 @idempotency_option
 @format_options(quiet=True)
 def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[str, ...], fees: tuple[str, ...],
-           add_ons: tuple[str, ...], licenses: tuple[str, ...], file: Path | None, idempotency_key: str,
-           fmt: Format) -> int:
+           add_ons: tuple[str, ...], licenses: tuple[str, ...], price_by: tuple[str, ...], filters: tuple[str, ...],
+           peaks: tuple[str, ...], commitment: str, file: Path | None, idempotency_key: str, fmt: Format) -> int:
     if file is not None:
         try:
             request = Parse(file.read_text(), ipb.CreatePlanRequest())
@@ -100,6 +193,7 @@ def create(plan_id: str, name: str, currency: str, interval: str, usage: tuple[s
         request.plan_id = plan_id
     else:
         request = _request_from_flags(plan_id, name, currency, interval, usage, fees, add_ons, licenses)
+        add_dimensions(request, price_by, filters, peaks, commitment)
     request.idempotency_key = key_for(idempotency_key or f"cli-plan-{plan_id}")
     return _print(rpc("invoice", "CreatePlan", request), fmt)
 

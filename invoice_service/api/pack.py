@@ -9,9 +9,11 @@ from decimal import Decimal
 from credits.invoice.v1 import invoice_pb2 as pb
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription, SubscriptionPhase
-from invoice_service.domain.invoices import ChargeKind, InvoiceView, Piece
+from invoice_service.domain.discounts import Coupon, Redemption
+from invoice_service.domain.invoices import ChargeKind, Component, InvoiceView, Piece, line_due
 from invoice_service.domain.money import decimal_text, to_text
 from invoice_service.domain.pricing import Price
+from invoice_service.domain.taxes import TaxRule
 from service_runtime.pages import encode_token
 from service_runtime.proto_time import EPOCH
 from service_runtime.proto_time import to_timestamp as ts
@@ -26,7 +28,8 @@ def invoice_token(last: InvoiceView) -> str:
 
 
 def customer(c: Customer) -> pb.Customer:
-    out = pb.Customer(customer_id=c.customer_id, name=c.name, ledger_account_id=c.ledger_account_id)
+    out = pb.Customer(customer_id=c.customer_id, name=c.name, ledger_account_id=c.ledger_account_id,
+                      tax_region=c.tax_region)
     if c.created_at:
         out.created_at.CopyFrom(ts(c.created_at))
     return out
@@ -56,7 +59,9 @@ def plan(p: Plan) -> pb.Plan:
         amount = decimal_text(c.amount)
         if c.kind is ChargeKind.USAGE:
             assert c.price is not None
-            out.usage_charges.append(pb.UsageCharge(meter_code=c.code, price=_price(c.price)))
+            out.usage_charges.append(_usage_charge(c))
+        elif c.kind is ChargeKind.COMMITMENT:
+            out.minimum_commitment = amount
         elif c.kind is ChargeKind.FIXED_FEE:
             out.fixed_fees.append(pb.FixedFee(code=c.code, name=c.name, amount=amount))
         elif c.kind is ChargeKind.ADD_ON:
@@ -84,6 +89,45 @@ def phase(p: SubscriptionPhase) -> pb.SubscriptionPhase:
                                price_overrides=_price_overrides(p.overrides))
     if p.created_at:
         out.created_at.CopyFrom(ts(p.created_at))
+    return out
+
+
+def _usage_charge(c: Component) -> pb.UsageCharge:
+    assert c.price is not None
+    out = pb.UsageCharge(meter_code=c.code, price=_price(c.price))
+    d = c.dimensions
+    if d is not None:
+        out.group_by = d.group_by
+        out.filters.extend(pb.PropertyFilter(property=k, values=list(v)) for k, v in d.filters)
+        out.dimension_prices.extend(pb.DimensionPrice(value=v, price=_price(p)) for v, p in d.prices)
+        if d.time_of_use is not None:
+            t = d.time_of_use
+            out.time_of_use.CopyFrom(pb.TimeOfUse(time_zone=t.time_zone, peak_hours=list(t.peak_hours),
+                                                  peak_days=list(t.peak_days), peak_price=_price(t.peak_price)))
+    return out
+
+
+def tax_rule(r: TaxRule) -> pb.TaxRule:
+    out = pb.TaxRule(region=r.region, name=r.name, rate=decimal_text(r.rate_percent), inclusive=r.inclusive)
+    if r.updated_at:
+        out.updated_at.CopyFrom(ts(r.updated_at))
+    return out
+
+
+def coupon(c: Coupon) -> pb.Coupon:
+    out = pb.Coupon(coupon_code=c.coupon_code, name=c.name,
+                    percent_off=decimal_text(c.percent_off) if c.percent_off is not None else "",
+                    amount_off=decimal_text(c.amount_off) if c.amount_off is not None else "",
+                    currency=c.currency, duration_periods=c.duration_periods, applies_to=c.applies_to)
+    if c.created_at:
+        out.created_at.CopyFrom(ts(c.created_at))
+    return out
+
+
+def redemption(r: Redemption) -> pb.CouponRedemption:
+    out = pb.CouponRedemption(customer_id=r.customer_id, coupon=coupon(r.coupon), redeemed_at=ts(r.redeemed_at))
+    if r.created_at:
+        out.created_at.CopyFrom(ts(r.created_at))
     return out
 
 
@@ -138,10 +182,16 @@ def invoice(inv: InvoiceView) -> pb.Invoice:
                         amount=to_text(i.amount_minor, money), service_start=ts(i.service_start),
                         service_end=ts(i.service_end),
                         credits_applied=to_text(credits.get(i.line_item_id, 0), money),
-                        amount_due=to_text(i.amount_minor - credits.get(i.line_item_id, 0), money), unit=i.unit,
-                        units_covered=decimal_text(covered[i.line_item_id]) if i.line_item_id in covered else "")
+                        amount_due=to_text(line_due(inv, i, credits.get(i.line_item_id, 0)), money), unit=i.unit,
+                        units_covered=decimal_text(covered[i.line_item_id]) if i.line_item_id in covered else "",
+                        variant=i.variant, discount=to_text(i.discount_minor, money),
+                        discount_codes=list(i.discount_codes), tax=to_text(i.tax_minor, money))
             for i in inv.line_items],
         charges=charges(inv), credit_notes=list(inv.credit_notes), abandon_reason=inv.abandon_reason,
+        discounts=to_text(inv.discount_minor, money), tax=to_text(inv.tax_minor, money),
+        tax_region=inv.tax.region if inv.tax else "", tax_name=inv.tax.name if inv.tax else "",
+        tax_rate=decimal_text(inv.tax.rate_percent) if inv.tax else "",
+        tax_inclusive=inv.tax.inclusive if inv.tax else False,
         applications=[pb.CreditApplication(charge_id=a.charge_id, line_item_id=a.line_item_id, lot_id=a.lot_id,
                                            lot_type=a.lot_type, amount=to_text(a.amount_minor, money), unit=a.unit,
                                            units=decimal_text(a.units) if a.unit else "",

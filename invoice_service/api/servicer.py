@@ -20,6 +20,7 @@ from invoice_service.domain.money import currency_scale, to_text
 from invoice_service.domain.usage_costs import BucketCost, bucket_costs
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations, ListFilter
+from invoice_service.storage.pricing_rules import PricingRuleOperations
 from invoice_service.storage.subscription_changes import SubscriptionChanges
 from invoice_service.storage.usage import UsageOperations
 from service_runtime import portal_sessions
@@ -83,12 +84,13 @@ def _exact(value: str) -> str:
 
 class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
     def __init__(self, catalog: CatalogOperations, usage: UsageOperations, invoices: InvoiceOperations,
-                 config: InvoiceConfig, changes: SubscriptionChanges) -> None:
+                 config: InvoiceConfig, changes: SubscriptionChanges, rules: PricingRuleOperations) -> None:
         self._catalog = catalog
         self._usage = usage
         self._invoices = invoices
         self._config = config
         self._changes = changes
+        self._rules = rules
 
     # ---- catalog ------------------------------------------------------------------------------
 
@@ -375,6 +377,45 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         rows = await self._usage.top(_tenant(), meter, start, end, min(request.limit or 10, 100))
         return pb.ListTopCustomersResponse(meter_code=meter, customers=[
             pb.CustomerUsage(customer_id=c, value=_exact(v), events=n) for c, v, n in rows])
+
+    # ---- pricing rules: taxes and coupons -------------------------------------------------------
+
+    async def SetTaxRule(self, request: pb.SetTaxRuleRequest, context: _Ctx) -> pb.TaxRule:
+        guard = _guard("SetTaxRule", request, pack.tax_rule)
+        return await _mutate(guard, pb.TaxRule, self._rules.set_tax_rule(guard, unpack.tax_rule(request)))
+
+    async def ListTaxRules(self, request: pb.ListTaxRulesRequest, context: _Ctx) -> pb.ListTaxRulesResponse:
+        limit = page_size(request.page_size)
+        cursor = decode_token(request.page_token, 1)
+        rules = await self._rules.list_tax_rules(_tenant(), cursor[0] if cursor else "", limit)
+        return pb.ListTaxRulesResponse(rules=[pack.tax_rule(r) for r in rules],
+                                       next_page_token=encode_token(rules[-1].region) if len(rules) == limit else "")
+
+    async def SetCustomerTaxRegion(self, request: pb.SetCustomerTaxRegionRequest, context: _Ctx) -> pb.Customer:
+        guard = _guard("SetCustomerTaxRegion", request, pack.customer)
+        customer_id = check_id(request.customer_id, "customer_id")
+        region = check_optional_id(request.tax_region, "tax_region")
+        return await _mutate(guard, pb.Customer, self._rules.set_customer_tax_region(guard, customer_id, region))
+
+    async def CreateCoupon(self, request: pb.CreateCouponRequest, context: _Ctx) -> pb.Coupon:
+        guard = _guard("CreateCoupon", request, pack.coupon)
+        return await _mutate(guard, pb.Coupon, self._rules.create_coupon(guard, unpack.coupon(request)))
+
+    async def ListCoupons(self, request: pb.ListCouponsRequest, context: _Ctx) -> pb.ListCouponsResponse:
+        limit = page_size(request.page_size)
+        cursor = decode_token(request.page_token, 1)
+        coupons = await self._rules.list_coupons(_tenant(), cursor[0] if cursor else "", limit)
+        token = encode_token(coupons[-1].coupon_code) if len(coupons) == limit else ""
+        return pb.ListCouponsResponse(coupons=[pack.coupon(c) for c in coupons], next_page_token=token)
+
+    async def RedeemCoupon(self, request: pb.RedeemCouponRequest, context: _Ctx) -> pb.CouponRedemption:
+        guard = _guard("RedeemCoupon", request, pack.redemption)
+        customer_id = check_id(request.customer_id, "customer_id")
+        coupon_code = check_id(request.coupon_code, "coupon_code")
+        at = (unpack.timestamp(request.redeemed_at, True, "redeemed_at") if request.HasField("redeemed_at")
+              else datetime.now(UTC))
+        return await _mutate(guard, pb.CouponRedemption,
+                             self._rules.redeem_coupon(guard, customer_id, coupon_code, at))
 
     # ---- the customer portal --------------------------------------------------------------------
 

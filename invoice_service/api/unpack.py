@@ -12,9 +12,12 @@ from credits.invoice.v1 import invoice_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from invoice_service.domain.catalog import Customer, Meter, Plan, Subscription
+from invoice_service.domain.dimensions import Dimensions, TimeOfUse, check_time_zone
+from invoice_service.domain.discounts import Coupon
 from invoice_service.domain.invoices import QUANTITY_PATTERN, Aggregation, ChargeKind, Component
 from invoice_service.domain.money import currency_scale
 from invoice_service.domain.pricing import Price, PriceModel, TierInput, build_price
+from invoice_service.domain.taxes import TaxRule, parse_rate
 from invoice_service.storage.invoices import ApplicationIn
 from invoice_service.storage.subscription_changes import Change
 from invoice_service.storage.usage import EventIn, event_field
@@ -105,7 +108,8 @@ def plan(req: pb.CreatePlanRequest) -> Plan:
         field = f"usage_charges[{i}]"
         code = unique(u.meter_code, f"{field}.meter_code")
         components.append(Component(ChargeKind.USAGE, code, code, _price(u.price, u.HasField("price"),
-                                                                         f"{field}.price")))
+                                                                         f"{field}.price"),
+                                    dimensions=_dimensions(u, field)))
     groups = ((ChargeKind.FIXED_FEE, "fixed_fees", req.fixed_fees), (ChargeKind.ADD_ON, "add_ons", req.add_ons),
               (ChargeKind.LICENSE, "licenses", req.licenses))
     for kind, name, items in groups:
@@ -118,6 +122,14 @@ def plan(req: pb.CreatePlanRequest) -> Plan:
                 raise invalid(f"{field}.{amount_field}", "is required")
             amount = parse_decimal(amount_text, f"{field}.{amount_field}")
             components.append(Component(kind, code, check_text(item.name, f"{field}.name") or code, None, amount))
+    if req.minimum_commitment.strip():
+        commitment = parse_decimal(req.minimum_commitment, "minimum_commitment")
+        if commitment <= 0:
+            raise invalid("minimum_commitment", "must be positive (or empty for none)")
+        if not any(c.kind is ChargeKind.USAGE for c in components):
+            raise invalid("minimum_commitment", "a commitment is a minimum spend on usage; the plan has no usage")
+        code = unique("minimum_commitment", "minimum_commitment")
+        components.append(Component(ChargeKind.COMMITMENT, code, "Minimum commitment", amount=commitment))
     if not components:
         raise invalid("usage_charges", "a plan needs at least one usage charge, fixed fee, add-on or license")
     return Plan(plan_id, check_text(req.name, "name") or plan_id, req.currency, _INTERVALS[req.interval],
@@ -272,3 +284,76 @@ def applications(items: Sequence[pb.CreditApplication], field: str = "applicatio
         out.append(ApplicationIn(a.charge_id, a.lot_id, a.lot_type.upper(), "" if unit else a.amount, unit, units,
                                  rate, version))
     return out
+
+
+def _dimensions(u: pb.UsageCharge, field: str) -> Dimensions | None:
+    """A usage charge's filters, group-by and time of use (domain/dimensions.py); None without any."""
+    if not (u.group_by or u.filters or u.dimension_prices or u.HasField("time_of_use")):
+        return None
+    filters: dict[str, tuple[str, ...]] = {}
+    for i, f in enumerate(u.filters):
+        key = check_id(f.property, f"{field}.filters[{i}].property")
+        if key in filters:
+            raise invalid(f"{field}.filters[{i}].property", f"{key!r} is filtered twice")
+        if not f.values:
+            raise invalid(f"{field}.filters[{i}].values", "at least one value")
+        filters[key] = tuple(check_text(v, f"{field}.filters[{i}].values") for v in f.values)
+    group_by = check_id(u.group_by, f"{field}.group_by") if u.group_by else ""
+    prices: list[tuple[str, Price]] = []
+    for i, d in enumerate(u.dimension_prices):
+        if not group_by:
+            raise invalid(f"{field}.dimension_prices", "prices by value need group_by (the property)")
+        value = check_text(d.value, f"{field}.dimension_prices[{i}].value")
+        if value in dict(prices):
+            raise invalid(f"{field}.dimension_prices[{i}].value", f"{value!r} is priced twice")
+        prices.append((value, _price(d.price, d.HasField("price"), f"{field}.dimension_prices[{i}].price")))
+    tou = None
+    if u.HasField("time_of_use"):
+        if group_by:
+            raise invalid(f"{field}.time_of_use", "a usage charge is priced by group_by or by time of use, not both")
+        tou = _time_of_use(u.time_of_use, f"{field}.time_of_use")
+    return Dimensions(group_by, tuple(filters.items()), tuple(prices), tou)
+
+
+def _time_of_use(t: pb.TimeOfUse, field: str) -> TimeOfUse:
+    zone = check_time_zone(t.time_zone, f"{field}.time_zone")
+    if not t.peak_hours:
+        raise invalid(f"{field}.peak_hours", "at least one local hour (0-23)")
+    for i, h in enumerate(t.peak_hours):
+        if not 0 <= h <= 23:
+            raise invalid(f"{field}.peak_hours[{i}]", "must be an hour 0-23")
+    for i, d in enumerate(t.peak_days):
+        if not 1 <= d <= 7:
+            raise invalid(f"{field}.peak_days[{i}]", "must be an ISO weekday 1 (Monday) - 7 (Sunday)")
+    return TimeOfUse(zone, tuple(sorted(set(t.peak_hours))), tuple(sorted(set(t.peak_days))),
+                     _price(t.peak_price, t.HasField("peak_price"), f"{field}.peak_price"))
+
+
+def tax_rule(req: pb.SetTaxRuleRequest) -> TaxRule:
+    region = check_id(req.region, "region")
+    return TaxRule(region, check_text(req.name, "name") or region, parse_rate(req.rate, "rate"), req.inclusive)
+
+
+def coupon(c: pb.CreateCouponRequest) -> Coupon:
+    code = check_id(c.coupon_code, "coupon_code")
+    if bool(c.percent_off.strip()) == bool(c.amount_off.strip()):
+        raise invalid("percent_off", "give exactly one of percent_off and amount_off")
+    percent = amount = None
+    currency = ""
+    if c.percent_off.strip():
+        percent = parse_decimal(c.percent_off, "percent_off")
+        if not 0 < percent <= 100:
+            raise invalid("percent_off", "must be above 0 and at most 100")
+    else:
+        amount = parse_decimal(c.amount_off, "amount_off")
+        if amount <= 0:
+            raise invalid("amount_off", "must be positive")
+        scale = currency_scale(c.currency, "currency")
+        if amount != amount.quantize(Decimal(1).scaleb(-scale)):
+            raise invalid("amount_off", f"at most {scale} decimals in {c.currency}")
+        currency = c.currency
+    if c.duration_periods < 0 or c.duration_periods > 1200:
+        raise invalid("duration_periods", "must be between 0 (forever) and 1200 periods")
+    applies_to = check_id(c.applies_to, "applies_to") if c.applies_to else ""
+    return Coupon(code, check_text(c.name, "name") or code, percent, amount, currency, c.duration_periods,
+                  applies_to)

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from invoice_service.domain.dimensions import Dimensions
 from invoice_service.domain.invoices import Aggregation, ChargeKind, Component, PlanTerms
 from invoice_service.domain.lifecycle import Schedule
 from invoice_service.domain.money import currency_scale
@@ -20,6 +21,7 @@ class Customer:
     name: str
     ledger_account_id: str
     created_at: datetime | None = None
+    tax_region: str = ""  # the tenant's tax rule for this region applies ("" = not taxed)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Plan:
     def components_json(self) -> list[dict[str, Any]]:
         return [
             {"kind": c.kind.value, "code": c.code, "name": c.name, "amount": str(c.amount),
-             "price": c.price.to_json() if c.price else None}
+             "price": c.price.to_json() if c.price else None,
+             **({"dimensions": c.dimensions.to_json()} if c.dimensions else {})}
             for c in self.components
         ]
 
@@ -62,7 +65,8 @@ class Plan:
     def components_from_json(data: list[dict[str, Any]]) -> tuple[Component, ...]:
         return tuple(
             Component(ChargeKind(c["kind"]), c["code"], c["name"],
-                      Price.from_json(c["price"]) if c["price"] else None, Decimal(c["amount"]))
+                      Price.from_json(c["price"]) if c["price"] else None, Decimal(c["amount"]),
+                      Dimensions.from_json(c["dimensions"]) if c.get("dimensions") else None)
             for c in data
         )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from invoice_service.domain.dimensions import Dimensions, usage_key, variants
 from invoice_service.domain.money import round_to_minor
 from invoice_service.domain.pricing import Price, price_quantity
 from invoice_service.domain.splitting import apportion, duration_us, intervals
@@ -32,6 +33,12 @@ class ChargeKind(enum.Enum):
     ADD_ON = "ADD_ON"
     FIXED_FEE = "FIXED_FEE"
     LICENSE = "LICENSE"
+    # A plan's minimum commitment per period (a component, never a line kind): its true-up line is a
+    # FIXED_FEE line with variant TRUE_UP, so the ledger reserves against it as a fixed fee.
+    COMMITMENT = "COMMITMENT"
+
+
+TRUE_UP = "true_up"
 
 
 class Aggregation(enum.Enum):
@@ -49,7 +56,8 @@ class Component:
     code: str
     name: str
     price: Price | None = None      # USAGE
-    amount: Decimal = _ZERO         # FIXED_FEE per period; ADD_ON/LICENSE per unit per period
+    amount: Decimal = _ZERO         # FIXED_FEE per period; ADD_ON/LICENSE per unit per period; COMMITMENT
+    dimensions: Dimensions | None = None  # USAGE: filters, group-by, time of use (domain/dimensions.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,19 @@ class LineItem:
     service_start: datetime
     service_end: datetime
     unit: str = ""  # USAGE: the meter's usage unit ("" = none)
+    variant: str = ""  # "model=large", "peak", "off_peak" (USAGE), TRUE_UP (commitment); "" = plain
+    discount_minor: int = 0  # coupons on this line (domain/discounts.py); net = amount - discount
+    discount_codes: tuple[str, ...] = ()
+    tax_minor: int = 0  # tax of this line (domain/taxes.py)
+
+    @property
+    def net_minor(self) -> int:
+        """What the line costs after discounts: what credits may pay (its pieces sum to it)."""
+        return self.amount_minor - self.discount_minor
+
+    @property
+    def usage_key(self) -> str:
+        return usage_key(self.code, self.variant)
 
 
 @dataclass(frozen=True)
@@ -101,15 +122,19 @@ def line_item_id(position: int) -> str:
 def compute_line_items(terms: PlanTerms, quantities: Mapping[str, int], usage: Mapping[str, MeterUsage],
                        start: datetime, end: datetime) -> list[LineItem]:
     """Line items in plan order. `quantities` are the subscription's add-on units and license seats;
-    add-ons and licenses absent from it are not billed. Each amount is rounded half-up once."""
+    add-ons and licenses absent from it are not billed. Each amount is rounded half-up once. `usage`
+    is keyed by `usage_key(meter, variant)`. A minimum commitment comes last: its true-up line is the
+    commitment (rounded) less the usage lines' amounts, when that is positive."""
     items: list[LineItem] = []
+    commitment: tuple[int, Component] | None = None
     for position, c in enumerate(terms.components):
         if c.kind is ChargeKind.USAGE:
-            assert c.price is not None
-            qty = usage[c.code].total if c.code in usage else _ZERO
-            priced = price_quantity(c.price, qty)
-            exact, unit = priced.amount, priced.unit_price
-        elif c.kind is ChargeKind.FIXED_FEE:
+            items.extend(_usage_lines(terms, position, c, usage, start, end))
+            continue
+        if c.kind is ChargeKind.COMMITMENT:
+            commitment = (position, c)
+            continue
+        if c.kind is ChargeKind.FIXED_FEE:
             qty, unit, exact = Decimal(1), c.amount, c.amount
         else:
             if c.code not in quantities:
@@ -118,7 +143,36 @@ def compute_line_items(terms: PlanTerms, quantities: Mapping[str, int], usage: M
             unit, exact = c.amount, qty * c.amount
         items.append(LineItem(line_item_id(position), c.kind, c.code, c.name, qty, unit,
                               round_to_minor(exact, terms.scale), start, end))
+    if commitment is not None:
+        position, c = commitment
+        used = sum(i.amount_minor for i in items if i.kind is ChargeKind.USAGE)
+        short = round_to_minor(c.amount, terms.scale) - used
+        if short > 0:
+            unit = Decimal(short).scaleb(-terms.scale)
+            items.append(LineItem(line_item_id(position), ChargeKind.FIXED_FEE, c.code, c.name, Decimal(1), unit,
+                                  short, start, end, variant=TRUE_UP))
     return items
+
+
+def _usage_lines(terms: PlanTerms, position: int, c: Component, usage: Mapping[str, MeterUsage],
+                 start: datetime, end: datetime) -> list[LineItem]:
+    assert c.price is not None
+    if c.dimensions is None:
+        pairs = [("", c.price)]
+    else:
+        prefix = c.code + "["
+        seen = [k[len(prefix):-1] for k in usage if k.startswith(prefix)]
+        pairs = variants(c.dimensions, c.price, seen)
+    out: list[LineItem] = []
+    for n, (variant, price) in enumerate(pairs):
+        key = usage_key(c.code, variant)
+        qty = usage[key].total if key in usage else _ZERO
+        priced = price_quantity(price, qty)
+        line_id = line_item_id(position) if c.dimensions is None else f"{line_item_id(position)}-{n + 1}"
+        name = f"{c.name} ({variant})" if variant else c.name
+        out.append(LineItem(line_id, ChargeKind.USAGE, c.code, name, qty, priced.unit_price,
+                            round_to_minor(priced.amount, terms.scale), start, end, variant=variant))
+    return out
 
 
 def split_line_items(items: Sequence[LineItem], usage: Mapping[str, MeterUsage],
@@ -133,12 +187,12 @@ def split_line_items(items: Sequence[LineItem], usage: Mapping[str, MeterUsage],
         quantities = [item.quantity] * len(spans)
         weights = time_weights
         if item.kind is ChargeKind.USAGE:
-            by_piece = usage[item.code].pieces if item.code in usage else {}
+            by_piece = usage[item.usage_key].pieces if item.usage_key in usage else {}
             quantities = [by_piece.get(n, _ZERO) for n in range(len(spans))]
             usage_weights = [max(int(q.scaleb(_QUANTITY_SCALE)), 0) for q in quantities]
             if sum(usage_weights) > 0:
                 weights = usage_weights
-        amounts = apportion(item.amount_minor, weights) if item.amount_minor else [0] * len(spans)
+        amounts = apportion(item.net_minor, weights) if item.net_minor else [0] * len(spans)
         for n, (span, qty, amount) in enumerate(zip(spans, quantities, amounts, strict=True)):
             if amount == 0:
                 continue
@@ -150,11 +204,22 @@ def split_line_items(items: Sequence[LineItem], usage: Mapping[str, MeterUsage],
 def digest(items: Sequence[LineItem], pieces: Sequence[Piece]) -> str:
     """A fingerprint of what would be billed and reserved; changes when any amount or piece does."""
     canon = {
-        "items": [[i.line_item_id, i.kind.value, i.code, str(i.quantity), i.amount_minor] for i in items],
+        "items": [[i.line_item_id, i.kind.value, i.code, str(i.quantity), i.amount_minor, i.variant,
+                   i.discount_minor] for i in items],
         "pieces": [[p.charge_id, p.kind.value, p.name, p.amount_minor, p.service_start.isoformat(),
                     p.service_end.isoformat()] for p in pieces],
     }
     return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaxTerms:
+    """The tax rule an invoice was taxed by, as frozen on it (rate in percent, e.g. 19)."""
+
+    region: str
+    name: str
+    rate_percent: Decimal
+    inclusive: bool
 
 
 @dataclass(frozen=True)
@@ -208,10 +273,15 @@ class InvoiceView:
     credit_notes: tuple[str, ...] = ()
     abandoned_at: datetime | None = None
     abandon_reason: str = ""
+    discount_minor: int = 0  # coupons, all lines (domain/discounts.py)
+    tax_minor: int = 0       # tax, all lines (domain/taxes.py)
+    tax: TaxTerms | None = None  # the rule the tax was computed by (None: the customer has no tax region)
 
     @property
     def amount_due_minor(self) -> int:
-        return self.subtotal_minor - self.credits_minor
+        """subtotal - discounts - credits (+ tax when it is charged on top, i.e. exclusive)."""
+        exclusive = self.tax is not None and not self.tax.inclusive
+        return self.subtotal_minor - self.discount_minor - self.credits_minor + (self.tax_minor if exclusive else 0)
 
     def credits_by_line(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -226,3 +296,9 @@ class InvoiceView:
             if a.unit and not a.converted:
                 out[a.line_item_id] = out.get(a.line_item_id, _ZERO) + a.units
         return out
+
+
+def line_due(inv: InvoiceView, item: LineItem, credits_minor: int) -> int:
+    """What is due on one line: net - credits (+ its tax when exclusive); lines sum to the invoice's."""
+    exclusive = inv.tax is not None and not inv.tax.inclusive
+    return item.net_minor - credits_minor + (item.tax_minor if exclusive else 0)

@@ -34,6 +34,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from invoice_service.domain.invoices import (
+    TRUE_UP,
     ChargeKind,
     Component,
     LineItem,
@@ -184,10 +185,10 @@ def apply_overrides(components: Sequence[Component], overrides: Mapping[str, Dec
             out.append(c)
         elif c.kind is ChargeKind.USAGE:
             assert isinstance(o, Price)
-            out.append(Component(c.kind, c.code, c.name, o, c.amount))
+            out.append(replace(c, price=o))  # a dimensional charge keeps its dimensions
         else:
             assert isinstance(o, Decimal)
-            out.append(Component(c.kind, c.code, c.name, c.price, o))
+            out.append(replace(c, amount=o))
     return tuple(out)
 
 
@@ -255,14 +256,17 @@ def usage_by_segment(raw: Mapping[str, Mapping[int, Decimal]], peak_meters: froz
     return out
 
 
-def segmented_line_items(parts: Sequence[SegmentTerms], period: BilledPeriod,
-                         instants: Sequence[datetime]) -> tuple[list[LineItem], list[Piece]]:
-    """Line items per segment (plan order within a segment) and their pieces cut at the lot `instants`.
+def segment_line_items(parts: Sequence[SegmentTerms], period: BilledPeriod) -> list[LineItem]:
+    """Line items per segment (plan order within a segment), then the commitment true-up over the
+    whole period; cut them into pieces with `segment_pieces` (after coupons).
 
     A period billed whole under one phase gives exactly the items of `compute_line_items` (same ids,
-    same amounts). Otherwise fixed fees, add-ons and licenses are pro-rated (`prorate`, per code across
-    the segments) and described with their share of the nominal period; line ids continue across
-    segments (segment k's ids start after the previous segments' components)."""
+    same amounts). Otherwise fixed fees, add-ons, licenses and the minimum commitment are pro-rated
+    (`prorate`, per code across the segments) and described with their share of the nominal period;
+    line ids continue across segments (segment k's ids start after the previous segments'
+    components; a dimensional line keeps its suffix, `L004-2`). Usage is priced per segment, each
+    (meter, variant) on the segment's own total. The true-up (a FIXED_FEE line with variant
+    TRUE_UP, last) bills the pro-rated commitment less all the usage lines of the period, when positive."""
     nominal = (period.nominal_start, period.nominal_end)
     whole = len(parts) == 1 and not period.partial
     spans = [(p.segment.start, p.segment.end) for p in parts]
@@ -275,36 +279,65 @@ def segmented_line_items(parts: Sequence[SegmentTerms], period: BilledPeriod,
     scale = parts[0].terms.scale
     prorated = {code: prorate(r, spans, nominal, scale) for code, r in rates.items()}
     items: list[LineItem] = []
-    pieces: list[Piece] = []
     offset = 0
+    commitment: tuple[str, Component] | None = None
     for k, part in enumerate(parts):
         seg = part.segment
-        computed = compute_line_items(part.terms, seg.phase.quantities, part.usage, seg.start, seg.end)
-        mine: list[LineItem] = []
-        for item in computed:
-            position = int(item.line_item_id[1:]) - 1  # compute_line_items numbers by plan position
-            new_id = line_item_id(offset + position)
-            if whole:
-                mine.append(item)
-                continue
-            if item.kind is ChargeKind.USAGE:
-                suffix = f" ({seg.start:%Y-%m-%d %H:%M} to {seg.end:%Y-%m-%d %H:%M}, plan {seg.phase.plan_id} " \
-                         f"v{seg.phase.plan_version})" if len(parts) > 1 else ""
-                mine.append(replace(item, line_item_id=new_id, description=item.description + suffix))
-            else:
-                share = f" (pro-rated {days_text(seg.start, seg.end)} of {days_text(*nominal)})"
-                mine.append(replace(item, line_item_id=new_id, description=item.description + share,
-                                    amount_minor=prorated[item.code][k]))
-        inside = [t for t in instants if seg.start < t < seg.end]
-        pieces += split_line_items(mine, part.usage, inside)
-        items += mine
+        terms = replace(part.terms, components=tuple(c for c in part.terms.components
+                                                     if c.kind is not ChargeKind.COMMITMENT))
+        for position, c in enumerate(part.terms.components):
+            if c.kind is ChargeKind.COMMITMENT:
+                commitment = (line_item_id(offset + position), c)
+        for item in compute_line_items(terms, seg.phase.quantities, part.usage, seg.start, seg.end):
+            items.append(item if whole else _segment_item(item, part, k, offset, len(parts), nominal, prorated))
         offset += len(part.terms.components)
-    return items, pieces
+    if commitment is not None:
+        line_id, c = commitment
+        used = sum(i.amount_minor for i in items if i.kind is ChargeKind.USAGE)
+        short = sum(prorated[c.code]) - used
+        if short > 0:
+            items.append(LineItem(line_id, ChargeKind.FIXED_FEE, c.code, c.name, Decimal(1),
+                                  Decimal(short).scaleb(-scale), short, period.start, period.end, variant=TRUE_UP))
+    return items
+
+
+def _segment_item(item: LineItem, part: SegmentTerms, k: int, offset: int, count: int,
+                  nominal: tuple[datetime, datetime], prorated: Mapping[str, list[int]]) -> LineItem:
+    """A line of segment `k` of a split (or partial) period: its id after the previous segments', a
+    usage line named with its segment, any other pro-rated."""
+    seg = part.segment
+    base, dash, suffix = item.line_item_id.partition("-")  # "L004" or a dimensional line's "L004-2"
+    new_id = line_item_id(offset + int(base[1:]) - 1) + dash + suffix  # numbered by plan position
+    if item.kind is ChargeKind.USAGE:
+        label = f" ({seg.start:%Y-%m-%d %H:%M} to {seg.end:%Y-%m-%d %H:%M}, plan {seg.phase.plan_id} " \
+                f"v{seg.phase.plan_version})" if count > 1 else ""
+        return replace(item, line_item_id=new_id, description=item.description + label)
+    share = f" (pro-rated {days_text(seg.start, seg.end)} of {days_text(*nominal)})"
+    return replace(item, line_item_id=new_id, description=item.description + share,
+                   amount_minor=prorated[item.code][k])
+
+
+def segmented_line_items(parts: Sequence[SegmentTerms], period: BilledPeriod,
+                         instants: Sequence[datetime]) -> tuple[list[LineItem], list[Piece]]:
+    """`segment_line_items` and their pieces cut at the lot `instants` (no coupons)."""
+    items = segment_line_items(parts, period)
+    return items, segment_pieces(items, parts, instants)
+
+
+def segment_pieces(items: Sequence[LineItem], parts: Sequence[SegmentTerms],
+                   instants: Sequence[datetime]) -> list[Piece]:
+    """Every line cut at the lot `instants` inside its span, usage by its own segment's pieces."""
+    usage = {(p.segment.start, p.segment.end): p.usage for p in parts}
+    pieces: list[Piece] = []
+    for item in items:
+        inside = [t for t in instants if item.service_start < t < item.service_end]
+        pieces += split_line_items([item], usage.get((item.service_start, item.service_end), {}), inside)
+    return pieces
 
 
 def _full_rate(c: Component, quantities: Mapping[str, int]) -> Decimal | None:
     """A component's exact amount for a whole period under a phase (None: usage, or an add-on/license not taken)."""
-    if c.kind is ChargeKind.FIXED_FEE:
+    if c.kind in (ChargeKind.FIXED_FEE, ChargeKind.COMMITMENT):
         return c.amount
     if c.kind in (ChargeKind.ADD_ON, ChargeKind.LICENSE) and c.code in quantities:
         return c.amount * quantities[c.code]

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from invoice_service.domain.invoices import InvoiceView
+from invoice_service.domain.invoices import TRUE_UP, InvoiceView, LineItem, line_due
 from invoice_service.domain.money import decimal_text, to_text
 
 
@@ -38,15 +38,40 @@ def to_dict(inv: InvoiceView) -> dict[str, Any]:
                     for a in inv.applications if a.line_item_id == i.line_item_id
                 ],
                 "credits_applied": money(credits.get(i.line_item_id, 0)),
-                "amount_due": money(i.amount_minor - credits.get(i.line_item_id, 0)),
+                "amount_due": money(line_due(inv, i, credits.get(i.line_item_id, 0))),
+                "variant": i.variant, "line_kind": line_kind(i),
+                "discount": money(i.discount_minor), "discount_codes": list(i.discount_codes),
+                "tax": money(i.tax_minor),
             }
             for i in inv.line_items
         ],
         "subtotal": money(inv.subtotal_minor),
+        "discounts": money(inv.discount_minor),
         "credits_applied": money(inv.credits_minor),
+        "tax": money(inv.tax_minor),
+        "tax_rule": None if inv.tax is None else {
+            "region": inv.tax.region, "name": inv.tax.name, "rate": decimal_text(inv.tax.rate_percent),
+            "inclusive": inv.tax.inclusive},
         "amount_due": money(inv.amount_due_minor),
         "credit_notes": list(inv.credit_notes),
     }
+
+
+def line_kind(item: LineItem) -> str:
+    """What kind of line it is, for people: usage by dimension or time of use, a commitment true-up."""
+    if item.variant == TRUE_UP:
+        return "COMMITMENT_TRUE_UP"
+    if item.variant in ("peak", "off_peak"):
+        return "USAGE_TIME_OF_USE"
+    if item.variant:
+        return "USAGE_DIMENSION"
+    return item.kind.value
+
+
+def _tax_label(inv: InvoiceView) -> str:
+    assert inv.tax is not None
+    how = "included" if inv.tax.inclusive else "added"
+    return f"Tax {inv.tax.name} ({decimal_text(inv.tax.rate_percent)}%, {inv.tax.region}, {how})"
 
 
 def to_json(inv: InvoiceView) -> str:
@@ -65,12 +90,16 @@ def to_text_invoice(inv: InvoiceView) -> str:
         "-" * 76,
     ]
     for item in inv.line_items:
-        lines.append(f"{item.description[:33]:<34}{decimal_text(item.quantity):>14}"
+        description = f"{item.description} true-up" if item.variant == TRUE_UP else item.description
+        lines.append(f"{description[:33]:<34}{decimal_text(item.quantity):>14}"
                      f"{decimal_text(item.unit_price):>14}{money(item.amount_minor):>14}")
-        lines += [f"  {item.description[n:n + 72]}" for n in range(33, len(item.description), 72)]
+        lines += [f"  {description[n:n + 72]}" for n in range(33, len(description), 72)]
         if (item.service_start, item.service_end) != (inv.period_start, inv.period_end):
             # a part of the period (a subscription change, a partial first or last period): pro-rated
             lines.append(f"  service {_day(item.service_start)} to {_day(item.service_end)}")
+        if item.discount_minor:
+            label = f"  discount {', '.join(item.discount_codes)}"
+            lines.append(f"{label[:62]:<62}{'-' + money(item.discount_minor):>14}")
         for a in inv.applications:
             if a.line_item_id == item.line_item_id:
                 label = f"  credit {a.lot_type.lower()} lot {a.lot_id}"
@@ -78,10 +107,16 @@ def to_text_invoice(inv: InvoiceView) -> str:
                     label += f" ({decimal_text(a.units)} {a.unit}"
                     label += f" at {decimal_text(a.rate)}, rate v{a.rate_version})" if a.rate is not None else ")"
                 lines.append(f"{label[:62]:<62}{'-' + money(a.amount_minor):>14}")
+        if item.tax_minor and inv.tax is not None:
+            label = f"  tax {decimal_text(inv.tax.rate_percent)}%" + (" (included)" if inv.tax.inclusive else "")
+            lines.append(f"{label:<62}{money(item.tax_minor):>14}")
+    lines += ["-" * 76, f"{'Subtotal':<62}{money(inv.subtotal_minor):>14}"]
+    if inv.discount_minor:
+        lines.append(f"{'Discounts':<62}{'-' + money(inv.discount_minor):>14}")
+    lines.append(f"{'Credits applied':<62}{'-' + money(inv.credits_minor):>14}")
+    if inv.tax is not None:
+        lines.append(f"{_tax_label(inv)[:62]:<62}{money(inv.tax_minor):>14}")
     lines += [
-        "-" * 76,
-        f"{'Subtotal':<62}{money(inv.subtotal_minor):>14}",
-        f"{'Credits applied':<62}{'-' + money(inv.credits_minor):>14}",
         f"{'Amount due':<62}{money(inv.amount_due_minor):>14}",
         *(f"Note: {note}" for note in inv.credit_notes),
     ]

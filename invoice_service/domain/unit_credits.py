@@ -68,7 +68,9 @@ def value_covers(items: Sequence[LineItem], pieces: Sequence[Piece], prices: Map
                  covers: Sequence[UnitCover], field: str = "applications") -> list[Application]:
     """The applications of usage-unit lots, valued in minor units of the invoice currency.
 
-    `prices` maps a usage line's code (its meter) to its price. Each cover must name a usage piece
+    `prices` maps a usage line's id (a line of a segment after a subscription change) or else its
+    `usage_key` (its meter and variant) to its price; a discounted
+    line's value is at most its net. Each cover must name a usage piece
     of a meter counting in `unit`, and the units on one piece may not exceed its quantity."""
     by_id = {p.charge_id: p for p in pieces}
     lines = {i.line_item_id: i for i in items}
@@ -90,9 +92,9 @@ def value_covers(items: Sequence[LineItem], pieces: Sequence[Piece], prices: Map
     for line_id, line_covers in per_line.items():
         item = lines[line_id]
         covered = sum((c.units for c, _ in line_covers), _ZERO)
-        price = prices.get(item.line_item_id) or prices[item.code]  # a line of a segment: its own price
+        price = prices.get(item.line_item_id) or prices[item.usage_key]  # a line of a segment: its own price
         billed = round_to_minor(billed_after_free_units(price, item.quantity, covered), scale)
-        value = max(min(item.amount_minor - billed, item.amount_minor), 0)
+        value = max(min(item.amount_minor - billed, item.net_minor), 0)
         line_pieces = [p for p in pieces if p.line_item_id == line_id]
         out.extend(_spread(value, line_covers, line_pieces))
     return out

@@ -32,7 +32,8 @@ INSERT INTO customers (tenant_id, customer_id, name, ledger_account_id) VALUES (
 ON CONFLICT DO NOTHING RETURNING created_at
 """
 SELECT_CUSTOMER = """
-SELECT customer_id, name, ledger_account_id, created_at FROM customers WHERE tenant_id = $1 AND customer_id = $2
+SELECT customer_id, name, ledger_account_id, created_at, tax_region FROM customers
+WHERE tenant_id = $1 AND customer_id = $2
 """
 INSERT_METER = """
 INSERT INTO meters (tenant_id, meter_code, name, aggregation, property, allow_negative, unit)
@@ -173,7 +174,8 @@ class CatalogOperations:
         row = await self._pool.fetchrow(SELECT_CUSTOMER, tenant_id, customer_id)
         if row is None:
             raise not_found("customer_id", f"no customer {customer_id!r}")
-        return Customer(row["customer_id"], row["name"], row["ledger_account_id"], row["created_at"])
+        return Customer(row["customer_id"], row["name"], row["ledger_account_id"], row["created_at"],
+                        row["tax_region"])
 
     async def create_meter(self, guard: Guard, meter: Meter) -> Meter:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -214,6 +216,7 @@ class CatalogOperations:
             for i, code in enumerate(codes):
                 if code not in known:
                     raise not_found(f"usage_charges[{i}].meter_code", f"no meter {code!r}")
+            _check_dimensions(plan, known)
             created = await conn.fetchval(INSERT_PLAN, guard.tenant_id, plan.plan_id, plan.name, plan.currency,
                                           plan.interval, json.dumps(plan.components_json()))
             if created is None:
@@ -376,3 +379,12 @@ def check_overrides(plan: Plan, overrides: dict[str, Decimal | Price]) -> None:
         if (kind is ChargeKind.USAGE) != isinstance(o, Price):
             wanted = "a price" if kind is ChargeKind.USAGE else "an amount"
             raise invalid(f"price_overrides[{i}]", f"{code!r} is a {kind.value} component: override it with {wanted}")
+
+
+def _check_dimensions(plan: Plan, meters: dict[str, Meter]) -> None:
+    """Dimensions (filters, group-by, time of use) split a meter's events; distinct counts do not split."""
+    usage = [c for c in plan.components if c.kind is ChargeKind.USAGE]
+    for i, c in enumerate(usage):
+        if c.dimensions is not None and meters[c.code].aggregation is Aggregation.UNIQUE_COUNT:
+            raise invalid(f"usage_charges[{i}].group_by", f"meter {c.code!r} counts distinct values (UNIQUE_COUNT); "
+                                                          "filters, group_by and time_of_use need SUM, COUNT or MAX")

@@ -3,7 +3,8 @@
 INVOICE_COLUMNS = """
 invoice_id, customer_id, subscription_id, plan_id, ledger_account_id, currency, period_start, period_end,
 status, number, subtotal_minor, credits_minor, split_at, draft_digest, prepare_key, created_at, computed_at,
-prepared_at, finalized_at, void_prepared_at, voided_at, credit_notes, abandoned_at, abandon_reason
+prepared_at, finalized_at, void_prepared_at, voided_at, credit_notes, abandoned_at, abandon_reason,
+discount_minor, tax_minor, tax_region, tax_name, tax_rate_percent, tax_inclusive
 """
 SELECT_INVOICE = f"SELECT {INVOICE_COLUMNS} FROM invoices WHERE tenant_id = $1 AND invoice_id = $2"
 SELECT_INVOICE_FOR_UPDATE = SELECT_INVOICE + " FOR UPDATE"
@@ -78,6 +79,26 @@ FROM usage_events
 WHERE tenant_id = $1 AND customer_id = $2 AND ts >= $3 AND ts < $4 AND meter_code = ANY($6::text[])
 GROUP BY meter_code, piece
 """
+# One meter's usage per variant and per piece, for a usage charge with dimensions
+# (domain/dimensions.py): only events matching every filter ($7: {"key": ["value", ...]}), the
+# variant being "<group_by>=<value>" ($8 = group_by), or peak/off_peak by the event's local hour and
+# ISO weekday in time zone $9 ($10 peak hours, $11 peak days, none = every day), or "".
+AGGREGATE_VARIANTS = """
+SELECT CASE WHEN $8::text <> '' THEN $8::text || '=' || coalesce(properties ->> $8::text, '')
+            WHEN $9::text <> '' THEN
+                CASE WHEN extract(hour FROM ts AT TIME ZONE $9::text)::int = ANY($10::int[])
+                      AND (cardinality($11::int[]) = 0
+                           OR extract(isodow FROM ts AT TIME ZONE $9::text)::int = ANY($11::int[]))
+                     THEN 'peak' ELSE 'off_peak' END
+            ELSE '' END AS variant,
+       width_bucket(ts, $5::timestamptz[]) AS piece, sum(quantity) AS total, count(*) AS events,
+       max(quantity) AS peak
+FROM usage_events
+WHERE tenant_id = $1 AND customer_id = $2 AND ts >= $3 AND ts < $4 AND meter_code = $6
+  AND NOT EXISTS (SELECT 1 FROM jsonb_each($7::jsonb) f
+                  WHERE NOT coalesce(f.value ? (properties ->> f.key), false))
+GROUP BY variant, piece
+"""
 # Distinct values per meter; each value counts in the piece where it was first seen, so the pieces
 # add up to the period's distinct count.
 AGGREGATE_UNIQUE = """
@@ -95,7 +116,7 @@ GROUP BY meter_code, piece
 SELECT_INVOICE_FULL = f"""
 SELECT {INVOICE_COLUMNS},
   ARRAY(SELECT ROW(line_item_id, kind, code, description, quantity, unit_price, amount_minor, service_start,
-                   service_end, unit)
+                   service_end, unit, variant, discount_minor, discount_codes, tax_minor)
         FROM invoice_line_items l WHERE l.tenant_id = i.tenant_id AND l.invoice_id = i.invoice_id
         ORDER BY position) AS items,
   ARRAY(SELECT ROW(charge_id, line_item_id, kind, name, quantity, amount_minor, service_start, service_end)
@@ -120,10 +141,11 @@ DELETE FROM invoice_line_items WHERE tenant_id = $1 AND invoice_id = $2
 # Many rows in one statement: one array per column, unnested in step.
 INSERT_LINE_ITEMS = """
 INSERT INTO invoice_line_items (tenant_id, invoice_id, line_item_id, position, kind, code, description, quantity,
-                                unit_price, amount_minor, service_start, service_end, unit)
+                                unit_price, amount_minor, service_start, service_end, unit, variant,
+                                discount_minor, discount_codes, tax_minor)
 SELECT $1, $2, u.* FROM unnest($3::text[], $4::integer[], $5::text[], $6::text[], $7::text[], $8::numeric[],
                                $9::numeric[], $10::bigint[], $11::timestamptz[], $12::timestamptz[],
-                               $13::text[]) AS u
+                               $13::text[], $14::text[], $15::bigint[], $16::text[], $17::bigint[]) AS u
 """
 INSERT_CHARGES = """
 INSERT INTO invoice_charges (tenant_id, invoice_id, charge_id, line_item_id, kind, name, quantity, amount_minor,
@@ -138,12 +160,18 @@ SELECT $1, $2, u.* FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[]
                                $9::numeric[], $10::numeric[], $11::integer[]) AS u
 """
 
+# The tax columns ($n .. $n+5 after the totals): discount, tax, and the rule taxed by (region, name,
+# rate, inclusive; region '' = not taxed).
 UPDATE_DRAFT_TOTALS = """
-UPDATE invoices SET subtotal_minor = $3, computed_at = now() WHERE tenant_id = $1 AND invoice_id = $2
+UPDATE invoices SET subtotal_minor = $3, computed_at = now(), discount_minor = $4, tax_minor = $5,
+       tax_region = $6, tax_name = $7, tax_rate_percent = $8, tax_inclusive = $9
+WHERE tenant_id = $1 AND invoice_id = $2
 """
 MARK_PREPARED = """
 UPDATE invoices SET status = 'PREPARED', subtotal_minor = $3, credits_minor = $4, split_at = $5,
-       draft_digest = $6, prepare_key = $7, prepared_at = now(), computed_at = now(), credit_notes = $8
+       draft_digest = $6, prepare_key = $7, prepared_at = now(), computed_at = now(), credit_notes = $8,
+       discount_minor = $9, tax_minor = $10, tax_region = $11, tax_name = $12, tax_rate_percent = $13,
+       tax_inclusive = $14
 WHERE tenant_id = $1 AND invoice_id = $2
 """
 MARK_ABORTED = """
@@ -151,6 +179,7 @@ UPDATE invoices SET status = 'DRAFT', credits_minor = 0, split_at = '{}', draft_
        prepared_at = NULL, credit_notes = '{}'
 WHERE tenant_id = $1 AND invoice_id = $2
 """
+UPDATE_TAX_TOTAL = "UPDATE invoices SET tax_minor = $3 WHERE tenant_id = $1 AND invoice_id = $2"
 # Takes the tenant's next number and finalizes the invoice with it in one statement: the counter row
 # stays locked (serializing the tenant's commits) only from here to the commit. Gapless: a rollback
 # undoes both. Formatted as INV-000001 (at least six digits).

@@ -20,33 +20,42 @@ import asyncpg
 
 from invoice_service.domain import invoices as billing
 from invoice_service.domain.catalog import Plan, overrides_from_json
+from invoice_service.domain.dimensions import usage_key, variants
+from invoice_service.domain.discounts import apply_coupons
 from invoice_service.domain.invoices import (
     Aggregation,
     Application,
     ChargeKind,
+    Component,
     InvoiceView,
     LineItem,
+    MeterUsage,
     Piece,
     PlanTerms,
+    TaxTerms,
 )
 from invoice_service.domain.lifecycle import (
     BilledPeriod,
     Phase,
     Schedule,
+    Segment,
     SegmentTerms,
     apply_overrides,
-    segmented_line_items,
+    segment_line_items,
+    segment_pieces,
     segments,
     usage_by_segment,
 )
 from invoice_service.domain.money import currency_scale
-from invoice_service.domain.periods import INTERVAL_MONTHS
+from invoice_service.domain.periods import INTERVAL_MONTHS, period_containing
 from invoice_service.domain.pricing import Price
 from invoice_service.domain.splitting import normalize_instants
 from invoice_service.domain.states import Status, Transition, Verb, transition
+from invoice_service.domain.taxes import apply_tax
 from invoice_service.domain.unit_credits import UnitCover, left_to_pay, unit_charges, value_covers
 from invoice_service.storage import invoice_sql as sql
 from invoice_service.storage.catalog import CatalogOperations
+from invoice_service.storage.pricing_rules import customer_terms
 from service_runtime.amounts import parse_minor
 from service_runtime.idempotency import Guard, burn_key
 from service_runtime.rates import applied_minor
@@ -79,8 +88,9 @@ class Computed:
     items: list[LineItem]
     pieces: list[Piece]
     digest: str
-    prices: dict[str, Price]  # usage line code (meter) -> its price: to value units covered
+    prices: dict[str, Price]  # usage line key (meter and variant) -> its price: to value units covered
     scale: int
+    tax: TaxTerms | None = None  # the customer's tax rule now (None: not taxed)
 
     def value(self, covers: Sequence[UnitCover], field: str) -> list[Application]:
         return value_covers(self.items, self.pieces, self.prices, self.scale, covers, field)
@@ -140,9 +150,10 @@ class InvoiceOperations:
                                              p.start)
             if header["status"] == Status.DRAFT.value:
                 computed = await self._compute(conn, tenant, header, [], ctx)
-                await self._replace_line_items(conn, tenant, header["invoice_id"], computed.items)
+                items = apply_tax(computed.items, {}, computed.tax, computed.scale)
+                await self._replace_line_items(conn, tenant, header["invoice_id"], items)
                 await conn.execute(sql.UPDATE_DRAFT_TOTALS, tenant, header["invoice_id"],
-                                   sum(i.amount_minor for i in computed.items))
+                                   *_totals(items, computed.tax))
             view = await self._load(conn, tenant, header["invoice_id"])
             await guard.record(conn, view)
             return view
@@ -173,7 +184,9 @@ class InvoiceOperations:
             cut = normalize_instants(instants, header["period_start"], header["period_end"])
             computed = await self._compute(conn, tenant, header, cut, _context(header))
             valued = computed.value(_unit_covers(list(enumerate(covers))), "unit_applications")
-            view = _view(header, computed.items, computed.pieces, (), tuple(cut), computed.digest)
+            items = apply_tax(computed.items, _credits(valued), computed.tax, computed.scale)
+            view = dataclasses.replace(_view(header, items, computed.pieces, (), tuple(cut), computed.digest),
+                                       tax=computed.tax)
             left = left_to_pay(computed.pieces, valued)
             net = [dataclasses.replace(p, amount_minor=left[p.charge_id]) for p in computed.pieces
                    if left[p.charge_id] > 0]
@@ -203,17 +216,18 @@ class InvoiceOperations:
             apps = unit_apps + _check_applications([(n, a) for n, a in indexed if not a.unit], computed.pieces,
                                                    scale, left)
             apps += _converted([(n, a) for n, a in indexed if a.converted], computed.pieces, scale, left)
+            items = apply_tax(computed.items, _credits(apps), computed.tax, scale)
             await conn.execute(sql.DELETE_CHARGES_AND_LINE_ITEMS, tenant, invoice_id)
-            await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(computed.items))
+            await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
             await _insert_rows(conn, sql.INSERT_CHARGES, tenant, invoice_id, [
                 (p.charge_id, p.line_item_id, p.kind.value, p.name, p.quantity, p.amount_minor, p.service_start,
                  p.service_end) for p in computed.pieces])
             await _insert_rows(conn, sql.INSERT_APPLICATIONS, tenant, invoice_id, [
                 (n, a.charge_id, a.lot_id, a.lot_type, a.amount_minor, a.unit, a.units, a.rate, a.rate_version)
                 for n, a in enumerate(apps)])
-            await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, sum(i.amount_minor for i in computed.items),
-                               sum(a.amount_minor for a in apps), cut, computed.digest, guard.key,
-                               list(credit_notes))
+            subtotal, *taxed = _totals(items, computed.tax)
+            await conn.execute(sql.MARK_PREPARED, tenant, invoice_id, subtotal, sum(a.amount_minor for a in apps),
+                               cut, computed.digest, guard.key, list(credit_notes), *taxed)
             view = await self._load(conn, tenant, invoice_id)
             await guard.record(conn, view)
             return view
@@ -242,6 +256,7 @@ class InvoiceOperations:
             await conn.execute(sql.DELETE_APPLICATIONS, guard.tenant_id, invoice_id)
             await conn.execute(sql.DELETE_CHARGES, guard.tenant_id, invoice_id)
             await conn.execute(sql.MARK_ABORTED, guard.tenant_id, invoice_id)
+            await self._retax_without_credits(conn, guard.tenant_id, invoice_id)
 
         async def null_compensation(conn: asyncpg.Connection) -> None:
             if prepare_key:
@@ -358,7 +373,8 @@ class InvoiceOperations:
         row = await conn.fetchrow(sql.SELECT_INVOICE_FULL, tenant, invoice_id)
         if row is None:
             raise not_found("invoice_id", f"no invoice {invoice_id!r}")
-        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+        items = [LineItem(r[0], ChargeKind(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+                          tuple(c for c in r[12].split(",") if c), r[13])
                  for r in row["items"]]
         pieces = [Piece(r[0], r[1], ChargeKind(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in row["pieces"]]
         apps = [Application(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in row["apps"]]
@@ -368,7 +384,9 @@ class InvoiceOperations:
                        instants: Sequence[datetime], ctx: Mapping[str, Any] | None = None) -> Computed:
         """Prices the period from the events stored now (aggregated by Postgres) and cuts it at the
         lot `instants`; a subscription change inside the period cuts it into segments too (one per
-        phase, domain/lifecycle.py). `ctx` is the billing context if the caller read it."""
+        phase, domain/lifecycle.py), each pricing its own events with its plan's dimensional and
+        time-of-use variants. Then the commitment true-up over the whole period, then coupons (the
+        order of invoice_service/README.md). `ctx` is the billing context if the caller read it."""
         if ctx is None:
             ctx = await self._billing_context(conn, tenant, header["customer_id"], header["subscription_id"])
         start, end = header["period_start"], header["period_end"]
@@ -376,49 +394,82 @@ class InvoiceOperations:
                             ctx["calendar_aligned"], ctx["ends_at"])
         period = schedule.period_starting_at(start) or BilledPeriod(0, start, end, start, end)
         period = dataclasses.replace(period, end=end)
+        phases, terms = await self._phases(conn, tenant, header, ctx["currency"])
+        parts = segments(phases, start, end)
+        edges = sorted(set(instants) | {p.start for p in parts[1:]})
+        by_phase = {ph.effective_at: t for ph, t in zip(phases, terms, strict=True)}
+        part_terms = [by_phase[part.phase.effective_at] for part in parts]
+        components = [c for t in part_terms for c in t.components if c.kind is ChargeKind.USAGE]
+        raw, peaks = await self._usage(conn, tenant, header, components, edges)
+        seg_terms = [SegmentTerms(part, t, _segment_usage(raw, peaks, edges, part, t))
+                     for part, t in zip(parts, part_terms, strict=True)]
+        meters = await self._catalog.meters(conn, tenant, sorted({c.code for c in components}))
+        items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i
+                 for i in segment_line_items(seg_terms, period)]
+        redemptions, rule = await customer_terms(conn, tenant, header["customer_id"])
+        coupons = [r.coupon for r in redemptions if r.covers(_period_index(schedule, r.redeemed_at), period.index)]
+        scale = currency_scale(ctx["currency"])
+        items = apply_coupons(items, coupons, scale, ctx["currency"])
+        pieces = segment_pieces(items, seg_terms, instants)
+        return Computed(items, pieces, billing.digest(items, pieces), _usage_prices(seg_terms, items), scale,
+                        rule.terms if rule else None)
+
+    async def _phases(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
+                      currency: str) -> tuple[list[Phase], list[PlanTerms]]:
+        """The phases in force during the invoice's period, each with its plan version's terms (overrides applied)."""
         phases: list[Phase] = []
         terms: list[PlanTerms] = []
+        start, end = header["period_start"], header["period_end"]
         for r in await conn.fetch(sql.SELECT_PHASES, tenant, header["subscription_id"], start, end):
             q = json.loads(r["quantities"])
             phase = Phase(max(r["effective_at"], start), r["plan_id"], r["plan_version"],
                           {**q["add_ons"], **q["licenses"]}, overrides_from_json(json.loads(r["overrides"])))
             components = apply_overrides(Plan.components_from_json(json.loads(r["terms"])), phase.overrides)
             phases.append(phase)
-            terms.append(PlanTerms(r["plan_id"], ctx["currency"], currency_scale(ctx["currency"]), components))
-        parts = segments(phases, start, end)
-        boundaries = [p.start for p in parts[1:]]
-        edges = sorted(set(instants) | set(boundaries))
-        codes = sorted({c.code for t in terms for c in t.components if c.kind is ChargeKind.USAGE})
-        raw, peaks = await self._usage(conn, tenant, header, codes, edges)
-        usage = usage_by_segment(raw, peaks, edges, parts)
-        by_phase = {ph.effective_at: t for ph, t in zip(phases, terms, strict=True)}
-        seg_terms = [SegmentTerms(part, by_phase[part.phase.effective_at], u)
-                     for part, u in zip(parts, usage, strict=True)]
-        items, pieces = segmented_line_items(seg_terms, period, instants)
-        meters = await self._catalog.meters(conn, tenant, codes)
-        items = [dataclasses.replace(i, unit=meters[i.code].unit) if i.kind is ChargeKind.USAGE else i for i in items]
-        prices = _usage_prices(seg_terms, items)
-        return Computed(items, pieces, billing.digest(items, pieces), prices, terms[0].scale)
+            terms.append(PlanTerms(r["plan_id"], currency, currency_scale(currency), components))
+        return phases, terms
 
-    async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record, codes: list[str],
-                     edges: list[datetime]) -> tuple[dict[str, dict[int, Decimal]], frozenset[str]]:
-        """Per meter, its quantity per piece (the number of `edges` at or before the event), and the MAX meters."""
-        meters = await self._catalog.meters(conn, tenant, codes)
+    async def _usage(self, conn: asyncpg.Connection, tenant: str, header: asyncpg.Record,
+                     components: Sequence[Component], edges: list[datetime]) -> tuple[RawUsage, frozenset[str]]:
+        """Per (aggregation spec, usage key), the quantity per piece (the number of `edges` at or
+        before the event), and the MAX meters. A plain usage charge's spec is "" and its key the
+        meter code; a dimensional one's spec is its filters/group-by/time of use (`_spec`), so two
+        plan versions splitting one meter differently each get their own totals."""
+        dimensional = {_spec(c): c for c in components if c.dimensions is not None}
+        codes = sorted({c.code for c in components if c.dimensions is None})
+        meters = await self._catalog.meters(conn, tenant, sorted({c.code for c in components}))
         unique = [c for c in codes if meters[c].aggregation is Aggregation.UNIQUE_COUNT]
         plain = [c for c in codes if c not in unique]
         args = (tenant, header["customer_id"], header["period_start"], header["period_end"], edges)
-        pieces: dict[str, dict[int, Decimal]] = {c: {} for c in codes}
+        pieces: RawUsage = {}
         if plain:
             for r in await conn.fetch(sql.AGGREGATE_USAGE, *args, plain):
                 agg = meters[r["meter_code"]].aggregation
                 value = {Aggregation.SUM: r["total"], Aggregation.COUNT: Decimal(r["events"]),
                          Aggregation.MAX: r["peak"]}[agg]
-                pieces[r["meter_code"]][r["piece"]] = value
+                pieces.setdefault(("", r["meter_code"]), {})[r["piece"]] = value
         if unique:
             for r in await conn.fetch(sql.AGGREGATE_UNIQUE, *args, unique):
-                pieces[r["meter_code"]][r["piece"]] = Decimal(r["total"])
-        peaks = frozenset(c for c in codes if meters[c].aggregation is Aggregation.MAX)
-        return pieces, peaks
+                pieces.setdefault(("", r["meter_code"]), {})[r["piece"]] = Decimal(r["total"])
+        for spec, c in dimensional.items():
+            assert c.dimensions is not None
+            dims, tou = c.dimensions, c.dimensions.time_of_use
+            rows = await conn.fetch(sql.AGGREGATE_VARIANTS, *args, c.code, json.dumps(dims.filters_json()),
+                                    dims.group_by, tou.time_zone if tou else "", list(tou.peak_hours) if tou else [],
+                                    list(tou.peak_days) if tou else [])
+            agg = meters[c.code].aggregation
+            for r in rows:
+                value = {Aggregation.SUM: r["total"], Aggregation.COUNT: Decimal(r["events"]),
+                         Aggregation.MAX: r["peak"]}[agg]
+                pieces.setdefault((spec, usage_key(c.code, r["variant"])), {})[r["piece"]] = value
+        return pieces, frozenset(c for c in meters if meters[c].aggregation is Aggregation.MAX)
+
+    async def _retax_without_credits(self, conn: asyncpg.Connection, tenant: str, invoice_id: str) -> None:
+        """After an abort the credits are gone: the lines' tax is again on their whole net."""
+        view = await self._load(conn, tenant, invoice_id)
+        items = apply_tax(view.line_items, {}, view.tax, view.scale)
+        await self._replace_line_items(conn, tenant, invoice_id, items)
+        await conn.execute(sql.UPDATE_TAX_TOTAL, tenant, invoice_id, sum(i.tax_minor for i in items))
 
     async def _replace_line_items(self, conn: asyncpg.Connection, tenant: str, invoice_id: str,
                                   items: Sequence[LineItem]) -> None:
@@ -426,17 +477,63 @@ class InvoiceOperations:
         await _insert_rows(conn, sql.INSERT_LINE_ITEMS, tenant, invoice_id, _line_item_rows(items))
 
 
+RawUsage = dict[tuple[str, str], dict[int, Decimal]]
+
+
+def _spec(c: Component) -> str:
+    """What splits a usage charge's events (filters, group-by, time of use); "" = nothing (plain)."""
+    if c.dimensions is None:
+        return ""
+    dims, tou = c.dimensions, c.dimensions.time_of_use
+    return json.dumps([c.code, dims.filters_json(), dims.group_by,
+                       None if tou is None else [tou.time_zone, list(tou.peak_hours), list(tou.peak_days)]])
+
+
+def _segment_usage(raw: RawUsage, peaks: frozenset[str], edges: Sequence[datetime], part: Segment,
+                   terms: PlanTerms) -> dict[str, MeterUsage]:
+    """A segment's usage keyed by usage_key, aggregated as its own plan's usage charges split the events."""
+    wanted = {(_spec(c), c.code) for c in terms.components if c.kind is ChargeKind.USAGE}
+    mine = {key: by_piece for (spec, key), by_piece in raw.items() if (spec, key.split("[", 1)[0]) in wanted}
+    peak_keys = frozenset(k for k in mine if k.split("[", 1)[0] in peaks)
+    return usage_by_segment(mine, peak_keys, edges, [part])[0]
+
+
+def _period_index(schedule: Schedule, instant: datetime) -> int:
+    """The number of the billing period holding `instant` (0 before the first): a coupon's first period."""
+    return max(period_containing(schedule.base, schedule.months, instant).index, 0)
+
+
 def _usage_prices(parts: Sequence[SegmentTerms], items: Sequence[LineItem]) -> dict[str, Price]:
-    """Each usage line's price (by line item id, and by meter for the last segment that prices it)."""
+    """Each usage line's price (the variant's own price for dimensional and time-of-use lines), by
+    line item id and by usage key (meter and variant; the last segment that prices it)."""
     prices: dict[str, Price] = {}
     for part in parts:
-        for c in part.terms.components:
-            if c.kind is ChargeKind.USAGE and c.price is not None:
-                prices[c.code] = c.price
-                for i in items:
-                    if i.kind is ChargeKind.USAGE and i.code == c.code and i.service_start == part.segment.start:
-                        prices[i.line_item_id] = c.price
+        components = {c.code: c for c in part.terms.components if c.kind is ChargeKind.USAGE}
+        for i in items:
+            c = components.get(i.code)
+            if i.kind is not ChargeKind.USAGE or c is None or c.price is None \
+                    or i.service_start != part.segment.start:
+                continue
+            price = c.price
+            if c.dimensions is not None and i.variant:
+                price = dict(variants(c.dimensions, c.price, [i.variant])).get(i.variant, c.price)
+            prices[i.line_item_id] = price
+            prices[i.usage_key] = price
     return prices
+
+
+def _credits(apps: Sequence[Application]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for a in apps:
+        out[a.line_item_id] = out.get(a.line_item_id, 0) + a.amount_minor
+    return out
+
+
+def _totals(items: Sequence[LineItem], tax: TaxTerms | None) -> tuple[Any, ...]:
+    """subtotal, discount, tax and the rule's columns (region, name, rate, inclusive) of an invoice."""
+    return (sum(i.amount_minor for i in items), sum(i.discount_minor for i in items),
+            sum(i.tax_minor for i in items), tax.region if tax else "", tax.name if tax else "",
+            tax.rate_percent if tax else None, tax.inclusive if tax else False)
 
 
 def _context(header: asyncpg.Record) -> dict[str, Any]:
@@ -446,7 +543,8 @@ def _context(header: asyncpg.Record) -> dict[str, Any]:
 
 def _line_item_rows(items: Sequence[LineItem]) -> list[tuple[Any, ...]]:
     return [(i.line_item_id, n, i.kind.value, i.code, i.description, i.quantity, i.unit_price, i.amount_minor,
-             i.service_start, i.service_end, i.unit) for n, i in enumerate(items)]
+             i.service_start, i.service_end, i.unit, i.variant, i.discount_minor, ",".join(i.discount_codes),
+             i.tax_minor) for n, i in enumerate(items)]
 
 
 async def _insert_rows(conn: asyncpg.Connection, query: str, tenant: str, invoice_id: str,
@@ -506,11 +604,16 @@ def _view(header: asyncpg.Record, items: Sequence[LineItem], pieces: Sequence[Pi
           apps: Sequence[Application], split_at: tuple[datetime, ...], digest: str) -> InvoiceView:
     subtotal = sum(i.amount_minor for i in items) if items else header["subtotal_minor"]
     credits = sum(a.amount_minor for a in apps) if apps else header["credits_minor"]
+    discount = sum(i.discount_minor for i in items) if items else header["discount_minor"]
+    tax = sum(i.tax_minor for i in items) if items else header["tax_minor"]
+    terms = (TaxTerms(header["tax_region"], header["tax_name"], header["tax_rate_percent"], header["tax_inclusive"])
+             if header["tax_region"] else None)
     return InvoiceView(
         header["invoice_id"], header["customer_id"], header["ledger_account_id"], header["subscription_id"],
         header["plan_id"], header["currency"], currency_scale(header["currency"]), header["status"],
         header["number"] or "", header["period_start"], header["period_end"], tuple(items), tuple(pieces),
         tuple(apps), split_at, digest, header["prepare_key"], subtotal, credits, header["created_at"],
         header["computed_at"], header["prepared_at"], header["finalized_at"], header["void_prepared_at"],
-        header["voided_at"], tuple(header["credit_notes"]), header["abandoned_at"], header["abandon_reason"])
+        header["voided_at"], tuple(header["credit_notes"]), header["abandoned_at"], header["abandon_reason"],
+        discount, tax, terms)
 

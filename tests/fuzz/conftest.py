@@ -255,6 +255,9 @@ async def seed_invoice_tenant(stub: invoice_pb2_grpc.InvoiceServiceStub, t: Tena
     await stub.CreateMeter(ipb.CreateMeterRequest(idempotency_key="s-m2", meter_code=meters[1],
                                                   aggregation=ipb.UNIQUE_COUNT, property="user"), metadata=md)
     t.add("meter", *meters)
+    await stub.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="s-coupon",
+        coupon_code=f"{p}-coupon", name=secret + "coupon", percent_off="10", duration_periods=1), metadata=md)
+    t.add("coupon", f"{p}-coupon")
     plan = _plan(f"{p}-plan", meters)
     plan.name = secret + "plan"
     await stub.CreatePlan(plan, metadata=md)

@@ -102,6 +102,8 @@ def _nanos_request(method_name: str, a: Tenant, stamp: Timestamp) -> Message:
         "CancelSubscription": lambda: ipb.CancelSubscriptionRequest(
             idempotency_key="nanos-cancel", subscription_id=f"{p}-sub3", at=_shifted(stamp, 50 * 86400)),
         "ListDueSubscriptions": lambda: ipb.ListDueSubscriptionsRequest(as_of=stamp),
+        "RedeemCoupon": lambda: ipb.RedeemCouponRequest(idempotency_key="nanos-redeem", customer_id=f"{p}-cust4",
+                                                        coupon_code=f"{p}-coupon", redeemed_at=stamp),
         "IngestEvent": lambda: ipb.IngestEventRequest(idempotency_key="nanos-ev", event=event),
         "IngestEvents": lambda: ipb.IngestEventsRequest(idempotency_key="nanos-evs", events=[event]),
         "CreateDraft": lambda: ipb.CreateDraftRequest(idempotency_key="nanos-draft", customer_id=f"{p}-cust1",
@@ -134,7 +136,8 @@ NANOS_CASES = {"CreateSubscription": "anchor", "CreateSubscription.trial_end": "
                "IngestEvents": "events.timestamp", "CreateDraft": "period_start", "SplitDraft": "split_at",
                "PrepareFinalize": "split_at", "ListInvoices.prepared_before": "prepared_before",
                "ListInvoices.period_start": "period_start", "GetUsageSeries.from": "from",
-               "GetUsageSeries.to": "to", "ListTopCustomers.from": "from", "ListTopCustomers.to": "to"}
+               "GetUsageSeries.to": "to", "ListTopCustomers.from": "from", "ListTopCustomers.to": "to",
+               "RedeemCoupon": "redeemed_at"}
 
 
 def test_every_invoice_timestamp_has_a_nanos_case() -> None:

@@ -239,3 +239,30 @@ async def test_a_revoked_links_live_balance_ends_at_the_next_change(portal: Port
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await asyncio.wait_for(stream.read(), 20)
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (ended.value.details() or "")
+
+
+async def test_an_invoice_page_shows_its_discounts_and_tax(portal: Portal) -> None:
+    s, md = portal.stack.services, portal.stack.md
+    await s.invoice.SetTaxRule(ipb.SetTaxRuleRequest(idempotency_key="t", region="NL", name="BTW 21%", rate="21",
+                                                     inclusive=True), metadata=md)
+    await s.invoice.SetCustomerTaxRegion(ipb.SetCustomerTaxRegionRequest(
+        idempotency_key="tr", customer_id="anna", tax_region="NL"), metadata=md)
+    await s.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="c",
+        coupon_code="WELCOME10", percent_off="10"), metadata=md)
+    august = (await portal_draft(portal)).period_start
+    await s.invoice.RedeemCoupon(ipb.RedeemCouponRequest(idempotency_key="r", customer_id="anna",
+                                                         coupon_code="WELCOME10", redeemed_at=august), metadata=md)
+    draft = await s.invoice.CreateDraft(ipb.CreateDraftRequest(idempotency_key="again", customer_id="anna",
+                                                               period_start=august), metadata=md)
+    # anna's August usage, 40.00 + 60.00, 10% off: 36.00 + 54.00 = 90.00, which includes 21% per line:
+    # 36.00 - round(36 / 1.21 = 29.752) = 6.25 and 54.00 - round(54 / 1.21 = 44.628) = 9.37, 15.62 in all
+    assert (draft.discounts, draft.tax, draft.amount_due) == ("10.00", "15.62", "90.00")
+    async with portal.signed_in("anna") as web:
+        page = await web.get(f"/invoices/{portal.draft_id}")
+    assert "discounts <strong>10.00</strong>" in page.text
+    assert "BTW 21% <strong>15.62</strong> (included)" in page.text
+
+
+async def portal_draft(portal: Portal) -> ipb.Invoice:
+    return await portal.stack.services.invoice.GetInvoice(ipb.GetInvoiceRequest(invoice_id=portal.draft_id),
+                                                          metadata=portal.stack.md)

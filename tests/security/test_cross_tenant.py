@@ -21,7 +21,8 @@ from tests.security.conftest import TENANT_A, TENANT_B, Stack, code_of
 LEDGER = pb.DESCRIPTOR.services_by_name["LedgerService"]
 INVOICE = ipb.DESCRIPTOR.services_by_name["InvoiceService"]
 # Creating an object under an id is not a cross-tenant read: B gets its own (tested elsewhere).
-CREATES = {"CreateAccount", "CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription", "DefineUnit"}
+CREATES = {"CreateAccount", "CreateCustomer", "CreateMeter", "CreatePlan", "CreateSubscription", "DefineUnit",
+           "CreateCoupon"}
 
 
 def md(key: str) -> list[tuple[str, str]]:
@@ -63,12 +64,15 @@ async def seed_a(stack: Stack) -> dict[str, str]:
     await seed_catalog(env, anchor=when(1))
     invoice = await stack.invoice.CreateDraft(ipb.CreateDraftRequest(
         idempotency_key="d", customer_id="john-wick", period_start=_ts(when(1))), metadata=a)
+    await stack.invoice.CreateCoupon(ipb.CreateCouponRequest(idempotency_key="cp",
+        coupon_code="a-secret-coupon", percent_off="10"), metadata=a)
     return {
         "account_id": "acct-john-wick", "parent_account_id": "acct-john-wick", "from_account_id": "acct-john-wick",
         "to_account_id": "a-secret-2", "lot_id": lot.lot_id, "hold_key": "a-secret-hold",
         "transfer_id": transfer.transfer_id, "request_id": request.grant_request.request_id,
         "customer_id": "john-wick", "subscription_id": "sub-john-wick", "plan_id": "chatppt-pro",
         "meter_code": "input_tokens", "invoice_id": invoice.invoice_id, "ledger_account_id": "acct-john-wick",
+        "coupon_code": "a-secret-coupon",
     }
 
 

@@ -116,16 +116,18 @@ DAY: UsageGranularity
 HOUR: UsageGranularity
 
 class Customer(_message.Message):
-    __slots__ = ("customer_id", "name", "ledger_account_id", "created_at")
+    __slots__ = ("customer_id", "name", "ledger_account_id", "created_at", "tax_region")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TAX_REGION_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     name: str
     ledger_account_id: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, customer_id: _Optional[str] = ..., name: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tax_region: str
+    def __init__(self, customer_id: _Optional[str] = ..., name: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tax_region: _Optional[str] = ...) -> None: ...
 
 class CreateCustomerRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "name", "ledger_account_id")
@@ -212,12 +214,20 @@ class Price(_message.Message):
     def __init__(self, model: _Optional[_Union[PriceModel, str]] = ..., unit_amount: _Optional[str] = ..., flat_amount: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ...) -> None: ...
 
 class UsageCharge(_message.Message):
-    __slots__ = ("meter_code", "price")
+    __slots__ = ("meter_code", "price", "group_by", "filters", "dimension_prices", "time_of_use")
     METER_CODE_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_PRICES_FIELD_NUMBER: _ClassVar[int]
+    TIME_OF_USE_FIELD_NUMBER: _ClassVar[int]
     meter_code: str
     price: Price
-    def __init__(self, meter_code: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+    group_by: str
+    filters: _containers.RepeatedCompositeFieldContainer[PropertyFilter]
+    dimension_prices: _containers.RepeatedCompositeFieldContainer[DimensionPrice]
+    time_of_use: TimeOfUse
+    def __init__(self, meter_code: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., group_by: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[PropertyFilter, _Mapping]]] = ..., dimension_prices: _Optional[_Iterable[_Union[DimensionPrice, _Mapping]]] = ..., time_of_use: _Optional[_Union[TimeOfUse, _Mapping]] = ...) -> None: ...
 
 class FixedFee(_message.Message):
     __slots__ = ("code", "name", "amount")
@@ -250,7 +260,7 @@ class License(_message.Message):
     def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., unit_amount: _Optional[str] = ...) -> None: ...
 
 class Plan(_message.Message):
-    __slots__ = ("plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "created_at", "version")
+    __slots__ = ("plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "created_at", "version", "minimum_commitment")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +271,7 @@ class Plan(_message.Message):
     LICENSES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     name: str
     currency: str
@@ -271,10 +282,11 @@ class Plan(_message.Message):
     licenses: _containers.RepeatedCompositeFieldContainer[License]
     created_at: _timestamp_pb2.Timestamp
     version: int
-    def __init__(self, plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    minimum_commitment: str
+    def __init__(self, plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
 
 class CreatePlanRequest(_message.Message):
-    __slots__ = ("idempotency_key", "plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses")
+    __slots__ = ("idempotency_key", "plan_id", "name", "currency", "interval", "usage_charges", "fixed_fees", "add_ons", "licenses", "minimum_commitment")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +296,7 @@ class CreatePlanRequest(_message.Message):
     FIXED_FEES_FIELD_NUMBER: _ClassVar[int]
     ADD_ONS_FIELD_NUMBER: _ClassVar[int]
     LICENSES_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     plan_id: str
     name: str
@@ -293,7 +306,8 @@ class CreatePlanRequest(_message.Message):
     fixed_fees: _containers.RepeatedCompositeFieldContainer[FixedFee]
     add_ons: _containers.RepeatedCompositeFieldContainer[AddOn]
     licenses: _containers.RepeatedCompositeFieldContainer[License]
-    def __init__(self, idempotency_key: _Optional[str] = ..., plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ...) -> None: ...
+    minimum_commitment: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., plan_id: _Optional[str] = ..., name: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[BillingInterval, str]] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., fixed_fees: _Optional[_Iterable[_Union[FixedFee, _Mapping]]] = ..., add_ons: _Optional[_Iterable[_Union[AddOn, _Mapping]]] = ..., licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
     __slots__ = ("plan_id", "version")
@@ -549,7 +563,7 @@ class IngestEventsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class LineItem(_message.Message):
-    __slots__ = ("line_item_id", "kind", "code", "description", "quantity", "unit_price", "amount", "service_start", "service_end", "credits_applied", "amount_due", "unit", "units_covered")
+    __slots__ = ("line_item_id", "kind", "code", "description", "quantity", "unit_price", "amount", "service_start", "service_end", "credits_applied", "amount_due", "unit", "units_covered", "variant", "discount", "discount_codes", "tax")
     LINE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -563,6 +577,10 @@ class LineItem(_message.Message):
     AMOUNT_DUE_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     UNITS_COVERED_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_CODES_FIELD_NUMBER: _ClassVar[int]
+    TAX_FIELD_NUMBER: _ClassVar[int]
     line_item_id: str
     kind: ChargeKind
     code: str
@@ -576,7 +594,11 @@ class LineItem(_message.Message):
     amount_due: str
     unit: str
     units_covered: str
-    def __init__(self, line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., code: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., unit: _Optional[str] = ..., units_covered: _Optional[str] = ...) -> None: ...
+    variant: str
+    discount: str
+    discount_codes: _containers.RepeatedScalarFieldContainer[str]
+    tax: str
+    def __init__(self, line_item_id: _Optional[str] = ..., kind: _Optional[_Union[ChargeKind, str]] = ..., code: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., service_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., unit: _Optional[str] = ..., units_covered: _Optional[str] = ..., variant: _Optional[str] = ..., discount: _Optional[str] = ..., discount_codes: _Optional[_Iterable[str]] = ..., tax: _Optional[str] = ...) -> None: ...
 
 class Charge(_message.Message):
     __slots__ = ("charge_id", "line_item_id", "kind", "name", "quantity", "amount", "service_start", "service_end", "unit")
@@ -623,7 +645,7 @@ class CreditApplication(_message.Message):
     def __init__(self, charge_id: _Optional[str] = ..., lot_id: _Optional[str] = ..., lot_type: _Optional[str] = ..., amount: _Optional[str] = ..., line_item_id: _Optional[str] = ..., unit: _Optional[str] = ..., units: _Optional[str] = ..., rate: _Optional[str] = ..., rate_version: _Optional[int] = ...) -> None: ...
 
 class Invoice(_message.Message):
-    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes", "abandoned_at", "abandon_reason")
+    __slots__ = ("invoice_id", "customer_id", "ledger_account_id", "subscription_id", "plan_id", "currency", "status", "number", "period_start", "period_end", "line_items", "charges", "applications", "subtotal", "credits_applied", "amount_due", "split_at", "draft_digest", "prepare_key", "created_at", "computed_at", "prepared_at", "finalized_at", "void_prepared_at", "voided_at", "credit_notes", "abandoned_at", "abandon_reason", "discounts", "tax", "tax_region", "tax_name", "tax_rate", "tax_inclusive")
     INVOICE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -652,6 +674,12 @@ class Invoice(_message.Message):
     CREDIT_NOTES_FIELD_NUMBER: _ClassVar[int]
     ABANDONED_AT_FIELD_NUMBER: _ClassVar[int]
     ABANDON_REASON_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TAX_FIELD_NUMBER: _ClassVar[int]
+    TAX_REGION_FIELD_NUMBER: _ClassVar[int]
+    TAX_NAME_FIELD_NUMBER: _ClassVar[int]
+    TAX_RATE_FIELD_NUMBER: _ClassVar[int]
+    TAX_INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     invoice_id: str
     customer_id: str
     ledger_account_id: str
@@ -680,7 +708,13 @@ class Invoice(_message.Message):
     credit_notes: _containers.RepeatedScalarFieldContainer[str]
     abandoned_at: _timestamp_pb2.Timestamp
     abandon_reason: str
-    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ..., abandoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., abandon_reason: _Optional[str] = ...) -> None: ...
+    discounts: str
+    tax: str
+    tax_region: str
+    tax_name: str
+    tax_rate: str
+    tax_inclusive: bool
+    def __init__(self, invoice_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., ledger_account_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[InvoiceStatus, str]] = ..., number: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., charges: _Optional[_Iterable[_Union[Charge, _Mapping]]] = ..., applications: _Optional[_Iterable[_Union[CreditApplication, _Mapping]]] = ..., subtotal: _Optional[str] = ..., credits_applied: _Optional[str] = ..., amount_due: _Optional[str] = ..., split_at: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., draft_digest: _Optional[str] = ..., prepare_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., computed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finalized_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., void_prepared_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., credit_notes: _Optional[_Iterable[str]] = ..., abandoned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., abandon_reason: _Optional[str] = ..., discounts: _Optional[str] = ..., tax: _Optional[str] = ..., tax_region: _Optional[str] = ..., tax_name: _Optional[str] = ..., tax_rate: _Optional[str] = ..., tax_inclusive: _Optional[bool] = ...) -> None: ...
 
 class CreateDraftRequest(_message.Message):
     __slots__ = ("idempotency_key", "customer_id", "period_start", "subscription_id")
@@ -1005,3 +1039,165 @@ class MigrateSubscriptionRequest(_message.Message):
     effective_at: _timestamp_pb2.Timestamp
     version: int
     def __init__(self, idempotency_key: _Optional[str] = ..., subscription_id: _Optional[str] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PropertyFilter(_message.Message):
+    __slots__ = ("property", "values")
+    PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    property: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, property: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DimensionPrice(_message.Message):
+    __slots__ = ("value", "price")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    price: Price
+    def __init__(self, value: _Optional[str] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class TimeOfUse(_message.Message):
+    __slots__ = ("time_zone", "peak_hours", "peak_days", "peak_price")
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_HOURS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_PRICE_FIELD_NUMBER: _ClassVar[int]
+    time_zone: str
+    peak_hours: _containers.RepeatedScalarFieldContainer[int]
+    peak_days: _containers.RepeatedScalarFieldContainer[int]
+    peak_price: Price
+    def __init__(self, time_zone: _Optional[str] = ..., peak_hours: _Optional[_Iterable[int]] = ..., peak_days: _Optional[_Iterable[int]] = ..., peak_price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+
+class TaxRule(_message.Message):
+    __slots__ = ("region", "name", "rate", "inclusive", "updated_at")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    name: str
+    rate: str
+    inclusive: bool
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, region: _Optional[str] = ..., name: _Optional[str] = ..., rate: _Optional[str] = ..., inclusive: _Optional[bool] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetTaxRuleRequest(_message.Message):
+    __slots__ = ("idempotency_key", "region", "name", "rate", "inclusive")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    region: str
+    name: str
+    rate: str
+    inclusive: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., region: _Optional[str] = ..., name: _Optional[str] = ..., rate: _Optional[str] = ..., inclusive: _Optional[bool] = ...) -> None: ...
+
+class ListTaxRulesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTaxRulesResponse(_message.Message):
+    __slots__ = ("rules", "next_page_token")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[TaxRule]
+    next_page_token: str
+    def __init__(self, rules: _Optional[_Iterable[_Union[TaxRule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SetCustomerTaxRegionRequest(_message.Message):
+    __slots__ = ("idempotency_key", "customer_id", "tax_region")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TAX_REGION_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    customer_id: str
+    tax_region: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., tax_region: _Optional[str] = ...) -> None: ...
+
+class Coupon(_message.Message):
+    __slots__ = ("coupon_code", "name", "percent_off", "amount_off", "currency", "duration_periods", "applies_to", "created_at")
+    COUPON_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_OFF_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_OFF_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    coupon_code: str
+    name: str
+    percent_off: str
+    amount_off: str
+    currency: str
+    duration_periods: int
+    applies_to: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, coupon_code: _Optional[str] = ..., name: _Optional[str] = ..., percent_off: _Optional[str] = ..., amount_off: _Optional[str] = ..., currency: _Optional[str] = ..., duration_periods: _Optional[int] = ..., applies_to: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCouponRequest(_message.Message):
+    __slots__ = ("idempotency_key", "coupon_code", "name", "percent_off", "amount_off", "currency", "duration_periods", "applies_to")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    COUPON_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_OFF_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_OFF_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    coupon_code: str
+    name: str
+    percent_off: str
+    amount_off: str
+    currency: str
+    duration_periods: int
+    applies_to: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., coupon_code: _Optional[str] = ..., name: _Optional[str] = ..., percent_off: _Optional[str] = ..., amount_off: _Optional[str] = ..., currency: _Optional[str] = ..., duration_periods: _Optional[int] = ..., applies_to: _Optional[str] = ...) -> None: ...
+
+class ListCouponsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListCouponsResponse(_message.Message):
+    __slots__ = ("coupons", "next_page_token")
+    COUPONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    coupons: _containers.RepeatedCompositeFieldContainer[Coupon]
+    next_page_token: str
+    def __init__(self, coupons: _Optional[_Iterable[_Union[Coupon, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RedeemCouponRequest(_message.Message):
+    __slots__ = ("idempotency_key", "customer_id", "coupon_code", "redeemed_at")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    COUPON_CODE_FIELD_NUMBER: _ClassVar[int]
+    REDEEMED_AT_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    customer_id: str
+    coupon_code: str
+    redeemed_at: _timestamp_pb2.Timestamp
+    def __init__(self, idempotency_key: _Optional[str] = ..., customer_id: _Optional[str] = ..., coupon_code: _Optional[str] = ..., redeemed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CouponRedemption(_message.Message):
+    __slots__ = ("customer_id", "coupon", "redeemed_at", "created_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    COUPON_FIELD_NUMBER: _ClassVar[int]
+    REDEEMED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    coupon: Coupon
+    redeemed_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., coupon: _Optional[_Union[Coupon, _Mapping]] = ..., redeemed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -204,6 +204,36 @@ class InvoiceServiceStub:
                 request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.SerializeToString,
                 response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.FromString,
                 _registered_method=True)
+        self.SetTaxRule = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/SetTaxRule',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.SetTaxRuleRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.TaxRule.FromString,
+                _registered_method=True)
+        self.ListTaxRules = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListTaxRules',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesResponse.FromString,
+                _registered_method=True)
+        self.SetCustomerTaxRegion = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/SetCustomerTaxRegion',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.SetCustomerTaxRegionRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Customer.FromString,
+                _registered_method=True)
+        self.CreateCoupon = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/CreateCoupon',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreateCouponRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Coupon.FromString,
+                _registered_method=True)
+        self.ListCoupons = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/ListCoupons',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsResponse.FromString,
+                _registered_method=True)
+        self.RedeemCoupon = channel.unary_unary(
+                '/credits.invoice.v1.InvoiceService/RedeemCoupon',
+                request_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RedeemCouponRequest.SerializeToString,
+                response_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CouponRedemption.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -439,6 +469,44 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTaxRule(self, request, context):
+        """Pricing rules (issue 19 part B): tax rules per tax region of the tenant, a customer's tax
+        region, coupons and their redemptions. See invoice_service/README.md "Discounts, credits and taxes".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTaxRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCustomerTaxRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCoupon(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCoupons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemCoupon(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -611,6 +679,36 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.ListPlanVersions,
                     request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.FromString,
                     response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.SerializeToString,
+            ),
+            'SetTaxRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTaxRule,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.SetTaxRuleRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.TaxRule.SerializeToString,
+            ),
+            'ListTaxRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaxRules,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesResponse.SerializeToString,
+            ),
+            'SetCustomerTaxRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCustomerTaxRegion,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.SetCustomerTaxRegionRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Customer.SerializeToString,
+            ),
+            'CreateCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCoupon,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CreateCouponRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.Coupon.SerializeToString,
+            ),
+            'ListCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCoupons,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsResponse.SerializeToString,
+            ),
+            'RedeemCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemCoupon,
+                    request_deserializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.RedeemCouponRequest.FromString,
+                    response_serializer=credits_dot_invoice_dot_v1_dot_invoice__pb2.CouponRedemption.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1531,6 +1629,168 @@ class InvoiceService:
             '/credits.invoice.v1.InvoiceService/ListPlanVersions',
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsRequest.SerializeToString,
             credits_dot_invoice_dot_v1_dot_invoice__pb2.ListPlanVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTaxRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/SetTaxRule',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.SetTaxRuleRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.TaxRule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaxRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListTaxRules',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListTaxRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCustomerTaxRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/SetCustomerTaxRegion',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.SetCustomerTaxRegionRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Customer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/CreateCoupon',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.CreateCouponRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.Coupon.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/ListCoupons',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.ListCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.invoice.v1.InvoiceService/RedeemCoupon',
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.RedeemCouponRequest.SerializeToString,
+            credits_dot_invoice_dot_v1_dot_invoice__pb2.CouponRedemption.FromString,
             options,
             channel_credentials,
             insecure,
