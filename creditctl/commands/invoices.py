@@ -5,19 +5,18 @@ the sagas (`creditctl sagas`)."""
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 from credits.invoice.v1 import invoice_pb2 as pb
 from credits.invoice.v1 import invoice_pb2_grpc
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from creditctl.connection import Metadata, call_invoice, paged, rpc
+from creditctl.downloads import download
 from creditctl.help_listing import Group
-from creditctl.output import Format, console, emit_record, emit_rows, format_options
+from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, set_instant, short_instant
 from creditctl.times import INSTANT
 
@@ -78,21 +77,8 @@ def export(customer: str, statuses: tuple[str, ...], line_items: bool, output: P
         format=pb.INVOICE_EXPORT_JSON if fmt == Format.JSON else pb.INVOICE_EXPORT_CSV)
 
     async def work(stub: invoice_pb2_grpc.InvoiceServiceStub, md: Metadata) -> int:
-        sink: IO[bytes] = output.open("wb") if output else sys.stdout.buffer
-        columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("invoices"),
-                   TimeElapsedColumn())
-        written = 0
-        try:
-            with Progress(*columns, console=console(stderr=True), disable=output is None, transient=True) as bar:
-                task = bar.add_task("invoices", total=None)
-                async for chunk in stub.ExportInvoices(request, metadata=md):
-                    sink.write(chunk.data)
-                    written += len(chunk.data)
-                    bar.update(task, completed=chunk.invoices_done, total=chunk.invoices_total)
-        finally:
-            if output:
-                sink.close()
-        return written
+        return await download(stub.ExportInvoices(request, metadata=md), output, "invoices",
+                              lambda chunk: (chunk.invoices_done, chunk.invoices_total))
 
     written = call_invoice(work)
     if output:

@@ -4,20 +4,19 @@ journal (ListEntries)."""
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from creditctl.arguments import iso
 from creditctl.connection import Metadata, call_ledger
+from creditctl.downloads import download
 from creditctl.help_listing import Command
-from creditctl.output import Format, console, emit_rows, format_options, print_fields, print_table
+from creditctl.output import Format, emit_rows, format_options, print_fields, print_table
 from creditctl.times import INSTANT, SINCE
 from service_runtime.proto_time import to_timestamp
 
@@ -123,21 +122,8 @@ def _export(account: str, unit: str, since: datetime | None, until: datetime | N
         kind=lpb.EXPORT_ENTRIES if raw else lpb.EXPORT_STATEMENT), since, until)
 
     async def work(stub: ledger_pb2_grpc.LedgerServiceStub, md: Metadata) -> int:
-        sink: IO[bytes] = output.open("wb") if output else sys.stdout.buffer
-        columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("entries"),
-                   TimeElapsedColumn())
-        written = 0
-        try:
-            with Progress(*columns, console=console(stderr=True), disable=output is None, transient=True) as bar:
-                task = bar.add_task("entries", total=None)
-                async for chunk in stub.ExportStatement(request, metadata=md):
-                    sink.write(chunk.data)
-                    written += len(chunk.data)
-                    bar.update(task, completed=chunk.entries_done, total=chunk.entries_total)
-        finally:
-            if output:
-                sink.close()
-        return written
+        return await download(stub.ExportStatement(request, metadata=md), output, "entries",
+                              lambda chunk: (chunk.entries_done, chunk.entries_total))
 
     written = call_ledger(work)
     if output:

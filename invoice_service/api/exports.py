@@ -8,10 +8,6 @@ credits_applied and amount_due.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,12 +49,3 @@ def line_rows(v: InvoiceView) -> list[dict[str, Any]]:
             for i in v.line_items]
 
 
-def render(rows: Iterable[dict[str, Any]], columns: Sequence[str], as_json: bool, header: bool) -> bytes:
-    if as_json:
-        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().encode()

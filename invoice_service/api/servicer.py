@@ -25,6 +25,7 @@ from invoice_service.storage.subscription_changes import SubscriptionChanges
 from invoice_service.storage.usage import UsageOperations
 from service_runtime import portal_sessions
 from service_runtime.call_context import current_caller
+from service_runtime.export_rows import render as render_rows
 from service_runtime.free_text import check_text
 from service_runtime.idempotency import Guard, Replayed
 from service_runtime.identifiers import check_id, check_key, check_optional_id
@@ -329,11 +330,11 @@ class InvoiceServicer(pb_grpc.InvoiceServiceServicer):
         async for views in self._invoices.invoice_pages(_tenant(), f, full=full):
             rows = [r for v in views for r in exports.line_rows(v)] if full else map(exports.invoice_row, views)
             done += len(views)
-            yield pb.InvoiceExportChunk(data=exports.render(rows, columns, as_json, header=first),
+            yield pb.InvoiceExportChunk(data=render_rows(rows, columns, as_json, header=first),
                                         invoices_done=done, invoices_total=max(total, done))
             first = False
         if first:  # nothing matched: the header alone (CSV), so the file still says what it would hold
-            yield pb.InvoiceExportChunk(data=exports.render((), columns, as_json, header=True), invoices_total=0)
+            yield pb.InvoiceExportChunk(data=render_rows((), columns, as_json, header=True), invoices_total=0)
 
     async def RenderInvoice(self, request: pb.RenderInvoiceRequest, context: _Ctx) -> pb.RenderInvoiceResponse:
         view = await self._invoices.get(_tenant(), check_id(request.invoice_id, "invoice_id"))

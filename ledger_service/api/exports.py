@@ -7,10 +7,6 @@ decimal strings of the wire, instants ISO 8601 UTC. A statement export ends with
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from credits.ledger.v1 import ledger_pb2 as pb
@@ -19,6 +15,7 @@ from ledger_service.domain.journal import Entry
 from ledger_service.domain.statements import Line
 from ledger_service.operations.statements import ExportProgress, StatementView
 from service_runtime.amounts import format_minor
+from service_runtime.export_rows import render
 
 LINE_COLUMNS = ("row", "recorded_at", "movement", "amount", "available_change", "balance", "available", "unit",
                 "reference", "hold_key", "reason", "lots", "items", "first_entry_id", "last_entry_id")
@@ -58,17 +55,6 @@ def entry_row(e: Entry, scale: int) -> dict[str, Any]:
     return {"entry_id": e.entry_id, "recorded_at": _iso(e.recorded_at), "effective_at": _iso(e.effective_at),
             "kind": e.kind.value, "amount": format_minor(e.amount, scale), "unit": e.unit, "lot_id": e.lot_id,
             "reference": e.reference, "hold_key": e.hold_key, "reason": e.reason, "actor": e.actor}
-
-
-def render(rows: Iterable[dict[str, Any]], columns: Sequence[str], as_json: bool, header: bool) -> bytes:
-    if as_json:
-        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().encode()
 
 
 def chunk(progress: ExportProgress, raw: bool, as_json: bool, first: bool) -> pb.ExportChunk:
