@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 
 from service_runtime.rejections import invalid
 
@@ -60,3 +61,15 @@ def decode_int_token(token: str, field: str = "page_token") -> int:
     if not text.isdigit() or int(text) > 2**63 - 1:
         raise invalid(field, "is not a page token this service issued")
     return int(text)
+
+
+def decode_time_token(token: str, field: str = "page_token") -> tuple[datetime, str]:
+    """A cursor of (an ISO 8601 instant, an id), as lists ordered by time then id page; before every
+    row (the earliest instant, "") for the first page."""
+    decoded = decode_token(token, 2, field)
+    if decoded is None:
+        return datetime.min.replace(tzinfo=UTC), ""
+    try:
+        return datetime.fromisoformat(decoded[0]), decoded[1]
+    except ValueError:
+        raise invalid(field, "is not a page token this service issued") from None

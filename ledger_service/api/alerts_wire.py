@@ -16,7 +16,7 @@ from ledger_service.storage.topups import TopUpRecord
 from service_runtime.amounts import format_minor, parse_decimal
 from service_runtime.free_text import check_text
 from service_runtime.identifiers import check_id
-from service_runtime.pages import decode_int_token, decode_token, page_size
+from service_runtime.pages import decode_int_token, decode_time_token, decode_token, page_size
 from service_runtime.proto_time import to_timestamp
 from service_runtime.rejections import invalid
 
@@ -72,13 +72,7 @@ def delivery_page(request: pb.ListWebhookDeliveriesRequest) -> tuple[str, str, t
     status = "" if request.status == pb.DELIVERY_STATUS_UNSPECIFIED else STATUSES.get(request.status)
     if status is None:
         raise invalid("status", "must be PENDING, DELIVERED or DEAD")
-    cursor = decode_token(request.page_token, 2)
-    after = (datetime.min.replace(tzinfo=UTC), "")
-    if cursor:
-        try:
-            after = (datetime.fromisoformat(cursor[0]), cursor[1])
-        except ValueError:
-            raise invalid("page_token", "is not a page token this service issued") from None
+    after = decode_time_token(request.page_token)
     return endpoint_id, status, after, page_size(request.page_size)
 
 
@@ -121,13 +115,7 @@ def topup_order(request: pb.SetTopUpPolicyRequest) -> TopUpOrder:
 
 def topup_page(request: pb.ListTopUpsRequest) -> tuple[str, tuple[datetime, str], int]:
     account_id = check_id(request.account_id, "account_id")
-    cursor = decode_token(request.page_token, 2)
-    after = (datetime.min.replace(tzinfo=UTC), "")
-    if cursor:
-        try:
-            after = (datetime.fromisoformat(cursor[0]), cursor[1])
-        except ValueError:
-            raise invalid("page_token", "is not a page token this service issued") from None
+    after = decode_time_token(request.page_token)
     return account_id, after, page_size(request.page_size)
 
 
