@@ -85,13 +85,15 @@ def keep_up_by_default() -> bool:
     return sys.stdin.isatty() and not os.environ.get("CI")
 
 
-async def _until_interrupted() -> None:
-    """Waits for Ctrl-C (SIGINT) or SIGTERM."""
+async def _until_interrupted(say: str) -> None:
+    """Says `say`, then waits for Ctrl-C (SIGINT) or SIGTERM. The handlers are in place before the line
+    is out: a Ctrl-C sent as soon as it is read stops the stack cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        click.echo(say)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -109,8 +111,8 @@ async def _demo(keep_up: bool) -> int:
                 click.echo(f"  {name:<26} {value}")
             status = await _seed_and_finalize(stack, await _admin_key(stack))
             if keep_up:
-                click.echo("\nThe stack stays up so the Temporal UI link above opens the saga; Ctrl-C stops it.")
-                await _until_interrupted()
+                await _until_interrupted("\nThe stack stays up so the Temporal UI link above opens the saga; "
+                                         "Ctrl-C stops it.")
                 click.echo("stopping ...")
         click.echo("stack stopped.")
         return status
