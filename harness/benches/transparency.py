@@ -19,21 +19,24 @@ debits_per_s.
 statement: an account with `entries` journal entries (one grant, then BatchDebitCredits), the time
 of GetStatement (first page with every total, median of 5) vs the baseline of paging the raw journal
 (ListEntries, 1,000 a page) and summing it on the client; then an account with `export_entries`
-entries exported whole through ExportStatement (CSV), with the server's peak RSS.
+entries exported whole through ExportStatement (CSV) by a fresh ledger server process on the same
+database (the filling process is stopped first, so the figure is the export's, not the fill's), with
+that process's peak RSS during the export and its RSS just before.
 Keys: entries, statement_ms, baseline_list_entries_ms, export_entries, export_s, export_bytes,
-export_rss_mb, rss_before_export_mb.
+export_rss_mb, rss_before_export_mb, rss_after_fill_mb (the filling process, for comparison).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,13 +68,13 @@ class _Stream:
     changes: int = 0
 
 
-async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str]:
+async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str, str]:
     pg = EmbeddedPostgres(workdir / "postgres", fsync=True)
     await asyncio.to_thread(pg.start)
     dsn = await asyncio.to_thread(pg.create_database, "credits_ledger")
     key = await prepare_ledger(dsn)
     server = await start_server_process("ledger", workdir, dsn=dsn, profile=profile)
-    return pg, server, key
+    return pg, server, key, dsn
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
@@ -208,7 +211,7 @@ def _p(values: list[float], q: float) -> float:
 async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say,
                       profile: str = "") -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-watch-"))
-    pg, server, key = await _running_ledger(workdir, profile)
+    pg, server, key, _ = await _running_ledger(workdir, profile)
     md = [("x-api-key", key)]
     channel = grpc.aio.insecure_channel(server.grpc_addr)
     _ADDR[:] = [server.grpc_addr]
@@ -255,45 +258,67 @@ async def _fill(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str
 
 async def bench_statement(entries: int, export_entries: int, say: Say) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-statement-"))
-    pg, server, key = await _running_ledger(workdir)
+    pg, server, key, dsn = await _running_ledger(workdir)
     md = [("x-api-key", key)]
-    channel = grpc.aio.insecure_channel(server.grpc_addr, options=[("grpc.max_receive_message_length", 64 << 20)])
     try:
-        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        say(f"filling an account with {entries:,} entries")
-        await _fill(stub, md, "statement", entries, say)
-        timings = []
-        for _ in range(5):
-            started = time.perf_counter()
-            st = await stub.GetStatement(pb.GetStatementRequest(account_id="statement", page_size=100), metadata=md)
-            timings.append((time.perf_counter() - started) * 1000)
-        assert st.entries == entries, (st.entries, entries)
-        started = time.perf_counter()
-        token, total = "", 0
-        while True:
-            page = await stub.ListEntries(pb.ListEntriesRequest(account_id="statement", page_size=1000,
-                                                                page_token=token), metadata=md)
-            total += sum(int(e.amount) for e in page.entries)
-            token = page.next_page_token
-            if not token:
-                break
-        baseline_ms = (time.perf_counter() - started) * 1000
-        figures: dict[str, float] = {"entries": entries, "statement_ms": round(statistics.median(timings), 1),
-                                     "baseline_list_entries_ms": round(baseline_ms, 1)}
-        if export_entries:
-            say(f"filling an account with {export_entries:,} entries to export")
-            await _fill(stub, md, "export", export_entries, say)
-            figures |= await _export(stub, md, server.pid, export_entries)
+        async with _channel(server.grpc_addr) as stub:
+            say(f"filling an account with {entries:,} entries")
+            await _fill(stub, md, "statement", entries, say)
+            figures = await _statement(stub, md, entries)
+            if export_entries:
+                say(f"filling an account with {export_entries:,} entries to export")
+                await _fill(stub, md, "export", export_entries, say)
+                figures["rss_after_fill_mb"] = round(_rss_mb(server.pid), 1)
+        if export_entries:  # the export alone: a fresh server process on the same database, as after a restart
+            await asyncio.to_thread(server.stop)
+            say("restarting the ledger server on the same database; exporting")
+            server = await start_server_process("ledger", workdir, dsn=dsn)
+            async with _channel(server.grpc_addr) as stub:
+                figures |= await _export(stub, md, server.pid, export_entries)
         return figures
     finally:
-        await channel.close()
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(pg.stop, "fast")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextlib.asynccontextmanager
+async def _channel(addr: str) -> AsyncIterator[ledger_pb2_grpc.LedgerServiceStub]:
+    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        yield ledger_pb2_grpc.LedgerServiceStub(channel)
+
+
+def _rss_mb(pid: int) -> float:
+    with RssSampler(pid) as now:
+        pass
+    return now.peak_mb
+
+
+async def _statement(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]],
+                     entries: int) -> dict[str, float]:
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        st = await stub.GetStatement(pb.GetStatementRequest(account_id="statement", page_size=100), metadata=md)
+        timings.append((time.perf_counter() - started) * 1000)
+    assert st.entries == entries, (st.entries, entries)
+    started = time.perf_counter()
+    token, total = "", 0
+    while True:
+        page = await stub.ListEntries(pb.ListEntriesRequest(account_id="statement", page_size=1000,
+                                                            page_token=token), metadata=md)
+        total += sum(int(e.amount) for e in page.entries)
+        token = page.next_page_token
+        if not token:
+            break
+    baseline_ms = (time.perf_counter() - started) * 1000
+    return {"entries": entries, "statement_ms": round(statistics.median(timings), 1),
+            "baseline_list_entries_ms": round(baseline_ms, 1)}
+
+
 async def _export(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], pid: int,
                   expected: int) -> dict[str, float]:
+    await stub.GetBalance(pb.GetBalanceRequest(account_id="export"), metadata=md)  # the process warmed up
     with RssSampler(pid) as idle:
         await asyncio.sleep(0.5)
     with RssSampler(pid) as rss:
