@@ -13,8 +13,9 @@ of the ledger server process. For every change a stream receives: its latency (r
 minus the change's `recorded_at`, the server's batch time, taken before COMMIT — so this bounds
 commit → client from above), and whether its sequence is the previous one + 1 (else a gap, or a
 duplicate when not greater). Baseline in the same run: the same load with one watcher.
-Keys: watchers, watch_p99_ms, watch_p50_ms, baseline_watch_p99_ms, changes, gaps, duplicates,
-debits_per_s.
+A stream that was behind gets its pending changes in one message (`following`): each is counted and
+timed on its own. Keys: watchers, watch_p99_ms, watch_p50_ms, baseline_watch_p99_ms, changes,
+messages (the stream messages that carried them), gaps, duplicates, debits_per_s.
 
 statement: an account with `entries` journal entries (one grant, then BatchDebitCredits), the time
 of GetStatement (first page with every total, median of 5) vs the baseline of paging the raw journal
@@ -66,6 +67,7 @@ class _Stream:
     gaps: int = 0
     duplicates: int = 0
     changes: int = 0
+    messages: int = 0  # stream messages carrying them (fewer when the server coalesced a backlog)
 
 
 async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str, str]:
@@ -89,21 +91,23 @@ async def _watch(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, st
                  out: _Stream, ready: asyncio.Event | None) -> None:
     call = stub.WatchBalance(pb.WatchBalanceRequest(account_id=account), metadata=md)
     try:
-        async for change in call:
+        async for message in call:
             now = time.time()
-            if change.type == pb.CHANGE_SNAPSHOT:
-                out.last = change.sequence
+            if message.type == pb.CHANGE_SNAPSHOT:
+                out.last = message.sequence
                 if ready is not None:
                     ready.set()
                 continue
-            out.changes += 1
-            if change.sequence <= out.last:
-                out.duplicates += 1
-            elif change.sequence != out.last + 1:
-                out.gaps += 1
-            out.last = max(out.last, change.sequence)
-            out.latencies_ms.append((now - change.recorded_at.ToDatetime().timestamp()) * 1000
-                                    if change.HasField("recorded_at") else 0.0)
+            out.messages += 1
+            for change in (message, *message.following):  # a stream that was behind gets its changes at once
+                out.changes += 1
+                if change.sequence <= out.last:
+                    out.duplicates += 1
+                elif change.sequence != out.last + 1:
+                    out.gaps += 1
+                out.last = max(out.last, change.sequence)
+                out.latencies_ms.append((now - change.recorded_at.ToDatetime().timestamp()) * 1000
+                                        if change.HasField("recorded_at") else 0.0)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.CANCELLED:
             raise
@@ -165,7 +169,8 @@ async def watcher_process(addr: str, key: str, account: str, watchers: int) -> N
     print("READY", flush=True)
     head = int(await asyncio.to_thread(sys.stdin.readline))
     await _close_watchers(streams, tasks, channels, head)
-    print(json.dumps([[s.latencies_ms, s.last, s.gaps, s.duplicates, s.changes] for s in streams]), flush=True)
+    print(json.dumps([[s.latencies_ms, s.last, s.gaps, s.duplicates, s.changes, s.messages] for s in streams]),
+          flush=True)
 
 
 async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
@@ -191,8 +196,8 @@ async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[s
         streams = list(mine)
         for proc in procs:
             out, _ = await asyncio.wait_for(proc.communicate(f"{head}\n".encode()), 60)
-            for latencies, last, gaps, duplicates, changes in json.loads(out):
-                streams.append(_Stream(latencies, last, gaps, duplicates, changes))
+            for latencies, last, gaps, duplicates, changes, messages in json.loads(out):
+                streams.append(_Stream(latencies, last, gaps, duplicates, changes, messages))
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -227,7 +232,8 @@ async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say,
         return {"watchers": watchers, "watch_p99_ms": round(_p(latencies, 0.99), 1),
                 "watch_p50_ms": round(_p(latencies, 0.50), 1),
                 "baseline_watch_p99_ms": round(_p(base[0].latencies_ms, 0.99), 1),
-                "changes": sum(s.changes for s in streams), "gaps": sum(s.gaps for s in streams),
+                "changes": sum(s.changes for s in streams), "messages": sum(s.messages for s in streams),
+                "gaps": sum(s.gaps for s in streams),
                 "duplicates": sum(s.duplicates for s in streams), "debits_per_s": round(debits / seconds, 1),
                 "baseline_debits_per_s": round(base_debits / seconds, 1)}
     finally:
