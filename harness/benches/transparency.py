@@ -106,7 +106,8 @@ async def _watch(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, st
                 elif change.sequence != out.last + 1:
                     out.gaps += 1
                 out.last = max(out.last, change.sequence)
-                out.latencies_ms.append((now - change.recorded_at.ToDatetime().timestamp()) * 1000
+                at = change.recorded_at  # seconds + nanos: cheaper than ToDatetime() for each of ~100,000
+                out.latencies_ms.append((now - at.seconds - at.nanos * 1e-9) * 1000
                                         if change.HasField("recorded_at") else 0.0)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.CANCELLED:
