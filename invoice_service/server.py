@@ -12,6 +12,7 @@ from credits.invoice.v1 import invoice_pb2_grpc as pb_grpc
 from invoice_service.api.permissions import PERMISSIONS, SERVICE_NAME
 from invoice_service.api.servicer import InvoiceServicer
 from invoice_service.config import InvoiceConfig
+from invoice_service.portal_revocations import LedgerRevocations
 from invoice_service.storage import MIGRATIONS_DIR
 from invoice_service.storage.catalog import CatalogOperations
 from invoice_service.storage.invoices import InvoiceOperations
@@ -47,9 +48,11 @@ async def create_invoice_server(dsn: str, address: str = "127.0.0.1:0", settings
                                InvoiceOperations(pool, catalog, config.clock_skew_s), config,
                                SubscriptionChanges(pool, catalog),
                                PricingRuleOperations(pool))
+    # A portal session is admitted only once the ledger (which keeps the revocations) has not refused it.
+    revocations = LedgerRevocations(settings.ledger_addr, settings.portal_revocation_cache_s)
     try:
         server, port = await create_server([(pb_grpc.add_InvoiceServiceServicer_to_server, servicer, SERVICE_NAME)],
-                                           KeyResolver(pool), PERMISSIONS, address,
+                                           KeyResolver(pool, revocations), PERMISSIONS, address,
                                            health_dsn=service_dsn, settings=settings)
     except BaseException:
         await pool.close()

@@ -194,12 +194,15 @@ class Portal:
 
         async def body() -> AsyncIterator[bytes]:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                async for change in stream:
-                    data = {"type": lpb.ChangeType.Name(change.type).removeprefix("CHANGE_"),
-                            "sequence": change.sequence,
-                            "balances": [{"unit": b.unit, "available": b.available, "held": b.held,
-                                          "balance": b.balance} for b in change.balances]}
-                    yield f"id: {change.sequence}\nevent: balance\ndata: {json.dumps(data)}\n\n".encode()
+                async for message in stream:
+                    events = []
+                    for change in (message, *message.following):  # one event per change, each resumable
+                        data = {"type": lpb.ChangeType.Name(change.type).removeprefix("CHANGE_"),
+                                "sequence": change.sequence,
+                                "balances": [{"unit": b.unit, "available": b.available, "held": b.held,
+                                              "balance": b.balance} for b in change.balances]}
+                        events.append(f"id: {change.sequence}\nevent: balance\ndata: {json.dumps(data)}\n\n")
+                    yield "".join(events).encode()
 
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={**SECURITY_HEADERS, "X-Accel-Buffering": "no"})

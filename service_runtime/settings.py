@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     portal_addr: str = Field("127.0.0.1:8090", description="the customer portal's address")
     portal_url: str = Field("", description="the base of portal links; empty: http://<portal_addr>")
     portal_secret: str = Field("", description="signs portal sessions; empty: `up` keeps one in the data dir")
+    # The invoice service asks the ledger whether a portal link was revoked (invoice_service/portal_revocations.py).
+    portal_revocation_cache_s: float = Field(1.0, ge=0, description="the invoice service trusts the ledger's "
+                                             "'not revoked' for a portal session this long")
     # --- the proving harness only (never read by product code) --------------------------------
     faults: str = Field("", description="harness: fault plan of a harness worker")
     fault_dir: str = Field("", description="harness: where a fault plan signals")

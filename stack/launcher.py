@@ -202,8 +202,9 @@ async def _servers(settings: Settings, dbs: Any, client: Client, ui_url: str, us
     running.push_async_callback(delivery.stop)
     books = await BackgroundProjector.start(dbs.ledger_dsn)  # the finance books follow the journal
     running.push_async_callback(books.stop)
-    invoice, invoice_port, invoice_pool = await create_invoice_server(
-        dbs.invoice_dsn, settings.invoice_addr, settings, usage_grace_s=usage_grace_s)
+    invoice, invoice_port, invoice_pool = await create_invoice_server(  # it asks this ledger about revoked portal links
+        dbs.invoice_dsn, settings.invoice_addr, settings.model_copy(update={"ledger_addr": f"127.0.0.1:{ledger_port}"}),
+        usage_grace_s=usage_grace_s)
     stopping(invoice, invoice_pool)
     ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
     front, front_port, front_pool = await create_front_door(client, dbs.ledger_dsn, settings.task_queue,

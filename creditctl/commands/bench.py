@@ -260,7 +260,8 @@ def watch(watchers: int, seconds: float, concurrency: int, check: bool, as_json:
     "statement", short_help="GetStatement on a long account vs paging the raw journal; a 1M-entry export's RSS",
     help="Starts an embedded Postgres (fsync on) and the ledger server in its own process; fills an account with "
          "--entries journal entries and times GetStatement (median of 5) against paging ListEntries; then exports "
-         "an account of --export-entries entries through ExportStatement, sampling the server's peak RSS.")
+         "an account of --export-entries entries through ExportStatement from a fresh server process on the same "
+         "database (restarted after the fill), sampling that process's peak RSS.")
 @click.option("--entries", type=int, default=100_000, help="entries of the statement's account (default 100000)")
 @click.option("--export-entries", type=int, default=1_000_000, help="entries exported (default 1000000; 0: skip)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")

@@ -1,5 +1,5 @@
 """creditctl watch: an account's balance live (WatchBalance): the snapshot, then one line per committed
-change with its sequence; --after N resumes after a sequence; --count N stops after N messages."""
+change with its sequence; --after N resumes after a sequence; --count N stops after N changes."""
 
 from __future__ import annotations
 
@@ -31,17 +31,18 @@ def _line(change: lpb.BalanceChange) -> str:
 @click.command("watch", cls=Command, help="an account's balance, live: a snapshot, then every change")
 @click.argument("account")
 @click.option("--after", type=int, default=0, help="resume after this sequence (0: start with a snapshot)")
-@click.option("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
+@click.option("--count", type=int, default=0, help="stop after this many changes (0: until Ctrl-C)")
 @format_options()
 def command(account: str, after: int, count: int, fmt: Format) -> int:
     async def work(stub: ledger_pb2_grpc.LedgerServiceStub, md: Metadata) -> int:
         seen = 0
-        async for change in stub.WatchBalance(lpb.WatchBalanceRequest(account_id=account, after_sequence=after),
-                                              metadata=md):
-            click.echo(json.dumps(_record(change)) if fmt == Format.JSON else _line(change))
-            seen += 1
-            if count and seen >= count:
-                break
+        async for message in stub.WatchBalance(lpb.WatchBalanceRequest(account_id=account, after_sequence=after),
+                                               metadata=md):
+            for change in (message, *message.following):  # a backlog arrives as one message: a line each
+                click.echo(json.dumps(_record(change)) if fmt == Format.JSON else _line(change))
+                seen += 1
+                if count and seen >= count:
+                    return 0
         return 0
 
     return call_ledger(work)

@@ -13,27 +13,31 @@ of the ledger server process. For every change a stream receives: its latency (r
 minus the change's `recorded_at`, the server's batch time, taken before COMMIT — so this bounds
 commit → client from above), and whether its sequence is the previous one + 1 (else a gap, or a
 duplicate when not greater). Baseline in the same run: the same load with one watcher.
-Keys: watchers, watch_p99_ms, watch_p50_ms, baseline_watch_p99_ms, changes, gaps, duplicates,
-debits_per_s.
+A stream that was behind gets its pending changes in one message (`following`): each is counted and
+timed on its own. Keys: watchers, watch_p99_ms, watch_p50_ms, baseline_watch_p99_ms, changes,
+messages (the stream messages that carried them), gaps, duplicates, debits_per_s.
 
 statement: an account with `entries` journal entries (one grant, then BatchDebitCredits), the time
 of GetStatement (first page with every total, median of 5) vs the baseline of paging the raw journal
 (ListEntries, 1,000 a page) and summing it on the client; then an account with `export_entries`
-entries exported whole through ExportStatement (CSV), with the server's peak RSS.
+entries exported whole through ExportStatement (CSV) by a fresh ledger server process on the same
+database (the filling process is stopped first, so the figure is the export's, not the fill's), with
+that process's peak RSS during the export and its RSS just before.
 Keys: entries, statement_ms, baseline_list_entries_ms, export_entries, export_s, export_bytes,
-export_rss_mb, rss_before_export_mb.
+export_rss_mb, rss_before_export_mb, rss_after_fill_mb (the filling process, for comparison).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,15 +67,16 @@ class _Stream:
     gaps: int = 0
     duplicates: int = 0
     changes: int = 0
+    messages: int = 0  # stream messages carrying them (fewer when the server coalesced a backlog)
 
 
-async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str]:
+async def _running_ledger(workdir: Path, profile: str = "") -> tuple[EmbeddedPostgres, Any, str, str]:
     pg = EmbeddedPostgres(workdir / "postgres", fsync=True)
     await asyncio.to_thread(pg.start)
     dsn = await asyncio.to_thread(pg.create_database, "credits_ledger")
     key = await prepare_ledger(dsn)
     server = await start_server_process("ledger", workdir, dsn=dsn, profile=profile)
-    return pg, server, key
+    return pg, server, key, dsn
 
 
 async def _account(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
@@ -86,21 +91,24 @@ async def _watch(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, st
                  out: _Stream, ready: asyncio.Event | None) -> None:
     call = stub.WatchBalance(pb.WatchBalanceRequest(account_id=account), metadata=md)
     try:
-        async for change in call:
+        async for message in call:
             now = time.time()
-            if change.type == pb.CHANGE_SNAPSHOT:
-                out.last = change.sequence
+            if message.type == pb.CHANGE_SNAPSHOT:
+                out.last = message.sequence
                 if ready is not None:
                     ready.set()
                 continue
-            out.changes += 1
-            if change.sequence <= out.last:
-                out.duplicates += 1
-            elif change.sequence != out.last + 1:
-                out.gaps += 1
-            out.last = max(out.last, change.sequence)
-            out.latencies_ms.append((now - change.recorded_at.ToDatetime().timestamp()) * 1000
-                                    if change.HasField("recorded_at") else 0.0)
+            out.messages += 1
+            for change in (message, *message.following):  # a stream that was behind gets its changes at once
+                out.changes += 1
+                if change.sequence <= out.last:
+                    out.duplicates += 1
+                elif change.sequence != out.last + 1:
+                    out.gaps += 1
+                out.last = max(out.last, change.sequence)
+                at = change.recorded_at  # seconds + nanos: cheaper than ToDatetime() for each of ~100,000
+                out.latencies_ms.append((now - at.seconds - at.nanos * 1e-9) * 1000
+                                        if change.HasField("recorded_at") else 0.0)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.CANCELLED:
             raise
@@ -162,7 +170,8 @@ async def watcher_process(addr: str, key: str, account: str, watchers: int) -> N
     print("READY", flush=True)
     head = int(await asyncio.to_thread(sys.stdin.readline))
     await _close_watchers(streams, tasks, channels, head)
-    print(json.dumps([[s.latencies_ms, s.last, s.gaps, s.duplicates, s.changes] for s in streams]), flush=True)
+    print(json.dumps([[s.latencies_ms, s.last, s.gaps, s.duplicates, s.changes, s.messages] for s in streams]),
+          flush=True)
 
 
 async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], account: str,
@@ -188,8 +197,8 @@ async def _watch_round(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[s
         streams = list(mine)
         for proc in procs:
             out, _ = await asyncio.wait_for(proc.communicate(f"{head}\n".encode()), 60)
-            for latencies, last, gaps, duplicates, changes in json.loads(out):
-                streams.append(_Stream(latencies, last, gaps, duplicates, changes))
+            for latencies, last, gaps, duplicates, changes, messages in json.loads(out):
+                streams.append(_Stream(latencies, last, gaps, duplicates, changes, messages))
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -208,7 +217,7 @@ def _p(values: list[float], q: float) -> float:
 async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say,
                       profile: str = "") -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-watch-"))
-    pg, server, key = await _running_ledger(workdir, profile)
+    pg, server, key, _ = await _running_ledger(workdir, profile)
     md = [("x-api-key", key)]
     channel = grpc.aio.insecure_channel(server.grpc_addr)
     _ADDR[:] = [server.grpc_addr]
@@ -224,7 +233,8 @@ async def bench_watch(watchers: int, seconds: float, concurrency: int, say: Say,
         return {"watchers": watchers, "watch_p99_ms": round(_p(latencies, 0.99), 1),
                 "watch_p50_ms": round(_p(latencies, 0.50), 1),
                 "baseline_watch_p99_ms": round(_p(base[0].latencies_ms, 0.99), 1),
-                "changes": sum(s.changes for s in streams), "gaps": sum(s.gaps for s in streams),
+                "changes": sum(s.changes for s in streams), "messages": sum(s.messages for s in streams),
+                "gaps": sum(s.gaps for s in streams),
                 "duplicates": sum(s.duplicates for s in streams), "debits_per_s": round(debits / seconds, 1),
                 "baseline_debits_per_s": round(base_debits / seconds, 1)}
     finally:
@@ -255,45 +265,67 @@ async def _fill(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str
 
 async def bench_statement(entries: int, export_entries: int, say: Say) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-statement-"))
-    pg, server, key = await _running_ledger(workdir)
+    pg, server, key, dsn = await _running_ledger(workdir)
     md = [("x-api-key", key)]
-    channel = grpc.aio.insecure_channel(server.grpc_addr, options=[("grpc.max_receive_message_length", 64 << 20)])
     try:
-        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
-        say(f"filling an account with {entries:,} entries")
-        await _fill(stub, md, "statement", entries, say)
-        timings = []
-        for _ in range(5):
-            started = time.perf_counter()
-            st = await stub.GetStatement(pb.GetStatementRequest(account_id="statement", page_size=100), metadata=md)
-            timings.append((time.perf_counter() - started) * 1000)
-        assert st.entries == entries, (st.entries, entries)
-        started = time.perf_counter()
-        token, total = "", 0
-        while True:
-            page = await stub.ListEntries(pb.ListEntriesRequest(account_id="statement", page_size=1000,
-                                                                page_token=token), metadata=md)
-            total += sum(int(e.amount) for e in page.entries)
-            token = page.next_page_token
-            if not token:
-                break
-        baseline_ms = (time.perf_counter() - started) * 1000
-        figures: dict[str, float] = {"entries": entries, "statement_ms": round(statistics.median(timings), 1),
-                                     "baseline_list_entries_ms": round(baseline_ms, 1)}
-        if export_entries:
-            say(f"filling an account with {export_entries:,} entries to export")
-            await _fill(stub, md, "export", export_entries, say)
-            figures |= await _export(stub, md, server.pid, export_entries)
+        async with _channel(server.grpc_addr) as stub:
+            say(f"filling an account with {entries:,} entries")
+            await _fill(stub, md, "statement", entries, say)
+            figures = await _statement(stub, md, entries)
+            if export_entries:
+                say(f"filling an account with {export_entries:,} entries to export")
+                await _fill(stub, md, "export", export_entries, say)
+                figures["rss_after_fill_mb"] = round(_rss_mb(server.pid), 1)
+        if export_entries:  # the export alone: a fresh server process on the same database, as after a restart
+            await asyncio.to_thread(server.stop)
+            say("restarting the ledger server on the same database; exporting")
+            server = await start_server_process("ledger", workdir, dsn=dsn)
+            async with _channel(server.grpc_addr) as stub:
+                figures |= await _export(stub, md, server.pid, export_entries)
         return figures
     finally:
-        await channel.close()
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(pg.stop, "fast")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextlib.asynccontextmanager
+async def _channel(addr: str) -> AsyncIterator[ledger_pb2_grpc.LedgerServiceStub]:
+    async with grpc.aio.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        yield ledger_pb2_grpc.LedgerServiceStub(channel)
+
+
+def _rss_mb(pid: int) -> float:
+    with RssSampler(pid) as now:
+        pass
+    return now.peak_mb
+
+
+async def _statement(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]],
+                     entries: int) -> dict[str, float]:
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        st = await stub.GetStatement(pb.GetStatementRequest(account_id="statement", page_size=100), metadata=md)
+        timings.append((time.perf_counter() - started) * 1000)
+    assert st.entries == entries, (st.entries, entries)
+    started = time.perf_counter()
+    token, total = "", 0
+    while True:
+        page = await stub.ListEntries(pb.ListEntriesRequest(account_id="statement", page_size=1000,
+                                                            page_token=token), metadata=md)
+        total += sum(int(e.amount) for e in page.entries)
+        token = page.next_page_token
+        if not token:
+            break
+    baseline_ms = (time.perf_counter() - started) * 1000
+    return {"entries": entries, "statement_ms": round(statistics.median(timings), 1),
+            "baseline_list_entries_ms": round(baseline_ms, 1)}
+
+
 async def _export(stub: ledger_pb2_grpc.LedgerServiceStub, md: list[tuple[str, str]], pid: int,
                   expected: int) -> dict[str, float]:
+    await stub.GetBalance(pb.GetBalanceRequest(account_id="export"), metadata=md)  # the process warmed up
     with RssSampler(pid) as idle:
         await asyncio.sleep(0.5)
     with RssSampler(pid) as rss:

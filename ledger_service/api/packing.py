@@ -359,6 +359,43 @@ def balance_change(account_id: str, message: WatchMessage, scales: dict[str, int
     )
 
 
+_FOLLOWING_TAG = bytes([(pb.BalanceChange.FOLLOWING_FIELD_NUMBER << 3) | 2])  # field 8, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def balance_change_bytes(account_id: str, message: WatchMessage, scales: dict[str, int],
+                         include_entries: bool) -> bytes:
+    """The stream message, serialized. Each change is packed once for every stream of the account (kept
+    in `Change.packed` per form), and a coalesced message is those bytes joined: the first change's,
+    then each following change's as an element of field 8 — the protobuf encoding of a repeated
+    message field is its elements' encodings, each tagged and length-prefixed, in order."""
+    form = (message.kind, include_entries, message.reason)
+    head = message.change.packed.get(form)
+    if head is None:
+        head = message.change.packed[form] = balance_change(account_id, message, scales,
+                                                            include_entries).SerializeToString()
+    if not message.following:
+        return head  # type: ignore[return-value]
+    parts = [head]
+    key = ("following", include_entries)
+    for change in message.following:
+        element = change.packed.get(key)
+        if element is None:
+            body = balance_change(account_id, WatchMessage(Kind.UPDATE, change), scales,
+                                  include_entries).SerializeToString()
+            element = change.packed[key] = _FOLLOWING_TAG + _varint(len(body)) + body
+        parts.append(element)
+    return b"".join(parts)  # type: ignore[arg-type]
+
+
 def portal_revocation(r: Revocation) -> pb.PortalLinkRevocation:
     return pb.PortalLinkRevocation(session_id=r.session_id, customer_id=r.customer_id, account_id=r.account_id,
                                    expires_at=ts(r.expires_at), revoked_at=ts(r.revoked_at), reason=r.reason,

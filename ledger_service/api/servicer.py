@@ -224,15 +224,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         async for message in balance_watch.watch(self._feed, _tenant(), account_id, after):
             if session is not None and await revocations.is_revoked(self._ledger.pool, session):
                 raise SessionRefused("portal link revoked")
-            for unit in message.change.balances:
-                if unit not in scales:
-                    scales[unit] = await self._ledger.scale(_tenant(), unit)
-            form = (message.kind, include_entries, message.reason)
-            packed = message.change.packed.get(form)
-            if packed is None:  # serialized once for every stream of the account (call_guard.passing_bytes)
-                packed = message.change.packed[form] = packing.balance_change(
-                    account_id, message, scales, include_entries).SerializeToString()
-            yield packed  # type: ignore[misc]
+            for change in (message.change, *message.following):
+                for unit in change.balances:
+                    if unit not in scales:
+                        scales[unit] = await self._ledger.scale(_tenant(), unit)
+            # serialized once per change for every stream of the account (call_guard.passing_bytes)
+            yield packing.balance_change_bytes(account_id, message, scales, include_entries)  # type: ignore[misc]
 
     async def RevokePortalLink(self, request: pb.RevokePortalLinkRequest,
                                context: Any) -> pb.PortalLinkRevocation:

@@ -158,7 +158,8 @@ async def stack(temporal_client: Client) -> AsyncIterator[Stack]:
     admin_key = await add_tenant_key([ledger_dsn, invoice_dsn], TENANT, "admin")
     coordinator_key = await add_tenant_key([ledger_dsn, invoice_dsn], TENANT, "operator")
     ledger_server, ledger_port, ledger_pool = await create_ledger_server(ledger_dsn, "127.0.0.1:0", Settings())
-    invoice_server, invoice_port, invoice_pool = await create_invoice_server(invoice_dsn, "127.0.0.1:0", Settings(),
+    invoice_server, invoice_port, invoice_pool = await create_invoice_server(invoice_dsn, "127.0.0.1:0",
+                                                                             Settings(ledger_addr=f"127.0.0.1:{ledger_port}"),
                                                                              usage_grace_s=GRACE_S)
     ledger_addr, invoice_addr = f"127.0.0.1:{ledger_port}", f"127.0.0.1:{invoice_port}"
     lch, ich = grpc.aio.insecure_channel(ledger_addr), grpc.aio.insecure_channel(invoice_addr)

@@ -203,8 +203,9 @@ def test_network_policies_deny_by_default_and_open_each_port_to_its_callers() ->
     services = policies["credits-services-grpc"]["spec"]["ingress"][0]["from"]
     callers = {v for f in services if "podSelector" in f
                for e in f["podSelector"]["matchExpressions"] for v in e["values"]}
-    # the worker, the front door and the portal reach both services
-    assert callers == {"credits-worker", "credits-billing", "credits-portal"}
+    # the worker, the front door and the portal reach both services; the invoice service asks the ledger
+    # whether a portal link was revoked
+    assert callers == {"credits-worker", "credits-billing", "credits-portal", "credits-invoice"}
 
 
 def test_the_front_door_gets_both_service_addresses_and_the_ui_url() -> None:

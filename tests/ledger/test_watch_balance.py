@@ -21,11 +21,18 @@ async def _debit(ledger: Ledger, key: str, amount: str = "1.00", account: str = 
         idempotency_key=key, account_id=account, unit="USD", charges=[charge(amount)]), metadata=ledger.md)
 
 
+_LEFT: dict[int, list[pb.BalanceChange]] = {}  # per stream: changes read but not yet taken
+
+
 async def _take(stream: grpc.aio.UnaryStreamCall, n: int, wait_s: float = 10) -> list[pb.BalanceChange]:
-    out = []
-    for _ in range(n):
-        out.append(await asyncio.wait_for(stream.read(), wait_s))
-    return out
+    """The stream's next `n` changes: a message is itself, then each of its `following` (a coalesced backlog)."""
+    out = _LEFT.pop(id(stream), [])
+    while len(out) < n:
+        message = await asyncio.wait_for(stream.read(), wait_s)
+        out.extend([message, *message.following])
+    if len(out) > n:
+        _LEFT[id(stream)] = out[n:]
+    return out[:n]
 
 
 async def test_snapshot_then_every_change_in_sequence(ledger: Ledger) -> None:
@@ -109,7 +116,37 @@ async def test_resume_on_a_fresh_server_channel_reads_the_journal(ledger: Ledger
         await _debit(ledger, f"d{i}", "1.00")
     resumed = ledger.stub.WatchBalance(pb.WatchBalanceRequest(account_id="john", after_sequence=2,
                                                               include_entries=True), metadata=ledger.md)
-    got = await _take(resumed, 3)
+    message = await asyncio.wait_for(resumed.read(), 10)  # what it missed comes as one message
+    got = [message, *message.following]
     assert [(c.sequence, c.balances[0].available) for c in got] == [(3, "8.00"), (4, "7.00"), (5, "6.00")]
-    assert all(c.type == pb.CHANGE_UPDATE and len(c.entries) == 1 for c in got)
+    assert all(c.type == pb.CHANGE_UPDATE and len(c.entries) == 1 and not c.following for c in got[1:])
+    assert message.type == pb.CHANGE_UPDATE and len(message.entries) == 1
     resumed.cancel()
+
+
+def test_a_backlog_is_one_message_per_256_changes_packed_once() -> None:
+    """Coalescing (operations/balance_watch.py): contiguous changes go out as messages of up to
+    MAX_PER_MESSAGE changes; the joined bytes parse as the first change with the rest in `following`,
+    each change's bytes packed once whichever stream sends them."""
+    from datetime import UTC, datetime
+
+    from ledger_service.api.packing import balance_change, balance_change_bytes
+    from ledger_service.operations.balance_watch import MAX_PER_MESSAGE, Kind, Message, _updates
+    from ledger_service.storage.balance_feed import Change
+
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    changes = [Change(seq, at, {"USD": (10_000 - seq, seq % 3)}) for seq in range(1, 2 * MAX_PER_MESSAGE + 5)]
+    messages = list(_updates(changes))
+    assert [1 + len(m.following) for m in messages] == [MAX_PER_MESSAGE, MAX_PER_MESSAGE, 4]
+    assert [c.seq for m in messages for c in (m.change, *m.following)] == [c.seq for c in changes]
+    scales = {"USD": 2}
+    for m in messages:
+        parsed = pb.BalanceChange.FromString(balance_change_bytes("acct", m, scales, False))
+        expected = balance_change("acct", m, scales, False)
+        expected.following.extend(balance_change("acct", Message(Kind.UPDATE, c), scales, False) for c in m.following)
+        assert parsed == expected
+    again = list(_updates(changes[MAX_PER_MESSAGE:]))  # another stream, another cut: same bytes per change
+    first = again[0]
+    assert balance_change_bytes("acct", first, scales, False).startswith(messages[1].change.packed[
+        (Kind.UPDATE, False, "")])  # type: ignore[arg-type]
+    assert all(("following", False) in c.packed for m in messages for c in m.following)

@@ -21,6 +21,7 @@ from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
 
 from service_runtime import portal_sessions
+from service_runtime.settings import Settings
 from tests.ledger.requests_and_checks import charge
 from tests.portal.conftest import SECRET, Portal
 
@@ -201,6 +202,38 @@ async def test_a_revoked_link_is_refused_at_once_and_only_that_link(portal: Port
             await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key=f"bad-{len(link)}", link=link),
                                           metadata=portal.stack.md)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (bad.value.details() or "")
+
+
+async def test_a_revoked_links_token_is_refused_by_the_invoice_service_too(portal: Portal) -> None:
+    """Straight at the invoice gRPC API, not through the portal: the invoice service asks the ledger
+    (invoice_service/portal_revocations.py) and refuses the revoked session as the ledger does, within
+    its documented cache (CREDITS_PORTAL_REVOCATION_CACHE_S, 1 s); the customer's other link and another
+    customer's link keep reading, and API keys are not involved."""
+    revoked, kept, anna = await portal.link("john-wick"), await portal.link("john-wick"), await portal.link("anna")
+    invoices, ledger = portal.stack.services.invoice, portal.stack.services.ledger
+
+    async def read(link: ipb.PortalLink, customer: str) -> ipb.ListInvoicesResponse:
+        return await invoices.ListInvoices(ipb.ListInvoicesRequest(customer_id=customer),
+                                           metadata=[("x-api-key", link.token)])
+
+    assert [i.invoice_id for i in (await read(revoked, "john-wick")).invoices] == [portal.invoice_id]
+    await ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(idempotency_key="revoke-inv", link=revoked.url,
+                                                              reason="leaked"), metadata=portal.stack.md)
+    await asyncio.sleep(Settings().portal_revocation_cache_s + 0.1)  # the last "not revoked" the service may trust
+    with pytest.raises(grpc.aio.AioRpcError) as by_ledger:
+        await ledger.GetBalance(lpb.GetBalanceRequest(account_id="acct-john-wick"),
+                                metadata=[("x-api-key", revoked.token)])
+    for method, request in (("ListInvoices", ipb.ListInvoicesRequest(customer_id="john-wick")),
+                            ("GetInvoice", ipb.GetInvoiceRequest(invoice_id=portal.invoice_id)),
+                            ("GetCustomer", ipb.GetCustomerRequest(customer_id="john-wick"))):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await getattr(invoices, method)(request, metadata=[("x-api-key", revoked.token)])
+        assert refused.value.code() == by_ledger.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+        assert refused.value.details() == by_ledger.value.details() == "x-api-key: portal link revoked", method
+    assert [i.invoice_id for i in (await read(kept, "john-wick")).invoices] == [portal.invoice_id]
+    assert [i.invoice_id for i in (await read(anna, "anna")).invoices] == [portal.draft_id]
+    listed = await invoices.ListInvoices(ipb.ListInvoicesRequest(customer_id="john-wick"), metadata=portal.stack.md)
+    assert portal.invoice_id in [i.invoice_id for i in listed.invoices]  # an API key needs no ledger
 
 
 async def test_creditctl_portal_revoke_ends_a_link(portal: Portal) -> None:

@@ -1340,7 +1340,7 @@ class UnitBalance(_message.Message):
     def __init__(self, unit: _Optional[str] = ..., available: _Optional[str] = ..., held: _Optional[str] = ..., balance: _Optional[str] = ...) -> None: ...
 
 class BalanceChange(_message.Message):
-    __slots__ = ("type", "account_id", "sequence", "recorded_at", "balances", "entries", "reason")
+    __slots__ = ("type", "account_id", "sequence", "recorded_at", "balances", "entries", "reason", "following")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -1348,6 +1348,7 @@ class BalanceChange(_message.Message):
     BALANCES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     type: ChangeType
     account_id: str
     sequence: int
@@ -1355,4 +1356,5 @@ class BalanceChange(_message.Message):
     balances: _containers.RepeatedCompositeFieldContainer[UnitBalance]
     entries: _containers.RepeatedCompositeFieldContainer[Entry]
     reason: str
-    def __init__(self, type: _Optional[_Union[ChangeType, str]] = ..., account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balances: _Optional[_Iterable[_Union[UnitBalance, _Mapping]]] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+    following: _containers.RepeatedCompositeFieldContainer[BalanceChange]
+    def __init__(self, type: _Optional[_Union[ChangeType, str]] = ..., account_id: _Optional[str] = ..., sequence: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balances: _Optional[_Iterable[_Union[UnitBalance, _Mapping]]] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., reason: _Optional[str] = ..., following: _Optional[_Iterable[_Union[BalanceChange, _Mapping]]] = ...) -> None: ...

@@ -541,7 +541,9 @@ class LedgerServiceServicer:
     def WatchBalance(self, request, context):
         """A snapshot of the account's balance, then every change, each with the account's sequence
         (gap-free, increasing by one per committed change). Resume with after_sequence: exactly what
-        was missed, or a RESYNC (with a fresh snapshot) when it is too far back.
+        was missed, or a RESYNC (with a fresh snapshot) when it is too far back. A stream that is behind
+        gets its pending changes in one message (BalanceChange.following): read each message as
+        [message, *message.following].
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
