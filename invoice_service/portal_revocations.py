@@ -25,6 +25,7 @@ from credits.ledger.v1.ledger_pb2_grpc import LedgerServiceStub
 
 from service_runtime import portal_sessions
 from service_runtime.portal_sessions import PortalSession, SessionRefused
+from service_runtime.tls import open_channel
 
 ASK_TIMEOUT_S = 5.0
 MAX_CACHED = 10_000
@@ -42,7 +43,7 @@ class LedgerRevocations:
 
     def _ledger(self) -> LedgerServiceStub:
         if self._stub is None:  # made on first use, on the server's event loop
-            self._channel = grpc.aio.insecure_channel(self.ledger_addr)
+            self._channel = open_channel(self.ledger_addr)  # TLS / mTLS when configured, as every client
             self._stub = LedgerServiceStub(self._channel)
         return self._stub
 
