@@ -37,8 +37,8 @@ from typing import Any
 import asyncpg
 
 from finance.domain.books import Books, LedgerEntry, Line, LotBook, LotGrant, Posting, TransferMoney
-from finance.domain.reports import is_transfer
-from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, estimated_rate, parse_rules
+from finance.domain.reports import TRANSFER_REFERENCES, is_transfer
+from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Gl, Rules, Treatment, estimated_rate, parse_rules
 from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.currencies import CURRENCY_SCALES
 from service_runtime.row_security import current_tenant
@@ -191,11 +191,11 @@ def _book(row: Any) -> LotBook:
 
 def _entry(row: Any, lots: dict[str, Any], closed: datetime | None) -> tuple[LedgerEntry, LotGrant | None]:
     """The entry, posting when it was recorded, or at the start of the first open period if that is later."""
-    recorded = row["recorded_at"]
+    entry_id, kind, lot_id, account_id, amount, effective_at, recorded, reference, hold_key, reason = row  # PENDING
     posting_at = recorded if closed is None or recorded >= closed else closed
-    entry = LedgerEntry(row["entry_id"], row["kind"], row["lot_id"], row["account_id"], row["amount"],
-                        row["effective_at"], recorded, row["reference"], row["hold_key"], row["reason"], posting_at)
-    if row["kind"] != "GRANT":
+    entry = LedgerEntry(entry_id, kind, lot_id, account_id, amount, effective_at, recorded, reference, hold_key, reason,
+                        posting_at)
+    if kind != "GRANT":
         return entry, None
     lot = lots[row["lot_id"]]
     scale = lot["unit_scale"] if lot["unit_scale"] is not None else BUILTIN_UNITS.get(lot["unit"], 0)
@@ -277,8 +277,10 @@ class _Batch:
     days: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
     money: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
-    lot_texts: dict[str, str] = field(default_factory=dict)  # COPY text of the columns a line takes of its lot
-    gl_texts: dict[str, str] = field(default_factory=dict)  # ... and of its GL account (role, code)
+    # COPY path: what a line takes of its lot (COPY text of its columns, then account, lot type, currency,
+    # breakage method, paid: fixed at grant), and of its GL account (role, COPY text of role and code)
+    lot_texts: dict[str, tuple[str, str, str, str, str, bool]] = field(default_factory=dict)
+    gl_texts: dict[Gl, tuple[str, str]] = field(default_factory=dict)
     last_at: datetime | None = None  # the last posting instant formatted, and its text
     last_posting: str = ""
 
@@ -327,21 +329,23 @@ class _Batch:
             self.last_at, self.last_posting = at, posting
         effective = posting if entry.effective_at == at else entry.effective_at.isoformat()
         day = posting[:10] if at.tzinfo is UTC else at.astimezone(UTC).date().isoformat()
-        book = books.lots[entry.lot_id]
-        method, kind, entry_id, texts = book.method.value, entry.kind, entry.entry_id, self.lot_texts
-        transfer = is_transfer(entry.reference)
-        lot = texts.get(entry.lot_id)
+        kind, entry_id, lot_id = entry.kind, entry.entry_id, entry.lot_id
+        lot = self.lot_texts.get(lot_id)
         if lot is None:
-            lot = texts[entry.lot_id] = "\t".join(copy_text(x) for x in (
-                book.currency, book.account_id, entry.lot_id, book.lot_type, book.campaign_id))
+            b = books.lots[lot_id]
+            lot = self.lot_texts[lot_id] = ("\t".join(copy_text(x) for x in (
+                b.currency, b.account_id, lot_id, b.lot_type, b.campaign_id)), b.account_id, b.lot_type, b.currency,
+                b.method.value, b.paid)
+        text, account_id, lot_type, currency, method, paid = lot
+        transfer = entry.reference.startswith(TRANSFER_REFERENCES)
         head = f"{tenant}\t{entry_id}\t"
         mid = f"\t{posting}\t{effective}\t"
-        tail = f"\t{lot}\t{kind}\t{copy_text(entry.hold_key)}\t{copy_text(entry.reference)}\t"
+        tail = f"\t{text}\t{kind}\t{copy_text(entry.hold_key)}\t{copy_text(entry.reference)}\t"
         lines, days, gls, memos = self.lines, self.days, self.gl_texts, MEMO_TEXTS
         for n, (gl, debit, credit, memo) in enumerate(postings, 1):
-            value = gl.value
-            lines.append(f"{head}{n}{mid}{gls[value]}\t{debit}\t{credit}{tail}{memos[memo]}\n")
-            key = (day, book.account_id, book.lot_type, book.currency, value, kind, transfer, memo, method)
+            value, gl_text = gls[gl]
+            lines.append(f"{head}{n}{mid}{gl_text}\t{debit}\t{credit}{tail}{memos[memo]}\n")
+            key = (day, account_id, lot_type, currency, value, kind, transfer, memo, method)
             acc = days.get(key)
             if acc is None:
                 days[key] = [debit, credit, 1]
@@ -350,12 +354,12 @@ class _Batch:
                 acc[1] += credit
                 acc[2] += 1
         moved = books.moved
-        self.entries.append(f"{head}{kind}\t{copy_text(entry.lot_id)}\t{copy_text(entry.account_id)}\t"
+        self.entries.append(f"{head}{kind}\t{copy_text(lot_id)}\t{copy_text(entry.account_id)}\t"
                             f"{entry.amount}\t{moved}\t{effective}\t{posting}\n")
         if moved:
-            money = self.money.setdefault((day, entry.account_id, book.lot_type, book.currency, book.paid), [0, 0])
+            money = self.money.setdefault((day, entry.account_id, lot_type, currency, paid), [0, 0])
             money[0 if kind in MONEY_IN else 1] += moved
-        self.touched.add(entry.lot_id)
+        self.touched.add(lot_id)
 
     def add(self, entry: LedgerEntry, lines: list[Line], books: Books) -> None:
         assert entry.posting_at is not None
@@ -473,7 +477,7 @@ async def _project_overlapped(conn: asyncpg.Connection, tenant_id: str, rows: li
     batch = _Batch()
     in_flight: asyncio.Task[Any] | None = None
     tenant, codes = copy_text(tenant_id), books.rules.codes
-    batch.gl_texts.update((gl, f"{copy_text(gl)}\t{copy_text(code)}") for gl, code in codes.items())
+    batch.gl_texts.update((gl, (gl.value, f"{copy_text(gl.value)}\t{copy_text(codes[gl.value])}")) for gl in Gl)
     for start in range(0, len(rows), CHUNK):
         batch.entries, batch.lines = [], []
         if copy:
