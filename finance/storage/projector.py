@@ -472,29 +472,32 @@ async def _project_overlapped(conn: asyncpg.Connection, tenant_id: str, rows: li
                               copy: bool) -> None:
     """The batch's books derived chunk by chunk (`Books.postings`: the one derivation) while the database
     stores the chunk before (one statement in flight at a time, all in the batch's transaction); the
-    lots, legs and sums, small, at the end. `copy`: the rows go by binary COPY (`_copy_chunk`), else
-    as one JSON statement per chunk (`INSERT_CHUNK`, where row security refuses COPY)."""
+    lots, legs and sums, small, at the end. `copy`: the rows go by text COPY (`_copy_chunk`), else as
+    one JSON statement per chunk (`INSERT_CHUNK`, where row security refuses COPY). A derivation that
+    fails lets the chunk in flight end first (the transaction then rolls back on an idle connection)."""
     batch = _Batch()
     in_flight: asyncio.Task[Any] | None = None
     tenant, codes = copy_text(tenant_id), books.rules.codes
     batch.gl_texts.update((gl, (gl.value, f"{copy_text(gl.value)}\t{copy_text(codes[gl.value])}")) for gl in Gl)
-    for start in range(0, len(rows), CHUNK):
-        batch.entries, batch.lines = [], []
-        if copy:
+    add = batch.add_copy_text if copy else None
+    try:
+        for start in range(0, len(rows), CHUNK):
+            batch.entries, batch.lines = [], []
             for row in rows[start:start + CHUNK]:
                 entry, grant = _entry(row, granted, closed)
-                batch.add_copy_text(tenant, entry, books.postings(entry, grant), books)
-        else:
-            for row in rows[start:start + CHUNK]:
-                entry, grant = _entry(row, granted, closed)
-                batch.add_postings(entry, books.postings(entry, grant), books)
+                if add is not None:
+                    add(tenant, entry, books.postings(entry, grant), books)
+                else:
+                    batch.add_postings(entry, books.postings(entry, grant), books)
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(
+                _copy_chunk(conn, batch.entries, batch.lines) if copy
+                else conn.execute(INSERT_CHUNK, tenant_id, json.dumps(batch.entries)))
+            await asyncio.sleep(0)  # let it send its rows before the next chunk's derivation
+    finally:
         if in_flight is not None:
-            await in_flight
-        if copy:
-            in_flight = asyncio.create_task(_copy_chunk(conn, batch.entries, batch.lines))
-        else:
-            in_flight = asyncio.create_task(conn.execute(INSERT_CHUNK, tenant_id, json.dumps(batch.entries)))
-        await asyncio.sleep(0)  # let it send its rows before the next chunk's derivation
+            await asyncio.wait([in_flight])  # done whatever happened; its error, if any, is raised below
     if in_flight is not None:
         await in_flight
     await _write_lots(conn, tenant_id, books, legs_before, batch.touched)

@@ -79,3 +79,37 @@ async def test_copy_text_reads_back_unchanged(books: Books) -> None:
         assert [r["v"] for r in await conn.fetch("SELECT v FROM t ORDER BY n")] == values
     finally:
         await conn.close()
+
+
+async def test_a_failed_derivation_leaves_nothing_and_an_idle_connection(books: Books, monkeypatch: Any) -> None:
+    """A chunk is in flight when the next chunk's derivation fails: the error surfaces, the batch writes
+    nothing, and the connection is usable at once (the in-flight rows ended before the rollback)."""
+    await random_history(books, TENANT, 5, 30)
+    monkeypatch.setattr(projector, "CHUNK", 3)
+    real = projector.Books.postings
+    calls = 0
+
+    def failing(self: projector.Books, entry: Any, grant: Any = None) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 5:  # the second chunk's second entry: the first chunk is in flight
+            raise RuntimeError("derivation failed")
+        return real(self, entry, grant)
+
+    monkeypatch.setattr(projector.Books, "postings", failing)
+    conn = await asyncpg.connect(books.dsn)
+    try:
+        mark = await projector.safe_mark(conn)
+        assert mark is not None
+        for copy in (True, False):
+            calls = 0
+            try:
+                await projector.project_batch(conn, TENANT, mark, copy=copy)
+            except RuntimeError as e:
+                assert str(e) == "derivation failed"
+            else:
+                raise AssertionError("the failure did not surface")
+            assert await conn.fetchval("SELECT count(*) FROM finance_lines WHERE tenant_id = $1", TENANT) == 0
+            assert await conn.fetchval("SELECT count(*) FROM finance_entries WHERE tenant_id = $1", TENANT) == 0
+    finally:
+        await conn.close()
