@@ -207,16 +207,18 @@ def alerts(accounts: int, concurrency: int, check: bool, as_json: bool) -> int:
 @command.command(
     "finance", short_help="the books over 1M ledger entries: monthly report, projection rate and lag vs a naive scan",
     help="Starts an embedded Postgres (fsync on) and the ledger server, loads ENTRIES ledger entries through "
-         "BatchDebitCredits, then measures the books' catch-up (entries/s), the monthly revenue report against a "
-         "naive full scan of the journal (same run), exactness (mismatch_minor: must be 0) and the projection lag "
-         "while debits keep arriving. Baseline for the projector, same run: the first --baseline-entries entries "
-         "projected by the earlier per-entry path and by the current one (rolled back), with the CPU per entry "
-         "of each (baseline_projection_cpu_us, prefix_projection_cpu_us: [this process, postgres]).")
+         "BatchDebitCredits, then measures the books' catch-up as the ledger server's background projector runs "
+         "it (entries/s; the owner's session: COPY), the monthly revenue report against a naive full scan of the "
+         "journal (same run), exactness (mismatch_minor: must be 0) and the projection lag while debits keep "
+         "arriving. Baseline for the projector, same run: the first --baseline-entries entries projected by the "
+         "earlier per-entry path, by the current one, and by the current one in a service session (row "
+         "security: JSON statements), each rolled back, with the CPU per entry of each (baseline_projection_cpu_us, "
+         "prefix_projection_cpu_us, prefix_service_projection_cpu_us: [this process, postgres]).")
 @click.option("--entries", type=int, default=1_000_000, show_default=True, help="ledger entries to load")
 @click.option("--customers", type=int, default=200, show_default=True, help="accounts the debits spread over")
 @click.option("--lag-seconds", type=float, default=10.0, show_default=True, help="length of the lag phase")
 @click.option("--baseline-entries", type=click.IntRange(min=0), default=200_000, show_default=True,
-              help="entries the earlier per-entry projector path and the current one both project (rolled back)")
+              help="entries the earlier per-entry projector path and the current one project (rolled back)")
 @click.option("--check", is_flag=True, help="exit 3 when a target is missed")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object with the figures")
 def finance(entries: int, customers: int, lag_seconds: float, baseline_entries: int, check: bool,

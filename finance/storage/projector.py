@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,8 +37,8 @@ from typing import Any
 import asyncpg
 
 from finance.domain.books import Books, LedgerEntry, Line, LotBook, LotGrant, Posting, TransferMoney
-from finance.domain.reports import is_transfer
-from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Rules, Treatment, estimated_rate, parse_rules
+from finance.domain.reports import TRANSFER_REFERENCES, is_transfer
+from finance.domain.rules import DEFAULT_RULES, BreakageMethod, Gl, Rules, Treatment, estimated_rate, parse_rules
 from ledger_service.storage.catalog import BUILTIN_UNITS
 from service_runtime.currencies import CURRENCY_SCALES
 from service_runtime.row_security import current_tenant
@@ -49,8 +49,12 @@ WINDOW = 5000  # entry ids per batch (the batch holds the tenant's entries among
 PROJECT_INTERVAL_S = 0.5
 
 ENSURE_CURSOR = "INSERT INTO finance_cursors (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING"
+# `copy`: may this session COPY into the books (row security does not apply to it: the owner, as the
+# ledger server's background projector connects; COPY FROM is refused where a row policy applies).
 LOCK_CURSOR = """
-SELECT entry_id, entries_projected, closed_through FROM finance_cursors WHERE tenant_id = $1 FOR UPDATE
+SELECT entry_id, entries_projected, closed_through,
+       NOT (row_security_active('finance_lines') OR row_security_active('finance_entries')) AS copy
+FROM finance_cursors WHERE tenant_id = $1 FOR UPDATE
 """
 LAST_ENTRY_ID = "SELECT coalesce(pg_sequence_last_value('journal_entry_id_seq'), 0)"
 # A transaction id taken now: greater than that of every transaction already running (a snapshot's xmax
@@ -172,6 +176,7 @@ class Cursor:
     entry_id: int
     entries_projected: int
     closed_through: datetime | None
+    copy: bool = False  # the session may COPY into the books (see LOCK_CURSOR)
 
 
 def _book(row: Any) -> LotBook:
@@ -186,11 +191,11 @@ def _book(row: Any) -> LotBook:
 
 def _entry(row: Any, lots: dict[str, Any], closed: datetime | None) -> tuple[LedgerEntry, LotGrant | None]:
     """The entry, posting when it was recorded, or at the start of the first open period if that is later."""
-    recorded = row["recorded_at"]
+    entry_id, kind, lot_id, account_id, amount, effective_at, recorded, reference, hold_key, reason = row  # PENDING
     posting_at = recorded if closed is None or recorded >= closed else closed
-    entry = LedgerEntry(row["entry_id"], row["kind"], row["lot_id"], row["account_id"], row["amount"],
-                        row["effective_at"], recorded, row["reference"], row["hold_key"], row["reason"], posting_at)
-    if row["kind"] != "GRANT":
+    entry = LedgerEntry(entry_id, kind, lot_id, account_id, amount, effective_at, recorded, reference, hold_key, reason,
+                        posting_at)
+    if kind != "GRANT":
         return entry, None
     lot = lots[row["lot_id"]]
     scale = lot["unit_scale"] if lot["unit_scale"] is not None else BUILTIN_UNITS.get(lot["unit"], 0)
@@ -219,7 +224,7 @@ async def lock_cursor(conn: asyncpg.Connection, tenant_id: str) -> Cursor:
     """The tenant's cursor, locked until the transaction ends (projectors and closes take turns)."""
     await conn.execute(ENSURE_CURSOR, tenant_id)
     row = await conn.fetchrow(LOCK_CURSOR, tenant_id)
-    return Cursor(row["entry_id"], row["entries_projected"], row["closed_through"])
+    return Cursor(row["entry_id"], row["entries_projected"], row["closed_through"], row["copy"])
 
 
 async def safe_mark(conn: asyncpg.Connection, wait_s: float = 10.0) -> int | None:
@@ -267,11 +272,17 @@ class _Batch:
     """What one batch writes, built entry by entry: rows as JSON-ready tuples (instants formatted once
     per entry), and the day sums of its lines and money."""
 
-    entries: list[tuple[Any, ...]] = field(default_factory=list)
-    lines: list[tuple[Any, ...]] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)  # tuples (JSON paths) or COPY text rows
+    lines: list[Any] = field(default_factory=list)
     days: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
     money: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
+    # COPY path: what a line takes of its lot (COPY text of its columns, then account, lot type, currency,
+    # breakage method, paid: fixed at grant), and of its GL account (role, COPY text of role and code)
+    lot_texts: dict[str, tuple[str, str, str, str, str, bool]] = field(default_factory=dict)
+    gl_texts: dict[Gl, tuple[str, str]] = field(default_factory=dict)
+    last_at: datetime | None = None  # the last posting instant formatted, and its text
+    last_posting: str = ""
 
     def add_postings(self, entry: LedgerEntry, postings: list[Posting], books: Books) -> None:
         """`add` from the books' postings (`Books.postings`), for `INSERT_CHUNK`: one row per entry in
@@ -304,6 +315,51 @@ class _Batch:
             money = self.money.setdefault((day, entry.account_id, book.lot_type, book.currency, book.paid), [0, 0])
             money[0 if kind in MONEY_IN else 1] += moved
         self.touched.add(entry.lot_id)
+
+    def add_copy_text(self, tenant: str, entry: LedgerEntry, postings: list[Posting], books: Books) -> None:
+        """`add_postings` for text `COPY` (`_copy_chunk`): one text row per line into `lines` and per entry
+        into `entries`, columns in `LINE_COLUMNS` / `ENTRY_COLUMNS` order, values escaped (`copy_text`);
+        what a line repeats of its entry and lot formatted once per entry (its lot's part once per lot)."""
+        at = entry.posting_at
+        assert at is not None
+        if at == self.last_at:  # entries of one ledger batch share their instant: formatted once
+            posting = self.last_posting
+        else:
+            posting = at.isoformat()
+            self.last_at, self.last_posting = at, posting
+        effective = posting if entry.effective_at == at else entry.effective_at.isoformat()
+        day = posting[:10] if at.tzinfo is UTC else at.astimezone(UTC).date().isoformat()
+        kind, entry_id, lot_id = entry.kind, entry.entry_id, entry.lot_id
+        lot = self.lot_texts.get(lot_id)
+        if lot is None:
+            b = books.lots[lot_id]
+            lot = self.lot_texts[lot_id] = ("\t".join(copy_text(x) for x in (
+                b.currency, b.account_id, lot_id, b.lot_type, b.campaign_id)), b.account_id, b.lot_type, b.currency,
+                b.method.value, b.paid)
+        text, account_id, lot_type, currency, method, paid = lot
+        transfer = entry.reference.startswith(TRANSFER_REFERENCES)
+        head = f"{tenant}\t{entry_id}\t"
+        mid = f"\t{posting}\t{effective}\t"
+        tail = f"\t{text}\t{kind}\t{copy_text(entry.hold_key)}\t{copy_text(entry.reference)}\t"
+        lines, days, gls, memos = self.lines, self.days, self.gl_texts, MEMO_TEXTS
+        for n, (gl, debit, credit, memo) in enumerate(postings, 1):
+            value, gl_text = gls[gl]
+            lines.append(f"{head}{n}{mid}{gl_text}\t{debit}\t{credit}{tail}{memos[memo]}\n")
+            key = (day, account_id, lot_type, currency, value, kind, transfer, memo, method)
+            acc = days.get(key)
+            if acc is None:
+                days[key] = [debit, credit, 1]
+            else:
+                acc[0] += debit
+                acc[1] += credit
+                acc[2] += 1
+        moved = books.moved
+        self.entries.append(f"{head}{kind}\t{copy_text(lot_id)}\t{copy_text(entry.account_id)}\t"
+                            f"{entry.amount}\t{moved}\t{effective}\t{posting}\n")
+        if moved:
+            money = self.money.setdefault((day, entry.account_id, lot_type, currency, paid), [0, 0])
+            money[0 if kind in MONEY_IN else 1] += moved
+        self.touched.add(lot_id)
 
     def add(self, entry: LedgerEntry, lines: list[Line], books: Books) -> None:
         assert entry.posting_at is not None
@@ -339,10 +395,13 @@ async def _write(conn: asyncpg.Connection, tenant_id: str, books: Books, legs_be
 
 
 async def _write_sums(conn: asyncpg.Connection, tenant_id: str, batch: _Batch) -> None:
+    # days are ISO strings (the JSON paths) or dates (the COPY path): str() is the ISO form of both
     if batch.days:  # the day sums the reports read, in the same transaction as the lines
-        await conn.execute(UPSERT_DAY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in batch.days.items()]))
+        await conn.execute(UPSERT_DAY_SUMS, tenant_id,
+                           json.dumps([[str(k[0]), *k[1:], *v] for k, v in batch.days.items()]))
     if batch.money:
-        await conn.execute(UPSERT_MONEY_SUMS, tenant_id, json.dumps([[*k, *v] for k, v in batch.money.items()]))
+        await conn.execute(UPSERT_MONEY_SUMS, tenant_id,
+                           json.dumps([[str(k[0]), *k[1:], *v] for k, v in batch.money.items()]))
 
 
 async def _write_lots(conn: asyncpg.Connection, tenant_id: str, books: Books, legs_before: set[tuple[str, str]],
@@ -365,24 +424,80 @@ async def _write_lots(conn: asyncpg.Connection, tenant_id: str, books: Books, le
 
 CHUNK = 2000  # entries per statement on the overlapped path
 
+# The columns of the COPY path's records (`_Batch.add_records`).
+ENTRY_COLUMNS = ("tenant_id", "entry_id", "kind", "lot_id", "account_id", "units", "money", "effective_at",
+                 "posting_at")
+LINE_COLUMNS = ("tenant_id", "entry_id", "line_no", "posting_at", "effective_at", "gl_account", "gl_code", "debit",
+                "credit", "currency", "account_id", "lot_id", "lot_type", "campaign_id", "entry_kind", "hold_key",
+                "reference", "memo")
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(value: str) -> str:
+    """A text value as COPY's text format reads it back unchanged (backslash, tab, newline, CR escaped)."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+class _Escaped(dict[str, str]):
+    """`copy_text` of each key, computed once (the memos: a few strings the books write)."""
+
+    def __missing__(self, key: str) -> str:
+        value = self[key] = copy_text(key)
+        return value
+
+
+MEMO_TEXTS = _Escaped()
+
+
+async def _bytes(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _copy_chunk(conn: asyncpg.Connection, entries: list[str], lines: list[str]) -> None:
+    """One chunk's rows by text COPY: no JSON to parse and no statement per row in the database, and
+    (unlike binary COPY, which encodes every value of every row) little to format here."""
+    if lines:
+        await conn.copy_to_table("finance_lines", source=_bytes("".join(lines).encode()), columns=LINE_COLUMNS,
+                                 format="text")
+    await conn.copy_to_table("finance_entries", source=_bytes("".join(entries).encode()), columns=ENTRY_COLUMNS,
+                             format="text")
+
 
 async def _project_overlapped(conn: asyncpg.Connection, tenant_id: str, rows: list[Any], granted: dict[str, Any],
-                              closed: datetime | None, books: Books, legs_before: set[tuple[str, str]]) -> None:
+                              closed: datetime | None, books: Books, legs_before: set[tuple[str, str]],
+                              copy: bool) -> None:
     """The batch's books derived chunk by chunk (`Books.postings`: the one derivation) while the database
     stores the chunk before (one statement in flight at a time, all in the batch's transaction); the
-    lots, legs and sums, small, at the end."""
+    lots, legs and sums, small, at the end. `copy`: the rows go by text COPY (`_copy_chunk`), else as
+    one JSON statement per chunk (`INSERT_CHUNK`, where row security refuses COPY). A derivation that
+    fails lets the chunk in flight end first (the transaction then rolls back on an idle connection)."""
     batch = _Batch()
-    in_flight: asyncio.Task[str] | None = None
-    for start in range(0, len(rows), CHUNK):
-        batch.entries.clear()
-        for row in rows[start:start + CHUNK]:
-            entry, grant = _entry(row, granted, closed)
-            batch.add_postings(entry, books.postings(entry, grant), books)
-        chunk = json.dumps(batch.entries)
+    in_flight: asyncio.Task[Any] | None = None
+    tenant, codes = copy_text(tenant_id), books.rules.codes
+    batch.gl_texts.update((gl, (gl.value, f"{copy_text(gl.value)}\t{copy_text(codes[gl.value])}")) for gl in Gl)
+    add = batch.add_copy_text if copy else None
+    try:
+        for start in range(0, len(rows), CHUNK):
+            batch.entries, batch.lines = [], []
+            for row in rows[start:start + CHUNK]:
+                entry, grant = _entry(row, granted, closed)
+                if add is not None:
+                    add(tenant, entry, books.postings(entry, grant), books)
+                else:
+                    batch.add_postings(entry, books.postings(entry, grant), books)
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(
+                _copy_chunk(conn, batch.entries, batch.lines) if copy
+                else conn.execute(INSERT_CHUNK, tenant_id, json.dumps(batch.entries)))
+            await asyncio.sleep(0)  # let it send its rows before the next chunk's derivation
+    finally:
         if in_flight is not None:
-            await in_flight
-        in_flight = asyncio.create_task(conn.execute(INSERT_CHUNK, tenant_id, chunk))
-        await asyncio.sleep(0)  # let it send its statement before the next chunk's derivation
+            await asyncio.wait([in_flight])  # done whatever happened; its error, if any, is raised below
     if in_flight is not None:
         await in_flight
     await _write_lots(conn, tenant_id, books, legs_before, batch.touched)
@@ -390,11 +505,12 @@ async def _project_overlapped(conn: asyncpg.Connection, tenant_id: str, rows: li
 
 
 async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, window: int = WINDOW, *,
-                        overlapped: bool = True) -> tuple[int, bool]:
+                        overlapped: bool = True, copy: bool = True) -> tuple[int, bool]:
     """Projects the tenant's entries among the next `window` ids up to the safe `mark`, in one
     transaction; returns (entries projected, whether the cursor reached the mark). `overlapped=False`:
     the earlier path (a `Line` per line, every row written after the whole batch is derived), kept as
-    the bench's baseline; the same books."""
+    the bench's baseline; the same books. `copy=False`: the JSON statements even where COPY is allowed
+    (the bench compares them)."""
     async with conn.transaction():
         cursor = await lock_cursor(conn, tenant_id)
         upper = min(mark, cursor.entry_id + window)
@@ -411,7 +527,8 @@ async def project_batch(conn: asyncpg.Connection, tenant_id: str, mark: int, win
         granted = await _load(conn, tenant_id, rows, books)
         legs_before = set(books.transfers)
         if overlapped:
-            await _project_overlapped(conn, tenant_id, rows, granted, cursor.closed_through, books, legs_before)
+            await _project_overlapped(conn, tenant_id, rows, granted, cursor.closed_through, books, legs_before,
+                                      cursor.copy and copy)
         else:
             batch = _Batch()
             for row in rows:

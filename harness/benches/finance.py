@@ -6,13 +6,16 @@ ledger server (with the FinanceService) in this process.
 1. load: customers with a PURCHASED lot (cost basis 0.75) and a small PROMOTIONAL lot, then
    BatchDebitCredits until the journal holds `entries` ledger entries (every one a real debit,
    through gRPC, durable);
-2. projection: the books catch up with the whole journal in one go -> `projection_entries_per_s`;
+2. projection: the books catch up with the whole journal in one go, as the ledger server's background
+   projector does (the owner's session, so lines and entries go by COPY) -> `projection_entries_per_s`;
    before that, same run, the first `baseline_entries` entries are projected by the earlier per-entry
-   path (`overlapped=False`: a `Line` object per line, every row written after the batch is derived)
-   and by the current one, each in a transaction rolled back afterwards ->
-   `baseline_projection_entries_per_s` and `prefix_projection_entries_per_s` (the same entries), and
-   the CPU each used per entry, [this process, the Postgres server] in µs (`baseline_projection_cpu_us`,
-   `prefix_projection_cpu_us`: what a busy machine disturbs least);
+   path (`overlapped=False`: a `Line` object per line, every row written after the batch is derived,
+   in a service session as before), by the current one as the background projector runs it, and by
+   the current one in a service session (row security refuses COPY there: JSON statements, what a
+   finance read's own catch-up uses), each in a transaction rolled back afterwards ->
+   `baseline_projection_entries_per_s`, `prefix_projection_entries_per_s` and
+   `prefix_service_projection_entries_per_s` (the same entries), and the CPU each used per entry,
+   [this process, the Postgres server] in µs (`*_cpu_us`: what a busy machine disturbs least);
 3. report: the monthly revenue report through gRPC (GetRevenueReport) -> `report_s`; the same
    figures by a naive full scan of the ledger journal joined with the lots (what a query without
    books would do) -> `baseline_report_s`, same run, and their ratio;
@@ -80,12 +83,14 @@ class FinanceBenchReport:
     projection_s: float = 0.0
     projection_entries_per_s: float = 0.0
     baseline_projection_entries_per_s: float = 0.0  # the earlier per-entry path, first baseline_entries
-    prefix_projection_entries_per_s: float = 0.0  # the current path over those same entries
+    prefix_projection_entries_per_s: float = 0.0  # the current path over those same entries (owner: COPY)
+    prefix_service_projection_entries_per_s: float = 0.0  # ... in a service session (row security: JSON)
     baseline_entries: int = 0
     # CPU per entry [this process, the Postgres server] on those entries: the figures a busy machine
     # disturbs least (wall time there depends on what else runs on the cores).
     baseline_projection_cpu_us: list[float] = field(default_factory=list)
     prefix_projection_cpu_us: list[float] = field(default_factory=list)
+    prefix_service_projection_cpu_us: list[float] = field(default_factory=list)
     report_s: float = 0.0
     baseline_report_s: float = 0.0
     report_vs_baseline: float = 0.0
@@ -172,23 +177,9 @@ async def _run(opts: Options, dsn: str, postmaster: int | None = None) -> Financ
         _say(opts, f"{report.entries} ledger entries in {report.load_s:.1f}s; projecting")
         token = current_tenant.set(TENANT)
         try:
-            _say(opts, f"projecting the first {opts.baseline_entries} entries both ways (rolled back)")
-            cpu = _cpu_s(postmaster)
-            report.baseline_entries, report.baseline_projection_entries_per_s = await _rolled_back_projection(
-                pool, opts.baseline_entries, overlapped=False)
-            between = _cpu_s(postmaster)
-            _, report.prefix_projection_entries_per_s = await _rolled_back_projection(
-                pool, opts.baseline_entries, overlapped=True)
-            after = _cpu_s(postmaster)
-            per = 1e6 / max(report.baseline_entries, 1)
-            report.baseline_projection_cpu_us = [(between[i] - cpu[i]) * per for i in (0, 1)]
-            report.prefix_projection_cpu_us = [(after[i] - between[i]) * per for i in (0, 1)]
-            started = time.monotonic()
-            await projector.project(pool, TENANT)
-            report.projection_s = time.monotonic() - started
+            await _projection(opts, pool, owner, postmaster, report)
         finally:
             current_tenant.reset(token)
-        report.projection_entries_per_s = report.entries / report.projection_s
         await _reports(opts, finance, md, owner, report)
         await _lag(opts, ledger, md, owner, report)
     finally:
@@ -199,12 +190,40 @@ async def _run(opts: Options, dsn: str, postmaster: int | None = None) -> Financ
     return report
 
 
+async def _projection(opts: Options, pool: asyncpg.Pool, owner: asyncpg.Pool, postmaster: int | None,
+                      report: FinanceBenchReport) -> None:
+    """The same first entries projected by the earlier path, the current one as the ledger server's background
+    projector runs it (the owner's session: COPY), and the current one in a service session (row security:
+    JSON statements), each rolled back; then the whole journal, as the background projector would."""
+    _say(opts, f"projecting the first {opts.baseline_entries} entries three ways (rolled back)")
+    cpu = _cpu_s(postmaster)
+    report.baseline_entries, report.baseline_projection_entries_per_s = await _rolled_back_projection(
+        pool, opts.baseline_entries, overlapped=False)
+    between = _cpu_s(postmaster)
+    _, report.prefix_projection_entries_per_s = await _rolled_back_projection(
+        owner, opts.baseline_entries, overlapped=True)
+    after = _cpu_s(postmaster)
+    _, report.prefix_service_projection_entries_per_s = await _rolled_back_projection(
+        pool, opts.baseline_entries, overlapped=True)
+    last = _cpu_s(postmaster)
+    per = 1e6 / max(report.baseline_entries, 1)
+    report.baseline_projection_cpu_us = [(between[i] - cpu[i]) * per for i in (0, 1)]
+    report.prefix_projection_cpu_us = [(after[i] - between[i]) * per for i in (0, 1)]
+    report.prefix_service_projection_cpu_us = [(last[i] - after[i]) * per for i in (0, 1)]
+    _say(opts, "projecting the whole journal")
+    started = time.monotonic()
+    await projector.project(owner, TENANT)
+    report.projection_s = time.monotonic() - started
+    report.projection_entries_per_s = report.entries / report.projection_s
+
+
 FIRST_ENTRIES_END = """
 SELECT max(entry_id) FROM (SELECT entry_id FROM journal WHERE tenant_id = $1 ORDER BY entry_id LIMIT $2) x
 """
 
 
-async def _rolled_back_projection(pool: asyncpg.Pool, entries: int, *, overlapped: bool) -> tuple[int, float]:
+async def _rolled_back_projection(pool: asyncpg.Pool, entries: int, *, overlapped: bool,
+                                  copy: bool = True) -> tuple[int, float]:
     """Projects the tenant's first `entries` entries in one transaction, rolled back: (entries, entries/s)."""
     async with pool.acquire() as conn:
         mark = await conn.fetchval(FIRST_ENTRIES_END, TENANT, entries)
@@ -215,7 +234,7 @@ async def _rolled_back_projection(pool: asyncpg.Pool, entries: int, *, overlappe
         try:
             total, done, started = 0, False, time.monotonic()
             while not done:
-                n, done = await projector.project_batch(conn, TENANT, mark, overlapped=overlapped)
+                n, done = await projector.project_batch(conn, TENANT, mark, overlapped=overlapped, copy=copy)
                 total += n
             elapsed = time.monotonic() - started
         finally:
@@ -345,6 +364,8 @@ def describe(r: FinanceBenchReport) -> str:
         f"(earlier per-entry path, same entries: {r.baseline_projection_entries_per_s:,.0f} entries/s)",
         f"  CPU per entry           python + postgres: {_us(r.prefix_projection_cpu_us)} "
         f"(earlier path {_us(r.baseline_projection_cpu_us)})",
+        f"  in a service session    {r.prefix_service_projection_entries_per_s:,.0f} entries/s, "
+        f"{_us(r.prefix_service_projection_cpu_us)} (row security: JSON statements, not COPY)",
         f"monthly revenue report  {r.report_s:.3f}s (naive full scan {r.baseline_report_s:.3f}s, "
         f"x{r.report_vs_baseline:.1f})",
         f"projection lag          p50 {r.projection_lag_p50_s:.3f}s, p99 {r.projection_lag_p99_s:.3f}s "
