@@ -254,6 +254,9 @@ class Effects:
     new_lots: list[Lot] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)
     debits: list[Hold] = field(default_factory=list)
+    # debits rows already in column order (hold_key, account_id, unit, requested, reserved, up_to, reference,
+    # policy_version, charges JSON, allocations JSON): a batch of debits builds no Hold per debit
+    debit_rows: list[tuple[str, str, str, int, int, bool, str, int, str, str]] = field(default_factory=list)
     resolutions: list[tuple[str, str, int, int, str]] = field(default_factory=list)
     postings: list[tuple[str, int, int]] = field(default_factory=list)
     reversals: list[tuple[str, str, int]] = field(default_factory=list)
@@ -304,8 +307,9 @@ class Effects:
         self.idempotency.append((key, method, request_hash, response))
 
     def is_empty(self) -> bool:
-        return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.resolutions
-                    or self.postings or self.reversals or self.grace or self.idempotency or self.audit)
+        return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.debit_rows
+                    or self.resolutions or self.postings or self.reversals or self.grace or self.idempotency
+                    or self.audit)
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Writes every queued row in one statement, inside the caller's transaction."""
@@ -326,6 +330,7 @@ class Effects:
         allocations = [(h.hold_key, a.position, a.charge_id, a.lot_id, a.amount) for h in hs for a in h.allocations]
         debits = [(h.hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference, h.policy_version,
                    as_json.charges(h.charges), as_json.allocations(h.allocations)) for h in self.debits]
+        debits += self.debit_rows
         await conn.execute(
             FLUSH, self.tenant_id, self.now,
             *_columns(lots, 20), *_columns(new_balances, 12), *_columns(updates, 11),
@@ -351,6 +356,11 @@ def _charges_json(charges: Sequence[Charge]) -> str:
          "service_start": c.service_start.isoformat(), "service_end": c.service_end.isoformat()}
         for c in charges
     ])
+
+
+def debit_json(charges: Sequence[Charge], allocations: Sequence[Allocation]) -> tuple[str, str]:
+    """A debits row's charges and allocations columns, as `flush` writes them for a debit's Hold."""
+    return _charges_json(charges), _allocations_json(allocations)
 
 
 def _allocations_json(allocations: Sequence[Allocation]) -> str:
