@@ -260,7 +260,9 @@ class DebitWire:
 
 def _field(tag: bytes, payload: bytes) -> bytes:
     n = len(payload)
-    return tag + (_SHORT[n] if n < 128 else _varint(n)) + payload
+    if n < 128:
+        return tag + _SHORT[n] + payload
+    return tag + (bytes((n & 0x7F | 0x80, n >> 7)) if n < 16384 else _varint(n)) + payload
 
 
 def batch_wire(answers: list[bytes | Exception]) -> bytes:

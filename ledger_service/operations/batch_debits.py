@@ -85,8 +85,10 @@ class _Shape:
 
 
 def _nested(rej: Rejection, index: int) -> Rejection:
+    """`rej` of the debit at `index`: its field named in place (debits[3].charges[0].amount)."""
     field = f"debits[{index}].{rej.field}"
-    return Rejection(rej.reason, rej.message.replace(rej.field, field, 1), field)
+    said = rej.message.removeprefix(f"{rej.field}: ") if rej.field else rej.message
+    return Rejection(rej.reason, said, field)
 
 
 async def _shapes(ledger: Ledger, tenant_id: str, shapes: list[Reserve | Rejection]) -> list[_Shape | Rejection]:

@@ -52,9 +52,9 @@ class Operation:
     lot_ids: tuple[str, ...] = ()
     audit: AuditRecord | None = None  # written in the same transaction unless the operation is refused
     earlier_methods: tuple[str, ...] = ()  # former names of the verb (a renamed RPC): their stored keys replay
-    # A batch of debits as one operation (operations/batch_debits.py): it checks these keys itself, runs
-    # in a transaction of its own (so no other operation sees its in-memory effects half-recorded) and
-    # counts `size` towards the writer's batch limit.
+    # A batch of debits as one operation (operations/batch_debits.py): it checks these keys itself and
+    # shares its transaction only with other batches of debits (no other operation may see its debits'
+    # in-memory effects: they record no Hold in the state), up to `max_batch_debits` debits (`size`).
     own_keys: tuple[str, ...] = ()
     size: int = 1
 
@@ -89,22 +89,19 @@ def _size(pending: _Pending) -> int:
     return sum(op.size for op in pending.ops)
 
 
-def _exclusive(pending: _Pending) -> bool:
+def _of_batch(pending: _Pending) -> bool:
+    """A batch of debits (operations with `own_keys`): shares a transaction only with other such."""
     return any(op.own_keys for op in pending.ops)
-
-
-def _fits(pending: _Pending, size: int, limit: int) -> bool:
-    """May `pending` join a transaction that has `size` already (an exclusive one never joins)?"""
-    return not _exclusive(pending) and size + _size(pending) <= limit
 
 
 class AccountWriter:
     """Serialises and batches writes per (tenant, account)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512,
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512, max_batch_debits: int = 4096,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._pool = pool
         self._max_batch = max_batch
+        self._max_batch_debits = max_batch_debits
         self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,10 +137,13 @@ class AccountWriter:
                 while queue.items:
                     batch: list[_Pending] = []
                     size = 0
-                    while queue.items and (not batch or _fits(queue.items[0], size, self._max_batch)):
+                    of_batch = _of_batch(queue.items[0])
+                    limit = self._max_batch_debits if of_batch else self._max_batch
+                    while queue.items and (not batch or (_of_batch(queue.items[0]) == of_batch
+                                                         and size + _size(queue.items[0]) <= limit)):
                         pending = queue.items.pop(0)
                         batch.append(pending)
-                        size += _size(pending) if not _exclusive(pending) else self._max_batch
+                        size += _size(pending)
                     try:
                         await self._run(conn, key, batch)
                     except Exception as exc:
