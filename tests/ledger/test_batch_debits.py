@@ -9,6 +9,7 @@ debit in request order (seeded random batches over gRPC, two tenants with the sa
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -179,3 +180,24 @@ def test_debit_wire_bytes_are_the_packed_hold() -> None:
         scale = rng.choice([0, 2])
         expected = packing.hold(keyed, scale).SerializeToString()
         assert wire.keyed(key, wire.tail(keyless, scale)) == expected
+
+
+async def test_concurrent_batches_on_one_account_never_overspend(ledger: Ledger) -> None:
+    """Batches in flight together on one account (they may share a transaction) take exactly what exists."""
+    await ledger.account("hot")
+    await ledger.grant("hot", "500", unit="token")
+
+    async def batch(w: int) -> list[bool]:
+        debits = [pb.DebitCreditsRequest(idempotency_key=f"w{w}-{i}", account_id="hot", unit="token",
+                                         charges=[pb.Charge(kind=pb.USAGE, amount="1")]) for i in range(200)]
+        got = await ledger.stub.BatchDebitCredits(pb.BatchDebitCreditsRequest(debits=debits), metadata=ledger.md)
+        for r in got.results:
+            assert r.HasField("hold") or r.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0], r
+        return [r.HasField("hold") for r in got.results]
+
+    results = await asyncio.gather(*(batch(w) for w in range(4)))
+    assert sum(sum(r) for r in results) == 500
+    b = await ledger.stub.GetBalance(pb.GetBalanceRequest(account_id="hot"), metadata=ledger.md)
+    assert (b.totals[0].available, b.totals[0].consumed) == ("0", "500")
+    v = await ledger.stub.VerifyJournal(pb.VerifyJournalRequest(), metadata=ledger.md)
+    assert v.ok, v.violations
