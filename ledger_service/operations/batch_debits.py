@@ -42,7 +42,7 @@ from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger
 from ledger_service.operations.holds import Reserve, batch_debit_credits
 from ledger_service.storage.account_writer import Operation
-from ledger_service.storage.effects import Effects, EntryContext, debit_json
+from ledger_service.storage.effects import Effects, debit_json
 from ledger_service.storage.state import AccountState
 from service_runtime.api_keys import Caller
 from service_runtime.rejections import Rejection, conflict, not_found
@@ -167,8 +167,8 @@ class _AccountRun:
         self._caller, self._method, self._batch, self._shapes = caller, method, batch, shapes
         self._indexes, self._wire = indexes, wire
         self._eligible: dict[int, list[list[Lot]]] = {}
-        # (shape, allocations) -> (Hold bytes without hold_key, allocations JSON, reserved)
-        self._memo: dict[tuple[int, tuple[tuple[int, str, int], ...]], tuple[bytes, str, int]] = {}
+        # (shape, *allocations) -> (Hold bytes without hold_key, allocations JSON, reserved)
+        self._memo: dict[tuple[int | tuple[int, str, int], ...], tuple[bytes, str, int]] = {}
 
     def apply(self, state: AccountState, fx: Effects) -> list[bytes | Rejection]:
         self._eligible.clear()  # a retried transaction reloads the account
@@ -210,17 +210,16 @@ class _AccountRun:
                                                                                             c.service_end)]
                 for c in shape.charges]
         taken = takes(shape.charges, eligible, up_to=shape.reserve.up_to)
-        memo_key = (s, tuple([(index, lot.lot_id, amount) for index, lot, amount in taken]))
+        memo_key: tuple[int | tuple[int, str, int], ...] = (s, *[(i, lot.lot_id, amount) for i, lot, amount in taken])
         found = self._memo.get(memo_key)
         if found is None:
             found = self._memo[memo_key] = self._template(state, fx.now, shape, taken)
         tail, allocations_json, reserved = found
         hold_key = DEBIT_PREFIX + key
         reserve = shape.reserve
-        ctx = EntryContext(actor=self._caller.key_id, reference=reserve.reference, hold_key=hold_key,
-                           policy_version=state.policy.version)
         for _, lot, amount in taken:
-            fx.move(lot, EntryKind.DEBIT, amount, ctx)
+            fx.move_as(lot, EntryKind.DEBIT, amount, fx.now, self._caller.key_id, "", reserve.reference, hold_key,
+                       state.policy.version)
         fx.debit_rows.append((hold_key, state.account_id, reserve.unit, shape.requested, reserved, reserve.up_to,
                               reserve.reference, state.policy.version, shape.charges_json, allocations_json))
         return self._wire.keyed(hold_key, tail)
