@@ -156,6 +156,7 @@ class Gate:
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exported = GateStats()
+        self._closing = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class Gate:
 
     async def close(self) -> None:
         """Stops leasing, waits for open tickets (up to settle_timeout_s), commits every lease."""
+        self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -194,9 +196,9 @@ class Gate:
             raise ValueError(f"cost must be a positive number of minor units, got {cost}")
         acct = self._accounts.get(account_id) or self._account(account_id)
         lease = acct.current
-        if lease is not None and lease.take(cost):  # the hot path: no I/O
+        if lease is not None and lease.take(cost):  # the hot path: no I/O, no clock, no lock
             self.stats.local += 1
-            acct.rate.record(cost, time.monotonic())
+            acct.rate.pending += cost
             return Decision(True, Ticket(account_id, cost, lease))
         return await self._authorize_slow(acct, cost)
 
@@ -251,18 +253,20 @@ class Gate:
     async def _take_lease(self, acct: _Account, cost: int) -> Lease | None:
         """A new lease sized from the rate (the current one retires); `low` when the ledger had less."""
         c = self.config
-        size = lease_size(acct.rate.per_s, c.lease_horizon_s, cost, c.min_lease, c.max_lease)
+        size = lease_size(acct.rate.fold(time.monotonic()), c.lease_horizon_s, cost, c.min_lease, c.max_lease)
         size = max(size, min(c.max_lease, acct.size_floor))
         spent = acct.current
-        if spent is not None:
-            if time.monotonic() - spent.taken_at < c.report_interval_s:  # used up early: demand outruns the rate
-                size = max(size, min(c.max_lease, 2 * spent.reserved))
-            self._retire(acct)
+        if spent is not None and time.monotonic() - spent.taken_at < c.report_interval_s:
+            size = max(size, min(c.max_lease, 2 * spent.reserved))  # used up early: demand outruns the rate
         hold_key = self._key("lease", acct.account_id)
-        hold = await self._call(self._stub.ReserveCredits, pb.ReserveCreditsRequest(
-            idempotency_key=hold_key, hold_key=hold_key, account_id=acct.account_id, unit=c.unit,
-            charges=[self._charge(size)], up_to=True, ttl_s=c.lease_ttl_s, release_on_ttl=True,
-            reference=f"gateway/{self._run}"))
+        try:  # the spent lease keeps authorizing what it still can until its successor is in place
+            hold = await self._call(self._stub.ReserveCredits, pb.ReserveCreditsRequest(
+                idempotency_key=hold_key, hold_key=hold_key, account_id=acct.account_id, unit=c.unit,
+                charges=[self._charge(size)], up_to=True, ttl_s=c.lease_ttl_s, release_on_ttl=True,
+                reference=f"gateway/{self._run}"))
+        finally:
+            if acct.current is spent:
+                self._retire(acct)
         reserved = parse_minor(hold.reserved or "0", self._scale, "reserved", allow_zero=True)
         self.stats.leases += 1
         acct.low = reserved < size
@@ -310,11 +314,12 @@ class Gate:
         settle), commit the retired ones, debit what fail-open let through, export metrics."""
         now = time.monotonic()
         for acct in list(self._accounts.values()):
+            acct.rate.fold(now)
             lease = acct.current
+            acct.low = False  # probe with a lease again: someone may have topped the account up
             if lease is not None and (lease.used > 0 or now - lease.taken_at > self.config.lease_ttl_s / 2):
                 acct.size_floor = lease.reserved if 2 * lease.used >= lease.reserved else lease.used
-                self._retire(acct)
-            acct.low = False  # probe with a lease again: someone may have topped the account up
+                await self._replace(acct, lease)
             for old in list(acct.retired):
                 if old.open_tickets and (force or now - old.taken_at > self.config.settle_timeout_s):
                     old.open_tickets = 0  # taken at their estimates
@@ -325,6 +330,17 @@ class Gate:
                 await self._commit_request(acct, hold_key, amount)
             await self._pay_fail_open(acct)
         self._export()
+
+    async def _replace(self, acct: _Account, lease: Lease) -> None:
+        """A successor for a used lease, taken while the lease still authorizes (authorizations do not
+        wait for the ledger at each report); then the lease retires and its usage is committed. Whatever
+        happens to the successor, the lease retires: its usage reaches the ledger this interval."""
+        async with acct.lock:
+            if acct.current is lease and not self._closing:
+                with contextlib.suppress(_Unreachable, _Refused, ValueError):
+                    await self._take_lease(acct, 1)
+            if acct.current is lease:
+                self._retire(acct)
 
     def _retire(self, acct: _Account) -> None:
         lease = acct.current

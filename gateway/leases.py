@@ -58,22 +58,30 @@ class Lease:
 
 @dataclass(slots=True)
 class ConsumptionRate:
-    """Exponentially weighted consumption per second of one account at this gate (sizes the next lease)."""
+    """Exponentially weighted consumption per second of one account at this gate (sizes the next lease).
+
+    The hot path only adds to `pending` (no clock read); `fold` turns what was consumed since the last
+    fold into the rate, when a lease is sized and at each report interval."""
 
     half_life_s: float = 2.0
     per_s: float = 0.0
+    pending: int = 0
     _since: float = 0.0
-    _pending: int = 0
 
     def record(self, amount: int, now: float) -> None:
+        self.pending += amount
+        self.fold(now)
+
+    def fold(self, now: float) -> float:
+        """The rate at `now`, with what was consumed since the last fold (at least 50 ms ago) in it."""
         if not self._since:
             self._since = now
-        self._pending += amount
         elapsed = now - self._since
         if elapsed >= 0.05:
             weight = 0.5 ** (elapsed / self.half_life_s)
-            self.per_s = weight * self.per_s + (1 - weight) * (self._pending / elapsed)
-            self._since, self._pending = now, 0
+            self.per_s = weight * self.per_s + (1 - weight) * (self.pending / elapsed)
+            self._since, self.pending = now, 0
+        return self.per_s
 
 
 def lease_size(rate_per_s: float, horizon_s: float, cost: int, minimum: int, maximum: int) -> int:

@@ -60,7 +60,12 @@ TOMBSTONE_SUFFIX = ":aborted"
 
 
 def request_hash(request: Message) -> bytes:
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    return hash_of_serialized(request.SerializeToString(deterministic=True))
+
+
+def hash_of_serialized(serialized: bytes) -> bytes:
+    """`request_hash` of a request given as its deterministic serialization (a batch has it already)."""
+    return hashlib.sha256(serialized).digest()
 
 
 def _check_same_request(row: asyncpg.Record, key: str, method: str, digest: bytes) -> bytes:

@@ -230,6 +230,55 @@ def batch(results: list[pb.Hold | Exception]) -> pb.BatchDebitCreditsResponse:
     return out
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SHORT = [_varint(n) for n in range(128)]
+_ERROR_OTHER = pb.RpcError(code=grpc.StatusCode.INTERNAL.value[0], message="internal error").SerializeToString()
+
+
+class DebitWire:
+    """A batched debit's Hold as bytes (operations/batch_debits.py): `hold` without its key, serialized
+    once per distinct debit; each debit's Hold is its hold_key field (field 1: serialized first, so the
+    bytes equal `hold(h).SerializeToString()`; tests/ledger/test_batch_debits.py) + those bytes."""
+
+    def tail(self, h: Hold, scale: int) -> bytes:
+        assert not h.hold_key
+        return hold(h, scale).SerializeToString()
+
+    def keyed(self, hold_key: str, tail: bytes) -> bytes:
+        key = hold_key.encode()
+        n = len(key)
+        return b"\n" + (_SHORT[n] if n < 128 else _varint(n)) + key + tail
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 128:
+        return tag + _SHORT[n] + payload
+    return tag + (bytes((n & 0x7F | 0x80, n >> 7)) if n < 16384 else _varint(n)) + payload
+
+
+def batch_wire(answers: list[bytes | Exception]) -> bytes:
+    """The serialized BatchDebitCreditsResponse of per-debit answers: a serialized Hold or an error."""
+    parts = []
+    for got in answers:
+        if isinstance(got, Rejection):
+            result = _field(b"\x12", pb.RpcError(code=got.status.value[0], message=got.message).SerializeToString())
+        elif isinstance(got, Exception):
+            result = _field(b"\x12", _ERROR_OTHER)
+        else:
+            result = _field(b"\n", got)
+        parts.append(_field(b"\n", result))
+    return b"".join(parts)
+
+
 def explanation(ex: Explanation, scale: int) -> pb.ExplainAllocationResponse:
     out = pb.ExplainAllocationResponse(hold_key=ex.hold.hold_key, policy=policy(ex.policy))
     for charge_id, considered in ex.charges:

@@ -24,6 +24,7 @@ from ledger_service.domain.statements import StatementMismatch
 from ledger_service.operations import (
     accounts_and_units,
     balance_watch,
+    batch_debits,
     grants,
     holds,
     lots_and_balances,
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 def _path(name: str) -> str:
     return f"/{SERVICE}/{name}"
+
+
+_DEBIT_WIRE = packing.DebitWire()
 
 
 def _tenant() -> str:
@@ -282,8 +286,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def BatchDebitCredits(self, request: pb.BatchDebitCreditsRequest,
                                 context: Any) -> pb.BatchDebitCreditsResponse:
-        debits = m.batch_debits(request, self._now(), self._skew, lambda d: self._call("DebitCredits", d, pb.Hold))
-        return packing.batch(await holds.batch_debit_credits(self._ledger, _tenant(), debits, packing.hold))
+        debits = m.batch_columns(request, self._now(), self._skew)
+        answers = await batch_debits.batch_debit(self._ledger, current_caller(), _path("DebitCredits"), debits,
+                                                 _DEBIT_WIRE, pb.Hold, packing.hold)
+        return pb.BatchDebitCreditsResponse.FromString(packing.batch_wire(answers))
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -57,19 +57,30 @@ def allocate(charges: Sequence[Charge], lots: Sequence[Lot], policy: Policy, *, 
     `presorted`, `lots` are already in policy order (the order depends only on lot configuration,
     so a batch sorts once).
     """
+    eligible = [eligible_lots(lots, charge, policy, presorted=presorted) for charge in charges]
+    allocations = [Allocation(position, charges[index].charge_id, lot.lot_id, amount, lot.lot_type)
+                   for position, (index, lot, amount) in enumerate(takes(charges, eligible, up_to=up_to))]
+    return AllocationResult(allocations, sum(c.amount for c in charges), sum(a.amount for a in allocations))
+
+
+def takes(charges: Sequence[Charge], eligible: Sequence[Sequence[Lot]], *, up_to: bool) -> list[tuple[int, Lot, int]]:
+    """The core of `allocate`: (charge index, lot, amount) in allocation order, each charge taking from
+    `eligible[index]` (its eligible lots in policy order; lots with nothing available are skipped
+    here) as far as their available balance goes. Raises FAILED_PRECONDITION if short (unless `up_to`).
+
+    A batch of debits finds each distinct charge's eligible lots once (eligibility depends only on the
+    lot's configuration, not its balance) and calls this per debit (operations/batch_debits.py)."""
     taken: dict[str, int] = {}
-    allocations: list[Allocation] = []
-    requested = 0
+    out: list[tuple[int, Lot, int]] = []
     for index, charge in enumerate(charges):
-        requested += charge.amount
         need = charge.amount
-        for lot in eligible_lots(lots, charge, policy, presorted=presorted):
+        for lot in eligible[index]:
             free = lot.available - taken.get(lot.lot_id, 0)
             if free <= 0:
                 continue
             take = min(free, need)
             taken[lot.lot_id] = taken.get(lot.lot_id, 0) + take
-            allocations.append(Allocation(len(allocations), charge.charge_id, lot.lot_id, take, lot.lot_type))
+            out.append((index, lot, take))
             need -= take
             if need == 0:
                 break
@@ -79,5 +90,4 @@ def allocate(charges: Sequence[Charge], lots: Sequence[Lot], policy: Policy, *, 
                 f"insufficient credits: {charge.amount} needed, {charge.amount - need} available "
                 f"on lots eligible for charge {charge.charge_id!r}",
             )
-    reserved = sum(a.amount for a in allocations)
-    return AllocationResult(allocations, requested, reserved)
+    return out

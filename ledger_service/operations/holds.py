@@ -212,7 +212,8 @@ async def debit_credits(ledger: Ledger, call: Call[M], debit: Reserve, pack: Cal
 
 def _nested(rej: Rejection, prefix: str) -> Rejection:
     field = f"{prefix}.{rej.field}"
-    return Rejection(rej.reason, rej.message.replace(rej.field, field, 1), field)
+    said = rej.message.removeprefix(f"{rej.field}: ") if rej.field else rej.message  # Rejection adds it again
+    return Rejection(rej.reason, said, field)
 
 
 async def batch_debit_credits(ledger: Ledger, tenant_id: str, debits: list[tuple[Call[M], Reserve] | Rejection],

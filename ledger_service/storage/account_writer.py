@@ -33,7 +33,7 @@ from service_runtime.rejections import Rejection, conflict, not_found
 log = logging.getLogger(__name__)
 
 Apply = Callable[[AccountState, Effects], Any]
-Pack = Callable[[Any], Message]
+Pack = Callable[[Any], Message | None]  # None: the operation answers through its result (a batch of debits)
 
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
               asyncpg.SerializationError, asyncpg.LockNotAvailableError)
@@ -52,6 +52,11 @@ class Operation:
     lot_ids: tuple[str, ...] = ()
     audit: AuditRecord | None = None  # written in the same transaction unless the operation is refused
     earlier_methods: tuple[str, ...] = ()  # former names of the verb (a renamed RPC): their stored keys replay
+    # A batch of debits as one operation (operations/batch_debits.py): it checks these keys itself and
+    # shares its transaction only with other batches of debits (no other operation may see its debits'
+    # in-memory effects: they record no Hold in the state), up to `max_batch_debits` debits (`size`).
+    own_keys: tuple[str, ...] = ()
+    size: int = 1
 
 
 @dataclass(slots=True)
@@ -80,13 +85,23 @@ class _Queue:
     running: bool = False
 
 
+def _size(pending: _Pending) -> int:
+    return sum(op.size for op in pending.ops)
+
+
+def _of_batch(pending: _Pending) -> bool:
+    """A batch of debits (operations with `own_keys`): shares a transaction only with other such."""
+    return any(op.own_keys for op in pending.ops)
+
+
 class AccountWriter:
     """Serialises and batches writes per (tenant, account)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512,
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 512, max_batch_debits: int = 4096,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._pool = pool
         self._max_batch = max_batch
+        self._max_batch_debits = max_batch_debits
         self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -122,10 +137,13 @@ class AccountWriter:
                 while queue.items:
                     batch: list[_Pending] = []
                     size = 0
-                    while queue.items and (not batch or size + len(queue.items[0].ops) <= self._max_batch):
+                    of_batch = _of_batch(queue.items[0])
+                    limit = self._max_batch_debits if of_batch else self._max_batch
+                    while queue.items and (not batch or (_of_batch(queue.items[0]) == of_batch
+                                                         and size + _size(queue.items[0]) <= limit)):
                         pending = queue.items.pop(0)
                         batch.append(pending)
-                        size += len(pending.ops)
+                        size += _size(pending)
                     try:
                         await self._run(conn, key, batch)
                     except Exception as exc:
@@ -183,7 +201,7 @@ class AccountWriter:
                 conn, tenant_id, account_id,
                 hold_keys=[k for op in ops for k in op.hold_keys],
                 lot_ids=[i for op in ops for i in op.lot_ids],
-                idempotency_keys=[op.idempotency_key for op in ops],
+                idempotency_keys=[k for op in ops for k in (op.idempotency_key, *op.own_keys)],
             )
             effects = Effects(tenant_id, self._clock())
             effects.states[account_id] = state
@@ -202,7 +220,7 @@ class AccountWriter:
             if op.audit is not None:
                 effects.audit.append(op.audit)
             return Outcome(replay=response)
-        if not state.exists:
+        if not state.exists and not op.own_keys:  # a batch checks its own keys first, then the account
             return not_found("account_id", f"account {state.account_id!r} not found")
         try:
             result = op.apply(state, effects)
@@ -211,7 +229,7 @@ class AccountWriter:
         if op.audit is not None:
             effects.audit.append(op.audit)
         message = op.pack(result)
-        if op.idempotency_key:
+        if op.idempotency_key and message is not None:
             response = message.SerializeToString()
             effects.remember(op.idempotency_key, op.method, op.request_hash, response)
             state.idempotency[op.idempotency_key] = (op.method, op.request_hash, response)

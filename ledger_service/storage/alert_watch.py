@@ -115,6 +115,10 @@ def rule_from_row(r: asyncpg.Record | dict[str, Any]) -> AlertRule:
     )
 
 
+_CONSUMING = frozenset({EntryKind.DEBIT.value, EntryKind.POST.value})
+_GRANT = EntryKind.GRANT.value
+
+
 class _Change:
     """The batch's entries per account and unit: consumption and adjustments."""
 
@@ -124,13 +128,16 @@ class _Change:
         self.consumed: dict[tuple[str, str], int] = defaultdict(int)
         self.adjustments: dict[tuple[str, str], list[Adjustment]] = defaultdict(list)
         self.compensatory: dict[str, set[str]] = defaultdict(set)  # unit -> granting keys
-        for account_id, lot_id, kind, amount, unit, *_ in fx.entries:
+        units, consumed = self.units, self.consumed
+        for entry in fx.entries:  # a batch of debits has thousands: no per-entry work beyond the sums
+            account_id, lot_id, kind, amount, unit = entry[0], entry[1], entry[2], entry[3], entry[4]
             assert isinstance(account_id, str) and isinstance(unit, str) and isinstance(amount, int)
-            self.units[account_id].add(unit)
-            if kind in (EntryKind.DEBIT.value, EntryKind.POST.value):
-                self.consumed[(account_id, unit)] += amount
-            lot = new.get(str(lot_id))
-            if kind == EntryKind.GRANT.value and lot is not None and not lot.origin_lot_id:
+            units[account_id].add(unit)
+            if kind in _CONSUMING:  # neither a grant nor a void
+                consumed[(account_id, unit)] += amount
+                continue
+            lot = new.get(str(lot_id)) if new else None
+            if kind == _GRANT and lot is not None and not lot.origin_lot_id:
                 self.adjustments[(account_id, unit)].append(
                     Adjustment(lot.lot_id, kind, amount, lot.lot_type, lot.granted_by))
                 if lot.lot_type is LotType.COMPENSATORY:

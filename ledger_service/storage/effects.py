@@ -209,17 +209,18 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[str]:
         return [""] * width
     out = []
     for col in zip(*rows, strict=True):
-        first = col[0]
-        if isinstance(first, str) and all(type(v) is str for v in col):
+        kinds = set(map(type, col))  # C loops only: a batch of debits has thousands of rows
+        kind = next(iter(kinds)) if len(kinds) == 1 else None
+        if kind is str:
             out.append(_SEP + _SEP.join(col))  # type: ignore[arg-type]
-        elif type(first) is int and all(type(v) is int for v in col):
+        elif kind is int:
             out.append(_SEP + _SEP.join(map(str, col)))
-        elif type(first) is bytes and all(type(v) is bytes for v in col):
-            out.append(_SEP + _SEP.join([v.hex() for v in col]))
-        elif isinstance(first, datetime) and all(isinstance(v, datetime) for v in col):
+        elif kind is bytes:
+            out.append(_SEP + _SEP.join(map(bytes.hex, col)))  # type: ignore[arg-type]
+        elif all(issubclass(k, datetime) for k in kinds):
             # a batch's instants are mostly its one `now`: each distinct instant formatted once
-            shown: dict[datetime, str] = {}
-            out.append(_SEP + _SEP.join([shown.get(v) or shown.setdefault(v, v.isoformat()) for v in col]))
+            shown = {v: v.isoformat() for v in set(col)}
+            out.append(_SEP + _SEP.join(map(shown.__getitem__, col)))
         else:
             out.append(_SEP + _SEP.join(map(_text, col)))
     return out
@@ -254,6 +255,9 @@ class Effects:
     new_lots: list[Lot] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)
     debits: list[Hold] = field(default_factory=list)
+    # debits rows already in column order (hold_key, account_id, unit, requested, reserved, up_to, reference,
+    # policy_version, charges JSON, allocations JSON): a batch of debits builds no Hold per debit
+    debit_rows: list[tuple[str, str, str, int, int, bool, str, int, str, str]] = field(default_factory=list)
     resolutions: list[tuple[str, str, int, int, str]] = field(default_factory=list)
     postings: list[tuple[str, int, int]] = field(default_factory=list)
     reversals: list[tuple[str, str, int]] = field(default_factory=list)
@@ -267,6 +271,12 @@ class Effects:
     def move(self, lot: Lot, kind: EntryKind, amount: int, ctx: EntryContext,
              effective_at: datetime | None = None) -> None:
         """Moves `amount` between two buckets of `lot` and journals it."""
+        self.move_as(lot, kind, amount, effective_at or self.now, ctx.actor, ctx.reason, ctx.reference, ctx.hold_key,
+                     ctx.policy_version)
+
+    def move_as(self, lot: Lot, kind: EntryKind, amount: int, effective_at: datetime, actor: str, reason: str,
+                reference: str, hold_key: str, policy_version: int) -> None:
+        """`move` with the context's fields given one by one (a batch of debits builds no context per debit)."""
         assert amount > 0, "journal amounts are positive"
         (src, src_sign, src_i), (dst, _, dst_i) = _MOVES[kind]
         setattr(lot, src, getattr(lot, src) + src_sign * amount)
@@ -280,8 +290,8 @@ class Effects:
             row[_ENTRIES] += 1
         assert lot.available >= 0 and lot.held >= 0, f"lot {lot.lot_id} would go negative"
         self.entries.append((
-            lot.account_id, lot.lot_id, kind.value, amount, lot.unit, effective_at or self.now,
-            ctx.actor, ctx.reason, ctx.reference, ctx.hold_key, ctx.policy_version,
+            lot.account_id, lot.lot_id, kind.value, amount, lot.unit, effective_at, actor, reason, reference, hold_key,
+            policy_version,
         ))
 
     def create(self, lot: Lot) -> None:
@@ -304,8 +314,9 @@ class Effects:
         self.idempotency.append((key, method, request_hash, response))
 
     def is_empty(self) -> bool:
-        return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.resolutions
-                    or self.postings or self.reversals or self.grace or self.idempotency or self.audit)
+        return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.debit_rows
+                    or self.resolutions or self.postings or self.reversals or self.grace or self.idempotency
+                    or self.audit)
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Writes every queued row in one statement, inside the caller's transaction."""
@@ -326,6 +337,7 @@ class Effects:
         allocations = [(h.hold_key, a.position, a.charge_id, a.lot_id, a.amount) for h in hs for a in h.allocations]
         debits = [(h.hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference, h.policy_version,
                    as_json.charges(h.charges), as_json.allocations(h.allocations)) for h in self.debits]
+        debits += self.debit_rows
         await conn.execute(
             FLUSH, self.tenant_id, self.now,
             *_columns(lots, 20), *_columns(new_balances, 12), *_columns(updates, 11),
@@ -351,6 +363,11 @@ def _charges_json(charges: Sequence[Charge]) -> str:
          "service_start": c.service_start.isoformat(), "service_end": c.service_end.isoformat()}
         for c in charges
     ])
+
+
+def debit_json(charges: Sequence[Charge], allocations: Sequence[Allocation]) -> tuple[str, str]:
+    """A debits row's charges and allocations columns, as `flush` writes them for a debit's Hold."""
+    return _charges_json(charges), _allocations_json(allocations)
 
 
 def _allocations_json(allocations: Sequence[Allocation]) -> str:
