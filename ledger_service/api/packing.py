@@ -231,6 +231,7 @@ def batch(results: list[pb.Hold | Exception]) -> pb.BatchDebitCreditsResponse:
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (a length prefix of hand-packed fields)."""
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
@@ -409,15 +410,6 @@ def balance_change(account_id: str, message: WatchMessage, scales: dict[str, int
 
 
 _FOLLOWING_TAG = bytes([(pb.BalanceChange.FOLLOWING_FIELD_NUMBER << 3) | 2])  # field 8, length-delimited
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def balance_change_bytes(account_id: str, message: WatchMessage, scales: dict[str, int],
