@@ -185,8 +185,8 @@ for _service, _table_of in ((LEDGER_SERVICE, LEDGER), (INVOICE_SERVICE, INVOICE)
         _table_of[f"/{_service}/{_method}"] = _table_of[f"/{_service}/{_method}"] | {"portal"}
 
 # A finance session (role `finance_portal`): the finance report reads of its own tenant, nothing else.
-FINANCE_PORTAL_READS: tuple[str, ...] = ("GetRevenueReport", "GetLiabilityReport", "GetLiabilityRollForward",
-                                         "GetBreakageReport", "GetProgramReport", "ExportJournal")
+FINANCE_PORTAL_READS: tuple[str, ...] = ("GetRevenueReport", "GetLiabilityReport", "GetBreakageReport",
+                                         "GetProgramReport", "ExportJournal")
 for _method in FINANCE_PORTAL_READS:
     FINANCE_BOOKS[f"/{FINANCE_SERVICE}/{_method}"] = FINANCE_BOOKS[f"/{FINANCE_SERVICE}/{_method}"] | {"finance_portal"}
 

@@ -157,6 +157,7 @@ async def test_a_finance_session_reads_reports_and_nothing_else(portal: Portal) 
         finance.ProjectBooks(fpb.ProjectBooksRequest(), metadata=md),
         finance.CreateFinanceLink(fpb.CreateFinanceLinkRequest(), metadata=md),
         finance.GetFinanceRules(fpb.GetFinanceRulesRequest(), metadata=md),
+        finance.GetLiabilityRollForward(fpb.GetLiabilityRollForwardRequest(period=month), metadata=md),
         portal.stack.services.ledger.GetBalance(lpb.GetBalanceRequest(account_id="acct-john-wick"), metadata=md),
         portal.stack.services.ledger.DebitCredits(lpb.DebitCreditsRequest(
             idempotency_key="x", account_id="acct-john-wick", unit="USD", charges=[charge("1.00")]), metadata=md),
@@ -184,6 +185,13 @@ async def test_links_open_only_their_own_pages(portal: Portal) -> None:
             assert page.status_code == 403 and "not part of your link" in page.text, path
         assert (await web.get("/finance/breakage")).status_code == 200
         assert (await web.post("/finance")).status_code == 405
+        revoked = await _finance_link(portal)  # RevokePortalLink ends a finance link like a customer's
+        await web.get(f"/s/{revoked.token}")
+        assert (await web.get("/finance")).status_code == 200
+        await portal.stack.services.ledger.RevokePortalLink(lpb.RevokePortalLinkRequest(
+            idempotency_key="end-fin", link=revoked.url, reason="left the team"), metadata=portal.stack.md)
+        page = await web.get("/finance")
+        assert page.status_code == 403 and "revoked" in page.text
     expired = portal_sessions.sign(portal_sessions.mint_finance("acme", 60, SECRET, now=0), SECRET)
     head, payload, mac = (await _finance_link(portal)).token.split(".")
     forged = f"{head}.{payload[:-2] + ('AA' if payload[-2:] != 'AA' else 'BB')}.{mac}"
