@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from portal import backend as api
-from portal import usage_chart
+from portal import finance_pages, usage_chart
 from portal.backend import Backend, Visitor
 from service_runtime import portal_sessions
 from service_runtime.portal_sessions import SessionRefused
@@ -46,7 +46,8 @@ SECURITY_HEADERS = {
 }
 GRPC_PAGES = {grpc.StatusCode.UNAUTHENTICATED: (401, "Your link has expired or is not valid"),
               grpc.StatusCode.PERMISSION_DENIED: (403, "This page is not part of your account"),
-              grpc.StatusCode.NOT_FOUND: (404, "Not found")}
+              grpc.StatusCode.NOT_FOUND: (404, "Not found"),
+              grpc.StatusCode.INVALID_ARGUMENT: (400, "That request is not valid")}
 
 
 class Refused(Exception):
@@ -69,7 +70,8 @@ def _templates() -> Environment:
                        movement=lambda t: lpb.MovementType.Name(t).removeprefix("MOVEMENT_").replace("_", " ").title(),
                        status=lambda s: ipb.InvoiceStatus.Name(s).replace("_", " ").title(),
                        negative=lambda a: str(a).startswith("-"),
-                       minus=lambda a, b: str(Decimal(a or 0) - Decimal(b or 0)))
+                       minus=lambda a, b: str(Decimal(a or 0) - Decimal(b or 0)),
+                       money=finance_pages.money, rate=finance_pages.rate, duration=finance_pages.duration)
     return env
 
 
@@ -84,11 +86,24 @@ class Portal:
     async def visitor(self, request: Request) -> Visitor:
         """The request's customer. Every request also asks the ledger, which refuses a revoked link
         (RevokePortalLink): a revoked link stops at once, on every page, not when it expires."""
+        who = self._session(request, portal_sessions.CUSTOMER)
+        await api.balance(self.api(), who)  # the cheapest read a session may make; refused once revoked
+        return who
+
+    async def finance_visitor(self, request: Request) -> Visitor:
+        """The request's finance session (a finance link's). The page's own report read is the check the
+        services make: a finance session reaches only the report reads, and nothing of a customer's."""
+        return self._session(request, portal_sessions.FINANCE)
+
+    def _session(self, request: Request, kind: str) -> Visitor:
         token = request.cookies.get(COOKIE, "")
         if not token:
             raise Refused(401, "Please open your portal link", "This page needs the link your provider sent you.")
         who = Visitor(self._verify(token), token)
-        await api.balance(self.api(), who)  # the cheapest read a session may make; refused once revoked
+        if who.session.kind != kind:  # a customer link opens no finance page, a finance link no customer's
+            raise Refused(403, "This page is not part of your link",
+                          "This link opens " + ("the finance reports." if who.session.kind == portal_sessions.FINANCE
+                                                else "one customer's account."))
         return who
 
     @staticmethod
@@ -115,8 +130,10 @@ class Portal:
     async def open_link(self, request: Request) -> Response:
         token = request.path_params["token"]
         session = self._verify(token)
-        await api.balance(self.api(), Visitor(session, token))  # a revoked link opens nothing (the ledger refuses it)
-        response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+        if session.kind == portal_sessions.CUSTOMER:
+            await api.balance(self.api(), Visitor(session, token))  # a revoked link opens nothing (the ledger says)
+        home = "/finance" if session.kind == portal_sessions.FINANCE else "/"
+        response = RedirectResponse(home, status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, token, max_age=max(1, session.expires_at - int(time.time())), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
         return response
@@ -225,13 +242,15 @@ class Portal:
             return self.page("error.html", 403, title="This link has been revoked", status=403,
                              detail="Your provider ended this link. Ask them for a new one.")
         status, title = GRPC_PAGES.get(exc.code(), (502, "The service is not available right now"))
+        detail = exc.details() or "" if status == 400 else ""  # names the field (a period, an instant)
         return self.page("error.html", status, title=title, detail="Please try again later." if status == 502
-                         else "", status=status)
+                         else detail, status=status)
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     portal = Portal(backend, settings)
+    books = finance_pages.FinancePages(portal, SECURITY_HEADERS)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -253,6 +272,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route("/usage", portal.usage, methods=["GET"]),
         Route("/statement.csv", portal.export, methods=["GET"]),
         Route("/events", portal.events, methods=["GET"]),
+        Route("/finance", books.revenue, methods=["GET"]),   # a finance link's pages (finance_pages)
+        Route("/finance/liability", books.liability, methods=["GET"]),
+        Route("/finance/breakage", books.breakage, methods=["GET"]),
+        Route("/finance/program", books.program, methods=["GET"]),
+        Route("/finance/journal", books.journal, methods=["GET"]),
+        Route("/finance/journal.csv", books.journal_file, methods=["GET"]),
+        Route("/finance/journal.json", books.journal_file, methods=["GET"]),
         Route("/healthz", portal.healthz, methods=["GET"]),   # the Kubernetes probes (deploy/k8s/portal.yaml)
         Route("/readyz", portal.readyz, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

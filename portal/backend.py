@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 import grpc
+from credits.finance.v1 import finance_pb2_grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2 as lpb
@@ -28,6 +30,11 @@ class Backend:
     def connect(cls, ledger_addr: str, invoice_addr: str) -> Backend:
         lc, ic = grpc.aio.insecure_channel(ledger_addr), grpc.aio.insecure_channel(invoice_addr)
         return cls(ledger_pb2_grpc.LedgerServiceStub(lc), invoice_pb2_grpc.InvoiceServiceStub(ic), (lc, ic))
+
+    @cached_property
+    def finance(self) -> finance_pb2_grpc.FinanceServiceStub:
+        """The finance books' API, served by the ledger server (a finance session's reports)."""
+        return finance_pb2_grpc.FinanceServiceStub(self.channels[0])
 
     async def close(self) -> None:
         for channel in self.channels:

@@ -149,8 +149,9 @@ class KeyResolver:
             session = portal_sessions.verify(presented, portal_sessions.secret_from_env())
             if self._portal_revoked is not None and await self._portal_revoked(session):
                 raise portal_sessions.SessionRefused("portal link revoked")
-            return Caller(tenant_id=session.tenant_id, key_id=f"ps-{session.session_id}", role=portal_sessions.ROLE,
-                          owner=f"customer:{session.customer_id}", portal=session)
+            owner = "finance" if session.kind == portal_sessions.FINANCE else f"customer:{session.customer_id}"
+            return Caller(tenant_id=session.tenant_id, key_id=f"ps-{session.session_id}", role=session.role,
+                          owner=owner, portal=session)
         key_id, secret = parse_key(presented)
         digest = hash_secret(secret)
         hit = self._cache.get(key_id) if self._listening else None

@@ -21,6 +21,9 @@ Roles (carried by each API key, `service_runtime.api_keys.ROLES`), least privile
 - admin     everything.
 - portal    not a key's role: a customer portal session (service_runtime/portal_sessions.py), which
             may call only PORTAL_READS, for its own account or customer.
+- finance_portal  not a key's role either: a finance session (the same signed links, kind `finance`),
+            which may call only FINANCE_PORTAL_READS (the finance reports and the journal export) of
+            its tenant: no rules, no close, no projection, nothing of a customer's.
 
 Enforcement stays in the call guard (`service_runtime.call_guard.authorize`): it checks the caller's role
 against the table a server was started with; an RPC missing from its table is refused for every
@@ -167,6 +170,8 @@ FINANCE_BOOKS: dict[str, frozenset[str]] = _table(
                               "GetLiabilityRollForward", "GetBreakageReport", "GetProgramReport", "ExportJournal")),
     (FINANCE | {"operator"}, ("ProjectBooks",)),
     (FINANCE, ("SetFinanceRules", "ClosePeriod")),
+    # A finance link (a signed session for the finance pages of the web portal): finance and admin mint it.
+    (FINANCE, ("CreateFinanceLink",)),
 )
 
 # The customer portal's session (role `portal`, service_runtime/portal_sessions.py): these reads only,
@@ -178,6 +183,12 @@ PORTAL_READS: dict[str, tuple[str, ...]] = {
 for _service, _table_of in ((LEDGER_SERVICE, LEDGER), (INVOICE_SERVICE, INVOICE)):
     for _method in PORTAL_READS[_service]:
         _table_of[f"/{_service}/{_method}"] = _table_of[f"/{_service}/{_method}"] | {"portal"}
+
+# A finance session (role `finance_portal`): the finance report reads of its own tenant, nothing else.
+FINANCE_PORTAL_READS: tuple[str, ...] = ("GetRevenueReport", "GetLiabilityReport", "GetBreakageReport",
+                                         "GetProgramReport", "ExportJournal")
+for _method in FINANCE_PORTAL_READS:
+    FINANCE_BOOKS[f"/{FINANCE_SERVICE}/{_method}"] = FINANCE_BOOKS[f"/{FINANCE_SERVICE}/{_method}"] | {"finance_portal"}
 
 BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
     LEDGER_SERVICE: LEDGER, INVOICE_SERVICE: INVOICE, BILLING_SERVICE: BILLING, ALERTS_SERVICE: ALERTS,

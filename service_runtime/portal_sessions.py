@@ -1,4 +1,5 @@
-"""Portal sessions: signed, expiring, read-only credentials for ONE customer of one tenant.
+"""Portal sessions: signed, expiring, read-only credentials for ONE customer of one tenant, or (kind
+`finance`) for one tenant's finance report reads.
 
 A tenant mints one (invoice service `CreatePortalLink`, `creditctl portal link CUSTOMER`) and
 hands the link to its customer; the customer portal (`portal/`) presents the token to the ledger
@@ -13,6 +14,12 @@ role `portal` and the session attached: the permission table lets that role call
 listed in `service_runtime.permissions.PORTAL_READS`, and `check_scope` keeps every one of them to
 the session's own account or customer (another's is PERMISSION_DENIED; an invoice of another
 customer is NOT_FOUND, so its existence is not revealed).
+
+A finance session (`"k": "finance"` in the payload, no customer or account; finance service
+`CreateFinanceLink`, `creditctl finance link`) is signed by the same rule and makes a Caller with role
+`finance_portal`, which the permission table lets call only `FINANCE_PORTAL_READS` (the finance
+reports and the journal export) of the session's tenant; it opens no customer's pages or reads, and a
+customer session opens no finance page or read.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ MIN_SECRET = 32
 MAX_TTL_S = 30 * 86400
 DEFAULT_TTL_S = 3600
 ROLE = "portal"
+FINANCE_ROLE = "finance_portal"
+CUSTOMER, FINANCE = "customer", "finance"  # a session's kind: one customer's pages, or a tenant's finance pages
+KINDS = (CUSTOMER, FINANCE)
 
 
 class SessionRefused(Rejection):
@@ -54,6 +64,11 @@ class PortalSession:
     account_id: str
     expires_at: int      # unix seconds
     session_id: str
+    kind: str = CUSTOMER  # CUSTOMER or FINANCE (then customer_id and account_id are "")
+
+    @property
+    def role(self) -> str:
+        return FINANCE_ROLE if self.kind == FINANCE else ROLE
 
 
 def secret_from_env() -> str:
@@ -79,16 +94,24 @@ def _mac(secret: str, signed: str) -> bytes:
 
 
 def sign(session: PortalSession, secret: str) -> str:
-    payload = _b64(json.dumps({"t": session.tenant_id, "c": session.customer_id, "a": session.account_id,
-                               "e": session.expires_at, "i": session.session_id}, separators=(",", ":")).encode())
+    fields: dict[str, Any] = {"t": session.tenant_id, "c": session.customer_id, "a": session.account_id,
+                              "e": session.expires_at, "i": session.session_id}
+    if session.kind != CUSTOMER:  # a customer session's payload stays as it always was
+        fields["k"] = session.kind
+    payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
     signed = PREFIX + payload
     return f"{signed}.{_b64(_mac(secret, signed))}"
 
 
 def mint(tenant_id: str, customer_id: str, account_id: str, ttl_s: int, secret: str,
-         now: float | None = None) -> PortalSession:
+         now: float | None = None, kind: str = CUSTOMER) -> PortalSession:
     now = time.time() if now is None else now
-    return PortalSession(tenant_id, customer_id, account_id, int(now) + ttl_s, secrets.token_hex(8))
+    return PortalSession(tenant_id, customer_id, account_id, int(now) + ttl_s, secrets.token_hex(8), kind)
+
+
+def mint_finance(tenant_id: str, ttl_s: int, secret: str, now: float | None = None) -> PortalSession:
+    """A finance session: the tenant's finance report reads, no customer."""
+    return mint(tenant_id, "", "", ttl_s, secret, now, kind=FINANCE)
 
 
 def verify(token: str, secret: str, now: float | None = None) -> PortalSession:
@@ -107,9 +130,11 @@ def verify(token: str, secret: str, now: float | None = None) -> PortalSession:
         raise SessionRefused("portal session signature does not match")
     try:
         session = PortalSession(str(fields["t"]), str(fields["c"]), str(fields["a"]), int(fields["e"]),
-                                str(fields["i"]))
+                                str(fields["i"]), str(fields.get("k", CUSTOMER)))
     except (KeyError, TypeError, ValueError) as exc:
         raise SessionRefused("not a portal session") from exc
+    if session.kind not in KINDS:
+        raise SessionRefused("not a portal session")
     if session.expires_at <= (time.time() if now is None else now):
         raise SessionRefused("portal session expired", expired=True)
     return session
@@ -120,7 +145,10 @@ ACCOUNT_FIELD, CUSTOMER_FIELD = "account_id", "customer_id"
 
 
 def check_scope(session: PortalSession, method: str, request: Any) -> None:
-    """A portal read names the session's own account or customer, or is PERMISSION_DENIED."""
+    """A portal read names the session's own account or customer, or is PERMISSION_DENIED. A finance
+    session's reads are the tenant's reports (the permission table already allowed only those)."""
+    if session.kind == FINANCE:
+        return
     short = method.rsplit("/", 1)[-1]
     for field, own in ((ACCOUNT_FIELD, session.account_id), (CUSTOMER_FIELD, session.customer_id)):
         if hasattr(request, "DESCRIPTOR") and field in request.DESCRIPTOR.fields_by_name:
@@ -137,7 +165,7 @@ SCOPED_BY_RESPONSE = frozenset({"GetInvoice"})
 
 def check_answer(session: PortalSession, method: str, response: Any) -> None:
     """An answer about another customer is NOT_FOUND for a portal session (its existence stays hidden)."""
-    if method.rsplit("/", 1)[-1] not in SCOPED_BY_RESPONSE:
+    if session.kind == FINANCE or method.rsplit("/", 1)[-1] not in SCOPED_BY_RESPONSE:
         return
     if getattr(response, "customer_id", None) != session.customer_id:
         raise Rejection(Reason.NOT_FOUND, "invoice not found", "invoice_id")

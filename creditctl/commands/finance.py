@@ -13,11 +13,12 @@ from typing import Any
 import click
 from credits.finance.v1 import finance_pb2 as fpb
 
+from creditctl.arguments import iso
 from creditctl.connection import paged, rpc
 from creditctl.help_listing import Group
 from creditctl.output import Format, emit_record, emit_rows, format_options
 from creditctl.records import idempotency_option, key_for, record, records, set_instant
-from creditctl.times import INSTANT
+from creditctl.times import INSTANT, parse_duration
 
 JOURNAL_COLUMNS = ("entry_id", "line_no", "posting_at", "gl_code", "gl_account", "debit", "credit", "currency",
                    "account_id", "lot_id", "lot_type", "campaign_id", "entry_kind", "hold_key", "reference", "memo")
@@ -156,4 +157,19 @@ def program(from_period: str, to_period: str, fmt: Format) -> int:
 def journal(period: str, fmt: Format) -> int:
     lines = paged("finance", "ExportJournal", fpb.ExportJournalRequest(period=period, page_size=1000), "lines")
     emit_rows(records(lines), JOURNAL_COLUMNS, fmt)
+    return 0
+
+
+@command.command("link", help="a read-only link to the finance pages of the web portal (default: valid 8h)")
+@click.option("--ttl", default="8h", show_default=True, help="how long the link works: 30m, 8h, 7d (at most 30d)")
+@format_options(quiet=True)
+def link(ttl: str, fmt: Format) -> int:
+    span = parse_duration(ttl)
+    if span is None:
+        raise click.BadParameter("a duration like 30m, 8h or 7d", param_hint="--ttl")
+    made = rpc("finance", "CreateFinanceLink", fpb.CreateFinanceLinkRequest(ttl_s=int(span.total_seconds())))
+    if fmt == Format.QUIET:
+        click.echo(made.url)
+        return 0
+    emit_record({"url": made.url, "expires_at": iso(made.expires_at, "expires_at")}, fmt, id_field="url")
     return 0

@@ -9,19 +9,22 @@ from typing import Any
 import asyncpg
 from credits.finance.v1 import finance_pb2 as pb
 from credits.finance.v1 import finance_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from finance.api import packing
 from finance.domain.periods import Granularity, Period, parse_period, period_of
 from finance.domain.rules import parse_rules, rules_json
 from finance.storage import periods, projector, reads
 from ledger_service.storage.catalog import BUILTIN_UNITS
+from service_runtime import portal_sessions
 from service_runtime.grpc_server import current_caller
 from service_runtime.idempotency import remember, request_hash, run_idempotent, stored_response
 from service_runtime.identifiers import check_key
 from service_runtime.pages import decode_token, encode_token, page_size
 from service_runtime.permissions import FINANCE_SERVICE
 from service_runtime.proto_time import from_timestamp, to_timestamp
-from service_runtime.rejections import invalid
+from service_runtime.rejections import Reason, Rejection, invalid
+from service_runtime.settings import Settings
 
 SERVICE = FINANCE_SERVICE
 INSERT_RULES = """
@@ -164,3 +167,17 @@ class FinanceServicer(finance_pb2_grpc.FinanceServiceServicer):
         rows = rows[:size]
         next_token = encode_token(rows[-1]["entry_id"], rows[-1]["line_no"]) if more and rows else ""
         return pb.ExportJournalResponse(lines=[packing.journal_line(r) for r in rows], next_page_token=next_token)
+
+    async def CreateFinanceLink(self, request: pb.CreateFinanceLinkRequest, context: Any) -> pb.FinanceLink:
+        """A finance session for the web portal's finance pages (portal_sessions, kind `finance`)."""
+        ttl_s = request.ttl_s or portal_sessions.DEFAULT_TTL_S
+        if ttl_s < 60 or ttl_s > portal_sessions.MAX_TTL_S:
+            raise invalid("ttl_s", f"must be between 60 and {portal_sessions.MAX_TTL_S} seconds")
+        secret = portal_sessions.secret_from_env()
+        if not secret:
+            raise Rejection(Reason.PRECONDITION, f"finance links need {portal_sessions.SECRET_ENV} (32+ characters) "
+                                                 "on this server")
+        session = portal_sessions.mint_finance(_tenant(), ttl_s, secret)
+        token = portal_sessions.sign(session, secret)
+        return pb.FinanceLink(token=token, url=f"{Settings().portal_base_url}/s/{token}",
+                              expires_at=Timestamp(seconds=session.expires_at))

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from credits.ledger.v1 import ledger_pb2 as pb
 
+from service_runtime import portal_sessions
 from tests.finance.test_projector import _debit
 from tests.ledger.conftest import Ledger
 
@@ -66,3 +68,20 @@ async def test_finance_commands(ledger: Ledger, tmp_path: Path) -> None:
     assert code != 0 and err.strip().count("\n") == 0 and "from_period" in err
     code, _, err = await creditctl(ledger, "close", month)
     assert code != 0 and "FAILED_PRECONDITION" in err and "has not ended" in err
+
+
+async def test_finance_link(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`creditctl finance link` prints a finance session's URL; without a portal secret, one clear line."""
+    code, _, err = await creditctl(ledger, "link")
+    assert code != 0 and "CREDITS_PORTAL_SECRET" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv(portal_sessions.SECRET_ENV, "s" * 40)
+    monkeypatch.setenv("CREDITS_PORTAL_URL", "https://books.example.com")
+    code, out, _ = await creditctl(ledger, "link", "--ttl", "8h", "-q")
+    assert code == 0 and out.startswith("https://books.example.com/s/")
+    session = portal_sessions.verify(out.strip().rsplit("/s/", 1)[1], "s" * 40)
+    assert session.kind == portal_sessions.FINANCE and session.customer_id == ""
+    assert abs(session.expires_at - datetime.now(UTC).timestamp() - 8 * 3600) < 60
+    code, _, err = await creditctl(ledger, "link", "--ttl", "soon")
+    assert code != 0 and "--ttl" in err
+    code, _, err = await creditctl(ledger, "link", "--ttl", "90d")
+    assert code != 0 and "ttl_s" in err

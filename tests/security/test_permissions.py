@@ -57,7 +57,7 @@ def test_service_tables_are_the_shared_table() -> None:
     assert LEDGER_TABLE == perms.LEDGER and INVOICE_TABLE == perms.INVOICE
     for table in perms.BY_SERVICE.values():
         for roles in table.values():
-            assert roles and roles <= {*ROLES, "portal"} and "admin" in roles
+            assert roles and roles <= {*ROLES, "portal", "finance_portal"} and "admin" in roles
 
 
 def test_front_door_serves_the_shared_table() -> None:
@@ -74,10 +74,13 @@ def test_least_privilege_shape() -> None:
             if "readonly" in roles:
                 assert name.startswith(("Get", "List", "Explain", "Render", "Split", "Export", "Watch")), path
                 # a read-only key reads everything; the books only finance (and read-only keys) read
-                books = table is perms.FINANCE_BOOKS and roles == perms.FINANCE | {"readonly"}
+                books = table is perms.FINANCE_BOOKS and roles - {"finance_portal"} == perms.FINANCE | {"readonly"}
                 assert roles - {"portal"} == perms.ALL or books, path
             if "portal" in roles:  # a customer's portal session: the few reads a portal shows, nothing else
                 assert name in perms.PORTAL_READS[path.strip("/").partition("/")[0]] and "readonly" in roles, path
+            if "finance_portal" in roles:  # a finance session: the finance report reads, nothing else
+                assert table is perms.FINANCE_BOOKS and name in perms.FINANCE_PORTAL_READS, path
+                assert "readonly" in roles and "portal" not in roles, path
     ledger = {p.rpartition("/")[2]: r for p, r in perms.LEDGER.items()}
     invoice = {p.rpartition("/")[2]: r for p, r in perms.INVOICE.items()}
     service_writes = {n for n, r in {**ledger, **invoice}.items() if "service" in r and r - {"portal"} != perms.ALL}

@@ -336,3 +336,19 @@ class ExportJournalResponse(_message.Message):
     lines: _containers.RepeatedCompositeFieldContainer[JournalLine]
     next_page_token: str
     def __init__(self, lines: _Optional[_Iterable[_Union[JournalLine, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateFinanceLinkRequest(_message.Message):
+    __slots__ = ("ttl_s",)
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: int
+    def __init__(self, ttl_s: _Optional[int] = ...) -> None: ...
+
+class FinanceLink(_message.Message):
+    __slots__ = ("token", "url", "expires_at")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, token: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

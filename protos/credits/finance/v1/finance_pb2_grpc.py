@@ -84,6 +84,11 @@ class FinanceServiceStub:
                 request_serializer=credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalRequest.SerializeToString,
                 response_deserializer=credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalResponse.FromString,
                 _registered_method=True)
+        self.CreateFinanceLink = channel.unary_unary(
+                '/credits.finance.v1.FinanceService/CreateFinanceLink',
+                request_serializer=credits_dot_finance_dot_v1_dot_finance__pb2.CreateFinanceLinkRequest.SerializeToString,
+                response_deserializer=credits_dot_finance_dot_v1_dot_finance__pb2.FinanceLink.FromString,
+                _registered_method=True)
 
 
 class FinanceServiceServicer:
@@ -153,6 +158,14 @@ class FinanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateFinanceLink(self, request, context):
+        """A finance link: a signed, expiring, read-only session for the finance pages of the web portal
+        (the reports and the journal export of the caller's tenant; never a rule change, close or projection).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FinanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_FinanceServiceServicer_to_server(servicer, server):
                     servicer.ExportJournal,
                     request_deserializer=credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalRequest.FromString,
                     response_serializer=credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalResponse.SerializeToString,
+            ),
+            'CreateFinanceLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFinanceLink,
+                    request_deserializer=credits_dot_finance_dot_v1_dot_finance__pb2.CreateFinanceLinkRequest.FromString,
+                    response_serializer=credits_dot_finance_dot_v1_dot_finance__pb2.FinanceLink.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +495,33 @@ class FinanceService:
             '/credits.finance.v1.FinanceService/ExportJournal',
             credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalRequest.SerializeToString,
             credits_dot_finance_dot_v1_dot_finance__pb2.ExportJournalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFinanceLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credits.finance.v1.FinanceService/CreateFinanceLink',
+            credits_dot_finance_dot_v1_dot_finance__pb2.CreateFinanceLinkRequest.SerializeToString,
+            credits_dot_finance_dot_v1_dot_finance__pb2.FinanceLink.FromString,
             options,
             channel_credentials,
             insecure,
