@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from portal import backend as api
 from portal import finance_pages, usage_chart
-from portal.backend import Backend, Visitor
+from portal.backend import Backend, Refused, Visitor
 from service_runtime import portal_sessions
 from service_runtime.portal_sessions import SessionRefused
 from service_runtime.settings import Settings
@@ -48,12 +48,6 @@ GRPC_PAGES = {grpc.StatusCode.UNAUTHENTICATED: (401, "Your link has expired or i
               grpc.StatusCode.PERMISSION_DENIED: (403, "This page is not part of your account"),
               grpc.StatusCode.NOT_FOUND: (404, "Not found"),
               grpc.StatusCode.INVALID_ARGUMENT: (400, "That request is not valid")}
-
-
-class Refused(Exception):
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(title)
-        self.status, self.title, self.detail = status, title, detail
 
 
 def _when(ts: Timestamp) -> str:

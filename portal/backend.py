@@ -20,6 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_runtime.portal_sessions import PortalSession
 
 
+class Refused(Exception):
+    """A page the portal answers itself (status, title, detail), e.g. 401 for a missing link, 400 for a
+    malformed query value naming it."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(title)
+        self.status, self.title, self.detail = status, title, detail
+
+
 @dataclass
 class Backend:
     ledger: ledger_pb2_grpc.LedgerServiceStub

@@ -23,7 +23,7 @@ from credits.finance.v1 import finance_pb2 as fpb
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from portal.backend import Visitor
+from portal.backend import Refused, Visitor
 
 if TYPE_CHECKING:
     from portal.app import Portal
@@ -60,16 +60,24 @@ def duration(seconds: float) -> str:
     return f"{days:.1f} days" if days >= 1 else f"{seconds / 3600:.1f} hours"
 
 
-def _month(value: str | None, default: str) -> str:
-    return value if value and MONTH.fullmatch(value) else default
+def _month(field: str, value: str | None, default: str) -> str:
+    """A YYYY-MM query value; absent or empty means `default`, anything else malformed is a 400 page."""
+    if not value:
+        return default
+    if not MONTH.fullmatch(value):
+        raise Refused(400, "That request is not valid", f"{field}: expected a month as YYYY-MM, got {value!r}")
+    return value
 
 
 def _instant(text: str) -> datetime | None:
-    """A `datetime-local` value read as UTC (the books' periods are UTC)."""
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
-    except ValueError:
+    """A `datetime-local` value read as UTC (the books' periods are UTC); empty means now."""
+    if not text:
         return None
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    except ValueError:
+        raise Refused(400, "That request is not valid",
+                      f"as_of: expected an instant as YYYY-MM-DDTHH:MM, got {text!r}") from None
 
 
 def _journal_row(line: fpb.JournalLine) -> dict[str, Any]:
@@ -91,8 +99,8 @@ class FinancePages:
 
     def _window(self, request: Request) -> tuple[str, str]:
         this_month = datetime.now(UTC).strftime("%Y-%m")
-        first = _month(request.query_params.get("from"), this_month)
-        return first, _month(request.query_params.get("to"), first)
+        first = _month("from", request.query_params.get("from"), this_month)
+        return first, _month("to", request.query_params.get("to"), first)
 
     async def revenue(self, request: Request) -> Response:
         who = await self.portal.finance_visitor(request)

@@ -144,6 +144,12 @@ async def test_the_journal_json_and_bad_periods(portal: Portal) -> None:
         assert {line["entry_kind"] for line in lines} >= {"GRANT", "DEBIT"}
         bad = await web.get("/finance/journal.csv", params={"period": "2026-13"})
         assert bad.status_code == 400 and "period" in bad.text
+        # a malformed picker value is a 400 page naming the field, never a silent fallback to now
+        for path, params, field in (("/finance", {"from": "2026-1"}, "from"),
+                                    ("/finance/breakage", {"to": "June"}, "to"),
+                                    ("/finance/liability", {"as_of": "yesterday"}, "as_of")):
+            bad = await web.get(path, params=params)
+            assert bad.status_code == 400 and f"{field}: expected" in bad.text, (path, bad.status_code)
 
 
 async def test_a_finance_session_reads_reports_and_nothing_else(portal: Portal) -> None:
