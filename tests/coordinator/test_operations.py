@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -107,6 +108,28 @@ async def test_billing_cycle_drafts_and_finalizes_every_due_invoice_across_conti
         ipb.ListInvoicesRequest(customer_id=c), metadata=stack.md)).invoices]
     ids = [handle.id, *(naming.finalize_workflow_id(TENANT, invoice_id) for invoice_id in sagas)]
     assert await _replay_in_default_sandbox(stack, ids) == len(chain) + CUSTOMERS
+    # The cycle hands the saga the draft it created (odd customers): the saga does not read it again.
+    for n, customer in enumerate(customers):
+        [invoice_id] = [i for i in sagas if i in await _invoice_ids(stack, customer)]
+        types = await _local_activity_types(stack, naming.finalize_workflow_id(TENANT, invoice_id))
+        assert "invoice.split_draft" in types and "invoice.prepare_finalize" in types, types
+        assert types.count("invoice.get_invoice") == (1 if n % 2 == 0 else 0), (customer, types)
+
+
+async def _invoice_ids(stack: Stack, customer: str) -> list[str]:
+    listed = await stack.services.invoice.ListInvoices(ipb.ListInvoicesRequest(customer_id=customer), metadata=stack.md)
+    return [inv.invoice_id for inv in listed.invoices]
+
+
+async def _local_activity_types(stack: Stack, workflow_id: str) -> list[str]:
+    """The activity type of each local-activity marker in the workflow's history, in order."""
+    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    out = []
+    for e in history.events:
+        if e.HasField("marker_recorded_event_attributes") and "data" in e.marker_recorded_event_attributes.details:
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            out.append(str(json.loads(data).get("activity_type", "")))
+    return out
 
 
 async def test_a_cycle_recorded_with_the_draft_as_a_regular_activity_replays() -> None:
