@@ -56,7 +56,6 @@ from coordinator.keys import KeyStore
 from coordinator.search_attributes import OUTCOME, CreditsOutcome
 from coordinator.workflows import WORKFLOWS
 from service_runtime import metrics, tracing
-from service_runtime.heap import settle_heap
 from service_runtime.settings import Settings
 from service_runtime.tls import open_channel, temporal_tls
 
@@ -267,7 +266,6 @@ async def serve(settings: Settings | None = None, extensions: WorkerExtensions =
     keys = _keys_from_env()
     try:
         async with running_worker(client, config, keys, extensions):
-            settle_heap()
             print(f"worker ready {config.task_queue}", flush=True)
             if metrics_port:
                 log.info("metrics on port %s", metrics_port)
