@@ -39,12 +39,6 @@ STARTUP_ATTEMPTS = 3
 # sync only at checkpoints: a power loss could drop the last commits, among them a saga's recorded
 # decision, after a participant acted on it; not used).
 SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=full")
-# Dynamic configuration of the dev server: an activity scheduled by a workflow task completion goes back
-# to the worker in the completion's answer when the worker has a slot (eager activities: no matching
-# round trip; the saga's commit_hold), and a task queue has one partition (one server, a few pollers:
-# with the default four, tasks and polls are forwarded between partitions).
-DYNAMIC_CONFIG = ("system.enableActivityEagerExecution=true", "matching.numTaskqueueReadPartitions=1",
-                  "matching.numTaskqueueWritePartitions=1")
 
 
 def installed_executable(distribution: str, name: str) -> str:
@@ -140,8 +134,6 @@ class TemporalDevServer:
             cmd += ["--db-filename", str(self.db_file)]
             for pragma in SQLITE_PRAGMAS:
                 cmd += ["--sqlite-pragma", pragma]
-        for value in DYNAMIC_CONFIG:
-            cmd += ["--dynamic-config-value", value]
         for name, kind in sorted(self.search_attributes.items()):
             cmd += ["--search-attribute", f"{name}={kind}"]
         return cmd
