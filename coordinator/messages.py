@@ -330,6 +330,10 @@ class FinalizeInvoiceInput:
     # decision (an upsert in the same workflow task completion as that activity's schedule) is a
     # durable history event before any commit runs. False: how runs recorded before it replay.
     local_steps: bool = False
+    # The draft as its starter has just read it (BillingCycle: what CreateDraft answered): a DRAFT given
+    # here is not read again (one local activity and one GetInvoice fewer per saga). Only the read is
+    # skipped: split_draft and prepare_finalize check the draft's current state themselves.
+    draft: InvoiceView | None = None
 
 
 @dataclass

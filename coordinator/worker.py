@@ -49,6 +49,7 @@ from temporalio.worker import (
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
 )
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
@@ -164,6 +165,19 @@ def worker_interceptors(client: Client) -> list[Interceptor]:
     return out
 
 
+def workflow_runner(workflows: Sequence[type]) -> SandboxedWorkflowRunner:
+    """The SDK's sandbox with our own workflow modules passed through: by default the sandbox
+    re-imports (re-compiles and re-executes) a workflow's module for every workflow run it starts, which
+    cost about half of the worker's CPU per billing-cycle saga (`creditctl bench billing`, py-spy).
+    These modules (and everything they import through `imports_passed_through`) keep no state at module
+    level: constants, functions and the workflow classes, whose state lives in each run's instance. The
+    sandbox's run-time restrictions still apply to the modules it imports itself; the replay tests replay
+    recorded histories in the default sandbox (every module re-imported, every restriction on), where a
+    non-deterministic call in a workflow fails them."""
+    ours = sorted({cls.__module__.partition(".")[0] for cls in workflows} | {"coordinator", "service_runtime"})
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*ours))
+
+
 _runtimes: dict[str, Runtime] = {}
 
 
@@ -194,8 +208,9 @@ async def running_worker(client: Client, config: WorkerConfig, keys: KeyStore,
                                    interceptors=[*tracing.client_interceptors(), *extensions.channel_interceptors])
     activities = activity_functions(LedgerActivities(ledger_channel, keys), InvoiceActivities(invoice_channel, keys),
                                     CoordinatorActivities(client, keys))
+    workflows = [*WORKFLOWS, *extensions.workflows]
     worker = Worker(
-        client, task_queue=config.task_queue, workflows=[*WORKFLOWS, *extensions.workflows],
+        client, task_queue=config.task_queue, workflows=workflows, workflow_runner=workflow_runner(workflows),
         activities=[*activities, *extensions.activities],  # type: ignore[list-item]
         max_concurrent_activities=config.max_concurrent_activities,
         max_concurrent_workflow_tasks=config.max_concurrent_workflow_tasks,

@@ -9,8 +9,10 @@ one, each timed from start to result (`ms_per_invoice_small` vs `_large`: linear
 on the same server, task queue and worker, as many bare workflows as the large cycle finalized, each
 with SAGA_ACTIVITIES sequential no-op regular activities, `concurrency` in flight
 (`bare_invoices_per_s`). Finally the reconciler checks both tenants (ledger, invoices, Temporal) and
-a sample of saga histories is counted (`temporal_events_per_saga`). CPU time per saga of the large
-cycle is measured per process (`cpu_ms_per_saga`, with `temporal_cpu_ms_per_saga` for the server).
+a sample of saga histories is counted (`temporal_events_per_saga`), and the large cycle's own history
+over all its runs per invoice it finalized (`cycle_events_per_invoice`: what the parent adds to each
+saga). CPU time per saga of the large cycle is measured per process (`cpu_ms_per_saga`, with
+`temporal_cpu_ms_per_saga` for the server).
 """
 
 from __future__ import annotations
@@ -105,6 +107,18 @@ async def _events_per_saga(stack: ProcessStack, client: Client, tenant: str, sam
     return sum(counts) / len(counts) if counts else 0.0
 
 
+async def _cycle_events(client: Client, tenant: str) -> int:
+    """Events in every run of the tenant's cycle (the continue-as-new chain, newest back to the first)."""
+    total, run_id = 0, ""
+    while True:
+        handle = client.get_workflow_handle(naming.cycle_workflow_id(tenant, AS_OF), run_id=run_id or None)
+        events = [e async for e in handle.fetch_history_events()]
+        total += len(events)
+        run_id = events[0].workflow_execution_started_event_attributes.continued_execution_run_id if events else ""
+        if not run_id:
+            return total
+
+
 async def _measure(stack: ProcessStack, customers: int, small: int, concurrency: int,
                    say: Callable[[str], None]) -> dict[str, Any]:
     from reconciler.run import reconcile
@@ -130,6 +144,7 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
     say("reconciling both tenants; counting saga history events")
     report = await reconcile(stack.ledger_dsn, stack.invoice_dsn, client, tenants=[SMALL, LARGE])
     events = await _events_per_saga(stack, client, LARGE)
+    cycle_events = await _cycle_events(client, LARGE)
     rate = large_result.finalized / large_s
     bare_rate = n_bare / bare_s
     return {"invoices_per_s": round(rate, 2),
@@ -138,6 +153,7 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
             "failed": small_result.failed + large_result.failed,
             "reconcile_violations": len(report.violations),
             "temporal_events_per_saga": round(events, 1),
+            "cycle_events_per_invoice": round(cycle_events / max(1, large_result.finalized), 1),
             # CPU time per finalized invoice of the large cycle, by process (temporal, worker, ledger, ...)
             "cpu_ms_per_saga": {name: round(secs * 1000 / max(1, large_result.finalized), 1)
                                 for name, secs in sorted(cpu_s.items())},
