@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service_runtime.portal_sessions import PortalSession
+from service_runtime.tls import open_channel
 
 
 class Refused(Exception):
@@ -37,7 +38,7 @@ class Backend:
 
     @classmethod
     def connect(cls, ledger_addr: str, invoice_addr: str) -> Backend:
-        lc, ic = grpc.aio.insecure_channel(ledger_addr), grpc.aio.insecure_channel(invoice_addr)
+        lc, ic = open_channel(ledger_addr), open_channel(invoice_addr)  # TLS / mTLS when configured
         return cls(ledger_pb2_grpc.LedgerServiceStub(lc), invoice_pb2_grpc.InvoiceServiceStub(ic), (lc, ic))
 
     @cached_property

@@ -148,3 +148,22 @@ async def test_the_pod_healthcheck_probes_a_tls_server(pki: dict[str, TlsSetting
         monkeypatch.setenv(f"CREDITS_TLS_{name}", value)
     assert await asyncio.to_thread(entry.healthcheck, f"127.0.0.1:{port}") == 0
     assert await asyncio.to_thread(entry.healthcheck, f"127.0.0.1:{port}", "liveness", "localhost") == 0
+
+
+async def test_the_portal_dials_the_services_with_tls_when_configured(
+        pki: dict[str, TlsSettings], tls_ledger: tuple[int, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portal is a client like any other: with CREDITS_TLS_* set it presents its certificate."""
+    from portal.backend import Backend
+
+    port, key = tls_ledger
+    client = pki["client"]
+    monkeypatch.setenv("CREDITS_TLS_CERT_FILE", client.cert_file or "")
+    monkeypatch.setenv("CREDITS_TLS_KEY_FILE", client.key_file or "")
+    monkeypatch.setenv("CREDITS_TLS_CA_FILE", client.ca_file or "")
+    backend = Backend.connect(f"localhost:{port}", f"localhost:{port}")
+    try:
+        units = await backend.ledger.ListUnits(pb.ListUnitsRequest(), metadata=[("x-api-key", key)], timeout=5)
+        assert any(u.code == "USD" for u in units.units)
+    finally:
+        for channel in backend.channels:
+            await channel.close()
