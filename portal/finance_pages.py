@@ -102,12 +102,16 @@ class FinancePages:
         first = _month("from", request.query_params.get("from"), this_month)
         return first, _month("to", request.query_params.get("to"), first)
 
-    async def revenue(self, request: Request) -> Response:
+    async def _period_report(self, request: Request, page: str, rpc: str, ask: Any) -> Response:
+        """A report over a window of months (`from`, `to`): the finance API's `rpc` with `ask`'s request type."""
         who = await self.portal.finance_visitor(request)
         first, last = self._window(request)
-        report = await self.portal.api().finance.GetRevenueReport(
-            fpb.GetRevenueReportRequest(from_period=first, to_period=last), metadata=who.md)
-        return self._render("finance/revenue.html", who, "revenue", rows=report.rows, first=first, last=last)
+        report = await getattr(self.portal.api().finance, rpc)(ask(from_period=first, to_period=last),
+                                                               metadata=who.md)
+        return self._render(f"finance/{page}.html", who, page, rows=report.rows, first=first, last=last)
+
+    async def revenue(self, request: Request) -> Response:
+        return await self._period_report(request, "revenue", "GetRevenueReport", fpb.GetRevenueReportRequest)
 
     async def liability(self, request: Request) -> Response:
         who = await self.portal.finance_visitor(request)
@@ -122,18 +126,10 @@ class FinancePages:
                             as_of=as_of.strftime("%Y-%m-%d %H:%M:%S UTC"), as_of_value=as_of.strftime("%Y-%m-%dT%H:%M"))
 
     async def breakage(self, request: Request) -> Response:
-        who = await self.portal.finance_visitor(request)
-        first, last = self._window(request)
-        report = await self.portal.api().finance.GetBreakageReport(
-            fpb.GetBreakageReportRequest(from_period=first, to_period=last), metadata=who.md)
-        return self._render("finance/breakage.html", who, "breakage", rows=report.rows, first=first, last=last)
+        return await self._period_report(request, "breakage", "GetBreakageReport", fpb.GetBreakageReportRequest)
 
     async def program(self, request: Request) -> Response:
-        who = await self.portal.finance_visitor(request)
-        first, last = self._window(request)
-        report = await self.portal.api().finance.GetProgramReport(
-            fpb.GetProgramReportRequest(from_period=first, to_period=last), metadata=who.md)
-        return self._render("finance/program.html", who, "program", rows=report.rows, first=first, last=last)
+        return await self._period_report(request, "program", "GetProgramReport", fpb.GetProgramReportRequest)
 
     async def journal(self, request: Request) -> Response:
         who = await self.portal.finance_visitor(request)
