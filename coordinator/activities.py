@@ -26,7 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from coordinator import naming
+from coordinator import decisions, naming
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
     PENDING_GRANT,
@@ -466,14 +466,18 @@ class CoordinatorActivities:
 
     @activity.defn(name="coordinator.owner_decision")
     async def owner_decision(self, ref: OwnerRef) -> OwnerDecision:
-        """Did the workflow that owns an in-doubt hold/invoice record its commit decision?"""
+        """Did the workflow that owns an in-doubt hold/invoice record its commit decision?
+        (coordinator.decisions: where each kind of owner records it.)"""
         handle = self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id or None)
         try:
             desc = await handle.describe()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
-            raise
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            owner = await decisions.workflow_of_run(self._client, ref.run_id) if ref.run_id else None
+            if owner is not None and owner != ref.workflow_id and naming.is_cycle_workflow(owner):
+                return await self._cycle_decision(OwnerRef(owner, ref.run_id, ref.invoice_id))
+            return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return OwnerDecision(OwnerState.RUNNING, "the owner is still running and will resolve it", desc.run_id)
         outcome = desc.typed_search_attributes.get(OUTCOME)
@@ -483,6 +487,24 @@ class CoordinatorActivities:
         status = desc.status.name if desc.status else "?"
         return OwnerDecision(OwnerState.ABANDON, f"closed {status} without a decision (outcome={outcome})",
                              desc.run_id)
+
+    async def _cycle_decision(self, ref: OwnerRef) -> OwnerDecision:
+        """A finalization a billing cycle's run ran inline: the run's history holds its decision."""
+        try:
+            desc = await self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return OwnerDecision(OwnerState.RUNNING, "the billing cycle is still running and will resolve it",
+                                 desc.run_id, workflow_id=ref.workflow_id)
+        if ref.invoice_id in await decisions.committed_in_run(self._client, ref.workflow_id, ref.run_id):
+            return OwnerDecision(OwnerState.COMMIT, f"decision recorded (the cycle scheduled the commit of "
+                                 f"{ref.invoice_id}'s hold)", desc.run_id, workflow_id=ref.workflow_id)
+        status = desc.status.name if desc.status else "?"
+        return OwnerDecision(OwnerState.ABANDON, f"the billing cycle's run closed {status} without a decision "
+                             f"for {ref.invoice_id}", desc.run_id, workflow_id=ref.workflow_id)
 
     async def _void_reason(self, workflow_id: str, run_id: str) -> str:
         """The reason a void workflow was started with: its reversal's idempotent payload includes it."""
