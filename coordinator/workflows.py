@@ -103,10 +103,10 @@ _LOCAL_DRAFT = "billing-cycle-local-draft"
 # built with inline=True), instead of as a FinalizeInvoice child workflow (unless `child_sagas`).
 _INLINE_SAGAS = "billing-cycle-inline-sagas"
 # The inline sagas' steps: all of a cycle's sagas share its workflow task, which stays open while any of
-# their local activities runs, so a participant call that hangs is cut short after a few seconds and
-# retried after a durable timer (the task completes meanwhile and the other sagas go on) rather than
-# holding every saga of the cycle for the default 15 s per attempt.
-_INLINE_TIMEOUTS = SagaTimeouts(step_start_to_close_s=3.0, local_retry_threshold_s=0.0)
+# their local activities runs, so a participant call that hangs is cut short after 3 s and retried
+# after a durable timer (from 2 s, doubling): the task completes meanwhile and the other sagas go on,
+# rather than every saga of the cycle waiting out the default 15 s per attempt.
+_INLINE_TIMEOUTS = SagaTimeouts(step_start_to_close_s=3.0, retry_initial_s=2.0, local_retry_threshold_s=1.0)
 # Activities one finalization runs on the happy path (the bench's bare baseline runs as many no-ops):
 # get_invoice, get_lot_boundaries, split_draft, reserve_credits, prepare_finalize, commit_hold,
 # commit_finalize.
