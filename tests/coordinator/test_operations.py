@@ -309,3 +309,27 @@ async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expir
     finally:
         for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, RELEASE_SCHEDULE):
             await client.get_schedule_handle(schedule_id).delete()
+
+
+async def test_a_cycle_gives_way_to_another_run_already_finalizing_the_invoice(stack: Stack) -> None:
+    """The front door finalizes an invoice (its run has reserved the customer's $50 and is held before
+    the prepare) while a billing cycle reaches the same invoice inline. One run per invoice holds credits:
+    the cycle's run finds the older run's pending hold, gives way and releases what it reserved (nothing
+    was left), so the invoice is finalized once, by the first run, with all $50 applied. (Without the
+    rule the cycle would prepare first with no credits and finalize the invoice at full price.)"""
+    as_of = "2027-10-13T00:00:00+00:00"
+    invoice_id = await seed_customer(stack.services, "race-1")
+    faults = FaultPlan().add("prepare_finalize", "before", "block")
+    async with stack.worker(faults):
+        front = await stack.start_finalize(invoice_id)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        cycle: BillingCycleResult = await stack.client.execute_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, as_of, concurrency=2),
+            id=naming.cycle_workflow_id(TENANT, as_of), task_queue=stack.task_queue)
+        assert (cycle.finalized, cycle.failed) == (0, 1) and cycle.failures[0].startswith("race-1@"), cycle
+        faults.release_blocked()
+        result = await front.result()
+    assert (result.outcome, result.credits_applied) == ("finalized", "50.00"), result
+    holds = {h.hold_key: h.status for h in await stack.holds(invoice_id)}
+    assert sorted(holds.values()) == [lpb.COMMITTED, lpb.RELEASED], holds
+    assert await stack.assert_both_or_neither(invoice_id, "acct-race-1") == "finalized"
