@@ -16,7 +16,9 @@ currency hold, so the resolver settles them all by the one decision; `hold_suffi
 
 Every participant call of a saga run carries the idempotency key `<workflow id>/<run id>/<step>`
 (`step_key`); the in-doubt resolver settles a run's work with that run's own keys, so a commit the
-run already made and the resolver's are one and the same.
+run already made and the resolver's are one and the same. A billing cycle finalizes its invoices
+inline: each is a finalization run of the cycle's run, with keys `cycle/<cycle run id>/<invoice>/<step>`
+(`run_step_key`) and hold `inv/<invoice>/<cycle run id>`.
 """
 
 from __future__ import annotations
