@@ -112,6 +112,10 @@ _INLINE_TIMEOUTS = SagaTimeouts(step_start_to_close_s=3.0, retry_initial_s=2.0, 
 # commit_finalize.
 SAGA_ACTIVITIES = 7
 
+# The worker's extern function that counts a finished saga (coordinator.worker.SagaOutcomeInterceptor):
+# a workflow's ending, and each inline saga of a billing cycle as a FinalizeInvoice's would be.
+SAGA_FINISHED = "credits_saga_finished"
+
 _BEFORE_DECISION = "Before the decision: a failure or cancellation now runs the compensations."
 _AFTER_DECISION = "The decision is recorded: the commits are retried until they succeed."
 
@@ -557,6 +561,26 @@ class BillingCycleWorkflow:
         inp.failed += 1
         inp.failures.append(label)
 
+    @staticmethod
+    async def _inline(saga: FinalizeInvoiceInput, run: FinalizationRun) -> bool:
+        """One invoice's saga inside this run; its outcome is counted as a FinalizeInvoice's would be."""
+        outcome = "failed"
+        try:
+            result = await FinalizeInvoiceWorkflow(inline=True).finalize(saga, run)
+            outcome = str(result.outcome)
+            return True
+        except ApplicationError as err:
+            outcome = {"Compensated": CreditsOutcome.COMPENSATED, "Rejected": CreditsOutcome.REJECTED}.get(
+                err.type or "", "failed")
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            count = workflow.extern_functions().get(SAGA_FINISHED)
+            if count is not None and not workflow.unsafe.is_replaying():
+                count("FinalizeInvoice", str(outcome))
+
     async def _one(self, tenant: str, period: DuePeriodView, child_saga: bool) -> bool:
         """Drafts the period's invoice if it has none yet, then finalizes it: inline, as a finalization
         run of this cycle's run (its hold `inv/<invoice>/<cycle run id>`, its prepare key naming the
@@ -577,10 +601,8 @@ class BillingCycleWorkflow:
             if not child_saga and workflow.patched(_INLINE_SAGAS):
                 info = workflow.info()
                 run = FinalizationRun(tenant, invoice_id, info.workflow_id, info.run_id)
-                await FinalizeInvoiceWorkflow(inline=True).finalize(
-                    FinalizeInvoiceInput(tenant, invoice_id, _INLINE_TIMEOUTS, local_reads=True, local_steps=True,
-                                         draft=draft), run)
-                return True
+                return await self._inline(FinalizeInvoiceInput(
+                    tenant, invoice_id, _INLINE_TIMEOUTS, local_reads=True, local_steps=True, draft=draft), run)
             await workflow.execute_child_workflow(
                 FinalizeInvoiceWorkflow.run,
                 FinalizeInvoiceInput(tenant, invoice_id, local_reads=True, local_steps=True, draft=draft),

@@ -27,6 +27,7 @@ from coordinator.schedules import EXPIRE_SCHEDULE, RELEASE_SCHEDULE, RESOLVE_SCH
 from coordinator.starter import start_or_attach
 from coordinator.workflows import WORKFLOWS, BillingCycleWorkflow, CompensateOutageWorkflow
 from harness.faults import FaultPlan
+from service_runtime import metrics
 from stack.scenario import PERIOD_START, seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
@@ -88,12 +89,16 @@ async def test_billing_cycle_drafts_and_finalizes_every_due_invoice_across_conti
     customers = [f"cyc-{n}" for n in range(CUSTOMERS)]
     for n, customer in enumerate(customers):  # odd ones have no draft yet: the cycle creates it
         await seed_customer(stack.services, customer, draft=n % 2 == 0)
+    finalized = metrics.SAGA_OUTCOMES.labels("finalize-invoice", "finalized")
+    counted = finalized._value.get()
     async with stack.worker():
         handle = await stack.client.start_workflow(
             BillingCycleWorkflow.run, BillingCycleInput(TENANT, AS_OF, concurrency=2, max_per_run=2),
             id=naming.cycle_workflow_id(TENANT, AS_OF), task_queue=stack.task_queue)
         result: BillingCycleResult = await handle.result()
         assert (result.finalized, result.failed, result.failures) == (CUSTOMERS, 0, [])
+        # each inline saga counted as a FinalizeInvoice workflow's would be (the dashboards' saga outcomes)
+        assert finalized._value.get() == counted + CUSTOMERS
         progress = await _progress(stack.client.get_workflow_handle(handle.id))
         assert (progress.total, progress.done, progress.failed, progress.stage) == (CUSTOMERS, CUSTOMERS, 0, "done")
         chain = await eventually(lambda: _run_chain(handle), lambda c: len(c) >= 3)
