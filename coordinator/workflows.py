@@ -189,6 +189,14 @@ def compensated_failure(run: FinalizationRun, inv: InvoiceView, step: str, err: 
                             type="Compensated", non_retryable=True)
 
 
+def _saga_finished(outcome: str) -> None:
+    """Counts an inline saga's ending as a FinalizeInvoice workflow's (the worker's extern function; none
+    where no SagaOutcomeInterceptor runs, as in the replayer), never during replay."""
+    count = workflow.extern_functions().get(SAGA_FINISHED)
+    if count is not None and not workflow.unsafe.is_replaying():
+        count("FinalizeInvoice", outcome)
+
+
 def _said(message: str, *args: object) -> None:
     """One INFO line per outcome (a saga's, a schedule run's), as `creditctl up` and the worker log them;
     never during replay."""
@@ -564,22 +572,22 @@ class BillingCycleWorkflow:
     @staticmethod
     async def _inline(saga: FinalizeInvoiceInput, run: FinalizationRun) -> bool:
         """One invoice's saga inside this run; its outcome is counted as a FinalizeInvoice's would be."""
-        outcome = "failed"
         try:
             result = await FinalizeInvoiceWorkflow(inline=True).finalize(saga, run)
-            outcome = str(result.outcome)
-            return True
+        except GeneratorExit:  # the worker evicts the cycle from its cache: nothing ended
+            raise
         except ApplicationError as err:
-            outcome = {"Compensated": CreditsOutcome.COMPENSATED, "Rejected": CreditsOutcome.REJECTED}.get(
-                err.type or "", "failed")
+            _saga_finished({"Compensated": CreditsOutcome.COMPENSATED,
+                            "Rejected": CreditsOutcome.REJECTED}.get(err.type or "", "failed"))
             raise
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            _saga_finished("cancelled")
             raise
-        finally:
-            count = workflow.extern_functions().get(SAGA_FINISHED)
-            if count is not None and not workflow.unsafe.is_replaying():
-                count("FinalizeInvoice", str(outcome))
+        except Exception:
+            _saga_finished("failed")
+            raise
+        _saga_finished(str(result.outcome))
+        return True
 
     async def _one(self, tenant: str, period: DuePeriodView, child_saga: bool) -> bool:
         """Drafts the period's invoice if it has none yet, then finalizes it: inline, as a finalization
