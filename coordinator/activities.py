@@ -26,7 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from coordinator import naming
+from coordinator import decisions, naming
 from coordinator.keys import KeyStore, UnknownTenant
 from coordinator.messages import (
     PENDING_GRANT,
@@ -160,6 +160,7 @@ class LedgerActivities:
                      for c in inp.charges],
         )
         view = _hold_view(await self._p._call("reserve_credits", inp.tenant_id, self._stub.ReserveCredits, req))
+        await self._one_run_at_a_time(inp)
         if Decimal(view.reserved or "0") < Decimal(view.requested or "0"):
             view.convertible, view.notes = await self._conversions(inp)
         return view
@@ -183,6 +184,33 @@ class LedgerActivities:
             raise ApplicationError(f"{step}: the ledger has no unit {unit!r}; DefineUnit it", type="Rejected",
                                    non_retryable=True)
         return scale
+
+    async def _one_run_at_a_time(self, inp: ReserveInput) -> None:
+        """One invoice, one finalization run holding credits for it: after each reserve of a run, the
+        run whose oldest PENDING hold of the invoice is the oldest goes on; any other gives way with a
+        rejection (its saga compensates, releasing what it reserved). Two runs of one invoice can meet
+        when a billing cycle finalizes it inline while the front door (or an operator) finalizes it
+        too, or while a lost run's hold waits for the in-doubt resolver: without this, the run that
+        reserved second could find the credits held by the first, prepare first, and finalize the
+        invoice with fewer credits than the customer has. The ledger orders holds per account, so both
+        runs see the same oldest hold and at most one goes on."""
+        ours = naming.parse_hold_key(inp.hold_key)
+        if ours is None:
+            return
+        invoice_id, run_id = ours
+        listed = await self._p._call("reserve_credits", inp.tenant_id, self._stub.ListHolds, lpb.ListHoldsRequest(
+            status=lpb.PENDING, hold_key_prefix=naming.invoice_holds_prefix(invoice_id), page_size=500))
+        held = [(h.created_at.seconds, h.created_at.nanos, h.hold_key) for h in listed.holds
+                if naming.parse_hold_key(h.hold_key) is not None]
+        if not held:
+            return
+        *_, first = min(held)
+        first_run = naming.parse_hold_key(first)
+        if first_run is not None and first_run[1] != run_id:
+            raise ApplicationError(
+                f"reserve_credits: FAILED_PRECONDITION: invoice {invoice_id} is being finalized by another run, "
+                f"whose hold {first} holds credits for it (a lost run's is settled by the in-doubt resolver): "
+                "this run gives way", type="Rejected", non_retryable=True)
 
     @activity.defn(name="ledger.reserve_converted")
     async def reserve_converted(self, inp: ReserveInput) -> HoldView:
@@ -212,6 +240,7 @@ class LedgerActivities:
                                         account_id=inp.account_id, unit=inp.unit, up_to=True, release_on_ttl=False,
                                         reference=inp.reference, charges=charges)
         view = _hold_view(await self._p._call("reserve_converted", inp.tenant_id, self._stub.ReserveCredits, req))
+        await self._one_run_at_a_time(inp)
         for a in view.allocations:
             a.unit, a.rate, a.rate_version = inp.unit, str(priced[a.charge_id].rate), priced[a.charge_id].version
         view.notes = notes
@@ -231,6 +260,7 @@ class LedgerActivities:
                      for c, q in charges if q > 0],
         )
         view = _hold_view(await self._p._call("reserve_units", inp.tenant_id, self._stub.ReserveCredits, req))
+        await self._one_run_at_a_time(inp)
         for a in view.allocations:
             a.unit = inp.unit
         return view
@@ -466,14 +496,18 @@ class CoordinatorActivities:
 
     @activity.defn(name="coordinator.owner_decision")
     async def owner_decision(self, ref: OwnerRef) -> OwnerDecision:
-        """Did the workflow that owns an in-doubt hold/invoice record its commit decision?"""
+        """Did the workflow that owns an in-doubt hold/invoice record its commit decision?
+        (coordinator.decisions: where each kind of owner records it.)"""
         handle = self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id or None)
         try:
             desc = await handle.describe()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
-            raise
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            owner = await decisions.workflow_of_run(self._client, ref.run_id) if ref.run_id else None
+            if owner is not None and owner != ref.workflow_id and naming.is_cycle_workflow(owner):
+                return await self._cycle_decision(OwnerRef(owner, ref.run_id, ref.invoice_id))
+            return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return OwnerDecision(OwnerState.RUNNING, "the owner is still running and will resolve it", desc.run_id)
         outcome = desc.typed_search_attributes.get(OUTCOME)
@@ -483,6 +517,24 @@ class CoordinatorActivities:
         status = desc.status.name if desc.status else "?"
         return OwnerDecision(OwnerState.ABANDON, f"closed {status} without a decision (outcome={outcome})",
                              desc.run_id)
+
+    async def _cycle_decision(self, ref: OwnerRef) -> OwnerDecision:
+        """A finalization a billing cycle's run ran inline: the run's history holds its decision."""
+        try:
+            desc = await self._client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return OwnerDecision(OwnerState.UNKNOWN, "no such workflow run (retention may have removed it)")
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return OwnerDecision(OwnerState.RUNNING, "the billing cycle is still running and will resolve it",
+                                 desc.run_id, workflow_id=ref.workflow_id)
+        if ref.invoice_id in await decisions.committed_in_run(self._client, ref.workflow_id, ref.run_id):
+            return OwnerDecision(OwnerState.COMMIT, f"decision recorded (the cycle scheduled the commit of "
+                                 f"{ref.invoice_id}'s hold)", desc.run_id, workflow_id=ref.workflow_id)
+        status = desc.status.name if desc.status else "?"
+        return OwnerDecision(OwnerState.ABANDON, f"the billing cycle's run closed {status} without a decision "
+                             f"for {ref.invoice_id}", desc.run_id, workflow_id=ref.workflow_id)
 
     async def _void_reason(self, workflow_id: str, run_id: str) -> str:
         """The reason a void workflow was started with: its reversal's idempotent payload includes it."""

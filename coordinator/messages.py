@@ -291,6 +291,8 @@ class ListInvoicesInput:
 class OwnerRef:
     workflow_id: str
     run_id: str
+    # the invoice of an in-doubt finalization: its decision when a billing cycle's run owns it
+    invoice_id: str = ""
 
 
 @dataclass
@@ -301,6 +303,9 @@ class OwnerDecision:
     detail: str = ""
     run_id: str = ""  # the run described (the latest one when OwnerRef.run_id is empty)
     void_reason: str = ""  # a void workflow's input reason (its reversal request carries it)
+    # the owner when it is not the workflow asked about: the billing cycle whose run finalized the
+    # invoice inline (the run's idempotency keys are that cycle's)
+    workflow_id: str = ""
 
 
 # --- workflows ------------------------------------------------------------------------------
@@ -314,6 +319,10 @@ class SagaTimeouts:
     prepare_phase_step_limit_s: float = 120.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # Local activities retry inside the workflow task unless their backoff reaches this; at or above it
+    # a durable timer waits instead and the task completes (None: the SDK's default, one minute). A
+    # billing cycle's inline sagas share one workflow task: a slow call must not hold it for the others.
+    local_retry_threshold_s: float | None = None
 
 
 @dataclass
@@ -370,6 +379,9 @@ class BillingCycleInput:
     concurrency: int = 8
     max_per_run: int = 200  # continue-as-new after this many invoices, to keep history small
     page_size: int = 0      # due periods per listing; 0 = a few windows' worth (4 x concurrency, 50..500)
+    # each invoice's saga as a FinalizeInvoice child workflow of its own (one workflow per invoice in the
+    # Temporal UI) rather than inline in the cycle's run (the default: a fraction of Temporal's work)
+    child_sagas: bool = False
     done: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)

@@ -16,7 +16,9 @@ currency hold, so the resolver settles them all by the one decision; `hold_suffi
 
 Every participant call of a saga run carries the idempotency key `<workflow id>/<run id>/<step>`
 (`step_key`); the in-doubt resolver settles a run's work with that run's own keys, so a commit the
-run already made and the resolver's are one and the same.
+run already made and the resolver's are one and the same. A billing cycle finalizes its invoices
+inline: each is a finalization run of the cycle's run, with keys `cycle/<cycle run id>/<invoice>/<step>`
+(`run_step_key`) and hold `inv/<invoice>/<cycle run id>`.
 """
 
 from __future__ import annotations
@@ -173,14 +175,27 @@ def step_key(workflow_id: str, run_id: str, step: str) -> str:
     return f"{workflow_id}/{run_id}/{step}"
 
 
+CYCLE_RUN_KEYS = "cycle/"
+
+
+def run_step_key(workflow_id: str, run_id: str, invoice_id: str, step: str) -> str:
+    """The idempotency key of one step of a saga run on one invoice: `step_key`; inside a billing cycle's
+    run, which finalizes many invoices, `cycle/<run id>/<invoice>/<step>` (a run id is unique across
+    workflows, and the cycle's id would make keys too long: Temporal's visibility maps the run id back
+    to its cycle, `coordinator.decisions.workflow_of_run`)."""
+    if is_cycle_workflow(workflow_id):
+        return f"{CYCLE_RUN_KEYS}{run_id}/{invoice_id}/{step}"
+    return step_key(workflow_id, run_id, step)
+
+
 def reverse_step(hold_key: str) -> str:
     """The step of a void run that reverses one committed hold."""
     return f"reverse/{hold_key}"
 
 
-def prepare_key(workflow_id: str, run_id: str) -> str:
+def prepare_key(workflow_id: str, run_id: str, invoice_id: str) -> str:
     """The key a finalization run prepares its invoice with (the invoice records it)."""
-    return step_key(workflow_id, run_id, Step.PREPARE)
+    return run_step_key(workflow_id, run_id, invoice_id, Step.PREPARE)
 
 
 def cycle_draft_key(tenant_id: str, customer_id: str, period_start: str, subscription_id: str = "") -> str:
@@ -235,12 +250,38 @@ def parse_hold_key(key: str) -> tuple[str, str] | None:
 
 
 def parse_prepare_key(key: str) -> tuple[str, str] | None:
-    """(workflow_id, run_id) of a finalization's prepare key."""
+    """(workflow_id, run_id) of a finalization's prepare key: a FinalizeInvoice run's; for a billing
+    cycle's run that finalized the invoice inline (`cycle/<run id>/<invoice>/prepare`) the workflow id
+    is "" — the key names the run only (`coordinator.decisions.workflow_of_run` finds its cycle)."""
     head, sep, step = key.rpartition("/")
     if not sep or step != Step.PREPARE:
         return None
+    if head.startswith(CYCLE_RUN_KEYS):
+        run_id, sep, invoice_id = head[len(CYCLE_RUN_KEYS):].partition("/")
+        return ("", run_id) if sep and run_id and invoice_id else None
     workflow_id, sep, run_id = head.rpartition("/")
-    return (workflow_id, run_id) if sep and workflow_id.startswith(FINALIZE + "/") else None
+    return (workflow_id, run_id) if sep and run_id and workflow_id.startswith(FINALIZE + "/") else None
+
+
+def is_cycle_workflow(workflow_id: str) -> bool:
+    """A billing cycle: it finalizes its invoices inline, each a finalization run of the cycle's run."""
+    return workflow_id.startswith(CYCLE + "/")
+
+
+# A finalization a billing cycle runs inline records its commit decision as the schedule of the first
+# commit of one of its holds, under this activity id (the cycle's history is the decision's record).
+COMMIT_ACTIVITY_PREFIX = "commit/"
+
+
+def commit_activity_id(hold_key: str) -> str:
+    """The activity id of the commit of a hold of a finalization run inside a billing cycle: its schedule
+    in the cycle's history is the run's commit decision (`decided_by_commit_schedule`)."""
+    return f"{COMMIT_ACTIVITY_PREFIX}{hold_key}"
+
+
+def committed_hold_of_activity(activity_id: str) -> str | None:
+    """The hold key a `commit_activity_id` commits, else None."""
+    return activity_id[len(COMMIT_ACTIVITY_PREFIX):] if activity_id.startswith(COMMIT_ACTIVITY_PREFIX) else None
 
 
 def topup_workflow_id(tenant_id: str, topup_id: str) -> str:

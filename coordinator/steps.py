@@ -79,10 +79,12 @@ async def _local(fn: Any, arg: Any, t: SagaTimeouts, *, schedule_to_close_s: flo
     ActivityError naming the activity, caused by what the participant answered (a local activity's
     own failure comes unwrapped, and would read as the workflow's own ApplicationError)."""
     try:
+        threshold = t.local_retry_threshold_s
         return await workflow.execute_local_activity_method(
             fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s),
             schedule_to_close_timeout=timedelta(seconds=schedule_to_close_s) if schedule_to_close_s else None,
-            retry_policy=_retry(t))
+            retry_policy=_retry(t),
+            local_retry_threshold=timedelta(seconds=threshold) if threshold is not None else None)
     except ApplicationError as err:
         definition = activity._Definition.from_callable(fn)
         raise ActivityError("local activity failed", scheduled_event_id=0, started_event_id=0, identity="",
@@ -91,16 +93,17 @@ async def _local(fn: Any, arg: Any, t: SagaTimeouts, *, schedule_to_close_s: flo
 
 
 async def run_until_done(fn: Any, arg: Any, t: SagaTimeouts, summary: str | None = None, *,
-                         local: bool = False) -> Any:
+                         local: bool = False, activity_id: str | None = None) -> Any:
     """A step that may not be given up (commit after the decision, compensation): retried forever and
     shielded from workflow cancellation, which would otherwise abandon it half-way. `local`: as a
-    local activity (see run_step; only for a step idempotent by its key)."""
+    local activity (see run_step; only for a step idempotent by its key). `activity_id`: the regular
+    activity's id in history (else Temporal's sequence number)."""
     if local:
         task = asyncio.ensure_future(_local(fn, arg, t, schedule_to_close_s=None))
     else:
         task = asyncio.ensure_future(workflow.execute_activity_method(
             fn, arg, start_to_close_timeout=timedelta(seconds=t.step_start_to_close_s), retry_policy=_retry(t),
-            summary=summary))
+            summary=summary, activity_id=activity_id))
     while True:
         try:
             return await asyncio.shield(task)
@@ -135,11 +138,13 @@ class SagaRun:
     run_id: str
 
     def key(self, step: str) -> str:
-        return naming.step_key(self.workflow_id, self.run_id, step)
+        return naming.run_step_key(self.workflow_id, self.run_id, self.invoice_id, step)
 
     @property
     def label(self) -> str:
-        return naming.run_label(self.workflow_id, self.run_id)
+        """`<workflow id>/<run id>`; a billing cycle's run finalizes many invoices: `.../<invoice>`."""
+        label = naming.run_label(self.workflow_id, self.run_id)
+        return f"{label}/{self.invoice_id}" if naming.is_cycle_workflow(self.workflow_id) else label
 
 
 class FinalizationRun(SagaRun):
@@ -151,7 +156,7 @@ class FinalizationRun(SagaRun):
 
     @property
     def prepare_key(self) -> str:
-        return naming.prepare_key(self.workflow_id, self.run_id)
+        return naming.prepare_key(self.workflow_id, self.run_id, self.invoice_id)
 
     def unit_hold_key(self, unit: str) -> str:
         return naming.unit_hold_key(self.invoice_id, self.run_id, unit)
@@ -175,23 +180,31 @@ def left_after(charges: Sequence[ChargeSpec], allocations: Sequence[AllocationSp
 
 async def commit_finalization(run: FinalizationRun, t: SagaTimeouts, *, commit_invoice: bool = True,
                               why: str | None = None, before: Callable[[int], None] = _nothing,
-                              unit_holds: Sequence[str] = (), local_finalize: bool = False) -> InvoiceView | None:
+                              unit_holds: Sequence[str] = (), local_finalize: bool = False,
+                              decision_ids: bool = False) -> InvoiceView | None:
     """After the commit decision: commit the usage-unit holds (`unit_holds`, by unit) and the credit
     hold, then finalize the invoice (unless `commit_invoice` is False: the resolver found it already
     settled). Each is retried until done. `before(i)` is called before committing the holds (0) and
     the invoice (1); returns the finalized invoice. The holds' commits are regular activities: the
     first one's schedule is what makes the decision durable before any commit runs; the invoice's
-    commit may then be local (`local_finalize`)."""
+    commit may then be local (`local_finalize`). `decision_ids`: the holds' commits get the activity
+    ids `naming.commit_activity_id(hold key)` — for a run inside a billing cycle, whose decision is the
+    schedule of its first commit (the cycle records no outcome per invoice)."""
     before(0)
+
+    def ident(hold_key: str) -> str | None:
+        return naming.commit_activity_id(hold_key) if decision_ids else None
+
     for suffix in unit_holds:
         await run_until_done(
             LedgerActivities.commit_hold,
             HoldInput(run.tenant_id, run.key(f"{Step.COMMIT_HOLD}/{suffix}"), run.unit_hold_key(suffix),
-                      must_succeed=True), t, _label(why, f"commit the {suffix} credit hold"))
+                      must_succeed=True), t, _label(why, f"commit the {suffix} credit hold"),
+            activity_id=ident(run.unit_hold_key(suffix)))
     await run_until_done(
         LedgerActivities.commit_hold,
         HoldInput(run.tenant_id, run.key(Step.COMMIT_HOLD), run.hold_key, must_succeed=True), t,
-        _label(why, "commit the credit hold"))
+        _label(why, "commit the credit hold"), activity_id=ident(run.hold_key))
     if not commit_invoice:
         return None
     before(1)

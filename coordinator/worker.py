@@ -54,7 +54,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
 from coordinator.search_attributes import OUTCOME, CreditsOutcome
-from coordinator.workflows import WORKFLOWS
+from coordinator.workflows import SAGA_FINISHED, WORKFLOWS
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
 from service_runtime.tls import open_channel, temporal_tls
@@ -112,7 +112,7 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
 # outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
 _IN_PROGRESS = frozenset({"", CreditsOutcome.PREPARING, CreditsOutcome.COMMITTED, CreditsOutcome.COMMITTING,
                           CreditsOutcome.VOIDING, CreditsOutcome.RUNNING, CreditsOutcome.GRANTING})
-_SAGA_FINISHED = "credits_saga_finished"
+_SAGA_FINISHED = SAGA_FINISHED
 
 
 def saga_kind(workflow_type: str) -> str:

@@ -99,10 +99,22 @@ _SLIDING_CYCLE = "billing-cycle-sliding-window"
 # its key, cycle_draft_key): a marker in the cycle's history instead of an activity's three events and a
 # workflow task round trip per invoice.
 _LOCAL_DRAFT = "billing-cycle-local-draft"
+# workflow.patched id: BillingCycle finalizes each invoice inline, in its own run (FinalizeInvoiceWorkflow
+# built with inline=True), instead of as a FinalizeInvoice child workflow (unless `child_sagas`).
+_INLINE_SAGAS = "billing-cycle-inline-sagas"
+# The inline sagas' steps: all of a cycle's sagas share its workflow task, which stays open while any of
+# their local activities runs, so a participant call that hangs is cut short after 3 s and retried
+# after a durable timer (from 2 s, doubling): the task completes meanwhile and the other sagas go on,
+# rather than every saga of the cycle waiting out the default 15 s per attempt.
+_INLINE_TIMEOUTS = SagaTimeouts(step_start_to_close_s=3.0, retry_initial_s=2.0, local_retry_threshold_s=1.0)
 # Activities one finalization runs on the happy path (the bench's bare baseline runs as many no-ops):
 # get_invoice, get_lot_boundaries, split_draft, reserve_credits, prepare_finalize, commit_hold,
 # commit_finalize.
 SAGA_ACTIVITIES = 7
+
+# The worker's extern function that counts a finished saga (coordinator.worker.SagaOutcomeInterceptor):
+# a workflow's ending, and each inline saga of a billing cycle as a FinalizeInvoice's would be.
+SAGA_FINISHED = "credits_saga_finished"
 
 _BEFORE_DECISION = "Before the decision: a failure or cancellation now runs the compensations."
 _AFTER_DECISION = "The decision is recorded: the commits are retried until they succeed."
@@ -113,12 +125,14 @@ class _Checklist:
     details, a checklist of the saga's steps (done / now / to do) under a title, with a note.
     Current details are answered from workflow state, not written to history: they cost nothing."""
 
-    def __init__(self, title: str, steps: tuple[str, ...]) -> None:
-        self.title, self.steps = title, steps
+    def __init__(self, title: str, steps: tuple[str, ...], quiet: bool = False) -> None:
+        self.title, self.steps, self.quiet = title, steps, quiet
         self.stage, self.step = "starting", 0
 
     def at(self, stage: str, step: int, note: str = _BEFORE_DECISION) -> None:
         self.stage, self.step = stage, step
+        if self.quiet:  # a saga inside a billing cycle: the details are the cycle's
+            return
         lines = [f"**{self.title}**", ""]
         for i, name in enumerate(self.steps):
             lines.append(f"{'✓' if i < step else '→' if i == step else '·'} {i + 1}. {name}")
@@ -175,6 +189,14 @@ def compensated_failure(run: FinalizationRun, inv: InvoiceView, step: str, err: 
                             type="Compensated", non_retryable=True)
 
 
+def _saga_finished(outcome: str) -> None:
+    """Counts an inline saga's ending as a FinalizeInvoice workflow's (the worker's extern function; none
+    where no SagaOutcomeInterceptor runs, as in the replayer), never during replay."""
+    count = workflow.extern_functions().get(SAGA_FINISHED)
+    if count is not None and not workflow.unsafe.is_replaying():
+        count("FinalizeInvoice", outcome)
+
+
 def _said(message: str, *args: object) -> None:
     """One INFO line per outcome (a saga's, a schedule run's), as `creditctl up` and the worker log them;
     never during replay."""
@@ -182,7 +204,6 @@ def _said(message: str, *args: object) -> None:
 
 
 def _rejected(inv: InvoiceView, expected: InvoiceStatus) -> ApplicationError:
-    _set(outcome=CreditsOutcome.REJECTED)
     _said("invoice %s rejected: it is %s, not %s", inv.invoice_id, inv.status, expected)
     return ApplicationError(f"invoice {inv.invoice_id} is {inv.status}, not {expected}", type="Rejected",
                             non_retryable=True)
@@ -198,9 +219,16 @@ async def _read_invoice(tenant_id: str, invoice_id: str, t: SagaTimeouts, summar
 
 @workflow.defn(name="FinalizeInvoice")
 class FinalizeInvoiceWorkflow:
-    def __init__(self) -> None:
+    """One invoice's finalization saga, as a workflow of its own (the front door, the CLI) — or, built
+    with `inline=True`, as one of the many a billing cycle runs inside its own workflow run
+    (`BillingCycleWorkflow._one`): the same steps, keys and compensations, owned by the cycle's run
+    (`FinalizationRun` names it), with no search attributes or current details of its own (the
+    cycle's are the cycle's) and the schedule of its first hold commit as its recorded decision."""
+
+    def __init__(self, inline: bool = False) -> None:
+        self._inline = inline
         self._decision = ""
-        self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS)
+        self._checks = _Checklist("Finalize invoice", _FINALIZE_STEPS, quiet=inline)
         self._sent: set[Step] = set()  # the prepare-phase steps sent to a participant (to compensate)
         self._unit_holds: list[str] = []  # usage units whose hold's reserve was sent (to commit or release)
         self._local_reads = False  # the read-only prepare steps as local activities (FinalizeInvoiceInput)
@@ -214,9 +242,15 @@ class FinalizeInvoiceWorkflow:
     @workflow.run
     async def run(self, inp: FinalizeInvoiceInput) -> FinalizeInvoiceResult:
         info = workflow.info()
+        _set_unless_given(tenant=inp.tenant_id, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
+        return await self.finalize(inp, FinalizationRun(inp.tenant_id, inp.invoice_id, info.workflow_id, info.run_id))
+
+    def _outcome(self, outcome: CreditsOutcome) -> None:
+        if not self._inline:
+            _set(outcome=outcome)
+
+    async def finalize(self, inp: FinalizeInvoiceInput, run: FinalizationRun) -> FinalizeInvoiceResult:
         t, tenant = inp.timeouts, inp.tenant_id
-        run = FinalizationRun(tenant, inp.invoice_id, info.workflow_id, info.run_id)
-        _set_unless_given(tenant=tenant, invoice=inp.invoice_id, outcome=CreditsOutcome.PREPARING)
         self._checks.title = f"Finalize invoice {inp.invoice_id} (tenant {tenant})"
         self._checks.at("reading the invoice", 0)
         self._local_reads = inp.local_reads
@@ -224,14 +258,16 @@ class FinalizeInvoiceWorkflow:
         given = inp.draft
         inv = (given if given is not None and given.invoice_id == inp.invoice_id and given.status == InvoiceStatus.DRAFT
                else await _read_invoice(tenant, inp.invoice_id, t, local=self._local_reads))
-        _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
+        if not self._inline:
+            _set_unless_given(customer=inv.customer_id, period=sa.period_of(inv.period_start))
         self._checks.title = (f"Finalize invoice {inp.invoice_id} of {inv.customer_id}, period "
                               f"{sa.period_of(inv.period_start)} (tenant {tenant})")
         if inv.status == InvoiceStatus.FINALIZED:
-            _set(outcome=CreditsOutcome.ALREADY_FINALIZED)
+            self._outcome(CreditsOutcome.ALREADY_FINALIZED)
             _said("invoice %s already finalized as %s", inv.invoice_id, inv.number)
             return self._result(inv, SagaOutcome.ALREADY_FINALIZED, "")
         if inv.status != InvoiceStatus.DRAFT:
+            self._outcome(CreditsOutcome.REJECTED)
             raise _rejected(inv, InvoiceStatus.DRAFT)
         try:
             await self._prepare(run, inv, t)
@@ -243,11 +279,13 @@ class FinalizeInvoiceWorkflow:
             if isinstance(err, ApplicationError | asyncio.CancelledError):
                 raise
             raise compensated_failure(run, inv, failed_at, err) from err
-        # The commit point: from here on nothing is compensated; commits retry until they succeed.
+        # The commit point: from here on nothing is compensated; commits retry until they succeed. A
+        # workflow of its own records it as its outcome; inline, the first commit's schedule records it.
         self._decision = "commit"
-        _set(outcome=CreditsOutcome.COMMITTED)
+        self._outcome(CreditsOutcome.COMMITTED)
         final = await commit_finalization(run, t, unit_holds=self._unit_holds, local_finalize=self._local_steps,
-                                          before=lambda i: self._checks.at("committing", 6 + i, _AFTER_DECISION))
+                                          before=lambda i: self._checks.at("committing", 6 + i, _AFTER_DECISION),
+                                          decision_ids=self._inline)
         assert final is not None
         self._checks.at("finalized", len(_FINALIZE_STEPS),
                         f"Finalized as {final.number}: credits {final.credits_applied}, due {final.amount_due}.")
@@ -335,7 +373,7 @@ class FinalizeInvoiceWorkflow:
                                  release_hold=Step.RESERVE in self._sent, why="compensate",
                                  unit_holds=self._unit_holds)
         self._checks.at("compensated", failed_at, "Compensated: the hold is released and the invoice is a DRAFT again.")
-        _set(outcome=CreditsOutcome.COMPENSATED)
+        self._outcome(CreditsOutcome.COMPENSATED)
 
     @staticmethod
     def _result(inv: InvoiceView, outcome: SagaOutcome, hold_key: str) -> FinalizeInvoiceResult:
@@ -370,6 +408,7 @@ class VoidInvoiceWorkflow:
             _said("invoice %s already voided", inv.invoice_id)
             return VoidInvoiceResult(inv.invoice_id, SagaOutcome.ALREADY_VOIDED)
         if inv.status != InvoiceStatus.FINALIZED:
+            _set(outcome=CreditsOutcome.REJECTED)
             raise _rejected(inv, InvoiceStatus.FINALIZED)
         holds = await self._prepare(run, inp.reason, t)
         _set(outcome=CreditsOutcome.VOIDING)
@@ -444,7 +483,7 @@ class BillingCycleWorkflow:
                 if not queue:
                     break
                 period = queue.pop(0)
-                in_flight[asyncio.ensure_future(self._one(tenant, period))] = period
+                in_flight[asyncio.ensure_future(self._one(tenant, period, inp.child_sagas))] = period
                 started += 1
                 stopping = started >= inp.max_per_run
             self._report(inp, len(in_flight), len(queue))
@@ -508,7 +547,7 @@ class BillingCycleWorkflow:
                 workflow.continue_as_new(inp)
             batch = todo[: max(1, inp.concurrency)]
             self._progress.stage = f"finalizing {len(batch)} invoices"
-            results = await asyncio.gather(*(self._one(tenant, p) for p in batch))
+            results = await asyncio.gather(*(self._one(tenant, p, True) for p in batch))
             for period, ok in zip(batch, results, strict=True):
                 label = naming.due_period_label(period.customer_id, period.period_start)
                 self._count(inp, label, ok)
@@ -530,7 +569,31 @@ class BillingCycleWorkflow:
         inp.failed += 1
         inp.failures.append(label)
 
-    async def _one(self, tenant: str, period: DuePeriodView) -> bool:
+    @staticmethod
+    async def _inline(saga: FinalizeInvoiceInput, run: FinalizationRun) -> bool:
+        """One invoice's saga inside this run; its outcome is counted as a FinalizeInvoice's would be."""
+        try:
+            result = await FinalizeInvoiceWorkflow(inline=True).finalize(saga, run)
+        except GeneratorExit:  # the worker evicts the cycle from its cache: nothing ended
+            raise
+        except ApplicationError as err:
+            _saga_finished({"Compensated": CreditsOutcome.COMPENSATED,
+                            "Rejected": CreditsOutcome.REJECTED}.get(err.type or "", "failed"))
+            raise
+        except asyncio.CancelledError:
+            _saga_finished("cancelled")
+            raise
+        except Exception:
+            _saga_finished("failed")
+            raise
+        _saga_finished(str(result.outcome))
+        return True
+
+    async def _one(self, tenant: str, period: DuePeriodView, child_saga: bool) -> bool:
+        """Drafts the period's invoice if it has none yet, then finalizes it: inline, as a finalization
+        run of this cycle's run (its hold `inv/<invoice>/<cycle run id>`, its prepare key naming the
+        cycle; the schedule of its first hold commit records its decision in this history), or — for
+        `child_saga` and histories from before — as a FinalizeInvoice child workflow of its own."""
         t = SagaTimeouts()
         invoice_id = period.invoice_id
         draft: InvoiceView | None = None  # the saga reads a draft the cycle did not create itself
@@ -543,6 +606,11 @@ class BillingCycleWorkflow:
                                      period.customer_id, period.period_start, period.subscription_id), t,
                     f"draft the invoice of {period.customer_id}", local=workflow.patched(_LOCAL_DRAFT))
                 invoice_id = draft.invoice_id
+            if not child_saga and workflow.patched(_INLINE_SAGAS):
+                info = workflow.info()
+                run = FinalizationRun(tenant, invoice_id, info.workflow_id, info.run_id)
+                return await self._inline(FinalizeInvoiceInput(
+                    tenant, invoice_id, _INLINE_TIMEOUTS, local_reads=True, local_steps=True, draft=draft), run)
             await workflow.execute_child_workflow(
                 FinalizeInvoiceWorkflow.run,
                 FinalizeInvoiceInput(tenant, invoice_id, local_reads=True, local_steps=True, draft=draft),
@@ -866,15 +934,17 @@ class ResolveInDoubtWorkflow:
         return owners, voids
 
     @staticmethod
-    async def _decision(workflow_id: str, run_id: str, t: SagaTimeouts) -> OwnerDecision:
+    async def _decision(workflow_id: str, run_id: str, t: SagaTimeouts, invoice_id: str = "") -> OwnerDecision:
         decision: OwnerDecision = await run_step(
-            CoordinatorActivities.owner_decision, OwnerRef(workflow_id, run_id), t,
+            CoordinatorActivities.owner_decision, OwnerRef(workflow_id, run_id, invoice_id), t,
             f"ask Temporal for the decision of {naming.run_label(workflow_id, run_id) if run_id else workflow_id}")
         return decision
 
     async def _settle_finalization(self, run: FinalizationRun, account: str, out: SweepResult,
                                    t: SagaTimeouts) -> None:
-        decision = await self._decision(run.workflow_id, run.run_id, t)
+        decision = await self._decision(run.workflow_id, run.run_id, t, run.invoice_id)
+        if decision.workflow_id and decision.workflow_id != run.workflow_id:  # a billing cycle ran it inline
+            run = FinalizationRun(run.tenant_id, run.invoice_id, decision.workflow_id, run.run_id)
         if decision.state == OwnerState.RUNNING:
             out.left_running.append(run.label)
             return

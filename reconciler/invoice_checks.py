@@ -63,7 +63,7 @@ class Owner:
     """The saga run that prepared a committed invoice (Temporal must hold its decision)."""
 
     invoice_id: str
-    workflow_id: str
+    workflow_id: str  # "": a billing cycle's run, which the prepare key names by its run id only
     run_id: str
 
 

@@ -20,7 +20,7 @@ import time
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from coordinator import naming
+from coordinator import decisions, naming
 from coordinator.search_attributes import DECIDED_OUTCOMES, OUTCOME, CreditsOutcome
 from invoice_service.domain.states import Status
 from reconciler.invoice_checks import Invoice, Owner
@@ -28,7 +28,8 @@ from reconciler.report import Check, ReconcileReport, TenantFindings, Violation
 
 log = logging.getLogger(__name__)
 
-SAGAS_RUNNING = 'ExecutionStatus = "Running" AND WorkflowType IN ("FinalizeInvoice", "VoidInvoice")'
+# A billing cycle runs finalizations inline: while it runs, sagas are in flight.
+SAGAS_RUNNING = 'ExecutionStatus = "Running" AND WorkflowType IN ("FinalizeInvoice", "VoidInvoice", "BillingCycle")'
 VOID_DECIDED = frozenset({CreditsOutcome.VOIDING, CreditsOutcome.VOIDED})
 _DESCRIBE_CONCURRENCY = 16
 
@@ -49,8 +50,35 @@ async def check_decisions(client: Client, found: TenantFindings, owners: list[Ow
                 raise
             return str(desc.typed_search_attributes.get(OUTCOME) or "")
 
-    finals = await asyncio.gather(*(outcome(o.workflow_id, o.run_id) for o in owners))
-    for owner, out in zip(owners, finals, strict=True):
+    async def committed(run_id: str) -> tuple[str, set[str]]:
+        """(the cycle, the invoices it decided to commit) of a billing cycle's run."""
+        async with sem:
+            workflow_id = await decisions.workflow_of_run(client, run_id)
+            if workflow_id is None:
+                return "", set()
+            try:
+                return workflow_id, await decisions.committed_in_run(client, workflow_id, run_id)
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return workflow_id, set()
+                raise
+
+    # A billing cycle's run finalized many invoices inline (its prepare keys name the run only): its
+    # history is read once for all of them.
+    cycle_runs = sorted({o.run_id for o in owners if not o.workflow_id})
+    decided = dict(zip(cycle_runs, await asyncio.gather(*(committed(run) for run in cycle_runs)), strict=True))
+    single = [o for o in owners if o.workflow_id]
+    finals = await asyncio.gather(*(outcome(o.workflow_id, o.run_id) for o in single))
+    for owner in owners:
+        if not owner.workflow_id:
+            found.count("decisions")
+            cycle, committed_invoices = decided[owner.run_id]
+            if owner.invoice_id not in committed_invoices:
+                found.bad(Check.DECISION, f"invoice is {invoices[owner.invoice_id].status.value} but the billing "
+                          f"cycle's run that finalized it ({cycle or 'not found'}) recorded no commit decision for "
+                          "it (no commit of its hold was scheduled)", invoice_id=owner.invoice_id,
+                          workflow_id=cycle, run_id=owner.run_id)
+    for owner, out in zip(single, finals, strict=True):
         found.count("decisions")
         if out not in DECIDED_OUTCOMES:
             found.bad(Check.DECISION, f"invoice is {invoices[owner.invoice_id].status.value} but its owning run "

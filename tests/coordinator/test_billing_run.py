@@ -8,6 +8,7 @@ from datetime import datetime
 import grpc
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.invoice.v1 import invoice_pb2_grpc
+from credits.ledger.v1 import ledger_pb2 as lpb
 from credits.ledger.v1 import ledger_pb2_grpc
 from temporalio.client import WorkflowExecutionStatus
 
@@ -68,11 +69,11 @@ async def test_every_tenants_cycle_runs_in_parallel_under_one_global_limit(stack
                     ipb.ListInvoicesRequest(customer_id=f"{tenant}-c{n}"), metadata=services[tenant].md)
                 [inv] = listed.invoices
                 assert inv.status == ipb.FINALIZED and inv.credits_applied == "50.00", inv
-                info = await stack.client.get_workflow_handle(
-                    naming.finalize_workflow_id(tenant, inv.invoice_id)).describe()
-                assert info.status == WorkflowExecutionStatus.COMPLETED
-                assert info.start_time is not None and info.close_time is not None
-                spans.append((info.start_time, info.close_time))
+                # The saga ran inline in its tenant's cycle: from its reserve to its commit (the hold's
+                # created and resolved times) it was open.
+                [hold] = (await services[tenant].ledger.ListHolds(lpb.ListHoldsRequest(
+                    hold_key_prefix=naming.invoice_holds_prefix(inv.invoice_id)), metadata=services[tenant].md)).holds
+                spans.append((hold.created_at.ToDatetime(), hold.resolved_at.ToDatetime()))
                 tenants_of_span.append(tenant)
             cycle = await stack.client.get_workflow_handle(naming.cycle_workflow_id(tenant, AS_OF)).describe()
             assert cycle.status == WorkflowExecutionStatus.COMPLETED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 from credits.invoice.v1 import invoice_pb2 as ipb
@@ -26,6 +27,7 @@ from coordinator.schedules import EXPIRE_SCHEDULE, RELEASE_SCHEDULE, RESOLVE_SCH
 from coordinator.starter import start_or_attach
 from coordinator.workflows import WORKFLOWS, BillingCycleWorkflow, CompensateOutageWorkflow
 from harness.faults import FaultPlan
+from service_runtime import metrics
 from stack.scenario import PERIOD_START, seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack, eventually
 
@@ -87,12 +89,16 @@ async def test_billing_cycle_drafts_and_finalizes_every_due_invoice_across_conti
     customers = [f"cyc-{n}" for n in range(CUSTOMERS)]
     for n, customer in enumerate(customers):  # odd ones have no draft yet: the cycle creates it
         await seed_customer(stack.services, customer, draft=n % 2 == 0)
+    finalized = metrics.SAGA_OUTCOMES.labels("finalize-invoice", "finalized")
+    counted = finalized._value.get()
     async with stack.worker():
         handle = await stack.client.start_workflow(
             BillingCycleWorkflow.run, BillingCycleInput(TENANT, AS_OF, concurrency=2, max_per_run=2),
             id=naming.cycle_workflow_id(TENANT, AS_OF), task_queue=stack.task_queue)
         result: BillingCycleResult = await handle.result()
         assert (result.finalized, result.failed, result.failures) == (CUSTOMERS, 0, [])
+        # each inline saga counted as a FinalizeInvoice workflow's would be (the dashboards' saga outcomes)
+        assert finalized._value.get() == counted + CUSTOMERS
         progress = await _progress(stack.client.get_workflow_handle(handle.id))
         assert (progress.total, progress.done, progress.failed, progress.stage) == (CUSTOMERS, CUSTOMERS, 0, "done")
         chain = await eventually(lambda: _run_chain(handle), lambda c: len(c) >= 3)
@@ -104,16 +110,25 @@ async def test_billing_cycle_drafts_and_finalizes_every_due_invoice_across_conti
             task_queue=stack.task_queue)
         assert (again.finalized, again.failed) == (0, 0)
     await _assert_finalized_once(stack, customers)
-    sagas = [inv.invoice_id for c in customers for inv in (await stack.services.invoice.ListInvoices(
-        ipb.ListInvoicesRequest(customer_id=c), metadata=stack.md)).invoices]
-    ids = [handle.id, *(naming.finalize_workflow_id(TENANT, invoice_id) for invoice_id in sagas)]
-    assert await _replay_in_default_sandbox(stack, ids) == len(chain) + CUSTOMERS
-    # The cycle hands the saga the draft it created (odd customers): the saga does not read it again.
-    for n, customer in enumerate(customers):
-        [invoice_id] = [i for i in sagas if i in await _invoice_ids(stack, customer)]
-        types = await _local_activity_types(stack, naming.finalize_workflow_id(TENANT, invoice_id))
-        assert "invoice.split_draft" in types and "invoice.prepare_finalize" in types, types
-        assert types.count("invoice.get_invoice") == (1 if n % 2 == 0 else 0), (customer, types)
+    # The sagas ran inline in the cycle's runs: no FinalizeInvoice workflow; each invoice's hold and
+    # prepare key name the run of the cycle that finalized it.
+    runs = {naming.parse_hold_key(h.hold_key) for c in customers for i in await _invoice_ids(stack, c)
+            for h in await stack.holds(i)}
+    chain_runs = [wf.run_id async for wf in stack.client.list_workflows(f"WorkflowId = '{handle.id}'")]
+    assert {run for _, run in runs} <= set(chain_runs) and len(runs) == CUSTOMERS, (runs, chain_runs)
+    for invoice_id, _ in runs:
+        ids = f"WorkflowId = '{naming.finalize_workflow_id(TENANT, invoice_id)}'"
+        assert [wf async for wf in stack.client.list_workflows(ids)] == []
+    assert await _replay_in_default_sandbox(stack, [handle.id]) == len(chain)
+    # The cycle hands each saga the draft it created (odd customers): the saga does not read it again; a
+    # saga of a period whose draft existed (even customers) reads it once. Every saga splits and prepares.
+    types: Counter[str] = Counter()
+    for run_id in chain_runs:
+        types.update(await _local_activity_types(stack, handle.id, run_id))
+    drafted = CUSTOMERS // 2
+    assert (types["invoice.create_draft"], types["invoice.get_invoice"]) == (drafted, CUSTOMERS - drafted), types
+    assert types["invoice.prepare_finalize"] == types["invoice.commit_finalize"] == CUSTOMERS, types
+    assert types["invoice.split_draft"] >= CUSTOMERS, types
 
 
 async def _invoice_ids(stack: Stack, customer: str) -> list[str]:
@@ -121,9 +136,9 @@ async def _invoice_ids(stack: Stack, customer: str) -> list[str]:
     return [inv.invoice_id for inv in listed.invoices]
 
 
-async def _local_activity_types(stack: Stack, workflow_id: str) -> list[str]:
+async def _local_activity_types(stack: Stack, workflow_id: str, run_id: str | None = None) -> list[str]:
     """The activity type of each local-activity marker in the workflow's history, in order."""
-    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+    history = await stack.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     out = []
     for e in history.events:
         if e.HasField("marker_recorded_event_attributes") and "data" in e.marker_recorded_event_attributes.details:
@@ -168,9 +183,11 @@ async def test_billing_cycle_resumes_on_a_new_worker_and_finalizes_each_invoice_
 
 
 async def test_billing_cycle_keeps_its_window_full_while_one_saga_hangs(stack: Stack) -> None:
-    """Concurrency 2, due periods two per page: while the first saga hangs (its prepare blocked until
-    the step times out and retries), the other slot keeps finalizing — lock-step batches would let
-    at most one saga end before the hung one."""
+    """Concurrency 2, due periods two per page: one saga's prepare call hangs. The sagas run inline and
+    share the cycle's workflow task, so the hung call holds the others for one attempt at most: it is
+    cut after 3 s and retried after a durable timer (2 s), and meanwhile the other slot keeps going —
+    a saga that started after the cut finishes before the hung one does. Lock-step batches would start
+    no saga until the hung one ended."""
     as_of = "2027-10-12T00:00:00+00:00"
     customers = [f"win-{n}" for n in range(6)]
     for customer in customers:
@@ -187,16 +204,18 @@ async def test_billing_cycle_keeps_its_window_full_while_one_saga_hangs(stack: S
         faults.release_blocked()
     assert (result.finalized, result.failed, result.runs) == (len(customers), 0, 1)
     assert result.pages >= 3  # six periods, two per page
-    spans = []
+    spans = []  # per saga, from its reserve to its commit (the hold's created and resolved times)
     for customer in customers:
         [inv] = (await stack.services.invoice.ListInvoices(ipb.ListInvoicesRequest(customer_id=customer),
                                                            metadata=stack.md)).invoices
-        info = (await stack.client.get_workflow_handle(naming.finalize_workflow_id(TENANT, inv.invoice_id))
-                .describe())
-        assert info.start_time is not None and info.close_time is not None
-        spans.append((info.close_time - info.start_time, info.close_time))
-    hung_closed = max(spans)[1]
-    assert sum(1 for _, closed in spans if closed < hung_closed) >= 2
+        [hold] = await stack.holds(inv.invoice_id)
+        created, resolved = hold.created_at.ToDatetime(), hold.resolved_at.ToDatetime()
+        spans.append((resolved - created, created, resolved))
+    _, hung_started, hung_closed = max(spans)
+    cut = hung_started + timedelta(seconds=2.5)  # its first attempt is cut 3 s after it was sent
+    t0 = min(started for _, started, _ in spans)
+    assert any(cut < started and closed < hung_closed for _, started, closed in spans), [
+        (round((a - t0).total_seconds(), 2), round((b - t0).total_seconds(), 2)) for _, a, b in spans]
     await _assert_finalized_once(stack, customers)
 
 
@@ -295,3 +314,27 @@ async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expir
     finally:
         for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, RELEASE_SCHEDULE):
             await client.get_schedule_handle(schedule_id).delete()
+
+
+async def test_a_cycle_gives_way_to_another_run_already_finalizing_the_invoice(stack: Stack) -> None:
+    """The front door finalizes an invoice (its run has reserved the customer's $50 and is held before
+    the prepare) while a billing cycle reaches the same invoice inline. One run per invoice holds credits:
+    the cycle's run finds the older run's pending hold, gives way and releases what it reserved (nothing
+    was left), so the invoice is finalized once, by the first run, with all $50 applied. (Without the
+    rule the cycle would prepare first with no credits and finalize the invoice at full price.)"""
+    as_of = "2027-10-13T00:00:00+00:00"
+    invoice_id = await seed_customer(stack.services, "race-1")
+    faults = FaultPlan().add("prepare_finalize", "before", "block")
+    async with stack.worker(faults):
+        front = await stack.start_finalize(invoice_id)
+        await asyncio.wait_for(faults.reached.wait(), 30)
+        cycle: BillingCycleResult = await stack.client.execute_workflow(
+            BillingCycleWorkflow.run, BillingCycleInput(TENANT, as_of, concurrency=2),
+            id=naming.cycle_workflow_id(TENANT, as_of), task_queue=stack.task_queue)
+        assert (cycle.finalized, cycle.failed) == (0, 1) and cycle.failures[0].startswith("race-1@"), cycle
+        faults.release_blocked()
+        result = await front.result()
+    assert (result.outcome, result.credits_applied) == ("finalized", "50.00"), result
+    holds = {h.hold_key: h.status for h in await stack.holds(invoice_id)}
+    assert sorted(holds.values()) == [lpb.COMMITTED, lpb.RELEASED], holds
+    assert await stack.assert_both_or_neither(invoice_id, "acct-race-1") == "finalized"
