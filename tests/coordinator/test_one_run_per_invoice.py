@@ -1,0 +1,77 @@
+"""One finalization run per invoice holds credits (`LedgerActivities._one_run_at_a_time`), checked over
+seeded random schedules against the real ledger: several runs reserve for one invoice at once, in a
+random order with random delays, some retrying their reserve (an activity retry replays it). Exactly one
+run goes on — the one whose hold the ledger created first — and every other gives way, on every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+import pytest
+from credits.ledger.v1 import ledger_pb2 as lpb
+from temporalio.exceptions import ApplicationError
+
+from coordinator import naming
+from coordinator.activities import LedgerActivities
+from coordinator.keys import StaticKeyStore
+from coordinator.messages import ChargeSpec, ReserveInput
+from stack.scenario import seed_customer
+from tests.coordinator.conftest import TENANT, Stack
+
+SEEDS = range(8)
+
+
+async def _reserve(ledger: LedgerActivities, inp: ReserveInput, delay: float, attempts: int) -> bool:
+    """Whether the run goes on; a replayed reserve (an activity retry) must answer the same."""
+    await asyncio.sleep(delay)
+    answers = []
+    for _ in range(attempts):
+        try:
+            await ledger.reserve_credits(inp)
+            answers.append(True)
+        except ApplicationError as err:
+            assert "gives way" in str(err) and err.non_retryable, err
+            answers.append(False)
+    assert len(set(answers)) == 1, (inp.hold_key, answers)
+    return answers[0]
+
+
+async def test_exactly_the_run_with_the_oldest_hold_goes_on(stack: Stack) -> None:
+    await seed_customer(stack.services, "race-many")
+    account = "acct-race-many"
+    channel = grpc.aio.insecure_channel(stack.ledger_addr)
+    ledger = LedgerActivities(channel, StaticKeyStore({TENANT: stack.coordinator_key}))
+    charge = ChargeSpec("c1", lpb.USAGE, "input_tokens", "1.00", "2026-08-02T00:00:00+00:00",
+                        "2026-08-03T00:00:00+00:00")
+    try:
+        for seed in SEEDS:
+            rng = random.Random(seed)
+            invoice = f"inv_race{seed:02d}"
+            runs = [f"run-{seed}-{k}" for k in range(rng.randint(2, 5))]
+            retries = {run for run in runs if rng.random() < 0.5}
+
+            went_on = await asyncio.gather(*(
+                _reserve(ledger, ReserveInput(TENANT, f"race/{run}/reserve", naming.hold_key(invoice, run), account,
+                                              "USD", [charge], invoice),
+                         rng.random() * 0.03, 2 if run in retries else 1)
+                for run in runs))
+            holds = (await stack.services.ledger.ListHolds(lpb.ListHoldsRequest(
+                hold_key_prefix=naming.invoice_holds_prefix(invoice)), metadata=stack.md)).holds
+            assert len(holds) == len(runs) and all(h.status == lpb.PENDING for h in holds), holds
+            first = min(holds, key=lambda h: (h.created_at.seconds, h.created_at.nanos, h.hold_key))
+            assert [run for run, ok in zip(runs, went_on, strict=True) if ok] == [
+                naming.parse_hold_key(first.hold_key)[1]], (seed, runs, went_on)  # type: ignore[index]
+            for h in holds:  # the losers' sagas would compensate; here every hold goes back
+                await stack.services.ledger.ReleaseHold(lpb.ReleaseHoldRequest(
+                    idempotency_key=f"race/release/{h.hold_key}", hold_key=h.hold_key), metadata=stack.md)
+    finally:
+        await channel.close()
+
+
+@pytest.mark.parametrize("key", ["inv/x/run-1", "inv/x/run-1:token", "debit:abc", "order-7"])
+def test_only_saga_holds_take_part(key: str) -> None:
+    """The rule concerns saga holds of a finalization run (`inv/<invoice>/<run>[:suffix]`) only."""
+    assert (naming.parse_hold_key(key) is not None) == key.startswith(naming.HOLD_PREFIX)
