@@ -618,6 +618,8 @@ def format_report(report: BenchReport) -> str:
         f"ratio {f['ratio_vs_baseline']:.2f}x{mark('ratio_vs_baseline')}",
         f"  gRPC echo ceiling       {f['echo_rps']:>12,.0f} calls/s    "
         f"ratio {f['ratio_vs_echo']:.2f}x{mark('ratio_vs_echo')}",
+        f"  p99 vs the echo's       debit {f['p99_ms']:.2f} ms / echo {f['echo_p99_ms']:.2f} ms = "
+        f"{f['p99_vs_echo_p99']:.2f}x{mark('p99_vs_echo_p99')}",
         f"  BatchDebitCredits       {f['batch_debits_per_s']:>12,.0f} debits/s   "
         f"({report.batch_size}/call, {report.batch_concurrency} in flight, "
         f"p50 {report.batch.percentile(0.5):.0f} ms/call){mark('batch_debits_per_s')}",

@@ -22,4 +22,7 @@ def test_bench_ledger_smoke() -> None:
     assert report.baseline_consumed == report.baseline_acknowledged > 0
     assert report.journal_ok is True
     assert report.consistent
-    assert "DebitCredits" in format_report(report)
+    text = format_report(report)
+    assert "DebitCredits" in text
+    # the latency bar of #17 is shown with its target: the debit's p99 against the echo's, same run
+    assert f"echo {figures['echo_p99_ms']:.2f} ms = {figures['p99_vs_echo_p99']:.2f}x" in text
