@@ -67,6 +67,8 @@ KILLS = ("kill_worker", "kill_worker", "kill_ledger", "kill_invoice")
 RACE_MODES = ("ahead", "during")
 # The ledger's rejection when a run gives way (coordinator/activities.py, LedgerActivities._one_run_at_a_time).
 GAVE_WAY = re.compile(r"invoice (\S+) is being finalized by another run")
+# The saga's rejection when it reads the invoice another run has prepared or finalized (coordinator/workflows.py).
+NOT_DRAFT = re.compile(r"invoice \S+ is (PREPARED|FINALIZED), not DRAFT")
 SAGA_HOLDS = """
 SELECT h.hold_key, coalesce(r.status, 'PENDING') AS status
 FROM holds h LEFT JOIN hold_resolutions r ON r.tenant_id = h.tenant_id AND r.hold_key = h.hold_key
@@ -80,6 +82,7 @@ class CycleChaosConfig:
     concurrency: int = 8
     max_per_run: int = 10
     races: int = 4
+    lost_runs: int = 1  # front-door runs terminated (lost) once they hold credits, before the cycle comes
     postgres_restart: bool = True
     keep_dir: str = ""
     deadline_s: float = 240  # for the cycles to end and the resolver to find nothing in doubt
@@ -105,20 +108,25 @@ class CyclePlan:
 
 
 def make_plan(config: CycleChaosConfig) -> CyclePlan:
-    """The seed's workload and schedule. Races are on drafted invoices (the front door needs the id) in the
-    cycle's second half; kills fire between the 2nd finalized invoice and 70% of them, so each lands while
-    the cycle is running."""
+    """The seed's workload and schedule. Races and lost runs are on drafted invoices (the front door needs
+    the id) past the cycle's first quarter; kills fire between the 2nd finalized invoice and 70% of them, so
+    each lands while the cycle is running."""
     rng = random.Random(config.seed)
     n, window = config.customers, max(1, config.concurrency)
     customers = [f"c-{i:04d}" for i in range(n)]  # the cycle lists due periods by customer id: this order
-    races = sorted(rng.sample(range(max(1, n // 4), max(2, n - 2)), min(config.races, max(0, n - 2 - n // 4))))
-    drafted = sorted({*races, *(i for i in range(n) if rng.random() < 0.5)})
+    eligible = range(max(1, n // 4), max(2, n - 2))
+    picked = rng.sample(eligible, min(config.races + config.lost_runs, len(eligible)))
+    races, lost = sorted(picked[:config.races]), sorted(picked[config.races:])
+    drafted = sorted({*picked, *(i for i in range(n) if rng.random() < 0.5)})
     faults = []
-    for c in races:
-        mode = rng.choice(RACE_MODES)
+    modes = [RACE_MODES[k % len(RACE_MODES)] for k in range(len(races))]  # both kinds in every plan of 2+
+    rng.shuffle(modes)
+    for c, mode in zip(races, modes, strict=True):
         # "ahead": the front door starts while the cycle's window is still a few invoices short of c
-        lead = window + rng.randint(1, 3) if mode == "ahead" else window
+        lead = window + rng.randint(0, 2) if mode == "ahead" else window
         faults.append(CycleFault(max(0, c - lead), "race", c, mode))
+    for c in lost:  # the front door's run starts well before the cycle reaches c, and is lost once it holds
+        faults.append(CycleFault(max(0, c - window - 6), "lost_run", c, "lost"))
     top = max(3, int(n * 0.7))
     for kind in (*KILLS, *(("postgres_restart",) if config.postgres_restart else ())):
         faults.append(CycleFault(rng.randint(2, top), kind))
@@ -144,9 +152,9 @@ class CycleChaosResult:
     faults_applied: dict[str, int]
     faults_not_applied: list[str]
     cycle: dict[str, Any]  # the first cycle's result: finalized, failed, runs, pages
-    second_cycle: dict[str, Any]  # the cycle for what was left DRAFT ({} when nothing was)
+    second_cycle: dict[str, Any]  # the cycle (another as_of) for what the first left DRAFT
     gave_way: int  # finalization runs that gave way to an older run of the same invoice
-    compensated: int  # saga holds released: every run that compensated (those that gave way included)
+    compensated: int  # saga holds released: runs that compensated (gave way included) or the resolver aborted
     resolver: dict[str, int]
     races: list[RaceRecord]
     finalized: int
@@ -171,7 +179,7 @@ class CycleChaosResult:
         lines = [f"seed            {self.seed} (plan {self.plan_digest})", f"customers       {self.customers}",
                  f"faults applied  {sum(self.faults_applied.values())}: {kv(self.faults_applied)}"]
         lines += [f"  not applied: {m}" for m in self.faults_not_applied]
-        lines += [f"cycle           {kv(self.cycle)}", f"second cycle    {kv(self.second_cycle) or 'not needed'}",
+        lines += [f"cycle           {kv(self.cycle)}", f"second cycle    {kv(self.second_cycle)}",
                   f"gave way        {self.gave_way} runs", f"compensated     {self.compensated} runs",
                   f"resolver        {kv(self.resolver)}"]
         lines += [f"race            {r.customer} {r.invoice_id} ({r.mode}): front door {r.front_door}, "
@@ -230,7 +238,7 @@ class CycleChaos:
         return int(rows[0]["n"])
 
     async def _poll(self, check: Callable[[], Awaitable[bool]], until: asyncio.Future[Any] | None = None) -> bool:
-        """Polls `check` (every 50 ms; a database that is restarting answers later) until it holds: True;
+        """Polls `check` (every 20 ms; a database that is restarting answers later) until it holds: True;
         False when `until` is done first."""
         while until is None or not until.done():
             try:
@@ -238,7 +246,7 @@ class CycleChaos:
                     return True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         return False
 
     # --- seeding --------------------------------------------------------------------------------
@@ -271,7 +279,7 @@ class CycleChaos:
             if not await self._poll(reached, cycle):
                 self.not_applied.append(f"{f.kind} after {f.after_finalized} finalized: the cycle ended first")
                 continue
-            if f.kind == "race":
+            if f.kind in ("race", "lost_run"):
                 self._race_tasks.append(asyncio.create_task(self._race(f, cycle)))
                 continue
             self.say(f"{f.kind} after {f.after_finalized} finalized")
@@ -288,33 +296,51 @@ class CycleChaos:
 
     async def _race(self, f: CycleFault, cycle: asyncio.Future[Any]) -> None:
         """The front door finalizes a drafted invoice the cycle is about to finalize too ("ahead"), or is
-        finalizing ("during": once a run of the cycle holds credits for it); waits for its run's end."""
+        finalizing ("during": once a run of the cycle holds credits for it); waits for its run's end. A
+        "lost_run": the front door's run is terminated as soon as it holds credits (lost in doubt, most
+        likely before its decision), so the cycle meets its PENDING hold; the resolver settles it."""
         invoice_id = self.invoices[f.customer]
         record = RaceRecord(self.plan.customers[f.customer], invoice_id, f.mode)
         self.races.append(record)
-        if f.mode == "during":
-            prefix = naming.invoice_holds_prefix(invoice_id)
+        prefix = naming.invoice_holds_prefix(invoice_id)
 
-            async def held() -> bool:
-                return bool(await self._fetch(self.stack.ledger_dsn, SAGA_HOLDS, TENANT, prefix))
+        async def held() -> bool:
+            return bool(await self._fetch(self.stack.ledger_dsn, SAGA_HOLDS, TENANT, prefix))
 
-            if not await self._poll(held, cycle):
-                self.not_applied.append(f"race on {invoice_id}: the cycle ended before it held credits for it")
-                record.front_door = "not started"
-                return
-        self.say(f"race: the front door finalizes {invoice_id} ({f.mode})")
+        if f.mode == "during" and not await self._poll(held, cycle):
+            self.not_applied.append(f"race on {invoice_id}: the cycle ended before it held credits for it")
+            record.front_door = "not started"
+            return
+        self.say(f"{f.kind}: the front door finalizes {invoice_id} ({f.mode})")
         stub = billing_pb2_grpc.BillingServiceStub(self._channel(self.stack.billing_addr))
-        await retry(lambda: stub.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id), metadata=self._md,
-                                                 timeout=10), 60)
-        self.applied["race"] += 1
+        try:
+            await retry(lambda: stub.FinalizeInvoice(bpb.FinalizeInvoiceRequest(invoice_id=invoice_id),
+                                                     metadata=self._md, timeout=10), 60)
+        except grpc.aio.AioRpcError as err:
+            self.not_applied.append(f"{f.kind} on {invoice_id}: the front door refused: {err.code().name}")
+            record.front_door = f"refused: {err.code().name} {err.details()}"
+            return
         handle: WorkflowHandle[Any, FinalizeInvoiceResult] = self._client().get_workflow_handle(
             naming.finalize_workflow_id(TENANT, invoice_id), result_type=FinalizeInvoiceResult)
+        if f.kind == "lost_run":
+            await asyncio.wait_for(self._poll(held), 60)
+            try:
+                await handle.terminate("cycle chaos: the run is lost while it holds credits")
+            except RPCError as err:
+                self.not_applied.append(f"lost_run on {invoice_id}: ended before it could be lost ({err})")
+                record.front_door = "ended before it could be lost"
+                return
+            self.applied["lost_run"] += 1
+            record.front_door = "terminated"
+            return
+        self.applied["race"] += 1
         try:
             result = await handle.result()
             record.front_door = str(result.outcome)
         except WorkflowFailureError as err:
             text = _failure_text(err)
-            record.front_door = "gave_way" if GAVE_WAY.search(text) else f"failed: {text[:160]}"
+            record.front_door = ("gave_way" if GAVE_WAY.search(text) else "rejected: not a draft any more"
+                                 if NOT_DRAFT.search(text) else f"failed: {text[:160]}")
 
     # --- the cycle and recovery -----------------------------------------------------------------
 
@@ -485,14 +511,11 @@ class CycleChaos:
             self.say(f"cycle ended: {first.finalized} finalized, {first.failed} failed, {first.runs} runs")
             await asyncio.gather(*self._race_tasks)
             await self.settle()
-            second: dict[str, Any] = {}
             drafts = await self._fetch(self.stack.invoice_dsn, "SELECT 1 FROM invoices WHERE tenant_id = $1 "
                                        "AND status = 'DRAFT'", TENANT)
-            if drafts or first.failed:
-                self.say(f"second cycle for {len(drafts)} drafts left")
-                again = await self._cycle(AS_OF_AGAIN)
-                second = _cycle_dict(again)
-                await self.settle()
+            self.say(f"second cycle, for the {len(drafts)} invoices left DRAFT")
+            second = _cycle_dict(await self._cycle(AS_OF_AGAIN))
+            await self.settle()
             self.say("auditing: invoices, holds, reconciler, journal")
             finalized, compensated, violations = await self.audit()
             gave_way = await self.gave_way()

@@ -18,13 +18,14 @@ def test_every_plan_races_drafted_invoices_and_kills_each_part_mid_cycle() -> No
     for seed in range(1, 30):
         config = CycleChaosConfig(customers=40, seed=seed)
         plan = make_plan(config)
-        races = [f for f in plan.faults if f.kind == "race"]
-        assert len(races) == config.races and {f.customer for f in races} <= set(plan.drafted)
+        races = [f for f in plan.faults if f.kind in ("race", "lost_run")]
+        assert len(races) == config.races + config.lost_runs and {f.customer for f in races} <= set(plan.drafted)
         assert len({f.customer for f in races}) == len(races)
-        kills = sorted(f.kind for f in plan.faults if f.kind != "race")
+        assert {f.mode for f in races} == {"ahead", "during", "lost"}
+        kills = sorted(f.kind for f in plan.faults if f.kind not in ("race", "lost_run"))
         assert kills == sorted([*KILLS, "postgres_restart"])
         # each kill fires after the 2nd finalized invoice and well before the last
-        assert all(2 <= f.after_finalized <= 28 for f in plan.faults if f.kind != "race")
+        assert all(2 <= f.after_finalized <= 28 for f in plan.faults if f.kind in kills)
         assert 0 < len(plan.drafted) < config.customers  # some drafted ahead, some by the cycle
         assert [f.after_finalized for f in plan.faults] == sorted(f.after_finalized for f in plan.faults)
 
@@ -35,7 +36,7 @@ async def test_inline_cycle_under_kills_and_front_door_races_finalizes_each_invo
     assert not result.violations, result.render()
     assert not result.faults_not_applied, result.render()
     assert result.faults_applied == {"kill_worker": 2, "kill_ledger": 1, "kill_invoice": 1, "postgres_restart": 1,
-                                     "race": CI.races}, result.render()
+                                     "race": CI.races, "lost_run": CI.lost_runs}, result.render()
     assert result.finalized == CI.customers
     assert result.cycle["runs"] >= 3  # continued as new along the way (max_per_run=10)
     # every run that gave way released what it reserved: counted among the compensated
