@@ -4,6 +4,8 @@ finalized once, with the customer's whole credit, and nothing the reconciler or 
 
 from __future__ import annotations
 
+import pytest
+
 from harness.chaos.cycle_chaos import KILLS, CycleChaosConfig, make_plan, run_cycle_chaos
 
 CI = CycleChaosConfig(customers=40, seed=3)
@@ -42,3 +44,28 @@ async def test_inline_cycle_under_kills_and_front_door_races_finalizes_each_invo
     # every run that gave way released what it reserved: counted among the compensated
     assert result.compensated >= result.gave_way
     assert all(r.winner for r in result.races), result.render()
+
+
+def test_chaos_cycle_help_names_the_json_keys_it_prints() -> None:
+    from click.testing import CliRunner
+
+    from creditctl.main import cli
+    from harness.chaos.cycle_chaos import CycleChaosResult
+
+    text = " ".join(CliRunner().invoke(cli, ["chaos", "--help"]).output.split())
+    keys = set(CycleChaosResult(1, 40, "", {}, [], {}, {}, 0, 0, {}, [], 0, [], 0.0).as_dict())
+    for key in ("faults_applied", "faults_not_applied", "cycle", "second_cycle", "gave_way", "compensated", "races",
+                "violations"):
+        assert key in text and key in keys, key
+
+
+def test_chaos_cycle_refuses_a_cycle_too_short_for_its_faults_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from creditctl.main import main
+
+    try:
+        code = main(["chaos", "--cycle", "3"])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    err = capsys.readouterr().err
+    assert code != 0 and "--cycle" in err and "at least 12 customers" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
