@@ -24,7 +24,8 @@ FAULTS_NOT_APPLIED = 3
               help="instead: N auto top-up crossings under ledger kills and payment faults (money vs credit audit)")
 @click.option("--cycle", type=int, default=0,
               help="instead: a billing cycle of N customers finalizing inline under worker/ledger/invoice kills, a "
-                   "Postgres restart and front-door finalizations racing it; every invoice audited (finalized "
+                   "Postgres restart (a round per 40 customers), front-door finalizations racing it (one per 10, "
+                   "at least 4) and a lost front-door run (one per 40); every invoice audited (finalized "
                    "once, whole credit applied), then reconciled; --json keys: faults_applied, "
                    "faults_not_applied, cycle, second_cycle, gave_way, compensated, races, violations")
 @click.option("--seed", type=int, default=1, help="the seed: same seed, same workload and fault schedule")
@@ -83,7 +84,8 @@ def _cycle(customers: int, seed: int, as_json: bool, keep: str, quiet: bool, tol
     if customers < 12:
         raise click.BadParameter("at least 12 customers (races, a lost run and kills need a cycle that long)",
                                  param_hint="--cycle")
-    config = cycle_chaos.CycleChaosConfig(customers=customers, seed=seed, keep_dir=keep)
+    config = cycle_chaos.CycleChaosConfig(customers=customers, seed=seed, keep_dir=keep, races=max(4, customers // 10),
+                                          lost_runs=max(1, customers // 40))
     result = asyncio.run(cycle_chaos.run_cycle_chaos(config, progress=None if quiet else note))
     if as_json:
         print_json(result.as_dict())

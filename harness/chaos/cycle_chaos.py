@@ -110,7 +110,7 @@ class CyclePlan:
 def make_plan(config: CycleChaosConfig) -> CyclePlan:
     """The seed's workload and schedule. Races and lost runs are on drafted invoices (the front door needs
     the id) past the cycle's first quarter; kills fire between the 2nd finalized invoice and 70% of them, so
-    each lands while the cycle is running."""
+    each lands while the cycle is running (a round of them per 40 customers)."""
     rng = random.Random(config.seed)
     n, window = config.customers, max(1, config.concurrency)
     customers = [f"c-{i:04d}" for i in range(n)]  # the cycle lists due periods by customer id: this order
@@ -128,7 +128,8 @@ def make_plan(config: CycleChaosConfig) -> CyclePlan:
     for c in lost:  # the front door's run starts well before the cycle reaches c, and is lost once it holds
         faults.append(CycleFault(max(0, c - window - 6), "lost_run", c, "lost"))
     top = max(3, int(n * 0.7))
-    for kind in (*KILLS, *(("postgres_restart",) if config.postgres_restart else ())):
+    rounds = max(1, n // 40)  # a round of kills per 40 customers
+    for kind in (*KILLS, *(("postgres_restart",) if config.postgres_restart else ())) * rounds:
         faults.append(CycleFault(rng.randint(2, top), kind))
     faults.sort(key=lambda f: (f.after_finalized, f.kind, f.customer))
     return CyclePlan(customers, drafted, faults)
@@ -335,8 +336,10 @@ class CycleChaos:
             return
         self.applied["race"] += 1
         try:
-            result = await handle.result()
+            result = await asyncio.wait_for(handle.result(), self.config.deadline_s)
             record.front_door = str(result.outcome)
+        except TimeoutError:  # settle() waits for it; the audit judges what it did
+            record.front_door = f"still running after {self.config.deadline_s:.0f}s"
         except WorkflowFailureError as err:
             text = _failure_text(err)
             record.front_door = ("gave_way" if GAVE_WAY.search(text) else "rejected: not a draft any more"
