@@ -352,7 +352,11 @@ class CycleChaos:
             BillingCycleWorkflow.run, BillingCycleInput(TENANT, as_of, self.config.concurrency,
                                                         self.config.max_per_run),
             id=naming.cycle_workflow_id(TENANT, as_of), task_queue=QUEUE)
-        return await asyncio.wait_for(handle.result(), self.config.deadline_s)
+        try:
+            return await asyncio.wait_for(handle.result(), self.config.deadline_s)
+        except TimeoutError:
+            raise TimeoutError(f"the billing cycle as of {as_of} did not end within {self.config.deadline_s:.0f}s "
+                               f"(a saga stuck? see {self.stack.root}/worker.log)") from None
 
     async def settle(self) -> None:
         """Everything up, no saga running, then the in-doubt resolver until nothing is in doubt."""
