@@ -163,12 +163,14 @@ class CycleChaosResult:
     duration_s: float
     starts: dict[str, int] = field(default_factory=dict)
     data_dir: str = ""
+    refused_at_prepare: int = 0  # runs that went on and found the invoice no longer a draft at prepare
 
     def as_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "customers": self.customers, "plan_digest": self.plan_digest,
                 "faults_applied": self.faults_applied, "faults_not_applied": self.faults_not_applied,
                 "cycle": self.cycle, "second_cycle": self.second_cycle, "gave_way": self.gave_way,
-                "compensated": self.compensated, "resolver": self.resolver,
+                "compensated": self.compensated, "refused_at_prepare": self.refused_at_prepare,
+                "resolver": self.resolver,
                 "races": [vars(r) for r in self.races], "finalized": self.finalized,
                 "violations": len(self.violations), "violation_details": [v.line() for v in self.violations],
                 "duration_s": round(self.duration_s, 1), "starts": self.starts, "data_dir": self.data_dir}
@@ -182,6 +184,7 @@ class CycleChaosResult:
         lines += [f"  not applied: {m}" for m in self.faults_not_applied]
         lines += [f"cycle           {kv(self.cycle)}", f"second cycle    {kv(self.second_cycle)}",
                   f"gave way        {self.gave_way} runs", f"compensated     {self.compensated} runs",
+                  f"refused at prep {self.refused_at_prepare} runs (another run finalized the invoice first)",
                   f"resolver        {kv(self.resolver)}"]
         lines += [f"race            {r.customer} {r.invoice_id} ({r.mode}): front door {r.front_door}, "
                   f"{r.runs_holding} runs held credits, won by {r.winner or 'nobody'}" for r in self.races]
@@ -343,7 +346,8 @@ class CycleChaos:
         except WorkflowFailureError as err:
             text = _failure_text(err)
             record.front_door = ("gave_way" if GAVE_WAY.search(text) else "rejected: not a draft any more"
-                                 if NOT_DRAFT.search(text) else f"failed: {text[:160]}")
+                                 if NOT_DRAFT.search(text) else "refused at prepare, compensated"
+                                 if "PrepareFinalize refused" in text else f"failed: {text[:160]}")
 
     # --- the cycle and recovery -----------------------------------------------------------------
 
@@ -465,11 +469,13 @@ class CycleChaos:
             await pool.close()
         return [Violation("journal", TENANT, m) for m in v.violations]
 
-    async def gave_way(self) -> int:
-        """Finalization runs that gave way to an older run of their invoice, as the histories record them:
-        the cycles' (every run of each continue-as-new chain: the reserve's local-activity marker) and the
-        front door's sagas (the failed reserve)."""
+    async def endings(self) -> tuple[int, int]:
+        """From the histories — the cycles' (every run of each continue-as-new chain: local-activity markers)
+        and the front door's sagas (failed activities): the finalization runs that gave way to an older run
+        of their invoice, and those refused at PrepareFinalize (they went on, the other run's hold being
+        committed already, and found the invoice no longer a draft: a null abort compensates them)."""
         seen: set[tuple[str, str]] = set()
+        refused = 0
         ids = [naming.cycle_workflow_id(TENANT, AS_OF), naming.cycle_workflow_id(TENANT, AS_OF_AGAIN)]
         ids += [naming.finalize_workflow_id(TENANT, r.invoice_id) for r in self.races]
         for workflow_id in ids:
@@ -483,13 +489,15 @@ class CycleChaos:
                 for e in events:
                     for attr in (e.marker_recorded_event_attributes, e.activity_task_failed_event_attributes):
                         if attr.HasField("failure"):
-                            for m in GAVE_WAY.finditer(str(attr.failure)):
+                            text = str(attr.failure)
+                            for m in GAVE_WAY.finditer(text):
                                 seen.add((workflow_id, m.group(1)))  # a cycle tries an invoice once
+                            refused += "PrepareFinalize refused" in text
                 nxt = events[0].workflow_execution_started_event_attributes if events else None
                 run_id = nxt.continued_execution_run_id if nxt is not None else ""
                 if not run_id:
                     break
-        return len(seen)
+        return len(seen), refused
 
     # --- the whole run --------------------------------------------------------------------------
 
@@ -525,12 +533,12 @@ class CycleChaos:
             await self.settle()
             self.say("auditing: invoices, holds, reconciler, journal")
             finalized, compensated, violations = await self.audit()
-            gave_way = await self.gave_way()
+            gave_way, refused = await self.endings()
             return CycleChaosResult(
                 self.config.seed, self.config.customers, self.plan.digest(), dict(self.applied),
                 self.not_applied, _cycle_dict(first), second, gave_way, compensated, dict(self.resolver),
                 self.races, finalized, violations, time.monotonic() - t0,
-                {name: p.starts for name, p in self.stack.processes.items()}, str(self.stack.root))
+                {name: p.starts for name, p in self.stack.processes.items()}, str(self.stack.root), refused)
         finally:
             for channel in self._channels:
                 await channel.close()
