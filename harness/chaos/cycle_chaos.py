@@ -327,11 +327,12 @@ class CycleChaos:
         handle: WorkflowHandle[Any, FinalizeInvoiceResult] = self._client().get_workflow_handle(
             naming.finalize_workflow_id(TENANT, invoice_id), result_type=FinalizeInvoiceResult)
         if f.kind == "lost_run":
-            await asyncio.wait_for(self._poll(held), 60)
             try:
+                await asyncio.wait_for(self._poll(held), 60)
                 await handle.terminate("cycle chaos: the run is lost while it holds credits")
-            except RPCError as err:
-                self.not_applied.append(f"lost_run on {invoice_id}: ended before it could be lost ({err})")
+            except (RPCError, TimeoutError) as err:
+                self.not_applied.append(f"lost_run on {invoice_id}: ended (or never held credits) before it could "
+                                        f"be lost ({err!r})")
                 record.front_door = "ended before it could be lost"
                 return
             self.applied["lost_run"] += 1
