@@ -27,7 +27,8 @@ FAULTS_NOT_APPLIED = 3
                    "Postgres restart (a round per 40 customers), front-door finalizations racing it (one per 10, "
                    "at least 4) and a lost front-door run (one per 40); every invoice audited (finalized "
                    "once, whole credit applied), then reconciled; --json keys: faults_applied, "
-                   "faults_not_applied, cycle, second_cycle, gave_way, compensated, races, violations")
+                   "faults_not_applied, cycle, second_cycle, gave_way, compensated, refused_at_prepare, races, "
+                   "violations")
 @click.option("--seed", type=int, default=1, help="the seed: same seed, same workload and fault schedule")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object: faults_planned and faults_applied (per kind), faults_total (applied), "

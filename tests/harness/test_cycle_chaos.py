@@ -54,7 +54,8 @@ def test_chaos_cycle_help_names_the_json_keys_it_prints() -> None:
 
     text = " ".join(CliRunner().invoke(cli, ["chaos", "--help"]).output.split())
     keys = set(CycleChaosResult(1, 40, "", {}, [], {}, {}, 0, 0, {}, [], 0, [], 0.0).as_dict())
-    for key in ("faults_applied", "faults_not_applied", "cycle", "second_cycle", "gave_way", "compensated", "races",
+    for key in ("faults_applied", "faults_not_applied", "cycle", "second_cycle", "gave_way", "compensated",
+                "refused_at_prepare", "races",
                 "violations"):
         assert key in text and key in keys, key
 
