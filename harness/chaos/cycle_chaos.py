@@ -12,8 +12,11 @@ Faults, each fired once the tenant counts a seeded number of FINALIZED invoices 
 cycle runs, whatever the machine's speed): kill -9 + restart of the worker (twice), of the ledger and of the
 invoice service, a Postgres immediate restart; and races: a few drafted invoices are finalized through the
 front door (`credits.billing.v1 FinalizeInvoice`) at the same time as the cycle — either just before the cycle
-reaches them ("ahead") or once the cycle's run holds credits for them ("during"). One run per invoice holds
-credits (`LedgerActivities._one_run_at_a_time`): of two runs of one invoice, exactly one may finalize it.
+reaches them ("ahead") or once the cycle's run holds credits for them ("during"); and lost runs: a drafted
+invoice's FinalizeInvoice run, well ahead of the cycle, terminated while it holds credits (its ReserveCredits
+reply held back by a worker of this process with a fault plan), so the cycle meets its PENDING hold. One run
+per invoice holds credits (`LedgerActivities._one_run_at_a_time`): of two runs of one invoice, exactly one may
+finalize it. (A round of kills and a lost run per 40 customers.)
 
 Then: the cycle's result (runs that gave way or were compensated count as its failures), the in-doubt resolver
 (`ResolveInDoubt`, older_than_s=0) until nothing is in doubt, a second cycle (another as_of) for anything still
@@ -49,10 +52,21 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError
 
 from coordinator import naming
-from coordinator.messages import BillingCycleInput, BillingCycleResult, FinalizeInvoiceResult, SweepInput
-from coordinator.workflows import BillingCycleWorkflow, ResolveInDoubtWorkflow
+from coordinator import search_attributes as sa
+from coordinator.keys import StaticKeyStore
+from coordinator.messages import (
+    BillingCycleInput,
+    BillingCycleResult,
+    FinalizeInvoiceInput,
+    FinalizeInvoiceResult,
+    SweepInput,
+)
+from coordinator.worker import WorkerConfig
+from coordinator.workflows import BillingCycleWorkflow, FinalizeInvoiceWorkflow, ResolveInDoubtWorkflow
 from harness.chaos.campaign import CHANNEL_OPTIONS, retry
+from harness.faults import FaultPlan
 from harness.processes import ProcessStack
+from harness.worker import running_harness_worker
 from reconciler.report import Violation
 from reconciler.run import reconcile
 from reconciler.temporal_checks import running_sagas
@@ -60,6 +74,7 @@ from stack.scenario import Services, seed_catalog, seed_customer
 
 TENANT = "cycle-chaos"
 QUEUE = "credits-cycle-chaos"
+LOST_QUEUE = "credits-cycle-chaos-lost"  # the lost runs' worker (in this process, with a fault plan)
 AS_OF = "2027-10-10T00:00:00+00:00"  # August 2026 periods are due (period end + the harness's 400-day grace)
 AS_OF_AGAIN = "2027-10-11T00:00:00+00:00"  # the second cycle, for whatever the first left DRAFT
 CREDIT = "50.00"  # each customer's promotional lot; its usage is $100, so the whole lot applies
@@ -82,7 +97,7 @@ class CycleChaosConfig:
     concurrency: int = 8
     max_per_run: int = 10
     races: int = 4
-    lost_runs: int = 1  # front-door runs terminated (lost) once they hold credits, before the cycle comes
+    lost_runs: int = 1  # finalization runs lost (terminated) while they hold credits, before the cycle comes
     postgres_restart: bool = True
     keep_dir: str = ""
     deadline_s: float = 240  # for the cycles to end and the resolver to find nothing in doubt
@@ -125,7 +140,7 @@ def make_plan(config: CycleChaosConfig) -> CyclePlan:
         # "ahead": the front door starts while the cycle's window is still a few invoices short of c
         lead = window + rng.randint(0, 2) if mode == "ahead" else window
         faults.append(CycleFault(max(0, c - lead), "race", c, mode))
-    for c in lost:  # the front door's run starts well before the cycle reaches c, and is lost once it holds
+    for c in lost:  # the lost run starts well before the cycle reaches c, and is lost once it holds credits
         faults.append(CycleFault(max(0, c - window - 6), "lost_run", c, "lost"))
     top = max(3, int(n * 0.7))
     rounds = max(1, n // 40)  # a round of kills per 40 customers
@@ -300,12 +315,13 @@ class CycleChaos:
 
     async def _race(self, f: CycleFault, cycle: asyncio.Future[Any]) -> None:
         """The front door finalizes a drafted invoice the cycle is about to finalize too ("ahead"), or is
-        finalizing ("during": once a run of the cycle holds credits for it); waits for its run's end. A
-        "lost_run": the front door's run is terminated as soon as it holds credits (lost in doubt, most
-        likely before its decision), so the cycle meets its PENDING hold; the resolver settles it."""
+        finalizing ("during": once a run of the cycle holds credits for it); waits for its run's end."""
         invoice_id = self.invoices[f.customer]
         record = RaceRecord(self.plan.customers[f.customer], invoice_id, f.mode)
         self.races.append(record)
+        if f.kind == "lost_run":
+            await self._lose_a_run(invoice_id, record)
+            return
         prefix = naming.invoice_holds_prefix(invoice_id)
 
         async def held() -> bool:
@@ -326,18 +342,6 @@ class CycleChaos:
             return
         handle: WorkflowHandle[Any, FinalizeInvoiceResult] = self._client().get_workflow_handle(
             naming.finalize_workflow_id(TENANT, invoice_id), result_type=FinalizeInvoiceResult)
-        if f.kind == "lost_run":
-            try:
-                await asyncio.wait_for(self._poll(held), 60)
-                await handle.terminate("cycle chaos: the run is lost while it holds credits")
-            except (RPCError, TimeoutError) as err:
-                self.not_applied.append(f"lost_run on {invoice_id}: ended (or never held credits) before it could "
-                                        f"be lost ({err!r})")
-                record.front_door = "ended before it could be lost"
-                return
-            self.applied["lost_run"] += 1
-            record.front_door = "terminated"
-            return
         self.applied["race"] += 1
         try:
             result = await asyncio.wait_for(handle.result(), self.config.deadline_s)
@@ -349,6 +353,32 @@ class CycleChaos:
             record.front_door = ("gave_way" if GAVE_WAY.search(text) else "rejected: not a draft any more"
                                  if NOT_DRAFT.search(text) else "refused at prepare, compensated"
                                  if "PrepareFinalize refused" in text else f"failed: {text[:160]}")
+
+    async def _lose_a_run(self, invoice_id: str, record: RaceRecord) -> None:
+        """A FinalizeInvoice run (its workflow id, as the front door starts it) lost in doubt while it holds
+        credits: run by a worker of this process on a task queue of its own, whose ReserveCredits reply is
+        held (the hold exists, PENDING) until the run is terminated — so the cycle meets its PENDING hold
+        (or gives way to it) and the in-doubt resolver aborts it after the cycle."""
+        faults = FaultPlan().add("reserve_credits", "after", "block")
+        config = WorkerConfig(self.stack.ledger_addr, self.stack.invoice_addr, LOST_QUEUE)
+        keys = StaticKeyStore({TENANT: self.stack.tenants[TENANT].operator})
+        self.say(f"lost_run: a run of {invoice_id} lost once it holds credits")
+        async with running_harness_worker(self._client(), config, keys, faults):
+            handle = await self._client().start_workflow(
+                FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id, local_reads=True),
+                id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=LOST_QUEUE,
+                search_attributes=sa.at_start(TENANT, invoice_id))
+            try:
+                await asyncio.wait_for(faults.reached.wait(), 60)
+                await handle.terminate("cycle chaos: the run is lost while it holds credits")
+            except (RPCError, TimeoutError) as err:
+                self.not_applied.append(f"lost_run on {invoice_id}: not lost while holding credits ({err!r})")
+                record.front_door = "not lost"
+            else:
+                self.applied["lost_run"] += 1
+                record.front_door = "lost while holding credits"
+            finally:
+                faults.release_blocked()  # the reply goes to a terminated run: nothing more happens
 
     # --- the cycle and recovery -----------------------------------------------------------------
 
