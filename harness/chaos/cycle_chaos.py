@@ -142,7 +142,7 @@ def make_plan(config: CycleChaosConfig) -> CyclePlan:
         lead = window + rng.randint(0, 2) if mode == "ahead" else window
         faults.append(CycleFault(max(0, c - lead), "race", c, mode))
     for c in lost:  # the lost run starts well before the cycle reaches c, and is lost once it holds credits
-        faults.append(CycleFault(max(0, c - window - 6), "lost_run", c, "lost"))
+        faults.append(CycleFault(max(0, c - 3 * window), "lost_run", c, "lost"))
     top = max(3, int(n * 0.7))
     rounds = max(1, n // 40)  # a round of kills per 40 customers
     for kind in (*KILLS, *(("postgres_restart",) if config.postgres_restart else ())) * rounds:
@@ -371,17 +371,25 @@ class CycleChaos:
                 FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id),
                 id=naming.finalize_workflow_id(TENANT, invoice_id), task_queue=LOST_QUEUE,
                 search_attributes=sa.at_start(TENANT, invoice_id))
+            reached = asyncio.ensure_future(faults.reached.wait())
+            ended = asyncio.ensure_future(handle.result())
             try:
-                await asyncio.wait_for(faults.reached.wait(), 60)
+                await asyncio.wait([reached, ended], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+                if not reached.done():  # it ended first (the cycle got there before it reserved), or hung
+                    why = "it ended first" if ended.done() else "no reserve within 120 s"
+                    raise TimeoutError(why)
                 await handle.terminate("cycle chaos: the run is lost while it holds credits")
             except (RPCError, TimeoutError) as err:
-                self.not_applied.append(f"lost_run on {invoice_id}: not lost while holding credits ({err!r})")
+                self.not_applied.append(f"lost_run on {invoice_id}: not lost while holding credits ({err})")
                 record.front_door = "not lost"
             else:
                 self.applied["lost_run"] += 1
                 record.front_door = "lost while holding credits"
             finally:
                 faults.release_blocked()  # the reply goes to a terminated run: nothing more happens
+                for task in (reached, ended):
+                    task.cancel()
+                await asyncio.gather(reached, ended, return_exceptions=True)
 
     # --- the cycle and recovery -----------------------------------------------------------------
 
