@@ -1,6 +1,7 @@
 """A seeded chaos run of an inline billing cycle on the real multi-process stack (CI): worker, ledger and
-invoice kills, a Postgres restart and front-door finalizations racing the cycle; every invoice must end
-finalized once, with the customer's whole credit, and nothing the reconciler or the journal can see wrong."""
+invoice kills, a Postgres restart, front-door finalizations racing the cycle and a run lost while it holds
+credits; every invoice must end finalized once, with the customer's whole credit, and nothing the reconciler
+or the journal can see wrong."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ async def test_inline_cycle_under_kills_and_front_door_races_finalizes_each_invo
     # every run that gave way released what it reserved: counted among the compensated
     assert result.compensated >= result.gave_way
     assert all(r.winner for r in result.races), result.render()
+    # the lost run was terminated before its decision (its reserve's reply held back): the resolver aborted it
+    assert result.resolver.get("aborted", 0) >= CI.lost_runs, result.render()
 
 
 def test_chaos_cycle_help_names_the_json_keys_it_prints() -> None:
