@@ -312,8 +312,15 @@ class InvoiceOperations:
         """Locks the invoice and checks `verb` against the state machine and the prepare key."""
         header = await self._lock(conn, tenant, invoice_id)
         status = Status(header["status"])
+        foreign = (bool(prepare_key) and status not in (Status.DRAFT, Status.ABANDONED)
+                   and header["prepare_key"] != prepare_key)
+        if foreign and verb is Verb.ABORT_FINALIZE:
+            # A saga whose prepare never froze the invoice (another run of it prepared, finalized or voided
+            # it meanwhile) compensates: nothing of it is frozen, so its abort is the null compensation
+            # (and burns its key), not a refusal its must-succeed compensation would retry for ever.
+            return header, Transition(status, False)
         step = transition(verb, status)
-        if prepare_key and status not in (Status.DRAFT, Status.ABANDONED) and header["prepare_key"] != prepare_key:
+        if foreign:
             raise precondition("prepare_key", f"the invoice was prepared by another key "
                                               f"({header['prepare_key']!r})")
         return header, step

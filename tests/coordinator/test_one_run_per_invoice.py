@@ -1,13 +1,15 @@
 """One finalization run per invoice holds credits (`LedgerActivities._one_run_at_a_time`), checked over
 seeded random schedules against the real ledger: several runs reserve for one invoice at once, in a
 random order with random delays, some retrying their reserve (an activity retry replays it). Exactly one
-run goes on — the one whose hold the ledger created first — and every other gives way, on every attempt.
+run goes on — the one whose hold took credits first: the ledger created it first or, within one
+group-commit transaction, it reserved the most — and every other gives way, on every attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -15,7 +17,7 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from temporalio.exceptions import ApplicationError
 
 from coordinator import naming
-from coordinator.activities import LedgerActivities
+from coordinator.activities import LedgerActivities, first_hold
 from coordinator.keys import StaticKeyStore
 from coordinator.messages import ChargeSpec, ReserveInput
 from stack.scenario import seed_customer
@@ -44,7 +46,8 @@ async def test_exactly_the_run_with_the_oldest_hold_goes_on(stack: Stack) -> Non
     account = "acct-race-many"
     channel = grpc.aio.insecure_channel(stack.ledger_addr)
     ledger = LedgerActivities(channel, StaticKeyStore({TENANT: stack.coordinator_key}))
-    charge = ChargeSpec("c1", lpb.USAGE, "input_tokens", "1.00", "2026-08-02T00:00:00+00:00",
+    # $30 of usage against the customer's $50: the first hold takes 30, the next 20, the others nothing
+    charge = ChargeSpec("c1", lpb.USAGE, "input_tokens", "30.00", "2026-08-02T00:00:00+00:00",
                         "2026-08-03T00:00:00+00:00")
     try:
         for seed in SEEDS:
@@ -61,7 +64,9 @@ async def test_exactly_the_run_with_the_oldest_hold_goes_on(stack: Stack) -> Non
             holds = (await stack.services.ledger.ListHolds(lpb.ListHoldsRequest(
                 hold_key_prefix=naming.invoice_holds_prefix(invoice)), metadata=stack.md)).holds
             assert len(holds) == len(runs) and all(h.status == lpb.PENDING for h in holds), holds
-            first = min(holds, key=lambda h: (h.created_at.seconds, h.created_at.nanos, h.hold_key))
+            first = min(holds, key=lambda h: (h.created_at.seconds, h.created_at.nanos, -Decimal(h.reserved),
+                                              h.hold_key))
+            assert Decimal(first.reserved) == max(Decimal(h.reserved) for h in holds) == 30, holds
             assert [run for run, ok in zip(runs, went_on, strict=True) if ok] == [
                 naming.parse_hold_key(first.hold_key)[1]], (seed, runs, went_on)  # type: ignore[index]
             for h in holds:  # the losers' sagas would compensate; here every hold goes back
@@ -69,6 +74,37 @@ async def test_exactly_the_run_with_the_oldest_hold_goes_on(stack: Stack) -> Non
                     idempotency_key=f"race/release/{h.hold_key}", hold_key=h.hold_key), metadata=stack.md)
     finally:
         await channel.close()
+
+
+def test_the_first_hold_is_the_one_that_took_credits_first_even_within_one_transaction() -> None:
+    """Seeded schedules on a simulated account: 2-5 runs reserve for one invoice in some order, each from
+    what the earlier ones left; consecutive reserves share a group-commit transaction, and so its instant, at
+    random; the run ids (so the hold keys) are random. The hold `first_hold` picks reserved as much as the
+    one applied first, at its instant — whatever order the holds are listed in, with other holds of the
+    account among them. (The key alone as the tie-break picks a run that reserved less in some schedules:
+    the rule went on with a run holding nothing while the one holding the credits gave way.)"""
+    by_key_alone_wrong = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        left, asked = Decimal(rng.choice([0, 10, 50, 100, 150, 250])), Decimal(rng.choice([40, 100]))
+        order = [f"{rng.getrandbits(64):016x}" for _ in range(rng.randint(2, 5))]  # application order
+        holds: list[tuple[int, int, Decimal, str]] = [(1_800_000_000, 0, Decimal(7), "debit:other-usage")]
+        instant = 0
+        for i, run in enumerate(order):
+            if i == 0 or rng.random() < 0.5:
+                instant += rng.randint(1, 999)  # a new transaction, a later instant
+            got = min(asked, left)
+            left -= got
+            holds.append((1_800_000_000, instant * 1000, got, naming.hold_key("inv_x", run)))
+        rng.shuffle(holds)
+        held = {key: (sec, nanos, reserved) for sec, nanos, reserved, key in holds}
+        applied_first = held[naming.hold_key("inv_x", order[0])]
+        assert held[first_hold(holds)] == applied_first, (seed, holds)
+        saga = [h for h in holds if naming.parse_hold_key(h[3])]
+        naive = min(saga, key=lambda h: (h[0], h[1], h[3]))
+        by_key_alone_wrong += naive[2] != applied_first[2]
+    assert by_key_alone_wrong > 0
+    assert first_hold([(1, 0, Decimal(5), "debit:x")]) == ""
 
 
 @pytest.mark.parametrize("key", ["inv/x/run-1", "inv/x/run-1:token", "debit:abc", "order-7"])

@@ -8,28 +8,32 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from credits.invoice.v1 import invoice_pb2 as ipb
 from credits.ledger.v1 import ledger_pb2 as lpb
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
 from coordinator import naming
 from coordinator import search_attributes as sa
+from coordinator.activities import _invoice_view
 from coordinator.messages import (
     BillingCycleInput,
     BillingCycleResult,
     CompensateOutageInput,
     CompensateOutageResult,
+    FinalizeInvoiceInput,
     Progress,
     SweepResult,
 )
 from coordinator.schedules import EXPIRE_SCHEDULE, RELEASE_SCHEDULE, RESOLVE_SCHEDULE, ensure_schedules
 from coordinator.starter import start_or_attach
-from coordinator.workflows import WORKFLOWS, BillingCycleWorkflow, CompensateOutageWorkflow
+from coordinator.workflows import WORKFLOWS, BillingCycleWorkflow, CompensateOutageWorkflow, FinalizeInvoiceWorkflow
 from harness.faults import FaultPlan
 from service_runtime import metrics
 from stack.scenario import PERIOD_START, seed_customer, ts
-from tests.coordinator.conftest import TENANT, Stack, eventually
+from tests.coordinator.conftest import FAST, TENANT, Stack, eventually
 
 # August 2026 periods are due (period end + the tests' 400-day grace). Each test its own instant: the
 # cycle's workflow id is derived from it, and the Temporal server is shared by the session.
@@ -314,6 +318,34 @@ async def test_schedules_and_search_attributes_are_set_up_idempotently_and_expir
     finally:
         for schedule_id in (EXPIRE_SCHEDULE, RESOLVE_SCHEDULE, RELEASE_SCHEDULE):
             await client.get_schedule_handle(schedule_id).delete()
+
+
+async def test_a_run_that_finds_the_invoice_finalized_by_another_run_at_prepare_compensates_and_ends(
+        stack: Stack) -> None:
+    """A run that read the invoice as a DRAFT and reserves only after another run of it has committed (as a
+    billing cycle's inline saga may, delayed by a worker crash, while the front door finalizes it: found by
+    `creditctl chaos --cycle`): the other run's hold is no longer PENDING, so this one goes on, and its prepare
+    is refused. Its compensation's AbortFinalize carries a prepare key the invoice was never prepared with:
+    a null compensation (nothing of this run is frozen), not a refusal retried for ever, which kept the
+    saga — and its whole billing cycle — running for good. It releases its hold and ends compensated; the
+    invoice stays as the first run finalized it, with the customer's $50."""
+    invoice_id = await seed_customer(stack.services, "late-1")
+    stale = _invoice_view(await stack.invoice(invoice_id))  # the DRAFT, as the late run read it
+    async with stack.worker():
+        first = await stack.start_finalize(invoice_id)
+        assert (await first.result()).outcome == "finalized"
+        late = await stack.client.start_workflow(
+            FinalizeInvoiceWorkflow.run, FinalizeInvoiceInput(TENANT, invoice_id, FAST, local_reads=True, draft=stale),
+            id=f"late-run/{TENANT}/{invoice_id}", task_queue=stack.task_queue)
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(late.result(), 60)
+    assert isinstance(failed.value.cause, ApplicationError) and failed.value.cause.type == "Compensated", failed.value
+    assert "PrepareFinalize refused" in str(failed.value.cause)
+    holds = {h.hold_key: h.status for h in await stack.holds(invoice_id)}
+    assert sorted(holds.values()) == [lpb.COMMITTED, lpb.RELEASED], holds
+    inv = await stack.invoice(invoice_id)
+    assert (inv.status, inv.credits_applied, inv.number) == (ipb.FINALIZED, "50.00", (await first.result()).number)
+    assert await stack.assert_both_or_neither(invoice_id, "acct-late-1") == "finalized"
 
 
 async def test_a_cycle_gives_way_to_another_run_already_finalizing_the_invoice(stack: Stack) -> None:

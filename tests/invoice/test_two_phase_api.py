@@ -125,6 +125,8 @@ async def test_every_transition_of_the_participant(env: InvoiceEnv) -> None:
         await refused(name, f"prepared-{name}")
     await expect_error(env, "CommitFinalize", pb.CommitFinalizeRequest(
         idempotency_key="c-other", invoice_id=inv, prepare_key="someone-else"), PRECONDITION, "prepare_key")
+    # Another run's compensation (its prepare never froze the invoice): a null compensation, prep-1 stands.
+    assert await verb("AbortFinalize", "abort-other", prepare_key="someone-else") == prepared
     aborted = await verb("AbortFinalize", "abort-1", prepare_key="prep-1")
     assert aborted.status == pb.DRAFT and not aborted.applications and not aborted.charges
     # A commit for an aborted invoice is refused, never a silent success.
@@ -137,6 +139,11 @@ async def test_every_transition_of_the_participant(env: InvoiceEnv) -> None:
     # FINALIZED: an abort after commit is refused; so are prepare and commit-void.
     for name in ("AbortFinalize", "PrepareFinalize", "CommitVoid"):
         await refused(name, f"final-{name}")
+    await refused("AbortFinalize", "final-abort-own", prepare_key="prep-2")
+    # ... but a run that never froze it (it lost the race to prep-2) compensates with a null abort (its key
+    # burnt, as on a DRAFT): the invoice stays as committed.
+    assert await verb("AbortFinalize", "final-abort-lost", prepare_key="prep-1") == final
+    assert await verb("AbortFinalize", "final-abort-late", prepare_key="prep-late") == final
     assert (await verb("AbortVoid", "null-abort-void")).status == pb.FINALIZED
     assert (await verb("PrepareVoid", "void-1", reason="duplicate charge")).status == pb.VOID_PENDING
     for name in ("PrepareFinalize", "AbortFinalize", "CommitFinalize", "PrepareVoid"):
