@@ -32,7 +32,8 @@ from ledger_service.domain.settlement import Settlement
 # is held, so they are never older than the last transaction that wrote the account.
 LOCK_ACCOUNT = """
 SELECT a.account_id, a.parent_account_id, a.root_account_id, p.account_id AS policy_account_id, p.version,
-       p.sort_keys, p.type_order, s.invoiced_through
+       p.sort_keys, p.type_order, s.invoiced_through,
+       (SELECT h.seq FROM account_heads h WHERE h.tenant_id = a.tenant_id AND h.account_id = a.account_id) AS head_seq
 FROM accounts a
 LEFT JOIN account_settlements s ON s.tenant_id = a.tenant_id AND s.account_id = a.account_id
 LEFT JOIN LATERAL (
@@ -154,6 +155,7 @@ class AccountState:
     holds: dict[str, Hold] = field(default_factory=dict)
     tombstones: set[str] = field(default_factory=set)
     idempotency: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)
+    head_seq: int = 0  # the account's change number when loaded (account_heads; 0: never journaled)
 
     _sorted: dict[str, list[Lot]] = field(default_factory=dict)
 
@@ -236,6 +238,7 @@ async def load_state(
     state = AccountState(
         tenant_id, account_id, exists=True, parent_account_id=row["parent_account_id"],
         root_account_id=row["root_account_id"], settlement=settlement_from(row["invoiced_through"]),
+        head_seq=row["head_seq"] or 0,
     )
     keys = [k for k in idempotency_keys if k]
     if keys:
