@@ -204,9 +204,9 @@ class AccountWriter:
         return batch
 
     async def _drain(self, key: tuple[str, str], queue: _Queue) -> None:
+        ahead: _Ahead | None = None
         try:
             async with self._pool.acquire() as conn:  # one connection for the whole drain
-                ahead: _Ahead | None = None
                 while queue.items or ahead is not None:
                     if ahead is not None:
                         batch, given, ahead = ahead.batch, ahead, None
@@ -222,6 +222,8 @@ class AccountWriter:
         except Exception:  # the connection broke: that batch failed; the rest retries on a new one
             log.exception("account writer for %s lost its connection", key)
         finally:
+            if ahead is not None:  # taken from the queue but not run: back to its head
+                queue.items[:0] = ahead.batch
             queue.running = False
             if not queue.items and self._queues.get(key) is queue:
                 del self._queues[key]
@@ -281,6 +283,9 @@ class AccountWriter:
                 put_back()
                 log.exception("batch of %d on %s failed", len(ops), key)
                 break
+            except BaseException:  # cancelled (shutting down): the batch applied ahead waits in the queue
+                put_back()
+                raise
         if outcomes is None:
             # Fall back to one transaction per operation so a bad one cannot fail its neighbours.
             outcomes = []
