@@ -32,8 +32,7 @@ from ledger_service.domain.settlement import Settlement
 # is held, so they are never older than the last transaction that wrote the account.
 LOCK_ACCOUNT = """
 SELECT a.account_id, a.parent_account_id, a.root_account_id, p.account_id AS policy_account_id, p.version,
-       p.sort_keys, p.type_order, s.invoiced_through,
-       (SELECT h.seq FROM account_heads h WHERE h.tenant_id = a.tenant_id AND h.account_id = a.account_id) AS head_seq
+       p.sort_keys, p.type_order, s.invoiced_through
 FROM accounts a
 LEFT JOIN account_settlements s ON s.tenant_id = a.tenant_id AND s.account_id = a.account_id
 LEFT JOIN LATERAL (
@@ -56,6 +55,13 @@ SELECT_OPEN_LOTS = f"""
 SELECT {LOT_COLUMNS}
 FROM lot_balances b JOIN lots l ON l.tenant_id = b.tenant_id AND l.lot_id = b.lot_id
 WHERE b.tenant_id = $1 AND ((b.account_id = $2 AND (b.available > 0 OR b.held > 0)) OR b.lot_id = ANY($3))
+"""
+# load_state's lots, and the account's change number (account_heads) read in the same statement, so
+# after the lock like the lots (a statement that waited for the lock sees the data of its start).
+SELECT_HEAD_AND_OPEN_LOTS = f"""
+SELECT h.seq AS head_seq, o.*
+FROM (SELECT (SELECT seq FROM account_heads WHERE tenant_id = $1 AND account_id = $2) AS seq) h
+LEFT JOIN ({SELECT_OPEN_LOTS}) o ON true
 """
 SELECT_POLICY = """
 SELECT account_id, version, sort_keys, type_order FROM consumption_policies
@@ -238,7 +244,6 @@ async def load_state(
     state = AccountState(
         tenant_id, account_id, exists=True, parent_account_id=row["parent_account_id"],
         root_account_id=row["root_account_id"], settlement=settlement_from(row["invoiced_through"]),
-        head_seq=row["head_seq"] or 0,
     )
     keys = [k for k in idempotency_keys if k]
     if keys:
@@ -247,7 +252,9 @@ async def load_state(
     state.policy = policy_from_row(row)
     state.holds, state.tombstones = await load_holds(conn, tenant_id, list(set(hold_keys)))
     wanted = set(lot_ids) | {a.lot_id for h in state.holds.values() for a in h.allocations}
-    for r in await conn.fetch(SELECT_OPEN_LOTS, tenant_id, account_id, list(wanted)):
-        lot = lot_from_row(r)
-        state.lots[lot.lot_id] = lot
+    for r in await conn.fetch(SELECT_HEAD_AND_OPEN_LOTS, tenant_id, account_id, list(wanted)):
+        state.head_seq = r["head_seq"] or 0
+        if r["lot_id"] is not None:
+            lot = lot_from_row(r)
+            state.lots[lot.lot_id] = lot
     return state
