@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -189,13 +189,17 @@ class AccountWriter:
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
-    def _take(self, queue: _Queue) -> list[_Pending]:
+    def _take(self, queue: _Queue, room: int | None = None) -> list[_Pending]:
         """The next transaction's requests: from the head of the queue, batches of debits with batches of
-        debits only, up to the size limit."""
+        debits only, up to the size limit (`room`: debits that still fit, into a batch applied ahead)."""
         batch: list[_Pending] = []
         size = 0
         of_batch = _of_batch(queue.items[0])
         limit = self._max_batch_debits if of_batch else self._max_batch
+        if room is not None:
+            limit, size = room, 0
+            if _size(queue.items[0]) > room:
+                return batch
         while queue.items and (not batch or (_of_batch(queue.items[0]) == of_batch
                                              and size + _size(queue.items[0]) <= limit)):
             pending = queue.items.pop(0)
@@ -230,26 +234,31 @@ class AccountWriter:
             elif queue.items:  # raced with a submit, or the connection broke: carry on
                 self._start_drain(key, queue)
 
-    def _ahead(self, queue: _Queue, state: AccountState, effects: Effects) -> _Ahead | None:
+    def _ahead(self, queue: _Queue, state: AccountState, effects: Effects, prior: _Ahead | None) -> _Ahead | None:
         """Takes the next batches of debits from the queue and applies them to a copy of `state`, the
-        state the transaction in flight leaves when it commits (see the module notes)."""
+        state the transaction in flight leaves when it commits (see the module notes); with `prior`
+        (taken earlier in the same transaction), adds the batches queued since, as far as they fit."""
         if not queue.items or not _of_batch(queue.items[0]):
-            return None
-        journaled = bool(effects.entries or effects.templated)
-        basis = _Basis.of(state, state.head_seq + 1 if journaled else state.head_seq)
-        copy = dataclasses.replace(state, lots={i: dataclasses.replace(lot) for i, lot in basis.open_lots.items()},
-                                   holds={}, tombstones=set(), idempotency=dict(state.idempotency),
-                                   head_seq=basis.head_seq, _sorted={})
-        batch = self._take(queue)
-        fx = Effects(state.tenant_id, self._clock())
-        fx.states[state.account_id] = copy
+            return prior
+        if prior is None:
+            journaled = bool(effects.entries or effects.templated)
+            basis = _Basis.of(state, state.head_seq + 1 if journaled else state.head_seq)
+            copy = dataclasses.replace(state, lots={i: dataclasses.replace(lot) for i, lot in basis.open_lots.items()},
+                                       holds={}, tombstones=set(), idempotency=dict(state.idempotency),
+                                       head_seq=basis.head_seq, _sorted={})
+            fx = Effects(state.tenant_id, self._clock())
+            fx.states[state.account_id] = copy
+            prior = _Ahead([], basis, copy, fx, [])
+        taken = self._take(queue, self._max_batch_debits - sum(_size(p) for p in prior.batch))
         try:
-            outcomes = [self._apply_one(copy, fx, op) for p in batch for op in p.ops]
+            outcomes = [self._apply_one(prior.state, prior.effects, op) for p in taken for op in p.ops]
         except Exception:  # a bug in an operation: it runs in its own turn, where such failures are handled
             log.exception("applying a batch ahead on %s failed", state.account_id)
-            queue.items[:0] = batch
+            queue.items[:0] = prior.batch + taken  # its copy of the state is spoiled: all of it again
             return None
-        return _Ahead(batch, basis, copy, fx, outcomes)
+        if not prior.batch and not taken:
+            return None
+        return _Ahead(prior.batch + taken, prior.basis, prior.state, prior.effects, prior.outcomes + outcomes)
 
     async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending],
                    given: _Ahead | None, queue: _Queue) -> _Ahead | None:
@@ -260,7 +269,8 @@ class AccountWriter:
         ahead: list[_Ahead | None] = [None]
 
         def take_ahead(state: AccountState, effects: Effects) -> None:
-            ahead[0] = self._ahead(queue, state, effects) if _of_batch(batch[0]) else None
+            if _of_batch(batch[0]):
+                ahead[0] = self._ahead(queue, state, effects, ahead[0])
 
         def put_back() -> None:  # the transaction failed: the batch applied ahead assumed it committed
             if ahead[0] is not None:
@@ -312,7 +322,9 @@ class AccountWriter:
         `given`: `ops` applied ahead, kept if their basis holds. `take_ahead`: called once the flush is
         under way, with the state and effects this transaction commits."""
         tenant_id, account_id = key
-        async with conn.transaction():
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
             state = await load_state(
                 conn, tenant_id, account_id,
                 hold_keys=[k for op in ops for k in op.hold_keys],
@@ -332,13 +344,25 @@ class AccountWriter:
             if take_ahead is None:
                 await effects.flush(conn)
             else:
-                flushing = asyncio.ensure_future(effects.flush(conn))
-                await asyncio.sleep(0)  # the flush's statement is on its way to Postgres
-                try:
-                    take_ahead(state, effects)
-                finally:
-                    await flushing
+                await self._overlapped(effects.flush(conn), lambda: take_ahead(state, effects))
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if take_ahead is None:
+            await transaction.commit()
+        else:  # the commit waits for the disk: apply what was queued meanwhile ahead too
+            await self._overlapped(transaction.commit(), lambda: take_ahead(state, effects))
         return outcomes
+
+    @staticmethod
+    async def _overlapped(statement: Coroutine[Any, Any, object], work: Callable[[], None]) -> None:
+        """Runs `work` (Python only) while `statement` is on its way to Postgres and back."""
+        running = asyncio.ensure_future(statement)
+        await asyncio.sleep(0)  # the statement is sent
+        try:
+            work()
+        finally:
+            await running
 
     @staticmethod
     def _apply_one(state: AccountState, effects: Effects, op: Operation) -> Outcome | Exception:

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from ledger_service.domain.journal import EntryKind
-from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome, _Pending, _Queue
+from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome, _Ahead, _Pending, _Queue
 from ledger_service.storage.effects import Effects
 from ledger_service.storage.state import AccountState
 from service_runtime.postgres import create_pool
@@ -116,16 +116,20 @@ async def test_a_batch_applied_ahead_is_applied_again_when_another_writer_came_b
             loop = asyncio.get_running_loop()
             behind = _Pending([_batch([f"b{i}" for i in range(10)])], loop.create_future())
             queue.items.append(behind)
-            ahead: list[object] = []
+            ahead: list[_Ahead | None] = [None]
+
+            def take_ahead(state: AccountState, fx: Effects) -> None:  # as the writer's drain does
+                ahead[0] = writer._ahead(queue, state, fx, ahead[0])
+
             await writer._transaction(conn, (TENANT, "hot"), [_batch([f"a{i}" for i in range(10)])],
-                                      take_ahead=lambda state, fx: ahead.append(writer._ahead(queue, state, fx)))
+                                      take_ahead=take_ahead)
             given = ahead[0]
             assert given is not None and not queue.items
             # another process debits 85 before the batch's own transaction locks the account
             (other_outcome,) = await other.submit_many(TENANT, "hot", [_batch([f"o{i}" for i in range(85)])])
             assert len(_took(other_outcome)) == 85
             outcomes = await writer._transaction(conn, (TENANT, "hot"), behind.ops, batch_keys_new=True,
-                                                 given=given)  # type: ignore[arg-type]
+                                                 given=given)
         assert (writer.applied_ahead, writer.applied_again) == (0, 1)
         assert len(_took(outcomes[0])) == 5  # 100 - 10 - 85 left: the other 5 debits are refused
         assert await _consumed(pool) == (100, 100, 100)
