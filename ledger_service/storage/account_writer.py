@@ -19,9 +19,10 @@ violation, the whole transaction rolls back with nothing written, and the retry 
 keys and answers each as usual (replay or conflict). A fresh batch, the common case, saves the
 lookup of its thousands of keys under the account lock.
 
-Batches of debits run one transaction ahead: while Postgres executes a transaction's flush, the
-writer takes the next batches of debits from the queue and applies them in memory to a copy of the
-state this transaction leaves (`_Ahead`), so the server's Python work overlaps the database's. That
+Batches of debits run one transaction ahead: while Postgres executes a transaction's flush, and
+again while its COMMIT waits for the disk, the writer takes the next batches of debits from the queue
+and applies them in memory to a copy of the state this transaction leaves (`_Ahead`), so the
+server's Python work overlaps the database's (and what queued during the commit joins them). That
 next transaction then locks the account and loads it as always, and keeps the precomputed effects
 only if what it loaded is exactly what they were computed from (`_Basis`: the account exists or not
 alike, the same consumption policy, the same open lots with the same balances, and the account's
@@ -319,8 +320,8 @@ class AccountWriter:
                            take_ahead: Callable[[AccountState, Effects], None] | None = None) -> list[Result]:
         """One transaction over `ops`. `batch_keys_new`: the keys of batches of debits are not looked up
         (taken as new; one that is not fails the transaction with a unique violation: module notes).
-        `given`: `ops` applied ahead, kept if their basis holds. `take_ahead`: called once the flush is
-        under way, with the state and effects this transaction commits."""
+        `given`: `ops` applied ahead, kept if their basis holds. `take_ahead`: called while the flush and
+        again while the COMMIT are under way, with the state and effects this transaction commits."""
         tenant_id, account_id = key
         transaction = conn.transaction()
         await transaction.start()
