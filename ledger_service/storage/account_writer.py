@@ -244,9 +244,12 @@ class AccountWriter:
         if prior is None:
             journaled = bool(effects.entries or effects.templated)
             basis = _Basis.of(state, state.head_seq + 1 if journaled else state.head_seq)
+            # no idempotency records: as in a transaction of its own, a key the batch reuses is found by
+            # the table's primary key (it fails the first attempt; the retry looks the keys up), and the
+            # records of a chain of batches applied ahead do not pile up in memory
             copy = dataclasses.replace(state, lots={i: dataclasses.replace(lot) for i, lot in basis.open_lots.items()},
-                                       holds={}, tombstones=set(), idempotency=dict(state.idempotency),
-                                       head_seq=basis.head_seq, _sorted={})
+                                       holds={}, tombstones=set(), idempotency={}, head_seq=basis.head_seq,
+                                       _sorted={})
             fx = Effects(state.tenant_id, self._clock())
             fx.states[state.account_id] = copy
             prior = _Ahead([], basis, copy, fx, [])
