@@ -15,7 +15,9 @@ batched debit).
 - A debit's answer is its Hold. Two debits of one shape with the same allocations differ only in
   hold_key, field 1 of Hold and serialized first; so each distinct (shape, allocations) is packed
   once (`DebitWire.tail`) and each debit's answer is its hold_key field + those bytes; the same bytes
-  are stored under its idempotency key, and a replay returns them.
+  are stored under its idempotency key, and a replay returns them. The rows such debits write differ
+  only in hold_key too: each (shape, allocations) registers one `DebitTemplate` with the flush, and each
+  debit queues only its hold key and template index (the flush joins them in SQL).
 - An account's operation that fails other than by a refusal (a bug, a lost connection) runs again
   debit by debit through the unary path (`holds.batch_debit_credits`): one bad debit cannot fail its
   neighbours.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -36,13 +37,12 @@ from google.protobuf.message import Message
 from ledger_service.domain import holds as rules
 from ledger_service.domain.allocation import AllocationResult, takes
 from ledger_service.domain.holds import HoldRequest
-from ledger_service.domain.journal import EntryKind
 from ledger_service.domain.model import DEBIT_PREFIX, Allocation, Charge, Hold, Lot
 from ledger_service.operations.calls import Call
 from ledger_service.operations.context import Ledger
 from ledger_service.operations.holds import Reserve, batch_debit_credits
 from ledger_service.storage.account_writer import Operation
-from ledger_service.storage.effects import Effects, debit_json
+from ledger_service.storage.effects import DebitTemplate, Effects, debit_json
 from ledger_service.storage.state import AccountState
 from service_runtime.api_keys import Caller
 from service_runtime.rejections import Rejection, conflict, not_found
@@ -167,8 +167,8 @@ class _AccountRun:
         self._caller, self._method, self._batch, self._shapes = caller, method, batch, shapes
         self._indexes, self._wire = indexes, wire
         self._eligible: dict[int, list[list[Lot]]] = {}
-        # (shape, *allocations) -> (Hold bytes without hold_key, allocations JSON, reserved)
-        self._memo: dict[tuple[int | tuple[int, str, int], ...], tuple[bytes, str, int]] = {}
+        # (shape, *allocations) -> (Hold bytes without hold_key, its DebitTemplate's index in this flush)
+        self._memo: dict[tuple[int | tuple[int, str, int], ...], tuple[bytes, int]] = {}
 
     def apply(self, state: AccountState, fx: Effects) -> list[bytes | Rejection]:
         self._eligible.clear()  # a retried transaction reloads the account
@@ -213,20 +213,17 @@ class _AccountRun:
         memo_key: tuple[int | tuple[int, str, int], ...] = (s, *[(i, lot.lot_id, amount) for i, lot, amount in taken])
         found = self._memo.get(memo_key)
         if found is None:
-            found = self._memo[memo_key] = self._template(state, fx.now, shape, taken)
-        tail, allocations_json, reserved = found
+            found = self._memo[memo_key] = self._template(state, fx, shape, taken)
+        tail, template = found
         hold_key = DEBIT_PREFIX + key
-        reserve = shape.reserve
-        for _, lot, amount in taken:
-            fx.move_as(lot, EntryKind.DEBIT, amount, fx.now, self._caller.key_id, "", reserve.reference, hold_key,
-                       state.policy.version)
-        fx.debit_rows.append((hold_key, state.account_id, reserve.unit, shape.requested, reserved, reserve.up_to,
-                              reserve.reference, state.policy.version, shape.charges_json, allocations_json))
+        fx.debit_by_template(template, hold_key, [lot for _, lot, _ in taken])
         return self._wire.keyed(hold_key, tail)
 
-    def _template(self, state: AccountState, now: datetime, shape: _Shape,
-                  taken: list[tuple[int, Lot, int]]) -> tuple[bytes, str, int]:
-        """The Hold of a debit of `shape` that took `taken`, as the unary path builds it, keyless."""
+    def _template(self, state: AccountState, fx: Effects, shape: _Shape,
+                  taken: list[tuple[int, Lot, int]]) -> tuple[bytes, int]:
+        """The Hold of a debit of `shape` that took `taken`, as the unary path builds it, keyless; and the
+        template (registered in `fx`) of the rows such a debit writes."""
+        now = fx.now
         allocations = [Allocation(position, shape.charges[index].charge_id, lot.lot_id, amount, lot.lot_type)
                        for position, (index, lot, amount) in enumerate(taken)]
         reserved = sum(a.amount for a in allocations)
@@ -237,4 +234,10 @@ class _AccountRun:
                               state.policy.version, now)
         rules.settle_as_debit(hold, now)
         shape.charges_json, allocations_json = debit_json(shape.charges, allocations)
-        return self._wire.tail(hold, shape.scale), allocations_json, reserved
+        template = fx.add_template(DebitTemplate(
+            account_id=state.account_id, unit=reserve.unit,
+            takes=tuple((lot.lot_id, amount) for _, lot, amount in taken),
+            actor=self._caller.key_id, reference=reserve.reference, policy_version=state.policy.version,
+            requested=shape.requested, reserved=reserved, up_to=reserve.up_to, charges_json=shape.charges_json,
+            allocations_json=allocations_json))
+        return self._wire.tail(hold, shape.scale), template

@@ -11,13 +11,33 @@ acknowledged outcome is durable; a rejected operation writes nothing.
 If a batch fails as a whole (a unique violation from a concurrent process, a deadlock, a bug in
 one operation), it is retried once, then each operation runs alone so one bad request cannot sink
 the others.
+
+Batches of debits look their idempotency keys up only on that retry: the first attempt assumes every
+key is new and lets the idempotency table's primary key say otherwise. A key that was used before
+(a replayed batch, a conflicting request, a concurrent process) makes its insert fail with a unique
+violation, the whole transaction rolls back with nothing written, and the retry loads the stored
+keys and answers each as usual (replay or conflict). A fresh batch, the common case, saves the
+lookup of its thousands of keys under the account lock.
+
+Batches of debits run one transaction ahead: while Postgres executes a transaction's flush, and
+again while its COMMIT waits for the disk, the writer takes the next batches of debits from the queue
+and applies them in memory to a copy of the state this transaction leaves (`_Ahead`), so the
+server's Python work overlaps the database's (and what queued during the commit joins them). That
+next transaction then locks the account and loads it as always, and keeps the precomputed effects
+only if what it loaded is exactly what they were computed from (`_Basis`: the account exists or not
+alike, the same consumption policy, the same open lots with the same balances, and the account's
+change number one past the previous flush, i.e. no other writer journaled in between); otherwise it
+applies its operations again to what it loaded. The previous transaction failing (or being retried)
+throws the precomputed effects away and puts their requests back at the head of the queue. Callers
+are still answered only after their own transaction's COMMIT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +45,9 @@ from typing import Any
 import asyncpg
 from google.protobuf.message import Message
 
+from ledger_service.domain.model import Lot
+from ledger_service.domain.policy import Policy
+from ledger_service.domain.settlement import Settlement
 from ledger_service.storage.effects import Effects
 from ledger_service.storage.state import AccountState, load_state
 from service_runtime.audit import AuditRecord
@@ -85,6 +108,39 @@ class _Queue:
     running: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Basis:
+    """What a batch applied ahead assumed about its account (compared with what its transaction loads)."""
+
+    exists: bool
+    policy: Policy
+    settlement: Settlement
+    open_lots: dict[str, Lot]
+    head_seq: int
+
+    @classmethod
+    def of(cls, state: AccountState, head_seq: int) -> _Basis:
+        open_lots = {i: dataclasses.replace(lot) for i, lot in state.lots.items()
+                     if lot.account_id == state.account_id and (lot.available > 0 or lot.held > 0)}
+        return cls(state.exists, state.policy, state.settlement, open_lots, head_seq)
+
+    def holds_for(self, state: AccountState) -> bool:
+        """`state` (freshly loaded under the lock) is what the batch was applied to."""
+        return (state.exists == self.exists and state.policy == self.policy and state.settlement == self.settlement
+                and state.head_seq == self.head_seq and state.lots == self.open_lots)
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """The next batch of debits, applied in memory while the previous transaction flushed."""
+
+    batch: list[_Pending]
+    basis: _Basis
+    state: AccountState  # the copy it was applied to, as the batch left it
+    effects: Effects
+    outcomes: list[Result]
+
+
 def _size(pending: _Pending) -> int:
     return sum(op.size for op in pending.ops)
 
@@ -105,6 +161,9 @@ class AccountWriter:
         self._clock = clock
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # batches applied ahead whose basis held (their effects were kept), and those applied again
+        self.applied_ahead = 0
+        self.applied_again = 0
 
     async def submit(self, tenant_id: str, account_id: str, op: Operation) -> Outcome:
         """Applies one operation; raises its Rejection (or a bug's exception)."""
@@ -131,21 +190,35 @@ class AccountWriter:
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
+    def _take(self, queue: _Queue, room: int | None = None) -> list[_Pending]:
+        """The next transaction's requests: from the head of the queue, batches of debits with batches of
+        debits only, up to the size limit (`room`: debits that still fit, into a batch applied ahead)."""
+        batch: list[_Pending] = []
+        size = 0
+        of_batch = _of_batch(queue.items[0])
+        limit = self._max_batch_debits if of_batch else self._max_batch
+        if room is not None:
+            limit, size = room, 0
+            if _size(queue.items[0]) > room:
+                return batch
+        while queue.items and (not batch or (_of_batch(queue.items[0]) == of_batch
+                                             and size + _size(queue.items[0]) <= limit)):
+            pending = queue.items.pop(0)
+            batch.append(pending)
+            size += _size(pending)
+        return batch
+
     async def _drain(self, key: tuple[str, str], queue: _Queue) -> None:
+        ahead: _Ahead | None = None
         try:
             async with self._pool.acquire() as conn:  # one connection for the whole drain
-                while queue.items:
-                    batch: list[_Pending] = []
-                    size = 0
-                    of_batch = _of_batch(queue.items[0])
-                    limit = self._max_batch_debits if of_batch else self._max_batch
-                    while queue.items and (not batch or (_of_batch(queue.items[0]) == of_batch
-                                                         and size + _size(queue.items[0]) <= limit)):
-                        pending = queue.items.pop(0)
-                        batch.append(pending)
-                        size += _size(pending)
+                while queue.items or ahead is not None:
+                    if ahead is not None:
+                        batch, given, ahead = ahead.batch, ahead, None
+                    else:
+                        batch, given = self._take(queue), None
                     try:
-                        await self._run(conn, key, batch)
+                        ahead = await self._run(conn, key, batch, given, queue)
                     except Exception as exc:
                         for pending in batch:
                             if not pending.future.done():
@@ -154,27 +227,79 @@ class AccountWriter:
         except Exception:  # the connection broke: that batch failed; the rest retries on a new one
             log.exception("account writer for %s lost its connection", key)
         finally:
+            if ahead is not None:  # taken from the queue but not run: back to its head
+                queue.items[:0] = ahead.batch
             queue.running = False
             if not queue.items and self._queues.get(key) is queue:
                 del self._queues[key]
             elif queue.items:  # raced with a submit, or the connection broke: carry on
                 self._start_drain(key, queue)
 
-    async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending]) -> None:
+    def _ahead(self, queue: _Queue, state: AccountState, effects: Effects, prior: _Ahead | None) -> _Ahead | None:
+        """Takes the next batches of debits from the queue and applies them to a copy of `state`, the
+        state the transaction in flight leaves when it commits (see the module notes); with `prior`
+        (taken earlier in the same transaction), adds the batches queued since, as far as they fit."""
+        if not queue.items or not _of_batch(queue.items[0]):
+            return prior
+        if prior is None:
+            journaled = bool(effects.entries or effects.templated)
+            basis = _Basis.of(state, state.head_seq + 1 if journaled else state.head_seq)
+            # no idempotency records: as in a transaction of its own, a key the batch reuses is found by
+            # the table's primary key (it fails the first attempt; the retry looks the keys up), and the
+            # records of a chain of batches applied ahead do not pile up in memory
+            copy = dataclasses.replace(state, lots={i: dataclasses.replace(lot) for i, lot in basis.open_lots.items()},
+                                       holds={}, tombstones=set(), idempotency={}, head_seq=basis.head_seq,
+                                       _sorted={})
+            fx = Effects(state.tenant_id, self._clock())
+            fx.states[state.account_id] = copy
+            prior = _Ahead([], basis, copy, fx, [])
+        taken = self._take(queue, self._max_batch_debits - sum(_size(p) for p in prior.batch))
+        try:
+            outcomes = [self._apply_one(prior.state, prior.effects, op) for p in taken for op in p.ops]
+        except Exception:  # a bug in an operation: it runs in its own turn, where such failures are handled
+            log.exception("applying a batch ahead on %s failed", state.account_id)
+            queue.items[:0] = prior.batch + taken  # its copy of the state is spoiled: all of it again
+            return None
+        if not prior.batch and not taken:
+            return None
+        return _Ahead(prior.batch + taken, prior.basis, prior.state, prior.effects, prior.outcomes + outcomes)
+
+    async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending],
+                   given: _Ahead | None, queue: _Queue) -> _Ahead | None:
+        """Runs `batch` (with its effects applied ahead, if `given`); answers its callers. Returns the next
+        batch, applied ahead while this one flushed (None: none, or this transaction failed)."""
         ops = [op for p in batch for op in p.ops]
         outcomes: list[Result] | None = None
+        ahead: list[_Ahead | None] = [None]
+
+        def take_ahead(state: AccountState, effects: Effects) -> None:
+            if _of_batch(batch[0]):
+                ahead[0] = self._ahead(queue, state, effects, ahead[0])
+
+        def put_back() -> None:  # the transaction failed: the batch applied ahead assumed it committed
+            if ahead[0] is not None:
+                queue.items[:0] = ahead[0].batch
+                ahead[0] = None
+
         for attempt in range(2):
             try:
-                outcomes = await self._transaction(conn, key, ops)
+                outcomes = await self._transaction(conn, key, ops, batch_keys_new=attempt == 0,
+                                                   given=given if attempt == 0 else None, take_ahead=take_ahead)
                 break
             except _RETRYABLE:
+                put_back()
                 if attempt == 0:
                     continue
             except (asyncpg.PostgresConnectionError, ConnectionError, OSError):
+                put_back()
                 raise
             except Exception:
+                put_back()
                 log.exception("batch of %d on %s failed", len(ops), key)
                 break
+            except BaseException:  # cancelled (shutting down): the batch applied ahead waits in the queue
+                put_back()
+                raise
         if outcomes is None:
             # Fall back to one transaction per operation so a bad one cannot fail its neighbours.
             outcomes = []
@@ -191,24 +316,57 @@ class AccountWriter:
             if not pending.future.done():
                 pending.future.set_result(outcomes[i:i + n])
             i += n
+        return ahead[0]
 
-    async def _transaction(self, conn: asyncpg.Connection, key: tuple[str, str],
-                           ops: list[Operation]) -> list[Result]:
+    async def _transaction(self, conn: asyncpg.Connection, key: tuple[str, str], ops: list[Operation], *,
+                           batch_keys_new: bool = False, given: _Ahead | None = None,
+                           take_ahead: Callable[[AccountState, Effects], None] | None = None) -> list[Result]:
+        """One transaction over `ops`. `batch_keys_new`: the keys of batches of debits are not looked up
+        (taken as new; one that is not fails the transaction with a unique violation: module notes).
+        `given`: `ops` applied ahead, kept if their basis holds. `take_ahead`: called while the flush and
+        again while the COMMIT are under way, with the state and effects this transaction commits."""
         tenant_id, account_id = key
-        outcomes: list[Result] = []
-        async with conn.transaction():
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
             state = await load_state(
                 conn, tenant_id, account_id,
                 hold_keys=[k for op in ops for k in op.hold_keys],
                 lot_ids=[i for op in ops for i in op.lot_ids],
-                idempotency_keys=[k for op in ops for k in (op.idempotency_key, *op.own_keys)],
+                idempotency_keys=[op.idempotency_key for op in ops] if batch_keys_new
+                else [k for op in ops for k in (op.idempotency_key, *op.own_keys)],
             )
-            effects = Effects(tenant_id, self._clock())
-            effects.states[account_id] = state
-            for op in ops:
-                outcomes.append(self._apply_one(state, effects, op))
-            await effects.flush(conn)
+            if given is not None and given.basis.holds_for(state):
+                state, effects, outcomes = given.state, given.effects, given.outcomes
+                self.applied_ahead += 1
+            else:
+                if given is not None:
+                    self.applied_again += 1
+                effects = Effects(tenant_id, self._clock())
+                effects.states[account_id] = state
+                outcomes = [self._apply_one(state, effects, op) for op in ops]
+            if take_ahead is None:
+                await effects.flush(conn)
+            else:
+                await self._overlapped(effects.flush(conn), lambda: take_ahead(state, effects))
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if take_ahead is None:
+            await transaction.commit()
+        else:  # the commit waits for the disk: apply what was queued meanwhile ahead too
+            await self._overlapped(transaction.commit(), lambda: take_ahead(state, effects))
         return outcomes
+
+    @staticmethod
+    async def _overlapped(statement: Coroutine[Any, Any, object], work: Callable[[], None]) -> None:
+        """Runs `work` (Python only) while `statement` is on its way to Postgres and back."""
+        running = asyncio.ensure_future(statement)
+        await asyncio.sleep(0)  # the statement is sent
+        try:
+            work()
+        finally:
+            await running
 
     @staticmethod
     def _apply_one(state: AccountState, effects: Effects, op: Operation) -> Outcome | Exception:

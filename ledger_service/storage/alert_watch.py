@@ -145,6 +145,10 @@ class _Change:
             elif kind == EntryKind.VOID.value:
                 voided = Adjustment(str(lot_id), kind, amount, LotType.PURCHASED, "")
                 self.adjustments[(account_id, unit)].append(voided)
+        for template, uses in zip(fx.templates, fx.template_uses, strict=True):  # templated debits: DEBIT entries
+            if uses:
+                units[template.account_id].add(template.unit)
+                consumed[(template.account_id, template.unit)] += uses * sum(amount for _, amount in template.takes)
 
 
 async def watch_changes(conn: asyncpg.Connection, fx: Effects) -> None:

@@ -59,6 +59,13 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("dbt", [("hold_key", "text"), ("account_id", "text"), ("unit", "text"), ("requested", "bigint"),
              ("reserved", "bigint"), ("up_to", "boolean"), ("reference", "text"), ("policy_version", "int"),
              ("charges", "text"), ("allocations", "text")]),
+    # debit templates (`DebitTemplate`): their journal entries, then their debits rows, keyed by template `t`
+    ("tje", [("t", "int"), ("pos", "int"), ("account_id", "text"), ("lot_id", "text"), ("kind", "text"),
+             ("amount", "bigint"), ("unit", "text"), ("actor", "text"), ("reason", "text"), ("reference", "text"),
+             ("policy_version", "int")]),
+    ("tdb", [("t", "int"), ("account_id", "text"), ("unit", "text"), ("requested", "bigint"), ("reserved", "bigint"),
+             ("up_to", "boolean"), ("reference", "text"), ("policy_version", "int"), ("charges", "text"),
+             ("allocations", "text")]),
     ("alc", [("hold_key", "text"), ("position", "int"), ("charge_id", "text"), ("lot_id", "text"),
              ("amount", "bigint")]),
     ("res", [("hold_key", "text"), ("status", "text"), ("posted", "bigint"), ("released", "bigint"),
@@ -68,14 +75,25 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("grc", [("lot_id", "text"), ("usable_until", "timestamptz")]),
     ("aud", [("tenant_id", "text"), ("key_id", "text"), ("role", "text"), ("method", "text"), ("code", "text"),
              ("detail", "text"), ("reason", "text"), ("subjects", "text"), ("request_id", "text")]),
-    ("key", [("key", "text"), ("method", "text"), ("request_hash", "text"), ("response", "text")]),
+    ("key", [("key", "text"), ("method", "text"), ("request_hash", "bytea"), ("response", "bytea")]),
+    # templated debits (`Effects.debit_by_template`): per debit only its hold key and its template's index;
+    # its journal entries and debits row are its template's, joined in SQL
+    ("tdk", [("hold_key", "text"), ("t", "int")]),
 ]
+# Sent as binary arrays (asyncpg encodes each element as it is): the columns with one value per debit of
+# a batch, where a delimited text column costs Postgres a parse per value (and hex for bytea).
+_BINARY = {"key", "tdk"}
+
 
 
 def _source(name: str, first: int) -> tuple[str, int]:
-    """`unnest(col1, col2, ...) AS name(...)` over text parameters starting at $first."""
+    """`unnest(col1, col2, ...) AS name(...)` over parameters starting at $first: delimited text columns,
+    or binary arrays for the tables in `_BINARY`."""
     cols = dict(_TABLES)[name]
-    arrays = [f"(string_to_array(${first + i}, chr(31), chr(30)))[2:]::{typ}[]" for i, (_, typ) in enumerate(cols)]
+    if name in _BINARY:
+        arrays = [f"${first + i}::{typ}[]" for i, (_, typ) in enumerate(cols)]
+    else:
+        arrays = [f"(string_to_array(${first + i}, chr(31), chr(30)))[2:]::{typ}[]" for i, (_, typ) in enumerate(cols)]
     return f"unnest({', '.join(arrays)}) AS {name}({', '.join(c for c, _ in cols)})", first + len(cols)
 
 
@@ -106,7 +124,13 @@ balances AS (
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
   RETURNING b.lot_id, b.account_id, {returned_buckets}, b.entries, b.entries - upd.entries AS entries_before
 ),
-ent_rows AS (SELECT row_number() OVER () AS n, * FROM {ent}),  -- n: the order the batch wrote them
+ent_rows AS (  -- n: the order the batch wrote them (entries, or templated debits: never both, see Effects)
+  SELECT row_number() OVER () AS n, * FROM {ent}
+  UNION ALL
+  SELECT (d.n << 20) + tje.pos, tje.account_id, tje.lot_id, tje.kind, tje.amount, tje.unit, $2::timestamptz,
+         tje.actor, tje.reason, tje.reference, d.hold_key, tje.policy_version
+  FROM (SELECT row_number() OVER () AS n, * FROM {tdk}) d JOIN {tje} ON tje.t = d.t
+),
 heads AS (  -- the next change number of every account this batch journals (see migration 0015)
   INSERT INTO account_heads (tenant_id, account_id, seq)
   SELECT DISTINCT $1, account_id, 1 FROM ent_rows
@@ -141,6 +165,10 @@ new_debits AS (
   INSERT INTO debits (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
                       policy_version, charges, allocations, created_at)
   SELECT $1, dbt.*, $2 FROM {dbt}
+  UNION ALL
+  SELECT $1, tdk.hold_key, tdb.account_id, tdb.unit, tdb.requested, tdb.reserved, tdb.up_to, tdb.reference,
+         tdb.policy_version, tdb.charges, tdb.allocations, $2
+  FROM {tdk_again} JOIN {tdb} ON tdb.t = tdk.t
 ),
 allocations AS (
   INSERT INTO hold_allocations (tenant_id, hold_key, position, charge_id, lot_id, amount)
@@ -168,8 +196,7 @@ audit AS (
 ),
 keys AS (
   INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response, created_at)
-  SELECT $1, key.key, key.method, decode(key.request_hash, 'hex'), decode(key.response, 'hex'), $2
-  FROM {key}
+  SELECT $1, key.key, key.method, key.request_hash, key.response, $2 FROM {key}
 )
 SELECT (SELECT count(*) FROM notified)
 """
@@ -180,6 +207,8 @@ def _build_flush() -> str:
     src: dict[str, str] = {}
     for name, _ in _TABLES:
         src[name], n = _source(name, n)
+    tdk_first = n - len(dict(_TABLES)["tdk"])  # the templated debits' columns are read twice
+    src["tdk_again"] = _source("tdk", tdk_first)[0]
     bucket_updates = ", ".join(f"{b} = b.{b} + upd.{b}" for b in BUCKETS)
     return _FLUSH_TEMPLATE.format(**src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates,
                                   returned_buckets=", ".join(f"b.{b}" for b in BUCKETS),
@@ -243,6 +272,35 @@ class EntryContext:
     policy_version: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DebitTemplate:
+    """Everything a debit writes but its hold key, shared by the debits of a batch that took the same
+    amounts from the same lots: its journal entries (`takes`: (lot_id, amount) in allocation order, kind
+    DEBIT, effective at the flush's instant, no reason) and its `debits` row. A debit written through a
+    template (`Effects.debit_by_template`) writes exactly the rows `move_as` and a debit row would."""
+
+    account_id: str
+    unit: str
+    takes: tuple[tuple[str, int], ...]
+    actor: str
+    reference: str
+    policy_version: int
+    requested: int
+    reserved: int
+    up_to: bool
+    charges_json: str
+    allocations_json: str
+
+    def entry_rows(self, now: datetime, hold_key: str) -> list[tuple[object, ...]]:
+        """The journal entries of one debit, as `move_as` queues them."""
+        return [(self.account_id, lot_id, EntryKind.DEBIT.value, amount, self.unit, now, self.actor, "",
+                 self.reference, hold_key, self.policy_version) for lot_id, amount in self.takes]
+
+    def debit_row(self, hold_key: str) -> tuple[str, str, str, int, int, bool, str, int, str, str]:
+        return (hold_key, self.account_id, self.unit, self.requested, self.reserved, self.up_to, self.reference,
+                self.policy_version, self.charges_json, self.allocations_json)
+
+
 @dataclass
 class Effects:
     tenant_id: str
@@ -264,6 +322,13 @@ class Effects:
     grace: list[tuple[str, datetime]] = field(default_factory=list)
     idempotency: list[tuple[str, str, bytes, bytes]] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
+    # Debits written through templates (a batch of debits): per debit its hold key and template index,
+    # per template how many debits use it. Never queued beside `entries` (see `debit_by_template`), so
+    # the flush orders either the entries or the templated debits, each as they were queued.
+    templates: list[DebitTemplate] = field(default_factory=list)
+    template_uses: list[int] = field(default_factory=list)
+    templated_keys: list[str] = field(default_factory=list)
+    templated: list[int] = field(default_factory=list)
     # The locked accounts' in-memory states, when the writer has them (alert_watch reads balances from them).
     states: dict[str, Any] = field(default_factory=dict)
     _created: set[str] = field(default_factory=set)
@@ -277,6 +342,47 @@ class Effects:
     def move_as(self, lot: Lot, kind: EntryKind, amount: int, effective_at: datetime, actor: str, reason: str,
                 reference: str, hold_key: str, policy_version: int) -> None:
         """`move` with the context's fields given one by one (a batch of debits builds no context per debit)."""
+        if self.templated:
+            self._expand_templated()
+        self._shift(lot, kind, amount)
+        self.entries.append((
+            lot.account_id, lot.lot_id, kind.value, amount, lot.unit, effective_at, actor, reason, reference, hold_key,
+            policy_version,
+        ))
+
+    def add_template(self, template: DebitTemplate) -> int:
+        """Registers a debit template for this flush; its index for `debit_by_template`."""
+        self.templates.append(template)
+        self.template_uses.append(0)
+        return len(self.templates) - 1
+
+    def debit_by_template(self, t: int, hold_key: str, lots: Sequence[Lot]) -> None:
+        """A debit whose journal entries and debits row are template `t`'s with `hold_key`: takes each of
+        the template's amounts from `lots` (the template's lots, in its order) as `move_as` would."""
+        template = self.templates[t]
+        for lot, (lot_id, amount) in zip(lots, template.takes, strict=True):
+            assert lot.lot_id == lot_id and lot.account_id == template.account_id and lot.unit == template.unit
+            self._shift(lot, EntryKind.DEBIT, amount)
+        if self.entries:  # entries queued first: keep one order, these rows follow them
+            self.entries.extend(template.entry_rows(self.now, hold_key))
+            self.debit_rows.append(template.debit_row(hold_key))
+            return
+        self.templated_keys.append(hold_key)
+        self.templated.append(t)
+        self.template_uses[t] += 1
+
+    def _expand_templated(self) -> None:
+        """The templated debits as plain entries and debit rows (an entry is about to follow them)."""
+        for hold_key, t in zip(self.templated_keys, self.templated, strict=True):
+            template = self.templates[t]
+            self.entries.extend(template.entry_rows(self.now, hold_key))
+            self.debit_rows.append(template.debit_row(hold_key))
+            self.template_uses[t] -= 1
+        self.templated_keys.clear()
+        self.templated.clear()
+
+    def _shift(self, lot: Lot, kind: EntryKind, amount: int) -> None:
+        """Moves `amount` between the two buckets of `kind` in `lot`, and counts the entry for the projection."""
         assert amount > 0, "journal amounts are positive"
         (src, src_sign, src_i), (dst, _, dst_i) = _MOVES[kind]
         setattr(lot, src, getattr(lot, src) + src_sign * amount)
@@ -289,10 +395,6 @@ class Effects:
             row[dst_i] += amount
             row[_ENTRIES] += 1
         assert lot.available >= 0 and lot.held >= 0, f"lot {lot.lot_id} would go negative"
-        self.entries.append((
-            lot.account_id, lot.lot_id, kind.value, amount, lot.unit, effective_at, actor, reason, reference, hold_key,
-            policy_version,
-        ))
 
     def create(self, lot: Lot) -> None:
         """A new lot: inserted with its final balances at flush."""
@@ -315,8 +417,8 @@ class Effects:
 
     def is_empty(self) -> bool:
         return not (self.new_lots or self.entries or self.lot_deltas or self.holds or self.debits or self.debit_rows
-                    or self.resolutions or self.postings or self.reversals or self.grace or self.idempotency
-                    or self.audit)
+                    or self.templated or self.resolutions or self.postings or self.reversals or self.grace
+                    or self.idempotency or self.audit)
 
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Writes every queued row in one statement, inside the caller's transaction."""
@@ -338,15 +440,24 @@ class Effects:
         debits = [(h.hold_key, h.account_id, h.unit, h.requested, h.reserved, h.up_to, h.reference, h.policy_version,
                    as_json.charges(h.charges), as_json.allocations(h.allocations)) for h in self.debits]
         debits += self.debit_rows
+        used = [(t, x) for t, x in enumerate(self.templates) if self.template_uses[t]]
+        template_entries = [(t, pos, x.account_id, lot_id, EntryKind.DEBIT.value, amount, x.unit, x.actor, "",
+                             x.reference, x.policy_version)
+                            for t, x in used for pos, (lot_id, amount) in enumerate(x.takes)]
+        template_debits = [(t, x.account_id, x.unit, x.requested, x.reserved, x.up_to, x.reference, x.policy_version,
+                            x.charges_json, x.allocations_json) for t, x in used]
+        keys = self.idempotency
         await conn.execute(
             FLUSH, self.tenant_id, self.now,
             *_columns(lots, 20), *_columns(new_balances, 12), *_columns(updates, 11),
-            *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10), *_columns(allocations, 5),
+            *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10),
+            *_columns(template_entries, 11), *_columns(template_debits, 10), *_columns(allocations, 5),
             *_columns(self.resolutions, 5), *_columns(self.postings, 3), *_columns(self.reversals, 3),
             *_columns(self.grace, 2),
             *_columns([(a.tenant_id, a.key_id, a.role, a.method, a.code, a.detail, a.reason, chr(29).join(a.subjects),
                         a.request_id) for a in self.audit], 9),
-            *_columns(self.idempotency, 4),
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys],
+            self.templated_keys, self.templated,
         )
         await watch_changes(conn, self)  # alert rules, in this transaction (storage/alert_watch.py)
 

@@ -105,8 +105,11 @@ SELECT k.lot_id, k.through_entry_id, k.at, k.entries, {', '.join(f'k.{b}' for b 
 FROM lot_checkpoints k
 LEFT JOIN (
     SELECT lot_id, entry_id, count(*) OVER upto AS n, max(recorded_at) OVER upto AS max_at,
-           min(recorded_at) OVER (PARTITION BY lot_id ORDER BY entry_id
-                                  ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS min_after,
+           -- the earliest instant after each entry, as a running min in reverse order: a frame that
+           -- starts at the partition's head grows row by row (a frame ending at its tail, with no
+           -- inverse for min, is aggregated again for every row: quadratic in a lot's entries)
+           min(recorded_at) OVER (PARTITION BY lot_id ORDER BY entry_id DESC
+                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS min_after,
            {', '.join(f"coalesce(sum(amount) FILTER (WHERE kind = '{k}') OVER upto, 0) AS s_{k.lower()}"
                       for k in EntryKind)}
     FROM journal WHERE tenant_id = $1

@@ -56,6 +56,13 @@ SELECT {LOT_COLUMNS}
 FROM lot_balances b JOIN lots l ON l.tenant_id = b.tenant_id AND l.lot_id = b.lot_id
 WHERE b.tenant_id = $1 AND ((b.account_id = $2 AND (b.available > 0 OR b.held > 0)) OR b.lot_id = ANY($3))
 """
+# load_state's lots, and the account's change number (account_heads) read in the same statement, so
+# after the lock like the lots (a statement that waited for the lock sees the data of its start).
+SELECT_HEAD_AND_OPEN_LOTS = f"""
+SELECT h.seq AS head_seq, o.*
+FROM (SELECT (SELECT seq FROM account_heads WHERE tenant_id = $1 AND account_id = $2) AS seq) h
+LEFT JOIN ({SELECT_OPEN_LOTS}) o ON true
+"""
 SELECT_POLICY = """
 SELECT account_id, version, sort_keys, type_order FROM consumption_policies
 WHERE tenant_id = $1 AND account_id IN ('', $2)
@@ -154,6 +161,7 @@ class AccountState:
     holds: dict[str, Hold] = field(default_factory=dict)
     tombstones: set[str] = field(default_factory=set)
     idempotency: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)
+    head_seq: int = 0  # the account's change number when loaded (account_heads; 0: never journaled)
 
     _sorted: dict[str, list[Lot]] = field(default_factory=dict)
 
@@ -244,7 +252,9 @@ async def load_state(
     state.policy = policy_from_row(row)
     state.holds, state.tombstones = await load_holds(conn, tenant_id, list(set(hold_keys)))
     wanted = set(lot_ids) | {a.lot_id for h in state.holds.values() for a in h.allocations}
-    for r in await conn.fetch(SELECT_OPEN_LOTS, tenant_id, account_id, list(wanted)):
-        lot = lot_from_row(r)
-        state.lots[lot.lot_id] = lot
+    for r in await conn.fetch(SELECT_HEAD_AND_OPEN_LOTS, tenant_id, account_id, list(wanted)):
+        state.head_seq = r["head_seq"] or 0
+        if r["lot_id"] is not None:
+            lot = lot_from_row(r)
+            state.lots[lot.lot_id] = lot
     return state

@@ -116,5 +116,19 @@ async def test_as_of_from_checkpoints_equals_full_replay(ledger: Ledger, seed: i
         broken = await ledger.stub.VerifyJournal(pb.VerifyJournalRequest(), metadata=ledger.md)
         assert not broken.ok
         assert any("checkpoint through entry" in v for v in broken.violations), broken.violations
+
+        # and so is an entry after a checkpoint recorded before its instant: the new entry follows every
+        # checkpoint of the lot (the one written above included) and precedes the instants of them all
+        lot_checkpoints = {r["through_entry_id"] for r in await pool.fetch(
+            "SELECT through_entry_id FROM lot_checkpoints WHERE lot_id = $1", row["lot_id"])}
+        await pool.execute(
+            "INSERT INTO journal (tenant_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at) "
+            "SELECT tenant_id, account_id, lot_id, kind, amount, unit, effective_at, "
+            "$2::timestamptz - interval '1 microsecond' FROM journal WHERE entry_id = $1",
+            row["through_entry_id"], row["at"])
+        late = await ledger.stub.VerifyJournal(pb.VerifyJournalRequest(), metadata=ledger.md)
+        out_of_order = {int(v.split("through entry ")[1].split(":")[0])
+                        for v in late.violations if "recorded out of order" in v}
+        assert out_of_order == lot_checkpoints and len(lot_checkpoints) >= 2, late.violations
     finally:
         await pool.close()
