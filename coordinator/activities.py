@@ -10,7 +10,7 @@ error, because it may no longer be compensated.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Protocol, TypeVar
@@ -115,6 +115,23 @@ def first_hold(holds: list[tuple[int, int, Decimal, str]]) -> str:
     return min(saga)[3] if saga else ""
 
 
+def _instant(ts: Any) -> tuple[int, int]:
+    return ts.seconds, ts.nanos
+
+
+def holding_since(holds: Sequence[lpb.Hold], hold_key: str) -> list[lpb.Hold]:
+    """An invoice's holds that held credits at some moment since `hold_key`'s hold was created: the
+    PENDING ones, and the committed or released ones created no later than it and resolved no earlier
+    (one that went away between our reserve and our check may have kept credits from ours: counted, so
+    its run, not ours, is first; the conservative side of a shared instant). Tombstones never held any."""
+    born = next((_instant(h.created_at) for h in holds if h.hold_key == hold_key), None)
+    if born is None:
+        return [h for h in holds if h.status == lpb.PENDING]
+    return [h for h in holds if h.hold_key == hold_key or h.status == lpb.PENDING
+            or (h.status in (lpb.COMMITTED, lpb.RELEASED)
+                and _instant(h.created_at) <= born <= _instant(h.resolved_at))]
+
+
 class _Participant:
     def __init__(self, keys: KeyStore) -> None:
         self._keys = keys
@@ -207,15 +224,17 @@ class LedgerActivities:
         too, or while a lost run's hold waits for the in-doubt resolver: without this, the run that
         reserved second could find the credits held by the first, prepare first, and finalize the
         invoice with fewer credits than the customer has. The ledger orders holds per account, so both
-        runs see the same oldest hold (`first_hold`) and at most one goes on."""
+        runs see the same oldest hold (`first_hold`) and at most one goes on. A hold of another run
+        that was resolved after ours was created still counts (`holding_since`): it may have held the
+        credits when ours was placed, so ours may have got less."""
         ours = naming.parse_hold_key(inp.hold_key)
         if ours is None:
             return
         invoice_id, run_id = ours
         listed = await self._p._call("reserve_credits", inp.tenant_id, self._stub.ListHolds, lpb.ListHoldsRequest(
-            status=lpb.PENDING, hold_key_prefix=naming.invoice_holds_prefix(invoice_id), page_size=500))
+            hold_key_prefix=naming.invoice_holds_prefix(invoice_id), page_size=500))
         first = first_hold([(h.created_at.seconds, h.created_at.nanos, Decimal(h.reserved or "0"), h.hold_key)
-                            for h in listed.holds])
+                            for h in holding_since(listed.holds, inp.hold_key)])
         first_run = naming.parse_hold_key(first) if first else None
         if first_run is not None and first_run[1] != run_id:
             raise ApplicationError(

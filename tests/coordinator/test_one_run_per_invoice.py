@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import grpc
@@ -17,10 +18,10 @@ from credits.ledger.v1 import ledger_pb2 as lpb
 from temporalio.exceptions import ApplicationError
 
 from coordinator import naming
-from coordinator.activities import LedgerActivities, first_hold
+from coordinator.activities import LedgerActivities, first_hold, holding_since
 from coordinator.keys import StaticKeyStore
 from coordinator.messages import ChargeSpec, ReserveInput
-from stack.scenario import seed_customer
+from stack.scenario import seed_customer, ts
 from tests.coordinator.conftest import TENANT, Stack
 
 SEEDS = range(8)
@@ -111,3 +112,57 @@ def test_the_first_hold_is_the_one_that_took_credits_first_even_within_one_trans
 def test_only_saga_holds_take_part(key: str) -> None:
     """The rule concerns saga holds of a finalization run (`inv/<invoice>/<run>[:suffix]`) only."""
     assert (naming.parse_hold_key(key) is not None) == key.startswith(naming.HOLD_PREFIX)
+
+
+def _hold(key: str, status: int, created: int, resolved: int = 0) -> lpb.Hold:
+    h = lpb.Hold(hold_key=key, status=status)  # type: ignore[arg-type]
+    h.created_at.seconds = created
+    if resolved:
+        h.resolved_at.seconds = resolved
+    return h
+
+
+def test_a_hold_resolved_after_ours_was_placed_still_counts() -> None:
+    """`holding_since`: the holds that held credits at some moment since ours was created."""
+    holds = [_hold("inv/x/ours", lpb.PENDING, 20),
+             _hold("inv/x/released-after", lpb.RELEASED, 10, 25),   # held credits when ours was placed
+             _hold("inv/x/committed-after", lpb.COMMITTED, 12, 20),  # resolved at our very instant: counted
+             _hold("inv/x/released-before", lpb.RELEASED, 5, 15),    # gone before ours: not counted
+             _hold("inv/x/later", lpb.PENDING, 30),
+             _hold("inv/x/tomb", lpb.TOMBSTONE, 1)]
+    assert [h.hold_key for h in holding_since(holds, "inv/x/ours")] == [
+        "inv/x/ours", "inv/x/released-after", "inv/x/committed-after", "inv/x/later"]
+
+
+async def test_a_run_gives_way_to_one_that_released_its_hold_between_our_reserve_and_our_check(stack: Stack) -> None:
+    """Run A reserves the customer's $50; run B's reserve gets nothing; A then compensates (releases) before B
+    checks. B must still give way: it holds nothing because A held everything when B reserved, and going
+    on would finalize the invoice at full price. (Counting only PENDING holds, B went on.)"""
+    await seed_customer(stack.services, "race-gone")
+    account, invoice = "acct-race-gone", "inv_racegone01"
+    channel = grpc.aio.insecure_channel(stack.ledger_addr)
+    ledger = LedgerActivities(channel, StaticKeyStore({TENANT: stack.coordinator_key}))
+    charge = ChargeSpec("c1", lpb.USAGE, "input_tokens", "80.00", "2026-08-02T00:00:00+00:00",
+                        "2026-08-03T00:00:00+00:00")
+
+    def reserve_input(run: str) -> ReserveInput:
+        return ReserveInput(TENANT, f"gone/{run}/reserve", naming.hold_key(invoice, run), account, "USD", [charge],
+                            invoice)
+
+    try:
+        first = await ledger.reserve_credits(reserve_input("run-a"))
+        assert first.reserved == "50.00", first
+        b = reserve_input("run-b")
+        held = await stack.services.ledger.ReserveCredits(lpb.ReserveCreditsRequest(
+            idempotency_key=b.idempotency_key, hold_key=b.hold_key, account_id=account, unit="USD", up_to=True,
+            reference=invoice, charges=[lpb.Charge(charge_id="c1", kind=lpb.USAGE, name="input_tokens",
+                                                   amount="80.00", service_start=ts(datetime(2026, 8, 2, tzinfo=UTC)),
+                                                   service_end=ts(datetime(2026, 8, 3, tzinfo=UTC)))]),
+            metadata=stack.md)
+        assert held.reserved == "0.00", held
+        await stack.services.ledger.ReleaseHold(lpb.ReleaseHoldRequest(
+            idempotency_key="gone/run-a/release", hold_key=naming.hold_key(invoice, "run-a")), metadata=stack.md)
+        with pytest.raises(ApplicationError, match="gives way"):
+            await ledger._one_run_at_a_time(b)
+    finally:
+        await channel.close()
