@@ -14,78 +14,59 @@ Run it under the bench lock: `flock /tmp/bench.lock python -m harness.benches.un
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import asyncpg
-import grpc
-import psutil
 import uvloop
 from credits.ledger.v1 import ledger_pb2 as pb
 
 from harness.benches import ledger as bench
-from harness.benches.batch_cpu import _cpu, _postgres
+from harness.benches.batch_cpu import _cpu, _postgres, hot_account, run_on_embedded_postgres
 
 IN_FLIGHT = 64
 
 
 async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: int) -> None:
-    key = await bench.prepare_ledger(dsn)
-    md = (("x-api-key", key),)
-    server = await bench.start_server_process("ledger", workdir, dsn=dsn)
-    encoder = bench.DebitEncoder(bench.ACCOUNT, bench.UNIT, "1")
-    me, srv = psutil.Process(), psutil.Process(server.pid)
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_addr, options=bench._CHANNEL_OPTIONS) as ch:
-            await bench._setup_account(ch, md)
-            call = ch.unary_unary(bench.DEBIT_METHOD, response_deserializer=pb.Hold.FromString)
+    async with hot_account(dsn, workdir) as hot:
+        call = hot.channel.unary_unary(bench.DEBIT_METHOD, response_deserializer=pb.Hold.FromString)
+        srv, me = hot.server, hot.me
 
-            async def debit(w: int, seq: int) -> int:
-                hold = await call(encoder.debit(f"d-{w}-{seq}"), metadata=md)
-                if hold.status != pb.COMMITTED:
-                    raise RuntimeError(f"hold {hold.hold_key} is {pb.HoldStatus.Name(hold.status)}")
-                return 1
+        async def debit(w: int, seq: int) -> int:
+            hold = await call(hot.encoder.debit(f"d-{w}-{seq}"), metadata=hot.md)
+            if hold.status != pb.COMMITTED:
+                raise RuntimeError(f"hold {hold.hold_key} is {pb.HoldStatus.Name(hold.status)}")
+            return 1
 
-            await bench.closed_loop("warm-up", debit, concurrency=IN_FLIGHT, seconds=1, warmup_s=0.5)
-            stats = await asyncpg.connect(dsn)
-            xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            for r in range(rounds):
-                await stats.execute("SELECT pg_stat_clear_snapshot()")
-                x0 = await stats.fetchval(xacts)
-                pg = _postgres(pgdata)
-                before = {p.pid: _cpu(p) for p in pg}
-                s0, m0 = _cpu(srv), _cpu(me)
-                phase = await bench.closed_loop(f"round-{r}", debit, concurrency=IN_FLIGHT, seconds=seconds,
-                                                warmup_s=0)
-                n = max(phase.total_units, 1)
-                await asyncio.sleep(0.6)  # the statistics collector's interval (500 ms)
-                await stats.execute("SELECT pg_stat_clear_snapshot()")
-                per_xact = n / max(1, await stats.fetchval(xacts) - x0 - 2)
-                pg_us = sum(_cpu(p) - before.get(p.pid, 0.0) for p in pg) / n * 1e6
-                print(f"round {r}: {phase.rate:,.0f} debits/s, p50 {phase.percentile(0.5):.1f} ms, "
-                      f"p99 {phase.percentile(0.99):.1f} ms, {phase.errors} errors; CPU per debit: server "
-                      f"{(_cpu(srv) - s0) / n * 1e6:.1f} µs, postgres {pg_us:.1f} µs, "
-                      f"load generator {(_cpu(me) - m0) / n * 1e6:.1f} µs; {per_xact:.1f} debits per transaction",
-                      flush=True)
-            await stats.close()
-    finally:
-        await asyncio.to_thread(server.stop)
+        await bench.closed_loop("warm-up", debit, concurrency=IN_FLIGHT, seconds=1, warmup_s=0.5)
+        stats = await asyncpg.connect(dsn)
+        xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        for r in range(rounds):
+            await stats.execute("SELECT pg_stat_clear_snapshot()")
+            x0 = await stats.fetchval(xacts)
+            pg = _postgres(pgdata)
+            before = {p.pid: _cpu(p) for p in pg}
+            s0, m0 = _cpu(srv), _cpu(me)
+            phase = await bench.closed_loop(f"round-{r}", debit, concurrency=IN_FLIGHT, seconds=seconds,
+                                            warmup_s=0)
+            n = max(phase.total_units, 1)
+            await asyncio.sleep(0.6)  # the statistics collector's interval (500 ms)
+            await stats.execute("SELECT pg_stat_clear_snapshot()")
+            per_xact = n / max(1, await stats.fetchval(xacts) - x0 - 2)
+            pg_us = sum(_cpu(p) - before.get(p.pid, 0.0) for p in pg) / n * 1e6
+            print(f"round {r}: {phase.rate:,.0f} debits/s, p50 {phase.percentile(0.5):.1f} ms, "
+                  f"p99 {phase.percentile(0.99):.1f} ms, {phase.errors} errors; CPU per debit: server "
+                  f"{(_cpu(srv) - s0) / n * 1e6:.1f} µs, postgres {pg_us:.1f} µs, "
+                  f"load generator {(_cpu(me) - m0) / n * 1e6:.1f} µs; {per_xact:.1f} debits per transaction",
+                  flush=True)
+        await stats.close()
 
 
 def main(argv: list[str]) -> None:
     seconds = float(argv[0]) if argv else 4.0
     rounds = int(argv[1]) if len(argv) > 1 else 2
-    workdir = Path(tempfile.mkdtemp(prefix="unary-cpu-"))
-    pg = bench.EmbeddedPostgres(workdir / "postgres", fsync=True)
-    try:
-        pg.start()
-        dsn = pg.create_database("credits_ledger")
-        uvloop.run(_run(dsn, workdir, pg.pgdata, seconds, rounds))  # as the bench's load generator runs
-    finally:
-        pg.stop("fast")
-        shutil.rmtree(workdir, ignore_errors=True)
+    run_on_embedded_postgres("unary-cpu-", lambda dsn, workdir, pgdata: _run(dsn, workdir, pgdata, seconds, rounds),
+                             uvloop.run)  # as the bench's load generator runs
 
 
 if __name__ == "__main__":
