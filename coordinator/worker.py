@@ -54,7 +54,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from coordinator.activities import CoordinatorActivities, InvoiceActivities, LedgerActivities
 from coordinator.keys import KeyStore
 from coordinator.search_attributes import OUTCOME, CreditsOutcome
-from coordinator.workflows import SAGA_FINISHED, WORKFLOWS
+from coordinator.workflows import SAGA_FINISHED, WORKFLOWS, saga_finished
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
 from service_runtime.tls import open_channel, temporal_tls
@@ -145,8 +145,7 @@ def _outcome() -> str:
 def _report(outcome: str) -> None:
     # A completed workflow replayed (to answer a query, or on another worker) finishes again in
     # replay: counted only when it really finishes. ContinueAsNew is not an ending and not caught.
-    if not workflow.unsafe.is_replaying():
-        workflow.extern_functions()[_SAGA_FINISHED](workflow.info().workflow_type, outcome)
+    saga_finished(workflow.info().workflow_type, outcome)
 
 
 class SagaOutcomeInterceptor(Interceptor):

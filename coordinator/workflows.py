@@ -189,12 +189,13 @@ def compensated_failure(run: FinalizationRun, inv: InvoiceView, step: str, err: 
                             type="Compensated", non_retryable=True)
 
 
-def _saga_finished(outcome: str) -> None:
-    """Counts an inline saga's ending as a FinalizeInvoice workflow's (the worker's extern function; none
-    where no SagaOutcomeInterceptor runs, as in the replayer), never during replay."""
+def saga_finished(workflow_type: str, outcome: str) -> None:
+    """Counts a saga's ending through the worker's extern function (coordinator.worker's
+    SagaOutcomeInterceptor; none where it does not run, as in the replayer), never during replay: a
+    workflow's own ending, and each inline saga of a billing cycle as a FinalizeInvoice's."""
     count = workflow.extern_functions().get(SAGA_FINISHED)
     if count is not None and not workflow.unsafe.is_replaying():
-        count("FinalizeInvoice", outcome)
+        count(workflow_type, outcome)
 
 
 def _said(message: str, *args: object) -> None:
@@ -577,16 +578,16 @@ class BillingCycleWorkflow:
         except GeneratorExit:  # the worker evicts the cycle from its cache: nothing ended
             raise
         except ApplicationError as err:
-            _saga_finished({"Compensated": CreditsOutcome.COMPENSATED,
-                            "Rejected": CreditsOutcome.REJECTED}.get(err.type or "", "failed"))
+            ended = {"Compensated": CreditsOutcome.COMPENSATED, "Rejected": CreditsOutcome.REJECTED}
+            saga_finished("FinalizeInvoice", ended.get(err.type or "", "failed"))
             raise
         except asyncio.CancelledError:
-            _saga_finished("cancelled")
+            saga_finished("FinalizeInvoice", "cancelled")
             raise
         except Exception:
-            _saga_finished("failed")
+            saga_finished("FinalizeInvoice", "failed")
             raise
-        _saga_finished(str(result.outcome))
+        saga_finished("FinalizeInvoice", str(result.outcome))
         return True
 
     async def _one(self, tenant: str, period: DuePeriodView, child_saga: bool) -> bool:
