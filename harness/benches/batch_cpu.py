@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import psutil
 from credits.ledger.v1 import ledger_pb2 as pb
@@ -89,6 +90,16 @@ def run_on_embedded_postgres(prefix: str, run: Callable[[str, Path, Path], Corou
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def _wal(dsn: str) -> tuple[int, int, int]:
+    """The cluster's WAL written so far (pg_stat_wal): records, full-page images, bytes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    return int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"])
+
+
 async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: int) -> None:
     async with hot_account(dsn, workdir) as hot:
         call = hot.channel.unary_unary(bench.BATCH_METHOD,
@@ -102,6 +113,7 @@ async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: in
 
         await bench.closed_loop("warm-up", batch, concurrency=IN_FLIGHT, seconds=1, warmup_s=0.5)
         for r in range(rounds):
+            wal0 = await _wal(dsn)
             pg = _postgres(pgdata)
             before = {p.pid: _cpu(p) for p in pg}
             s0, m0 = _cpu(srv), _cpu(me)
@@ -109,6 +121,9 @@ async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: in
             n = max(phase.total_units, 1)
             print(f"round {r}: {phase.rate:,.0f} debits/s, {phase.errors} errors; CPU per debit: "
                   f"server {(_cpu(srv) - s0) / n * 1e6:.1f} µs, load generator {(_cpu(me) - m0) / n * 1e6:.1f} µs")
+            wal1 = await _wal(dsn)
+            print(f"    WAL per debit: {(wal1[2] - wal0[2]) / n:,.0f} bytes, {(wal1[0] - wal0[0]) / n:.1f} records, "
+                  f"{(wal1[1] - wal0[1]) / n:.2f} full-page images")
             for p in pg:
                 used = _cpu(p) - before.get(p.pid, 0.0)
                 if used > 0.01:

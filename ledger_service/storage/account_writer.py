@@ -30,6 +30,17 @@ change number one past the previous flush, i.e. no other writer journaled in bet
 applies its operations again to what it loaded. The previous transaction failing (or being retried)
 throws the precomputed effects away and puts their requests back at the head of the queue. Callers
 are still answered only after their own transaction's COMMIT.
+
+Two orderings keep the account's transactions back to back (issue #17; `harness/benches/batch_cpu.py`
+times them):
+- A batch that arrives while a flush or COMMIT is under way is applied ahead on arrival (`_Queue.
+  on_arrival`), not when the COMMIT is sent: the server's work then happens while Postgres writes,
+  and the COMMIT's answer is not kept waiting behind it.
+- A committed batch of debits with a batch applied ahead behind it is answered once that next
+  transaction has its account locked and loaded (at most one round trip later): packing the answers
+  and the callers' next requests then overlap that transaction's flush instead of delaying its BEGIN
+  and load. If the next transaction fails, the committed batch is answered all the same. Other
+  operations (unary calls) are answered right after their COMMIT.
 """
 
 from __future__ import annotations
@@ -106,6 +117,8 @@ class _Pending:
 class _Queue:
     items: list[_Pending] = field(default_factory=list)
     running: bool = False
+    # while a transaction's flush or COMMIT is under way: applies what just arrived ahead (module notes)
+    on_arrival: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +195,8 @@ class AccountWriter:
         queue.items.append(_Pending(ops, future))
         if not queue.running:
             self._start_drain(key, queue)
+        elif queue.on_arrival is not None:
+            queue.on_arrival()
         return await future
 
     def _start_drain(self, key: tuple[str, str], queue: _Queue) -> None:
@@ -210,6 +225,7 @@ class AccountWriter:
 
     async def _drain(self, key: tuple[str, str], queue: _Queue) -> None:
         ahead: _Ahead | None = None
+        answer: Callable[[], None] | None = None  # a committed batch of debits whose callers wait for it
         try:
             async with self._pool.acquire() as conn:  # one connection for the whole drain
                 while queue.items or ahead is not None:
@@ -217,16 +233,22 @@ class AccountWriter:
                         batch, given, ahead = ahead.batch, ahead, None
                     else:
                         batch, given = self._take(queue), None
+                    previous, answer = answer, None  # answered by _run, once it has its account loaded
                     try:
-                        ahead = await self._run(conn, key, batch, given, queue)
+                        ahead, answer = await self._run(conn, key, batch, given, queue, previous)
                     except Exception as exc:
                         for pending in batch:
                             if not pending.future.done():
                                 pending.future.set_exception(exc)
                         raise
+                    if ahead is None and answer is not None:  # no transaction right behind it: answer now
+                        answer()
+                        answer = None
         except Exception:  # the connection broke: that batch failed; the rest retries on a new one
             log.exception("account writer for %s lost its connection", key)
         finally:
+            if answer is not None:
+                answer()
             if ahead is not None:  # taken from the queue but not run: back to its head
                 queue.items[:0] = ahead.batch
             queue.running = False
@@ -265,12 +287,20 @@ class AccountWriter:
         return _Ahead(prior.batch + taken, prior.basis, prior.state, prior.effects, prior.outcomes + outcomes)
 
     async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending],
-                   given: _Ahead | None, queue: _Queue) -> _Ahead | None:
-        """Runs `batch` (with its effects applied ahead, if `given`); answers its callers. Returns the next
-        batch, applied ahead while this one flushed (None: none, or this transaction failed)."""
+                   given: _Ahead | None, queue: _Queue,
+                   answer_before: Callable[[], None] | None = None) -> tuple[_Ahead | None, Callable[[], None] | None]:
+        """Runs `batch` (with its effects applied ahead, if `given`). Returns the next batch, applied ahead
+        while this one flushed (None: none, or this transaction failed), and, for a batch of debits, the
+        call that answers its callers (else they are answered already). `answer_before`: the previous
+        batch's answer, called once this transaction has its account loaded (module notes)."""
         ops = [op for p in batch for op in p.ops]
-        outcomes: list[Result] | None = None
         ahead: list[_Ahead | None] = [None]
+        waiting = [answer_before]
+
+        def answer_previous() -> None:
+            if waiting[0] is not None:
+                waiting[0], previous = None, waiting[0]
+                previous()
 
         def take_ahead(state: AccountState, effects: Effects) -> None:
             if _of_batch(batch[0]):
@@ -281,10 +311,34 @@ class AccountWriter:
                 queue.items[:0] = ahead[0].batch
                 ahead[0] = None
 
+        try:
+            outcomes = await self._attempts(conn, key, ops, given, queue, take_ahead, put_back, answer_previous)
+        finally:
+            answer_previous()
+
+        def answer() -> None:
+            i = 0
+            for pending in batch:
+                n = len(pending.ops)
+                if not pending.future.done():
+                    pending.future.set_result(outcomes[i:i + n])
+                i += n
+
+        if _of_batch(batch[0]):
+            return ahead[0], answer
+        answer()
+        return ahead[0], None
+
+    async def _attempts(self, conn: asyncpg.Connection, key: tuple[str, str], ops: list[Operation],
+                        given: _Ahead | None, queue: _Queue, take_ahead: Callable[[AccountState, Effects], None],
+                        put_back: Callable[[], None], loaded: Callable[[], None]) -> list[Result]:
+        """`ops` in one transaction, retried once; failing that, each in a transaction of its own."""
+        outcomes: list[Result] | None = None
         for attempt in range(2):
             try:
                 outcomes = await self._transaction(conn, key, ops, batch_keys_new=attempt == 0,
-                                                   given=given if attempt == 0 else None, take_ahead=take_ahead)
+                                                   given=given if attempt == 0 else None, take_ahead=take_ahead,
+                                                   arrivals=queue, loaded=loaded)
                 break
             except _RETRYABLE:
                 put_back()
@@ -310,21 +364,18 @@ class AccountWriter:
                     raise
                 except Exception as exc:
                     outcomes.append(exc)
-        i = 0
-        for pending in batch:
-            n = len(pending.ops)
-            if not pending.future.done():
-                pending.future.set_result(outcomes[i:i + n])
-            i += n
-        return ahead[0]
+        return outcomes
 
     async def _transaction(self, conn: asyncpg.Connection, key: tuple[str, str], ops: list[Operation], *,
                            batch_keys_new: bool = False, given: _Ahead | None = None,
-                           take_ahead: Callable[[AccountState, Effects], None] | None = None) -> list[Result]:
+                           take_ahead: Callable[[AccountState, Effects], None] | None = None,
+                           arrivals: _Queue | None = None, loaded: Callable[[], None] | None = None) -> list[Result]:
         """One transaction over `ops`. `batch_keys_new`: the keys of batches of debits are not looked up
         (taken as new; one that is not fails the transaction with a unique violation: module notes).
         `given`: `ops` applied ahead, kept if their basis holds. `take_ahead`: called while the flush and
-        again while the COMMIT are under way, with the state and effects this transaction commits."""
+        again while the COMMIT are under way, with the state and effects this transaction commits, and
+        meanwhile whenever a request arrives in `arrivals` (so little is left to apply once COMMIT returns).
+        `loaded`: called once the account is locked and loaded."""
         tenant_id, account_id = key
         transaction = conn.transaction()
         await transaction.start()
@@ -336,6 +387,8 @@ class AccountWriter:
                 idempotency_keys=[op.idempotency_key for op in ops] if batch_keys_new
                 else [k for op in ops for k in (op.idempotency_key, *op.own_keys)],
             )
+            if loaded is not None:
+                loaded()
             if given is not None and given.basis.holds_for(state):
                 state, effects, outcomes = given.state, given.effects, given.outcomes
                 self.applied_ahead += 1
@@ -348,25 +401,33 @@ class AccountWriter:
             if take_ahead is None:
                 await effects.flush(conn)
             else:
-                await self._overlapped(effects.flush(conn), lambda: take_ahead(state, effects))
+                await self._overlapped(effects.flush(conn), lambda: take_ahead(state, effects), arrivals)
         except BaseException:
             await transaction.rollback()
             raise
         if take_ahead is None:
             await transaction.commit()
         else:  # the commit waits for the disk: apply what was queued meanwhile ahead too
-            await self._overlapped(transaction.commit(), lambda: take_ahead(state, effects))
+            await self._overlapped(transaction.commit(), lambda: take_ahead(state, effects), arrivals)
         return outcomes
 
     @staticmethod
-    async def _overlapped(statement: Coroutine[Any, Any, object], work: Callable[[], None]) -> None:
-        """Runs `work` (Python only) while `statement` is on its way to Postgres and back."""
+    async def _overlapped(statement: Coroutine[Any, Any, object], work: Callable[[], None],
+                          arrivals: _Queue | None) -> None:
+        """Runs `work` (Python only) while `statement` is on its way to Postgres and back: once it is sent,
+        and again each time a request arrives in `arrivals` meanwhile."""
         running = asyncio.ensure_future(statement)
         await asyncio.sleep(0)  # the statement is sent
         try:
             work()
+            if arrivals is not None:
+                arrivals.on_arrival = work
         finally:
-            await running
+            try:
+                await running
+            finally:
+                if arrivals is not None:
+                    arrivals.on_arrival = None
 
     @staticmethod
     def _apply_one(state: AccountState, effects: Effects, op: Operation) -> Outcome | Exception:

@@ -151,3 +151,72 @@ async def test_a_batch_applied_ahead_of_a_failed_transaction_goes_back_to_the_qu
         assert await _consumed(pool) == (29, 29, 29)
     finally:
         await pool.close()
+
+
+async def test_batches_arriving_while_a_flush_is_under_way_are_applied_ahead_as_they_arrive(ledger: Ledger) -> None:
+    """The flush is held up (another session locks the lot's balance row): each batch that arrives meanwhile
+    is taken from the queue and applied ahead at once, not left for the COMMIT's turn."""
+    pool = await _setup(ledger, "1000")
+    writer = AccountWriter(pool)
+    key = (TENANT, "hot")
+    try:
+        async with pool.acquire() as blocker:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM lot_balances WHERE tenant_id = $1 AND account_id = 'hot' "
+                                      "FOR UPDATE", TENANT)
+                first = asyncio.ensure_future(writer.submit_many(TENANT, "hot", [_batch([f"a{i}" for i in range(10)])]))
+                for _ in range(200):  # until its flush waits for the lock
+                    await asyncio.sleep(0.01)
+                    if writer._queues[key].on_arrival is not None:
+                        break
+                assert writer._queues[key].on_arrival is not None
+                later = []
+                for n in range(3):
+                    later.append(asyncio.ensure_future(
+                        writer.submit_many(TENANT, "hot", [_batch([f"b{n}-{i}" for i in range(10)])])))
+                    await asyncio.sleep(0)  # submitted: applied ahead on arrival, nothing left queued
+                    assert writer._queues[key].items == []
+                assert not first.done()
+        (a,) = await first
+        answers = [outcome for (outcome,) in await asyncio.gather(*later)]
+        assert len(_took(a)) == 10 and all(len(_took(b)) == 10 for b in answers)
+        assert (writer.applied_ahead, writer.applied_again) == (1, 0)  # the three in one transaction ahead
+        assert await _consumed(pool) == (40, 40, 40)
+    finally:
+        await pool.close()
+
+
+async def test_a_committed_batch_is_answered_once_the_next_transaction_loaded_or_failed(ledger: Ledger) -> None:
+    """A batch's callers are answered after the transaction behind it has its account loaded (so their
+    answers go out while that one flushes); if that transaction fails, they are answered all the same."""
+    pool = await _setup(ledger, "100")
+    writer = AccountWriter(pool)
+    key = (TENANT, "hot")
+    loop = asyncio.get_running_loop()
+    try:
+        calls: list[str] = []
+        queue = _Queue()
+        behind = _Pending([_batch([f"c{i}" for i in range(5)])], loop.create_future())
+        async with pool.acquire() as conn:
+            ahead, answer = await writer._run(conn, key, [behind], None, queue, lambda: calls.append("previous"))
+        assert calls == ["previous"] and ahead is None and answer is not None
+        assert not behind.future.done()  # a batch of debits: its answer is the caller's to give
+        answer()
+        assert len(_took(behind.future.result()[0])) == 5
+
+        broken = await asyncpg.connect(ledger.dsn)  # its server process ends: the connection is lost
+        try:
+            async with pool.acquire() as admin:
+                await admin.execute("SELECT pg_terminate_backend($1)", broken.get_server_pid())
+            failing = _Pending([_batch(["d0"])], loop.create_future())
+            _, answer = await writer._run(broken, key, [failing], None, queue, lambda: calls.append("previous again"))
+        finally:
+            broken.terminate()
+        assert calls == ["previous", "previous again"]
+        assert answer is not None
+        answer()
+        (outcome,) = failing.future.result()
+        assert isinstance(outcome, asyncpg.InterfaceError)  # its own transaction failed: its caller is told
+        assert await _consumed(pool) == (5, 5, 5)
+    finally:
+        await pool.close()
