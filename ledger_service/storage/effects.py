@@ -7,6 +7,7 @@ writes everything inside the caller's transaction — journal and projection tog
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -85,11 +86,14 @@ _TABLES: list[tuple[str, list[tuple[str, str]]]] = [
 _BINARY = {"key", "tdk"}
 
 
-
-def _source(name: str, first: int) -> tuple[str, int]:
+def _source(name: str, first: int, present: frozenset[str]) -> tuple[str, int]:
     """`unnest(col1, col2, ...) AS name(...)` over parameters starting at $first: delimited text columns,
-    or binary arrays for the tables in `_BINARY`."""
+    or binary arrays for the tables in `_BINARY`; a table not `present` is an empty relation of the same
+    columns, with no parameters."""
     cols = dict(_TABLES)[name]
+    if name not in present:
+        nulls = ", ".join(f"NULL::{typ}" for _, typ in cols)
+        return f"(SELECT {nulls} WHERE false) AS {name}({', '.join(c for c, _ in cols)})", first
     if name in _BINARY:
         arrays = [f"${first + i}::{typ}[]" for i, (_, typ) in enumerate(cols)]
     else:
@@ -97,9 +101,11 @@ def _source(name: str, first: int) -> tuple[str, int]:
     return f"unnest({', '.join(arrays)}) AS {name}({', '.join(c for c, _ in cols)})", first + len(cols)
 
 
-# The statement, with each CTE's `unnest(...)` source ({lot}, {bal}, ...) filled in by `_build_flush`.
-_FLUSH_TEMPLATE = """
-WITH
+# The statement, as data-modifying CTEs, each with its `unnest(...)` source ({lot}, {bal}, ...) filled in by
+# `_build_flush`. A CTE that only inserts one table's rows (its table named here) is left out of a flush
+# with no such rows; the others are always there (an absent source is an empty relation).
+_CTES: list[tuple[str, str | None, str]] = [
+    ("new_lots", 'lot', """\
 new_lots AS (
   INSERT INTO lots (tenant_id, lot_id, account_id, lot_type, unit, amount, priority, effective_at, expires_at,
                     scope_kinds, scope_names, cost_basis, source, reason_code, campaign_id, incident_id,
@@ -111,32 +117,42 @@ new_lots AS (
          NULLIF(lot.origin_lot_id, ''), lot.rollover_max_amount, lot.rollover_max_percent,
          lot.rollover_expires_after_s, $2
   FROM {lot}
-),
+)
+"""),
+    ("new_balances", None, """\
 new_balances AS (
   INSERT INTO lot_balances (tenant_id, lot_id, account_id, {buckets}, closed_at, entries)
   SELECT $1, bal.* FROM {bal}
   RETURNING lot_id, account_id, {buckets}, entries, 0::bigint AS entries_before
-),
+)
+"""),
+    ("balances", None, """\
 balances AS (
   UPDATE lot_balances b SET {bucket_updates}, closed_at = COALESCE(b.closed_at, upd.closed_at),
                             entries = b.entries + upd.entries
   FROM {upd}
   WHERE b.tenant_id = $1 AND b.lot_id = upd.lot_id
   RETURNING b.lot_id, b.account_id, {returned_buckets}, b.entries, b.entries - upd.entries AS entries_before
-),
+)
+"""),
+    ("ent_rows", None, """\
 ent_rows AS (  -- n: the order the batch wrote them (entries, or templated debits: never both, see Effects)
   SELECT row_number() OVER () AS n, * FROM {ent}
   UNION ALL
   SELECT (d.n << 20) + tje.pos, tje.account_id, tje.lot_id, tje.kind, tje.amount, tje.unit, $2::timestamptz,
          tje.actor, tje.reason, tje.reference, d.hold_key, tje.policy_version
   FROM (SELECT row_number() OVER () AS n, * FROM {tdk}) d JOIN {tje} ON tje.t = d.t
-),
+)
+"""),
+    ("heads", None, """\
 heads AS (  -- the next change number of every account this batch journals (see migration 0015)
   INSERT INTO account_heads (tenant_id, account_id, seq)
   SELECT DISTINCT $1, account_id, 1 FROM ent_rows
   ON CONFLICT (tenant_id, account_id) DO UPDATE SET seq = account_heads.seq + 1
   RETURNING account_id, seq
-),
+)
+"""),
+    ("entries", None, """\
 entries AS (
   INSERT INTO journal (tenant_id, account_id, lot_id, kind, amount, unit, effective_at, recorded_at, actor,
                        reason, reference, hold_key, policy_version, account_seq)
@@ -145,22 +161,30 @@ entries AS (
   FROM ent_rows ent JOIN heads ON heads.account_id = ent.account_id
   ORDER BY ent.n  -- entry ids in the order the operations journaled
   RETURNING entry_id, lot_id
-),
+)
+"""),
+    ("checkpoints", None, """\
 checkpoints AS (
   INSERT INTO lot_checkpoints (tenant_id, lot_id, account_id, through_entry_id, at, entries, {buckets})
   SELECT $1, p.lot_id, p.account_id, e.through_entry_id, $2, p.entries, {p_buckets}
   FROM (SELECT * FROM new_balances UNION ALL SELECT * FROM balances) p
   JOIN (SELECT lot_id, max(entry_id) AS through_entry_id FROM entries GROUP BY lot_id) e ON e.lot_id = p.lot_id
   WHERE p.entries / {every} > p.entries_before / {every}
-),
+)
+"""),
+    ("notified", None, """\
 notified AS (  -- delivered to LISTENers at COMMIT, never for a rolled-back batch
   SELECT pg_notify('credits_balance', $1 || chr(31) || account_id || chr(31) || seq::text) FROM heads
-),
+)
+"""),
+    ("new_holds", 'hld', """\
 new_holds AS (
   INSERT INTO holds (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
                      policy_version, release_on_ttl, ttl_expires_at, charges, created_at)
   SELECT $1, hld.*, $2 FROM {hld}
-),
+)
+"""),
+    ("new_debits", None, """\
 new_debits AS (
   INSERT INTO debits (tenant_id, hold_key, account_id, unit, requested, reserved, up_to, reference,
                       policy_version, charges, allocations, created_at)
@@ -169,53 +193,73 @@ new_debits AS (
   SELECT $1, tdk.hold_key, tdb.account_id, tdb.unit, tdb.requested, tdb.reserved, tdb.up_to, tdb.reference,
          tdb.policy_version, tdb.charges, tdb.allocations, $2
   FROM {tdk_again} JOIN {tdb} ON tdb.t = tdk.t
-),
+)
+"""),
+    ("allocations", 'alc', """\
 allocations AS (
   INSERT INTO hold_allocations (tenant_id, hold_key, position, charge_id, lot_id, amount)
   SELECT $1, alc.* FROM {alc}
-),
+)
+"""),
+    ("resolutions", 'res', """\
 resolutions AS (
   INSERT INTO hold_resolutions (tenant_id, hold_key, status, posted, released, reason, resolved_at)
   SELECT $1, res.*, $2 FROM {res}
-),
+)
+"""),
+    ("postings", 'pst', """\
 postings AS (
   INSERT INTO hold_postings (tenant_id, hold_key, position, posted) SELECT $1, pst.* FROM {pst}
-),
+)
+"""),
+    ("reversals", 'rev', """\
 reversals AS (
   INSERT INTO hold_reversals (tenant_id, hold_key, policy, expired_at_once, reversed_at)
   SELECT $1, rev.*, $2 FROM {rev}
-),
+)
+"""),
+    ("grace", 'grc', """\
 grace AS (
   INSERT INTO lot_grace (tenant_id, lot_id, usable_until) SELECT $1, grc.* FROM {grc}
-),
+)
+"""),
+    ("audit", 'aud', """\
 audit AS (
   INSERT INTO audit_log (tenant_id, key_id, role, method, code, detail, reason, subjects, request_id, at)
   SELECT aud.tenant_id, aud.key_id, aud.role, aud.method, aud.code, aud.detail, aud.reason,
          string_to_array(aud.subjects, chr(29)), aud.request_id, $2
   FROM {aud}
-),
+)
+"""),
+    ("keys", 'key', """\
 keys AS (
   INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response, created_at)
   SELECT $1, key.key, key.method, key.request_hash, key.response, $2 FROM {key}
 )
-SELECT (SELECT count(*) FROM notified)
-"""
+"""),
+]
+_FINAL = "SELECT (SELECT count(*) FROM notified)"
 
 
-def _build_flush() -> str:
+@functools.cache
+def _build_flush(present: frozenset[str]) -> str:
+    """The flush statement for a batch with rows for the `present` tables; its parameters are $1 (tenant),
+    $2 (now), then the columns of each present table in `_TABLES` order."""
     n = 3
     src: dict[str, str] = {}
     for name, _ in _TABLES:
-        src[name], n = _source(name, n)
+        src[name], n = _source(name, n, present)
     tdk_first = n - len(dict(_TABLES)["tdk"])  # the templated debits' columns are read twice
-    src["tdk_again"] = _source("tdk", tdk_first)[0]
+    src["tdk_again"] = _source("tdk", tdk_first, present)[0]
     bucket_updates = ", ".join(f"{b} = b.{b} + upd.{b}" for b in BUCKETS)
-    return _FLUSH_TEMPLATE.format(**src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates,
-                                  returned_buckets=", ".join(f"b.{b}" for b in BUCKETS),
-                                  p_buckets=", ".join(f"p.{b}" for b in BUCKETS), every=CHECKPOINT_EVERY)
+    ctes = ",\n".join(text for _, leaf, text in _CTES if leaf is None or leaf in present)
+    return ("WITH\n" + ctes + "\n" + _FINAL).format(
+        **src, buckets=", ".join(BUCKETS), bucket_updates=bucket_updates,
+        returned_buckets=", ".join(f"b.{b}" for b in BUCKETS), p_buckets=", ".join(f"p.{b}" for b in BUCKETS),
+        every=CHECKPOINT_EVERY)
 
 
-FLUSH = _build_flush()
+FLUSH = _build_flush(frozenset(name for name, _ in _TABLES))  # every table (tests read it)
 
 
 def _text(value: Any) -> str:
@@ -447,18 +491,25 @@ class Effects:
         template_debits = [(t, x.account_id, x.unit, x.requested, x.reserved, x.up_to, x.reference, x.policy_version,
                             x.charges_json, x.allocations_json) for t, x in used]
         keys = self.idempotency
-        await conn.execute(
-            FLUSH, self.tenant_id, self.now,
-            *_columns(lots, 20), *_columns(new_balances, 12), *_columns(updates, 11),
-            *_columns(self.entries, 11), *_columns(holds, 11), *_columns(debits, 10),
-            *_columns(template_entries, 11), *_columns(template_debits, 10), *_columns(allocations, 5),
-            *_columns(self.resolutions, 5), *_columns(self.postings, 3), *_columns(self.reversals, 3),
-            *_columns(self.grace, 2),
-            *_columns([(a.tenant_id, a.key_id, a.role, a.method, a.code, a.detail, a.reason, chr(29).join(a.subjects),
-                        a.request_id) for a in self.audit], 9),
-            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys],
-            self.templated_keys, self.templated,
-        )
+        audit = [(a.tenant_id, a.key_id, a.role, a.method, a.code, a.detail, a.reason, chr(29).join(a.subjects),
+                  a.request_id) for a in self.audit]
+        rows: dict[str, list[Any]] = {
+            "lot": lots, "bal": new_balances, "upd": updates, "ent": self.entries, "hld": holds, "dbt": debits,
+            "tje": template_entries, "tdb": template_debits, "alc": allocations, "res": self.resolutions,
+            "pst": self.postings, "rev": self.reversals, "grc": self.grace, "aud": audit, "key": keys,
+            "tdk": self.templated_keys}
+        present = frozenset(name for name, _ in _TABLES if rows[name])
+        args: list[Any] = []
+        for name, cols in _TABLES:
+            if name not in present:
+                continue
+            if name == "key":
+                args += [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [k[3] for k in keys]]
+            elif name == "tdk":
+                args += [self.templated_keys, self.templated]
+            else:
+                args += _columns(rows[name], len(cols))
+        await conn.execute(_build_flush(present), self.tenant_id, self.now, *args)
         await watch_changes(conn, self)  # alert rules, in this transaction (storage/alert_watch.py)
 
 
