@@ -37,7 +37,8 @@ times them):
   on_arrival`), not when the COMMIT is sent: the server's work then happens while Postgres writes,
   and the COMMIT's answer is not kept waiting behind it.
 - A committed batch of debits with a batch applied ahead behind it is answered once that next
-  transaction has its account locked and loaded (at most one round trip later): packing the answers
+  transaction has its account locked and loaded (one round trip later; at most ANSWER_WITHIN_S if
+  another process holds the account's lock): packing the answers
   and the callers' next requests then overlap that transaction's flush instead of delaying its BEGIN
   and load. If the next transaction fails, the committed batch is answered all the same. Other
   operations (unary calls) are answered right after their COMMIT.
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 
 Apply = Callable[[AccountState, Effects], Any]
 Pack = Callable[[Any], Message | None]  # None: the operation answers through its result (a batch of debits)
+
+# The longest a committed batch of debits waits for the next transaction's load before it is answered.
+ANSWER_WITHIN_S = 0.005
 
 _RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
               asyncpg.SerializationError, asyncpg.LockNotAvailableError)
@@ -302,6 +306,9 @@ class AccountWriter:
                 waiting[0], previous = None, waiting[0]
                 previous()
 
+        # ... or after ANSWER_WITHIN_S, if the account's lock is slow to come (another process holds it)
+        late = asyncio.get_running_loop().call_later(ANSWER_WITHIN_S, answer_previous) if answer_before else None
+
         def take_ahead(state: AccountState, effects: Effects) -> None:
             if _of_batch(batch[0]):
                 ahead[0] = self._ahead(queue, state, effects, ahead[0])
@@ -315,6 +322,8 @@ class AccountWriter:
             outcomes = await self._attempts(conn, key, ops, given, queue, take_ahead, put_back, answer_previous)
         finally:
             answer_previous()
+            if late is not None:
+                late.cancel()
 
         def answer() -> None:
             i = 0

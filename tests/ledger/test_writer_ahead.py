@@ -19,7 +19,15 @@ import asyncpg
 import pytest
 
 from ledger_service.domain.journal import EntryKind
-from ledger_service.storage.account_writer import AccountWriter, Operation, Outcome, _Ahead, _Pending, _Queue
+from ledger_service.storage.account_writer import (
+    ANSWER_WITHIN_S,
+    AccountWriter,
+    Operation,
+    Outcome,
+    _Ahead,
+    _Pending,
+    _Queue,
+)
 from ledger_service.storage.effects import Effects
 from ledger_service.storage.state import AccountState
 from service_runtime.postgres import create_pool
@@ -218,5 +226,36 @@ async def test_a_committed_batch_is_answered_once_the_next_transaction_loaded_or
         (outcome,) = failing.future.result()
         assert isinstance(outcome, asyncpg.InterfaceError)  # its own transaction failed: its caller is told
         assert await _consumed(pool) == (5, 5, 5)
+    finally:
+        await pool.close()
+
+
+async def test_a_committed_batch_waits_for_the_next_load_only_briefly(ledger: Ledger) -> None:
+    """Another process holds the account's lock: the transaction behind a committed batch waits for it, but
+    the committed batch is answered within ANSWER_WITHIN_S all the same."""
+    pool = await _setup(ledger, "100")
+    writer = AccountWriter(pool)
+    key = (TENANT, "hot")
+    loop = asyncio.get_running_loop()
+    answered: list[float] = []
+    try:
+        async with pool.acquire() as blocker, pool.acquire() as conn:
+            async with blocker.transaction():
+                await blocker.execute("SELECT 1 FROM accounts WHERE tenant_id = $1 AND account_id = 'hot' "
+                                      "FOR NO KEY UPDATE", TENANT)
+                behind = _Pending([_batch(["e0"])], loop.create_future())
+                started = loop.time()
+                running = asyncio.ensure_future(writer._run(conn, key, [behind], None, _Queue(),
+                                                            lambda: answered.append(loop.time() - started)))
+                for _ in range(200):
+                    await asyncio.sleep(ANSWER_WITHIN_S)
+                    if answered:
+                        break
+                assert len(answered) == 1 and answered[0] >= ANSWER_WITHIN_S  # by the timer, not by a load
+                await asyncio.sleep(0.2)
+                assert not running.done()  # the transaction behind it still waits for the lock
+            await running  # the lock is released: the transaction goes on
+        assert len(answered) == 1  # answered once
+        assert await _consumed(pool) == (1, 1, 1)
     finally:
         await pool.close()
