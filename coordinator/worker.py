@@ -57,7 +57,8 @@ from coordinator.search_attributes import OUTCOME, CreditsOutcome
 from coordinator.workflows import SAGA_FINISHED, WORKFLOWS, saga_finished
 from service_runtime import metrics, tracing
 from service_runtime.settings import Settings
-from service_runtime.tls import open_channel, temporal_tls
+from service_runtime.temporal_client import connect_temporal, core_logging
+from service_runtime.tls import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,14 @@ def temporal_runtime(metrics_addr: str | None = None) -> Runtime | None:
     """A Temporal runtime serving the SDK's worker metrics (task latencies, slots, polls, sticky
     cache, activity/workflow outcomes) for Prometheus on `metrics_addr` (host:port), by default
     CREDITS_TEMPORAL_METRICS_ADDR; None (the default runtime, no endpoint) when unset.
-    One runtime per address and process: pass it to every Client.connect."""
+    One runtime per address and process: pass it to `connect_temporal`. Either way the core's logs go
+    through Python logging (`service_runtime.temporal_client`)."""
     addr = metrics_addr if metrics_addr is not None else Settings.from_env().temporal_metrics_addr
     if not addr:
         return None
     if addr not in _runtimes:
         _runtimes[addr] = Runtime(telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=addr, durations_as_seconds=True)))
+            logging=core_logging(), metrics=PrometheusConfig(bind_address=addr, durations_as_seconds=True)))
     return _runtimes[addr]
 
 
@@ -256,8 +258,7 @@ async def serve(settings: Settings | None = None, extensions: WorkerExtensions =
                           max_concurrent_workflow_tasks=settings.worker_max_workflow_tasks,
                           pollers=settings.worker_pollers)
     metrics_port = metrics.start_endpoint()
-    client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
-                                  runtime=temporal_runtime(), tls=temporal_tls())
+    client = await connect_temporal(settings.temporal_addr, settings=settings, runtime=temporal_runtime())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

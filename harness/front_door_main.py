@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from temporalio.client import Client
-
 from coordinator.front_door import create_front_door
 from service_runtime.settings import Settings
+from service_runtime.temporal_client import connect_temporal
 
 
 async def serve() -> None:
     settings = Settings.from_env()
-    client = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace)
+    client = await connect_temporal(settings.temporal_addr, settings=settings)
     server, port, pool = await create_front_door(client, settings.ledger_dsn, settings.task_queue,
                                                  settings.billing_addr, "", settings.invoice_addr,
                                                  settings.ledger_addr)

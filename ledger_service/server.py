@@ -39,7 +39,7 @@ from service_runtime.ports import port_in_use_is_one_line
 from service_runtime.postgres import create_pool, wait_for_database
 from service_runtime.row_security import app_dsn, create_tenant_pool
 from service_runtime.settings import Settings, settings_or_exit
-from service_runtime.tls import temporal_tls
+from service_runtime.temporal_client import connect_temporal
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ async def start_webhook_delivery(dsn: str, settings: Settings, temporal: Client 
     if provider is None:
         return delivery
     if temporal is None and settings.temporal_addr:
-        temporal = await Client.connect(settings.temporal_addr, namespace=settings.temporal_namespace,
-                                        tls=temporal_tls())
+        temporal = await connect_temporal(settings.temporal_addr, settings=settings)
     if temporal is None:
         log.warning("a payment provider is configured but no Temporal (CREDITS_TEMPORAL_ADDR): no auto top-ups")
         await provider.close()

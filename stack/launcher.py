@@ -37,8 +37,8 @@ from service_runtime import metrics, portal_sessions, tracing
 from service_runtime.databases import Databases, embedded_server, resolve_databases
 from service_runtime.ports import check_free, host_port
 from service_runtime.settings import Settings, env_name, remove_stack_file, write_stack_file
+from service_runtime.temporal_client import connect_temporal
 from service_runtime.temporal_server import TemporalDevServer
-from service_runtime.tls import temporal_tls
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,8 @@ async def running_stack(settings: Settings, *, usage_grace_s: int | None = None,
         if dbs.embedded is not None:  # stopped last, after everything that uses it
             running.push_async_callback(asyncio.to_thread, dbs.embedded.stop)
         temporal_addr, ui_url = await _temporal(settings, running)
-        client = await Client.connect(temporal_addr, namespace=settings.temporal_namespace,
-                                      runtime=temporal_runtime(),
-                                      tls=temporal_tls() if settings.temporal_addr else False)
+        client = await connect_temporal(temporal_addr, settings=settings, runtime=temporal_runtime(),
+                                        tls=None if settings.temporal_addr else False)
         await sa.register(client)
         ledger_addr, invoice_addr, billing_addr = await _servers(settings, dbs, client, ui_url, usage_grace_s,
                                                                  running)

@@ -21,6 +21,7 @@ from creditctl.help_listing import Group
 from creditctl.operations import print_operation
 from creditctl.output import console, print_fields, print_json
 from service_runtime.proto_time import to_timestamp
+from service_runtime.temporal_client import connect_temporal
 
 
 @click.group("billing", cls=Group, help="billing cycles")
@@ -69,7 +70,7 @@ def run(as_of: datetime | None, new_run: bool, concurrency: int, all_tenants: bo
 
 async def _run_all_tenants(as_of: datetime | None, new_run: bool, per_tenant: int, limit: int, temporal: str,
                            as_json: bool) -> int:
-    from temporalio.client import Client, WorkflowHandle
+    from temporalio.client import WorkflowHandle
 
     from coordinator import naming
     from coordinator.messages import BillingRunInput, BillingRunResult
@@ -85,7 +86,7 @@ async def _run_all_tenants(as_of: datetime | None, new_run: bool, per_tenant: in
     settings = load_settings()
     address = temporal_address(settings, temporal)
     try:
-        client = await asyncio.wait_for(Client.connect(address, namespace=settings.temporal_namespace), 5)
+        client = await asyncio.wait_for(connect_temporal(address, settings=settings), 5)
     except Exception as exc:
         raise UserError(f"temporal at {address} unreachable ({' '.join(str(exc).split()) or type(exc).__name__}); "
                         "start the stack (creditctl up) or pass --temporal ADDR", 2) from None

@@ -23,6 +23,7 @@ from creditctl.help_listing import Command
 from creditctl.output import print_json
 from service_runtime.databases import resolve_databases
 from service_runtime.settings import Settings
+from service_runtime.temporal_client import connect_temporal
 
 NOT_RUN = 2  # a check that could not run
 
@@ -43,7 +44,7 @@ async def _reconcile(settings: Settings, temporal_addr: str, as_json: bool) -> i
     not_run = ""
     if temporal_addr:
         try:
-            client = await asyncio.wait_for(Client.connect(temporal_addr, namespace=settings.temporal_namespace), 5)
+            client = await asyncio.wait_for(connect_temporal(temporal_addr, settings=settings), 5)
         except Exception as exc:  # the database checks still run; the status says what did not
             reason = " ".join(str(exc).split()) or type(exc).__name__
             not_run = (f"temporal checks (decisions, quiet) could not run: temporal at {temporal_addr} unreachable "

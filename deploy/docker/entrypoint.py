@@ -95,17 +95,12 @@ async def run_invoice() -> None:
 
 
 async def _temporal_client(settings: Any) -> Any:
-    from temporalio.client import Client
-
     from coordinator.worker import temporal_runtime
+    from service_runtime.temporal_client import connect_temporal
 
     addr = _require("TEMPORAL_ADDR", settings.temporal_addr)
-    runtime = temporal_runtime()  # CREDITS_TEMPORAL_METRICS_ADDR: the SDK's worker metrics
-    from service_runtime.tls import temporal_tls
-
-    if runtime is None:
-        return await Client.connect(addr, namespace=settings.temporal_namespace, tls=temporal_tls())
-    return await Client.connect(addr, namespace=settings.temporal_namespace, runtime=runtime, tls=temporal_tls())
+    # CREDITS_TEMPORAL_METRICS_ADDR: the SDK's worker metrics
+    return await connect_temporal(addr, settings=settings, runtime=temporal_runtime())
 
 
 async def run_billing() -> None:

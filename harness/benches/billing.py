@@ -37,6 +37,7 @@ from coordinator.workflows import SAGA_ACTIVITIES, BillingCycleWorkflow
 from harness.bare import BareWorkflow, BenchInput
 from harness.benches.saga import _timed
 from harness.processes import ProcessStack
+from service_runtime.temporal_client import connect_temporal
 from stack.scenario import Services, seed_catalog, seed_customer
 
 QUEUE = "credits-bench-billing"
@@ -125,7 +126,7 @@ async def _measure(stack: ProcessStack, customers: int, small: int, concurrency:
                    say: Callable[[str], None], child_sagas: bool) -> dict[str, Any]:
     from reconciler.run import reconcile
 
-    client = await Client.connect(stack.temporal_addr)
+    client = await connect_temporal(stack.temporal_addr, tls=False)
     say(f"seeding {small} + {customers} customers")
     await _seed(stack, SMALL, small)
     await _seed(stack, LARGE, customers)

@@ -31,7 +31,6 @@ from typing import Any
 import grpc
 from credits.invoice.v1 import invoice_pb2_grpc
 from credits.ledger.v1 import ledger_pb2_grpc
-from temporalio.client import Client
 
 from coordinator import naming
 from coordinator import search_attributes as sa
@@ -39,6 +38,7 @@ from coordinator.messages import FinalizeInvoiceInput
 from coordinator.workflows import SAGA_ACTIVITIES, FinalizeInvoiceWorkflow
 from harness.bare import BareWorkflow, BenchInput
 from harness.processes import ProcessStack
+from service_runtime.temporal_client import connect_temporal
 from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer
 
 TENANT = "bench"
@@ -96,7 +96,7 @@ async def run_bench(invoices: int, concurrency: int, *, temporal_db_file: bool =
 async def _measure(stack: ProcessStack, key: str, invoices: int, concurrency: int, temporal_db_file: bool,
                    say: Callable[[str], None], rounds: int = 3, breakdown: bool = False,
                    profiler: _Profiler | None = None) -> dict[str, Any]:
-    client = await Client.connect(stack.temporal_addr)
+    client = await connect_temporal(stack.temporal_addr, tls=False)
     queue = QUEUE
     async with grpc.aio.insecure_channel(stack.ledger_addr) as lch, \
             grpc.aio.insecure_channel(stack.invoice_addr) as ich:

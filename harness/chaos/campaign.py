@@ -63,6 +63,7 @@ from harness.chaos.stack import ChaosStack
 from reconciler.report import Violation
 from reconciler.run import reconcile
 from reconciler.temporal_checks import running_sagas
+from service_runtime.temporal_client import connect_temporal
 from stack.scenario import PERIOD_START, Services, seed_catalog, seed_customer, ts
 
 TENANTS = ("chaos-a", "chaos-b")
@@ -751,7 +752,7 @@ class Campaign:
         self.say(f"starting the stack in {self.stack.root}")
         await self.stack.start(list(TENANTS))
         try:
-            self.client = await Client.connect(self.stack.temporal_addr)
+            self.client = await connect_temporal(self.stack.temporal_addr, tls=False)
             self.say("seeding the workload")
             await self.seed()
             background = {"real-time traffic": asyncio.create_task(self.realtime_traffic()),

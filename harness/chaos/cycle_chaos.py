@@ -71,6 +71,7 @@ from harness.worker import running_harness_worker
 from reconciler.report import Violation
 from reconciler.run import reconcile
 from reconciler.temporal_checks import running_sagas
+from service_runtime.temporal_client import connect_temporal
 from stack.scenario import Services, seed_catalog, seed_customer
 
 TENANT = "cycle-chaos"
@@ -555,7 +556,7 @@ class CycleChaos:
             self.stack.add_worker()
             self.stack.add_front_door()
             await self.stack.start_processes()
-            self.client = await Client.connect(self.stack.temporal_addr)
+            self.client = await connect_temporal(self.stack.temporal_addr, tls=False)
             self.say(f"seeding {self.config.customers} customers ({len(self.plan.drafted)} with a draft)")
             await self.seed()
             self.say(f"billing cycle: {self.config.concurrency} in flight, {self.config.max_per_run} per run")

@@ -33,8 +33,13 @@ def test_every_plan_races_drafted_invoices_and_kills_each_part_mid_cycle() -> No
         assert [f.after_finalized for f in plan.faults] == sorted(f.after_finalized for f in plan.faults)
 
 
-async def test_inline_cycle_under_kills_and_front_door_races_finalizes_each_invoice_once() -> None:
+async def test_inline_cycle_under_kills_and_front_door_races_finalizes_each_invoice_once(
+        capfd: pytest.CaptureFixture[str]) -> None:
     result = await run_cycle_chaos(CI, progress=print)
+    printed = capfd.readouterr()
+    # the driver's own worker (the lost run's) meets completions of activities whose run is gone: the SDK
+    # core's warnings about them go through logging to stderr, never into what `--json` prints on stdout
+    assert "temporalio_sdk_core" not in printed.out and "Activity not found" not in printed.out
     print(result.render())
     assert not result.violations, result.render()
     assert not result.faults_not_applied, result.render()
