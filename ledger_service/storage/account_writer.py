@@ -200,7 +200,10 @@ class AccountWriter:
         if not queue.running:
             self._start_drain(key, queue)
         elif queue.on_arrival is not None:
-            queue.on_arrival()
+            try:
+                queue.on_arrival()
+            except Exception:  # a bug there must not fail this submit: the drain applies the request anyway
+                log.exception("applying arrivals ahead on %s failed", account_id)
         return await future
 
     def _start_drain(self, key: tuple[str, str], queue: _Queue) -> None:
