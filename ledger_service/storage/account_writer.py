@@ -38,10 +38,10 @@ times them):
   and the COMMIT's answer is not kept waiting behind it.
 - A committed batch of debits with a batch applied ahead behind it is answered once that next
   transaction has its account locked and loaded (one round trip later; at most ANSWER_WITHIN_S if
-  another process holds the account's lock): packing the answers
-  and the callers' next requests then overlap that transaction's flush instead of delaying its BEGIN
-  and load. If the next transaction fails, the committed batch is answered all the same. Other
-  operations (unary calls) are answered right after their COMMIT.
+  another process holds the account's lock): packing the answers and the callers' next requests
+  then overlap that transaction's flush instead of delaying its BEGIN and load. If the next
+  transaction fails, the committed batch is answered all the same. Other operations (unary calls)
+  are answered right after their COMMIT.
 """
 
 from __future__ import annotations
