@@ -113,7 +113,6 @@ def activity_functions(ledger: LedgerActivities, invoice: InvoiceActivities,
 # outcome counted is "failed" (or "cancelled"); a terminal value ("rejected", "compensated") stands.
 _IN_PROGRESS = frozenset({"", CreditsOutcome.PREPARING, CreditsOutcome.COMMITTED, CreditsOutcome.COMMITTING,
                           CreditsOutcome.VOIDING, CreditsOutcome.RUNNING, CreditsOutcome.GRANTING})
-_SAGA_FINISHED = SAGA_FINISHED
 
 
 def saga_kind(workflow_type: str) -> str:
@@ -153,7 +152,7 @@ class SagaOutcomeInterceptor(Interceptor):
     """Counts every workflow that finishes on this worker in SAGA_OUTCOMES(saga kind, outcome)."""
 
     def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor]:
-        input.unsafe_extern_functions[_SAGA_FINISHED] = _saga_finished
+        input.unsafe_extern_functions[SAGA_FINISHED] = _saga_finished
         return _SagaOutcomeInbound
 
 

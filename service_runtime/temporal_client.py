@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
     from temporalio.runtime import LoggingConfig, Runtime
 
     from service_runtime.settings import Settings
-
-_default: list[Runtime] = []
 
 
 def core_logging() -> LoggingConfig:
@@ -29,15 +28,13 @@ def core_logging() -> LoggingConfig:
                          forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")))
 
 
+@functools.cache  # once per process
 def forward_core_logs() -> None:
-    """Makes the process's default Temporal runtime forward the core's logs to Python logging (once, before
-    the first client or worker of the process that uses the default runtime)."""
-    if _default:
-        return
+    """Makes the process's default Temporal runtime forward the core's logs to Python logging (before the
+    first client or worker of the process that uses the default runtime)."""
     from temporalio.runtime import Runtime, TelemetryConfig
 
-    _default.append(Runtime(telemetry=TelemetryConfig(logging=core_logging())))
-    Runtime.set_default(_default[0], error_if_already_set=False)
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=core_logging())), error_if_already_set=False)
 
 
 async def connect_temporal(address: str, *, settings: Settings | None = None, runtime: Runtime | None = None,

@@ -248,7 +248,7 @@ class AccountWriter:
                             if not pending.future.done():
                                 pending.future.set_exception(exc)
                         raise
-                    if ahead is None and answer is not None:  # no transaction right behind it: answer now
+                    if ahead is None:  # no transaction right behind it: answer now
                         answer()
                         answer = None
         except Exception:  # the connection broke: that batch failed; the rest retries on a new one
@@ -295,11 +295,11 @@ class AccountWriter:
 
     async def _run(self, conn: asyncpg.Connection, key: tuple[str, str], batch: list[_Pending],
                    given: _Ahead | None, queue: _Queue,
-                   answer_before: Callable[[], None] | None = None) -> tuple[_Ahead | None, Callable[[], None] | None]:
+                   answer_before: Callable[[], None] | None = None) -> tuple[_Ahead | None, Callable[[], None]]:
         """Runs `batch` (with its effects applied ahead, if `given`). Returns the next batch, applied ahead
-        while this one flushed (None: none, or this transaction failed), and, for a batch of debits, the
-        call that answers its callers (else they are answered already). `answer_before`: the previous
-        batch's answer, called once this transaction has its account loaded (module notes)."""
+        while this one flushed (None: none, or this transaction failed; only a batch of debits has one),
+        and the call that answers the batch's callers. `answer_before`: the previous batch's answer, called
+        once this transaction has its account loaded (module notes)."""
         ops = [op for p in batch for op in p.ops]
         ahead: list[_Ahead | None] = [None]
         waiting = [answer_before]
@@ -313,8 +313,7 @@ class AccountWriter:
         late = asyncio.get_running_loop().call_later(ANSWER_WITHIN_S, answer_previous) if answer_before else None
 
         def take_ahead(state: AccountState, effects: Effects) -> None:
-            if _of_batch(batch[0]):
-                ahead[0] = self._ahead(queue, state, effects, ahead[0])
+            ahead[0] = self._ahead(queue, state, effects, ahead[0])
 
         def put_back() -> None:  # the transaction failed: the batch applied ahead assumed it committed
             if ahead[0] is not None:
@@ -322,7 +321,8 @@ class AccountWriter:
                 ahead[0] = None
 
         try:
-            outcomes = await self._attempts(conn, key, ops, given, queue, take_ahead, put_back, answer_previous)
+            outcomes = await self._attempts(conn, key, ops, given, queue,
+                                            take_ahead if _of_batch(batch[0]) else None, put_back, answer_previous)
         finally:
             answer_previous()
             if late is not None:
@@ -336,13 +336,11 @@ class AccountWriter:
                     pending.future.set_result(outcomes[i:i + n])
                 i += n
 
-        if _of_batch(batch[0]):
-            return ahead[0], answer
-        answer()
-        return ahead[0], None
+        return ahead[0], answer
 
     async def _attempts(self, conn: asyncpg.Connection, key: tuple[str, str], ops: list[Operation],
-                        given: _Ahead | None, queue: _Queue, take_ahead: Callable[[AccountState, Effects], None],
+                        given: _Ahead | None, queue: _Queue,
+                        take_ahead: Callable[[AccountState, Effects], None] | None,
                         put_back: Callable[[], None], loaded: Callable[[], None]) -> list[Result]:
         """`ops` in one transaction, retried once; failing that, each in a transaction of its own."""
         outcomes: list[Result] | None = None

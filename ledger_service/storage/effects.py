@@ -259,8 +259,6 @@ def _build_flush(present: frozenset[str]) -> str:
         every=CHECKPOINT_EVERY)
 
 
-FLUSH = _build_flush(frozenset(name for name, _ in _TABLES))  # every table (tests read it)
-
 
 def _text(value: Any) -> str:
     if value is None:

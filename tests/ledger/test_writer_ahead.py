@@ -216,6 +216,10 @@ async def test_a_committed_batch_is_answered_once_the_next_transaction_loaded_or
         try:
             async with pool.acquire() as admin:
                 await admin.execute("SELECT pg_terminate_backend($1)", broken.get_server_pid())
+            for _ in range(200):  # until the client has seen its server go (else BEGIN meets it, raising)
+                if broken.is_closed():
+                    break
+                await asyncio.sleep(0.01)
             failing = _Pending([_batch(["d0"])], loop.create_future())
             _, answer = await writer._run(broken, key, [failing], None, queue, lambda: calls.append("previous again"))
         finally:
