@@ -23,6 +23,8 @@ RPC_SECONDS = Histogram(
 RPC_TOTAL = Counter("credits_rpc_total", "RPCs handled, by status code", ["service", "method", "code"])
 HOLDS_PENDING = Gauge("credits_ledger_holds_pending", "Holds reserved and not yet resolved")
 LOTS_EXPIRING = Gauge("credits_ledger_lots_expiring_24h", "Lots with credit left whose window ends within 24 h")
+COMMIT_WINDOW = Gauge("credits_ledger_commit_window_seconds",
+                      "The group commit window the ledger's writer uses now (0: none; storage/commit_window.py)")
 INVOICES_PREPARED = Gauge("credits_invoice_prepared", "Invoices PREPARED or VOID_PENDING (waiting on a saga)")
 DATABASE_UP = Gauge("credits_database_up", "1 while the server's database answers its health check, else 0",
                     ["server"])

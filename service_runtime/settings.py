@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     grant_approval_threshold: str = Field("", description="grants above this need a second person; empty: none")
     # --- servers ------------------------------------------------------------------------------
     pool_max_size: int = Field(16, gt=0, description="database connections per server")
+    # The ledger's group commit window (ledger_service/storage/commit_window.py): a busy account's next
+    # transaction may wait up to this long for more requests, only while that raises the throughput.
+    group_commit_window_ms: float = Field(4.0, ge=0, le=100, description="the longest a busy account's next "
+                                          "transaction waits for more requests (0: never)")
     # gRPC health follows the database: checked this often, each check given this long (readiness).
     health_interval_s: float = Field(2.0, gt=0, description="how often each server checks its database")
     health_timeout_s: float = Field(1.5, gt=0, description="how long each database check may take")

@@ -1,10 +1,10 @@
 """Where a unary debit's CPU goes: the ledger server process(es) vs Postgres vs the load generator (#17).
 
-    python -m harness.benches.unary_cpu [SECONDS] [ROUNDS]
+    python -m harness.benches.unary_cpu [SECONDS] [ROUNDS] [IN_FLIGHT]
 
 Starts an embedded Postgres (fsync on) and the ledger server process as `creditctl bench ledger`
-does, then runs only its DebitCredits phase (one account, 64 in flight) for SECONDS per round, and
-prints per round the debits/s, p50/p99, the CPU (user + system, psutil) per debit of the server
+does, then runs only its DebitCredits phase (one account, IN_FLIGHT callers, 64 by default) for SECONDS per
+round, and prints per round the debits/s, p50/p99, the CPU (user + system, psutil) per debit of the server
 process, of Postgres (all its processes) and of this load generator, and the debits per committed
 transaction (the group commit's batch). CPU per debit moves less with other work on the machine than
 debits/s does.
@@ -27,27 +27,30 @@ from harness.benches.batch_cpu import _cpu, _postgres, hot_account, run_on_embed
 IN_FLIGHT = 64
 
 
-async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: int) -> None:
+async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: int, in_flight: int) -> None:
     async with hot_account(dsn, workdir) as hot:
         call = hot.channel.unary_unary(bench.DEBIT_METHOD, response_deserializer=pb.Hold.FromString)
         srv, me = hot.server, hot.me
 
+        phase_name = ["warm-up"]  # in each key: every phase's debits are fresh (a replay costs less)
+
         async def debit(w: int, seq: int) -> int:
-            hold = await call(hot.encoder.debit(f"d-{w}-{seq}"), metadata=hot.md)
+            hold = await call(hot.encoder.debit(f"d-{phase_name[0]}-{w}-{seq}"), metadata=hot.md)
             if hold.status != pb.COMMITTED:
                 raise RuntimeError(f"hold {hold.hold_key} is {pb.HoldStatus.Name(hold.status)}")
             return 1
 
-        await bench.closed_loop("warm-up", debit, concurrency=IN_FLIGHT, seconds=1, warmup_s=0.5)
+        await bench.closed_loop("warm-up", debit, concurrency=in_flight, seconds=1, warmup_s=0.5)
         stats = await asyncpg.connect(dsn)
         xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         for r in range(rounds):
+            phase_name[0] = f"round-{r}"
             await stats.execute("SELECT pg_stat_clear_snapshot()")
             x0 = await stats.fetchval(xacts)
             pg = _postgres(pgdata)
             before = {p.pid: _cpu(p) for p in pg}
             s0, m0 = _cpu(srv), _cpu(me)
-            phase = await bench.closed_loop(f"round-{r}", debit, concurrency=IN_FLIGHT, seconds=seconds,
+            phase = await bench.closed_loop(f"round-{r}", debit, concurrency=in_flight, seconds=seconds,
                                             warmup_s=0)
             n = max(phase.total_units, 1)
             await asyncio.sleep(0.6)  # the statistics collector's interval (500 ms)
@@ -65,7 +68,9 @@ async def _run(dsn: str, workdir: Path, pgdata: Path, seconds: float, rounds: in
 def main(argv: list[str]) -> None:
     seconds = float(argv[0]) if argv else 4.0
     rounds = int(argv[1]) if len(argv) > 1 else 2
-    run_on_embedded_postgres("unary-cpu-", lambda dsn, workdir, pgdata: _run(dsn, workdir, pgdata, seconds, rounds),
+    in_flight = int(argv[2]) if len(argv) > 2 else IN_FLIGHT
+    run_on_embedded_postgres("unary-cpu-", lambda dsn, workdir, pgdata: _run(dsn, workdir, pgdata, seconds, rounds,
+                                                                            in_flight),
                              uvloop.run)  # as the bench's load generator runs
 
 

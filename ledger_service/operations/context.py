@@ -35,7 +35,8 @@ class Ledger:
 
     @classmethod
     def create(cls, pool: asyncpg.Pool, settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ledger:
-        return cls(pool, settings, clock, UnitCatalog(pool), AccountWriter(pool, clock=clock), SupportGate(pool))
+        writer = AccountWriter(pool, clock=clock, gather_within_s=settings.group_commit_window_ms / 1000)
+        return cls(pool, settings, clock, UnitCatalog(pool), writer, SupportGate(pool))
 
     def now(self) -> datetime:
         return self.clock()
