@@ -11,20 +11,24 @@ so the window is chosen by what it does to the throughput.
 
 The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
 - The window is one of `levels` (0 first, the lowest latency). Time is cut into periods of
-  `period_s`; each period counts the requests committed.
-- A period at the current level is followed by a probe period at a neighbouring level (up and down
-  in turn). The probe's count decides: a higher window is kept only if it committed more than
-  `gain` times as many (it must pay for its latency), a lower one as soon as it committed at least
-  `keep` times as many (latency is preferred when the window does not clearly help).
+  `period_s`; each period measures the requests committed per second.
+- Periods at the current level are followed by a probe at a neighbouring level (up and down in
+  turn): two periods, of which only the second counts (in the first, callers still move at the old
+  window's pace: measured on the reference machine, it reads close to the current level either way).
+  The probe's rate decides against the mean of the current level's last two periods: a higher window
+  is kept only if it committed more than `gain` times as many (it must pay for its latency), a lower
+  one as soon as it committed at least `keep` times as many (latency is preferred when the window
+  does not clearly help).
 - A probe that moves nothing doubles the periods at the current level before the next probe (up to
-  `max_rest`); a move resets them to one. So at a steady load where the window does not help, about
-  one period in `max_rest` + 1 is a probe, and a probe costs at most that period's latency.
+  `max_rest`); a move sets them to four. So at a steady load, about two periods in `max_rest` + 2
+  are a probe, and a probe costs at most those periods' latency (or throughput); a change of load is
+  answered within `max_rest` + 2 periods (17 s).
 - A period with fewer than `min_requests` committed (little load) puts the window back to 0 and
   probes nothing: at low load there is nothing to gather.
 
 Invariants (tests/ledger/test_commit_window.py, seeded random schedules): the window is always one
 of the levels; without load it is 0; it never moves up unless a probe at the higher level committed
-more than `gain` times the current level's count in the period before it.
+more than `gain` times the current level's rate.
 """
 
 from __future__ import annotations
@@ -37,19 +41,20 @@ class CommitWindow:
     """Chooses the group commit window (module notes). `committed` is called after each transaction."""
 
     levels: tuple[float, ...] = (0.0, 0.004)
-    period_s: float = 1.0
+    period_s: float = 0.5
     gain: float = 1.1
     keep: float = 0.95
     min_requests: int = 200
-    max_rest: int = 16
+    max_rest: int = 32
     level: int = 0
-    _probe: int | None = None      # the level being probed this period, if any
+    _probe: int | None = None      # the level being probed, if any
+    _settling: bool = False        # the probe's first period: not counted
     _up_next: bool = True          # the next probe goes up (then down, in turn)
     _rest: int = 0                 # periods at the current level still to go before the next probe
     _backoff: int = 1
     _period_start: float | None = None
     _count: int = 0
-    _baseline: int = 0             # requests committed in the last period at the current level
+    _recent: list[float] = field(default_factory=list)  # the last two periods' rates at the current level
     moves: list[tuple[float, float]] = field(default_factory=list)  # (time, new window): for tests and logs
 
     @classmethod
@@ -62,30 +67,42 @@ class CommitWindow:
         """The window to use now (seconds)."""
         return self.levels[self._probe if self._probe is not None else self.level]
 
+    @property
+    def baseline(self) -> float:
+        """Requests per second at the current level: the mean of its last two periods (0: none yet)."""
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
+
     def committed(self, requests: int, now: float) -> None:
         """`requests` were committed in one transaction at time `now` (a monotonic clock, seconds)."""
         if self._period_start is None:
             self._period_start = now
         self._count += requests
-        if now - self._period_start < self.period_s:
+        elapsed = now - self._period_start
+        if elapsed < self.period_s:
             return
         count, self._count, self._period_start = self._count, 0, now
+        rate = count / elapsed
         if count < self.min_requests:  # little load: nothing to gather
             self._move(0, now)
             self._probe, self._rest, self._backoff = None, 0, 1
+            self._recent.clear()
             return
         if self._probe is None:  # a period at the current level: probe a neighbour next, unless resting
-            self._baseline = count
+            self._recent[:] = [*self._recent[-1:], rate]
             if self._rest > 0:
                 self._rest -= 1
             else:
-                self._probe = self._neighbour()
+                self._probe, self._settling = self._neighbour(), True
+            return
+        if self._settling:  # callers are still adjusting to the probe's window (it reads too close to the
+            self._settling = False  # current level's rate at first): its second period decides
             return
         probe, self._probe = self._probe, None
-        if (probe > self.level and count > self._baseline * self.gain) or \
-                (probe < self.level and count >= self._baseline * self.keep):
+        if (probe > self.level and rate > self.baseline * self.gain) or \
+                (probe < self.level and rate >= self.baseline * self.keep):
             self._move(probe, now)
-            self._backoff = 1
+            self._recent.clear()
+            self._backoff = 4
         else:
             self._backoff = min(2 * self._backoff, self.max_rest)
         self._rest = self._backoff
