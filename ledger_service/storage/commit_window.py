@@ -23,12 +23,19 @@ The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
   `max_rest`); a move sets them to four. So at a steady load, about two periods in `max_rest` + 2
   are a probe, and a probe costs at most those periods' latency (or throughput); a change of load is
   answered within `max_rest` + 2 periods (17 s).
+- A window is tried only where it can gather: when the current level's transactions carried at
+  least `min_batch` requests on average (requests already arrive while a transaction runs). With 8
+  or 16 callers they carry 2-3, and trying a window there cost them a fifth of their throughput.
+- An upward probe whose first period already lost `abort_below` of the rate is given up at once.
 - A period with fewer than `min_requests` committed (little load) puts the window back to 0 and
-  probes nothing: at low load there is nothing to gather.
+  probes nothing (there is nothing to gather). The window chosen before such a lull comes back, with
+  no probe, at the first period whose transactions carry `min_batch` again (load like the one that
+  chose it); the pause before the next probe is kept. So a lull costs a saturating load nothing,
+  and a trickle after it is never made to wait.
 
 Invariants (tests/ledger/test_commit_window.py, seeded random schedules): the window is always one
 of the levels; without load it is 0; it never moves up unless a probe at the higher level committed
-more than `gain` times the current level's rate.
+more than `gain` times the current level's rate, or to the level chosen before a lull.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class CommitWindow:
     gain: float = 1.1
     keep: float = 0.95
     min_requests: int = 200
+    min_batch: float = 4.0
+    abort_below: float = 0.8
     max_rest: int = 32
     level: int = 0
     _probe: int | None = None      # the level being probed, if any
@@ -54,6 +63,8 @@ class CommitWindow:
     _backoff: int = 1
     _period_start: float | None = None
     _count: int = 0
+    _transactions: int = 0
+    _before_lull: int = 0          # the level chosen before a period of little load
     _recent: list[float] = field(default_factory=list)  # the last two periods' rates at the current level
     moves: list[tuple[float, float]] = field(default_factory=list)  # (time, new window): for tests and logs
 
@@ -77,29 +88,43 @@ class CommitWindow:
         if self._period_start is None:
             self._period_start = now
         self._count += requests
+        self._transactions += 1
         elapsed = now - self._period_start
         if elapsed < self.period_s:
             return
-        count, self._count, self._period_start = self._count, 0, now
+        count, transactions = self._count, self._transactions
+        self._count, self._transactions, self._period_start = 0, 0, now
         rate = count / elapsed
         if count < self.min_requests:  # little load: nothing to gather
+            if self._probe is None and self.level > 0:
+                self._before_lull = self.level
             self._move(0, now)
-            self._probe, self._rest, self._backoff = None, 0, 1
+            self._probe = None
             self._recent.clear()
             return
+        queuing = count >= self.min_batch * transactions
         if self._probe is None:  # a period at the current level: probe a neighbour next, unless resting
+            if self._before_lull and queuing:  # the load that chose it is back
+                self._move(self._before_lull, now)
+                self._before_lull = 0
+                self._recent.clear()
+                return
             self._recent[:] = [*self._recent[-1:], rate]
             if self._rest > 0:
                 self._rest -= 1
-            else:
+            elif self.level > 0 or queuing:
                 self._probe, self._settling = self._neighbour(), True
             return
+        probe = self._probe
         if self._settling:  # callers are still adjusting to the probe's window (it reads too close to the
-            self._settling = False  # current level's rate at first): its second period decides
-            return
-        probe, self._probe = self._probe, None
+            self._settling = False  # current level's rate at first): its second period decides ...
+            if not (probe > self.level and rate < self.baseline * self.abort_below):
+                return  # ... unless an upward probe is plainly losing already
+            rate = 0.0
+        self._probe = None
         if (probe > self.level and rate > self.baseline * self.gain) or \
                 (probe < self.level and rate >= self.baseline * self.keep):
+            self._before_lull = 0
             self._move(probe, now)
             self._recent.clear()
             self._backoff = 4

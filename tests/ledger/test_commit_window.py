@@ -38,13 +38,16 @@ def _run(window: CommitWindow, rate: Callable[[float], float], seconds: float, r
         used.append(current)
         level, moves = window.level, len(window.moves)
         baseline = window.baseline
-        probing, settling = window._probe, window._settling
+        probing, settling, before_lull = window._probe, window._settling, window._before_lull
         window.committed(max(0, round(rate(current) * TICK_S * rng.uniform(0.9, 1.1))), now)
         assert window.window_s in window.levels
-        if window.level > level:  # moved up: only after a probe at that level that paid for itself
-            assert probing == window.level and not settling and len(window.moves) == moves + 1
-            assert window.moves[-1] == (now, window.levels[window.level])
-            assert baseline > 0 and rate(window.levels[window.level]) > rate(window.levels[level])
+        if window.level > level:  # moved up: after a probe at that level that paid for itself, or back after a lull
+            assert len(window.moves) == moves + 1 and window.moves[-1] == (now, window.levels[window.level])
+            if probing is None:
+                assert before_lull == window.level and window._before_lull == 0
+            else:
+                assert probing == window.level and not settling
+                assert baseline > 0 and rate(window.levels[window.level]) > rate(window.levels[level])
         now += TICK_S
     return used
 
@@ -101,6 +104,45 @@ def test_load_that_changes_moves_the_window_both_ways_and_idleness_closes_it(see
     assert chosen(window) == 0.004
     _run(window, lambda _: 100.0, 3, rng, start=100)  # a trickle: below min_requests per period
     assert window.window_s == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_after_a_lull_the_window_comes_back_for_the_load_that_chose_it_and_not_for_a_trickle(seed: int) -> None:
+    rng = random.Random(2000 + seed)
+    window = CommitWindow.upto(0.004)
+    _run(window, saturated, 20, rng)
+    assert chosen(window) == 0.004
+    _run(window, lambda _: 100.0, 3, rng, start=20)  # a lull
+    assert window.window_s == 0.0
+    used = _run(window, saturated, 1, rng, start=23)  # the same callers again: on within the first period
+    assert used[-1] == 0.004 and used.index(0.004) * TICK_S <= window.period_s + 2 * TICK_S
+
+    _run(window, lambda _: 100.0, 3, rng, start=24)  # another lull, then a few callers (1-3 per transaction)
+    now = 27.0
+    for _ in range(20_000):
+        assert window.window_s == 0.0
+        window.committed(rng.randint(1, 3), now)
+        now += 0.001
+
+
+def test_small_transactions_are_never_made_to_wait() -> None:
+    """A few callers (transactions of 1-3 requests): nothing arrives to gather, so no window is tried."""
+    rng = random.Random(3)
+    window = CommitWindow.upto(0.004)
+    now = 0.0
+    for _ in range(60_000):  # 60 s, a transaction every millisecond
+        assert window.window_s == 0.0
+        window.committed(rng.randint(1, 3), now)
+        now += 0.001
+    assert window.moves == []
+
+
+def test_an_upward_probe_that_plainly_loses_is_given_up_after_its_first_period() -> None:
+    window = CommitWindow.upto(0.004)
+    used = _run(window, lambda w: 1_000.0 if w else 3_000.0, 10, random.Random(4))
+    runs = [len(run) for run in "".join("1" if w else "0" for w in used).split("0") if run]
+    assert len(runs) >= 2 and window.moves == []
+    assert max(runs) * TICK_S <= window.period_s + 2 * TICK_S  # each probe one period, not two
 
 
 def test_a_window_of_zero_is_off() -> None:
