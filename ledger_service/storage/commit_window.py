@@ -20,8 +20,8 @@ The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
   one as soon as it committed at least `keep` times as many (latency is preferred when the window
   does not clearly help).
 - A probe that moves nothing doubles the periods at the current level before the next probe (up to
-  `max_rest`); a move sets them to four. So at a steady load, about two periods in `max_rest` + 2
-  are a probe, and a probe costs at most those periods' latency (or throughput); a change of load is
+  `max_rest`); a move sets them to eight (a window that paid for itself is kept 4 s before it is
+  questioned). So at a steady load, about two periods in `max_rest` + 2 are a probe, and a probe costs at most those periods' latency (or throughput); a change of load is
   answered within `max_rest` + 2 periods (17 s).
 - A window is tried only where it can gather: when the current level's transactions carried at
   least `min_batch` requests on average (requests already arrive while a transaction runs). With 8
@@ -49,7 +49,7 @@ class CommitWindow:
 
     levels: tuple[float, ...] = (0.0, 0.004)
     period_s: float = 0.5
-    gain: float = 1.1
+    gain: float = 1.05
     keep: float = 0.95
     min_requests: int = 200
     min_batch: float = 4.0
@@ -127,7 +127,7 @@ class CommitWindow:
             self._before_lull = 0
             self._move(probe, now)
             self._recent.clear()
-            self._backoff = 4
+            self._backoff = 8
         else:
             self._backoff = min(2 * self._backoff, self.max_rest)
         self._rest = self._backoff
