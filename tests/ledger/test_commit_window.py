@@ -57,6 +57,15 @@ def chosen(window: CommitWindow) -> float:
     return window.levels[window.level]
 
 
+def _few_callers(window: CommitWindow, rng: random.Random, seconds: float, start: float = 0.0) -> None:
+    """A transaction of 1-3 requests every millisecond (~2,000/s): the window must stay 0 throughout."""
+    now = start
+    for _ in range(int(seconds * 1000)):
+        assert window.window_s == 0.0
+        window.committed(rng.randint(1, 3), now)
+        now += 0.001
+
+
 def probing(used: list[float]) -> float:
     """The share of the time the window was on."""
     return sum(1 for w in used if w) / len(used)
@@ -118,22 +127,13 @@ def test_after_a_lull_the_window_comes_back_for_the_load_that_chose_it_and_not_f
     assert used[-1] == 0.004 and used.index(0.004) * TICK_S <= window.period_s + 2 * TICK_S
 
     _run(window, lambda _: 100.0, 3, rng, start=24)  # another lull, then a few callers (1-3 per transaction)
-    now = 27.0
-    for _ in range(20_000):
-        assert window.window_s == 0.0
-        window.committed(rng.randint(1, 3), now)
-        now += 0.001
+    _few_callers(window, rng, 20, start=27)
 
 
 def test_small_transactions_are_never_made_to_wait() -> None:
     """A few callers (transactions of 1-3 requests): nothing arrives to gather, so no window is tried."""
-    rng = random.Random(3)
     window = CommitWindow.upto(0.004)
-    now = 0.0
-    for _ in range(60_000):  # 60 s, a transaction every millisecond
-        assert window.window_s == 0.0
-        window.committed(rng.randint(1, 3), now)
-        now += 0.001
+    _few_callers(window, random.Random(3), 60)
     assert window.moves == []
 
 
