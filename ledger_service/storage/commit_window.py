@@ -21,8 +21,9 @@ The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
   does not clearly help).
 - A probe that moves nothing doubles the periods at the current level before the next probe (up to
   `max_rest`); a move sets them to eight (a window that paid for itself is kept 4 s before it is
-  questioned). So at a steady load, about two periods in `max_rest` + 2 are a probe, and a probe costs at most those periods' latency (or throughput); a change of load is
-  answered within `max_rest` + 2 periods (17 s).
+  questioned). So at a steady load, about two periods in `max_rest` + 2 are a probe, and a probe
+  costs at most those periods' latency (or throughput); a change of load is answered within
+  `max_rest` + 2 periods (17 s).
 - A window is tried only where it can gather: when the current level's transactions carried at
   least `min_batch` requests on average (requests already arrive while a transaction runs). With 8
   or 16 callers they carry 2-3, and trying a window there cost them a fifth of their throughput.
