@@ -27,7 +27,8 @@ The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
 - A window is tried only where it can gather: when the current level's transactions carried at
   least `min_batch` requests on average (requests already arrive while a transaction runs). With 8
   or 16 callers they carry 2-3, and trying a window there cost them a fifth of their throughput.
-- An upward probe whose first period already lost `abort_below` of the rate is given up at once.
+- A probe whose first period already fell below `abort_below` of the current rate is given up at
+  once (a window tried where it only adds latency; no window tried where the window pays).
 - A period with fewer than `min_requests` committed (little load) puts the window back to 0 and
   probes nothing (there is nothing to gather). The window chosen before such a lull comes back, with
   no probe, at the first period whose transactions carry `min_batch` again (load like the one that
@@ -54,7 +55,7 @@ class CommitWindow:
     keep: float = 0.95
     min_requests: int = 200
     min_batch: float = 4.0
-    abort_below: float = 0.8
+    abort_below: float = 0.85
     max_rest: int = 32
     level: int = 0
     _probe: int | None = None      # the level being probed, if any
@@ -119,8 +120,8 @@ class CommitWindow:
         probe = self._probe
         if self._settling:  # callers are still adjusting to the probe's window (it reads too close to the
             self._settling = False  # current level's rate at first): its second period decides ...
-            if not (probe > self.level and rate < self.baseline * self.abort_below):
-                return  # ... unless an upward probe is plainly losing already
+            if rate >= self.baseline * self.abort_below:
+                return  # ... unless the probe is plainly losing already
             rate = 0.0
         self._probe = None
         if (probe > self.level and rate > self.baseline * self.gain) or \

@@ -145,6 +145,16 @@ def test_an_upward_probe_that_plainly_loses_is_given_up_after_its_first_period()
     assert max(runs) * TICK_S <= window.period_s + 2 * TICK_S  # each probe one period, not two
 
 
+def test_a_probe_of_no_window_that_plainly_loses_is_given_up_after_its_first_period() -> None:
+    window = CommitWindow.upto(0.004)
+    used = _run(window, saturated, 40, random.Random(5))
+    assert chosen(window) == 0.004 and len(window.moves) == 1
+    after = used[int(window.moves[0][0] / TICK_S) + 1:]
+    runs = [len(run) for run in "".join("1" if w else "0" for w in after).split("1") if run]  # without a window
+    assert len(runs) >= 2  # probes of no window were made ...
+    assert max(runs) * TICK_S <= window.period_s + 2 * TICK_S  # ... each given up after one period
+
+
 def test_a_window_of_zero_is_off() -> None:
     window = CommitWindow.upto(0)
     _run(window, saturated, 20, random.Random(7))
