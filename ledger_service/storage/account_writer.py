@@ -224,8 +224,8 @@ class AccountWriter:
         if not queue.running:
             self._start_drain(key, queue)
         elif queue.gathering is not None:
-            if len(queue.items) >= GATHER_TARGET and not queue.gathering.done():
-                queue.gathering.set_result(None)
+            if len(queue.items) >= GATHER_TARGET:
+                _resolve(queue.gathering)
         elif queue.on_arrival is not None:
             try:
                 queue.on_arrival()

@@ -10,11 +10,11 @@ throughput halved. Arrival times cannot tell the two apart (a request arrived ev
 so the window is chosen by what it does to the throughput.
 
 The rule, per `CommitWindow` (one per AccountWriter, i.e. per server process):
-- The window is one of `levels` (0 first, the lowest latency). Time is cut into periods of
+- The window is one of `levels`: 0 (the lowest latency) and the window. Time is cut into periods of
   `period_s`; each period measures the requests committed per second.
-- Periods at the current level are followed by a probe at a neighbouring level (up and down in
-  turn): two periods, of which only the second counts (in the first, callers still move at the old
-  window's pace: measured on the reference machine, it reads close to the current level either way).
+- Periods at the current level are followed by a probe at the other level: two periods, of which
+  only the second counts (in the first, callers still move at the old window's pace: measured on the
+  reference machine, it reads close to the current level either way).
   The probe's rate decides against the mean of the current level's last two periods: a higher window
   is kept only if it committed more than `gain` times as many (it must pay for its latency), a lower
   one as soon as it committed at least `keep` times as many (latency is preferred when the window
@@ -44,12 +44,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MOVES_KEPT = 64
+
 
 @dataclass
 class CommitWindow:
     """Chooses the group commit window (module notes). `committed` is called after each transaction."""
 
-    levels: tuple[float, ...] = (0.0, 0.004)
+    levels: tuple[float, ...] = (0.0, 0.004)  # no window, then at most one
     period_s: float = 0.5
     gain: float = 1.05
     keep: float = 0.95
@@ -60,7 +62,6 @@ class CommitWindow:
     level: int = 0
     _probe: int | None = None      # the level being probed, if any
     _settling: bool = False        # the probe's first period: not counted
-    _up_next: bool = True          # the next probe goes up (then down, in turn)
     _rest: int = 0                 # periods at the current level still to go before the next probe
     _backoff: int = 1
     _period_start: float | None = None
@@ -68,7 +69,11 @@ class CommitWindow:
     _transactions: int = 0
     _before_lull: int = 0          # the level chosen before a period of little load
     _recent: list[float] = field(default_factory=list)  # the last two periods' rates at the current level
-    moves: list[tuple[float, float]] = field(default_factory=list)  # (time, new window): for tests and logs
+    moves: list[tuple[float, float]] = field(default_factory=list)  # the last MOVES_KEPT (time, new window)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.levels) <= 2:
+            raise ValueError("a commit window has one or two levels")
 
     @classmethod
     def upto(cls, max_s: float) -> CommitWindow:
@@ -105,7 +110,7 @@ class CommitWindow:
             self._recent.clear()
             return
         queuing = count >= self.min_batch * transactions
-        if self._probe is None:  # a period at the current level: probe a neighbour next, unless resting
+        if self._probe is None:  # a period at the current level: probe the other one next, unless resting
             if self._before_lull and queuing:  # the load that chose it is back
                 self._move(self._before_lull, now)
                 self._before_lull = 0
@@ -114,8 +119,8 @@ class CommitWindow:
             self._recent[:] = [*self._recent[-1:], rate]
             if self._rest > 0:
                 self._rest -= 1
-            elif self.level > 0 or queuing:
-                self._probe, self._settling = self._neighbour(), True
+            elif len(self.levels) > 1 and (self.level > 0 or queuing):
+                self._probe, self._settling = 1 - self.level, True
             return
         probe = self._probe
         if self._settling:  # callers are still adjusting to the probe's window (it reads too close to the
@@ -134,16 +139,8 @@ class CommitWindow:
             self._backoff = min(2 * self._backoff, self.max_rest)
         self._rest = self._backoff
 
-    def _neighbour(self) -> int | None:
-        up, down = self.level + 1, self.level - 1
-        order = (up, down) if self._up_next else (down, up)
-        self._up_next = not self._up_next
-        for candidate in order:
-            if 0 <= candidate < len(self.levels):
-                return candidate
-        return None  # a single level: nothing to probe
-
     def _move(self, level: int, now: float) -> None:
         if level != self.level:
             self.level = level
             self.moves.append((now, self.levels[level]))
+            del self.moves[:-MOVES_KEPT]  # a server runs for months

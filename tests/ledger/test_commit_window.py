@@ -71,6 +71,19 @@ def probing(used: list[float]) -> float:
     return sum(1 for w in used if w) / len(used)
 
 
+def trickle(window_s: float) -> float:
+    """Below `min_requests` per period: a lull."""
+    return 100.0
+
+
+def _turned_on(rng: random.Random) -> CommitWindow:
+    """A window that 20 s of saturating load turned on."""
+    window = CommitWindow.upto(0.004)
+    _run(window, saturated, 20, rng)
+    assert chosen(window) == 0.004
+    return window
+
+
 def saturated(window_s: float) -> float:
     return 5_000.0 if window_s else 3_800.0
 
@@ -104,29 +117,25 @@ def test_the_window_opens_only_where_it_raises_the_throughput(seed: int) -> None
 @pytest.mark.parametrize("seed", range(8))
 def test_load_that_changes_moves_the_window_both_ways_and_idleness_closes_it(seed: int) -> None:
     rng = random.Random(1000 + seed)
-    window = CommitWindow.upto(0.004)
-    _run(window, saturated, 20, rng)
-    assert chosen(window) == 0.004
+    window = _turned_on(rng)
     _run(window, unsaturated, 40, rng, start=20)  # fewer callers now: the window costs them latency
     assert chosen(window) == 0.0
     _run(window, saturated, 40, rng, start=60)
     assert chosen(window) == 0.004
-    _run(window, lambda _: 100.0, 3, rng, start=100)  # a trickle: below min_requests per period
+    _run(window, trickle, 3, rng, start=100)  # a trickle: below min_requests per period
     assert window.window_s == 0.0
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_after_a_lull_the_window_comes_back_for_the_load_that_chose_it_and_not_for_a_trickle(seed: int) -> None:
     rng = random.Random(2000 + seed)
-    window = CommitWindow.upto(0.004)
-    _run(window, saturated, 20, rng)
-    assert chosen(window) == 0.004
-    _run(window, lambda _: 100.0, 3, rng, start=20)  # a lull
+    window = _turned_on(rng)
+    _run(window, trickle, 3, rng, start=20)  # a lull
     assert window.window_s == 0.0
     used = _run(window, saturated, 1, rng, start=23)  # the same callers again: on within the first period
     assert used[-1] == 0.004 and used.index(0.004) * TICK_S <= window.period_s + 2 * TICK_S
 
-    _run(window, lambda _: 100.0, 3, rng, start=24)  # another lull, then a few callers (1-3 per transaction)
+    _run(window, trickle, 3, rng, start=24)  # another lull, then a few callers (1-3 per transaction)
     _few_callers(window, rng, 20, start=27)
 
 
